@@ -1,0 +1,176 @@
+"""``accelwatch`` command line. Heavy modules (DuckDB, Textual, OpenTelemetry) load lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.errors import AccelwatchError, UsageError
+
+DEFAULT_DB = "accelwatch.duckdb"
+EXIT_CODES = """exit codes:
+  0 ok (for `run`: the command's own exit code)   1 error   2 bad usage
+  3 target process problem   4 database problem   5 collector unavailable"""
+
+
+def default_db() -> str:
+    return os.environ.get("ACCELWATCH_DB") or DEFAULT_DB
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value != value or value > 86400:
+        raise argparse.ArgumentTypeError(f"must be > 0 and at most 86400 seconds, got {text!r}")
+    return value
+
+
+def interval_seconds(text: str) -> float:
+    value = positive_seconds(text)
+    if value < 0.05:
+        raise argparse.ArgumentTypeError(f"interval must be at least 0.05 s, got {text!r}")
+    return value
+
+
+def tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"tag must be KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def pid_arg(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pid: {text!r}") from None
+    if pid <= 0:
+        raise argparse.ArgumentTypeError(f"not a pid: {text!r}")
+    return pid
+
+
+def host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, got {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return f"{host or '127.0.0.1'}:{number}"
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=None, metavar="PATH",
+                   help=f"DuckDB file (default: $ACCELWATCH_DB or ./{DEFAULT_DB})")
+
+
+def _add_recording(p: argparse.ArgumentParser) -> None:
+    _add_db(p)
+    p.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
+                   help="sampling interval (default 1)")
+    p.add_argument("--name", help="run name (default: the script's name)")
+    p.add_argument("--tag", type=tag, action="append", default=[], metavar="KEY=VALUE",
+                   help="attach a tag to the run (repeatable)")
+    p.add_argument("--headless", action="store_true",
+                   help="no terminal UI: print a live line per interval and a report at the end")
+    p.add_argument("--simulate", metavar="SCENARIO",
+                   help="use simulated GPUs from a named scenario or a scenario .toml file")
+    p.add_argument("--otlp", nargs="?", const="", default=None, metavar="ENDPOINT",
+                   help="export via OTLP (endpoint and protocol from OTEL_* variables if omitted)")
+    p.add_argument("--prometheus", type=host_port, default=None, metavar="[HOST:]PORT",
+                   help="serve a Prometheus scrape endpoint (host defaults to 127.0.0.1)")
+    p.add_argument("--metric-names", choices=("otel", "dcgm"), default="otel",
+                   help="exported metric names: OpenTelemetry conventions, or also dcgm-exporter's")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accelwatch",
+        description="Watch a training job and tell what it is waiting on.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"accelwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="start a command and record it until it exits")
+    _add_recording(p)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+
+    p = sub.add_parser("attach", help="record a running process until it exits")
+    p.add_argument("pid", type=pid_arg)
+    _add_recording(p)
+    p.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
+                   help="stop recording after this long")
+
+    p = sub.add_parser("demo", help="run the example training job on simulated GPUs")
+    p.add_argument("scenario", nargs="?", default="healthy")
+    _add_recording(p)
+    p.add_argument("--steps", type=int, default=None, help="training steps of the example job")
+
+    p = sub.add_parser("runs", help="list recorded runs")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("metrics", help="list the metric catalog")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("scenarios", help="list the simulated-hardware scenarios")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("report", help="report on a run: summary and findings")
+    p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
+    _add_db(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=("text", "md", "html"), default="text")
+    p.add_argument("--out", metavar="FILE")
+
+    p = sub.add_parser("view", help="open the terminal UI over a recorded run")
+    p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
+    _add_db(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "db", "unset") is None:
+        args.db = default_db()
+    try:
+        from agent import commands
+
+        return getattr(commands, f"cmd_{args.command}")(args)
+    except AccelwatchError as exc:
+        print(f"accelwatch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("accelwatch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Handlers behind each ``accelwatch`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from agent.cli import print_json
+from agent.errors import StoreError, UsageError
+from agent.session import Session, SessionConfig, install_signal_handlers
+
+
+def _config(args: argparse.Namespace) -> SessionConfig:
+    return SessionConfig(
+        db_path=args.db,
+        interval=args.interval,
+        name=args.name,
+        tags=dict(args.tag),
+        headless=args.headless or not sys.stdout.isatty(),
+        duration=getattr(args, "duration", None),
+        simulate=args.simulate,
+        otlp=args.otlp,
+        prometheus=args.prometheus,
+        metric_names=args.metric_names,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("run needs a command: accelwatch run [OPTIONS] -- CMD ARGS...")
+    session = Session(_config(args))
+    install_signal_handlers(session)
+    session.launch(command)
+    _watch(session)
+    run = session.run
+    return run.exit_code if run and run.exit_code is not None else 1
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    session = Session(_config(args))
+    install_signal_handlers(session)
+    session.attach(args.pid)
+    _watch(session)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from collectors.sim import load_scenario
+
+    load_scenario(args.scenario)  # fail early, with the scenario error, on an unknown name
+    args.simulate = args.scenario
+    if args.name is None:
+        args.name = f"demo-{Path(args.scenario).stem}"
+    steps = args.steps if args.steps is not None else 60
+    args.cmd = [sys.executable, str(example_script()), "--steps", str(steps)]
+    return cmd_run(args)
+
+
+def example_script() -> Path:
+    """The example training job, from the installed wheel or the source tree."""
+    packaged = Path(__file__).parent / "_examples" / "train.py"
+    if packaged.exists():
+        return packaged
+    return Path(__file__).resolve().parents[1] / "examples" / "train.py"
+
+
+def _watch(session: Session) -> None:
+    """Foreground part of a recording: the TUI, or headless live lines; then finalize."""
+    try:
+        if session.config.headless:
+            printer = LiveLinePrinter(session)
+            session.wait(on_tick=printer.maybe_print)
+        else:
+            from tui.live import run_live
+
+            run_live(session)
+    finally:
+        run = session.finish()
+    if run is not None and not session.config.quiet:
+        print_summary(session)
+
+
+class LiveLinePrinter:
+    """One short line per interval on stderr while recording headless."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.last_seq = 0
+
+    def maybe_print(self) -> None:
+        snap = self.session.hub.latest
+        if snap is None or snap.seq == self.last_seq:
+            return
+        self.last_seq = snap.seq
+        print(format_live_line(snap), file=sys.stderr, flush=True)
+
+
+def format_live_line(snap) -> str:
+    procs = snap.entities("process")
+    cpu = sum(snap.value(p, "process.cpu.utilization") or 0.0 for p in procs)
+    rss = sum(snap.value(p, "process.memory.rss") or 0.0 for p in procs)
+    parts = [
+        time.strftime("%H:%M:%S", time.localtime(snap.ts)),
+        f"procs={len(procs)}",
+        f"cpu={cpu * 100:.0f}%",
+        f"rss={rss / 2**20:.0f}MiB",
+    ]
+    host_cpu = snap.value("host", "host.cpu.utilization")
+    if host_cpu is not None:
+        parts.append(f"host={host_cpu * 100:.0f}%")
+    for gpu in [e for e in snap.entities("nvml") if e.startswith("gpu") and "/" not in e][:8]:
+        util = snap.value(gpu, "gpu.utilization")
+        parts.append(f"{gpu}={'-' if util is None else f'{util * 100:.0f}%'}")
+    disabled = snap.stats.get("disabled") or {}
+    if disabled:
+        parts.append(f"disabled={','.join(disabled)}")
+    return " ".join(parts)
+
+
+def print_summary(session: Session) -> None:
+    run = session.run
+    try:
+        from agent.report import render_run_text
+    except ImportError:
+        render_run_text = None
+    if render_run_text is not None:
+        try:
+            print(render_run_text(session.store.path, run.run_id))
+            return
+        except Exception as exc:  # the recording is safe; say why the report failed
+            print(f"accelwatch: report failed: {exc}", file=sys.stderr)
+    duration = (run.ended or time.time()) - run.started
+    print(
+        f"run {run.run_id} ({run.name}) {run.status}: {duration:.1f}s, "
+        f"{session.store.rows_written} samples in {session.store.path}"
+        + (f", exit code {run.exit_code}" if run.exit_code is not None else "")
+    )
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from agent.store import connect
+
+    con = connect(args.db, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT run_id, name, mode, pid, host, started, ended, status, exit_code, "
+            "simulated, scenario, tags FROM runs ORDER BY started"
+        ).fetchall()
+        cols = [d[0] for d in con.description]
+    finally:
+        con.close()
+    records = [dict(zip(cols, r)) for r in rows]
+    if args.json:
+        print_json(records)
+        return 0
+    if not records:
+        print(f"no runs in {args.db}")
+        return 0
+    print(f"{'RUN ID':24} {'NAME':20} {'MODE':6} {'PID':>7} {'STARTED':19} {'STATUS':9} SIM")
+    for r in records:
+        started = r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-"
+        sim = r["scenario"] or "" if r["simulated"] else ""
+        print(f"{r['run_id']:24} {r['name'][:20]:20} {r['mode']:6} {r['pid'] or '-':>7} "
+              f"{started:19} {r['status']:9} {sim}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from agent.catalog import CATALOG
+
+    rows = [
+        {"name": m.name, "unit": m.unit, "kind": m.kind, "source": m.source,
+         "otel_name": m.otel_name, "dcgm_name": m.dcgm_name, "description": m.description}
+        for m in CATALOG
+    ]
+    if args.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['name']:36} {r['unit']:10} {r['kind']:8} {r['source']:8} {r['description']}")
+    return 0
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from collectors.sim import list_scenarios
+
+    infos = list_scenarios()
+    if args.json:
+        print_json([asdict(i) for i in infos])
+        return 0
+    for i in infos:
+        print(f"{i.name:20} {i.hardware:24} {i.summary}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agent.report import cmd_report as report
+
+    return report(args)
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        raise StoreError(f"no database at {args.db}")
+    from tui.replay import run_replay
+
+    return run_replay(args.db, args.run)

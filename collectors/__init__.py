@@ -1,0 +1,1 @@
+"""Collectors: one module per source, all behind :class:`collectors.base.Collector`."""

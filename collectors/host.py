@@ -1,0 +1,119 @@
+"""Host collector: CPU per core and by mode, memory, swap, load, disks, networks, InfiniBand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+from agent.catalog.host import CPU_MODES
+from agent.model import Batch, BatchBuilder
+from collectors.base import CollectContext, Collector
+
+_SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram")
+_SKIPPED_NICS = ("lo",)
+
+
+def _busy(times) -> tuple[float, float]:
+    """(busy, total) seconds of a psutil cpu_times tuple; guest time is already in user."""
+    d = times._asdict()
+    total = sum(v for k, v in d.items() if k not in ("guest", "guest_nice"))
+    idle = d.get("idle", 0.0) + d.get("iowait", 0.0)
+    return total - idle, total
+
+
+def read_infiniband(sys_root: Path) -> dict[str, tuple[int, int]]:
+    """``{"mlx5_0/1": (rx_bytes, tx_bytes)}`` from sysfs port counters (which count 4-byte words)."""
+    out: dict[str, tuple[int, int]] = {}
+    base = sys_root / "class" / "infiniband"
+    if not base.is_dir():
+        return out
+    for counters in sorted(base.glob("*/ports/*/counters")):
+        try:
+            rx = int((counters / "port_rcv_data").read_text().strip()) * 4
+            tx = int((counters / "port_xmit_data").read_text().strip()) * 4
+        except (OSError, ValueError):
+            continue
+        device, port = counters.parent.parent.parent.name, counters.parent.name
+        out[f"{device}/{port}"] = (rx, tx)
+    return out
+
+
+class HostCollector(Collector):
+    """Samples the whole machine; rates are left to the store (counters stay cumulative)."""
+
+    source = "host"
+
+    def __init__(self, sys_root: str | os.PathLike[str] = "/sys") -> None:
+        self.sys_root = Path(sys_root)
+        self._prev_total = None
+        self._prev_cores = None
+
+    def start(self, ctx: CollectContext) -> None:
+        self._prev_total = psutil.cpu_times()
+        self._prev_cores = psutil.cpu_times(percpu=True)
+
+    def collect(self, now: float) -> Batch:
+        b = BatchBuilder(self.source, now)
+        self._cpu(b)
+        vm = psutil.virtual_memory()
+        b.add("host", "host.memory.total", vm.total)
+        b.add("host", "host.memory.available", vm.available)
+        b.add("host", "host.memory.used", vm.total - vm.available)
+        b.add("host", "host.memory.utilization", (vm.total - vm.available) / vm.total)
+        sw = psutil.swap_memory()
+        b.add("host", "host.swap.total", sw.total)
+        b.add("host", "host.swap.used", sw.used)
+        b.add("host", "host.swap.in", sw.sin)
+        b.add("host", "host.swap.out", sw.sout)
+        load1, load5, load15 = os.getloadavg()
+        b.add("host", "host.load.1m", load1)
+        b.add("host", "host.load.5m", load5)
+        b.add("host", "host.load.15m", load15)
+        for name, io in (psutil.disk_io_counters(perdisk=True) or {}).items():
+            if name.startswith(_SKIPPED_DISK_PREFIXES):
+                continue
+            entity = f"disk:{name}"
+            b.add(entity, "host.disk.read_bytes", io.read_bytes)
+            b.add(entity, "host.disk.write_bytes", io.write_bytes)
+            b.add(entity, "host.disk.read_ops", io.read_count)
+            b.add(entity, "host.disk.write_ops", io.write_count)
+            busy_ms = getattr(io, "busy_time", None)
+            b.add(entity, "host.disk.busy_time", None if busy_ms is None else busy_ms / 1000)
+        for name, io in (psutil.net_io_counters(pernic=True) or {}).items():
+            if name in _SKIPPED_NICS:
+                continue
+            entity = f"net:{name}"
+            b.add(entity, "host.net.rx_bytes", io.bytes_recv)
+            b.add(entity, "host.net.tx_bytes", io.bytes_sent)
+            b.add(entity, "host.net.rx_packets", io.packets_recv)
+            b.add(entity, "host.net.tx_packets", io.packets_sent)
+            b.add(entity, "host.net.errors", io.errin + io.errout)
+        for port, (rx, tx) in read_infiniband(self.sys_root).items():
+            b.add(f"ib:{port}", "host.ib.rx_bytes", rx)
+            b.add(f"ib:{port}", "host.ib.tx_bytes", tx)
+        return b.build()
+
+    def _cpu(self, b: BatchBuilder) -> None:
+        total = psutil.cpu_times()
+        cores = psutil.cpu_times(percpu=True)
+        b.add("host", "host.cpu.count", len(cores))
+        prev_total, prev_cores = self._prev_total, self._prev_cores
+        self._prev_total, self._prev_cores = total, cores
+        if prev_total is None:
+            return
+        busy1, all1 = _busy(total)
+        busy0, all0 = _busy(prev_total)
+        span = all1 - all0
+        if span > 0:
+            b.add("host", "host.cpu.utilization", max(0.0, (busy1 - busy0) / span))
+            now_d, before_d = total._asdict(), prev_total._asdict()
+            for mode in CPU_MODES:
+                if mode in now_d:
+                    b.add("host", f"host.cpu.{mode}", max(0.0, (now_d[mode] - before_d[mode]) / span))
+        for i, (now_c, before_c) in enumerate(zip(cores, prev_cores or ())):
+            busy1, all1 = _busy(now_c)
+            busy0, all0 = _busy(before_c)
+            if all1 - all0 > 0:
+                b.add(f"cpu{i}", "host.cpu.utilization", max(0.0, (busy1 - busy0) / (all1 - all0)))

@@ -1,0 +1,1 @@
+"""Exporters that feed existing monitoring from the agent's latest snapshot."""
