@@ -73,6 +73,11 @@ class Session:
         self.stop_reason = ""
         self.simulator = None
         self.process_collector: ProcessCollector | None = None
+        #: The live analysis's current findings (list of dicts with rule, severity, entity,
+        #: summary, evidence, next_step, start_ts, end_ts); replaced whole, never mutated.
+        self.live_findings: list[dict] = []
+        #: Health counters consumers publish for the TUI header (e.g. "otlp.failed_exports").
+        self.health: dict[str, int | float | str] = {}
         self._finished = False
 
     # -- starting
