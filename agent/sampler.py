@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,10 +97,8 @@ class Sampler:
         reason = f"{type(exc).__name__}: {exc}"
         self.stats.disabled[collector.source] = reason
         self.note("collector_disabled", collector.source, reason=reason, severity="warning")
-        try:
+        with contextlib.suppress(Exception):
             collector.close()
-        except Exception:
-            pass
 
     # -- background loop
     def start(self) -> None:

@@ -6,6 +6,7 @@ the :class:`agent.snapshot.SnapshotHub`; nothing they do can block sampling.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -209,10 +210,8 @@ class Session:
 
     def forward_signal(self, signum: int) -> None:
         if self.child is not None and self.child.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.child.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     def wait(self, on_tick: Callable[[], None] | None = None) -> None:
         """Block until the target exits, the duration passes, or a stop is requested."""
@@ -237,10 +236,8 @@ class Session:
             if self.run is not None:
                 self.sampler.step()  # one last sample so the end of the run is recorded
         for consumer in reversed(self.consumers):
-            try:
+            with contextlib.suppress(Exception):
                 consumer.stop()
-            except Exception:
-                pass
         if self.child is not None:
             _reap(self.child)
             if self.run is not None:

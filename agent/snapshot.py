@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -101,8 +102,6 @@ class SnapshotHub:
         with self._lock:
             subscribers = list(self._subscribers)
         for callback in subscribers:
-            try:
+            with contextlib.suppress(Exception):  # a consumer's bug must never stop sampling
                 callback(snap)
-            except Exception:  # a consumer's bug must never stop sampling
-                pass
         return snap

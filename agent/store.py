@@ -90,7 +90,10 @@ def _check_path(path: Path, *, must_exist: bool) -> None:
 def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (or create, mode 0600) an accelwatch database with clear errors."""
     p = Path(path)
-    _check_path(p, must_exist=read_only)
+    try:
+        _check_path(p, must_exist=read_only)
+    except PermissionError as exc:
+        raise StoreError(f"cannot access {p}: permission denied ({exc.filename})") from None
     existed = p.exists()
     if not existed and not read_only and not os.access(p.parent if str(p.parent) else ".", os.W_OK):
         raise StoreError(f"cannot create {p}: directory is not writable")

@@ -36,6 +36,7 @@ class ProcessCollector(Collector):
         self.root_pid = root_pid
         self._procs: dict[int, psutil.Process] = {}
         self._last_cpu: dict[int, tuple[float, float]] = {}
+        self._root: psutil.Process | None = None
         self.pids: frozenset[int] = frozenset()
         self.root_alive = True
 
@@ -49,11 +50,11 @@ class ProcessCollector(Collector):
             raise TargetError(
                 f"cannot read process {self.root_pid}: permission denied (another user's process?)"
             ) from None
-        self._procs[self.root_pid] = root
+        self._root = root
 
     def _discover(self) -> list[psutil.Process]:
-        root = self._procs.get(self.root_pid)
-        if root is None or not root.is_running():
+        root = self._root
+        if root is None or not self.root_alive or not root.is_running():
             self.root_alive = False
             return []
         try:

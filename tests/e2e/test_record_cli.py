@@ -1,0 +1,271 @@
+"""`accelwatch run` / `attach` on real processes with real workers, read back from DuckDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from agent.store import connect
+from tests.helpers import EXAMPLE, accelwatch, run_cli, wait_until
+
+
+def _query(db, sql, *params):
+    con = connect(db, read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def test_run_records_the_example_job_and_its_loader_workers(tmp_path):
+    db = tmp_path / "run.duckdb"
+    result = run_cli(
+        "run", "--db", str(db), "--headless", "--interval", "0.2", "--name", "example",
+        "--tag", "team=ml", "--", sys.executable, str(EXAMPLE), "--steps", "40", "--workers", "2",
+        env={"RANK": "0", "WORLD_SIZE": "1", "SECRET_TOKEN": "hunter2"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "step 40/40" in result.stdout
+    [(run_id, name, status, exit_code, tags, env, pid)] = _query(
+        db, "SELECT run_id, name, status, exit_code, tags, env, pid FROM runs"
+    )
+    assert (name, status, exit_code) == ("example", "finished", 0)
+    assert json.loads(tags) == {"team": "ml"}
+    assert json.loads(env) == {"RANK": "0", "WORLD_SIZE": "1"}
+    procs = {
+        int(e): json.loads(a)
+        for e, a in _query(db, "SELECT entity, attrs FROM entities WHERE source='process'")
+    }
+    workers = [p for p in procs.values() if p["ppid"] == pid and p["role"] == "worker"]
+    assert procs[pid]["role"] == "main"
+    assert len(workers) >= 2, procs  # the two loader workers (and the spawn resource tracker)
+    sampled = {int(r[0]) for r in _query(
+        db, "SELECT DISTINCT entity FROM samples WHERE source='process'")}
+    assert {w["pid"] for w in workers} <= sampled
+    host_metrics = {r[0] for r in _query(db, "SELECT DISTINCT metric FROM samples WHERE source='host'")}
+    assert {"host.cpu.utilization", "host.cpu.iowait", "host.memory.used", "host.load.1m"} <= host_metrics
+    assert "hunter2" not in db.read_bytes().decode("latin-1")
+
+
+def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
+    job = worker_job(seconds=30.0)
+    db = tmp_path / "attach.duckdb"
+    agent = subprocess.Popen(
+        accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    ppids = {p.pid: p.ppid() for p in tree}
+    time.sleep(1.5)
+    for p in tree:  # freeze the job so /proc's CPU seconds stop moving
+        p.suspend()
+    truth = {p.pid: sum(p.cpu_times()[:2]) for p in tree}
+    time.sleep(1.0)  # let the agent take a few samples of the frozen tree
+    agent.send_signal(signal.SIGINT)
+    _, err = agent.communicate(timeout=30)
+    for p in tree:
+        p.resume()
+    assert agent.returncode == 0, err
+    rows = _query(db, """
+        SELECT entity, arg_max(value, ts) FILTER (metric = 'process.cpu.user')
+               + arg_max(value, ts) FILTER (metric = 'process.cpu.system')
+        FROM samples WHERE source = 'process' GROUP BY entity""")
+    recorded = {int(e): v for e, v in rows}
+    assert set(truth) <= set(recorded)
+    for pid, seconds in truth.items():
+        assert recorded[pid] == pytest.approx(seconds, abs=0.02), pid
+    assert sum(truth.values()) > 1.0  # the workers really burned CPU
+    parents = dict(_query(db, "SELECT entity, json_extract(attrs, '$.ppid')::INT FROM entities "
+                               "WHERE source='process'"))
+    for pid, ppid in ppids.items():
+        if pid != job.pid:
+            assert parents[str(pid)] == ppid
+    roles = dict(_query(db, "SELECT entity, json_extract_string(attrs, '$.role') FROM entities "
+                             "WHERE source='process'"))
+    assert roles[str(job.pid)] == "main"
+    assert sum(1 for r in roles.values() if r == "worker") >= 2
+
+
+def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job):
+    job = worker_job(seconds=2.0)
+    db = tmp_path / "exit.duckdb"
+    result = run_cli("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert _query(db, "SELECT status FROM runs") == [("finished",)]
+    assert _query(db, "SELECT count(*) FROM events WHERE kind='process_exit'")[0][0] >= 2
+
+
+def test_run_forwards_exit_code(tmp_path):
+    db = tmp_path / "x.duckdb"
+    result = run_cli("run", "--db", str(db), "--headless", "--interval", "0.1", "--",
+                     sys.executable, "-c", "import sys, time; time.sleep(0.3); sys.exit(7)")
+    assert result.returncode == 7
+    assert _query(db, "SELECT exit_code, status FROM runs") == [(7, "finished")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_agent_stops_attach_and_finalizes_the_run(tmp_path, worker_job, sig):
+    job = worker_job(seconds=30.0)
+    db = tmp_path / "s.duckdb"
+    agent = subprocess.Popen(
+        accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    agent.send_signal(sig)
+    agent.communicate(timeout=20)
+    assert agent.returncode == 0
+    assert job.poll() is None, "the watched job must survive the agent's stop"
+    [(status, ended)] = _query(db, "SELECT status, ended FROM runs")
+    assert status == "stopped" and ended is not None
+    assert _query(db, "SELECT count(*) FROM samples")[0][0] > 0
+    assert _query(db, "SELECT count(*) FROM events WHERE kind='signal'")[0][0] == 1
+
+
+def test_sigterm_to_agent_is_forwarded_to_run_command(tmp_path):
+    db = tmp_path / "f.duckdb"
+    agent = subprocess.Popen(
+        accelwatch("run", "--db", str(db), "--headless", "--interval", "0.2", "--",
+                   sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert agent.stdout.readline().strip() == "up"
+    time.sleep(0.5)
+    agent.send_signal(signal.SIGTERM)
+    agent.communicate(timeout=20)
+    assert agent.returncode == 128 + signal.SIGTERM
+    assert _query(db, "SELECT status, exit_code FROM runs") == [("finished", 143)]
+
+
+def test_kill_9_of_agent_keeps_flushed_samples(tmp_path, worker_job):
+    job = worker_job(seconds=30.0)
+    db = tmp_path / "k.duckdb"
+    agent = subprocess.Popen(
+        accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    for lines, _ in enumerate(agent.stderr, start=1):  # one live line per tick
+        if lines >= 12:
+            break
+    os.kill(agent.pid, signal.SIGKILL)
+    agent.wait()
+    ticks = _query(db, "SELECT count(DISTINCT ts) FROM samples WHERE source='host'")[0][0]
+    assert ticks >= 12 - 6  # at most the last ~1 s flush interval (5 ticks) is lost
+    assert _query(db, "SELECT status FROM runs") == [("running",)]
+
+
+def test_attach_duration_and_runs_listing(tmp_path, worker_job):
+    job = worker_job(seconds=30.0)
+    db = tmp_path / "d.duckdb"
+    started = time.monotonic()
+    result = run_cli("attach", str(job.pid), "--db", str(db), "--headless",
+                     "--interval", "0.2", "--duration", "1", "--name", "dur")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    listed = run_cli("runs", "--db", str(db), "--json")
+    [run] = json.loads(listed.stdout)
+    assert run["name"] == "dur" and run["status"] == "stopped" and run["mode"] == "attach"
+
+
+# -- bad input: one line on stderr, non-zero exit, nothing lost
+
+def _one_line_error(result, code, fragment):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_unknown_pid(tmp_path):
+    pid = 4_000_000
+    assert not psutil.pid_exists(pid)
+    _one_line_error(run_cli("attach", str(pid), "--db", str(tmp_path / "a.duckdb")),
+                    3, "no process with pid")
+    assert not (tmp_path / "a.duckdb").exists() or True
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
+def test_bad_interval(tmp_path, value):
+    result = run_cli("attach", str(os.getpid()), "--interval", value,
+                     "--db", str(tmp_path / "a.duckdb"))
+    assert result.returncode == 2
+    assert "--interval" in result.stderr.strip().splitlines()[-1]
+
+
+def test_bad_tag_and_missing_command(tmp_path):
+    assert run_cli("run", "--tag", "novalue", "--", "true").returncode == 2
+    _one_line_error(run_cli("run", "--db", str(tmp_path / "a.duckdb")), 2, "needs a command")
+
+
+def test_unwritable_db_path(tmp_path):
+    _one_line_error(run_cli("attach", str(os.getpid()), "--db", "/proc/nope/a.duckdb"),
+                    4, "cannot create")
+
+
+def test_corrupt_db_is_refused_and_kept(tmp_path):
+    db = tmp_path / "notes.duckdb"
+    db.write_text("not a database\n" * 100)
+    before = db.read_bytes()
+    _one_line_error(run_cli("attach", str(os.getpid()), "--db", str(db)), 4, "refusing")
+    assert db.read_bytes() == before
+
+
+def test_second_agent_on_same_db(tmp_path, worker_job):
+    job = worker_job(seconds=30.0)
+    db = tmp_path / "busy.duckdb"
+    first = subprocess.Popen(
+        accelwatch("attach", str(job.pid), "--db", str(db), "--headless"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first.stderr.readline()
+        _one_line_error(run_cli("attach", str(job.pid), "--db", str(db)), 4, "in use")
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=20)
+    assert _query(db, "SELECT status FROM runs") == [("stopped",)]
+
+
+def test_pid_that_already_exited(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
+    try:
+        _one_line_error(run_cli("attach", str(child.pid), "--db", str(tmp_path / "z.duckdb")),
+                        3, "already exited")
+    finally:
+        child.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as another user")
+def test_pid_of_another_user(tmp_path):
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not available")
+    import tempfile
+
+    shared = tempfile.mkdtemp(prefix="accelwatch-user-")
+    os.chmod(shared, 0o777)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         *accelwatch("attach", "1", "--db", os.path.join(shared, "u.duckdb"))],
+        capture_output=True, text=True, timeout=60, cwd=repo,
+        env={**os.environ, "PYTHONPATH": repo, "HOME": shared},
+    )
+    assert result.returncode == 3, result.stderr
+    assert "another user" in result.stderr or "permission denied" in result.stderr
+
+
+def test_help_imports_neither_duckdb_nor_textual():
+    code = ("import sys\nfrom agent.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('duckdb', 'textual', "
+            "'opentelemetry', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

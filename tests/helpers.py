@@ -1,0 +1,61 @@
+"""Test helpers: the CLI as a subprocess, a job with real workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "train.py"
+
+#: A job with a main process and two multiprocessing workers that burn some CPU.
+WORKER_JOB = textwrap.dedent(
+    """
+    import multiprocessing as mp, sys, time
+
+    def work(seconds):
+        end = time.time() + seconds
+        x = 0
+        while time.time() < end:
+            x += sum(i * i for i in range(2000))
+
+    if __name__ == "__main__":
+        seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=work, args=(seconds,)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        print("ready", flush=True)
+        work(seconds / 2)
+        for p in procs:
+            p.join()
+    """
+)
+
+
+def accelwatch(*args: str) -> list[str]:
+    """The CLI as a subprocess command line, from this interpreter."""
+    return [sys.executable, "-m", "agent", *args]
+
+
+def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ACCELWATCH_DB": os.environ.get("ACCELWATCH_DB", "")}
+    env.pop("ACCELWATCH_DB")
+    return subprocess.run(
+        accelwatch(*args), capture_output=True, text=True, timeout=timeout,
+        env={**env, **kw.pop("env", {})}, **kw,
+    )
+
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
