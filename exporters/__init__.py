@@ -1,1 +1,43 @@
-"""Exporters that feed existing monitoring from the agent's latest snapshot."""
+"""Exporters that feed existing monitoring from the agent's latest snapshot.
+
+``build_exporters(config)`` is the session's hook for ``--otlp``, ``--prometheus`` and
+``--metric-names``; OpenTelemetry is imported only when one of them is used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from agent.errors import UsageError
+
+if TYPE_CHECKING:
+    from agent.session import Consumer, SessionConfig
+
+#: Overrides the cap on processes with their own series (default 64).
+MAX_PROCESSES_ENV = "ACCELWATCH_EXPORT_MAX_PROCESSES"
+
+
+def build_exporters(config: SessionConfig) -> list[Consumer]:
+    """The export consumers the config asks for (empty when neither OTLP nor Prometheus is on)."""
+    if config.otlp is None and config.prometheus is None:
+        return []
+    if config.metric_names not in ("otel", "dcgm"):
+        raise UsageError(f"--metric-names must be otel or dcgm, got {config.metric_names!r}")
+    from exporters.otel import TelemetryExporter
+    from exporters.series import DEFAULT_MAX_PROCESSES
+
+    raw = os.environ.get(MAX_PROCESSES_ENV, "")
+    try:
+        max_processes = int(raw) if raw else DEFAULT_MAX_PROCESSES
+    except ValueError:
+        raise UsageError(f"{MAX_PROCESSES_ENV} must be a whole number, got {raw!r}") from None
+    return [
+        TelemetryExporter(
+            otlp=config.otlp, prometheus=config.prometheus,
+            metric_names=config.metric_names, max_processes=max(0, max_processes),
+        )
+    ]
+
+
+__all__ = ["build_exporters"]

@@ -1,0 +1,113 @@
+"""Findings for monitoring backends: a gauge of active findings, and a log record per finding.
+
+Both read ``session.live_findings`` (a list the live analysis replaces whole), so they cost
+nothing while findings do not change.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from opentelemetry._logs import Logger, SeverityNumber
+from opentelemetry.metrics import Observation
+
+from agent.snapshot import Snapshot
+
+FINDINGS_GAUGE = "accelwatch.findings.active"
+FINDINGS_UNIT = "{finding}"
+FINDINGS_DESCRIPTION = "Findings of the live analysis that are active now, by rule and severity."
+RULE = "accelwatch.finding.rule"
+SEVERITY = "accelwatch.finding.severity"
+EVENT_NAME = "accelwatch.finding"
+
+_SEVERITY_NUMBERS = {
+    "debug": SeverityNumber.DEBUG,
+    "info": SeverityNumber.INFO,
+    "notice": SeverityNumber.INFO2,
+    "warning": SeverityNumber.WARN,
+    "warn": SeverityNumber.WARN,
+    "error": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+}
+
+Finding = Mapping[str, Any]
+
+
+class FindingsGauge:
+    """Counts by (rule, severity); a pair seen once reports 0 after it clears, never vanishes."""
+
+    def __init__(self, findings: Callable[[], Iterable[Finding]]) -> None:
+        self._findings = findings
+        self._known: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def observe(self) -> list[Observation]:
+        counts = Counter(
+            (str(f.get("rule", "unknown")), str(f.get("severity", "info")))
+            for f in self._findings()
+        )
+        with self._lock:
+            self._known.update(counts)
+            known = sorted(self._known)
+        return [
+            Observation(counts.get(pair, 0), {RULE: pair[0], SEVERITY: pair[1]}) for pair in known
+        ]
+
+
+def finding_key(finding: Finding) -> tuple[str, str, str]:
+    return (str(finding.get("rule")), str(finding.get("entity")), str(finding.get("start_ts")))
+
+
+class FindingLogEmitter:
+    """Emits a log record when a finding appears and one when it clears (a hub subscriber)."""
+
+    def __init__(self, logger: Logger, findings: Callable[[], list[Finding]]) -> None:
+        self._logger = logger
+        self._findings = findings
+        self._last_list: list[Finding] | None = None
+        self._active: dict[tuple[str, str, str], Finding] = {}
+        self.emitted = 0
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        current = self._findings()
+        if current is self._last_list:  # unchanged: the analysis replaces the list whole
+            return
+        self._last_list = current
+        now = {finding_key(f): f for f in current}
+        for key, finding in now.items():
+            if key not in self._active:
+                self._emit(finding, snapshot.ts, resolved=False)
+        for key in self._active.keys() - now.keys():
+            self._emit(self._active[key], snapshot.ts, resolved=True)
+        self._active = now
+
+    def _emit(self, finding: Finding, ts: float, *, resolved: bool) -> None:
+        severity = str(finding.get("severity", "info"))
+        attributes: dict[str, Any] = {
+            RULE: str(finding.get("rule", "unknown")),
+            SEVERITY: severity,
+            "accelwatch.finding.entity": str(finding.get("entity", "")),
+            "accelwatch.finding.state": "resolved" if resolved else "active",
+            "accelwatch.finding.evidence": json.dumps(finding.get("evidence"), default=str,
+                                                      sort_keys=True),
+        }
+        if finding.get("next_step"):
+            attributes["accelwatch.finding.next_step"] = str(finding["next_step"])
+        for bound in ("start_ts", "end_ts"):
+            if isinstance(finding.get(bound), int | float):
+                attributes[f"accelwatch.finding.{bound}"] = float(finding[bound])
+        summary = str(finding.get("summary", ""))
+        self._logger.emit(
+            timestamp=int(ts * 1e9),
+            severity_number=SeverityNumber.INFO if resolved
+            else _SEVERITY_NUMBERS.get(severity.lower(), SeverityNumber.INFO),
+            severity_text="INFO" if resolved else severity.upper(),
+            body=f"resolved: {summary}" if resolved else summary,
+            attributes=attributes,
+            event_name=EVENT_NAME,
+        )
+        self.emitted += 1

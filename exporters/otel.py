@@ -1,0 +1,170 @@
+"""The export consumer: one MeterProvider whose observable instruments come from the catalog.
+
+Readers (OTLP's periodic reader, the Prometheus endpoint) pull; every callback reads the
+latest snapshot through :class:`exporters.series.SeriesIndex`. Findings go out as a gauge and,
+over OTLP, as log records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import View
+
+from agent import __version__
+from agent.catalog import CATALOG
+from exporters.findings import (
+    FINDINGS_DESCRIPTION,
+    FINDINGS_GAUGE,
+    FINDINGS_UNIT,
+    FindingLogEmitter,
+    FindingsGauge,
+)
+from exporters.naming import PROCESS_ATTRIBUTE_KEYS, ExportPlan, build_plan
+from exporters.otlp import (
+    DEFAULT_EVENT_GAP_S,
+    CountingLogExporter,
+    CountingMetricExporter,
+    ExportHealth,
+    log_exporter,
+    metric_exporter,
+)
+from exporters.prometheus import PrometheusEndpoint
+from exporters.resource import build_resource
+from exporters.series import DEFAULT_MAX_PROCESSES, SeriesIndex
+
+if TYPE_CHECKING:
+    from agent.session import Session
+
+SCOPE = "accelwatch"
+
+
+def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
+
+
+def process_views(plan: ExportPlan) -> list[View]:
+    """Per-process instruments keep only identifying attributes (a cardinality guard)."""
+    views = []
+    for spec in plan.instruments.values():
+        metrics = [CATALOG[name] for name in spec.metrics]
+        if all(m.source == "process" for m in metrics):
+            keys = set(PROCESS_ATTRIBUTE_KEYS)
+            for m in metrics:
+                keys.update(m.otel_attributes)
+            views.append(View(instrument_name=spec.name, attribute_keys=keys))
+    return views
+
+
+def register_instruments(meter: Meter, plan: ExportPlan, index: SeriesIndex,
+                         session: Session) -> None:
+    """One observable instrument per planned name: counters for counters, gauges otherwise."""
+    for spec in plan.instruments.values():
+        def callback(_options: CallbackOptions, name: str = spec.name) -> Iterable[Observation]:
+            return index.observations(session.hub.latest, name)
+
+        create = meter.create_observable_counter if spec.kind == "counter" \
+            else meter.create_observable_gauge
+        create(spec.name, callbacks=[callback], unit=spec.unit, description=spec.description)
+
+
+class TelemetryExporter:
+    """A session consumer exporting over OTLP and/or a Prometheus endpoint.
+
+    ``otlp``: None (off), "" (endpoint and protocol from ``OTEL_*``) or an endpoint.
+    ``prometheus``: None (off) or "host:port".
+    """
+
+    def __init__(
+        self,
+        *,
+        otlp: str | None = None,
+        prometheus: str | None = None,
+        metric_names: str = "otel",
+        max_processes: int = DEFAULT_MAX_PROCESSES,
+        event_gap_s: float = DEFAULT_EVENT_GAP_S,
+    ) -> None:
+        self.otlp = otlp
+        self.prometheus_address = prometheus
+        self.metric_names = metric_names
+        self.max_processes = max_processes
+        self.event_gap_s = event_gap_s
+        self.index: SeriesIndex | None = None
+        self.prometheus: PrometheusEndpoint | None = None
+        self.meter_provider: MeterProvider | None = None
+        self.logger_provider: LoggerProvider | None = None
+        self.log_emitter: FindingLogEmitter | None = None
+        self._session: Session | None = None
+
+    def start(self, session: Session) -> None:
+        assert session.run is not None and session.sampler is not None
+        self._session = session
+        if sdk_disabled():
+            session.sampler.note("export_disabled", "otel", reason=f"{OTEL_SDK_DISABLED}=true")
+            return
+        resource = build_resource(session.run)
+        plan = build_plan(("otel", self.metric_names))
+        self.index = SeriesIndex(plan, session.run.host, self.max_processes)
+        readers: list[MetricReader] = []
+        if self.otlp is not None:
+            health = ExportHealth(session.health, session.sampler.note,
+                                  self.otlp or "OTEL_EXPORTER_OTLP_*", self.event_gap_s)
+            endpoint = self.otlp or None
+            exporter = CountingMetricExporter(metric_exporter(endpoint), health)
+            readers.append(PeriodicExportingMetricReader(exporter))
+            self._start_logs(session, resource, CountingLogExporter(log_exporter(endpoint), health))
+        if self.prometheus_address is not None:
+            self.prometheus = PrometheusEndpoint(self.prometheus_address, session.health)
+            readers.append(self.prometheus.reader)
+        self.meter_provider = MeterProvider(
+            metric_readers=readers, resource=resource, views=process_views(plan),
+            shutdown_on_exit=False,
+        )
+        meter = self.meter_provider.get_meter(SCOPE, __version__)
+        register_instruments(meter, plan, self.index, session)
+        findings = FindingsGauge(lambda: session.live_findings)
+        meter.create_observable_gauge(
+            FINDINGS_GAUGE, callbacks=[lambda _options: findings.observe()],
+            unit=FINDINGS_UNIT, description=FINDINGS_DESCRIPTION,
+        )
+        if self.prometheus is not None:
+            try:
+                self.prometheus.serve()
+            except Exception:
+                self.stop()
+                raise
+            session.health["prometheus.address"] = self.prometheus.address
+
+    def _start_logs(self, session: Session, resource: Any, exporter: CountingLogExporter) -> None:
+        self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+        logger = self.logger_provider.get_logger(SCOPE, __version__)
+        self.log_emitter = FindingLogEmitter(logger, lambda: session.live_findings)
+        session.hub.subscribe(self.log_emitter)
+
+    def stop(self) -> None:
+        """Final export (bounded by the exporter's timeout), then close the endpoint."""
+        session = self._session
+        if session is not None and self.log_emitter is not None:
+            session.hub.unsubscribe(self.log_emitter)
+            if session.hub.latest is not None:
+                self.log_emitter(session.hub.latest)  # findings set by the final analysis
+        if self.prometheus is not None:
+            self.prometheus.close()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()
+            self.meter_provider = None
+        if self.logger_provider is not None:
+            self.logger_provider.shutdown()
+            self.logger_provider = None
+        if session is not None and self.index is not None:
+            session.health["export.capped_processes"] = self.index.capped_processes

@@ -1,0 +1,146 @@
+"""The latest snapshot as observations per instrument, built once per tick and shared by readers.
+
+Observable-instrument callbacks run on the exporters' threads (the OTLP reader's ticker, the
+Prometheus scrape handler). They only read ``SnapshotHub.latest``, so exporting never queries
+a device and never waits for the sampler. Per-process series are bounded: only the job's
+processes (the process collector watches nothing else) and at most ``max_processes`` of them,
+kept in first-seen order so series do not churn.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.metrics import Observation
+
+from agent.snapshot import Snapshot
+from exporters.naming import (
+    Attributes,
+    ExportPlan,
+    Route,
+    dcgm_labels,
+    entity_attributes,
+    process_of,
+)
+
+DEFAULT_MAX_PROCESSES = 64
+
+
+class _EntitySeries:
+    """Cached attribute sets of one entity, valid while its described attributes are unchanged."""
+
+    __slots__ = ("own", "parent", "base", "dcgm", "merged")
+
+    def __init__(self, own: Any, parent: Any, base: Attributes | None, dcgm: Attributes | None):
+        self.own = own
+        self.parent = parent
+        self.base = base
+        self.dcgm = dcgm
+        self.merged: dict[int, Attributes | None] = {}
+
+
+class SeriesIndex:
+    """Turns snapshots into ``{instrument: [Observation]}``, caching attributes per entity."""
+
+    def __init__(self, plan: ExportPlan, hostname: str,
+                 max_processes: int = DEFAULT_MAX_PROCESSES) -> None:
+        self.plan = plan
+        self.hostname = hostname
+        self.max_processes = max_processes
+        #: Processes of the job left without series because of the cap (latest tick).
+        self.capped_processes = 0
+        self._routes: dict[str, list[tuple[int, Route]]] = {
+            metric: [(id(route), route) for route in routes]
+            for metric, routes in plan.routes.items()
+        }
+        self._lock = threading.Lock()
+        self._seq = -1
+        self._points: dict[str, list[Observation]] = {}
+        self._admitted: dict[int, None] = {}
+        self._entities: dict[tuple[str, str], _EntitySeries] = {}
+
+    def observations(self, snapshot: Snapshot | None, instrument: str) -> list[Observation]:
+        """The instrument's observations for ``snapshot`` (built once per snapshot)."""
+        if snapshot is None:
+            return []
+        with self._lock:
+            if snapshot.seq != self._seq:
+                self._points = self.build(snapshot)
+                self._seq = snapshot.seq
+            return self._points.get(instrument, [])
+
+    def build(self, snapshot: Snapshot) -> dict[str, list[Observation]]:
+        admitted = self._admit(snapshot)
+        points: dict[str, list[Observation]] = {}
+        seen: set[tuple[str, str]] = set()
+        for batch in snapshot.batches:
+            source = batch.source
+            for entity, metric, value in zip(batch.entities, batch.metrics, batch.values):
+                routes = self._routes.get(metric)
+                if routes is None:
+                    continue
+                pid = process_of(source, entity)
+                if pid is not None and pid not in admitted:
+                    continue
+                series = self._series(source, entity, snapshot.entity_attrs)
+                seen.add((source, entity))
+                for key, route in routes:
+                    attributes = self._attributes(series, key, route)
+                    if attributes is None:
+                        continue
+                    exported = _value(snapshot, entity, metric, value, route)
+                    if exported is not None:
+                        points.setdefault(route.instrument, []).append(
+                            Observation(exported, attributes)
+                        )
+        for stale in self._entities.keys() - seen:
+            del self._entities[stale]
+        return points
+
+    def _admit(self, snapshot: Snapshot) -> Mapping[int, None]:
+        """The job's processes that get series: those already admitted first, then new ones."""
+        current = [int(e) for e in snapshot.entities("process") if e.isdigit()]
+        alive = set(current)
+        admitted = {pid: None for pid in self._admitted if pid in alive}
+        for pid in current:
+            if len(admitted) >= self.max_processes:
+                break
+            admitted.setdefault(pid, None)
+        self._admitted = admitted
+        self.capped_processes = len(alive) - len(admitted)
+        return admitted
+
+    def _series(self, source: str, entity: str, described: Mapping[str, Any]) -> _EntitySeries:
+        own = described.get(entity)
+        parent = described.get(entity.split("/", 1)[0])
+        key = (source, entity)
+        cached = self._entities.get(key)
+        if cached is not None and cached.own is own and cached.parent is parent:
+            return cached
+        base = entity_attributes(source, entity, described)
+        dcgm = dcgm_labels(entity, described, self.hostname) if source == "nvml" else None
+        cached = _EntitySeries(own, parent, base, dcgm)
+        self._entities[key] = cached
+        return cached
+
+    @staticmethod
+    def _attributes(series: _EntitySeries, key: int, route: Route) -> Attributes | None:
+        try:
+            return series.merged[key]
+        except KeyError:
+            pass
+        base = series.dcgm if route.dcgm else series.base
+        merged = None if base is None else {**base, **route.fixed_attributes}
+        series.merged[key] = merged
+        return merged
+
+
+def _value(snapshot: Snapshot, entity: str, metric: str, value: float,
+           route: Route) -> float | None:
+    if route.as_rate:
+        rate = snapshot.rate(entity, metric)
+        return None if rate is None else rate * route.scale
+    return value * route.scale if route.scale != 1.0 else value
+
