@@ -1,0 +1,294 @@
+"""One GPU (or MIG device) as NVML sees it: its identity and the queries that read it.
+
+:func:`gpu_queries` lists every per-tick reading of a full GPU as :class:`Query` objects
+(fetch + emit); :class:`Device` keeps the ones the probe bound, plus the per-device state
+(counters, GPM samples, processes) those queries update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pynvml
+
+from agent.catalog.gpu import CLOCK_EVENT_FLAGS
+from agent.model import BatchBuilder
+from collectors.nvml_counters import CounterTrack
+from collectors.nvml_fields import FieldReader
+from collectors.nvml_gpm import GpmReader
+from collectors.nvml_probe import BoundQuery, Notice, Query, Variant, probe, query
+from collectors.nvml_processes import JobView, ProcessReader
+
+MAX_ENERGY_RATE_W = 1e5  # a step above this many joules per second is a counter reset
+_CLOCK_EVENT_METRICS = tuple((f"gpu.clock_event.{flag}", bit) for flag, bit in CLOCK_EVENT_FLAGS.items())
+_ECC_COUNTERS = (
+    ("gpu.ecc.volatile.corrected", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC),
+    ("gpu.ecc.volatile.uncorrected", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC),
+    ("gpu.ecc.aggregate.corrected", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC),
+    ("gpu.ecc.aggregate.uncorrected", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+     pynvml.NVML_AGGREGATE_ECC),
+)
+
+
+def text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+@dataclass(eq=False)
+class Device:
+    """A probed device: entity name, handle, bound queries and identity attributes."""
+
+    entity: str
+    handle: Any
+    attrs: dict[str, Any]
+    queries: list[BoundQuery] = field(default_factory=list)
+    processes: ProcessReader | None = None
+    gpm: GpmReader | None = None
+    children: list[Device] = field(default_factory=list)
+    lost: bool = False
+    described: dict[str, Any] | None = None  # attributes last sent to the store
+
+    def used_by_job(self) -> bool:
+        own = bool(self.processes and self.processes.job_processes)
+        return own or any(child.used_by_job() for child in self.children)
+
+    def describe_if_changed(self, b: BatchBuilder) -> None:
+        attrs = {**self.attrs, "used_by_job": self.used_by_job()}
+        if attrs != self.described:
+            b.describe(self.entity, **attrs)
+            self.described = attrs
+
+    def close(self) -> None:
+        if self.gpm is not None:
+            self.gpm.close()
+        for child in self.children:
+            child.close()
+
+
+# -- emitters: NVML result -> catalog metrics --------------------------------------------------
+def _emit_utilization(e: str, b: BatchBuilder, u: Any) -> None:
+    b.add(e, "gpu.utilization", u.gpu / 100.0)
+    b.add(e, "gpu.memory.utilization", u.memory / 100.0)
+
+
+def _emit_memory(e: str, b: BatchBuilder, m: Any) -> None:
+    b.add(e, "gpu.memory.used", m.used)
+    b.add(e, "gpu.memory.total", m.total)
+    b.add(e, "gpu.memory.free", m.free)
+
+
+def _emit_scaled(e: str, metric: str, scale: float, b: BatchBuilder, value: float) -> None:
+    b.add(e, metric, value * scale)
+
+
+def _emit_clock_events(e: str, b: BatchBuilder, mask: int) -> None:
+    b.add(e, "gpu.clock_events", mask)
+    for metric, bit in _CLOCK_EVENT_METRICS:
+        b.add(e, metric, 1 if mask & bit else 0)
+
+
+def _emit_remapped_rows(e: str, b: BatchBuilder, rows: tuple[int, int, int, int]) -> None:
+    correctable, uncorrectable, pending, failure = rows
+    b.add(e, "gpu.remapped_rows.correctable", correctable)
+    b.add(e, "gpu.remapped_rows.uncorrectable", uncorrectable)
+    b.add(e, "gpu.remapped_rows.pending", 1 if pending else 0)
+    b.add(e, "gpu.remapped_rows.failure", 1 if failure else 0)
+
+
+def _emit_energy(e: str, track: CounterTrack, b: BatchBuilder, millijoules: int) -> None:
+    track.update(millijoules, int(b.ts * 1e6))
+    b.add(e, "gpu.energy", track.total)
+
+
+def _scalar(name: str, function: str, fetch: Any, e: str, metric: str, scale: float = 1.0) -> Query:
+    return query(name, function, fetch, partial(_emit_scaled, e, metric, scale))
+
+
+def gpu_queries(h: Any, e: str) -> list[Query]:
+    """Every per-tick reading of a full GPU except fields, GPM and processes."""
+    nv = pynvml
+    energy = CounterTrack(scale=0.001, max_rate=MAX_ENERGY_RATE_W)
+    queries = [
+        query("utilization", "nvmlDeviceGetUtilizationRates",
+              partial(nv.nvmlDeviceGetUtilizationRates, h), partial(_emit_utilization, e)),
+        Query("memory", (
+            Variant("nvmlDeviceGetMemoryInfo_v2",
+                    partial(nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2), partial(_emit_memory, e)),
+            Variant("nvmlDeviceGetMemoryInfo",
+                    partial(nv.nvmlDeviceGetMemoryInfo, h), partial(_emit_memory, e)),
+        )),
+        _scalar("temperature", "nvmlDeviceGetTemperature",
+                partial(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU), e, "gpu.temperature"),
+        _scalar("power", "nvmlDeviceGetPowerUsage",
+                partial(nv.nvmlDeviceGetPowerUsage, h), e, "gpu.power", 0.001),
+        _scalar("power limit", "nvmlDeviceGetEnforcedPowerLimit",
+                partial(nv.nvmlDeviceGetEnforcedPowerLimit, h), e, "gpu.power.limit", 0.001),
+        query("energy", "nvmlDeviceGetTotalEnergyConsumption",
+              partial(nv.nvmlDeviceGetTotalEnergyConsumption, h), partial(_emit_energy, e, energy)),
+        _scalar("fan speed", "nvmlDeviceGetFanSpeed",
+                partial(nv.nvmlDeviceGetFanSpeed, h), e, "gpu.fan.speed", 0.01),
+        _scalar("sm clock", "nvmlDeviceGetClockInfo",
+                partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM), e, "gpu.clock.sm"),
+        _scalar("memory clock", "nvmlDeviceGetClockInfo",
+                partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM), e, "gpu.clock.memory"),
+        _scalar("pstate", "nvmlDeviceGetPerformanceState",
+                partial(nv.nvmlDeviceGetPerformanceState, h), e, "gpu.pstate"),
+        Query("clock events", tuple(
+            Variant(name, partial(getattr(nv, name), h), partial(_emit_clock_events, e))
+            for name in ("nvmlDeviceGetCurrentClocksEventReasons",
+                         "nvmlDeviceGetCurrentClocksThrottleReasons")
+        )),
+        _scalar("pcie link generation", "nvmlDeviceGetCurrPcieLinkGeneration",
+                partial(nv.nvmlDeviceGetCurrPcieLinkGeneration, h), e, "gpu.pcie.link.gen"),
+        _scalar("pcie link width", "nvmlDeviceGetCurrPcieLinkWidth",
+                partial(nv.nvmlDeviceGetCurrPcieLinkWidth, h), e, "gpu.pcie.link.width"),
+        _scalar("pcie replays", "nvmlDeviceGetPcieReplayCounter",
+                partial(nv.nvmlDeviceGetPcieReplayCounter, h), e, "gpu.pcie.replays"),
+        *[
+            _scalar(f"ecc {metric.split('.', 2)[2]}", "nvmlDeviceGetTotalEccErrors",
+                    partial(nv.nvmlDeviceGetTotalEccErrors, h, error_type, counter_type), e, metric)
+            for metric, error_type, counter_type in _ECC_COUNTERS
+        ],
+        query("remapped rows", "nvmlDeviceGetRemappedRows",
+              partial(nv.nvmlDeviceGetRemappedRows, h), partial(_emit_remapped_rows, e)),
+    ]
+    return queries
+
+
+def static_queries(h: Any, e: str) -> list[Query]:
+    """Limits that never change: read once at probe time, re-emitted every tick for free."""
+    nv = pynvml
+    specs = [
+        ("max sm clock", "nvmlDeviceGetMaxClockInfo",
+         partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_SM), "gpu.clock.sm.max"),
+        ("max memory clock", "nvmlDeviceGetMaxClockInfo",
+         partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_MEM), "gpu.clock.memory.max"),
+        ("max pcie link generation", "nvmlDeviceGetMaxPcieLinkGeneration",
+         partial(nv.nvmlDeviceGetMaxPcieLinkGeneration, h), "gpu.pcie.link.gen.max"),
+        ("max pcie link width", "nvmlDeviceGetMaxPcieLinkWidth",
+         partial(nv.nvmlDeviceGetMaxPcieLinkWidth, h), "gpu.pcie.link.width.max"),
+    ]
+    out = []
+    for name, function, fetch, metric in specs:
+        out.append(query(name, function, _Once(fetch), partial(_emit_scaled, e, metric, 1.0)))
+    return out
+
+
+class _Once:
+    """A fetch that calls NVML the first time and returns that answer ever after."""
+
+    __slots__ = ("fetch", "value", "done")
+
+    def __init__(self, fetch: Any) -> None:
+        self.fetch = fetch
+        self.done = False
+        self.value: Any = None
+
+    def __call__(self) -> Any:
+        if not self.done:
+            self.value = self.fetch()
+            self.done = True
+        return self.value
+
+
+def gpu_identity(h: Any, index: int) -> dict[str, Any]:
+    """Name, UUID, PCI bus id and memory size: the ``entities`` attributes of a GPU."""
+    pci = pynvml.nvmlDeviceGetPciInfo(h)
+    attrs: dict[str, Any] = {
+        "index": index,
+        "name": text(pynvml.nvmlDeviceGetName(h)),
+        "uuid": text(pynvml.nvmlDeviceGetUUID(h)),
+        "pci_bus_id": text(pci.busId),
+        "memory_total": _optional(partial(pynvml.nvmlDeviceGetMemoryInfo, h), "total"),
+    }
+    return attrs
+
+
+def _optional(fetch: Any, attr: str) -> Any:
+    try:
+        return getattr(fetch(), attr)
+    except pynvml.NVMLError_GpuIsLost:
+        raise
+    except pynvml.NVMLError:
+        return None
+
+
+def probe_gpu(h: Any, index: int, job: JobView) -> tuple[Device, list[Notice]]:
+    """Identity plus every query this GPU answers (GPU_IS_LOST propagates)."""
+    e = f"gpu{index}"
+    device = Device(e, h, gpu_identity(h, index))
+    fields = FieldReader(h, e)
+    field_queries, notices = fields.probe()
+    device.gpm = GpmReader(h, e)
+    gpm_queries, gpm_notices = device.gpm.probe()
+    device.processes = ProcessReader(h, e, job)
+    candidates = [*gpu_queries(h, e), *static_queries(h, e), *field_queries, *gpm_queries,
+                  *device.processes.queries()]
+    device.queries, probe_notices = probe(e, candidates)
+    device.attrs["nvlinks"] = fields.link_count
+    device.attrs["gpm"] = bool(gpm_queries)
+    return device, [*notices, *gpm_notices, *probe_notices]
+
+
+def probe_mig_devices(parent: Device, job: JobView) -> tuple[list[Device], list[Notice]]:
+    """MIG devices of a GPU in MIG mode (none otherwise), each with what it answers.
+
+    A MIG device reports memory, the job's processes on it and (where the driver offers
+    it, usually not) utilization; per-process memory is recorded once, on the parent GPU.
+    """
+    h = parent.handle
+    try:
+        enabled = pynvml.nvmlDeviceGetMigMode(h)[0] == pynvml.NVML_DEVICE_MIG_ENABLE
+    except pynvml.NVMLError_GpuIsLost:
+        raise
+    except pynvml.NVMLError:
+        enabled = False  # not MIG capable, or a driver without MIG
+    parent.attrs["mig"] = enabled
+    if not enabled:
+        return [], []
+    devices: list[Device] = []
+    notices: list[Notice] = []
+    for index in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+        try:
+            mh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, index)
+        except pynvml.NVMLError_NotFound:
+            continue
+        except pynvml.NVMLError_InvalidArgument:
+            break
+        e = f"{parent.entity}/mig{index}"
+        attrs = {
+            "parent": parent.entity,
+            "name": text(pynvml.nvmlDeviceGetName(mh)),
+            "uuid": text(pynvml.nvmlDeviceGetUUID(mh)),
+            "gpu_instance_id": _optional_value(partial(pynvml.nvmlDeviceGetGpuInstanceId, mh)),
+            "compute_instance_id": _optional_value(partial(pynvml.nvmlDeviceGetComputeInstanceId, mh)),
+            "memory_total": _optional(partial(pynvml.nvmlDeviceGetMemoryInfo, mh), "total"),
+        }
+        device = Device(e, mh, attrs)
+        device.processes = ProcessReader(mh, e, job, per_process=False)
+        device.queries, found = probe(e, [
+            query("utilization", "nvmlDeviceGetUtilizationRates",
+                  partial(pynvml.nvmlDeviceGetUtilizationRates, mh), partial(_emit_utilization, e)),
+            Query("memory", (
+                Variant("nvmlDeviceGetMemoryInfo_v2", partial(pynvml.nvmlDeviceGetMemoryInfo, mh,
+                                                              pynvml.nvmlMemory_v2),
+                        partial(_emit_memory, e)),
+                Variant("nvmlDeviceGetMemoryInfo", partial(pynvml.nvmlDeviceGetMemoryInfo, mh),
+                        partial(_emit_memory, e)),
+            )),
+            device.processes.queries()[0],
+        ])
+        devices.append(device)
+        notices.extend(found)
+    return devices, notices
+
+
+def _optional_value(fetch: Any) -> Any:
+    try:
+        return fetch()
+    except pynvml.NVMLError_GpuIsLost:
+        raise
+    except pynvml.NVMLError:
+        return None
