@@ -1,0 +1,110 @@
+"""Findings, most severe and newest first; Enter (or a click) opens a finding's evidence."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from agent.reader import Finding
+
+_SEVERITY_MARK = {"critical": "✖ CRIT", "error": "✖ ERR", "warning": "▲ WARN", "info": "● INFO"}
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts)) if ts is not None else "–"
+
+
+class FindingsTable(DataTable):
+    """One two-line row per finding: what is wrong, then what to try next."""
+
+    COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
+        f"findings--{severity}" for severity in _SEVERITY_MARK
+    }
+
+    def __init__(self) -> None:
+        super().__init__(id="findings", cursor_type="row")
+        self.findings: list[Finding] = []
+        self.border_title = "findings"
+
+    def on_mount(self) -> None:
+        self.add_column("SEVERITY", key="severity")
+        self.add_column("SINCE (UTC)", key="since")
+        self.add_column("ENTITY", key="entity")
+        self.add_column("FINDING → NEXT STEP", key="text")
+        self.show([])
+
+    def show(self, findings: list[Finding]) -> None:
+        if findings == self.findings and self.row_count:
+            return
+        selected = self.selected
+        self.findings = list(findings)
+        self.clear()
+        self.border_title = f"findings ({len(findings)})"
+        if not findings:
+            self.add_row("", "", "", Text("no findings so far", style="dim"), key="none")
+            return
+        for index, finding in enumerate(findings):
+            text = Text(finding.summary)
+            if finding.next_step:
+                text.append(f"\n→ {finding.next_step}", style="italic")
+            self.add_row(
+                Text(_SEVERITY_MARK.get(finding.severity, finding.severity.upper()),
+                     style=self._severity_style(finding.severity)),
+                _clock(finding.start_ts), finding.entity, text, key=str(index),
+                height=2 if finding.next_step else 1,
+            )
+        if selected in self.findings:
+            self.move_cursor(row=self.findings.index(selected), animate=False)
+
+    def _severity_style(self, severity: str):
+        if severity not in _SEVERITY_MARK:
+            return ""
+        return self.get_component_rich_style(f"findings--{severity}", partial=True)
+
+    @property
+    def selected(self) -> Finding | None:
+        if not self.findings or not self.row_count:
+            return None
+        row = self.cursor_coordinate.row
+        return self.findings[row] if 0 <= row < len(self.findings) else None
+
+
+class EvidenceScreen(ModalScreen[float | None]):
+    """A finding in full: summary, next step, window and evidence; ``j`` jumps there (replay)."""
+
+    BINDINGS = [
+        Binding("escape,enter,q", "dismiss(None)", "Close"),
+        Binding("j", "jump", "Jump to time", show=True),
+    ]
+
+    def __init__(self, finding: Finding, *, can_jump: bool) -> None:
+        super().__init__()
+        self.finding = finding
+        self.can_jump = can_jump
+
+    def compose(self) -> ComposeResult:
+        f = self.finding
+        with VerticalScroll(id="evidence-box") as box:
+            box.border_title = f"{f.severity.upper()} · {f.rule} · {f.entity}"
+            yield Static(Text(f.summary, style="bold"), id="evidence-summary")
+            if f.next_step:
+                yield Static(Text(f"Next step: {f.next_step}"), id="evidence-next")
+            window = f"from {_clock(f.start_ts)} to {_clock(f.end_ts) if f.end_ts else 'now'} UTC"
+            yield Static(window, id="evidence-window")
+            yield Static(Text(json.dumps(dict(f.evidence), indent=2, sort_keys=True,
+                                         default=str)), id="evidence-body")
+            hint = "j: jump to its start · " if self.can_jump else ""
+            yield Static(Text(f"{hint}Esc: close", style="dim"))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.can_jump if action == "jump" else True
+
+    def action_jump(self) -> None:
+        self.dismiss(self.finding.start_ts)

@@ -1,0 +1,157 @@
+"""One card per accelerator: activity sparklines, memory, power, thermals, clocks, links."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.events import Click
+from textual.message import Message
+from textual.widget import Widget
+
+from tui.format import bar, fmt, spark
+from tui.views import GpuView
+
+_LABEL = 5  # width of the left label column
+_PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
+
+
+class GpuCard(Widget, can_focus=True):
+    """A compact, width-aware card; dimmed when the job does not use the device."""
+
+    COMPONENT_CLASSES = {f"gpu-card--{part}" for part in _PARTS}
+
+    class Selected(Message):
+        """The card was clicked (for the time-series view)."""
+
+        def __init__(self, card: GpuCard) -> None:
+            super().__init__()
+            self.card = card
+
+    def __init__(self, entity: str) -> None:
+        super().__init__(id=f"card-{entity}", classes="gpu-card")
+        self.entity = entity
+        self.view: GpuView | None = None
+        self.border_title = entity
+
+    def show(self, view: GpuView) -> None:
+        if self.view is not None and view.signature() == self.view.signature():
+            return
+        self.view = view
+        self.border_title = f"{view.entity} · {view.name}" if view.name else view.entity
+        self.border_subtitle = "job" if view.used_by_job else "not used by job"
+        self.set_class(not view.used_by_job, "-unused")
+        self.set_class(bool(view.throttle), "-throttled")
+        self.refresh(layout=True)
+
+    def on_click(self, event: Click) -> None:
+        self.focus()
+        self.post_message(self.Selected(self))
+
+    def render(self) -> Text:
+        view = self.view
+        if view is None:
+            return Text("waiting for data…")
+        width = max(self.content_size.width, 20)
+        st = {part: self.get_component_rich_style(f"gpu-card--{part}") for part in _PARTS}
+        out = Text(no_wrap=True, overflow="ellipsis")
+        self._activity(out, view, width, st)
+        self._memory(out, view, width, st)
+        self._power(out, view, st)
+        self._throttle(out, view, st)
+        self._links(out, view, st)
+        return out
+
+    @staticmethod
+    def _activity(out: Text, view: GpuView, width: int, st: dict) -> None:
+        util = view.get("gpu.utilization")
+        sm, tensor = view.get("gpu.sm.activity"), view.get("gpu.tensor.activity")
+        tail = f" SM {fmt('gpu.sm.activity', sm)} TC {fmt('gpu.tensor.activity', tensor)}"
+        head = f"{'util':<{_LABEL}}{fmt('gpu.utilization', util):>4} "
+        room = max(width - len(head) - len(tail), 4)
+        out.append(head, st["label"])
+        out.append(spark(view.recent.get("gpu.utilization", ()), room, top=1.0), st["spark"])
+        out.append(tail + "\n")
+        if width >= 60 and len(view.recent.get("gpu.sm.activity", ())):
+            out.append(f"{'sm':<{_LABEL}}{'':>5}", st["dim"])
+            out.append(spark(view.recent["gpu.sm.activity"], room, top=1.0), st["spark"])
+            out.append("\n")
+
+    @staticmethod
+    def _memory(out: Text, view: GpuView, width: int, st: dict) -> None:
+        used, total = view.get("gpu.memory.used"), view.get("gpu.memory.total")
+        label = f" {fmt('gpu.memory.used', used)}/{fmt('gpu.memory.total', total)}"
+        fraction = used / total if used is not None and total else None
+        out.append(f"{'mem':<{_LABEL}}", st["label"])
+        out.append(bar(fraction, max(width - _LABEL - len(label), 4)), st["membar"])
+        out.append(label + "\n")
+
+    @staticmethod
+    def _power(out: Text, view: GpuView, st: dict) -> None:
+        power, limit = view.get("gpu.power"), view.get("gpu.power.limit")
+        clock, clock_max = view.get("gpu.clock.sm"), view.get("gpu.clock.sm.max")
+        out.append(f"{'pwr':<{_LABEL}}", st["label"])
+        out.append(f"{fmt('gpu.power', power)}/{fmt('gpu.power.limit', limit)}  ")
+        out.append(fmt("gpu.temperature", view.get("gpu.temperature")),
+                   st["hot"] if view.throttle else "")
+        out.append(f"  sm {fmt('gpu.clock.sm', clock)}")
+        if clock_max:
+            out.append(f"/{clock_max:.0f}")
+        out.append(f"  mem {fmt('gpu.clock.memory', view.get('gpu.clock.memory'))}\n")
+
+    @staticmethod
+    def _throttle(out: Text, view: GpuView, st: dict) -> None:
+        out.append(f"{'clk':<{_LABEL}}", st["label"])
+        if view.throttle:
+            reasons = " ".join(flag.replace("_", " ").upper() for flag in view.throttle)
+            out.append(f"⚠ THROTTLED: {reasons}", st["throttle"])
+        else:
+            out.append("no slowdown", st["dim"])
+        out.append("\n")
+
+    @staticmethod
+    def _links(out: Text, view: GpuView, st: dict) -> None:
+        out.append(f"{'pcie':<{_LABEL}}", st["label"])
+        out.append(f"↑{fmt('gpu.pcie.tx_throughput', view.get('gpu.pcie.tx_throughput'))} "
+                   f"↓{fmt('gpu.pcie.rx_throughput', view.get('gpu.pcie.rx_throughput'))}")
+        nv_tx, nv_rx = view.get("gpu.nvlink.tx_throughput"), view.get("gpu.nvlink.rx_throughput")
+        if nv_tx is not None or nv_rx is not None:
+            out.append(f"  nvl ↑{fmt('gpu.nvlink.tx_throughput', nv_tx)} "
+                       f"↓{fmt('gpu.nvlink.rx_throughput', nv_rx)}")
+
+
+class GpuPanel(VerticalScroll):
+    """Holds the cards; adds one when a device appears, hides unused ones on request."""
+
+    def __init__(self) -> None:
+        super().__init__(id="gpus")
+        self.hide_unused = False
+        self.empty_reason = "waiting for accelerator data…"
+
+    def show(self, views: list[GpuView], notices: dict[str, str]) -> None:
+        known = {card.entity: card for card in self.query(GpuCard)}
+        placeholder = self.query("#no-gpus")
+        if views and placeholder:
+            placeholder.remove()
+        for view in views:
+            card = known.get(view.entity)
+            if card is None:
+                card = GpuCard(view.entity)
+                self.mount(card)
+            card.show(view)
+            card.display = view.used_by_job or not self.hide_unused
+        if not views:
+            reason = notices.get("nvml")
+            text = f"No accelerators: nvml {reason}" if reason else self.empty_reason
+            if not placeholder:
+                from textual.widgets import Static
+
+                self.mount(Static(text, id="no-gpus"))
+            else:
+                placeholder.first().update(text)
+
+    def toggle_unused(self) -> bool:
+        self.hide_unused = not self.hide_unused
+        for card in self.query(GpuCard):
+            if card.view is not None:
+                card.display = card.view.used_by_job or not self.hide_unused
+        return self.hide_unused

@@ -1,0 +1,83 @@
+"""Two header lines: what is recorded (run, target, rank, time) and how healthy recording is."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.text import Text
+from textual.widget import Widget
+
+from agent.model import RunInfo
+from agent.reader import Frame, rank_label
+from tui.format import duration
+
+#: Health keys shown with their own wording; every other counter is shown as ``key value``.
+_KNOWN_HEALTH = ("samples", "dropped_ticks", "missed_ticks", "disabled", "store_error")
+
+
+class RunHeader(Widget):
+    """``state`` is a short word with a symbol (REC, PAUSED, ENDED, REPLAY) so it reads in mono."""
+
+    COMPONENT_CLASSES = {"run-header--state", "run-header--name", "run-header--warn",
+                         "run-header--dim"}
+
+    def __init__(self, run: RunInfo) -> None:
+        super().__init__(id="header")
+        self.run = run
+        self.frame: Frame | None = None
+        self.state = "● REC"
+        self.detail = ""
+
+    def show(self, frame: Frame | None = None, *, state: str | None = None,
+             detail: str | None = None) -> None:
+        if frame is not None:
+            self.frame = frame
+        if state is not None:
+            self.state = state
+        if detail is not None:
+            self.detail = detail
+        self.refresh()
+
+    def render(self) -> Text:
+        run = self.run
+        style = self.get_component_rich_style
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append(f" {self.state} ", style("run-header--state"))
+        out.append(f" {run.name}", style("run-header--name"))
+        if run.pid is not None:
+            out.append(f"  pid {run.pid}")
+        if run.cmdline:
+            out.append(f" {' '.join(run.cmdline)}", style("run-header--dim"))
+        rank = rank_label(run.env)
+        if rank:
+            out.append(f"  {rank}")
+        if self.frame is not None:
+            out.append(f"  ⏱ {duration(self.frame.snapshot.ts - run.started)}")
+        out.append(f"  every {run.interval:g}s")
+        if self.detail:
+            out.append(f"  {self.detail}", style("run-header--warn"))
+        out.append("\n")
+        out.append(f" db {run.db_path}", style("run-header--dim"))
+        if self.frame is not None:
+            self._health(out, self.frame.health, self.frame.notices)
+        return out
+
+    def _health(self, out: Text, health: Mapping[str, Any], notices: Mapping[str, str]) -> None:
+        warn = self.get_component_rich_style("run-header--warn")
+        out.append(f" · {int(health.get('samples', 0)):,} samples")
+        for key, label in (("dropped_ticks", "dropped ticks"), ("missed_ticks", "missed ticks")):
+            if health.get(key):
+                out.append(f" · {health[key]} {label}", warn)
+        disabled = dict(health.get("disabled") or {})
+        if disabled:
+            out.append(f" · disabled: {', '.join(sorted(disabled))}", warn)
+        unavailable = sorted(set(notices) - set(disabled))
+        if unavailable:
+            out.append(f" · unavailable: {', '.join(unavailable)}")
+        if health.get("store_error"):
+            out.append(f" · store: {health['store_error']}", warn)
+        for key in sorted(k for k in health if k not in _KNOWN_HEALTH):
+            value = health[key]
+            bad = "fail" in key or "error" in key
+            out.append(f" · {key} {value}", warn if bad and value else "")

@@ -1,0 +1,42 @@
+"""``?``: every key binding of the current screen and the app, read from the bindings."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+
+def binding_rows(bindings: list[Binding]) -> list[tuple[str, str]]:
+    """(keys, description) per action, keys merged, in declaration order."""
+    rows: dict[str, list[str]] = {}
+    labels: dict[str, str] = {}
+    for binding in bindings:
+        for key in binding.key.split(","):
+            rows.setdefault(binding.action, []).append(key.strip())
+        labels.setdefault(binding.action, binding.tooltip or binding.description)
+    return [(" / ".join(keys), labels[action]) for action, keys in rows.items()]
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def __init__(self, title: str, bindings: list[Binding]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.bindings = bindings
+
+    def compose(self) -> ComposeResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        for keys, description in binding_rows(self.bindings):
+            table.add_row(keys, description)
+        table.add_row("mouse", "click a card, process or finding to select it; "
+                               "click a process header to sort")
+        with VerticalScroll(id="help-box") as box:
+            box.border_title = self.title_text
+            yield Static(table)

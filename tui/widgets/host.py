@@ -1,0 +1,57 @@
+"""The machine: CPU per core (one cell each), memory, disk, network and InfiniBand rates."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from tui.format import bar, fmt, format_unit
+from tui.views import HostView
+
+_LEVELS = " ▁▂▃▄▅▆▇█"
+
+
+class HostPanel(Widget):
+    COMPONENT_CLASSES = {"host-panel--label", "host-panel--cores"}
+
+    def __init__(self) -> None:
+        super().__init__(id="host")
+        self.view: HostView | None = None
+        self.border_title = "host"
+
+    def show(self, view: HostView) -> None:
+        if view != self.view:
+            lines_before = self.view is None or (self.view.ib_rx is None) != (view.ib_rx is None)
+            self.view = view
+            self.refresh(layout=lines_before)
+
+    def render(self) -> Text:
+        view = self.view
+        if view is None:
+            return Text("waiting for host data…")
+        label = self.get_component_rich_style("host-panel--label")
+        width = max(self.content_size.width, 20)
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append("cpu  ", label)
+        out.append(f"{fmt('host.cpu.utilization', view.cpu):>4} ")
+        cores = "".join(_LEVELS[round(min(max(c, 0.0), 1.0) * 8)] for c in view.cores)
+        out.append(cores[: max(width - 10, 1)],
+                   self.get_component_rich_style("host-panel--cores"))
+        out.append("\nmem  ", label)
+        fraction = (view.memory_used / view.memory_total
+                    if view.memory_used is not None and view.memory_total else None)
+        tail = f" {fmt('host.memory.used', view.memory_used)}/" \
+               f"{fmt('host.memory.total', view.memory_total)}"
+        out.append(bar(fraction, max(min(width - 5 - len(tail), 30), 4)))
+        out.append(tail)
+        out.append("\nio   ", label)
+        out.append(f"disk r {_rate(view.disk_read)} w {_rate(view.disk_write)}  "
+                   f"net ↓{_rate(view.net_rx)} ↑{_rate(view.net_tx)}")
+        if view.ib_rx is not None or view.ib_tx is not None:
+            out.append("\nib   ", label)
+            out.append(f"↓{_rate(view.ib_rx)} ↑{_rate(view.ib_tx)}")
+        return out
+
+
+def _rate(value: float | None) -> str:
+    return format_unit("By", value, per_second=True)
