@@ -52,16 +52,23 @@ def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
     return environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
 
-def process_views(plan: ExportPlan) -> list[View]:
-    """Per-process instruments keep only identifying attributes (a cardinality guard)."""
+def instrument_views(plan: ExportPlan) -> list[View]:
+    """Views that keep names exactly as planned and bound per-process attributes.
+
+    The SDK lowercases instrument names; a view's ``name`` restores ``DCGM_FI_DEV_GPU_UTIL``.
+    Per-process instruments keep only identifying attributes (a cardinality guard).
+    """
     views = []
     for spec in plan.instruments.values():
         metrics = [CATALOG[name] for name in spec.metrics]
+        keys: set[str] | None = None
         if all(m.source == "process" for m in metrics):
             keys = set(PROCESS_ATTRIBUTE_KEYS)
             for m in metrics:
                 keys.update(m.otel_attributes)
-            views.append(View(instrument_name=spec.name, attribute_keys=keys))
+        renamed = spec.name if spec.name != spec.name.lower() else None
+        if keys is not None or renamed is not None:
+            views.append(View(instrument_name=spec.name, name=renamed, attribute_keys=keys))
     return views
 
 
@@ -126,7 +133,7 @@ class TelemetryExporter:
             self.prometheus = PrometheusEndpoint(self.prometheus_address, session.health)
             readers.append(self.prometheus.reader)
         self.meter_provider = MeterProvider(
-            metric_readers=readers, resource=resource, views=process_views(plan),
+            metric_readers=readers, resource=resource, views=instrument_views(plan),
             shutdown_on_exit=False,
         )
         meter = self.meter_provider.get_meter(SCOPE, __version__)

@@ -1,0 +1,85 @@
+"""A collector that is down, refuses or is slow: no sampling gaps, complete record, counted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from agent.store import connect
+from tests.exporters.conftest import _free_port, assert_record_complete, wait_for
+from tests.exporters.receivers import points
+
+
+@pytest.fixture(params=["grpc", "http/protobuf"])
+def receiver(request, grpc_receiver, http_receiver, otel_env):
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", request.param)
+    return grpc_receiver if request.param == "grpc" else http_receiver
+
+
+def failed(session) -> int:
+    return int(session.health.get("otlp.failed_exports", 0))
+
+
+def events(session, kind: str) -> list[dict]:
+    con = connect(session.config.db_path, read_only=True)
+    rows = con.execute("SELECT detail FROM events WHERE run_id = ? AND kind = ? ORDER BY ts",
+                       [session.run.run_id, kind]).fetchall()
+    con.close()
+    return [json.loads(row[0]) for row in rows]
+
+
+def request_sizes(receiver) -> list[int]:
+    return [len(points([r])) for r in list(receiver.recorded.metrics)]
+
+
+def test_endpoint_down_at_start_then_up(record, receiver):
+    receiver.stop()
+    receiver.port = _free_port()
+    with record(otlp=receiver.endpoint) as session:
+        assert wait_for(lambda: failed(session) >= 2)
+        receiver.start()
+        assert wait_for(lambda: len(receiver.recorded.metrics) >= 2)
+    assert_record_complete(session)
+    assert session.health["otlp.exports"] >= 2
+    (first,) = events(session, "export_failed")  # rate-limited: one event, exact count
+    assert first["signal"] == "metrics" and first["endpoint"] == receiver.endpoint
+    assert first["severity"] == "warning"
+    assert events(session, "export_recovered")
+
+
+def test_endpoint_down_mid_run_and_back(record, receiver):
+    with record(otlp=receiver.endpoint) as session:
+        assert wait_for(lambda: len(receiver.recorded.metrics) >= 2)
+        receiver.stop()
+        before = len(receiver.recorded.metrics)
+        assert wait_for(lambda: failed(session) >= 3)
+        receiver.start()
+        assert wait_for(lambda: len(receiver.recorded.metrics) >= before + 2)
+    assert_record_complete(session)
+    sizes = request_sizes(receiver)
+    # cumulative metrics are not queued: the first export after the outage is no bigger
+    assert sizes[before] <= max(sizes[:before]) * 1.2
+
+
+def test_refusing_endpoint_is_retried_and_counted(record, receiver):
+    receiver.recorded.mode = "unavailable"  # gRPC UNAVAILABLE / HTTP 503 + Retry-After
+    with record(otlp=receiver.endpoint) as session:
+        assert wait_for(lambda: failed(session) >= 2)
+        assert receiver.recorded.refused >= 2
+        receiver.recorded.mode = "ok"
+        assert wait_for(lambda: receiver.recorded.metrics)
+    assert_record_complete(session)
+    assert len(events(session, "export_failed")) == 1
+
+
+def test_slow_endpoint_times_out_without_stalling_sampling(record, grpc_receiver):
+    grpc_receiver.recorded.mode = "slow"
+    grpc_receiver.recorded.delay = 2.5  # the exporter's timeout is 1 s (OTEL_EXPORTER_OTLP_TIMEOUT)
+    with record(otlp=grpc_receiver.endpoint) as session:
+        assert wait_for(lambda: failed(session) >= 2, timeout=15)
+        grpc_receiver.recorded.mode = "ok"
+        started = time.monotonic()
+    assert time.monotonic() - started < 5  # the final export is bounded by the timeout too
+    assert_record_complete(session)
