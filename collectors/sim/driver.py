@@ -21,6 +21,7 @@ from typing import Any
 
 import pynvml
 
+from collectors.sim import abi
 from collectors.sim.devices import MigProfile
 from collectors.sim.engine import TICK_S, Engine, GpuFrame
 from collectors.sim.scenario import Scenario, load_scenario
@@ -137,6 +138,8 @@ class SimulatedDriver(TelemetryMixin):
         self._t0 = clock()
         self.engine.epoch_us = int(self._t0 * 1e6)
         self._last_tick = 1
+        self._frames: list[GpuFrame] = []
+        self._frames_tick = -1
         self._lock = threading.RLock()
         self._refcount = 0
         self._live: dict[int, SimDevice] = {}
@@ -189,9 +192,9 @@ class SimulatedDriver(TelemetryMixin):
             "nvmlDeviceGetName": (c_int, (h, c_void_p, c_uint)),
             "nvmlDeviceGetUUID": (c_int, (h, c_void_p, c_uint)),
             "nvmlDeviceGetIndex": (c_int, (h, _P_UINT)),
-            "nvmlDeviceGetPciInfo_v3": (c_int, (h, POINTER(pynvml.nvmlPciInfo_t))),
-            "nvmlDeviceGetMemoryInfo": (c_int, (h, POINTER(pynvml.c_nvmlMemory_t))),
-            "nvmlDeviceGetMemoryInfo_v2": (c_int, (h, POINTER(pynvml.c_nvmlMemory_v2_t))),
+            "nvmlDeviceGetPciInfo_v3": (c_int, (h, c_void_p)),
+            "nvmlDeviceGetMemoryInfo": (c_int, (h, c_void_p)),
+            "nvmlDeviceGetMemoryInfo_v2": (c_int, (h, c_void_p)),
             "nvmlDeviceGetComputeRunningProcesses_v2": (c_int, (h, _P_UINT, c_void_p)),
             "nvmlDeviceGetComputeRunningProcesses_v3": (c_int, (h, _P_UINT, c_void_p)),
             "nvmlDeviceGetGraphicsRunningProcesses_v2": (c_int, (h, _P_UINT, c_void_p)),
@@ -218,8 +221,13 @@ class SimulatedDriver(TelemetryMixin):
         return (self.tick() - 1) * TICK_S
 
     def frames(self) -> list[GpuFrame]:
+        k = int((self._clock() - self._t0) / TICK_S) + 1
+        if k == self._frames_tick:
+            return self._frames
         with self._lock:
-            return self.engine.frames(self.tick())
+            frames = self.engine.frames(self.tick())
+            self._frames, self._frames_tick = frames, self._last_tick
+        return frames
 
     def _device(self, h: int | None) -> SimDevice:
         dev = self._live.get(h)  # type: ignore[arg-type]
@@ -233,7 +241,9 @@ class SimulatedDriver(TelemetryMixin):
         dev = self._live.get(h)  # type: ignore[arg-type]
         if dev is None:
             self._device(h)
-        frame = self.frames()[dev.gpu]  # type: ignore[union-attr]
+        k = int((self._clock() - self._t0) / TICK_S) + 1
+        frames = self._frames if k == self._frames_tick else self.frames()
+        frame = frames[dev.gpu]  # type: ignore[union-attr]
         if frame.lost:
             raise NvmlReturn(pynvml.NVML_ERROR_GPU_IS_LOST)
         return dev, frame  # type: ignore[return-value]
@@ -342,9 +352,11 @@ class SimulatedDriver(TelemetryMixin):
         out[0] = dev.gpu
         return pynvml.NVML_SUCCESS
 
-    def _nvmlDeviceGetPciInfo_v3(self, h: int, out: Any) -> int:
+    def _nvmlDeviceGetPciInfo_v3(self, h: int, out: int | None) -> int:
         dev, _ = self._frame(h)
-        info = out.contents
+        if not out:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        info = abi.PciInfo.from_address(out)
         info.busIdLegacy = dev.bus_id
         info.busId = dev.bus_id
         info.domain, info.bus, info.device = 0, dev.bus, 0
@@ -362,15 +374,19 @@ class SimulatedDriver(TelemetryMixin):
         used = frame.memory_used * dev.mig.memory_mib // (m.memory_total_mib - m.memory_reserved_mib)
         return total, 0, min(used, total)
 
-    def _nvmlDeviceGetMemoryInfo(self, h: int, out: Any) -> int:
+    def _nvmlDeviceGetMemoryInfo(self, h: int, out: int | None) -> int:
         total, reserved, used = self._memory(*self._frame(h))
-        mem = out.contents
+        if not out:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        mem = abi.Memory.from_address(out)
         mem.total, mem.free, mem.used = total, total - reserved - used, used + reserved
         return pynvml.NVML_SUCCESS
 
-    def _nvmlDeviceGetMemoryInfo_v2(self, h: int, out: Any) -> int:
+    def _nvmlDeviceGetMemoryInfo_v2(self, h: int, out: int | None) -> int:
         total, reserved, used = self._memory(*self._frame(h))
-        mem = out.contents
+        if not out:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        mem = abi.MemoryV2.from_address(out)
         if mem.version != pynvml.nvmlMemory_v2:
             return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
         mem.total, mem.reserved, mem.free, mem.used = total, reserved, total - reserved - used, used
@@ -418,7 +434,7 @@ class SimulatedDriver(TelemetryMixin):
         if buf is None or count[0] < len(procs):
             count[0] = len(procs)
             return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
-        arr = (pynvml.c_nvmlProcessInfo_v3_t * len(procs)).from_address(buf)
+        arr = (abi.ProcessInfo * len(procs)).from_address(buf)
         for slot, (pid, used, gi, ci) in zip(arr, procs, strict=True):
             slot.pid, slot.usedGpuMemory, slot.gpuInstanceId, slot.computeInstanceId = pid, used, gi, ci
         count[0] = len(procs)
@@ -451,7 +467,7 @@ class SimulatedDriver(TelemetryMixin):
         if buf is None or count[0] < len(rows):
             count[0] = len(rows)
             return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
-        arr = (pynvml.c_nvmlProcessUtilizationSample_t * len(rows)).from_address(buf)
+        arr = (abi.ProcessUtilizationSample * len(rows)).from_address(buf)
         for slot, (pid, ts, sm, mem) in zip(arr, rows, strict=True):
             slot.pid, slot.timeStamp, slot.smUtil, slot.memUtil, slot.encUtil, slot.decUtil = pid, ts, sm, mem, 0, 0
         count[0] = len(rows)

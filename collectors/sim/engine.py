@@ -16,7 +16,7 @@ often it was read. On top of that the engine keeps running integrals:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pynvml
@@ -25,7 +25,7 @@ from collectors.sim.scenario import SIGNALS, Effect, Scenario
 
 TICK_S = 0.02  # 50 Hz, the rate at which boards refresh instantaneous power
 _NOISE_TICKS = 5  # noise holds for 100 ms so that windowed means still move
-_CHUNK_TICKS = 50_000
+_CHUNK_TICKS = 10000
 _PROC_SAMPLES_KEPT = 10
 _U64 = 1 << 64
 _SI = {name: i for i, name in enumerate(SIGNALS)}
@@ -95,8 +95,10 @@ class GpuFrame:
     memory_used: int  # excludes the driver reservation (nvmlMemory_v2 semantics)
     pcie_tx_bytes: int
     pcie_rx_bytes: int
-    nvlink_tx_bytes: list[int]  # per link
-    nvlink_rx_bytes: list[int]
+    nvlink_tx_total: float  # bytes over all links since the last counter reset
+    nvlink_rx_total: float
+    link_weights: list[float]  # each link's share of the traffic
+    counter_offset: int
     sbe_volatile: int
     dbe_volatile: int
     remapped_cor: int
@@ -104,6 +106,12 @@ class GpuFrame:
     remap_pending: int
     pcie_replays: int
     remap_failure: int = 0
+    field_cache: dict[bytes, bytes] = field(default_factory=dict)  # field-value requests answered
+
+    def nvlink_bytes(self, direction: str, link: int, scale: float = 1.0) -> int:
+        """Cumulative data bytes of one link ("tx" or "rx"), as the 64-bit counter reads."""
+        total = self.nvlink_tx_total if direction == "tx" else self.nvlink_rx_total
+        return (self.counter_offset + int(total * self.link_weights[link] * scale)) % _U64
 
 
 class Engine:
@@ -127,7 +135,6 @@ class Engine:
         links = m.nvlink_links
         weights = 1.0 + 0.04 * rng.random((g, links)) if links else np.zeros((g, 0))
         self.link_weights = weights / weights.sum(axis=1, keepdims=True) if links else weights
-        self._link_kib = self.link_weights  # per-link share of the NVLink totals
         self._cum = np.zeros((g, len(CUM)))
         self._reset_base = np.zeros((g, len(CUM)))
         self._frontier = 0
@@ -224,11 +231,13 @@ class Engine:
 
     # -- integrals ------------------------------------------------------------------------------
     def _integrate(self, start: int, stop: int) -> None:
-        s = self.evaluate(start, stop)
-        self._cum[:, 0] += s.busy.sum(axis=1) * TICK_S
-        self._cum[:, 1:8] += s.act.sum(axis=2).T * TICK_S
-        self._cum[:, 8:12] += s.traffic.sum(axis=2).T * TICK_S
-        self._cum[:, 12] += s.power_w.sum(axis=1) * TICK_S
+        self._accumulate(self.evaluate(start, stop), slice(None))
+
+    def _accumulate(self, s: Signals, part: slice) -> None:
+        self._cum[:, 0] += s.busy[:, part].sum(axis=1) * TICK_S
+        self._cum[:, 1:8] += s.act[:, :, part].sum(axis=2).T * TICK_S
+        self._cum[:, 8:12] += s.traffic[:, :, part].sum(axis=2).T * TICK_S
+        self._cum[:, 12] += s.power_w[:, part].sum(axis=1) * TICK_S
 
     def cumulative(self, tick: int) -> np.ndarray:
         """Integrals over ticks [0, tick); (gpus, len(CUM)). Advances monotonically."""
@@ -288,10 +297,13 @@ class Engine:
         """What each GPU reports at `tick` (>= 1); cached for the latest tick."""
         if tick == self._frame_tick:
             return self._frames
-        cum = self.cumulative(tick)
-        self._frame_cum = cum.copy()
         start = max(0, tick - self.util_window)
         s = self.evaluate(start, tick)
+        if start <= self._frontier < tick and not self._resets(self._frontier, tick):
+            self._accumulate(s, slice(self._frontier - start, None))  # reuse the window's ticks
+            self._frontier = tick
+        cum = self.cumulative(tick)
+        self._frame_cum = cum.copy()
         m = self.model
         counters = (cum[:, _COUNTER_COLS] - self._reset_base[:, _COUNTER_COLS]).tolist()
         busy_mean = s.busy.mean(axis=1).tolist()
@@ -309,6 +321,7 @@ class Engine:
         ts_us = self.epoch_us + int(round(t_s * 1e6))
         offset = self.scenario.counter_offset
         ecc = self._ecc_counts(t_s)
+        weights = self.link_weights.tolist()
         frames = []
         for g in range(self.gpus):
             busy, clock = busy_mean[g], clock_now[g]
@@ -316,7 +329,6 @@ class Engine:
             pcie_tx, pcie_rx, nvl_tx, nvl_rx, energy_j = counters[g]
             idle = clock < 0
             sm_clock = m.idle_sm_clock_mhz if idle else int(m.max_sm_clock_mhz * clock / 15) * 15
-            weights = self._link_kib[g]
             frames.append(GpuFrame(
                 lost=tick >= self.lost_tick[g],
                 timestamp_us=ts_us,
@@ -337,8 +349,10 @@ class Engine:
                 memory_used=int(mem_now[g]),
                 pcie_tx_bytes=(offset + int(pcie_tx)) % _U64,
                 pcie_rx_bytes=(offset + int(pcie_rx)) % _U64,
-                nvlink_tx_bytes=[(offset + int(nvl_tx * w)) % _U64 for w in weights.tolist()],
-                nvlink_rx_bytes=[(offset + int(nvl_rx * w)) % _U64 for w in weights.tolist()],
+                nvlink_tx_total=nvl_tx,
+                nvlink_rx_total=nvl_rx,
+                link_weights=weights[g],
+                counter_offset=offset,
                 sbe_volatile=ecc[g][0],
                 dbe_volatile=ecc[g][1],
                 remapped_cor=ecc[g][0] if m.remapped_rows else 0,

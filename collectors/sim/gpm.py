@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pynvml
 
+from collectors.sim import abi
 from collectors.sim.engine import CI, TICK_S
 
 _OK = pynvml.NVML_SUCCESS
@@ -97,6 +98,10 @@ def _metric_table() -> dict[int, tuple[bytes, bytes, bytes, Callable[..., float 
 
 
 _METRICS = _metric_table()
+# metricInfo strings live as long as the module: C code keeps the pointers.
+_NAME_BUFFERS = {mid: tuple(ctypes.create_string_buffer(text) for text in entry[:3])
+                 for mid, entry in _METRICS.items()}
+_NAMES = {mid: tuple(ctypes.addressof(b) for b in bufs) for mid, bufs in _NAME_BUFFERS.items()}
 
 
 class GpmEventsMixin:
@@ -110,22 +115,24 @@ class GpmEventsMixin:
         self._event_sets: dict[int, _EventSet] = {}
         h = c_void_p
         return {
-            "nvmlGpmQueryDeviceSupport": (c_int, (h, POINTER(pynvml.c_nvmlGpmSupport_t))),
+            "nvmlGpmQueryDeviceSupport": (c_int, (h, c_void_p)),
             "nvmlGpmSampleAlloc": (c_int, (c_void_p,)),
             "nvmlGpmSampleFree": (c_int, (c_void_p,)),
             "nvmlGpmSampleGet": (c_int, (h, c_void_p)),
-            "nvmlGpmMetricsGet": (c_int, (POINTER(pynvml.c_nvmlGpmMetricsGet_t),)),
+            "nvmlGpmMetricsGet": (c_int, (c_void_p,)),
             "nvmlEventSetCreate": (c_int, (c_void_p,)),
             "nvmlEventSetFree": (c_int, (c_void_p,)),
             "nvmlDeviceRegisterEvents": (c_int, (h, c_ulonglong, c_void_p)),
             "nvmlDeviceGetSupportedEventTypes": (c_int, (h, POINTER(c_ulonglong))),
-            "nvmlEventSetWait_v2": (c_int, (c_void_p, POINTER(pynvml.c_nvmlEventData_t), c_uint)),
+            "nvmlEventSetWait_v2": (c_int, (c_void_p, c_void_p, c_uint)),
         }
 
     # -- GPM ------------------------------------------------------------------------------------
-    def _nvmlGpmQueryDeviceSupport(self, h: int, out: Any) -> int:
+    def _nvmlGpmQueryDeviceSupport(self, h: int, out: int | None) -> int:
         dev, _ = self._frame(h)  # type: ignore[attr-defined]
-        support = out.contents
+        if not out:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        support = abi.GpmSupport.from_address(out)
         if support.version != pynvml.NVML_GPM_SUPPORT_VERSION:
             return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
         support.isSupportedDevice = 1 if self.model.gpm and dev.mig is None else 0
@@ -159,13 +166,15 @@ class GpmEventsMixin:
         sample.gpu, sample.tick = dev.gpu, tick
         return _OK
 
-    def _nvmlGpmMetricsGet(self, ptr: Any) -> int:
+    def _nvmlGpmMetricsGet(self, addr: int | None) -> int:
         self._require_init()  # type: ignore[attr-defined]
-        mg = ptr.contents
+        if not addr:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        mg = abi.GpmMetricsGet.from_address(addr)
         if mg.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
             return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
-        s1 = self._gpm_samples.get(ctypes.cast(mg.sample1, c_void_p).value or 0)
-        s2 = self._gpm_samples.get(ctypes.cast(mg.sample2, c_void_p).value or 0)
+        s1 = self._gpm_samples.get(mg.sample1 or 0)
+        s2 = self._gpm_samples.get(mg.sample2 or 0)
         if s1 is None or s2 is None or s1.cum is None or s2.cum is None or s1.gpu != s2.gpu:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if mg.numMetrics > pynvml.NVML_GPM_METRIC_MAX or s2.tick <= s1.tick:
@@ -173,8 +182,9 @@ class GpmEventsMixin:
         dt = (s2.tick - s1.tick) * TICK_S
         delta = s2.cum - s1.cum
         weights = self.engine.link_weights[s1.gpu]
+        metrics = mg.metrics
         for i in range(mg.numMetrics):
-            metric = mg.metrics[i]
+            metric = metrics[i]
             entry = _METRICS.get(metric.metricId)
             value = entry[3](delta, dt, weights) if entry else None
             if entry is None or value is None:
@@ -183,8 +193,7 @@ class GpmEventsMixin:
                 continue
             metric.nvmlReturn = _OK
             metric.value = max(0.0, min(value, 100.0)) if entry[2] == b"%" else max(0.0, value)
-            info = metric.metricInfo
-            info.shortName, info.longName, info.unit = entry[0], entry[1], entry[2]
+            metric.shortName, metric.longName, metric.unit = _NAMES[metric.metricId]
         return _OK
 
     # -- events ---------------------------------------------------------------------------------
@@ -222,10 +231,10 @@ class GpmEventsMixin:
             es.registered[dev.gpu] = (old_types | types, tick)
         return _OK
 
-    def _nvmlEventSetWait_v2(self, addr: int | None, out: Any, timeout_ms: int) -> int:
+    def _nvmlEventSetWait_v2(self, addr: int | None, out: int | None, timeout_ms: int) -> int:
         self._require_init()  # type: ignore[attr-defined]
         es = self._event_sets.get(addr or 0)
-        if es is None:
+        if es is None or not out:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
@@ -233,8 +242,8 @@ class GpmEventsMixin:
                 self._collect_events(es)
             if es.queue:
                 _, gpu, xid = es.queue.popleft()
-                data = out.contents
-                data.device = ctypes.cast(self.devices[gpu].handle, pynvml.c_nvmlDevice_t)  # type: ignore[attr-defined]
+                data = abi.EventData.from_address(out)
+                data.device = self.devices[gpu].handle  # type: ignore[attr-defined]
                 data.eventType = pynvml.nvmlEventTypeXidCriticalError
                 data.eventData = xid
                 data.gpuInstanceId = data.computeInstanceId = 0xFFFFFFFF

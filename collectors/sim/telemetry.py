@@ -6,11 +6,14 @@ units NVML uses (percent, mW, mJ, MHz, degrees C, bytes, KiB).
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from ctypes import POINTER, c_int, c_uint, c_ulonglong, c_void_p
 from typing import Any
 
 import pynvml
 
+from collectors.sim import abi
 from collectors.sim.engine import GpuFrame
 from collectors.sim.gpm import GpmEventsMixin
 
@@ -20,7 +23,8 @@ _OK = pynvml.NVML_SUCCESS
 _NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
 _ULL = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
 _UINT = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
-_U64 = 1 << 64
+_FV = struct.Struct("<IIqqIIQ")  # nvmlFieldValue_t, value union as its 64-bit member
+assert _FV.size == ctypes.sizeof(abi.FieldValue)
 _RAW_OVERHEAD = 1.06  # NVLink protocol overhead on top of data bytes
 
 
@@ -39,7 +43,7 @@ class TelemetryMixin(GpmEventsMixin):
     def telemetry_symbols(self) -> dict[str, tuple[Any, tuple[Any, ...]]]:
         h = c_void_p
         own: dict[str, tuple[Any, tuple[Any, ...]]] = {
-            "nvmlDeviceGetUtilizationRates": (c_int, (h, POINTER(pynvml.c_nvmlUtilization_t))),
+            "nvmlDeviceGetUtilizationRates": (c_int, (h, c_void_p)),
             "nvmlDeviceGetTemperature": (c_int, (h, c_uint, _P_UINT)),
             "nvmlDeviceGetPowerUsage": (c_int, (h, _P_UINT)),
             "nvmlDeviceGetEnforcedPowerLimit": (c_int, (h, _P_UINT)),
@@ -64,11 +68,13 @@ class TelemetryMixin(GpmEventsMixin):
         return own | self.gpm_event_symbols()
 
     # -- utilization, thermals, power -----------------------------------------------------------
-    def _nvmlDeviceGetUtilizationRates(self, h: int, out: Any) -> int:
+    def _nvmlDeviceGetUtilizationRates(self, h: int, out: int | None) -> int:
         _, f = self._gpu_frame(h)
         if self.scenario.hardware.mig:
             return _NOT_SUPPORTED  # GPU-wide utilization is not reported in MIG mode
-        util = out.contents
+        if not out:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        util = abi.Utilization.from_address(out)
         util.gpu, util.memory = f.util_gpu, f.util_memory
         return _OK
 
@@ -196,31 +202,35 @@ class TelemetryMixin(GpmEventsMixin):
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         if not count:
             return _OK
-        values = (pynvml.c_nvmlFieldValue_t * count).from_address(addr)
-        handlers = _FIELDS
-        mig = dev.mig is not None
-        for v in values:
-            v.timestamp = f.timestamp_us
-            v.latencyUsec = 0
-            handler = handlers.get(v.fieldId)
-            if handler is None or mig:
-                v.nvmlReturn = _NOT_SUPPORTED
-                continue
-            try:
-                kind, value = handler(self, f, v.scopeId)
-            except _Unsupported:
-                v.nvmlReturn = _NOT_SUPPORTED
-                continue
-            except _BadScope:
-                v.nvmlReturn = pynvml.NVML_ERROR_INVALID_ARGUMENT
-                continue
-            v.nvmlReturn = _OK
-            v.valueType = kind
-            if kind == _ULL:
-                v.value.ullVal = value
-            else:
-                v.value.uiVal = value
+        # One read and one write of the caller's array. Answers are cached per frame,
+        # whole requests too: an agent asks for the same field list every poll.
+        size = _FV.size
+        raw = ctypes.string_at(addr, size * count)
+        cache = f.field_cache
+        reply = cache.get(raw)
+        if reply is None:
+            out = bytearray(size * count)
+            ts = f.timestamp_us
+            mig = dev.mig is not None
+            for i, (fid, scope, *_) in enumerate(_FV.iter_unpack(raw)):
+                ret, kind, value = (_NOT_SUPPORTED, 0, 0) if mig else self._field(f, fid, scope)
+                _FV.pack_into(out, i * size, fid, scope, ts, 0, kind, ret, value)
+            reply = cache[raw] = bytes(out)
+        ctypes.memmove(addr, reply, len(reply))
         return _OK
+
+    def _field(self, f: GpuFrame, fid: int, scope: int) -> tuple[int, int, int]:
+        """(nvmlReturn, valueType, value) of one field; a uiVal is the low half of the union."""
+        handler = _FIELDS.get(fid)
+        if handler is None:
+            return _NOT_SUPPORTED, 0, 0
+        try:
+            kind, value = handler(self, f, scope)
+        except _Unsupported:
+            return _NOT_SUPPORTED, 0, 0
+        except _BadScope:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT, 0, 0
+        return _OK, kind, value
 
     def _link(self, scope: int) -> int:
         if not self.model.nvlink_links:
@@ -261,11 +271,9 @@ def _remap_field(attr: str):  # noqa: ANN202
     return read
 
 
-def _nvlink_field(attr: str, scale: float, divisor: int):  # noqa: ANN202
+def _nvlink_field(direction: str, scale: float, divisor: int):  # noqa: ANN202
     def read(d: TelemetryMixin, f: GpuFrame, scope: int) -> tuple[int, int]:
-        link = d._link(scope)
-        raw = getattr(f, attr)[link]
-        return _ULL, (int(raw * scale) // divisor if scale != 1.0 else raw // divisor) % _U64
+        return _ULL, f.nvlink_bytes(direction, d._link(scope), scale) // divisor
     return read
 
 
@@ -321,10 +329,10 @@ _FIELDS: dict[int, Any] = {
     pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT: _nvlink_count,
     pynvml.NVML_FI_DEV_NVLINK_GET_STATE: _nvlink_state,
     pynvml.NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON: _nvlink_speed,
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: _nvlink_field("nvlink_tx_bytes", 1.0, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: _nvlink_field("nvlink_rx_bytes", 1.0, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX: _nvlink_field("nvlink_tx_bytes", _RAW_OVERHEAD, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX: _nvlink_field("nvlink_rx_bytes", _RAW_OVERHEAD, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES: _nvlink_field("nvlink_tx_bytes", 1.0, 1),
-    pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_BYTES: _nvlink_field("nvlink_rx_bytes", 1.0, 1),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: _nvlink_field("tx", 1.0, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: _nvlink_field("rx", 1.0, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX: _nvlink_field("tx", _RAW_OVERHEAD, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX: _nvlink_field("rx", _RAW_OVERHEAD, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES: _nvlink_field("tx", 1.0, 1),
+    pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_BYTES: _nvlink_field("rx", 1.0, 1),
 }
