@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agent.catalog import CATALOG, Metric
+from agent.store import connect
 from exporters.findings import FINDINGS_GAUGE, RULE, SEVERITY
 from tests.exporters.conftest import recorded_values, wait_for
 from tests.exporters.receivers import Point, attributes, points
@@ -35,10 +38,27 @@ def catalog_metric(point: Point) -> Metric:
     return matches[0]
 
 
-def entity_of(metric: Metric, attrs: dict) -> list[str]:
+def gpu_entities(db_path: str, run_id: str) -> dict[str, str]:
+    """uuid → entity of the run's GPUs and MIG devices, from the ``entities`` view."""
+    con = connect(db_path, read_only=True)
+    rows = con.execute("SELECT entity, attrs FROM entities WHERE run_id = ? AND source = 'nvml'",
+                       [run_id]).fetchall()
+    con.close()
+    return {json.loads(attrs)["uuid"]: entity for entity, attrs in rows
+            if "uuid" in json.loads(attrs)}
+
+
+def entity_of(metric: Metric, attrs: dict, gpus: dict[str, str]) -> list[str]:
     """The recorded entity names a point's attributes can stand for."""
     if metric.source == "process":
         return [str(attrs["process.pid"])]
+    if metric.source == "nvml":
+        gpu = gpus[attrs["hw.id"]]
+        if "process.pid" in attrs:
+            return [f"{gpu}/pid{attrs['process.pid']}"]
+        if "accelwatch.gpu.nvlink" in attrs:
+            return [f"{gpu}/nvlink{attrs['accelwatch.gpu.nvlink']}"]
+        return [gpu]
     if "cpu.logical_number" in attrs:
         return [f"cpu{attrs['cpu.logical_number']}"]
     if "network.interface.name" in attrs:
@@ -49,7 +69,7 @@ def entity_of(metric: Metric, attrs: dict) -> list[str]:
 
 
 def test_otlp_export_matches_the_recorded_run(record, receiver, job):
-    with record(otlp=receiver.endpoint) as session:
+    with record(otlp=receiver.endpoint, simulate="healthy") as session:
         assert wait_for(lambda: len(receiver.recorded.metrics) >= 3)
         session.live_findings = [FINDING]
         assert wait_for(lambda: receiver.recorded.logs)
@@ -59,6 +79,8 @@ def test_otlp_export_matches_the_recorded_run(record, receiver, job):
     assert session.health["otlp.failed_exports"] == 0
     assert session.health["otlp.exports"] >= 3
     recorded = recorded_values(session.config.db_path, run.run_id)
+    gpus = gpu_entities(session.config.db_path, run.run_id)
+    assert len(gpus) == 8
     exported = points(receiver.recorded.metrics)
 
     resource = exported[0].resource
@@ -77,7 +99,7 @@ def test_otlp_export_matches_the_recorded_run(record, receiver, job):
         assert point.unit == metric.unit
         assert point.kind == ("sum" if metric.is_counter else "gauge")
         assert point.monotonic == metric.is_counter
-        keys = [(metric.source, e, metric.name) for e in entity_of(metric, point.attributes)]
+        keys = [(metric.source, e, metric.name) for e in entity_of(metric, point.attributes, gpus)]
         values = set().union(*(recorded.get(k, set()) for k in keys))
         assert point.value in values, (point, keys)
         if metric.source == "process":
@@ -94,6 +116,15 @@ def test_otlp_export_matches_the_recorded_run(record, receiver, job):
     roles = {p.attributes["accelwatch.process.role"] for p in exported
              if p.name == "process.memory.usage"}
     assert roles == {"main", "worker"}
+    assert {"hw.gpu.utilization", "hw.gpu.memory.usage", "hw.gpu.memory.limit", "hw.gpu.io",
+            "hw.power", "hw.energy", "hw.temperature", "hw.errors"} <= names
+    utilization = [p for p in exported if p.name == "hw.gpu.utilization"]
+    assert {p.attributes["hw.id"] for p in utilization} == set(gpus)
+    assert all(p.attributes["hw.vendor"] == "NVIDIA" and p.attributes["hw.type"] == "gpu"
+               and p.attributes["hw.name"].startswith("NVIDIA") for p in utilization)
+    directions = {p.attributes["network.io.direction"] for p in exported if p.name == "hw.gpu.io"}
+    assert directions == {"transmit", "receive"}
+    assert not any(n.startswith("DCGM_") for n in names)  # only with --metric-names dcgm
     cpus = {p.attributes.get("cpu.logical_number") for p in exported
             if p.name == "system.cpu.utilization"}
     assert {0, None} <= cpus
