@@ -71,6 +71,7 @@ class DeviceModel:
     pstate_idle: int
     util_period_s: float
     event_types: int
+    compute_capability: tuple[int, int]
     mig_profiles: tuple[MigProfile, ...] = ()
 
     @property
@@ -127,7 +128,7 @@ MODELS: dict[str, DeviceModel] = {
             temp_idle_c=31.0, temp_slowdown_c=89, temp_shutdown_c=92,
             fan=False, ecc=True, remapped_rows=True, gpm=True, energy=True,
             pstate_busy=0, pstate_idle=0, util_period_s=1.0,
-            event_types=_DATACENTER_EVENTS, mig_profiles=_H100_MIG,
+            event_types=_DATACENTER_EVENTS, compute_capability=(9, 0), mig_profiles=_H100_MIG,
         ),
         DeviceModel(
             key="a100-sxm-40gb", name="NVIDIA A100-SXM4-40GB", short_name="A100 SXM 40GB",
@@ -140,7 +141,7 @@ MODELS: dict[str, DeviceModel] = {
             temp_idle_c=30.0, temp_slowdown_c=89, temp_shutdown_c=92,
             fan=False, ecc=True, remapped_rows=True, gpm=False, energy=True,
             pstate_busy=0, pstate_idle=0, util_period_s=1.0,
-            event_types=_DATACENTER_EVENTS, mig_profiles=_A100_MIG,
+            event_types=_DATACENTER_EVENTS, compute_capability=(8, 0), mig_profiles=_A100_MIG,
         ),
         DeviceModel(
             key="l4", name="NVIDIA L4", short_name="L4 24GB",
@@ -153,7 +154,7 @@ MODELS: dict[str, DeviceModel] = {
             temp_idle_c=36.0, temp_slowdown_c=90, temp_shutdown_c=95,
             fan=False, ecc=True, remapped_rows=True, gpm=False, energy=True,
             pstate_busy=0, pstate_idle=8, util_period_s=1.0,
-            event_types=_DATACENTER_EVENTS,
+            event_types=_DATACENTER_EVENTS, compute_capability=(8, 9),
         ),
         DeviceModel(
             key="t4", name="Tesla T4", short_name="T4 16GB",
@@ -166,7 +167,7 @@ MODELS: dict[str, DeviceModel] = {
             temp_idle_c=34.0, temp_slowdown_c=93, temp_shutdown_c=96,
             fan=False, ecc=True, remapped_rows=False, gpm=False, energy=True,
             pstate_busy=0, pstate_idle=8, util_period_s=1.0,
-            event_types=_DATACENTER_EVENTS,
+            event_types=_DATACENTER_EVENTS, compute_capability=(7, 5),
         ),
         DeviceModel(
             key="rtx-4090", name="NVIDIA GeForce RTX 4090", short_name="GeForce RTX 4090",
@@ -179,7 +180,7 @@ MODELS: dict[str, DeviceModel] = {
             temp_idle_c=33.0, temp_slowdown_c=87, temp_shutdown_c=92,
             fan=True, ecc=False, remapped_rows=False, gpm=False, energy=True,
             pstate_busy=2, pstate_idle=8, util_period_s=1.0 / 6.0,
-            event_types=_CONSUMER_EVENTS,
+            event_types=_CONSUMER_EVENTS, compute_capability=(8, 9),
         ),
     )
 }

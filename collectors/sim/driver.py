@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from ctypes import POINTER, c_char_p, c_int, c_uint, c_ulonglong, c_void_p
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import pynvml
 
 from collectors.sim import abi
+from collectors.sim.compute import ComputeMixin, JobPids
 from collectors.sim.devices import MigProfile
 from collectors.sim.engine import TICK_S, Engine, GpuFrame
 from collectors.sim.scenario import Scenario, load_scenario
@@ -30,9 +31,6 @@ from collectors.sim.telemetry import TelemetryMixin
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-JobPids = Callable[[], Sequence[int]]
-SYNTHETIC_PID_BASE = 40_000
-_CONTEXT_BYTES = 512 << 20  # CUDA context of each process, counted in its usedGpuMemory
 
 _UUID_NAMESPACE = uuid.UUID("6f1d0c6e-3a53-4b8e-9a3c-acce1a7c0de5")
 _P_UINT = POINTER(c_uint)
@@ -126,7 +124,7 @@ def _uuid(seed: int, gpu: int, sub: int = 0) -> str:
     return str(uuid.uuid5(_UUID_NAMESPACE, f"{seed}/{gpu}/{sub}"))
 
 
-class SimulatedDriver(TelemetryMixin):
+class SimulatedDriver(ComputeMixin, TelemetryMixin):
     """Stands in for the loaded libnvidia-ml CDLL. Symbols are instance attributes."""
 
     def __init__(self, scenario: Scenario, clock: Clock, job_pids: JobPids | None) -> None:
@@ -363,153 +361,6 @@ class SimulatedDriver(TelemetryMixin):
         info.pciDeviceId = self.model.pci_device_id
         info.pciSubSystemId = self.model.pci_subsystem_id
         return pynvml.NVML_SUCCESS
-
-    # -- memory & processes ---------------------------------------------------------------------
-    def _memory(self, dev: SimDevice, frame: GpuFrame) -> tuple[int, int, int]:
-        """(total, reserved, used) in bytes, nvmlMemory_v2 semantics."""
-        m = self.model
-        if dev.mig is None:
-            return m.memory_total_bytes, m.memory_reserved_bytes, frame.memory_used
-        total = dev.mig.memory_mib << 20
-        used = frame.memory_used * dev.mig.memory_mib // (m.memory_total_mib - m.memory_reserved_mib)
-        return total, 0, min(used, total)
-
-    def _nvmlDeviceGetMemoryInfo(self, h: int, out: int | None) -> int:
-        total, reserved, used = self._memory(*self._frame(h))
-        if not out:
-            return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        mem = abi.Memory.from_address(out)
-        mem.total, mem.free, mem.used = total, total - reserved - used, used + reserved
-        return pynvml.NVML_SUCCESS
-
-    def _nvmlDeviceGetMemoryInfo_v2(self, h: int, out: int | None) -> int:
-        total, reserved, used = self._memory(*self._frame(h))
-        if not out:
-            return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        mem = abi.MemoryV2.from_address(out)
-        if mem.version != pynvml.nvmlMemory_v2:
-            return pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
-        mem.total, mem.reserved, mem.free, mem.used = total, reserved, total - reserved - used, used
-        return pynvml.NVML_SUCCESS
-
-    def job_pids(self) -> list[int]:
-        """PIDs for all process slots: one per (GPU, process) or per MIG device."""
-        per_gpu = max(1, len(self.scenario.hardware.mig)) if self.scenario.hardware.mig \
-            else self.scenario.processes_per_gpu
-        slots = per_gpu * len(self.devices)
-        if self._job_pids is None:
-            return [SYNTHETIC_PID_BASE + i for i in range(slots)]
-        pids = [int(p) for p in self._job_pids()]
-        if not pids:
-            return []
-        if len(pids) > slots:
-            return pids[-slots:]  # drop the launcher; workers own the GPUs
-        return [pids[i % len(pids)] for i in range(slots)]
-
-    def processes(self, dev: SimDevice, frame: GpuFrame) -> list[tuple[int, int, int, int]]:
-        """(pid, usedGpuMemory, gpuInstanceId, computeInstanceId) running on `dev`."""
-        pids = self.job_pids()
-        if not pids or (self.scenario.processes_per_gpu == 0 and not self.scenario.hardware.mig):
-            return []
-        if self.scenario.hardware.mig:
-            parent = dev.parent or dev
-            per_gpu = len(parent.children)
-            kids = [dev] if dev.mig is not None else parent.children
-            out = []
-            for child in kids:
-                _, _, used = self._memory(child, frame)
-                pid = pids[parent.gpu * per_gpu + child.gpu_instance - 1]
-                out.append((pid, used, child.gpu_instance, child.compute_instance))
-            return out
-        n = self.scenario.processes_per_gpu
-        share = max(frame.memory_used // n, _CONTEXT_BYTES) if frame.memory_used else 0
-        return [(pids[dev.gpu * n + i], share, 0xFFFFFFFF, 0xFFFFFFFF) for i in range(n)]
-
-    def _running(self, h: int, count: Any, buf: int | None, compute: bool) -> int:
-        dev, frame = self._frame(h)
-        procs = self.processes(dev, frame) if compute else []
-        if not procs:
-            count[0] = 0
-            return pynvml.NVML_SUCCESS
-        if buf is None or count[0] < len(procs):
-            count[0] = len(procs)
-            return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
-        arr = (abi.ProcessInfo * len(procs)).from_address(buf)
-        for slot, (pid, used, gi, ci) in zip(arr, procs, strict=True):
-            slot.pid, slot.usedGpuMemory, slot.gpuInstanceId, slot.computeInstanceId = pid, used, gi, ci
-        count[0] = len(procs)
-        return pynvml.NVML_SUCCESS
-
-    def _nvmlDeviceGetComputeRunningProcesses_v3(self, h: int, count: Any, buf: int | None) -> int:
-        return self._running(h, count, buf, compute=True)
-
-    def _nvmlDeviceGetGraphicsRunningProcesses_v3(self, h: int, count: Any, buf: int | None) -> int:
-        return self._running(h, count, buf, compute=False)
-
-    _nvmlDeviceGetComputeRunningProcesses_v2 = _nvmlDeviceGetComputeRunningProcesses_v3
-    _nvmlDeviceGetGraphicsRunningProcesses_v2 = _nvmlDeviceGetGraphicsRunningProcesses_v3
-
-    def _nvmlDeviceGetProcessUtilization(self, h: int, buf: int | None, count: Any, last_seen: int) -> int:
-        dev, frame = self._gpu_frame(h)
-        if self.scenario.hardware.mig:
-            return pynvml.NVML_ERROR_NOT_SUPPORTED
-        procs = self.processes(dev, frame)
-        with self._lock:
-            samples = self.engine.process_samples(self.tick())[dev.gpu]
-        epoch, n = self.engine.epoch_us, max(1, len(procs))
-        rows = []
-        for tick, sm, mem in samples:
-            ts = epoch + int(round((tick - 1) * TICK_S * 1e6))
-            if ts > last_seen:
-                rows.extend((pid, ts, sm // n, mem // n) for pid, *_ in procs)
-        if not rows:
-            return pynvml.NVML_ERROR_NOT_FOUND
-        if buf is None or count[0] < len(rows):
-            count[0] = len(rows)
-            return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
-        arr = (abi.ProcessUtilizationSample * len(rows)).from_address(buf)
-        for slot, (pid, ts, sm, mem) in zip(arr, rows, strict=True):
-            slot.pid, slot.timeStamp, slot.smUtil, slot.memUtil, slot.encUtil, slot.decUtil = pid, ts, sm, mem, 0, 0
-        count[0] = len(rows)
-        return pynvml.NVML_SUCCESS
-
-    # -- MIG ------------------------------------------------------------------------------------
-    def _nvmlDeviceGetMigMode(self, h: int, current: Any, pending: Any) -> int:
-        self._gpu_frame(h)
-        if not self.model.mig_capable:
-            return pynvml.NVML_ERROR_NOT_SUPPORTED
-        current[0] = pending[0] = 1 if self.scenario.hardware.mig else 0
-        return pynvml.NVML_SUCCESS
-
-    def _nvmlDeviceGetMaxMigDeviceCount(self, h: int, out: Any) -> int:
-        self._gpu_frame(h)
-        if not self.model.mig_capable:
-            return pynvml.NVML_ERROR_NOT_SUPPORTED
-        out[0] = 7
-        return pynvml.NVML_SUCCESS
-
-    def _nvmlDeviceGetMigDeviceHandleByIndex(self, h: int, index: int, out: int | None) -> int:
-        dev, _ = self._frame(h)
-        if dev.mig is not None:
-            return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        if not self.model.mig_capable:
-            return pynvml.NVML_ERROR_NOT_SUPPORTED
-        if index >= 7:
-            return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        if index >= len(dev.children):
-            return pynvml.NVML_ERROR_NOT_FOUND
-        return self._write_handle(out, dev.children[index])
-
-    def _nvmlDeviceIsMigDeviceHandle(self, h: int, out: Any) -> int:
-        dev = self._device(h)
-        out[0] = 1 if dev.mig is not None else 0
-        return pynvml.NVML_SUCCESS
-
-    def _nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, h: int, out: int | None) -> int:
-        dev, _ = self._frame(h)
-        if dev.parent is None:
-            return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        return self._write_handle(out, dev.parent)
 
 
 class SimulatedNvml:

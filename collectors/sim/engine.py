@@ -95,6 +95,8 @@ class GpuFrame:
     memory_used: int  # excludes the driver reservation (nvmlMemory_v2 semantics)
     pcie_tx_bytes: int
     pcie_rx_bytes: int
+    pcie_tx_kbps: int  # KB/s over the last 20 ms tick, as nvmlDeviceGetPcieThroughput reports
+    pcie_rx_kbps: int
     nvlink_tx_total: float  # bytes over all links since the last counter reset
     nvlink_rx_total: float
     link_weights: list[float]  # each link's share of the traffic
@@ -315,6 +317,7 @@ class Engine:
         clock_now = s.clock_factor[:, last].tolist()
         reasons_now = s.reasons[:, last].tolist()
         mem_now = s.memory_used[:, last].tolist()
+        pcie_now = (s.traffic[:2, :, last] / 1000).astype(np.int64).tolist()
         limits = self.power_limit_w(tick).tolist()
         noise = _hash_unit(self._noise_keys[0] + np.uint64(tick * 7919)).tolist()
         t_s = (tick - 1) * TICK_S
@@ -349,6 +352,8 @@ class Engine:
                 memory_used=int(mem_now[g]),
                 pcie_tx_bytes=(offset + int(pcie_tx)) % _U64,
                 pcie_rx_bytes=(offset + int(pcie_rx)) % _U64,
+                pcie_tx_kbps=pcie_now[0][g],
+                pcie_rx_kbps=pcie_now[1][g],
                 nvlink_tx_total=nvl_tx,
                 nvlink_rx_total=nvl_rx,
                 link_weights=weights[g],

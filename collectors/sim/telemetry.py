@@ -64,6 +64,14 @@ class TelemetryMixin(GpmEventsMixin):
             "nvmlDeviceGetTotalEccErrors": (c_int, (h, c_uint, c_uint, _P_ULL)),
             "nvmlDeviceGetRemappedRows": (c_int, (h, _P_UINT, _P_UINT, _P_UINT, _P_UINT)),
             "nvmlDeviceGetFieldValues": (c_int, (h, c_int, c_void_p)),
+            "nvmlDeviceGetPcieThroughput": (c_int, (h, c_uint, _P_UINT)),
+            "nvmlDeviceGetEncoderUtilization": (c_int, (h, _P_UINT, _P_UINT)),
+            "nvmlDeviceGetDecoderUtilization": (c_int, (h, _P_UINT, _P_UINT)),
+            "nvmlDeviceGetPowerManagementLimitConstraints": (c_int, (h, _P_UINT, _P_UINT)),
+            "nvmlDeviceGetTemperatureThreshold": (c_int, (h, c_uint, _P_UINT)),
+            "nvmlDeviceGetCudaComputeCapability": (c_int, (h, POINTER(c_int), POINTER(c_int))),
+            "nvmlDeviceGetPersistenceMode": (c_int, (h, _P_UINT)),
+            "nvmlDeviceGetEccMode": (c_int, (h, _P_UINT, _P_UINT)),
         }
         return own | self.gpm_event_symbols()
 
@@ -116,6 +124,45 @@ class TelemetryMixin(GpmEventsMixin):
         out[0] = f.pstate
         return _OK
 
+    def _nvmlDeviceGetPowerManagementLimitConstraints(self, h: int, low: Any, high: Any) -> int:
+        self._gpu_frame(h)
+        low[0], high[0] = int(self.model.power_min_w * 1000), int(self.model.power_limit_w * 1000)
+        return _OK
+
+    def _nvmlDeviceGetTemperatureThreshold(self, h: int, kind: int, out: Any) -> int:
+        self._gpu_frame(h)
+        limits = {pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: self.model.temp_shutdown_c,
+                  pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: self.model.temp_slowdown_c}
+        if kind not in limits:
+            return _NOT_SUPPORTED
+        out[0] = limits[kind]
+        return _OK
+
+    def _nvmlDeviceGetEncoderUtilization(self, h: int, util: Any, period_us: Any) -> int:
+        self._gpu_frame(h)
+        util[0], period_us[0] = 0, 167_000  # training jobs leave NVENC/NVDEC idle
+        return _OK
+
+    _nvmlDeviceGetDecoderUtilization = _nvmlDeviceGetEncoderUtilization
+
+    # -- identity-like modes --------------------------------------------------------------------
+    def _nvmlDeviceGetCudaComputeCapability(self, h: int, major: Any, minor: Any) -> int:
+        self._frame(h)
+        major[0], minor[0] = self.model.compute_capability
+        return _OK
+
+    def _nvmlDeviceGetPersistenceMode(self, h: int, out: Any) -> int:
+        self._gpu_frame(h)
+        out[0] = 0 if self.model.fan else 1  # servers run nvidia-persistenced, workstations rarely
+        return _OK
+
+    def _nvmlDeviceGetEccMode(self, h: int, current: Any, pending: Any) -> int:
+        self._gpu_frame(h)
+        if not self.model.ecc:
+            return _NOT_SUPPORTED
+        current[0] = pending[0] = 1
+        return _OK
+
     # -- clocks ---------------------------------------------------------------------------------
     def _nvmlDeviceGetClockInfo(self, h: int, kind: int, out: Any) -> int:
         _, f = self._gpu_frame(h)
@@ -163,6 +210,16 @@ class TelemetryMixin(GpmEventsMixin):
         return _OK
 
     _nvmlDeviceGetMaxPcieLinkWidth = _nvmlDeviceGetCurrPcieLinkWidth
+
+    def _nvmlDeviceGetPcieThroughput(self, h: int, counter: int, out: Any) -> int:
+        _, f = self._gpu_frame(h)
+        if counter == pynvml.NVML_PCIE_UTIL_TX_BYTES:
+            out[0] = f.pcie_tx_kbps
+        elif counter == pynvml.NVML_PCIE_UTIL_RX_BYTES:
+            out[0] = f.pcie_rx_kbps
+        else:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        return _OK
 
     def _nvmlDeviceGetPcieReplayCounter(self, h: int, out: Any) -> int:
         _, f = self._gpu_frame(h)

@@ -376,3 +376,17 @@ def test_every_model_stays_within_its_limits(simulate, clock):
                 assert mem.used <= mem.total and mem.total == model.memory_total_bytes
         pynvml.nvmlShutdown()
         sim.uninstall()
+
+
+def test_secondary_queries_agents_commonly_make(simulate, clock):
+    simulate("checkpoint-stall")
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    clock.advance(12)  # mid-checkpoint: ~20 GB/s device-to-host
+    assert pynvml.nvmlDeviceGetPcieThroughput(h, pynvml.NVML_PCIE_UTIL_TX_BYTES) > 15_000_000  # KB/s
+    assert pynvml.nvmlDeviceGetCudaComputeCapability(h) == (9, 0)
+    assert pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h) == [200_000, 700_000]
+    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN) == 89
+    assert pynvml.nvmlDeviceGetEccMode(h) == [1, 1]
+    assert pynvml.nvmlDeviceGetEncoderUtilization(h) == [0, 167_000]
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        pynvml.nvmlDeviceGetBAR1MemoryInfo(h)  # not simulated: as absent as on an old driver
