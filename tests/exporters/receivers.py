@@ -29,6 +29,8 @@ class Recorded:
     metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = field(default_factory=list)
     logs: list[logs_service_pb2.ExportLogsServiceRequest] = field(default_factory=list)
     refused: int = 0
+    #: HTTP request headers, one dict per request (names lowercased).
+    headers: list[dict[str, str]] = field(default_factory=list)
     mode: str = "ok"
     delay: float = 3.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,6 +107,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
         elif encoding == "deflate":
             body = zlib.decompress(body)
         recorded = self.recorded
+        with recorded.lock:
+            recorded.headers.append({k.lower(): v for k, v in self.headers.items()})
         if recorded.mode == "unavailable":
             with recorded.lock:
                 recorded.refused += 1

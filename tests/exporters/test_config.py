@@ -1,0 +1,137 @@
+"""Standard OTEL_* configuration, protocol choice, resource attributes, failure accounting."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+from agent.errors import UsageError
+from agent.model import RunInfo
+from agent.snapshot import SnapshotHub
+from exporters.findings import FindingLogEmitter, FindingsGauge
+from exporters.otlp import GRPC, HTTP, ExportHealth, choose_protocol, signal_endpoint
+from exporters.resource import build_resource, run_attributes
+from tests.exporters.conftest import wait_for
+from tests.exporters.receivers import points
+
+
+@pytest.mark.parametrize(("endpoint", "environ", "expected"), [
+    ("http://collector:4317", {}, GRPC),
+    ("collector:4318", {}, HTTP),
+    ("https://otlp.example.com/v1/metrics", {}, HTTP),
+    ("http://collector:9999", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, HTTP),
+    ("http://collector:4318", {"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+                               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, GRPC),
+    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, HTTP),
+    (None, {}, GRPC),
+])
+def test_protocol_comes_from_otel_variables_or_the_endpoint(endpoint, environ, expected):
+    assert choose_protocol(endpoint, "METRICS", environ) == expected
+
+
+def test_unsupported_protocols_are_usage_errors():
+    with pytest.raises(UsageError, match="http/json"):
+        choose_protocol(None, "METRICS", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+    with pytest.raises(UsageError, match="unknown"):
+        choose_protocol(None, "METRICS", {"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+
+
+def test_command_line_endpoints_become_signal_urls():
+    assert signal_endpoint("collector:4317", GRPC, "v1/metrics") == "http://collector:4317"
+    assert signal_endpoint("http://c:4318", HTTP, "v1/metrics") == "http://c:4318/v1/metrics"
+    assert signal_endpoint("https://c/otlp/v1/metrics", HTTP, "v1/logs") == "https://c/otlp/v1/logs"
+
+
+def _run(**env) -> RunInfo:
+    return RunInfo(run_id="r-1", name="train.py", pid=42, cmdline=[], cwd="/", host="node7",
+                   started=0.0, interval=1.0, db_path="x", env=env)
+
+
+def test_resource_identifies_run_rank_job_and_pod(tmp_path):
+    (tmp_path / "namespace").write_text("ml-team\n")
+    attrs = run_attributes(
+        _run(RANK="3", WORLD_SIZE="16", LOCAL_RANK="1", SLURM_JOB_ID="991"),
+        {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "trainer-0"}, tmp_path,
+    )
+    assert attrs["service.name"] == "accelwatch" and attrs["host.name"] == "node7"
+    assert attrs["accelwatch.run.id"] == "r-1" and attrs["accelwatch.run.name"] == "train.py"
+    assert (attrs["accelwatch.rank"], attrs["accelwatch.world_size"]) == (3, 16)
+    assert attrs["accelwatch.local_rank"] == 1 and attrs["slurm.job.id"] == 991
+    assert attrs["k8s.pod.name"] == "trainer-0" and attrs["k8s.namespace.name"] == "ml-team"
+    assert "k8s.pod.name" not in run_attributes(_run(), {"HOSTNAME": "laptop"}, tmp_path)
+
+
+def test_users_otel_resource_variables_win(otel_env):
+    otel_env.setenv("OTEL_SERVICE_NAME", "trainer-agent")
+    otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,host.name=n1")
+    attrs = build_resource(_run(), {}).attributes
+    assert attrs["service.name"] == "trainer-agent"
+    assert attrs["deployment.environment"] == "prod" and attrs["host.name"] == "n1"
+    assert attrs["accelwatch.run.id"] == "r-1"
+
+
+def test_failed_exports_are_counted_exactly_and_noted_at_a_limited_rate():
+    health: dict = {}
+    notes: list[tuple] = []
+    accounting = ExportHealth(health, lambda kind, entity, **d: notes.append((kind, d)),
+                              "http://c:4317", event_gap_s=3600)
+    for _ in range(5):
+        accounting.record("metrics", False, "UNAVAILABLE")
+    accounting.record("metrics", True)
+    accounting.record("metrics", False)
+    assert health["otlp.failed_exports"] == 6 and health["otlp.exports"] == 1
+    assert [kind for kind, _ in notes] == ["export_failed", "export_recovered"]
+    assert notes[0][1]["failed_exports"] == 1 and notes[0][1]["error"] == "UNAVAILABLE"
+
+
+def test_findings_gauge_reports_zero_once_a_finding_clears():
+    current = [{"rule": "r1", "severity": "warning"}, {"rule": "r1", "severity": "warning"}]
+    gauge = FindingsGauge(lambda: current)
+    assert [(o.value, o.attributes["accelwatch.finding.rule"]) for o in gauge.observe()] == [
+        (2, "r1")]
+    current = []
+    assert [o.value for o in gauge.observe()] == [0]
+
+
+def test_finding_log_emitter_emits_on_appear_and_clear_only():
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    findings: list = []
+    emitter = FindingLogEmitter(provider.get_logger("t"), lambda: findings)
+    hub = SnapshotHub()
+    snap = hub.publish(10.0, [], {})
+    emitter(snap)
+    findings = [{"rule": "r", "severity": "error", "entity": "gpu1", "summary": "s",
+                 "evidence": {"x": 1}, "start_ts": 5.0}]
+    emitter(snap)
+    emitter(snap)  # same list: nothing new
+    findings = []
+    emitter(snap)
+    logs = exporter.get_finished_logs()
+    assert [log.log_record.body for log in logs] == ["s", "resolved: s"]
+    assert logs[0].log_record.severity_text == "ERROR"
+    assert logs[0].log_record.attributes["accelwatch.finding.start_ts"] == 5.0
+
+
+def test_otel_variables_configure_an_env_only_export(record, http_receiver, otel_env):
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", http_receiver.endpoint)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=ml,authorization=Bearer%20t0k")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    otel_env.setenv("OTEL_SERVICE_NAME", "trainer-agent")
+    with record(otlp=""):
+        assert wait_for(lambda: http_receiver.recorded.metrics)
+    headers = http_receiver.recorded.headers[0]
+    assert headers["x-team"] == "ml" and headers["authorization"] == "Bearer t0k"
+    assert headers["content-encoding"] == "gzip"
+    assert points(http_receiver.recorded.metrics)[0].resource["service.name"] == "trainer-agent"
+
+
+def test_otel_sdk_disabled_turns_export_off(record, grpc_receiver, otel_env):
+    otel_env.setenv("OTEL_SDK_DISABLED", "true")
+    with record(otlp=grpc_receiver.endpoint, prometheus="127.0.0.1:0") as session:
+        assert wait_for(lambda: session.sampler.stats.ticks >= 3)
+    assert grpc_receiver.recorded.metrics == []
+    assert "prometheus.address" not in session.health
