@@ -94,9 +94,9 @@ class Catalog:
 
 
 def _build() -> Catalog:
-    from agent.catalog import gpu, host, process
+    from agent.catalog import gpu, host, process, steps
 
-    return Catalog([*host.METRICS, *process.METRICS, *gpu.METRICS])
+    return Catalog([*host.METRICS, *process.METRICS, *gpu.METRICS, *steps.METRICS])
 
 
 CATALOG = _build()

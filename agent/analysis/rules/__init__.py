@@ -1,0 +1,31 @@
+"""Every rule, one module per family; ``ALL_RULES`` is the order findings are computed in."""
+
+from __future__ import annotations
+
+from agent.analysis.engine import Rule
+from agent.analysis.rules import (
+    checkpoint,
+    efficiency,
+    hang,
+    hardware,
+    host_bound,
+    memory,
+    straggler,
+    throttle,
+    transfer,
+    utilization,
+)
+
+ALL_RULES: tuple[Rule, ...] = (
+    *hang.RULES,
+    *hardware.RULES,
+    *utilization.RULES,
+    *host_bound.RULES,
+    *transfer.RULES,
+    *efficiency.RULES,
+    *throttle.RULES,
+    *memory.RULES,
+    *straggler.RULES,
+    *checkpoint.RULES,
+)
+RULES_BY_ID: dict[str, Rule] = {r.id: r for r in ALL_RULES}

@@ -1,0 +1,72 @@
+"""Rule 9: thermal or power throttling while the GPU is busy, or clocks below its peers."""
+
+from __future__ import annotations
+
+from agent.analysis.engine import Context, Rule, weighted
+from agent.analysis.finding import Finding
+from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.thresholds import CLOCK_BELOW_PEERS, LOW_BUSY, THROTTLE_ACTIVE
+
+THROTTLE = "throttling"
+
+
+def detect_throttle(ctx: Context) -> list[Finding]:
+    if not ctx.info.job_gpus:
+        return []
+    sql = f"""
+        WITH g AS (
+            SELECT entity, t, util, thr_gpu_idle, temp, power, power_limit, clock_sm, clock_sm_max,
+                   greatest(coalesce(thr_hw_thermal, 0), coalesce(thr_sw_thermal, 0)) AS thermal,
+                   greatest(coalesce(thr_sw_power_cap, 0), coalesce(thr_hw_power_brake, 0))
+                       AS power_cap,
+                   coalesce(thr_hw_slowdown, 0) AS slowdown,
+                   greatest(coalesce(thr_hw_thermal, 0), coalesce(thr_hw_slowdown, 0),
+                            coalesce(thr_hw_power_brake, 0)) AS hardware,
+                   clock_sm / nullif(median(clock_sm) OVER (PARTITION BY t), 0) AS clock_vs_peers,
+                   count(*) OVER (PARTITION BY t) AS peers
+            FROM aw_gpu WHERE {JOB_GPU_FILTER})
+        SELECT *, clock_sm / nullif(clock_sm_max, 0) AS clock_share,
+               util >= {LOW_BUSY} AND (
+                   thermal >= {THROTTLE_ACTIVE} OR slowdown >= {THROTTLE_ACTIVE}
+                   OR (power_cap >= {THROTTLE_ACTIVE}
+                       AND clock_sm < {CLOCK_BELOW_PEERS} * clock_sm_max)
+                   OR (peers >= 2 AND clock_vs_peers < {CLOCK_BELOW_PEERS}
+                       AND coalesce(thr_gpu_idle, 0) < {THROTTLE_ACTIVE})) AS flag
+        FROM g"""
+    cols = ["util", "temp", "power", "power_limit", "thermal", "power_cap", "slowdown", "hardware",
+            "clock_sm", "clock_sm_max", "clock_vs_peers", "clock_share"]
+    findings = []
+    for gpu, eps in by_entity(ctx.episodes(sql, cols, params=gpu_params(ctx))).items():
+        v = {c: weighted(eps, c) for c in cols}
+        total = sum(e.duration_s for e in eps)
+        if (v["thermal"] or 0) >= max(v["power_cap"] or 0, v["slowdown"] or 0) and v["thermal"]:
+            cause = f"thermal throttling at {v['temp']:.0f} °C"
+            step = ("Check cooling: airflow, fan speeds, inlet temperature, blocked heatsinks; "
+                    "compare with `nvidia-smi -q -d TEMPERATURE,PERFORMANCE`.")
+        elif (v["power_cap"] or 0) >= THROTTLE_ACTIVE:
+            cause = f"power capping at {v['power']:.0f} W of a {v['power_limit']:.0f} W limit"
+            step = ("Check the power limit (`nvidia-smi -q -d POWER`): restore the default "
+                    "limit or accept the lower clocks; check PSU and rack power budgets.")
+        elif (v["slowdown"] or 0) >= THROTTLE_ACTIVE:
+            cause = "a hardware slowdown"
+            step = "Check the PSU, power cabling and temperature; HW slowdown is a hardware alarm."
+        else:
+            cause = f"clocks at {pct(v['clock_vs_peers'])} of its peers'"
+            step = "Compare clocks and application-clock settings with the other GPUs."
+        share = v["clock_share"]
+        findings.append(ctx.finding(
+            THROTTLE, "critical" if (v["hardware"] or 0) >= THROTTLE_ACTIVE else "warning", gpu,
+            eps,
+            f"{gpu} was throttled by {cause} for {duration(total)}: SM clock "
+            f"{v['clock_sm']:.0f} MHz ({pct(share)} of max) while busy {pct(v['util'])}.",
+            step,
+            {"metrics": ["gpu.clock_event.hw_thermal", "gpu.clock_event.sw_power_cap",
+                         "gpu.clock.sm", "gpu.temperature", "gpu.power"],
+             **{k: val for k, val in v.items()},
+             "threshold": {"reason_active_share_at_least": THROTTLE_ACTIVE,
+                           "clock_below_share": CLOCK_BELOW_PEERS, "util_at_least": LOW_BUSY}},
+            lost_fraction=1 - (share if share is not None else 1.0)))
+    return findings
+
+
+RULES = [Rule(THROTTLE, "Thermal or power throttling", detect_throttle)]

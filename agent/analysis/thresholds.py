@@ -1,0 +1,103 @@
+"""Every threshold the rules use, once, with where it comes from (see docs/analysis.md)."""
+
+from __future__ import annotations
+
+# -- GPU activity --------------------------------------------------------------------------
+#: A bucket is "low utilization" below this busy share (Nsight Systems' expert rule flags
+#: timeline chunks where the GPU is busy less than 50% of the time).
+LOW_BUSY = 0.5
+#: A sample below this utilization counts as an idle gap; at >= 0.5 s sampling each idle sample
+#: is a gap of at least the Nsight Systems starvation length (500 ms).
+IDLE_SAMPLE = 0.05
+STARVATION_GAP_S = 0.5
+#: SageMaker Debugger LowGPUUtilization: p95 below 70% is underuse; p95 above 70% with p5
+#: below 10% is fluctuating utilization.
+UTIL_P95 = 0.70
+UTIL_P5 = 0.10
+#: DCGM profiling guidance: SM activity below 0.5 is likely an ineffective use of the GPU.
+SM_ACTIVITY_LOW = 0.5
+#: A GPU counts as "busy" (kernels resident most of the time) at or above this utilization.
+BUSY = 0.8
+
+# -- input pipeline (XProf input-pipeline analyzer bands) -----------------------------------
+#: Share of time the accelerator waits: < 5% not input bound, 5-20% moderately, > 20% highly.
+INPUT_WAIT_MODERATE = 0.05
+INPUT_WAIT_HIGH = 0.20
+#: SageMaker Debugger CPUBottleneck: host CPU above 90% while the GPU waits.
+CPU_SATURATED = 0.90
+#: A data-loader process counts as saturated at this many cores (one full core).
+LOADER_PROCESS_SATURATED = 0.9
+#: SageMaker Debugger IOBottleneck watches iowait; we flag 10% of all CPU time in iowait, or
+#: a block device busy 80% of the time.
+IOWAIT_HIGH = 0.10
+DISK_BUSY_HIGH = 0.80
+
+# -- transfers and communication -------------------------------------------------------------
+#: PCIe bytes/s per lane and direction by generation (encoding overhead included).
+PCIE_LANE_BYTES = {1: 0.25e9, 2: 0.5e9, 3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
+#: Practical PCIe throughput is ~75-80% of the theoretical; "near peak" is 60% of theoretical.
+PCIE_NEAR_PEAK = 0.60
+#: Below this traffic a link may legitimately downshift (power saving), so no downtrain finding.
+PCIE_ACTIVE_BYTES = 1e9
+#: NVLink per link and direction (NVLink 3/4: 25 GB/s); "high" traffic is 30% of the links' peak.
+NVLINK_LINK_BYTES = 25e9
+NVLINK_HIGH = 0.30
+#: InfiniBand traffic considered high for one port (about 25 Gb/s of 100-400 Gb/s ports).
+IB_HIGH_BYTES = 3e9
+
+# -- efficiency ------------------------------------------------------------------------------
+#: Tensor pipes idle while SMs are active: mixed precision (or TF32) is likely off.
+TENSOR_LOW = 0.05
+#: DRAM activity near the practical bandwidth peak (DCGM DRAM_ACTIVE ~0.8 and above).
+DRAM_HIGH = 0.80
+#: One host core pinned by the job's main (Python) process.
+MAIN_PROCESS_PINNED = 0.90
+
+# -- throttling ------------------------------------------------------------------------------
+THROTTLE_ACTIVE = 0.5  # share of a bucket a throttle reason was active
+CLOCK_BELOW_PEERS = 0.90  # SM clock below 90% of the peers' median while busy
+
+# -- memory ----------------------------------------------------------------------------------
+GPU_MEMORY_NEAR_FULL = 0.95
+#: SageMaker Debugger GPUMemoryIncrease: flag growth above 5% of capacity.
+GPU_MEMORY_GROWTH = 0.05
+LEAK_MIN_R2 = 0.8
+LEAK_MIN_SPAN_S = 120.0
+SWAP_IN_BYTES = 1 << 20  # 1 MiB/s of swap-in is paging the job's working set
+HOST_MEMORY_NEAR_FULL = 0.95
+
+# -- stragglers ------------------------------------------------------------------------------
+#: NVIDIA resiliency-ext default: performance score below 0.7 marks a straggler.
+STRAGGLER_SCORE = 0.7
+#: An emerging straggler: a rank 15% slower than its own best while its peers are not.
+STRAGGLER_INDIVIDUAL_SCORE = 0.85
+STRAGGLER_WINDOW_S = 60.0
+STRAGGLER_MIN_WINDOWS = 3
+
+# -- hangs -----------------------------------------------------------------------------------
+#: No progress for this long is a likely hang (flagged live well within a minute).
+HANG_MIN_S = 30.0
+#: Critical from here; PyTorch's NCCL watchdog aborts a stuck collective after 10 min by default.
+HANG_CRITICAL_S = 120.0
+NCCL_WATCHDOG_TIMEOUT_S = 600.0
+HANG_SPIN_UTIL = 0.98
+HANG_CPU_IDLE = 0.10  # job CPU in cores below which processes make no host-side progress
+HANG_TRAFFIC_BYTES = 1e6  # PCIe + NVLink bytes/s below which GPUs exchange nothing
+
+# -- periodic I/O stalls ----------------------------------------------------------------------
+WRITE_BURST_BYTES = 50e6  # disk write rate of a burst
+WRITE_BURST_FACTOR = 3.0  # ... and this many times the run's median write rate
+CHECKPOINT_MIN_STALLS = 2
+
+# -- hardware health --------------------------------------------------------------------------
+#: DCGM health watch (PCIe): more than 8 replays per minute is unhealthy.
+PCIE_REPLAYS_PER_MIN = 8.0
+#: XIDs that mean the GPU or its memory failed (NVIDIA XID catalog); others are warnings.
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95, 119, 120})
+
+# -- idle reservation -------------------------------------------------------------------------
+IDLE_RESERVED_UTIL = 0.05  # p95 utilization of a GPU the job holds memory on
+
+# -- episodes ---------------------------------------------------------------------------------
+MIN_EPISODE_S = 30.0  # a condition must hold this long to become a finding
+EPISODE_GAP_S = 10.0  # episodes closer than this merge

@@ -1,0 +1,29 @@
+"""Training-step metrics (source ``steps``); the entity is the rank, e.g. ``rank0``.
+
+They come from the job itself (a per-rank step-time log imported with
+``python -m agent.analysis.steps``), not from a device: when present, the straggler
+and hang rules prefer them over device signals.
+"""
+
+from __future__ import annotations
+
+from agent.catalog import metric
+
+SOURCE = "steps"
+RANK_PREFIX = "rank"
+
+
+def _m(name, unit, kind, description, **kw):
+    return metric(name, unit, kind, description, source=SOURCE, **kw)
+
+
+METRICS = [
+    _m("step.time", "s", "gauge",
+       "Wall-clock time of the rank's latest training step (mini-batch)."),
+    _m("step.count", "{step}", "counter", "Training steps the rank has completed."),
+]
+
+
+def rank_entity(rank: int | str) -> str:
+    """The entity name of a rank: ``rank3``."""
+    return f"{RANK_PREFIX}{rank}"

@@ -1,0 +1,40 @@
+"""Recorded runs shared by the analysis tests: each distinct recording is made once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import duckdb
+import pytest
+
+from agent.store import connect
+from tests.analysis.recording import Recording, record
+
+
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory) -> Callable[[str, Recording], tuple[str, str]]:
+    """``recorded(key, spec)`` → (db path, run id); recorded once per key per session."""
+    cache: dict[str, tuple[str, str]] = {}
+
+    def get(key: str, spec: Recording) -> tuple[str, str]:
+        if key not in cache:
+            path = tmp_path_factory.mktemp("runs") / f"{key}.duckdb"
+            db, run_id = record(path, spec)
+            cache[key] = (str(db), run_id)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def open_db() -> Iterator[Callable[[str], duckdb.DuckDBPyConnection]]:
+    cons: list[duckdb.DuckDBPyConnection] = []
+
+    def opener(path: str) -> duckdb.DuckDBPyConnection:
+        con = connect(path)
+        cons.append(con)
+        return con
+
+    yield opener
+    for con in cons:
+        con.close()
