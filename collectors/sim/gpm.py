@@ -251,7 +251,24 @@ class GpmEventsMixin:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return pynvml.NVML_ERROR_TIMEOUT
-            time.sleep(min(_WAIT_SLICE_S, remaining))
+            time.sleep(min(self._wait_slice(es, remaining), remaining))
+
+    def _wait_slice(self, es: _EventSet, remaining: float) -> float:
+        """How long to sleep before looking again.
+
+        On the wall clock the next event's time is known, so the wait blocks until
+        then like the real driver; a caller-supplied clock may jump at any moment,
+        so it is polled.
+        """
+        if self._clock is not time.time:  # type: ignore[attr-defined]
+            return _WAIT_SLICE_S
+        horizon = es.seen_tick + int(remaining / TICK_S) + 1
+        with self._lock:
+            upcoming = [tick for tick, gpu, _ in self.engine.events(es.seen_tick, horizon)
+                        if gpu in es.registered]
+        if not upcoming:
+            return remaining
+        return max(_WAIT_SLICE_S, (min(upcoming) - es.seen_tick) * TICK_S)
 
     def _collect_events(self, es: _EventSet) -> None:
         tick = self.tick()  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import pytest
 
 from collectors.sim import install, load_scenario
 from collectors.sim.devices import MODELS
+from collectors.sim.scenario import parse_scenario
 
 
 def test_calls_before_init_are_uninitialized(simulate):
@@ -390,3 +391,22 @@ def test_secondary_queries_agents_commonly_make(simulate, clock):
     assert pynvml.nvmlDeviceGetEncoderUtilization(h) == [0, 167_000]
     with pytest.raises(pynvml.NVMLError_FunctionNotFound):
         pynvml.nvmlDeviceGetBAR1MemoryInfo(h)  # not simulated: as absent as on an old driver
+
+
+def test_event_wait_on_the_wall_clock_blocks_until_the_event():
+    scenario = parse_scenario(
+        '[hardware]\nmodel = "h100-sxm-80gb"\ncount = 2\n'
+        '[[effects]]\ngpus = [1]\nat_s = 0.3\nxid = 13\n')
+    with install(scenario):  # default clock: time.time
+        pynvml.nvmlInit()
+        started = time.monotonic()
+        events = pynvml.nvmlEventSetCreate()
+        pynvml.nvmlDeviceRegisterEvents(pynvml.nvmlDeviceGetHandleByIndex(1),
+                                        pynvml.nvmlEventTypeXidCriticalError, events)
+        data = pynvml.nvmlEventSetWait_v2(events, 5000)
+        assert data.eventData == 13
+        assert 0.25 <= time.monotonic() - started < 1.5
+        with pytest.raises(pynvml.NVMLError_Timeout):
+            pynvml.nvmlEventSetWait_v2(events, 100)
+        pynvml.nvmlEventSetFree(events)
+        pynvml.nvmlShutdown()
