@@ -89,6 +89,17 @@ def _emit_clock_events(e: str, b: BatchBuilder, mask: int) -> None:
         b.add(e, metric, 1 if mask & bit else 0)
 
 
+def _ecc_counts(h: Any) -> tuple[int, ...]:
+    """Volatile and aggregate, corrected and uncorrected: supported (or not) together."""
+    return tuple(pynvml.nvmlDeviceGetTotalEccErrors(h, error_type, counter_type)
+                 for _, error_type, counter_type in _ECC_COUNTERS)
+
+
+def _emit_ecc(e: str, b: BatchBuilder, counts: tuple[int, ...]) -> None:
+    for (metric, _, _), count in zip(_ECC_COUNTERS, counts):
+        b.add(e, metric, count)
+
+
 def _emit_remapped_rows(e: str, b: BatchBuilder, rows: tuple[int, int, int, int]) -> None:
     correctable, uncorrectable, pending, failure = rows
     b.add(e, "gpu.remapped_rows.correctable", correctable)
@@ -146,11 +157,7 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
                 partial(nv.nvmlDeviceGetCurrPcieLinkWidth, h), e, "gpu.pcie.link.width"),
         _scalar("pcie replays", "nvmlDeviceGetPcieReplayCounter",
                 partial(nv.nvmlDeviceGetPcieReplayCounter, h), e, "gpu.pcie.replays"),
-        *[
-            _scalar(f"ecc {metric.split('.', 2)[2]}", "nvmlDeviceGetTotalEccErrors",
-                    partial(nv.nvmlDeviceGetTotalEccErrors, h, error_type, counter_type), e, metric)
-            for metric, error_type, counter_type in _ECC_COUNTERS
-        ],
+        query("ecc", "nvmlDeviceGetTotalEccErrors", partial(_ecc_counts, h), partial(_emit_ecc, e)),
         query("remapped rows", "nvmlDeviceGetRemappedRows",
               partial(nv.nvmlDeviceGetRemappedRows, h), partial(_emit_remapped_rows, e)),
     ]

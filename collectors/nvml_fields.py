@@ -8,8 +8,11 @@ dropped at probe time per group, with one notice each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pynvml
 
@@ -22,20 +25,60 @@ KIB = 1024
 MAX_PCIE_RATE = 1e12
 MAX_NVLINK_LINK_RATE = 1e12
 
-_VALUE_GETTERS: dict[int, Callable[[pynvml.c_nvmlValue_t], float | int]] = {
-    pynvml.NVML_VALUE_TYPE_DOUBLE: lambda v: v.dVal,
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: lambda v: v.uiVal,
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: lambda v: v.ulVal,
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: lambda v: v.ullVal,
-    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: lambda v: v.sllVal,
-    pynvml.NVML_VALUE_TYPE_SIGNED_INT: lambda v: v.siVal,
-    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: lambda v: v.usVal,
+_FIELD_LAYOUT = (("fieldId", "I"), ("scopeId", "I"), ("timestamp", "q"), ("latencyUsec", "q"),
+                 ("valueType", "I"), ("nvmlReturn", "I"), ("value", "Q"))
+
+
+def _row_struct() -> struct.Struct:
+    """A ``struct`` format matching ``c_nvmlFieldValue_t``'s memory layout (padding included)."""
+    fmt, at = "=", 0
+    for name, code in _FIELD_LAYOUT:
+        offset = getattr(pynvml.c_nvmlFieldValue_t, name).offset
+        fmt += "x" * (offset - at) + code
+        at = offset + struct.calcsize("=" + code)
+    fmt += "x" * (ctypes.sizeof(pynvml.c_nvmlFieldValue_t) - at)
+    return struct.Struct(fmt)
+
+
+_ROW = _row_struct()
+#: Field row: (field id, scope id, timestamp µs, latency µs, value type, nvmlReturn, raw value).
+FieldRow = tuple[int, int, int, int, int, int, int]
+_U32, _U16 = 0xFFFFFFFF, 0xFFFF
+_RAW_DECODERS: dict[int, Callable[[int], float | int]] = {
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: lambda raw: raw & _U32,
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: lambda raw: ((raw & _U32) ^ 0x80000000) - 0x80000000,
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: lambda raw: raw - (1 << 64) if raw >> 63 else raw,
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: lambda raw: raw & _U16,
+    pynvml.NVML_VALUE_TYPE_DOUBLE: lambda raw: struct.unpack("=d", struct.pack("=Q", raw))[0],
 }
 
 
-def field_value(fv: pynvml.c_nvmlFieldValue_t) -> float | int:
-    """The value of one field, read from the union member its ``valueType`` names."""
-    return _VALUE_GETTERS.get(fv.valueType, _VALUE_GETTERS[pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG])(fv.value)
+def decode(value_type: int, raw: int) -> float | int:
+    """The value of a field from the raw 8 bytes of its union, per its ``valueType``."""
+    decoder = _RAW_DECODERS.get(value_type)
+    return raw if decoder is None else decoder(raw)
+
+
+class FieldRequest:
+    """A reusable ``nvmlDeviceGetFieldValues`` request for a fixed list of fields.
+
+    nvidia-ml-py's wrapper rebuilds the request array on every call and reading each result
+    goes through its slow attribute hook; at dozens of fields per GPU per tick that is most
+    of the collector's own cost. The array here is filled once (NVML writes only results)
+    and the results are decoded in one pass with ``struct``.
+    """
+
+    def __init__(self, handle: Any, ids: Sequence[tuple[int, int]]) -> None:
+        self.values = (pynvml.c_nvmlFieldValue_t * len(ids))()
+        for slot, (field_id, scope_id) in zip(self.values, ids):
+            slot.fieldId, slot.scopeId = field_id, scope_id
+        self.args = (handle, ctypes.c_int32(len(ids)), ctypes.byref(self.values))
+        self.view = memoryview(self.values).cast("B")
+
+    def __call__(self) -> list[FieldRow]:
+        fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
+        pynvml._nvmlCheckReturn(fn(*self.args))
+        return list(_ROW.iter_unpack(self.view))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +118,9 @@ class FieldReader:
     def probe(self) -> tuple[list[Query], list[Notice]]:
         """Find the link count and which groups answer; one query over all that do."""
         try:
-            (count,) = pynvml.nvmlDeviceGetFieldValues(
-                self.handle, [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT])
-            self.link_count = int(field_value(count)) if count.nvmlReturn == pynvml.NVML_SUCCESS else 0
+            (count,) = FieldRequest(self.handle, [(pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT, 0)])()
+            ok = count[5] == pynvml.NVML_SUCCESS
+            self.link_count = int(decode(count[4], count[6])) if ok else 0
         except pynvml.NVMLError_GpuIsLost:
             raise
         except pynvml.NVMLError as exc:
@@ -89,8 +132,8 @@ class FieldReader:
             })]
         groups = self.groups()
         ids = [f for g in groups for f in g.fields]
-        values = pynvml.nvmlDeviceGetFieldValues(self.handle, ids)
-        status = {f: values[i].nvmlReturn for i, f in enumerate(ids)}
+        rows = FieldRequest(self.handle, ids)()
+        status = {f: row[5] for f, row in zip(ids, rows)}
         supported: list[FieldGroup] = []
         notices: list[Notice] = []
         for group in groups:
@@ -98,7 +141,7 @@ class FieldReader:
             if not failing:
                 supported.append(group)
                 continue
-            reason = pynvml.NVMLError(failing[0]).__str__()
+            reason = str(pynvml.NVMLError(failing[0]))
             notices.append(Notice(self.entity, {
                 "query": group.name, "functions": ["nvmlDeviceGetFieldValues"], "reason": reason,
                 "message": f"{group.name} {reason.lower()} on {self.entity}; not recorded",
@@ -130,30 +173,27 @@ class FieldReader:
             elif fid == pynvml.NVML_FI_DEV_NVLINK_GET_STATE:
                 state_slots.append(slot)
         link_totals = [(d, tracks) for d, tracks in link_tracks.items() if tracks]
-        handle = self.handle
         ok = pynvml.NVML_SUCCESS
         active = pynvml.NVML_NVLINK_STATE_ACTIVE
+        ull = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
 
-        def fetch():
-            return pynvml.nvmlDeviceGetFieldValues(handle, ids)
-
-        def emit(b: BatchBuilder, values) -> None:
+        def emit(b: BatchBuilder, rows: list[FieldRow]) -> None:
             for slot, entity, total_metric, rate_metric, track in counters:
-                fv = values[slot]
-                if fv.nvmlReturn == ok:
-                    track.update(field_value(fv), fv.timestamp)
+                _, _, ts, _, value_type, ret, raw = rows[slot]
+                if ret == ok:
+                    track.update(raw if value_type == ull else decode(value_type, raw), ts)
                     b.add(entity, total_metric, track.total)
                     b.add(entity, rate_metric, track.rate)
                 else:
                     track.rate = None
             for slot in power_slots:
-                fv = values[slot]
-                if fv.nvmlReturn == ok:
-                    b.add(e, "gpu.power.instant", field_value(fv) / 1000.0)
+                row = rows[slot]
+                if row[5] == ok:
+                    b.add(e, "gpu.power.instant", decode(row[4], row[6]) / 1000.0)
             if state_slots:
                 b.add(e, "gpu.nvlink.active_links", sum(
                     1 for slot in state_slots
-                    if values[slot].nvmlReturn == ok and field_value(values[slot]) == active))
+                    if rows[slot][5] == ok and decode(rows[slot][4], rows[slot][6]) == active))
             for direction, tracks in link_totals:
                 # GPU totals: the links' monotonic totals summed; a rate only when every link has one.
                 b.add(e, f"gpu.nvlink.{direction}_bytes", sum(t.total for t in tracks))
@@ -161,7 +201,7 @@ class FieldReader:
                 if None not in rates:
                     b.add(e, f"gpu.nvlink.{direction}_throughput", sum(rates))
 
-        return query("field values", "nvmlDeviceGetFieldValues", fetch, emit)
+        return query("field values", "nvmlDeviceGetFieldValues", FieldRequest(self.handle, ids), emit)
 
 
 _PCIE_FIELDS = {pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: "tx", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: "rx"}
