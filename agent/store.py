@@ -16,14 +16,18 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
+import numpy as np
 
 from agent.errors import StoreError, StoreInUseError
-from agent.model import Batch, Event, RunInfo
+from agent.model import SAMPLE_COLUMNS, Batch, Event, RunInfo
 
 SCHEMA_VERSION = 1
 DUCKDB_MAGIC = b"DUCK"
 MAX_FLUSH_INTERVAL = 2.0
+AGENT_DB_THREADS = 1
+AGENT_DB_MEMORY = "32MB"
+#: Checkpoint the WAL early: written rows stay in memory until a checkpoint.
+AGENT_DB_CHECKPOINT = "4MB"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accelwatch_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -53,16 +57,6 @@ CREATE OR REPLACE VIEW entities AS
            min(ts) AS first_seen, max(ts) AS last_seen
     FROM entity_log GROUP BY ALL;
 """
-
-_EVENT_SCHEMA = pa.schema(
-    [("ts", pa.timestamp("us")), ("kind", pa.string()), ("entity", pa.string()),
-     ("detail", pa.string())]
-)
-_ENTITY_SCHEMA = pa.schema(
-    [("ts", pa.timestamp("us")), ("source", pa.string()), ("entity", pa.string()),
-     ("attrs", pa.string())]
-)
-
 
 def _us(ts: float) -> int:
     return int(ts * 1_000_000)
@@ -115,6 +109,11 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
     if not existed:
         with contextlib.suppress(OSError):
             os.chmod(p, 0o600)
+    # The agent shares the machine with the job it watches: one thread, a small buffer pool.
+    con.execute(
+        f"SET threads = {AGENT_DB_THREADS}; SET memory_limit = '{AGENT_DB_MEMORY}'; "
+        f"SET checkpoint_threshold = '{AGENT_DB_CHECKPOINT}'"
+    )
     try:
         _migrate(con, read_only=read_only, path=p)
     except BaseException:
@@ -258,44 +257,44 @@ class Store:
         return total
 
     def _insert(self, run_id: str, batches: list[Batch]) -> int:
-        tables = [b.to_arrow() for b in batches if len(b)]
+        columns = [b.to_columns() for b in batches if len(b)]
         n = 0
-        if tables:
-            arrow_samples = pa.concat_tables(tables)  # noqa: F841 - read by DuckDB's replacement scan
+        if columns:
+            tick_samples = {  # noqa: F841 - read by DuckDB's replacement scan
+                name: np.concatenate([c[name] for c in columns]) for name in SAMPLE_COLUMNS
+            }
             self.con.execute(
                 "INSERT INTO sample_values SELECT ?, ts, source, entity, metric, value "
-                "FROM arrow_samples", [run_id]
+                "FROM tick_samples", [run_id]
             )
-            n = arrow_samples.num_rows
+            n = len(tick_samples["value"])
         events = [e for b in batches for e in b.events]
         if events:
             self._insert_events(run_id, events)
         attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
         if attrs:
-            arrow_entities = pa.Table.from_pylist(  # noqa: F841
-                [{"ts": _us(ts), "source": s, "entity": e, "attrs": json.dumps(dict(a), default=str)}
-                 for ts, s, e, a in attrs],
-                schema=pa.schema([("ts", pa.int64()), ("source", pa.string()),
-                                  ("entity", pa.string()), ("attrs", pa.string())]),
-            )
+            tick_entities = {  # noqa: F841
+                "ts": np.array([_us(ts) for ts, *_ in attrs], dtype="datetime64[us]"),
+                "source": np.array([s for _, s, _, _ in attrs], dtype=object),
+                "entity": np.array([e for _, _, e, _ in attrs], dtype=object),
+                "attrs": np.array([json.dumps(dict(a), default=str) for *_, a in attrs],
+                                  dtype=object),
+            }
             self.con.execute(
-                "INSERT INTO entity_log SELECT ?, make_timestamp(ts), source, entity, attrs "
-                "FROM arrow_entities", [run_id]
+                "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM tick_entities",
+                [run_id],
             )
         return n
 
     def _insert_events(self, run_id: str, events: list[Event]) -> None:
-        arrow_events = pa.table(  # noqa: F841
-            {
-                "ts": pa.array([_us(e.ts) for e in events], pa.int64()),
-                "kind": [e.kind for e in events],
-                "entity": [e.entity for e in events],
-                "detail": [e.detail_json() for e in events],
-            }
-        )
+        tick_events = {  # noqa: F841
+            "ts": np.array([_us(e.ts) for e in events], dtype="datetime64[us]"),
+            "kind": np.array([e.kind for e in events], dtype=object),
+            "entity": np.array([e.entity for e in events], dtype=object),
+            "detail": np.array([e.detail_json() for e in events], dtype=object),
+        }
         self.con.execute(
-            "INSERT INTO event_log SELECT ?, make_timestamp(ts), kind, entity, detail "
-            "FROM arrow_events", [run_id]
+            "INSERT INTO event_log SELECT ?, ts, kind, entity, detail FROM tick_events", [run_id]
         )
 
     def write_events(self, run_id: str, events: list[Event]) -> None:
