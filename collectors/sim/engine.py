@@ -97,10 +97,8 @@ class GpuFrame:
     pcie_rx_bytes: int
     pcie_tx_kbps: int  # KB/s over the last 20 ms tick, as nvmlDeviceGetPcieThroughput reports
     pcie_rx_kbps: int
-    nvlink_tx_total: float  # bytes over all links since the last counter reset
-    nvlink_rx_total: float
-    link_weights: list[float]  # each link's share of the traffic
-    counter_offset: int
+    nvlink_tx_bytes: list[int]  # per link, as the 64-bit counters read
+    nvlink_rx_bytes: list[int]
     sbe_volatile: int
     dbe_volatile: int
     remapped_cor: int
@@ -110,10 +108,6 @@ class GpuFrame:
     remap_failure: int = 0
     field_cache: dict[bytes, bytes] = field(default_factory=dict)  # field-value requests answered
 
-    def nvlink_bytes(self, direction: str, link: int, scale: float = 1.0) -> int:
-        """Cumulative data bytes of one link ("tx" or "rx"), as the 64-bit counter reads."""
-        total = self.nvlink_tx_total if direction == "tx" else self.nvlink_rx_total
-        return (self.counter_offset + int(total * self.link_weights[link] * scale)) % _U64
 
 
 class Engine:
@@ -145,6 +139,7 @@ class Engine:
         self._frame_cum = self._cum.copy()
         self._proc_tick = -1
         self._proc_samples: list[list[tuple[int, int, int]]] = []
+        self._proc_known: dict[int, list[tuple[int, int]]] = {}  # sample tick -> per GPU (sm, mem)
         self.epoch_us = 0  # microseconds of wall time at tick 0, set by the driver
 
     # -- time -----------------------------------------------------------------------------------
@@ -324,7 +319,10 @@ class Engine:
         ts_us = self.epoch_us + int(round(t_s * 1e6))
         offset = self.scenario.counter_offset
         ecc = self._ecc_counts(t_s)
-        weights = self.link_weights.tolist()
+        # Per-link counters: each link's fixed share of the total, wrapping like uint64.
+        nvl = cum[:, [CI["nvlink_tx"], CI["nvlink_rx"]]] - self._reset_base[:, [CI["nvlink_tx"], CI["nvlink_rx"]]]
+        shares = (nvl.T[:, :, None] * self.link_weights[None]).astype(np.uint64)
+        links = (shares + np.uint64(offset % _U64)).tolist()
         frames = []
         for g in range(self.gpus):
             busy, clock = busy_mean[g], clock_now[g]
@@ -354,10 +352,8 @@ class Engine:
                 pcie_rx_bytes=(offset + int(pcie_rx)) % _U64,
                 pcie_tx_kbps=pcie_now[0][g],
                 pcie_rx_kbps=pcie_now[1][g],
-                nvlink_tx_total=nvl_tx,
-                nvlink_rx_total=nvl_rx,
-                link_weights=weights[g],
-                counter_offset=offset,
+                nvlink_tx_bytes=links[0][g],
+                nvlink_rx_bytes=links[1][g],
                 sbe_volatile=ecc[g][0],
                 dbe_volatile=ecc[g][1],
                 remapped_cor=ecc[g][0] if m.remapped_rows else 0,
@@ -385,20 +381,29 @@ class Engine:
 
     # -- per-process samples --------------------------------------------------------------------
     def process_samples(self, tick: int) -> list[list[tuple[int, int, int]]]:
-        """Per GPU, the retained utilization samples (tick, sm %, mem %) up to `tick`."""
+        """Per GPU, the retained utilization samples (tick, sm %, mem %) up to `tick`.
+
+        A sample at tick s averages [s - period, s); samples already computed are
+        kept, so steady polling evaluates one new period at a time.
+        """
         if tick == self._proc_tick:
             return self._proc_samples
         period = self.util_window
         last = (tick // period) * period
         first = max(period, last - (_PROC_SAMPLES_KEPT - 1) * period)
-        out: list[list[tuple[int, int, int]]] = [[] for _ in range(self.gpus)]
-        if last >= period:
-            s = self.evaluate(first - period, last)
-            n = (last - first) // period + 1
-            busy = s.busy.reshape(self.gpus, n, period).mean(axis=2)
-            dram = s.act[3].reshape(self.gpus, n, period).mean(axis=2)
-            for g in range(self.gpus):
-                out[g] = [(first + j * period, int(round(busy[g, j] * 100)), int(round(dram[g, j] * 100)))
-                          for j in range(n)]
+        known = self._proc_known
+        for old in [k for k in known if k < first]:
+            del known[old]
+        missing = [k for k in range(first, last + 1, period) if k not in known]
+        if missing:
+            lo = missing[0]
+            n = (last - lo) // period + 1
+            s = self.evaluate(lo - period, last)
+            busy = (s.busy.reshape(self.gpus, n, period).mean(axis=2) * 100).round().astype(int).T.tolist()
+            dram = (s.act[3].reshape(self.gpus, n, period).mean(axis=2) * 100).round().astype(int).T.tolist()
+            for j in range(n):
+                known[lo + j * period] = list(zip(busy[j], dram[j], strict=True))
+        ticks = sorted(known)
+        out = [[(k, *known[k][g]) for k in ticks] for g in range(self.gpus)]
         self._proc_tick, self._proc_samples = tick, out
         return out

@@ -328,9 +328,14 @@ def _remap_field(attr: str):  # noqa: ANN202
     return read
 
 
-def _nvlink_field(direction: str, scale: float, divisor: int):  # noqa: ANN202
+def _nvlink_field(direction: str, raw: bool, divisor: int):  # noqa: ANN202
+    attr = f"nvlink_{direction}_bytes"
+
     def read(d: TelemetryMixin, f: GpuFrame, scope: int) -> tuple[int, int]:
-        return _ULL, f.nvlink_bytes(direction, d._link(scope), scale) // divisor
+        value = getattr(f, attr)[d._link(scope)]
+        if raw:  # protocol overhead on top of the data bytes, same 64-bit wrap
+            value = int(value * _RAW_OVERHEAD) % (1 << 64)
+        return _ULL, value // divisor
     return read
 
 
@@ -386,10 +391,10 @@ _FIELDS: dict[int, Any] = {
     pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT: _nvlink_count,
     pynvml.NVML_FI_DEV_NVLINK_GET_STATE: _nvlink_state,
     pynvml.NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON: _nvlink_speed,
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: _nvlink_field("tx", 1.0, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: _nvlink_field("rx", 1.0, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX: _nvlink_field("tx", _RAW_OVERHEAD, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX: _nvlink_field("rx", _RAW_OVERHEAD, 1024),
-    pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES: _nvlink_field("tx", 1.0, 1),
-    pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_BYTES: _nvlink_field("rx", 1.0, 1),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: _nvlink_field("tx", False, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: _nvlink_field("rx", False, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_TX: _nvlink_field("tx", True, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_RAW_RX: _nvlink_field("rx", True, 1024),
+    pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES: _nvlink_field("tx", False, 1),
+    pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_BYTES: _nvlink_field("rx", False, 1),
 }
