@@ -62,7 +62,7 @@ GPU_MEMORY_NEAR_FULL = 0.95
 #: SageMaker Debugger GPUMemoryIncrease: flag growth above 5% of capacity.
 GPU_MEMORY_GROWTH = 0.05
 LEAK_MIN_R2 = 0.8
-LEAK_MIN_SPAN_S = 120.0
+LEAK_MIN_SPAN_S = 60.0
 SWAP_IN_BYTES = 1 << 20  # 1 MiB/s of swap-in is paging the job's working set
 HOST_MEMORY_NEAR_FULL = 0.95
 

@@ -112,6 +112,6 @@ def detect_idle_reserved(ctx: Context) -> list[Finding]:
 
 RULES = [
     Rule(IDLE_RESERVED, "Idle reserved accelerator", detect_idle_reserved,
-         supersedes=(STARVATION,)),
+         supersedes=(STARVATION, "straggler")),
     Rule(STARVATION, "GPU starvation / low utilization", detect_starvation),
 ]
