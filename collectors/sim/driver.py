@@ -34,7 +34,6 @@ Clock = Callable[[], float]
 
 _UUID_NAMESPACE = uuid.UUID("6f1d0c6e-3a53-4b8e-9a3c-acce1a7c0de5")
 _P_UINT = POINTER(c_uint)
-_P_ULL = POINTER(c_ulonglong)
 _ERROR_STRINGS = {
     pynvml.NVML_SUCCESS: "Success",
     pynvml.NVML_ERROR_UNINITIALIZED: "Uninitialized",
@@ -133,11 +132,8 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
         self.engine = Engine(scenario)
         self._clock = clock
         self._job_pids = job_pids
-        self._t0 = clock()
-        self.engine.epoch_us = int(self._t0 * 1e6)
-        self._last_tick = 1
         self._frames: list[GpuFrame] = []
-        self._frames_tick = -1
+        self.start_clock()
         self._lock = threading.RLock()
         self._refcount = 0
         self._live: dict[int, SimDevice] = {}
@@ -207,6 +203,15 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
         return core | self.telemetry_symbols()
 
     # -- shared helpers -------------------------------------------------------------------------
+    def start_clock(self) -> None:
+        """Make the clock's current value simulated time 0 (only before time has run)."""
+        if self._frames:
+            return
+        self._t0 = self._clock()
+        self.engine.epoch_us = int(self._t0 * 1e6)
+        self._last_tick = 1
+        self._frames_tick = -1
+
     def tick(self) -> int:
         """Current simulated tick (>= 1, never goes backwards)."""
         k = int((self._clock() - self._t0) / TICK_S) + 1
@@ -388,6 +393,7 @@ class SimulatedNvml:
     def install(self) -> SimulatedNvml:
         if self._installed:
             return self
+        self.driver.start_clock()
         with pynvml.libLoadLock:
             self._saved = pynvml.nvmlLib
             pynvml.nvmlLib = self.driver

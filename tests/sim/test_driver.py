@@ -8,7 +8,7 @@ import time
 import pynvml
 import pytest
 
-from collectors.sim import install, load_scenario
+from collectors.sim import SimulatedNvml, install, load_scenario
 from collectors.sim.devices import MODELS
 from collectors.sim.scenario import parse_scenario
 
@@ -409,4 +409,16 @@ def test_event_wait_on_the_wall_clock_blocks_until_the_event():
         with pytest.raises(pynvml.NVMLError_Timeout):
             pynvml.nvmlEventSetWait_v2(events, 100)
         pynvml.nvmlEventSetFree(events)
+        pynvml.nvmlShutdown()
+
+
+def test_simulated_time_starts_at_install(clock):
+    sim = SimulatedNvml("gpu-lost", clock=clock)
+    clock.advance(100)  # constructed long before it is installed
+    with sim:
+        pynvml.nvmlInit()
+        assert pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(3)).gpu > 90
+        clock.advance(26)
+        assert sim.now() == pytest.approx(26.0)
+        assert sim.truth(3).lost
         pynvml.nvmlShutdown()
