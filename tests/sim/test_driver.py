@@ -422,3 +422,12 @@ def test_simulated_time_starts_at_install(clock):
         assert sim.now() == pytest.approx(26.0)
         assert sim.truth(3).lost
         pynvml.nvmlShutdown()
+
+
+def test_scenario_can_remove_single_symbols(simulate):
+    simulate(parse_scenario('[hardware]\nmodel = "h100-sxm-80gb"\n'
+                            '[driver]\nmissing_symbols = ["nvmlDeviceGetFieldValues"]\n'))
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        pynvml.nvmlDeviceGetFieldValues(h, [pynvml.NVML_FI_DEV_POWER_INSTANT])
+    assert pynvml.nvmlDeviceGetPowerUsage(h) > 0
