@@ -145,7 +145,7 @@ class NvmlCollector(Collector):
 
     def _read(self, b: BatchBuilder, device: Device, gpu: Device) -> None:
         """Run a device's bound queries; errors are data, a lost GPU stops its queries."""
-        for name, fetch, emit in device.queries:
+        for name, fetch, emit, _ in device.queries:
             try:
                 emit(b, fetch())
             except pynvml.NVMLError_GpuIsLost:

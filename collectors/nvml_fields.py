@@ -118,9 +118,7 @@ class FieldReader:
     def probe(self) -> tuple[list[Query], list[Notice]]:
         """Find the link count and which groups answer; one query over all that do."""
         try:
-            (count,) = FieldRequest(self.handle, [(pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT, 0)])()
-            ok = count[5] == pynvml.NVML_SUCCESS
-            self.link_count = int(decode(count[4], count[6])) if ok else 0
+            notices = self._probe_links()
         except pynvml.NVMLError_GpuIsLost:
             raise
         except pynvml.NVMLError as exc:
@@ -135,7 +133,6 @@ class FieldReader:
         rows = FieldRequest(self.handle, ids)()
         status = {f: row[5] for f, row in zip(ids, rows)}
         supported: list[FieldGroup] = []
-        notices: list[Notice] = []
         for group in groups:
             failing = [status[f] for f in group.fields if status[f] != pynvml.NVML_SUCCESS]
             if not failing:
@@ -149,6 +146,18 @@ class FieldReader:
         if not supported:
             return [], notices
         return [self._query(supported)], notices
+
+    def _probe_links(self) -> list[Notice]:
+        """Set ``link_count``; a part without NVLink says so once."""
+        (count,) = FieldRequest(self.handle, [(pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT, 0)])()
+        if count[5] == pynvml.NVML_SUCCESS:
+            self.link_count = int(decode(count[4], count[6]))
+            return []
+        self.link_count = 0
+        reason = str(pynvml.NVMLError(count[5]))
+        return [Notice(self.entity, {
+            "query": "nvlink", "functions": ["nvmlDeviceGetFieldValues"], "reason": reason,
+            "message": f"NVLink {reason.lower()} on {self.entity} (PCIe only); no NVLink metrics"})]
 
     def _query(self, groups: list[FieldGroup]) -> Query:
         ids = [f for group in groups for f in group.fields]

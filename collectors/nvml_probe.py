@@ -43,11 +43,12 @@ class Query:
 
 
 class BoundQuery(NamedTuple):
-    """What the hot path calls: ``emit(builder, fetch())``."""
+    """What the hot path calls: ``emit(builder, fetch())``; ``function`` answered the probe."""
 
     name: str
     fetch: Callable[[], Any]
     emit: Emit
+    function: str
 
 
 class Notice(NamedTuple):
@@ -93,7 +94,7 @@ def probe(entity: str, queries: Sequence[Query]) -> tuple[list[BoundQuery], list
                 continue
             except pynvml.NVMLError:
                 pass  # transient: keep the query, the tick records its errors
-            bound.append(BoundQuery(q.name, variant.fetch, variant.emit))
+            bound.append(BoundQuery(q.name, variant.fetch, variant.emit, variant.function))
             break
         else:
             assert last is not None
