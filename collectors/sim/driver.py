@@ -25,7 +25,7 @@ from collectors.sim import abi
 from collectors.sim.compute import ComputeMixin, JobPids
 from collectors.sim.devices import MigProfile
 from collectors.sim.engine import TICK_S, Engine, GpuFrame
-from collectors.sim.scenario import Scenario, load_scenario
+from collectors.sim.scenario import Scenario, ScenarioError, load_scenario
 from collectors.sim.telemetry import TelemetryMixin
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,12 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
 
     def _define_symbols(self) -> None:
         major = int(self.scenario.driver_version.split(".")[0])
-        for name, (restype, argtypes) in self.symbol_table().items():
+        table = self.symbol_table()
+        unknown = sorted(self.scenario.missing_symbols - set(table))
+        if unknown:
+            raise ScenarioError(f"{self.scenario.path}: [driver] missing_symbols: {unknown[0]!r} "
+                                "is not a simulated NVML symbol")
+        for name, (restype, argtypes) in table.items():
             if name in self.scenario.missing_symbols or SYMBOL_SINCE.get(name, 0) > major:
                 continue
             impl = getattr(self, "_" + name)

@@ -9,7 +9,7 @@ import statistics
 import pynvml
 import pytest
 
-from collectors.sim import ScenarioError, list_scenarios, load_scenario
+from collectors.sim import ScenarioError, install, list_scenarios, load_scenario
 from collectors.sim.scenario import parse_scenario
 
 NAMED = {
@@ -237,3 +237,9 @@ def test_unknown_scenario_name_lists_the_known_ones():
 def test_parse_scenario_accepts_text():
     scenario = parse_scenario('[hardware]\nmodel = "t4"', default_name="inline")
     assert scenario.name == "inline" and scenario.gpu_count == 1
+
+
+def test_unknown_missing_symbol_is_a_scenario_error(clock):
+    scenario = parse_scenario('[hardware]\nmodel = "t4"\n[driver]\nmissing_symbols = ["nvmlDeviceGetPowr"]\n')
+    with pytest.raises(ScenarioError, match="'nvmlDeviceGetPowr' is not a simulated NVML symbol"):
+        install(scenario, clock=clock)
