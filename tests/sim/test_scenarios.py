@@ -243,3 +243,11 @@ def test_unknown_missing_symbol_is_a_scenario_error(clock):
     scenario = parse_scenario('[hardware]\nmodel = "t4"\n[driver]\nmissing_symbols = ["nvmlDeviceGetPowr"]\n')
     with pytest.raises(ScenarioError, match="'nvmlDeviceGetPowr' is not a simulated NVML symbol"):
         install(scenario, clock=clock)
+
+
+def test_docs_list_every_named_scenario_with_its_summary():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scenarios.md").read_text()
+    for info in list_scenarios():
+        assert f"| `{info.name}` | {info.hardware} | {info.summary} |" in doc, info.name
