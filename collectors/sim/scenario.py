@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pynvml
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport has the same API
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from collectors.sim.devices import MODELS, DeviceModel
 
