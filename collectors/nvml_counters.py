@@ -29,9 +29,14 @@ class CounterTrack:
     modulus: int = U64
     raw: int | None = None
     ts_us: int = 0
-    total: float = 0.0
+    raw_total: int = 0  # exact, in raw units; only converted on the way out
     rate: float | None = None  # of the last update
     resets: int = 0
+
+    @property
+    def total(self) -> float:
+        """The monotonic total in catalog units."""
+        return self.raw_total * self.scale
 
     def update(self, raw: int, ts_us: int) -> float | None:
         """Account a new raw reading taken at ``ts_us`` (µs); return the rate, if known.
@@ -46,7 +51,7 @@ class CounterTrack:
         previous, previous_ts = self.raw, self.ts_us
         self.raw, self.ts_us = raw, ts_us
         if previous is None:
-            self.total = raw * self.scale
+            self.raw_total = raw
             return None
         step = (raw - previous) % self.modulus  # unsigned step: also right across a wrap
         elapsed = (ts_us - previous_ts) / 1e6
@@ -59,5 +64,5 @@ class CounterTrack:
         if delta > self.max_rate * max(elapsed, 1.0):
             self.resets += 1  # reset or jump: the traffic in this interval is unknown
             return None
-        self.total += delta
+        self.raw_total += step
         return delta / elapsed if elapsed > 0 else None
