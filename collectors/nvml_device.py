@@ -48,11 +48,15 @@ class Device:
     gpm: GpmReader | None = None
     children: list[Device] = field(default_factory=list)
     lost: bool = False
+    job_seen: bool = False
     described: dict[str, Any] | None = None  # attributes last sent to the store
 
     def used_by_job(self) -> bool:
-        own = bool(self.processes and self.processes.job_processes)
-        return own or any(child.used_by_job() for child in self.children)
+        """Whether the job has used this device at any time in the run (sticky)."""
+        if not self.job_seen:
+            own = bool(self.processes and self.processes.job_processes)
+            self.job_seen = own or any(child.used_by_job() for child in self.children)
+        return self.job_seen
 
     def describe_if_changed(self, b: BatchBuilder) -> None:
         attrs = {**self.attrs, "used_by_job": self.used_by_job()}

@@ -87,7 +87,13 @@ class GpmReader:
             return
         request = self.request
         request.sample1, request.sample2 = previous, sample
-        pynvml.nvmlGpmMetricsGet(request)
+        try:
+            pynvml.nvmlGpmMetricsGet(request)
+        except pynvml.NVMLError_InvalidArgument:
+            # The samples are too close together (e.g. the final tick right after the last
+            # one): keep the older sample as the baseline, the next tick overwrites this one.
+            self.current = 1 - self.current
+            return
         ok = pynvml.NVML_SUCCESS
         e = self.entity
         for metric, (name, scale) in zip(request.metrics, self.outputs):

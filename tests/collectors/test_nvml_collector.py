@@ -217,14 +217,18 @@ def test_gpus_used_by_other_processes_are_recorded_but_not_marked(rig):
     assert batch.entity_attrs["gpu0/pid9001"]["job"] is False
 
 
-def test_used_by_job_is_described_again_when_it_changes(rig):
-    job = {4101}
+def test_used_by_job_is_sent_when_the_job_starts_using_a_gpu_and_stays(rig):
+    job: set[int] = set()
     r = rig(scenario_toml("l4"), job=[], gpu_pids=[4101])
     r.collector.job_pids = lambda: frozenset(job)
-    assert r.tick().entity_attrs["gpu0"]["used_by_job"] is True
-    assert "gpu0" not in r.tick().entity_attrs  # unchanged: not sent again
-    job.clear()
     assert r.tick().entity_attrs["gpu0"]["used_by_job"] is False
+    assert "gpu0" not in r.tick().entity_attrs  # unchanged: not sent again
+    job.add(4101)  # e.g. the launcher's child that opened the GPU was just discovered
+    assert r.tick().entity_attrs["gpu0"]["used_by_job"] is True
+    job.clear()  # the job exited: the GPU still belongs to this run's job
+    last = r.tick()
+    assert "gpu0" not in last.entity_attrs
+    assert values(last)["gpu0", "gpu.job.processes"] == 0
 
 
 def test_process_utilization_asks_only_for_samples_since_the_last_seen(rig):
@@ -273,3 +277,11 @@ def test_series_stay_monotonic_for_counters_over_a_run(rig):
     for metric in ("gpu.energy", "gpu.pcie.tx_bytes", "gpu.nvlink.rx_bytes"):
         s = series(r.batches, "gpu3", metric)
         assert len(s) == 5 and all(b > a for a, b in zip(s, s[1:])), metric
+
+
+def test_a_tick_right_after_the_last_skips_gpm_without_an_error(rig):
+    r = rig(scenario_toml("h100-sxm-80gb"))
+    r.run(2)
+    quick = r.tick(0.001)  # e.g. the final sample when a run ends
+    assert "gpu.sm.activity" not in quick.metrics and not quick.events
+    assert values(r.tick())["gpu0", "gpu.sm.activity"] == pytest.approx(0.72, abs=0.01)
