@@ -12,7 +12,19 @@ from agent.errors import StoreError, UsageError
 from agent.session import Session, SessionConfig, install_signal_handlers
 
 
+def _check_scenario(name: str) -> None:
+    """Fail before anything is created, with the scenario error as a one-line usage error."""
+    from collectors.sim import ScenarioError, load_scenario
+
+    try:
+        load_scenario(name)
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _config(args: argparse.Namespace) -> SessionConfig:
+    if args.simulate:
+        _check_scenario(args.simulate)
     return SessionConfig(
         db_path=args.db,
         interval=args.interval,
@@ -50,9 +62,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from collectors.sim import load_scenario
-
-    load_scenario(args.scenario)  # fail early, with the scenario error, on an unknown name
+    _check_scenario(args.scenario)
     args.simulate = args.scenario
     if args.name is None:
         args.name = f"demo-{Path(args.scenario).stem}"
