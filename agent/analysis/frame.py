@@ -9,7 +9,7 @@ result is pivoted into wide per-source temp tables on the connection:
 ``aw_host(bucket, t, <HOST_COLUMNS>, core_max, disk_read, disk_write, disk_busy, ib)``
 ``aw_proc(bucket, t, main_cpu, worker_cpu, worker_cpu_max, workers, job_cpu, job_read, job_write)``
 ``aw_steps(entity, bucket, t, step_time, steps)``
-``aw_rated(source, entity, metric, bucket, t, n, avg, min, max, low_share, val)`` - long form
+``aw_rated(source, entity, metric, bucket, t, bucket_s, n, avg, min, max, low_share, val)``
 
 ``t`` is the bucket start in epoch seconds; ``val`` is the mean for gauges and the per-second
 rate for counters. Column aliases map to catalog names, which are checked at import.
@@ -169,7 +169,8 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     # the step from the previous bucket's last value (a reset between buckets: the new value).
     con.execute("""
         CREATE OR REPLACE TEMP TABLE aw_rated AS
-        SELECT source, entity, metric, bucket, epoch(bucket) AS t, n, avg, min, max, low_share,
+        SELECT source, entity, metric, bucket, epoch(bucket) AS t, $bucket AS bucket_s, n, avg,
+               min, max, low_share,
                CASE WHEN metric IN (SELECT unnest($counters)) THEN
                    ((CASE WHEN last >= first THEN last - first ELSE (max - first) + last END)
                     + coalesce(CASE WHEN first >= prev_last THEN first - prev_last

@@ -130,7 +130,10 @@ def scenario_ref(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def record(path: Path, spec: Recording) -> tuple[Path, str]:
+def record(path: Path, spec: Recording,
+           on_tick: Callable[[float, Store], None] | None = None) -> tuple[Path, str]:
+    """Record ``spec`` into ``path``; with ``on_tick`` every tick is written at once and
+    ``on_tick(now, store)`` runs after it (live analysis tests), else all at the end."""
     clock = [T0]
     collectors: list[Collector] = []
     sim = None
@@ -158,6 +161,10 @@ def record(path: Path, spec: Recording) -> tuple[Path, str]:
         for _ in range(spec.seconds):
             clock[0] += 1.0
             sampler.step(clock[0])
+            if on_tick is not None:
+                store.write_ticks(ticks)
+                ticks.clear()
+                on_tick(clock[0], store)
         store.write_ticks(ticks)
     finally:
         for c in collectors:

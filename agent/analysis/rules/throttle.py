@@ -69,4 +69,4 @@ def detect_throttle(ctx: Context) -> list[Finding]:
     return findings
 
 
-RULES = [Rule(THROTTLE, "Thermal or power throttling", detect_throttle)]
+RULES = [Rule(THROTTLE, "Thermal or power throttling", detect_throttle, supersedes=("straggler",))]

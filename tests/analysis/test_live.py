@@ -1,0 +1,91 @@
+"""Live analysis: the same rules over the last window while a run records."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from agent.analysis.finding import load_findings
+from agent.analysis.live import LiveAnalysis, LiveFindingLog
+from agent.model import RunInfo
+from agent.snapshot import SnapshotHub
+from agent.store import Store
+from tests.analysis.recording import T0, Recording, record
+
+
+def fake_session(store: Store, run_id: str = "run-1") -> SimpleNamespace:
+    run = RunInfo(run_id, "live", 4242, [], "/", "test", T0, 1.0, str(store.path))
+    return SimpleNamespace(store=store, run=run, live_findings=[], health={}, hub=SnapshotHub())
+
+
+def test_hang_is_flagged_live_within_a_minute(tmp_path):
+    live = LiveAnalysis(window_s=60, every_s=5)
+    flagged_at: list[float] = []
+
+    def on_tick(now: float, store: Store) -> None:
+        if live.session is None:
+            session = fake_session(store)
+            live.session, live.cursor = session, store.cursor()
+        if round(now - T0) % live.every_s == 0:
+            current = live.run_once(now)
+            if any(f.rule == "hang" for f in current) and not flagged_at:
+                flagged_at.append(now - T0)
+                assert live.session.live_findings[0]["rule"] == "hang"
+
+    record(tmp_path / "live.duckdb", Recording("hang", 70, run_id="run-1"), on_tick=on_tick)
+    assert flagged_at, "hang never flagged live"
+    assert 20 < flagged_at[0] <= 20 + 60  # the deadlock starts at 20 s
+    assert live.session.health["analysis.cycles"] == 14
+
+
+def test_live_findings_are_stored_and_extended_while_the_problem_lasts(tmp_path):
+    path, run_id = record(tmp_path / "t.duckdb", Recording("throttled-thermal", 60))
+    store = Store(path)
+    live = LiveAnalysis(window_s=30, every_s=5)
+    live.session, live.cursor = fake_session(store, run_id), store.cursor()
+    for at in (25, 30, 35, 40):
+        live.run_once(T0 + at)
+    stored = [f for f in load_findings(store.con, run_id, live=True) if f.rule == "throttling"]
+    assert {f.entity for f in stored} == {"gpu2", "gpu3"}
+    assert all(f.live for f in stored)
+    # one finding per GPU, stretched over the four analyses, not four copies
+    assert len(stored) == 2 and all(f.duration_s >= 20 for f in stored)
+    assert load_findings(store.con, run_id, live=False) == []
+    store.close()
+
+
+def test_finding_log_closes_an_episode_that_stopped():
+    from datetime import datetime, timedelta
+
+    from agent.analysis.finding import Finding
+
+    t = datetime(2024, 1, 1)
+
+    def f(start: int, end: int) -> Finding:
+        return Finding("hang", "warning", "job", t + timedelta(seconds=start),
+                       t + timedelta(seconds=end), "s", "n", live=True)
+
+    log = LiveFindingLog(join_gap_s=10)
+    log.update([f(0, 30)])
+    log.update([f(5, 35)])
+    assert len(log.update([])) == 1
+    assert [(x.start, x.end) for x in log.update([f(100, 130)])] == [
+        (t, t + timedelta(seconds=35)), (t + timedelta(seconds=100), t + timedelta(seconds=130))]
+
+
+def test_consumer_thread_publishes_and_stops(tmp_path):
+    path, run_id = record(tmp_path / "c.duckdb", Recording("hang", 60))
+    store = Store(path)
+    session = fake_session(store, run_id)
+    session.hub.publish(T0 + 60, [], {})
+    live = LiveAnalysis(window_s=60, every_s=0.05)
+    live.start(session)
+    deadline = time.monotonic() + 10
+    while not session.live_findings and time.monotonic() < deadline:
+        time.sleep(0.05)
+    live.stop()
+    assert session.live_findings[0]["rule"] == "hang"
+    assert set(session.live_findings[0]) >= {"rule", "severity", "entity", "summary", "evidence",
+                                             "next_step", "start_ts", "end_ts"}
+    assert store.con.execute("SELECT count(*) FROM findings WHERE live").fetchone()[0] >= 1
+    store.close()

@@ -1,0 +1,121 @@
+"""``accelwatch report``: summary, findings, formats, errors; and storing post-run findings."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from agent.analysis.engine import analyze_run
+from agent.analysis.finding import load_findings
+from agent.cli import main
+from agent.model import BatchBuilder
+from agent.report import render_run_text
+from agent.store import connect
+from tests.analysis.recording import Recording
+
+RUN_S = 90
+
+
+def _energy_with_reset(t: float, b: BatchBuilder) -> None:
+    """One GPU drawing 500 W; its energy counter resets (driver reload) at 40 s."""
+    joules = 500.0 * t if t < 40 else 500.0 * (t - 40)
+    b.add_many("gpu0", {"gpu.utilization": 0.9, "gpu.energy": joules})
+
+
+@pytest.fixture
+def thermal(recorded):
+    return recorded("throttled-thermal", Recording("throttled-thermal", RUN_S))
+
+
+def test_text_report_summarises_the_run_and_lists_findings(thermal, capsys):
+    db, run_id = thermal
+    assert main(["report", "--db", db]) == 0  # the latest run by default
+    out = capsys.readouterr().out
+    assert "8 GPU(s): NVIDIA H100 80GB HBM3" in out
+    assert re.search(r"energy\s+0\.\d+ kWh", out)
+    assert "GPU utilization  p50 97%" in out
+    assert "CRITICAL Thermal or power throttling [throttling] on gpu2, gpu3 (2)" in out
+    assert "Time lost by cause" in out
+
+
+def test_json_report_carries_summary_and_evidence(thermal, capsys):
+    db, run_id = thermal
+    assert main(["report", run_id, "--db", db, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run"] == run_id and len(doc["summary"]["devices"]) == 8
+    rules = {f["rule"] for f in doc["findings"]}
+    assert rules == {"throttling"}
+    f = doc["findings"][0]
+    assert f["evidence"]["windows"] and f["evidence"]["threshold"]
+    assert 0 < doc["summary"]["lost_share"]["throttling"] < 0.5
+
+
+def test_markdown_report_has_tables(thermal, capsys):
+    db, _ = thermal
+    assert main(["report", "throttled-thermal", "--db", db, "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# accelwatch report") and "| gpu0 |" in out
+
+
+def test_html_report_is_self_contained_with_shaded_windows(thermal, tmp_path):
+    db, _ = thermal
+    out = tmp_path / "r.html"
+    assert main(["report", "--db", db, "--format", "html", "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<script" not in page and not re.search(r"(src|href)=\"https?:", page)
+    svgs = re.findall(r"<svg.*?</svg>", page, re.S)
+    assert len(svgs) >= 6
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+    assert "GPU utilization" in page and "SM clock" in page
+    shaded = re.findall(r'<rect [^>]*opacity="0.16"><title>throttling on gpu2', page)
+    assert shaded
+
+
+def test_unknown_run_is_a_one_line_error(thermal, capsys):
+    db, _ = thermal
+    assert main(["report", "no-such-run", "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accelwatch: error: no run 'no-such-run'") and err.count("\n") == 1
+
+
+def test_missing_database_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", "--db", str(tmp_path / "nope.duckdb")]) == 4
+    assert "accelwatch: error:" in capsys.readouterr().err
+
+
+def test_energy_is_reset_safe(recorded, capsys):
+    db, run_id = recorded("energy-reset", Recording(None, RUN_S, with_host=False,
+                                                   extra=[("nvml", _energy_with_reset)]))
+    assert main(["report", run_id, "--db", db, "--json"]) == 0
+    kwh = json.loads(capsys.readouterr().out)["summary"]["energy_kwh"]
+    # 500 W over the 89 s between the first and last sample, across the reset
+    assert kwh == pytest.approx(500 * 89 / 3.6e6, rel=0.03)
+
+
+def test_render_run_text_stores_post_run_findings_replacing_earlier_ones(recorded, tmp_path):
+    import shutil
+
+    src, run_id = recorded("hang", Recording("hang", RUN_S))
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(src, db)
+    text = render_run_text(db, run_id)
+    assert "WARNING Hang [hang] on job" in text
+    con = connect(db)
+    try:
+        first = load_findings(con, run_id)
+        analyze_run(con, run_id)  # again: replaces, never duplicates
+        assert [f.rule for f in load_findings(con, run_id)] == [f.rule for f in first] == ["hang"]
+        assert con.execute("SELECT count(*) FROM findings WHERE live").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
+def test_cpu_only_report(recorded, capsys):
+    db, run_id = recorded("cpu-only-quiet", Recording(None, RUN_S))
+    assert main(["report", run_id, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "CPU only" in out and "no GPU" in out and "No bottleneck found" in out
