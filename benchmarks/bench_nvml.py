@@ -115,6 +115,11 @@ def bare_collector(root_pid: int | None) -> Callable[[], int]:
     samples = [[nv.nvmlGpmSampleAlloc(), nv.nvmlGpmSampleAlloc()] for _ in handles]
     for h, pair in zip(handles, samples):
         nv.nvmlGpmSampleGet(h, pair[0])
+    request = nv.c_nvmlGpmMetricsGet_t()  # allocated once, as the agent does
+    request.version = nv.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(GPM_METRICS)
+    for j, (metric_id, _) in enumerate(GPM_METRICS.values()):
+        request.metrics[j].metricId = metric_id
     last_seen = [0] * len(handles)
     root = psutil.Process(root_pid) if root_pid is not None else None
 
@@ -138,12 +143,7 @@ def bare_collector(root_pid: int | None) -> Callable[[], int]:
             out += [(v.value.ullVal, v.timestamp) for v in nv.nvmlDeviceGetFieldValues(h, fields[i])]
             previous, current = samples[i]
             nv.nvmlGpmSampleGet(h, current)
-            request = nv.c_nvmlGpmMetricsGet_t()
-            request.version = nv.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(GPM_METRICS)
             request.sample1, request.sample2 = previous, current
-            for j, (metric_id, _) in enumerate(GPM_METRICS.values()):
-                request.metrics[j].metricId = metric_id
             nv.nvmlGpmMetricsGet(request)
             out += [request.metrics[j].value for j in range(len(GPM_METRICS))]
             samples[i] = [current, previous]
