@@ -125,15 +125,8 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
     """Every per-tick reading of a full GPU except fields, GPM and processes."""
     nv = pynvml
     energy = CounterTrack(scale=0.001, max_rate=MAX_ENERGY_RATE_W)
-    queries = [
-        query("utilization", "nvmlDeviceGetUtilizationRates",
-              partial(nv.nvmlDeviceGetUtilizationRates, h), partial(_emit_utilization, e)),
-        Query("memory", (
-            Variant("nvmlDeviceGetMemoryInfo_v2",
-                    partial(nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2), partial(_emit_memory, e)),
-            Variant("nvmlDeviceGetMemoryInfo",
-                    partial(nv.nvmlDeviceGetMemoryInfo, h), partial(_emit_memory, e)),
-        )),
+    return [
+        *usage_queries(h, e),
         _scalar("temperature", "nvmlDeviceGetTemperature",
                 partial(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU), e, "gpu.temperature"),
         _scalar("power", "nvmlDeviceGetPowerUsage",
@@ -165,7 +158,21 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
         query("remapped rows", "nvmlDeviceGetRemappedRows",
               partial(nv.nvmlDeviceGetRemappedRows, h), partial(_emit_remapped_rows, e)),
     ]
-    return queries
+
+
+def usage_queries(h: Any, e: str) -> list[Query]:
+    """Utilization and memory: what both full GPUs and MIG devices may answer."""
+    nv = pynvml
+    return [
+        query("utilization", "nvmlDeviceGetUtilizationRates",
+              partial(nv.nvmlDeviceGetUtilizationRates, h), partial(_emit_utilization, e)),
+        Query("memory", (
+            Variant("nvmlDeviceGetMemoryInfo_v2",
+                    partial(nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2), partial(_emit_memory, e)),
+            Variant("nvmlDeviceGetMemoryInfo",
+                    partial(nv.nvmlDeviceGetMemoryInfo, h), partial(_emit_memory, e)),
+        )),
+    ]
 
 
 def static_queries(h: Any, e: str) -> list[Query]:
@@ -181,10 +188,8 @@ def static_queries(h: Any, e: str) -> list[Query]:
         ("max pcie link width", "nvmlDeviceGetMaxPcieLinkWidth",
          partial(nv.nvmlDeviceGetMaxPcieLinkWidth, h), "gpu.pcie.link.width.max"),
     ]
-    out = []
-    for name, function, fetch, metric in specs:
-        out.append(query(name, function, _Once(fetch), partial(_emit_scaled, e, metric, 1.0)))
-    return out
+    return [query(name, function, _Once(fetch), partial(_emit_scaled, e, metric, 1.0))
+            for name, function, fetch, metric in specs]
 
 
 class _Once:
@@ -217,13 +222,15 @@ def gpu_identity(h: Any, index: int) -> dict[str, Any]:
     return attrs
 
 
-def _optional(fetch: Any, attr: str) -> Any:
+def _optional(fetch: Any, attr: str | None = None) -> Any:
+    """An identity detail, or None where the device cannot tell (a lost GPU still raises)."""
     try:
-        return getattr(fetch(), attr)
+        value = fetch()
     except pynvml.NVMLError_GpuIsLost:
         raise
     except pynvml.NVMLError:
         return None
+    return value if attr is None else getattr(value, attr)
 
 
 def probe_gpu(h: Any, index: int, job: JobView) -> tuple[Device, list[Notice]]:
@@ -273,33 +280,14 @@ def probe_mig_devices(parent: Device, job: JobView) -> tuple[list[Device], list[
             "parent": parent.entity,
             "name": text(pynvml.nvmlDeviceGetName(mh)),
             "uuid": text(pynvml.nvmlDeviceGetUUID(mh)),
-            "gpu_instance_id": _optional_value(partial(pynvml.nvmlDeviceGetGpuInstanceId, mh)),
-            "compute_instance_id": _optional_value(partial(pynvml.nvmlDeviceGetComputeInstanceId, mh)),
+            "gpu_instance_id": _optional(partial(pynvml.nvmlDeviceGetGpuInstanceId, mh)),
+            "compute_instance_id": _optional(partial(pynvml.nvmlDeviceGetComputeInstanceId, mh)),
             "memory_total": _optional(partial(pynvml.nvmlDeviceGetMemoryInfo, mh), "total"),
         }
         device = Device(e, mh, attrs)
         device.processes = ProcessReader(mh, e, job, per_process=False)
-        device.queries, found = probe(e, [
-            query("utilization", "nvmlDeviceGetUtilizationRates",
-                  partial(pynvml.nvmlDeviceGetUtilizationRates, mh), partial(_emit_utilization, e)),
-            Query("memory", (
-                Variant("nvmlDeviceGetMemoryInfo_v2", partial(pynvml.nvmlDeviceGetMemoryInfo, mh,
-                                                              pynvml.nvmlMemory_v2),
-                        partial(_emit_memory, e)),
-                Variant("nvmlDeviceGetMemoryInfo", partial(pynvml.nvmlDeviceGetMemoryInfo, mh),
-                        partial(_emit_memory, e)),
-            )),
-            device.processes.queries()[0],
-        ])
+        device.queries, found = probe(e, [*usage_queries(mh, e), device.processes.process_query()])
         devices.append(device)
         notices.extend(found)
     return devices, notices
 
-
-def _optional_value(fetch: Any) -> Any:
-    try:
-        return fetch()
-    except pynvml.NVMLError_GpuIsLost:
-        raise
-    except pynvml.NVMLError:
-        return None

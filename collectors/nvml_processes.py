@@ -38,16 +38,19 @@ class ProcessReader:
     known: dict[int, bool] = field(default_factory=dict)  # pid -> belongs to the job
 
     def queries(self) -> list[Query]:
-        h = self.handle
-        return [
-            Query("compute processes", tuple(
-                Variant(name, partial(getattr(pynvml, name), h), self.emit_processes)
-                for name in ("nvmlDeviceGetComputeRunningProcesses_v3",
-                             "nvmlDeviceGetComputeRunningProcesses_v2")
-            )),
-            query("process utilization", "nvmlDeviceGetProcessUtilization",
-                  self.fetch_utilization, self.emit_utilization),
-        ]
+        return [self.process_query(), self.utilization_query()]
+
+    def process_query(self) -> Query:
+        """The compute processes, newest struct version first."""
+        return Query("compute processes", tuple(
+            Variant(name, partial(getattr(pynvml, name), self.handle), self.emit_processes)
+            for name in ("nvmlDeviceGetComputeRunningProcesses_v3",
+                         "nvmlDeviceGetComputeRunningProcesses_v2")
+        ))
+
+    def utilization_query(self) -> Query:
+        return query("process utilization", "nvmlDeviceGetProcessUtilization",
+                     self.fetch_utilization, self.emit_utilization)
 
     def emit_processes(self, b: BatchBuilder, processes: list[Any]) -> None:
         job = self.job.pids
