@@ -59,6 +59,7 @@ class NvmlCollector(Collector):
         self.job_pids: Callable[[], frozenset[int]] = frozenset
         self.events: EventWatcher | None = None
         self.xid_counts: dict[str, int] = {}
+        self._event_errors = 0
         self._pending: list[tuple[str, str, dict[str, Any]]] = []  # (kind, entity, detail)
         self._error_last: dict[tuple[str, str], float] = {}
         self._initialized = False
@@ -152,7 +153,7 @@ class NvmlCollector(Collector):
                 self._lose(b, gpu, device.entity, name)
                 return
             except pynvml.NVMLError as exc:
-                self._query_error(b, device.entity, name, exc)
+                self._query_error(b, device.entity, name, str(exc))
 
     def _lose(self, b: BatchBuilder, gpu: Device, entity: str, query: str) -> None:
         gpu.lost = True
@@ -161,17 +162,23 @@ class NvmlCollector(Collector):
                         f"{entity}; no longer queried")
         b.describe(gpu.entity, **{**gpu.attrs, "used_by_job": gpu.used_by_job(), "lost": True})
 
-    def _query_error(self, b: BatchBuilder, entity: str, query: str, exc: pynvml.NVMLError) -> None:
+    def _query_error(self, b: BatchBuilder, entity: str, query: str, error: str) -> None:
         key = (entity, query)
         last = self._error_last.get(key)
         if last is not None and b.ts - last < ERROR_EVENT_INTERVAL_S:
             return
         self._error_last[key] = b.ts
-        b.event("nvml_error", entity, severity="warning", query=query, error=str(exc),
-                message=f"{query} of {entity} failed: {exc}")
+        b.event("nvml_error", entity, severity="warning", query=query, error=error,
+                message=f"{query} of {entity} failed: {error}")
 
     def _record_events(self, b: BatchBuilder) -> None:
-        fresh = self.events.drain() if self.events is not None else []
+        if self.events is None:
+            fresh = []
+        else:
+            fresh = self.events.drain()
+            if self.events.errors > self._event_errors:  # the wait itself failed
+                self._event_errors = self.events.errors
+                self._query_error(b, "nvml", "events", self.events.last_error)
         counts = self.xid_counts
         bumped: set[str] = set()
         for ev in fresh:

@@ -50,6 +50,7 @@ class EventWatcher:
         self.entities: dict[int | None, str] = {handle_key(h): e for e, h in self.devices}
         self.queue: deque[GpuEvent] = deque()
         self.errors = 0
+        self.last_error = ""
         self._event_set: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,8 +87,9 @@ class EventWatcher:
                 data = pynvml.nvmlEventSetWait_v2(self._event_set, self.timeout_ms)
             except pynvml.NVMLError_Timeout:
                 continue
-            except pynvml.NVMLError:
-                self.errors += 1  # e.g. a lost GPU; do not spin on a broken event set
+            except pynvml.NVMLError as exc:
+                self.errors += 1  # reported by the collector; do not spin on a broken event set
+                self.last_error = str(exc)
                 self._stop.wait(_ERROR_BACKOFF_S)
                 continue
             self.queue.append(self._event(data))

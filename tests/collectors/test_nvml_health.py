@@ -165,3 +165,21 @@ def test_close_shuts_nvml_down_once(rig):
     r.collector.close()
     with pytest.raises(pynvml.NVMLError_Uninitialized):
         pynvml.nvmlDeviceGetCount()
+
+
+def test_a_failing_event_wait_is_reported_and_backed_off(rig):
+    r = rig(scenario_toml("l4"), events=True)
+    driver = r.sim.driver
+    original = driver.nvmlEventSetWait_v2
+    driver.nvmlEventSetWait_v2 = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)(
+        lambda *_: pynvml.NVML_ERROR_UNKNOWN)
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+    try:
+        [error] = r.wait_for_event("nvml_error")
+    finally:
+        driver.nvmlEventSetWait_v2 = original
+        pynvml._nvmlGetFunctionPointer_cache.clear()
+    assert (error.entity, error.detail["query"]) == ("nvml", "events")
+    assert "Unknown" in error.detail["error"]
+    assert r.collector.events.errors <= 2  # one failure, then a pause instead of a busy loop
