@@ -8,7 +8,9 @@ finalizes the run and prints its report. ``q`` stops recording immediately.
 
 from __future__ import annotations
 
-from textual import events, work
+import threading
+
+from textual import events
 from textual.message import Message
 
 from agent.reader import LiveReader
@@ -37,9 +39,10 @@ class LiveApp(AccelwatchApp):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self._watch_end()
+        # A plain daemon thread, not a Textual worker: the app must be able to exit (even on
+        # a crash) while the session is still recording; closing the reader ends the wait.
+        threading.Thread(target=self._watch_end, name="accelwatch-tui-end", daemon=True).start()
 
-    @work(thread=True, group="session")
     def _watch_end(self) -> None:
         reason = self.live_reader.wait_end()
         self.post_message(RecordingEnded(reason, self.live_reader.target_exit_code()))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
+from collections.abc import Awaitable, Callable
 
 from rich.console import Console
 from textual.app import App
@@ -16,3 +19,13 @@ def screen_text(app: App) -> str:
     console.print(app.screen._compositor.render_update(
         full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+def async_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an ``async def`` test on a fresh event loop (no pytest-asyncio needed)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return wrapper

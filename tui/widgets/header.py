@@ -55,9 +55,9 @@ class RunHeader(Widget):
         if self.frame is not None:
             out.append(f"  ⏱ {duration(self.frame.snapshot.ts - run.started)}")
         out.append(f"  every {run.interval:g}s")
-        if self.detail:
-            out.append(f"  {self.detail}", style("run-header--warn"))
         out.append("\n")
+        if self.detail:  # first on its line so 80 columns still show it
+            out.append(f" {self.detail} ·", style("run-header--warn"))
         out.append(f" db {run.db_path}", style("run-header--dim"))
         if self.frame is not None:
             self._health(out, self.frame.health, self.frame.notices)

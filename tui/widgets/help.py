@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from rich.table import Table
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,13 +13,15 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 
-def binding_rows(bindings: list[Binding]) -> list[tuple[str, str]]:
+def binding_rows(bindings: list[Binding], display: Callable[[Binding], str]
+                 ) -> list[tuple[str, str]]:
     """(keys, description) per action, keys merged, in declaration order."""
     rows: dict[str, list[str]] = {}
     labels: dict[str, str] = {}
     for binding in bindings:
         for key in binding.key.split(","):
-            rows.setdefault(binding.action, []).append(key.strip())
+            rows.setdefault(binding.action, []).append(
+                display(dataclasses.replace(binding, key=key.strip())))
         labels.setdefault(binding.action, binding.tooltip or binding.description)
     return [(" / ".join(keys), labels[action]) for action, keys in rows.items()]
 
@@ -33,7 +38,7 @@ class HelpScreen(ModalScreen[None]):
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        for keys, description in binding_rows(self.bindings):
+        for keys, description in binding_rows(self.bindings, self.app.get_key_display):
             table.add_row(keys, description)
         table.add_row("mouse", "click a card, process or finding to select it; "
                                "click a process header to sort")

@@ -1,0 +1,157 @@
+"""Pilot tests of the live UI over a real Session fed synthetic ticks."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.store import connect
+from tests.tui.screen import async_test, screen_text
+from tests.tui.synthetic import ROOT_PID, feed
+from tui.live import LiveApp
+from tui.widgets.findings import EvidenceScreen, FindingsTable
+from tui.widgets.gpu import GpuCard
+from tui.widgets.help import HelpScreen
+from tui.widgets.processes import ProcessTable
+from tui.widgets.timeseries import Chart, TimeSeriesScreen
+
+
+async def _settle(pilot, seconds: float = 0.1) -> None:
+    """Let messages and history/frame workers finish."""
+    await pilot.pause(seconds)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@async_test
+async def test_cards_processes_and_findings_show_the_right_values(live):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test(size=(160, 48)) as pilot:
+        feed(session, job, 12)
+        await _settle(pilot)
+        text = screen_text(app)
+        assert "llama-finetune" in text and f"pid {ROOT_PID}" in text and "rank 0/8" in text
+        assert "05:19" in text  # elapsed = tick 12 - started, from the data's clock
+        card = app.query_one("#card-gpu0", GpuCard)
+        assert card.has_class("-throttled") and not card.has_class("-unused")
+        assert app.query_one("#card-gpu1", GpuCard).has_class("-unused")
+        assert "92%" in text and "60.0 GiB/80.0 GiB" in text and "650 W/700 W" in text
+        assert "THROTTLED: HW THERMAL" in text and "1200 MHz/1980" in text
+        table = app.query_one(ProcessTable)
+        assert table.row_count == 3
+        assert [str(c) for c in table.get_row(str(ROOT_PID))[:4]] == [
+            str(ROOT_PID), "main", "150%", "4.0 GiB"]
+        assert "59.0 GiB" in str(table.get_row(str(ROOT_PID))[6])
+        assert "thermally throttled" in text and "Check the node's cooling" in text
+        await pilot.press("q")
+    assert session.stop_requested.is_set() and session.stop_reason == "user quit"
+
+
+@async_test
+async def test_keys_pause_toggle_sort_focus_evidence_help_window(live):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _settle(pilot)
+        await pilot.press("p")
+        feed(session, job, 12)
+        await _settle(pilot)
+        assert "PAUSED" in screen_text(app) and app.frame.snapshot.ts == job.ts(11)
+        await pilot.press("p")
+        await _settle(pilot)
+        assert app.frame.snapshot.ts == job.ts(12) and "● REC" in screen_text(app)
+
+        unused = app.query_one("#card-gpu1", GpuCard)
+        await pilot.press("d")
+        assert not unused.display
+        await pilot.press("d")
+        assert unused.display
+
+        table = app.query_one(ProcessTable)
+        await pilot.press("s")
+        assert table.sort_key == "cpu"
+        await pilot.press("s", "s", "s")  # rss, gpu_mem, io
+        await _settle(pilot)
+        assert table.sort_key == "io"
+        assert table.coordinate_to_cell_key((0, 0)).row_key.value == str(ROOT_PID + 2)
+
+        await pilot.press("w")
+        assert app.window_s == 300.0
+
+        await pilot.press("f")
+        assert isinstance(app.focused, FindingsTable)
+        await pilot.press("enter")
+        await _settle(pilot)
+        assert isinstance(app.screen, EvidenceScreen)
+        evidence = screen_text(app)
+        assert "gpu.clock_event.hw_thermal" in evidence and "temperature_c" in evidence
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        await _settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        help_text = screen_text(app)
+        assert "Cycle the process sort" in help_text and "question_mark" not in help_text
+        assert "?" in help_text
+        await pilot.press("escape")
+        await pilot.press("q")
+
+
+@async_test
+async def test_graph_view_charts_history_and_zooms(live):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _settle(pilot)
+        await pilot.click("#card-gpu0")
+        await pilot.press("g")
+        await _settle(pilot, 0.3)
+        screen = app.screen
+        assert isinstance(screen, TimeSeriesScreen) and screen.entity == "gpu0"
+        chart = screen.query_one(Chart)
+        assert chart.metric == "gpu.utilization" and len(chart.series) == 12
+        assert "max 94%" in screen_text(app)
+        await pilot.press("minus", "down")
+        await _settle(pilot, 0.3)
+        assert screen.metric == screen.metrics[1] == "gpu.memory.used"
+        assert screen.window()[1] - screen.window()[0] == 300.0  # zoomed out from 1 min
+        assert "gpu0 · gpu.memory.used" in screen_text(app)
+        await pilot.press("escape", "q")
+
+
+@async_test
+async def test_target_exit_ends_the_app_after_the_grace_period(live):
+    session, reader, job = live
+    app = LiveApp(reader, end_grace_s=0.3)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(pilot)
+        session.child.kill()
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if app.ended is not None:
+                break
+        assert "ENDED" in screen_text(app) and "target exited" in screen_text(app)
+        await asyncio.sleep(0.6)
+        assert app.return_code == 0 and not app.is_running
+    assert session.stop_reason == "target exited"
+
+
+@async_test
+async def test_quit_stops_recording_and_the_run_is_finalized(live, tmp_path):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test() as pilot:
+        await _settle(pilot)
+        await pilot.press("q")
+    reader.close()
+    session.child.kill()
+    run = session.finish()
+    assert run.status == "stopped" and run.ended is not None
+    con = connect(session.store.path, read_only=True)
+    try:
+        status, ended = con.execute("SELECT status, ended FROM runs").fetchone()
+        samples = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+        [reason] = con.execute("SELECT detail->>'reason' FROM events WHERE kind='run_end'"
+                               ).fetchone()
+    finally:
+        con.close()
+    assert status == "stopped" and ended is not None and samples > 0 and reason == "user quit"
