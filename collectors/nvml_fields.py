@@ -17,7 +17,7 @@ from typing import Any
 import pynvml
 
 from agent.model import BatchBuilder
-from collectors.nvml_counters import CounterTrack
+from collectors.nvml_counters import U32, U64, CounterTrack
 from collectors.nvml_probe import Notice, Query, query
 
 KIB = 1024
@@ -190,7 +190,10 @@ class FieldReader:
             for slot, entity, total_metric, rate_metric, track in counters:
                 _, _, ts, _, value_type, ret, raw = rows[slot]
                 if ret == ok:
-                    track.update(raw if value_type == ull else decode(value_type, raw), ts)
+                    if value_type != ull:  # a narrower counter wraps at its own width
+                        raw = decode(value_type, raw)
+                        track.modulus = _COUNTER_WIDTHS.get(value_type, U64)
+                    track.update(raw, ts)
                     b.add(entity, total_metric, track.total)
                     b.add(entity, rate_metric, track.rate)
                 else:
@@ -214,5 +217,7 @@ class FieldReader:
 
 
 _PCIE_FIELDS = {pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: "tx", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: "rx"}
+_COUNTER_WIDTHS = {pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: U32,
+                   pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: 1 << 16}
 _NVLINK_FIELDS = {pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: "tx",
                   pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: "rx"}
