@@ -173,7 +173,9 @@ class FieldReader:
                                  CounterTrack(scale=1.0, max_rate=MAX_PCIE_RATE)))
             elif fid in _NVLINK_FIELDS:
                 d = _NVLINK_FIELDS[fid]
-                track = CounterTrack(scale=KIB, max_rate=MAX_NVLINK_LINK_RATE)
+                # KiB derived from a 64-bit byte counter wrap at 2**54; a step taken modulo
+                # 2**54 is also right for a counter kept in 64-bit KiB (steps are far smaller).
+                track = CounterTrack(scale=KIB, max_rate=MAX_NVLINK_LINK_RATE, modulus=U64 // KIB)
                 link_tracks[d].append(track)
                 counters.append((slot, f"{e}/nvlink{scope}", f"gpu.nvlink.{d}_bytes",
                                  f"gpu.nvlink.{d}_throughput", track))

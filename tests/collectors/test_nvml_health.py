@@ -98,10 +98,10 @@ def test_byte_counters_stay_continuous_across_a_64_bit_wrap(rig):
     assert r.sim.truth(0).pcie_tx_bytes < 1e12  # the driver's counter did wrap
     assert all(b > a for a, b in zip(raw, raw[1:]))
     assert rates == pytest.approx([2e9] * 3, rel=0.01)  # no gap, no spike at the wrap
-    for link in ("gpu0/nvlink0", "gpu0/nvlink17"):
-        totals = series(r.batches, link, "gpu.nvlink.tx_bytes")
-        assert all(b >= a for a, b in zip(totals, totals[1:]))
-        assert all(0 < rate < 4e9 for rate in series(r.batches, link, "gpu.nvlink.tx_throughput"))
+    # NVLink KiB counters derive from the wrapping byte counters, so they wrap at 2**54 KiB.
+    link_total = series(r.batches, "gpu0", "gpu.nvlink.tx_bytes")
+    assert all(b > a for a, b in zip(link_total, link_total[1:]))
+    assert series(r.batches, "gpu0", "gpu.nvlink.tx_throughput") == pytest.approx([36e9] * 3, rel=0.01)
 
 
 def test_a_counter_reset_adds_no_negative_or_huge_step(rig):
