@@ -47,6 +47,15 @@ lost = true
     assert [(e.entity, e.detail["xid"]) for e in xids] == [("gpu2", 79)]
 
 
+def test_named_gpu_lost_scenario_loses_gpu3_of_eight_h100s(rig):
+    r = rig("gpu-lost")
+    r.run(6, 5.0)  # gpu3 falls off the bus at 25 s
+    assert [e.entity for e in r.events("gpu_lost")] == ["gpu3"]
+    last = values(r.batches[-1])
+    assert ("gpu3", "gpu.utilization") not in last
+    assert all((f"gpu{i}", "gpu.sm.activity") in last for i in (0, 1, 2, 4, 5, 6, 7))
+
+
 def test_gpu_lost_at_start_is_an_event_not_a_crash(rig):
     r = rig(scenario_toml("l4", 2, extra="""
 [[effects]]
