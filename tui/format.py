@@ -26,7 +26,8 @@ def human_rate(value: float) -> str:
     """Bytes per second in SI units (as links and disks are sold): ``3.0 GB/s``."""
     for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
         if abs(value) >= scale:
-            return f"{value / scale:.1f} {unit}"
+            scaled = value / scale
+            return f"{scaled:.{0 if abs(scaled) >= 100 else 1}f} {unit}"
     return f"{value:.0f} B/s"
 
 

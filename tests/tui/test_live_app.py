@@ -35,8 +35,8 @@ async def test_cards_processes_and_findings_show_the_right_values(live):
         card = app.query_one("#card-gpu0", GpuCard)
         assert card.has_class("-throttled") and not card.has_class("-unused")
         assert app.query_one("#card-gpu1", GpuCard).has_class("-unused")
-        assert "92%" in text and "60.0 GiB/80.0 GiB" in text and "650 W/700 W" in text
-        assert "THROTTLED: HW THERMAL" in text and "1200 MHz/1980" in text
+        assert "92%" in text and "60.0 GiB/80.0 GiB" in text and "650/700 W" in text
+        assert "THROTTLED: HW THERMAL" in text and "sm 1200/1980 MHz" in text
         table = app.query_one(ProcessTable)
         assert table.row_count == 3
         assert [str(c) for c in table.get_row(str(ROOT_PID))[:4]] == [

@@ -56,7 +56,7 @@ class GpuCard(Widget, can_focus=True):
         out = Text(no_wrap=True, overflow="ellipsis")
         self._activity(out, view, width, st)
         self._memory(out, view, width, st)
-        self._power(out, view, st)
+        self._power(out, view, width, st)
         self._throttle(out, view, st)
         self._links(out, view, st)
         return out
@@ -86,17 +86,23 @@ class GpuCard(Widget, can_focus=True):
         out.append(label + "\n")
 
     @staticmethod
-    def _power(out: Text, view: GpuView, st: dict) -> None:
+    def _power(out: Text, view: GpuView, width: int, st: dict) -> None:
         power, limit = view.get("gpu.power"), view.get("gpu.power.limit")
         clock, clock_max = view.get("gpu.clock.sm"), view.get("gpu.clock.sm.max")
         out.append(f"{'pwr':<{_LABEL}}", st["label"])
-        out.append(f"{fmt('gpu.power', power)}/{fmt('gpu.power.limit', limit)}  ")
+        watts = fmt("gpu.power", power)
+        if limit is not None and power is not None:
+            watts = f"{power:.0f}/{fmt('gpu.power.limit', limit)}"
+        out.append(f"{watts}  ")
         out.append(fmt("gpu.temperature", view.get("gpu.temperature")),
                    st["hot"] if view.throttle else "")
-        out.append(f"  sm {fmt('gpu.clock.sm', clock)}")
-        if clock_max:
-            out.append(f"/{clock_max:.0f}")
-        out.append(f"  mem {fmt('gpu.clock.memory', view.get('gpu.clock.memory'))}\n")
+        clocks = f"  sm {clock:.0f}/{fmt('gpu.clock.sm.max', clock_max)}" \
+            if clock is not None and clock_max else f"  sm {fmt('gpu.clock.sm', clock)}"
+        out.append(clocks)
+        memory_clock = f"  mem {fmt('gpu.clock.memory', view.get('gpu.clock.memory'))}"
+        if len(out.plain.rsplit("\n", 1)[-1]) + len(memory_clock) <= width:
+            out.append(memory_clock)
+        out.append("\n")
 
     @staticmethod
     def _throttle(out: Text, view: GpuView, st: dict) -> None:

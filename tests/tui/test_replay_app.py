@@ -1,0 +1,100 @@
+"""Replay: the same screen over a recorded run, a time cursor, jumps between findings."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.errors import StoreError
+from agent.reader import RunNotFoundError
+from tests.helpers import run_cli
+from tests.tui.screen import async_test, screen_text
+from tui.replay import ReplayApp, run_replay
+from tui.widgets.findings import EvidenceScreen, FindingsTable
+from tui.widgets.gpu import GpuCard
+
+
+async def _settle(pilot) -> None:
+    await pilot.pause(0.05)
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@async_test
+async def test_replay_opens_at_the_end_and_scrubs_tick_by_tick(recorded_reader, recorded):
+    _, job = recorded
+    app = ReplayApp(recorded_reader)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _settle(pilot)
+        assert app.frame.snapshot.ts == job.ts(29)
+        text = screen_text(app)
+        assert "REPLAY" in text and "tick 30/30" in text and "findings (2)" in text
+        assert app.query_one("#card-gpu0", GpuCard).has_class("-throttled")
+        await pilot.press("left", "left")
+        await _settle(pilot)
+        assert app.frame.snapshot.ts == job.ts(27) and "tick 28/30" in screen_text(app)
+        await pilot.press("home")
+        await _settle(pilot)
+        assert app.frame.snapshot.ts == job.ts(0)
+        assert "no findings so far" in screen_text(app)
+        await pilot.press("shift+right")
+        await _settle(pilot)
+        assert recorded_reader.cursor == 3
+        await pilot.press("q")
+
+
+@async_test
+async def test_findings_are_jumped_to_and_evidence_jumps_the_cursor(recorded_reader, recorded):
+    _, job = recorded
+    app = ReplayApp(recorded_reader)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("home")
+        await _settle(pilot)
+        await pilot.press("right_square_bracket")
+        await _settle(pilot)
+        assert recorded_reader.cursor == 10
+        assert [f.rule for f in app.query_one(FindingsTable).findings] == ["gpu_thermal_throttle"]
+        await pilot.press("right_square_bracket")
+        await _settle(pilot)
+        assert recorded_reader.cursor == 20
+        findings = app.query_one(FindingsTable).findings
+        assert [f.severity for f in findings] == ["critical", "warning"]  # most severe first
+        await pilot.press("f", "down", "enter")
+        await _settle(pilot)
+        assert isinstance(app.screen, EvidenceScreen)
+        assert app.screen.finding.rule == "gpu_thermal_throttle"
+        assert "Check cooling." in screen_text(app)
+        await pilot.press("j")
+        await _settle(pilot)
+        assert recorded_reader.cursor == 10
+        await pilot.press("q")
+
+
+@async_test
+async def test_play_advances_the_cursor_until_the_end(recorded_reader):
+    app = ReplayApp(recorded_reader)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("end", "p")  # at the end, play restarts from the start
+        await pilot.pause(0.6)
+        assert app.playing and 1 <= recorded_reader.cursor < 29
+        await pilot.press("p")
+        stopped_at = recorded_reader.cursor
+        await pilot.pause(0.4)
+        assert not app.playing and recorded_reader.cursor == stopped_at
+        await pilot.press("q")
+
+
+def test_run_replay_errors_before_opening_the_ui(recorded, tmp_path):
+    with pytest.raises(RunNotFoundError):
+        run_replay(recorded[0], "no-such-run")
+    with pytest.raises(StoreError):
+        run_replay(str(tmp_path / "absent.duckdb"), None)
+
+
+def test_view_command_reports_unknown_run_in_one_line(recorded, tmp_path):
+    result = run_cli("view", "no-such-run", "--db", recorded[0])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"accelwatch: error: no run 'no-such-run' in {recorded[0]} "
+        f"(see `accelwatch runs --db {recorded[0]}`)"]
+    missing = run_cli("view", "--db", str(tmp_path / "absent.duckdb"))
+    assert missing.returncode == 4 and "no database" in missing.stderr
