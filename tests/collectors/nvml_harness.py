@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pynvml
@@ -98,13 +99,17 @@ class RigFactory:
         self.rigs: list[Rig] = []
 
     def __call__(self, scenario: str, *, job: Iterable[int] = JOB_PIDS,
-                 gpu_pids: Iterable[int] | None = None, events: bool = False) -> Rig:
+                 gpu_pids: Iterable[int] | None = None, events: bool = False,
+                 before_start: Callable[[SimulatedNvml], None] | None = None) -> Rig:
         """``scenario``: a named scenario or TOML text; ``gpu_pids``: what the driver reports
-        on the GPUs (default: the job's PIDs); ``job``: what the collector treats as the job."""
+        on the GPUs (default: the job's PIDs); ``job``: what the collector treats as the job;
+        ``before_start``: called with the installed driver before the collector probes it."""
         clock = FakeClock()
         loaded = parse_scenario(scenario, "test") if "[hardware]" in scenario else load_scenario(scenario)
         reported = list(job if gpu_pids is None else gpu_pids)
         sim = install(loaded, clock=clock, job_pids=lambda: reported)
+        if before_start is not None:
+            before_start(sim)
         collector = NvmlCollector(clock=clock, watch_events=events, event_timeout_ms=50)
         rig = Rig(sim, clock, collector)
         self.rigs.append(rig)
@@ -114,7 +119,24 @@ class RigFactory:
 
     def close(self) -> None:
         for rig in reversed(self.rigs):
+            pynvml._nvmlGetFunctionPointer_cache.clear()  # drop wrappers a test installed
             rig.collector.close()
             while rig.sim.driver._refcount:
                 pynvml.nvmlShutdown()
             rig.sim.uninstall()
+
+
+def count_calls(sim: SimulatedNvml, symbol: str) -> list[int]:
+    """Wrap one simulated NVML symbol so every call is counted; returns the (live) count."""
+    calls = [0]
+    original = getattr(sim.driver, symbol)
+
+    def counted(*args):
+        calls[0] += 1
+        return original(*args)
+
+    wrapper = ctypes.CFUNCTYPE(original.restype, *original.argtypes)(counted)
+    sim.driver._symbols[symbol + "#counted"] = wrapper  # keep the callback alive
+    setattr(sim.driver, symbol, wrapper)
+    pynvml._nvmlGetFunctionPointer_cache.clear()
+    return calls

@@ -7,7 +7,14 @@ import pytest
 from agent.catalog import CATALOG
 from agent.catalog.gpu import CLOCK_EVENT_FLAGS
 from collectors.sim.devices import MODELS
-from tests.collectors.nvml_harness import JOB_PIDS, RigFactory, scenario_toml, series, values
+from tests.collectors.nvml_harness import (
+    JOB_PIDS,
+    RigFactory,
+    count_calls,
+    scenario_toml,
+    series,
+    values,
+)
 
 GIB = 1 << 30
 
@@ -155,11 +162,19 @@ def test_consumer_card_records_fan_and_notes_missing_ecc_once(rig):
     assert {"ecc", "remapped rows", "gpm"}.isdisjoint(bound(r.collector, "gpu0"))
 
 
-def test_h100_does_not_probe_fan_speed_again_after_not_supported(rig):
-    r = rig(scenario_toml("h100-sxm-80gb"))
-    r.run(3)
+def test_an_unsupported_query_is_asked_once_at_start_and_never_per_tick(rig):
+    calls = {}
+
+    def count(sim):
+        calls["fan"] = count_calls(sim, "nvmlDeviceGetFanSpeed")
+        calls["temperature"] = count_calls(sim, "nvmlDeviceGetTemperature")
+
+    r = rig(scenario_toml("h100-sxm-80gb", 2), before_start=count)
+    r.run(5)
+    assert calls["fan"] == [2]  # the probe, once per GPU
+    assert calls["temperature"] == [2 + 2 * 5]  # the probe, then every tick
     assert "fan speed" not in bound(r.collector, "gpu0")
-    assert [e.detail["reason"] for e in r.events("notice")] == ["not supported"]
+    assert [e.detail["reason"] for e in r.events("notice")] == ["not supported"] * 2
 
 
 def test_legacy_driver_falls_back_to_older_functions(rig):
