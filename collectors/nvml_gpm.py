@@ -2,7 +2,9 @@
 
 GPM metrics are not instantaneous readings: the driver computes them between two samples
 the caller keeps. So each device holds two sample buffers and alternates them; every tick
-takes a new sample and asks for the metrics between it and the previous one.
+takes a new sample and asks for the metrics between it and the previous one. NVML wants
+samples at least 100 ms apart, so a tick sooner than that (the final sample at the end of a
+run, very short intervals) skips GPM and keeps the older sample as the baseline.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collectors.nvml_probe import UNSUPPORTED, Notice, Query, query
 
 PERCENT = 0.01
 MIB = float(1 << 20)
+#: NVML refreshes GPM counters internally; samples closer than this are not meaningful.
+MIN_SAMPLE_INTERVAL_S = 0.1
 
 #: Catalog metric ← (GPM metric id, scale to the catalog unit).
 GPM_METRICS: dict[str, tuple[int, float]] = {
@@ -41,7 +45,7 @@ class GpmReader:
         self.entity = entity
         self.samples: list[pynvml.c_nvmlGpmSample_t] = []
         self.current = 0
-        self.has_previous = False
+        self.sampled_at: float | None = None  # tick time of the newest sample
         self.request = pynvml.c_nvmlGpmMetricsGet_t()
         self.request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
         self.outputs = [(name, scale) for name, (_, scale) in GPM_METRICS.items()]
@@ -77,23 +81,22 @@ class GpmReader:
         return [query("gpm", "nvmlGpmMetricsGet", self.fetch, self.emit)], []
 
     def fetch(self) -> pynvml.c_nvmlGpmSample_t:
-        return pynvml.nvmlGpmSampleGet(self.handle, self.samples[self.current])
+        """The buffer the next sample goes into (sampling needs the tick's time: see emit)."""
+        return self.samples[self.current]
 
     def emit(self, b: BatchBuilder, sample: pynvml.c_nvmlGpmSample_t) -> None:
+        if self.sampled_at is not None and b.ts - self.sampled_at < MIN_SAMPLE_INTERVAL_S:
+            return  # too soon after the last sample: keep that one as the baseline
+        pynvml.nvmlGpmSampleGet(self.handle, sample)
         previous = self.samples[1 - self.current]
-        had_previous, self.has_previous = self.has_previous, True
+        had_previous = self.sampled_at is not None
+        self.sampled_at = b.ts
         self.current = 1 - self.current  # the next sample overwrites the older buffer
         if not had_previous:
             return
         request = self.request
         request.sample1, request.sample2 = previous, sample
-        try:
-            pynvml.nvmlGpmMetricsGet(request)
-        except pynvml.NVMLError_InvalidArgument:
-            # The samples are too close together (e.g. the final tick right after the last
-            # one): keep the older sample as the baseline, the next tick overwrites this one.
-            self.current = 1 - self.current
-            return
+        pynvml.nvmlGpmMetricsGet(request)
         ok = pynvml.NVML_SUCCESS
         e = self.entity
         for metric, (name, scale) in zip(request.metrics, self.outputs):
