@@ -138,9 +138,8 @@ class NvmlCollector(Collector):
                 if not device.lost:
                     self._read(b, child, device)
             if not device.lost:
+                device.note_job_use()
                 device.describe_if_changed(b)
-                for child in device.children:
-                    child.describe_if_changed(b)
         self._record_events(b)
         return b.build()
 
@@ -160,7 +159,7 @@ class NvmlCollector(Collector):
         b.event("gpu_lost", gpu.entity, severity="error", query=query,
                 message=f"{gpu.entity} is lost (fell off the bus) while reading {query} of "
                         f"{entity}; no longer queried")
-        b.describe(gpu.entity, **{**gpu.attrs, "used_by_job": gpu.used_by_job(), "lost": True})
+        b.describe(gpu.entity, **{**gpu.attrs, "used_by_job": gpu.used_by_job, "lost": True})
 
     def _query_error(self, b: BatchBuilder, entity: str, query: str, error: str) -> None:
         key = (entity, query)

@@ -48,21 +48,24 @@ class Device:
     gpm: GpmReader | None = None
     children: list[Device] = field(default_factory=list)
     lost: bool = False
-    job_seen: bool = False
+    #: The job has had a process on this device (or one of its MIG devices) during the run.
+    used_by_job: bool = False
     described: dict[str, Any] | None = None  # attributes last sent to the store
 
-    def used_by_job(self) -> bool:
-        """Whether the job has used this device at any time in the run (sticky)."""
-        if not self.job_seen:
-            own = bool(self.processes and self.processes.job_processes)
-            self.job_seen = own or any(child.used_by_job() for child in self.children)
-        return self.job_seen
+    def note_job_use(self) -> None:
+        """After a tick's process query: mark the device once the job has used it (sticky)."""
+        for child in self.children:
+            child.note_job_use()
+        own = bool(self.processes and self.processes.job_processes)
+        self.used_by_job = self.used_by_job or own or any(c.used_by_job for c in self.children)
 
     def describe_if_changed(self, b: BatchBuilder) -> None:
-        attrs = {**self.attrs, "used_by_job": self.used_by_job()}
+        attrs = {**self.attrs, "used_by_job": self.used_by_job}
         if attrs != self.described:
             b.describe(self.entity, **attrs)
             self.described = attrs
+        for child in self.children:
+            child.describe_if_changed(b)
 
     def close(self) -> None:
         if self.gpm is not None:

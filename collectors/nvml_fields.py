@@ -76,6 +76,7 @@ class FieldRequest:
         self.view = memoryview(self.values).cast("B")
 
     def __call__(self) -> list[FieldRow]:
+        # nvidia-ml-py's own (cached) symbol lookup and error mapping, as its wrapper uses.
         fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
         pynvml._nvmlCheckReturn(fn(*self.args))
         return list(_ROW.iter_unpack(self.view))
