@@ -300,3 +300,18 @@ def test_a_tick_right_after_the_last_skips_gpm_without_an_error(rig):
     quick = r.tick(0.001)  # e.g. the final sample when a run ends
     assert "gpu.sm.activity" not in quick.metrics and not quick.events
     assert values(r.tick())["gpu0", "gpu.sm.activity"] == pytest.approx(0.72, abs=0.01)
+
+
+def test_a_driver_without_field_values_loses_only_the_counters(rig):
+    r = rig(scenario_toml("h100-sxm-80gb", extra="""
+[driver]
+missing_symbols = ["nvmlDeviceGetFieldValues"]
+"""))
+    r.run(3)
+    v = values(r.batches[-1])
+    from_fields = {"gpu.pcie.tx_bytes", "gpu.pcie.rx_throughput", "gpu.nvlink.tx_bytes",
+                   "gpu.nvlink.active_links", "gpu.power.instant"}
+    assert from_fields.isdisjoint(m for _, m in v)
+    assert {"gpu.power", "gpu.sm.activity", "gpu.gpm.nvlink.tx_throughput"} <= {m for _, m in v}
+    [notice] = [e for e in r.events("notice") if e.detail["query"] == "field values"]
+    assert "Function Not Found" in notice.detail["reason"]
