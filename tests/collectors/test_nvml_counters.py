@@ -1,7 +1,8 @@
-"""Pure parts of the NVML collector: counter tracking, field decoding, query probing."""
+"""Pure parts of the NVML collector: counters, field decoding, query probing, event data."""
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import pynvml
@@ -9,6 +10,7 @@ import pytest
 
 from agent.model import BatchBuilder
 from collectors.nvml_counters import U32, U64, CounterTrack
+from collectors.nvml_events import EventWatcher
 from collectors.nvml_fields import decode
 from collectors.nvml_probe import Query, Variant, probe, query
 
@@ -105,3 +107,24 @@ def test_probe_binds_the_first_answering_variant_and_notes_what_is_unsupported()
 def test_probe_lets_a_lost_gpu_propagate():
     with pytest.raises(pynvml.NVMLError_GpuIsLost):
         probe("gpu0", [query("x", "f", _raise(pynvml.NVML_ERROR_GPU_IS_LOST), _emit_value)])
+
+
+def test_event_data_becomes_xid_and_ecc_events_for_the_right_gpu():
+    handles = [ctypes.create_string_buffer(8) for _ in range(2)]
+    devices = [(f"gpu{i}", ctypes.cast(h, pynvml.c_nvmlDevice_t)) for i, h in enumerate(handles)]
+    watcher = EventWatcher(devices, clock=lambda: 42.0)
+
+    def data(gpu: int, event_type: int, payload: int = 0) -> pynvml.c_nvmlEventData_t:
+        d = pynvml.c_nvmlEventData_t()
+        d.device = devices[gpu][1]
+        d.eventType, d.eventData = event_type, payload
+        d.gpuInstanceId = d.computeInstanceId = 0xFFFFFFFF
+        return d
+
+    xid = watcher._event(data(1, pynvml.nvmlEventTypeXidCriticalError, 79))
+    assert (xid.ts, xid.entity, xid.kind, xid.detail) == (42.0, "gpu1", "xid", {"xid": 79})
+    dbe = watcher._event(data(0, pynvml.nvmlEventTypeDoubleBitEccError))
+    assert (dbe.entity, dbe.kind, dbe.detail["type"], dbe.detail["severity"]) == (
+        "gpu0", "ecc", "uncorrected", "error")
+    sbe = watcher._event(data(0, pynvml.nvmlEventTypeSingleBitEccError))
+    assert (sbe.detail["type"], sbe.detail["severity"]) == ("corrected", "warning")
