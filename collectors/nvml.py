@@ -76,6 +76,9 @@ class NvmlCollector(Collector):
         self.job_pids = ctx.job_pids
         try:
             self._discover()
+        except pynvml.NVMLError as exc:  # e.g. a driver/library mismatch listing the GPUs
+            self.close()
+            raise CollectorUnavailable(f"NVML cannot list the GPUs: {exc}") from None
         except BaseException:
             self.close()
             raise

@@ -192,3 +192,12 @@ def test_a_failing_event_wait_is_reported_and_backed_off(rig):
     assert (error.entity, error.detail["query"]) == ("nvml", "events")
     assert "Unknown" in error.detail["error"]
     assert r.collector.events.errors <= 2  # one failure, then a pause instead of a busy loop
+
+
+def test_nvml_that_cannot_list_gpus_is_unavailable_not_a_crash(rig):
+    def broken(sim):
+        sim.driver.nvmlDeviceGetCount_v2 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(
+            lambda _out: pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+
+    with pytest.raises(CollectorUnavailable, match="cannot list the GPUs"):
+        rig(scenario_toml("l4"), before_start=broken)
