@@ -237,7 +237,7 @@ class LiveReader:
         self.run: RunInfo = session.run
         interval = max(session.config.interval, 0.05)
         self._recent = _RecentWindow(int(MAX_WINDOW_S / interval) + 2)
-        self._notices: dict[str, str] = {}
+        self._notices: dict[str, str] = dict(session.startup_notices)
         self._callbacks: list[Callable[[], None]] = []
         self._stopped_by_viewer = False
         session.hub.subscribe(self._on_tick)

@@ -193,6 +193,12 @@ class Session:
                 consumers.append(LiveAnalysis())
         return consumers
 
+    @property
+    def startup_notices(self) -> dict[str, str]:
+        """Sources that did not start (unavailable or broken): source → reason, for viewers."""
+        return {source: str(detail.get("reason", kind))
+                for kind, source, detail in getattr(self, "_notices", [])}
+
     # -- running
     def target_alive(self) -> bool:
         if self.child is not None:

@@ -58,14 +58,14 @@ class RunHeader(Widget):
         out.append("\n")
         if self.detail:  # first on its line so 80 columns still show it
             out.append(f" {self.detail} ·", style("run-header--warn"))
-        out.append(f" db {run.db_path}", style("run-header--dim"))
         if self.frame is not None:
             self._health(out, self.frame.health, self.frame.notices)
+        out.append(f" · db {run.db_path}", style("run-header--dim"))
         return out
 
     def _health(self, out: Text, health: Mapping[str, Any], notices: Mapping[str, str]) -> None:
         warn = self.get_component_rich_style("run-header--warn")
-        out.append(f" · {int(health.get('samples', 0)):,} samples")
+        out.append(f" {int(health.get('samples', 0)):,} samples")
         for key, label in (("dropped_ticks", "dropped ticks"), ("missed_ticks", "missed ticks")):
             if health.get(key):
                 out.append(f" · {health[key]} {label}", warn)
