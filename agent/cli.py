@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", default="healthy")
     _add_recording(p)
     p.add_argument("--steps", type=int, default=None, help="training steps of the example job")
+    p.add_argument("--seconds", type=positive_seconds, default=90.0,
+                   help="how long the example job trains when --steps is not given (default 90)")
 
     p = sub.add_parser("runs", help="list recorded runs")
     _add_db(p)

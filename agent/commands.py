@@ -66,8 +66,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.simulate = args.scenario
     if args.name is None:
         args.name = f"demo-{Path(args.scenario).stem}"
-    steps = args.steps if args.steps is not None else 60
-    args.cmd = [sys.executable, str(example_script()), "--steps", str(steps)]
+    args.cmd = [sys.executable, str(example_script())]
+    if args.steps is not None:
+        args.cmd += ["--steps", str(args.steps)]
+    else:  # long enough for every scenario to show its effect
+        args.cmd += ["--steps", "1000000", "--duration", str(args.seconds)]
     return cmd_run(args)
 
 

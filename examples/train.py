@@ -43,7 +43,8 @@ def loader_worker(worker_id: int, batches: mp.Queue, stop: mp.Event, batch_size:
             os.unlink(shard)
 
 
-def train(steps: int, workers: int, batch_size: int, features: int, load_delay: float) -> float:
+def train(steps: int, workers: int, batch_size: int, features: int, load_delay: float,
+          duration: float | None = None) -> float:
     ctx = mp.get_context("spawn")
     batches: mp.Queue = ctx.Queue(maxsize=2 * workers)
     stop = ctx.Event()
@@ -56,8 +57,12 @@ def train(steps: int, workers: int, batch_size: int, features: int, load_delay: 
         p.start()
     w = np.zeros((features, 1), dtype=np.float32)
     loss = float("nan")
+    deadline = time.monotonic() + duration if duration else None
     try:
         for step in range(1, steps + 1):
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"stopping after {duration:g} s at step {step - 1}", flush=True)
+                break
             x, y = batches.get(timeout=60)
             for _ in range(4):  # a few "kernels" per step
                 pred = x @ w
@@ -78,13 +83,16 @@ def train(steps: int, workers: int, batch_size: int, features: int, load_delay: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=None,
+                        help="stop after this many seconds even if steps remain")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--features", type=int, default=256)
     parser.add_argument("--load-delay", type=float, default=0.05,
                         help="seconds each worker sleeps per batch (simulated I/O latency)")
     args = parser.parse_args()
-    train(args.steps, args.workers, args.batch_size, args.features, args.load_delay)
+    train(args.steps, args.workers, args.batch_size, args.features, args.load_delay,
+          args.duration)
 
 
 if __name__ == "__main__":
