@@ -103,7 +103,12 @@ class Session:
         from collectors.sim import install, load_scenario
 
         scenario = load_scenario(self.config.simulate)
-        self.simulator = install(scenario, job_pids=lambda: sorted(self._job_pids()))
+        # The watched process owns the simulated GPUs (as a single-process multi-GPU job
+        # does); its data-loader workers never hold device memory.
+        self.simulator = install(scenario, job_pids=self._gpu_owner_pids)
+
+    def _gpu_owner_pids(self) -> list[int]:
+        return [self.run.pid] if self.run is not None and self.run.pid else []
 
     def _job_pids(self) -> frozenset[int]:
         return self.process_collector.pids if self.process_collector else frozenset()
