@@ -63,7 +63,8 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     )
     tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
     ppids = {p.pid: p.ppid() for p in tree}
-    time.sleep(1.5)
+    agent.stderr.readline()  # the first live line: recording has started
+    time.sleep(1.0)
     for p in tree:  # freeze the job so /proc's CPU seconds stop moving
         p.suspend()
     truth = {p.pid: sum(p.cpu_times()[:2]) for p in tree}
@@ -118,7 +119,8 @@ def test_signal_to_agent_stops_attach_and_finalizes_the_run(tmp_path, worker_job
         accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(1.5)
+    agent.stderr.readline()  # the first live line: recording has started
+    time.sleep(0.5)
     agent.send_signal(sig)
     agent.communicate(timeout=20)
     assert agent.returncode == 0
