@@ -95,12 +95,24 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
 
 
 def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job):
-    job = worker_job(seconds=2.0)
+    job = worker_job(seconds=60.0)
     db = tmp_path / "exit.duckdb"
-    result = run_cli("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2")
-    assert result.returncode == 0, result.stderr
+    agent = subprocess.Popen(
+        accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    agent.stderr.readline()  # recording has started
+    workers = psutil.Process(job.pid).children(recursive=True)
+    for w in workers:
+        w.terminate()
+    psutil.wait_procs(workers, timeout=10)
+    time.sleep(0.6)  # a few ticks see the workers gone
+    job.terminate()
+    _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
     assert _query(db, "SELECT status FROM runs") == [("finished",)]
-    assert _query(db, "SELECT count(*) FROM events WHERE kind='process_exit'")[0][0] >= 2
+    exited = {e for (e,) in _query(db, "SELECT entity FROM events WHERE kind='process_exit'")}
+    assert {str(w.pid) for w in workers} <= exited
 
 
 def test_run_forwards_exit_code(tmp_path):
