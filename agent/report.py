@@ -90,9 +90,9 @@ def summarize(con: duckdb.DuckDBPyConnection, run: RunInfo, findings: list[Findi
 
 
 def _energy_joules(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
-    """Per GPU, the reset-safe increase of ``gpu.energy`` (rate x bucket, from ``aw_rated``)."""
+    """Per GPU, the reset-safe increase of ``gpu.energy`` (from the frames' ``aw_rated``)."""
     rows = con.execute(
-        "SELECT entity, sum(val * bucket_s) FROM aw_rated WHERE metric = ? "
+        "SELECT entity, sum(inc) FROM aw_rated WHERE metric = ? "
         "AND regexp_full_match(entity, 'gpu[0-9]+') GROUP BY entity",
         [GPU_COLUMNS["energy"]]).fetchall()
     return {entity: float(joules or 0.0) for entity, joules in rows}

@@ -8,8 +8,9 @@ SQL into episodes (islands of flagged buckets), so no rule loops over samples in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -198,12 +199,26 @@ def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[float, floa
     return float(duration or 0.0), float(interval or 1.0)
 
 
+@contextlib.contextmanager
+def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The recorder keeps DuckDB small (one thread, a few MB) beside the job; a post-run
+    analysis of a long run gets DuckDB's defaults for its aggregation, then hands them back."""
+    threads, memory = con.execute(
+        "SELECT current_setting('threads'), current_setting('memory_limit')").fetchone()
+    con.execute("RESET threads; RESET memory_limit")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {int(threads)}; SET memory_limit = '{memory}'")
+
+
 def analyze_run(con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = True
                 ) -> list[Finding]:
     """Analyse a whole run; store the findings (``live=false``, replacing earlier ones)."""
     duration, interval = run_bounds(con, run_id)
     window = Window(run_id, choose_bucket_s(duration, interval))
-    findings = analyze(con, window)
+    with post_run_resources(con):
+        findings = analyze(con, window)
     if store:
         store_findings(con, run_id, findings, live=False)
     return findings

@@ -1,27 +1,30 @@
 """One pass over ``samples`` into small bucketed frames that every rule reads.
 
-The raw samples are scanned once: a single ``GROUP BY entity, metric, time_bucket`` keeps per
-bucket the mean, extremes, first/last value and the share of near-zero samples. Counters become
-reset-safe rates (a window function over the small aggregate, never over raw samples). The
-result is pivoted into wide per-source temp tables on the connection:
+The raw samples are scanned once: a single ``GROUP BY entity, metric, bucket`` keeps per bucket
+the count, mean, extremes and the share of near-zero samples (``aw_agg``). Counters become
+reset-safe increases and rates with a window function over that small aggregate, never over raw
+samples (``aw_rated``). The rest are pivots of ``aw_rated``:
 
-``aw_gpu(entity, bucket, t, <GPU_COLUMNS>, util_low, util_max)`` - top-level GPUs only
-``aw_host(bucket, t, <HOST_COLUMNS>, core_max, disk_read, disk_write, disk_busy, ib)``
-``aw_proc(bucket, t, main_cpu, worker_cpu, worker_cpu_max, workers, job_cpu, job_read, job_write)``
-``aw_steps(entity, bucket, t, step_time, steps)``
-``aw_rated(source, entity, metric, bucket, t, bucket_s, n, avg, min, max, low_share, val)``
+``aw_gpu(entity, t, <GPU_COLUMNS>, util_low, util_max, util_min)`` - top-level GPUs (Arrow)
+``aw_host(t, <HOST_COLUMNS>, core_max, disk_read, disk_write, disk_busy, ib_rx, ib_tx)``
+``aw_proc(t, main_cpu, worker_cpu, worker_cpu_max, workers, job_cpu, job_read, job_write)``
+``aw_steps(entity, t, step_time, step_n, steps)``
+``aw_rated(source, entity, metric, t, bucket_s, n, avg, min, max, low_share, inc, val)``
 
 ``t`` is the bucket start in epoch seconds; ``val`` is the mean for gauges and the per-second
-rate for counters. Column aliases map to catalog names, which are checked at import.
+rate for counters (``inc`` their increase). Column aliases map to catalog names, checked at
+import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
@@ -136,6 +139,10 @@ class FrameInfo:
         return metric_name in self.present
 
 
+def _ts(epoch_s: float) -> datetime:
+    return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
+
+
 def _q(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -145,11 +152,18 @@ def _pick(alias: str, metric_name: str, agg: str = "any_value", col: str = "val"
     return f"{agg}({col}) FILTER (WHERE metric = {_q(metric_name)}{extra}) AS {alias}"
 
 
+def _in_list(names: Iterable[str]) -> str:
+    return ", ".join(_q(n) for n in names)
+
+
 def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    """Aggregate the window's samples once and create the ``aw_*`` temp tables."""
-    where = ["run_id = $run", "metric IN (SELECT unnest($metrics))"]
-    params: dict[str, object] = {"run": window.run_id, "metrics": list(ANALYSED_METRICS),
-                                 "bucket": window.bucket_s}
+    """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``."""
+    # Sub-entities (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads. Metric
+    # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
+    where = ["run_id = $run", f"metric IN ({_in_list(ANALYSED_METRICS)})",
+             "NOT contains(entity, '/')"]
+    params: dict[str, object] = {"run": window.run_id,
+                                 "bucket_us": int(round(window.bucket_s * 1e6))}
     if window.start is not None:
         where.append("ts >= $start")
         params["start"] = window.start
@@ -158,27 +172,31 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
         params["end"] = window.end
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_agg AS
-        SELECT source, entity, metric,
-               time_bucket(to_microseconds(CAST($bucket * 1e6 AS BIGINT)), ts) AS bucket,
+        SELECT any_value(source) AS source, entity, metric, epoch_us(ts) // $bucket_us AS k,
                count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
-               avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share,
-               arg_min(value, ts) AS first, arg_max(value, ts) AS last
+               avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share
         FROM samples WHERE {' AND '.join(where)}
-        GROUP BY ALL""", params)
-    # Counters: increase inside the bucket (a reset inside it: rise before + value after) plus
-    # the step from the previous bucket's last value (a reset between buckets: the new value).
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE aw_rated AS
-        SELECT source, entity, metric, bucket, epoch(bucket) AS t, $bucket AS bucket_s, n, avg,
-               min, max, low_share,
-               CASE WHEN metric IN (SELECT unnest($counters)) THEN
-                   ((CASE WHEN last >= first THEN last - first ELSE (max - first) + last END)
-                    + coalesce(CASE WHEN first >= prev_last THEN first - prev_last
-                                    ELSE first END, 0)) / $bucket
-               ELSE avg END AS val
-        FROM (SELECT *, lag(last) OVER (PARTITION BY source, entity, metric ORDER BY bucket)
-                        AS prev_last FROM aw_agg)""",
-        {"counters": list(COUNTER_METRICS), "bucket": window.bucket_s})
+        GROUP BY entity, metric, k""", params)
+    # Counters only grow, so a bucket's max is its last value: the increase is the step from the
+    # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
+    # rise before the reset plus the bucket's min, off by at most one bucket's increase.
+    counters = _in_list(COUNTER_METRICS)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE aw_counters AS
+        SELECT source, entity, metric, k, inc, inc / ($bucket_s * coalesce(k - prev_k, 1)) AS val
+        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
+                             WHEN min >= prev_max THEN max - prev_max
+                             ELSE greatest(max - prev_max, 0) + min END AS inc
+              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
+                    FROM aw_agg WHERE metric IN ({counters})
+                    WINDOW w AS (PARTITION BY entity, metric ORDER BY k)))""",
+        {"bucket_s": window.bucket_s})
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW aw_rated AS
+        SELECT a.source, a.entity, a.metric, a.k * {float(window.bucket_s)}::DOUBLE AS t,
+               {float(window.bucket_s)}::DOUBLE AS bucket_s, a.n, a.avg, a.min, a.max, a.low_share,
+               c.inc, coalesce(c.val, a.avg) AS val
+        FROM aw_agg a LEFT JOIN aw_counters c USING (source, entity, metric, k)""")
     _gpu_frame(con)
     _host_frame(con)
     _process_frame(con, window.run_id)
@@ -187,17 +205,44 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
 
 
 def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
-    cols = ",\n".join(_pick(alias, name) for alias, name in GPU_COLUMNS.items())
-    util = GPU_COLUMNS["util"]
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE aw_gpu AS
-        SELECT entity, bucket, any_value(t) AS t, {cols},
-               {_pick('util_low', util, col='low_share')},
-               {_pick('util_max', util, agg='max', col='max')},
-               {_pick('util_min', util, agg='min', col='min')}
-        FROM aw_rated
-        WHERE source = {_q(GPU_SOURCE)} AND regexp_full_match(entity, 'gpu[0-9]+')
-        GROUP BY entity, bucket""")
+    """Pivot the GPUs' long rows into ``aw_gpu`` with NumPy (a scatter into a dense
+    entity x bucket x metric array), registered as an Arrow table."""
+    aliases = list(GPU_COLUMNS)
+    con.register("aw_gpu_codes", pa.table({"metric": list(GPU_COLUMNS.values()),
+                                           "code": pa.array(range(len(aliases)), pa.int32())}))
+    names = [r[0] for r in con.execute(
+        f"SELECT DISTINCT entity FROM aw_agg WHERE source = {_q(GPU_SOURCE)} "
+        "AND regexp_full_match(entity, 'gpu[0-9]+') ORDER BY length(entity), entity").fetchall()]
+    con.register("aw_gpu_names", pa.table({"entity": names,
+                                           "ecode": pa.array(range(len(names)), pa.int32())}))
+    cols = con.execute("""
+        SELECT g.ecode, c.code, r.t, r.val, r.low_share, r.max, r.min
+        FROM aw_rated r JOIN aw_gpu_names g USING (entity) JOIN aw_gpu_codes c USING (metric)
+        """).fetchnumpy()
+    t = cols["t"].astype(np.float64)
+    times = np.unique(t)
+    shape = (len(names), len(times))
+    slot = (cols["ecode"].astype(np.int64), np.searchsorted(times, t))
+    grid = np.full((*shape, len(aliases)), np.nan)
+    grid[(*slot, cols["code"].astype(np.int64))] = cols["val"]
+    util = cols["code"] == aliases.index("util")
+    extra = {}
+    for name, source in (("util_low", "low_share"), ("util_max", "max"), ("util_min", "min")):
+        plane = np.full(shape, np.nan)
+        plane[slot[0][util], slot[1][util]] = cols[source][util]
+        extra[name] = plane
+    present = np.zeros(shape, dtype=bool)
+    present[slot] = True
+    e_idx, t_idx = np.nonzero(present)
+    table = pa.table({
+        "entity": pa.array(np.array(names, dtype=object)[e_idx] if names else [], pa.string()),
+        "t": pa.array(times[t_idx], pa.float64()),
+        **{a: pa.array(grid[e_idx, t_idx, i], pa.float64(), from_pandas=True)
+           for i, a in enumerate(aliases)},
+        **{a: pa.array(plane[e_idx, t_idx], pa.float64(), from_pandas=True)
+           for a, plane in extra.items()},
+    })
+    con.register("aw_gpu", table)
 
 
 def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
@@ -208,8 +253,8 @@ def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
     ]
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_host AS
-        SELECT bucket, any_value(t) AS t, {', '.join(cols)}
-        FROM aw_rated WHERE source = {_q(HOST_SOURCE)} GROUP BY bucket""")
+        SELECT t, {', '.join(cols)}
+        FROM aw_rated WHERE source = {_q(HOST_SOURCE)} GROUP BY t""")
 
 
 def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
@@ -218,7 +263,7 @@ def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
         WITH roles AS (
             SELECT entity, json_extract_string(attrs, '$.role') AS role FROM entities
             WHERE run_id = $run AND source = {_q(PROCESS_SOURCE)})
-        SELECT bucket, any_value(t) AS t,
+        SELECT t,
                sum(val) FILTER (WHERE metric = {_q(PROCESS_CPU)} AND role = 'main') AS main_cpu,
                sum(val) FILTER (WHERE metric = {_q(PROCESS_CPU)} AND role = 'worker')
                    AS worker_cpu,
@@ -230,20 +275,21 @@ def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
                sum(val) FILTER (WHERE metric = {_q(PROCESS_READ)}) AS job_read,
                sum(val) FILTER (WHERE metric = {_q(PROCESS_WRITE)}) AS job_write
         FROM aw_rated r LEFT JOIN roles USING (entity)
-        WHERE r.source = {_q(PROCESS_SOURCE)} GROUP BY bucket""", {"run": run_id})
+        WHERE r.source = {_q(PROCESS_SOURCE)} GROUP BY t""", {"run": run_id})
 
 
 def _steps_frame(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_steps AS
-        SELECT entity, bucket, any_value(t) AS t,
+        SELECT entity, t,
                {_pick('step_time', STEP_TIME)}, {_pick('step_n', STEP_TIME, col='n')},
                {_pick('steps', STEP_COUNT)}
-        FROM aw_rated WHERE source = {_q(STEPS_SOURCE)} GROUP BY entity, bucket""")
+        FROM aw_rated WHERE source = {_q(STEPS_SOURCE)} GROUP BY entity, t""")
 
 
 def _describe(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    first, last = con.execute("SELECT min(bucket), max(bucket) FROM aw_agg").fetchone()
+    first, last = (None if t is None else _ts(t) for t in con.execute(
+        "SELECT min(t), max(t) FROM aw_rated").fetchone())
     present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
     gpus = tuple(r[0] for r in con.execute(
         "SELECT DISTINCT entity FROM aw_gpu ORDER BY length(entity), entity").fetchall())

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from agent.session import Session
 
 DEFAULT_WINDOW_S = 60.0
-DEFAULT_EVERY_S = 5.0
+DEFAULT_EVERY_S = 10.0
 
 
 def _utc(epoch_s: float) -> datetime:

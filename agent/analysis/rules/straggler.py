@@ -41,10 +41,12 @@ def detect_straggler(ctx: Context) -> list[Finding]:
 def _from_steps(ctx: Context) -> list[Finding]:
     window_s = max(STRAGGLER_WINDOW_S, ctx.info.bucket_s)
     sql = f"""
-        WITH w AS (
-            SELECT entity, floor(t / {window_s}) * {window_s} AS t,
+        WITH s AS (SELECT *, min(t) OVER () AS t_first FROM aw_steps
+                   WHERE step_time IS NOT NULL),
+        w AS (  -- windows counted from the first step, so they do not depend on the clock
+            SELECT entity, t_first + floor((t - t_first) / {window_s}) * {window_s} AS t,
                    sum(step_time * step_n) / sum(step_n) AS step_time
-            FROM aw_steps WHERE step_time IS NOT NULL GROUP BY ALL),
+            FROM s GROUP BY ALL),
         peers AS (
             SELECT *, median(step_time) OVER (PARTITION BY t) AS peer_median,
                    quantile_cont(step_time, 0.25) OVER (PARTITION BY t) AS fast_quartile,
