@@ -151,6 +151,8 @@ def group_findings(findings: list[Finding]) -> list[FindingGroup]:
             groups[key].findings.append(f)
         else:
             groups[key] = FindingGroup([f])
+    for g in groups.values():
+        g.findings.sort(key=lambda f: (len(f.entity), f.entity))
     return list(groups.values())
 
 
@@ -160,7 +162,7 @@ def _title(rule: str) -> str:
 
 
 def _evidence_text(f: Finding) -> str:
-    skip = {"windows", "metrics", "threshold", "duration_s"}
+    skip = {"windows", "metrics", "threshold", "duration_s", "episodes"}
     parts = [f"{k}={_short(v)}" for k, v in f.evidence.items() if k not in skip and v is not None]
     return ", ".join(parts)
 

@@ -24,6 +24,8 @@ from agent.analysis.thresholds import EPISODE_GAP_S, MIN_EPISODE_S
 #: Post-run bucket sizes; the smallest that keeps a run under MAX_BUCKETS per entity.
 NICE_BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
 MAX_BUCKETS = 3000
+#: Episodes listed in a finding's evidence (the count and total duration cover all of them).
+MAX_WINDOWS = 200
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ class Context:
         total = sum(e.duration_s for e in episodes)
         evidence = {
             **{k: _rounded(v) for k, v in evidence.items()},
-            "windows": [[e.start.isoformat(), e.end.isoformat()] for e in episodes],
+            "windows": [[e.start.isoformat(), e.end.isoformat()]
+                        for e in episodes[:MAX_WINDOWS]],
+            "episodes": len(episodes),
             "duration_s": round(total, 1),
         }
         return Finding(rule, severity, entity, episodes[0].start, episodes[-1].end, summary,
