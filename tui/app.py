@@ -7,6 +7,8 @@ stale ticks instead of queueing them; history queries run in thread workers.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -52,7 +54,8 @@ class FrameReady(Message):
 class AccelwatchApp(App[int]):
     """Header, GPU cards, process tree, host, findings; keys in the footer, ``?`` for help."""
 
-    CSS_PATH = "app.tcss"
+    #: Absolute, so subclasses defined elsewhere (tests, benchmarks) find the package's styles.
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))
     TITLE = "accelwatch"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
@@ -214,10 +217,8 @@ class AccelwatchApp(App[int]):
     def on_gpu_card_selected(self, message: GpuCard.Selected) -> None:
         message.card.focus()
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        table = self.query_one(ProcessTable)
-        if event.data_table is table and table.sort_by_column(str(event.column_key.value)):
-            self._reshow_processes()
+    def on_process_table_sort_changed(self, _: ProcessTable.SortChanged) -> None:
+        self._reshow_processes()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         findings = self.query_one(FindingsTable)

@@ -74,4 +74,5 @@ def test_core_sources_never_import_textual():
 def test_styles_ship_inside_the_tui_package():
     from tui.app import AccelwatchApp
 
-    assert (REPO / "tui" / AccelwatchApp.CSS_PATH).is_file()
+    styles = Path(AccelwatchApp.CSS_PATH)
+    assert styles.is_file() and styles.parent == REPO / "tui"

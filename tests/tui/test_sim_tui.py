@@ -70,7 +70,7 @@ async def test_simulated_gpus_show_their_values_and_throttling(tmp_path, hot_sce
             assert f"{fmt('gpu.memory.used', used)}/{fmt('gpu.memory.total', total)}" in text
             assert "THROTTLED: SW THERMAL HW THERMAL" in text
             table = app.query_one(ProcessTable)
-            assert str(sleeper.pid) in table.rows
+            assert [r.pid for r in table.rows] == [sleeper.pid]
             await pilot.press("q")
     finally:
         reader.close()
