@@ -57,6 +57,11 @@ class LiveFindingLog:
         self.open = seen
         return sort_findings([*self.closed, *self.open.values()])
 
+    def current(self) -> list[Finding]:
+        """The findings active in the latest analysis, with the start of their episode (stable
+        across analyses, so consumers can tell a lasting problem from a new one)."""
+        return sort_findings(self.open.values())
+
 
 class LiveAnalysis:
     """Runs the rules over the last window while a session records."""
@@ -112,7 +117,7 @@ class LiveAnalysis:
         window = Window(session.run.run_id, bucket, start=_utc(now - self.window_s))
         current = [f.as_live() for f in analyze(cursor, window, live=True)]
         store_findings(cursor, session.run.run_id, self.log.update(current), live=True)
-        session.live_findings = [f.to_dict() for f in current]
+        session.live_findings = [f.to_dict() for f in self.log.current()]
         self.cycles += 1
         self.busy_seconds += time.perf_counter() - started
         session.health["analysis.cycles"] = self.cycles

@@ -43,8 +43,13 @@ def test_live_findings_are_stored_and_extended_while_the_problem_lasts(tmp_path)
     store = Store(path)
     live = LiveAnalysis(window_s=30, every_s=5)
     live.session, live.cursor = fake_session(store, run_id), store.cursor()
+    starts = set()
     for at in (25, 30, 35, 40):
         live.run_once(T0 + at)
+        starts |= {(f["entity"], f["start_ts"]) for f in live.session.live_findings
+                   if f["rule"] == "throttling"}
+    # the window slides, but a lasting problem keeps the start of its episode
+    assert len(starts) == 2
     stored = [f for f in load_findings(store.con, run_id, live=True) if f.rule == "throttling"]
     assert {f.entity for f in stored} == {"gpu2", "gpu3"}
     assert all(f.live for f in stored)
