@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.events import Click
@@ -13,6 +14,11 @@ from tui.views import GpuView
 
 _LABEL = 5  # width of the left label column
 _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
+
+
+def _has_sm_line(view: GpuView) -> bool:
+    """Wide cards add an SM-activity sparkline once there is SM activity history."""
+    return bool(len(view.recent.get("gpu.sm.activity", ())))
 
 
 class GpuCard(Widget, can_focus=True):
@@ -32,16 +38,28 @@ class GpuCard(Widget, can_focus=True):
         self.entity = entity
         self.view: GpuView | None = None
         self.border_title = entity
+        self._styles: tuple[tuple, dict[str, Style]] | None = None
 
     def show(self, view: GpuView) -> None:
-        if self.view is not None and view.signature() == self.view.signature():
+        before = self.view
+        if before is not None and view.signature() == before.signature():
             return
         self.view = view
         self.border_title = f"{view.entity} · {view.name}" if view.name else view.entity
         self.border_subtitle = "job" if view.used_by_job else "not used by job"
         self.set_class(not view.used_by_job, "-unused")
         self.set_class(bool(view.throttle), "-throttled")
-        self.refresh(layout=True)
+        # Re-layout only when the card's height may change: laying out all cards every tick
+        # was most of the refresh cost.
+        self.refresh(layout=before is None or _has_sm_line(before) != _has_sm_line(view))
+
+    def _part_styles(self) -> dict[str, Style]:
+        """Component styles, looked up again only when classes or the theme change."""
+        key = (tuple(sorted(self.classes)), self.app.theme)
+        if self._styles is None or self._styles[0] != key:
+            self._styles = (key, {part: self.get_component_rich_style(f"gpu-card--{part}")
+                                  for part in _PARTS})
+        return self._styles[1]
 
     def on_click(self, event: Click) -> None:
         self.focus()
@@ -52,7 +70,7 @@ class GpuCard(Widget, can_focus=True):
         if view is None:
             return Text("waiting for data…")
         width = max(self.content_size.width, 20)
-        st = {part: self.get_component_rich_style(f"gpu-card--{part}") for part in _PARTS}
+        st = self._part_styles()
         out = Text(no_wrap=True, overflow="ellipsis")
         self._activity(out, view, width, st)
         self._memory(out, view, width, st)
@@ -71,7 +89,7 @@ class GpuCard(Widget, can_focus=True):
         out.append(head, st["label"])
         out.append(spark(view.recent.get("gpu.utilization", ()), room, top=1.0), st["spark"])
         out.append(tail + "\n")
-        if width >= 60 and len(view.recent.get("gpu.sm.activity", ())):
+        if width >= 60 and _has_sm_line(view):
             out.append(f"{'sm':<{_LABEL}}{'':>5}", st["dim"])
             out.append(spark(view.recent["gpu.sm.activity"], room, top=1.0), st["spark"])
             out.append("\n")
