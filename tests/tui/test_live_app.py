@@ -157,3 +157,42 @@ async def test_quit_stops_recording_and_the_run_is_finalized(live, tmp_path):
     finally:
         con.close()
     assert status == "stopped" and ended is not None and samples > 0 and reason == "user quit"
+
+
+@async_test
+async def test_mouse_sorts_by_header_selects_a_process_and_opens_a_finding(live):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await _settle(pilot)
+        table = app.query_one(ProcessTable)
+        header_x = table.content_region.x - table.region.x
+        await pilot.click(ProcessTable, offset=(header_x + 28, 1))  # the RSS header
+        await _settle(pilot)
+        assert table.sort_key == "rss" and table.rows[0].pid == ROOT_PID
+        await pilot.click(ProcessTable, offset=(header_x + 2, 3))  # the second process
+        await pilot.press("g")
+        await _settle(pilot, 0.3)
+        assert isinstance(app.screen, TimeSeriesScreen)
+        assert app.screen.entity == str(table.rows[1].pid)
+        assert app.screen.metrics[0].startswith("process.")
+        await pilot.press("escape")
+        await pilot.click(FindingsTable, offset=(40, 2))  # highlights the row...
+        await _settle(pilot)
+        await pilot.click(FindingsTable, offset=(40, 2))  # ...clicking it again opens it
+        await _settle(pilot)
+        assert isinstance(app.screen, EvidenceScreen)
+        await pilot.press("escape", "q")
+
+
+@async_test
+async def test_no_color_still_marks_throttling_and_severity(live, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(pilot)
+        assert app.no_color
+        text = screen_text(app)
+        assert "⚠ THROTTLED" in text and "▲ WARN" in text and "● REC" in text
+        await pilot.press("q")

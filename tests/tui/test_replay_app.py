@@ -9,6 +9,7 @@ from agent.reader import RunNotFoundError
 from tests.helpers import run_cli
 from tests.tui.screen import async_test, screen_text
 from tui.replay import ReplayApp, run_replay
+from tui.widgets.cursor import TimeCursor
 from tui.widgets.findings import EvidenceScreen, FindingsTable
 from tui.widgets.gpu import GpuCard
 
@@ -39,6 +40,11 @@ async def test_replay_opens_at_the_end_and_scrubs_tick_by_tick(recorded_reader, 
         await pilot.press("shift+right")
         await _settle(pilot)
         assert recorded_reader.cursor == 3
+        cursor = app.query_one(TimeCursor)
+        pad = cursor.content_region.x - cursor.region.x
+        await pilot.click(TimeCursor, offset=(pad + cursor.content_size.width // 2, 0))
+        await _settle(pilot)
+        assert recorded_reader.cursor in (14, 15)  # the middle of 30 ticks
         await pilot.press("q")
 
 

@@ -73,8 +73,11 @@ class TimeCursor(Widget, can_focus=True):
         return out
 
     def on_click(self, event: Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y != 0:  # the track is the first line
+            return
         width = max(self.content_size.width, 2)
-        self.post_message(self.Seek(fraction=min(max(event.x / (width - 1), 0.0), 1.0)))
+        self.post_message(self.Seek(fraction=min(max(offset.x / (width - 1), 0.0), 1.0)))
 
     def action_step(self, ticks: int) -> None:
         self.post_message(self.Seek(ticks=ticks))

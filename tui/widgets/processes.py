@@ -155,8 +155,11 @@ class ProcessTable(Widget, can_focus=True):
             self.refresh()
 
     def on_click(self, event: Click) -> None:
-        if event.y == 0:
-            x = event.x
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        if offset.y == 0:
+            x = offset.x
             for key, _, size, _ in columns_for(self.content_size.width):
                 if size == 0 or x < size:
                     if self.sort_by_column(key):
@@ -164,7 +167,7 @@ class ProcessTable(Widget, can_focus=True):
                     return
                 x -= size
         elif self.rows:
-            self.cursor = min(self._top() + event.y - 1, len(self.rows) - 1)
+            self.cursor = min(self._top() + offset.y - 1, len(self.rows) - 1)
             self.refresh()
 
     def on_focus(self) -> None:
