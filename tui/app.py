@@ -180,8 +180,16 @@ class AccelwatchApp(App[int]):
         self.request_frame()
 
     def action_help(self) -> None:
-        bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen("accelwatch keys", bindings))
+        """Keys of the app, then of each of our focusable panels (read from their bindings)."""
+        sections = [("", [b for b in self.BINDINGS if isinstance(b, Binding)])]
+        seen: set[type] = set()
+        for widget in self.screen.query("*"):
+            kind = type(widget)
+            own = [b for b in kind.__dict__.get("BINDINGS", []) if isinstance(b, Binding)]
+            if own and kind not in seen and kind.__module__.startswith("tui."):
+                seen.add(kind)
+                sections.append((getattr(kind, "HELP_SECTION", "") or kind.__name__, own))
+        self.push_screen(HelpScreen("accelwatch keys", sections))
 
     def action_graph(self) -> None:
         target = self.graph_target()

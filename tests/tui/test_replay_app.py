@@ -72,7 +72,11 @@ async def test_findings_are_jumped_to_and_evidence_jumps_the_cursor(recorded_rea
         await pilot.press("j")
         await _settle(pilot)
         assert recorded_reader.cursor == 10
-        await pilot.press("q")
+        await pilot.press("question_mark")
+        await _settle(pilot)
+        help_text = screen_text(app)
+        assert "Next finding" in help_text and "time cursor, when focused" in help_text
+        await pilot.press("escape", "q")
 
 
 @async_test

@@ -22,6 +22,7 @@ def track_positions(times: Sequence[float], start: float, end: float, width: int
 class TimeCursor(Widget, can_focus=True):
     """``←``/``→`` one tick, ``shift+←/→`` a tenth of the run; the app owns the position."""
 
+    HELP_SECTION = "time cursor, when focused"
     COMPONENT_CLASSES = {"time-cursor--track", "time-cursor--mark", "time-cursor--head"}
     BINDINGS = [
         Binding("left", "step(-1)", "-1 tick", show=False),

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -29,19 +30,26 @@ def binding_rows(bindings: list[Binding], display: Callable[[Binding], str]
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
 
-    def __init__(self, title: str, bindings: list[Binding]) -> None:
+    def __init__(self, title: str, sections: list[tuple[str, list[Binding]]]) -> None:
+        """``sections``: (heading, bindings); the first heading is not shown."""
         super().__init__()
         self.title_text = title
-        self.bindings = bindings
+        self.sections = sections
 
     def compose(self) -> ComposeResult:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        for keys, description in binding_rows(self.bindings, self.app.get_key_display):
-            table.add_row(keys, description)
-        table.add_row("mouse", "click a card, process or finding to select it; "
-                               "click a process header to sort")
+        for index, (heading, bindings) in enumerate(self.sections):
+            if index:
+                table.add_row("", "")
+                table.add_row("", Text(f"— {heading} —", style="bold italic"))
+            for keys, description in binding_rows(bindings, self.app.get_key_display):
+                table.add_row(keys, description)
+        table.add_row("", "")
+        table.add_row("mouse", "click a card, process or finding to select it (a selected "
+                               "finding again: evidence); click a process header to sort; "
+                               "click the time cursor to seek")
         with VerticalScroll(id="help-box") as box:
             box.border_title = self.title_text
             yield Static(table)

@@ -68,6 +68,7 @@ def _line(columns: tuple[Column, ...], cells: dict[str, str], width: int) -> str
 class ProcessTable(Widget, can_focus=True):
     """Rows are processes; ``↑``/``↓`` select (for the graph view), a header click sorts."""
 
+    HELP_SECTION = "processes panel, when focused"
     COMPONENT_CLASSES = {"process-table--header", "process-table--cursor",
                          "process-table--main"}
     BINDINGS = [

@@ -6,6 +6,7 @@ arrives as a replaceable message, so holding ``+`` never queues queries behind e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -25,6 +26,10 @@ from tui.format import duration, fmt, unit_label
 #: Zoom levels of the chart's time window (seconds); ``None`` is the whole run.
 ZOOM_LEVELS: tuple[float | None, ...] = (30.0, 60.0, 300.0, 900.0, 3600.0, None)
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(ts))
 
 
 class HistoryLoaded(Message):
@@ -98,8 +103,7 @@ class Chart(Widget):
                 " " if lv < 0 else _EIGHTHS[int(min(max(lv - floor, 0), 8))] for lv in levels
             )
             out.append(cells + "\n", bars)
-        span = self.end - self.start
-        left, right = f"-{duration(span)}", "now" if span else ""
+        left, right = _clock(self.start), _clock(self.end)
         out.append(" " * 10 + left + right.rjust(max(width - len(left), 0)), axis)
         return out
 
