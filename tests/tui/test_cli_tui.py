@@ -3,6 +3,7 @@ quits on ``q``; the database then holds a finalized run with samples."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -59,8 +60,9 @@ def test_attach_opens_the_ui_and_q_finalizes_the_run(tmp_path, sleeper):
     try:
         screen = term.wait_for("samples")
         assert "pty-run" in screen and f"pid {sleeper.pid}" in screen and "● REC" in screen
-        screen = term.wait_for("main")
-        assert any(f"{sleeper.pid}" in line and "main" in line for line in screen.splitlines())
+        screen = term.wait_for("PID▼")
+        assert wait_until(lambda: re.search(rf"\s{sleeper.pid}\s+\d+%", term.screen()),
+                          timeout=10), term.screen()  # its row in the process tree
         screen = term.wait_for("q Quit")
         assert "No accelerators: nvml" in screen or "gpu0" in screen
         term.send("q")
@@ -98,3 +100,23 @@ def test_view_replays_the_recording_in_a_terminal(tmp_path, sleeper):
     finally:
         term.close()
     assert "EXIT=0" in screen, screen
+
+
+def test_run_shows_the_job_ending_then_exits_with_its_code(tmp_path):
+    db = tmp_path / "ended.duckdb"
+    job = [sys.executable, "-c", "import time, sys; time.sleep(1.5); sys.exit(3)"]
+    term = Terminal(accelwatch("run", "--db", str(db), "--interval", "0.2", "--name", "short",
+                               "--", *job), {"TERM": "xterm-256color"})
+    try:
+        screen = term.wait_for("ENDED")
+        assert "target exited (exit code 3)" in screen and "closing in 5s" in screen
+        screen = term.wait_for("EXIT=", timeout=20)  # closes by itself, no key pressed
+    finally:
+        term.close()
+    assert "EXIT=3" in screen, screen
+    con = connect(db, read_only=True)
+    try:
+        status, exit_code = con.execute("SELECT status, exit_code FROM runs").fetchone()
+    finally:
+        con.close()
+    assert (status, exit_code) == ("finished", 3)
