@@ -196,3 +196,22 @@ async def test_no_color_still_marks_throttling_and_severity(live, monkeypatch):
         text = screen_text(app)
         assert "⚠ THROTTLED" in text and "▲ WARN" in text and "● REC" in text
         await pilot.press("q")
+
+
+@async_test
+async def test_header_shows_recording_health(live):
+    session, reader, job = live
+    session.health = {"otlp.failed_exports": 2, "prometheus.scrapes": 7}
+    app = LiveApp(reader)
+    async with app.run_test(size=(160, 48)) as pilot:
+        batches = job.batches(12)
+        session.store.write_ticks([(session.run.run_id, batches)])
+        session.hub.publish(job.ts(12), batches, {
+            "ticks": 13, "missed_ticks": 1, "samples": 0,
+            "disabled": {"nvml": "NVMLError: GPU is lost"}})
+        await _settle(pilot)
+        header = screen_text(app).splitlines()[1]
+        assert f"{session.store.rows_written:,} samples" in header
+        assert "1 missed ticks" in header and "disabled: nvml" in header
+        assert "otlp.failed_exports 2" in header and "prometheus.scrapes 7" in header
+        await pilot.press("q")

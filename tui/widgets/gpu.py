@@ -17,7 +17,7 @@ _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
 
 
 def _has_sm_line(view: GpuView) -> bool:
-    """Wide cards add an SM-activity sparkline once there is SM activity history."""
+    """SM and tensor activity get their own line once the device reports SM activity."""
     return bool(len(view.recent.get("gpu.sm.activity", ())))
 
 
@@ -81,18 +81,23 @@ class GpuCard(Widget, can_focus=True):
 
     @staticmethod
     def _activity(out: Text, view: GpuView, width: int, st: dict) -> None:
-        util = view.get("gpu.utilization")
-        sm, tensor = view.get("gpu.sm.activity"), view.get("gpu.tensor.activity")
-        tail = f" SM {fmt('gpu.sm.activity', sm)} TC {fmt('gpu.tensor.activity', tensor)}"
-        head = f"{'util':<{_LABEL}}{fmt('gpu.utilization', util):>4} "
-        room = max(width - len(head) - len(tail), 4)
+        head = f"{'util':<{_LABEL}}{fmt('gpu.utilization', view.get('gpu.utilization')):>4} "
         out.append(head, st["label"])
-        out.append(spark(view.recent.get("gpu.utilization", ()), room, top=1.0), st["spark"])
-        out.append(tail + "\n")
-        if width >= 60 and _has_sm_line(view):
-            out.append(f"{'sm':<{_LABEL}}{'':>5}", st["dim"])
-            out.append(spark(view.recent["gpu.sm.activity"], room, top=1.0), st["spark"])
-            out.append("\n")
+        out.append(spark(view.recent.get("gpu.utilization", ()), width - len(head), top=1.0),
+                   st["spark"])
+        out.append("\n")
+        if not _has_sm_line(view):
+            return
+        sm = f"{'sm':<{_LABEL}}{fmt('gpu.sm.activity', view.get('gpu.sm.activity')):>4} "
+        tc = f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity')):>4} "
+        room = max(width - len(sm) - len(tc), 2)
+        out.append(sm, st["label"])
+        out.append(spark(view.recent.get("gpu.sm.activity", ()), room // 2, top=1.0),
+                   st["spark"])
+        out.append(tc, st["label"])
+        out.append(spark(view.recent.get("gpu.tensor.activity", ()), room - room // 2, top=1.0),
+                   st["spark"])
+        out.append("\n")
 
     @staticmethod
     def _memory(out: Text, view: GpuView, width: int, st: dict) -> None:

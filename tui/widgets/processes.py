@@ -22,13 +22,14 @@ COLUMNS: tuple[Column, ...] = (
     ("rss", "RSS", 9, "rss"), ("gpu", "GPU MEM", 9, "gpu_mem"),
     ("read", "READ/s", 10, "io"), ("write", "WRITE/s", 10, "io"), ("cmd", "COMMAND", 0, None),
 )
-#: Below this width the role and the two I/O columns fold into one I/O column.
+#: Below this width the role shrinks to its initial (M main, W worker, C child) and the two
+#: I/O columns fold into one.
 NARROW_WIDTH = 62
 NARROW_COLUMNS: tuple[Column, ...] = (
-    ("pid", "PID", 9, "tree"), ("cpu", "CPU", 6, "cpu"), ("rss", "RSS", 9, "rss"),
+    ("pid", "PID", 9, "tree"), ("role1", "R", 2, None), ("cpu", "CPU", 6, "cpu"), ("rss", "RSS", 9, "rss"),
     ("gpu", "GPU MEM", 9, "gpu_mem"), ("io", "I/O/s", 10, "io"), ("cmd", "COMMAND", 0, None),
 )
-_LEFT = ("pid", "role", "cmd")
+_LEFT = ("pid", "role", "role1", "cmd")
 
 
 def row_cells(row: ProcessRow) -> dict[str, str]:
@@ -38,6 +39,7 @@ def row_cells(row: ProcessRow) -> dict[str, str]:
     return {
         "pid": f"{'  ' * min(row.depth, 3)}{row.pid}",
         "role": row.role,
+        "role1": row.role[:1].upper(),
         "cpu": fmt("process.cpu.utilization", row.cpu),
         "rss": fmt("process.memory.rss", row.rss),
         "gpu": fmt("gpu.process.memory", row.gpu_memory) if row.gpu_memory is not None else "",
