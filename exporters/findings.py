@@ -16,10 +16,13 @@ from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.metrics import Observation
 
 from agent.snapshot import Snapshot
+from exporters.naming import InstrumentSpec
 
 FINDINGS_GAUGE = "accelwatch.findings.active"
-FINDINGS_UNIT = "{finding}"
-FINDINGS_DESCRIPTION = "Findings of the live analysis that are active now, by rule and severity."
+FINDINGS_SPEC = InstrumentSpec(
+    FINDINGS_GAUGE, "{finding}", "gauge",
+    "Findings of the live analysis that are active now, by rule and severity.",
+)
 RULE = "accelwatch.finding.rule"
 SEVERITY = "accelwatch.finding.severity"
 EVENT_NAME = "accelwatch.finding"

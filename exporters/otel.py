@@ -1,33 +1,30 @@
-"""The export consumer: one MeterProvider whose observable instruments come from the catalog.
+"""The export consumer: OTLP through the SDK, a Prometheus endpoint, one series index.
 
-Readers (OTLP's periodic reader, the Prometheus endpoint) pull; every callback reads the
-latest snapshot through :class:`exporters.series.SeriesIndex`. Findings go out as a gauge and,
-over OTLP, as log records.
+OTLP uses a MeterProvider whose observable instruments come from the catalog and a
+``PeriodicExportingMetricReader``; the Prometheus endpoint renders the same observations
+itself. Both read the latest snapshot through :class:`exporters.series.SeriesIndex`.
+Findings go out as a gauge and, over OTLP, as log records.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import View
+from opentelemetry.sdk.resources import Resource
 
 from agent import __version__
 from agent.catalog import CATALOG
-from exporters.findings import (
-    FINDINGS_DESCRIPTION,
-    FINDINGS_GAUGE,
-    FINDINGS_UNIT,
-    FindingLogEmitter,
-    FindingsGauge,
-)
+from agent.snapshot import Snapshot
+from exporters.findings import FINDINGS_GAUGE, FINDINGS_SPEC, FindingLogEmitter, FindingsGauge
 from exporters.naming import PROCESS_ATTRIBUTE_KEYS, ExportPlan, build_plan
 from exporters.otlp import (
     DEFAULT_EVENT_GAP_S,
@@ -37,7 +34,7 @@ from exporters.otlp import (
     log_exporter,
     metric_exporter,
 )
-from exporters.prometheus import PrometheusEndpoint
+from exporters.prometheus import Exposition, PrometheusEndpoint
 from exporters.resource import build_resource
 from exporters.series import DEFAULT_MAX_PROCESSES, SeriesIndex
 
@@ -73,11 +70,11 @@ def instrument_views(plan: ExportPlan) -> list[View]:
 
 
 def register_instruments(meter: Meter, plan: ExportPlan, index: SeriesIndex,
-                         session: Session) -> None:
+                         latest: Callable[[], Snapshot | None]) -> None:
     """One observable instrument per planned name: counters for counters, gauges otherwise."""
     for spec in plan.instruments.values():
         def callback(_options: CallbackOptions, name: str = spec.name) -> Iterable[Observation]:
-            return index.observations(session.hub.latest, name)
+            return index.observations(latest(), name)
 
         create = meter.create_observable_counter if spec.kind == "counter" \
             else meter.create_observable_gauge
@@ -88,7 +85,7 @@ class TelemetryExporter:
     """A session consumer exporting over OTLP and/or a Prometheus endpoint.
 
     ``otlp``: None (off), "" (endpoint and protocol from ``OTEL_*``) or an endpoint.
-    ``prometheus``: None (off) or "host:port".
+    ``prometheus``: None (off) or "host:port". Both read one :class:`SeriesIndex`.
     """
 
     def __init__(
@@ -121,42 +118,54 @@ class TelemetryExporter:
         resource = build_resource(session.run)
         plan = build_plan(("otel", self.metric_names))
         self.index = SeriesIndex(plan, session.run.host, self.max_processes)
-        readers: list[MetricReader] = []
+        findings = FindingsGauge(lambda: session.live_findings)
         if self.otlp is not None:
-            health = ExportHealth(session.health, session.sampler.note,
-                                  self.otlp or "OTEL_EXPORTER_OTLP_*", self.event_gap_s)
-            endpoint = self.otlp or None
-            exporter = CountingMetricExporter(metric_exporter(endpoint), health)
-            readers.append(PeriodicExportingMetricReader(exporter))
-            self._start_logs(session, resource, CountingLogExporter(log_exporter(endpoint), health))
+            self._start_otlp(session, resource, plan, findings)
         if self.prometheus_address is not None:
-            self.prometheus = PrometheusEndpoint(self.prometheus_address, session.health)
-            readers.append(self.prometheus.reader)
+            self._start_prometheus(session, resource, plan, findings)
+
+    def _start_otlp(self, session: Session, resource: Resource, plan: ExportPlan,
+                    findings: FindingsGauge) -> None:
+        assert self.index is not None and session.sampler is not None
+        health = ExportHealth(session.health, session.sampler.note,
+                              self.otlp or "OTEL_EXPORTER_OTLP_*", self.event_gap_s)
+        endpoint = self.otlp or None
+        reader = PeriodicExportingMetricReader(
+            CountingMetricExporter(metric_exporter(endpoint), health))
         self.meter_provider = MeterProvider(
-            metric_readers=readers, resource=resource, views=instrument_views(plan),
-            shutdown_on_exit=False,
+            metric_readers=[reader], resource=resource, views=instrument_views(plan),
+            exemplar_filter=AlwaysOffExemplarFilter(), shutdown_on_exit=False,
         )
         meter = self.meter_provider.get_meter(SCOPE, __version__)
-        register_instruments(meter, plan, self.index, session)
-        findings = FindingsGauge(lambda: session.live_findings)
+        register_instruments(meter, plan, self.index, lambda: session.hub.latest)
         meter.create_observable_gauge(
             FINDINGS_GAUGE, callbacks=[lambda _options: findings.observe()],
-            unit=FINDINGS_UNIT, description=FINDINGS_DESCRIPTION,
+            unit=FINDINGS_SPEC.unit, description=FINDINGS_SPEC.description,
         )
-        if self.prometheus is not None:
-            try:
-                self.prometheus.serve()
-            except Exception:
-                self.stop()
-                raise
-            session.health["prometheus.address"] = self.prometheus.address
-
-    def _start_logs(self, session: Session, resource: Any, exporter: CountingLogExporter) -> None:
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+        self.logger_provider.add_log_record_processor(
+            BatchLogRecordProcessor(CountingLogExporter(log_exporter(endpoint), health)))
         logger = self.logger_provider.get_logger(SCOPE, __version__)
         self.log_emitter = FindingLogEmitter(logger, lambda: session.live_findings)
         session.hub.subscribe(self.log_emitter)
+
+    def _start_prometheus(self, session: Session, resource: Resource, plan: ExportPlan,
+                          findings: FindingsGauge) -> None:
+        index = self.index
+        assert index is not None and self.prometheus_address is not None
+
+        def points(snapshot: Snapshot | None) -> Mapping[str, list[Observation]]:
+            return {**index.points(snapshot), FINDINGS_GAUGE: findings.observe()}
+
+        exposition = Exposition(plan, {FINDINGS_GAUGE: FINDINGS_SPEC}, resource.attributes)
+        self.prometheus = PrometheusEndpoint(self.prometheus_address, session.health, points,
+                                             lambda: session.hub.latest, exposition)
+        try:
+            self.prometheus.serve()
+        except Exception:
+            self.stop()
+            raise
+        session.health["prometheus.address"] = self.prometheus.address
 
     def stop(self) -> None:
         """Final export (bounded by the exporter's timeout), then close the endpoint."""

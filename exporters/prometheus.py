@@ -1,73 +1,178 @@
-"""A Prometheus scrape endpoint: the SDK's ``PrometheusMetricReader`` on a private registry.
+"""A Prometheus scrape endpoint rendering the latest snapshot in the text exposition format.
 
-A scrape runs the observable callbacks on the HTTP server's thread; they read the latest
-snapshot only. The registry is private so that two sessions in one process (tests, importers)
-never collide, and only this endpoint's metrics are served (no Python process collectors).
+A scrape reads ``SnapshotHub.latest`` through the shared :class:`SeriesIndex` and never
+touches a device. Names follow the OpenTelemetry → Prometheus compatibility rules (sanitized
+name, unit suffix, ``_total`` for monotonic counters); dcgm-exporter names are kept verbatim.
+Label sets are stable per series, so each series' rendered ``name{labels}`` is cached and a
+scrape only formats values: rendering costs well under a millisecond per thousand series,
+where the SDK's generic reader costs tens of milliseconds (see ``benchmarks/bench_export.py``).
 """
 
 from __future__ import annotations
 
+import math
+import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from prometheus_client import CollectorRegistry, start_http_server
+from opentelemetry.metrics import Observation
 
 from agent.errors import UsageError
+from agent.snapshot import Snapshot
+from exporters.naming import ExportPlan, InstrumentSpec
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Resource attributes copied onto every series so queries can filter by host and run.
-LABELLED_RESOURCE_ATTRIBUTES = frozenset(
-    {"host.name", "accelwatch.run.id", "accelwatch.run.name", "accelwatch.rank"}
-)
+LABELLED_RESOURCE_ATTRIBUTES = ("host.name", "accelwatch.run.id", "accelwatch.run.name",
+                                "accelwatch.rank")
+_UNITS = {"By": "bytes", "s": "seconds", "ms": "milliseconds", "W": "watts", "J": "joules",
+          "Cel": "celsius", "Hz": "hertz", "MHz": "megahertz", "%": "percent", "1": ""}
+_PER = {"s": "second", "m": "minute", "h": "hour"}
+_INVALID_NAME = re.compile(r"[^a-zA-Z0-9_:]+")
+_INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]+")
+_ANNOTATION = re.compile(r"\{[^}]*\}")
 
 
-class _ScrapeCounter:
-    """A registry member that only counts scrapes into ``session.health``."""
+def unit_suffix(unit: str) -> str:
+    """``By`` → ``bytes``, ``By/s`` → ``bytes_per_second``, ``{error}`` and ``1`` → nothing."""
+    unit = _ANNOTATION.sub("", unit)
+    top, sep, bottom = unit.partition("/")
+    if sep and bottom:
+        top = _UNITS.get(top, _INVALID_LABEL.sub("_", top))
+        per = _PER.get(bottom, _INVALID_LABEL.sub("_", bottom))
+        return f"{top}_per_{per}" if top else f"per_{per}"
+    return _UNITS.get(unit, _INVALID_LABEL.sub("_", unit))
 
-    def __init__(self, health: dict[str, Any]) -> None:
-        self._health = health
-        self._lock = threading.Lock()
-        health.setdefault("prometheus.scrapes", 0)
 
-    def describe(self) -> Iterable[Any]:
-        return ()
+def metric_name(spec: InstrumentSpec) -> tuple[str, str]:
+    """(family name, sample name) of an instrument: ``process_cpu_time_seconds(_total)``."""
+    name = _INVALID_NAME.sub("_", spec.name)
+    if name[:1].isdigit():
+        name = f"_{name}"
+    suffix = unit_suffix(spec.unit)
+    if suffix and not name.endswith(f"_{suffix}"):
+        name = f"{name}_{suffix}"
+    if spec.kind == "counter":
+        base = name.removesuffix("_total")
+        return base, f"{base}_total"
+    return name, name
 
-    def collect(self) -> Iterable[Any]:
-        with self._lock:
-            self._health["prometheus.scrapes"] = int(self._health["prometheus.scrapes"]) + 1
-        return ()
+
+def label_name(key: str) -> str:
+    name = _INVALID_LABEL.sub("_", key)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def label_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_labels(attributes: Mapping[str, Any], extra: str = "") -> str:
+    parts = [f'{label_name(k)}="{label_value(v)}"' for k, v in sorted(attributes.items())]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def sample_value(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class Exposition:
+    """Renders ``{instrument: observations}`` to text, caching every series' name and labels."""
+
+    def __init__(self, plan: ExportPlan, extra: Mapping[str, InstrumentSpec],
+                 resource: Mapping[str, Any]) -> None:
+        specs = {**plan.instruments, **extra}
+        self._families = {name: metric_name(spec) for name, spec in specs.items()}
+        self._headers = {
+            name: self._header(spec, self._families[name][0]) for name, spec in specs.items()
+        }
+        self._resource_labels = ",".join(
+            f'{label_name(k)}="{label_value(resource[k])}"'
+            for k in LABELLED_RESOURCE_ATTRIBUTES if k in resource
+        )
+        self._target_info = (
+            "# HELP target_info Target metadata\n# TYPE target_info gauge\n"
+            f"target_info{render_labels(resource)} 1\n"
+        )
+        self._prefixes: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+    @staticmethod
+    def _header(spec: InstrumentSpec, family: str) -> str:
+        kind = "counter" if spec.kind == "counter" else "gauge"
+        help_text = spec.description.replace("\\", "\\\\").replace("\n", "\\n")
+        return f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n"
+
+    def render(self, points: Mapping[str, list[Observation]]) -> str:
+        out = [self._target_info]
+        cache = self._prefixes
+        fresh: dict[int, tuple[Mapping[str, Any], str]] = {}
+        for instrument, observations in points.items():
+            if not observations or instrument not in self._families:
+                continue
+            out.append(self._headers[instrument])
+            sample = self._families[instrument][1]
+            for observation in observations:
+                attributes = observation.attributes or {}
+                key = id(attributes)
+                cached = cache.get(key)
+                if cached is None or cached[0] is not attributes:
+                    cached = (attributes,
+                              sample + render_labels(attributes, self._resource_labels))
+                fresh[key] = cached
+                out.append(f"{cached[1]} {sample_value(observation.value)}\n")
+        self._prefixes = fresh  # only series seen in this scrape stay cached
+        return "".join(out)
 
 
 class PrometheusEndpoint:
-    """Owns the reader, its registry and the HTTP server serving ``/metrics``."""
+    """Serves ``/metrics`` from a thread; each scrape renders the latest snapshot."""
 
-    def __init__(self, address: str, health: dict[str, Any]) -> None:
+    def __init__(self, address: str, health: dict[str, Any],
+                 points: Callable[[Snapshot | None], Mapping[str, list[Observation]]],
+                 latest: Callable[[], Snapshot | None], exposition: Exposition) -> None:
         host, _, port = address.rpartition(":")
         self.host = host or "127.0.0.1"
         self.port = int(port)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_ScrapeCounter(health))
-        self.reader = PrometheusMetricReader(
-            scope_info_enabled=False,
-            resource_attribute_filter=LABELLED_RESOURCE_ATTRIBUTES.__contains__,
-            registry=self.registry,
-        )
-        self._server: Any = None
+        self._health = health
+        self._points = points
+        self._latest = latest
+        self._exposition = exposition
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        health.setdefault("prometheus.scrapes", 0)
+
+    def scrape(self) -> bytes:
+        """One scrape's body (also what the HTTP handler sends)."""
+        with self._lock:
+            text = self._exposition.render(self._points(self._latest()))
+            self._health["prometheus.scrapes"] = int(self._health["prometheus.scrapes"]) + 1
+        return text.encode()
 
     def serve(self) -> tuple[str, int]:
         """Start serving; returns the bound (host, port) (port 0 picks a free one)."""
+        handler = type("Handler", (_ScrapeHandler,), {"endpoint": self})
         try:
-            self._server, self._thread = start_http_server(
-                self.port, addr=self.host, registry=self.registry
-            )
+            self._server = ThreadingHTTPServer((self.host, self.port), handler)
         except OSError as exc:
             raise UsageError(
                 f"cannot serve Prometheus metrics on {self.host}:{self.port}: "
                 f"{exc.strerror or exc}"
             ) from None
+        self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="accelwatch-prometheus", daemon=True)
+        self._thread.start()
         return self.host, self.port
 
     @property
@@ -83,3 +188,20 @@ class PrometheusEndpoint:
             self._thread.join(timeout=5)
             self._thread = None
 
+
+class _ScrapeHandler(BaseHTTPRequestHandler):
+    endpoint: PrometheusEndpoint
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server method name
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404, "try /metrics")
+            return
+        body = self.endpoint.scrape()
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Iterable[Any]) -> None:
+        pass  # scrapes are counted in session.health, not logged

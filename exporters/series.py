@@ -61,15 +61,19 @@ class SeriesIndex:
         self._admitted: dict[int, None] = {}
         self._entities: dict[tuple[str, str], _EntitySeries] = {}
 
-    def observations(self, snapshot: Snapshot | None, instrument: str) -> list[Observation]:
-        """The instrument's observations for ``snapshot`` (built once per snapshot)."""
+    def points(self, snapshot: Snapshot | None) -> Mapping[str, list[Observation]]:
+        """Every instrument's observations for ``snapshot``, built once per snapshot."""
         if snapshot is None:
-            return []
+            return {}
         with self._lock:
             if snapshot.seq != self._seq:
                 self._points = self.build(snapshot)
                 self._seq = snapshot.seq
-            return self._points.get(instrument, [])
+            return self._points
+
+    def observations(self, snapshot: Snapshot | None, instrument: str) -> list[Observation]:
+        """One instrument's observations for ``snapshot``."""
+        return self.points(snapshot).get(instrument, [])
 
     def build(self, snapshot: Snapshot) -> dict[str, list[Observation]]:
         admitted = self._admit(snapshot)
