@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from opentelemetry.metrics import Observation
 
 from agent.store import connect
+from exporters.naming import InstrumentSpec, build_plan
+from exporters.prometheus import Exposition, metric_name
 from tests.exporters.conftest import recorded_values, wait_for
 
 FINDING = {"rule": "thermal_throttle", "severity": "critical", "entity": "gpu3",
@@ -86,3 +89,30 @@ def test_prometheus_scrapes_otel_and_dcgm_names(record, prometheus, job):
     assert finding["metric"]["accelwatch_finding_rule"] == "thermal_throttle"
     assert finding["metric"]["accelwatch_finding_severity"] == "critical"
     assert float(finding["value"][1]) == 1.0
+
+
+@pytest.mark.parametrize(("name", "unit", "kind", "family", "sample"), [
+    ("hw.gpu.memory.usage", "By", "gauge", "hw_gpu_memory_usage_bytes", None),
+    ("process.cpu.time", "s", "counter", "process_cpu_time_seconds", "process_cpu_time_seconds_total"),
+    ("hw.errors", "{error}", "counter", "hw_errors", "hw_errors_total"),
+    ("hw.gpu.utilization", "1", "gauge", "hw_gpu_utilization", None),
+    ("accelwatch.gpu.pcie.tx_throughput", "By/s", "gauge",
+     "accelwatch_gpu_pcie_tx_throughput_bytes_per_second", None),
+    ("accelwatch.gpu.clock.sm", "MHz", "gauge", "accelwatch_gpu_clock_sm_megahertz", None),
+    ("DCGM_FI_DEV_GPU_UTIL", "", "gauge", "DCGM_FI_DEV_GPU_UTIL", None),
+])
+def test_prometheus_names_follow_the_otel_compatibility_rules(name, unit, kind, family, sample):
+    assert metric_name(InstrumentSpec(name, unit, kind, "")) == (family, sample or family)
+
+
+def test_exposition_escapes_labels_and_renders_non_finite_values():
+    plan = build_plan()
+    exposition = Exposition(plan, {}, {"host.name": "n1", "service.name": "accelwatch"})
+    attrs = {"process.pid": 7, "process.executable.name": 'we"ird\\name'}
+    text = exposition.render({"process.memory.usage": [Observation(float("nan"), attrs)],
+                              "process.thread.count": [Observation(float("inf"), {})]})
+    assert 'target_info{host_name="n1",service_name="accelwatch"} 1' in text
+    assert ('process_memory_usage_bytes{process_executable_name="we\\"ird\\\\name",'
+            'process_pid="7",host_name="n1"} NaN') in text
+    assert 'process_thread_count{host_name="n1"} +Inf' in text
+    assert "# TYPE process_memory_usage_bytes gauge" in text
