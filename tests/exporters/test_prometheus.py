@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from opentelemetry.metrics import Observation
@@ -14,6 +15,14 @@ from tests.exporters.conftest import recorded_values, wait_for
 
 FINDING = {"rule": "thermal_throttle", "severity": "critical", "entity": "gpu3",
            "summary": "gpu3 throttles on temperature", "evidence": {}, "start_ts": 1.0}
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "accelwatch.json"
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"] for p in panels for t in p.get("targets", [])]
 
 
 def close_to_one_of(value: float, candidates: set[float], scale: float = 1.0) -> bool:
@@ -37,6 +46,10 @@ def test_prometheus_scrapes_otel_and_dcgm_names(record, prometheus, job):
             'process_cpu_time_seconds_total{cpu_mode="user"}', "system_cpu_utilization",
             "target_info", "accelwatch_findings_active",
         )}
+        assert wait_for(lambda: session.health["prometheus.scrapes"] >= 4, timeout=15)
+        empty = [expr for expr in dashboard_queries()
+                 if not server.query(expr.replace("$host", ".*").replace("$run", ".*"))]
+    assert empty == [], "dashboard panels without data"
     assert [float(r["value"][1]) for r in up] == [1.0]
     assert session.health["prometheus.scrapes"] >= 1
     run = session.run
