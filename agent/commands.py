@@ -45,12 +45,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UsageError("run needs a command: accelwatch run [OPTIONS] -- CMD ARGS...")
-    session = Session(_config(args))
+    config = _config(args)
+    if not config.headless:
+        config.job_log = job_log_path(config.db_path)
+    session = Session(config)
     install_signal_handlers(session)
     session.launch(command)
+    if config.job_log:
+        session.sampler.note("job_log", "agent", path=config.job_log)
     _watch(session)
+    if config.job_log:
+        print(f"job output: {config.job_log}", file=sys.stderr)
     run = session.run
     return run.exit_code if run and run.exit_code is not None else 1
+
+
+def job_log_path(db_path: str) -> str:
+    """``<db stem>-job-<UTC time>.log`` beside the database: where a job's output goes under the TUI."""
+    db = Path(db_path)
+    return str(db.with_name(f"{db.stem}-job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"))
 
 
 def cmd_attach(args: argparse.Namespace) -> int:

@@ -53,6 +53,9 @@ class SessionConfig:
     flush_interval: float = 1.0
     live_analysis: bool = True
     quiet: bool = False
+    #: Where a launched command's stdout/stderr go (None: the agent's own terminal). The TUI
+    #: owns the terminal, so under it the job's output goes to this file.
+    job_log: str | None = None
 
 
 def new_run_id() -> str:
@@ -85,11 +88,21 @@ class Session:
     def launch(self, command: list[str]) -> RunInfo:
         """Start ``command`` (restoring the user's umask for it) and record it."""
         self._install_simulator()
+        output = None
         try:
-            self.child = subprocess.Popen(command, umask=_user_umask())
+            if self.config.job_log:
+                fd = os.open(self.config.job_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                output = os.fdopen(fd, "ab")
+            self.child = subprocess.Popen(
+                command, umask=_user_umask(), stdout=output, stderr=output,
+                stdin=subprocess.DEVNULL if output else None,
+            )
         except OSError as exc:
             self.store.close()
             raise TargetError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own descriptor
         return self._begin(self.child.pid, mode="run")
 
     def attach(self, pid: int) -> RunInfo:
