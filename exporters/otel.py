@@ -8,6 +8,7 @@ Findings go out as a gauge and, over OTLP, as log records.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
@@ -42,6 +43,18 @@ if TYPE_CHECKING:
     from agent.session import Session
 
 SCOPE = "accelwatch"
+
+
+def quiet_sdk_logging() -> None:
+    """Keep the SDK's per-attempt export errors off the terminal (the TUI owns it).
+
+    Failures are counted in ``session.health`` and noted as ``export_failed`` events instead.
+    A NullHandler stops Python's last-resort stderr handler; records still propagate to
+    any handler the user configured.
+    """
+    sdk_logger = logging.getLogger("opentelemetry")
+    if not any(isinstance(h, logging.NullHandler) for h in sdk_logger.handlers):
+        sdk_logger.addHandler(logging.NullHandler())
 
 
 def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -115,6 +128,7 @@ class TelemetryExporter:
         if sdk_disabled():
             session.sampler.note("export_disabled", "otel", reason=f"{OTEL_SDK_DISABLED}=true")
             return
+        quiet_sdk_logging()
         resource = build_resource(session.run)
         plan = build_plan(("otel", self.metric_names))
         self.index = SeriesIndex(plan, session.run.host, self.max_processes)

@@ -143,8 +143,9 @@ class ExportHealth:
                 return
             self._last_event = now
             suppressed, self._suppressed = self._suppressed, 0
+        detail = {"error": error} if error else {}
         self._note("export_failed", "otlp", signal=signal, endpoint=self._endpoint,
-                   failed_exports=failed, suppressed=suppressed, error=error, severity="warning")
+                   failed_exports=failed, suppressed=suppressed, severity="warning", **detail)
 
 
 class CountingMetricExporter(MetricExporter):
