@@ -61,7 +61,7 @@ def test_attach_opens_the_ui_and_q_finalizes_the_run(tmp_path, sleeper):
         screen = term.wait_for("samples")
         assert "pty-run" in screen and f"pid {sleeper.pid}" in screen and "● REC" in screen
         screen = term.wait_for("PID▼")
-        assert wait_until(lambda: re.search(rf"\s{sleeper.pid}\s+\d+%", term.screen()),
+        assert wait_until(lambda: re.search(rf"\s{sleeper.pid}\s+M\s+\d+%", term.screen()),
                           timeout=10), term.screen()  # its row in the process tree
         screen = term.wait_for("q Quit")
         assert "No accelerators: nvml" in screen or "gpu0" in screen
