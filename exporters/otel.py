@@ -162,6 +162,8 @@ class TelemetryExporter:
         logger = self.logger_provider.get_logger(SCOPE, __version__)
         self.log_emitter = FindingLogEmitter(logger, lambda: session.live_findings)
         session.hub.subscribe(self.log_emitter)
+        session.sampler.note("export_started", "otlp", endpoint=self.otlp or "OTEL_EXPORTER_OTLP_*",
+                             metric_names=self.metric_names)
 
     def _start_prometheus(self, session: Session, resource: Resource, plan: ExportPlan,
                           findings: FindingsGauge) -> None:
@@ -180,6 +182,10 @@ class TelemetryExporter:
             self.stop()
             raise
         session.health["prometheus.address"] = self.prometheus.address
+        assert session.sampler is not None
+        session.sampler.note("export_started", "prometheus",
+                             url=f"http://{self.prometheus.address}/metrics",
+                             metric_names=self.metric_names)
 
     def stop(self) -> None:
         """Final export (bounded by the exporter's timeout), then close the endpoint."""

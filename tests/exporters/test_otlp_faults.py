@@ -47,6 +47,8 @@ def test_endpoint_down_at_start_then_up(record, receiver):
     assert first["signal"] == "metrics" and first["endpoint"] == receiver.endpoint
     assert first["severity"] == "warning"
     assert events(session, "export_recovered")
+    (started,) = events(session, "export_started")
+    assert started["endpoint"] == receiver.endpoint and started["metric_names"] == "otel"
 
 
 def test_endpoint_down_mid_run_and_back(record, receiver):
@@ -81,5 +83,5 @@ def test_slow_endpoint_times_out_without_stalling_sampling(record, grpc_receiver
         assert wait_for(lambda: failed(session) >= 2, timeout=15)
         grpc_receiver.recorded.mode = "ok"
         started = time.monotonic()
-    assert time.monotonic() - started < 5  # the final export is bounded by the timeout too
+    assert time.monotonic() - started < 8  # the final export is bounded by the timeout too
     assert_record_complete(session)
