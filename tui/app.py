@@ -149,6 +149,10 @@ class AccelwatchApp(App[int]):
     def action_quit_viewer(self) -> None:
         self.exit(0)
 
+    async def action_quit(self) -> None:
+        """Textual's own quit (ctrl+q) means the same as ``q``."""
+        self.action_quit_viewer()
+
     def action_pause(self) -> None:
         self.paused = not self.paused
         self.header.show(state=self.state_label())
@@ -213,10 +217,11 @@ class AccelwatchApp(App[int]):
             return focused.entity, "nvml"
         if isinstance(focused, ProcessTable) and focused.selected_pid is not None:
             return str(focused.selected_pid), "process"
-        if isinstance(focused, FindingsTable) and focused.selected is not None:
+        if isinstance(focused, FindingsTable) and focused.selected is not None and self.frame:
             entity = focused.selected.entity
-            if self.frame and entity in self.frame.snapshot.entities("nvml"):
-                return entity, "nvml"
+            for source in ("nvml", "process", "host"):
+                if entity in self.frame.snapshot.entities(source):
+                    return entity, source
         cards = [c for c in self.query(GpuCard) if c.display]
         if cards:
             return cards[0].entity, "nvml"

@@ -1,9 +1,10 @@
 """The terminal UI while recording: ``run_live(session)`` blocks until the user quits or the
 target ends.
 
-When the target ends (or ``--duration`` passes, or a signal stops recording) the header says
-so and the app exits after :data:`END_GRACE_S` seconds, or at once on any key; the CLI then
-finalizes the run and prints its report. ``q`` stops recording immediately.
+When the target ends (or ``--duration`` passes) the header says so and the app exits after
+:data:`END_GRACE_S` seconds, or at once on any key; the CLI then finalizes the run and prints
+its report. ``q`` (or ctrl+q) stops recording immediately, and so does a SIGTERM/SIGHUP that
+stops the recording.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class LiveApp(AccelwatchApp):
 
     def on_recording_ended(self, message: RecordingEnded) -> None:
         if message.reason == "user quit":
+            return
+        if message.reason.startswith("signal"):  # asked from outside to stop: no lingering
+            self.exit(0)
             return
         self.ended = message
         what = message.reason

@@ -215,3 +215,17 @@ async def test_header_shows_recording_health(live):
         assert "1 missed ticks" in header and "disabled: nvml" in header
         assert "otlp.failed_exports 2" in header and "prometheus.scrapes 7" in header
         await pilot.press("q")
+
+
+@async_test
+async def test_a_stop_signal_closes_the_app_without_the_grace_period(live):
+    session, reader, job = live
+    app = LiveApp(reader, end_grace_s=30)
+    async with app.run_test() as pilot:
+        await _settle(pilot)
+        session.request_stop("signal SIGTERM")  # what the CLI's signal handler does
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            if not app.is_running:
+                break
+        assert not app.is_running and app.return_code == 0

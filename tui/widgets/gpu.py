@@ -8,6 +8,7 @@ from textual.containers import VerticalScroll
 from textual.events import Click
 from textual.message import Message
 from textual.widget import Widget
+from textual.widgets import Static
 
 from tui.format import bar, fmt, spark
 from tui.views import GpuView
@@ -172,8 +173,6 @@ class GpuPanel(VerticalScroll):
             reason = notices.get("nvml")
             text = f"No accelerators: nvml {reason}" if reason else self.empty_reason
             if not placeholder:
-                from textual.widgets import Static
-
                 self.mount(Static(text, id="no-gpus"))
             else:
                 placeholder.first().update(text)
