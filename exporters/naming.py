@@ -128,6 +128,7 @@ def _dcgm_route(metric: Metric) -> tuple[InstrumentSpec, Route]:
 
 _GPU = re.compile(r"^gpu(\d+)$")
 _GPU_CHILD = re.compile(r"^gpu(\d+)/(mig|nvlink|pid)(\d+)$")
+_MIG_PROFILE = re.compile(r"\b(\d+g\.\d+gb)\b")
 
 
 def dcgm_labels(entity: str, entity_attrs: EntityAttrs, hostname: str) -> Attributes | None:
@@ -147,8 +148,13 @@ def dcgm_labels(entity: str, entity_attrs: EntityAttrs, hostname: str) -> Attrib
     }
     if attrs.get("pci_bus_id"):
         labels["pci_bus_id"] = str(attrs["pci_bus_id"])
-    if child is not None:
-        labels["GPU_I_ID"] = child.group(3)
+    if child is not None:  # a MIG instance: dcgm-exporter's GPU instance labels
+        mig = entity_attrs.get(entity, {})
+        instance = mig.get("gpu_instance_id")
+        labels["GPU_I_ID"] = str(child.group(3) if instance is None else instance)
+        profile = _MIG_PROFILE.search(str(mig.get("name", "")))
+        if profile:
+            labels["GPU_I_PROFILE"] = profile.group(1)
     return labels
 
 
@@ -207,6 +213,8 @@ def _nvml_attributes(entity: str, attrs: EntityAttrs) -> Attributes | None:
         described = attrs.get(entity, {})
         out["hw.parent"] = out["hw.id"]
         out["hw.id"] = str(described.get("uuid") or f"{out['hw.id']}/mig{number}")
+        if described.get("name"):
+            out["hw.name"] = str(described["name"])
     return out
 
 

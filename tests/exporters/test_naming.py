@@ -80,12 +80,12 @@ def test_dcgm_values_use_dcgm_exporter_units(name, scale, as_rate):
     ("nvml", "gpu0/pid42", {"hw.id": "GPU-aaa", "hw.type": "gpu", "hw.vendor": "NVIDIA",
                             "hw.name": "NVIDIA H100 80GB HBM3", "process.pid": 42}),
     ("nvml", "gpu0/mig1", {"hw.id": "MIG-bbb", "hw.parent": "GPU-aaa", "hw.type": "gpu",
-                           "hw.vendor": "NVIDIA", "hw.name": "NVIDIA H100 80GB HBM3"}),
+                           "hw.vendor": "NVIDIA", "hw.name": "NVIDIA H100 MIG 3g.40gb"}),
     ("tpu", "tpu0", {"accelwatch.entity": "tpu0"}),
 ])
 def test_entities_map_to_semantic_convention_attributes(source, entity, expected):
     described = {**GPU0, "4242": {"name": "python", "role": "main"},
-                 "gpu0/mig1": {"uuid": "MIG-bbb"}}
+                 "gpu0/mig1": {"uuid": "MIG-bbb", "name": "NVIDIA H100 MIG 3g.40gb"}}
     assert entity_attributes(source, entity, described) == expected
 
 
@@ -94,6 +94,9 @@ def test_dcgm_labels_cover_gpus_and_mig_but_not_links_or_processes():
     assert labels == {"gpu": "0", "UUID": "GPU-aaa", "device": "nvidia0",
                       "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1",
                       "pci_bus_id": "00000000:18:00.0"}
+    mig = dcgm_labels("gpu0/mig2", {**GPU0, "gpu0/mig2": {"name": "NVIDIA H100 MIG 1g.10gb",
+                                                         "gpu_instance_id": 9}}, "node1")
+    assert (mig["GPU_I_ID"], mig["GPU_I_PROFILE"], mig["UUID"]) == ("9", "1g.10gb", "GPU-aaa")
     assert dcgm_labels("gpu0/mig2", GPU0, "node1")["GPU_I_ID"] == "2"
     assert dcgm_labels("gpu0/nvlink1", GPU0, "node1") is None
     assert dcgm_labels("gpu0/pid7", GPU0, "node1") is None
