@@ -11,7 +11,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 
-from agent.reader import RecordedReader
+from agent.recorded import RecordedReader
 from tui.app import AccelwatchApp, FrameReady
 from tui.widgets.cursor import TimeCursor
 

@@ -24,7 +24,7 @@ def _loaded_after(imports: list[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("modules", [
-    ["agent.cli"], ["agent.session", "agent.commands", "agent.reader"],
+    ["agent.cli"], ["agent.session", "agent.commands", "agent.reader", "agent.recorded"],
     ["collectors.host", "collectors.process"], ["exporters"],
 ])
 def test_core_imports_do_not_load_textual(modules):

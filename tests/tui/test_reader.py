@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from agent.errors import StoreError
-from agent.reader import Finding, RecordedReader, RunNotFoundError, order_findings, rank_label
+from agent.reader import Finding, order_findings, rank_label
+from agent.recorded import RecordedReader, RunNotFoundError
 from tests.tui.synthetic import ROOT_PID, feed
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import StoreError
-from agent.reader import RunNotFoundError
+from agent.recorded import RunNotFoundError
 from tests.helpers import run_cli
 from tests.tui.screen import async_test, screen_text
 from tui.replay import ReplayApp, run_replay
