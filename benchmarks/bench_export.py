@@ -5,12 +5,13 @@ by the real collectors; after every tick the benchmark runs what the exporters r
 collection encoded to protobuf, and a Prometheus scrape rendered to text. CPU is the calling
 thread's (``time.thread_time``), so both sides are measured the same way in the same run.
 
-    python benchmarks/bench_export.py [--ticks 40]
+    python benchmarks/bench_export.py [--ticks 40] [--otlp-every 60] [--scrape-every 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,20 @@ def spawn_job(processes: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sh", "-c", script])
 
 
+def stop_job(job: subprocess.Popen[bytes]) -> None:
+    """Kill the shell and the children it started, each by pid."""
+    import psutil
+
+    try:
+        children = psutil.Process(job.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    for proc in [*children, psutil.Process(job.pid)]:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    job.wait()
+
+
 def cpu_of(work: Callable[[], object]) -> float:
     started = time.thread_time()
     work()
@@ -37,7 +52,11 @@ def cpu_of(work: Callable[[], object]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=40)
-    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--interval", type=float, default=1.0, help="sampling interval (s)")
+    parser.add_argument("--otlp-every", type=float, default=60.0,
+                        help="OTLP export interval (s); the SDK default is 60")
+    parser.add_argument("--scrape-every", type=float, default=15.0,
+                        help="Prometheus scrape interval (s); 15 is a common setting")
     args = parser.parse_args(argv)
 
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -104,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for collector in locals().get("collectors", []):
             collector.close()
         simulator.uninstall()
-        job.kill()
-        job.wait()
-        subprocess.run(["pkill", "-P", str(job.pid)], check=False)
+        stop_job(job)
 
     sample_cpu = statistics.median(sampling)
     otlp_cpu, scrape_cpu = statistics.median(otlp), statistics.median(scrape)
@@ -117,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         ("OTLP export every tick", otlp_cpu),
         ("Prometheus scrape every tick", scrape_cpu),
         ("both, every tick (worst case)", otlp_cpu + scrape_cpu),
-        ("defaults (OTLP 60 s, scrape 15 s)",
-         otlp_cpu * args.interval / 60 + scrape_cpu * args.interval / 15),
+        (f"OTLP every {args.otlp_every:g} s + scrape every {args.scrape_every:g} s",
+         otlp_cpu * args.interval / args.otlp_every
+         + scrape_cpu * args.interval / args.scrape_every),
     ]
-    worst = True
     for label, cpu in rows:
         ratio = cpu / sample_cpu
         verdict = "PASS" if ratio <= TARGET else "MISS"
-        worst = worst and ratio <= TARGET
         print(f"{label:34s} {cpu * 1e3:8.2f} ms  = {ratio:6.1%} of sampling  {verdict}")
+    ratio = rows[-1][1] / sample_cpu
+    print(f"export CPU per {args.interval:g} s interval at the configured cadence: {ratio:.1%} "
+          f"of sampling CPU (target <= {TARGET:.0%}): {'PASS' if ratio <= TARGET else 'MISS'}")
     return 0
 
 

@@ -78,11 +78,11 @@ def render_labels(attributes: Mapping[str, Any], extra: str = "") -> str:
 
 
 def sample_value(value: float) -> str:
+    if value - value == 0:  # finite (inf - inf and NaN - NaN are NaN)
+        return repr(float(value))
     if math.isnan(value):
         return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+    return "+Inf" if value > 0 else "-Inf"
 
 
 class Exposition:

@@ -31,13 +31,15 @@ DEFAULT_MAX_PROCESSES = 64
 class _EntitySeries:
     """Cached attribute sets of one entity, valid while its described attributes are unchanged."""
 
-    __slots__ = ("own", "parent", "base", "dcgm", "merged")
+    __slots__ = ("own", "parent", "base", "dcgm", "pid", "merged")
 
-    def __init__(self, own: Any, parent: Any, base: Attributes | None, dcgm: Attributes | None):
+    def __init__(self, own: Any, parent: Any, base: Attributes | None, dcgm: Attributes | None,
+                 pid: int | None) -> None:
         self.own = own
         self.parent = parent
         self.base = base
         self.dcgm = dcgm
+        self.pid = pid  # the process a per-process series belongs to
         self.merged: dict[int, Attributes | None] = {}
 
 
@@ -77,31 +79,43 @@ class SeriesIndex:
 
     def build(self, snapshot: Snapshot) -> dict[str, list[Observation]]:
         admitted = self._admit(snapshot)
-        points: dict[str, list[Observation]] = {}
+        points: dict[str, list[Observation]] = {name: [] for name in self.plan.instruments}
+        described = snapshot.entity_attrs
         seen: set[tuple[str, str]] = set()
         for batch in snapshot.batches:
             source = batch.source
+            last_entity: str | None = None
+            series: _EntitySeries | None = None
+            skip = False
+            # collectors emit an entity's metrics together: resolve each entity once per run
             for entity, metric, value in zip(batch.entities, batch.metrics, batch.values):
                 routes = self._routes.get(metric)
                 if routes is None:
                     continue
-                pid = process_of(source, entity)
-                if pid is not None and pid not in admitted:
+                if entity != last_entity:
+                    last_entity = entity
+                    series = self._series(source, entity, described)
+                    seen.add((source, entity))
+                    skip = series.pid is not None and series.pid not in admitted
+                if skip:
                     continue
-                series = self._series(source, entity, snapshot.entity_attrs)
-                seen.add((source, entity))
+                assert series is not None
                 for key, route in routes:
-                    attributes = self._attributes(series, key, route)
+                    merged = series.merged
+                    attributes = merged[key] if key in merged else self._merge(series, key, route)
                     if attributes is None:
                         continue
-                    exported = _value(snapshot, entity, metric, value, route)
-                    if exported is not None:
-                        points.setdefault(route.instrument, []).append(
-                            Observation(exported, attributes)
-                        )
+                    if route.as_rate or route.scale != 1.0:
+                        exported = _value(snapshot, entity, metric, value, route)
+                        if exported is None:
+                            continue
+                        value_out = exported
+                    else:
+                        value_out = value
+                    points[route.instrument].append(Observation(value_out, attributes))
         for stale in self._entities.keys() - seen:
             del self._entities[stale]
-        return points
+        return {name: observed for name, observed in points.items() if observed}
 
     def _admit(self, snapshot: Snapshot) -> Mapping[int, None]:
         """The job's processes that get series: those already admitted first, then new ones."""
@@ -125,16 +139,12 @@ class SeriesIndex:
             return cached
         base = entity_attributes(source, entity, described)
         dcgm = dcgm_labels(entity, described, self.hostname) if source == "nvml" else None
-        cached = _EntitySeries(own, parent, base, dcgm)
+        cached = _EntitySeries(own, parent, base, dcgm, process_of(source, entity))
         self._entities[key] = cached
         return cached
 
     @staticmethod
-    def _attributes(series: _EntitySeries, key: int, route: Route) -> Attributes | None:
-        try:
-            return series.merged[key]
-        except KeyError:
-            pass
+    def _merge(series: _EntitySeries, key: int, route: Route) -> Attributes | None:
         base = series.dcgm if route.dcgm else series.base
         merged = None if base is None else {**base, **route.fixed_attributes}
         series.merged[key] = merged
@@ -146,5 +156,5 @@ def _value(snapshot: Snapshot, entity: str, metric: str, value: float,
     if route.as_rate:
         rate = snapshot.rate(entity, metric)
         return None if rate is None else rate * route.scale
-    return value * route.scale if route.scale != 1.0 else value
+    return value * route.scale
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
 from agent.errors import UsageError
 from agent.model import RunInfo
+from agent.session import Session, SessionConfig
 from agent.snapshot import SnapshotHub
+from exporters import build_exporters
 from exporters.findings import FindingLogEmitter, FindingsGauge
 from exporters.otlp import GRPC, HTTP, ExportHealth, choose_protocol, signal_endpoint
 from exporters.resource import build_resource, run_attributes
@@ -135,3 +139,27 @@ def test_otel_sdk_disabled_turns_export_off(record, grpc_receiver, otel_env):
         assert wait_for(lambda: session.sampler.stats.ticks >= 3)
     assert grpc_receiver.recorded.metrics == []
     assert "prometheus.address" not in session.health
+
+
+def test_build_exporters_reads_the_session_config(otel_env):
+    assert build_exporters(SessionConfig(db_path="x")) == []
+    (exporter,) = build_exporters(SessionConfig(db_path="x", prometheus="127.0.0.1:0",
+                                                metric_names="dcgm"))
+    assert (exporter.prometheus_address, exporter.metric_names) == ("127.0.0.1:0", "dcgm")
+    otel_env.setenv("ACCELWATCH_EXPORT_MAX_PROCESSES", "8")
+    assert build_exporters(SessionConfig(db_path="x", otlp=""))[0].max_processes == 8
+    otel_env.setenv("ACCELWATCH_EXPORT_MAX_PROCESSES", "many")
+    with pytest.raises(UsageError, match="whole number"):
+        build_exporters(SessionConfig(db_path="x", otlp=""))
+
+
+def test_a_taken_prometheus_port_is_a_one_line_error(tmp_path, job):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        session = Session(SessionConfig(db_path=str(tmp_path / "r.duckdb"), interval=0.2,
+                                        prometheus=f"127.0.0.1:{port}", live_analysis=False))
+        with pytest.raises(UsageError, match=f"cannot serve Prometheus metrics on 127.0.0.1:{port}"):
+            session.attach(job.pid)
+    assert session.sampler is not None and not session.sampler.running
