@@ -60,6 +60,7 @@ class ExportPlan:
 
     instruments: dict[str, InstrumentSpec]
     routes: dict[str, list[Route]]
+    catalog: Catalog = CATALOG
 
 
 def build_plan(name_sets: Iterable[str] = ("otel",), catalog: Catalog = CATALOG) -> ExportPlan:
@@ -84,7 +85,7 @@ def build_plan(name_sets: Iterable[str] = ("otel",), catalog: Catalog = CATALOG)
         )
         for name, spec in specs.items()
     }
-    return ExportPlan(instruments, routes)
+    return ExportPlan(instruments, routes, catalog)
 
 
 def _otel_spec(metric: Metric, known: Mapping[str, InstrumentSpec]) -> InstrumentSpec:

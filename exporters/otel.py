@@ -23,7 +23,6 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 
 from agent import __version__
-from agent.catalog import CATALOG
 from agent.snapshot import Snapshot
 from exporters.findings import FINDINGS_GAUGE, FINDINGS_SPEC, FindingLogEmitter, FindingsGauge
 from exporters.naming import PROCESS_ATTRIBUTE_KEYS, ExportPlan, build_plan
@@ -70,7 +69,7 @@ def instrument_views(plan: ExportPlan) -> list[View]:
     """
     views = []
     for spec in plan.instruments.values():
-        metrics = [CATALOG[name] for name in spec.metrics]
+        metrics = [plan.catalog[name] for name in spec.metrics]
         keys: set[str] | None = None
         if all(m.source == "process" for m in metrics):
             keys = set(PROCESS_ATTRIBUTE_KEYS)
