@@ -130,7 +130,7 @@ class TelemetryExporter:
         quiet_sdk_logging()
         resource = build_resource(session.run)
         plan = build_plan(("otel", self.metric_names))
-        self.index = SeriesIndex(plan, session.run.host, self.max_processes)
+        self.index = SeriesIndex(plan, session.run.host, self.max_processes, session.health)
         findings = FindingsGauge(lambda: session.live_findings)
         if self.otlp is not None:
             self._start_otlp(session, resource, plan, findings)
@@ -201,5 +201,3 @@ class TelemetryExporter:
         if self.logger_provider is not None:
             self.logger_provider.shutdown()
             self.logger_provider = None
-        if session is not None and self.index is not None:
-            session.health["export.capped_processes"] = self.index.capped_processes

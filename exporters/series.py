@@ -47,8 +47,10 @@ class SeriesIndex:
     """Turns snapshots into ``{instrument: [Observation]}``, caching attributes per entity."""
 
     def __init__(self, plan: ExportPlan, hostname: str,
-                 max_processes: int = DEFAULT_MAX_PROCESSES) -> None:
+                 max_processes: int = DEFAULT_MAX_PROCESSES,
+                 health: dict[str, Any] | None = None) -> None:
         self.plan = plan
+        self._health = health
         self.hostname = hostname
         self.max_processes = max_processes
         #: Processes of the job left without series because of the cap (latest tick).
@@ -128,6 +130,9 @@ class SeriesIndex:
             admitted.setdefault(pid, None)
         self._admitted = admitted
         self.capped_processes = len(alive) - len(admitted)
+        if self._health is not None and (self.capped_processes
+                                         or "export.capped_processes" in self._health):
+            self._health["export.capped_processes"] = self.capped_processes
         return admitted
 
     def _series(self, source: str, entity: str, described: Mapping[str, Any]) -> _EntitySeries:

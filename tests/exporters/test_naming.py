@@ -120,11 +120,12 @@ def _tick(hub: SnapshotHub, ts: float, pids: list[int], gpu_pids: list[int], ene
 
 def test_series_index_caps_processes_and_drops_foreign_gpu_processes():
     hub = SnapshotHub()
-    index = SeriesIndex(build_plan(("otel", "dcgm")), "node1", max_processes=2)
+    health: dict = {}
+    index = SeriesIndex(build_plan(("otel", "dcgm")), "node1", max_processes=2, health=health)
     snap = _tick(hub, 100.0, pids=[10, 11, 12], gpu_pids=[10, 99], energy=1.0)
     rss = index.observations(snap, "process.memory.usage")
     assert [o.attributes["process.pid"] for o in rss] == [10, 11]
-    assert index.capped_processes == 1
+    assert index.capped_processes == 1 and health["export.capped_processes"] == 1
     gpu_procs = index.observations(snap, "accelwatch.gpu.process.memory")
     assert [o.attributes["process.pid"] for o in gpu_procs] == [10]  # 99 is not the job's
     # an admitted process keeps its series; a freed slot goes to the next one
