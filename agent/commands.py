@@ -123,7 +123,11 @@ class LiveLinePrinter:
         if snap is None or snap.seq == self.last_seq:
             return
         self.last_seq = snap.seq
-        print(format_live_line(snap), file=sys.stderr, flush=True)
+        line = format_live_line(snap)
+        failed = {k: v for k, v in self.session.health.items() if "failed" in k and v}
+        if failed:
+            line += " " + " ".join(f"{k}={v}" for k, v in sorted(failed.items()))
+        print(line, file=sys.stderr, flush=True)
 
 
 def format_live_line(snap) -> str:
