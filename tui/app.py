@@ -94,6 +94,7 @@ class AccelwatchApp(App[int]):
         yield from ()
 
     def on_mount(self) -> None:
+        self.header.window_s = self.window_s
         self.reader.track(TRACKED_METRICS)
         self.reader.subscribe(self._wake)
         self.header.show(state=self.state_label())
@@ -161,14 +162,11 @@ class AccelwatchApp(App[int]):
             self.request_frame()
 
     def action_toggle_unused(self) -> None:
-        hidden = self.query_one(GpuPanel).toggle_unused()
-        self.notify("GPUs not used by the job: " + ("hidden" if hidden else "dimmed"),
-                    timeout=2)
+        self.query_one(GpuPanel).toggle_unused()
 
     def action_sort(self) -> None:
-        key = self.query_one(ProcessTable).cycle_sort()
+        self.query_one(ProcessTable).cycle_sort()  # its title shows the new order
         self._reshow_processes()
-        self.notify(f"processes sorted by {key}", timeout=2)
 
     def _reshow_processes(self) -> None:
         if self.frame is not None:
@@ -180,7 +178,7 @@ class AccelwatchApp(App[int]):
 
     def action_window(self) -> None:
         self.window_s = WINDOWS_S[(WINDOWS_S.index(self.window_s) + 1) % len(WINDOWS_S)]
-        self.notify(f"sparkline window: {self.window_s / 60:g} min", timeout=2)
+        self.header.window_s = self.window_s
         self.request_frame()
 
     def action_help(self) -> None:

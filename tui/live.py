@@ -39,7 +39,7 @@ class LiveApp(AccelwatchApp):
         self.ended: RecordingEnded | None = None
 
     def on_mount(self) -> None:
-        super().on_mount()
+        # No super().on_mount(): Textual runs every class's handler in the MRO itself.
         # A plain daemon thread, not a Textual worker: the app must be able to exit (even on
         # a crash) while the session is still recording; closing the reader ends the wait.
         threading.Thread(target=self._watch_end, name="accelwatch-tui-end", daemon=True).start()

@@ -41,7 +41,7 @@ class ReplayApp(AccelwatchApp):
         yield TimeCursor()
 
     def on_mount(self) -> None:
-        super().on_mount()
+        # No super().on_mount(): Textual runs every class's handler in the MRO itself.
         self.query_one(TimeCursor).focus()
 
     def state_label(self) -> str:

@@ -229,3 +229,15 @@ async def test_a_stop_signal_closes_the_app_without_the_grace_period(live):
             if not app.is_running:
                 break
         assert not app.is_running and app.return_code == 0
+
+
+@async_test
+async def test_the_app_subscribes_once_so_each_tick_is_drawn_once(live, monkeypatch):
+    session, reader, job = live
+    subscriptions = []
+    monkeypatch.setattr(reader, "subscribe", subscriptions.append)
+    app = LiveApp(reader)
+    async with app.run_test() as pilot:
+        await _settle(pilot)
+        assert len(subscriptions) == 1  # Textual runs on_mount of every class in the MRO
+        await pilot.press("q")

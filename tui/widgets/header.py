@@ -28,6 +28,8 @@ class RunHeader(Widget):
         self.frame: Frame | None = None
         self.state = "● REC"
         self.detail = ""
+        #: The sparkline window, shown so ``w`` has a visible effect.
+        self.window_s = 60.0
 
     def show(self, frame: Frame | None = None, *, state: str | None = None,
              detail: str | None = None) -> None:
@@ -54,7 +56,7 @@ class RunHeader(Widget):
             out.append(f"  {rank}")
         if self.frame is not None:
             out.append(f"  ⏱ {duration(self.frame.snapshot.ts - run.started)}")
-        out.append(f"  every {run.interval:g}s")
+        out.append(f"  every {run.interval:g}s · sparklines {self.window_s / 60:g} min")
         out.append("\n")
         if self.detail:  # first on its line so 80 columns still show it
             out.append(f" {self.detail} ·", style("run-header--warn"))
