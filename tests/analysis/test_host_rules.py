@@ -43,6 +43,14 @@ def test_saturated_loader_workers_make_input_bound_gpus_dataloader_bound(analyse
     assert of_rule(findings, "io-bound") == []
 
 
+def test_loading_in_the_main_process_is_dataloader_bound(analysed):
+    findings = analysed("num-workers-0", Recording(
+        "input-bound", RUN_S, host=profile(workers=0, main_cpu=after(5, 1.0, 0.5))))
+    (f,) = of_rule(findings, "dataloader-bound")
+    assert "no loader workers" in f.summary and f.evidence["loader_workers"] == 0
+    assert_window(f, 5, RUN_S)
+
+
 def test_iowait_makes_input_bound_gpus_io_bound(analysed):
     findings = analysed("iowait", Recording(
         "input-bound", RUN_S, host=profile(iowait=after(5, 0.3, 0.01),

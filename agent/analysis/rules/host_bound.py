@@ -40,25 +40,36 @@ _JOB_BUCKETS = f"""
     FROM g LEFT JOIN aw_host h USING (t) LEFT JOIN aw_proc p USING (t)"""
 
 
+#: No loader workers and a pinned main process: the job loads data on its training thread.
+_LOADING_IN_MAIN = (f"coalesce(workers, -1) = 0 AND coalesce(main_cpu, 0) >= "
+                    f"{LOADER_PROCESS_SATURATED}")
+
+
 def detect_dataloader(ctx: Context) -> list[Finding]:
     """GPUs wait (> 20% idle, XProf's "highly input bound") while loader workers or the host
-    CPU are saturated (SageMaker CPUBottleneck: CPU > 90%)."""
+    CPU are saturated (SageMaker CPUBottleneck: CPU > 90%), or while a job without loader
+    workers (num_workers=0) keeps its main process on one full core."""
     if not ctx.info.job_gpus:
         return []
     eps = ctx.episodes(
         f"""SELECT *, idle >= {INPUT_WAIT_HIGH} AND (coalesce(worker_cpu_max, 0) >=
-                {LOADER_PROCESS_SATURATED} OR coalesce(cpu, 0) >= {CPU_SATURATED}) AS flag
+                {LOADER_PROCESS_SATURATED} OR coalesce(cpu, 0) >= {CPU_SATURATED}
+                OR ({_LOADING_IN_MAIN})) AS flag
             FROM ({_JOB_BUCKETS})""",
         ["idle", "cpu", "worker_cpu", "worker_cpu_max", "workers", "main_cpu"],
         params=gpu_params(ctx))
     if not eps:
         return []
-    idle, cpu, wmax, workers = (weighted(eps, c) for c in ("idle", "cpu", "worker_cpu_max",
-                                                          "workers"))
+    idle, cpu, wmax, workers, main = (weighted(eps, c) for c in (
+        "idle", "cpu", "worker_cpu_max", "workers", "main_cpu"))
     total = sum(e.duration_s for e in eps)
-    cause = (f"{workers:.0f} loader workers each near a full core ({wmax:.2f} cores at most)"
-             if wmax is not None and wmax >= LOADER_PROCESS_SATURATED
-             else f"the host CPU at {pct(cpu)}")
+    if wmax is not None and wmax >= LOADER_PROCESS_SATURATED:
+        cause = f"{workers:.0f} loader workers each near a full core ({wmax:.2f} cores at most)"
+    elif workers == 0 and (main or 0) >= LOADER_PROCESS_SATURATED:
+        cause = (f"the main process loaded every batch itself (no loader workers) on one full "
+                 f"core ({main:.2f} cores)")
+    else:
+        cause = f"the host CPU at {pct(cpu)}"
     return [ctx.finding(
         DATALOADER, "critical" if idle >= 0.5 else "warning", "host", eps,
         f"Data loading is the bottleneck: the GPUs ({entities_text(ctx.info.job_gpus)}) sat idle "
@@ -68,7 +79,7 @@ def detect_dataloader(ctx: Context) -> list[Finding]:
         "(e.g. DALI), or cache preprocessed data.",
         {"metrics": ["gpu.utilization", "host.cpu.utilization", "process.cpu.utilization"],
          "gpu_idle_share": idle, "host_cpu": cpu, "loader_cpu_max_cores": wmax,
-         "loader_workers": workers,
+         "loader_workers": workers, "main_process_cores": main,
          "threshold": {"gpu_idle_at_least": INPUT_WAIT_HIGH, "host_cpu_at_least": CPU_SATURATED,
                        "loader_cores_at_least": LOADER_PROCESS_SATURATED,
                        "source": "XProf input-pipeline bands; SageMaker CPUBottleneck"}},
@@ -127,7 +138,8 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
         cond = f"util >= {LOW_BUSY} AND sm < {SM_ACTIVITY_LOW}"
     else:
         cond = (f"util >= 0.2 AND util < {BUSY} AND coalesce(worker_cpu_max, 0) < "
-                f"{LOADER_PROCESS_SATURATED} AND coalesce(cpu, 0) < {CPU_SATURATED}")
+                f"{LOADER_PROCESS_SATURATED} AND coalesce(cpu, 0) < {CPU_SATURATED} "
+                f"AND NOT ({_LOADING_IN_MAIN})")
     traffic = ("coalesce(nvlink_tx, 0) + coalesce(nvlink_rx, 0) < 1e9")
     sql = f"""
         SELECT g.entity, g.t, g.util, g.sm, p.main_cpu, h.core_max,
