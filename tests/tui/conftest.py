@@ -53,11 +53,11 @@ def write_findings(db_path: str, run_id: str, job: SyntheticJob) -> None:
         con.close()
 
 
-@pytest.fixture
-def recorded(tmp_path) -> Iterator[tuple[str, SyntheticJob]]:
-    """A finished 30-tick recording with two stored findings."""
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory) -> Iterator[tuple[str, SyntheticJob]]:
+    """A finished 30-tick recording with two stored findings (built once; only read)."""
     job = SyntheticJob(gpus=2, used=1, throttled=True)
-    db = str(tmp_path / "recorded.duckdb")
+    db = str(tmp_path_factory.mktemp("recorded") / "recorded.duckdb")
     session = synthetic_session(db, job, 30, with_child=False)
     end_session(session)
     write_findings(db, "run-synthetic", job)

@@ -3,6 +3,7 @@ quits on ``q``; the database then holds a finalized run with samples."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -83,7 +84,10 @@ def test_attach_opens_the_ui_and_q_finalizes_the_run(tmp_path, sleeper):
     assert sleeper.poll() is None  # attach never touches the target
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ACCELWATCH_SLOW"), reason="set ACCELWATCH_SLOW=1")
 def test_view_replays_the_recording_in_a_terminal(tmp_path, sleeper):
+    """Replay is covered by pilot tests; this also records via the CLI, so it is slow."""
     db = tmp_path / "view.duckdb"
     rec = subprocess.run(accelwatch("attach", str(sleeper.pid), "--db", str(db), "--headless",
                                     "--duration", "1", "--interval", "0.2", "--name", "rec"),
