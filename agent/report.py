@@ -17,14 +17,13 @@ from typing import Any
 
 import duckdb
 
-from agent.analysis.engine import analyze_run
+from agent.analysis.engine import analyze_run, find_run
 from agent.analysis.finding import Finding
 from agent.analysis.frame import GPU_COLUMNS, GPU_SOURCE
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
-from agent.reader import _find_run as find_run
 from agent.store import connect
 
 JOULES_PER_KWH = 3.6e6

@@ -100,6 +100,8 @@ for _name in _ALL_NAMES:  # fail at import if a column refers to a metric the ca
     CATALOG[_name]
 ANALYSED_METRICS: tuple[str, ...] = tuple(dict.fromkeys(_ALL_NAMES))
 COUNTER_METRICS: tuple[str, ...] = tuple(m for m in ANALYSED_METRICS if CATALOG[m].is_counter)
+_METRIC_SOURCES = pa.table({"metric": list(ANALYSED_METRICS),
+                            "source": [CATALOG[m].source for m in ANALYSED_METRICS]})
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
         params["end"] = window.end
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_agg AS
-        SELECT any_value(source) AS source, entity, metric, epoch_us(ts) // $bucket_us AS k,
+        SELECT entity, metric, epoch_us(ts) // $bucket_us AS k,
                count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
                avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share
         FROM samples WHERE {' AND '.join(where)}
@@ -183,7 +185,7 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     counters = _in_list(COUNTER_METRICS)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_counters AS
-        SELECT source, entity, metric, k, inc, inc / ($bucket_s * coalesce(k - prev_k, 1)) AS val
+        SELECT entity, metric, k, inc, inc / ($bucket_s * coalesce(k - prev_k, 1)) AS val
         FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
                              WHEN min >= prev_max THEN max - prev_max
                              ELSE greatest(max - prev_max, 0) + min END AS inc
@@ -191,12 +193,15 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
                     FROM aw_agg WHERE metric IN ({counters})
                     WINDOW w AS (PARTITION BY entity, metric ORDER BY k)))""",
         {"bucket_s": window.bucket_s})
+    # A metric belongs to one source (the catalog says which), so the raw scan skips `source`.
+    con.register("aw_metric_sources", _METRIC_SOURCES)
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW aw_rated AS
-        SELECT a.source, a.entity, a.metric, a.k * {float(window.bucket_s)}::DOUBLE AS t,
+        SELECT source, a.entity, a.metric, a.k * {float(window.bucket_s)}::DOUBLE AS t,
                {float(window.bucket_s)}::DOUBLE AS bucket_s, a.n, a.avg, a.min, a.max, a.low_share,
                c.inc, coalesce(c.val, a.avg) AS val
-        FROM aw_agg a LEFT JOIN aw_counters c USING (source, entity, metric, k)""")
+        FROM aw_agg a JOIN aw_metric_sources USING (metric)
+        LEFT JOIN aw_counters c USING (entity, metric, k)""")
     _gpu_frame(con)
     _host_frame(con)
     _process_frame(con, window.run_id)
@@ -211,7 +216,7 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     con.register("aw_gpu_codes", pa.table({"metric": list(GPU_COLUMNS.values()),
                                            "code": pa.array(range(len(aliases)), pa.int32())}))
     names = [r[0] for r in con.execute(
-        f"SELECT DISTINCT entity FROM aw_agg WHERE source = {_q(GPU_SOURCE)} "
+        f"SELECT DISTINCT entity FROM aw_agg WHERE metric IN ({_in_list(GPU_COLUMNS.values())}) "
         "AND regexp_full_match(entity, 'gpu[0-9]+') ORDER BY length(entity), entity").fetchall()]
     con.register("aw_gpu_names", pa.table({"entity": names,
                                            "ecode": pa.array(range(len(names)), pa.int32())}))

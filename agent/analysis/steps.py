@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from agent.analysis.engine import find_run
 from agent.catalog.steps import SOURCE, rank_entity
 from agent.errors import AccelwatchError, UsageError
 from agent.model import Batch, RunInfo
@@ -91,12 +92,8 @@ def import_step_times(db_path: str | os.PathLike[str], csv_path: str | os.PathLi
                                     started, 1.0, str(db_path), mode="import",
                                     ended=started + float(offsets[-1]), status="finished"))
         else:
-            row = store.con.execute(
-                "SELECT run_id, epoch(started) FROM runs WHERE run_id = ? OR name = ? "
-                "ORDER BY started DESC LIMIT 1", [run, run]).fetchone()
-            if row is None:
-                raise StepImportError(f"no run {run!r} in {db_path}")
-            run_id, started = row
+            info = find_run(store.con, run, str(db_path))
+            run_id, started = info.run_id, info.started
         written = store.write_ticks([(run_id, step_batches(offsets, ranks, values, started))])
     finally:
         store.close()
