@@ -30,6 +30,7 @@ from tui.widgets.timeseries import TimeSeriesScreen
 #: Sparkline windows cycled by ``w`` (seconds).
 WINDOWS_S = (60.0, 300.0, 900.0)
 WIDE_COLUMNS = 120
+GRID_COLUMNS = 160
 TALL_ROWS = 40
 
 
@@ -102,6 +103,7 @@ class AccelwatchApp(App[int]):
 
     def on_resize(self, event: Resize) -> None:
         self.set_class(event.size.width >= WIDE_COLUMNS, "-wide")
+        self.set_class(event.size.width >= GRID_COLUMNS, "-grid")
         self.set_class(event.size.height >= TALL_ROWS, "-tall")
         self.set_class(event.size.width < WIDE_COLUMNS or event.size.height < TALL_ROWS,
                        "-compact")

@@ -241,3 +241,28 @@ async def test_the_app_subscribes_once_so_each_tick_is_drawn_once(live, monkeypa
         await _settle(pilot)
         assert len(subscriptions) == 1  # Textual runs on_mount of every class in the MRO
         await pilot.press("q")
+
+
+@async_test
+async def test_a_finding_updated_by_the_analysis_keeps_its_selection(live):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test(size=(120, 40)) as pilot:
+        extra = {**job.findings(11)[0], "rule": "gpu_power_cap", "severity": "info",
+                 "summary": "gpu0 near its power limit"}
+        session.live_findings = [*job.findings(11), extra]
+        session.hub.publish(job.ts(12), job.batches(12), {})
+        await _settle(pilot)
+        await pilot.press("f", "down")
+        table = app.query_one(FindingsTable)
+        assert table.selected.rule == "gpu_power_cap"
+        session.live_findings = [job.findings(11)[0],
+                                 {**extra, "summary": "gpu0 at its power limit for 30 s"}]
+        session.hub.publish(job.ts(13), job.batches(13), {})
+        await _settle(pilot)
+        assert table.selected.summary == "gpu0 at its power limit for 30 s"
+        await pilot.press("enter")
+        await _settle(pilot)
+        assert isinstance(app.screen, EvidenceScreen)
+        assert app.screen.finding.rule == "gpu_power_cap"
+        await pilot.press("escape", "q")

@@ -17,6 +17,14 @@ from agent.reader import Finding
 _SEVERITY_MARK = {"critical": "✖ CRIT", "error": "✖ ERR", "warning": "▲ WARN", "info": "● INFO"}
 
 
+_COLUMN_KEYS = ("severity", "since", "entity", "text")
+
+
+def _identity(finding: Finding) -> tuple:
+    """What makes a finding the same one while the analysis extends it."""
+    return finding.rule, finding.entity, finding.start_ts
+
+
 def _clock(ts: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ts)) if ts is not None else "–"
 
@@ -34,14 +42,22 @@ class FindingsTable(DataTable):
         self.border_title = "findings"
 
     def on_mount(self) -> None:
-        self.add_column("SEVERITY", key="severity")
-        self.add_column("SINCE (UTC)", key="since")
-        self.add_column("ENTITY", key="entity")
-        self.add_column("FINDING → NEXT STEP", key="text")
+        for key, label in zip(_COLUMN_KEYS, ("SEVERITY", "SINCE (UTC)", "ENTITY",
+                                             "FINDING → NEXT STEP")):
+            self.add_column(label, key=key)
         self.show([])
 
     def show(self, findings: list[Finding]) -> None:
+        """Show ``findings``; the same ones with new details are updated in place, so the
+        selection (and a pending Enter) survives the live analysis refreshing them."""
         if findings == self.findings and self.row_count:
+            return
+        if [_identity(f) for f in findings] == [_identity(f) for f in self.findings] \
+                and findings:
+            self.findings = list(findings)
+            for index, finding in enumerate(findings):
+                for key, cell in zip(_COLUMN_KEYS, self._cells(finding)):
+                    self.update_cell(str(index), key, cell)
             return
         selected = self.selected
         self.findings = list(findings)
@@ -51,17 +67,19 @@ class FindingsTable(DataTable):
             self.add_row("", "", "", Text("no findings so far", style="dim"), key="none")
             return
         for index, finding in enumerate(findings):
-            text = Text(finding.summary)
-            if finding.next_step:
-                text.append(f"\n→ {finding.next_step}", style="italic")
-            self.add_row(
-                Text(_SEVERITY_MARK.get(finding.severity, finding.severity.upper()),
-                     style=self._severity_style(finding.severity)),
-                _clock(finding.start_ts), finding.entity, text, key=str(index),
-                height=2 if finding.next_step else 1,
-            )
-        if selected in self.findings:
-            self.move_cursor(row=self.findings.index(selected), animate=False)
+            self.add_row(*self._cells(finding), key=str(index),
+                         height=2 if finding.next_step else 1)
+        keys = [_identity(f) for f in self.findings]
+        if selected is not None and _identity(selected) in keys:
+            self.move_cursor(row=keys.index(_identity(selected)), animate=False)
+
+    def _cells(self, finding: Finding) -> tuple[Text | str, ...]:
+        text = Text(finding.summary)
+        if finding.next_step:
+            text.append(f"\n→ {finding.next_step}", style="italic")
+        mark = Text(_SEVERITY_MARK.get(finding.severity, finding.severity.upper()),
+                    style=self._severity_style(finding.severity))
+        return mark, _clock(finding.start_ts), finding.entity, text
 
     def _severity_style(self, severity: str):
         if severity not in _SEVERITY_MARK:
