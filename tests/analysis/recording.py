@@ -131,9 +131,11 @@ def scenario_ref(name: str) -> str:
 
 
 def record(path: Path, spec: Recording,
-           on_tick: Callable[[float, Store], None] | None = None) -> tuple[Path, str]:
-    """Record ``spec`` into ``path``; with ``on_tick`` every tick is written at once and
-    ``on_tick(now, store)`` runs after it (live analysis tests), else all at the end."""
+           on_tick: Callable[[float, Store], None] | None = None,
+           tick_every: int = 1) -> tuple[Path, str]:
+    """Record ``spec`` into ``path``; with ``on_tick`` the ticks are written every
+    ``tick_every`` ticks and ``on_tick(now, store)`` runs after that (live analysis tests),
+    else all at the end."""
     clock = [T0]
     collectors: list[Collector] = []
     sim = None
@@ -158,10 +160,10 @@ def record(path: Path, spec: Recording,
         ticks: list[tuple[str, list[Batch]]] = []
         sampler = Sampler(collectors, 1.0, sinks=[lambda now, b: ticks.append((spec.run_id, b))],
                           clock=lambda: clock[0])
-        for _ in range(spec.seconds):
+        for tick in range(1, spec.seconds + 1):
             clock[0] += 1.0
             sampler.step(clock[0])
-            if on_tick is not None:
+            if on_tick is not None and tick % tick_every == 0:
                 store.write_ticks(ticks)
                 ticks.clear()
                 on_tick(clock[0], store)

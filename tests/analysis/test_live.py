@@ -26,16 +26,17 @@ def test_hang_is_flagged_live_within_a_minute(tmp_path):
         if live.session is None:
             session = fake_session(store)
             live.session, live.cursor = session, store.cursor()
-        if round(now - T0) % live.every_s == 0:
+        if round(now - T0) % live.every_s == 0 and now - T0 >= 15:  # onset at 20 s
             current = live.run_once(now)
             if any(f.rule == "hang" for f in current) and not flagged_at:
                 flagged_at.append(now - T0)
                 assert live.session.live_findings[0]["rule"] == "hang"
 
-    record(tmp_path / "live.duckdb", Recording("hang", 70, run_id="run-1"), on_tick=on_tick)
+    record(tmp_path / "live.duckdb", Recording("hang", 70, run_id="run-1"), on_tick=on_tick,
+           tick_every=5)
     assert flagged_at, "hang never flagged live"
     assert 20 < flagged_at[0] <= 20 + 60  # the deadlock starts at 20 s
-    assert live.session.health["analysis.cycles"] == 14
+    assert live.session.health["analysis.cycles"] == 12
 
 
 def test_live_findings_are_stored_and_extended_while_the_problem_lasts(tmp_path):
