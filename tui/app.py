@@ -217,6 +217,8 @@ class AccelwatchApp(App[int]):
             return focused.entity, "nvml"
         if isinstance(focused, ProcessTable) and focused.selected_pid is not None:
             return str(focused.selected_pid), "process"
+        if isinstance(focused, HostPanel):
+            return "host", "host"
         if isinstance(focused, FindingsTable) and focused.selected is not None and self.frame:
             entity = focused.selected.entity
             for source in ("nvml", "process", "host"):

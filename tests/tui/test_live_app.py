@@ -11,6 +11,7 @@ from tui.live import LiveApp
 from tui.widgets.findings import EvidenceScreen, FindingsTable
 from tui.widgets.gpu import GpuCard
 from tui.widgets.help import HelpScreen
+from tui.widgets.host import HostPanel
 from tui.widgets.processes import ProcessTable, row_cells
 from tui.widgets.timeseries import Chart, TimeSeriesScreen
 
@@ -176,6 +177,11 @@ async def test_mouse_sorts_by_header_selects_a_process_and_opens_a_finding(live)
         assert isinstance(app.screen, TimeSeriesScreen)
         assert app.screen.entity == str(table.rows[1].pid)
         assert app.screen.metrics[0].startswith("process.")
+        await pilot.press("escape")
+        await pilot.click(HostPanel)
+        await pilot.press("g")
+        await _settle(pilot, 0.3)
+        assert app.screen.entity == "host" and "host.cpu.utilization" in app.screen.metrics
         await pilot.press("escape")
         await pilot.click(FindingsTable, offset=(40, 2))  # highlights the row...
         await _settle(pilot)

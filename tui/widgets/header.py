@@ -49,14 +49,14 @@ class RunHeader(Widget):
         out.append(f" {run.name}", style("run-header--name"))
         if run.pid is not None:
             out.append(f"  pid {run.pid}")
-        if run.cmdline:
-            out.append(f" {' '.join(run.cmdline)}", style("run-header--dim"))
         rank = rank_label(run.env)
         if rank:
             out.append(f"  {rank}")
         if self.frame is not None:
             out.append(f"  ⏱ {duration(self.frame.snapshot.ts - run.started)}")
-        out.append(f"  every {run.interval:g}s · sparklines {self.window_s / 60:g} min")
+        out.append(f"  every {run.interval:g}s · {self.window_s / 60:g}m window")
+        if run.cmdline:  # last: the longest part, cut first on narrow terminals
+            out.append(f"  {' '.join(run.cmdline)}", style("run-header--dim"))
         out.append("\n")
         if self.detail:  # first on its line so 80 columns still show it
             out.append(f" {self.detail} ·", style("run-header--warn"))

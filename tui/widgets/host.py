@@ -11,7 +11,9 @@ from tui.views import HostView
 _LEVELS = " ▁▂▃▄▅▆▇█"
 
 
-class HostPanel(Widget):
+class HostPanel(Widget, can_focus=True):
+    """Focus it (click or Tab) and press ``g`` to chart host metrics."""
+
     COMPONENT_CLASSES = {"host-panel--label", "host-panel--cores"}
 
     def __init__(self) -> None:
@@ -24,6 +26,9 @@ class HostPanel(Widget):
             lines_before = self.view is None or (self.view.ib_rx is None) != (view.ib_rx is None)
             self.view = view
             self.refresh(layout=lines_before)
+
+    def on_click(self) -> None:
+        self.focus()
 
     def render(self) -> Text:
         view = self.view
