@@ -35,6 +35,12 @@ from agent.catalog.steps import SOURCE as STEPS_SOURCE
 
 GPU_SOURCE = CATALOG["gpu.utilization"].source
 
+#: Clock-event reasons the rules read (idle lowers clocks legitimately; the rest throttle).
+THROTTLE_REASONS_READ = ("gpu_idle", "sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal",
+                         "hw_power_brake")
+if not set(THROTTLE_REASONS_READ) <= set(CLOCK_EVENT_FLAGS):
+    raise ValueError("THROTTLE_REASONS_READ names a reason the catalog does not declare")
+
 GPU_COLUMNS: Mapping[str, str] = {
     "util": "gpu.utilization",
     "mem_util": "gpu.memory.utilization",
@@ -68,7 +74,8 @@ GPU_COLUMNS: Mapping[str, str] = {
     "remap_failure": "gpu.remapped_rows.failure",
     "job_memory": "gpu.job.memory",
     "job_procs": "gpu.job.processes",
-    **{f"thr_{flag}": f"gpu.clock_event.{flag}" for flag in CLOCK_EVENT_FLAGS},
+    **{f"thr_{flag}": f"gpu.clock_event.{flag}" for flag in CLOCK_EVENT_FLAGS
+       if flag in THROTTLE_REASONS_READ},
 }
 HOST_COLUMNS: Mapping[str, str] = {
     "cpu": "host.cpu.utilization",
