@@ -29,7 +29,6 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.analysis.engine import analyze_run, choose_bucket_s, post_run_resources  # noqa: E402
-from agent.analysis.frame import Window  # noqa: E402
 from agent.analysis.live import LiveAnalysis  # noqa: E402
 from agent.catalog import CATALOG  # noqa: E402
 from agent.model import RunInfo  # noqa: E402
@@ -289,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_run(path, args.hours, hz, args.repeat if hz == 1 else 1)
             if hz == args.hz[0]:
                 rows += bench_live(path, args.hours, cycles=20)
-        print(f"  (post-run bucket: {choose_bucket_s(args.hours * 3600, 1.0):g} s; "
-              f"Window={Window.__name__})", file=sys.stderr)
+        print(f"post-run buckets: {choose_bucket_s(args.hours * 3600, 1.0):g} s at 1 Hz",
+              file=sys.stderr)
         print_table("Analysis benchmark", rows)
     finally:
         if not args.dir:

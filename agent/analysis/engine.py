@@ -13,13 +13,13 @@ import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import duckdb
 
 from agent.analysis.finding import Finding, Severity, sort_findings, store_findings
-from agent.analysis.frame import FrameInfo, Window, build_frames
+from agent.analysis.frame import FrameInfo, Window, build_frames, naive_utc
 from agent.analysis.thresholds import EPISODE_GAP_S, MIN_EPISODE_S
 from agent.model import RunInfo
 
@@ -87,13 +87,13 @@ class Context:
         out = []
         for row in self.rows(sql, params):
             values = {c: row[c] for c in evidence}
-            out.append(Episode(row["entity"], _ts(row["t0"]), _ts(row["t1"]), row["buckets"],
+            out.append(Episode(row["entity"], naive_utc(row["t0"]), naive_utc(row["t1"]), row["buckets"],
                                values))
         return out
 
     def span(self, entity: str, t0: float, t1: float) -> Episode:
         """An episode from bucket ``t0`` to the end of bucket ``t1`` (epoch seconds)."""
-        return Episode(entity, _ts(t0), _ts(t1 + self.info.bucket_s), 0, {})
+        return Episode(entity, naive_utc(t0), naive_utc(t1 + self.info.bucket_s), 0, {})
 
     def finding(self, rule: str, severity: Severity, entity: str, episodes: Sequence[Episode],
                 summary: str, next_step: str, evidence: dict[str, Any], *,
@@ -124,10 +124,6 @@ def _rounded(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 4) if abs(value) < 1e4 else round(value)
     return value
-
-
-def _ts(epoch_s: float) -> datetime:
-    return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
 
 
 @dataclass(frozen=True)
@@ -254,6 +250,3 @@ def analyze_run(con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = Tr
         store_findings(con, run_id, findings, live=False)
     return findings
 
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)

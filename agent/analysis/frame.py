@@ -148,7 +148,8 @@ class FrameInfo:
         return metric_name in self.present
 
 
-def _ts(epoch_s: float) -> datetime:
+def naive_utc(epoch_s: float) -> datetime:
+    """Epoch seconds as the naive UTC datetime DuckDB's TIMESTAMP columns hold."""
     return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
 
 
@@ -300,7 +301,7 @@ def _steps_frame(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _describe(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    first, last = (None if t is None else _ts(t) for t in con.execute(
+    first, last = (None if t is None else naive_utc(t) for t in con.execute(
         "SELECT min(t), max(t) FROM aw_rated").fetchone())
     present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
     gpus = tuple(r[0] for r in con.execute(
