@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.errors import UsageError
+from agent.errors import StoreInUseError, UsageError
 from agent.model import Batch, BatchBuilder, Event, RunInfo
 from agent.reader import Finding, Frame, Series, epoch_seconds, order_findings, query_history
 from agent.snapshot import Key, Snapshot
@@ -49,7 +49,13 @@ class RecordedReader:
         """Open ``db_path`` read-only at run ``run`` (id or name; default: the latest)."""
         from agent.store import connect
 
-        con = connect(db_path, read_only=True)
+        try:
+            con = connect(db_path, read_only=True)
+        except StoreInUseError:
+            raise StoreInUseError(
+                f"{db_path} is being recorded by a running accelwatch agent; view it once the "
+                "recording ends (the live screen shows it meanwhile)"
+            ) from None
         try:
             return cls(con, _find_run(con, run, db_path))
         except BaseException:
