@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -215,10 +216,14 @@ class _RecentWindow:
                     ring.append((snap.ts, value))
 
     def window(self, now: float, window_s: float) -> dict[Key, np.ndarray]:
+        """Values newer than ``now - window_s`` per key, oldest first (reads only those)."""
         since = now - window_s
+        out: dict[Key, np.ndarray] = {}
         with self._lock:
-            items = [(key, list(ring)) for key, ring in self._rings.items()]
-        return {key: np.fromiter((v for t, v in pts if t > since), np.float64) for key, pts in items}
+            for key, ring in self._rings.items():
+                recent = [v for _, v in takewhile(lambda p: p[0] > since, reversed(ring))]
+                out[key] = np.array(recent[::-1], dtype=np.float64)
+        return out
 
 
 class LiveReader:
