@@ -301,8 +301,8 @@ def _steps_frame(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _describe(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    first, last = (None if t is None else naive_utc(t) for t in con.execute(
-        "SELECT min(t), max(t) FROM aw_rated").fetchone())
+    first, last = (None if k is None else naive_utc(k * window.bucket_s) for k in con.execute(
+        "SELECT min(k), max(k) FROM aw_agg").fetchone())
     present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
     gpus = tuple(r[0] for r in con.execute(
         "SELECT DISTINCT entity FROM aw_gpu ORDER BY length(entity), entity").fetchall())
