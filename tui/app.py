@@ -61,6 +61,7 @@ class AccelwatchApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("q", "quit_viewer", "Quit"),
+        Binding("ctrl+c", "quit_viewer", "Quit", show=False),  # the terminal's usual stop key
         Binding("question_mark", "help", "Help"),
         Binding("p", "pause", "Pause"),
         Binding("d", "toggle_unused", "Unused GPUs", tooltip="Dim or hide GPUs the job does not use"),

@@ -224,6 +224,18 @@ async def test_header_shows_recording_health(live):
 
 
 @async_test
+async def test_ctrl_c_stops_recording_like_q(live):
+    session, reader, job = live
+    app = LiveApp(reader)
+    async with app.run_test() as pilot:
+        await _settle(pilot)
+        await pilot.press("ctrl+c")
+        await _settle(pilot)
+        assert not app.is_running
+    assert session.stop_reason == "user quit"
+
+
+@async_test
 async def test_a_stop_signal_closes_the_app_without_the_grace_period(live):
     session, reader, job = live
     app = LiveApp(reader, end_grace_s=30)
