@@ -33,14 +33,16 @@ class GpuView:
     values: Mapping[str, float | None]
     throttle: tuple[str, ...]
     recent: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: The device stopped answering (NVML marks it lost) or sends no values any more.
+    lost: bool = False
 
     def get(self, metric: str) -> float | None:
         return self.values.get(metric)
 
     def signature(self) -> tuple:
         """Equal signatures draw the same card (numpy arrays make ``==`` unusable)."""
-        return (self.entity, self.name, self.used_by_job, tuple(sorted(self.values.items())),
-                self.throttle, tuple((k, v.tobytes()) for k, v in sorted(self.recent.items())))
+        return (self.entity, self.name, self.used_by_job, self.lost,
+                tuple(sorted(self.values.items())), self.throttle, tuple((k, v.tobytes()) for k, v in sorted(self.recent.items())))
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,15 @@ class HostView:
     ib_tx: float | None
 
 
+def _is_device(entity: str) -> bool:
+    return entity.startswith("gpu") and entity[3:].isdigit()
+
+
 def gpu_entities(snap: Snapshot) -> list[str]:
-    """Whole-device GPU entities (``gpu0``...), in index order."""
-    names = [e for e in snap.entities(GPU_SOURCE) if e.startswith("gpu") and "/" not in e]
-    return sorted(names, key=lambda e: (len(e), e))
+    """Whole-device GPU entities (``gpu0``...) sampled now or described before, by index."""
+    names = {e for e in snap.entities(GPU_SOURCE) if _is_device(e)}
+    names.update(e for e in snap.entity_attrs if _is_device(e))
+    return sorted(names, key=lambda e: int(e[3:]))
 
 
 def throttle_reasons(snap: Snapshot, gpu: str) -> tuple[str, ...]:
@@ -91,6 +98,7 @@ def throttle_reasons(snap: Snapshot, gpu: str) -> tuple[str, ...]:
 
 def gpu_views(frame: Frame) -> list[GpuView]:
     snap = frame.snapshot
+    sampled = set(snap.entities(GPU_SOURCE))
     views = []
     for gpu in gpu_entities(snap):
         attrs = snap.entity_attrs.get(gpu, {})
@@ -106,6 +114,7 @@ def gpu_views(frame: Frame) -> list[GpuView]:
             values=values,
             throttle=throttle_reasons(snap, gpu),
             recent={m: frame.recent.get((gpu, m), np.empty(0)) for m in CARD_SPARK_METRICS},
+            lost=bool(attrs.get("lost")) or gpu not in sampled,
         ))
     return views
 

@@ -104,3 +104,26 @@ async def test_live_analysis_finding_appears_on_simulated_throttling(tmp_path, h
     finally:
         reader.close()
         session.finish()
+
+
+@async_test
+async def test_a_gpu_falling_off_the_bus_is_shown_lost(tmp_path, sleeper):
+    text = (SCENARIOS / "gpu-lost.toml").read_text().replace("at_s = 25", "at_s = 1")
+    scenario = tmp_path / "lost-now.toml"
+    scenario.write_text(text)
+    session = Session(SessionConfig(db_path=str(tmp_path / "lost.duckdb"), interval=0.25,
+                                    simulate=str(scenario), headless=False,
+                                    live_analysis=False))
+    session.attach(sleeper.pid)
+    reader = LiveReader(session)
+    app = LiveApp(reader)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await _until(pilot, lambda: app.query("#card-gpu3")
+                         and app.query_one("#card-gpu3", GpuCard).has_class("-lost"))
+            assert not app.query_one("#card-gpu2", GpuCard).has_class("-lost")
+            assert "GPU LOST" in screen_text(app)
+            await pilot.press("q")
+    finally:
+        reader.close()
+        session.finish()

@@ -83,3 +83,16 @@ def test_every_metric_name_the_tui_uses_is_in_the_catalog():
                 names.add(node.value)
     unknown = {n for n in names if n not in CATALOG and not n.endswith(".")}
     assert names and not unknown, unknown
+
+
+def test_a_lost_gpu_keeps_its_card_marked_lost():
+    job = SyntheticJob(gpus=2, used=2)
+    hub = SnapshotHub()
+    hub.publish(job.ts(0), job.batches(0), {})
+    lost = BatchBuilder("nvml", job.ts(1))
+    lost.describe("gpu1", name="NVIDIA H100 80GB HBM3", used_by_job=True, lost=True)
+    lost.add("gpu0", "gpu.utilization", 0.9)
+    snap = hub.publish(job.ts(1), [lost.build()], {})
+    views = gpu_views(Frame(snapshot=snap, recent={}, findings=[], health={}))
+    assert [(v.entity, v.lost) for v in views] == [("gpu0", False), ("gpu1", True)]
+    assert views[1].get("gpu.utilization") is None

@@ -47,8 +47,10 @@ class GpuCard(Widget, can_focus=True):
             return
         self.view = view
         self.border_title = f"{view.entity} · {view.name}" if view.name else view.entity
-        self.border_subtitle = "job" if view.used_by_job else "not used by job"
+        self.border_subtitle = "LOST" if view.lost else \
+            "job" if view.used_by_job else "not used by job"
         self.set_class(not view.used_by_job, "-unused")
+        self.set_class(view.lost, "-lost")
         self.set_class(bool(view.throttle), "-throttled")
         # Re-layout only when the card's height may change: laying out all cards every tick
         # was most of the refresh cost.
@@ -131,7 +133,9 @@ class GpuCard(Widget, can_focus=True):
     @staticmethod
     def _throttle(out: Text, view: GpuView, st: dict) -> None:
         out.append(f"{'clk':<{_LABEL}}", st["label"])
-        if view.throttle:
+        if view.lost:
+            out.append("✖ GPU LOST: no answer from the device", st["throttle"])
+        elif view.throttle:
             reasons = " ".join(flag.replace("_", " ").upper() for flag in view.throttle)
             out.append(f"⚠ THROTTLED: {reasons}", st["throttle"])
         else:
