@@ -127,3 +127,23 @@ async def test_a_gpu_falling_off_the_bus_is_shown_lost(tmp_path, sleeper):
     finally:
         reader.close()
         session.finish()
+
+
+@async_test
+async def test_xid_errors_are_counted_on_the_card(tmp_path, sleeper):
+    scenario = tmp_path / "xid-now.toml"
+    scenario.write_text((SCENARIOS / "xid-error.toml").read_text().replace("at_s = 20", "at_s = 1"))
+    session = Session(SessionConfig(db_path=str(tmp_path / "xid.duckdb"), interval=0.25,
+                                    simulate=str(scenario), headless=False, live_analysis=False))
+    session.attach(sleeper.pid)
+    reader = LiveReader(session)
+    app = LiveApp(reader)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            await _until(pilot, lambda: app.frame is not None and any(
+                v for (_, m), v in app.frame.snapshot.values.items() if m == "gpu.xid"))
+            assert "✖ XID" in screen_text(app)
+            await pilot.press("q")
+    finally:
+        reader.close()
+        session.finish()

@@ -15,6 +15,8 @@ from tui.views import GpuView
 
 _LABEL = 5  # width of the left label column
 _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
+#: Error counters worth a glance on the card (non-zero only): metric → label.
+_ERROR_COUNTERS = (("gpu.xid", "XID"), ("gpu.ecc.volatile.uncorrected", "ECC"))
 
 
 def _has_sm_line(view: GpuView) -> bool:
@@ -140,6 +142,10 @@ class GpuCard(Widget, can_focus=True):
             out.append(f"⚠ THROTTLED: {reasons}", st["throttle"])
         else:
             out.append("no slowdown", st["dim"])
+        for metric, label in _ERROR_COUNTERS:
+            count = view.get(metric)
+            if count:
+                out.append(f"  ✖ {label} {count:.0f}", st["throttle"])
         out.append("\n")
 
     @staticmethod
