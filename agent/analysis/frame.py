@@ -168,10 +168,11 @@ def _in_list(names: Iterable[str]) -> str:
 
 def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``."""
-    # Sub-entities (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads. Metric
+    # GPU sub-entities (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
+    # (InfiniBand ports, ib:mlx5_0/1, do count). Metric
     # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
     where = ["run_id = $run", f"metric IN ({_in_list(ANALYSED_METRICS)})",
-             "NOT contains(entity, '/')"]
+             "NOT (contains(entity, '/') AND starts_with(entity, 'gpu'))"]
     params: dict[str, object] = {"run": window.run_id,
                                  "bucket_us": int(round(window.bucket_s * 1e6))}
     if window.start is not None:

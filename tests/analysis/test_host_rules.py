@@ -130,3 +130,21 @@ def test_quiet_cpu_only_run_has_no_findings(analysed):
     findings = analysed("cpu-only-quiet", Recording(None, RUN_S))
     assert findings == []
     assert len(ALL_RULES) >= 15
+
+
+def _gpus_waiting_on_infiniband(t: float, b: BatchBuilder) -> None:
+    """Two synthetic GPUs "busy" in collectives with empty SMs while InfiniBand moves 5 GB/s."""
+    for gpu in ("gpu0", "gpu1"):
+        b.add_many(gpu, {"gpu.utilization": 0.97, "gpu.sm.activity": 0.2,
+                         "gpu.tensor.activity": 0.05, "gpu.job.memory": 20e9})
+    b.add_many("ib:mlx5_0/1", {"host.ib.rx_bytes": 2.5e9 * t, "host.ib.tx_bytes": 2.5e9 * t})
+
+
+def test_infiniband_traffic_with_empty_sms_is_comm_bound(analysed):
+    findings = analysed("ib-comm", Recording(None, RUN_S, extra=[
+        ("nvml", lambda t, b: _gpus_waiting_on_infiniband(t, b))]))
+    comm = of_rule(findings, "comm-bound")
+    assert {f.entity for f in comm} == {"gpu0", "gpu1"}
+    assert comm[0].evidence["ib_bytes_per_s"] == pytest.approx(5e9, rel=0.01)
+    assert comm[0].evidence["signal"] == "gpu.sm.activity"
+    assert of_rule(findings, "launch-bound") == []
