@@ -85,12 +85,16 @@ async def test_findings_are_jumped_to_and_evidence_jumps_the_cursor(recorded_rea
 
 
 @async_test
-async def test_play_advances_the_cursor_until_the_end(recorded_reader):
+async def test_play_advances_the_cursor_and_pauses(recorded_reader):
     app = ReplayApp(recorded_reader)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("end", "p")  # at the end, play restarts from the start
-        await pilot.pause(0.6)
-        assert app.playing and 1 <= recorded_reader.cursor < 29
+        for _ in range(50):  # a tick every 0.25 s; allow for a busy machine
+            await pilot.pause(0.1)
+            if recorded_reader.cursor >= 2:
+                break
+        assert app.playing and 2 <= recorded_reader.cursor < 29
+        assert "▶ REPLAY" in screen_text(app)
         await pilot.press("p")
         stopped_at = recorded_reader.cursor
         await pilot.pause(0.4)
