@@ -180,11 +180,12 @@ def _history_sql(metric: str) -> str:
 
 def query_history(
     cursor: duckdb.DuckDBPyConnection, run_id: str, entity: str, metric: str,
-    start: float, end: float,
+    start: float, end: float, *, interval: float = 1.0,
 ) -> Series:
     """Run the history query on ``cursor`` (owned by the calling thread)."""
-    # Widen by one microsecond-safe step so the counter's first rate has a predecessor.
-    lo = int(start * 1e6) - (1_000_000 if CATALOG.get(metric) and CATALOG[metric].is_counter else 0)
+    counter = CATALOG.get(metric) is not None and CATALOG[metric].is_counter
+    # A counter's first rate in the window needs the sample one interval before it.
+    lo = int((start - (1.5 * interval if counter else 0.0)) * 1e6)
     cols = cursor.execute(
         _history_sql(metric), [run_id, entity, metric, lo, int(end * 1e6)]
     ).fetchnumpy()
@@ -283,7 +284,8 @@ class LiveReader:
     def history(self, entity: str, metric: str, start: float, end: float) -> Series:
         cursor = self.session.store.cursor()
         try:
-            return query_history(cursor, self.run.run_id, entity, metric, start, end)
+            return query_history(cursor, self.run.run_id, entity, metric, start, end,
+                                 interval=self.run.interval)
         finally:
             cursor.close()
 

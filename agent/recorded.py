@@ -174,7 +174,8 @@ class RecordedReader:
     def history(self, entity: str, metric: str, start: float, end: float) -> Series:
         cur = self._con.cursor()
         try:
-            return query_history(cur, self.run.run_id, entity, metric, start, end)
+            return query_history(cur, self.run.run_id, entity, metric, start, end,
+                                 interval=self.run.interval)
         finally:
             cur.close()
 
