@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StoreError
-from agent.recorded import RunNotFoundError
+from agent.recorded import RecordedReader, RunNotFoundError
 from tests.helpers import run_cli
 from tests.tui.screen import async_test, screen_text
+from tests.tui.synthetic import SyntheticJob, end_session, synthetic_session
 from tui.replay import ReplayApp, run_replay
 from tui.widgets.cursor import TimeCursor
 from tui.widgets.findings import EvidenceScreen, FindingsTable
@@ -135,3 +136,20 @@ def test_a_database_being_recorded_cannot_be_viewed_yet(recorded, tmp_path):
         holder.wait()
     assert result.returncode == 4
     assert "being recorded by a running accelwatch agent" in result.stderr.splitlines()[0]
+
+
+@async_test
+async def test_a_run_without_samples_opens_and_says_so(tmp_path):
+    db = str(tmp_path / "empty.duckdb")
+    end_session(synthetic_session(db, SyntheticJob(), 0, with_child=False))
+    reader = RecordedReader.open(db)
+    try:
+        app = ReplayApp(reader)
+        async with app.run_test() as pilot:
+            await _settle(pilot)
+            assert "this run recorded no samples" in screen_text(app)
+            await pilot.press("right", "right_square_bracket", "p", "g")
+            await _settle(pilot)
+            await pilot.press("q")
+    finally:
+        reader.close()

@@ -53,6 +53,8 @@ class TimeCursor(Widget, can_focus=True):
         self.refresh()
 
     def render(self) -> Text:
+        if not self.count:
+            return Text("this run recorded no samples")
         width = max(self.content_size.width, 10)
         track = ["─"] * width
         for col in track_positions(self.marks, self.start, self.end, width):
