@@ -22,6 +22,9 @@ class SamplerStats:
     samples: int = 0
     disabled: dict[str, str] = field(default_factory=dict)
     collect_seconds: float = 0.0
+    #: CPU seconds the sampling thread spent in ticks (collect + sinks + publish); the budget
+    #: that consumers such as live analysis measure themselves against.
+    cpu_seconds: float = 0.0
 
 
 class Sampler:
@@ -63,6 +66,7 @@ class Sampler:
         """Run one tick at ``now`` (tests drive simulated time through this)."""
         now = self.clock() if now is None else now
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         batches: list[Batch] = []
         for collector in list(self.collectors):
             try:
@@ -82,6 +86,7 @@ class Sampler:
         for sink in self.sinks:
             sink(now, batches)
         self.hub.publish(now, batches, self.stats_view())
+        self.stats.cpu_seconds += time.thread_time() - cpu_started
         return batches
 
     def stats_view(self) -> dict:
@@ -89,6 +94,7 @@ class Sampler:
             "ticks": self.stats.ticks,
             "missed_ticks": self.stats.missed_ticks,
             "samples": self.stats.samples,
+            "cpu_seconds": round(self.stats.cpu_seconds, 6),
             "disabled": dict(self.stats.disabled),
         }
 
