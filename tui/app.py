@@ -32,6 +32,7 @@ WINDOWS_S = (60.0, 300.0, 900.0)
 WIDE_COLUMNS = 120
 GRID_COLUMNS = 160
 TALL_ROWS = 40
+SHORT_ROWS = 30
 
 
 class FrameAvailable(Message):
@@ -108,6 +109,10 @@ class AccelwatchApp(App[int]):
         self.set_class(event.size.height >= TALL_ROWS, "-tall")
         self.set_class(event.size.width < WIDE_COLUMNS or event.size.height < TALL_ROWS,
                        "-compact")
+        short = event.size.height < SHORT_ROWS
+        if short != self.has_class("-short"):
+            self.set_class(short, "-short")
+            self.query_one(GpuPanel).relayout_cards()
 
     @property
     def header(self) -> RunHeader:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from agent.reader import LiveReader
 from agent.store import connect
 from tests.tui.screen import async_test, screen_text
-from tests.tui.synthetic import ROOT_PID, feed
+from tests.tui.synthetic import ROOT_PID, SyntheticJob, end_session, feed, synthetic_session
 from tui.live import LiveApp
 from tui.widgets.findings import EvidenceScreen, FindingsTable
 from tui.widgets.gpu import GpuCard
@@ -36,7 +37,7 @@ async def test_cards_processes_and_findings_show_the_right_values(live):
         card = app.query_one("#card-gpu0", GpuCard)
         assert card.has_class("-throttled") and not card.has_class("-unused")
         assert app.query_one("#card-gpu1", GpuCard).has_class("-unused")
-        assert "92%" in text and "60.0 GiB/80.0 GiB" in text and "650/700 W" in text
+        assert "92%" in text and "60.0/80.0 GiB" in text and "650/700 W" in text
         assert "THROTTLED: HW THERMAL" in text and "sm 1200/1980 MHz" in text
         table = app.query_one(ProcessTable)
         assert table.row_count == 3
@@ -200,7 +201,7 @@ async def test_no_color_still_marks_throttling_and_severity(live, monkeypatch):
         await _settle(pilot)
         assert app.no_color
         text = screen_text(app)
-        assert "⚠ THROTTLED" in text and "▲ WARN" in text and "● REC" in text
+        assert "⚠ HW THERMAL" in text and "▲ WARN" in text and "● REC" in text
         await pilot.press("q")
 
 
@@ -284,3 +285,27 @@ async def test_a_finding_updated_by_the_analysis_keeps_its_selection(live):
         assert isinstance(app.screen, EvidenceScreen)
         assert app.screen.finding.rule == "gpu_power_cap"
         await pilot.press("escape", "q")
+
+
+@async_test
+async def test_short_terminals_get_two_line_cards(tmp_path):
+    job = SyntheticJob(gpus=8, used=8)
+    session = synthetic_session(str(tmp_path / "eight.duckdb"), job, 3, with_child=False)
+    reader = LiveReader(session)
+    try:
+        app = LiveApp(reader)
+        async with app.run_test(size=(80, 24)) as pilot:
+            feed(session, job, 3)
+            await _settle(pilot)
+            assert app.has_class("-short")
+            cards = list(app.query(GpuCard))
+            assert len(cards) == 8 and {c.size.height for c in cards} == {2}
+            text = screen_text(app)
+            assert sum(f"gpu{i} · NVIDIA" in text for i in range(8)) >= 5  # vs 2 full cards
+            await pilot.resize_terminal(80, 40)
+            await _settle(pilot)
+            assert not app.has_class("-short") and cards[0].size.height > 4
+            await pilot.press("q")
+    finally:
+        reader.close()
+        end_session(session)

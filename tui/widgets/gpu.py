@@ -19,6 +19,15 @@ _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
 _ERROR_COUNTERS = (("gpu.xid", "XID"), ("gpu.ecc.volatile.uncorrected", "ECC"))
 
 
+def _used_of_total(view: GpuView) -> str:
+    """``60.0/80.0 GiB`` (the unit once when both share it)."""
+    used = fmt("gpu.memory.used", view.get("gpu.memory.used"))
+    total = fmt("gpu.memory.total", view.get("gpu.memory.total"))
+    if used.count(" ") == 1 and used.split()[1] == total.split()[-1]:
+        return f"{used.split()[0]}/{total}"
+    return f"{used}/{total}"
+
+
 def _has_sm_line(view: GpuView) -> bool:
     """SM and tensor activity get their own line once the device reports SM activity."""
     return bool(len(view.recent.get("gpu.sm.activity", ())))
@@ -77,12 +86,41 @@ class GpuCard(Widget, can_focus=True):
         width = max(self.content_size.width, 20)
         st = self._part_styles()
         out = Text(no_wrap=True, overflow="ellipsis")
+        if self.short:
+            self._short(out, view, width, st)
+            return out
         self._activity(out, view, width, st)
         self._memory(out, view, width, st)
         self._power(out, view, width, st)
         self._throttle(out, view, st)
         self._links(out, view, st)
         return out
+
+    @property
+    def short(self) -> bool:
+        """Two lines per card on short terminals, so eight GPUs fit in 24 rows."""
+        return self.app.has_class("-short")
+
+    @staticmethod
+    def _short(out: Text, view: GpuView, width: int, st: dict) -> None:
+        head = f"util {fmt('gpu.utilization', view.get('gpu.utilization')):>4} "
+        tail = (f" sm {fmt('gpu.sm.activity', view.get('gpu.sm.activity'))}"
+                f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity'))}")
+        out.append(head, st["label"])
+        out.append(spark(view.recent.get("gpu.utilization", ()), max(width - len(head) - len(tail),
+                                                                      2), top=1.0), st["spark"])
+        out.append(tail + "\n")
+        out.append(f"mem {_used_of_total(view)} {fmt('gpu.power', view.get('gpu.power'))} ")
+        out.append(fmt("gpu.temperature", view.get("gpu.temperature")),
+                   st["hot"] if view.throttle else "")
+        if view.lost:
+            out.append(" ✖ LOST", st["throttle"])
+        elif view.throttle:
+            out.append(" ⚠ " + " ".join(f.replace("_", " ").upper() for f in view.throttle),
+                       st["throttle"])
+        for metric, label in _ERROR_COUNTERS:
+            if view.get(metric):
+                out.append(f"  ✖ {label} {view.get(metric):.0f}", st["throttle"])
 
     @staticmethod
     def _activity(out: Text, view: GpuView, width: int, st: dict) -> None:
@@ -107,7 +145,7 @@ class GpuCard(Widget, can_focus=True):
     @staticmethod
     def _memory(out: Text, view: GpuView, width: int, st: dict) -> None:
         used, total = view.get("gpu.memory.used"), view.get("gpu.memory.total")
-        label = f" {fmt('gpu.memory.used', used)}/{fmt('gpu.memory.total', total)}"
+        label = f" {_used_of_total(view)}"
         fraction = used / total if used is not None and total else None
         out.append(f"{'mem':<{_LABEL}}", st["label"])
         out.append(bar(fraction, max(width - _LABEL - len(label), 4)), st["membar"])
@@ -186,6 +224,11 @@ class GpuPanel(VerticalScroll):
                 self.mount(Static(text, id="no-gpus"))
             else:
                 placeholder.first().update(text)
+
+    def relayout_cards(self) -> None:
+        """Card height follows the terminal's (short or full cards)."""
+        for card in self.query(GpuCard):
+            card.refresh(layout=True)
 
     def toggle_unused(self) -> bool:
         self.hide_unused = not self.hide_unused
