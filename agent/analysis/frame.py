@@ -322,7 +322,17 @@ def _job_gpus(con: duckdb.DuckDBPyConnection, run_id: str, gpus: tuple[str, ...]
         f"WHERE run_id = ? AND source = {_q(GPU_SOURCE)}", [run_id]).fetchall()}
     holding = {r[0] for r in con.execute(
         "SELECT DISTINCT entity FROM aw_gpu WHERE job_memory > 0 OR job_procs > 0").fetchall()}
-    known = GPU_COLUMNS["job_memory"] in present or any(v is not None for v in marked.values())
+    return select_job_gpus(gpus, marked, holding, GPU_COLUMNS["job_memory"] in present)
+
+
+def select_job_gpus(gpus: Iterable[str], marked: Mapping[str, object], holding: set[str],
+                    job_memory_recorded: bool) -> tuple[tuple[str, ...], bool]:
+    """The job's GPUs: marked ``used_by_job`` or holding job memory; all of them when the
+    recording says neither (second value: whether it was known). Shared with the live hang
+    watch, which applies it to one snapshot."""
+    gpus = tuple(gpus)
+    known = job_memory_recorded or any(v is not None for v in marked.values())
     if not known:
         return gpus, False
-    return tuple(g for g in gpus if g in holding or marked.get(g) in ("true", "True", "1")), True
+    return tuple(g for g in gpus
+                 if g in holding or str(marked.get(g)) in ("true", "True", "1")), True

@@ -1,8 +1,11 @@
-"""Live analysis: the post-run rules, every few seconds, over the last window of a recording.
+"""Live analysis: the post-run rules over the last window of a recording, within a CPU budget.
 
 A consumer of the session (``start(session)``, ``stop()``): a daemon thread with its own
-cursor analyses the last ``window_s`` seconds every ``every_s`` seconds, publishes the current
-findings to ``session.live_findings`` (replaced whole) and keeps the run's live findings in the
+cursor wakes every second. It feeds the latest snapshot to the hang watch (a few look-ups per
+GPU) and runs a full rule pass over the last ``window_s`` seconds when the CPU governor
+(:class:`~agent.analysis.budget.CpuBudget`) allows one, or at once when the hang watch says
+the hang rule's condition has held long enough. A pass publishes the current findings to
+``session.live_findings`` (replaced whole) and keeps the run's live findings in the
 ``findings`` table (``live = true``), extending a finding while its problem lasts.
 """
 
@@ -10,21 +13,28 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import duckdb
 
+from agent.analysis.budget import CpuBudget
 from agent.analysis.engine import analyze
 from agent.analysis.finding import SEVERITY_RANK, Finding, sort_findings, store_findings
 from agent.analysis.frame import Window
+from agent.analysis.rules.hang import HANG
+from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MIN_PERIOD_S
+from agent.analysis.watch import HangWatch
 
 if TYPE_CHECKING:
     from agent.session import Session
 
 DEFAULT_WINDOW_S = 60.0
-DEFAULT_EVERY_S = 10.0
+DEFAULT_EVERY_S = LIVE_MIN_PERIOD_S
+#: How often the analysis thread wakes to read the latest snapshot (and maybe run a pass).
+POLL_S = 1.0
 
 
 def _utc(epoch_s: float) -> datetime:
@@ -64,18 +74,32 @@ class LiveFindingLog:
 
 
 class LiveAnalysis:
-    """Runs the rules over the last window while a session records."""
+    """Runs the rules over the last window while a session records, within a CPU budget.
 
-    def __init__(self, *, window_s: float = DEFAULT_WINDOW_S, every_s: float = DEFAULT_EVERY_S
-                 ) -> None:
+    ``every_s`` is the shortest period between full passes, ``max_every_s`` the longest and
+    ``cpu_share`` the budget (analysis CPU / sampling CPU). ``clock`` paces the governor and
+    ``cpu_clock`` measures the analysis's own CPU (the calling thread's); tests replace both.
+    """
+
+    def __init__(self, *, window_s: float = DEFAULT_WINDOW_S, every_s: float = DEFAULT_EVERY_S,
+                 max_every_s: float = LIVE_MAX_PERIOD_S, cpu_share: float = LIVE_CPU_SHARE,
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
         self.window_s = window_s
         self.every_s = every_s
         self.session: Session | None = None
         self.cursor: duckdb.DuckDBPyConnection | None = None
-        self.log = LiveFindingLog(join_gap_s=every_s + window_s)
+        self.log = LiveFindingLog(join_gap_s=max_every_s + window_s)
+        self.budget = CpuBudget(cpu_share, every_s, max_every_s)
+        self.watch = HangWatch()
+        self.clock = clock
+        self.cpu_clock = cpu_clock
         self.cycles = 0
+        self.urgent_passes = 0
         self.busy_seconds = 0.0
         self.last_error: str | None = None
+        self._seen_seq = -1
+        self._sampling_base: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,13 +120,51 @@ class LiveAnalysis:
             self.cursor = None
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._stop.wait(min(POLL_S, self.every_s)):
             try:
-                self.run_once()
+                self.poll()
             except Exception as exc:  # keep analysing; say why in the health channel
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.session is not None:
                     self.session.health["analysis.last_error"] = self.last_error
+
+    def sampling_cpu(self) -> float | None:
+        """Sampler CPU seconds since this analysis started (None without a sampler)."""
+        sampler = getattr(self.session, "sampler", None)
+        if sampler is None:
+            return None
+        total = float(sampler.stats.cpu_seconds)
+        if self._sampling_base is None:
+            self._sampling_base = total
+        return total - self._sampling_base
+
+    def poll(self, now: float | None = None) -> list[Finding] | None:
+        """One wake-up: watch the latest snapshot; run a pass if urgent or within budget.
+
+        Returns the pass's findings, or None when no pass ran. All CPU spent here is charged
+        to the budget."""
+        session = self.session
+        if session is None or self.cursor is None or session.run is None:
+            return None
+        cpu_started = self.cpu_clock()
+        now = self.clock() if now is None else now
+        snap = session.hub.latest
+        if snap is not None and snap.seq != self._seen_seq:
+            self._seen_seq = snap.seq
+            self.watch.observe(snap)
+        self.budget.sampled(now, self.sampling_cpu())
+        urgent = snap is not None and self.watch.due(snap.ts)
+        if not urgent and not self.budget.due(now):
+            self.budget.charge(self.cpu_clock() - cpu_started)
+            return None
+        current = self.run_once(None if snap is None else snap.ts)
+        if urgent:
+            self.urgent_passes += 1
+            self.watch.triggered(snap.ts, any(f.rule == HANG for f in current))
+        self.budget.ran_pass(now, self.cpu_clock() - cpu_started)
+        session.health.update(self.budget.health())
+        session.health["analysis.urgent_passes"] = self.urgent_passes
+        return current
 
     def run_once(self, now: float | None = None) -> list[Finding]:
         """Analyse ``[now - window_s, now]`` (``now``: the latest sample time by default)."""

@@ -81,6 +81,8 @@ HANG_MIN_S = 30.0
 HANG_CRITICAL_S = 120.0
 NCCL_WATCHDOG_TIMEOUT_S = 600.0
 HANG_SPIN_UTIL = 0.98
+HANG_IDLE_UTIL = 0.02  # every job GPU at or below this utilization: idle, no kernels
+HANG_SPIN_SM = 0.2  # "busy" GPUs with SM activity below this are spinning, not computing
 HANG_CPU_IDLE = 0.10  # job CPU in cores below which processes make no host-side progress
 HANG_TRAFFIC_BYTES = 1e6  # PCIe + NVLink bytes/s below which GPUs exchange nothing
 
@@ -97,6 +99,17 @@ CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95, 119, 120})
 
 # -- idle reservation -------------------------------------------------------------------------
 IDLE_RESERVED_UTIL = 0.05  # p95 utilization of a GPU the job holds memory on
+
+# -- live analysis budget ------------------------------------------------------------------
+#: Issue requirement: incremental analysis costs under 5% of the sampling CPU. The governor
+#: keeps the analysis thread's cumulative CPU within this share of the sampler's.
+LIVE_CPU_SHARE = 0.05
+#: Full rule passes run at most this often, and at least this often even over budget.
+LIVE_MIN_PERIOD_S = 10.0
+LIVE_MAX_PERIOD_S = 600.0
+#: While the hang watch holds but no pass has confirmed the hang yet (the store writes ticks
+#: asynchronously), another urgent pass follows after this long.
+HANG_RETRY_S = 5.0
 
 # -- episodes ---------------------------------------------------------------------------------
 MIN_EPISODE_S = 30.0  # a condition must hold this long to become a finding

@@ -16,7 +16,9 @@ from agent.analysis.rules.common import JOB_GPU_FILTER, duration, entities_text,
 from agent.analysis.thresholds import (
     HANG_CPU_IDLE,
     HANG_CRITICAL_S,
+    HANG_IDLE_UTIL,
     HANG_MIN_S,
+    HANG_SPIN_SM,
     HANG_SPIN_UTIL,
     HANG_TRAFFIC_BYTES,
     IDLE_SAMPLE,
@@ -26,8 +28,6 @@ from agent.analysis.thresholds import (
 )
 
 HANG = "hang"
-_IDLE_UTIL = 0.02
-_SPIN_SM = 0.2
 _STEP_GAP_FACTOR = 10.0
 _NEXT_STEP = ("Dump the stacks now (`py-spy dump --pid PID` on every rank, or "
               "TORCH_NCCL_DUMP_ON_TIMEOUT=1 for NCCL flight-recorder traces) to see which "
@@ -44,7 +44,7 @@ def detect_hang(ctx: Context) -> list[Finding]:
 def _from_devices(ctx: Context) -> list[Finding]:
     has_traffic = any(ctx.info.has(m) for m in ("gpu.pcie.rx_throughput",
                                                 "gpu.nvlink.rx_throughput"))
-    quiet_sm = (f"(sm_peak < {_SPIN_SM} OR (sm_peak IS NULL AND "
+    quiet_sm = (f"(sm_peak < {HANG_SPIN_SM} OR (sm_peak IS NULL AND "
                 f"coalesce(power_peak, 0) < {SM_ACTIVITY_LOW}))")
     spin = (f"(util_floor >= {HANG_SPIN_UTIL} AND traffic < {HANG_TRAFFIC_BYTES} AND {quiet_sm})"
             if has_traffic else "FALSE")
@@ -56,8 +56,8 @@ def _from_devices(ctx: Context) -> list[Finding]:
                    max(sm) AS sm_peak, max(power / nullif(power_limit, 0)) AS power_peak
             FROM aw_gpu WHERE {JOB_GPU_FILTER} GROUP BY t)
         SELECT 'job' AS entity, g.*, p.job_cpu, h.disk_write,
-               CASE WHEN g.util_peak <= {_IDLE_UTIL} THEN 0.0 ELSE 1.0 END AS spinning,
-               (g.util_peak <= {_IDLE_UTIL} AND coalesce(p.job_cpu, 0) < {HANG_CPU_IDLE}
+               CASE WHEN g.util_peak <= {HANG_IDLE_UTIL} THEN 0.0 ELSE 1.0 END AS spinning,
+               (g.util_peak <= {HANG_IDLE_UTIL} AND coalesce(p.job_cpu, 0) < {HANG_CPU_IDLE}
                 AND coalesce(h.disk_write, 0) < {WRITE_BURST_BYTES}) OR {spin} AS flag
         FROM g LEFT JOIN aw_proc p USING (t) LEFT JOIN aw_host h USING (t)"""
     eps = ctx.episodes(sql, ["util_peak", "util_floor", "traffic", "sm_peak", "job_cpu",
@@ -82,7 +82,7 @@ def _from_devices(ctx: Context) -> list[Finding]:
          "util_peak": weighted(eps, "util_peak"), "traffic_bytes_per_s": weighted(eps, "traffic"),
          "job_cpu_cores": weighted(eps, "job_cpu"), "longest_s": longest,
          "threshold": {"no_progress_for_s": HANG_MIN_S, "critical_after_s": HANG_CRITICAL_S,
-                       "idle_util_at_most": _IDLE_UTIL, "spin_util_at_least": HANG_SPIN_UTIL,
+                       "idle_util_at_most": HANG_IDLE_UTIL, "spin_util_at_least": HANG_SPIN_UTIL,
                        "idle_sample": IDLE_SAMPLE,
                        "nccl_watchdog_timeout_s": NCCL_WATCHDOG_TIMEOUT_S}},
         lost_fraction=1.0)]
