@@ -10,13 +10,16 @@ stops the recording.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from textual import events
 from textual.message import Message
 
 from agent.reader import LiveReader
-from agent.session import Session
 from tui.app import AccelwatchApp
+
+if TYPE_CHECKING:
+    from agent.session import Session  # the CLI hands us its session; we only read it
 
 #: Seconds the "job ended" screen stays before the app exits by itself.
 END_GRACE_S = 5.0
