@@ -5,7 +5,8 @@ pass costs a roughly fixed amount of CPU (frames plus one query per rule over th
 window), so the governor spaces passes instead: it counts the analysis thread's own CPU
 (``time.thread_time()`` around every wake-up, passes and hang watch alike) against the
 sampler's cumulative CPU counter, and lets the next pass start only when the spend so far
-plus the expected cost of one more pass stays within the share. Passes are never closer than
+plus the expected cost of one more pass (the larger of the last pass's and the smoothed
+cost, plus a quarter for jitter) stays within the share. Passes are never closer than
 ``min_period_s`` and never further apart than ``max_period_s`` (even over budget, so findings
 stay at most that stale).
 """
@@ -18,6 +19,8 @@ from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MI
 
 #: Weight of the latest pass in the expected cost of the next one.
 _COST_SMOOTHING = 0.3
+#: Headroom on that expectation: a pass on a shared machine may cost a little more than the last.
+_COST_MARGIN = 1.25
 
 
 @dataclass
@@ -66,7 +69,8 @@ class CpuBudget:
         """Whether one more pass keeps the cumulative share within the budget."""
         if self.sampling_cpu_s is None:
             return True
-        return self.analysis_cpu_s + (self.pass_cost_s or 0.0) <= self.share * self.sampling_cpu_s
+        expected = _COST_MARGIN * (self.pass_cost_s or 0.0)
+        return self.analysis_cpu_s + expected <= self.share * self.sampling_cpu_s
 
     def due(self, now: float) -> bool:
         """Whether the next scheduled pass should run at ``now``."""

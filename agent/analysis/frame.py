@@ -107,8 +107,6 @@ for _name in _ALL_NAMES:  # fail at import if a column refers to a metric the ca
     CATALOG[_name]
 ANALYSED_METRICS: tuple[str, ...] = tuple(dict.fromkeys(_ALL_NAMES))
 COUNTER_METRICS: tuple[str, ...] = tuple(m for m in ANALYSED_METRICS if CATALOG[m].is_counter)
-_METRIC_SOURCES = pa.table({"metric": list(ANALYSED_METRICS),
-                            "source": [CATALOG[m].source for m in ANALYSED_METRICS]})
 
 
 @dataclass(frozen=True)
@@ -166,6 +164,12 @@ def _in_list(names: Iterable[str]) -> str:
     return ", ".join(_q(n) for n in names)
 
 
+#: (metric, source) rows of every analysed metric, for an inline VALUES list.
+_METRIC_SOURCE_ROWS = ", ".join(f"({_q(m)}, {_q(CATALOG[m].source)})" for m in ANALYSED_METRICS)
+#: (metric, column number in ``aw_gpu``) rows of the GPU columns.
+_GPU_CODE_ROWS = ", ".join(f"({_q(m)}, {i})" for i, m in enumerate(GPU_COLUMNS.values()))
+
+
 def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``."""
     # GPU sub-entities (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
@@ -191,26 +195,27 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     # Counters only grow, so a bucket's max is its last value: the increase is the step from the
     # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.
-    counters = _in_list(COUNTER_METRICS)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE aw_counters AS
-        SELECT entity, metric, k, inc, inc / ($bucket_s * coalesce(k - prev_k, 1)) AS val
-        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
-                             WHEN min >= prev_max THEN max - prev_max
-                             ELSE greatest(max - prev_max, 0) + min END AS inc
-              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
-                    FROM aw_agg WHERE metric IN ({counters})
-                    WINDOW w AS (PARTITION BY entity, metric ORDER BY k)))""",
-        {"bucket_s": window.bucket_s})
     # A metric belongs to one source (the catalog says which), so the raw scan skips `source`.
-    con.register("aw_metric_sources", _METRIC_SOURCES)
+    # One statement, materialized: every pivot reads it, and the window runs on counters only.
+    counters, bucket = _in_list(COUNTER_METRICS), f"{float(window.bucket_s)}::DOUBLE"
     con.execute(f"""
-        CREATE OR REPLACE TEMP VIEW aw_rated AS
-        SELECT source, a.entity, a.metric, a.k * {float(window.bucket_s)}::DOUBLE AS t,
-               {float(window.bucket_s)}::DOUBLE AS bucket_s, a.n, a.avg, a.min, a.max, a.low_share,
-               c.inc, coalesce(c.val, a.avg) AS val
-        FROM aw_agg a JOIN aw_metric_sources USING (metric)
-        LEFT JOIN aw_counters c USING (entity, metric, k)""")
+        CREATE OR REPLACE TEMP TABLE aw_rated AS
+        WITH sources(metric, source) AS (VALUES {_METRIC_SOURCE_ROWS}),
+        lagged AS (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
+                   FROM aw_agg WHERE metric IN ({counters})
+                   WINDOW w AS (PARTITION BY entity, metric ORDER BY k)),
+        increased AS (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
+                                     WHEN min >= prev_max THEN max - prev_max
+                                     ELSE greatest(max - prev_max, 0) + min END AS inc
+                      FROM lagged),
+        rated AS (SELECT entity, metric, k, n, avg, min, max, low_share, inc,
+                         inc / ({bucket} * coalesce(k - prev_k, 1)) AS val FROM increased
+                  UNION ALL
+                  SELECT entity, metric, k, n, avg, min, max, low_share, NULL::DOUBLE, avg
+                  FROM aw_agg WHERE metric NOT IN ({counters}))
+        SELECT source, entity, metric, k * {bucket} AS t, {bucket} AS bucket_s, n, avg, min,
+               max, low_share, inc, val
+        FROM rated JOIN sources USING (metric)""")
     _gpu_frame(con)
     _host_frame(con)
     _process_frame(con, window.run_id)
@@ -220,19 +225,18 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
 
 def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     """Pivot the GPUs' long rows into ``aw_gpu`` with NumPy (a scatter into a dense
-    entity x bucket x metric array), registered as an Arrow table."""
+    entity x bucket x metric array), loaded from Arrow into a temp table."""
     aliases = list(GPU_COLUMNS)
-    con.register("aw_gpu_codes", pa.table({"metric": list(GPU_COLUMNS.values()),
-                                           "code": pa.array(range(len(aliases)), pa.int32())}))
     names = [r[0] for r in con.execute(
         f"SELECT DISTINCT entity FROM aw_agg WHERE metric IN ({_in_list(GPU_COLUMNS.values())}) "
         "AND regexp_full_match(entity, 'gpu[0-9]+') ORDER BY length(entity), entity").fetchall()]
-    con.register("aw_gpu_names", pa.table({"entity": names,
-                                           "ecode": pa.array(range(len(names)), pa.int32())}))
-    cols = con.execute("""
-        SELECT g.ecode, c.code, r.t, r.val, r.low_share, r.max, r.min
-        FROM aw_rated r JOIN aw_gpu_names g USING (entity) JOIN aw_gpu_codes c USING (metric)
-        """).fetchnumpy()
+    cols = con.execute(f"""
+        WITH codes(metric, code) AS (VALUES {_GPU_CODE_ROWS}),
+        named AS (SELECT *, list_position(CAST($names AS VARCHAR[]), entity) - 1 AS ecode
+                  FROM aw_rated)
+        SELECT ecode, code, t, val, low_share, max, min
+        FROM named JOIN codes USING (metric) WHERE ecode IS NOT NULL""",
+        {"names": names}).fetchnumpy()
     t = cols["t"].astype(np.float64)
     times = np.unique(t)
     shape = (len(names), len(times))
@@ -256,7 +260,11 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
         **{a: pa.array(plane[e_idx, t_idx], pa.float64(), from_pandas=True)
            for a, plane in extra.items()},
     })
-    con.register("aw_gpu", table)
+    # Materialized: rules query the frame a dozen times, and a native table is cheaper to scan
+    # than a registered Arrow table (no Arrow scan set-up per query).
+    con.register("aw_gpu_arrow", table)
+    con.execute("CREATE OR REPLACE TEMP TABLE aw_gpu AS SELECT * FROM aw_gpu_arrow")
+    con.unregister("aw_gpu_arrow")
 
 
 def _host_frame(con: duckdb.DuckDBPyConnection) -> None:

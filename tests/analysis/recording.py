@@ -12,6 +12,7 @@ from agent.catalog.steps import SOURCE as STEPS_SOURCE
 from agent.catalog.steps import rank_entity
 from agent.model import Batch, BatchBuilder, RunInfo
 from agent.sampler import Sampler
+from agent.snapshot import SnapshotHub
 from agent.store import Store
 from collectors.base import CollectContext, Collector
 
@@ -132,10 +133,10 @@ def scenario_ref(name: str) -> str:
 
 def record(path: Path, spec: Recording,
            on_tick: Callable[[float, Store], None] | None = None,
-           tick_every: int = 1) -> tuple[Path, str]:
+           tick_every: int = 1, hub: SnapshotHub | None = None) -> tuple[Path, str]:
     """Record ``spec`` into ``path``; with ``on_tick`` the ticks are written every
     ``tick_every`` ticks and ``on_tick(now, store)`` runs after that (live analysis tests),
-    else all at the end."""
+    else all at the end. The sampler publishes every tick to ``hub`` if given."""
     clock = [T0]
     collectors: list[Collector] = []
     sim = None
@@ -159,7 +160,7 @@ def record(path: Path, spec: Recording,
                                 status="finished"))
         ticks: list[tuple[str, list[Batch]]] = []
         sampler = Sampler(collectors, 1.0, sinks=[lambda now, b: ticks.append((spec.run_id, b))],
-                          clock=lambda: clock[0])
+                          clock=lambda: clock[0], hub=hub)
         for tick in range(1, spec.seconds + 1):
             clock[0] += 1.0
             sampler.step(clock[0])
