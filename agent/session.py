@@ -121,7 +121,9 @@ class Session:
         self.simulator = install(scenario, job_pids=self._gpu_owner_pids)
 
     def _gpu_owner_pids(self) -> list[int]:
-        return [self.run.pid] if self.run is not None and self.run.pid else []
+        """The watched process while it lives (an exited process holds no GPU)."""
+        root = self.run.pid if self.run is not None else None
+        return [root] if root and root in self._job_pids() else []
 
     def _job_pids(self) -> frozenset[int]:
         return self.process_collector.pids if self.process_collector else frozenset()
