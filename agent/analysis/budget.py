@@ -6,7 +6,7 @@ window), so the governor spaces passes instead: it counts the analysis thread's 
 (``time.thread_time()`` around every wake-up, passes and hang watch alike) against the
 sampler's cumulative CPU counter, and lets the next pass start only when the spend so far
 plus the expected cost of one more pass (the larger of the last pass's and the smoothed
-cost, plus a quarter for jitter) stays within the share. Passes are never closer than
+cost, plus half of it for jitter) stays within the share. Passes are never closer than
 ``min_period_s`` and never further apart than ``max_period_s`` (even over budget, so findings
 stay at most that stale).
 """
@@ -19,8 +19,9 @@ from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MI
 
 #: Weight of the latest pass in the expected cost of the next one.
 _COST_SMOOTHING = 0.3
-#: Headroom on that expectation: a pass on a shared machine may cost a little more than the last.
-_COST_MARGIN = 1.25
+#: Headroom on that expectation: on a shared machine a pass can cost a third more CPU than the
+#: last one (cache and memory-bandwidth contention), and the share must hold anyway.
+_COST_MARGIN = 1.5
 
 
 @dataclass
