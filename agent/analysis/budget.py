@@ -6,16 +6,22 @@ window), so the governor spaces passes instead: it counts the analysis thread's 
 (``time.thread_time()`` around every wake-up, passes and hang watch alike) against the
 sampler's cumulative CPU counter, and lets the next pass start only when the spend so far
 plus the expected cost of one more pass (the larger of the last pass's and the smoothed
-cost, plus half of it for jitter) stays within the share. Passes are never closer than
-``min_period_s`` and never further apart than ``max_period_s`` (even over budget, so findings
-stay at most that stale).
+cost, plus half of it for jitter; before the first pass, ``LIVE_FIRST_PASS_CPU_S``) stays
+within the share. Passes are never closer than ``min_period_s`` and never further apart than
+``max_period_s`` (even over budget, so findings stay at most that stale). Without a sampler
+CPU counter there is no budget, and passes run every ``min_period_s``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MIN_PERIOD_S
+from agent.analysis.thresholds import (
+    LIVE_CPU_SHARE,
+    LIVE_FIRST_PASS_CPU_S,
+    LIVE_MAX_PERIOD_S,
+    LIVE_MIN_PERIOD_S,
+)
 
 #: Weight of the latest pass in the expected cost of the next one.
 _COST_SMOOTHING = 0.3
@@ -37,6 +43,7 @@ class CpuBudget:
     last_pass_at: float | None = None
     period_s: float | None = None
     pass_cost_s: float | None = None
+    first_pass_cpu_s: float = LIVE_FIRST_PASS_CPU_S
     passes: int = 0
 
     def sampled(self, now: float, sampling_cpu_s: float | None) -> None:
@@ -70,7 +77,8 @@ class CpuBudget:
         """Whether one more pass keeps the cumulative share within the budget."""
         if self.sampling_cpu_s is None:
             return True
-        expected = _COST_MARGIN * (self.pass_cost_s or 0.0)
+        cost = self.first_pass_cpu_s if self.pass_cost_s is None else self.pass_cost_s
+        expected = _COST_MARGIN * cost
         return self.analysis_cpu_s + expected <= self.share * self.sampling_cpu_s
 
     def due(self, now: float) -> bool:
