@@ -6,7 +6,7 @@ Prints, in one run:
      absolute time at 1 Hz (target < 3 s on 2 cores);
   2. CPU of the live analysis as it runs (a hang watch every tick, full passes over the last
      60 s as the CPU governor allows) / CPU of recording 8 simulated GPUs, the host and a
-     32-process tree at 1 Hz, over 10 minutes of simulated time (target < 5%); and what a
+     32-process tree at 1 Hz, over 15 minutes of simulated time (target < 5%); and what a
      full pass every 10 s (the schedule before the governor) would cost.
 
 The data is synthetic but shaped like a real recording (numpy -> Arrow -> DuckDB): every GPU
@@ -31,8 +31,9 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.analysis.engine import analyze_run, choose_bucket_s, post_run_resources  # noqa: E402
+from agent.analysis.frame import naive_utc  # noqa: E402
 from agent.analysis.live import LiveAnalysis  # noqa: E402
-from agent.analysis.thresholds import LIVE_MAX_PERIOD_S  # noqa: E402
+from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S  # noqa: E402
 from agent.catalog import CATALOG  # noqa: E402
 from agent.model import RunInfo  # noqa: E402
 from agent.store import Store, connect  # noqa: E402
@@ -244,6 +245,10 @@ def bench_live(path: Path, hours: float, minutes: float) -> list[tuple[str, str,
     scratch = path.with_name("sampling.duckdb")
     scratch.unlink(missing_ok=True)
     store = Store(path)
+    # A recorder analyses samples it has just written, still in DuckDB's buffers; this file
+    # comes from disk, so read the span's samples once (the analysis itself starts cold).
+    store.con.execute("SELECT count(*), sum(value) FROM samples WHERE run_id = ? AND ts >= ?",
+                      [RUN_ID, naive_utc(end - span - LIVE_WINDOW_S)]).fetchall()
     try:
         with process_tree(32) as root:
             recorder = Recorder(scratch, root, end - span - 3)
@@ -255,36 +260,46 @@ def bench_live(path: Path, hours: float, minutes: float) -> list[tuple[str, str,
                                           hub=recorder.sampler.hub, sampler=recorder.sampler)
                 live = LiveAnalysis(window_s=LIVE_WINDOW_S)
                 live.session, live.cursor = session, store.cursor()
-                costs = []
-                for _ in range(span):
+                costs, first = [], float("nan")
+                for second in range(1, span + 1):
                     now = recorder.tick()
                     cpu = time.thread_time()
                     if live.poll(now) is not None:
                         costs.append(time.thread_time() - cpu)
+                        first = second if len(costs) == 1 else first
+                analysis = live.budget.analysis_cpu_s
                 sampling = live.sampling_cpu() or float("nan")
+                warm = []  # after the span, not counted above: what a pass costs once warm
+                for i in range(5):
+                    cpu = time.thread_time()
+                    live.run_once(now - 10 * i)
+                    warm.append(time.thread_time() - cpu)
             finally:
                 recorder.close()
     finally:
         store.close()
         scratch.unlink(missing_ok=True)
-    analysis = live.budget.analysis_cpu_s
     share = analysis / sampling
     watch = analysis - sum(costs)
-    pass_cpu = statistics.median(costs)
+    pass_cpu = statistics.median(warm)
     fixed = pass_cpu / FIXED_EVERY_S / (sampling / span)
+    steady = pass_cpu / (LIVE_CPU_SHARE * sampling / span - watch / span)
     return [
         (f"recording CPU, {minutes:g} min at 1 Hz (8 sim GPUs, 32 procs)",
          f"{sampling * 1e3 / span:.1f} ms/s", "", ""),
-        (f"  full pass CPU (last {LIVE_WINDOW_S:.0f} s), median", f"{pass_cpu * 1e3:.1f} ms", "",
-         ""),
-        (f"  before: a pass every {FIXED_EVERY_S:.0f} s / recording CPU", f"{fixed * 100:.0f}%",
-         "< 5%", verdict(fixed < 0.05)),
         ("  hang watch CPU per tick", f"{watch * 1e6 / span:.0f} us", "", ""),
-        (f"  passes in {minutes:g} min (governed)", f"{len(costs)}", "", ""),
-        ("  period between passes (latest)", f"{live.budget.period_s or float('nan'):.0f} s",
-         f"<= {LIVE_MAX_PERIOD_S:.0f} s", ""),
+        (f"  governed passes in {minutes:g} min: count, first at", f"{len(costs)}, {first:.0f} s",
+         "", ""),
+        ("  governed passes: CPU each (the first one cold)",
+         ", ".join(f"{c * 1e3:.0f}" for c in costs) + " ms", "", ""),
         ("  live analysis / recording CPU (governed)", f"{share * 100:.2f}%", "< 5%",
-         verdict(share < 0.05)),
+         verdict(share < LIVE_CPU_SHARE)),
+        (f"  warm pass CPU (last {LIVE_WINDOW_S:.0f} s), median of 5", f"{pass_cpu * 1e3:.0f} ms",
+         "", ""),
+        ("  steady period: warm pass / (5% of recording - watch)", f"{steady:.0f} s",
+         f"<= {LIVE_MAX_PERIOD_S:.0f} s", ""),
+        (f"  before: a pass every {FIXED_EVERY_S:.0f} s / recording CPU", f"{fixed * 100:.0f}%",
+         "< 5%", verdict(fixed < LIVE_CPU_SHARE)),
     ]
 
 
@@ -294,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hz", type=int, nargs="+", default=[1])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", help="keep generated databases here and reuse them")
-    parser.add_argument("--live-minutes", type=float, default=10.0,
+    parser.add_argument("--live-minutes", type=float, default=15.0,
                         help="simulated minutes of recording with live analysis (0: skip)")
     args = parser.parse_args(argv)
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="aw-bench-"))
