@@ -195,27 +195,29 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     # Counters only grow, so a bucket's max is its last value: the increase is the step from the
     # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.
-    # A metric belongs to one source (the catalog says which), so the raw scan skips `source`.
-    # One statement, materialized: every pivot reads it, and the window runs on counters only.
     counters, bucket = _in_list(COUNTER_METRICS), f"{float(window.bucket_s)}::DOUBLE"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE aw_rated AS
-        WITH sources(metric, source) AS (VALUES {_METRIC_SOURCE_ROWS}),
-        lagged AS (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
-                   FROM aw_agg WHERE metric IN ({counters})
-                   WINDOW w AS (PARTITION BY entity, metric ORDER BY k)),
-        increased AS (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
-                                     WHEN min >= prev_max THEN max - prev_max
-                                     ELSE greatest(max - prev_max, 0) + min END AS inc
-                      FROM lagged),
-        rated AS (SELECT entity, metric, k, n, avg, min, max, low_share, inc,
-                         inc / ({bucket} * coalesce(k - prev_k, 1)) AS val FROM increased
-                  UNION ALL
-                  SELECT entity, metric, k, n, avg, min, max, low_share, NULL::DOUBLE, avg
-                  FROM aw_agg WHERE metric NOT IN ({counters}))
-        SELECT source, entity, metric, k * {bucket} AS t, {bucket} AS bucket_s, n, avg, min,
-               max, low_share, inc, val
-        FROM rated JOIN sources USING (metric)""")
+        CREATE OR REPLACE TEMP TABLE aw_counters AS
+        SELECT entity, metric, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
+        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
+                             WHEN min >= prev_max THEN max - prev_max
+                             ELSE greatest(max - prev_max, 0) + min END AS inc
+              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
+                    FROM aw_agg WHERE metric IN ({counters})
+                    WINDOW w AS (PARTITION BY entity, metric ORDER BY k)))""")
+    # A metric belongs to one source (the catalog says which), so the raw scan skips `source`.
+    rated = f"""
+        WITH sources(metric, source) AS (VALUES {_METRIC_SOURCE_ROWS})
+        SELECT source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s, a.n,
+               a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
+        FROM aw_agg a JOIN sources USING (metric) LEFT JOIN aw_counters c USING (entity, metric, k)"""
+    if window.start is None:
+        # A whole run: up to millions of rows; each pivot reads one source of it, filtered early.
+        con.execute(f"CREATE OR REPLACE TEMP VIEW aw_rated AS {rated}")
+    else:
+        # A live window: a few thousand rows, read by every pivot; materialized once.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE aw_rated_rows AS {rated}")
+        con.execute("CREATE OR REPLACE TEMP VIEW aw_rated AS SELECT * FROM aw_rated_rows")
     _gpu_frame(con)
     _host_frame(con)
     _process_frame(con, window.run_id)
@@ -230,13 +232,12 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     names = [r[0] for r in con.execute(
         f"SELECT DISTINCT entity FROM aw_agg WHERE metric IN ({_in_list(GPU_COLUMNS.values())}) "
         "AND regexp_full_match(entity, 'gpu[0-9]+') ORDER BY length(entity), entity").fetchall()]
+    named = ", ".join(f"({_q(n)}, {i})" for i, n in enumerate(names)) or "(NULL, NULL)"
     cols = con.execute(f"""
         WITH codes(metric, code) AS (VALUES {_GPU_CODE_ROWS}),
-        named AS (SELECT *, list_position(CAST($names AS VARCHAR[]), entity) - 1 AS ecode
-                  FROM aw_rated)
+        names(entity, ecode) AS (VALUES {named})
         SELECT ecode, code, t, val, low_share, max, min
-        FROM named JOIN codes USING (metric) WHERE ecode IS NOT NULL""",
-        {"names": names}).fetchnumpy()
+        FROM aw_rated JOIN names USING (entity) JOIN codes USING (metric)""").fetchnumpy()
     t = cols["t"].astype(np.float64)
     times = np.unique(t)
     shape = (len(names), len(times))
