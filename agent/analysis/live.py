@@ -154,14 +154,15 @@ class LiveAnalysis:
             self.watch.observe(snap)
         self.budget.sampled(now, self.sampling_cpu())
         urgent = snap is not None and self.watch.due(snap.ts)
-        if not urgent and not self.budget.due(now):
+        current: list[Finding] | None = None
+        if urgent or self.budget.due(now):
+            current = self.run_once(None if snap is None else snap.ts)
+            if urgent:
+                self.urgent_passes += 1
+                self.watch.triggered(snap.ts, any(f.rule == HANG for f in current))
+            self.budget.ran_pass(now, self.cpu_clock() - cpu_started)
+        else:
             self.budget.charge(self.cpu_clock() - cpu_started)
-            return None
-        current = self.run_once(None if snap is None else snap.ts)
-        if urgent:
-            self.urgent_passes += 1
-            self.watch.triggered(snap.ts, any(f.rule == HANG for f in current))
-        self.budget.ran_pass(now, self.cpu_clock() - cpu_started)
         session.health.update(self.budget.health())
         session.health["analysis.urgent_passes"] = self.urgent_passes
         return current
