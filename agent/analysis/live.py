@@ -154,16 +154,19 @@ class LiveAnalysis:
             self.watch.observe(snap)
         self.budget.sampled(now, self.sampling_cpu())
         urgent = snap is not None and self.watch.due(snap.ts)
-        current: list[Finding] | None = None
-        if urgent or self.budget.due(now):
+        if not urgent and not self.budget.due(now):
+            self.budget.charge(self.cpu_clock() - cpu_started)
+            session.health.update(self.budget.health())
+            return None
+        current: list[Finding] = []
+        try:
             current = self.run_once(None if snap is None else snap.ts)
-            if urgent:
+        finally:  # a failed pass counts too, so a broken store is not retried every second
+            if urgent and snap is not None:
                 self.urgent_passes += 1
                 self.watch.triggered(snap.ts, any(f.rule == HANG for f in current))
             self.budget.ran_pass(now, self.cpu_clock() - cpu_started)
-        else:
-            self.budget.charge(self.cpu_clock() - cpu_started)
-        session.health.update(self.budget.health())
+            session.health.update(self.budget.health())
         session.health["analysis.urgent_passes"] = self.urgent_passes
         return current
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import duckdb
+import pytest
+
 from agent.analysis.budget import CpuBudget
 from agent.analysis.live import LiveAnalysis
 from agent.analysis.thresholds import HANG_MIN_S, LIVE_CPU_SHARE, LIVE_FIRST_PASS_CPU_S
@@ -180,3 +183,18 @@ def test_hang_watch_is_due_after_the_rule_minimum_and_retries_until_confirmed():
     assert not watch.due(T0 + 60)
     watch.observe(_snapshot(0.97, ts=T0 + 61))  # progress again: the watch re-arms
     assert watch.since is None and not watch.confirmed
+
+
+def test_a_failing_pass_is_charged_and_not_retried_every_second(tmp_path):
+    store = Store(tmp_path / "broken.duckdb")
+    live = LiveAnalysis(every_s=10)
+    session = budgeted(store, SnapshotHub(), live)
+    session.hub.publish(T0, [], {})
+    assert live.poll(0.0) is None  # starts the budget's clocks
+    session.sampler.stats.cpu_seconds = 100.0  # plenty of budget
+    live.cursor.close()  # the pass's first query fails
+    with pytest.raises(duckdb.Error):
+        live.poll(10.0)
+    assert live.budget.passes == 1 and live.budget.last_pass_at == 10.0
+    assert live.poll(11.0) is None  # within the minimum period: no retry
+    store.close()
