@@ -5,6 +5,7 @@ hang must still be flagged within a minute. :class:`HangWatch` reads the latest 
 few dictionary look-ups per GPU and per job process, no SQL) and tracks how long the hang
 rule's device condition has held. It only *triggers* a full pass: the finding, its evidence
 and its episode still come from the SQL rule in ``rules/hang.py``, with the same thresholds.
+The rule's step-time view is not watched: step logs are imported, not sampled.
 """
 
 from __future__ import annotations
