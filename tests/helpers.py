@@ -59,3 +59,14 @@ def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return predicate()
+
+
+def query(db, sql: str, *params):
+    """Rows of ``sql`` on a recorded database, opened read-only and closed again."""
+    from agent.store import connect
+
+    con = connect(db, read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()

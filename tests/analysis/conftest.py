@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import duckdb
 import pytest
 
+from agent.analysis import analyze_run
 from agent.store import connect
 from tests.analysis.recording import Recording, record
 
@@ -38,3 +39,14 @@ def open_db() -> Iterator[Callable[[str], duckdb.DuckDBPyConnection]]:
     yield opener
     for con in cons:
         con.close()
+
+
+@pytest.fixture
+def analysed(recorded, open_db):
+    """``analysed(key, spec)`` → the findings of a post-run analysis of that recording."""
+
+    def run(key: str, spec: Recording):
+        db, run_id = recorded(key, spec)
+        return analyze_run(open_db(db), run_id)
+
+    return run

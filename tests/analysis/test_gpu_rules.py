@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from agent.analysis.engine import analyze_run
 from agent.analysis.rules import ALL_RULES
 from tests.analysis.expect import assert_window, entities, of_rule, windows_s
 from tests.analysis.recording import Recording, profile
@@ -13,15 +12,6 @@ from tests.analysis.recording import Recording, profile
 RUN_S = 90
 ALL8 = {f"gpu{i}" for i in range(8)}
 ALL4 = {f"gpu{i}" for i in range(4)}
-
-
-@pytest.fixture
-def analysed(recorded, open_db):
-    def run(key: str, spec: Recording):
-        db, run_id = recorded(key, spec)
-        return analyze_run(open_db(db), run_id)
-
-    return run
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from agent.analysis.engine import analyze_run
 from agent.analysis.rules import ALL_RULES
 from agent.model import BatchBuilder
 from tests.analysis.expect import assert_window, entities, of_rule, windows_s
@@ -21,15 +20,6 @@ def after(start_s: float, value: float, before: float) -> object:
 def checkpoint_writes(t: float) -> float:
     """2 GB/s while the checkpoint-stall scenario's GPUs pause (10 s + every 30 s, for 6 s)."""
     return 2e9 if t >= 10 and (t - 10) % 30 < 6 else 2e6
-
-
-@pytest.fixture
-def analysed(recorded, open_db):
-    def run(key: str, spec: Recording):
-        db, run_id = recorded(key, spec)
-        return analyze_run(open_db(db), run_id)
-
-    return run
 
 
 def test_saturated_loader_workers_make_input_bound_gpus_dataloader_bound(analysed):

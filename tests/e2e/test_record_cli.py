@@ -12,16 +12,7 @@ import time
 import psutil
 import pytest
 
-from agent.store import connect
-from tests.helpers import EXAMPLE, accelwatch, run_cli, wait_until
-
-
-def _query(db, sql, *params):
-    con = connect(db, read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+from tests.helpers import EXAMPLE, accelwatch, query, run_cli, wait_until
 
 
 def test_run_records_the_example_job_and_its_loader_workers(tmp_path):
@@ -33,7 +24,7 @@ def test_run_records_the_example_job_and_its_loader_workers(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "step 40/40" in result.stdout
-    [(run_id, name, status, exit_code, tags, env, pid)] = _query(
+    [(run_id, name, status, exit_code, tags, env, pid)] = query(
         db, "SELECT run_id, name, status, exit_code, tags, env, pid FROM runs"
     )
     assert (name, status, exit_code) == ("example", "finished", 0)
@@ -41,15 +32,15 @@ def test_run_records_the_example_job_and_its_loader_workers(tmp_path):
     assert json.loads(env) == {"RANK": "0", "WORLD_SIZE": "1"}
     procs = {
         int(e): json.loads(a)
-        for e, a in _query(db, "SELECT entity, attrs FROM entities WHERE source='process'")
+        for e, a in query(db, "SELECT entity, attrs FROM entities WHERE source='process'")
     }
     workers = [p for p in procs.values() if p["ppid"] == pid and p["role"] == "worker"]
     assert procs[pid]["role"] == "main"
     assert len(workers) >= 2, procs  # the two loader workers (and the spawn resource tracker)
-    sampled = {int(r[0]) for r in _query(
+    sampled = {int(r[0]) for r in query(
         db, "SELECT DISTINCT entity FROM samples WHERE source='process'")}
     assert {w["pid"] for w in workers} <= sampled
-    host_metrics = {r[0] for r in _query(db, "SELECT DISTINCT metric FROM samples WHERE source='host'")}
+    host_metrics = {r[0] for r in query(db, "SELECT DISTINCT metric FROM samples WHERE source='host'")}
     assert {"host.cpu.utilization", "host.cpu.iowait", "host.memory.used", "host.load.1m"} <= host_metrics
     assert "hunter2" not in db.read_bytes().decode("latin-1")
 
@@ -74,7 +65,7 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     for p in tree:
         p.resume()
     assert agent.returncode == 0, err
-    rows = _query(db, """
+    rows = query(db, """
         SELECT entity, arg_max(value, ts) FILTER (metric = 'process.cpu.user')
                + arg_max(value, ts) FILTER (metric = 'process.cpu.system')
         FROM samples WHERE source = 'process' GROUP BY entity""")
@@ -83,12 +74,12 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     for pid, seconds in truth.items():
         assert recorded[pid] == pytest.approx(seconds, abs=0.02), pid
     assert sum(truth.values()) > 1.0  # the workers really burned CPU
-    parents = dict(_query(db, "SELECT entity, json_extract(attrs, '$.ppid')::INT FROM entities "
+    parents = dict(query(db, "SELECT entity, json_extract(attrs, '$.ppid')::INT FROM entities "
                                "WHERE source='process'"))
     for pid, ppid in ppids.items():
         if pid != job.pid:
             assert parents[str(pid)] == ppid
-    roles = dict(_query(db, "SELECT entity, json_extract_string(attrs, '$.role') FROM entities "
+    roles = dict(query(db, "SELECT entity, json_extract_string(attrs, '$.role') FROM entities "
                              "WHERE source='process'"))
     assert roles[str(job.pid)] == "main"
     assert sum(1 for r in roles.values() if r == "worker") >= 2
@@ -110,8 +101,8 @@ def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job
     job.terminate()
     _, err = agent.communicate(timeout=30)
     assert agent.returncode == 0, err
-    assert _query(db, "SELECT status FROM runs") == [("finished",)]
-    exited = {e for (e,) in _query(db, "SELECT entity FROM events WHERE kind='process_exit'")}
+    assert query(db, "SELECT status FROM runs") == [("finished",)]
+    exited = {e for (e,) in query(db, "SELECT entity FROM events WHERE kind='process_exit'")}
     assert {str(w.pid) for w in workers} <= exited
 
 
@@ -120,7 +111,7 @@ def test_run_forwards_exit_code(tmp_path):
     result = run_cli("run", "--db", str(db), "--headless", "--interval", "0.1", "--",
                      sys.executable, "-c", "import sys, time; time.sleep(0.3); sys.exit(7)")
     assert result.returncode == 7
-    assert _query(db, "SELECT exit_code, status FROM runs") == [(7, "finished")]
+    assert query(db, "SELECT exit_code, status FROM runs") == [(7, "finished")]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -137,10 +128,10 @@ def test_signal_to_agent_stops_attach_and_finalizes_the_run(tmp_path, worker_job
     agent.communicate(timeout=20)
     assert agent.returncode == 0
     assert job.poll() is None, "the watched job must survive the agent's stop"
-    [(status, ended)] = _query(db, "SELECT status, ended FROM runs")
+    [(status, ended)] = query(db, "SELECT status, ended FROM runs")
     assert status == "stopped" and ended is not None
-    assert _query(db, "SELECT count(*) FROM samples")[0][0] > 0
-    assert _query(db, "SELECT count(*) FROM events WHERE kind='signal'")[0][0] == 1
+    assert query(db, "SELECT count(*) FROM samples")[0][0] > 0
+    assert query(db, "SELECT count(*) FROM events WHERE kind='signal'")[0][0] == 1
 
 
 def test_sigterm_to_agent_is_forwarded_to_run_command(tmp_path):
@@ -155,7 +146,7 @@ def test_sigterm_to_agent_is_forwarded_to_run_command(tmp_path):
     agent.send_signal(signal.SIGTERM)
     agent.communicate(timeout=20)
     assert agent.returncode == 128 + signal.SIGTERM
-    assert _query(db, "SELECT status, exit_code FROM runs") == [("finished", 143)]
+    assert query(db, "SELECT status, exit_code FROM runs") == [("finished", 143)]
 
 
 def test_kill_9_of_agent_keeps_flushed_samples(tmp_path, worker_job):
@@ -170,9 +161,9 @@ def test_kill_9_of_agent_keeps_flushed_samples(tmp_path, worker_job):
             break
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait()
-    ticks = _query(db, "SELECT count(DISTINCT ts) FROM samples WHERE source='host'")[0][0]
+    ticks = query(db, "SELECT count(DISTINCT ts) FROM samples WHERE source='host'")[0][0]
     assert ticks >= 12 - 6  # at most the last ~1 s flush interval (5 ticks) is lost
-    assert _query(db, "SELECT status FROM runs") == [("running",)]
+    assert query(db, "SELECT status FROM runs") == [("running",)]
 
 
 def test_attach_duration_and_runs_listing(tmp_path, worker_job):
@@ -243,7 +234,7 @@ def test_second_agent_on_same_db(tmp_path, worker_job):
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=20)
-    assert _query(db, "SELECT status FROM runs") == [("stopped",)]
+    assert query(db, "SELECT status FROM runs") == [("stopped",)]
 
 
 def test_pid_that_already_exited(tmp_path):

@@ -8,20 +8,11 @@ import sys
 
 import pytest
 
-from agent.store import connect
-from tests.helpers import run_cli
-
-
-def _query(db, sql, *params):
-    con = connect(db, read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+from tests.helpers import query, run_cli
 
 
 def _gpu_attrs(db) -> dict[str, dict]:
-    rows = _query(db, "SELECT entity, attrs FROM entities WHERE source = 'nvml'")
+    rows = query(db, "SELECT entity, attrs FROM entities WHERE source = 'nvml'")
     return {entity: json.loads(attrs) for entity, attrs in rows}
 
 
@@ -32,19 +23,19 @@ def test_run_on_simulated_gpus_records_them_and_matches_the_job(tmp_path):
         "--", sys.executable, "-c", "import time; time.sleep(1.5)",
     )
     assert result.returncode == 0, result.stderr
-    [(run_id, pid, simulated, scenario)] = _query(db, "SELECT run_id, pid, simulated, scenario FROM runs")
+    [(run_id, pid, simulated, scenario)] = query(db, "SELECT run_id, pid, simulated, scenario FROM runs")
     assert (simulated, scenario) == (True, "healthy")
-    per_gpu = dict(_query(db, "SELECT entity, count(*) FROM samples WHERE source = 'nvml' "
+    per_gpu = dict(query(db, "SELECT entity, count(*) FROM samples WHERE source = 'nvml' "
                               "AND metric = 'gpu.utilization' GROUP BY entity"))
     assert sorted(per_gpu) == [f"gpu{i}" for i in range(8)]
     assert min(per_gpu.values()) >= 5
     attrs = _gpu_attrs(db)
     assert all(attrs[f"gpu{i}"]["used_by_job"] for i in range(8))
     assert attrs[f"gpu0/pid{pid}"] == {"pid": pid, "gpu": "gpu0", "job": True}
-    metrics = {m for (m,) in _query(db, "SELECT DISTINCT metric FROM samples WHERE source = 'nvml'")}
+    metrics = {m for (m,) in query(db, "SELECT DISTINCT metric FROM samples WHERE source = 'nvml'")}
     assert {"gpu.sm.activity", "gpu.nvlink.tx_throughput", "gpu.pcie.rx_throughput",
             "gpu.energy", "gpu.job.memory"} <= metrics
-    kinds = {k for (k,) in _query(db, "SELECT DISTINCT kind FROM events")}
+    kinds = {k for (k,) in query(db, "SELECT DISTINCT kind FROM events")}
     assert "collector_unavailable" not in kinds and "nvml_error" not in kinds
 
 
@@ -53,12 +44,12 @@ def test_demo_runs_the_example_job_on_simulated_gpus(tmp_path):
     result = run_cli("demo", "healthy", "--headless", "--steps", "20", "--interval", "0.2",
                      "--db", str(db))
     assert result.returncode == 0, result.stderr
-    [(name, status, simulated)] = _query(db, "SELECT name, status, simulated FROM runs")
+    [(name, status, simulated)] = query(db, "SELECT name, status, simulated FROM runs")
     assert (name, status, simulated) == ("demo-healthy", "finished", True)
-    job = {int(e) for (e,) in _query(db, "SELECT entity FROM entities WHERE source = 'process'")}
+    job = {int(e) for (e,) in query(db, "SELECT entity FROM entities WHERE source = 'process'")}
     on_gpus = {a["pid"] for e, a in _gpu_attrs(db).items() if "/pid" in e and a["job"]}
     assert on_gpus and on_gpus <= job  # the GPUs' processes are the job's own
-    [(busiest,)] = _query(db, "SELECT max(value) FROM samples WHERE metric = 'gpu.job.processes'")
+    [(busiest,)] = query(db, "SELECT max(value) FROM samples WHERE metric = 'gpu.job.processes'")
     assert busiest >= 1
 
 
@@ -88,7 +79,7 @@ def test_without_simulation_the_gpu_collector_is_reported_unavailable(tmp_path):
     result = run_cli("run", "--headless", "--db", str(db), "--interval", "0.2", "--",
                      sys.executable, "-c", "import time; time.sleep(0.5)")
     assert result.returncode == 0, result.stderr
-    [(detail,)] = _query(db, "SELECT detail FROM events WHERE kind = 'collector_unavailable' "
+    [(detail,)] = query(db, "SELECT detail FROM events WHERE kind = 'collector_unavailable' "
                              "AND entity = 'nvml'")
     assert "--simulate" in json.loads(detail)["reason"]
-    assert _query(db, "SELECT count(*) FROM samples WHERE source = 'nvml'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM samples WHERE source = 'nvml'") == [(0,)]
