@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
@@ -227,7 +226,7 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
 
 def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     """Pivot the GPUs' long rows into ``aw_gpu`` with NumPy (a scatter into a dense
-    entity x bucket x metric array), loaded from Arrow into a temp table."""
+    entity x bucket x metric array), loaded into a temp table."""
     aliases = list(GPU_COLUMNS)
     names = [r[0] for r in con.execute(
         f"SELECT DISTINCT entity FROM aw_agg WHERE metric IN ({_in_list(GPU_COLUMNS.values())}) "
@@ -253,19 +252,18 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     present = np.zeros(shape, dtype=bool)
     present[slot] = True
     e_idx, t_idx = np.nonzero(present)
-    table = pa.table({
-        "entity": pa.array(np.array(names, dtype=object)[e_idx] if names else [], pa.string()),
-        "t": pa.array(times[t_idx], pa.float64()),
-        **{a: pa.array(grid[e_idx, t_idx, i], pa.float64(), from_pandas=True)
-           for i, a in enumerate(aliases)},
-        **{a: pa.array(plane[e_idx, t_idx], pa.float64(), from_pandas=True)
-           for a, plane in extra.items()},
-    })
-    # Materialized: rules query the frame a dozen times, and a native table is cheaper to scan
-    # than a registered Arrow table (no Arrow scan set-up per query).
-    con.register("aw_gpu_arrow", table)
-    con.execute("CREATE OR REPLACE TEMP TABLE aw_gpu AS SELECT * FROM aw_gpu_arrow")
-    con.unregister("aw_gpu_arrow")
+    gpu_columns = {  # noqa: F841 - scanned by DuckDB as a dict of NumPy arrays
+        "entity": np.array(names, dtype=object)[e_idx] if names else np.array([], dtype=object),
+        "t": times[t_idx],
+        **{a: grid[e_idx, t_idx, i] for i, a in enumerate(aliases)},
+        **{a: plane[e_idx, t_idx] for a, plane in extra.items()},
+    }
+    # NumPy rather than Arrow keeps pyarrow out of the agent process (live analysis runs there);
+    # NaN marks an empty cell of the dense grid and becomes NULL. Materialized: rules query the
+    # frame a dozen times, and a native table is cheaper to scan than a registered one.
+    values = ", ".join(f"nullif({a}, 'NaN'::DOUBLE) AS {a}" for a in [*aliases, *extra])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE aw_gpu AS SELECT entity, t, {values} "
+                "FROM gpu_columns")
 
 
 def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
