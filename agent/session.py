@@ -77,6 +77,8 @@ class Session:
         self.stop_reason = ""
         self.simulator = None
         self.process_collector: ProcessCollector | None = None
+        #: (kind, source, detail) of collectors that did not start, noted on the first tick.
+        self._notices: list[tuple[str, str, dict]] = []
         #: The live analysis's current findings (list of dicts with rule, severity, entity,
         #: summary, evidence, next_step, start_ts, end_ts); replaced whole, never mutated.
         self.live_findings: list[dict] = []
@@ -176,7 +178,6 @@ class Session:
         return self.run
 
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:
-        self._notices: list[tuple[str, str, dict]] = []
         started: list[Collector] = []
         candidates: list[Collector] = [self.process_collector, HostCollector()]
         candidates.extend(_optional_collectors())
@@ -217,7 +218,7 @@ class Session:
     def startup_notices(self) -> dict[str, str]:
         """Sources that did not start (unavailable or broken): source → reason, for viewers."""
         return {source: str(detail.get("reason", kind))
-                for kind, source, detail in getattr(self, "_notices", [])}
+                for kind, source, detail in self._notices}
 
     # -- running
     def target_alive(self) -> bool:

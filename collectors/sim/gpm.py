@@ -27,6 +27,14 @@ _MIB = float(1 << 20)
 _WAIT_SLICE_S = 0.005
 
 
+def _hand_out(out: int, registry: dict, obj) -> int:
+    """Register ``obj`` under its buffer's address and write that opaque handle to ``out``."""
+    addr = ctypes.addressof(obj.buffer)
+    registry[addr] = obj
+    c_void_p.from_address(out).value = addr
+    return _OK
+
+
 @dataclass(slots=True)
 class _GpmSample:
     buffer: ctypes.Array[ctypes.c_char]
@@ -142,11 +150,7 @@ class GpmEventsMixin:
         self._require_init()  # type: ignore[attr-defined]
         if not out:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        sample = _GpmSample(ctypes.create_string_buffer(32))
-        addr = ctypes.addressof(sample.buffer)
-        self._gpm_samples[addr] = sample
-        c_void_p.from_address(out).value = addr
-        return _OK
+        return _hand_out(out, self._gpm_samples, _GpmSample(ctypes.create_string_buffer(32)))
 
     def _nvmlGpmSampleFree(self, addr: int | None) -> int:
         if self._gpm_samples.pop(addr or 0, None) is None:
@@ -201,11 +205,7 @@ class GpmEventsMixin:
         self._require_init()  # type: ignore[attr-defined]
         if not out:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        es = _EventSet(ctypes.create_string_buffer(16))
-        addr = ctypes.addressof(es.buffer)
-        self._event_sets[addr] = es
-        c_void_p.from_address(out).value = addr
-        return _OK
+        return _hand_out(out, self._event_sets, _EventSet(ctypes.create_string_buffer(16)))
 
     def _nvmlEventSetFree(self, addr: int | None) -> int:
         self._require_init()  # type: ignore[attr-defined]
