@@ -69,27 +69,63 @@ def host_port(text: str) -> str:
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, metavar="PATH",
-                   help=f"DuckDB file (default: $ACCELWATCH_DB or ./{DEFAULT_DB})")
+    p.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH",
+        help=f"DuckDB file (default: $ACCELWATCH_DB or ./{DEFAULT_DB})",
+    )
 
 
 def _add_recording(p: argparse.ArgumentParser) -> None:
     _add_db(p)
-    p.add_argument("--interval", type=interval_seconds, default=1.0, metavar="SECONDS",
-                   help="sampling interval (default 1)")
+    p.add_argument(
+        "--interval",
+        type=interval_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="sampling interval (default 1)",
+    )
     p.add_argument("--name", help="run name (default: the script's name)")
-    p.add_argument("--tag", type=tag, action="append", default=[], metavar="KEY=VALUE",
-                   help="attach a tag to the run (repeatable)")
-    p.add_argument("--headless", action="store_true",
-                   help="no terminal UI: print a live line per interval and a report at the end")
-    p.add_argument("--simulate", metavar="SCENARIO",
-                   help="use simulated GPUs from a named scenario or a scenario .toml file")
-    p.add_argument("--otlp", nargs="?", const="", default=None, metavar="ENDPOINT",
-                   help="export via OTLP (endpoint and protocol from OTEL_* variables if omitted)")
-    p.add_argument("--prometheus", type=host_port, default=None, metavar="[HOST:]PORT",
-                   help="serve a Prometheus scrape endpoint (host defaults to 127.0.0.1)")
-    p.add_argument("--metric-names", choices=("otel", "dcgm"), default="otel",
-                   help="exported metric names: OpenTelemetry conventions, or also dcgm-exporter's")
+    p.add_argument(
+        "--tag",
+        type=tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attach a tag to the run (repeatable)",
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no terminal UI: print a live line per interval and a report at the end",
+    )
+    p.add_argument(
+        "--simulate",
+        metavar="SCENARIO",
+        help="use simulated GPUs from a named scenario or a scenario .toml file",
+    )
+    p.add_argument(
+        "--otlp",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ENDPOINT",
+        help="export via OTLP (endpoint and protocol from OTEL_* variables if omitted)",
+    )
+    p.add_argument(
+        "--prometheus",
+        type=host_port,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve a Prometheus scrape endpoint (host defaults to 127.0.0.1)",
+    )
+    p.add_argument(
+        "--metric-names",
+        choices=("otel", "dcgm"),
+        default="otel",
+        help="exported metric names: OpenTelemetry conventions, or also dcgm-exporter's",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,15 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attach", help="record a running process until it exits")
     p.add_argument("pid", type=pid_arg)
     _add_recording(p)
-    p.add_argument("--duration", type=positive_seconds, metavar="SECONDS",
-                   help="stop recording after this long")
+    p.add_argument(
+        "--duration",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="stop recording after this long",
+    )
 
     p = sub.add_parser("demo", help="run the example training job on simulated GPUs")
     p.add_argument("scenario", nargs="?", default="healthy")
     _add_recording(p)
     p.add_argument("--steps", type=int, default=None, help="training steps of the example job")
-    p.add_argument("--seconds", type=positive_seconds, default=90.0,
-                   help="how long the example job trains when --steps is not given (default 90)")
+    p.add_argument(
+        "--seconds",
+        type=positive_seconds,
+        default=90.0,
+        help="how long the example job trains when --steps is not given (default 90)",
+    )
 
     p = sub.add_parser("runs", help="list recorded runs")
     _add_db(p)

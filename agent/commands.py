@@ -195,8 +195,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in records:
         started = r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-"
         sim = r["scenario"] or "" if r["simulated"] else ""
-        print(f"{r['run_id']:24} {r['name'][:20]:20} {r['mode']:6} {r['pid'] or '-':>7} "
-              f"{started:19} {r['status']:9} {sim}")
+        print(
+            f"{r['run_id']:24} {r['name'][:20]:20} {r['mode']:6} {r['pid'] or '-':>7} "
+            f"{started:19} {r['status']:9} {sim}"
+        )
     return 0
 
 
@@ -204,8 +206,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from agent.catalog import CATALOG
 
     rows = [
-        {"name": m.name, "unit": m.unit, "kind": m.kind, "source": m.source,
-         "otel_name": m.otel_name, "dcgm_name": m.dcgm_name, "description": m.description}
+        {
+            "name": m.name,
+            "unit": m.unit,
+            "kind": m.kind,
+            "source": m.source,
+            "otel_name": m.otel_name,
+            "dcgm_name": m.dcgm_name,
+            "description": m.description,
+        }
         for m in CATALOG
     ]
     if args.json:

@@ -102,8 +102,13 @@ class BatchBuilder:
 
     def build(self) -> Batch:
         return Batch(
-            self.source, self.ts, self._entities, self._metrics, self._values,
-            tuple(self._events), self._attrs,
+            self.source,
+            self.ts,
+            self._entities,
+            self._metrics,
+            self._values,
+            tuple(self._events),
+            self._attrs,
         )
 
 

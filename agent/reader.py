@@ -179,8 +179,14 @@ def _history_sql(metric: str) -> str:
 
 
 def query_history(
-    cursor: duckdb.DuckDBPyConnection, run_id: str, entity: str, metric: str,
-    start: float, end: float, *, interval: float = 1.0,
+    cursor: duckdb.DuckDBPyConnection,
+    run_id: str,
+    entity: str,
+    metric: str,
+    start: float,
+    end: float,
+    *,
+    interval: float = 1.0,
 ) -> Series:
     """Run the history query on ``cursor`` (owned by the calling thread)."""
     counter = CATALOG.get(metric) is not None and CATALOG[metric].is_counter
@@ -284,8 +290,9 @@ class LiveReader:
     def history(self, entity: str, metric: str, start: float, end: float) -> Series:
         cursor = self.session.store.cursor()
         try:
-            return query_history(cursor, self.run.run_id, entity, metric, start, end,
-                                 interval=self.run.interval)
+            return query_history(
+                cursor, self.run.run_id, entity, metric, start, end, interval=self.run.interval
+            )
         finally:
             cursor.close()
 

@@ -83,8 +83,11 @@ class RecordedReader:
         """Move to the next (``+1``) or previous (``-1``) finding's start; stay if none."""
         now = self.cursor_ts
         times = self.finding_times()
-        ahead = [t for t in times if t > now + 1e-6] if direction > 0 else \
-            [t for t in times if t < now - 1e-6]
+        ahead = (
+            [t for t in times if t > now + 1e-6]
+            if direction > 0
+            else [t for t in times if t < now - 1e-6]
+        )
         if not ahead:
             return self.cursor
         return self.seek_time(ahead[0] if direction > 0 else ahead[-1])
@@ -118,26 +121,40 @@ class RecordedReader:
             Event(t / 1e6, kind, entity, json.loads(detail or "{}"))
             for t, kind, entity, detail in cur.execute(
                 "SELECT epoch_us(ts), kind, entity, detail FROM events WHERE run_id = ? "
-                "AND ts <= make_timestamp(?) ORDER BY ts", [run_id, tick],
+                "AND ts <= make_timestamp(?) ORDER BY ts",
+                [run_id, tick],
             ).fetchall()
         ]
         attrs = {
             entity: json.loads(raw or "{}")
             for entity, raw in cur.execute(
                 "SELECT entity, attrs FROM entities WHERE run_id = ? "
-                "AND first_seen <= make_timestamp(?)", [run_id, tick],
+                "AND first_seen <= make_timestamp(?)",
+                [run_id, tick],
             ).fetchall()
         }
         samples_so_far = cur.execute(
             "SELECT count(*) FROM samples WHERE run_id = ? AND ts <= make_timestamp(?)",
             [run_id, tick],
         ).fetchone()[0]
-        snapshot = _snapshot(index + 1, tick, prev, rows, attrs,
-                             [e for e in events if prev is None or e.ts * 1e6 > prev])
-        disabled = {e.entity: str(e.detail.get("reason", "")) for e in events
-                    if e.kind == "collector_disabled"}
-        notices = {e.entity: str(e.detail.get("reason", e.kind)) for e in events
-                   if e.kind in ("collector_unavailable", "collector_disabled")}
+        snapshot = _snapshot(
+            index + 1,
+            tick,
+            prev,
+            rows,
+            attrs,
+            [e for e in events if prev is None or e.ts * 1e6 > prev],
+        )
+        disabled = {
+            e.entity: str(e.detail.get("reason", ""))
+            for e in events
+            if e.kind == "collector_disabled"
+        }
+        notices = {
+            e.entity: str(e.detail.get("reason", e.kind))
+            for e in events
+            if e.kind in ("collector_unavailable", "collector_disabled")
+        }
         now = tick / 1e6
         return Frame(
             snapshot=snapshot,
@@ -149,8 +166,9 @@ class RecordedReader:
             notices=notices,
         )
 
-    def _recent(self, cur: duckdb.DuckDBPyConnection, start: float, end: float
-                ) -> dict[Key, np.ndarray]:
+    def _recent(
+        self, cur: duckdb.DuckDBPyConnection, start: float, end: float
+    ) -> dict[Key, np.ndarray]:
         if not self._tracked:
             return {}
         metrics = sorted(self._tracked)
@@ -174,28 +192,44 @@ class RecordedReader:
     def history(self, entity: str, metric: str, start: float, end: float) -> Series:
         cur = self._con.cursor()
         try:
-            return query_history(cur, self.run.run_id, entity, metric, start, end,
-                                 interval=self.run.interval)
+            return query_history(
+                cur, self.run.run_id, entity, metric, start, end, interval=self.run.interval
+            )
         finally:
             cur.close()
 
     def _load_findings(self) -> list[Finding]:
         rows = self._con.execute(
             "SELECT rule, severity, entity, summary, evidence, next_step, start_ts, end_ts, live "
-            "FROM findings WHERE run_id = ?", [self.run.run_id],
+            "FROM findings WHERE run_id = ?",
+            [self.run.run_id],
         ).fetchall()
         final = [r for r in rows if not r[8]]
         chosen = final or rows  # the post-run analysis supersedes what was found live
-        cols = ("rule", "severity", "entity", "summary", "evidence", "next_step",
-                "start_ts", "end_ts")
+        cols = (
+            "rule",
+            "severity",
+            "entity",
+            "summary",
+            "evidence",
+            "next_step",
+            "start_ts",
+            "end_ts",
+        )
         return order_findings(Finding.from_mapping(dict(zip(cols, r))) for r in chosen)
 
     def close(self) -> None:
         self._con.close()
 
 
-def _snapshot(seq: int, tick: int, prev: int | None, rows: Sequence[tuple],
-              attrs: Mapping[str, Mapping[str, Any]], events: list[Event]) -> Snapshot:
+def _snapshot(
+    seq: int,
+    tick: int,
+    prev: int | None,
+    rows: Sequence[tuple],
+    attrs: Mapping[str, Mapping[str, Any]],
+    events: list[Event],
+) -> Snapshot:
     """A :class:`Snapshot` rebuilt from two recorded ticks (``prev`` gives counter rates)."""
     builders: dict[str, BatchBuilder] = {}
     previous: dict[Key, float] = {}
@@ -211,9 +245,14 @@ def _snapshot(seq: int, tick: int, prev: int | None, rows: Sequence[tuple],
             previous[(entity, name)] = value
     batches: tuple[Batch, ...] = tuple(b.build() for b in builders.values())
     return Snapshot(
-        ts=tick / 1e6, seq=seq, batches=batches, values=values, previous=previous,
+        ts=tick / 1e6,
+        seq=seq,
+        batches=batches,
+        values=values,
+        previous=previous,
         previous_ts=prev / 1e6 if prev is not None else None,
-        entity_attrs=attrs, events=tuple(events),
+        entity_attrs=attrs,
+        events=tuple(events),
     )
 
 
@@ -222,18 +261,49 @@ def _find_run(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) -> 
     row = con.execute(
         "SELECT run_id, name, pid, cmdline, cwd, host, started, interval_s, tags, env, mode, "
         f"simulated, scenario, ended, exit_code, status FROM runs {where} "
-        "ORDER BY (run_id = ?) DESC, started DESC LIMIT 1", [*params, run or ""],
+        "ORDER BY (run_id = ?) DESC, started DESC LIMIT 1",
+        [*params, run or ""],
     ).fetchone()
     if row is None:
         if run is None:
             raise RunNotFoundError(f"no runs recorded in {db_path}")
-        raise RunNotFoundError(f"no run {run!r} in {db_path} (see `accelwatch runs --db {db_path}`)")
-    (run_id, name, pid, cmdline, cwd, host, started, interval, tags, env, mode, simulated,
-     scenario, ended, exit_code, status) = row
+        raise RunNotFoundError(
+            f"no run {run!r} in {db_path} (see `accelwatch runs --db {db_path}`)"
+        )
+    (
+        run_id,
+        name,
+        pid,
+        cmdline,
+        cwd,
+        host,
+        started,
+        interval,
+        tags,
+        env,
+        mode,
+        simulated,
+        scenario,
+        ended,
+        exit_code,
+        status,
+    ) = row
     return RunInfo(
-        run_id=run_id, name=name, pid=pid, cmdline=list(cmdline or []), cwd=cwd or "",
-        host=host or "", started=epoch_seconds(started) or time.time(), interval=interval or 1.0,
-        db_path=str(db_path), tags=json.loads(tags or "{}"), env=json.loads(env or "{}"),
-        mode=mode or "attach", simulated=bool(simulated), scenario=scenario,
-        ended=epoch_seconds(ended), exit_code=exit_code, status=status or "unknown",
+        run_id=run_id,
+        name=name,
+        pid=pid,
+        cmdline=list(cmdline or []),
+        cwd=cwd or "",
+        host=host or "",
+        started=epoch_seconds(started) or time.time(),
+        interval=interval or 1.0,
+        db_path=str(db_path),
+        tags=json.loads(tags or "{}"),
+        env=json.loads(env or "{}"),
+        mode=mode or "attach",
+        simulated=bool(simulated),
+        scenario=scenario,
+        ended=epoch_seconds(ended),
+        exit_code=exit_code,
+        status=status or "unknown",
     )

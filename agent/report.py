@@ -57,8 +57,9 @@ class RunSummary:
     lost_share: dict[str, float] = field(default_factory=dict)
 
 
-def summarize(con: duckdb.DuckDBPyConnection, run: RunInfo, findings: list[Finding],
-              duration_s: float) -> RunSummary:
+def summarize(
+    con: duckdb.DuckDBPyConnection, run: RunInfo, findings: list[Finding], duration_s: float
+) -> RunSummary:
     """The run's headline numbers; expects the analysis frames (``aw_rated``) on ``con``."""
     util = GPU_COLUMNS["util"]
     rows = con.execute(
@@ -68,22 +69,40 @@ def summarize(con: duckdb.DuckDBPyConnection, run: RunInfo, findings: list[Findi
            WHERE s.run_id = ? AND s.source = ? AND s.metric = ?
              AND regexp_full_match(s.entity, 'gpu[0-9]+')
            GROUP BY s.entity ORDER BY length(s.entity), s.entity""",
-        [run.run_id, GPU_SOURCE, util]).fetchall()
+        [run.run_id, GPU_SOURCE, util],
+    ).fetchall()
     energy = _energy_joules(con)
-    devices = [DeviceSummary(entity, name or entity, mean, *(q or [None] * 3),
-                             energy.get(entity, 0.0) / JOULES_PER_KWH if energy else None)
-               for entity, name, mean, q in rows]
+    devices = [
+        DeviceSummary(
+            entity,
+            name or entity,
+            mean,
+            *(q or [None] * 3),
+            energy.get(entity, 0.0) / JOULES_PER_KWH if energy else None,
+        )
+        for entity, name, mean, q in rows
+    ]
     overall = con.execute(
         "SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND source = ? "
         "AND metric = ? AND regexp_full_match(entity, 'gpu[0-9]+')",
-        [run.run_id, GPU_SOURCE, util]).fetchone()[0] or [None, None]
+        [run.run_id, GPU_SOURCE, util],
+    ).fetchone()[0] or [None, None]
     lost: dict[str, float] = {}  # per rule, the worst entity: synchronous peers wait for it
     for f in findings:
         lost[f.rule] = max(lost.get(f.rule, 0.0), f.lost_s)
     return RunSummary(
-        run.run_id, run.name, run.status, run.host, _iso(run.started),
-        _iso(run.ended) if run.ended else None, duration_s, run.scenario, devices,
-        sum(energy.values()) / JOULES_PER_KWH if energy else None, overall[0], overall[1],
+        run.run_id,
+        run.name,
+        run.status,
+        run.host,
+        _iso(run.started),
+        _iso(run.ended) if run.ended else None,
+        duration_s,
+        run.scenario,
+        devices,
+        sum(energy.values()) / JOULES_PER_KWH if energy else None,
+        overall[0],
+        overall[1],
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
     )
 
@@ -93,7 +112,8 @@ def _energy_joules(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
     rows = con.execute(
         "SELECT entity, sum(inc) FROM aw_rated WHERE metric = ? "
         "AND regexp_full_match(entity, 'gpu[0-9]+') GROUP BY entity",
-        [GPU_COLUMNS["energy"]]).fetchall()
+        [GPU_COLUMNS["energy"]],
+    ).fetchall()
     return {entity: float(joules or 0.0) for entity, joules in rows}
 
 
@@ -108,8 +128,11 @@ class Report:
     findings: list[Finding]
 
     def to_json(self) -> dict[str, Any]:
-        return {"run": self.run.run_id, "summary": asdict(self.summary),
-                "findings": [f.to_dict() for f in self.findings]}
+        return {
+            "run": self.run.run_id,
+            "summary": asdict(self.summary),
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 def build_report(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) -> Report:
@@ -118,8 +141,9 @@ def build_report(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) 
     findings = analyze_run(con, info.run_id)
     ended = info.ended
     if ended is None:
-        last = con.execute("SELECT epoch(max(ts)) FROM samples WHERE run_id = ?",
-                           [info.run_id]).fetchone()[0]
+        last = con.execute(
+            "SELECT epoch(max(ts)) FROM samples WHERE run_id = ?", [info.run_id]
+        ).fetchone()[0]
         ended = last or info.started
     summary = summarize(con, info, findings, max(0.0, ended - info.started))
     return Report(info, summary, findings)
@@ -178,11 +202,18 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
     b = (lambda t: f"**{t}**") if markdown else (lambda t: t)
     lines = [("# " if markdown else "") + f"accelwatch report: {run.name} ({run.run_id})", ""]
     info = [
-        ("status", s.status + (f", exit code {run.exit_code}" if run.exit_code is not None else "")),
-        ("started", s.started), ("duration", duration(s.duration_s)), ("host", s.host or "-"),
+        (
+            "status",
+            s.status + (f", exit code {run.exit_code}" if run.exit_code is not None else ""),
+        ),
+        ("started", s.started),
+        ("duration", duration(s.duration_s)),
+        ("host", s.host or "-"),
         ("devices", _devices_text(s)),
-        ("GPU utilization", f"p50 {pct(s.util_p50)}, p90 {pct(s.util_p90)}"
-         if s.devices else "no GPU"),
+        (
+            "GPU utilization",
+            f"p50 {pct(s.util_p50)}, p90 {pct(s.util_p90)}" if s.devices else "no GPU",
+        ),
         ("energy", f"{s.energy_kwh:.3f} kWh" if s.energy_kwh is not None else "not measured"),
     ]
     if s.scenario:
@@ -192,32 +223,61 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
     if s.devices:
         lines += ["", h("Devices")]
         if markdown:
-            lines += ["| GPU | name | mean | p50 | p90 | p99 | energy kWh |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [
+                "| GPU | name | mean | p50 | p90 | p99 | energy kWh |",
+                "|---|---|---|---|---|---|---|",
+            ]
         for d in s.devices:
-            cells = [d.entity, d.name, pct(d.util_mean), pct(d.util_p50), pct(d.util_p90),
-                     pct(d.util_p99), "-" if d.energy_kwh is None else f"{d.energy_kwh:.3f}"]
-            lines.append("| " + " | ".join(cells) + " |" if markdown else
-                         f"  {cells[0]:6} {cells[1][:28]:28} mean {cells[2]:>4} p50 {cells[3]:>4}"
-                         f" p90 {cells[4]:>4} p99 {cells[5]:>4} energy {cells[6]} kWh")
+            cells = [
+                d.entity,
+                d.name,
+                pct(d.util_mean),
+                pct(d.util_p50),
+                pct(d.util_p90),
+                pct(d.util_p99),
+                "-" if d.energy_kwh is None else f"{d.energy_kwh:.3f}",
+            ]
+            lines.append(
+                "| " + " | ".join(cells) + " |"
+                if markdown
+                else f"  {cells[0]:6} {cells[1][:28]:28} mean {cells[2]:>4} p50 {cells[3]:>4}"
+                f" p90 {cells[4]:>4} p99 {cells[5]:>4} energy {cells[6]} kWh"
+            )
     groups = group_findings(report.findings)
     lines += ["", h(f"Findings ({len(groups)})")]
     if not groups:
-        lines.append("  No bottleneck found: nothing to fix in this run." if not markdown else
-                     "No bottleneck found: nothing to fix in this run.")
+        lines.append(
+            "  No bottleneck found: nothing to fix in this run."
+            if not markdown
+            else "No bottleneck found: nothing to fix in this run."
+        )
     for g in groups:
         f = g.first
         share = f.duration_s / s.duration_s if s.duration_s else 0.0
         lost = sum(x.lost_s for x in g.findings) / len(g.findings)
-        head = (f"{f.severity.upper()} {_title(f.rule)} [{f.rule}] on {g.entities}: "
-                f"{f.start:%H:%M:%S}-{f.end:%H:%M:%S} UTC, {pct(share)} of the run"
-                + (f", ~{pct(lost / s.duration_s)} lost" if s.duration_s and lost else ""))
+        head = (
+            f"{f.severity.upper()} {_title(f.rule)} [{f.rule}] on {g.entities}: "
+            f"{f.start:%H:%M:%S}-{f.end:%H:%M:%S} UTC, {pct(share)} of the run"
+            + (f", ~{pct(lost / s.duration_s)} lost" if s.duration_s and lost else "")
+        )
         if markdown:
-            lines += ["", f"### {head}", "", f.summary, "", f"- evidence: {_evidence_text(f)}",
-                      f"- next step: {f.next_step}"]
+            lines += [
+                "",
+                f"### {head}",
+                "",
+                f.summary,
+                "",
+                f"- evidence: {_evidence_text(f)}",
+                f"- next step: {f.next_step}",
+            ]
         else:
-            lines += ["", f"  {head}", f"    {f.summary}", f"    evidence: {_evidence_text(f)}",
-                      f"    next step: {f.next_step}"]
+            lines += [
+                "",
+                f"  {head}",
+                f"    {f.summary}",
+                f"    evidence: {_evidence_text(f)}",
+                f"    next step: {f.next_step}",
+            ]
     if s.lost_share:
         lines += ["", h("Time lost by cause (estimate, share of the run)")]
         for rule, share in sorted(s.lost_share.items(), key=lambda kv: -kv[1]):

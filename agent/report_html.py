@@ -16,8 +16,18 @@ from agent.report import Report, group_findings, render_text
 
 WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 920, 170, 64, 16, 12, 26
 MAX_POINTS = 600
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 SEVERITY_COLOR = {"critical": "#d62728", "warning": "#ff9f1c", "info": "#4e79a7"}
 
 
@@ -50,12 +60,14 @@ CHARTS: tuple[Chart, ...] = (
 )
 
 
-def _series(con: duckdb.DuckDBPyConnection, chart: Chart, width_s: float
-            ) -> dict[str, list[tuple[float, float]]]:
+def _series(
+    con: duckdb.DuckDBPyConnection, chart: Chart, width_s: float
+) -> dict[str, list[tuple[float, float]]]:
     rows = con.execute(
         f"SELECT {chart.entity} AS e, floor(t / {width_s}) * {width_s} AS x, "
         f"avg({chart.column}) * {chart.scale} AS y FROM {chart.table} "
-        f"WHERE {chart.column} IS NOT NULL GROUP BY 1, 2 ORDER BY length(e), e, x").fetchall()
+        f"WHERE {chart.column} IS NOT NULL GROUP BY 1, 2 ORDER BY length(e), e, x"
+    ).fetchall()
     out: dict[str, list[tuple[float, float]]] = {}
     for entity, x, y in rows:
         out.setdefault(entity, []).append((float(x), float(y)))
@@ -70,8 +82,13 @@ def _epoch(ts: datetime) -> float:
     return ts.replace(tzinfo=timezone.utc).timestamp()
 
 
-def svg_chart(chart: Chart, series: dict[str, list[tuple[float, float]]], t0: float, t1: float,
-              findings: Sequence[Finding]) -> str:
+def svg_chart(
+    chart: Chart,
+    series: dict[str, list[tuple[float, float]]],
+    t0: float,
+    t1: float,
+    findings: Sequence[Finding],
+) -> str:
     """An inline SVG line chart with the findings' windows shaded behind the lines."""
     ys = [y for pts in series.values() for _, y in pts]
     y_min, y_max = min(0.0, min(ys)), max(ys)
@@ -87,8 +104,10 @@ def svg_chart(chart: Chart, series: dict[str, list[tuple[float, float]]], t0: fl
     def py(y: float) -> float:
         return PAD_T + (1 - (y - y_min) / (y_max - y_min)) * plot_h
 
-    parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
-             f'aria-label="{html.escape(chart.title)}">']
+    parts = [
+        f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
+        f'aria-label="{html.escape(chart.title)}">'
+    ]
     for f in findings:
         for a, b in finding_windows(f):
             x0, x1 = max(px(_epoch(a)), PAD_L), min(px(_epoch(b)), WIDTH - PAD_R)
@@ -96,27 +115,36 @@ def svg_chart(chart: Chart, series: dict[str, list[tuple[float, float]]], t0: fl
                 parts.append(
                     f'<rect x="{x0:.1f}" y="{PAD_T}" width="{max(x1 - x0, 1.5):.1f}" '
                     f'height="{plot_h}" fill="{SEVERITY_COLOR[f.severity]}" opacity="0.16">'
-                    f"<title>{html.escape(f.rule)} on {html.escape(f.entity)}</title></rect>")
-    parts.append(f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" '
-                 'fill="none" stroke="#bbb"/>')
+                    f"<title>{html.escape(f.rule)} on {html.escape(f.entity)}</title></rect>"
+                )
+    parts.append(
+        f'<rect x="{PAD_L}" y="{PAD_T}" width="{plot_w}" height="{plot_h}" '
+        'fill="none" stroke="#bbb"/>'
+    )
     for frac in (0.0, 0.5, 1.0):
         y = y_min + frac * (y_max - y_min)
-        parts.append(f'<text x="{PAD_L - 6}" y="{py(y) + 4:.1f}" text-anchor="end">'
-                     f"{y:.3g}</text>")
+        parts.append(f'<text x="{PAD_L - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>')
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         t = t0 + frac * span
-        parts.append(f'<text x="{px(t):.1f}" y="{HEIGHT - 8}" text-anchor="middle">'
-                     f"{_clock(t)}</text>")
+        parts.append(
+            f'<text x="{px(t):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{_clock(t)}</text>'
+        )
     for i, (entity, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.4" points="{path}">'
-                     f"<title>{html.escape(entity)}</title></polyline>")
+        parts.append(
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.4" points="{path}">'
+            f"<title>{html.escape(entity)}</title></polyline>"
+        )
     parts.append("</svg>")
-    legend = " ".join(f'<span style="color:{PALETTE[i % len(PALETTE)]}">&#9632; '
-                      f"{html.escape(e)}</span>" for i, e in enumerate(series))
-    return (f'<figure><figcaption><b>{html.escape(chart.title)}</b> ({chart.unit}) {legend}'
-            f"</figcaption>{''.join(parts)}</figure>")
+    legend = " ".join(
+        f'<span style="color:{PALETTE[i % len(PALETTE)]}">&#9632; {html.escape(e)}</span>'
+        for i, e in enumerate(series)
+    )
+    return (
+        f"<figure><figcaption><b>{html.escape(chart.title)}</b> ({chart.unit}) {legend}"
+        f"</figcaption>{''.join(parts)}</figure>"
+    )
 
 
 def render_html(con: duckdb.DuckDBPyConnection, report: Report) -> str:
@@ -131,8 +159,11 @@ def render_html(con: duckdb.DuckDBPyConnection, report: Report) -> str:
     cards = []
     for g in group_findings(report.findings):
         f = g.first
-        evidence = html.escape(", ".join(f"{k}={v}" for k, v in f.evidence.items()
-                                         if k not in ("windows", "threshold")))
+        evidence = html.escape(
+            ", ".join(
+                f"{k}={v}" for k, v in f.evidence.items() if k not in ("windows", "threshold")
+            )
+        )
         cards.append(
             f'<div class="finding {f.severity}"><div><b>{f.severity.upper()}</b> '
             f"<code>{html.escape(f.rule)}</code> on {html.escape(g.entities)} "
@@ -140,7 +171,8 @@ def render_html(con: duckdb.DuckDBPyConnection, report: Report) -> str:
             f"<p>{html.escape(f.summary)}</p><p><i>Next step:</i> {html.escape(f.next_step)}</p>"
             f"<details><summary>evidence</summary><p>{evidence}</p>"
             f"<p>thresholds: {html.escape(str(f.evidence.get('threshold', {})))}</p></details>"
-            "</div>")
+            "</div>"
+        )
     summary = html.escape(render_text(report).split("\nFindings")[0])
     title = html.escape(f"accelwatch report: {report.run.name} ({report.run.run_id})")
     return f"""<!DOCTYPE html>
@@ -151,16 +183,16 @@ pre {{ background: #f6f6f6; padding: .8em; overflow-x: auto; }}
 svg text {{ font-size: 11px; fill: #555; }}
 figure {{ margin: 1em 0; }} figcaption span {{ margin-left: .6em; font-size: 90%; }}
 .finding {{ border-left: 5px solid #999; padding: .3em .8em; margin: .8em 0; background: #fafafa; }}
-.finding.critical {{ border-color: {SEVERITY_COLOR['critical']}; }}
-.finding.warning {{ border-color: {SEVERITY_COLOR['warning']}; }}
-.finding.info {{ border-color: {SEVERITY_COLOR['info']}; }}
+.finding.critical {{ border-color: {SEVERITY_COLOR["critical"]}; }}
+.finding.warning {{ border-color: {SEVERITY_COLOR["warning"]}; }}
+.finding.info {{ border-color: {SEVERITY_COLOR["info"]}; }}
 </style></head><body>
 <h1>{title}</h1>
 <pre>{summary}</pre>
 <h2>Findings ({len(cards)})</h2>
-{''.join(cards) or '<p>No bottleneck found: nothing to fix in this run.</p>'}
+{"".join(cards) or "<p>No bottleneck found: nothing to fix in this run.</p>"}
 <h2>Time series</h2>
 <p>Shaded bands are the findings' windows (red critical, orange warning, blue info).</p>
-{''.join(charts)}
+{"".join(charts)}
 </body></html>
 """

@@ -96,7 +96,10 @@ class Session:
                 fd = os.open(self.config.job_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 output = os.fdopen(fd, "ab")
             self.child = subprocess.Popen(
-                command, umask=_user_umask(), stdout=output, stderr=output,
+                command,
+                umask=_user_umask(),
+                stdout=output,
+                stderr=output,
                 stdin=subprocess.DEVNULL if output else None,
             )
         except OSError as exc:
@@ -162,7 +165,9 @@ class Session:
         self.store.start()
         run_id = self.run.run_id
         self.sampler = Sampler(
-            collectors, self.config.interval, hub=self.hub,
+            collectors,
+            self.config.interval,
+            hub=self.hub,
             sinks=[lambda now, batches: self.store.submit(run_id, batches)],
         )
         for message in self._notices:
@@ -188,12 +193,17 @@ class Session:
                 self.store.close()
                 raise
             except CollectorUnavailable as exc:
-                self._notices.append(("collector_unavailable", collector.source, {"reason": str(exc)}))
+                self._notices.append(
+                    ("collector_unavailable", collector.source, {"reason": str(exc)})
+                )
                 continue
             except Exception as exc:  # a broken source must not stop the recording
                 self._notices.append(
-                    ("collector_disabled", collector.source,
-                     {"reason": f"{type(exc).__name__}: {exc}", "severity": "warning"})
+                    (
+                        "collector_disabled",
+                        collector.source,
+                        {"reason": f"{type(exc).__name__}: {exc}", "severity": "warning"},
+                    )
                 )
                 continue
             started.append(collector)
@@ -217,15 +227,17 @@ class Session:
     @property
     def startup_notices(self) -> dict[str, str]:
         """Sources that did not start (unavailable or broken): source → reason, for viewers."""
-        return {source: str(detail.get("reason", kind))
-                for kind, source, detail in self._notices}
+        return {source: str(detail.get("reason", kind)) for kind, source, detail in self._notices}
 
     # -- running
     def target_alive(self) -> bool:
         if self.child is not None:
             return self.child.poll() is None
-        return bool(self.process_collector and self.process_collector.root_alive and
-                    _pid_running(self.run.pid if self.run else None))
+        return bool(
+            self.process_collector
+            and self.process_collector.root_alive
+            and _pid_running(self.run.pid if self.run else None)
+        )
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
@@ -274,12 +286,22 @@ class Session:
             self.run.status = "finished" if self.stop_reason == "target exited" else "stopped"
             self.store.close_writer()
             stats = self.sampler.stats_view() if self.sampler else {}
-            self.store.write_events(self.run.run_id, [
-                Event(self.run.ended, "run_end", "agent",
-                      {"reason": self.stop_reason or "finished", **stats,
-                       "rows_written": self.store.rows_written,
-                       "dropped_ticks": self.store.dropped_ticks})
-            ])
+            self.store.write_events(
+                self.run.run_id,
+                [
+                    Event(
+                        self.run.ended,
+                        "run_end",
+                        "agent",
+                        {
+                            "reason": self.stop_reason or "finished",
+                            **stats,
+                            "rows_written": self.store.rows_written,
+                            "dropped_ticks": self.store.dropped_ticks,
+                        },
+                    )
+                ],
+            )
             self.store.write_run(self.run)
         self.store.close()
         if self.simulator is not None:

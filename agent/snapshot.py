@@ -42,9 +42,7 @@ class Snapshot:
     def rows(self) -> Iterator[tuple[str, str, str, float]]:
         """(source, entity, metric, value) for every value of the tick."""
         for batch in self.batches:
-            yield from zip(
-                [batch.source] * len(batch), batch.entities, batch.metrics, batch.values
-            )
+            yield from zip([batch.source] * len(batch), batch.entities, batch.metrics, batch.values)
 
     def entities(self, source: str) -> list[str]:
         seen: dict[str, None] = {}

@@ -58,6 +58,7 @@ CREATE OR REPLACE VIEW entities AS
     FROM entity_log GROUP BY ALL;
 """
 
+
 def _us(ts: float) -> int:
     return int(ts * 1_000_000)
 
@@ -70,7 +71,9 @@ def _check_path(path: Path, *, must_exist: bool) -> None:
             with path.open("rb") as fh:
                 head = fh.read(12)
             if head[8:12] != DUCKDB_MAGIC:
-                raise StoreError(f"{path} is not an accelwatch/DuckDB database; refusing to touch it")
+                raise StoreError(
+                    f"{path} is not an accelwatch/DuckDB database; refusing to touch it"
+                )
         return
     if must_exist:
         raise StoreError(f"no database at {path}")
@@ -102,7 +105,9 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
                 "use another --db"
             ) from None
         if "not a valid DuckDB" in msg:
-            raise StoreError(f"{p} is not an accelwatch/DuckDB database; refusing to touch it") from None
+            raise StoreError(
+                f"{p} is not an accelwatch/DuckDB database; refusing to touch it"
+            ) from None
         raise StoreError(f"cannot open {p}: {msg.splitlines()[0]}") from None
     finally:
         os.umask(old_umask)
@@ -137,7 +142,9 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         if version == SCHEMA_VERSION:
             return
     elif tables:
-        raise StoreError(f"{path} is a DuckDB database but not an accelwatch one; refusing to touch it")
+        raise StoreError(
+            f"{path} is a DuckDB database but not an accelwatch one; refusing to touch it"
+        )
     if read_only:
         if not tables:
             raise StoreError(f"{path} holds no accelwatch data")
@@ -186,16 +193,31 @@ class Store:
                 "INSERT INTO run_log VALUES (?, ?, ?, ?, ?, ?, ?, make_timestamp(?), "
                 "make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, make_timestamp(?))",
                 [
-                    run.run_id, run.name, run.mode, run.pid, run.cmdline, run.cwd, run.host,
-                    _us(run.started), None if run.ended is None else _us(run.ended),
-                    run.exit_code, run.status, run.interval, json.dumps(run.tags),
-                    json.dumps(run.env), run.simulated, run.scenario, _us(time.time()),
+                    run.run_id,
+                    run.name,
+                    run.mode,
+                    run.pid,
+                    run.cmdline,
+                    run.cwd,
+                    run.host,
+                    _us(run.started),
+                    None if run.ended is None else _us(run.ended),
+                    run.exit_code,
+                    run.status,
+                    run.interval,
+                    json.dumps(run.tags),
+                    json.dumps(run.env),
+                    run.simulated,
+                    run.scenario,
+                    _us(time.time()),
                 ],
             )
 
     # -- samples
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._writer_loop, name="accelwatch-store", daemon=True)
+        self._thread = threading.Thread(
+            target=self._writer_loop, name="accelwatch-store", daemon=True
+        )
         self._thread.start()
 
     def submit(self, run_id: str, batches: list[Batch]) -> None:
@@ -265,7 +287,8 @@ class Store:
             }
             self.con.execute(
                 "INSERT INTO sample_values SELECT ?, ts, source, entity, metric, value "
-                "FROM tick_samples", [run_id]
+                "FROM tick_samples",
+                [run_id],
             )
             n = len(tick_samples["value"])
         events = [e for b in batches for e in b.events]
@@ -277,8 +300,9 @@ class Store:
                 "ts": np.array([_us(ts) for ts, *_ in attrs], dtype="datetime64[us]"),
                 "source": np.array([s for _, s, _, _ in attrs], dtype=object),
                 "entity": np.array([e for _, _, e, _ in attrs], dtype=object),
-                "attrs": np.array([json.dumps(dict(a), default=str) for *_, a in attrs],
-                                  dtype=object),
+                "attrs": np.array(
+                    [json.dumps(dict(a), default=str) for *_, a in attrs], dtype=object
+                ),
             }
             self.con.execute(
                 "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM tick_entities",

@@ -11,8 +11,17 @@ from agent.errors import TargetError
 
 #: Exact environment keys of the target that may be stored; anything else never leaves /proc.
 ENV_KEYS = frozenset(
-    {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
-     "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT"}
+    {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "NODE_RANK",
+        "CUDA_VISIBLE_DEVICES",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    }
 )
 #: Prefixes of keys that may be stored (SLURM job layout, TPU topology).
 ENV_PREFIXES = ("SLURM_", "TPU_")

@@ -26,8 +26,12 @@ time.sleep(3600)
 @contextmanager
 def process_tree(size: int = 32) -> Iterator[int]:
     """A real tree of ``size`` sleeping processes (root + children); yields the root pid."""
-    root = subprocess.Popen([sys.executable, "-c", TREE_SCRIPT, str(size)],
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    root = subprocess.Popen(
+        [sys.executable, "-c", TREE_SCRIPT, str(size)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert root.stdout.readline().strip() == "ready"
     try:
         yield root.pid

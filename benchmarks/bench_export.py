@@ -53,10 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=40)
     parser.add_argument("--interval", type=float, default=1.0, help="sampling interval (s)")
-    parser.add_argument("--otlp-every", type=float, default=60.0,
-                        help="OTLP export interval (s); the SDK default is 60")
-    parser.add_argument("--scrape-every", type=float, default=15.0,
-                        help="Prometheus scrape interval (s); 15 is a common setting")
+    parser.add_argument(
+        "--otlp-every",
+        type=float,
+        default=60.0,
+        help="OTLP export interval (s); the SDK default is 60",
+    )
+    parser.add_argument(
+        "--scrape-every",
+        type=float,
+        default=15.0,
+        help="Prometheus scrape interval (s); 15 is a common setting",
+    )
     args = parser.parse_args(argv)
 
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -78,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     job = spawn_job(PROCESSES)
     clock = [time.time()]
     processes = ProcessCollector(job.pid)
-    simulator = install(load_scenario("healthy"), clock=lambda: clock[0],
-                        job_pids=lambda: sorted(processes.pids))
+    simulator = install(
+        load_scenario("healthy"), clock=lambda: clock[0], job_pids=lambda: sorted(processes.pids)
+    )
     try:
         time.sleep(0.5)  # let the shell start its children
         ctx = CollectContext(root_pid=job.pid, job_pids=lambda: processes.pids)
@@ -93,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         index = SeriesIndex(plan, "bench-host")
         # OTLP: what the exporter's reader does, minus the network: SDK collection + encoding
         otlp_reader = InMemoryMetricReader()
-        provider = MeterProvider(metric_readers=[otlp_reader], views=instrument_views(plan),
-                                 exemplar_filter=AlwaysOffExemplarFilter(),
-                                 shutdown_on_exit=False)
+        provider = MeterProvider(
+            metric_readers=[otlp_reader],
+            views=instrument_views(plan),
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            shutdown_on_exit=False,
+        )
         register_instruments(provider.get_meter("accelwatch"), plan, index, lambda: hub.latest)
         exposition = Exposition(plan, {}, {"host.name": "bench-host"})
 
@@ -127,24 +139,30 @@ def main(argv: list[str] | None = None) -> int:
 
     sample_cpu = statistics.median(sampling)
     otlp_cpu, scrape_cpu = statistics.median(otlp), statistics.median(scrape)
-    print(f"setup: {gpus} simulated GPUs, {procs} job processes, {points} samples per tick, "
-          f"{len(plan.instruments)} instruments, {args.ticks} ticks")
+    print(
+        f"setup: {gpus} simulated GPUs, {procs} job processes, {points} samples per tick, "
+        f"{len(plan.instruments)} instruments, {args.ticks} ticks"
+    )
     print(f"sampling CPU per tick:          {sample_cpu * 1e3:8.2f} ms")
     rows = [
         ("OTLP export every tick", otlp_cpu),
         ("Prometheus scrape every tick", scrape_cpu),
         ("both, every tick (worst case)", otlp_cpu + scrape_cpu),
-        (f"OTLP every {args.otlp_every:g} s + scrape every {args.scrape_every:g} s",
-         otlp_cpu * args.interval / args.otlp_every
-         + scrape_cpu * args.interval / args.scrape_every),
+        (
+            f"OTLP every {args.otlp_every:g} s + scrape every {args.scrape_every:g} s",
+            otlp_cpu * args.interval / args.otlp_every
+            + scrape_cpu * args.interval / args.scrape_every,
+        ),
     ]
     for label, cpu in rows:
         ratio = cpu / sample_cpu
         verdict = "PASS" if ratio <= TARGET else "MISS"
         print(f"{label:34s} {cpu * 1e3:8.2f} ms  = {ratio:6.1%} of sampling  {verdict}")
     ratio = rows[-1][1] / sample_cpu
-    print(f"export CPU per {args.interval:g} s interval at the configured cadence: {ratio:.1%} "
-          f"of sampling CPU (target <= {TARGET:.0%}): {'PASS' if ratio <= TARGET else 'MISS'}")
+    print(
+        f"export CPU per {args.interval:g} s interval at the configured cadence: {ratio:.1%} "
+        f"of sampling CPU (target <= {TARGET:.0%}): {'PASS' if ratio <= TARGET else 'MISS'}"
+    )
     return 0
 
 

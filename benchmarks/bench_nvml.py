@@ -104,17 +104,33 @@ def bare_collector(root_pid: int | None) -> Callable[[], int]:
     tree rooted at ``root_pid``, if given), values kept in a list."""
     nv = pynvml
     handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
-    maxima = [(nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
-               nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM),
-               nv.nvmlDeviceGetMaxPcieLinkGeneration(h), nv.nvmlDeviceGetMaxPcieLinkWidth(h))
-              for h in handles]
-    links = [int(nv.nvmlDeviceGetFieldValues(h, [nv.NVML_FI_DEV_NVLINK_LINK_COUNT])[0].value.uiVal)
-             for h in handles]
+    maxima = [
+        (
+            nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+            nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM),
+            nv.nvmlDeviceGetMaxPcieLinkGeneration(h),
+            nv.nvmlDeviceGetMaxPcieLinkWidth(h),
+        )
+        for h in handles
+    ]
+    links = [
+        int(nv.nvmlDeviceGetFieldValues(h, [nv.NVML_FI_DEV_NVLINK_LINK_COUNT])[0].value.uiVal)
+        for h in handles
+    ]
     fields = [
-        [(nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0), (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
-         (nv.NVML_FI_DEV_POWER_INSTANT, 0)]
-        + [(f, link) for link in range(n) for f in (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
-                                                    nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)]
+        [
+            (nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
+            (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
+            (nv.NVML_FI_DEV_POWER_INSTANT, 0),
+        ]
+        + [
+            (f, link)
+            for link in range(n)
+            for f in (
+                nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+            )
+        ]
         + [(nv.NVML_FI_DEV_NVLINK_GET_STATE, link) for link in range(n)]
         for n in links
     ]
@@ -134,19 +150,32 @@ def bare_collector(root_pid: int | None) -> Callable[[], int]:
         for i, h in enumerate(handles):
             u = nv.nvmlDeviceGetUtilizationRates(h)
             m = nv.nvmlDeviceGetMemoryInfo(h, nv.nvmlMemory_v2)
-            out += [u.gpu, u.memory, m.used, m.total, m.free,
-                    nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
-                    nv.nvmlDeviceGetPowerUsage(h), nv.nvmlDeviceGetEnforcedPowerLimit(h),
-                    nv.nvmlDeviceGetTotalEnergyConsumption(h),
-                    nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
-                    nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM), *maxima[i],
-                    nv.nvmlDeviceGetPerformanceState(h),
-                    nv.nvmlDeviceGetCurrentClocksEventReasons(h),
-                    nv.nvmlDeviceGetCurrPcieLinkGeneration(h), nv.nvmlDeviceGetCurrPcieLinkWidth(h),
-                    nv.nvmlDeviceGetPcieReplayCounter(h)]
-            out += [nv.nvmlDeviceGetTotalEccErrors(h, err, kind) for err in (0, 1) for kind in (0, 1)]
+            out += [
+                u.gpu,
+                u.memory,
+                m.used,
+                m.total,
+                m.free,
+                nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+                nv.nvmlDeviceGetPowerUsage(h),
+                nv.nvmlDeviceGetEnforcedPowerLimit(h),
+                nv.nvmlDeviceGetTotalEnergyConsumption(h),
+                nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+                nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
+                *maxima[i],
+                nv.nvmlDeviceGetPerformanceState(h),
+                nv.nvmlDeviceGetCurrentClocksEventReasons(h),
+                nv.nvmlDeviceGetCurrPcieLinkGeneration(h),
+                nv.nvmlDeviceGetCurrPcieLinkWidth(h),
+                nv.nvmlDeviceGetPcieReplayCounter(h),
+            ]
+            out += [
+                nv.nvmlDeviceGetTotalEccErrors(h, err, kind) for err in (0, 1) for kind in (0, 1)
+            ]
             out += nv.nvmlDeviceGetRemappedRows(h)
-            out += [(v.value.ullVal, v.timestamp) for v in nv.nvmlDeviceGetFieldValues(h, fields[i])]
+            out += [
+                (v.value.ullVal, v.timestamp) for v in nv.nvmlDeviceGetFieldValues(h, fields[i])
+            ]
             previous, current = samples[i]
             nv.nvmlGpmSampleGet(h, current)
             request.sample1, request.sample2 = previous, current
@@ -163,8 +192,14 @@ def bare_collector(root_pid: int | None) -> Callable[[], int]:
                 out += [s.pid, s.smUtil, s.memUtil]
         for proc in [root, *root.children(recursive=True)] if root is not None else []:
             with proc.oneshot():
-                out += [proc.cpu_times(), proc.memory_info(), proc.num_threads(),
-                        proc.num_ctx_switches(), proc.status(), proc.io_counters()]
+                out += [
+                    proc.cpu_times(),
+                    proc.memory_info(),
+                    proc.num_threads(),
+                    proc.num_ctx_switches(),
+                    proc.status(),
+                    proc.io_counters(),
+                ]
         return len(out)
 
     return tick
@@ -181,10 +216,19 @@ def nvitop_collector(root_pid: int) -> Callable[[], int]:
         out: list = []
         gpu_processes = []
         for d in devices:
-            out += [d.utilization_rates(), d.memory_info(), d.temperature(), d.power_usage(),
-                    d.power_limit(), d.clock_infos(), d.max_clock_infos(), d.performance_state(),
-                    d.pcie_throughput(), d.nvlink_throughput(),
-                    d.total_volatile_uncorrected_ecc_errors()]
+            out += [
+                d.utilization_rates(),
+                d.memory_info(),
+                d.temperature(),
+                d.power_usage(),
+                d.power_limit(),
+                d.clock_infos(),
+                d.max_clock_infos(),
+                d.performance_state(),
+                d.pcie_throughput(),
+                d.nvlink_throughput(),
+                d.total_volatile_uncorrected_ecc_errors(),
+            ]
             gpu_processes.extend(d.processes().values())
         out += GpuProcess.take_snapshots(gpu_processes, failsafe=True)
         out += [HostProcess(p.pid).as_snapshot() for p in [root, *root.children(recursive=True)]]
@@ -193,8 +237,13 @@ def nvitop_collector(root_pid: int) -> Callable[[], int]:
     return tick
 
 
-def measure(steps: dict[str, Callable[[float], object]], clock: FakeClock, ticks: int,
-            interval: float, rounds: int = 3) -> dict[str, float]:
+def measure(
+    steps: dict[str, Callable[[float], object]],
+    clock: FakeClock,
+    ticks: int,
+    interval: float,
+    rounds: int = 3,
+) -> dict[str, float]:
     """Mean process CPU seconds per tick of each collector.
 
     The collectors take turns in ``rounds`` rounds of ``ticks / rounds`` simulated
@@ -255,13 +304,18 @@ def main(argv: list[str] | None = None) -> int:
         bare_tick = bare_collector(tree.pid)
         bare_gpu_tick = bare_collector(None)
         nvitop_tick = nvitop_collector(tree.pid)
-        cpu = measure({
-            "agent": sampler.step,
-            "bare": lambda _now: bare_tick(),
-            "nvitop": lambda _now: nvitop_tick(),
-            "nvml": nvml.collect,
-            "bare_gpu": lambda _now: bare_gpu_tick(),
-        }, clock, args.ticks, args.interval)
+        cpu = measure(
+            {
+                "agent": sampler.step,
+                "bare": lambda _now: bare_tick(),
+                "nvitop": lambda _now: nvitop_tick(),
+                "nvml": nvml.collect,
+                "bare_gpu": lambda _now: bare_gpu_tick(),
+            },
+            clock,
+            args.ticks,
+            args.interval,
+        )
         nvml.close()
     finally:
         sim.uninstall()
@@ -275,11 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("agent (process + nvml collectors)", agent, None, None),
         ("(a) bare nvidia-ml-py + psutil", cpu["bare"], agent / cpu["bare"], TARGET_BARE),
-        ("(b) nvitop Device + process snapshots", cpu["nvitop"], agent / cpu["nvitop"],
-         TARGET_NVITOP),
+        (
+            "(b) nvitop Device + process snapshots",
+            cpu["nvitop"],
+            agent / cpu["nvitop"],
+            TARGET_NVITOP,
+        ),
         ("nvml collector alone", nvml_alone, None, None),
-        ("(a') bare nvidia-ml-py, GPUs only", cpu["bare_gpu"], nvml_alone / cpu["bare_gpu"],
-         TARGET_BARE),
+        (
+            "(a') bare nvidia-ml-py, GPUs only",
+            cpu["bare_gpu"],
+            nvml_alone / cpu["bare_gpu"],
+            TARGET_BARE,
+        ),
     ]
     missed = False
     print(f"8 simulated H100 (GPM, 18 NVLinks), {TREE_SIZE}-process tree, {args.ticks} ticks each")

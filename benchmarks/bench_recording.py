@@ -78,10 +78,22 @@ def bench_rss(root_pid: int, real: bool) -> tuple[float, float]:
     interval, duration = (1.0, 600.0) if real else (0.05, 30.0)
     with tempfile.TemporaryDirectory() as tmp:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "attach", str(root_pid), "--headless",
-             "--db", str(Path(tmp) / "rss.duckdb"), "--interval", str(interval),
-             "--duration", str(duration)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "attach",
+                str(root_pid),
+                "--headless",
+                "--db",
+                str(Path(tmp) / "rss.duckdb"),
+                "--interval",
+                str(interval),
+                "--duration",
+                str(duration),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         proc = psutil.Process(agent.pid)
         peak_rss = peak_uss = 0
@@ -112,13 +124,14 @@ def bench_ingest(n_ticks: int, values_per_tick: int, ticks_per_flush: int):
         store = Store(Path(tmp) / "ingest.duckdb")
         start = time.perf_counter()
         for i in range(0, n_ticks, ticks_per_flush):
-            store.write_ticks([("bench", batches[i:i + ticks_per_flush])])
+            store.write_ticks([("bench", batches[i : i + ticks_per_flush])])
         ours = time.perf_counter() - start  # includes building the columns of each tick
         store.con.execute("CHECKPOINT")
         store.close()
         size = os.path.getsize(Path(tmp) / "ingest.duckdb")
         all_rows = pa.concat_tables(  # noqa: F841 - the same data, as one Arrow table
-            [pa.table(b.to_columns()) for b in batches])
+            [pa.table(b.to_columns()) for b in batches]
+        )
         con = duckdb.connect(str(Path(tmp) / "bulk.duckdb"))
         start = time.perf_counter()
         con.execute("CREATE TABLE bulk AS SELECT 'bench' AS run_id, * FROM all_rows")
@@ -138,19 +151,41 @@ def main() -> None:
     ratio = agent / bare
     ingest = {k: bench_ingest(600, 1000, k) for k in (1, 10)}
     bytes_per_value = ingest[1][2]
-    print_table("accelwatch recording core", [
-        ("bare psutil loop, CPU ms per tick (32 procs + host)", f"{bare * 1e3:.2f}", "", ""),
-        ("agent, CPU ms per tick (incl. batching + store)", f"{agent * 1e3:.2f}", "", ""),
-        ("agent / bare psutil", f"{ratio:.2f}x", "<= 1.5x", verdict(ratio <= 1.5)),
-        ("agent peak RSS, 600 ticks headless (MB)", f"{rss_mb:.0f}", "<= 100", verdict(rss_mb <= 100)),
-        ("  of which private (USS; the rest is shared library code)", f"{uss_mb:.0f}", "", ""),
-        *[row for k, (ours, bulk, _) in ingest.items() for row in (
-            (f"store ingest, {k} tick(s) of 1000 values per flush (rows/s)", f"{ours:,.0f}", "", ""),
-            ("  bulk CREATE TABLE AS of the same data (rows/s)", f"{bulk:,.0f}", "", ""),
-            ("  ingest / bulk", f"{ours / bulk:.2f}x", ">= 0.3x", verdict(ours / bulk >= 0.3)),
-        )],
-        ("bytes per stored value (after checkpoint)", f"{bytes_per_value:.2f}", "", ""),
-    ])
+    print_table(
+        "accelwatch recording core",
+        [
+            ("bare psutil loop, CPU ms per tick (32 procs + host)", f"{bare * 1e3:.2f}", "", ""),
+            ("agent, CPU ms per tick (incl. batching + store)", f"{agent * 1e3:.2f}", "", ""),
+            ("agent / bare psutil", f"{ratio:.2f}x", "<= 1.5x", verdict(ratio <= 1.5)),
+            (
+                "agent peak RSS, 600 ticks headless (MB)",
+                f"{rss_mb:.0f}",
+                "<= 100",
+                verdict(rss_mb <= 100),
+            ),
+            ("  of which private (USS; the rest is shared library code)", f"{uss_mb:.0f}", "", ""),
+            *[
+                row
+                for k, (ours, bulk, _) in ingest.items()
+                for row in (
+                    (
+                        f"store ingest, {k} tick(s) of 1000 values per flush (rows/s)",
+                        f"{ours:,.0f}",
+                        "",
+                        "",
+                    ),
+                    ("  bulk CREATE TABLE AS of the same data (rows/s)", f"{bulk:,.0f}", "", ""),
+                    (
+                        "  ingest / bulk",
+                        f"{ours / bulk:.2f}x",
+                        ">= 0.3x",
+                        verdict(ours / bulk >= 0.3),
+                    ),
+                )
+            ],
+            ("bytes per stored value (after checkpoint)", f"{bytes_per_value:.2f}", "", ""),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ def run_child(args: argparse.Namespace) -> None:
     from tui.live import LiveApp
     from tui.views import gpu_entities
 
-    session = Session(SessionConfig(db_path=args.db, interval=1.0, simulate="healthy",
-                                    headless=False, live_analysis=False))
+    session = Session(
+        SessionConfig(
+            db_path=args.db, interval=1.0, simulate="healthy", headless=False, live_analysis=False
+        )
+    )
     session.attach(args.pid)
     reader = LiveReader(session)
     sampler_cpu: list[float] = []
@@ -68,8 +71,12 @@ def run_child(args: argparse.Namespace) -> None:
             self.set_timer(args.warmup, self._start_window)
 
         def _start_window(self) -> None:
-            self._t0 = (time.thread_time(), time.monotonic(), self.refreshes,
-                        session.sampler.stats.ticks)
+            self._t0 = (
+                time.thread_time(),
+                time.monotonic(),
+                self.refreshes,
+                session.sampler.stats.ticks,
+            )
             self.set_timer(args.seconds, self._end_window)
 
         def _end_window(self) -> None:
@@ -147,10 +154,24 @@ def run_parent(args: argparse.Namespace) -> int:
         pid, fd = pty.fork()
         if pid == 0:  # child: become the app
             os.environ["TERM"] = "xterm-256color"
-            os.execv(sys.executable, [
-                sys.executable, __file__, "--child", "--pid", str(root), "--db",
-                str(Path(tmp) / "bench.duckdb"), "--out", str(out),
-                "--seconds", str(args.seconds), "--warmup", str(args.warmup)])
+            os.execv(
+                sys.executable,
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--pid",
+                    str(root),
+                    "--db",
+                    str(Path(tmp) / "bench.duckdb"),
+                    "--out",
+                    str(out),
+                    "--seconds",
+                    str(args.seconds),
+                    "--warmup",
+                    str(args.warmup),
+                ],
+            )
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         reader = PtyReader(fd)
         reader.start()
@@ -170,8 +191,11 @@ def run_parent(args: argparse.Namespace) -> int:
         os.waitpid(pid, 0)
         if not out.exists():
             screen = _ESCAPES.sub(b"", b"".join(d for _, d in reader.chunks))
-            print("bench_tui: the app did not report its measurements:\n"
-                  + screen[-3000:].decode("utf-8", "replace"), file=sys.stderr)
+            print(
+                "bench_tui: the app did not report its measurements:\n"
+                + screen[-3000:].decode("utf-8", "replace"),
+                file=sys.stderr,
+            )
             return 1
         result = json.loads(out.read_text())
     refreshes = max(result["refreshes"], 1)
@@ -186,15 +210,30 @@ def run_parent(args: argparse.Namespace) -> int:
         f"{result['wall_s']:.1f} s",
         [
             ("UI CPU per refresh (ms)", f"{cpu_per_refresh * 1e3:.1f}", "", ""),
-            ("UI CPU time / wall time at 1 Hz (share of the period)", f"{share:.1%}", f"<= {CPU_TARGET:.0%}",
-             verdict(share <= CPU_TARGET)),
-            ("sampler CPU per tick, for scale (ms)",
-             f"{result['sampler_cpu_per_tick_s'] * 1e3:.1f}", "", ""),
-            (f"key-to-render latency, median of {len(latencies)}/{args.keys} (ms)",
-             f"{median * 1e3:.1f}", f"<= {LATENCY_TARGET_S * 1e3:.0f}",
-             verdict(median <= LATENCY_TARGET_S and len(latencies) == args.keys)),
-            ("key-to-render latency, max (ms)",
-             f"{max(latencies) * 1e3:.1f}" if latencies else "-", "", ""),
+            (
+                "UI CPU time / wall time at 1 Hz (share of the period)",
+                f"{share:.1%}",
+                f"<= {CPU_TARGET:.0%}",
+                verdict(share <= CPU_TARGET),
+            ),
+            (
+                "sampler CPU per tick, for scale (ms)",
+                f"{result['sampler_cpu_per_tick_s'] * 1e3:.1f}",
+                "",
+                "",
+            ),
+            (
+                f"key-to-render latency, median of {len(latencies)}/{args.keys} (ms)",
+                f"{median * 1e3:.1f}",
+                f"<= {LATENCY_TARGET_S * 1e3:.0f}",
+                verdict(median <= LATENCY_TARGET_S and len(latencies) == args.keys),
+            ),
+            (
+                "key-to-render latency, max (ms)",
+                f"{max(latencies) * 1e3:.1f}" if latencies else "-",
+                "",
+                "",
+            ),
         ],
     )
     return 0

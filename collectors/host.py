@@ -111,7 +111,9 @@ class HostCollector(Collector):
             now_d, before_d = total._asdict(), prev_total._asdict()
             for mode in CPU_MODES:
                 if mode in now_d:
-                    b.add("host", f"host.cpu.{mode}", max(0.0, (now_d[mode] - before_d[mode]) / span))
+                    b.add(
+                        "host", f"host.cpu.{mode}", max(0.0, (now_d[mode] - before_d[mode]) / span)
+                    )
         for i, (now_c, before_c) in enumerate(zip(cores, prev_cores or ())):
             busy1, all1 = _busy(now_c)
             busy0, all0 = _busy(before_c)

@@ -31,8 +31,10 @@ ERROR_EVENT_INTERVAL_S = 60.0  # at most one nvml_error event per device and que
 def unavailable_message(exc: pynvml.NVMLError) -> str:
     """Why NVML cannot be used here, and what to do instead, in one line."""
     if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
-        return ("NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver on this machine; "
-                "use --simulate SCENARIO to record simulated GPUs")
+        return (
+            "NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver on this machine; "
+            "use --simulate SCENARIO to record simulated GPUs"
+        )
     if isinstance(exc, pynvml.NVMLError_DriverNotLoaded):
         return "NVIDIA driver not loaded (is the kernel module installed?)"
     if isinstance(exc, pynvml.NVMLError_NoPermission):
@@ -49,8 +51,13 @@ class NvmlCollector(Collector):
 
     source = SOURCE
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, watch_events: bool = True,
-                 event_timeout_ms: int = 250) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        watch_events: bool = True,
+        event_timeout_ms: int = 250,
+    ) -> None:
         self.clock = clock
         self.watch_events = watch_events
         self.event_timeout_ms = event_timeout_ms
@@ -96,12 +103,28 @@ class NvmlCollector(Collector):
                 device, found = probe_gpu(handle, index, self.job)
                 device.children, mig_notices = probe_mig_devices(device, self.job)
             except pynvml.NVMLError_GpuIsLost:
-                self._pending.append(("gpu_lost", entity, {
-                    "severity": "error", "message": f"{entity} fell off the bus before recording"}))
+                self._pending.append(
+                    (
+                        "gpu_lost",
+                        entity,
+                        {
+                            "severity": "error",
+                            "message": f"{entity} fell off the bus before recording",
+                        },
+                    )
+                )
                 continue
             except pynvml.NVMLError as exc:
-                self._pending.append(("notice", entity, {
-                    "reason": str(exc), "message": f"{entity} cannot be read ({exc}); skipped"}))
+                self._pending.append(
+                    (
+                        "notice",
+                        entity,
+                        {
+                            "reason": str(exc),
+                            "message": f"{entity} cannot be read ({exc}); skipped",
+                        },
+                    )
+                )
                 continue
             device.attrs.update(system)
             self.devices.append(device)
@@ -109,8 +132,11 @@ class NvmlCollector(Collector):
         self._pending += [("notice", n.entity, n.detail) for n in notices]
         self.xid_counts = {d.entity: 0 for d in self.devices}
         if self.watch_events and self.devices:
-            self.events = EventWatcher([(d.entity, d.handle) for d in self.devices],
-                                       clock=self.clock, timeout_ms=self.event_timeout_ms)
+            self.events = EventWatcher(
+                [(d.entity, d.handle) for d in self.devices],
+                clock=self.clock,
+                timeout_ms=self.event_timeout_ms,
+            )
             self._pending += [("notice", n.entity, n.detail) for n in self.events.start()]
 
     def close(self) -> None:
@@ -159,9 +185,14 @@ class NvmlCollector(Collector):
 
     def _lose(self, b: BatchBuilder, gpu: Device, entity: str, query: str) -> None:
         gpu.lost = True
-        b.event("gpu_lost", gpu.entity, severity="error", query=query,
-                message=f"{gpu.entity} is lost (fell off the bus) while reading {query} of "
-                        f"{entity}; no longer queried")
+        b.event(
+            "gpu_lost",
+            gpu.entity,
+            severity="error",
+            query=query,
+            message=f"{gpu.entity} is lost (fell off the bus) while reading {query} of "
+            f"{entity}; no longer queried",
+        )
         b.describe(gpu.entity, **{**gpu.attrs, "used_by_job": gpu.used_by_job, "lost": True})
 
     def _query_error(self, b: BatchBuilder, entity: str, query: str, error: str) -> None:
@@ -170,8 +201,14 @@ class NvmlCollector(Collector):
         if last is not None and b.ts - last < ERROR_EVENT_INTERVAL_S:
             return
         self._error_last[key] = b.ts
-        b.event("nvml_error", entity, severity="warning", query=query, error=error,
-                message=f"{query} of {entity} failed: {error}")
+        b.event(
+            "nvml_error",
+            entity,
+            severity="warning",
+            query=query,
+            error=error,
+            message=f"{query} of {entity} failed: {error}",
+        )
 
     def _record_events(self, b: BatchBuilder) -> None:
         if self.events is None:
@@ -189,8 +226,11 @@ class NvmlCollector(Collector):
                 if ev.entity in counts:
                     counts[ev.entity] += 1
                     bumped.add(ev.entity)
-                detail = {**detail, "severity": "error",
-                          "message": f"XID {detail['xid']} on {ev.entity}"}
+                detail = {
+                    **detail,
+                    "severity": "error",
+                    "message": f"XID {detail['xid']} on {ev.entity}",
+                }
             b.event(ev.kind, ev.entity, ts=ev.ts, **detail)
         for device in self.devices:
             if not device.lost or device.entity in bumped:

@@ -22,13 +22,30 @@ from collectors.nvml_probe import BoundQuery, Notice, Query, Variant, probe, que
 from collectors.nvml_processes import JobView, ProcessReader
 
 MAX_ENERGY_RATE_W = 1e5  # a step above this many joules per second is a counter reset
-_CLOCK_EVENT_METRICS = tuple((f"gpu.clock_event.{flag}", bit) for flag, bit in CLOCK_EVENT_FLAGS.items())
+_CLOCK_EVENT_METRICS = tuple(
+    (f"gpu.clock_event.{flag}", bit) for flag, bit in CLOCK_EVENT_FLAGS.items()
+)
 _ECC_COUNTERS = (
-    ("gpu.ecc.volatile.corrected", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC),
-    ("gpu.ecc.volatile.uncorrected", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC),
-    ("gpu.ecc.aggregate.corrected", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC),
-    ("gpu.ecc.aggregate.uncorrected", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-     pynvml.NVML_AGGREGATE_ECC),
+    (
+        "gpu.ecc.volatile.corrected",
+        pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+        pynvml.NVML_VOLATILE_ECC,
+    ),
+    (
+        "gpu.ecc.volatile.uncorrected",
+        pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+        pynvml.NVML_VOLATILE_ECC,
+    ),
+    (
+        "gpu.ecc.aggregate.corrected",
+        pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+        pynvml.NVML_AGGREGATE_ECC,
+    ),
+    (
+        "gpu.ecc.aggregate.uncorrected",
+        pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+        pynvml.NVML_AGGREGATE_ECC,
+    ),
 )
 
 
@@ -98,8 +115,10 @@ def _emit_clock_events(e: str, b: BatchBuilder, mask: int) -> None:
 
 def _ecc_counts(h: Any) -> tuple[int, ...]:
     """Volatile and aggregate, corrected and uncorrected: supported (or not) together."""
-    return tuple(pynvml.nvmlDeviceGetTotalEccErrors(h, error_type, counter_type)
-                 for _, error_type, counter_type in _ECC_COUNTERS)
+    return tuple(
+        pynvml.nvmlDeviceGetTotalEccErrors(h, error_type, counter_type)
+        for _, error_type, counter_type in _ECC_COUNTERS
+    )
 
 
 def _emit_ecc(e: str, b: BatchBuilder, counts: tuple[int, ...]) -> None:
@@ -130,36 +149,102 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
     energy = CounterTrack(scale=0.001, max_rate=MAX_ENERGY_RATE_W)
     return [
         *usage_queries(h, e),
-        _scalar("temperature", "nvmlDeviceGetTemperature",
-                partial(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU), e, "gpu.temperature"),
-        _scalar("power", "nvmlDeviceGetPowerUsage",
-                partial(nv.nvmlDeviceGetPowerUsage, h), e, "gpu.power", 0.001),
-        _scalar("power limit", "nvmlDeviceGetEnforcedPowerLimit",
-                partial(nv.nvmlDeviceGetEnforcedPowerLimit, h), e, "gpu.power.limit", 0.001),
-        query("energy", "nvmlDeviceGetTotalEnergyConsumption",
-              partial(nv.nvmlDeviceGetTotalEnergyConsumption, h), partial(_emit_energy, e, energy)),
-        _scalar("fan speed", "nvmlDeviceGetFanSpeed",
-                partial(nv.nvmlDeviceGetFanSpeed, h), e, "gpu.fan.speed", 0.01),
-        _scalar("sm clock", "nvmlDeviceGetClockInfo",
-                partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM), e, "gpu.clock.sm"),
-        _scalar("memory clock", "nvmlDeviceGetClockInfo",
-                partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM), e, "gpu.clock.memory"),
-        _scalar("pstate", "nvmlDeviceGetPerformanceState",
-                partial(nv.nvmlDeviceGetPerformanceState, h), e, "gpu.pstate"),
-        Query("clock events", tuple(
-            Variant(name, partial(getattr(nv, name), h), partial(_emit_clock_events, e))
-            for name in ("nvmlDeviceGetCurrentClocksEventReasons",
-                         "nvmlDeviceGetCurrentClocksThrottleReasons")
-        )),
-        _scalar("pcie link generation", "nvmlDeviceGetCurrPcieLinkGeneration",
-                partial(nv.nvmlDeviceGetCurrPcieLinkGeneration, h), e, "gpu.pcie.link.gen"),
-        _scalar("pcie link width", "nvmlDeviceGetCurrPcieLinkWidth",
-                partial(nv.nvmlDeviceGetCurrPcieLinkWidth, h), e, "gpu.pcie.link.width"),
-        _scalar("pcie replays", "nvmlDeviceGetPcieReplayCounter",
-                partial(nv.nvmlDeviceGetPcieReplayCounter, h), e, "gpu.pcie.replays"),
+        _scalar(
+            "temperature",
+            "nvmlDeviceGetTemperature",
+            partial(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU),
+            e,
+            "gpu.temperature",
+        ),
+        _scalar(
+            "power",
+            "nvmlDeviceGetPowerUsage",
+            partial(nv.nvmlDeviceGetPowerUsage, h),
+            e,
+            "gpu.power",
+            0.001,
+        ),
+        _scalar(
+            "power limit",
+            "nvmlDeviceGetEnforcedPowerLimit",
+            partial(nv.nvmlDeviceGetEnforcedPowerLimit, h),
+            e,
+            "gpu.power.limit",
+            0.001,
+        ),
+        query(
+            "energy",
+            "nvmlDeviceGetTotalEnergyConsumption",
+            partial(nv.nvmlDeviceGetTotalEnergyConsumption, h),
+            partial(_emit_energy, e, energy),
+        ),
+        _scalar(
+            "fan speed",
+            "nvmlDeviceGetFanSpeed",
+            partial(nv.nvmlDeviceGetFanSpeed, h),
+            e,
+            "gpu.fan.speed",
+            0.01,
+        ),
+        _scalar(
+            "sm clock",
+            "nvmlDeviceGetClockInfo",
+            partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM),
+            e,
+            "gpu.clock.sm",
+        ),
+        _scalar(
+            "memory clock",
+            "nvmlDeviceGetClockInfo",
+            partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM),
+            e,
+            "gpu.clock.memory",
+        ),
+        _scalar(
+            "pstate",
+            "nvmlDeviceGetPerformanceState",
+            partial(nv.nvmlDeviceGetPerformanceState, h),
+            e,
+            "gpu.pstate",
+        ),
+        Query(
+            "clock events",
+            tuple(
+                Variant(name, partial(getattr(nv, name), h), partial(_emit_clock_events, e))
+                for name in (
+                    "nvmlDeviceGetCurrentClocksEventReasons",
+                    "nvmlDeviceGetCurrentClocksThrottleReasons",
+                )
+            ),
+        ),
+        _scalar(
+            "pcie link generation",
+            "nvmlDeviceGetCurrPcieLinkGeneration",
+            partial(nv.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            e,
+            "gpu.pcie.link.gen",
+        ),
+        _scalar(
+            "pcie link width",
+            "nvmlDeviceGetCurrPcieLinkWidth",
+            partial(nv.nvmlDeviceGetCurrPcieLinkWidth, h),
+            e,
+            "gpu.pcie.link.width",
+        ),
+        _scalar(
+            "pcie replays",
+            "nvmlDeviceGetPcieReplayCounter",
+            partial(nv.nvmlDeviceGetPcieReplayCounter, h),
+            e,
+            "gpu.pcie.replays",
+        ),
         query("ecc", "nvmlDeviceGetTotalEccErrors", partial(_ecc_counts, h), partial(_emit_ecc, e)),
-        query("remapped rows", "nvmlDeviceGetRemappedRows",
-              partial(nv.nvmlDeviceGetRemappedRows, h), partial(_emit_remapped_rows, e)),
+        query(
+            "remapped rows",
+            "nvmlDeviceGetRemappedRows",
+            partial(nv.nvmlDeviceGetRemappedRows, h),
+            partial(_emit_remapped_rows, e),
+        ),
     ]
 
 
@@ -167,14 +252,27 @@ def usage_queries(h: Any, e: str) -> list[Query]:
     """Utilization and memory: what both full GPUs and MIG devices may answer."""
     nv = pynvml
     return [
-        query("utilization", "nvmlDeviceGetUtilizationRates",
-              partial(nv.nvmlDeviceGetUtilizationRates, h), partial(_emit_utilization, e)),
-        Query("memory", (
-            Variant("nvmlDeviceGetMemoryInfo_v2",
-                    partial(nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2), partial(_emit_memory, e)),
-            Variant("nvmlDeviceGetMemoryInfo",
-                    partial(nv.nvmlDeviceGetMemoryInfo, h), partial(_emit_memory, e)),
-        )),
+        query(
+            "utilization",
+            "nvmlDeviceGetUtilizationRates",
+            partial(nv.nvmlDeviceGetUtilizationRates, h),
+            partial(_emit_utilization, e),
+        ),
+        Query(
+            "memory",
+            (
+                Variant(
+                    "nvmlDeviceGetMemoryInfo_v2",
+                    partial(nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2),
+                    partial(_emit_memory, e),
+                ),
+                Variant(
+                    "nvmlDeviceGetMemoryInfo",
+                    partial(nv.nvmlDeviceGetMemoryInfo, h),
+                    partial(_emit_memory, e),
+                ),
+            ),
+        ),
     ]
 
 
@@ -182,17 +280,35 @@ def static_queries(h: Any, e: str) -> list[Query]:
     """Limits that never change: read once at probe time, re-emitted every tick for free."""
     nv = pynvml
     specs = [
-        ("max sm clock", "nvmlDeviceGetMaxClockInfo",
-         partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_SM), "gpu.clock.sm.max"),
-        ("max memory clock", "nvmlDeviceGetMaxClockInfo",
-         partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_MEM), "gpu.clock.memory.max"),
-        ("max pcie link generation", "nvmlDeviceGetMaxPcieLinkGeneration",
-         partial(nv.nvmlDeviceGetMaxPcieLinkGeneration, h), "gpu.pcie.link.gen.max"),
-        ("max pcie link width", "nvmlDeviceGetMaxPcieLinkWidth",
-         partial(nv.nvmlDeviceGetMaxPcieLinkWidth, h), "gpu.pcie.link.width.max"),
+        (
+            "max sm clock",
+            "nvmlDeviceGetMaxClockInfo",
+            partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_SM),
+            "gpu.clock.sm.max",
+        ),
+        (
+            "max memory clock",
+            "nvmlDeviceGetMaxClockInfo",
+            partial(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_MEM),
+            "gpu.clock.memory.max",
+        ),
+        (
+            "max pcie link generation",
+            "nvmlDeviceGetMaxPcieLinkGeneration",
+            partial(nv.nvmlDeviceGetMaxPcieLinkGeneration, h),
+            "gpu.pcie.link.gen.max",
+        ),
+        (
+            "max pcie link width",
+            "nvmlDeviceGetMaxPcieLinkWidth",
+            partial(nv.nvmlDeviceGetMaxPcieLinkWidth, h),
+            "gpu.pcie.link.width.max",
+        ),
     ]
-    return [query(name, function, _Once(fetch), partial(_emit_scaled, e, metric, 1.0))
-            for name, function, fetch, metric in specs]
+    return [
+        query(name, function, _Once(fetch), partial(_emit_scaled, e, metric, 1.0))
+        for name, function, fetch, metric in specs
+    ]
 
 
 class _Once:
@@ -245,8 +361,13 @@ def probe_gpu(h: Any, index: int, job: JobView) -> tuple[Device, list[Notice]]:
     device.gpm = GpmReader(h, e)
     gpm_queries, gpm_notices = device.gpm.probe()
     device.processes = ProcessReader(h, e, job)
-    candidates = [*gpu_queries(h, e), *static_queries(h, e), *field_queries, *gpm_queries,
-                  *device.processes.queries()]
+    candidates = [
+        *gpu_queries(h, e),
+        *static_queries(h, e),
+        *field_queries,
+        *gpm_queries,
+        *device.processes.queries(),
+    ]
     device.queries, probe_notices = probe(e, candidates)
     device.attrs["nvlinks"] = fields.link_count
     device.attrs["gpm"] = bool(gpm_queries)
@@ -293,4 +414,3 @@ def probe_mig_devices(parent: Device, job: JobView) -> tuple[list[Device], list[
         devices.append(device)
         notices.extend(found)
     return devices, notices
-

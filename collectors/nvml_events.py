@@ -21,8 +21,11 @@ import pynvml
 from collectors.nvml_probe import Notice
 
 #: Event types recorded, if the device supports them.
-WATCHED_EVENTS = (pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
-                  | pynvml.nvmlEventTypeSingleBitEccError)
+WATCHED_EVENTS = (
+    pynvml.nvmlEventTypeXidCriticalError
+    | pynvml.nvmlEventTypeDoubleBitEccError
+    | pynvml.nvmlEventTypeSingleBitEccError
+)
 _ERROR_BACKOFF_S = 1.0
 
 
@@ -42,8 +45,13 @@ def handle_key(handle: Any) -> int | None:
 class EventWatcher:
     """Registers devices on one event set and waits for events on a daemon thread."""
 
-    def __init__(self, devices: Sequence[tuple[str, Any]], *, clock: Callable[[], float] = time.time,
-                 timeout_ms: int = 250) -> None:
+    def __init__(
+        self,
+        devices: Sequence[tuple[str, Any]],
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout_ms: int = 250,
+    ) -> None:
         self.devices = list(devices)
         self.clock = clock
         self.timeout_ms = timeout_ms
@@ -61,8 +69,16 @@ class EventWatcher:
         try:
             self._event_set = pynvml.nvmlEventSetCreate()
         except pynvml.NVMLError as exc:
-            return [Notice("nvml", {"query": "events", "reason": str(exc),
-                                    "message": f"XID events unavailable: {exc}"})]
+            return [
+                Notice(
+                    "nvml",
+                    {
+                        "query": "events",
+                        "reason": str(exc),
+                        "message": f"XID events unavailable: {exc}",
+                    },
+                )
+            ]
         registered = 0
         for entity, handle in self.devices:
             try:
@@ -72,12 +88,20 @@ class EventWatcher:
                 pynvml.nvmlDeviceRegisterEvents(handle, wanted, self._event_set)
                 registered += 1
             except pynvml.NVMLError as exc:
-                notices.append(Notice(entity, {
-                    "query": "events", "reason": str(exc),
-                    "message": f"XID events {str(exc).lower()} on {entity}; not recorded"}))
+                notices.append(
+                    Notice(
+                        entity,
+                        {
+                            "query": "events",
+                            "reason": str(exc),
+                            "message": f"XID events {str(exc).lower()} on {entity}; not recorded",
+                        },
+                    )
+                )
         if registered:
-            self._thread = threading.Thread(target=self._run, name="accelwatch-nvml-events",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="accelwatch-nvml-events", daemon=True
+            )
             self._thread.start()
         return notices
 
@@ -102,9 +126,16 @@ class EventWatcher:
         if data.eventType == pynvml.nvmlEventTypeXidCriticalError:
             return GpuEvent(self.clock(), entity, "xid", {"xid": int(data.eventData), **detail})
         corrected = data.eventType == pynvml.nvmlEventTypeSingleBitEccError
-        return GpuEvent(self.clock(), entity, "ecc",
-                        {"type": "corrected" if corrected else "uncorrected", **detail,
-                         "severity": "warning" if corrected else "error"})
+        return GpuEvent(
+            self.clock(),
+            entity,
+            "ecc",
+            {
+                "type": "corrected" if corrected else "uncorrected",
+                **detail,
+                "severity": "warning" if corrected else "error",
+            },
+        )
 
     def drain(self) -> list[GpuEvent]:
         """Events received since the last drain, oldest first (thread-safe with the waiter)."""

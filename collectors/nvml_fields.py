@@ -25,8 +25,15 @@ KIB = 1024
 MAX_PCIE_RATE = 1e12
 MAX_NVLINK_LINK_RATE = 1e12
 
-_FIELD_LAYOUT = (("fieldId", "I"), ("scopeId", "I"), ("timestamp", "q"), ("latencyUsec", "q"),
-                 ("valueType", "I"), ("nvmlReturn", "I"), ("value", "Q"))
+_FIELD_LAYOUT = (
+    ("fieldId", "I"),
+    ("scopeId", "I"),
+    ("timestamp", "q"),
+    ("latencyUsec", "q"),
+    ("valueType", "I"),
+    ("nvmlReturn", "I"),
+    ("value", "Q"),
+)
 
 
 def _row_struct() -> struct.Struct:
@@ -101,18 +108,32 @@ class FieldReader:
     def groups(self) -> list[FieldGroup]:
         links = range(self.link_count)
         groups = [
-            FieldGroup("pcie byte counters", ((pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
-                                              (pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0))),
+            FieldGroup(
+                "pcie byte counters",
+                (
+                    (pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
+                    (pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
+                ),
+            ),
             FieldGroup("instant power", ((pynvml.NVML_FI_DEV_POWER_INSTANT, 0),)),
         ]
         if self.link_count:
             groups += [
-                FieldGroup("nvlink throughput counters", tuple(
-                    (fid, link) for link in links
-                    for fid in (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
-                                pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX))),
-                FieldGroup("nvlink link state", tuple(
-                    (pynvml.NVML_FI_DEV_NVLINK_GET_STATE, link) for link in links)),
+                FieldGroup(
+                    "nvlink throughput counters",
+                    tuple(
+                        (fid, link)
+                        for link in links
+                        for fid in (
+                            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+                        )
+                    ),
+                ),
+                FieldGroup(
+                    "nvlink link state",
+                    tuple((pynvml.NVML_FI_DEV_NVLINK_GET_STATE, link) for link in links),
+                ),
             ]
         return groups
 
@@ -123,12 +144,18 @@ class FieldReader:
         except pynvml.NVMLError_GpuIsLost:
             raise
         except pynvml.NVMLError as exc:
-            return [], [Notice(self.entity, {
-                "query": "field values", "functions": ["nvmlDeviceGetFieldValues"],
-                "reason": str(exc),
-                "message": f"field values unavailable on {self.entity} ({exc}): no PCIe/NVLink "
-                           "counters or instant power",
-            })]
+            return [], [
+                Notice(
+                    self.entity,
+                    {
+                        "query": "field values",
+                        "functions": ["nvmlDeviceGetFieldValues"],
+                        "reason": str(exc),
+                        "message": f"field values unavailable on {self.entity} ({exc}): no PCIe/NVLink "
+                        "counters or instant power",
+                    },
+                )
+            ]
         groups = self.groups()
         ids = [f for g in groups for f in g.fields]
         rows = FieldRequest(self.handle, ids)()
@@ -140,10 +167,17 @@ class FieldReader:
                 supported.append(group)
                 continue
             reason = str(pynvml.NVMLError(failing[0]))
-            notices.append(Notice(self.entity, {
-                "query": group.name, "functions": ["nvmlDeviceGetFieldValues"], "reason": reason,
-                "message": f"{group.name} {reason.lower()} on {self.entity}; not recorded",
-            }))
+            notices.append(
+                Notice(
+                    self.entity,
+                    {
+                        "query": group.name,
+                        "functions": ["nvmlDeviceGetFieldValues"],
+                        "reason": reason,
+                        "message": f"{group.name} {reason.lower()} on {self.entity}; not recorded",
+                    },
+                )
+            )
         if not supported:
             return [], notices
         return [self._query(supported)], notices
@@ -156,9 +190,17 @@ class FieldReader:
             return []
         self.link_count = 0
         reason = str(pynvml.NVMLError(count[5]))
-        return [Notice(self.entity, {
-            "query": "nvlink", "functions": ["nvmlDeviceGetFieldValues"], "reason": reason,
-            "message": f"NVLink {reason.lower()} on {self.entity} (PCIe only); no NVLink metrics"})]
+        return [
+            Notice(
+                self.entity,
+                {
+                    "query": "nvlink",
+                    "functions": ["nvmlDeviceGetFieldValues"],
+                    "reason": reason,
+                    "message": f"NVLink {reason.lower()} on {self.entity} (PCIe only); no NVLink metrics",
+                },
+            )
+        ]
 
     def _query(self, groups: list[FieldGroup]) -> Query:
         ids = [f for group in groups for f in group.fields]
@@ -170,16 +212,30 @@ class FieldReader:
         for slot, (fid, scope) in enumerate(ids):
             if fid in _PCIE_FIELDS:
                 d = _PCIE_FIELDS[fid]
-                counters.append((slot, e, f"gpu.pcie.{d}_bytes", f"gpu.pcie.{d}_throughput",
-                                 CounterTrack(scale=1.0, max_rate=MAX_PCIE_RATE)))
+                counters.append(
+                    (
+                        slot,
+                        e,
+                        f"gpu.pcie.{d}_bytes",
+                        f"gpu.pcie.{d}_throughput",
+                        CounterTrack(scale=1.0, max_rate=MAX_PCIE_RATE),
+                    )
+                )
             elif fid in _NVLINK_FIELDS:
                 d = _NVLINK_FIELDS[fid]
                 # KiB derived from a 64-bit byte counter wrap at 2**54; a step taken modulo
                 # 2**54 is also right for a counter kept in 64-bit KiB (steps are far smaller).
                 track = CounterTrack(scale=KIB, max_rate=MAX_NVLINK_LINK_RATE, modulus=U64 // KIB)
                 link_tracks[d].append(track)
-                counters.append((slot, f"{e}/nvlink{scope}", f"gpu.nvlink.{d}_bytes",
-                                 f"gpu.nvlink.{d}_throughput", track))
+                counters.append(
+                    (
+                        slot,
+                        f"{e}/nvlink{scope}",
+                        f"gpu.nvlink.{d}_bytes",
+                        f"gpu.nvlink.{d}_throughput",
+                        track,
+                    )
+                )
             elif fid == pynvml.NVML_FI_DEV_POWER_INSTANT:
                 power_slots.append(slot)
             elif fid == pynvml.NVML_FI_DEV_NVLINK_GET_STATE:
@@ -206,9 +262,15 @@ class FieldReader:
                 if row[5] == ok:
                     b.add(e, "gpu.power.instant", decode(row[4], row[6]) / 1000.0)
             if state_slots:
-                b.add(e, "gpu.nvlink.active_links", sum(
-                    1 for slot in state_slots
-                    if rows[slot][5] == ok and decode(rows[slot][4], rows[slot][6]) == active))
+                b.add(
+                    e,
+                    "gpu.nvlink.active_links",
+                    sum(
+                        1
+                        for slot in state_slots
+                        if rows[slot][5] == ok and decode(rows[slot][4], rows[slot][6]) == active
+                    ),
+                )
             for direction, tracks in link_totals:
                 # GPU totals: the links' monotonic totals summed; a rate only when every link has one.
                 b.add(e, f"gpu.nvlink.{direction}_bytes", sum(t.total for t in tracks))
@@ -216,11 +278,20 @@ class FieldReader:
                 if None not in rates:
                     b.add(e, f"gpu.nvlink.{direction}_throughput", sum(rates))
 
-        return query("field values", "nvmlDeviceGetFieldValues", FieldRequest(self.handle, ids), emit)
+        return query(
+            "field values", "nvmlDeviceGetFieldValues", FieldRequest(self.handle, ids), emit
+        )
 
 
-_PCIE_FIELDS = {pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: "tx", pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: "rx"}
-_COUNTER_WIDTHS = {pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: U32,
-                   pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: 1 << 16}
-_NVLINK_FIELDS = {pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: "tx",
-                  pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: "rx"}
+_PCIE_FIELDS = {
+    pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES: "tx",
+    pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES: "rx",
+}
+_COUNTER_WIDTHS = {
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: U32,
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: 1 << 16,
+}
+_NVLINK_FIELDS = {
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: "tx",
+    pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: "rx",
+}

@@ -73,11 +73,18 @@ class GpmReader:
                 self.close()
                 supported, reason = False, f"unavailable ({exc})"
         if not supported:
-            return [], [Notice(self.entity, {
-                "query": "gpm", "functions": ["nvmlGpmQueryDeviceSupport"], "reason": reason,
-                "message": f"GPM profiling metrics (SM activity, tensor activity, DRAM bandwidth) "
-                           f"are {reason} on {self.entity}",
-            })]
+            return [], [
+                Notice(
+                    self.entity,
+                    {
+                        "query": "gpm",
+                        "functions": ["nvmlGpmQueryDeviceSupport"],
+                        "reason": reason,
+                        "message": f"GPM profiling metrics (SM activity, tensor activity, DRAM bandwidth) "
+                        f"are {reason} on {self.entity}",
+                    },
+                )
+            ]
         return [query("gpm", "nvmlGpmMetricsGet", self.fetch, self.emit)], []
 
     def fetch(self) -> pynvml.c_nvmlGpmSample_t:

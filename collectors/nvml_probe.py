@@ -21,8 +21,12 @@ from agent.model import BatchBuilder
 Emit = Callable[[BatchBuilder, Any], None]
 
 #: Errors meaning "this device will never answer this query".
-UNSUPPORTED = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound,
-               pynvml.NVMLError_NoPermission, pynvml.NVMLError_InvalidArgument)
+UNSUPPORTED = (
+    pynvml.NVMLError_NotSupported,
+    pynvml.NVMLError_FunctionNotFound,
+    pynvml.NVMLError_NoPermission,
+    pynvml.NVMLError_InvalidArgument,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +102,15 @@ def probe(entity: str, queries: Sequence[Query]) -> tuple[list[BoundQuery], list
             break
         else:
             assert last is not None
-            notices.append(Notice(entity, {
-                "query": q.name, "functions": tried, "reason": unsupported_reason(last),
-                "message": f"{q.name} is {unsupported_reason(last)} on {entity}; not recorded",
-            }))
+            notices.append(
+                Notice(
+                    entity,
+                    {
+                        "query": q.name,
+                        "functions": tried,
+                        "reason": unsupported_reason(last),
+                        "message": f"{q.name} is {unsupported_reason(last)} on {entity}; not recorded",
+                    },
+                )
+            )
     return bound, notices

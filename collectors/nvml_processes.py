@@ -42,15 +42,24 @@ class ProcessReader:
 
     def process_query(self) -> Query:
         """The compute processes, newest struct version first."""
-        return Query("compute processes", tuple(
-            Variant(name, partial(getattr(pynvml, name), self.handle), self.emit_processes)
-            for name in ("nvmlDeviceGetComputeRunningProcesses_v3",
-                         "nvmlDeviceGetComputeRunningProcesses_v2")
-        ))
+        return Query(
+            "compute processes",
+            tuple(
+                Variant(name, partial(getattr(pynvml, name), self.handle), self.emit_processes)
+                for name in (
+                    "nvmlDeviceGetComputeRunningProcesses_v3",
+                    "nvmlDeviceGetComputeRunningProcesses_v2",
+                )
+            ),
+        )
 
     def utilization_query(self) -> Query:
-        return query("process utilization", "nvmlDeviceGetProcessUtilization",
-                     self.fetch_utilization, self.emit_utilization)
+        return query(
+            "process utilization",
+            "nvmlDeviceGetProcessUtilization",
+            self.fetch_utilization,
+            self.emit_utilization,
+        )
 
     def emit_processes(self, b: BatchBuilder, processes: list[Any]) -> None:
         job = self.job.pids

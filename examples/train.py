@@ -18,8 +18,14 @@ import time
 import numpy as np
 
 
-def loader_worker(worker_id: int, batches: mp.Queue, stop: mp.Event, batch_size: int,
-                  features: int, load_delay: float) -> None:
+def loader_worker(
+    worker_id: int,
+    batches: mp.Queue,
+    stop: mp.Event,
+    batch_size: int,
+    features: int,
+    load_delay: float,
+) -> None:
     """Make batches until told to stop: synthesise, 'augment', touch a shard file."""
     rng = np.random.default_rng(worker_id)
     shard = os.path.join(tempfile.gettempdir(), f"accelwatch-example-shard-{os.getpid()}.bin")
@@ -43,14 +49,24 @@ def loader_worker(worker_id: int, batches: mp.Queue, stop: mp.Event, batch_size:
             os.unlink(shard)
 
 
-def train(steps: int, workers: int, batch_size: int, features: int, load_delay: float,
-          duration: float | None = None) -> float:
+def train(
+    steps: int,
+    workers: int,
+    batch_size: int,
+    features: int,
+    load_delay: float,
+    duration: float | None = None,
+) -> float:
     ctx = mp.get_context("spawn")
     batches: mp.Queue = ctx.Queue(maxsize=2 * workers)
     stop = ctx.Event()
     procs = [
-        ctx.Process(target=loader_worker, args=(i, batches, stop, batch_size, features, load_delay),
-                    name=f"loader-{i}", daemon=True)
+        ctx.Process(
+            target=loader_worker,
+            args=(i, batches, stop, batch_size, features, load_delay),
+            name=f"loader-{i}",
+            daemon=True,
+        )
         for i in range(workers)
     ]
     for p in procs:
@@ -83,16 +99,23 @@ def train(steps: int, workers: int, batch_size: int, features: int, load_delay: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds even if steps remain")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds even if steps remain",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--features", type=int, default=256)
-    parser.add_argument("--load-delay", type=float, default=0.05,
-                        help="seconds each worker sleeps per batch (simulated I/O latency)")
+    parser.add_argument(
+        "--load-delay",
+        type=float,
+        default=0.05,
+        help="seconds each worker sleeps per batch (simulated I/O latency)",
+    )
     args = parser.parse_args()
-    train(args.steps, args.workers, args.batch_size, args.features, args.load_delay,
-          args.duration)
+    train(args.steps, args.workers, args.batch_size, args.features, args.load_delay, args.duration)
 
 
 if __name__ == "__main__":

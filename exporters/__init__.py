@@ -34,8 +34,10 @@ def build_exporters(config: SessionConfig) -> list[Consumer]:
         raise UsageError(f"{MAX_PROCESSES_ENV} must be a whole number, got {raw!r}") from None
     return [
         TelemetryExporter(
-            otlp=config.otlp, prometheus=config.prometheus,
-            metric_names=config.metric_names, max_processes=max(0, max_processes),
+            otlp=config.otlp,
+            prometheus=config.prometheus,
+            metric_names=config.metric_names,
+            max_processes=max(0, max_processes),
         )
     ]
 

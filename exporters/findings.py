@@ -20,7 +20,9 @@ from exporters.naming import InstrumentSpec
 
 FINDINGS_GAUGE = "accelwatch.findings.active"
 FINDINGS_SPEC = InstrumentSpec(
-    FINDINGS_GAUGE, "{finding}", "gauge",
+    FINDINGS_GAUGE,
+    "{finding}",
+    "gauge",
     "Findings of the live analysis that are active now, by rule and severity.",
 )
 RULE = "accelwatch.finding.rule"
@@ -95,8 +97,9 @@ class FindingLogEmitter:
             SEVERITY: severity,
             "accelwatch.finding.entity": str(finding.get("entity", "")),
             "accelwatch.finding.state": "resolved" if resolved else "active",
-            "accelwatch.finding.evidence": json.dumps(finding.get("evidence"), default=str,
-                                                      sort_keys=True),
+            "accelwatch.finding.evidence": json.dumps(
+                finding.get("evidence"), default=str, sort_keys=True
+            ),
         }
         if finding.get("next_step"):
             attributes["accelwatch.finding.next_step"] = str(finding["next_step"])
@@ -106,7 +109,8 @@ class FindingLogEmitter:
         summary = str(finding.get("summary", ""))
         self._logger.emit(
             timestamp=int(ts * 1e9),
-            severity_number=SeverityNumber.INFO if resolved
+            severity_number=SeverityNumber.INFO
+            if resolved
             else _SEVERITY_NUMBERS.get(severity.lower(), SeverityNumber.INFO),
             severity_text="INFO" if resolved else severity.upper(),
             body=f"resolved: {summary}" if resolved else summary,

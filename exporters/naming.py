@@ -80,7 +80,10 @@ def build_plan(name_sets: Iterable[str] = ("otel",), catalog: Catalog = CATALOG)
             routes.setdefault(metric.name, []).append(route)
     instruments = {
         name: InstrumentSpec(
-            spec.name, spec.unit, spec.kind, _description(spec, members[name]),
+            spec.name,
+            spec.unit,
+            spec.kind,
+            _description(spec, members[name]),
             tuple(m.name for m in members[name]),
         )
         for name, spec in specs.items()

@@ -81,15 +81,20 @@ def instrument_views(plan: ExportPlan) -> list[View]:
     return views
 
 
-def register_instruments(meter: Meter, plan: ExportPlan, index: SeriesIndex,
-                         latest: Callable[[], Snapshot | None]) -> None:
+def register_instruments(
+    meter: Meter, plan: ExportPlan, index: SeriesIndex, latest: Callable[[], Snapshot | None]
+) -> None:
     """One observable instrument per planned name: counters for counters, gauges otherwise."""
     for spec in plan.instruments.values():
+
         def callback(_options: CallbackOptions, name: str = spec.name) -> Iterable[Observation]:
             return index.observations(latest(), name)
 
-        create = meter.create_observable_counter if spec.kind == "counter" \
+        create = (
+            meter.create_observable_counter
+            if spec.kind == "counter"
             else meter.create_observable_gauge
+        )
         create(spec.name, callbacks=[callback], unit=spec.unit, description=spec.description)
 
 
@@ -137,35 +142,52 @@ class TelemetryExporter:
         if self.prometheus_address is not None:
             self._start_prometheus(session, resource, plan, findings)
 
-    def _start_otlp(self, session: Session, resource: Resource, plan: ExportPlan,
-                    findings: FindingsGauge) -> None:
+    def _start_otlp(
+        self, session: Session, resource: Resource, plan: ExportPlan, findings: FindingsGauge
+    ) -> None:
         assert self.index is not None and session.sampler is not None
-        health = ExportHealth(session.health, session.sampler.note,
-                              self.otlp or "OTEL_EXPORTER_OTLP_*", self.event_gap_s)
+        health = ExportHealth(
+            session.health,
+            session.sampler.note,
+            self.otlp or "OTEL_EXPORTER_OTLP_*",
+            self.event_gap_s,
+        )
         endpoint = self.otlp or None
         reader = PeriodicExportingMetricReader(
-            CountingMetricExporter(metric_exporter(endpoint), health))
+            CountingMetricExporter(metric_exporter(endpoint), health)
+        )
         self.meter_provider = MeterProvider(
-            metric_readers=[reader], resource=resource, views=instrument_views(plan),
-            exemplar_filter=AlwaysOffExemplarFilter(), shutdown_on_exit=False,
+            metric_readers=[reader],
+            resource=resource,
+            views=instrument_views(plan),
+            exemplar_filter=AlwaysOffExemplarFilter(),
+            shutdown_on_exit=False,
         )
         meter = self.meter_provider.get_meter(SCOPE, __version__)
         register_instruments(meter, plan, self.index, lambda: session.hub.latest)
         meter.create_observable_gauge(
-            FINDINGS_GAUGE, callbacks=[lambda _options: findings.observe()],
-            unit=FINDINGS_SPEC.unit, description=FINDINGS_SPEC.description,
+            FINDINGS_GAUGE,
+            callbacks=[lambda _options: findings.observe()],
+            unit=FINDINGS_SPEC.unit,
+            description=FINDINGS_SPEC.description,
         )
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         self.logger_provider.add_log_record_processor(
-            BatchLogRecordProcessor(CountingLogExporter(log_exporter(endpoint), health)))
+            BatchLogRecordProcessor(CountingLogExporter(log_exporter(endpoint), health))
+        )
         logger = self.logger_provider.get_logger(SCOPE, __version__)
         self.log_emitter = FindingLogEmitter(logger, lambda: session.live_findings)
         session.hub.subscribe(self.log_emitter)
-        session.sampler.note("export_started", "otlp", endpoint=self.otlp or "OTEL_EXPORTER_OTLP_*",
-                             metric_names=self.metric_names)
+        session.sampler.note(
+            "export_started",
+            "otlp",
+            endpoint=self.otlp or "OTEL_EXPORTER_OTLP_*",
+            metric_names=self.metric_names,
+        )
 
-    def _start_prometheus(self, session: Session, resource: Resource, plan: ExportPlan,
-                          findings: FindingsGauge) -> None:
+    def _start_prometheus(
+        self, session: Session, resource: Resource, plan: ExportPlan, findings: FindingsGauge
+    ) -> None:
         index = self.index
         assert index is not None and self.prometheus_address is not None
 
@@ -173,8 +195,9 @@ class TelemetryExporter:
             return {**index.points(snapshot), FINDINGS_GAUGE: findings.observe()}
 
         exposition = Exposition(plan, {FINDINGS_GAUGE: FINDINGS_SPEC}, resource.attributes)
-        self.prometheus = PrometheusEndpoint(self.prometheus_address, session.health, points,
-                                             lambda: session.hub.latest, exposition)
+        self.prometheus = PrometheusEndpoint(
+            self.prometheus_address, session.health, points, lambda: session.hub.latest, exposition
+        )
         try:
             self.prometheus.serve()
         except Exception:
@@ -182,9 +205,12 @@ class TelemetryExporter:
             raise
         session.health["prometheus.address"] = self.prometheus.address
         assert session.sampler is not None
-        session.sampler.note("export_started", "prometheus",
-                             url=f"http://{self.prometheus.address}/metrics",
-                             metric_names=self.metric_names)
+        session.sampler.note(
+            "export_started",
+            "prometheus",
+            url=f"http://{self.prometheus.address}/metrics",
+            metric_names=self.metric_names,
+        )
 
     def stop(self) -> None:
         """Final export (bounded by the exporter's timeout), then close the endpoint."""

@@ -37,8 +37,9 @@ def _env(name: str, signal: str, environ: Mapping[str, str]) -> str | None:
     )
 
 
-def choose_protocol(endpoint: str | None, signal: str = "METRICS",
-                    environ: Mapping[str, str] | None = None) -> str:
+def choose_protocol(
+    endpoint: str | None, signal: str = "METRICS", environ: Mapping[str, str] | None = None
+) -> str:
     """``OTEL_EXPORTER_OTLP_[signal_]PROTOCOL`` if set, else a guess from the endpoint.
 
     An endpoint on port 4318 or with a ``/v1/`` path is HTTP; anything else is gRPC (port 4317).
@@ -80,8 +81,9 @@ def signal_endpoint(endpoint: str, protocol: str, path: str) -> str:
     return parsed._replace(path=f"{base}/{path}").geturl()
 
 
-def metric_exporter(endpoint: str | None, environ: Mapping[str, str] | None = None
-                    ) -> MetricExporter:
+def metric_exporter(
+    endpoint: str | None, environ: Mapping[str, str] | None = None
+) -> MetricExporter:
     """The SDK's OTLP metric exporter; ``endpoint=None`` leaves everything to ``OTEL_*``."""
     protocol = choose_protocol(endpoint, "METRICS", environ)
     if protocol == GRPC:
@@ -95,8 +97,9 @@ def metric_exporter(endpoint: str | None, environ: Mapping[str, str] | None = No
     return OTLPMetricExporter(endpoint=signal_endpoint(endpoint, protocol, "v1/metrics"))
 
 
-def log_exporter(endpoint: str | None, environ: Mapping[str, str] | None = None
-                 ) -> LogRecordExporter:
+def log_exporter(
+    endpoint: str | None, environ: Mapping[str, str] | None = None
+) -> LogRecordExporter:
     """The SDK's OTLP log exporter, chosen like :func:`metric_exporter`."""
     protocol = choose_protocol(endpoint, "LOGS", environ)
     if protocol == GRPC:
@@ -113,8 +116,13 @@ def log_exporter(endpoint: str | None, environ: Mapping[str, str] | None = None
 class ExportHealth:
     """Counts OTLP export results into ``session.health`` and notes rate-limited events."""
 
-    def __init__(self, health: dict[str, Any], note: Note, endpoint: str,
-                 event_gap_s: float = DEFAULT_EVENT_GAP_S) -> None:
+    def __init__(
+        self,
+        health: dict[str, Any],
+        note: Note,
+        endpoint: str,
+        event_gap_s: float = DEFAULT_EVENT_GAP_S,
+    ) -> None:
         self._health = health
         self._note = note
         self._endpoint = endpoint
@@ -144,21 +152,32 @@ class ExportHealth:
             self._last_event = now
             suppressed, self._suppressed = self._suppressed, 0
         detail = {"error": error} if error else {}
-        self._note("export_failed", "otlp", signal=signal, endpoint=self._endpoint,
-                   failed_exports=failed, suppressed=suppressed, severity="warning", **detail)
+        self._note(
+            "export_failed",
+            "otlp",
+            signal=signal,
+            endpoint=self._endpoint,
+            failed_exports=failed,
+            suppressed=suppressed,
+            severity="warning",
+            **detail,
+        )
 
 
 class CountingMetricExporter(MetricExporter):
     """Delegates to the SDK exporter and reports every result to :class:`ExportHealth`."""
 
     def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
-        super().__init__(preferred_temporality=inner._preferred_temporality,
-                         preferred_aggregation=inner._preferred_aggregation)
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
         self.inner = inner
         self._health = health
 
-    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
-               **kwargs: Any) -> MetricExportResult:
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:  # an exporter bug counts as a failed export, never a crash

@@ -25,10 +25,24 @@ from exporters.naming import ExportPlan, InstrumentSpec
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Resource attributes copied onto every series so queries can filter by host and run.
-LABELLED_RESOURCE_ATTRIBUTES = ("host.name", "accelwatch.run.id", "accelwatch.run.name",
-                                "accelwatch.rank")
-_UNITS = {"By": "bytes", "s": "seconds", "ms": "milliseconds", "W": "watts", "J": "joules",
-          "Cel": "celsius", "Hz": "hertz", "MHz": "megahertz", "%": "percent", "1": ""}
+LABELLED_RESOURCE_ATTRIBUTES = (
+    "host.name",
+    "accelwatch.run.id",
+    "accelwatch.run.name",
+    "accelwatch.rank",
+)
+_UNITS = {
+    "By": "bytes",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "W": "watts",
+    "J": "joules",
+    "Cel": "celsius",
+    "Hz": "hertz",
+    "MHz": "megahertz",
+    "%": "percent",
+    "1": "",
+}
 _PER = {"s": "second", "m": "minute", "h": "hour"}
 _INVALID_NAME = re.compile(r"[^a-zA-Z0-9_:]+")
 _INVALID_LABEL = re.compile(r"[^a-zA-Z0-9_]+")
@@ -88,8 +102,9 @@ def sample_value(value: float) -> str:
 class Exposition:
     """Renders ``{instrument: observations}`` to text, caching every series' name and labels."""
 
-    def __init__(self, plan: ExportPlan, extra: Mapping[str, InstrumentSpec],
-                 resource: Mapping[str, Any]) -> None:
+    def __init__(
+        self, plan: ExportPlan, extra: Mapping[str, InstrumentSpec], resource: Mapping[str, Any]
+    ) -> None:
         specs = {**plan.instruments, **extra}
         self._families = {name: metric_name(spec) for name, spec in specs.items()}
         self._headers = {
@@ -97,7 +112,8 @@ class Exposition:
         }
         self._resource_labels = ",".join(
             f'{label_name(k)}="{label_value(resource[k])}"'
-            for k in LABELLED_RESOURCE_ATTRIBUTES if k in resource
+            for k in LABELLED_RESOURCE_ATTRIBUTES
+            if k in resource
         )
         self._target_info = (
             "# HELP target_info Target metadata\n# TYPE target_info gauge\n"
@@ -125,8 +141,7 @@ class Exposition:
                 key = id(attributes)
                 cached = cache.get(key)
                 if cached is None or cached[0] is not attributes:
-                    cached = (attributes,
-                              sample + render_labels(attributes, self._resource_labels))
+                    cached = (attributes, sample + render_labels(attributes, self._resource_labels))
                 fresh[key] = cached
                 out.append(f"{cached[1]} {sample_value(observation.value)}\n")
         self._prefixes = fresh  # only series seen in this scrape stay cached
@@ -136,9 +151,14 @@ class Exposition:
 class PrometheusEndpoint:
     """Serves ``/metrics`` from a thread; each scrape renders the latest snapshot."""
 
-    def __init__(self, address: str, health: dict[str, Any],
-                 points: Callable[[Snapshot | None], Mapping[str, list[Observation]]],
-                 latest: Callable[[], Snapshot | None], exposition: Exposition) -> None:
+    def __init__(
+        self,
+        address: str,
+        health: dict[str, Any],
+        points: Callable[[Snapshot | None], Mapping[str, list[Observation]]],
+        latest: Callable[[], Snapshot | None],
+        exposition: Exposition,
+    ) -> None:
         host, _, port = address.rpartition(":")
         self.host = host or "127.0.0.1"
         self.port = int(port)
@@ -165,13 +185,13 @@ class PrometheusEndpoint:
             self._server = ThreadingHTTPServer((self.host, self.port), handler)
         except OSError as exc:
             raise UsageError(
-                f"cannot serve Prometheus metrics on {self.host}:{self.port}: "
-                f"{exc.strerror or exc}"
+                f"cannot serve Prometheus metrics on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="accelwatch-prometheus", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="accelwatch-prometheus", daemon=True
+        )
         self._thread.start()
         return self.host, self.port
 

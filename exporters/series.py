@@ -33,8 +33,14 @@ class _EntitySeries:
 
     __slots__ = ("own", "parent", "base", "dcgm", "pid", "merged")
 
-    def __init__(self, own: Any, parent: Any, base: Attributes | None, dcgm: Attributes | None,
-                 pid: int | None) -> None:
+    def __init__(
+        self,
+        own: Any,
+        parent: Any,
+        base: Attributes | None,
+        dcgm: Attributes | None,
+        pid: int | None,
+    ) -> None:
         self.own = own
         self.parent = parent
         self.base = base
@@ -46,9 +52,13 @@ class _EntitySeries:
 class SeriesIndex:
     """Turns snapshots into ``{instrument: [Observation]}``, caching attributes per entity."""
 
-    def __init__(self, plan: ExportPlan, hostname: str,
-                 max_processes: int = DEFAULT_MAX_PROCESSES,
-                 health: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        plan: ExportPlan,
+        hostname: str,
+        max_processes: int = DEFAULT_MAX_PROCESSES,
+        health: dict[str, Any] | None = None,
+    ) -> None:
         self.plan = plan
         self._health = health
         self.hostname = hostname
@@ -130,8 +140,9 @@ class SeriesIndex:
             admitted.setdefault(pid, None)
         self._admitted = admitted
         self.capped_processes = len(alive) - len(admitted)
-        if self._health is not None and (self.capped_processes
-                                         or "export.capped_processes" in self._health):
+        if self._health is not None and (
+            self.capped_processes or "export.capped_processes" in self._health
+        ):
             self._health["export.capped_processes"] = self.capped_processes
         return admitted
 
@@ -156,10 +167,10 @@ class SeriesIndex:
         return merged
 
 
-def _value(snapshot: Snapshot, entity: str, metric: str, value: float,
-           route: Route) -> float | None:
+def _value(
+    snapshot: Snapshot, entity: str, metric: str, value: float, route: Route
+) -> float | None:
     if route.as_rate:
         rate = snapshot.rate(entity, metric)
         return None if rate is None else rate * route.scale
     return value * route.scale
-

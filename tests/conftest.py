@@ -30,4 +30,3 @@ def worker_job(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-

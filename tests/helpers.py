@@ -46,10 +46,13 @@ def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProces
     env = {**os.environ, "ACCELWATCH_DB": os.environ.get("ACCELWATCH_DB", "")}
     env.pop("ACCELWATCH_DB")
     return subprocess.run(
-        accelwatch(*args), capture_output=True, text=True, timeout=timeout,
-        env={**env, **kw.pop("env", {})}, **kw,
+        accelwatch(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**env, **kw.pop("env", {})},
+        **kw,
     )
-
 
 
 def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:

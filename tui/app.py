@@ -65,7 +65,9 @@ class AccelwatchApp(App[int]):
         Binding("ctrl+c", "quit_viewer", "Quit", show=False),  # the terminal's usual stop key
         Binding("question_mark", "help", "Help"),
         Binding("p", "pause", "Pause"),
-        Binding("d", "toggle_unused", "Unused GPUs", tooltip="Dim or hide GPUs the job does not use"),
+        Binding(
+            "d", "toggle_unused", "Unused GPUs", tooltip="Dim or hide GPUs the job does not use"
+        ),
         Binding("s", "sort", "Sort", tooltip="Cycle the process sort: tree, cpu, rss, gpu_mem, io"),
         Binding("f", "focus_findings", "Findings"),
         Binding("g", "graph", "Graph", tooltip="Chart any metric of the selected card or process"),
@@ -107,8 +109,7 @@ class AccelwatchApp(App[int]):
         self.set_class(event.size.width >= WIDE_COLUMNS, "-wide")
         self.set_class(event.size.width >= GRID_COLUMNS, "-grid")
         self.set_class(event.size.height >= TALL_ROWS, "-tall")
-        self.set_class(event.size.width < WIDE_COLUMNS or event.size.height < TALL_ROWS,
-                       "-compact")
+        self.set_class(event.size.width < WIDE_COLUMNS or event.size.height < TALL_ROWS, "-compact")
         short = event.size.height < SHORT_ROWS
         if short != self.has_class("-short"):
             self.set_class(short, "-short")
@@ -208,13 +209,17 @@ class AccelwatchApp(App[int]):
             return
         entity, source = target
         snap = self.frame.snapshot if self.frame else None
-        metrics = [m.name for m in CATALOG.by_source(source)
-                   if snap is not None and (entity, m.name) in snap.values]
+        metrics = [
+            m.name
+            for m in CATALOG.by_source(source)
+            if snap is not None and (entity, m.name) in snap.values
+        ]
         if not metrics:
             self.notify(f"no metrics recorded for {entity}", severity="warning")
             return
-        self.push_screen(TimeSeriesScreen(self.reader, entity, metrics, self.current_ts,
-                                          window_s=self.window_s))
+        self.push_screen(
+            TimeSeriesScreen(self.reader, entity, metrics, self.current_ts, window_s=self.window_s)
+        )
 
     def graph_target(self) -> tuple[str, str] | None:
         """(entity, source) of what is selected: a card, a process row, the host panel."""
@@ -244,8 +249,9 @@ class AccelwatchApp(App[int]):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         findings = self.query_one(FindingsTable)
         if event.data_table is findings and findings.selected is not None:
-            self.push_screen(EvidenceScreen(findings.selected, can_jump=not self.reader.live),
-                             self.jump_to)
+            self.push_screen(
+                EvidenceScreen(findings.selected, can_jump=not self.reader.live), self.jump_to
+            )
 
     def jump_to(self, ts: float | None) -> None:
         """Evidence screen result: a time to move to (replay only)."""

@@ -67,8 +67,10 @@ class LiveApp(AccelwatchApp):
         if message.exit_code is not None:
             what += f" (exit code {message.exit_code})"
         self.request_frame()
-        self.header.show(state=self.state_label(),
-                         detail=f"{what} · closing in {self.end_grace_s:g}s, any key closes now")
+        self.header.show(
+            state=self.state_label(),
+            detail=f"{what} · closing in {self.end_grace_s:g}s, any key closes now",
+        )
         self.set_timer(self.end_grace_s, lambda: self.exit(0))
 
     def on_key(self, event: events.Key) -> None:

@@ -60,8 +60,13 @@ class ReplayApp(AccelwatchApp):
         start = float(ticks[0]) / 1e6 if len(ticks) else self.recorded.run.started
         end = float(ticks[-1]) / 1e6 if len(ticks) else start
         self.query_one(TimeCursor).show(
-            start=start, end=end, now=self.recorded.cursor_ts, index=self.recorded.cursor,
-            count=len(ticks), marks=self.recorded.finding_times(), playing=self.playing,
+            start=start,
+            end=end,
+            now=self.recorded.cursor_ts,
+            index=self.recorded.cursor,
+            count=len(ticks),
+            marks=self.recorded.finding_times(),
+            playing=self.playing,
         )
 
     def current_ts(self) -> float:

@@ -41,8 +41,15 @@ class GpuView:
 
     def signature(self) -> tuple:
         """Equal signatures draw the same card (numpy arrays make ``==`` unusable)."""
-        return (self.entity, self.name, self.used_by_job, self.lost,
-                tuple(sorted(self.values.items())), self.throttle, tuple((k, v.tobytes()) for k, v in sorted(self.recent.items())))
+        return (
+            self.entity,
+            self.name,
+            self.used_by_job,
+            self.lost,
+            tuple(sorted(self.values.items())),
+            self.throttle,
+            tuple((k, v.tobytes()) for k, v in sorted(self.recent.items())),
+        )
 
 
 @dataclass(frozen=True)
@@ -107,15 +114,17 @@ def gpu_views(frame: Frame) -> list[GpuView]:
             gauge = counter.replace("_bytes", "_throughput")
             if gauge not in values:
                 values[gauge] = snap.rate(gpu, counter)
-        views.append(GpuView(
-            entity=gpu,
-            name=str(attrs.get("name", "")),
-            used_by_job=bool(attrs.get("used_by_job", True)),
-            values=values,
-            throttle=throttle_reasons(snap, gpu),
-            recent={m: frame.recent.get((gpu, m), np.empty(0)) for m in CARD_SPARK_METRICS},
-            lost=bool(attrs.get("lost")) or gpu not in sampled,
-        ))
+        views.append(
+            GpuView(
+                entity=gpu,
+                name=str(attrs.get("name", "")),
+                used_by_job=bool(attrs.get("used_by_job", True)),
+                values=values,
+                throttle=throttle_reasons(snap, gpu),
+                recent={m: frame.recent.get((gpu, m), np.empty(0)) for m in CARD_SPARK_METRICS},
+                lost=bool(attrs.get("lost")) or gpu not in sampled,
+            )
+        )
     return views
 
 
@@ -139,28 +148,33 @@ def process_rows(frame: Frame, sort: str = "tree") -> list[ProcessRow]:
     for pid in pids:
         key = str(pid)
         a = attrs[pid]
-        rows.append(ProcessRow(
-            pid=pid,
-            depth=depth[pid][0],
-            role=str(a.get("role", "")),
-            name=_short_command(a),
-            cpu=snap.value(key, "process.cpu.utilization"),
-            rss=snap.value(key, "process.memory.rss"),
-            read_rate=snap.rate(key, "process.io.read_bytes"),
-            write_rate=snap.rate(key, "process.io.write_bytes"),
-            gpu_memory=gpu_mem.get(pid),
-        ))
+        rows.append(
+            ProcessRow(
+                pid=pid,
+                depth=depth[pid][0],
+                role=str(a.get("role", "")),
+                name=_short_command(a),
+                cpu=snap.value(key, "process.cpu.utilization"),
+                rss=snap.value(key, "process.memory.rss"),
+                read_rate=snap.rate(key, "process.io.read_bytes"),
+                write_rate=snap.rate(key, "process.io.write_bytes"),
+                gpu_memory=gpu_mem.get(pid),
+            )
+        )
     if sort == "tree":
         return sorted(rows, key=lambda r: depth[r.pid][1])
     measure = {
-        "cpu": lambda r: r.cpu, "rss": lambda r: r.rss, "gpu_mem": lambda r: r.gpu_memory,
+        "cpu": lambda r: r.cpu,
+        "rss": lambda r: r.rss,
+        "gpu_mem": lambda r: r.gpu_memory,
         "io": lambda r: (r.read_rate or 0.0) + (r.write_rate or 0.0),
     }[sort]
     return sorted(rows, key=lambda r: (-(measure(r) or 0.0), r.pid))
 
 
-def _tree_depths(pids: Sequence[int], parents: Mapping[int, object]
-                 ) -> dict[int, tuple[int, tuple[int, ...]]]:
+def _tree_depths(
+    pids: Sequence[int], parents: Mapping[int, object]
+) -> dict[int, tuple[int, tuple[int, ...]]]:
     """pid → (depth, path of pids from the top) so sorting by path gives tree order."""
     known = set(pids)
     out: dict[int, tuple[int, tuple[int, ...]]] = {}

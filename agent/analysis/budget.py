@@ -63,8 +63,11 @@ class CpuBudget:
             self.period_s = now - self.last_pass_at
         self.last_pass_at = now
         self.passes += 1
-        self.pass_cost_s = cpu_s if self.pass_cost_s is None else max(
-            cpu_s, (1 - _COST_SMOOTHING) * self.pass_cost_s + _COST_SMOOTHING * cpu_s)
+        self.pass_cost_s = (
+            cpu_s
+            if self.pass_cost_s is None
+            else max(cpu_s, (1 - _COST_SMOOTHING) * self.pass_cost_s + _COST_SMOOTHING * cpu_s)
+        )
 
     @property
     def cpu_share(self) -> float | None:
@@ -92,8 +95,10 @@ class CpuBudget:
 
     def health(self) -> dict[str, float | int]:
         """What the governor publishes in ``session.health`` (``analysis.*``)."""
-        out: dict[str, float | int] = {"analysis.passes": self.passes,
-                                       "analysis.cpu_s": round(self.analysis_cpu_s, 4)}
+        out: dict[str, float | int] = {
+            "analysis.passes": self.passes,
+            "analysis.cpu_s": round(self.analysis_cpu_s, 4),
+        }
         if self.cpu_share is not None:
             out["analysis.cpu_share"] = round(self.cpu_share, 4)
         if self.period_s is not None:

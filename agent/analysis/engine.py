@@ -62,10 +62,15 @@ class Context:
         """At least ``wanted`` seconds, but never less than two buckets."""
         return max(wanted, 2 * self.info.bucket_s)
 
-    def episodes(self, flagged_sql: str, evidence: Sequence[str], *,
-                 params: Sequence[Any] | dict[str, Any] = (),
-                 min_duration_s: float | None = None, gap_s: float = EPISODE_GAP_S
-                 ) -> list[Episode]:
+    def episodes(
+        self,
+        flagged_sql: str,
+        evidence: Sequence[str],
+        *,
+        params: Sequence[Any] | dict[str, Any] = (),
+        min_duration_s: float | None = None,
+        gap_s: float = EPISODE_GAP_S,
+    ) -> list[Episode]:
         """Islands of rows where ``flag`` holds in ``flagged_sql`` (columns entity, t, flag, ...).
 
         Buckets closer than ``gap_s`` join one episode; episodes shorter than
@@ -87,29 +92,53 @@ class Context:
         out = []
         for row in self.rows(sql, params):
             values = {c: row[c] for c in evidence}
-            out.append(Episode(row["entity"], naive_utc(row["t0"]), naive_utc(row["t1"]), row["buckets"],
-                               values))
+            out.append(
+                Episode(
+                    row["entity"],
+                    naive_utc(row["t0"]),
+                    naive_utc(row["t1"]),
+                    row["buckets"],
+                    values,
+                )
+            )
         return out
 
     def span(self, entity: str, t0: float, t1: float) -> Episode:
         """An episode from bucket ``t0`` to the end of bucket ``t1`` (epoch seconds)."""
         return Episode(entity, naive_utc(t0), naive_utc(t1 + self.info.bucket_s), 0, {})
 
-    def finding(self, rule: str, severity: Severity, entity: str, episodes: Sequence[Episode],
-                summary: str, next_step: str, evidence: dict[str, Any], *,
-                lost_fraction: float = 1.0) -> Finding:
+    def finding(
+        self,
+        rule: str,
+        severity: Severity,
+        entity: str,
+        episodes: Sequence[Episode],
+        summary: str,
+        next_step: str,
+        evidence: dict[str, Any],
+        *,
+        lost_fraction: float = 1.0,
+    ) -> Finding:
         """One finding covering an entity's episodes; the windows go into the evidence."""
         total = sum(e.duration_s for e in episodes)
         evidence = {
             **{k: _rounded(v) for k, v in evidence.items()},
-            "windows": [[e.start.isoformat(), e.end.isoformat()]
-                        for e in episodes[:MAX_WINDOWS]],
+            "windows": [[e.start.isoformat(), e.end.isoformat()] for e in episodes[:MAX_WINDOWS]],
             "episodes": len(episodes),
             "duration_s": round(total, 1),
         }
-        return Finding(rule, severity, entity, episodes[0].start, episodes[-1].end, summary,
-                       next_step, evidence, lost_s=total * max(0.0, min(1.0, lost_fraction)),
-                       live=self.live)
+        return Finding(
+            rule,
+            severity,
+            entity,
+            episodes[0].start,
+            episodes[-1].end,
+            summary,
+            next_step,
+            evidence,
+            lost_s=total * max(0.0, min(1.0, lost_fraction)),
+            live=self.live,
+        )
 
 
 def weighted(episodes: Sequence[Episode], column: str) -> float | None:
@@ -145,8 +174,13 @@ def choose_bucket_s(duration_s: float, interval_s: float) -> float:
     return float(NICE_BUCKETS_S[-1])
 
 
-def analyze(con: duckdb.DuckDBPyConnection, window: Window, *, live: bool = False,
-            rules: Sequence[Rule] | None = None) -> list[Finding]:
+def analyze(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    *,
+    live: bool = False,
+    rules: Sequence[Rule] | None = None,
+) -> list[Finding]:
     """Build the frames for ``window`` and run the rules over them."""
     from agent.analysis.rules import ALL_RULES
 
@@ -167,8 +201,9 @@ def finding_windows(f: Finding) -> list[tuple[datetime, datetime]]:
 
 
 def _overlap_s(a: list[tuple[datetime, datetime]], b: list[tuple[datetime, datetime]]) -> float:
-    return sum(max(0.0, (min(e1, e2) - max(s1, s2)).total_seconds())
-               for s1, e1 in a for s2, e2 in b)
+    return sum(
+        max(0.0, (min(e1, e2) - max(s1, s2)).total_seconds()) for s1, e1 in a for s2, e2 in b
+    )
 
 
 def _apply_supersedes(findings: list[Finding], rules: Sequence[Rule]) -> list[Finding]:
@@ -180,7 +215,8 @@ def _apply_supersedes(findings: list[Finding], rules: Sequence[Rule]) -> list[Fi
         mine = finding_windows(f)
         total = sum((e - s).total_seconds() for s, e in mine) or 1e-9
         return any(
-            f.rule in hidden[s.rule] and s.entity in (f.entity, "job")
+            f.rule in hidden[s.rule]
+            and s.entity in (f.entity, "job")
             and _overlap_s(mine, finding_windows(s)) >= 0.5 * total
             for s in strong
         )
@@ -196,21 +232,52 @@ def find_run(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) -> R
     row = con.execute(
         "SELECT run_id, name, pid, cmdline, cwd, host, epoch(started), interval_s, tags, env, "
         f"mode, simulated, scenario, epoch(ended), exit_code, status FROM runs {where} "
-        "ORDER BY (run_id = ?) DESC, started DESC LIMIT 1", [*params, run or ""]).fetchone()
+        "ORDER BY (run_id = ?) DESC, started DESC LIMIT 1",
+        [*params, run or ""],
+    ).fetchone()
     if row is None:
         if run is None:
             raise RunNotFoundError(f"no runs recorded in {db_path}")
         raise RunNotFoundError(
-            f"no run {run!r} in {db_path} (see `accelwatch runs --db {db_path}`)")
-    (run_id, name, pid, cmdline, cwd, host, started, interval, tags, env, mode, simulated,
-     scenario, ended, exit_code, status) = row
+            f"no run {run!r} in {db_path} (see `accelwatch runs --db {db_path}`)"
+        )
+    (
+        run_id,
+        name,
+        pid,
+        cmdline,
+        cwd,
+        host,
+        started,
+        interval,
+        tags,
+        env,
+        mode,
+        simulated,
+        scenario,
+        ended,
+        exit_code,
+        status,
+    ) = row
     return RunInfo(
-        run_id=run_id, name=name, pid=pid, cmdline=list(cmdline or []), cwd=cwd or "",
-        host=host or "", started=float(started), interval=interval or 1.0, db_path=db_path,
-        tags=json.loads(tags or "{}"), env=json.loads(env or "{}"), mode=mode or "attach",
-        simulated=bool(simulated), scenario=scenario,
-        ended=None if ended is None else float(ended), exit_code=exit_code,
-        status=status or "unknown")
+        run_id=run_id,
+        name=name,
+        pid=pid,
+        cmdline=list(cmdline or []),
+        cwd=cwd or "",
+        host=host or "",
+        started=float(started),
+        interval=interval or 1.0,
+        db_path=db_path,
+        tags=json.loads(tags or "{}"),
+        env=json.loads(env or "{}"),
+        mode=mode or "attach",
+        simulated=bool(simulated),
+        scenario=scenario,
+        ended=None if ended is None else float(ended),
+        exit_code=exit_code,
+        status=status or "unknown",
+    )
 
 
 def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[float, float]:
@@ -231,7 +298,8 @@ def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """The recorder keeps DuckDB small (one thread, a few MB) beside the job; a post-run
     analysis of a long run gets DuckDB's defaults for its aggregation, then hands them back."""
     threads, memory = con.execute(
-        "SELECT current_setting('threads'), current_setting('memory_limit')").fetchone()
+        "SELECT current_setting('threads'), current_setting('memory_limit')"
+    ).fetchone()
     con.execute("RESET threads; RESET memory_limit")
     try:
         yield
@@ -239,8 +307,9 @@ def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         con.execute(f"SET threads = {int(threads)}; SET memory_limit = '{memory}'")
 
 
-def analyze_run(con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = True
-                ) -> list[Finding]:
+def analyze_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = True
+) -> list[Finding]:
     """Analyse a whole run; store the findings (``live=false``, replacing earlier ones)."""
     duration, interval = run_bounds(con, run_id)
     window = Window(run_id, choose_bucket_s(duration, interval))
@@ -249,4 +318,3 @@ def analyze_run(con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = Tr
     if store:
         store_findings(con, run_id, findings, live=False)
     return findings
-

@@ -38,16 +38,25 @@ class Finding:
         return max(0.0, (self.end - self.start).total_seconds())
 
     def evidence_json(self) -> str:
-        return json.dumps({**self.evidence, "lost_s": round(self.lost_s, 3)},
-                          sort_keys=True, default=_json_default)
+        return json.dumps(
+            {**self.evidence, "lost_s": round(self.lost_s, 3)},
+            sort_keys=True,
+            default=_json_default,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The shape of ``session.live_findings`` entries and of ``report --json``."""
         return {
-            "rule": self.rule, "severity": self.severity, "entity": self.entity,
-            "summary": self.summary, "evidence": json.loads(self.evidence_json()),
-            "next_step": self.next_step, "start_ts": self.start.isoformat(),
-            "end_ts": self.end.isoformat(), "lost_s": round(self.lost_s, 3), "live": self.live,
+            "rule": self.rule,
+            "severity": self.severity,
+            "entity": self.entity,
+            "summary": self.summary,
+            "evidence": json.loads(self.evidence_json()),
+            "next_step": self.next_step,
+            "start_ts": self.start.isoformat(),
+            "end_ts": self.end.isoformat(),
+            "lost_s": round(self.lost_s, 3),
+            "live": self.live,
         }
 
     def as_live(self) -> Finding:
@@ -64,17 +73,30 @@ def _json_default(value: Any) -> Any:
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     """Worst first, then most time lost, then earliest."""
-    return sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.lost_s, f.start, f.rule,
-                                           f.entity))
+    return sorted(
+        findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.lost_s, f.start, f.rule, f.entity)
+    )
 
 
-def store_findings(con: duckdb.DuckDBPyConnection, run_id: str, findings: Sequence[Finding],
-                   *, live: bool) -> None:
+def store_findings(
+    con: duckdb.DuckDBPyConnection, run_id: str, findings: Sequence[Finding], *, live: bool
+) -> None:
     """Replace the run's stored findings of one kind (live or post-run) with ``findings``."""
     detected = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = [
-        (run_id, f.rule, f.severity, f.entity, f.start, f.end, f.summary, f.evidence_json(),
-         f.next_step, live, detected)
+        (
+            run_id,
+            f.rule,
+            f.severity,
+            f.entity,
+            f.start,
+            f.end,
+            f.summary,
+            f.evidence_json(),
+            f.next_step,
+            live,
+            detected,
+        )
         for f in findings
     ]
     con.begin()
@@ -88,16 +110,20 @@ def store_findings(con: duckdb.DuckDBPyConnection, run_id: str, findings: Sequen
         raise
 
 
-def load_findings(con: duckdb.DuckDBPyConnection, run_id: str, *, live: bool = False
-                  ) -> list[Finding]:
+def load_findings(
+    con: duckdb.DuckDBPyConnection, run_id: str, *, live: bool = False
+) -> list[Finding]:
     """Findings stored for a run (post-run ones by default)."""
     rows = con.execute(
         "SELECT rule, severity, entity, start_ts, end_ts, summary, next_step, evidence, live "
-        "FROM findings WHERE run_id = ? AND live = ?", [run_id, live]).fetchall()
+        "FROM findings WHERE run_id = ? AND live = ?",
+        [run_id, live],
+    ).fetchall()
     out = []
     for rule, severity, entity, start, end, summary, next_step, evidence, is_live in rows:
         ev = json.loads(evidence or "{}")
         lost = float(ev.pop("lost_s", 0.0) or 0.0)
-        out.append(Finding(rule, severity, entity, start, end, summary, next_step, ev, lost,
-                           bool(is_live)))
+        out.append(
+            Finding(rule, severity, entity, start, end, summary, next_step, ev, lost, bool(is_live))
+        )
     return sort_findings(out)

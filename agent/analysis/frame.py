@@ -35,8 +35,14 @@ from agent.catalog.steps import SOURCE as STEPS_SOURCE
 GPU_SOURCE = CATALOG["gpu.utilization"].source
 
 #: Clock-event reasons the rules read (idle lowers clocks legitimately; the rest throttle).
-THROTTLE_REASONS_READ = ("gpu_idle", "sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal",
-                         "hw_power_brake")
+THROTTLE_REASONS_READ = (
+    "gpu_idle",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sw_thermal",
+    "hw_thermal",
+    "hw_power_brake",
+)
 if not set(THROTTLE_REASONS_READ) <= set(CLOCK_EVENT_FLAGS):
     raise ValueError("THROTTLE_REASONS_READ names a reason the catalog does not declare")
 
@@ -73,8 +79,11 @@ GPU_COLUMNS: Mapping[str, str] = {
     "remap_failure": "gpu.remapped_rows.failure",
     "job_memory": "gpu.job.memory",
     "job_procs": "gpu.job.processes",
-    **{f"thr_{flag}": f"gpu.clock_event.{flag}" for flag in CLOCK_EVENT_FLAGS
-       if flag in THROTTLE_REASONS_READ},
+    **{
+        f"thr_{flag}": f"gpu.clock_event.{flag}"
+        for flag in CLOCK_EVENT_FLAGS
+        if flag in THROTTLE_REASONS_READ
+    },
 }
 HOST_COLUMNS: Mapping[str, str] = {
     "cpu": "host.cpu.utilization",
@@ -99,8 +108,14 @@ STEP_TIME = "step.time"
 STEP_COUNT = "step.count"
 
 _ALL_NAMES = (
-    *GPU_COLUMNS.values(), *HOST_COLUMNS.values(), *(c[3] for c in HOST_SPREAD_COLUMNS),
-    PROCESS_CPU, PROCESS_READ, PROCESS_WRITE, STEP_TIME, STEP_COUNT,
+    *GPU_COLUMNS.values(),
+    *HOST_COLUMNS.values(),
+    *(c[3] for c in HOST_SPREAD_COLUMNS),
+    PROCESS_CPU,
+    PROCESS_READ,
+    PROCESS_WRITE,
+    STEP_TIME,
+    STEP_COUNT,
 )
 for _name in _ALL_NAMES:  # fail at import if a column refers to a metric the catalog lacks
     CATALOG[_name]
@@ -154,8 +169,9 @@ def _q(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _pick(alias: str, metric_name: str, agg: str = "any_value", col: str = "val",
-          extra: str = "") -> str:
+def _pick(
+    alias: str, metric_name: str, agg: str = "any_value", col: str = "val", extra: str = ""
+) -> str:
     return f"{agg}({col}) FILTER (WHERE metric = {_q(metric_name)}{extra}) AS {alias}"
 
 
@@ -174,23 +190,31 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     # GPU sub-entities (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
     # (InfiniBand ports, ib:mlx5_0/1, do count). Metric
     # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
-    where = ["run_id = $run", f"metric IN ({_in_list(ANALYSED_METRICS)})",
-             "NOT (contains(entity, '/') AND starts_with(entity, 'gpu'))"]
-    params: dict[str, object] = {"run": window.run_id,
-                                 "bucket_us": int(round(window.bucket_s * 1e6))}
+    where = [
+        "run_id = $run",
+        f"metric IN ({_in_list(ANALYSED_METRICS)})",
+        "NOT (contains(entity, '/') AND starts_with(entity, 'gpu'))",
+    ]
+    params: dict[str, object] = {
+        "run": window.run_id,
+        "bucket_us": int(round(window.bucket_s * 1e6)),
+    }
     if window.start is not None:
         where.append("ts >= $start")
         params["start"] = window.start
     if window.end is not None:
         where.append("ts < $end")
         params["end"] = window.end
-    con.execute(f"""
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE aw_agg AS
         SELECT entity, metric, epoch_us(ts) // $bucket_us AS k,
                count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
                avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share
-        FROM samples WHERE {' AND '.join(where)}
-        GROUP BY entity, metric, k""", params)
+        FROM samples WHERE {" AND ".join(where)}
+        GROUP BY entity, metric, k""",
+        params,
+    )
     # Counters only grow, so a bucket's max is its last value: the increase is the step from the
     # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.
@@ -228,9 +252,13 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     """Pivot the GPUs' long rows into ``aw_gpu`` with NumPy (a scatter into a dense
     entity x bucket x metric array), loaded into a temp table."""
     aliases = list(GPU_COLUMNS)
-    names = [r[0] for r in con.execute(
-        f"SELECT DISTINCT entity FROM aw_agg WHERE metric IN ({_in_list(GPU_COLUMNS.values())}) "
-        "AND regexp_full_match(entity, 'gpu[0-9]+') ORDER BY length(entity), entity").fetchall()]
+    names = [
+        r[0]
+        for r in con.execute(
+            f"SELECT DISTINCT entity FROM aw_agg WHERE metric IN ({_in_list(GPU_COLUMNS.values())}) "
+            "AND regexp_full_match(entity, 'gpu[0-9]+') ORDER BY length(entity), entity"
+        ).fetchall()
+    ]
     named = ", ".join(f"({_q(n)}, {i})" for i, n in enumerate(names)) or "(NULL, NULL)"
     cols = con.execute(f"""
         WITH codes(metric, code) AS (VALUES {_GPU_CODE_ROWS}),
@@ -262,24 +290,28 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     # NaN marks an empty cell of the dense grid and becomes NULL. Materialized: rules query the
     # frame a dozen times, and a native table is cheaper to scan than a registered one.
     values = ", ".join(f"nullif({a}, 'NaN'::DOUBLE) AS {a}" for a in [*aliases, *extra])
-    con.execute(f"CREATE OR REPLACE TEMP TABLE aw_gpu AS SELECT entity, t, {values} "
-                "FROM gpu_columns")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE aw_gpu AS SELECT entity, t, {values} FROM gpu_columns"
+    )
 
 
 def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
-    cols = [_pick(alias, name, extra=" AND entity = 'host'") for alias, name in HOST_COLUMNS.items()]
+    cols = [
+        _pick(alias, name, extra=" AND entity = 'host'") for alias, name in HOST_COLUMNS.items()
+    ]
     cols += [
         _pick(alias, name, agg=agg, extra=f" AND starts_with(entity, {_q(prefix)})")
         for alias, agg, prefix, name in HOST_SPREAD_COLUMNS
     ]
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_host AS
-        SELECT t, {', '.join(cols)}
+        SELECT t, {", ".join(cols)}
         FROM aw_rated WHERE source = {_q(HOST_SOURCE)} GROUP BY t""")
 
 
 def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    con.execute(f"""
+    con.execute(
+        f"""
         CREATE OR REPLACE TEMP TABLE aw_proc AS
         WITH roles AS (
             SELECT entity, json_extract_string(attrs, '$.role') AS role FROM entities
@@ -296,44 +328,67 @@ def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
                sum(val) FILTER (WHERE metric = {_q(PROCESS_READ)}) AS job_read,
                sum(val) FILTER (WHERE metric = {_q(PROCESS_WRITE)}) AS job_write
         FROM aw_rated r LEFT JOIN roles USING (entity)
-        WHERE r.source = {_q(PROCESS_SOURCE)} GROUP BY t""", {"run": run_id})
+        WHERE r.source = {_q(PROCESS_SOURCE)} GROUP BY t""",
+        {"run": run_id},
+    )
 
 
 def _steps_frame(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_steps AS
         SELECT entity, t,
-               {_pick('step_time', STEP_TIME)}, {_pick('step_n', STEP_TIME, col='n')},
-               {_pick('steps', STEP_COUNT)}
+               {_pick("step_time", STEP_TIME)}, {_pick("step_n", STEP_TIME, col="n")},
+               {_pick("steps", STEP_COUNT)}
         FROM aw_rated WHERE source = {_q(STEPS_SOURCE)} GROUP BY entity, t""")
 
 
 def _describe(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    first, last = (None if k is None else naive_utc(k * window.bucket_s) for k in con.execute(
-        "SELECT min(k), max(k) FROM aw_agg").fetchone())
+    first, last = (
+        None if k is None else naive_utc(k * window.bucket_s)
+        for k in con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone()
+    )
     present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
-    gpus = tuple(r[0] for r in con.execute(
-        "SELECT DISTINCT entity FROM aw_gpu ORDER BY length(entity), entity").fetchall())
+    gpus = tuple(
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT entity FROM aw_gpu ORDER BY length(entity), entity"
+        ).fetchall()
+    )
     job_gpus, job_known = _job_gpus(con, window.run_id, gpus, present)
-    ranks = tuple(r[0] for r in con.execute(
-        "SELECT DISTINCT entity FROM aw_steps ORDER BY length(entity), entity").fetchall())
+    ranks = tuple(
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT entity FROM aw_steps ORDER BY length(entity), entity"
+        ).fetchall()
+    )
     return FrameInfo(window, first, last, gpus, job_gpus, job_known, present, ranks)
 
 
-def _job_gpus(con: duckdb.DuckDBPyConnection, run_id: str, gpus: tuple[str, ...],
-              present: frozenset[str]) -> tuple[tuple[str, ...], bool]:
+def _job_gpus(
+    con: duckdb.DuckDBPyConnection, run_id: str, gpus: tuple[str, ...], present: frozenset[str]
+) -> tuple[tuple[str, ...], bool]:
     """GPUs the job used (marked ``used_by_job`` or holding job memory; all when unknown),
     and whether that was known."""
-    marked = {r[0]: r[1] for r in con.execute(
-        "SELECT entity, json_extract_string(attrs, '$.used_by_job') FROM entities "
-        f"WHERE run_id = ? AND source = {_q(GPU_SOURCE)}", [run_id]).fetchall()}
-    holding = {r[0] for r in con.execute(
-        "SELECT DISTINCT entity FROM aw_gpu WHERE job_memory > 0 OR job_procs > 0").fetchall()}
+    marked = {
+        r[0]: r[1]
+        for r in con.execute(
+            "SELECT entity, json_extract_string(attrs, '$.used_by_job') FROM entities "
+            f"WHERE run_id = ? AND source = {_q(GPU_SOURCE)}",
+            [run_id],
+        ).fetchall()
+    }
+    holding = {
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT entity FROM aw_gpu WHERE job_memory > 0 OR job_procs > 0"
+        ).fetchall()
+    }
     return select_job_gpus(gpus, marked, holding, GPU_COLUMNS["job_memory"] in present)
 
 
-def select_job_gpus(gpus: Iterable[str], marked: Mapping[str, object], holding: set[str],
-                    job_memory_recorded: bool) -> tuple[tuple[str, ...], bool]:
+def select_job_gpus(
+    gpus: Iterable[str], marked: Mapping[str, object], holding: set[str], job_memory_recorded: bool
+) -> tuple[tuple[str, ...], bool]:
     """The job's GPUs: marked ``used_by_job`` or holding job memory; all of them when the
     recording says neither (second value: whether it was known). Shared with the live hang
     watch, which applies it to one snapshot."""
@@ -341,5 +396,6 @@ def select_job_gpus(gpus: Iterable[str], marked: Mapping[str, object], holding: 
     known = job_memory_recorded or any(v is not None for v in marked.values())
     if not known:
         return gpus, False
-    return tuple(g for g in gpus
-                 if g in holding or str(marked.get(g)) in ("true", "True", "1")), True
+    return tuple(
+        g for g in gpus if g in holding or str(marked.get(g)) in ("true", "True", "1")
+    ), True

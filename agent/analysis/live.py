@@ -58,8 +58,12 @@ class LiveFindingLog:
             before = self.open.get(key)
             if before is not None and f.start <= before.end + self.join_gap:
                 worst = max(before.severity, f.severity, key=SEVERITY_RANK.__getitem__)
-                f = replace(f, start=min(before.start, f.start), severity=worst,
-                            lost_s=max(before.lost_s, f.lost_s))
+                f = replace(
+                    f,
+                    start=min(before.start, f.start),
+                    severity=worst,
+                    lost_s=max(before.lost_s, f.lost_s),
+                )
             elif before is not None:
                 self.closed.append(before)
             seen[key] = f
@@ -81,10 +85,16 @@ class LiveAnalysis:
     ``cpu_clock`` measures the analysis's own CPU (the calling thread's); tests replace both.
     """
 
-    def __init__(self, *, window_s: float = DEFAULT_WINDOW_S, every_s: float = DEFAULT_EVERY_S,
-                 max_every_s: float = LIVE_MAX_PERIOD_S, cpu_share: float = LIVE_CPU_SHARE,
-                 clock: Callable[[], float] = time.monotonic,
-                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
+    def __init__(
+        self,
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        every_s: float = DEFAULT_EVERY_S,
+        max_every_s: float = LIVE_MAX_PERIOD_S,
+        cpu_share: float = LIVE_CPU_SHARE,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         self.window_s = window_s
         self.every_s = every_s
         self.session: Session | None = None
@@ -106,8 +116,7 @@ class LiveAnalysis:
     def start(self, session: Session) -> None:
         self.session = session
         self.cursor = session.store.cursor()
-        self._thread = threading.Thread(target=self._loop, name="accelwatch-analysis",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="accelwatch-analysis", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -39,8 +39,9 @@ class StepColumns:
     value: str = "step_time"
 
 
-def read_step_csv(path: str | os.PathLike[str], columns: StepColumns = StepColumns(),
-                  scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_step_csv(
+    path: str | os.PathLike[str], columns: StepColumns = StepColumns(), scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(seconds since start, rank, step time in s) columns of a CSV, sorted by time."""
     if not Path(path).is_file():
         raise StepImportError(f"no step-time file at {path}")
@@ -50,7 +51,8 @@ def read_step_csv(path: str | os.PathLike[str], columns: StepColumns = StepColum
             f'SELECT CAST("{columns.time}" AS DOUBLE) AS t, CAST("{columns.rank}" AS VARCHAR) '
             f'AS rank, CAST("{columns.value}" AS DOUBLE) * {float(scale)} AS v '
             "FROM read_csv(?, header = true) WHERE t IS NOT NULL AND v IS NOT NULL ORDER BY t",
-            params=[str(path)])
+            params=[str(path)],
+        )
         data = rel.fetchnumpy()
     except duckdb.Error as exc:
         raise StepImportError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
@@ -59,8 +61,9 @@ def read_step_csv(path: str | os.PathLike[str], columns: StepColumns = StepColum
     return data["t"], np.asarray(data["rank"], dtype=object), data["v"]
 
 
-def step_batches(offsets: np.ndarray, ranks: np.ndarray, values: np.ndarray, started: float
-                 ) -> list[Batch]:
+def step_batches(
+    offsets: np.ndarray, ranks: np.ndarray, values: np.ndarray, started: float
+) -> list[Batch]:
     """One ``steps`` batch per distinct timestamp (rows arrive sorted by time)."""
     entities = np.array([rank_entity(r) for r in ranks], dtype=object)
     cuts = np.flatnonzero(np.diff(offsets)) + 1
@@ -68,14 +71,27 @@ def step_batches(offsets: np.ndarray, ranks: np.ndarray, values: np.ndarray, sta
     for idx in np.split(np.arange(len(offsets)), cuts):
         if len(idx) == 0:
             continue
-        batches.append(Batch(SOURCE, started + float(offsets[idx[0]]), list(entities[idx]),
-                             ["step.time"] * len(idx), values[idx].tolist()))
+        batches.append(
+            Batch(
+                SOURCE,
+                started + float(offsets[idx[0]]),
+                list(entities[idx]),
+                ["step.time"] * len(idx),
+                values[idx].tolist(),
+            )
+        )
     return batches
 
 
-def import_step_times(db_path: str | os.PathLike[str], csv_path: str | os.PathLike[str], *,
-                      run: str | None = None, columns: StepColumns = StepColumns(),
-                      scale: float = 1.0, name: str | None = None) -> tuple[str, int]:
+def import_step_times(
+    db_path: str | os.PathLike[str],
+    csv_path: str | os.PathLike[str],
+    *,
+    run: str | None = None,
+    columns: StepColumns = StepColumns(),
+    scale: float = 1.0,
+    name: str | None = None,
+) -> tuple[str, int]:
     """Add the file's step times to ``run`` (id or name), or to a new run when ``run`` is None.
 
     Times are seconds since the run started. Returns (run id, samples written).
@@ -88,9 +104,22 @@ def import_step_times(db_path: str | os.PathLike[str], csv_path: str | os.PathLi
         if run is None:
             run_id = f"import-{time.strftime('%Y%m%d-%H%M%S')}"
             started = time.time() - float(offsets[-1])
-            store.write_run(RunInfo(run_id, name or Path(csv_path).stem, None, [], "", "",
-                                    started, 1.0, str(db_path), mode="import",
-                                    ended=started + float(offsets[-1]), status="finished"))
+            store.write_run(
+                RunInfo(
+                    run_id,
+                    name or Path(csv_path).stem,
+                    None,
+                    [],
+                    "",
+                    "",
+                    started,
+                    1.0,
+                    str(db_path),
+                    mode="import",
+                    ended=started + float(offsets[-1]),
+                    status="finished",
+                )
+            )
         else:
             info = find_run(store.con, run, str(db_path))
             run_id, started = info.run_id, info.started
@@ -101,8 +130,9 @@ def import_step_times(db_path: str | os.PathLike[str], csv_path: str | os.PathLi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.analysis.steps",
-                                     description="Import per-rank step times into a run.")
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.analysis.steps", description="Import per-rank step times into a run."
+    )
     parser.add_argument("csv")
     parser.add_argument("--db", required=True)
     parser.add_argument("--run", help="run id or name (default: a new run for the import)")
@@ -115,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.scale <= 0:
             raise UsageError("--scale must be positive")
         run_id, n = import_step_times(
-            args.db, args.csv, run=args.run, scale=args.scale,
-            columns=StepColumns(args.rank_col, args.time_col, args.value_col))
+            args.db,
+            args.csv,
+            run=args.run,
+            scale=args.scale,
+            columns=StepColumns(args.rank_col, args.time_col, args.value_col),
+        )
     except AccelwatchError as exc:
         print(f"accelwatch: error: {exc}", file=sys.stderr)
         return exc.exit_code

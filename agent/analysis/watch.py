@@ -39,20 +39,30 @@ def hang_state(snap: Snapshot) -> str | None:
     (every job GPU idle while the job neither computes on the host nor writes; or every job
     GPU pinned without traffic and with empty SMs), else None."""
     attrs = snap.entity_attrs
-    gpus = [e for e in attrs if _TOP_LEVEL_GPU.fullmatch(e)
-            and snap.value(e, GPU_COLUMNS["util"]) is not None]
+    gpus = [
+        e
+        for e in attrs
+        if _TOP_LEVEL_GPU.fullmatch(e) and snap.value(e, GPU_COLUMNS["util"]) is not None
+    ]
     if not gpus:
         return None
-    holding = {g for g in gpus if (snap.value(g, GPU_COLUMNS["job_memory"]) or 0) > 0
-               or (snap.value(g, GPU_COLUMNS["job_procs"]) or 0) > 0}
+    holding = {
+        g
+        for g in gpus
+        if (snap.value(g, GPU_COLUMNS["job_memory"]) or 0) > 0
+        or (snap.value(g, GPU_COLUMNS["job_procs"]) or 0) > 0
+    }
     marked = {g: attrs[g].get("used_by_job") for g in gpus}
     recorded = any(snap.value(g, GPU_COLUMNS["job_memory"]) is not None for g in gpus)
     job, _ = select_job_gpus(gpus, marked, holding, recorded)
     if not job:
         return None
     utils = [snap.value(g, GPU_COLUMNS["util"]) or 0.0 for g in job]
-    if max(utils) <= HANG_IDLE_UTIL and _job_cpu(snap) < HANG_CPU_IDLE \
-            and _disk_write(snap) < WRITE_BURST_BYTES:
+    if (
+        max(utils) <= HANG_IDLE_UTIL
+        and _job_cpu(snap) < HANG_CPU_IDLE
+        and _disk_write(snap) < WRITE_BURST_BYTES
+    ):
         return "idle"
     if min(utils) >= HANG_SPIN_UTIL and _spinning(snap, job):
         return "spinning"
@@ -68,14 +78,22 @@ def _spinning(snap: Snapshot, job: list[str] | tuple[str, ...]) -> bool:
     sm = [v for g in job if (v := snap.value(g, GPU_COLUMNS["sm"])) is not None]
     if sm:
         return max(sm) < HANG_SPIN_SM
-    power = [(snap.value(g, GPU_COLUMNS["power"]) or 0.0)
-             / (snap.value(g, GPU_COLUMNS["power_limit"]) or float("inf")) for g in job]
+    power = [
+        (snap.value(g, GPU_COLUMNS["power"]) or 0.0)
+        / (snap.value(g, GPU_COLUMNS["power_limit"]) or float("inf"))
+        for g in job
+    ]
     return max(power) < SM_ACTIVITY_LOW
 
 
 def _job_cpu(snap: Snapshot) -> float:
-    return sum(v for b in snap.batches if b.source == PROCESS_SOURCE
-               for m, v in zip(b.metrics, b.values) if m == PROCESS_CPU)
+    return sum(
+        v
+        for b in snap.batches
+        if b.source == PROCESS_SOURCE
+        for m, v in zip(b.metrics, b.values)
+        if m == PROCESS_CPU
+    )
 
 
 def _disk_write(snap: Snapshot) -> float:
@@ -119,4 +137,3 @@ class HangWatch:
     def triggered(self, now: float, confirmed: bool) -> None:
         """Record an urgent pass at ``now`` and whether it reported the hang."""
         self.last_trigger, self.confirmed = now, confirmed
-

@@ -18,8 +18,12 @@ def _m(name, unit, kind, description, **kw):
 
 
 METRICS = [
-    _m("step.time", "s", "gauge",
-       "Wall-clock time of the rank's latest training step (mini-batch)."),
+    _m(
+        "step.time",
+        "s",
+        "gauge",
+        "Wall-clock time of the rank's latest training step (mini-batch).",
+    ),
     _m("step.count", "{step}", "counter", "Training steps the rank has completed."),
 ]
 

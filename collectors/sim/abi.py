@@ -20,8 +20,13 @@ class Memory(Structure):
 
 
 class MemoryV2(Structure):
-    _fields_ = [("version", c_uint), ("total", c_ulonglong), ("reserved", c_ulonglong),
-                ("free", c_ulonglong), ("used", c_ulonglong)]
+    _fields_ = [
+        ("version", c_uint),
+        ("total", c_ulonglong),
+        ("reserved", c_ulonglong),
+        ("free", c_ulonglong),
+        ("used", c_ulonglong),
+    ]
 
 
 class Utilization(Structure):
@@ -29,42 +34,80 @@ class Utilization(Structure):
 
 
 class PciInfo(Structure):
-    _fields_ = [("busIdLegacy", c_char * pynvml.NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE),
-                ("domain", c_uint), ("bus", c_uint), ("device", c_uint), ("pciDeviceId", c_uint),
-                ("pciSubSystemId", c_uint), ("busId", c_char * pynvml.NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE)]
+    _fields_ = [
+        ("busIdLegacy", c_char * pynvml.NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE),
+        ("domain", c_uint),
+        ("bus", c_uint),
+        ("device", c_uint),
+        ("pciDeviceId", c_uint),
+        ("pciSubSystemId", c_uint),
+        ("busId", c_char * pynvml.NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE),
+    ]
 
 
 class ProcessInfo(Structure):
-    _fields_ = [("pid", c_uint), ("usedGpuMemory", c_ulonglong), ("gpuInstanceId", c_uint),
-                ("computeInstanceId", c_uint)]
+    _fields_ = [
+        ("pid", c_uint),
+        ("usedGpuMemory", c_ulonglong),
+        ("gpuInstanceId", c_uint),
+        ("computeInstanceId", c_uint),
+    ]
 
 
 class ProcessUtilizationSample(Structure):
-    _fields_ = [("pid", c_uint), ("timeStamp", c_ulonglong), ("smUtil", c_uint), ("memUtil", c_uint),
-                ("encUtil", c_uint), ("decUtil", c_uint)]
+    _fields_ = [
+        ("pid", c_uint),
+        ("timeStamp", c_ulonglong),
+        ("smUtil", c_uint),
+        ("memUtil", c_uint),
+        ("encUtil", c_uint),
+        ("decUtil", c_uint),
+    ]
 
 
 class FieldValue(Structure):
     """nvmlFieldValue_t with the value union read/written as its 64-bit member."""
 
-    _fields_ = [("fieldId", c_uint32), ("scopeId", c_uint32), ("timestamp", c_int64),
-                ("latencyUsec", c_int64), ("valueType", c_uint), ("nvmlReturn", c_uint),
-                ("value", c_ulonglong)]
+    _fields_ = [
+        ("fieldId", c_uint32),
+        ("scopeId", c_uint32),
+        ("timestamp", c_int64),
+        ("latencyUsec", c_int64),
+        ("valueType", c_uint),
+        ("nvmlReturn", c_uint),
+        ("value", c_ulonglong),
+    ]
 
 
 class EventData(Structure):
-    _fields_ = [("device", c_void_p), ("eventType", c_ulonglong), ("eventData", c_ulonglong),
-                ("gpuInstanceId", c_uint), ("computeInstanceId", c_uint)]
+    _fields_ = [
+        ("device", c_void_p),
+        ("eventType", c_ulonglong),
+        ("eventData", c_ulonglong),
+        ("gpuInstanceId", c_uint),
+        ("computeInstanceId", c_uint),
+    ]
 
 
 class GpmMetric(Structure):
-    _fields_ = [("metricId", c_uint), ("nvmlReturn", c_uint), ("value", c_double),
-                ("shortName", c_void_p), ("longName", c_void_p), ("unit", c_void_p)]
+    _fields_ = [
+        ("metricId", c_uint),
+        ("nvmlReturn", c_uint),
+        ("value", c_double),
+        ("shortName", c_void_p),
+        ("longName", c_void_p),
+        ("unit", c_void_p),
+    ]
 
 
 class GpmMetricsGet(Structure):
-    _fields_ = [("version", c_uint), ("numMetrics", c_uint), ("sample1", c_void_p), ("sample2", c_void_p),
-                ("metrics", GpmMetric * pynvml.NVML_GPM_METRIC_MAX)]
+    _fields_ = [
+        ("version", c_uint),
+        ("numMetrics", c_uint),
+        ("sample1", c_void_p),
+        ("sample2", c_void_p),
+        ("metrics", GpmMetric * pynvml.NVML_GPM_METRIC_MAX),
+    ]
 
 
 class GpmSupport(Structure):
@@ -90,4 +133,6 @@ for _mirror, _original in _MIRRORS.items():
         for name, *_ in _original._fields_
         if hasattr(_mirror, name)
     ):
-        raise ImportError(f"collectors.sim.abi: {_mirror.__name__} no longer matches pynvml.{_original.__name__}")
+        raise ImportError(
+            f"collectors.sim.abi: {_mirror.__name__} no longer matches pynvml.{_original.__name__}"
+        )

@@ -38,7 +38,9 @@ class ComputeMixin:
         if dev.mig is None:
             return m.memory_total_bytes, m.memory_reserved_bytes, frame.memory_used
         total = dev.mig.memory_mib << 20
-        used = frame.memory_used * dev.mig.memory_mib // (m.memory_total_mib - m.memory_reserved_mib)
+        used = (
+            frame.memory_used * dev.mig.memory_mib // (m.memory_total_mib - m.memory_reserved_mib)
+        )
         return total, 0, min(used, total)
 
     def _nvmlDeviceGetMemoryInfo(self, h: int, out: int | None) -> int:
@@ -61,8 +63,11 @@ class ComputeMixin:
 
     def job_pids(self) -> list[int]:
         """PIDs for all process slots: one per (GPU, process) or per MIG device."""
-        per_gpu = max(1, len(self.scenario.hardware.mig)) if self.scenario.hardware.mig \
+        per_gpu = (
+            max(1, len(self.scenario.hardware.mig))
+            if self.scenario.hardware.mig
             else self.scenario.processes_per_gpu
+        )
         slots = per_gpu * len(self.devices)
         if self._job_pids is None:
             return [SYNTHETIC_PID_BASE + i for i in range(slots)]
@@ -103,7 +108,12 @@ class ComputeMixin:
             return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
         arr = (abi.ProcessInfo * len(procs)).from_address(buf)
         for slot, (pid, used, gi, ci) in zip(arr, procs, strict=True):
-            slot.pid, slot.usedGpuMemory, slot.gpuInstanceId, slot.computeInstanceId = pid, used, gi, ci
+            slot.pid, slot.usedGpuMemory, slot.gpuInstanceId, slot.computeInstanceId = (
+                pid,
+                used,
+                gi,
+                ci,
+            )
         count[0] = len(procs)
         return pynvml.NVML_SUCCESS
 
@@ -116,7 +126,9 @@ class ComputeMixin:
     _nvmlDeviceGetComputeRunningProcesses_v2 = _nvmlDeviceGetComputeRunningProcesses_v3
     _nvmlDeviceGetGraphicsRunningProcesses_v2 = _nvmlDeviceGetGraphicsRunningProcesses_v3
 
-    def _nvmlDeviceGetProcessUtilization(self, h: int, buf: int | None, count: Any, last_seen: int) -> int:
+    def _nvmlDeviceGetProcessUtilization(
+        self, h: int, buf: int | None, count: Any, last_seen: int
+    ) -> int:
         dev, frame = self._gpu_frame(h)
         if self.scenario.hardware.mig:
             return pynvml.NVML_ERROR_NOT_SUPPORTED
@@ -136,7 +148,14 @@ class ComputeMixin:
             return pynvml.NVML_ERROR_INSUFFICIENT_SIZE
         arr = (abi.ProcessUtilizationSample * len(rows)).from_address(buf)
         for slot, (pid, ts, sm, mem) in zip(arr, rows, strict=True):
-            slot.pid, slot.timeStamp, slot.smUtil, slot.memUtil, slot.encUtil, slot.decUtil = pid, ts, sm, mem, 0, 0
+            slot.pid, slot.timeStamp, slot.smUtil, slot.memUtil, slot.encUtil, slot.decUtil = (
+                pid,
+                ts,
+                sm,
+                mem,
+                0,
+                0,
+            )
         count[0] = len(rows)
         return pynvml.NVML_SUCCESS
 

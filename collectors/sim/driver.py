@@ -51,7 +51,9 @@ _ERROR_STRINGS = {
     pynvml.NVML_ERROR_NO_DATA: "No Data",
     pynvml.NVML_ERROR_UNKNOWN: "Unknown Error",
 }
-_ERROR_BUFFERS = {code: ctypes.create_string_buffer(text.encode()) for code, text in _ERROR_STRINGS.items()}
+_ERROR_BUFFERS = {
+    code: ctypes.create_string_buffer(text.encode()) for code, text in _ERROR_STRINGS.items()
+}
 
 # Driver branch that introduced a symbol (approximate); older versions lack it.
 SYMBOL_SINCE: dict[str, int] = {
@@ -112,7 +114,9 @@ class SimDevice:
     gpu_instance: int = 0xFFFFFFFF
     compute_instance: int = 0xFFFFFFFF
     children: list[SimDevice] = field(default_factory=list)
-    _buffer: ctypes.Array[ctypes.c_char] = field(default_factory=lambda: ctypes.create_string_buffer(16))
+    _buffer: ctypes.Array[ctypes.c_char] = field(
+        default_factory=lambda: ctypes.create_string_buffer(16)
+    )
 
     @property
     def handle(self) -> int:
@@ -149,12 +153,16 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
         for gpu in range(self.scenario.gpu_count):
             bus = 0x18 + gpu * 0x11 if gpu < 8 else 0x80 + gpu
             uuid = f"GPU-{_uuid(self.scenario.seed, gpu)}".encode()
-            dev = SimDevice(gpu, uuid, self.model.name.encode(), f"00000000:{bus:02X}:00.0".encode(), bus)
+            dev = SimDevice(
+                gpu, uuid, self.model.name.encode(), f"00000000:{bus:02X}:00.0".encode(), bus
+            )
             for j, profile_name in enumerate(self.scenario.hardware.mig):
                 profile = self.model.mig_profile(profile_name)
                 mig_uuid = f"MIG-{_uuid(self.scenario.seed, gpu, j + 1)}".encode()
                 name = f"{self.model.name} MIG {profile.name}".encode()
-                dev.children.append(SimDevice(gpu, mig_uuid, name, dev.bus_id, bus, profile, dev, j + 1, 0))
+                dev.children.append(
+                    SimDevice(gpu, mig_uuid, name, dev.bus_id, bus, profile, dev, j + 1, 0)
+                )
             devices.append(dev)
         return devices
 
@@ -163,14 +171,17 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
         table = self.symbol_table()
         unknown = sorted(self.scenario.missing_symbols - set(table))
         if unknown:
-            raise ScenarioError(f"{self.scenario.path}: [driver] missing_symbols: {unknown[0]!r} "
-                                "is not a simulated NVML symbol")
+            raise ScenarioError(
+                f"{self.scenario.path}: [driver] missing_symbols: {unknown[0]!r} "
+                "is not a simulated NVML symbol"
+            )
         for name, (restype, argtypes) in table.items():
             if name in self.scenario.missing_symbols or SYMBOL_SINCE.get(name, 0) > major:
                 continue
             impl = getattr(self, "_" + name)
             func = ctypes.CFUNCTYPE(restype, *argtypes)(
-                impl if restype is not c_int else _guard(impl, name))
+                impl if restype is not c_int else _guard(impl, name)
+            )
             self._symbols[name] = func
             setattr(self, name, func)
 
@@ -240,7 +251,11 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
     def _device(self, h: int | None) -> SimDevice:
         dev = self._live.get(h)  # type: ignore[arg-type]
         if dev is None:
-            code = pynvml.NVML_ERROR_UNINITIALIZED if self._refcount == 0 else pynvml.NVML_ERROR_INVALID_ARGUMENT
+            code = (
+                pynvml.NVML_ERROR_UNINITIALIZED
+                if self._refcount == 0
+                else pynvml.NVML_ERROR_INVALID_ARGUMENT
+            )
             raise NvmlReturn(code)
         return dev
 
@@ -376,8 +391,9 @@ class SimulatedDriver(ComputeMixin, TelemetryMixin):
 class SimulatedNvml:
     """An installed (or installable) simulated NVML; also a context manager."""
 
-    def __init__(self, scenario: Scenario | str, *, clock: Clock = time.time,
-                 job_pids: JobPids | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario | str, *, clock: Clock = time.time, job_pids: JobPids | None = None
+    ) -> None:
         self.scenario = load_scenario(scenario) if isinstance(scenario, str) else scenario
         self.driver = SimulatedDriver(self.scenario, clock, job_pids)
         self._saved: Any = None
@@ -422,7 +438,8 @@ class SimulatedNvml:
         self.uninstall()
 
 
-def install(scenario: Scenario | str, *, clock: Clock = time.time,
-            job_pids: JobPids | None = None) -> SimulatedNvml:
+def install(
+    scenario: Scenario | str, *, clock: Clock = time.time, job_pids: JobPids | None = None
+) -> SimulatedNvml:
     """Swap pynvml's library for a simulated driver running `scenario`."""
     return SimulatedNvml(scenario, clock=clock, job_pids=job_pids).install()

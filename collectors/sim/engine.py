@@ -29,18 +29,57 @@ _CHUNK_TICKS = 10000
 _PROC_SAMPLES_KEPT = 10
 _U64 = 1 << 64
 _SI = {name: i for i, name in enumerate(SIGNALS)}
-_NOISY = np.array([_SI[s] for s in (
-    "busy", "sm_activity", "sm_occupancy", "tensor_activity", "dram_activity", "fp16_activity",
-    "fp32_activity", "fp64_activity", "nvlink_tx_gbps", "nvlink_rx_gbps", "pcie_tx_gbps", "pcie_rx_gbps",
-)])
-_FRACTIONS = np.array([_SI[s] for s in (
-    "busy", "sm_activity", "sm_occupancy", "tensor_activity", "dram_activity",
-    "fp16_activity", "fp32_activity", "fp64_activity",
-)])
+_NOISY = np.array(
+    [
+        _SI[s]
+        for s in (
+            "busy",
+            "sm_activity",
+            "sm_occupancy",
+            "tensor_activity",
+            "dram_activity",
+            "fp16_activity",
+            "fp32_activity",
+            "fp64_activity",
+            "nvlink_tx_gbps",
+            "nvlink_rx_gbps",
+            "pcie_tx_gbps",
+            "pcie_rx_gbps",
+        )
+    ]
+)
+_FRACTIONS = np.array(
+    [
+        _SI[s]
+        for s in (
+            "busy",
+            "sm_activity",
+            "sm_occupancy",
+            "tensor_activity",
+            "dram_activity",
+            "fp16_activity",
+            "fp32_activity",
+            "fp64_activity",
+        )
+    ]
+)
 # Columns of the cumulative integral matrix (per GPU). Activities in
 # fraction-seconds, traffic in bytes, energy in joules.
-CUM = ("busy", "sm", "occupancy", "tensor", "dram", "fp16", "fp32", "fp64",
-       "pcie_tx", "pcie_rx", "nvlink_tx", "nvlink_rx", "energy")
+CUM = (
+    "busy",
+    "sm",
+    "occupancy",
+    "tensor",
+    "dram",
+    "fp16",
+    "fp32",
+    "fp64",
+    "pcie_tx",
+    "pcie_rx",
+    "nvlink_tx",
+    "nvlink_rx",
+    "energy",
+)
 CI = {name: i for i, name in enumerate(CUM)}
 _COUNTER_COLS = [CI["pcie_tx"], CI["pcie_rx"], CI["nvlink_tx"], CI["nvlink_rx"], CI["energy"]]
 _IDLE_BUSY = 0.02
@@ -109,7 +148,6 @@ class GpuFrame:
     field_cache: dict[bytes, bytes] = field(default_factory=dict)  # field-value requests answered
 
 
-
 class Engine:
     """Deterministic state of every simulated GPU as a function of the tick."""
 
@@ -118,7 +156,9 @@ class Engine:
         self.model = m = scenario.hardware.model
         self.gpus = g = scenario.gpu_count
         self.util_window = max(1, round(m.util_period_s / TICK_S))
-        self._base = np.array([[scenario.levels(i)[s] for i in range(g)] for s in SIGNALS])  # (S, G)
+        self._base = np.array(
+            [[scenario.levels(i)[s] for i in range(g)] for s in SIGNALS]
+        )  # (S, G)
         self._windows = [(e, self._mask(e)) for e in scenario.effects if not e.is_point]
         self._points = [(e, self._mask(e)) for e in scenario.effects if e.is_point]
         self.lost_tick = [math.inf] * g
@@ -127,7 +167,7 @@ class Engine:
                 for i in np.flatnonzero(mask):
                     self.lost_tick[i] = min(self.lost_tick[i], self.tick_of(e.at_s or 0.0))
         rng = np.random.default_rng(scenario.seed)
-        self._noise_keys = (rng.integers(0, 1 << 62, size=(len(_NOISY), g), dtype=np.uint64))
+        self._noise_keys = rng.integers(0, 1 << 62, size=(len(_NOISY), g), dtype=np.uint64)
         links = m.nvlink_links
         weights = 1.0 + 0.04 * rng.random((g, links)) if links else np.zeros((g, 0))
         self.link_weights = weights / weights.sum(axis=1, keepdims=True) if links else weights
@@ -184,7 +224,7 @@ class Engine:
         vals[_NOISY] *= 1.0 + vals[_SI["noise"]][None] * u
         vals[_FRACTIONS] = np.clip(vals[_FRACTIONS], 0.0, 1.0)
         busy = vals[_SI["busy"]]
-        act = vals[_SI["sm_activity"]:_SI["fp64_activity"] + 1] * busy[None]
+        act = vals[_SI["sm_activity"] : _SI["fp64_activity"] + 1] * busy[None]
         traffic = np.empty((4, self.gpus, len(ticks)))
         traffic[0] = np.clip(vals[_SI["pcie_tx_gbps"]], 0.0, m.pcie_max_gbps) * 1e9
         traffic[1] = np.clip(vals[_SI["pcie_rx_gbps"]], 0.0, m.pcie_max_gbps) * 1e9
@@ -200,7 +240,9 @@ class Engine:
         idle_w, span_w = m.power_idle_w, m.power_limit_w - m.power_idle_w
         power = idle_w + span_w * load * clock**1.5
         requested = vals[_SI["power_limit_w"]]
-        limit = np.where(requested > 0, np.clip(requested, m.power_min_w, m.power_limit_w), m.power_limit_w)
+        limit = np.where(
+            requested > 0, np.clip(requested, m.power_min_w, m.power_limit_w), m.power_limit_w
+        )
         target = limit * 0.985
         capped = power > target
         if capped.any():
@@ -209,8 +251,16 @@ class Engine:
             power = np.where(capped, target + limit * 0.01 * u[0], power)
             reasons |= np.where(capped, pynvml.nvmlClocksEventReasonSwPowerCap, 0)
         reasons |= np.where(busy < _IDLE_BUSY, pynvml.nvmlClocksEventReasonGpuIdle, 0)
-        return Signals(busy, act, traffic, memory, vals[_SI["temperature_c"]], power,
-                       np.where(busy < _IDLE_BUSY, -1.0, clock), reasons)
+        return Signals(
+            busy,
+            act,
+            traffic,
+            memory,
+            vals[_SI["temperature_c"]],
+            power,
+            np.where(busy < _IDLE_BUSY, -1.0, clock),
+            reasons,
+        )
 
     def power_limit_w(self, tick: int) -> np.ndarray:
         """Enforced power limit per GPU at `tick` (a scenario may lower it)."""
@@ -220,7 +270,10 @@ class Engine:
             if (
                 "power_limit_w" in effect.set
                 and effect.start_s <= t < effect.end_s
-                and (not effect.every_s or (t - effect.start_s) % effect.every_s < (effect.for_s or 0.0))
+                and (
+                    not effect.every_s
+                    or (t - effect.start_s) % effect.every_s < (effect.for_s or 0.0)
+                )
             ):
                 sig[gpu_mask] = effect.set["power_limit_w"]
         m = self.model
@@ -241,7 +294,9 @@ class Engine:
         if tick > self._frontier:
             for reset_tick, gpu_mask in self._resets(self._frontier, tick):
                 self._advance(reset_tick)
-                self._reset_base[np.ix_(gpu_mask, _COUNTER_COLS)] = self._cum[np.ix_(gpu_mask, _COUNTER_COLS)]
+                self._reset_base[np.ix_(gpu_mask, _COUNTER_COLS)] = self._cum[
+                    np.ix_(gpu_mask, _COUNTER_COLS)
+                ]
             self._advance(tick)
         return self._cum
 
@@ -286,7 +341,9 @@ class Engine:
                 continue
             gpus = np.flatnonzero(gpu_mask).tolist()
             for tick in self._occurrence_ticks(effect, after, upto):
-                out.extend((tick, gpu, xid) for gpu in gpus if tick <= self.lost_tick[gpu] or effect.lost)
+                out.extend(
+                    (tick, gpu, xid) for gpu in gpus if tick <= self.lost_tick[gpu] or effect.lost
+                )
         return sorted(out)
 
     # -- frames ---------------------------------------------------------------------------------
@@ -320,47 +377,56 @@ class Engine:
         offset = self.scenario.counter_offset
         ecc = self._ecc_counts(t_s)
         # Per-link counters: each link's fixed share of the total, wrapping like uint64.
-        nvl = cum[:, [CI["nvlink_tx"], CI["nvlink_rx"]]] - self._reset_base[:, [CI["nvlink_tx"], CI["nvlink_rx"]]]
+        nvl = (
+            cum[:, [CI["nvlink_tx"], CI["nvlink_rx"]]]
+            - self._reset_base[:, [CI["nvlink_tx"], CI["nvlink_rx"]]]
+        )
         shares = (nvl.T[:, :, None] * self.link_weights[None]).astype(np.uint64)
         links = (shares + np.uint64(offset % _U64)).tolist()
         frames = []
         for g in range(self.gpus):
             busy, clock = busy_mean[g], clock_now[g]
-            temp = m.temp_idle_c + (temp_level[g] - m.temp_idle_c) * (0.35 + 0.65 * busy) + 0.6 * noise[g]
+            temp = (
+                m.temp_idle_c
+                + (temp_level[g] - m.temp_idle_c) * (0.35 + 0.65 * busy)
+                + 0.6 * noise[g]
+            )
             pcie_tx, pcie_rx, nvl_tx, nvl_rx, energy_j = counters[g]
             idle = clock < 0
             sm_clock = m.idle_sm_clock_mhz if idle else int(m.max_sm_clock_mhz * clock / 15) * 15
-            frames.append(GpuFrame(
-                lost=tick >= self.lost_tick[g],
-                timestamp_us=ts_us,
-                util_gpu=int(round(busy * 100)),
-                util_memory=int(round(dram_mean[g] * 100)),
-                power_avg_mw=int(power_mean[g] * 1000),
-                power_inst_mw=int(power_now[g] * 1000),
-                power_limit_mw=int(limits[g] * 1000),
-                energy_mj=(offset + int(energy_j * 1000)) % _U64,
-                temperature_c=int(round(temp)),
-                memory_temp_c=int(round(temp + 6)),
-                fan_pct=int(min(100, max(30, 30 + 1.4 * (temp - 40)))),
-                sm_clock_mhz=sm_clock,
-                mem_clock_mhz=m.mem_clock_mhz if (m.hbm or not idle) else 405,
-                video_clock_mhz=int(m.max_video_clock_mhz * 0.9) if not idle else 540,
-                reasons=reasons_now[g],
-                pstate=m.pstate_idle if idle else m.pstate_busy,
-                memory_used=int(mem_now[g]),
-                pcie_tx_bytes=(offset + int(pcie_tx)) % _U64,
-                pcie_rx_bytes=(offset + int(pcie_rx)) % _U64,
-                pcie_tx_kbps=pcie_now[0][g],
-                pcie_rx_kbps=pcie_now[1][g],
-                nvlink_tx_bytes=links[0][g],
-                nvlink_rx_bytes=links[1][g],
-                sbe_volatile=ecc[g][0],
-                dbe_volatile=ecc[g][1],
-                remapped_cor=ecc[g][0] if m.remapped_rows else 0,
-                remapped_unc=ecc[g][1] if m.remapped_rows else 0,
-                remap_pending=1 if ecc[g][1] and m.remapped_rows else 0,
-                pcie_replays=int(t_s // 1800),
-            ))
+            frames.append(
+                GpuFrame(
+                    lost=tick >= self.lost_tick[g],
+                    timestamp_us=ts_us,
+                    util_gpu=int(round(busy * 100)),
+                    util_memory=int(round(dram_mean[g] * 100)),
+                    power_avg_mw=int(power_mean[g] * 1000),
+                    power_inst_mw=int(power_now[g] * 1000),
+                    power_limit_mw=int(limits[g] * 1000),
+                    energy_mj=(offset + int(energy_j * 1000)) % _U64,
+                    temperature_c=int(round(temp)),
+                    memory_temp_c=int(round(temp + 6)),
+                    fan_pct=int(min(100, max(30, 30 + 1.4 * (temp - 40)))),
+                    sm_clock_mhz=sm_clock,
+                    mem_clock_mhz=m.mem_clock_mhz if (m.hbm or not idle) else 405,
+                    video_clock_mhz=int(m.max_video_clock_mhz * 0.9) if not idle else 540,
+                    reasons=reasons_now[g],
+                    pstate=m.pstate_idle if idle else m.pstate_busy,
+                    memory_used=int(mem_now[g]),
+                    pcie_tx_bytes=(offset + int(pcie_tx)) % _U64,
+                    pcie_rx_bytes=(offset + int(pcie_rx)) % _U64,
+                    pcie_tx_kbps=pcie_now[0][g],
+                    pcie_rx_kbps=pcie_now[1][g],
+                    nvlink_tx_bytes=links[0][g],
+                    nvlink_rx_bytes=links[1][g],
+                    sbe_volatile=ecc[g][0],
+                    dbe_volatile=ecc[g][1],
+                    remapped_cor=ecc[g][0] if m.remapped_rows else 0,
+                    remapped_unc=ecc[g][1] if m.remapped_rows else 0,
+                    remap_pending=1 if ecc[g][1] and m.remapped_rows else 0,
+                    pcie_replays=int(t_s // 1800),
+                )
+            )
         self._frames, self._frame_tick = frames, tick
         return frames
 
@@ -399,8 +465,18 @@ class Engine:
             lo = missing[0]
             n = (last - lo) // period + 1
             s = self.evaluate(lo - period, last)
-            busy = (s.busy.reshape(self.gpus, n, period).mean(axis=2) * 100).round().astype(int).T.tolist()
-            dram = (s.act[3].reshape(self.gpus, n, period).mean(axis=2) * 100).round().astype(int).T.tolist()
+            busy = (
+                (s.busy.reshape(self.gpus, n, period).mean(axis=2) * 100)
+                .round()
+                .astype(int)
+                .T.tolist()
+            )
+            dram = (
+                (s.act[3].reshape(self.gpus, n, period).mean(axis=2) * 100)
+                .round()
+                .astype(int)
+                .T.tolist()
+            )
             for j in range(n):
                 known[lo + j * period] = list(zip(busy[j], dram[j], strict=True))
         ticks = sorted(known)

@@ -55,60 +55,143 @@ def _fraction(col: str) -> Callable[[np.ndarray, float, np.ndarray], float]:
     return lambda d, dt, w: 100.0 * d[CI[col]] / dt
 
 
-def _rate(col: str, link: int | None = None) -> Callable[[np.ndarray, float, np.ndarray], float | None]:
+def _rate(
+    col: str, link: int | None = None
+) -> Callable[[np.ndarray, float, np.ndarray], float | None]:
     def value(d: np.ndarray, dt: float, w: np.ndarray) -> float | None:
         if link is None:
             return d[CI[col]] / dt / _MIB
         if link >= len(w):
             return None
         return d[CI[col]] * w[link] / dt / _MIB
+
     return value
 
 
 def _metric_table() -> dict[int, tuple[bytes, bytes, bytes, Callable[..., float | None]]]:
     pct = b"%"
     table: dict[int, tuple[bytes, bytes, bytes, Callable[..., float | None]]] = {
-        pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: (b"gr_util", b"graphics engine utilization", pct, _fraction("busy")),
+        pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL: (
+            b"gr_util",
+            b"graphics engine utilization",
+            pct,
+            _fraction("busy"),
+        ),
         pynvml.NVML_GPM_METRIC_SM_UTIL: (b"sm_util", b"SM activity", pct, _fraction("sm")),
-        pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: (b"sm_occupancy", b"SM occupancy", pct, _fraction("occupancy")),
-        pynvml.NVML_GPM_METRIC_INTEGER_UTIL: (b"integer_util", b"integer pipe utilization", pct,
-                                              lambda d, dt, w: 10.0 * d[CI["sm"]] / dt),
-        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: (b"any_tensor_util", b"tensor pipe utilization", pct,
-                                                 _fraction("tensor")),
-        pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL: (b"hmma_tensor_util", b"HMMA tensor utilization", pct,
-                                                  _fraction("tensor")),
-        pynvml.NVML_GPM_METRIC_DFMA_TENSOR_UTIL: (b"dfma_tensor_util", b"DFMA tensor utilization", pct,
-                                                  lambda d, dt, w: 0.0),
-        pynvml.NVML_GPM_METRIC_DMMA_TENSOR_UTIL: (b"dmma_tensor_util", b"DMMA tensor utilization", pct,
-                                                  lambda d, dt, w: 0.0),
-        pynvml.NVML_GPM_METRIC_IMMA_TENSOR_UTIL: (b"imma_tensor_util", b"IMMA tensor utilization", pct,
-                                                  lambda d, dt, w: 0.0),
-        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: (b"dram_bw_util", b"DRAM bandwidth utilization", pct, _fraction("dram")),
-        pynvml.NVML_GPM_METRIC_FP64_UTIL: (b"fp64_util", b"FP64 pipe utilization", pct, _fraction("fp64")),
-        pynvml.NVML_GPM_METRIC_FP32_UTIL: (b"fp32_util", b"FP32 pipe utilization", pct, _fraction("fp32")),
-        pynvml.NVML_GPM_METRIC_FP16_UTIL: (b"fp16_util", b"FP16 pipe utilization", pct, _fraction("fp16")),
-        pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: (b"pcie_tx", b"PCIe transmit bandwidth", b"MiB/sec",
-                                                 _rate("pcie_tx")),
-        pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: (b"pcie_rx", b"PCIe receive bandwidth", b"MiB/sec",
-                                                 _rate("pcie_rx")),
-        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: (b"nvlink_tx", b"NVLink transmit bandwidth", b"MiB/sec",
-                                                         _rate("nvlink_tx")),
-        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: (b"nvlink_rx", b"NVLink receive bandwidth", b"MiB/sec",
-                                                         _rate("nvlink_rx")),
+        pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: (
+            b"sm_occupancy",
+            b"SM occupancy",
+            pct,
+            _fraction("occupancy"),
+        ),
+        pynvml.NVML_GPM_METRIC_INTEGER_UTIL: (
+            b"integer_util",
+            b"integer pipe utilization",
+            pct,
+            lambda d, dt, w: 10.0 * d[CI["sm"]] / dt,
+        ),
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: (
+            b"any_tensor_util",
+            b"tensor pipe utilization",
+            pct,
+            _fraction("tensor"),
+        ),
+        pynvml.NVML_GPM_METRIC_HMMA_TENSOR_UTIL: (
+            b"hmma_tensor_util",
+            b"HMMA tensor utilization",
+            pct,
+            _fraction("tensor"),
+        ),
+        pynvml.NVML_GPM_METRIC_DFMA_TENSOR_UTIL: (
+            b"dfma_tensor_util",
+            b"DFMA tensor utilization",
+            pct,
+            lambda d, dt, w: 0.0,
+        ),
+        pynvml.NVML_GPM_METRIC_DMMA_TENSOR_UTIL: (
+            b"dmma_tensor_util",
+            b"DMMA tensor utilization",
+            pct,
+            lambda d, dt, w: 0.0,
+        ),
+        pynvml.NVML_GPM_METRIC_IMMA_TENSOR_UTIL: (
+            b"imma_tensor_util",
+            b"IMMA tensor utilization",
+            pct,
+            lambda d, dt, w: 0.0,
+        ),
+        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: (
+            b"dram_bw_util",
+            b"DRAM bandwidth utilization",
+            pct,
+            _fraction("dram"),
+        ),
+        pynvml.NVML_GPM_METRIC_FP64_UTIL: (
+            b"fp64_util",
+            b"FP64 pipe utilization",
+            pct,
+            _fraction("fp64"),
+        ),
+        pynvml.NVML_GPM_METRIC_FP32_UTIL: (
+            b"fp32_util",
+            b"FP32 pipe utilization",
+            pct,
+            _fraction("fp32"),
+        ),
+        pynvml.NVML_GPM_METRIC_FP16_UTIL: (
+            b"fp16_util",
+            b"FP16 pipe utilization",
+            pct,
+            _fraction("fp16"),
+        ),
+        pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC: (
+            b"pcie_tx",
+            b"PCIe transmit bandwidth",
+            b"MiB/sec",
+            _rate("pcie_tx"),
+        ),
+        pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC: (
+            b"pcie_rx",
+            b"PCIe receive bandwidth",
+            b"MiB/sec",
+            _rate("pcie_rx"),
+        ),
+        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC: (
+            b"nvlink_tx",
+            b"NVLink transmit bandwidth",
+            b"MiB/sec",
+            _rate("nvlink_tx"),
+        ),
+        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC: (
+            b"nvlink_rx",
+            b"NVLink receive bandwidth",
+            b"MiB/sec",
+            _rate("nvlink_rx"),
+        ),
     }
     for link in range(18):
         rx = pynvml.NVML_GPM_METRIC_NVLINK_L0_RX_PER_SEC + 2 * link
-        table[rx] = (f"nvlink_l{link}_rx".encode(), f"NVLink link {link} receive bandwidth".encode(),
-                     b"MiB/sec", _rate("nvlink_rx", link))
-        table[rx + 1] = (f"nvlink_l{link}_tx".encode(), f"NVLink link {link} transmit bandwidth".encode(),
-                         b"MiB/sec", _rate("nvlink_tx", link))
+        table[rx] = (
+            f"nvlink_l{link}_rx".encode(),
+            f"NVLink link {link} receive bandwidth".encode(),
+            b"MiB/sec",
+            _rate("nvlink_rx", link),
+        )
+        table[rx + 1] = (
+            f"nvlink_l{link}_tx".encode(),
+            f"NVLink link {link} transmit bandwidth".encode(),
+            b"MiB/sec",
+            _rate("nvlink_tx", link),
+        )
     return table
 
 
 _METRICS = _metric_table()
 # metricInfo strings live as long as the module: C code keeps the pointers.
-_NAME_BUFFERS = {mid: tuple(ctypes.create_string_buffer(text) for text in entry[:3])
-                 for mid, entry in _METRICS.items()}
+_NAME_BUFFERS = {
+    mid: tuple(ctypes.create_string_buffer(text) for text in entry[:3])
+    for mid, entry in _METRICS.items()
+}
 _NAMES = {mid: tuple(ctypes.addressof(b) for b in bufs) for mid, bufs in _NAME_BUFFERS.items()}
 
 
@@ -264,8 +347,11 @@ class GpmEventsMixin:
             return _WAIT_SLICE_S
         horizon = es.seen_tick + int(remaining / TICK_S) + 1
         with self._lock:
-            upcoming = [tick for tick, gpu, _ in self.engine.events(es.seen_tick, horizon)
-                        if gpu in es.registered]
+            upcoming = [
+                tick
+                for tick, gpu, _ in self.engine.events(es.seen_tick, horizon)
+                if gpu in es.registered
+            ]
         if not upcoming:
             return remaining
         return max(_WAIT_SLICE_S, (min(upcoming) - es.seen_tick) * TICK_S)

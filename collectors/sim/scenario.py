@@ -46,8 +46,17 @@ SIGNAL_DEFAULTS: dict[str, float] = {
 }
 SIGNALS: tuple[str, ...] = tuple(SIGNAL_DEFAULTS)
 FRACTION_SIGNALS = frozenset(
-    {"busy", "sm_activity", "sm_occupancy", "tensor_activity", "dram_activity",
-     "fp16_activity", "fp32_activity", "fp64_activity", "noise"}
+    {
+        "busy",
+        "sm_activity",
+        "sm_occupancy",
+        "tensor_activity",
+        "dram_activity",
+        "fp16_activity",
+        "fp32_activity",
+        "fp64_activity",
+        "noise",
+    }
 )
 
 THROTTLE_REASONS: dict[str, int] = {
@@ -150,7 +159,9 @@ class Scenario:
         return self.hardware.count
 
     def info(self) -> ScenarioInfo:
-        return ScenarioInfo(self.name, self.hardware.describe(), self.gpu_count, self.summary, self.path)
+        return ScenarioInfo(
+            self.name, self.hardware.describe(), self.gpu_count, self.summary, self.path
+        )
 
     def levels(self, gpu: int) -> dict[str, float]:
         """Steady-state signal levels of one GPU before effects."""
@@ -174,11 +185,15 @@ def load_scenario(name_or_path: str) -> Scenario:
     """Load a named scenario or a user's .toml file."""
     entry = _scenario_dir().joinpath(f"{name_or_path}.toml")
     if "/" not in name_or_path and not name_or_path.endswith(".toml") and entry.is_file():
-        return parse_scenario(entry.read_text(encoding="utf-8"), str(entry), default_name=name_or_path)
+        return parse_scenario(
+            entry.read_text(encoding="utf-8"), str(entry), default_name=name_or_path
+        )
     path = Path(name_or_path)
     if not path.is_file():
         known = ", ".join(scenario_names())
-        raise ScenarioError(f"unknown scenario {name_or_path!r}: not a named scenario ({known}) nor a file")
+        raise ScenarioError(
+            f"unknown scenario {name_or_path!r}: not a named scenario ({known}) nor a file"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -199,8 +214,23 @@ def parse_scenario(text: str, path: str = "<string>", *, default_name: str = "cu
 
 
 def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
-    _check_keys(doc, "top level", {"name", "summary", "seed", "duration_s", "hardware", "driver", "job",
-                                    "counters", "workload", "overrides", "effects"})
+    _check_keys(
+        doc,
+        "top level",
+        {
+            "name",
+            "summary",
+            "seed",
+            "duration_s",
+            "hardware",
+            "driver",
+            "job",
+            "counters",
+            "workload",
+            "overrides",
+            "effects",
+        },
+    )
     hw = _table(doc, "hardware", required=True)
     _check_keys(hw, "[hardware]", {"model", "count", "mig"})
     model_key = _get(hw, "model", str, "[hardware]")
@@ -218,9 +248,13 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             slices = sum(model.mig_profile(str(p)).slices for p in mig)
         except KeyError as exc:
             names = ", ".join(p.name for p in model.mig_profiles)
-            raise ScenarioError(f"[hardware] unknown MIG profile {exc.args[0]!r} (known: {names})") from None
+            raise ScenarioError(
+                f"[hardware] unknown MIG profile {exc.args[0]!r} (known: {names})"
+            ) from None
         if slices > _MAX_MIG_SLICES:
-            raise ScenarioError(f"[hardware] MIG layout uses {slices} slices, the GPU has {_MAX_MIG_SLICES}")
+            raise ScenarioError(
+                f"[hardware] MIG layout uses {slices} slices, the GPU has {_MAX_MIG_SLICES}"
+            )
 
     drv = _table(doc, "driver")
     _check_keys(drv, "[driver]", {"version", "cuda_version", "missing_symbols"})
@@ -228,7 +262,9 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
     try:
         int(driver_version.split(".")[0])
     except ValueError:
-        raise ScenarioError(f"[driver] version {driver_version!r} is not like '550.127.05'") from None
+        raise ScenarioError(
+            f"[driver] version {driver_version!r} is not like '550.127.05'"
+        ) from None
     job = _table(doc, "job")
     _check_keys(job, "[job]", {"processes_per_gpu"})
     counters = _table(doc, "counters")
@@ -272,8 +308,26 @@ def _effect(raw: Any, index: int, count: int) -> Effect:
     where = f"[[effects]] #{index + 1}"
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where} must be a table")
-    _check_keys(raw, where, {"label", "gpus", "at_s", "start_s", "end_s", "every_s", "for_s", "set", "scale",
-                             "ramp", "throttle", "xid", "lost", "counter_reset"})
+    _check_keys(
+        raw,
+        where,
+        {
+            "label",
+            "gpus",
+            "at_s",
+            "start_s",
+            "end_s",
+            "every_s",
+            "for_s",
+            "set",
+            "scale",
+            "ramp",
+            "throttle",
+            "xid",
+            "lost",
+            "counter_reset",
+        },
+    )
     label = _get(raw, "label", str, where, default=f"effect {index + 1}")
     where = f"[[effects]] {label!r}"
     gpus_raw = raw.get("gpus", "all")
@@ -282,13 +336,15 @@ def _effect(raw: Any, index: int, count: int) -> Effect:
     elif isinstance(gpus_raw, list) and all(isinstance(g, int) for g in gpus_raw):
         gpus = tuple(_gpu_index(str(g), count, where) for g in gpus_raw)
     else:
-        raise ScenarioError(f"{where}: gpus must be \"all\" or a list of GPU indices")
+        raise ScenarioError(f'{where}: gpus must be "all" or a list of GPU indices')
 
     names = {"throttle": 0}
     reasons = _get(raw, "throttle", list, where, default=[])
     for reason in reasons:
         if reason not in THROTTLE_REASONS:
-            raise ScenarioError(f"{where}: unknown throttle reason {reason!r} (known: {', '.join(THROTTLE_REASONS)})")
+            raise ScenarioError(
+                f"{where}: unknown throttle reason {reason!r} (known: {', '.join(THROTTLE_REASONS)})"
+            )
         names["throttle"] |= THROTTLE_REASONS[reason]
     xid = _get(raw, "xid", int, where, default=None)
     lost = _get(raw, "lost", bool, where, default=False)
@@ -300,22 +356,32 @@ def _effect(raw: Any, index: int, count: int) -> Effect:
     end_s = _num(raw, "end_s", where)
     window = {
         "set": _signals(_get(raw, "set", dict, where, default={}), f"{where} set"),
-        "scale": _signals(_get(raw, "scale", dict, where, default={}), f"{where} scale", fractions=False),
-        "ramp": _signals(_get(raw, "ramp", dict, where, default={}), f"{where} ramp", fractions=False),
+        "scale": _signals(
+            _get(raw, "scale", dict, where, default={}), f"{where} scale", fractions=False
+        ),
+        "ramp": _signals(
+            _get(raw, "ramp", dict, where, default={}), f"{where} ramp", fractions=False
+        ),
     }
     has_window_action = any(window.values()) or names["throttle"]
     has_point_action = xid is not None or lost or reset
     if has_window_action == has_point_action:
-        raise ScenarioError(f"{where}: needs either window actions (set/scale/ramp/throttle) "
-                            "or point actions (xid/lost/counter_reset), not both or neither")
+        raise ScenarioError(
+            f"{where}: needs either window actions (set/scale/ramp/throttle) "
+            "or point actions (xid/lost/counter_reset), not both or neither"
+        )
     if every_s is not None and every_s <= 0:
         raise ScenarioError(f"{where}: every_s must be positive")
     if has_point_action:
         if at_s is None or start_s is not None or end_s is not None or for_s is not None:
-            raise ScenarioError(f"{where}: xid/lost/counter_reset take at_s (and optionally every_s)")
+            raise ScenarioError(
+                f"{where}: xid/lost/counter_reset take at_s (and optionally every_s)"
+            )
         if lost and every_s is not None:
             raise ScenarioError(f"{where}: a GPU is lost once; drop every_s")
-        return Effect(label, gpus, at_s=at_s, every_s=every_s, xid=xid, lost=lost, counter_reset=reset)
+        return Effect(
+            label, gpus, at_s=at_s, every_s=every_s, xid=xid, lost=lost, counter_reset=reset
+        )
     if at_s is not None:
         raise ScenarioError(f"{where}: window actions take start_s/end_s, not at_s")
     if (every_s is None) != (for_s is None):
@@ -326,8 +392,16 @@ def _effect(raw: Any, index: int, count: int) -> Effect:
     end = end_s if end_s is not None else math.inf
     if end <= start:
         raise ScenarioError(f"{where}: end_s must be after start_s")
-    return Effect(label, gpus, start_s=start, end_s=end, every_s=every_s, for_s=for_s,
-                  throttle=names["throttle"], **window)
+    return Effect(
+        label,
+        gpus,
+        start_s=start,
+        end_s=end,
+        every_s=every_s,
+        for_s=for_s,
+        throttle=names["throttle"],
+        **window,
+    )
 
 
 def _signals(table: dict[str, Any], where: str, *, fractions: bool = True) -> dict[str, float]:
@@ -338,7 +412,9 @@ def _signals(table: dict[str, Any], where: str, *, fractions: bool = True) -> di
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise ScenarioError(f"{where}: {key} must be a number")
         if fractions and key in FRACTION_SIGNALS and not 0.0 <= value <= 1.0:
-            raise ScenarioError(f"{where}: {key} is a fraction and must be within 0..1, got {value}")
+            raise ScenarioError(
+                f"{where}: {key} is a fraction and must be within 0..1, got {value}"
+            )
         if fractions and value < 0:
             raise ScenarioError(f"{where}: {key} must not be negative")
         out[key] = float(value)
@@ -389,4 +465,6 @@ def _gpu_index(key: str, count: int, where: str) -> int:
 def _check_keys(table: dict[str, Any], where: str, allowed: set[str]) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise ScenarioError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise ScenarioError(
+            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )

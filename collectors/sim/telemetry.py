@@ -131,8 +131,10 @@ class TelemetryMixin(GpmEventsMixin):
 
     def _nvmlDeviceGetTemperatureThreshold(self, h: int, kind: int, out: Any) -> int:
         self._gpu_frame(h)
-        limits = {pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: self.model.temp_shutdown_c,
-                  pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: self.model.temp_slowdown_c}
+        limits = {
+            pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: self.model.temp_shutdown_c,
+            pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: self.model.temp_slowdown_c,
+        }
         if kind not in limits:
             return _NOT_SUPPORTED
         out[0] = limits[kind]
@@ -179,8 +181,12 @@ class TelemetryMixin(GpmEventsMixin):
     def _nvmlDeviceGetMaxClockInfo(self, h: int, kind: int, out: Any) -> int:
         self._gpu_frame(h)
         m = self.model
-        clocks = {pynvml.NVML_CLOCK_GRAPHICS: m.max_sm_clock_mhz, pynvml.NVML_CLOCK_SM: m.max_sm_clock_mhz,
-                  pynvml.NVML_CLOCK_MEM: m.mem_clock_mhz, pynvml.NVML_CLOCK_VIDEO: m.max_video_clock_mhz}
+        clocks = {
+            pynvml.NVML_CLOCK_GRAPHICS: m.max_sm_clock_mhz,
+            pynvml.NVML_CLOCK_SM: m.max_sm_clock_mhz,
+            pynvml.NVML_CLOCK_MEM: m.mem_clock_mhz,
+            pynvml.NVML_CLOCK_VIDEO: m.max_video_clock_mhz,
+        }
         if kind not in clocks:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         out[0] = clocks[kind]
@@ -196,7 +202,9 @@ class TelemetryMixin(GpmEventsMixin):
     # -- PCIe / NVLink --------------------------------------------------------------------------
     def _nvmlDeviceGetCurrPcieLinkGeneration(self, h: int, out: Any) -> int:
         _, f = self._gpu_frame(h)
-        out[0] = self.model.pcie_gen if f.pstate == self.model.pstate_busy else 1  # links downtrain when idle
+        out[0] = (
+            self.model.pcie_gen if f.pstate == self.model.pstate_busy else 1
+        )  # links downtrain when idle
         return _OK
 
     def _nvmlDeviceGetMaxPcieLinkGeneration(self, h: int, out: Any) -> int:
@@ -236,16 +244,24 @@ class TelemetryMixin(GpmEventsMixin):
         return _OK
 
     # -- ECC ------------------------------------------------------------------------------------
-    def _nvmlDeviceGetTotalEccErrors(self, h: int, error_type: int, counter_type: int, out: Any) -> int:
+    def _nvmlDeviceGetTotalEccErrors(
+        self, h: int, error_type: int, counter_type: int, out: Any
+    ) -> int:
         _, f = self._gpu_frame(h)
         if not self.model.ecc:
             return _NOT_SUPPORTED
         if error_type not in (0, 1) or counter_type not in (0, 1):
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        out[0] = f.dbe_volatile if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED else f.sbe_volatile
+        out[0] = (
+            f.dbe_volatile
+            if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+            else f.sbe_volatile
+        )
         return _OK
 
-    def _nvmlDeviceGetRemappedRows(self, h: int, cor: Any, unc: Any, pending: Any, failure: Any) -> int:
+    def _nvmlDeviceGetRemappedRows(
+        self, h: int, cor: Any, unc: Any, pending: Any, failure: Any
+    ) -> int:
         _, f = self._gpu_frame(h)
         if not self.model.remapped_rows:
             return _NOT_SUPPORTED
@@ -317,6 +333,7 @@ def _ecc_field(attr: str):  # noqa: ANN202 - small factory
     def read(d: TelemetryMixin, f: GpuFrame, scope: int) -> tuple[int, int]:
         d._ecc()
         return _ULL, getattr(f, attr)
+
     return read
 
 
@@ -325,6 +342,7 @@ def _remap_field(attr: str):  # noqa: ANN202
         if not d.model.remapped_rows:
             raise _Unsupported
         return _UINT, getattr(f, attr)
+
     return read
 
 
@@ -336,6 +354,7 @@ def _nvlink_field(direction: str, raw: bool, divisor: int):  # noqa: ANN202
         if raw:  # protocol overhead on top of the data bytes, same 64-bit wrap
             value = int(value * _RAW_OVERHEAD) % (1 << 64)
         return _ULL, value // divisor
+
     return read
 
 
@@ -359,9 +378,14 @@ def _nvlink_speed(d: TelemetryMixin, f: GpuFrame, scope: int) -> tuple[int, int]
 def _power_limit(kind: str):  # noqa: ANN202
     def read(d: TelemetryMixin, f: GpuFrame, scope: int) -> tuple[int, int]:
         m = d.model
-        values = {"min": m.power_min_w * 1000, "max": m.power_limit_w * 1000,
-                  "default": m.power_limit_w * 1000, "current": f.power_limit_mw}
+        values = {
+            "min": m.power_min_w * 1000,
+            "max": m.power_limit_w * 1000,
+            "default": m.power_limit_w * 1000,
+            "current": f.power_limit_mw,
+        }
         return _UINT, int(values[kind])
+
     return read
 
 
@@ -378,8 +402,14 @@ _FIELDS: dict[int, Any] = {
     pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: _energy,
     pynvml.NVML_FI_DEV_ENERGY: _energy,
     pynvml.NVML_FI_DEV_MEMORY_TEMP: _memory_temp,
-    pynvml.NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT: lambda d, f, s: (_UINT, d.model.temp_shutdown_c),
-    pynvml.NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT: lambda d, f, s: (_UINT, d.model.temp_slowdown_c),
+    pynvml.NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT: lambda d, f, s: (
+        _UINT,
+        d.model.temp_shutdown_c,
+    ),
+    pynvml.NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT: lambda d, f, s: (
+        _UINT,
+        d.model.temp_slowdown_c,
+    ),
     pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL: _ecc_field("sbe_volatile"),
     pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL: _ecc_field("dbe_volatile"),
     pynvml.NVML_FI_DEV_ECC_SBE_AGG_TOTAL: _ecc_field("sbe_volatile"),

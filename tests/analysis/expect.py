@@ -30,4 +30,5 @@ def assert_window(f: Finding, start_s: float, end_s: float, tolerance_s: float =
     """The finding spans about [start_s, end_s] of the run."""
     got = (seconds(f.start), seconds(f.end))
     assert abs(got[0] - start_s) <= tolerance_s and abs(got[1] - end_s) <= tolerance_s, (
-        f"{f.rule} on {f.entity}: window {got}, expected about ({start_s}, {end_s})")
+        f"{f.rule} on {f.entity}: window {got}, expected about ({start_s}, {end_s})"
+    )

@@ -59,21 +59,34 @@ class SyntheticHost(Collector):
         self.last = now
         b = BatchBuilder(self.source, now)
         cpu = p.at("cpu", t)
-        b.add_many("host", {
-            "host.cpu.utilization": cpu, "host.cpu.iowait": p.at("iowait", t),
-            "host.cpu.count": p.cores, "host.memory.utilization": p.at("mem_util", t),
-            "host.memory.total": 512 * 2**30,
-        })
+        b.add_many(
+            "host",
+            {
+                "host.cpu.utilization": cpu,
+                "host.cpu.iowait": p.at("iowait", t),
+                "host.cpu.count": p.cores,
+                "host.memory.utilization": p.at("mem_util", t),
+                "host.memory.total": 512 * 2**30,
+            },
+        )
         for core in range(p.cores):
             b.add(f"cpu{core}", "host.cpu.utilization", cpu)
-        for key, name in (("read", "disk_read"), ("write", "disk_write"), ("busy", "disk_busy"),
-                          ("swap", "swap_in")):
+        for key, name in (
+            ("read", "disk_read"),
+            ("write", "disk_write"),
+            ("busy", "disk_busy"),
+            ("swap", "swap_in"),
+        ):
             self.totals[key] += p.at(name, t) * dt
         b.add("host", "host.swap.in", self.totals["swap"])
-        b.add_many("disk:nvme0n1", {
-            "host.disk.read_bytes": self.totals["read"], "host.disk.write_bytes": self.totals["write"],
-            "host.disk.busy_time": self.totals["busy"],
-        })
+        b.add_many(
+            "disk:nvme0n1",
+            {
+                "host.disk.read_bytes": self.totals["read"],
+                "host.disk.write_bytes": self.totals["write"],
+                "host.disk.busy_time": self.totals["busy"],
+            },
+        )
         return b.build()
 
 
@@ -93,9 +106,16 @@ class SyntheticProcesses(Collector):
         for pid in pids:
             main = pid == JOB_PID
             if not self.described:
-                b.describe(str(pid), pid=pid, ppid=1 if main else JOB_PID,
-                           role="main" if main else "worker", name="python")
-            b.add(str(pid), "process.cpu.utilization", p.at("main_cpu" if main else "worker_cpu", t))
+                b.describe(
+                    str(pid),
+                    pid=pid,
+                    ppid=1 if main else JOB_PID,
+                    role="main" if main else "worker",
+                    name="python",
+                )
+            b.add(
+                str(pid), "process.cpu.utilization", p.at("main_cpu" if main else "worker_cpu", t)
+            )
             b.add(str(pid), "process.memory.rss", 2 * 2**30)
         self.described = True
         return b.build()
@@ -131,9 +151,13 @@ def scenario_ref(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def record(path: Path, spec: Recording,
-           on_tick: Callable[[float, Store], None] | None = None,
-           tick_every: int = 1, hub: SnapshotHub | None = None) -> tuple[Path, str]:
+def record(
+    path: Path,
+    spec: Recording,
+    on_tick: Callable[[float, Store], None] | None = None,
+    tick_every: int = 1,
+    hub: SnapshotHub | None = None,
+) -> tuple[Path, str]:
     """Record ``spec`` into ``path``; with ``on_tick`` the ticks are written every
     ``tick_every`` ticks and ``on_tick(now, store)`` runs after that (live analysis tests),
     else all at the end. The sampler publishes every tick to ``hub`` if given."""
@@ -144,8 +168,11 @@ def record(path: Path, spec: Recording,
         from collectors.nvml import NvmlCollector
         from collectors.sim import install, load_scenario
 
-        sim = install(load_scenario(scenario_ref(spec.scenario)), clock=lambda: clock[0],
-                      job_pids=lambda: [JOB_PID])
+        sim = install(
+            load_scenario(scenario_ref(spec.scenario)),
+            clock=lambda: clock[0],
+            job_pids=lambda: [JOB_PID],
+        )
         nvml = NvmlCollector(clock=lambda: clock[0])
         nvml.start(CollectContext(root_pid=JOB_PID, job_pids=lambda: frozenset({JOB_PID})))
         collectors.append(nvml)
@@ -154,13 +181,31 @@ def record(path: Path, spec: Recording,
     collectors += [ReplayBatches(source, make, T0) for source, make in spec.extra]
     store = Store(path)
     try:
-        store.write_run(RunInfo(spec.run_id, spec.scenario or "cpu-only", JOB_PID, ["train.py"],
-                                "/", "test", T0, 1.0, str(path), simulated=sim is not None,
-                                scenario=spec.scenario, ended=T0 + spec.seconds,
-                                status="finished"))
+        store.write_run(
+            RunInfo(
+                spec.run_id,
+                spec.scenario or "cpu-only",
+                JOB_PID,
+                ["train.py"],
+                "/",
+                "test",
+                T0,
+                1.0,
+                str(path),
+                simulated=sim is not None,
+                scenario=spec.scenario,
+                ended=T0 + spec.seconds,
+                status="finished",
+            )
+        )
         ticks: list[tuple[str, list[Batch]]] = []
-        sampler = Sampler(collectors, 1.0, sinks=[lambda now, b: ticks.append((spec.run_id, b))],
-                          clock=lambda: clock[0], hub=hub)
+        sampler = Sampler(
+            collectors,
+            1.0,
+            sinks=[lambda now, b: ticks.append((spec.run_id, b))],
+            clock=lambda: clock[0],
+            hub=hub,
+        )
         for tick in range(1, spec.seconds + 1):
             clock[0] += 1.0
             sampler.step(clock[0])
@@ -178,8 +223,9 @@ def record(path: Path, spec: Recording,
     return path, spec.run_id
 
 
-def step_log(times: Callable[[int, float], float | None], ranks: int
-             ) -> tuple[str, Callable[[float, BatchBuilder], None]]:
+def step_log(
+    times: Callable[[int, float], float | None], ranks: int
+) -> tuple[str, Callable[[float, BatchBuilder], None]]:
     """A per-rank step-time source: ``times(rank, t)`` seconds, or None for no step."""
 
     def make(t: float, b: BatchBuilder) -> None:

@@ -44,8 +44,9 @@ def test_every_rule_is_silent_on_the_healthy_run(healthy, rule):
         ("input-bound", "gpu-starvation", ALL8, 5, RUN_S),
     ],
 )
-def test_scenario_triggers_rule_on_entity_and_window(analysed, scenario, rule, expected,
-                                                     start_s, end_s):
+def test_scenario_triggers_rule_on_entity_and_window(
+    analysed, scenario, rule, expected, start_s, end_s
+):
     findings = analysed(scenario, Recording(scenario, RUN_S))
     assert entities(findings, rule) == expected
     for f in of_rule(findings, rule):
@@ -69,8 +70,9 @@ def test_thermal_throttling_names_the_cause_and_spares_cool_gpus(analysed):
 
 def test_memory_pressure_flags_each_spell_at_the_ceiling(analysed):
     findings = analysed("memory-pressure", Recording("memory-pressure", RUN_S))
-    near_full = [f for f in of_rule(findings, "gpu-memory-pressure")
-                 if f.evidence["kind"] == "near_capacity"]
+    near_full = [
+        f for f in of_rule(findings, "gpu-memory-pressure") if f.evidence["kind"] == "near_capacity"
+    ]
     assert {f.entity for f in near_full} == ALL8
     for f in near_full:
         spells = windows_s(f)
@@ -123,8 +125,9 @@ def test_near_miss_scenarios_leave_other_rules_silent(analysed, scenario, silent
 
 
 def test_launch_bound_needs_the_main_process_pinned(analysed):
-    pinned = analysed("launch-bound-pinned",
-                      Recording("launch-bound", RUN_S, host=profile(main_cpu=1.0)))
+    pinned = analysed(
+        "launch-bound-pinned", Recording("launch-bound", RUN_S, host=profile(main_cpu=1.0))
+    )
     assert entities(pinned, "launch-bound") == ALL4
     relaxed = analysed("launch-bound", Recording("launch-bound", RUN_S))
     assert of_rule(relaxed, "launch-bound") == []

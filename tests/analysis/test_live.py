@@ -32,8 +32,12 @@ def test_hang_is_flagged_live_within_a_minute(tmp_path):
                 flagged_at.append(now - T0)
                 assert live.session.live_findings[0]["rule"] == "hang"
 
-    record(tmp_path / "live.duckdb", Recording("hang", 70, run_id="run-1"), on_tick=on_tick,
-           tick_every=5)
+    record(
+        tmp_path / "live.duckdb",
+        Recording("hang", 70, run_id="run-1"),
+        on_tick=on_tick,
+        tick_every=5,
+    )
     assert flagged_at, "hang never flagged live"
     assert 20 < flagged_at[0] <= 20 + 60  # the deadlock starts at 20 s
     assert live.session.health["analysis.cycles"] == 12
@@ -47,8 +51,11 @@ def test_live_findings_are_stored_and_extended_while_the_problem_lasts(tmp_path)
     starts = set()
     for at in (25, 30, 35, 40):
         live.run_once(T0 + at)
-        starts |= {(f["entity"], f["start_ts"]) for f in live.session.live_findings
-                   if f["rule"] == "throttling"}
+        starts |= {
+            (f["entity"], f["start_ts"])
+            for f in live.session.live_findings
+            if f["rule"] == "throttling"
+        }
     # the window slides, but a lasting problem keeps the start of its episode
     assert len(starts) == 2
     stored = [f for f in load_findings(store.con, run_id, live=True) if f.rule == "throttling"]
@@ -68,15 +75,25 @@ def test_finding_log_closes_an_episode_that_stopped():
     t = datetime(2024, 1, 1)
 
     def f(start: int, end: int) -> Finding:
-        return Finding("hang", "warning", "job", t + timedelta(seconds=start),
-                       t + timedelta(seconds=end), "s", "n", live=True)
+        return Finding(
+            "hang",
+            "warning",
+            "job",
+            t + timedelta(seconds=start),
+            t + timedelta(seconds=end),
+            "s",
+            "n",
+            live=True,
+        )
 
     log = LiveFindingLog(join_gap_s=10)
     log.update([f(0, 30)])
     log.update([f(5, 35)])
     assert len(log.update([])) == 1
     assert [(x.start, x.end) for x in log.update([f(100, 130)])] == [
-        (t, t + timedelta(seconds=35)), (t + timedelta(seconds=100), t + timedelta(seconds=130))]
+        (t, t + timedelta(seconds=35)),
+        (t + timedelta(seconds=100), t + timedelta(seconds=130)),
+    ]
 
 
 def test_consumer_thread_publishes_and_stops(tmp_path):
@@ -91,7 +108,15 @@ def test_consumer_thread_publishes_and_stops(tmp_path):
         time.sleep(0.05)
     live.stop()
     assert session.live_findings[0]["rule"] == "hang"
-    assert set(session.live_findings[0]) >= {"rule", "severity", "entity", "summary", "evidence",
-                                             "next_step", "start_ts", "end_ts"}
+    assert set(session.live_findings[0]) >= {
+        "rule",
+        "severity",
+        "entity",
+        "summary",
+        "evidence",
+        "next_step",
+        "start_ts",
+        "end_ts",
+    }
     assert store.con.execute("SELECT count(*) FROM findings WHERE live").fetchone()[0] >= 1
     store.close()

@@ -135,8 +135,15 @@ def test_hang_is_flagged_within_a_minute_although_the_budget_allows_no_pass(tmp_
     assert session.health["analysis.urgent_passes"] == 1
 
 
-def _snapshot(util: float, *, sm: float = 0.8, traffic: float = 5e9, job_cpu: float = 1.5,
-              gpus: tuple[str, ...] = ("job", "job", "spare"), ts: float = T0):
+def _snapshot(
+    util: float,
+    *,
+    sm: float = 0.8,
+    traffic: float = 5e9,
+    job_cpu: float = 1.5,
+    gpus: tuple[str, ...] = ("job", "job", "spare"),
+    ts: float = T0,
+):
     """GPUs of kind ``job`` (job memory, ``util``), ``spare`` (no job memory, idle) or
     ``stalled`` (job memory, idle), and the job's main process."""
     hub = SnapshotHub()
@@ -144,10 +151,16 @@ def _snapshot(util: float, *, sm: float = 0.8, traffic: float = 5e9, job_cpu: fl
     for i, kind in enumerate(gpus):
         gpu.describe(f"gpu{i}", used_by_job=kind != "spare")
         working = kind == "job"
-        gpu.add_many(f"gpu{i}", {
-            "gpu.utilization": util if working else 0.0, "gpu.sm.activity": sm if working else 0.0,
-            "gpu.pcie.rx_throughput": traffic, "gpu.nvlink.rx_throughput": 0.0,
-            "gpu.job.memory": 0.0 if kind == "spare" else 1e9})
+        gpu.add_many(
+            f"gpu{i}",
+            {
+                "gpu.utilization": util if working else 0.0,
+                "gpu.sm.activity": sm if working else 0.0,
+                "gpu.pcie.rx_throughput": traffic,
+                "gpu.nvlink.rx_throughput": 0.0,
+                "gpu.job.memory": 0.0 if kind == "spare" else 1e9,
+            },
+        )
         gpu.add(f"gpu{i}/nvlink0", "gpu.nvlink.rx_throughput", 0.0)
     proc = BatchBuilder("process", ts)
     proc.add("4242", "process.cpu.utilization", job_cpu)
@@ -159,8 +172,7 @@ def test_hang_watch_sees_the_hang_rule_condition_on_the_job_gpus_only():
     # gpu2 holds no job memory and idles: not a job GPU, so it does not break the spin
     assert hang_state(_snapshot(1.0, sm=0.03, traffic=0.0)) == "spinning"
     # a job GPU that idles while the others spin: not every job GPU is stuck the same way
-    assert hang_state(_snapshot(1.0, sm=0.03, traffic=0.0, gpus=("job", "job", "stalled"))
-                      ) is None
+    assert hang_state(_snapshot(1.0, sm=0.03, traffic=0.0, gpus=("job", "job", "stalled"))) is None
 
 
 def test_hang_watch_ignores_busy_gpus_and_idle_gpus_with_a_working_host():

@@ -88,8 +88,10 @@ def test_missing_database_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_energy_is_reset_safe(recorded, capsys):
-    db, run_id = recorded("energy-reset", Recording(None, RUN_S, with_host=False,
-                                                   extra=[("nvml", _energy_with_reset)]))
+    db, run_id = recorded(
+        "energy-reset",
+        Recording(None, RUN_S, with_host=False, extra=[("nvml", _energy_with_reset)]),
+    )
     assert main(["report", run_id, "--db", db, "--json"]) == 0
     kwh = json.loads(capsys.readouterr().out)["summary"]["energy_kwh"]
     # 500 W over the 89 s between the first and last sample, across the reset

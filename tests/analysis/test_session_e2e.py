@@ -16,16 +16,33 @@ from agent.store import connect
 def test_headless_run_reports_a_hang_live_and_at_the_end(tmp_path):
     db = tmp_path / "e2e.duckdb"
     out = subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--headless", "--simulate", "hang", "--db",
-         str(db), "--", "sleep", "70"],
-        capture_output=True, text=True, timeout=180, check=False)
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--headless",
+            "--simulate",
+            "hang",
+            "--db",
+            str(db),
+            "--",
+            "sleep",
+            "70",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "WARNING Hang [hang] on job" in out.stdout
     con = connect(db, read_only=True)
     try:
         rows = con.execute(
             "SELECT live, epoch(start_ts) - (SELECT epoch(started) FROM runs) FROM findings "
-            "WHERE rule = 'hang' ORDER BY live").fetchall()
+            "WHERE rule = 'hang' ORDER BY live"
+        ).fetchall()
     finally:
         con.close()
     assert [live for live, _ in rows] == [False, True]

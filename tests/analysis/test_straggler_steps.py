@@ -19,12 +19,12 @@ PAI = StepColumns(rank="worker", time="time", value="batch_time_norm")
 
 def analysed_job(tmp_path: Path, job: int):
     db = tmp_path / f"job{job}.duckdb"
-    run_id, written = import_step_times(db, DATA / f"job_{job}_norm.csv", columns=PAI,
-                                        scale=0.001)
+    run_id, written = import_step_times(db, DATA / f"job_{job}_norm.csv", columns=PAI, scale=0.001)
     con = connect(db)
     try:
-        started = con.execute("SELECT epoch(started) FROM runs WHERE run_id = ?",
-                              [run_id]).fetchone()[0]
+        started = con.execute(
+            "SELECT epoch(started) FROM runs WHERE run_id = ?", [run_id]
+        ).fetchone()[0]
         return analyze_run(con, run_id), started, written
     finally:
         con.close()
@@ -52,8 +52,9 @@ def test_far_slower_rank_is_a_critical_straggler(tmp_path):
     def times(rank: int, t: float) -> float:
         return 0.5 * (2.0 if rank == 2 and t >= 60 else 1.0)
 
-    db, run_id = record(tmp_path / "s.duckdb",
-                        Recording(None, 300, with_host=False, extra=[step_log(times, 4)]))
+    db, run_id = record(
+        tmp_path / "s.duckdb", Recording(None, 300, with_host=False, extra=[step_log(times, 4)])
+    )
     con = connect(db)
     try:
         (f,) = of_rule(analyze_run(con, run_id), "straggler")
@@ -67,8 +68,9 @@ def test_ranks_that_stop_stepping_are_a_hang(tmp_path):
     def times(rank: int, t: float) -> float | None:
         return None if 100 <= t < 200 else 0.4
 
-    db, run_id = record(tmp_path / "h.duckdb",
-                        Recording(None, 300, with_host=False, extra=[step_log(times, 4)]))
+    db, run_id = record(
+        tmp_path / "h.duckdb", Recording(None, 300, with_host=False, extra=[step_log(times, 4)])
+    )
     con = connect(db)
     try:
         (f,) = of_rule(analyze_run(con, run_id), "hang")
@@ -86,8 +88,9 @@ def test_import_into_an_existing_run_by_name(tmp_path, capsys):
     assert "imported 4 step times into run run-1" in capsys.readouterr().out
     con = connect(db)
     try:
-        rows = con.execute("SELECT entity, count(*) FROM samples WHERE source = 'steps' "
-                           "GROUP BY 1 ORDER BY 1").fetchall()
+        rows = con.execute(
+            "SELECT entity, count(*) FROM samples WHERE source = 'steps' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
     finally:
         con.close()
     assert rows == [("rank0", 2), ("rank1", 2)]

@@ -98,14 +98,24 @@ class RigFactory:
     def __init__(self) -> None:
         self.rigs: list[Rig] = []
 
-    def __call__(self, scenario: str, *, job: Iterable[int] = JOB_PIDS,
-                 gpu_pids: Iterable[int] | None = None, events: bool = False,
-                 before_start: Callable[[SimulatedNvml], None] | None = None) -> Rig:
+    def __call__(
+        self,
+        scenario: str,
+        *,
+        job: Iterable[int] = JOB_PIDS,
+        gpu_pids: Iterable[int] | None = None,
+        events: bool = False,
+        before_start: Callable[[SimulatedNvml], None] | None = None,
+    ) -> Rig:
         """``scenario``: a named scenario or TOML text; ``gpu_pids``: what the driver reports
         on the GPUs (default: the job's PIDs); ``job``: what the collector treats as the job;
         ``before_start``: called with the installed driver before the collector probes it."""
         clock = FakeClock()
-        loaded = parse_scenario(scenario, "test") if "[hardware]" in scenario else load_scenario(scenario)
+        loaded = (
+            parse_scenario(scenario, "test")
+            if "[hardware]" in scenario
+            else load_scenario(scenario)
+        )
         reported = list(job if gpu_pids is None else gpu_pids)
         sim = install(loaded, clock=clock, job_pids=lambda: reported)
         if before_start is not None:

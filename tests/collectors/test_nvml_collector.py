@@ -49,8 +49,9 @@ def test_h100_records_every_metric_as_the_driver_reports_it(rig):
     assert v["gpu0", "gpu.memory.utilization"] == truth.util_memory / 100
     assert v["gpu0", "gpu.memory.used"] == truth.memory_used == pytest.approx(10 * GIB, rel=0.01)
     assert v["gpu0", "gpu.memory.total"] == model.memory_total_bytes
-    assert v["gpu0", "gpu.memory.free"] == (model.memory_total_bytes - model.memory_reserved_bytes
-                                            - truth.memory_used)
+    assert v["gpu0", "gpu.memory.free"] == (
+        model.memory_total_bytes - model.memory_reserved_bytes - truth.memory_used
+    )
     assert v["gpu0", "gpu.temperature"] == truth.temperature_c
     assert v["gpu0", "gpu.power"] == truth.power_avg_mw / 1000
     assert v["gpu0", "gpu.power.instant"] == truth.power_inst_mw / 1000
@@ -77,15 +78,23 @@ def test_h100_records_every_metric_as_the_driver_reports_it(rig):
 
 
 def test_clock_event_reasons_are_recorded_as_bitmask_and_flags(rig):
-    r = rig(scenario_toml("h100-sxm-80gb", extra="""
+    r = rig(
+        scenario_toml(
+            "h100-sxm-80gb",
+            extra="""
 [[effects]]
 label = "hot"
 start_s = 0
 throttle = ["hw_thermal_slowdown", "sw_power_cap"]
-"""))
+""",
+        )
+    )
     v = values(r.tick())
     mask = v["gpu0", "gpu.clock_events"]
-    assert int(mask) & CLOCK_EVENT_FLAGS["hw_thermal"] and int(mask) & CLOCK_EVENT_FLAGS["sw_power_cap"]
+    assert (
+        int(mask) & CLOCK_EVENT_FLAGS["hw_thermal"]
+        and int(mask) & CLOCK_EVENT_FLAGS["sw_power_cap"]
+    )
     flags = {f: v["gpu0", f"gpu.clock_event.{f}"] for f in CLOCK_EVENT_FLAGS}
     assert flags["hw_thermal"] == flags["sw_power_cap"] == 1
     assert flags["sync_boost"] == flags["gpu_idle"] == 0
@@ -133,7 +142,10 @@ def test_a100_has_twelve_links_and_notes_once_that_gpm_is_unsupported(rig):
     r.run(3)
     v = values(r.batches[-1])
     assert v["gpu0", "gpu.nvlink.active_links"] == 12
-    assert ("gpu0/nvlink11", "gpu.nvlink.rx_bytes") in v and ("gpu0/nvlink12", "gpu.nvlink.rx_bytes") not in v
+    assert ("gpu0/nvlink11", "gpu.nvlink.rx_bytes") in v and (
+        "gpu0/nvlink12",
+        "gpu.nvlink.rx_bytes",
+    ) not in v
     assert not any(m == "gpu.sm.activity" for b in r.batches for m in b.metrics)
     assert notices(r, "gpu0").count("gpm") == 1
     assert "gpm" not in bound(r.collector, "gpu0")
@@ -192,10 +204,15 @@ def test_legacy_driver_falls_back_to_older_functions(rig):
 
 
 def test_a_missing_symbol_drops_only_its_query_with_one_notice(rig):
-    r = rig(scenario_toml("h100-sxm-80gb", extra="""
+    r = rig(
+        scenario_toml(
+            "h100-sxm-80gb",
+            extra="""
 [driver]
 missing_symbols = ["nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPcieReplayCounter"]
-"""))
+""",
+        )
+    )
     r.run(3)
     v = values(r.batches[-1])
     assert ("gpu0", "gpu.energy") not in v and ("gpu0", "gpu.pcie.replays") not in v
@@ -212,7 +229,9 @@ def test_job_processes_are_matched_per_gpu(rig):
     on_gpu0 = [pid for pid in JOB_PIDS if (f"gpu0/pid{pid}", "gpu.process.memory") in v]
     assert len(on_gpu0) == 2
     assert v["gpu0", "gpu.job.processes"] == 2
-    assert v["gpu0", "gpu.job.memory"] == sum(v[f"gpu0/pid{p}", "gpu.process.memory"] for p in on_gpu0)
+    assert v["gpu0", "gpu.job.memory"] == sum(
+        v[f"gpu0/pid{p}", "gpu.process.memory"] for p in on_gpu0
+    )
     attrs = {**r.batches[0].entity_attrs, **batch.entity_attrs}
     assert attrs["gpu0"]["used_by_job"] is True
     assert attrs[f"gpu0/pid{on_gpu0[0]}"] == {"pid": on_gpu0[0], "gpu": "gpu0", "job": True}
@@ -273,7 +292,9 @@ def test_mig_devices_report_memory_and_processes_but_not_utilization(rig):
     assert all(attrs[m]["used_by_job"] is True for m in migs)
     assert not any(e.startswith("gpu0/mig") and m == "gpu.utilization" for e, m in v)
     per_mig = [e.entity for e in r.events("notice") if e.detail["query"] == "utilization"]
-    assert sorted(per_mig) == sorted(["gpu0", "gpu1", *migs, *[m.replace("gpu0", "gpu1") for m in migs]])
+    assert sorted(per_mig) == sorted(
+        ["gpu0", "gpu1", *migs, *[m.replace("gpu0", "gpu1") for m in migs]]
+    )
     assert not r.events("nvml_error")
 
 
@@ -303,14 +324,24 @@ def test_a_tick_right_after_the_last_skips_gpm_without_an_error(rig):
 
 
 def test_a_driver_without_field_values_loses_only_the_counters(rig):
-    r = rig(scenario_toml("h100-sxm-80gb", extra="""
+    r = rig(
+        scenario_toml(
+            "h100-sxm-80gb",
+            extra="""
 [driver]
 missing_symbols = ["nvmlDeviceGetFieldValues"]
-"""))
+""",
+        )
+    )
     r.run(3)
     v = values(r.batches[-1])
-    from_fields = {"gpu.pcie.tx_bytes", "gpu.pcie.rx_throughput", "gpu.nvlink.tx_bytes",
-                   "gpu.nvlink.active_links", "gpu.power.instant"}
+    from_fields = {
+        "gpu.pcie.tx_bytes",
+        "gpu.pcie.rx_throughput",
+        "gpu.nvlink.tx_bytes",
+        "gpu.nvlink.active_links",
+        "gpu.power.instant",
+    }
     assert from_fields.isdisjoint(m for _, m in v)
     assert {"gpu.power", "gpu.sm.activity", "gpu.gpm.nvlink.tx_throughput"} <= {m for _, m in v}
     [notice] = [e for e in r.events("notice") if e.detail["query"] == "field values"]

@@ -62,14 +62,17 @@ def test_same_driver_sample_read_twice_has_no_rate():
     assert track.total == 7
 
 
-@pytest.mark.parametrize(("value_type", "raw", "expected"), [
-    (pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, 2**63 + 5, 2**63 + 5),
-    (pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, (0xDEAD << 32) | 42, 42),  # upper bytes are not ours
-    (pynvml.NVML_VALUE_TYPE_SIGNED_INT, 0xFFFFFFFF, -1),
-    (pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG, U64 - 2, -2),
-    (pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT, 0x1_0007, 7),
-    (pynvml.NVML_VALUE_TYPE_DOUBLE, struct.unpack("=Q", struct.pack("=d", 1.5))[0], 1.5),
-])
+@pytest.mark.parametrize(
+    ("value_type", "raw", "expected"),
+    [
+        (pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, 2**63 + 5, 2**63 + 5),
+        (pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, (0xDEAD << 32) | 42, 42),  # upper bytes are not ours
+        (pynvml.NVML_VALUE_TYPE_SIGNED_INT, 0xFFFFFFFF, -1),
+        (pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG, U64 - 2, -2),
+        (pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT, 0x1_0007, 7),
+        (pynvml.NVML_VALUE_TYPE_DOUBLE, struct.unpack("=Q", struct.pack("=d", 1.5))[0], 1.5),
+    ],
+)
 def test_field_values_decode_by_their_value_type(value_type, raw, expected):
     assert decode(value_type, raw) == expected
 
@@ -77,6 +80,7 @@ def test_field_values_decode_by_their_value_type(value_type, raw, expected):
 def _raise(code: int):
     def fetch():
         raise pynvml.NVMLError(code)
+
     return fetch
 
 
@@ -86,15 +90,21 @@ def _emit_value(b: BatchBuilder, value: float) -> None:
 
 def test_probe_binds_the_first_answering_variant_and_notes_what_is_unsupported():
     queries = [
-        Query("memory", (
-            Variant("v2", _raise(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND), _emit_value),
-            Variant("v1", lambda: 1.0, _emit_value),
-        )),
+        Query(
+            "memory",
+            (
+                Variant("v2", _raise(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND), _emit_value),
+                Variant("v1", lambda: 1.0, _emit_value),
+            ),
+        ),
         query("fan", "nvmlDeviceGetFanSpeed", _raise(pynvml.NVML_ERROR_NOT_SUPPORTED), _emit_value),
         query("flaky", "nvmlDeviceGetTemperature", _raise(pynvml.NVML_ERROR_UNKNOWN), _emit_value),
     ]
     bound, notices = probe("gpu0", queries)
-    assert [(q.name, q.function) for q in bound] == [("memory", "v1"), ("flaky", "nvmlDeviceGetTemperature")]
+    assert [(q.name, q.function) for q in bound] == [
+        ("memory", "v1"),
+        ("flaky", "nvmlDeviceGetTemperature"),
+    ]
     [notice] = notices
     assert notice.entity == "gpu0"
     assert notice.detail["query"] == "fan" and notice.detail["reason"] == "not supported"
@@ -125,6 +135,10 @@ def test_event_data_becomes_xid_and_ecc_events_for_the_right_gpu():
     assert (xid.ts, xid.entity, xid.kind, xid.detail) == (42.0, "gpu1", "xid", {"xid": 79})
     dbe = watcher._event(data(0, pynvml.nvmlEventTypeDoubleBitEccError))
     assert (dbe.entity, dbe.kind, dbe.detail["type"], dbe.detail["severity"]) == (
-        "gpu0", "ecc", "uncorrected", "error")
+        "gpu0",
+        "ecc",
+        "uncorrected",
+        "error",
+    )
     sbe = watcher._event(data(0, pynvml.nvmlEventTypeSingleBitEccError))
     assert (sbe.detail["type"], sbe.detail["severity"]) == ("corrected", "warning")

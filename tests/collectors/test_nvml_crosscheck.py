@@ -32,7 +32,9 @@ def _stored(db: str, ts_s: float) -> tuple[dict[tuple[str, str], float], dict[st
     try:
         rows = con.execute(
             "SELECT entity, metric, value FROM samples WHERE source = 'nvml' "
-            "AND ts = make_timestamp(?::BIGINT)", [int(ts_s * 1e6)]).fetchall()
+            "AND ts = make_timestamp(?::BIGINT)",
+            [int(ts_s * 1e6)],
+        ).fetchall()
         attrs = con.execute("SELECT entity, attrs FROM entities WHERE source = 'nvml'").fetchall()
         simulated = con.execute("SELECT simulated FROM runs").fetchone()
     finally:
@@ -46,12 +48,26 @@ def test_nvitop_reads_the_same_values_accelwatch_stored(rig, tmp_path, model):
     r = rig(scenario_toml(model, 2, extra="[job]\nprocesses_per_gpu = 2"))
     db = str(tmp_path / "crosscheck.duckdb")
     store = Store(db)
-    run = RunInfo(run_id="xcheck", name="xcheck", pid=os.getpid(), cmdline=["test"], cwd="/",
-                  host="test", started=r.clock.now, interval=1.0, db_path=db, simulated=True,
-                  scenario=f"test-{model}")
+    run = RunInfo(
+        run_id="xcheck",
+        name="xcheck",
+        pid=os.getpid(),
+        cmdline=["test"],
+        cwd="/",
+        host="test",
+        started=r.clock.now,
+        interval=1.0,
+        db_path=db,
+        simulated=True,
+        scenario=f"test-{model}",
+    )
     store.write_run(run)
-    sampler = Sampler([r.collector], 1.0, clock=r.clock,
-                      sinks=[lambda _now, batches: store.write_ticks([("xcheck", batches)])])
+    sampler = Sampler(
+        [r.collector],
+        1.0,
+        clock=r.clock,
+        sinks=[lambda _now, batches: store.write_ticks([("xcheck", batches)])],
+    )
     devices = nvitop.Device.all()
     nvlink_rates = {}
     for _ in range(3):

@@ -23,13 +23,20 @@ def rig():
 
 
 def test_a_gpu_lost_mid_run_stops_being_queried_while_the_others_go_on(rig):
-    r = rig(scenario_toml("l4", 4, extra="""
+    r = rig(
+        scenario_toml(
+            "l4",
+            4,
+            extra="""
 [[effects]]
 label = "fell off the bus"
 gpus = [2]
 at_s = 2.5
 lost = true
-"""), events=True)
+""",
+        ),
+        events=True,
+    )
     before = values(r.tick()) | values(r.tick())
     assert ("gpu2", "gpu.utilization") in before
     lost_batch = r.tick()
@@ -57,26 +64,39 @@ def test_named_gpu_lost_scenario_loses_gpu3_of_eight_h100s(rig):
 
 
 def test_gpu_lost_at_start_is_an_event_not_a_crash(rig):
-    r = rig(scenario_toml("l4", 2, extra="""
+    r = rig(
+        scenario_toml(
+            "l4",
+            2,
+            extra="""
 [[effects]]
 label = "already gone"
 gpus = [1]
 at_s = 0
 lost = true
-"""))
+""",
+        )
+    )
     batch = r.tick()
     assert [e.entity for e in batch.events if e.kind == "gpu_lost"] == ["gpu1"]
     assert {e for e in batch.entities if not e.startswith("gpu0")} == set()
 
 
 def test_xid_events_arrive_in_the_next_batch_and_count_per_gpu(rig):
-    r = rig(scenario_toml("h100-sxm-80gb", 2, extra="""
+    r = rig(
+        scenario_toml(
+            "h100-sxm-80gb",
+            2,
+            extra="""
 [[effects]]
 label = "MMU fault"
 gpus = [1]
 at_s = 1.5
 xid = 31
-"""), events=True)
+""",
+        ),
+        events=True,
+    )
     r.tick()
     r.tick()
     [xid] = r.wait_for_event("xid")
@@ -110,16 +130,23 @@ def test_byte_counters_stay_continuous_across_a_64_bit_wrap(rig):
     # NVLink KiB counters derive from the wrapping byte counters, so they wrap at 2**54 KiB.
     link_total = series(r.batches, "gpu0", "gpu.nvlink.tx_bytes")
     assert all(b > a for a, b in zip(link_total, link_total[1:]))
-    assert series(r.batches, "gpu0", "gpu.nvlink.tx_throughput") == pytest.approx([36e9] * 3, rel=0.01)
+    assert series(r.batches, "gpu0", "gpu.nvlink.tx_throughput") == pytest.approx(
+        [36e9] * 3, rel=0.01
+    )
 
 
 def test_a_counter_reset_adds_no_negative_or_huge_step(rig):
-    r = rig(scenario_toml("h100-sxm-80gb", extra="""
+    r = rig(
+        scenario_toml(
+            "h100-sxm-80gb",
+            extra="""
 [[effects]]
 label = "driver reload"
 at_s = 2.5
 counter_reset = true
-"""))
+""",
+        )
+    )
     r.run(5)
     for entity, metric, rate_metric, expected in (
         ("gpu0", "gpu.pcie.rx_bytes", "gpu.pcie.rx_throughput", 3e9),
@@ -141,7 +168,8 @@ def test_a_failing_query_is_one_rate_limited_event_and_the_tick_goes_on(rig):
     driver = r.sim.driver
     original = driver.nvmlDeviceGetTemperature
     failing = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_void_p)(
-        lambda *_: pynvml.NVML_ERROR_UNKNOWN)
+        lambda *_: pynvml.NVML_ERROR_UNKNOWN
+    )
     driver.nvmlDeviceGetTemperature = failing
     pynvml._nvmlGetFunctionPointer_cache.clear()
     try:
@@ -181,8 +209,8 @@ def test_a_failing_event_wait_is_reported_and_backed_off(rig):
     driver = r.sim.driver
     original = driver.nvmlEventSetWait_v2
     driver.nvmlEventSetWait_v2 = ctypes.CFUNCTYPE(
-        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)(
-        lambda *_: pynvml.NVML_ERROR_UNKNOWN)
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint
+    )(lambda *_: pynvml.NVML_ERROR_UNKNOWN)
     pynvml._nvmlGetFunctionPointer_cache.clear()
     try:
         [error] = r.wait_for_event("nvml_error")
@@ -197,7 +225,8 @@ def test_a_failing_event_wait_is_reported_and_backed_off(rig):
 def test_nvml_that_cannot_list_gpus_is_unavailable_not_a_crash(rig):
     def broken(sim):
         sim.driver.nvmlDeviceGetCount_v2 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(
-            lambda _out: pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH)
+            lambda _out: pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH
+        )
 
     with pytest.raises(CollectorUnavailable, match="cannot list the GPUs"):
         rig(scenario_toml("l4"), before_start=broken)

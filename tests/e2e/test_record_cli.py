@@ -18,8 +18,23 @@ from tests.helpers import EXAMPLE, accelwatch, query, run_cli, wait_until
 def test_run_records_the_example_job_and_its_loader_workers(tmp_path):
     db = tmp_path / "run.duckdb"
     result = run_cli(
-        "run", "--db", str(db), "--headless", "--interval", "0.2", "--name", "example",
-        "--tag", "team=ml", "--", sys.executable, str(EXAMPLE), "--steps", "40", "--workers", "2",
+        "run",
+        "--db",
+        str(db),
+        "--headless",
+        "--interval",
+        "0.2",
+        "--name",
+        "example",
+        "--tag",
+        "team=ml",
+        "--",
+        sys.executable,
+        str(EXAMPLE),
+        "--steps",
+        "40",
+        "--workers",
+        "2",
         env={"RANK": "0", "WORLD_SIZE": "1", "SECRET_TOKEN": "hunter2"},
     )
     assert result.returncode == 0, result.stderr
@@ -37,11 +52,19 @@ def test_run_records_the_example_job_and_its_loader_workers(tmp_path):
     workers = [p for p in procs.values() if p["ppid"] == pid and p["role"] == "worker"]
     assert procs[pid]["role"] == "main"
     assert len(workers) >= 2, procs  # the two loader workers (and the spawn resource tracker)
-    sampled = {int(r[0]) for r in query(
-        db, "SELECT DISTINCT entity FROM samples WHERE source='process'")}
+    sampled = {
+        int(r[0]) for r in query(db, "SELECT DISTINCT entity FROM samples WHERE source='process'")
+    }
     assert {w["pid"] for w in workers} <= sampled
-    host_metrics = {r[0] for r in query(db, "SELECT DISTINCT metric FROM samples WHERE source='host'")}
-    assert {"host.cpu.utilization", "host.cpu.iowait", "host.memory.used", "host.load.1m"} <= host_metrics
+    host_metrics = {
+        r[0] for r in query(db, "SELECT DISTINCT metric FROM samples WHERE source='host'")
+    }
+    assert {
+        "host.cpu.utilization",
+        "host.cpu.iowait",
+        "host.memory.used",
+        "host.load.1m",
+    } <= host_metrics
     assert "hunter2" not in db.read_bytes().decode("latin-1")
 
 
@@ -50,7 +73,9 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     db = tmp_path / "attach.duckdb"
     agent = subprocess.Popen(
         accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     tree = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
     ppids = {p.pid: p.ppid() for p in tree}
@@ -65,22 +90,35 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     for p in tree:
         p.resume()
     assert agent.returncode == 0, err
-    rows = query(db, """
+    rows = query(
+        db,
+        """
         SELECT entity, arg_max(value, ts) FILTER (metric = 'process.cpu.user')
                + arg_max(value, ts) FILTER (metric = 'process.cpu.system')
-        FROM samples WHERE source = 'process' GROUP BY entity""")
+        FROM samples WHERE source = 'process' GROUP BY entity""",
+    )
     recorded = {int(e): v for e, v in rows}
     assert set(truth) <= set(recorded)
     for pid, seconds in truth.items():
         assert recorded[pid] == pytest.approx(seconds, abs=0.02), pid
     assert sum(truth.values()) > 1.0  # the workers really burned CPU
-    parents = dict(query(db, "SELECT entity, json_extract(attrs, '$.ppid')::INT FROM entities "
-                               "WHERE source='process'"))
+    parents = dict(
+        query(
+            db,
+            "SELECT entity, json_extract(attrs, '$.ppid')::INT FROM entities "
+            "WHERE source='process'",
+        )
+    )
     for pid, ppid in ppids.items():
         if pid != job.pid:
             assert parents[str(pid)] == ppid
-    roles = dict(query(db, "SELECT entity, json_extract_string(attrs, '$.role') FROM entities "
-                             "WHERE source='process'"))
+    roles = dict(
+        query(
+            db,
+            "SELECT entity, json_extract_string(attrs, '$.role') FROM entities "
+            "WHERE source='process'",
+        )
+    )
     assert roles[str(job.pid)] == "main"
     assert sum(1 for r in roles.values() if r == "worker") >= 2
 
@@ -90,7 +128,9 @@ def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job
     db = tmp_path / "exit.duckdb"
     agent = subprocess.Popen(
         accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     agent.stderr.readline()  # recording has started
     workers = psutil.Process(job.pid).children(recursive=True)
@@ -108,8 +148,18 @@ def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job
 
 def test_run_forwards_exit_code(tmp_path):
     db = tmp_path / "x.duckdb"
-    result = run_cli("run", "--db", str(db), "--headless", "--interval", "0.1", "--",
-                     sys.executable, "-c", "import sys, time; time.sleep(0.3); sys.exit(7)")
+    result = run_cli(
+        "run",
+        "--db",
+        str(db),
+        "--headless",
+        "--interval",
+        "0.1",
+        "--",
+        sys.executable,
+        "-c",
+        "import sys, time; time.sleep(0.3); sys.exit(7)",
+    )
     assert result.returncode == 7
     assert query(db, "SELECT exit_code, status FROM runs") == [(7, "finished")]
 
@@ -120,7 +170,9 @@ def test_signal_to_agent_stops_attach_and_finalizes_the_run(tmp_path, worker_job
     db = tmp_path / "s.duckdb"
     agent = subprocess.Popen(
         accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     agent.stderr.readline()  # the first live line: recording has started
     time.sleep(0.5)
@@ -137,9 +189,21 @@ def test_signal_to_agent_stops_attach_and_finalizes_the_run(tmp_path, worker_job
 def test_sigterm_to_agent_is_forwarded_to_run_command(tmp_path):
     db = tmp_path / "f.duckdb"
     agent = subprocess.Popen(
-        accelwatch("run", "--db", str(db), "--headless", "--interval", "0.2", "--",
-                   sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        accelwatch(
+            "run",
+            "--db",
+            str(db),
+            "--headless",
+            "--interval",
+            "0.2",
+            "--",
+            sys.executable,
+            "-c",
+            "import time; print('up', flush=True); time.sleep(60)",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert agent.stdout.readline().strip() == "up"
     time.sleep(0.5)
@@ -154,7 +218,9 @@ def test_kill_9_of_agent_keeps_flushed_samples(tmp_path, worker_job):
     db = tmp_path / "k.duckdb"
     agent = subprocess.Popen(
         accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for lines, _ in enumerate(agent.stderr, start=1):  # one live line per tick
         if lines >= 12:
@@ -170,8 +236,19 @@ def test_attach_duration_and_runs_listing(tmp_path, worker_job):
     job = worker_job(seconds=30.0)
     db = tmp_path / "d.duckdb"
     started = time.monotonic()
-    result = run_cli("attach", str(job.pid), "--db", str(db), "--headless",
-                     "--interval", "0.2", "--duration", "1", "--name", "dur")
+    result = run_cli(
+        "attach",
+        str(job.pid),
+        "--db",
+        str(db),
+        "--headless",
+        "--interval",
+        "0.2",
+        "--duration",
+        "1",
+        "--name",
+        "dur",
+    )
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 15
     listed = run_cli("runs", "--db", str(db), "--json")
@@ -180,6 +257,7 @@ def test_attach_duration_and_runs_listing(tmp_path, worker_job):
 
 
 # -- bad input: one line on stderr, non-zero exit, nothing lost
+
 
 def _one_line_error(result, code, fragment):
     assert result.returncode == code, (result.returncode, result.stderr)
@@ -190,15 +268,17 @@ def _one_line_error(result, code, fragment):
 def test_unknown_pid(tmp_path):
     pid = 4_000_000
     assert not psutil.pid_exists(pid)
-    _one_line_error(run_cli("attach", str(pid), "--db", str(tmp_path / "a.duckdb")),
-                    3, "no process with pid")
+    _one_line_error(
+        run_cli("attach", str(pid), "--db", str(tmp_path / "a.duckdb")), 3, "no process with pid"
+    )
     assert not (tmp_path / "a.duckdb").exists() or True
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
 def test_bad_interval(tmp_path, value):
-    result = run_cli("attach", str(os.getpid()), "--interval", value,
-                     "--db", str(tmp_path / "a.duckdb"))
+    result = run_cli(
+        "attach", str(os.getpid()), "--interval", value, "--db", str(tmp_path / "a.duckdb")
+    )
     assert result.returncode == 2
     assert "--interval" in result.stderr.strip().splitlines()[-1]
 
@@ -209,8 +289,9 @@ def test_bad_tag_and_missing_command(tmp_path):
 
 
 def test_unwritable_db_path(tmp_path):
-    _one_line_error(run_cli("attach", str(os.getpid()), "--db", "/proc/nope/a.duckdb"),
-                    4, "cannot create")
+    _one_line_error(
+        run_cli("attach", str(os.getpid()), "--db", "/proc/nope/a.duckdb"), 4, "cannot create"
+    )
 
 
 def test_corrupt_db_is_refused_and_kept(tmp_path):
@@ -226,7 +307,9 @@ def test_second_agent_on_same_db(tmp_path, worker_job):
     db = tmp_path / "busy.duckdb"
     first = subprocess.Popen(
         accelwatch("attach", str(job.pid), "--db", str(db), "--headless"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         first.stderr.readline()
@@ -241,8 +324,11 @@ def test_pid_that_already_exited(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     assert wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
     try:
-        _one_line_error(run_cli("attach", str(child.pid), "--db", str(tmp_path / "z.duckdb")),
-                        3, "already exited")
+        _one_line_error(
+            run_cli("attach", str(child.pid), "--db", str(tmp_path / "z.duckdb")),
+            3,
+            "already exited",
+        )
     finally:
         child.wait()
 
@@ -259,9 +345,17 @@ def test_pid_of_another_user(tmp_path):
     os.chmod(shared, 0o777)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         *accelwatch("attach", "1", "--db", os.path.join(shared, "u.duckdb"))],
-        capture_output=True, text=True, timeout=60, cwd=repo,
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *accelwatch("attach", "1", "--db", os.path.join(shared, "u.duckdb")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
         env={**os.environ, "PYTHONPATH": repo, "HOME": shared},
     )
     assert result.returncode == 3, result.stderr
@@ -269,8 +363,10 @@ def test_pid_of_another_user(tmp_path):
 
 
 def test_help_imports_neither_duckdb_nor_textual():
-    code = ("import sys\nfrom agent.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint(sorted(m for m in ('duckdb', 'textual', "
-            "'opentelemetry', 'pyarrow') if m in sys.modules))")
+    code = (
+        "import sys\nfrom agent.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint(sorted(m for m in ('duckdb', 'textual', "
+        "'opentelemetry', 'pyarrow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

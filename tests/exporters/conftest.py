@@ -99,8 +99,9 @@ def record(tmp_path, job) -> Callable[..., object]:
     @contextmanager
     def recording(**config) -> Iterator[Session]:
         config.setdefault("live_analysis", False)
-        session = Session(SessionConfig(db_path=str(tmp_path / "run.duckdb"),
-                                        interval=INTERVAL, **config))
+        session = Session(
+            SessionConfig(db_path=str(tmp_path / "run.duckdb"), interval=INTERVAL, **config)
+        )
         session.attach(job.pid)
         try:
             yield session
@@ -138,14 +139,22 @@ def assert_record_complete(session: Session, *, max_gap_factor: float = 2.5) -> 
     """Sampling had no gaps and every tick the sampler took is in the database."""
     assert session.run is not None and session.sampler is not None
     con = connect(session.config.db_path, read_only=True)
-    ticks = [row[0] for row in con.execute(
-        "SELECT DISTINCT epoch(ts) AS t FROM samples WHERE run_id = ? AND source = 'host' "
-        "ORDER BY t", [session.run.run_id]).fetchall()]
-    rows = con.execute("SELECT count(*) FROM samples WHERE run_id = ?",
-                       [session.run.run_id]).fetchone()[0]
-    end = json.loads(con.execute(
-        "SELECT detail FROM events WHERE run_id = ? AND kind = 'run_end'",
-        [session.run.run_id]).fetchone()[0])
+    ticks = [
+        row[0]
+        for row in con.execute(
+            "SELECT DISTINCT epoch(ts) AS t FROM samples WHERE run_id = ? AND source = 'host' "
+            "ORDER BY t",
+            [session.run.run_id],
+        ).fetchall()
+    ]
+    rows = con.execute(
+        "SELECT count(*) FROM samples WHERE run_id = ?", [session.run.run_id]
+    ).fetchone()[0]
+    end = json.loads(
+        con.execute(
+            "SELECT detail FROM events WHERE run_id = ? AND kind = 'run_end'", [session.run.run_id]
+        ).fetchone()[0]
+    )
     con.close()
     assert end["dropped_ticks"] == 0
     assert end["rows_written"] == rows
@@ -167,7 +176,8 @@ class PrometheusServer:
     def __init__(self, tmp_path: Path, target: str) -> None:
         self.port = _free_port()
         config = tmp_path / "prometheus.yml"
-        config.write_text(textwrap.dedent(f"""
+        config.write_text(
+            textwrap.dedent(f"""
             global:
               scrape_interval: 1s
               scrape_timeout: 900ms
@@ -175,12 +185,18 @@ class PrometheusServer:
               - job_name: accelwatch
                 static_configs:
                   - targets: ["{target}"]
-            """))
+            """)
+        )
         self.log = (tmp_path / "prometheus.log").open("w")
         self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         if not wait_for(self._ready, timeout=30, step=0.2):
             self.stop()

@@ -44,8 +44,13 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.recorded = recorded
 
     def Export(self, request, context):  # noqa: N802 - gRPC method name
-        return _grpc_answer(self.recorded, request, self.recorded.metrics, context,
-                            metrics_service_pb2.ExportMetricsServiceResponse())
+        return _grpc_answer(
+            self.recorded,
+            request,
+            self.recorded.metrics,
+            context,
+            metrics_service_pb2.ExportMetricsServiceResponse(),
+        )
 
 
 class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
@@ -53,8 +58,13 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
         self.recorded = recorded
 
     def Export(self, request, context):  # noqa: N802 - gRPC method name
-        return _grpc_answer(self.recorded, request, self.recorded.logs, context,
-                            logs_service_pb2.ExportLogsServiceResponse())
+        return _grpc_answer(
+            self.recorded,
+            request,
+            self.recorded.logs,
+            context,
+            logs_service_pb2.ExportLogsServiceResponse(),
+        )
 
 
 def _grpc_answer(recorded: Recorded, request, into: list, context, response):
@@ -79,8 +89,11 @@ class GrpcReceiver:
     def start(self) -> GrpcReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-            _MetricsServicer(self.recorded), server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self.recorded), server)
+            _MetricsServicer(self.recorded), server
+        )
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
+            _LogsServicer(self.recorded), server
+        )
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server
@@ -207,7 +220,16 @@ def points(requests: list[metrics_service_pb2.ExportMetricsServiceRequest]) -> l
                     monotonic = bool(getattr(data, "is_monotonic", False))
                     for dp in data.data_points:
                         value = dp.as_double if dp.HasField("as_double") else float(dp.as_int)
-                        out.append(Point(metric.name, metric.unit, kind, monotonic,
-                                         attributes(dp.attributes), value, resource,
-                                         sm.scope.name))
+                        out.append(
+                            Point(
+                                metric.name,
+                                metric.unit,
+                                kind,
+                                monotonic,
+                                attributes(dp.attributes),
+                                value,
+                                resource,
+                                sm.scope.name,
+                            )
+                        )
     return out

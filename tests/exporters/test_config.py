@@ -20,16 +20,25 @@ from tests.exporters.conftest import wait_for
 from tests.exporters.receivers import points
 
 
-@pytest.mark.parametrize(("endpoint", "environ", "expected"), [
-    ("http://collector:4317", {}, GRPC),
-    ("collector:4318", {}, HTTP),
-    ("https://otlp.example.com/v1/metrics", {}, HTTP),
-    ("http://collector:9999", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, HTTP),
-    ("http://collector:4318", {"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
-                               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, GRPC),
-    (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, HTTP),
-    (None, {}, GRPC),
-])
+@pytest.mark.parametrize(
+    ("endpoint", "environ", "expected"),
+    [
+        ("http://collector:4317", {}, GRPC),
+        ("collector:4318", {}, HTTP),
+        ("https://otlp.example.com/v1/metrics", {}, HTTP),
+        ("http://collector:9999", {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, HTTP),
+        (
+            "http://collector:4318",
+            {
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            },
+            GRPC,
+        ),
+        (None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, HTTP),
+        (None, {}, GRPC),
+    ],
+)
 def test_protocol_comes_from_otel_variables_or_the_endpoint(endpoint, environ, expected):
     assert choose_protocol(endpoint, "METRICS", environ) == expected
 
@@ -48,15 +57,26 @@ def test_command_line_endpoints_become_signal_urls():
 
 
 def _run(**env) -> RunInfo:
-    return RunInfo(run_id="r-1", name="train.py", pid=42, cmdline=[], cwd="/", host="node7",
-                   started=0.0, interval=1.0, db_path="x", env=env)
+    return RunInfo(
+        run_id="r-1",
+        name="train.py",
+        pid=42,
+        cmdline=[],
+        cwd="/",
+        host="node7",
+        started=0.0,
+        interval=1.0,
+        db_path="x",
+        env=env,
+    )
 
 
 def test_resource_identifies_run_rank_job_and_pod(tmp_path):
     (tmp_path / "namespace").write_text("ml-team\n")
     attrs = run_attributes(
         _run(RANK="3", WORLD_SIZE="16", LOCAL_RANK="1", SLURM_JOB_ID="991"),
-        {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "trainer-0"}, tmp_path,
+        {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": "trainer-0"},
+        tmp_path,
     )
     assert attrs["service.name"] == "accelwatch" and attrs["host.name"] == "node7"
     assert attrs["accelwatch.run.id"] == "r-1" and attrs["accelwatch.run.name"] == "train.py"
@@ -78,8 +98,9 @@ def test_users_otel_resource_variables_win(otel_env):
 def test_failed_exports_are_counted_exactly_and_noted_at_a_limited_rate():
     health: dict = {}
     notes: list[tuple] = []
-    accounting = ExportHealth(health, lambda kind, entity, **d: notes.append((kind, d)),
-                              "http://c:4317", event_gap_s=3600)
+    accounting = ExportHealth(
+        health, lambda kind, entity, **d: notes.append((kind, d)), "http://c:4317", event_gap_s=3600
+    )
     for _ in range(5):
         accounting.record("metrics", False, "UNAVAILABLE")
     accounting.record("metrics", True)
@@ -93,7 +114,8 @@ def test_findings_gauge_reports_zero_once_a_finding_clears():
     current = [{"rule": "r1", "severity": "warning"}, {"rule": "r1", "severity": "warning"}]
     gauge = FindingsGauge(lambda: current)
     assert [(o.value, o.attributes["accelwatch.finding.rule"]) for o in gauge.observe()] == [
-        (2, "r1")]
+        (2, "r1")
+    ]
     current = []
     assert [o.value for o in gauge.observe()] == [0]
 
@@ -107,8 +129,16 @@ def test_finding_log_emitter_emits_on_appear_and_clear_only():
     hub = SnapshotHub()
     snap = hub.publish(10.0, [], {})
     emitter(snap)
-    findings = [{"rule": "r", "severity": "error", "entity": "gpu1", "summary": "s",
-                 "evidence": {"x": 1}, "start_ts": 5.0}]
+    findings = [
+        {
+            "rule": "r",
+            "severity": "error",
+            "entity": "gpu1",
+            "summary": "s",
+            "evidence": {"x": 1},
+            "start_ts": 5.0,
+        }
+    ]
     emitter(snap)
     emitter(snap)  # same list: nothing new
     findings = []
@@ -143,8 +173,9 @@ def test_otel_sdk_disabled_turns_export_off(record, grpc_receiver, otel_env):
 
 def test_build_exporters_reads_the_session_config(otel_env):
     assert build_exporters(SessionConfig(db_path="x")) == []
-    (exporter,) = build_exporters(SessionConfig(db_path="x", prometheus="127.0.0.1:0",
-                                                metric_names="dcgm"))
+    (exporter,) = build_exporters(
+        SessionConfig(db_path="x", prometheus="127.0.0.1:0", metric_names="dcgm")
+    )
     assert (exporter.prometheus_address, exporter.metric_names) == ("127.0.0.1:0", "dcgm")
     otel_env.setenv("ACCELWATCH_EXPORT_MAX_PROCESSES", "8")
     assert build_exporters(SessionConfig(db_path="x", otlp=""))[0].max_processes == 8
@@ -158,8 +189,16 @@ def test_a_taken_prometheus_port_is_a_one_line_error(tmp_path, job):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        session = Session(SessionConfig(db_path=str(tmp_path / "r.duckdb"), interval=0.2,
-                                        prometheus=f"127.0.0.1:{port}", live_analysis=False))
-        with pytest.raises(UsageError, match=f"cannot serve Prometheus metrics on 127.0.0.1:{port}"):
+        session = Session(
+            SessionConfig(
+                db_path=str(tmp_path / "r.duckdb"),
+                interval=0.2,
+                prometheus=f"127.0.0.1:{port}",
+                live_analysis=False,
+            )
+        )
+        with pytest.raises(
+            UsageError, match=f"cannot serve Prometheus metrics on 127.0.0.1:{port}"
+        ):
             session.attach(job.pid)
     assert session.sampler is not None and not session.sampler.running

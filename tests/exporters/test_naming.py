@@ -10,8 +10,14 @@ from agent.snapshot import SnapshotHub
 from exporters.naming import build_plan, dcgm_labels, entity_attributes, process_of
 from exporters.series import SeriesIndex
 
-GPU0 = {"gpu0": {"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-aaa",
-                 "pci_bus_id": "00000000:18:00.0"}}
+GPU0 = {
+    "gpu0": {
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": "GPU-aaa",
+        "pci_bus_id": "00000000:18:00.0",
+    }
+}
 
 
 def test_every_catalog_metric_has_an_otel_route_and_dcgm_ones_only_on_request():
@@ -23,8 +29,14 @@ def test_every_catalog_metric_has_an_otel_route_and_dcgm_ones_only_on_request():
 
 
 def test_a_metric_added_to_the_catalog_is_exported_without_code_changes():
-    added = metric("gpu.nvjpg.utilization", "1", "gauge", "NVJPG busy share.", source="nvml",
-                   dcgm="DCGM_FI_DEV_NVJPG_UTIL")
+    added = metric(
+        "gpu.nvjpg.utilization",
+        "1",
+        "gauge",
+        "NVJPG busy share.",
+        source="nvml",
+        dcgm="DCGM_FI_DEV_NVJPG_UTIL",
+    )
     plan = build_plan(("otel", "dcgm"), Catalog([*CATALOG, added]))
     assert plan.instruments["accelwatch.gpu.nvjpg.utilization"].unit == "1"
     (otel_route, dcgm_route) = plan.routes["gpu.nvjpg.utilization"]
@@ -42,60 +54,121 @@ def test_metrics_sharing_a_semantic_name_become_one_instrument_told_apart_by_att
 
 
 def test_a_unit_clash_on_a_shared_name_falls_back_to_the_accelwatch_namespace():
-    catalog = Catalog([
-        metric("a.errors", "{error}", "counter", "a", source="x", otel="hw.errors"),
-        metric("b.events", "{event}", "counter", "b", source="x", otel="hw.errors"),
-    ])
+    catalog = Catalog(
+        [
+            metric("a.errors", "{error}", "counter", "a", source="x", otel="hw.errors"),
+            metric("b.events", "{event}", "counter", "b", source="x", otel="hw.errors"),
+        ]
+    )
     plan = build_plan(catalog=catalog)
     assert plan.routes["a.errors"][0].instrument == "hw.errors"
     assert plan.routes["b.events"][0].instrument == "accelwatch.b.events"
 
 
-@pytest.mark.parametrize(("name", "scale", "as_rate"), [
-    ("gpu.utilization", 100.0, False),          # DCGM_FI_DEV_GPU_UTIL in percent
-    ("gpu.memory.used", 1 / 2**20, False),      # DCGM_FI_DEV_FB_USED in MiB
-    ("gpu.tensor.activity", 1.0, False),        # DCGM_FI_PROF_* ratios stay 0..1
-    ("gpu.energy", 1000.0, False),              # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION in mJ
-    ("gpu.pcie.tx_bytes", 1.0, True),           # DCGM_FI_PROF_PCIE_TX_BYTES in bytes/s
-    ("gpu.pcie.link.gen", 1.0, False),          # a dimensionless "1" that is not a ratio
-])
+@pytest.mark.parametrize(
+    ("name", "scale", "as_rate"),
+    [
+        ("gpu.utilization", 100.0, False),  # DCGM_FI_DEV_GPU_UTIL in percent
+        ("gpu.memory.used", 1 / 2**20, False),  # DCGM_FI_DEV_FB_USED in MiB
+        ("gpu.tensor.activity", 1.0, False),  # DCGM_FI_PROF_* ratios stay 0..1
+        ("gpu.energy", 1000.0, False),  # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION in mJ
+        ("gpu.pcie.tx_bytes", 1.0, True),  # DCGM_FI_PROF_PCIE_TX_BYTES in bytes/s
+        ("gpu.pcie.link.gen", 1.0, False),  # a dimensionless "1" that is not a ratio
+    ],
+)
 def test_dcgm_values_use_dcgm_exporter_units(name, scale, as_rate):
     (route,) = [r for r in build_plan(("otel", "dcgm")).routes[name] if r.dcgm]
     assert route.instrument == CATALOG[name].dcgm_name
     assert route.scale == pytest.approx(scale) and route.as_rate is as_rate
 
 
-@pytest.mark.parametrize(("source", "entity", "expected"), [
-    ("host", "host", {}),
-    ("host", "cpu3", {"cpu.logical_number": 3}),
-    ("host", "disk:nvme0n1", {"system.device": "nvme0n1"}),
-    ("host", "net:eth0", {"network.interface.name": "eth0"}),
-    ("host", "ib:mlx5_0/1", {"system.device": "mlx5_0/1"}),
-    ("process", "4242", {"process.pid": 4242, "process.executable.name": "python",
-                         "accelwatch.process.role": "main"}),
-    ("nvml", "gpu0", {"hw.id": "GPU-aaa", "hw.type": "gpu", "hw.vendor": "NVIDIA",
-                      "hw.name": "NVIDIA H100 80GB HBM3"}),
-    ("nvml", "gpu0/nvlink3", {"hw.id": "GPU-aaa", "hw.type": "gpu", "hw.vendor": "NVIDIA",
-                              "hw.name": "NVIDIA H100 80GB HBM3", "accelwatch.gpu.nvlink": 3}),
-    ("nvml", "gpu0/pid42", {"hw.id": "GPU-aaa", "hw.type": "gpu", "hw.vendor": "NVIDIA",
-                            "hw.name": "NVIDIA H100 80GB HBM3", "process.pid": 42}),
-    ("nvml", "gpu0/mig1", {"hw.id": "MIG-bbb", "hw.parent": "GPU-aaa", "hw.type": "gpu",
-                           "hw.vendor": "NVIDIA", "hw.name": "NVIDIA H100 MIG 3g.40gb"}),
-    ("tpu", "tpu0", {"accelwatch.entity": "tpu0"}),
-])
+@pytest.mark.parametrize(
+    ("source", "entity", "expected"),
+    [
+        ("host", "host", {}),
+        ("host", "cpu3", {"cpu.logical_number": 3}),
+        ("host", "disk:nvme0n1", {"system.device": "nvme0n1"}),
+        ("host", "net:eth0", {"network.interface.name": "eth0"}),
+        ("host", "ib:mlx5_0/1", {"system.device": "mlx5_0/1"}),
+        (
+            "process",
+            "4242",
+            {
+                "process.pid": 4242,
+                "process.executable.name": "python",
+                "accelwatch.process.role": "main",
+            },
+        ),
+        (
+            "nvml",
+            "gpu0",
+            {
+                "hw.id": "GPU-aaa",
+                "hw.type": "gpu",
+                "hw.vendor": "NVIDIA",
+                "hw.name": "NVIDIA H100 80GB HBM3",
+            },
+        ),
+        (
+            "nvml",
+            "gpu0/nvlink3",
+            {
+                "hw.id": "GPU-aaa",
+                "hw.type": "gpu",
+                "hw.vendor": "NVIDIA",
+                "hw.name": "NVIDIA H100 80GB HBM3",
+                "accelwatch.gpu.nvlink": 3,
+            },
+        ),
+        (
+            "nvml",
+            "gpu0/pid42",
+            {
+                "hw.id": "GPU-aaa",
+                "hw.type": "gpu",
+                "hw.vendor": "NVIDIA",
+                "hw.name": "NVIDIA H100 80GB HBM3",
+                "process.pid": 42,
+            },
+        ),
+        (
+            "nvml",
+            "gpu0/mig1",
+            {
+                "hw.id": "MIG-bbb",
+                "hw.parent": "GPU-aaa",
+                "hw.type": "gpu",
+                "hw.vendor": "NVIDIA",
+                "hw.name": "NVIDIA H100 MIG 3g.40gb",
+            },
+        ),
+        ("tpu", "tpu0", {"accelwatch.entity": "tpu0"}),
+    ],
+)
 def test_entities_map_to_semantic_convention_attributes(source, entity, expected):
-    described = {**GPU0, "4242": {"name": "python", "role": "main"},
-                 "gpu0/mig1": {"uuid": "MIG-bbb", "name": "NVIDIA H100 MIG 3g.40gb"}}
+    described = {
+        **GPU0,
+        "4242": {"name": "python", "role": "main"},
+        "gpu0/mig1": {"uuid": "MIG-bbb", "name": "NVIDIA H100 MIG 3g.40gb"},
+    }
     assert entity_attributes(source, entity, described) == expected
 
 
 def test_dcgm_labels_cover_gpus_and_mig_but_not_links_or_processes():
     labels = dcgm_labels("gpu0", GPU0, "node1")
-    assert labels == {"gpu": "0", "UUID": "GPU-aaa", "device": "nvidia0",
-                      "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "node1",
-                      "pci_bus_id": "00000000:18:00.0"}
-    mig = dcgm_labels("gpu0/mig2", {**GPU0, "gpu0/mig2": {"name": "NVIDIA H100 MIG 1g.10gb",
-                                                         "gpu_instance_id": 9}}, "node1")
+    assert labels == {
+        "gpu": "0",
+        "UUID": "GPU-aaa",
+        "device": "nvidia0",
+        "modelName": "NVIDIA H100 80GB HBM3",
+        "Hostname": "node1",
+        "pci_bus_id": "00000000:18:00.0",
+    }
+    mig = dcgm_labels(
+        "gpu0/mig2",
+        {**GPU0, "gpu0/mig2": {"name": "NVIDIA H100 MIG 1g.10gb", "gpu_instance_id": 9}},
+        "node1",
+    )
     assert (mig["GPU_I_ID"], mig["GPU_I_PROFILE"], mig["UUID"]) == ("9", "1g.10gb", "GPU-aaa")
     assert dcgm_labels("gpu0/mig2", GPU0, "node1")["GPU_I_ID"] == "2"
     assert dcgm_labels("gpu0/nvlink1", GPU0, "node1") is None

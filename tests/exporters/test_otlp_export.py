@@ -13,10 +13,14 @@ from tests.exporters.conftest import recorded_values, wait_for
 from tests.exporters.receivers import Point, attributes, points
 
 FINDING = {
-    "rule": "dataloader_starved", "severity": "warning", "entity": "gpu0",
+    "rule": "dataloader_starved",
+    "severity": "warning",
+    "entity": "gpu0",
     "summary": "GPU waits on the input pipeline 40% of the time",
     "evidence": {"metric": "gpu.utilization", "window_s": 30, "mean": 0.41},
-    "next_step": "raise num_workers", "start_ts": 1000.0, "end_ts": None,
+    "next_step": "raise num_workers",
+    "start_ts": 1000.0,
+    "end_ts": None,
 }
 
 
@@ -30,7 +34,8 @@ def receiver(request, grpc_receiver, http_receiver, otel_env):
 def catalog_metric(point: Point) -> Metric:
     """The catalog metric an exported point stands for (name + the metric's own attributes)."""
     matches = [
-        m for m in CATALOG
+        m
+        for m in CATALOG
         if point.name in (m.otel_name, f"accelwatch.{m.name}")
         and all(point.attributes.get(k) == v for k, v in m.otel_attributes.items())
     ]
@@ -41,11 +46,13 @@ def catalog_metric(point: Point) -> Metric:
 def gpu_entities(db_path: str, run_id: str) -> dict[str, str]:
     """uuid → entity of the run's GPUs and MIG devices, from the ``entities`` view."""
     con = connect(db_path, read_only=True)
-    rows = con.execute("SELECT entity, attrs FROM entities WHERE run_id = ? AND source = 'nvml'",
-                       [run_id]).fetchall()
+    rows = con.execute(
+        "SELECT entity, attrs FROM entities WHERE run_id = ? AND source = 'nvml'", [run_id]
+    ).fetchall()
     con.close()
-    return {json.loads(attrs)["uuid"]: entity for entity, attrs in rows
-            if "uuid" in json.loads(attrs)}
+    return {
+        json.loads(attrs)["uuid"]: entity for entity, attrs in rows if "uuid" in json.loads(attrs)
+    }
 
 
 def entity_of(metric: Metric, attrs: dict, gpus: dict[str, str]) -> list[str]:
@@ -73,8 +80,9 @@ def test_otlp_export_matches_the_recorded_run(record, receiver, job):
         assert wait_for(lambda: len(receiver.recorded.metrics) >= 3)
         session.live_findings = [FINDING]
         assert wait_for(lambda: receiver.recorded.logs)
-        assert wait_for(lambda: any(p.name == FINDINGS_GAUGE
-                                    for p in points(receiver.recorded.metrics)))
+        assert wait_for(
+            lambda: any(p.name == FINDINGS_GAUGE for p in points(receiver.recorded.metrics))
+        )
     run = session.run
     assert session.health["otlp.failed_exports"] == 0
     assert session.health["otlp.exports"] >= 3
@@ -108,25 +116,50 @@ def test_otlp_export_matches_the_recorded_run(record, receiver, job):
         checked += 1
     assert checked > 50
     names = {p.name for p in exported}
-    assert {"system.cpu.utilization", "system.cpu.mode.utilization", "system.memory.usage",
-            "system.memory.limit", "system.network.io", "process.cpu.time",
-            "process.memory.usage", "process.thread.count"} <= names
+    assert {
+        "system.cpu.utilization",
+        "system.cpu.mode.utilization",
+        "system.memory.usage",
+        "system.memory.limit",
+        "system.network.io",
+        "process.cpu.time",
+        "process.memory.usage",
+        "process.thread.count",
+    } <= names
     pids = {p.attributes["process.pid"] for p in exported if p.name == "process.memory.usage"}
     assert pids == job_pids and len(pids) == 2
-    roles = {p.attributes["accelwatch.process.role"] for p in exported
-             if p.name == "process.memory.usage"}
+    roles = {
+        p.attributes["accelwatch.process.role"]
+        for p in exported
+        if p.name == "process.memory.usage"
+    }
     assert roles == {"main", "worker"}
-    assert {"hw.gpu.utilization", "hw.gpu.memory.usage", "hw.gpu.memory.limit", "hw.gpu.io",
-            "hw.power", "hw.energy", "hw.temperature", "hw.errors"} <= names
+    assert {
+        "hw.gpu.utilization",
+        "hw.gpu.memory.usage",
+        "hw.gpu.memory.limit",
+        "hw.gpu.io",
+        "hw.power",
+        "hw.energy",
+        "hw.temperature",
+        "hw.errors",
+    } <= names
     utilization = [p for p in exported if p.name == "hw.gpu.utilization"]
     assert {p.attributes["hw.id"] for p in utilization} == set(gpus)
-    assert all(p.attributes["hw.vendor"] == "NVIDIA" and p.attributes["hw.type"] == "gpu"
-               and p.attributes["hw.name"].startswith("NVIDIA") for p in utilization)
+    assert all(
+        p.attributes["hw.vendor"] == "NVIDIA"
+        and p.attributes["hw.type"] == "gpu"
+        and p.attributes["hw.name"].startswith("NVIDIA")
+        for p in utilization
+    )
     directions = {p.attributes["network.io.direction"] for p in exported if p.name == "hw.gpu.io"}
     assert directions == {"transmit", "receive"}
     assert not any(n.startswith("DCGM_") for n in names)  # only with --metric-names dcgm
-    cpus = {p.attributes.get("cpu.logical_number") for p in exported
-            if p.name == "system.cpu.utilization"}
+    cpus = {
+        p.attributes.get("cpu.logical_number")
+        for p in exported
+        if p.name == "system.cpu.utilization"
+    }
     assert {0, None} <= cpus
 
     findings = [p for p in exported if p.name == FINDINGS_GAUGE]
@@ -139,12 +172,23 @@ def test_findings_are_exported_as_log_records(record, receiver):
         session.live_findings = [FINDING]
         assert wait_for(lambda: receiver.recorded.logs)
         session.live_findings = []
-        assert wait_for(lambda: sum(len(sl.log_records) for r in receiver.recorded.logs
-                                    for rl in r.resource_logs for sl in rl.scope_logs) >= 2)
+        assert wait_for(
+            lambda: (
+                sum(
+                    len(sl.log_records)
+                    for r in receiver.recorded.logs
+                    for rl in r.resource_logs
+                    for sl in rl.scope_logs
+                )
+                >= 2
+            )
+        )
     records = [
         (attributes(rl.resource.attributes), lr)
         for request in receiver.recorded.logs
-        for rl in request.resource_logs for sl in rl.scope_logs for lr in sl.log_records
+        for rl in request.resource_logs
+        for sl in rl.scope_logs
+        for lr in sl.log_records
     ]
     (resource, active), (_, resolved) = records[:2]
     assert resource["accelwatch.run.id"] == session.run.run_id

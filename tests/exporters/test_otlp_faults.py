@@ -24,8 +24,10 @@ def failed(session) -> int:
 
 def events(session, kind: str) -> list[dict]:
     con = connect(session.config.db_path, read_only=True)
-    rows = con.execute("SELECT detail FROM events WHERE run_id = ? AND kind = ? ORDER BY ts",
-                       [session.run.run_id, kind]).fetchall()
+    rows = con.execute(
+        "SELECT detail FROM events WHERE run_id = ? AND kind = ? ORDER BY ts",
+        [session.run.run_id, kind],
+    ).fetchall()
     con.close()
     return [json.loads(row[0]) for row in rows]
 

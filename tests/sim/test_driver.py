@@ -99,10 +99,12 @@ def test_missing_symbol_raises_function_not_found(simulate):
     scenario = load_scenario("t4-legacy-driver")
     simulate(scenario)
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
-    for call in (lambda: pynvml.nvmlDeviceGetComputeRunningProcesses_v3(h),
-                 lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2),
-                 lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
-                 pynvml.nvmlGpmSampleAlloc):
+    for call in (
+        lambda: pynvml.nvmlDeviceGetComputeRunningProcesses_v3(h),
+        lambda: pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2),
+        lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(h),
+        pynvml.nvmlGpmSampleAlloc,
+    ):
         with pytest.raises(pynvml.NVMLError_FunctionNotFound):
             call()
     # pynvml's unversioned alias reports the mismatch as a real old driver makes it do
@@ -129,10 +131,18 @@ def test_parts_without_nvlink_answer_not_supported(simulate, scenario):
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     with pytest.raises(pynvml.NVMLError_NotSupported):
         pynvml.nvmlDeviceGetNvLinkState(h, 0)
-    values = pynvml.nvmlDeviceGetFieldValues(h, [
-        pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT, (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 0),
-        pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, pynvml.NVML_FI_DEV_POWER_INSTANT])
-    assert [v.nvmlReturn for v in values] == [pynvml.NVML_ERROR_NOT_SUPPORTED] * 2 + [pynvml.NVML_SUCCESS] * 2
+    values = pynvml.nvmlDeviceGetFieldValues(
+        h,
+        [
+            pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT,
+            (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 0),
+            pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES,
+            pynvml.NVML_FI_DEV_POWER_INSTANT,
+        ],
+    )
+    assert [v.nvmlReturn for v in values] == [pynvml.NVML_ERROR_NOT_SUPPORTED] * 2 + [
+        pynvml.NVML_SUCCESS
+    ] * 2
     with pytest.raises(pynvml.NVMLError_NotSupported):
         pynvml.nvmlDeviceGetMigMode(h)
 
@@ -142,9 +152,11 @@ def test_consumer_card_lacks_datacenter_features(simulate, clock):
     clock.advance(5)
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     assert pynvml.nvmlDeviceGetName(h) == "NVIDIA GeForce RTX 4090"
-    for call in (lambda: pynvml.nvmlDeviceGetTotalEccErrors(h, 1, 0),
-                 lambda: pynvml.nvmlDeviceGetRemappedRows(h),
-                 lambda: pynvml.nvmlGpmSampleGet(h, pynvml.nvmlGpmSampleAlloc())):
+    for call in (
+        lambda: pynvml.nvmlDeviceGetTotalEccErrors(h, 1, 0),
+        lambda: pynvml.nvmlDeviceGetRemappedRows(h),
+        lambda: pynvml.nvmlGpmSampleGet(h, pynvml.nvmlGpmSampleAlloc()),
+    ):
         with pytest.raises(pynvml.NVMLError_NotSupported):
             call()
     assert pynvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice == 0
@@ -162,8 +174,12 @@ def test_datacenter_parts_have_no_fan_reading(simulate):
         pynvml.nvmlDeviceGetFanSpeed(h)
     assert pynvml.nvmlDeviceGetName(h) == "NVIDIA A100-SXM4-40GB"
     assert pynvml.nvmlDeviceGetRemappedRows(h) == (0, 0, 0, 0)
-    assert pynvml.nvmlDeviceGetTotalEccErrors(h, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                                              pynvml.NVML_VOLATILE_ECC) == 0
+    assert (
+        pynvml.nvmlDeviceGetTotalEccErrors(
+            h, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC
+        )
+        == 0
+    )
 
 
 def test_field_values_carry_timestamps_and_per_link_scopes(simulate, clock):
@@ -171,8 +187,12 @@ def test_field_values_carry_timestamps_and_per_link_scopes(simulate, clock):
     clock.advance(3)
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     ids = [(pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link) for link in range(18)]
-    ids += [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT, (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 18),
-            (pynvml.NVML_FI_DEV_NVLINK_GET_STATE, 17), 9999]
+    ids += [
+        pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT,
+        (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 18),
+        (pynvml.NVML_FI_DEV_NVLINK_GET_STATE, 17),
+        9999,
+    ]
     values = pynvml.nvmlDeviceGetFieldValues(h, ids)
     now_us = int(clock.now * 1e6)
     assert all(abs(v.timestamp - now_us) <= 20_000 for v in values)
@@ -197,12 +217,19 @@ def test_gpm_metrics_between_two_samples(simulate, clock):
     pynvml.nvmlGpmSampleGet(h, first)
     clock.advance(5)
     pynvml.nvmlGpmSampleGet(h, second)
-    ids = [pynvml.NVML_GPM_METRIC_SM_UTIL, pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
-           pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL, pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
-           pynvml.NVML_GPM_METRIC_FP16_UTIL, pynvml.NVML_GPM_METRIC_FP32_UTIL,
-           pynvml.NVML_GPM_METRIC_FP64_UTIL, pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
-           pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC, pynvml.NVML_GPM_METRIC_NVLINK_L17_TX_PER_SEC,
-           pynvml.NVML_GPM_METRIC_NVDEC_0_UTIL]
+    ids = [
+        pynvml.NVML_GPM_METRIC_SM_UTIL,
+        pynvml.NVML_GPM_METRIC_SM_OCCUPANCY,
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+        pynvml.NVML_GPM_METRIC_FP16_UTIL,
+        pynvml.NVML_GPM_METRIC_FP32_UTIL,
+        pynvml.NVML_GPM_METRIC_FP64_UTIL,
+        pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+        pynvml.NVML_GPM_METRIC_NVLINK_L17_TX_PER_SEC,
+        pynvml.NVML_GPM_METRIC_NVDEC_0_UTIL,
+    ]
     get = pynvml.c_nvmlGpmMetricsGet_t()
     get.version = pynvml.NVML_GPM_METRICS_GET_VERSION
     get.numMetrics = len(ids)
@@ -250,8 +277,10 @@ def test_processes_report_job_pids(simulate, clock):
 
 def test_single_process_job_appears_on_every_gpu(simulate):
     simulate("healthy", job_pids=lambda: [4242])
-    pids = {pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))[0].pid
-            for i in range(8)}
+    pids = {
+        pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i))[0].pid
+        for i in range(8)
+    }
     assert pids == {4242}
 
 
@@ -280,7 +309,10 @@ def test_process_utilization_reports_insufficient_size_with_count(simulate, cloc
     fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetProcessUtilization")
     count = ctypes.c_uint(1)
     small = (pynvml.c_nvmlProcessUtilizationSample_t * 1)()
-    assert fn(h, small, ctypes.byref(count), ctypes.c_ulonglong(0)) == pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+    assert (
+        fn(h, small, ctypes.byref(count), ctypes.c_ulonglong(0))
+        == pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+    )
     assert count.value == 3
 
 
@@ -319,8 +351,12 @@ def test_gpu_lost_mid_run_leaves_the_others_working(simulate, clock):
     clock.advance(24.9)
     assert pynvml.nvmlDeviceGetUtilizationRates(lost).gpu > 90
     clock.advance(0.2)
-    for call in (pynvml.nvmlDeviceGetUtilizationRates, pynvml.nvmlDeviceGetPowerUsage,
-                 pynvml.nvmlDeviceGetUUID, pynvml.nvmlDeviceGetComputeRunningProcesses):
+    for call in (
+        pynvml.nvmlDeviceGetUtilizationRates,
+        pynvml.nvmlDeviceGetPowerUsage,
+        pynvml.nvmlDeviceGetUUID,
+        pynvml.nvmlDeviceGetComputeRunningProcesses,
+    ):
         with pytest.raises(pynvml.NVMLError_GpuIsLost):
             call(lost)
     with pytest.raises(pynvml.NVMLError_GpuIsLost):
@@ -361,9 +397,13 @@ def test_event_set_registration_rejects_unsupported_types(simulate):
 
 
 def test_every_model_stays_within_its_limits(simulate, clock):
-    for key, scenario in {"h100-sxm-80gb": "healthy", "a100-sxm-40gb": "a100-healthy",
-                          "l4": "l4-inference", "t4": "t4-legacy-driver",
-                          "rtx-4090": "consumer-card"}.items():
+    for key, scenario in {
+        "h100-sxm-80gb": "healthy",
+        "a100-sxm-40gb": "a100-healthy",
+        "l4": "l4-inference",
+        "t4": "t4-legacy-driver",
+        "rtx-4090": "consumer-card",
+    }.items():
         model = MODELS[key]
         sim = simulate(scenario)
         for _ in range(20):
@@ -371,7 +411,9 @@ def test_every_model_stays_within_its_limits(simulate, clock):
             for g in range(sim.scenario.gpu_count):
                 h = pynvml.nvmlDeviceGetHandleByIndex(g)
                 assert pynvml.nvmlDeviceGetPowerUsage(h) <= model.power_limit_w * 1000
-                assert pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) <= model.max_sm_clock_mhz
+                assert (
+                    pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) <= model.max_sm_clock_mhz
+                )
                 assert 0 <= pynvml.nvmlDeviceGetUtilizationRates(h).gpu <= 100
                 mem = pynvml.nvmlDeviceGetMemoryInfo(h)
                 assert mem.used <= mem.total and mem.total == model.memory_total_bytes
@@ -383,10 +425,15 @@ def test_secondary_queries_agents_commonly_make(simulate, clock):
     simulate("checkpoint-stall")
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     clock.advance(12)  # mid-checkpoint: ~20 GB/s device-to-host
-    assert pynvml.nvmlDeviceGetPcieThroughput(h, pynvml.NVML_PCIE_UTIL_TX_BYTES) > 15_000_000  # KB/s
+    assert (
+        pynvml.nvmlDeviceGetPcieThroughput(h, pynvml.NVML_PCIE_UTIL_TX_BYTES) > 15_000_000
+    )  # KB/s
     assert pynvml.nvmlDeviceGetCudaComputeCapability(h) == (9, 0)
     assert pynvml.nvmlDeviceGetPowerManagementLimitConstraints(h) == [200_000, 700_000]
-    assert pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN) == 89
+    assert (
+        pynvml.nvmlDeviceGetTemperatureThreshold(h, pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
+        == 89
+    )
     assert pynvml.nvmlDeviceGetEccMode(h) == [1, 1]
     assert pynvml.nvmlDeviceGetEncoderUtilization(h) == [0, 167_000]
     with pytest.raises(pynvml.NVMLError_FunctionNotFound):
@@ -396,13 +443,15 @@ def test_secondary_queries_agents_commonly_make(simulate, clock):
 def test_event_wait_on_the_wall_clock_blocks_until_the_event():
     scenario = parse_scenario(
         '[hardware]\nmodel = "h100-sxm-80gb"\ncount = 2\n'
-        '[[effects]]\ngpus = [1]\nat_s = 0.3\nxid = 13\n')
+        "[[effects]]\ngpus = [1]\nat_s = 0.3\nxid = 13\n"
+    )
     with install(scenario):  # default clock: time.time
         pynvml.nvmlInit()
         started = time.monotonic()
         events = pynvml.nvmlEventSetCreate()
-        pynvml.nvmlDeviceRegisterEvents(pynvml.nvmlDeviceGetHandleByIndex(1),
-                                        pynvml.nvmlEventTypeXidCriticalError, events)
+        pynvml.nvmlDeviceRegisterEvents(
+            pynvml.nvmlDeviceGetHandleByIndex(1), pynvml.nvmlEventTypeXidCriticalError, events
+        )
         data = pynvml.nvmlEventSetWait_v2(events, 5000)
         assert data.eventData == 13
         assert 0.25 <= time.monotonic() - started < 1.5
@@ -425,8 +474,12 @@ def test_simulated_time_starts_at_install(clock):
 
 
 def test_scenario_can_remove_single_symbols(simulate):
-    simulate(parse_scenario('[hardware]\nmodel = "h100-sxm-80gb"\n'
-                            '[driver]\nmissing_symbols = ["nvmlDeviceGetFieldValues"]\n'))
+    simulate(
+        parse_scenario(
+            '[hardware]\nmodel = "h100-sxm-80gb"\n'
+            '[driver]\nmissing_symbols = ["nvmlDeviceGetFieldValues"]\n'
+        )
+    )
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     with pytest.raises(pynvml.NVMLError_FunctionNotFound):
         pynvml.nvmlDeviceGetFieldValues(h, [pynvml.NVML_FI_DEV_POWER_INSTANT])

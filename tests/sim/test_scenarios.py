@@ -13,9 +13,22 @@ from collectors.sim import ScenarioError, install, list_scenarios, load_scenario
 from collectors.sim.scenario import parse_scenario
 
 NAMED = {
-    "healthy", "input-bound", "throttled-thermal", "power-capped", "comm-bound", "memory-pressure",
-    "straggler", "hang", "gpu-lost", "xid-error", "checkpoint-stall", "a100-healthy", "l4-inference",
-    "t4-legacy-driver", "consumer-card", "h100-mig",
+    "healthy",
+    "input-bound",
+    "throttled-thermal",
+    "power-capped",
+    "comm-bound",
+    "memory-pressure",
+    "straggler",
+    "hang",
+    "gpu-lost",
+    "xid-error",
+    "checkpoint-stall",
+    "a100-healthy",
+    "l4-inference",
+    "t4-legacy-driver",
+    "consumer-card",
+    "h100-mig",
 }
 
 
@@ -97,7 +110,9 @@ def test_straggler_is_less_busy_than_its_peers(simulate, clock):
     means = {g: statistics.mean(s) for g, s in series.items()}
     peers = [m for g, m in means.items() if g != 5]
     assert means[5] < min(peers) - 20
-    sm_peer, = _gpm(clock, pynvml.nvmlDeviceGetHandleByIndex(0), 4, pynvml.NVML_GPM_METRIC_SM_UTIL)
+    (sm_peer,) = _gpm(
+        clock, pynvml.nvmlDeviceGetHandleByIndex(0), 4, pynvml.NVML_GPM_METRIC_SM_UTIL
+    )
     assert sm_peer < 60  # peers spend part of every step waiting in all-reduce
 
 
@@ -105,9 +120,14 @@ def test_comm_bound_is_busy_but_not_computing(simulate, clock):
     simulate("comm-bound")
     clock.advance(2)
     h = pynvml.nvmlDeviceGetHandleByIndex(3)
-    sm, tensor, nvlink_tx = _gpm(clock, h, 5, pynvml.NVML_GPM_METRIC_SM_UTIL,
-                                 pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
-                                 pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC)
+    sm, tensor, nvlink_tx = _gpm(
+        clock,
+        h,
+        5,
+        pynvml.NVML_GPM_METRIC_SM_UTIL,
+        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+        pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC,
+    )
     assert pynvml.nvmlDeviceGetUtilizationRates(h).gpu >= 95
     assert sm < 30 and tensor < 12
     assert nvlink_tx * (1 << 20) > 250e9
@@ -119,11 +139,14 @@ def test_hang_pins_every_gpu_with_no_activity(simulate, clock):
     h = pynvml.nvmlDeviceGetHandleByIndex(7)
     (sm_before,) = _gpm(clock, h, 5, pynvml.NVML_GPM_METRIC_SM_UTIL)
     clock.advance(10)
-    sm_after, nvlink = _gpm(clock, h, 5, pynvml.NVML_GPM_METRIC_SM_UTIL,
-                            pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC)
+    sm_after, nvlink = _gpm(
+        clock, h, 5, pynvml.NVML_GPM_METRIC_SM_UTIL, pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC
+    )
     assert sm_before > 70 and sm_after < 5 and nvlink == 0
-    assert all(pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(g)).gpu == 100
-               for g in range(8))
+    assert all(
+        pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(g)).gpu == 100
+        for g in range(8)
+    )
 
 
 def test_checkpoint_stall_dips_periodically(simulate, clock):
@@ -203,22 +226,31 @@ def test_user_written_scenario_file(simulate, clock, tmp_path):
     assert statistics.mean(series[0]) > statistics.mean(series[1]) + 25
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[hardware\nmodel = 1", "invalid TOML"),
-    ("[workload]\nbusy = 0.5", "missing [hardware]"),
-    ('[hardware]\nmodel = "h200"', "model 'h200' unknown"),
-    ('[hardware]\nmodel = "l4"\ncolor = 1', "unknown key 'color'"),
-    ('[hardware]\nmodel = "l4"\n[workload]\nbusy = 1.5', "busy is a fraction"),
-    ('[hardware]\nmodel = "l4"\n[workload]\nspeed = 1', "unknown signal 'speed'"),
-    ('[hardware]\nmodel = "l4"\nmig = ["1g.10gb"]', "does not support MIG"),
-    ('[hardware]\nmodel = "h100-sxm-80gb"\nmig = ["7g.80gb", "1g.10gb"]', "uses 8 slices"),
-    ('[hardware]\nmodel = "l4"\ncount = 2\n[overrides.2]\nbusy = 0.1', "GPU 2 out of range"),
-    ('[hardware]\nmodel = "l4"\n[[effects]]\nat_s = 3\nxid = 31\nset = { busy = 0.1 }', "not both"),
-    ('[hardware]\nmodel = "l4"\n[[effects]]\nstart_s = 3\nxid = 31', "take at_s"),
-    ('[hardware]\nmodel = "l4"\n[[effects]]\nevery_s = 3\nset = { busy = 0.1 }', "go together"),
-    ('[hardware]\nmodel = "l4"\n[[effects]]\nthrottle = ["too_hot"]', "unknown throttle reason"),
-    ('[hardware]\nmodel = "l4"\n[[effects]]\nat_s = 1\nlost = true\nevery_s = 2', "lost once"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[hardware\nmodel = 1", "invalid TOML"),
+        ("[workload]\nbusy = 0.5", "missing [hardware]"),
+        ('[hardware]\nmodel = "h200"', "model 'h200' unknown"),
+        ('[hardware]\nmodel = "l4"\ncolor = 1', "unknown key 'color'"),
+        ('[hardware]\nmodel = "l4"\n[workload]\nbusy = 1.5', "busy is a fraction"),
+        ('[hardware]\nmodel = "l4"\n[workload]\nspeed = 1', "unknown signal 'speed'"),
+        ('[hardware]\nmodel = "l4"\nmig = ["1g.10gb"]', "does not support MIG"),
+        ('[hardware]\nmodel = "h100-sxm-80gb"\nmig = ["7g.80gb", "1g.10gb"]', "uses 8 slices"),
+        ('[hardware]\nmodel = "l4"\ncount = 2\n[overrides.2]\nbusy = 0.1', "GPU 2 out of range"),
+        (
+            '[hardware]\nmodel = "l4"\n[[effects]]\nat_s = 3\nxid = 31\nset = { busy = 0.1 }',
+            "not both",
+        ),
+        ('[hardware]\nmodel = "l4"\n[[effects]]\nstart_s = 3\nxid = 31', "take at_s"),
+        ('[hardware]\nmodel = "l4"\n[[effects]]\nevery_s = 3\nset = { busy = 0.1 }', "go together"),
+        (
+            '[hardware]\nmodel = "l4"\n[[effects]]\nthrottle = ["too_hot"]',
+            "unknown throttle reason",
+        ),
+        ('[hardware]\nmodel = "l4"\n[[effects]]\nat_s = 1\nlost = true\nevery_s = 2', "lost once"),
+    ],
+)
 def test_bad_scenarios_fail_with_one_line(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -240,7 +272,9 @@ def test_parse_scenario_accepts_text():
 
 
 def test_unknown_missing_symbol_is_a_scenario_error(clock):
-    scenario = parse_scenario('[hardware]\nmodel = "t4"\n[driver]\nmissing_symbols = ["nvmlDeviceGetPowr"]\n')
+    scenario = parse_scenario(
+        '[hardware]\nmodel = "t4"\n[driver]\nmissing_symbols = ["nvmlDeviceGetPowr"]\n'
+    )
     with pytest.raises(ScenarioError, match="'nvmlDeviceGetPowr' is not a simulated NVML symbol"):
         install(scenario, clock=clock)
 

@@ -9,21 +9,31 @@ from collectors.sim import install, load_scenario
 from collectors.sim.engine import TICK_S
 from collectors.sim.scenario import parse_scenario
 
-THERMAL_BITS = pynvml.nvmlClocksEventReasonSwThermalSlowdown | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+THERMAL_BITS = (
+    pynvml.nvmlClocksEventReasonSwThermalSlowdown | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+)
 
 
 def _fields(h, *ids):
     values = pynvml.nvmlDeviceGetFieldValues(h, list(ids))
     assert all(v.nvmlReturn == pynvml.NVML_SUCCESS for v in values)
-    return [v.value.ullVal if v.valueType == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG else v.value.uiVal
-            for v in values]
+    return [
+        v.value.ullVal
+        if v.valueType == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        else v.value.uiVal
+        for v in values
+    ]
 
 
 def test_cumulative_counters_only_grow(simulate, clock):
     simulate("checkpoint-stall")
     h = pynvml.nvmlDeviceGetHandleByIndex(1)
-    ids = [pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES,
-           (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 0), (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 9)]
+    ids = [
+        pynvml.NVML_FI_DEV_PCIE_COUNT_TX_BYTES,
+        pynvml.NVML_FI_DEV_PCIE_COUNT_RX_BYTES,
+        (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 0),
+        (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 9),
+    ]
     previous = None
     for _ in range(90):
         clock.advance(0.5)
@@ -88,7 +98,10 @@ def test_power_cap_keeps_power_under_the_limit_by_lowering_clocks(simulate, cloc
         assert pynvml.nvmlDeviceGetPowerUsage(h) <= 450_000
         (instant,) = _fields(h, pynvml.NVML_FI_DEV_POWER_INSTANT)
         assert instant <= 450_000
-        assert pynvml.nvmlDeviceGetCurrentClocksEventReasons(h) & pynvml.nvmlClocksEventReasonSwPowerCap
+        assert (
+            pynvml.nvmlDeviceGetCurrentClocksEventReasons(h)
+            & pynvml.nvmlClocksEventReasonSwPowerCap
+        )
         assert pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM) < uncapped
 
 
@@ -125,8 +138,13 @@ def test_same_scenario_and_clock_give_identical_readings(clock):
             run = []
             for _ in range(10):
                 clock.advance(0.37)
-                run.append((pynvml.nvmlDeviceGetUtilizationRates(h).gpu, pynvml.nvmlDeviceGetPowerUsage(h),
-                            pynvml.nvmlDeviceGetTotalEnergyConsumption(h)))
+                run.append(
+                    (
+                        pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+                        pynvml.nvmlDeviceGetPowerUsage(h),
+                        pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+                    )
+                )
             pynvml.nvmlShutdown()
         readings.append(run)
         clock.now = start
@@ -175,7 +193,9 @@ def test_counters_wrap_at_64_bits_and_reset_on_driver_reload(simulate, clock):
     before_reset = pynvml.nvmlDeviceGetTotalEnergyConsumption(h1)
     clock.advance(1)
     after_reset = pynvml.nvmlDeviceGetTotalEnergyConsumption(h1)
-    assert (after_reset - (1 << 64) + 10**8) % (1 << 64) < (before_reset - (1 << 64) + 10**8) % (1 << 64)
+    assert (after_reset - (1 << 64) + 10**8) % (1 << 64) < (before_reset - (1 << 64) + 10**8) % (
+        1 << 64
+    )
     assert pynvml.nvmlDeviceGetTotalEnergyConsumption(h0) > after_reset  # GPU 0 was not reset
 
 
@@ -184,9 +204,17 @@ def test_hang_freezes_activity_and_traffic(simulate, clock):
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
     clock.advance(25)
     link = (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 0)
-    first = (_fields(h, link), pynvml.nvmlDeviceGetPowerUsage(h), pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+    first = (
+        _fields(h, link),
+        pynvml.nvmlDeviceGetPowerUsage(h),
+        pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+    )
     clock.advance(10)
-    second = (_fields(h, link), pynvml.nvmlDeviceGetPowerUsage(h), pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+    second = (
+        _fields(h, link),
+        pynvml.nvmlDeviceGetPowerUsage(h),
+        pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+    )
     assert first == second and first[2] == 100
 
 

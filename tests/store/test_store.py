@@ -49,7 +49,9 @@ def test_samples_events_and_entities_round_trip(tmp_path):
     assert rows[-1][3] == pytest.approx(0.2)
     kinds = con.execute("SELECT kind, count(*) FROM events GROUP BY ALL").fetchall()
     assert kinds == [("process_start", 2)]
-    attrs = con.execute("SELECT attrs, epoch(first_seen), epoch(last_seen) FROM entities").fetchone()
+    attrs = con.execute(
+        "SELECT attrs, epoch(first_seen), epoch(last_seen) FROM entities"
+    ).fetchone()
     assert attrs == ('{"role": "main"}', 1000.0, 1001.0)
     store.close()
 
@@ -90,14 +92,20 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
 def test_second_writer_gets_in_use_error(tmp_path):
     path = tmp_path / "a.duckdb"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from agent.store import connect
             con = connect({str(path)!r})
             print("open", flush=True)
             sys.stdin.readline()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "open"
@@ -123,7 +131,10 @@ def test_full_queue_drops_oldest_tick_instead_of_blocking(tmp_path):
 def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path):
     path = tmp_path / "a.duckdb"
     writer = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from agent.model import BatchBuilder
             from agent.store import Store
@@ -137,8 +148,10 @@ def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path):
                 print(i, flush=True)
                 i += 1
                 time.sleep(0.05)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     last = -1
     for line in writer.stdout:

@@ -39,12 +39,26 @@ def write_findings(db_path: str, run_id: str, job: SyntheticJob) -> None:
         return datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
 
     findings = [
-        Finding("gpu_thermal_throttle", "warning", "gpu0", at(job.ts(10)), at(job.ts(25)),
-                "gpu0 thermally throttled for 15 s", "Check cooling.",
-                {"metric": "gpu.clock_event.hw_thermal", "seconds": 15}),
-        Finding("input_bound", "critical", "4242", at(job.ts(20)), at(job.ts(29)),
-                "GPU idle while the loader is busy", "Add data-loader workers.",
-                {"gpu_util_mean": 0.2}),
+        Finding(
+            "gpu_thermal_throttle",
+            "warning",
+            "gpu0",
+            at(job.ts(10)),
+            at(job.ts(25)),
+            "gpu0 thermally throttled for 15 s",
+            "Check cooling.",
+            {"metric": "gpu.clock_event.hw_thermal", "seconds": 15},
+        ),
+        Finding(
+            "input_bound",
+            "critical",
+            "4242",
+            at(job.ts(20)),
+            at(job.ts(29)),
+            "GPU idle while the loader is busy",
+            "Add data-loader workers.",
+            {"gpu_util_mean": 0.2},
+        ),
     ]
     con = connect(db_path)
     try:

@@ -29,8 +29,13 @@ class Terminal:
         self._tmux("new-session", "-d", "-x", "80", "-y", "24", line)
 
     def _tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
-                              text=True, timeout=10, check=False).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
 
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p")
@@ -56,14 +61,19 @@ def sleeper():
 
 def test_attach_opens_the_ui_and_q_finalizes_the_run(tmp_path, sleeper):
     db = tmp_path / "tui.duckdb"
-    term = Terminal(accelwatch("attach", str(sleeper.pid), "--db", str(db), "--interval", "0.2",
-                               "--name", "pty-run"), {"TERM": "xterm-256color"})
+    term = Terminal(
+        accelwatch(
+            "attach", str(sleeper.pid), "--db", str(db), "--interval", "0.2", "--name", "pty-run"
+        ),
+        {"TERM": "xterm-256color"},
+    )
     try:
         screen = term.wait_for("samples")
         assert "pty-run" in screen and f"pid {sleeper.pid}" in screen and "● REC" in screen
         screen = term.wait_for("PID▼")
-        assert wait_until(lambda: re.search(rf"\s{sleeper.pid}\s+M\s+\d+%", term.screen()),
-                          timeout=10), term.screen()  # its row in the process tree
+        assert wait_until(
+            lambda: re.search(rf"\s{sleeper.pid}\s+M\s+\d+%", term.screen()), timeout=10
+        ), term.screen()  # its row in the process tree
         screen = term.wait_for("q Quit")
         assert "No accelerators: nvml" in screen or "gpu0" in screen
         term.send("q")
@@ -75,8 +85,12 @@ def test_attach_opens_the_ui_and_q_finalizes_the_run(tmp_path, sleeper):
     try:
         name, status, ended = con.execute("SELECT name, status, ended FROM runs").fetchone()
         samples = con.execute("SELECT count(*) FROM samples").fetchone()[0]
-        pids = {r[0] for r in con.execute(
-            "SELECT DISTINCT entity FROM samples WHERE source = 'process'").fetchall()}
+        pids = {
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT entity FROM samples WHERE source = 'process'"
+            ).fetchall()
+        }
     finally:
         con.close()
     assert (name, status) == ("pty-run", "stopped") and ended is not None
@@ -89,12 +103,28 @@ def test_attach_opens_the_ui_and_q_finalizes_the_run(tmp_path, sleeper):
 def test_view_replays_the_recording_in_a_terminal(tmp_path, sleeper):
     """Replay is covered by pilot tests; this also records via the CLI, so it is slow."""
     db = tmp_path / "view.duckdb"
-    rec = subprocess.run(accelwatch("attach", str(sleeper.pid), "--db", str(db), "--headless",
-                                    "--duration", "1", "--interval", "0.2", "--name", "rec"),
-                         capture_output=True, text=True, timeout=60)
+    rec = subprocess.run(
+        accelwatch(
+            "attach",
+            str(sleeper.pid),
+            "--db",
+            str(db),
+            "--headless",
+            "--duration",
+            "1",
+            "--interval",
+            "0.2",
+            "--name",
+            "rec",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert rec.returncode == 0, rec.stderr
-    term = Terminal(accelwatch("view", "rec", "--db", str(db)),
-                    {"TERM": "xterm-256color", "NO_COLOR": "1"})
+    term = Terminal(
+        accelwatch("view", "rec", "--db", str(db)), {"TERM": "xterm-256color", "NO_COLOR": "1"}
+    )
     try:
         screen = term.wait_for("REPLAY")
         assert "rec" in screen
@@ -109,8 +139,10 @@ def test_view_replays_the_recording_in_a_terminal(tmp_path, sleeper):
 def test_run_shows_the_job_ending_then_exits_with_its_code(tmp_path):
     db = tmp_path / "ended.duckdb"
     job = [sys.executable, "-c", "import time, sys; time.sleep(1.5); sys.exit(3)"]
-    term = Terminal(accelwatch("run", "--db", str(db), "--interval", "0.2", "--name", "short",
-                               "--", *job), {"TERM": "xterm-256color"})
+    term = Terminal(
+        accelwatch("run", "--db", str(db), "--interval", "0.2", "--name", "short", "--", *job),
+        {"TERM": "xterm-256color"},
+    )
     try:
         screen = term.wait_for("ENDED")
         assert "target exited (exit code 3)" in screen and "closing in 5s" in screen

@@ -31,11 +31,20 @@ def _token(key: str) -> str:
 
 
 def test_every_bound_key_is_documented():
-    owners = (AccelwatchApp, ReplayApp, TimeSeriesScreen, EvidenceScreen, HelpScreen,
-              ProcessTable, TimeCursor)
+    owners = (
+        AccelwatchApp,
+        ReplayApp,
+        TimeSeriesScreen,
+        EvidenceScreen,
+        HelpScreen,
+        ProcessTable,
+        TimeCursor,
+    )
     keys = {
         _token(key)
-        for owner in owners for binding in owner.BINDINGS if isinstance(binding, Binding)
+        for owner in owners
+        for binding in owner.BINDINGS
+        if isinstance(binding, Binding)
         for key in binding.key.split(",")
     }
     assert len(keys) > 20

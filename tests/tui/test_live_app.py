@@ -154,8 +154,9 @@ async def test_quit_stops_recording_and_the_run_is_finalized(live, tmp_path):
     try:
         status, ended = con.execute("SELECT status, ended FROM runs").fetchone()
         samples = con.execute("SELECT count(*) FROM samples").fetchone()[0]
-        [reason] = con.execute("SELECT detail->>'reason' FROM events WHERE kind='run_end'"
-                               ).fetchone()
+        [reason] = con.execute(
+            "SELECT detail->>'reason' FROM events WHERE kind='run_end'"
+        ).fetchone()
     finally:
         con.close()
     assert status == "stopped" and ended is not None and samples > 0 and reason == "user quit"
@@ -213,9 +214,16 @@ async def test_header_shows_recording_health(live):
     async with app.run_test(size=(160, 48)) as pilot:
         batches = job.batches(12)
         session.store.write_ticks([(session.run.run_id, batches)])
-        session.hub.publish(job.ts(12), batches, {
-            "ticks": 13, "missed_ticks": 1, "samples": 0,
-            "disabled": {"nvml": "NVMLError: GPU is lost"}})
+        session.hub.publish(
+            job.ts(12),
+            batches,
+            {
+                "ticks": 13,
+                "missed_ticks": 1,
+                "samples": 0,
+                "disabled": {"nvml": "NVMLError: GPU is lost"},
+            },
+        )
         await _settle(pilot)
         header = screen_text(app).splitlines()[1]
         assert f"{session.store.rows_written:,} samples" in header
@@ -267,16 +275,22 @@ async def test_a_finding_updated_by_the_analysis_keeps_its_selection(live):
     session, reader, job = live
     app = LiveApp(reader)
     async with app.run_test(size=(120, 40)) as pilot:
-        extra = {**job.findings(11)[0], "rule": "gpu_power_cap", "severity": "info",
-                 "summary": "gpu0 near its power limit"}
+        extra = {
+            **job.findings(11)[0],
+            "rule": "gpu_power_cap",
+            "severity": "info",
+            "summary": "gpu0 near its power limit",
+        }
         session.live_findings = [*job.findings(11), extra]
         session.hub.publish(job.ts(12), job.batches(12), {})
         await _settle(pilot)
         await pilot.press("f", "down")
         table = app.query_one(FindingsTable)
         assert table.selected.rule == "gpu_power_cap"
-        session.live_findings = [job.findings(11)[0],
-                                 {**extra, "summary": "gpu0 at its power limit for 30 s"}]
+        session.live_findings = [
+            job.findings(11)[0],
+            {**extra, "summary": "gpu0 at its power limit for 30 s"},
+        ]
         session.hub.publish(job.ts(13), job.batches(13), {})
         await _settle(pilot)
         assert table.selected.summary == "gpu0 at its power limit for 30 s"

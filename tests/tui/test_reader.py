@@ -18,8 +18,7 @@ def test_live_frame_carries_latest_tick_recent_values_and_findings(live):
         feed(session, job, tick)
     frame = reader.frame(window_s=60)
     assert frame.snapshot.ts == job.ts(15)
-    np.testing.assert_allclose(frame.recent[("gpu0", "gpu.utilization")],
-                               [0.92, 0.93, 0.94, 0.90])
+    np.testing.assert_allclose(frame.recent[("gpu0", "gpu.utilization")], [0.92, 0.93, 0.94, 0.90])
     assert [f.rule for f in frame.findings] == ["gpu_thermal_throttle"]
     assert frame.health["samples"] == session.store.rows_written > 0
 
@@ -54,8 +53,9 @@ def test_recorded_reader_rebuilds_snapshot_with_rates_at_the_cursor(recorded_rea
     np.testing.assert_allclose(frame.recent[("gpu0", "gpu.utilization")], [0.93, 0.94, 0.90])
 
 
-def test_recorded_findings_appear_once_started_and_cursor_jumps_between_them(recorded_reader,
-                                                                             recorded):
+def test_recorded_findings_appear_once_started_and_cursor_jumps_between_them(
+    recorded_reader, recorded
+):
     _, job = recorded
     reader = recorded_reader
     reader.seek_index(0)

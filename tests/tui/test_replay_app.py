@@ -115,7 +115,8 @@ def test_view_command_reports_unknown_run_in_one_line(recorded, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"accelwatch: error: no run 'no-such-run' in {recorded[0]} "
-        f"(see `accelwatch runs --db {recorded[0]}`)"]
+        f"(see `accelwatch runs --db {recorded[0]}`)"
+    ]
     missing = run_cli("view", "--db", str(tmp_path / "absent.duckdb"))
     assert missing.returncode == 4 and "no database" in missing.stderr
 
@@ -124,10 +125,20 @@ def test_a_database_being_recorded_cannot_be_viewed_yet(recorded, tmp_path):
     """DuckDB allows one process per file while it is written: say so, in one line."""
     db = tmp_path / "busy.duckdb"
     shutil.copy(recorded[0], db)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from agent.store import connect; c = connect(sys.argv[1]); "
-        "print('held', flush=True); time.sleep(30)"), str(db)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from agent.store import connect; c = connect(sys.argv[1]); "
+                "print('held', flush=True); time.sleep(30)"
+            ),
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         result = run_cli("view", "--db", str(db))

@@ -51,15 +51,28 @@ async def _until(pilot, predicate, timeout: float = 15.0) -> None:
 
 @async_test
 async def test_simulated_gpus_show_their_values_and_throttling(tmp_path, hot_scenario, sleeper):
-    session = Session(SessionConfig(db_path=str(tmp_path / "sim.duckdb"), interval=0.25,
-                                    simulate=hot_scenario, headless=False, live_analysis=False))
+    session = Session(
+        SessionConfig(
+            db_path=str(tmp_path / "sim.duckdb"),
+            interval=0.25,
+            simulate=hot_scenario,
+            headless=False,
+            live_analysis=False,
+        )
+    )
     session.attach(sleeper.pid)
     reader = LiveReader(session)
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
-            await _until(pilot, lambda: len(app.query(GpuCard)) == 8 and app.frame is not None
-                         and app.frame.snapshot.value("gpu2", "gpu.clock_event.hw_thermal"))
+            await _until(
+                pilot,
+                lambda: (
+                    len(app.query(GpuCard)) == 8
+                    and app.frame is not None
+                    and app.frame.snapshot.value("gpu2", "gpu.clock_event.hw_thermal")
+                ),
+            )
             snap = app.frame.snapshot
             cards = {c.entity: c for c in app.query(GpuCard)}
             assert cards["gpu2"].has_class("-throttled") and cards["gpu3"].has_class("-throttled")
@@ -79,8 +92,10 @@ async def test_simulated_gpus_show_their_values_and_throttling(tmp_path, hot_sce
     assert run.status == "stopped"
     con = connect(session.store.path, read_only=True)
     try:
-        gpus = con.execute("SELECT count(DISTINCT entity) FROM samples WHERE source = 'nvml' "
-                           "AND metric = 'gpu.utilization'").fetchone()[0]
+        gpus = con.execute(
+            "SELECT count(DISTINCT entity) FROM samples WHERE source = 'nvml' "
+            "AND metric = 'gpu.utilization'"
+        ).fetchone()[0]
     finally:
         con.close()
     assert gpus == 8
@@ -89,17 +104,30 @@ async def test_simulated_gpus_show_their_values_and_throttling(tmp_path, hot_sce
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ACCELWATCH_SLOW"), reason="set ACCELWATCH_SLOW=1")
 @async_test
-async def test_live_analysis_finding_appears_on_simulated_throttling(tmp_path, hot_scenario,
-                                                                     sleeper):
-    session = Session(SessionConfig(db_path=str(tmp_path / "slow.duckdb"), interval=0.5,
-                                    simulate=hot_scenario, headless=False))
+async def test_live_analysis_finding_appears_on_simulated_throttling(
+    tmp_path, hot_scenario, sleeper
+):
+    session = Session(
+        SessionConfig(
+            db_path=str(tmp_path / "slow.duckdb"),
+            interval=0.5,
+            simulate=hot_scenario,
+            headless=False,
+        )
+    )
     session.attach(sleeper.pid)
     reader = LiveReader(session)
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
-            await _until(pilot, lambda: app.frame is not None and any(
-                f.entity in ("gpu2", "gpu3") for f in app.frame.findings), timeout=60)
+            await _until(
+                pilot,
+                lambda: (
+                    app.frame is not None
+                    and any(f.entity in ("gpu2", "gpu3") for f in app.frame.findings)
+                ),
+                timeout=60,
+            )
             assert "gpu2" in screen_text(app) or "gpu3" in screen_text(app)
             await pilot.press("q")
     finally:
@@ -112,16 +140,27 @@ async def test_a_gpu_falling_off_the_bus_is_shown_lost(tmp_path, sleeper):
     text = (SCENARIOS / "gpu-lost.toml").read_text().replace("at_s = 25", "at_s = 1")
     scenario = tmp_path / "lost-now.toml"
     scenario.write_text(text)
-    session = Session(SessionConfig(db_path=str(tmp_path / "lost.duckdb"), interval=0.25,
-                                    simulate=str(scenario), headless=False,
-                                    live_analysis=False))
+    session = Session(
+        SessionConfig(
+            db_path=str(tmp_path / "lost.duckdb"),
+            interval=0.25,
+            simulate=str(scenario),
+            headless=False,
+            live_analysis=False,
+        )
+    )
     session.attach(sleeper.pid)
     reader = LiveReader(session)
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
-            await _until(pilot, lambda: app.query("#card-gpu3")
-                         and app.query_one("#card-gpu3", GpuCard).has_class("-lost"))
+            await _until(
+                pilot,
+                lambda: (
+                    app.query("#card-gpu3")
+                    and app.query_one("#card-gpu3", GpuCard).has_class("-lost")
+                ),
+            )
             assert not app.query_one("#card-gpu2", GpuCard).has_class("-lost")
             assert "GPU LOST" in screen_text(app)
             await pilot.press("q")
@@ -134,15 +173,27 @@ async def test_a_gpu_falling_off_the_bus_is_shown_lost(tmp_path, sleeper):
 async def test_xid_errors_are_counted_on_the_card(tmp_path, sleeper):
     scenario = tmp_path / "xid-now.toml"
     scenario.write_text((SCENARIOS / "xid-error.toml").read_text().replace("at_s = 20", "at_s = 1"))
-    session = Session(SessionConfig(db_path=str(tmp_path / "xid.duckdb"), interval=0.25,
-                                    simulate=str(scenario), headless=False, live_analysis=False))
+    session = Session(
+        SessionConfig(
+            db_path=str(tmp_path / "xid.duckdb"),
+            interval=0.25,
+            simulate=str(scenario),
+            headless=False,
+            live_analysis=False,
+        )
+    )
     session.attach(sleeper.pid)
     reader = LiveReader(session)
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
-            await _until(pilot, lambda: app.frame is not None and any(
-                v for (_, m), v in app.frame.snapshot.values.items() if m == "gpu.xid"))
+            await _until(
+                pilot,
+                lambda: (
+                    app.frame is not None
+                    and any(v for (_, m), v in app.frame.snapshot.values.items() if m == "gpu.xid")
+                ),
+            )
             assert "✖ XID" in screen_text(app)
             await pilot.press("q")
     finally:

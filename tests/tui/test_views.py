@@ -25,8 +25,11 @@ def _frame(job: SyntheticJob, ticks: int = 3) -> Frame:
 def test_throttle_reasons_come_from_flags_or_the_nvml_bitmask():
     hub = SnapshotHub()
     b = BatchBuilder("nvml", 1.0)
-    b.add("gpu0", "gpu.clock_events",
-          CLOCK_EVENT_FLAGS["sw_power_cap"] | CLOCK_EVENT_FLAGS["gpu_idle"])
+    b.add(
+        "gpu0",
+        "gpu.clock_events",
+        CLOCK_EVENT_FLAGS["sw_power_cap"] | CLOCK_EVENT_FLAGS["gpu_idle"],
+    )
     b.add("gpu1", "gpu.clock_event.hw_thermal", 1)
     b.add("gpu1", "gpu.clock_events", 0)
     snap = hub.publish(1.0, [b.build()], {})
@@ -46,8 +49,11 @@ def test_process_rows_keep_tree_order_and_sort_by_measure():
     frame = _frame(SyntheticJob(workers=3))
     tree = process_rows(frame)
     assert [(r.pid, r.depth, r.role) for r in tree] == [
-        (ROOT_PID, 0, "main"), (ROOT_PID + 1, 1, "worker"), (ROOT_PID + 2, 1, "worker"),
-        (ROOT_PID + 3, 1, "worker")]
+        (ROOT_PID, 0, "main"),
+        (ROOT_PID + 1, 1, "worker"),
+        (ROOT_PID + 2, 1, "worker"),
+        (ROOT_PID + 3, 1, "worker"),
+    ]
     assert tree[0].gpu_memory == 59 * GIB
     assert tree[1].read_rate == 21 * 2**20
     by_io = process_rows(frame, "io")
@@ -77,9 +83,13 @@ def test_every_metric_name_the_tui_uses_is_in_the_catalog():
     names = set()
     for path in Path(__file__).resolve().parents[2].joinpath("tui").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-                    node.value.split(".")[0] in ("gpu", "host", "process") and \
-                    node.value.count(".") >= 1 and " " not in node.value:
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.split(".")[0] in ("gpu", "host", "process")
+                and node.value.count(".") >= 1
+                and " " not in node.value
+            ):
                 names.add(node.value)
     unknown = {n for n in names if n not in CATALOG and not n.endswith(".")}
     assert names and not unknown, unknown

@@ -35,5 +35,9 @@ def test_host_and_process_collectors_emit_only_catalog_metrics(tmp_path):
     batches = [c.collect(t) for t in (1.0, 2.0) for c in (host, proc)]
     names = {m for b in batches for m in b.metrics}
     assert names - set(m.name for m in CATALOG) == set()
-    assert {"host.cpu.utilization", "host.memory.used", "process.cpu.user",
-            "process.memory.rss"} <= names
+    assert {
+        "host.cpu.utilization",
+        "host.memory.used",
+        "process.cpu.user",
+        "process.memory.rss",
+    } <= names

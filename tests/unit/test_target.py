@@ -11,13 +11,25 @@ from agent.target import target_env, whitelist_env
 
 def test_whitelist_keeps_rank_layout_and_drops_everything_else():
     env = {
-        "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "CUDA_VISIBLE_DEVICES": "0,1",
-        "SLURM_JOB_ID": "42", "TPU_NAME": "v5e", "AWS_SECRET_ACCESS_KEY": "x",
-        "WANDB_API_KEY": "x", "HF_TOKEN": "x", "PATH": "/bin", "SLURM_AUTH_TOKEN": "x",
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "SLURM_JOB_ID": "42",
+        "TPU_NAME": "v5e",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "WANDB_API_KEY": "x",
+        "HF_TOKEN": "x",
+        "PATH": "/bin",
+        "SLURM_AUTH_TOKEN": "x",
     }
     assert whitelist_env(env) == {
-        "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "CUDA_VISIBLE_DEVICES": "0,1",
-        "SLURM_JOB_ID": "42", "TPU_NAME": "v5e",
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "SLURM_JOB_ID": "42",
+        "TPU_NAME": "v5e",
     }
 
 

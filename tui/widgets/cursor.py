@@ -46,8 +46,17 @@ class TimeCursor(Widget, can_focus=True):
         self.marks: list[float] = []
         self.playing = False
 
-    def show(self, *, start: float, end: float, now: float, index: int, count: int,
-             marks: Sequence[float], playing: bool) -> None:
+    def show(
+        self,
+        *,
+        start: float,
+        end: float,
+        now: float,
+        index: int,
+        count: int,
+        marks: Sequence[float],
+        playing: bool,
+    ) -> None:
         self.start, self.end, self.now = start, end, now
         self.index, self.count, self.marks, self.playing = index, count, list(marks), playing
         self.refresh()
@@ -63,7 +72,7 @@ class TimeCursor(Widget, can_focus=True):
         out = Text(no_wrap=True)
         out.append("".join(track[:head]), self.get_component_rich_style("time-cursor--track"))
         out.append("●", self.get_component_rich_style("time-cursor--head"))
-        out.append("".join(track[head + 1:]), self.get_component_rich_style("time-cursor--track"))
+        out.append("".join(track[head + 1 :]), self.get_component_rich_style("time-cursor--track"))
         for col in track_positions(self.marks, self.start, self.end, width):
             if col != head:
                 out.stylize(self.get_component_rich_style("time-cursor--mark"), col, col + 1)

@@ -42,8 +42,9 @@ class FindingsTable(DataTable):
         self.border_title = "findings"
 
     def on_mount(self) -> None:
-        for key, label in zip(_COLUMN_KEYS, ("SEVERITY", "SINCE (UTC)", "ENTITY",
-                                             "FINDING → NEXT STEP")):
+        for key, label in zip(
+            _COLUMN_KEYS, ("SEVERITY", "SINCE (UTC)", "ENTITY", "FINDING → NEXT STEP")
+        ):
             self.add_column(label, key=key)
         self.show([])
 
@@ -52,8 +53,7 @@ class FindingsTable(DataTable):
         selection (and a pending Enter) survives the live analysis refreshing them."""
         if findings == self.findings and self.row_count:
             return
-        if [_identity(f) for f in findings] == [_identity(f) for f in self.findings] \
-                and findings:
+        if [_identity(f) for f in findings] == [_identity(f) for f in self.findings] and findings:
             self.findings = list(findings)
             for index, finding in enumerate(findings):
                 for key, cell in zip(_COLUMN_KEYS, self._cells(finding)):
@@ -67,8 +67,9 @@ class FindingsTable(DataTable):
             self.add_row("", "", "", Text("no findings so far", style="dim"), key="none")
             return
         for index, finding in enumerate(findings):
-            self.add_row(*self._cells(finding), key=str(index),
-                         height=2 if finding.next_step else 1)
+            self.add_row(
+                *self._cells(finding), key=str(index), height=2 if finding.next_step else 1
+            )
         keys = [_identity(f) for f in self.findings]
         if selected is not None and _identity(selected) in keys:
             self.move_cursor(row=keys.index(_identity(selected)), animate=False)
@@ -77,8 +78,10 @@ class FindingsTable(DataTable):
         text = Text(finding.summary)
         if finding.next_step:
             text.append(f"\n→ {finding.next_step}", style="italic")
-        mark = Text(_SEVERITY_MARK.get(finding.severity, finding.severity.upper()),
-                    style=self._severity_style(finding.severity))
+        mark = Text(
+            _SEVERITY_MARK.get(finding.severity, finding.severity.upper()),
+            style=self._severity_style(finding.severity),
+        )
         return mark, _clock(finding.start_ts), finding.entity, text
 
     def _severity_style(self, severity: str):
@@ -116,8 +119,10 @@ class EvidenceScreen(ModalScreen[float | None]):
                 yield Static(Text(f"Next step: {f.next_step}"), id="evidence-next")
             window = f"from {_clock(f.start_ts)} to {_clock(f.end_ts) if f.end_ts else 'now'} UTC"
             yield Static(window, id="evidence-window")
-            yield Static(Text(json.dumps(dict(f.evidence), indent=2, sort_keys=True,
-                                         default=str)), id="evidence-body")
+            yield Static(
+                Text(json.dumps(dict(f.evidence), indent=2, sort_keys=True, default=str)),
+                id="evidence-body",
+            )
             hint = "j: jump to its start · " if self.can_jump else ""
             yield Static(Text(f"{hint}Esc: close", style="dim"))
 

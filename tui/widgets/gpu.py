@@ -58,8 +58,9 @@ class GpuCard(Widget, can_focus=True):
             return
         self.view = view
         self.border_title = f"{view.entity} · {view.name}" if view.name else view.entity
-        self.border_subtitle = "LOST" if view.lost else \
-            "job" if view.used_by_job else "not used by job"
+        self.border_subtitle = (
+            "LOST" if view.lost else "job" if view.used_by_job else "not used by job"
+        )
         self.set_class(not view.used_by_job, "-unused")
         self.set_class(view.lost, "-lost")
         self.set_class(bool(view.throttle), "-throttled")
@@ -71,8 +72,10 @@ class GpuCard(Widget, can_focus=True):
         """Component styles, looked up again only when classes or the theme change."""
         key = (tuple(sorted(self.classes)), self.app.theme)
         if self._styles is None or self._styles[0] != key:
-            self._styles = (key, {part: self.get_component_rich_style(f"gpu-card--{part}")
-                                  for part in _PARTS})
+            self._styles = (
+                key,
+                {part: self.get_component_rich_style(f"gpu-card--{part}") for part in _PARTS},
+            )
         return self._styles[1]
 
     def on_click(self, event: Click) -> None:
@@ -104,20 +107,30 @@ class GpuCard(Widget, can_focus=True):
     @staticmethod
     def _short(out: Text, view: GpuView, width: int, st: dict) -> None:
         head = f"util {fmt('gpu.utilization', view.get('gpu.utilization')):>4} "
-        tail = (f" sm {fmt('gpu.sm.activity', view.get('gpu.sm.activity'))}"
-                f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity'))}")
+        tail = (
+            f" sm {fmt('gpu.sm.activity', view.get('gpu.sm.activity'))}"
+            f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity'))}"
+        )
         out.append(head, st["label"])
-        out.append(spark(view.recent.get("gpu.utilization", ()), max(width - len(head) - len(tail),
-                                                                      2), top=1.0), st["spark"])
+        out.append(
+            spark(
+                view.recent.get("gpu.utilization", ()),
+                max(width - len(head) - len(tail), 2),
+                top=1.0,
+            ),
+            st["spark"],
+        )
         out.append(tail + "\n")
         out.append(f"mem {_used_of_total(view)} {fmt('gpu.power', view.get('gpu.power'))} ")
-        out.append(fmt("gpu.temperature", view.get("gpu.temperature")),
-                   st["hot"] if view.throttle else "")
+        out.append(
+            fmt("gpu.temperature", view.get("gpu.temperature")), st["hot"] if view.throttle else ""
+        )
         if view.lost:
             out.append(" ✖ LOST", st["throttle"])
         elif view.throttle:
-            out.append(" ⚠ " + " ".join(f.replace("_", " ").upper() for f in view.throttle),
-                       st["throttle"])
+            out.append(
+                " ⚠ " + " ".join(f.replace("_", " ").upper() for f in view.throttle), st["throttle"]
+            )
         for metric, label in _ERROR_COUNTERS:
             if view.get(metric):
                 out.append(f"  ✖ {label} {view.get(metric):.0f}", st["throttle"])
@@ -126,8 +139,9 @@ class GpuCard(Widget, can_focus=True):
     def _activity(out: Text, view: GpuView, width: int, st: dict) -> None:
         head = f"{'util':<{_LABEL}}{fmt('gpu.utilization', view.get('gpu.utilization')):>4} "
         out.append(head, st["label"])
-        out.append(spark(view.recent.get("gpu.utilization", ()), width - len(head), top=1.0),
-                   st["spark"])
+        out.append(
+            spark(view.recent.get("gpu.utilization", ()), width - len(head), top=1.0), st["spark"]
+        )
         out.append("\n")
         if not _has_sm_line(view):
             return
@@ -135,11 +149,12 @@ class GpuCard(Widget, can_focus=True):
         tc = f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity')):>4} "
         room = max(width - len(sm) - len(tc), 2)
         out.append(sm, st["label"])
-        out.append(spark(view.recent.get("gpu.sm.activity", ()), room // 2, top=1.0),
-                   st["spark"])
+        out.append(spark(view.recent.get("gpu.sm.activity", ()), room // 2, top=1.0), st["spark"])
         out.append(tc, st["label"])
-        out.append(spark(view.recent.get("gpu.tensor.activity", ()), room - room // 2, top=1.0),
-                   st["spark"])
+        out.append(
+            spark(view.recent.get("gpu.tensor.activity", ()), room - room // 2, top=1.0),
+            st["spark"],
+        )
         out.append("\n")
 
     @staticmethod
@@ -160,10 +175,14 @@ class GpuCard(Widget, can_focus=True):
         if limit is not None and power is not None:
             watts = f"{power:.0f}/{fmt('gpu.power.limit', limit)}"
         out.append(f"{watts}  ")
-        out.append(fmt("gpu.temperature", view.get("gpu.temperature")),
-                   st["hot"] if view.throttle else "")
-        clocks = f"  sm {clock:.0f}/{fmt('gpu.clock.sm.max', clock_max)}" \
-            if clock is not None and clock_max else f"  sm {fmt('gpu.clock.sm', clock)}"
+        out.append(
+            fmt("gpu.temperature", view.get("gpu.temperature")), st["hot"] if view.throttle else ""
+        )
+        clocks = (
+            f"  sm {clock:.0f}/{fmt('gpu.clock.sm.max', clock_max)}"
+            if clock is not None and clock_max
+            else f"  sm {fmt('gpu.clock.sm', clock)}"
+        )
         out.append(clocks)
         memory_clock = f"  mem {fmt('gpu.clock.memory', view.get('gpu.clock.memory'))}"
         if len(out.plain.rsplit("\n", 1)[-1]) + len(memory_clock) <= width:
@@ -189,12 +208,16 @@ class GpuCard(Widget, can_focus=True):
     @staticmethod
     def _links(out: Text, view: GpuView, st: dict) -> None:
         out.append(f"{'pcie':<{_LABEL}}", st["label"])
-        out.append(f"↑{fmt('gpu.pcie.tx_throughput', view.get('gpu.pcie.tx_throughput'))} "
-                   f"↓{fmt('gpu.pcie.rx_throughput', view.get('gpu.pcie.rx_throughput'))}")
+        out.append(
+            f"↑{fmt('gpu.pcie.tx_throughput', view.get('gpu.pcie.tx_throughput'))} "
+            f"↓{fmt('gpu.pcie.rx_throughput', view.get('gpu.pcie.rx_throughput'))}"
+        )
         nv_tx, nv_rx = view.get("gpu.nvlink.tx_throughput"), view.get("gpu.nvlink.rx_throughput")
         if nv_tx is not None or nv_rx is not None:
-            out.append(f"  nvl ↑{fmt('gpu.nvlink.tx_throughput', nv_tx)} "
-                       f"↓{fmt('gpu.nvlink.rx_throughput', nv_rx)}")
+            out.append(
+                f"  nvl ↑{fmt('gpu.nvlink.tx_throughput', nv_tx)} "
+                f"↓{fmt('gpu.nvlink.rx_throughput', nv_rx)}"
+            )
 
 
 class GpuPanel(VerticalScroll):

@@ -19,8 +19,12 @@ _KNOWN_HEALTH = ("samples", "dropped_ticks", "missed_ticks", "disabled", "store_
 class RunHeader(Widget):
     """``state`` is a short word with a symbol (REC, PAUSED, ENDED, REPLAY) so it reads in mono."""
 
-    COMPONENT_CLASSES = {"run-header--state", "run-header--name", "run-header--warn",
-                         "run-header--dim"}
+    COMPONENT_CLASSES = {
+        "run-header--state",
+        "run-header--name",
+        "run-header--warn",
+        "run-header--dim",
+    }
 
     def __init__(self, run: RunInfo) -> None:
         super().__init__(id="header")
@@ -31,8 +35,9 @@ class RunHeader(Widget):
         #: The sparkline window, shown so ``w`` has a visible effect.
         self.window_s = 60.0
 
-    def show(self, frame: Frame | None = None, *, state: str | None = None,
-             detail: str | None = None) -> None:
+    def show(
+        self, frame: Frame | None = None, *, state: str | None = None, detail: str | None = None
+    ) -> None:
         if frame is not None:
             self.frame = frame
         if state is not None:

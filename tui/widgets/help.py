@@ -14,15 +14,17 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 
-def binding_rows(bindings: list[Binding], display: Callable[[Binding], str]
-                 ) -> list[tuple[str, str]]:
+def binding_rows(
+    bindings: list[Binding], display: Callable[[Binding], str]
+) -> list[tuple[str, str]]:
     """(keys, description) per action, keys merged, in declaration order."""
     rows: dict[str, list[str]] = {}
     labels: dict[str, str] = {}
     for binding in bindings:
         for key in binding.key.split(","):
             rows.setdefault(binding.action, []).append(
-                display(dataclasses.replace(binding, key=key.strip())))
+                display(dataclasses.replace(binding, key=key.strip()))
+            )
         labels.setdefault(binding.action, binding.tooltip or binding.description)
     return [(" / ".join(keys), labels[action]) for action, keys in rows.items()]
 
@@ -47,9 +49,12 @@ class HelpScreen(ModalScreen[None]):
             for keys, description in binding_rows(bindings, self.app.get_key_display):
                 table.add_row(keys, description)
         table.add_row("", "")
-        table.add_row("mouse", "click a card, process or finding to select it (a selected "
-                               "finding again: evidence); click a process header to sort; "
-                               "click the time cursor to seek")
+        table.add_row(
+            "mouse",
+            "click a card, process or finding to select it (a selected "
+            "finding again: evidence); click a process header to sort; "
+            "click the time cursor to seek",
+        )
         with VerticalScroll(id="help-box") as box:
             box.border_title = self.title_text
             yield Static(table)

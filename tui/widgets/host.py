@@ -40,18 +40,24 @@ class HostPanel(Widget, can_focus=True):
         out.append("cpu  ", label)
         out.append(f"{fmt('host.cpu.utilization', view.cpu):>4} ")
         cores = "".join(_LEVELS[round(min(max(c, 0.0), 1.0) * 8)] for c in view.cores)
-        out.append(cores[: max(width - 10, 1)],
-                   self.get_component_rich_style("host-panel--cores"))
+        out.append(cores[: max(width - 10, 1)], self.get_component_rich_style("host-panel--cores"))
         out.append("\nmem  ", label)
-        fraction = (view.memory_used / view.memory_total
-                    if view.memory_used is not None and view.memory_total else None)
-        tail = f" {fmt('host.memory.used', view.memory_used)}/" \
-               f"{fmt('host.memory.total', view.memory_total)}"
+        fraction = (
+            view.memory_used / view.memory_total
+            if view.memory_used is not None and view.memory_total
+            else None
+        )
+        tail = (
+            f" {fmt('host.memory.used', view.memory_used)}/"
+            f"{fmt('host.memory.total', view.memory_total)}"
+        )
         out.append(bar(fraction, max(min(width - 5 - len(tail), 30), 4)))
         out.append(tail)
         out.append("\nio   ", label)
-        out.append(f"disk r {_rate(view.disk_read)} w {_rate(view.disk_write)}  "
-                   f"net ↓{_rate(view.net_rx)} ↑{_rate(view.net_tx)}")
+        out.append(
+            f"disk r {_rate(view.disk_read)} w {_rate(view.disk_write)}  "
+            f"net ↓{_rate(view.net_rx)} ↑{_rate(view.net_tx)}"
+        )
         if view.ib_rx is not None or view.ib_tx is not None:
             out.append("\nib   ", label)
             out.append(f"↓{_rate(view.ib_rx)} ↑{_rate(view.ib_tx)}")

@@ -18,24 +18,37 @@ from tui.views import SORT_KEYS, ProcessRow
 #: (key, header, width, sort key it selects or None); width 0 takes what is left.
 Column = tuple[str, str, int, "str | None"]
 COLUMNS: tuple[Column, ...] = (
-    ("pid", "PID", 10, "tree"), ("role", "ROLE", 7, None), ("cpu", "CPU", 6, "cpu"),
-    ("rss", "RSS", 9, "rss"), ("gpu", "GPU MEM", 9, "gpu_mem"),
-    ("read", "READ/s", 10, "io"), ("write", "WRITE/s", 10, "io"), ("cmd", "COMMAND", 0, None),
+    ("pid", "PID", 10, "tree"),
+    ("role", "ROLE", 7, None),
+    ("cpu", "CPU", 6, "cpu"),
+    ("rss", "RSS", 9, "rss"),
+    ("gpu", "GPU MEM", 9, "gpu_mem"),
+    ("read", "READ/s", 10, "io"),
+    ("write", "WRITE/s", 10, "io"),
+    ("cmd", "COMMAND", 0, None),
 )
 #: Below this width the role shrinks to its initial (M main, W worker, C child) and the two
 #: I/O columns fold into one.
 NARROW_WIDTH = 62
 NARROW_COLUMNS: tuple[Column, ...] = (
-    ("pid", "PID", 9, "tree"), ("role1", "R", 2, None), ("cpu", "CPU", 6, "cpu"), ("rss", "RSS", 9, "rss"),
-    ("gpu", "GPU MEM", 9, "gpu_mem"), ("io", "I/O/s", 10, "io"), ("cmd", "COMMAND", 0, None),
+    ("pid", "PID", 9, "tree"),
+    ("role1", "R", 2, None),
+    ("cpu", "CPU", 6, "cpu"),
+    ("rss", "RSS", 9, "rss"),
+    ("gpu", "GPU MEM", 9, "gpu_mem"),
+    ("io", "I/O/s", 10, "io"),
+    ("cmd", "COMMAND", 0, None),
 )
 _LEFT = ("pid", "role", "role1", "cmd")
 
 
 def row_cells(row: ProcessRow) -> dict[str, str]:
     """The text of each column (by key) for one process."""
-    io = None if row.read_rate is None and row.write_rate is None else \
-        (row.read_rate or 0.0) + (row.write_rate or 0.0)
+    io = (
+        None
+        if row.read_rate is None and row.write_rate is None
+        else (row.read_rate or 0.0) + (row.write_rate or 0.0)
+    )
     return {
         "pid": f"{'  ' * min(row.depth, 3)}{row.pid}",
         "role": row.role,
@@ -71,8 +84,7 @@ class ProcessTable(Widget, can_focus=True):
     """Rows are processes; ``↑``/``↓`` select (for the graph view), a header click sorts."""
 
     HELP_SECTION = "processes panel, when focused"
-    COMPONENT_CLASSES = {"process-table--header", "process-table--cursor",
-                         "process-table--main"}
+    COMPONENT_CLASSES = {"process-table--header", "process-table--cursor", "process-table--main"}
     BINDINGS = [
         Binding("up", "move(-1)", "Up", show=False),
         Binding("down", "move(1)", "Down", show=False),
@@ -123,8 +135,9 @@ class ProcessTable(Widget, can_focus=True):
         selected = self.selected_pid
         self.rows = list(rows)
         pids = [r.pid for r in self.rows]
-        self.cursor = pids.index(selected) if selected in pids else \
-            min(self.cursor, max(len(pids) - 1, 0))
+        self.cursor = (
+            pids.index(selected) if selected in pids else min(self.cursor, max(len(pids) - 1, 0))
+        )
         self.refresh()
 
     def _top(self) -> int:
@@ -136,18 +149,25 @@ class ProcessTable(Widget, can_focus=True):
         width = max(self.content_size.width, 10)
         visible = max(self.content_size.height - 1, 0)
         columns = columns_for(width)
-        header = {key: f"{name}{'▼' if sort == self.sort_key else ''}"
-                  for key, name, _, sort in columns}
+        header = {
+            key: f"{name}{'▼' if sort == self.sort_key else ''}" for key, name, _, sort in columns
+        }
         out = Text(no_wrap=True, overflow="crop")
-        out.append(_line(columns, header, width),
-                   self.get_component_rich_style("process-table--header"))
+        out.append(
+            _line(columns, header, width), self.get_component_rich_style("process-table--header")
+        )
         top = self._top()
         cursor_style = self.get_component_rich_style("process-table--cursor")
         main_style = self.get_component_rich_style("process-table--main")
         for index in range(top, min(top + visible, len(self.rows))):
             row = self.rows[index]
-            style = cursor_style if index == self.cursor and self.has_focus else \
-                main_style if row.role == "main" else ""
+            style = (
+                cursor_style
+                if index == self.cursor and self.has_focus
+                else main_style
+                if row.role == "main"
+                else ""
+            )
             out.append("\n")
             out.append(_line(columns, row_cells(row), width), style)
         return out

@@ -96,8 +96,13 @@ class Chart(Widget):
         out = Text(no_wrap=True)
         for row in range(height):
             floor = (height - 1 - row) * 8
-            label = fmt(self.metric, top, per_second=per_second) if row == 0 else \
-                fmt(self.metric, 0.0, per_second=per_second) if row == height - 1 else ""
+            label = (
+                fmt(self.metric, top, per_second=per_second)
+                if row == 0
+                else fmt(self.metric, 0.0, per_second=per_second)
+                if row == height - 1
+                else ""
+            )
             out.append(f"{label[:9]:>9}┤", axis)
             cells = "".join(
                 " " if lv < 0 else _EIGHTHS[int(min(max(lv - floor, 0), 8))] for lv in levels
@@ -122,17 +127,25 @@ class TimeSeriesScreen(Screen[None]):
         Binding("f", "follow", "Follow"),
     ]
 
-    def __init__(self, reader: Reader, entity: str, metrics: Sequence[str],
-                 end_time: Callable[[], float], *, metric: str | None = None,
-                 window_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        entity: str,
+        metrics: Sequence[str],
+        end_time: Callable[[], float],
+        *,
+        metric: str | None = None,
+        window_s: float = 300.0,
+    ) -> None:
         super().__init__()
         self.reader = reader
         self.entity = entity
         self.metrics = list(metrics)
         self.metric_index = self.metrics.index(metric) if metric in self.metrics else 0
         self.end_time = end_time
-        self.zoom = min(range(len(ZOOM_LEVELS) - 1),
-                        key=lambda i: abs((ZOOM_LEVELS[i] or 0) - window_s))
+        self.zoom = min(
+            range(len(ZOOM_LEVELS) - 1), key=lambda i: abs((ZOOM_LEVELS[i] or 0) - window_s)
+        )
         self.offset_s = 0.0  # how far the window's end sits before the live edge
         self._token = 0
 
@@ -168,12 +181,15 @@ class TimeSeriesScreen(Screen[None]):
         start, end = self.window()
         entry = CATALOG[self.metric]
         span = ZOOM_LEVELS[self.zoom]
-        self.query_one("#chart-title", Static).update(Text.assemble(
-            (f"{self.entity} · {self.metric}", "bold"), f" ({unit_label(self.metric)})  ",
-            f"window {duration(span) if span else 'whole run'}",
-            f"  ·  {duration(self.offset_s)} back" if self.offset_s else "  ·  following",
-            f"\n{entry.description}" + (" Shown per second." if entry.is_counter else ""),
-        ))
+        self.query_one("#chart-title", Static).update(
+            Text.assemble(
+                (f"{self.entity} · {self.metric}", "bold"),
+                f" ({unit_label(self.metric)})  ",
+                f"window {duration(span) if span else 'whole run'}",
+                f"  ·  {duration(self.offset_s)} back" if self.offset_s else "  ·  following",
+                f"\n{entry.description}" + (" Shown per second." if entry.is_counter else ""),
+            )
+        )
         self._load(self._token, start, end)
 
     @work(thread=True, exclusive=True, group="history")
@@ -190,8 +206,12 @@ class TimeSeriesScreen(Screen[None]):
         if len(values):
             stats = "  ".join(
                 f"{name} {fmt(self.metric, float(v), per_second=per_second)}"
-                for name, v in (("min", values.min()), ("mean", values.mean()),
-                                ("max", values.max()), ("last", values[-1]))
+                for name, v in (
+                    ("min", values.min()),
+                    ("mean", values.mean()),
+                    ("max", values.max()),
+                    ("last", values[-1]),
+                )
             )
         else:
             stats = "no samples in this window"

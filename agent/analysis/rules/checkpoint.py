@@ -37,8 +37,13 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
                                                             {WRITE_BURST_FACTOR} * write_median)
                AS flag
         FROM m"""
-    eps = ctx.episodes(sql, ["util", "write", "write_median"], params=gpu_params(ctx),
-                       min_duration_s=2 * ctx.info.bucket_s, gap_s=ctx.info.bucket_s)
+    eps = ctx.episodes(
+        sql,
+        ["util", "write", "write_median"],
+        params=gpu_params(ctx),
+        min_duration_s=2 * ctx.info.bucket_s,
+        gap_s=ctx.info.bucket_s,
+    )
     if len(eps) < CHECKPOINT_MIN_STALLS:
         return []
     starts = [e.start.timestamp() for e in eps]
@@ -50,20 +55,42 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
     stall_s = sum(e.duration_s for e in eps)
     share = stall_s / max(ctx.info.duration_s, 1e-9)
     rhythm = f"every {duration(period)}" if periodic else "at irregular intervals"
-    return [ctx.finding(
-        CHECKPOINT, "warning" if share >= INPUT_WAIT_MODERATE else "info", "job", eps,
-        f"The GPUs stalled during {len(eps)} write bursts {rhythm} ({rate_text(write)} written, "
-        f"GPUs {pct(util)} busy): {duration(stall_s)} in all, {pct(share)} of the run.",
-        "Checkpoint asynchronously (torch.distributed.checkpoint async_save, or copy to CPU "
-        "and write in a thread), write less often, or to faster local storage first.",
-        {"metrics": ["gpu.utilization", "host.disk.write_bytes", "process.io.write_bytes"],
-         "stalls": len(eps), "period_s": period, "period_cv": cv, "periodic": periodic,
-         "util": util, "write_bytes_per_s": write, "stall_share": share,
-         "threshold": {"util_below": LOW_BUSY, "write_at_least_bytes_per_s": WRITE_BURST_BYTES,
-                       "write_vs_median_at_least": WRITE_BURST_FACTOR,
-                       "source": "Nsight Systems < 50% busy chunks"}},
-        lost_fraction=1 - (util or 0.0))]
+    return [
+        ctx.finding(
+            CHECKPOINT,
+            "warning" if share >= INPUT_WAIT_MODERATE else "info",
+            "job",
+            eps,
+            f"The GPUs stalled during {len(eps)} write bursts {rhythm} ({rate_text(write)} written, "
+            f"GPUs {pct(util)} busy): {duration(stall_s)} in all, {pct(share)} of the run.",
+            "Checkpoint asynchronously (torch.distributed.checkpoint async_save, or copy to CPU "
+            "and write in a thread), write less often, or to faster local storage first.",
+            {
+                "metrics": ["gpu.utilization", "host.disk.write_bytes", "process.io.write_bytes"],
+                "stalls": len(eps),
+                "period_s": period,
+                "period_cv": cv,
+                "periodic": periodic,
+                "util": util,
+                "write_bytes_per_s": write,
+                "stall_share": share,
+                "threshold": {
+                    "util_below": LOW_BUSY,
+                    "write_at_least_bytes_per_s": WRITE_BURST_BYTES,
+                    "write_vs_median_at_least": WRITE_BURST_FACTOR,
+                    "source": "Nsight Systems < 50% busy chunks",
+                },
+            },
+            lost_fraction=1 - (util or 0.0),
+        )
+    ]
 
 
-RULES = [Rule(CHECKPOINT, "Checkpoint / periodic I/O stall", detect_checkpoint,
-              supersedes=("gpu-starvation",))]
+RULES = [
+    Rule(
+        CHECKPOINT,
+        "Checkpoint / periodic I/O stall",
+        detect_checkpoint,
+        supersedes=("gpu-starvation",),
+    )
+]

@@ -36,7 +36,9 @@ def rate(bytes_per_s: float | None) -> str:
 
 
 def entities_text(names: list[str] | tuple[str, ...]) -> str:
-    return ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
+    return (
+        ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
+    )
 
 
 def by_entity(episodes: list[Episode]) -> dict[str, list[Episode]]:

@@ -20,23 +20,35 @@ def detect_low_tensor(ctx: Context) -> list[Finding]:
         f"""SELECT entity, t, util, sm, tensor, fp32, fp16,
                    util >= {LOW_BUSY} AND sm >= {SM_ACTIVITY_LOW} AND tensor < {TENSOR_LOW} AS flag
             FROM aw_gpu WHERE {JOB_GPU_FILTER}""",
-        ["util", "sm", "tensor", "fp32", "fp16"], params=gpu_params(ctx))
+        ["util", "sm", "tensor", "fp32", "fp16"],
+        params=gpu_params(ctx),
+    )
     findings = []
     for gpu, g_eps in by_entity(eps).items():
         sm, tensor, fp32, fp16 = (weighted(g_eps, c) for c in ("sm", "tensor", "fp32", "fp16"))
         total = sum(e.duration_s for e in g_eps)
-        findings.append(ctx.finding(
-            TENSOR, "warning", gpu, g_eps,
-            f"{gpu} barely used its tensor cores: {pct(tensor)} tensor activity with SMs "
-            f"{pct(sm)} active (FP32 pipe {pct(fp32)}) for {duration(total)}; mixed precision "
-            "is likely off.",
-            "Enable mixed precision (torch.autocast with bf16/fp16, or "
-            "torch.backends.cuda.matmul.allow_tf32 = True) and keep matrix sizes multiples of 8.",
-            {"metrics": ["gpu.tensor.activity", "gpu.sm.activity", "gpu.fp32.activity"],
-             "tensor_activity": tensor, "sm_activity": sm, "fp32_activity": fp32,
-             "fp16_activity": fp16,
-             "threshold": {"tensor_below": TENSOR_LOW, "sm_at_least": SM_ACTIVITY_LOW}},
-            lost_fraction=0.0))
+        findings.append(
+            ctx.finding(
+                TENSOR,
+                "warning",
+                gpu,
+                g_eps,
+                f"{gpu} barely used its tensor cores: {pct(tensor)} tensor activity with SMs "
+                f"{pct(sm)} active (FP32 pipe {pct(fp32)}) for {duration(total)}; mixed precision "
+                "is likely off.",
+                "Enable mixed precision (torch.autocast with bf16/fp16, or "
+                "torch.backends.cuda.matmul.allow_tf32 = True) and keep matrix sizes multiples of 8.",
+                {
+                    "metrics": ["gpu.tensor.activity", "gpu.sm.activity", "gpu.fp32.activity"],
+                    "tensor_activity": tensor,
+                    "sm_activity": sm,
+                    "fp32_activity": fp32,
+                    "fp16_activity": fp16,
+                    "threshold": {"tensor_below": TENSOR_LOW, "sm_at_least": SM_ACTIVITY_LOW},
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings
 
 
@@ -50,21 +62,34 @@ def detect_membw(ctx: Context) -> list[Finding]:
     eps = ctx.episodes(
         f"""SELECT entity, t, util, {signal} AS dram,
                    util >= {LOW_BUSY} AND {signal} >= {DRAM_HIGH} AS flag
-            FROM aw_gpu WHERE {JOB_GPU_FILTER}""", ["util", "dram"], params=gpu_params(ctx))
+            FROM aw_gpu WHERE {JOB_GPU_FILTER}""",
+        ["util", "dram"],
+        params=gpu_params(ctx),
+    )
     findings = []
     metric_name = "gpu.dram.activity" if has_dram else "gpu.memory.utilization"
     for gpu, g_eps in by_entity(eps).items():
         dram = weighted(g_eps, "dram")
         total = sum(e.duration_s for e in g_eps)
-        findings.append(ctx.finding(
-            MEMBW, "info", gpu, g_eps,
-            f"{gpu} is memory-bandwidth bound: device memory was busy {pct(dram)} of the time "
-            f"for {duration(total)}, near its practical peak.",
-            "Move fewer bytes per FLOP: fuse element-wise ops (torch.compile), use fused or "
-            "flash attention, bf16 activations, larger batch or sequence tiles.",
-            {"metrics": [metric_name, "gpu.utilization"], "dram_activity": dram,
-             "signal": metric_name, "threshold": {"dram_at_least": DRAM_HIGH}},
-            lost_fraction=0.0))
+        findings.append(
+            ctx.finding(
+                MEMBW,
+                "info",
+                gpu,
+                g_eps,
+                f"{gpu} is memory-bandwidth bound: device memory was busy {pct(dram)} of the time "
+                f"for {duration(total)}, near its practical peak.",
+                "Move fewer bytes per FLOP: fuse element-wise ops (torch.compile), use fused or "
+                "flash attention, bf16 activations, larger batch or sequence tiles.",
+                {
+                    "metrics": [metric_name, "gpu.utilization"],
+                    "dram_activity": dram,
+                    "signal": metric_name,
+                    "threshold": {"dram_at_least": DRAM_HIGH},
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings
 
 

@@ -29,9 +29,11 @@ from agent.analysis.thresholds import (
 
 HANG = "hang"
 _STEP_GAP_FACTOR = 10.0
-_NEXT_STEP = ("Dump the stacks now (`py-spy dump --pid PID` on every rank, or "
-              "TORCH_NCCL_DUMP_ON_TIMEOUT=1 for NCCL flight-recorder traces) to see which "
-              "collective or lock each rank waits in; then check for a dead rank or host.")
+_NEXT_STEP = (
+    "Dump the stacks now (`py-spy dump --pid PID` on every rank, or "
+    "TORCH_NCCL_DUMP_ON_TIMEOUT=1 for NCCL flight-recorder traces) to see which "
+    "collective or lock each rank waits in; then check for a dead rank or host."
+)
 
 
 def detect_hang(ctx: Context) -> list[Finding]:
@@ -42,12 +44,18 @@ def detect_hang(ctx: Context) -> list[Finding]:
 
 
 def _from_devices(ctx: Context) -> list[Finding]:
-    has_traffic = any(ctx.info.has(m) for m in ("gpu.pcie.rx_throughput",
-                                                "gpu.nvlink.rx_throughput"))
-    quiet_sm = (f"(sm_peak < {HANG_SPIN_SM} OR (sm_peak IS NULL AND "
-                f"coalesce(power_peak, 0) < {SM_ACTIVITY_LOW}))")
-    spin = (f"(util_floor >= {HANG_SPIN_UTIL} AND traffic < {HANG_TRAFFIC_BYTES} AND {quiet_sm})"
-            if has_traffic else "FALSE")
+    has_traffic = any(
+        ctx.info.has(m) for m in ("gpu.pcie.rx_throughput", "gpu.nvlink.rx_throughput")
+    )
+    quiet_sm = (
+        f"(sm_peak < {HANG_SPIN_SM} OR (sm_peak IS NULL AND "
+        f"coalesce(power_peak, 0) < {SM_ACTIVITY_LOW}))"
+    )
+    spin = (
+        f"(util_floor >= {HANG_SPIN_UTIL} AND traffic < {HANG_TRAFFIC_BYTES} AND {quiet_sm})"
+        if has_traffic
+        else "FALSE"
+    )
     sql = f"""
         WITH g AS (
             SELECT t, max(util_max) AS util_peak, min(util_min) AS util_floor,
@@ -60,61 +68,105 @@ def _from_devices(ctx: Context) -> list[Finding]:
                (g.util_peak <= {HANG_IDLE_UTIL} AND coalesce(p.job_cpu, 0) < {HANG_CPU_IDLE}
                 AND coalesce(h.disk_write, 0) < {WRITE_BURST_BYTES}) OR {spin} AS flag
         FROM g LEFT JOIN aw_proc p USING (t) LEFT JOIN aw_host h USING (t)"""
-    eps = ctx.episodes(sql, ["util_peak", "util_floor", "traffic", "sm_peak", "job_cpu",
-                             "spinning"],
-                       params=gpu_params(ctx), min_duration_s=max(HANG_MIN_S,
-                                                                  2 * ctx.info.bucket_s),
-                       gap_s=ctx.info.bucket_s)
+    eps = ctx.episodes(
+        sql,
+        ["util_peak", "util_floor", "traffic", "sm_peak", "job_cpu", "spinning"],
+        params=gpu_params(ctx),
+        min_duration_s=max(HANG_MIN_S, 2 * ctx.info.bucket_s),
+        gap_s=ctx.info.bucket_s,
+    )
     if not eps:
         return []
     spinning = (weighted(eps, "spinning") or 0) >= 0.5
     longest = max(e.duration_s for e in eps)
     gpus = entities_text(ctx.info.job_gpus)
-    state = ("stuck at 100% utilization with no PCIe/NVLink traffic (spinning in a collective)"
-             if spinning else "idle at 0% while the job's processes sat almost without CPU")
-    return [ctx.finding(
-        HANG, "critical" if longest >= HANG_CRITICAL_S else "warning", "job", eps,
-        f"The job looks hung: all GPUs ({gpus}) were {state} for {duration(longest)}.",
-        _NEXT_STEP,
-        {"metrics": ["gpu.utilization", "gpu.pcie.rx_throughput", "gpu.nvlink.rx_throughput",
-                     "process.cpu.utilization"],
-         "kind": "spinning" if spinning else "idle",
-         "util_peak": weighted(eps, "util_peak"), "traffic_bytes_per_s": weighted(eps, "traffic"),
-         "job_cpu_cores": weighted(eps, "job_cpu"), "longest_s": longest,
-         "threshold": {"no_progress_for_s": HANG_MIN_S, "critical_after_s": HANG_CRITICAL_S,
-                       "idle_util_at_most": HANG_IDLE_UTIL, "spin_util_at_least": HANG_SPIN_UTIL,
-                       "idle_sample": IDLE_SAMPLE,
-                       "nccl_watchdog_timeout_s": NCCL_WATCHDOG_TIMEOUT_S}},
-        lost_fraction=1.0)]
+    state = (
+        "stuck at 100% utilization with no PCIe/NVLink traffic (spinning in a collective)"
+        if spinning
+        else "idle at 0% while the job's processes sat almost without CPU"
+    )
+    return [
+        ctx.finding(
+            HANG,
+            "critical" if longest >= HANG_CRITICAL_S else "warning",
+            "job",
+            eps,
+            f"The job looks hung: all GPUs ({gpus}) were {state} for {duration(longest)}.",
+            _NEXT_STEP,
+            {
+                "metrics": [
+                    "gpu.utilization",
+                    "gpu.pcie.rx_throughput",
+                    "gpu.nvlink.rx_throughput",
+                    "process.cpu.utilization",
+                ],
+                "kind": "spinning" if spinning else "idle",
+                "util_peak": weighted(eps, "util_peak"),
+                "traffic_bytes_per_s": weighted(eps, "traffic"),
+                "job_cpu_cores": weighted(eps, "job_cpu"),
+                "longest_s": longest,
+                "threshold": {
+                    "no_progress_for_s": HANG_MIN_S,
+                    "critical_after_s": HANG_CRITICAL_S,
+                    "idle_util_at_most": HANG_IDLE_UTIL,
+                    "spin_util_at_least": HANG_SPIN_UTIL,
+                    "idle_sample": IDLE_SAMPLE,
+                    "nccl_watchdog_timeout_s": NCCL_WATCHDOG_TIMEOUT_S,
+                },
+            },
+            lost_fraction=1.0,
+        )
+    ]
 
 
 def _from_steps(ctx: Context) -> list[Finding]:
     """Gaps between steps of any rank, and (live) the time since the last step."""
     end = ctx.info.last.timestamp() if ctx.info.last else 0.0
-    rows = ctx.rows(f"""
+    rows = ctx.rows(
+        f"""
         WITH s AS (SELECT DISTINCT t FROM aw_steps WHERE step_time IS NOT NULL OR steps > 0),
         gaps AS (SELECT t, coalesce(lead(t) OVER (ORDER BY t),
                                     CASE WHEN $live THEN $end ELSE NULL END) AS next_t FROM s)
         SELECT t, next_t, next_t - t AS gap,
                greatest({HANG_MIN_S}, {_STEP_GAP_FACTOR} * median(next_t - t) OVER ()) AS limit_s
         FROM gaps WHERE next_t IS NOT NULL QUALIFY gap >= limit_s""",
-        {"live": ctx.live, "end": end + ctx.info.bucket_s})
+        {"live": ctx.live, "end": end + ctx.info.bucket_s},
+    )
     if not rows:
         return []
-    eps = [ctx.span("job", r["t"] + ctx.info.bucket_s, r["next_t"] - ctx.info.bucket_s)
-           for r in rows]
+    eps = [
+        ctx.span("job", r["t"] + ctx.info.bucket_s, r["next_t"] - ctx.info.bucket_s) for r in rows
+    ]
     longest = max(r["gap"] for r in rows)
-    return [ctx.finding(
-        HANG, "critical" if longest >= HANG_CRITICAL_S else "warning", "job", eps,
-        f"The job looks hung: no rank completed a step for {duration(longest)} "
-        f"(steps usually come every {rows[0]['limit_s'] / _STEP_GAP_FACTOR:.1f} s or less).",
-        _NEXT_STEP,
-        {"metrics": ["step.time"], "kind": "no_steps", "longest_s": longest,
-         "ranks": len(ctx.info.ranks),
-         "threshold": {"no_step_for_s": rows[0]["limit_s"],
-                       "nccl_watchdog_timeout_s": NCCL_WATCHDOG_TIMEOUT_S}},
-        lost_fraction=1.0)]
+    return [
+        ctx.finding(
+            HANG,
+            "critical" if longest >= HANG_CRITICAL_S else "warning",
+            "job",
+            eps,
+            f"The job looks hung: no rank completed a step for {duration(longest)} "
+            f"(steps usually come every {rows[0]['limit_s'] / _STEP_GAP_FACTOR:.1f} s or less).",
+            _NEXT_STEP,
+            {
+                "metrics": ["step.time"],
+                "kind": "no_steps",
+                "longest_s": longest,
+                "ranks": len(ctx.info.ranks),
+                "threshold": {
+                    "no_step_for_s": rows[0]["limit_s"],
+                    "nccl_watchdog_timeout_s": NCCL_WATCHDOG_TIMEOUT_S,
+                },
+            },
+            lost_fraction=1.0,
+        )
+    ]
 
 
-RULES = [Rule(HANG, "Hang", detect_hang,
-              supersedes=("gpu-starvation", "checkpoint-stall", "idle-reserved-gpu"))]
+RULES = [
+    Rule(
+        HANG,
+        "Hang",
+        detect_hang,
+        supersedes=("gpu-starvation", "checkpoint-stall", "idle-reserved-gpu"),
+    )
+]

@@ -12,8 +12,10 @@ from agent.analysis.thresholds import CRITICAL_XIDS, PCIE_REPLAYS_PER_MIN
 
 HARDWARE = "hardware-fault"
 _FAULT_EVENTS = ("xid", "gpu_lost")
-_NEXT_STEP = ("Drain the node: run `nvidia-smi -q` and `dcgmi diag -r 2` on it, look up the XID "
-              "in NVIDIA's XID catalog, and reset or replace the GPU before the next run.")
+_NEXT_STEP = (
+    "Drain the node: run `nvidia-smi -q` and `dcgmi diag -r 2` on it, look up the XID "
+    "in NVIDIA's XID catalog, and reset or replace the GPU before the next run."
+)
 
 
 def detect_hardware(ctx: Context) -> list[Finding]:
@@ -27,33 +29,57 @@ def _events(ctx: Context) -> list[Finding]:
            WHERE run_id = $run AND kind IN (SELECT unnest($kinds))
              AND ($start IS NULL OR ts >= $start) AND ($end IS NULL OR ts < $end)
            ORDER BY ts""",
-        {"run": w.run_id, "kinds": list(_FAULT_EVENTS), "start": w.start, "end": w.end})
+        {"run": w.run_id, "kinds": list(_FAULT_EVENTS), "start": w.start, "end": w.end},
+    )
     findings = []
     for r in rows:
         detail: dict[str, Any] = json.loads(r["detail"] or "{}")
         span = [ctx.span(r["entity"], r["ts"].timestamp(), r["ts"].timestamp())]
         if r["kind"] == "gpu_lost":
-            findings.append(ctx.finding(
-                HARDWARE, "critical", r["entity"], span,
-                f"{r['entity']} was lost (fell off the bus or stopped answering the driver).",
-                _NEXT_STEP, {"event": "gpu_lost", **detail}, lost_fraction=0.0))
+            findings.append(
+                ctx.finding(
+                    HARDWARE,
+                    "critical",
+                    r["entity"],
+                    span,
+                    f"{r['entity']} was lost (fell off the bus or stopped answering the driver).",
+                    _NEXT_STEP,
+                    {"event": "gpu_lost", **detail},
+                    lost_fraction=0.0,
+                )
+            )
             continue
         code = detail.get("xid", detail.get("code"))
         severity: Severity = "critical" if code in CRITICAL_XIDS else "warning"
-        findings.append(ctx.finding(
-            HARDWARE, severity, r["entity"], span,
-            f"{r['entity']} reported XID {code}"
-            + (" (a GPU or memory fault)." if severity == "critical" else "."),
-            _NEXT_STEP, {"event": "xid", "xid": code, **detail,
-                         "threshold": {"critical_xids": sorted(CRITICAL_XIDS)}},
-            lost_fraction=0.0))
+        findings.append(
+            ctx.finding(
+                HARDWARE,
+                severity,
+                r["entity"],
+                span,
+                f"{r['entity']} reported XID {code}"
+                + (" (a GPU or memory fault)." if severity == "critical" else "."),
+                _NEXT_STEP,
+                {
+                    "event": "xid",
+                    "xid": code,
+                    **detail,
+                    "threshold": {"critical_xids": sorted(CRITICAL_XIDS)},
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings
 
 
 def _counters(ctx: Context) -> list[Finding]:
     """Counter increases not already reported as events (a collector may only count XIDs)."""
-    has_xid_events = bool(ctx.rows(
-        "SELECT 1 FROM events WHERE run_id = ? AND kind = 'xid' LIMIT 1", [ctx.info.window.run_id]))
+    has_xid_events = bool(
+        ctx.rows(
+            "SELECT 1 FROM events WHERE run_id = ? AND kind = 'xid' LIMIT 1",
+            [ctx.info.window.run_id],
+        )
+    )
     rows = ctx.rows(f"""
         SELECT entity, min(t) AS t0, max(t) AS t1,
                sum(xid) * {ctx.info.bucket_s} AS xids,
@@ -83,18 +109,35 @@ def _counters(ctx: Context) -> list[Finding]:
             continue
         t0 = r["first_bad"] if r["first_bad"] is not None else r["t0"]
         worst: Severity = "critical" if any(s == "critical" for s, _ in problems) else "warning"
-        findings.append(ctx.finding(
-            HARDWARE, worst, r["entity"], [ctx.span(r["entity"], t0, r["t1"])],
-            f"{r['entity']} shows hardware errors: {', '.join(p for _, p in problems)}.",
-            _NEXT_STEP,
-            {"metrics": ["gpu.xid", "gpu.ecc.volatile.uncorrected",
-                         "gpu.remapped_rows.uncorrectable", "gpu.pcie.replays"],
-             "xids": r["xids"], "ecc_uncorrected": r["ecc"], "rows_remapped": r["remapped"],
-             "remap_pending": r["pending"], "remap_failure": r["failure"],
-             "pcie_replays_per_min": r["replays_per_min"],
-             "threshold": {"pcie_replays_per_min_above": PCIE_REPLAYS_PER_MIN,
-                           "source": "DCGM health watches"}},
-            lost_fraction=0.0))
+        findings.append(
+            ctx.finding(
+                HARDWARE,
+                worst,
+                r["entity"],
+                [ctx.span(r["entity"], t0, r["t1"])],
+                f"{r['entity']} shows hardware errors: {', '.join(p for _, p in problems)}.",
+                _NEXT_STEP,
+                {
+                    "metrics": [
+                        "gpu.xid",
+                        "gpu.ecc.volatile.uncorrected",
+                        "gpu.remapped_rows.uncorrectable",
+                        "gpu.pcie.replays",
+                    ],
+                    "xids": r["xids"],
+                    "ecc_uncorrected": r["ecc"],
+                    "rows_remapped": r["remapped"],
+                    "remap_pending": r["pending"],
+                    "remap_failure": r["failure"],
+                    "pcie_replays_per_min": r["replays_per_min"],
+                    "threshold": {
+                        "pcie_replays_per_min_above": PCIE_REPLAYS_PER_MIN,
+                        "source": "DCGM health watches",
+                    },
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings
 
 
@@ -102,18 +145,31 @@ def _vanished(ctx: Context) -> list[Finding]:
     """A GPU whose samples stop while its peers go on, without a gpu_lost event."""
     if len(ctx.info.gpus) < 2:
         return []
-    lost_events = {r["entity"] for r in ctx.rows(
-        "SELECT DISTINCT entity FROM events WHERE run_id = ? AND kind = 'gpu_lost'",
-        [ctx.info.window.run_id])}
+    lost_events = {
+        r["entity"]
+        for r in ctx.rows(
+            "SELECT DISTINCT entity FROM events WHERE run_id = ? AND kind = 'gpu_lost'",
+            [ctx.info.window.run_id],
+        )
+    }
     rows = ctx.rows(f"""
         WITH last AS (SELECT entity, max(t) AS t_last FROM aw_gpu GROUP BY entity)
         SELECT entity, t_last, (SELECT max(t_last) FROM last) AS t_end FROM last
         WHERE t_last < (SELECT max(t_last) FROM last) - {max(30.0, 5 * ctx.info.bucket_s)}""")
-    return [ctx.finding(
-        HARDWARE, "critical", r["entity"], [ctx.span(r["entity"], r["t_last"], r["t_end"])],
-        f"{r['entity']} stopped reporting while the other GPUs went on: it was likely lost.",
-        _NEXT_STEP, {"event": "samples_stopped", "metrics": ["gpu.utilization"]},
-        lost_fraction=0.0) for r in rows if r["entity"] not in lost_events]
+    return [
+        ctx.finding(
+            HARDWARE,
+            "critical",
+            r["entity"],
+            [ctx.span(r["entity"], r["t_last"], r["t_end"])],
+            f"{r['entity']} stopped reporting while the other GPUs went on: it was likely lost.",
+            _NEXT_STEP,
+            {"event": "samples_stopped", "metrics": ["gpu.utilization"]},
+            lost_fraction=0.0,
+        )
+        for r in rows
+        if r["entity"] not in lost_events
+    ]
 
 
 RULES = [Rule(HARDWARE, "Hardware fault", detect_hardware)]

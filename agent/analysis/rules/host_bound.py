@@ -41,8 +41,9 @@ _JOB_BUCKETS = f"""
 
 
 #: No loader workers and a pinned main process: the job loads data on its training thread.
-_LOADING_IN_MAIN = (f"coalesce(workers, -1) = 0 AND coalesce(main_cpu, 0) >= "
-                    f"{LOADER_PROCESS_SATURATED}")
+_LOADING_IN_MAIN = (
+    f"coalesce(workers, -1) = 0 AND coalesce(main_cpu, 0) >= {LOADER_PROCESS_SATURATED}"
+)
 
 
 def detect_dataloader(ctx: Context) -> list[Finding]:
@@ -57,33 +58,51 @@ def detect_dataloader(ctx: Context) -> list[Finding]:
                 OR ({_LOADING_IN_MAIN})) AS flag
             FROM ({_JOB_BUCKETS})""",
         ["idle", "cpu", "worker_cpu", "worker_cpu_max", "workers", "main_cpu"],
-        params=gpu_params(ctx))
+        params=gpu_params(ctx),
+    )
     if not eps:
         return []
-    idle, cpu, wmax, workers, main = (weighted(eps, c) for c in (
-        "idle", "cpu", "worker_cpu_max", "workers", "main_cpu"))
+    idle, cpu, wmax, workers, main = (
+        weighted(eps, c) for c in ("idle", "cpu", "worker_cpu_max", "workers", "main_cpu")
+    )
     total = sum(e.duration_s for e in eps)
     if wmax is not None and wmax >= LOADER_PROCESS_SATURATED:
         cause = f"{workers:.0f} loader workers each near a full core ({wmax:.2f} cores at most)"
     elif workers == 0 and (main or 0) >= LOADER_PROCESS_SATURATED:
-        cause = (f"the main process loaded every batch itself (no loader workers) on one full "
-                 f"core ({main:.2f} cores)")
+        cause = (
+            f"the main process loaded every batch itself (no loader workers) on one full "
+            f"core ({main:.2f} cores)"
+        )
     else:
         cause = f"the host CPU at {pct(cpu)}"
-    return [ctx.finding(
-        DATALOADER, "critical" if idle >= 0.5 else "warning", "host", eps,
-        f"Data loading is the bottleneck: the GPUs ({entities_text(ctx.info.job_gpus)}) sat idle "
-        f"{pct(idle)} of the time for {duration(total)} while {cause}.",
-        "Give the input pipeline more CPU: raise DataLoader num_workers (if cores are free), "
-        "enable pin_memory and persistent_workers, move decoding/augmentation to the GPU "
-        "(e.g. DALI), or cache preprocessed data.",
-        {"metrics": ["gpu.utilization", "host.cpu.utilization", "process.cpu.utilization"],
-         "gpu_idle_share": idle, "host_cpu": cpu, "loader_cpu_max_cores": wmax,
-         "loader_workers": workers, "main_process_cores": main,
-         "threshold": {"gpu_idle_at_least": INPUT_WAIT_HIGH, "host_cpu_at_least": CPU_SATURATED,
-                       "loader_cores_at_least": LOADER_PROCESS_SATURATED,
-                       "source": "XProf input-pipeline bands; SageMaker CPUBottleneck"}},
-        lost_fraction=idle)]
+    return [
+        ctx.finding(
+            DATALOADER,
+            "critical" if idle >= 0.5 else "warning",
+            "host",
+            eps,
+            f"Data loading is the bottleneck: the GPUs ({entities_text(ctx.info.job_gpus)}) sat idle "
+            f"{pct(idle)} of the time for {duration(total)} while {cause}.",
+            "Give the input pipeline more CPU: raise DataLoader num_workers (if cores are free), "
+            "enable pin_memory and persistent_workers, move decoding/augmentation to the GPU "
+            "(e.g. DALI), or cache preprocessed data.",
+            {
+                "metrics": ["gpu.utilization", "host.cpu.utilization", "process.cpu.utilization"],
+                "gpu_idle_share": idle,
+                "host_cpu": cpu,
+                "loader_cpu_max_cores": wmax,
+                "loader_workers": workers,
+                "main_process_cores": main,
+                "threshold": {
+                    "gpu_idle_at_least": INPUT_WAIT_HIGH,
+                    "host_cpu_at_least": CPU_SATURATED,
+                    "loader_cores_at_least": LOADER_PROCESS_SATURATED,
+                    "source": "XProf input-pipeline bands; SageMaker CPUBottleneck",
+                },
+            },
+            lost_fraction=idle,
+        )
+    ]
 
 
 def detect_io_bound(ctx: Context) -> list[Finding]:
@@ -94,37 +113,70 @@ def detect_io_bound(ctx: Context) -> list[Finding]:
         sql = f"SELECT *, idle >= {INPUT_WAIT_HIGH} AND {io} AS flag FROM ({_JOB_BUCKETS})"
         params = gpu_params(ctx)
     elif not ctx.info.gpus:
-        sql = (f"SELECT 'host' AS entity, t, NULL::DOUBLE AS idle, iowait, disk_busy, disk_read, "
-               f"NULL::DOUBLE AS job_read, {io} AS flag FROM aw_host")
+        sql = (
+            f"SELECT 'host' AS entity, t, NULL::DOUBLE AS idle, iowait, disk_busy, disk_read, "
+            f"NULL::DOUBLE AS job_read, {io} AS flag FROM aw_host"
+        )
         params = {}
     else:
         return []
-    eps = ctx.episodes(sql, ["idle", "iowait", "disk_busy", "disk_read", "job_read"],
-                       params=params)
+    eps = ctx.episodes(sql, ["idle", "iowait", "disk_busy", "disk_read", "job_read"], params=params)
     if not eps:
         return []
-    idle, iowait, busy, read = (weighted(eps, c) for c in ("idle", "iowait", "disk_busy",
-                                                          "disk_read"))
+    idle, iowait, busy, read = (
+        weighted(eps, c) for c in ("idle", "iowait", "disk_busy", "disk_read")
+    )
     total = sum(e.duration_s for e in eps)
-    evidence = {"metrics": ["gpu.utilization", "host.cpu.iowait", "host.disk.busy_time",
-                            "host.disk.read_bytes"],
-                "gpu_idle_share": idle, "iowait": iowait, "disk_busy": busy,
-                "disk_read_bytes_per_s": read,
-                "threshold": {"gpu_idle_at_least": INPUT_WAIT_HIGH, "iowait_at_least": IOWAIT_HIGH,
-                              "disk_busy_at_least": DISK_BUSY_HIGH,
-                              "source": "XProf input-pipeline bands; SageMaker IOBottleneck"}}
-    step = ("Read input faster: stage the dataset on local NVMe or in RAM, use larger sequential "
-            "shards (WebDataset, TFRecord), raise prefetching, and check the storage's limits.")
+    evidence = {
+        "metrics": [
+            "gpu.utilization",
+            "host.cpu.iowait",
+            "host.disk.busy_time",
+            "host.disk.read_bytes",
+        ],
+        "gpu_idle_share": idle,
+        "iowait": iowait,
+        "disk_busy": busy,
+        "disk_read_bytes_per_s": read,
+        "threshold": {
+            "gpu_idle_at_least": INPUT_WAIT_HIGH,
+            "iowait_at_least": IOWAIT_HIGH,
+            "disk_busy_at_least": DISK_BUSY_HIGH,
+            "source": "XProf input-pipeline bands; SageMaker IOBottleneck",
+        },
+    }
+    step = (
+        "Read input faster: stage the dataset on local NVMe or in RAM, use larger sequential "
+        "shards (WebDataset, TFRecord), raise prefetching, and check the storage's limits."
+    )
     if idle is None:
-        return [ctx.finding(
-            IO_BOUND, "info", "host", eps,
-            f"The job waited on storage: iowait {pct(iowait)}, disk busy {pct(busy)}, reading "
-            f"{rate_text(read)} for {duration(total)}.", step, evidence, lost_fraction=0.0)]
-    return [ctx.finding(
-        IO_BOUND, "critical" if idle >= 0.5 else "warning", "host", eps,
-        f"Input I/O is the bottleneck: the GPUs sat idle {pct(idle)} of the time for "
-        f"{duration(total)} while the CPUs were {pct(iowait)} in iowait and the busiest disk "
-        f"{pct(busy)} busy ({rate_text(read)} read).", step, evidence, lost_fraction=idle)]
+        return [
+            ctx.finding(
+                IO_BOUND,
+                "info",
+                "host",
+                eps,
+                f"The job waited on storage: iowait {pct(iowait)}, disk busy {pct(busy)}, reading "
+                f"{rate_text(read)} for {duration(total)}.",
+                step,
+                evidence,
+                lost_fraction=0.0,
+            )
+        ]
+    return [
+        ctx.finding(
+            IO_BOUND,
+            "critical" if idle >= 0.5 else "warning",
+            "host",
+            eps,
+            f"Input I/O is the bottleneck: the GPUs sat idle {pct(idle)} of the time for "
+            f"{duration(total)} while the CPUs were {pct(iowait)} in iowait and the busiest disk "
+            f"{pct(busy)} busy ({rate_text(read)} read).",
+            step,
+            evidence,
+            lost_fraction=idle,
+        )
+    ]
 
 
 def detect_launch_bound(ctx: Context) -> list[Finding]:
@@ -137,10 +189,12 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
     if has_sm:
         cond = f"util >= {LOW_BUSY} AND sm < {SM_ACTIVITY_LOW}"
     else:
-        cond = (f"util >= 0.2 AND util < {BUSY} AND coalesce(worker_cpu_max, 0) < "
-                f"{LOADER_PROCESS_SATURATED} AND coalesce(cpu, 0) < {CPU_SATURATED} "
-                f"AND NOT ({_LOADING_IN_MAIN})")
-    traffic = ("coalesce(nvlink_tx, 0) + coalesce(nvlink_rx, 0) < 1e9")
+        cond = (
+            f"util >= 0.2 AND util < {BUSY} AND coalesce(worker_cpu_max, 0) < "
+            f"{LOADER_PROCESS_SATURATED} AND coalesce(cpu, 0) < {CPU_SATURATED} "
+            f"AND NOT ({_LOADING_IN_MAIN})"
+        )
+    traffic = "coalesce(nvlink_tx, 0) + coalesce(nvlink_rx, 0) < 1e9"
     sql = f"""
         SELECT g.entity, g.t, g.util, g.sm, p.main_cpu, h.core_max,
                {cond} AND {traffic} AND coalesce(p.main_cpu, 0) >= {MAIN_PROCESS_PINNED} AS flag
@@ -152,21 +206,36 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
     for gpu, g_eps in by_gpu.items():
         util, sm, main = (weighted(g_eps, c) for c in ("util", "sm", "main_cpu"))
         total = sum(e.duration_s for e in g_eps)
-        seen = (f"busy {pct(util)} of the time but its SMs only {pct(sm)} active"
-                if has_sm else f"only {pct(util)} busy")
-        findings.append(ctx.finding(
-            LAUNCH_BOUND, "warning" if has_sm else "info", gpu, g_eps,
-            f"{gpu} is launch-bound: {seen} for {duration(total)} while the main process kept "
-            f"one core pinned ({main:.2f} cores): kernels are too small for Python to keep up.",
-            "Cut per-kernel overhead: CUDA graphs / torch.compile(mode='reduce-overhead'), "
-            "larger batches, fused optimizers; remove per-step .item()/print syncs.",
-            {"metrics": ["gpu.utilization", "gpu.sm.activity", "process.cpu.utilization"],
-             "util": util, "sm_activity": sm, "main_process_cores": main,
-             "signal": "gpu.sm.activity" if has_sm else "gpu.utilization",
-             "threshold": {"sm_activity_below": SM_ACTIVITY_LOW,
-                           "main_process_cores_at_least": MAIN_PROCESS_PINNED,
-                           "source": "DCGM profiling guidance (SM activity < 0.5)"}},
-            lost_fraction=1 - (sm if sm is not None else util or 0.0)))
+        seen = (
+            f"busy {pct(util)} of the time but its SMs only {pct(sm)} active"
+            if has_sm
+            else f"only {pct(util)} busy"
+        )
+        findings.append(
+            ctx.finding(
+                LAUNCH_BOUND,
+                "warning" if has_sm else "info",
+                gpu,
+                g_eps,
+                f"{gpu} is launch-bound: {seen} for {duration(total)} while the main process kept "
+                f"one core pinned ({main:.2f} cores): kernels are too small for Python to keep up.",
+                "Cut per-kernel overhead: CUDA graphs / torch.compile(mode='reduce-overhead'), "
+                "larger batches, fused optimizers; remove per-step .item()/print syncs.",
+                {
+                    "metrics": ["gpu.utilization", "gpu.sm.activity", "process.cpu.utilization"],
+                    "util": util,
+                    "sm_activity": sm,
+                    "main_process_cores": main,
+                    "signal": "gpu.sm.activity" if has_sm else "gpu.utilization",
+                    "threshold": {
+                        "sm_activity_below": SM_ACTIVITY_LOW,
+                        "main_process_cores_at_least": MAIN_PROCESS_PINNED,
+                        "source": "DCGM profiling guidance (SM activity < 0.5)",
+                    },
+                },
+                lost_fraction=1 - (sm if sm is not None else util or 0.0),
+            )
+        )
     return findings
 
 

@@ -29,22 +29,36 @@ def detect_gpu_memory(ctx: Context) -> list[Finding]:
         f"""SELECT entity, t, mem_used / mem_total AS used_share, mem_used, mem_total,
                    mem_used >= {GPU_MEMORY_NEAR_FULL} * mem_total AS flag
             FROM aw_gpu WHERE {JOB_GPU_FILTER} AND mem_total > 0""",
-        ["used_share", "mem_used", "mem_total"], params=gpu_params(ctx),
-        min_duration_s=max(NEAR_FULL_MIN_S, 2 * ctx.info.bucket_s))
+        ["used_share", "mem_used", "mem_total"],
+        params=gpu_params(ctx),
+        min_duration_s=max(NEAR_FULL_MIN_S, 2 * ctx.info.bucket_s),
+    )
     for gpu, g_eps in by_entity(eps).items():
-        share, used, total_bytes = (weighted(g_eps, c) for c in
-                                    ("used_share", "mem_used", "mem_total"))
-        findings.append(ctx.finding(
-            GPU_MEMORY, "warning", gpu, g_eps,
-            f"{gpu} ran at {pct(share)} of its memory ({used / GIB:.1f} of "
-            f"{total_bytes / GIB:.1f} GiB) for {duration(sum(e.duration_s for e in g_eps))}: "
-            "one larger batch or fragmentation away from out-of-memory.",
-            "Leave headroom: smaller micro-batches with gradient accumulation, activation "
-            "checkpointing, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.",
-            {"metrics": ["gpu.memory.used", "gpu.memory.total"], "used_share": share,
-             "used_bytes": used, "total_bytes": total_bytes, "kind": "near_capacity",
-             "threshold": {"used_share_at_least": GPU_MEMORY_NEAR_FULL}},
-            lost_fraction=0.0))
+        share, used, total_bytes = (
+            weighted(g_eps, c) for c in ("used_share", "mem_used", "mem_total")
+        )
+        findings.append(
+            ctx.finding(
+                GPU_MEMORY,
+                "warning",
+                gpu,
+                g_eps,
+                f"{gpu} ran at {pct(share)} of its memory ({used / GIB:.1f} of "
+                f"{total_bytes / GIB:.1f} GiB) for {duration(sum(e.duration_s for e in g_eps))}: "
+                "one larger batch or fragmentation away from out-of-memory.",
+                "Leave headroom: smaller micro-batches with gradient accumulation, activation "
+                "checkpointing, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.",
+                {
+                    "metrics": ["gpu.memory.used", "gpu.memory.total"],
+                    "used_share": share,
+                    "used_bytes": used,
+                    "total_bytes": total_bytes,
+                    "kind": "near_capacity",
+                    "threshold": {"used_share_at_least": GPU_MEMORY_NEAR_FULL},
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings + _leaks(ctx)
 
 
@@ -56,7 +70,8 @@ def _leaks(ctx: Context) -> list[Finding]:
                   arg_min(mem_used, t) AS first_used, arg_max(mem_used, t) AS last_used,
                   max(mem_total) AS total, min(t) AS t0, max(t) AS t1
            FROM aw_gpu WHERE {JOB_GPU_FILTER} AND mem_used IS NOT NULL GROUP BY entity""",
-        gpu_params(ctx))
+        gpu_params(ctx),
+    )
     findings = []
     for r in rows:
         span_s = r["t1"] - r["t0"]
@@ -66,19 +81,35 @@ def _leaks(ctx: Context) -> list[Finding]:
         if r["slope"] <= 0 or (r["r2"] or 0) < LEAK_MIN_R2 or growth < GPU_MEMORY_GROWTH:
             continue
         to_full_s = (r["total"] - r["last_used"]) / r["slope"]
-        findings.append(ctx.finding(
-            GPU_MEMORY, "warning", r["entity"], [ctx.span(r["entity"], r["t0"], r["t1"])],
-            f"{r['entity']}'s memory grew steadily by {growth * 100:.0f}% of capacity "
-            f"({r['slope'] * 60 / 2**20:.0f} MiB/min) over {duration(span_s)}: a leak that "
-            f"fills the GPU in about {duration(max(0.0, to_full_s))}.",
-            "Look for tensors kept across steps (losses appended without .detach()/.item(), "
-            "growing caches, graphs retained); compare torch.cuda.memory_summary() between steps.",
-            {"metrics": ["gpu.memory.used"], "slope_bytes_per_s": r["slope"], "r2": r["r2"],
-             "growth_share": growth, "first_bytes": r["first_used"],
-             "last_bytes": r["last_used"], "time_to_full_s": to_full_s, "kind": "leak",
-             "threshold": {"growth_share_at_least": GPU_MEMORY_GROWTH, "r2_at_least": LEAK_MIN_R2,
-                           "source": "SageMaker Debugger GPUMemoryIncrease"}},
-            lost_fraction=0.0))
+        findings.append(
+            ctx.finding(
+                GPU_MEMORY,
+                "warning",
+                r["entity"],
+                [ctx.span(r["entity"], r["t0"], r["t1"])],
+                f"{r['entity']}'s memory grew steadily by {growth * 100:.0f}% of capacity "
+                f"({r['slope'] * 60 / 2**20:.0f} MiB/min) over {duration(span_s)}: a leak that "
+                f"fills the GPU in about {duration(max(0.0, to_full_s))}.",
+                "Look for tensors kept across steps (losses appended without .detach()/.item(), "
+                "growing caches, graphs retained); compare torch.cuda.memory_summary() between steps.",
+                {
+                    "metrics": ["gpu.memory.used"],
+                    "slope_bytes_per_s": r["slope"],
+                    "r2": r["r2"],
+                    "growth_share": growth,
+                    "first_bytes": r["first_used"],
+                    "last_bytes": r["last_used"],
+                    "time_to_full_s": to_full_s,
+                    "kind": "leak",
+                    "threshold": {
+                        "growth_share_at_least": GPU_MEMORY_GROWTH,
+                        "r2_at_least": LEAK_MIN_R2,
+                        "source": "SageMaker Debugger GPUMemoryIncrease",
+                    },
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings
 
 
@@ -88,24 +119,36 @@ def detect_host_memory(ctx: Context) -> list[Finding]:
         f"""SELECT 'host' AS entity, t, swap_in, mem_util,
                    coalesce(swap_in, 0) >= {SWAP_IN_BYTES}
                    OR coalesce(mem_util, 0) >= {HOST_MEMORY_NEAR_FULL} AS flag FROM aw_host""",
-        ["swap_in", "mem_util"])
+        ["swap_in", "mem_util"],
+    )
     if not eps:
         return []
     swap, used = weighted(eps, "swap_in"), weighted(eps, "mem_util")
     swapping = (swap or 0) >= SWAP_IN_BYTES
     total = sum(e.duration_s for e in eps)
-    what = (f"swapping in {rate_text(swap)}" if swapping else "")
+    what = f"swapping in {rate_text(swap)}" if swapping else ""
     what += (" with " if swapping else "") + f"memory {pct(used)} used"
-    return [ctx.finding(
-        HOST_MEMORY, "critical" if swapping else "warning", "host", eps,
-        f"The host ran out of memory: {what} for {duration(total)}.",
-        "Reduce host memory use: fewer or lighter DataLoader workers (each copies the dataset "
-        "object), memory-mapped datasets, smaller prefetch_factor; or add RAM.",
-        {"metrics": ["host.swap.in", "host.memory.utilization"], "swap_in_bytes_per_s": swap,
-         "memory_used_share": used,
-         "threshold": {"swap_in_at_least_bytes_per_s": SWAP_IN_BYTES,
-                       "memory_used_at_least": HOST_MEMORY_NEAR_FULL}},
-        lost_fraction=0.5 if swapping else 0.0)]
+    return [
+        ctx.finding(
+            HOST_MEMORY,
+            "critical" if swapping else "warning",
+            "host",
+            eps,
+            f"The host ran out of memory: {what} for {duration(total)}.",
+            "Reduce host memory use: fewer or lighter DataLoader workers (each copies the dataset "
+            "object), memory-mapped datasets, smaller prefetch_factor; or add RAM.",
+            {
+                "metrics": ["host.swap.in", "host.memory.utilization"],
+                "swap_in_bytes_per_s": swap,
+                "memory_used_share": used,
+                "threshold": {
+                    "swap_in_at_least_bytes_per_s": SWAP_IN_BYTES,
+                    "memory_used_at_least": HOST_MEMORY_NEAR_FULL,
+                },
+            },
+            lost_fraction=0.5 if swapping else 0.0,
+        )
+    ]
 
 
 RULES = [

@@ -60,29 +60,48 @@ def _from_steps(ctx: Context) -> list[Finding]:
         SELECT *, relative < {STRAGGLER_SCORE}
                   OR (individual < {STRAGGLER_INDIVIDUAL_SCORE} AND relative < 1.0) AS flag
         FROM scored"""
-    eps = ctx.episodes(sql, ["step_time", "peer_median", "relative", "individual"],
-                       min_duration_s=STRAGGLER_MIN_WINDOWS * window_s, gap_s=window_s)
+    eps = ctx.episodes(
+        sql,
+        ["step_time", "peer_median", "relative", "individual"],
+        min_duration_s=STRAGGLER_MIN_WINDOWS * window_s,
+        gap_s=window_s,
+    )
     findings = []
     for rank, r_eps in by_entity(eps).items():
-        step, median, rel, ind = (weighted(r_eps, c) for c in
-                                  ("step_time", "peer_median", "relative", "individual"))
+        step, median, rel, ind = (
+            weighted(r_eps, c) for c in ("step_time", "peer_median", "relative", "individual")
+        )
         total = sum(e.duration_s for e in r_eps)
         critical = rel is not None and rel < STRAGGLER_SCORE
-        findings.append(ctx.finding(
-            STRAGGLER, "critical" if critical else "warning", rank, r_eps,
-            f"{rank} became a straggler: its steps took {step / median:.2f}x its peers' median "
-            f"(relative score {rel:.2f}, {pct(1 - ind)} slower than its own best) for "
-            f"{duration(total)}; every synchronous step waits for it.",
-            f"Check what changed on {rank}'s host and GPU at {r_eps[0].start:%H:%M:%S}: "
-            "throttling, a noisy neighbour, its data shard or disk; replace or exclude the node "
-            "if it persists.",
-            {"metrics": ["step.time"], "step_time": step, "peer_median_step_time": median,
-             "relative_score": rel, "individual_score": ind, "signal": "step.time",
-             "threshold": {"relative_score_below": STRAGGLER_SCORE,
-                           "individual_score_below": STRAGGLER_INDIVIDUAL_SCORE,
-                           "window_s": window_s,
-                           "source": "NVIDIA resiliency-ext straggler scores"}},
-            lost_fraction=1 - (rel or 1.0)))
+        findings.append(
+            ctx.finding(
+                STRAGGLER,
+                "critical" if critical else "warning",
+                rank,
+                r_eps,
+                f"{rank} became a straggler: its steps took {step / median:.2f}x its peers' median "
+                f"(relative score {rel:.2f}, {pct(1 - ind)} slower than its own best) for "
+                f"{duration(total)}; every synchronous step waits for it.",
+                f"Check what changed on {rank}'s host and GPU at {r_eps[0].start:%H:%M:%S}: "
+                "throttling, a noisy neighbour, its data shard or disk; replace or exclude the node "
+                "if it persists.",
+                {
+                    "metrics": ["step.time"],
+                    "step_time": step,
+                    "peer_median_step_time": median,
+                    "relative_score": rel,
+                    "individual_score": ind,
+                    "signal": "step.time",
+                    "threshold": {
+                        "relative_score_below": STRAGGLER_SCORE,
+                        "individual_score_below": STRAGGLER_INDIVIDUAL_SCORE,
+                        "window_s": window_s,
+                        "source": "NVIDIA resiliency-ext straggler scores",
+                    },
+                },
+                lost_fraction=1 - (rel or 1.0),
+            )
+        )
     return findings
 
 
@@ -105,18 +124,31 @@ def _from_devices(ctx: Context) -> list[Finding]:
     for gpu, g_eps in by_entity(ctx.episodes(sql, cols, params=gpu_params(ctx))).items():
         v = {c: weighted(g_eps, c) for c in cols}
         score = min(x for x in (v["activity_score"], v["clock_score"]) if x is not None)
-        findings.append(ctx.finding(
-            STRAGGLER, "warning", gpu, g_eps,
-            f"{gpu} lags its peers: score {score:.2f} of their median (busy "
-            f"{pct(v['activity'])} vs {pct(v['peer_activity'])}, SM clock {v['clock_sm'] or 0:.0f}"
-            f" vs {v['peer_clock'] or 0:.0f} MHz) for {duration(sum(e.duration_s for e in g_eps))}.",
-            f"Find why {gpu} is slower (throttling, PCIe link, its process's input); log per-rank "
-            "step times so accelwatch can confirm the straggler from step times.",
-            {"metrics": [metric_name, "gpu.clock.sm"], **v, "score": score,
-             "signal": metric_name,
-             "threshold": {"score_below": STRAGGLER_SCORE, "peers_busy_at_least": LOW_BUSY,
-                           "source": "NVIDIA resiliency-ext straggler score 0.7"}},
-            lost_fraction=1 - score))
+        findings.append(
+            ctx.finding(
+                STRAGGLER,
+                "warning",
+                gpu,
+                g_eps,
+                f"{gpu} lags its peers: score {score:.2f} of their median (busy "
+                f"{pct(v['activity'])} vs {pct(v['peer_activity'])}, SM clock {v['clock_sm'] or 0:.0f}"
+                f" vs {v['peer_clock'] or 0:.0f} MHz) for {duration(sum(e.duration_s for e in g_eps))}.",
+                f"Find why {gpu} is slower (throttling, PCIe link, its process's input); log per-rank "
+                "step times so accelwatch can confirm the straggler from step times.",
+                {
+                    "metrics": [metric_name, "gpu.clock.sm"],
+                    **v,
+                    "score": score,
+                    "signal": metric_name,
+                    "threshold": {
+                        "score_below": STRAGGLER_SCORE,
+                        "peers_busy_at_least": LOW_BUSY,
+                        "source": "NVIDIA resiliency-ext straggler score 0.7",
+                    },
+                },
+                lost_fraction=1 - score,
+            )
+        )
     return findings
 
 

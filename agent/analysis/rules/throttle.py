@@ -33,20 +33,36 @@ def detect_throttle(ctx: Context) -> list[Finding]:
                    OR (peers >= 2 AND clock_vs_peers < {CLOCK_BELOW_PEERS}
                        AND coalesce(thr_gpu_idle, 0) < {THROTTLE_ACTIVE})) AS flag
         FROM g"""
-    cols = ["util", "temp", "power", "power_limit", "thermal", "power_cap", "slowdown", "hardware",
-            "clock_sm", "clock_sm_max", "clock_vs_peers", "clock_share"]
+    cols = [
+        "util",
+        "temp",
+        "power",
+        "power_limit",
+        "thermal",
+        "power_cap",
+        "slowdown",
+        "hardware",
+        "clock_sm",
+        "clock_sm_max",
+        "clock_vs_peers",
+        "clock_share",
+    ]
     findings = []
     for gpu, eps in by_entity(ctx.episodes(sql, cols, params=gpu_params(ctx))).items():
         v = {c: weighted(eps, c) for c in cols}
         total = sum(e.duration_s for e in eps)
         if (v["thermal"] or 0) >= max(v["power_cap"] or 0, v["slowdown"] or 0) and v["thermal"]:
             cause = f"thermal throttling at {v['temp']:.0f} °C"
-            step = ("Check cooling: airflow, fan speeds, inlet temperature, blocked heatsinks; "
-                    "compare with `nvidia-smi -q -d TEMPERATURE,PERFORMANCE`.")
+            step = (
+                "Check cooling: airflow, fan speeds, inlet temperature, blocked heatsinks; "
+                "compare with `nvidia-smi -q -d TEMPERATURE,PERFORMANCE`."
+            )
         elif (v["power_cap"] or 0) >= THROTTLE_ACTIVE:
             cause = f"power capping at {v['power']:.0f} W of a {v['power_limit']:.0f} W limit"
-            step = ("Check the power limit (`nvidia-smi -q -d POWER`): restore the default "
-                    "limit or accept the lower clocks; check PSU and rack power budgets.")
+            step = (
+                "Check the power limit (`nvidia-smi -q -d POWER`): restore the default "
+                "limit or accept the lower clocks; check PSU and rack power budgets."
+            )
         elif (v["slowdown"] or 0) >= THROTTLE_ACTIVE:
             cause = "a hardware slowdown"
             step = "Check the PSU, power cabling and temperature; HW slowdown is a hardware alarm."
@@ -54,18 +70,33 @@ def detect_throttle(ctx: Context) -> list[Finding]:
             cause = f"clocks at {pct(v['clock_vs_peers'])} of its peers'"
             step = "Compare clocks and application-clock settings with the other GPUs."
         share = v["clock_share"]
-        findings.append(ctx.finding(
-            THROTTLE, "critical" if (v["hardware"] or 0) >= THROTTLE_ACTIVE else "warning", gpu,
-            eps,
-            f"{gpu} was throttled by {cause} for {duration(total)}: SM clock "
-            f"{v['clock_sm']:.0f} MHz ({pct(share)} of max) while busy {pct(v['util'])}.",
-            step,
-            {"metrics": ["gpu.clock_event.hw_thermal", "gpu.clock_event.sw_power_cap",
-                         "gpu.clock.sm", "gpu.temperature", "gpu.power"],
-             **{k: val for k, val in v.items()},
-             "threshold": {"reason_active_share_at_least": THROTTLE_ACTIVE,
-                           "clock_below_share": CLOCK_BELOW_PEERS, "util_at_least": LOW_BUSY}},
-            lost_fraction=1 - (share if share is not None else 1.0)))
+        findings.append(
+            ctx.finding(
+                THROTTLE,
+                "critical" if (v["hardware"] or 0) >= THROTTLE_ACTIVE else "warning",
+                gpu,
+                eps,
+                f"{gpu} was throttled by {cause} for {duration(total)}: SM clock "
+                f"{v['clock_sm']:.0f} MHz ({pct(share)} of max) while busy {pct(v['util'])}.",
+                step,
+                {
+                    "metrics": [
+                        "gpu.clock_event.hw_thermal",
+                        "gpu.clock_event.sw_power_cap",
+                        "gpu.clock.sm",
+                        "gpu.temperature",
+                        "gpu.power",
+                    ],
+                    **{k: val for k, val in v.items()},
+                    "threshold": {
+                        "reason_active_share_at_least": THROTTLE_ACTIVE,
+                        "clock_below_share": CLOCK_BELOW_PEERS,
+                        "util_at_least": LOW_BUSY,
+                    },
+                },
+                lost_fraction=1 - (share if share is not None else 1.0),
+            )
+        )
     return findings
 
 

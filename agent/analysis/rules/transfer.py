@@ -20,9 +20,11 @@ from agent.analysis.thresholds import (
 H2D = "h2d-transfer"
 COMM = "comm-bound"
 
-_LANE_BYTES = "CASE " + " ".join(
-    f"WHEN round(pcie_gen) = {gen} THEN {lane}" for gen, lane in PCIE_LANE_BYTES.items()
-) + " END"
+_LANE_BYTES = (
+    "CASE "
+    + " ".join(f"WHEN round(pcie_gen) = {gen} THEN {lane}" for gen, lane in PCIE_LANE_BYTES.items())
+    + " END"
+)
 
 
 def detect_h2d(ctx: Context) -> list[Finding]:
@@ -35,45 +37,85 @@ def detect_h2d(ctx: Context) -> list[Finding]:
                pcie_width_max, greatest(pcie_rx, pcie_tx) / ({_LANE_BYTES} * pcie_width)
                    AS link_share
         FROM aw_gpu WHERE {JOB_GPU_FILTER}"""
-    evidence_cols = ["util", "pcie_rx", "pcie_tx", "link_share", "pcie_gen", "pcie_gen_max",
-                     "pcie_width", "pcie_width_max"]
+    evidence_cols = [
+        "util",
+        "pcie_rx",
+        "pcie_tx",
+        "link_share",
+        "pcie_gen",
+        "pcie_gen_max",
+        "pcie_width",
+        "pcie_width_max",
+    ]
     near = ctx.episodes(
         f"SELECT *, link_share >= {PCIE_NEAR_PEAK} AND util < {BUSY} AS flag FROM ({base})",
-        evidence_cols, params=gpu_params(ctx))
+        evidence_cols,
+        params=gpu_params(ctx),
+    )
     down = ctx.episodes(
         f"""SELECT *, (pcie_width < pcie_width_max OR pcie_gen < pcie_gen_max)
                    AND coalesce(pcie_rx, 0) + coalesce(pcie_tx, 0) >= {PCIE_ACTIVE_BYTES} AS flag
-            FROM ({base})""", evidence_cols, params=gpu_params(ctx))
+            FROM ({base})""",
+        evidence_cols,
+        params=gpu_params(ctx),
+    )
     findings = []
     for gpu, eps in by_entity(near).items():
         util, share, rx = (weighted(eps, c) for c in ("util", "link_share", "pcie_rx"))
         total = sum(e.duration_s for e in eps)
-        findings.append(ctx.finding(
-            H2D, "warning", gpu, eps,
-            f"{gpu} is transfer-bound: PCIe ran at {pct(share)} of the link's peak "
-            f"({rate_text(rx)} to the GPU) for {duration(total)} while the GPU was busy only "
-            f"{pct(util)}.",
-            "Move less over PCIe: keep data on the GPU, use pinned memory with "
-            "non_blocking=True copies overlapped with compute, send uint8/bf16 instead of fp32.",
-            {"metrics": ["gpu.pcie.rx_throughput", "gpu.pcie.tx_throughput", "gpu.utilization"],
-             "link_share": share, "pcie_rx_bytes_per_s": rx, "util": util, "kind": "near_peak",
-             "threshold": {"link_share_at_least": PCIE_NEAR_PEAK, "util_below": BUSY}},
-            lost_fraction=1 - (util or 0.0)))
+        findings.append(
+            ctx.finding(
+                H2D,
+                "warning",
+                gpu,
+                eps,
+                f"{gpu} is transfer-bound: PCIe ran at {pct(share)} of the link's peak "
+                f"({rate_text(rx)} to the GPU) for {duration(total)} while the GPU was busy only "
+                f"{pct(util)}.",
+                "Move less over PCIe: keep data on the GPU, use pinned memory with "
+                "non_blocking=True copies overlapped with compute, send uint8/bf16 instead of fp32.",
+                {
+                    "metrics": [
+                        "gpu.pcie.rx_throughput",
+                        "gpu.pcie.tx_throughput",
+                        "gpu.utilization",
+                    ],
+                    "link_share": share,
+                    "pcie_rx_bytes_per_s": rx,
+                    "util": util,
+                    "kind": "near_peak",
+                    "threshold": {"link_share_at_least": PCIE_NEAR_PEAK, "util_below": BUSY},
+                },
+                lost_fraction=1 - (util or 0.0),
+            )
+        )
     for gpu, eps in by_entity(down).items():
-        gen, gen_max, width, width_max = (weighted(eps, c) for c in
-                                          ("pcie_gen", "pcie_gen_max", "pcie_width",
-                                           "pcie_width_max"))
+        gen, gen_max, width, width_max = (
+            weighted(eps, c) for c in ("pcie_gen", "pcie_gen_max", "pcie_width", "pcie_width_max")
+        )
         total = sum(e.duration_s for e in eps)
-        findings.append(ctx.finding(
-            H2D, "warning", gpu, eps,
-            f"{gpu}'s PCIe link runs degraded: Gen{gen:.0f} x{width:.0f} instead of "
-            f"Gen{gen_max:.0f} x{width_max:.0f} while carrying traffic for {duration(total)}.",
-            "Reseat the GPU or riser, check BIOS PCIe settings and `nvidia-smi -q -d PCIE` "
-            "(link replays); the bandwidth to this GPU is reduced until fixed.",
-            {"metrics": ["gpu.pcie.link.gen", "gpu.pcie.link.width"], "gen": gen,
-             "gen_max": gen_max, "width": width, "width_max": width_max, "kind": "downtrained",
-             "threshold": {"traffic_at_least_bytes_per_s": PCIE_ACTIVE_BYTES}},
-            lost_fraction=0.0))
+        findings.append(
+            ctx.finding(
+                H2D,
+                "warning",
+                gpu,
+                eps,
+                f"{gpu}'s PCIe link runs degraded: Gen{gen:.0f} x{width:.0f} instead of "
+                f"Gen{gen_max:.0f} x{width_max:.0f} while carrying traffic for {duration(total)}.",
+                "Reseat the GPU or riser, check BIOS PCIe settings and `nvidia-smi -q -d PCIE` "
+                "(link replays); the bandwidth to this GPU is reduced until fixed.",
+                {
+                    "metrics": ["gpu.pcie.link.gen", "gpu.pcie.link.width"],
+                    "gen": gen,
+                    "gen_max": gen_max,
+                    "width": width,
+                    "width_max": width_max,
+                    "kind": "downtrained",
+                    "threshold": {"traffic_at_least_bytes_per_s": PCIE_ACTIVE_BYTES},
+                },
+                lost_fraction=0.0,
+            )
+        )
     return findings
 
 
@@ -83,8 +125,7 @@ def detect_comm(ctx: Context) -> list[Finding]:
     if not ctx.info.job_gpus:
         return []
     has_sm = ctx.info.has("gpu.sm.activity")
-    weak = (f"g.sm < {SM_ACTIVITY_LOW}" if has_sm
-            else f"g.power < {SM_ACTIVITY_LOW} * g.power_limit")
+    weak = f"g.sm < {SM_ACTIVITY_LOW}" if has_sm else f"g.power < {SM_ACTIVITY_LOW} * g.power_limit"
     nvlink_peak = f"(2 * coalesce(g.nvlink_links, 0) * {NVLINK_LINK_BYTES})"
     sql = f"""
         SELECT g.entity, g.t, g.util, g.sm, g.tensor, g.power / g.power_limit AS power_share,
@@ -95,30 +136,52 @@ def detect_comm(ctx: Context) -> list[Finding]:
                        >= {NVLINK_HIGH} * {nvlink_peak} AND {nvlink_peak} > 0
                    OR coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) >= {IB_HIGH_BYTES}) AS flag
         FROM (SELECT * FROM aw_gpu WHERE {JOB_GPU_FILTER}) g LEFT JOIN aw_host h USING (t)"""
-    eps = ctx.episodes(sql, ["util", "sm", "tensor", "power_share", "nvlink", "ib"],
-                       params=gpu_params(ctx))
+    eps = ctx.episodes(
+        sql, ["util", "sm", "tensor", "power_share", "nvlink", "ib"], params=gpu_params(ctx)
+    )
     findings = []
     for gpu, g_eps in by_entity(eps).items():
-        util, sm, nvlink, ib, power = (weighted(g_eps, c) for c in
-                                       ("util", "sm", "nvlink", "ib", "power_share"))
+        util, sm, nvlink, ib, power = (
+            weighted(g_eps, c) for c in ("util", "sm", "nvlink", "ib", "power_share")
+        )
         total = sum(e.duration_s for e in g_eps)
         activity = f"SMs only {pct(sm)} active" if has_sm else f"power at {pct(power)} of limit"
-        findings.append(ctx.finding(
-            COMM, "warning", gpu, g_eps,
-            f"{gpu} is communication-bound: busy {pct(util)} but {activity} while moving "
-            f"{rate_text(nvlink)} over NVLink and {rate_text(ib)} over InfiniBand for "
-            f"{duration(total)}.",
-            "Overlap communication with compute (DDP bucket_cap_mb, FSDP prefetch), use "
-            "gradient accumulation to all-reduce less often, compress gradients (bf16), and "
-            "check NCCL topology (NCCL_DEBUG=INFO).",
-            {"metrics": ["gpu.nvlink.tx_throughput", "gpu.nvlink.rx_throughput",
-                         "host.ib.rx_bytes", "gpu.sm.activity", "gpu.utilization"],
-             "util": util, "sm_activity": sm, "power_share": power,
-             "nvlink_bytes_per_s": nvlink, "ib_bytes_per_s": ib,
-             "signal": "gpu.sm.activity" if has_sm else "gpu.power",
-             "threshold": {"util_at_least": BUSY, "sm_activity_below": SM_ACTIVITY_LOW,
-                           "nvlink_share_at_least": NVLINK_HIGH, "ib_at_least": IB_HIGH_BYTES}},
-            lost_fraction=1 - (sm if sm is not None else power or 0.0)))
+        findings.append(
+            ctx.finding(
+                COMM,
+                "warning",
+                gpu,
+                g_eps,
+                f"{gpu} is communication-bound: busy {pct(util)} but {activity} while moving "
+                f"{rate_text(nvlink)} over NVLink and {rate_text(ib)} over InfiniBand for "
+                f"{duration(total)}.",
+                "Overlap communication with compute (DDP bucket_cap_mb, FSDP prefetch), use "
+                "gradient accumulation to all-reduce less often, compress gradients (bf16), and "
+                "check NCCL topology (NCCL_DEBUG=INFO).",
+                {
+                    "metrics": [
+                        "gpu.nvlink.tx_throughput",
+                        "gpu.nvlink.rx_throughput",
+                        "host.ib.rx_bytes",
+                        "gpu.sm.activity",
+                        "gpu.utilization",
+                    ],
+                    "util": util,
+                    "sm_activity": sm,
+                    "power_share": power,
+                    "nvlink_bytes_per_s": nvlink,
+                    "ib_bytes_per_s": ib,
+                    "signal": "gpu.sm.activity" if has_sm else "gpu.power",
+                    "threshold": {
+                        "util_at_least": BUSY,
+                        "sm_activity_below": SM_ACTIVITY_LOW,
+                        "nvlink_share_at_least": NVLINK_HIGH,
+                        "ib_at_least": IB_HIGH_BYTES,
+                    },
+                },
+                lost_fraction=1 - (sm if sm is not None else power or 0.0),
+            )
+        )
     return findings
 
 

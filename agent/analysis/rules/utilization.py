@@ -25,7 +25,9 @@ def detect_starvation(ctx: Context) -> list[Finding]:
     episodes = ctx.episodes(
         f"SELECT entity, t, util < {UTIL_P95} AS flag, util, util_low, sm FROM aw_gpu "
         f"WHERE {JOB_GPU_FILTER} AND util IS NOT NULL",
-        ["util", "util_low", "sm"], params=gpu_params(ctx))
+        ["util", "util_low", "sm"],
+        params=gpu_params(ctx),
+    )
     findings = []
     by_gpu = by_entity(episodes)
     for gpu, eps in by_gpu.items():
@@ -33,34 +35,56 @@ def detect_starvation(ctx: Context) -> list[Finding]:
         total = sum(e.duration_s for e in eps)
         details = [f"SM activity {pct(sm)}"] if sm is not None else []
         if idle_gaps:
-            details.insert(0, f"{pct(idle_gaps)} of samples were idle gaps of at least "
-                              f"{STARVATION_GAP_S} s")
-        findings.append(ctx.finding(
-            STARVATION, "critical" if util is not None and util < UTIL_P5 else "warning", gpu, eps,
-            f"{gpu} was starved: busy only {pct(util)} of the time over {duration(total)}"
-            + (f" ({'; '.join(details)})." if details else "."),
-            "Find what the GPU waits on: check the data-loader, I/O and transfer findings, "
-            "then profile one step (torch.profiler or `nsys profile`) for gaps between kernels.",
-            {"metrics": ["gpu.utilization", "gpu.sm.activity"], "util": util,
-             "idle_sample_share": idle_gaps, "sm_activity": sm,
-             "threshold": {"util_below": UTIL_P95, "critical_below": UTIL_P5,
-                           "source": "SageMaker LowGPUUtilization; Nsight Systems gaps"}},
-            lost_fraction=1 - (util or 0.0)))
+            details.insert(
+                0, f"{pct(idle_gaps)} of samples were idle gaps of at least {STARVATION_GAP_S} s"
+            )
+        findings.append(
+            ctx.finding(
+                STARVATION,
+                "critical" if util is not None and util < UTIL_P5 else "warning",
+                gpu,
+                eps,
+                f"{gpu} was starved: busy only {pct(util)} of the time over {duration(total)}"
+                + (f" ({'; '.join(details)})." if details else "."),
+                "Find what the GPU waits on: check the data-loader, I/O and transfer findings, "
+                "then profile one step (torch.profiler or `nsys profile`) for gaps between kernels.",
+                {
+                    "metrics": ["gpu.utilization", "gpu.sm.activity"],
+                    "util": util,
+                    "idle_sample_share": idle_gaps,
+                    "sm_activity": sm,
+                    "threshold": {
+                        "util_below": UTIL_P95,
+                        "critical_below": UTIL_P5,
+                        "source": "SageMaker LowGPUUtilization; Nsight Systems gaps",
+                    },
+                },
+                lost_fraction=1 - (util or 0.0),
+            )
+        )
     return findings + _fluctuating(ctx, exclude=set(by_gpu))
 
 
 def _fluctuating(ctx: Context, exclude: set[str]) -> list[Finding]:
     """Busy most of the time (p95 >= 70%) but dropping to idle (p5 < 10%); the finding's
     windows are the idle dips, so a rule that explains them (checkpoints) can supersede it."""
-    dips = by_entity(ctx.episodes(
-        f"SELECT entity, t, util < {UTIL_P5} AS flag FROM aw_gpu WHERE {JOB_GPU_FILTER}", [],
-        params=gpu_params(ctx), min_duration_s=ctx.info.bucket_s, gap_s=0.0))
+    dips = by_entity(
+        ctx.episodes(
+            f"SELECT entity, t, util < {UTIL_P5} AS flag FROM aw_gpu WHERE {JOB_GPU_FILTER}",
+            [],
+            params=gpu_params(ctx),
+            min_duration_s=ctx.info.bucket_s,
+            gap_s=0.0,
+        )
+    )
     rows = ctx.rows(
         f"""SELECT entity, quantile_cont(util, 0.95) AS p95, quantile_cont(util, 0.05) AS p5,
                   avg(util_low) AS idle, avg(util) AS util, avg(sm) AS sm,
                   min(t) AS t0, max(t) AS t1
            FROM aw_gpu WHERE {JOB_GPU_FILTER} AND util IS NOT NULL GROUP BY entity
-           HAVING count(*) >= 10""", gpu_params(ctx))
+           HAVING count(*) >= 10""",
+        gpu_params(ctx),
+    )
     findings = []
     for r in rows:
         if r["entity"] in exclude:
@@ -68,17 +92,31 @@ def _fluctuating(ctx: Context, exclude: set[str]) -> list[Finding]:
         swinging = r["p95"] >= UTIL_P95 and r["p5"] < UTIL_P5
         if not swinging or r["idle"] < INPUT_WAIT_MODERATE or not dips.get(r["entity"]):
             continue
-        findings.append(ctx.finding(
-            STARVATION, "info", r["entity"], dips[r["entity"]],
-            f"{r['entity']} utilization was fluctuating: p95 {pct(r['p95'])}, p5 {pct(r['p5'])}, "
-            f"idle in {pct(r['idle'])} of samples.",
-            "Utilization that swings between busy and idle points at stalls between steps: "
-            "check data loading and synchronisation points (.item(), logging, checkpoints).",
-            {"metrics": ["gpu.utilization"], "p95": r["p95"], "p5": r["p5"],
-             "idle_sample_share": r["idle"], "kind": "fluctuating",
-             "threshold": {"p95_below": UTIL_P95, "p5_below": UTIL_P5,
-                           "source": "SageMaker Debugger LowGPUUtilization"}},
-            lost_fraction=r["idle"]))
+        findings.append(
+            ctx.finding(
+                STARVATION,
+                "info",
+                r["entity"],
+                dips[r["entity"]],
+                f"{r['entity']} utilization was fluctuating: p95 {pct(r['p95'])}, p5 {pct(r['p5'])}, "
+                f"idle in {pct(r['idle'])} of samples.",
+                "Utilization that swings between busy and idle points at stalls between steps: "
+                "check data loading and synchronisation points (.item(), logging, checkpoints).",
+                {
+                    "metrics": ["gpu.utilization"],
+                    "p95": r["p95"],
+                    "p5": r["p5"],
+                    "idle_sample_share": r["idle"],
+                    "kind": "fluctuating",
+                    "threshold": {
+                        "p95_below": UTIL_P95,
+                        "p5_below": UTIL_P5,
+                        "source": "SageMaker Debugger LowGPUUtilization",
+                    },
+                },
+                lost_fraction=r["idle"],
+            )
+        )
     return findings
 
 
@@ -89,29 +127,50 @@ def detect_idle_reserved(ctx: Context) -> list[Finding]:
     rows = ctx.rows(
         f"""SELECT entity, quantile_cont(util, 0.95) AS p95, max(util_max) AS peak,
                   max(job_memory) AS memory, min(t) AS t0, max(t) AS t1, count(*) AS n
-           FROM aw_gpu WHERE {JOB_GPU_FILTER} GROUP BY entity""", gpu_params(ctx))
+           FROM aw_gpu WHERE {JOB_GPU_FILTER} GROUP BY entity""",
+        gpu_params(ctx),
+    )
     findings = []
     for r in rows:
         span_s = r["t1"] - r["t0"] + ctx.info.bucket_s
-        if (r["p95"] is None or r["p95"] >= IDLE_RESERVED_UTIL or not r["memory"]
-                or span_s < ctx.min_episode_s() or span_s < 0.5 * ctx.info.duration_s):
+        if (
+            r["p95"] is None
+            or r["p95"] >= IDLE_RESERVED_UTIL
+            or not r["memory"]
+            or span_s < ctx.min_episode_s()
+            or span_s < 0.5 * ctx.info.duration_s
+        ):
             continue
         span = [ctx.span(r["entity"], r["t0"], r["t1"])]
-        findings.append(ctx.finding(
-            IDLE_RESERVED, "warning", r["entity"], span,
-            f"{r['entity']} was reserved but unused: the job holds "
-            f"{r['memory'] / 2**30:.1f} GiB on it, yet its utilization stayed at "
-            f"{pct(r['p95'])} (p95) for {duration(span_s)}.",
-            "Check CUDA_VISIBLE_DEVICES and the device placement (a stray .cuda() or a "
-            "framework initialising every GPU); release the GPU or give it work.",
-            {"metrics": ["gpu.job.memory", "gpu.utilization"], "job_memory_bytes": r["memory"],
-             "util_p95": r["p95"], "util_peak": r["peak"],
-             "threshold": {"util_p95_below": IDLE_RESERVED_UTIL}}))
+        findings.append(
+            ctx.finding(
+                IDLE_RESERVED,
+                "warning",
+                r["entity"],
+                span,
+                f"{r['entity']} was reserved but unused: the job holds "
+                f"{r['memory'] / 2**30:.1f} GiB on it, yet its utilization stayed at "
+                f"{pct(r['p95'])} (p95) for {duration(span_s)}.",
+                "Check CUDA_VISIBLE_DEVICES and the device placement (a stray .cuda() or a "
+                "framework initialising every GPU); release the GPU or give it work.",
+                {
+                    "metrics": ["gpu.job.memory", "gpu.utilization"],
+                    "job_memory_bytes": r["memory"],
+                    "util_p95": r["p95"],
+                    "util_peak": r["peak"],
+                    "threshold": {"util_p95_below": IDLE_RESERVED_UTIL},
+                },
+            )
+        )
     return findings
 
 
 RULES = [
-    Rule(IDLE_RESERVED, "Idle reserved accelerator", detect_idle_reserved,
-         supersedes=(STARVATION, "straggler")),
+    Rule(
+        IDLE_RESERVED,
+        "Idle reserved accelerator",
+        detect_idle_reserved,
+        supersedes=(STARVATION, "straggler"),
+    ),
     Rule(STARVATION, "GPU starvation / low utilization", detect_starvation),
 ]
