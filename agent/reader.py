@@ -1,7 +1,7 @@
 """What a viewer may read about one run: the latest tick, recent history, findings, run info.
 
 Two implementations share one interface (:class:`Reader`): :class:`LiveReader` over a running
-:class:`agent.session.Session` (the snapshot hub plus a small in-memory window of the metrics
+:class:`agent.app.session.Session` (the snapshot hub plus a small in-memory window of the metrics
 the viewer tracks, and ``store.cursor()`` for older history), and
 :class:`agent.recorded.RecordedReader` over a read-only DuckDB connection at a movable time
 cursor. Viewers (the TUI) never touch the
@@ -28,7 +28,7 @@ from agent.snapshot import Key, Snapshot
 if TYPE_CHECKING:
     import duckdb
 
-    from agent.session import Session
+    from agent.app.session import Session
 
 #: Display order of severities (the analysis core emits info, warning, critical).
 SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}

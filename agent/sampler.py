@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from agent.model import Batch, BatchBuilder, Event
 from agent.snapshot import SnapshotHub
-from collectors.base import Collector
+from agent.source import Collector
 
 TickSink = Callable[[float, list[Batch]], None]
 

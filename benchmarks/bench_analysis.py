@@ -289,7 +289,7 @@ class Recorder:
 
     def __init__(self, db: Path, root_pid: int, start: float) -> None:
         from agent.sampler import Sampler
-        from collectors.base import CollectContext
+        from agent.source import CollectContext
         from collectors.host import HostCollector
         from collectors.nvml import NvmlCollector
         from collectors.process import ProcessCollector

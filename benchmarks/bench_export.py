@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.sampler import Sampler
     from agent.snapshot import SnapshotHub
-    from collectors.base import CollectContext
+    from agent.source import CollectContext
     from collectors.host import HostCollector
     from collectors.nvml import NvmlCollector
     from collectors.process import ProcessCollector

@@ -33,7 +33,7 @@ import psutil  # noqa: E402
 import pynvml  # noqa: E402
 
 from agent.sampler import Sampler  # noqa: E402
-from collectors.base import CollectContext  # noqa: E402
+from agent.source import CollectContext  # noqa: E402
 from collectors.nvml import NvmlCollector  # noqa: E402
 from collectors.nvml_gpm import GPM_METRICS  # noqa: E402
 from collectors.process import ProcessCollector  # noqa: E402

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.model import BatchBuilder  # noqa: E402
 from agent.sampler import Sampler  # noqa: E402
+from agent.source import CollectContext  # noqa: E402
 from agent.store import Store  # noqa: E402
 from benchmarks._common import cpu_per_call, print_table, process_tree, verdict  # noqa: E402
-from collectors.base import CollectContext  # noqa: E402
 from collectors.host import HostCollector  # noqa: E402
 from collectors.process import ProcessCollector  # noqa: E402
 

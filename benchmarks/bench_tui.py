@@ -44,8 +44,8 @@ _ESCAPES = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>])")
 
 # -- child: the app in the pseudo-terminal -------------------------------------------------
 def run_child(args: argparse.Namespace) -> None:
+    from agent.app.session import Session, SessionConfig
     from agent.reader import LiveReader
-    from agent.session import Session, SessionConfig
     from tui.live import LiveApp
     from tui.views import gpu_entities
 

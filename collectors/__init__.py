@@ -1,1 +1,1 @@
-"""Collectors: one module per source, all behind :class:`collectors.base.Collector`."""
+"""Collectors: one module per source, all behind :class:`agent.source.Collector`."""

@@ -9,7 +9,7 @@ import psutil
 
 from agent.catalog.host import CPU_MODES
 from agent.model import Batch, BatchBuilder
-from collectors.base import CollectContext, Collector
+from agent.source import CollectContext, Collector
 
 _SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram")
 _SKIPPED_NICS = ("lo",)

@@ -18,7 +18,7 @@ import pynvml
 
 from agent.errors import CollectorUnavailable
 from agent.model import Batch, BatchBuilder
-from collectors.base import CollectContext, Collector
+from agent.source import CollectContext, Collector
 from collectors.nvml_device import Device, probe_gpu, probe_mig_devices, text
 from collectors.nvml_events import EventWatcher
 from collectors.nvml_probe import Notice

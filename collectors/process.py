@@ -7,7 +7,7 @@ import psutil
 from agent.catalog.process import STATE_CODES
 from agent.errors import TargetError
 from agent.model import Batch, BatchBuilder
-from collectors.base import CollectContext, Collector
+from agent.source import CollectContext, Collector
 
 _SKIP = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
 

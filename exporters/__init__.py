@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from agent.errors import UsageError
 
 if TYPE_CHECKING:
-    from agent.session import Consumer, SessionConfig
+    from agent.app.session import Consumer, SessionConfig
 
 #: Overrides the cap on processes with their own series (default 64).
 MAX_PROCESSES_ENV = "ACCELWATCH_EXPORT_MAX_PROCESSES"

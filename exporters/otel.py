@@ -39,7 +39,7 @@ from exporters.resource import build_resource
 from exporters.series import DEFAULT_MAX_PROCESSES, SeriesIndex
 
 if TYPE_CHECKING:
-    from agent.session import Session
+    from agent.app.session import Session
 
 SCOPE = "accelwatch"
 

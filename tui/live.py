@@ -19,7 +19,7 @@ from agent.reader import LiveReader
 from tui.app import AccelwatchApp
 
 if TYPE_CHECKING:
-    from agent.session import Session  # the CLI hands us its session; we only read it
+    from agent.app.session import Session  # the CLI hands us its session; we only read it
 
 #: Seconds the "job ended" screen stays before the app exits by itself.
 END_GRACE_S = 5.0

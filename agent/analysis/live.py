@@ -29,7 +29,7 @@ from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MI
 from agent.analysis.watch import HangWatch
 
 if TYPE_CHECKING:
-    from agent.session import Session
+    from agent.app.session import Session
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_EVERY_S = LIVE_MIN_PERIOD_S

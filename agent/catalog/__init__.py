@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from agent.catalog.roles import ROLES
+
 Kind = Literal["gauge", "counter"]
 
 
@@ -33,6 +35,9 @@ class Metric:
     otel_name: str
     otel_attributes: Mapping[str, str] = field(default_factory=dict)
     dcgm_name: str | None = None
+    #: What the metric means whatever the driver (``accelerator.busy``, ``port.rx_bytes``):
+    #: analysis, TUI, report and exporters select by role, never by source. See ``roles.py``.
+    role: str | None = None
 
     @property
     def is_counter(self) -> bool:
@@ -49,6 +54,7 @@ def metric(
     otel: str | None = None,
     attrs: Mapping[str, str] | None = None,
     dcgm: str | None = None,
+    role: str | None = None,
 ) -> Metric:
     """Declare a metric; without ``otel`` it exports under the ``accelwatch.`` namespace."""
     return Metric(
@@ -60,6 +66,7 @@ def metric(
         otel_name=otel or f"accelwatch.{name}",
         otel_attributes=MappingProxyType(dict(attrs or {})),
         dcgm_name=dcgm,
+        role=role,
     )
 
 
@@ -71,6 +78,8 @@ class Catalog:
         for m in metrics:
             if m.name in index:
                 raise ValueError(f"metric {m.name!r} declared twice")
+            if m.role is not None and m.role not in ROLES:
+                raise ValueError(f"metric {m.name!r} plays an undeclared role {m.role!r}")
             index[m.name] = m
         self._index = index
 
@@ -91,6 +100,10 @@ class Catalog:
 
     def by_source(self, source: str) -> list[Metric]:
         return [m for m in self._index.values() if m.source == source]
+
+    def by_role(self, role: str) -> list[Metric]:
+        """Every metric (of any source) that plays ``role``."""
+        return [m for m in self._index.values() if m.role == role]
 
 
 def _build() -> Catalog:

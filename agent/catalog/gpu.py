@@ -25,8 +25,51 @@ CLOCK_EVENT_FLAGS = {
 }
 
 
+#: The role each GPU metric plays (agent/catalog/roles.py); analysis and viewers read roles.
+ROLE_OF = {
+    "gpu.utilization": "accelerator.busy",
+    "gpu.sm.activity": "accelerator.compute.activity",
+    "gpu.tensor.activity": "accelerator.tensor.activity",
+    "gpu.fp16.activity": "accelerator.fp16.activity",
+    "gpu.fp32.activity": "accelerator.fp32.activity",
+    "gpu.memory.utilization": "accelerator.memory.busy",
+    "gpu.dram.activity": "accelerator.memory.bandwidth",
+    "gpu.memory.used": "accelerator.memory.used",
+    "gpu.memory.total": "accelerator.memory.total",
+    "gpu.job.memory": "accelerator.job.memory",
+    "gpu.job.processes": "accelerator.job.processes",
+    "gpu.power": "accelerator.power",
+    "gpu.power.limit": "accelerator.power.limit",
+    "gpu.energy": "accelerator.energy",
+    "gpu.temperature": "accelerator.temperature",
+    "gpu.clock.sm": "accelerator.clock",
+    "gpu.clock.sm.max": "accelerator.clock.max",
+    "gpu.clock_event.gpu_idle": "accelerator.throttle.idle",
+    "gpu.clock_event.sw_power_cap": "accelerator.throttle.power",
+    "gpu.clock_event.hw_power_brake": "accelerator.throttle.power_brake",
+    "gpu.clock_event.hw_slowdown": "accelerator.throttle.slowdown",
+    "gpu.clock_event.sw_thermal": "accelerator.throttle.thermal",
+    "gpu.clock_event.hw_thermal": "accelerator.throttle.thermal_hw",
+    "gpu.pcie.tx_throughput": "accelerator.host_link.tx",
+    "gpu.pcie.rx_throughput": "accelerator.host_link.rx",
+    "gpu.pcie.link.gen": "accelerator.host_link.gen",
+    "gpu.pcie.link.gen.max": "accelerator.host_link.gen.max",
+    "gpu.pcie.link.width": "accelerator.host_link.width",
+    "gpu.pcie.link.width.max": "accelerator.host_link.width.max",
+    "gpu.pcie.replays": "accelerator.host_link.replays",
+    "gpu.nvlink.tx_throughput": "accelerator.peer_link.tx",
+    "gpu.nvlink.rx_throughput": "accelerator.peer_link.rx",
+    "gpu.nvlink.active_links": "accelerator.peer_link.active",
+    "gpu.xid": "accelerator.fault",
+    "gpu.ecc.volatile.uncorrected": "accelerator.ecc.uncorrected",
+    "gpu.remapped_rows.uncorrectable": "accelerator.memory.remap.uncorrectable",
+    "gpu.remapped_rows.pending": "accelerator.memory.remap.pending",
+    "gpu.remapped_rows.failure": "accelerator.memory.remap.failure",
+}
+
+
 def _m(name, unit, kind, description, **kw):
-    return metric(name, unit, kind, description, source=SOURCE, **kw)
+    return metric(name, unit, kind, description, source=SOURCE, role=ROLE_OF.get(name), **kw)
 
 
 METRICS = [

@@ -8,8 +8,17 @@ SOURCE = "host"
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
+ROLE_OF = {
+    "host.ib.rx_bytes": "port.rx_bytes",
+    "host.ib.tx_bytes": "port.tx_bytes",
+    "host.disk.read_bytes": "disk.read_bytes",
+    "host.disk.write_bytes": "disk.write_bytes",
+    "host.disk.busy_time": "disk.busy_time",
+}
+
+
 def _m(name, unit, kind, description, **kw):
-    return metric(name, unit, kind, description, source=SOURCE, **kw)
+    return metric(name, unit, kind, description, source=SOURCE, role=ROLE_OF.get(name), **kw)
 
 
 METRICS = [

@@ -13,8 +13,8 @@ from agent.catalog.steps import rank_entity
 from agent.model import Batch, BatchBuilder, RunInfo
 from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
+from agent.source import CollectContext, Collector
 from agent.store import Store
-from collectors.base import CollectContext, Collector
 
 T0 = 1_700_000_000.0
 JOB_PID = 4242

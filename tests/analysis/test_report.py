@@ -10,7 +10,7 @@ import pytest
 
 from agent.analysis.engine import analyze_run
 from agent.analysis.finding import load_findings
-from agent.cli import main
+from agent.app.cli import main
 from agent.model import BatchBuilder
 from agent.report import render_run_text
 from agent.store import connect

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pynvml
 
 from agent.model import Batch
-from collectors.base import CollectContext
+from agent.source import CollectContext
 from collectors.nvml import NvmlCollector
 from collectors.sim import SimulatedNvml, install, load_scenario
 from collectors.sim.scenario import parse_scenario

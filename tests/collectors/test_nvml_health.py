@@ -8,7 +8,7 @@ import pynvml
 import pytest
 
 from agent.errors import CollectorUnavailable
-from collectors.base import CollectContext
+from agent.source import CollectContext
 from collectors.nvml import NvmlCollector
 from tests.collectors.nvml_harness import RigFactory, scenario_toml, series, values
 

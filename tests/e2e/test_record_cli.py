@@ -364,7 +364,7 @@ def test_pid_of_another_user(tmp_path):
 
 def test_help_imports_neither_duckdb_nor_textual():
     code = (
-        "import sys\nfrom agent.cli import main\ntry:\n    main(['--help'])\n"
+        "import sys\nfrom agent.app.cli import main\ntry:\n    main(['--help'])\n"
         "except SystemExit:\n    pass\nprint(sorted(m for m in ('duckdb', 'textual', "
         "'opentelemetry', 'pyarrow') if m in sys.modules))"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.session import Session, SessionConfig
+from agent.app.session import Session, SessionConfig
 from agent.store import connect
 from tests.exporters.receivers import GrpcReceiver, HttpReceiver
 

@@ -8,9 +8,9 @@ import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
+from agent.app.session import Session, SessionConfig
 from agent.errors import UsageError
 from agent.model import RunInfo
-from agent.session import Session, SessionConfig
 from agent.snapshot import SnapshotHub
 from exporters import build_exporters
 from exporters.findings import FindingLogEmitter, FindingsGauge

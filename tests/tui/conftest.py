@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from agent.analysis.finding import Finding as StoredFinding  # noqa: F401 - proves the table shape
+from agent.app.session import Session
 from agent.reader import LiveReader
 from agent.recorded import RecordedReader
-from agent.session import Session
 from tests.tui.synthetic import SyntheticJob, end_session, synthetic_session
 
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from agent.app.session import Session, SessionConfig
 from agent.model import Batch, BatchBuilder, RunInfo
-from agent.session import Session, SessionConfig
 
 T0 = 1_700_000_000.0
 ROOT_PID = 4242

@@ -29,8 +29,8 @@ def _loaded_after(imports: list[str]) -> set[str]:
 @pytest.mark.parametrize(
     "modules",
     [
-        ["agent.cli"],
-        ["agent.session", "agent.commands", "agent.reader", "agent.recorded"],
+        ["agent.app.cli"],
+        ["agent.app.session", "agent.app.commands", "agent.reader", "agent.recorded"],
         ["collectors.host", "collectors.process"],
         ["exporters"],
     ],
@@ -41,7 +41,7 @@ def test_core_imports_do_not_load_textual(modules):
 
 
 def test_cli_parser_does_not_load_duckdb():
-    assert "duckdb" not in _loaded_after(["agent.cli"])
+    assert "duckdb" not in _loaded_after(["agent.app.cli"])
 
 
 def _imports(path: Path, *, top_level_only: bool = False) -> set[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.app.session import Session, SessionConfig
 from agent.reader import LiveReader
-from agent.session import Session, SessionConfig
 from agent.store import connect
 from tests.tui.screen import async_test, screen_text
 from tui.format import fmt

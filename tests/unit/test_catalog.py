@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from agent.catalog import CATALOG
-from collectors.base import CollectContext
+from agent.source import CollectContext
 from collectors.host import HostCollector
 from collectors.process import ProcessCollector
 

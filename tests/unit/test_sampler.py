@@ -6,7 +6,7 @@ import time
 
 from agent.model import Batch, BatchBuilder
 from agent.sampler import Sampler
-from collectors.base import Collector
+from agent.source import Collector
 
 
 class Steady(Collector):

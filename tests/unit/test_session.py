@@ -6,7 +6,7 @@ import os
 import stat
 import sys
 
-from agent.session import Session, SessionConfig
+from agent.app.session import Session, SessionConfig
 from agent.store import connect
 
 
@@ -40,7 +40,7 @@ def test_headless_recording_keeps_heavy_libraries_out_of_the_agent(tmp_path):
 
     code = f"""
 import sys
-from agent.session import Session, SessionConfig
+from agent.app.session import Session, SessionConfig
 s = Session(SessionConfig(db_path={str(tmp_path / "h.duckdb")!r}, interval=0.1))
 s.launch([sys.executable, "-c", "import time; time.sleep(0.5)"])
 s.wait()

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.errors import AccelwatchError, CollectorUnavailable, TargetError
+from agent.app.sources import candidate_collectors, install_simulator, start_collectors
+from agent.errors import AccelwatchError, TargetError
 from agent.model import Event, RunInfo
 from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
+from agent.source import CollectContext, Collector
 from agent.store import Store
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
-from collectors.base import CollectContext, Collector
-from collectors.host import HostCollector
 from collectors.process import ProcessCollector
 
 
@@ -116,14 +116,8 @@ class Session:
         return self._begin(pid, mode="attach")
 
     def _install_simulator(self) -> None:
-        if not self.config.simulate:
-            return
-        from collectors.sim import install, load_scenario
-
-        scenario = load_scenario(self.config.simulate)
-        # The watched process owns the simulated GPUs (as a single-process multi-GPU job
-        # does); its data-loader workers never hold device memory.
-        self.simulator = install(scenario, job_pids=self._gpu_owner_pids)
+        if self.config.simulate:
+            self.simulator = install_simulator(self.config.simulate, self._gpu_owner_pids)
 
     def _gpu_owner_pids(self) -> list[int]:
         """The watched process while it lives (an exited process holds no GPU)."""
@@ -183,30 +177,13 @@ class Session:
         return self.run
 
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:
-        started: list[Collector] = []
-        candidates: list[Collector] = [self.process_collector, HostCollector()]
-        candidates.extend(_optional_collectors())
-        for collector in candidates:
-            try:
-                collector.start(ctx)
-            except TargetError:
-                self.store.close()
-                raise
-            except CollectorUnavailable as exc:
-                self._notices.append(
-                    ("collector_unavailable", collector.source, {"reason": str(exc)})
-                )
-                continue
-            except Exception as exc:  # a broken source must not stop the recording
-                self._notices.append(
-                    (
-                        "collector_disabled",
-                        collector.source,
-                        {"reason": f"{type(exc).__name__}: {exc}", "severity": "warning"},
-                    )
-                )
-                continue
-            started.append(collector)
+        assert self.process_collector is not None
+        try:
+            started, notices = start_collectors(candidate_collectors(self.process_collector), ctx)
+        except TargetError:
+            self.store.close()
+            raise
+        self._notices.extend(notices)
         return started
 
     def _build_consumers(self) -> list[Consumer]:
@@ -323,17 +300,6 @@ def _exit_code(returncode: int | None) -> int | None:
     if returncode is None:
         return None
     return 128 - returncode if returncode < 0 else returncode
-
-
-def _optional_collectors() -> list[Collector]:
-    """Collectors whose sources may be absent; they raise CollectorUnavailable in start()."""
-    out: list[Collector] = []
-    try:
-        from collectors.nvml import NvmlCollector
-    except ImportError:
-        return out
-    out.append(NvmlCollector())
-    return out
 
 
 def _pid_running(pid: int | None) -> bool:

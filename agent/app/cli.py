@@ -195,9 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "db", "unset") is None:
         args.db = default_db()
     try:
-        from agent import commands
-
-        return getattr(commands, f"cmd_{args.command}")(args)
+        return _handler(args.command)(args)
     except AccelwatchError as exc:
         print(f"accelwatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -206,6 +204,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+
+
+#: Commands that record (they import the session machinery); the rest only read.
+RECORDING_COMMANDS = frozenset({"run", "attach", "demo"})
+
+
+def _handler(command: str):
+    """The ``cmd_<command>`` function, imported only when that command runs."""
+    if command in RECORDING_COMMANDS:
+        from agent.app import commands as module
+    else:
+        from agent.app import read_commands as module
+    return getattr(module, f"cmd_{command.replace('-', '_')}")
 
 
 def print_json(obj) -> None:

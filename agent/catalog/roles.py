@@ -1,0 +1,86 @@
+"""The role vocabulary: what a metric means whatever driver measured it, and the entity kinds.
+
+A source's metric declares ``role=`` when it plays one of these; analysis, the TUI, the report and
+the exporters select metrics by role and entities by kind, so a TPU (or any third-party
+accelerator) is analysed and drawn the day its source declares its metrics with these roles.
+Units are those of the role (ratios 0..1, bytes, watts...); a source converts to them.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+#: Entity kinds a source may declare.
+ENTITY_KINDS = MappingProxyType(
+    {
+        "host": "the machine",
+        "cpu": "one logical CPU",
+        "process": "a process of the watched tree",
+        "accelerator": "a GPU, a TPU chip, any device the job computes on",
+        "accelerator.part": "a slice of an accelerator (MIG instance, TPU core)",
+        "accelerator.process": "one process's use of one accelerator",
+        "link": "a device-to-device link (NVLink, ICI)",
+        "port": "a fabric port (InfiniBand, RoCE)",
+        "interface": "a network interface",
+        "disk": "a block device",
+        "mount": "a filesystem the job uses",
+        "rank": "a training rank reporting steps",
+    }
+)
+
+#: Role → (unit, meaning). Accelerator roles apply to entities of kind ``accelerator``.
+ROLES = MappingProxyType(
+    {
+        # -- accelerator activity
+        "accelerator.busy": ("1", "share of time any work ran (GPU utilization, TPU duty cycle)"),
+        "accelerator.compute.activity": ("1", "share of compute units busy (SM activity)"),
+        "accelerator.tensor.activity": ("1", "share of time the matrix units were busy"),
+        "accelerator.fp16.activity": ("1", "FP16 pipe activity"),
+        "accelerator.fp32.activity": ("1", "FP32 pipe activity"),
+        "accelerator.memory.busy": ("1", "share of time device memory was read or written"),
+        "accelerator.memory.bandwidth": ("1", "memory bandwidth used, share of peak (DRAM, HBM)"),
+        "accelerator.queue.size": ("1", "programs queued on the device"),
+        # -- memory
+        "accelerator.memory.used": ("By", "device memory in use"),
+        "accelerator.memory.total": ("By", "device memory size"),
+        "accelerator.job.memory": ("By", "device memory held by the watched job"),
+        "accelerator.job.processes": ("1", "processes of the watched job on the device"),
+        # -- power, thermals, clocks
+        "accelerator.power": ("W", "power draw"),
+        "accelerator.power.limit": ("W", "enforced power limit"),
+        "accelerator.energy": ("J", "cumulative energy"),
+        "accelerator.temperature": ("Cel", "core temperature"),
+        "accelerator.clock": ("MHz", "compute clock"),
+        "accelerator.clock.max": ("MHz", "maximum compute clock"),
+        "accelerator.throttle.idle": ("1", "clocks lowered because the device is idle"),
+        "accelerator.throttle.power": ("1", "clocks lowered by the power cap"),
+        "accelerator.throttle.power_brake": ("1", "clocks lowered by an external power brake"),
+        "accelerator.throttle.slowdown": ("1", "hardware slowdown"),
+        "accelerator.throttle.thermal": ("1", "clocks lowered by software thermal control"),
+        "accelerator.throttle.thermal_hw": ("1", "clocks lowered by hardware thermal control"),
+        # -- links
+        "accelerator.host_link.tx": ("By/s", "device → host transfer rate (PCIe)"),
+        "accelerator.host_link.rx": ("By/s", "host → device transfer rate (PCIe)"),
+        "accelerator.host_link.gen": ("1", "host link generation"),
+        "accelerator.host_link.gen.max": ("1", "maximum host link generation"),
+        "accelerator.host_link.width": ("1", "host link lanes"),
+        "accelerator.host_link.width.max": ("1", "maximum host link lanes"),
+        "accelerator.host_link.replays": ("1", "host link replays (counter)"),
+        "accelerator.peer_link.tx": ("By/s", "device → peers transfer rate (NVLink, ICI)"),
+        "accelerator.peer_link.rx": ("By/s", "peers → device transfer rate"),
+        "accelerator.peer_link.active": ("1", "active peer links"),
+        # -- health
+        "accelerator.fault": ("1", "last fatal device error code (XID)"),
+        "accelerator.ecc.uncorrected": ("1", "uncorrected memory errors (counter)"),
+        "accelerator.memory.remap.uncorrectable": ("1", "rows remapped for uncorrectable errors"),
+        "accelerator.memory.remap.pending": ("1", "a row remap waits for a reset"),
+        "accelerator.memory.remap.failure": ("1", "a row remap failed"),
+        # -- fabric and storage
+        "port.rx_bytes": ("By", "bytes received on a fabric port (counter)"),
+        "port.tx_bytes": ("By", "bytes sent on a fabric port (counter)"),
+        "port.rate": ("By/s", "a fabric port's line rate"),
+        "disk.read_bytes": ("By", "bytes read from a block device (counter)"),
+        "disk.write_bytes": ("By", "bytes written to a block device (counter)"),
+        "disk.busy_time": ("s", "time a block device was busy (counter)"),
+    }
+)
