@@ -28,6 +28,20 @@ class Consumer(Protocol):
     def stop(self) -> None: ...
 
 
+class RecordingControl(Protocol):
+    """What a live viewer may do to the recording it shows: wait for its end, ask it to stop."""
+
+    def wait_end(self) -> str:
+        """Block until the recording ends; the reason (``target exited``, ``signal SIGTERM``)."""
+        ...
+
+    def stop(self, reason: str) -> None: ...
+
+    def stopping(self) -> bool: ...
+
+    def target_exit_code(self) -> int | None: ...
+
+
 class LiveContext:
     """One run's live channels; built by the session, handed to each consumer."""
 
@@ -39,7 +53,7 @@ class LiveContext:
         note: Callable[..., None],
         open_cursor: Callable[[], duckdb.DuckDBPyConnection],
         recording_health: Callable[[], Mapping[str, Any]] = dict,
-        sampler_cpu_seconds: Callable[[], float] = lambda: 0.0,
+        sampler_cpu_seconds: Callable[[], float] | None = None,
     ) -> None:
         self.run = run
         self.hub = hub
@@ -50,6 +64,9 @@ class LiveContext:
         self._lock = threading.Lock()
         self._findings: tuple[Mapping[str, Any], ...] = ()
         self._health: Mapping[str, Any] = MappingProxyType({})
+        self._boards: dict[str, dict[str, Any]] = {}
+        #: Sources that never started or were disabled at start: source → reason.
+        self.startup_notices: Mapping[str, str] = MappingProxyType({})
 
     @property
     def interval(self) -> float:
@@ -73,7 +90,16 @@ class LiveContext:
     @property
     def health(self) -> Mapping[str, Any]:
         """Consumers' counters (``otlp.failed_exports``...) merged with the recording's own."""
-        return MappingProxyType({**self._recording_health(), **self._health})
+        merged: dict[str, Any] = dict(self._recording_health())
+        for board in list(self._boards.values()):
+            merged.update(dict(board))
+        merged.update(self._health)
+        return MappingProxyType(merged)
+
+    def counters(self, owner: str) -> dict[str, Any]:
+        """A dict of counters that ``owner`` alone writes (one writer each); merged into health."""
+        with self._lock:
+            return self._boards.setdefault(owner, {})
 
     def publish_health(self, **values: Any) -> None:
         """Set some of this consumer's health counters (keys are ``<consumer>.<name>``)."""
@@ -85,6 +111,7 @@ class LiveContext:
         """A DuckDB cursor on the run's database, owned by the calling thread (close it)."""
         return self._open_cursor()
 
-    def sampler_cpu_seconds(self) -> float:
-        """CPU seconds the sampler spent so far: the budget live analysis measures against."""
-        return self._sampler_cpu_seconds()
+    def sampler_cpu_seconds(self) -> float | None:
+        """CPU seconds the sampler spent so far (the budget live analysis measures against);
+        None when no sampler runs (analysis of a recording fed by other means)."""
+        return None if self._sampler_cpu_seconds is None else self._sampler_cpu_seconds()

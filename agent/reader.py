@@ -1,7 +1,7 @@
 """What a viewer may read about one run: the latest tick, recent history, findings, run info.
 
 Two implementations share one interface (:class:`Reader`): :class:`LiveReader` over a running
-:class:`agent.app.session.Session` (the snapshot hub plus a small in-memory window of the metrics
+:class:`agent.context.LiveContext` (the snapshot hub plus a small in-memory window of the metrics
 the viewer tracks, and ``store.cursor()`` for older history), and
 :class:`agent.recorded.RecordedReader` over a read-only DuckDB connection at a movable time
 cursor. Viewers (the TUI) never touch the
@@ -28,7 +28,7 @@ from agent.snapshot import Key, Snapshot
 if TYPE_CHECKING:
     import duckdb
 
-    from agent.app.session import Session
+    from agent.context import LiveContext, RecordingControl
 
 #: Display order of severities (the analysis core emits info, warning, critical).
 SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
@@ -234,21 +234,19 @@ class _RecentWindow:
 
 
 class LiveReader:
-    """Reads a running session without ever blocking its sampler."""
+    """Reads a recording in progress through its :class:`LiveContext`, never blocking sampling."""
 
     live = True
 
-    def __init__(self, session: Session) -> None:
-        if session.run is None:
-            raise ValueError("the session has not started recording")
-        self.session = session
-        self.run: RunInfo = session.run
-        interval = max(session.config.interval, 0.05)
+    def __init__(self, context: LiveContext, control: RecordingControl) -> None:
+        self.context = context
+        self.control = control
+        self.run: RunInfo = context.run
+        interval = max(context.interval, 0.05)
         self._recent = _RecentWindow(int(MAX_WINDOW_S / interval) + 2)
-        self._notices: dict[str, str] = dict(session.startup_notices)
+        self._notices: dict[str, str] = dict(context.startup_notices)
         self._callbacks: list[Callable[[], None]] = []
-        self._stopped_by_viewer = False
-        session.hub.subscribe(self._on_tick)
+        context.hub.subscribe(self._on_tick)
 
     def track(self, metrics: Iterable[str]) -> None:
         self._recent.metrics = frozenset(metrics)
@@ -266,29 +264,24 @@ class LiveReader:
             callback()
 
     def frame(self, window_s: float) -> Frame | None:
-        snap = self.session.hub.latest
+        snap = self.context.hub.latest
         if snap is None:
             return None
-        store = self.session.store
         health: dict[str, Any] = {
-            "samples": store.rows_written,
-            "dropped_ticks": store.dropped_ticks,
             "missed_ticks": snap.stats.get("missed_ticks", 0),
             "disabled": dict(snap.stats.get("disabled") or {}),
-            **self.session.health,
+            **self.context.health,
         }
-        if store.last_error:
-            health["store_error"] = store.last_error
         return Frame(
             snapshot=snap,
             recent=self._recent.window(snap.ts, window_s),
-            findings=order_findings(Finding.from_mapping(f) for f in self.session.live_findings),
+            findings=order_findings(Finding.from_mapping(f) for f in self.context.findings),
             health=health,
             notices=dict(self._notices),
         )
 
     def history(self, entity: str, metric: str, start: float, end: float) -> Series:
-        cursor = self.session.store.cursor()
+        cursor = self.context.cursor()
         try:
             return query_history(
                 cursor, self.run.run_id, entity, metric, start, end, interval=self.run.interval
@@ -298,22 +291,17 @@ class LiveReader:
 
     def wait_end(self) -> str:
         """Block until the target exits, the duration passes or a stop is requested; the reason."""
-        self.session.wait()
-        return self.session.stop_reason or "stopped"
+        return self.control.wait_end()
 
     def target_exit_code(self) -> int | None:
-        child = self.session.child
-        if child is None or child.poll() is None:
-            return None
-        code = child.returncode
-        return 128 - code if code < 0 else code
+        return self.control.target_exit_code()
 
     def stop(self, reason: str) -> None:
-        """Ask the session to stop recording (it finalizes once the viewer returns)."""
-        self.session.request_stop(reason)
+        """Ask the recording to stop (it finalizes once the viewer returns)."""
+        self.control.stop(reason)
 
     def close(self) -> None:
-        self.session.hub.unsubscribe(self._on_tick)
+        self.context.hub.unsubscribe(self._on_tick)
         self._callbacks.clear()
-        if not self.session.stop_requested.is_set():
+        if not self.control.stopping():
             self.stop("viewer closed")

@@ -44,7 +44,7 @@ _ESCAPES = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>])")
 
 # -- child: the app in the pseudo-terminal -------------------------------------------------
 def run_child(args: argparse.Namespace) -> None:
-    from agent.app.session import Session, SessionConfig
+    from agent.app.session import Session, SessionConfig, SessionControl
     from agent.reader import LiveReader
     from tui.live import LiveApp
     from tui.views import gpu_entities
@@ -55,7 +55,7 @@ def run_child(args: argparse.Namespace) -> None:
         )
     )
     session.attach(args.pid)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     sampler_cpu: list[float] = []
 
     class MeasuredApp(LiveApp):

@@ -7,18 +7,27 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent.errors import UsageError
 
 if TYPE_CHECKING:
-    from agent.app.session import Consumer, SessionConfig
+    from agent.context import Consumer
+
+
+class ExportOptions(Protocol):
+    """The recording options exporters read (the session's config satisfies it)."""
+
+    otlp: str | None
+    prometheus: str | None
+    metric_names: str
+
 
 #: Overrides the cap on processes with their own series (default 64).
 MAX_PROCESSES_ENV = "ACCELWATCH_EXPORT_MAX_PROCESSES"
 
 
-def build_exporters(config: SessionConfig) -> list[Consumer]:
+def build_exporters(config: ExportOptions) -> list[Consumer]:
     """The export consumers the config asks for (empty when neither OTLP nor Prometheus is on)."""
     if config.otlp is None and config.prometheus is None:
         return []

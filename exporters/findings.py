@@ -1,6 +1,6 @@
 """Findings for monitoring backends: a gauge of active findings, and a log record per finding.
 
-Both read ``session.live_findings`` (a list the live analysis replaces whole), so they cost
+Both read the live context's findings (a tuple the live analysis replaces whole), so they cost
 nothing while findings do not change.
 """
 

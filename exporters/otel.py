@@ -39,7 +39,7 @@ from exporters.resource import build_resource
 from exporters.series import DEFAULT_MAX_PROCESSES, SeriesIndex
 
 if TYPE_CHECKING:
-    from agent.app.session import Session
+    from agent.context import LiveContext
 
 SCOPE = "accelwatch"
 
@@ -47,7 +47,7 @@ SCOPE = "accelwatch"
 def quiet_sdk_logging() -> None:
     """Keep the SDK's per-attempt export errors off the terminal (the TUI owns it).
 
-    Failures are counted in ``session.health`` and noted as ``export_failed`` events instead.
+    Failures are counted in the context's health and noted as ``export_failed`` events instead.
     A NullHandler stops Python's last-resort stderr handler; records still propagate to
     any handler the user configured.
     """
@@ -124,31 +124,31 @@ class TelemetryExporter:
         self.meter_provider: MeterProvider | None = None
         self.logger_provider: LoggerProvider | None = None
         self.log_emitter: FindingLogEmitter | None = None
-        self._session: Session | None = None
+        self._context: LiveContext | None = None
 
-    def start(self, session: Session) -> None:
-        assert session.run is not None and session.sampler is not None
-        self._session = session
+    def start(self, context: LiveContext) -> None:
+        self._context = context
+        self.health = context.counters("export")
         if sdk_disabled():
-            session.sampler.note("export_disabled", "otel", reason=f"{OTEL_SDK_DISABLED}=true")
+            context.note("export_disabled", "otel", reason=f"{OTEL_SDK_DISABLED}=true")
             return
         quiet_sdk_logging()
-        resource = build_resource(session.run)
+        resource = build_resource(context.run)
         plan = build_plan(("otel", self.metric_names))
-        self.index = SeriesIndex(plan, session.run.host, self.max_processes, session.health)
-        findings = FindingsGauge(lambda: session.live_findings)
+        self.index = SeriesIndex(plan, context.run.host, self.max_processes, self.health)
+        findings = FindingsGauge(lambda: context.findings)
         if self.otlp is not None:
-            self._start_otlp(session, resource, plan, findings)
+            self._start_otlp(context, resource, plan, findings)
         if self.prometheus_address is not None:
-            self._start_prometheus(session, resource, plan, findings)
+            self._start_prometheus(context, resource, plan, findings)
 
     def _start_otlp(
-        self, session: Session, resource: Resource, plan: ExportPlan, findings: FindingsGauge
+        self, context: LiveContext, resource: Resource, plan: ExportPlan, findings: FindingsGauge
     ) -> None:
-        assert self.index is not None and session.sampler is not None
+        assert self.index is not None
         health = ExportHealth(
-            session.health,
-            session.sampler.note,
+            self.health,
+            context.note,
             self.otlp or "OTEL_EXPORTER_OTLP_*",
             self.event_gap_s,
         )
@@ -164,7 +164,7 @@ class TelemetryExporter:
             shutdown_on_exit=False,
         )
         meter = self.meter_provider.get_meter(SCOPE, __version__)
-        register_instruments(meter, plan, self.index, lambda: session.hub.latest)
+        register_instruments(meter, plan, self.index, lambda: context.hub.latest)
         meter.create_observable_gauge(
             FINDINGS_GAUGE,
             callbacks=[lambda _options: findings.observe()],
@@ -176,9 +176,9 @@ class TelemetryExporter:
             BatchLogRecordProcessor(CountingLogExporter(log_exporter(endpoint), health))
         )
         logger = self.logger_provider.get_logger(SCOPE, __version__)
-        self.log_emitter = FindingLogEmitter(logger, lambda: session.live_findings)
-        session.hub.subscribe(self.log_emitter)
-        session.sampler.note(
+        self.log_emitter = FindingLogEmitter(logger, lambda: context.findings)
+        context.hub.subscribe(self.log_emitter)
+        context.note(
             "export_started",
             "otlp",
             endpoint=self.otlp or "OTEL_EXPORTER_OTLP_*",
@@ -186,7 +186,7 @@ class TelemetryExporter:
         )
 
     def _start_prometheus(
-        self, session: Session, resource: Resource, plan: ExportPlan, findings: FindingsGauge
+        self, context: LiveContext, resource: Resource, plan: ExportPlan, findings: FindingsGauge
     ) -> None:
         index = self.index
         assert index is not None and self.prometheus_address is not None
@@ -196,16 +196,15 @@ class TelemetryExporter:
 
         exposition = Exposition(plan, {FINDINGS_GAUGE: FINDINGS_SPEC}, resource.attributes)
         self.prometheus = PrometheusEndpoint(
-            self.prometheus_address, session.health, points, lambda: session.hub.latest, exposition
+            self.prometheus_address, self.health, points, lambda: context.hub.latest, exposition
         )
         try:
             self.prometheus.serve()
         except Exception:
             self.stop()
             raise
-        session.health["prometheus.address"] = self.prometheus.address
-        assert session.sampler is not None
-        session.sampler.note(
+        self.health["prometheus.address"] = self.prometheus.address
+        context.note(
             "export_started",
             "prometheus",
             url=f"http://{self.prometheus.address}/metrics",
@@ -214,11 +213,11 @@ class TelemetryExporter:
 
     def stop(self) -> None:
         """Final export (bounded by the exporter's timeout), then close the endpoint."""
-        session = self._session
-        if session is not None and self.log_emitter is not None:
-            session.hub.unsubscribe(self.log_emitter)
-            if session.hub.latest is not None:
-                self.log_emitter(session.hub.latest)  # findings set by the final analysis
+        context = self._context
+        if context is not None and self.log_emitter is not None:
+            context.hub.unsubscribe(self.log_emitter)
+            if context.hub.latest is not None:
+                self.log_emitter(context.hub.latest)  # findings set by the final analysis
         if self.prometheus is not None:
             self.prometheus.close()
         if self.meter_provider is not None:

@@ -114,7 +114,7 @@ def log_exporter(
 
 
 class ExportHealth:
-    """Counts OTLP export results into ``session.health`` and notes rate-limited events."""
+    """Counts OTLP export results into the live context's health counters and notes rate-limited events."""
 
     def __init__(
         self,

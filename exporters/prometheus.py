@@ -224,4 +224,4 @@ class _ScrapeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, *args: Iterable[Any]) -> None:
-        pass  # scrapes are counted in session.health, not logged
+        pass  # scrapes are counted in the health counters, not logged

@@ -19,7 +19,7 @@ from agent.reader import LiveReader
 from tui.app import AccelwatchApp
 
 if TYPE_CHECKING:
-    from agent.app.session import Session  # the CLI hands us its session; we only read it
+    from agent.context import LiveContext, RecordingControl
 
 #: Seconds the "job ended" screen stays before the app exits by itself.
 END_GRACE_S = 5.0
@@ -83,9 +83,9 @@ class LiveApp(AccelwatchApp):
         self.exit(0)
 
 
-def run_live(session: Session) -> None:
+def run_live(context: LiveContext, control: RecordingControl) -> None:
     """Show the live UI until the user quits or the recording ends; the caller finalizes."""
-    reader = LiveReader(session)
+    reader = LiveReader(context, control)
     try:
         LiveApp(reader).run()
     finally:

@@ -5,7 +5,7 @@ cursor wakes every second. It feeds the latest snapshot to the hang watch (a few
 GPU) and runs a full rule pass over the last ``window_s`` seconds when the CPU governor
 (:class:`~agent.analysis.budget.CpuBudget`) allows one, or at once when the hang watch says
 the hang rule's condition has held long enough. A pass publishes the current findings to
-``session.live_findings`` (replaced whole) and keeps the run's live findings in the
+``context.findings`` (published whole) and keeps the run's live findings in the
 ``findings`` table (``live = true``), extending a finding while its problem lasts.
 """
 
@@ -29,7 +29,7 @@ from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MI
 from agent.analysis.watch import HangWatch
 
 if TYPE_CHECKING:
-    from agent.app.session import Session
+    from agent.context import LiveContext
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_EVERY_S = LIVE_MIN_PERIOD_S
@@ -97,7 +97,7 @@ class LiveAnalysis:
     ) -> None:
         self.window_s = window_s
         self.every_s = every_s
-        self.session: Session | None = None
+        self.context: LiveContext | None = None
         self.cursor: duckdb.DuckDBPyConnection | None = None
         self.log = LiveFindingLog(join_gap_s=max_every_s + window_s)
         self.budget = CpuBudget(cpu_share, every_s, max_every_s)
@@ -113,9 +113,9 @@ class LiveAnalysis:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, session: Session) -> None:
-        self.session = session
-        self.cursor = session.store.cursor()
+    def start(self, context: LiveContext) -> None:
+        self.context = context
+        self.cursor = context.cursor()
         self._thread = threading.Thread(target=self._loop, name="accelwatch-analysis", daemon=True)
         self._thread.start()
 
@@ -134,15 +134,14 @@ class LiveAnalysis:
                 self.poll()
             except Exception as exc:  # keep analysing; say why in the health channel
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.session is not None:
-                    self.session.health["analysis.last_error"] = self.last_error
+                if self.context is not None:
+                    self.context.publish_health(**{"analysis.last_error": self.last_error})
 
     def sampling_cpu(self) -> float | None:
         """Sampler CPU seconds since this analysis started (None without a sampler)."""
-        sampler = getattr(self.session, "sampler", None)
-        if sampler is None:
+        total = None if self.context is None else self.context.sampler_cpu_seconds()
+        if total is None:
             return None
-        total = float(sampler.stats.cpu_seconds)
         if self._sampling_base is None:
             self._sampling_base = total
         return total - self._sampling_base
@@ -152,12 +151,12 @@ class LiveAnalysis:
 
         Returns the pass's findings, or None when no pass ran. All CPU spent here is charged
         to the budget."""
-        session = self.session
-        if session is None or self.cursor is None or session.run is None:
+        context = self.context
+        if context is None or self.cursor is None:
             return None
         cpu_started = self.cpu_clock()
         now = self.clock() if now is None else now
-        snap = session.hub.latest
+        snap = context.hub.latest
         if snap is not None and snap.seq != self._seen_seq:
             self._seen_seq = snap.seq
             self.watch.observe(snap)
@@ -165,7 +164,7 @@ class LiveAnalysis:
         urgent = snap is not None and self.watch.due(snap.ts)
         if not urgent and not self.budget.due(now):
             self.budget.charge(self.cpu_clock() - cpu_started)
-            session.health.update(self.budget.health())
+            context.publish_health(**self.budget.health())
             return None
         current: list[Finding] = []
         try:
@@ -175,27 +174,31 @@ class LiveAnalysis:
                 self.urgent_passes += 1
                 self.watch.triggered(snap.ts, any(f.rule == HANG for f in current))
             self.budget.ran_pass(now, self.cpu_clock() - cpu_started)
-            session.health.update(self.budget.health())
-        session.health["analysis.urgent_passes"] = self.urgent_passes
+            context.publish_health(**self.budget.health())
+        context.publish_health(**{"analysis.urgent_passes": self.urgent_passes})
         return current
 
     def run_once(self, now: float | None = None) -> list[Finding]:
         """Analyse ``[now - window_s, now]`` (``now``: the latest sample time by default)."""
-        session, cursor = self.session, self.cursor
-        if session is None or cursor is None or session.run is None:
+        context, cursor = self.context, self.cursor
+        if context is None or cursor is None:
             return []
         if now is None:
-            latest = session.hub.latest
+            latest = context.hub.latest
             now = latest.ts if latest is not None else time.time()
         started = time.perf_counter()
-        bucket = max(1.0, float(session.run.interval))
-        window = Window(session.run.run_id, bucket, start=_utc(now - self.window_s))
+        bucket = max(1.0, float(context.interval))
+        window = Window(context.run.run_id, bucket, start=_utc(now - self.window_s))
         current = [f.as_live() for f in analyze(cursor, window, live=True)]
-        store_findings(cursor, session.run.run_id, self.log.update(current), live=True)
-        session.live_findings = [f.to_dict() for f in self.log.current()]
+        store_findings(cursor, context.run.run_id, self.log.update(current), live=True)
+        context.publish_findings([f.to_dict() for f in self.log.current()])
         self.cycles += 1
         self.busy_seconds += time.perf_counter() - started
-        session.health["analysis.cycles"] = self.cycles
-        session.health["analysis.findings"] = len(current)
-        session.health["analysis.busy_s"] = round(self.busy_seconds, 3)
+        context.publish_health(
+            **{
+                "analysis.cycles": self.cycles,
+                "analysis.findings": len(current),
+                "analysis.busy_s": round(self.busy_seconds, 3),
+            }
+        )
         return current

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.app.session import Session, SessionConfig, install_signal_handlers
+from agent.app.session import Session, SessionConfig, SessionControl, install_signal_handlers
 from agent.errors import UsageError
 
 
@@ -103,7 +103,8 @@ def _watch(session: Session) -> None:
         else:
             from tui.live import run_live
 
-            run_live(session)
+            assert session.context is not None
+            run_live(session.context, SessionControl(session))
     finally:
         run = session.finish()
     if run is not None and not session.config.quiet:
@@ -123,7 +124,8 @@ class LiveLinePrinter:
             return
         self.last_seq = snap.seq
         line = format_live_line(snap)
-        failed = {k: v for k, v in self.session.health.items() if "failed" in k and v}
+        health = self.session.context.health if self.session.context else {}
+        failed = {k: v for k, v in health.items() if "failed" in k and v}
         if failed:
             line += " " + " ".join(f"{k}={v}" for k, v in sorted(failed.items()))
         print(line, file=sys.stderr, flush=True)

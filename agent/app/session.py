@@ -17,9 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import MappingProxyType
+from typing import Any
 
 from agent.app.sources import candidate_collectors, install_simulator, start_collectors
+from agent.context import Consumer, LiveContext
 from agent.errors import AccelwatchError, TargetError
 from agent.model import Event, RunInfo
 from agent.sampler import Sampler
@@ -28,14 +30,6 @@ from agent.source import CollectContext, Collector
 from agent.store import Store
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
 from collectors.process import ProcessCollector
-
-
-class Consumer(Protocol):
-    """Something that reads the live session (exporter, live analysis)."""
-
-    def start(self, session: Session) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 @dataclass
@@ -79,11 +73,8 @@ class Session:
         self.process_collector: ProcessCollector | None = None
         #: (kind, source, detail) of collectors that did not start, noted on the first tick.
         self._notices: list[tuple[str, str, dict]] = []
-        #: The live analysis's current findings (list of dicts with rule, severity, entity,
-        #: summary, evidence, next_step, start_ts, end_ts); replaced whole, never mutated.
-        self.live_findings: list[dict] = []
-        #: Health counters consumers publish for the TUI header (e.g. "otlp.failed_exports").
-        self.health: dict[str, int | float | str] = {}
+        #: The consumers' narrow view of this run (built once recording starts).
+        self.context: LiveContext | None = None
         self._finished = False
 
     # -- starting
@@ -166,9 +157,10 @@ class Session:
         )
         for message in self._notices:
             self.sampler.note(*message[:2], **message[2])
+        self.context = self.build_context()
         for consumer in self._build_consumers():
             try:
-                consumer.start(self)
+                consumer.start(self.context)
                 self.consumers.append(consumer)
             except AccelwatchError:
                 self.finish()
@@ -185,6 +177,21 @@ class Session:
             raise
         self._notices.extend(notices)
         return started
+
+    def build_context(self) -> LiveContext:
+        """The consumers' narrow view of the started run."""
+        assert self.run is not None
+        sampler, store = self.sampler, self.store
+        context = LiveContext(
+            self.run,
+            self.hub,
+            note=sampler.note if sampler else lambda *_a, **_k: None,
+            open_cursor=store.cursor,
+            recording_health=lambda: _recording_health(store),
+            sampler_cpu_seconds=(lambda: sampler.stats.cpu_seconds) if sampler else None,
+        )
+        context.startup_notices = MappingProxyType(self.startup_notices)
+        return context
 
     def _build_consumers(self) -> list[Consumer]:
         consumers: list[Consumer] = []
@@ -284,6 +291,36 @@ class Session:
         if self.simulator is not None:
             self.simulator.uninstall()
         return self.run
+
+
+def _recording_health(store: Store) -> dict[str, Any]:
+    health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
+    if store.last_error:
+        health["store_error"] = store.last_error
+    return health
+
+
+class SessionControl:
+    """The :class:`RecordingControl` a live viewer gets: wait for the end, ask to stop."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def wait_end(self) -> str:
+        self._session.wait()
+        return self._session.stop_reason or "stopped"
+
+    def stop(self, reason: str) -> None:
+        self._session.request_stop(reason)
+
+    def stopping(self) -> bool:
+        return self._session.stop_requested.is_set()
+
+    def target_exit_code(self) -> int | None:
+        child = self._session.child
+        if child is None or child.poll() is None:
+            return None
+        return _exit_code(child.returncode)
 
 
 def _reap(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:

@@ -7,15 +7,29 @@ from types import SimpleNamespace
 
 from agent.analysis.finding import load_findings
 from agent.analysis.live import LiveAnalysis, LiveFindingLog
+from agent.context import LiveContext
 from agent.model import RunInfo
 from agent.snapshot import SnapshotHub
 from agent.store import Store
 from tests.analysis.recording import T0, Recording, record
 
 
-def fake_session(store: Store, run_id: str = "run-1") -> SimpleNamespace:
+def fake_session(
+    store: Store, run_id: str = "run-1", hub: SnapshotHub | None = None, *, sampler: bool = False
+) -> SimpleNamespace:
+    """A recording's live context over ``store``; with ``sampler``, a CPU counter tests advance
+    (without one, the analysis runs unbudgeted)."""
     run = RunInfo(run_id, "live", 4242, [], "/", "test", T0, 1.0, str(store.path))
-    return SimpleNamespace(store=store, run=run, live_findings=[], health={}, hub=SnapshotHub())
+    session = SimpleNamespace(store=store, run=run, hub=hub or SnapshotHub())
+    session.sampler = SimpleNamespace(stats=SimpleNamespace(cpu_seconds=0.0))
+    session.context = LiveContext(
+        run,
+        session.hub,
+        note=lambda *a, **k: None,
+        open_cursor=store.cursor,
+        sampler_cpu_seconds=(lambda: session.sampler.stats.cpu_seconds) if sampler else None,
+    )
+    return session
 
 
 def test_hang_is_flagged_live_within_a_minute(tmp_path):
@@ -23,14 +37,14 @@ def test_hang_is_flagged_live_within_a_minute(tmp_path):
     flagged_at: list[float] = []
 
     def on_tick(now: float, store: Store) -> None:
-        if live.session is None:
+        if live.context is None:
             session = fake_session(store)
-            live.session, live.cursor = session, store.cursor()
+            live.context, live.cursor = session.context, store.cursor()
         if round(now - T0) % live.every_s == 0 and now - T0 >= 15:  # onset at 20 s
             current = live.run_once(now)
             if any(f.rule == "hang" for f in current) and not flagged_at:
                 flagged_at.append(now - T0)
-                assert live.session.live_findings[0]["rule"] == "hang"
+                assert live.context.findings[0]["rule"] == "hang"
 
     record(
         tmp_path / "live.duckdb",
@@ -40,21 +54,19 @@ def test_hang_is_flagged_live_within_a_minute(tmp_path):
     )
     assert flagged_at, "hang never flagged live"
     assert 20 < flagged_at[0] <= 20 + 60  # the deadlock starts at 20 s
-    assert live.session.health["analysis.cycles"] == 12
+    assert live.context.health["analysis.cycles"] == 12
 
 
 def test_live_findings_are_stored_and_extended_while_the_problem_lasts(tmp_path):
     path, run_id = record(tmp_path / "t.duckdb", Recording("throttled-thermal", 60))
     store = Store(path)
     live = LiveAnalysis(window_s=30, every_s=5)
-    live.session, live.cursor = fake_session(store, run_id), store.cursor()
+    live.context, live.cursor = fake_session(store, run_id).context, store.cursor()
     starts = set()
     for at in (25, 30, 35, 40):
         live.run_once(T0 + at)
         starts |= {
-            (f["entity"], f["start_ts"])
-            for f in live.session.live_findings
-            if f["rule"] == "throttling"
+            (f["entity"], f["start_ts"]) for f in live.context.findings if f["rule"] == "throttling"
         }
     # the window slides, but a lasting problem keeps the start of its episode
     assert len(starts) == 2
@@ -102,13 +114,13 @@ def test_consumer_thread_publishes_and_stops(tmp_path):
     session = fake_session(store, run_id)
     session.hub.publish(T0 + 60, [], {})
     live = LiveAnalysis(window_s=60, every_s=0.05)
-    live.start(session)
+    live.start(session.context)
     deadline = time.monotonic() + 10
-    while not session.live_findings and time.monotonic() < deadline:
+    while not session.context.findings and time.monotonic() < deadline:
         time.sleep(0.05)
     live.stop()
-    assert session.live_findings[0]["rule"] == "hang"
-    assert set(session.live_findings[0]) >= {
+    assert session.context.findings[0]["rule"] == "hang"
+    assert set(session.context.findings[0]) >= {
         "rule",
         "severity",
         "entity",

@@ -23,10 +23,8 @@ HANG_ONSET_S = 20  # the simulated `hang` scenario deadlocks at 20 s
 
 def budgeted(store: Store, hub: SnapshotHub, live: LiveAnalysis) -> SimpleNamespace:
     """A fake session whose sampler has a synthetic CPU counter the test advances."""
-    session = fake_session(store)
-    session.hub = hub
-    session.sampler = SimpleNamespace(stats=SimpleNamespace(cpu_seconds=0.0))
-    live.session, live.cursor = session, store.cursor()
+    session = fake_session(store, hub=hub, sampler=True)
+    live.context, live.cursor = session.context, store.cursor()
     return session
 
 
@@ -101,8 +99,8 @@ def test_live_analysis_share_of_sampling_cpu_stays_within_budget_over_ten_minute
     assert passes[0] >= 1.5 * LIVE_FIRST_PASS_CPU_S / (per_tick * LIVE_CPU_SHARE)
     assert live.urgent_passes == 0  # a healthy run never looks hung
     assert shares[-1][1] <= LIVE_CPU_SHARE
-    assert session.health["analysis.cpu_share"] <= LIVE_CPU_SHARE
-    assert session.health["analysis.period_s"] >= live.every_s
+    assert session.context.health["analysis.cpu_share"] <= LIVE_CPU_SHARE
+    assert session.context.health["analysis.period_s"] >= live.every_s
     # at every tick; 10% tolerance for a pass that costs more than planned on a busy machine
     over = [(t, round(s, 4)) for t, s in shares if s > LIVE_CPU_SHARE * 1.1]
     assert not over, over
@@ -130,9 +128,9 @@ def test_hang_is_flagged_within_a_minute_although_the_budget_allows_no_pass(tmp_
     assert urgent == 1  # the hang watch's pass found it, not a scheduled one
     assert live.budget.passes == 1  # the budget paid for no scheduled pass: urgent only
     assert live.urgent_passes == 1  # once confirmed, a lasting hang triggers no more passes
-    hang = next(f for f in session.live_findings if f["rule"] == "hang")
+    hang = next(f for f in session.context.findings if f["rule"] == "hang")
     assert hang["evidence"]["kind"] == "spinning"  # the SQL rule's finding, with its evidence
-    assert session.health["analysis.urgent_passes"] == 1
+    assert session.context.health["analysis.urgent_passes"] == 1
 
 
 def _snapshot(

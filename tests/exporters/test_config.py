@@ -168,7 +168,7 @@ def test_otel_sdk_disabled_turns_export_off(record, grpc_receiver, otel_env):
     with record(otlp=grpc_receiver.endpoint, prometheus="127.0.0.1:0") as session:
         assert wait_for(lambda: session.sampler.stats.ticks >= 3)
     assert grpc_receiver.recorded.metrics == []
-    assert "prometheus.address" not in session.health
+    assert "prometheus.address" not in session.context.health
 
 
 def test_build_exporters_reads_the_session_config(otel_env):

@@ -78,14 +78,14 @@ def entity_of(metric: Metric, attrs: dict, gpus: dict[str, str]) -> list[str]:
 def test_otlp_export_matches_the_recorded_run(record, receiver, job):
     with record(otlp=receiver.endpoint, simulate="healthy") as session:
         assert wait_for(lambda: len(receiver.recorded.metrics) >= 3)
-        session.live_findings = [FINDING]
+        session.context.publish_findings([FINDING])
         assert wait_for(lambda: receiver.recorded.logs)
         assert wait_for(
             lambda: any(p.name == FINDINGS_GAUGE for p in points(receiver.recorded.metrics))
         )
     run = session.run
-    assert session.health["otlp.failed_exports"] == 0
-    assert session.health["otlp.exports"] >= 3
+    assert session.context.health["otlp.failed_exports"] == 0
+    assert session.context.health["otlp.exports"] >= 3
     recorded = recorded_values(session.config.db_path, run.run_id)
     gpus = gpu_entities(session.config.db_path, run.run_id)
     assert len(gpus) == 8
@@ -169,9 +169,9 @@ def test_otlp_export_matches_the_recorded_run(record, receiver, job):
 
 def test_findings_are_exported_as_log_records(record, receiver):
     with record(otlp=receiver.endpoint) as session:
-        session.live_findings = [FINDING]
+        session.context.publish_findings([FINDING])
         assert wait_for(lambda: receiver.recorded.logs)
-        session.live_findings = []
+        session.context.publish_findings([])
         assert wait_for(
             lambda: (
                 sum(

@@ -19,7 +19,7 @@ def receiver(request, grpc_receiver, http_receiver, otel_env):
 
 
 def failed(session) -> int:
-    return int(session.health.get("otlp.failed_exports", 0))
+    return int(session.context.health.get("otlp.failed_exports", 0))
 
 
 def events(session, kind: str) -> list[dict]:
@@ -44,7 +44,7 @@ def test_endpoint_down_at_start_then_up(record, receiver):
         receiver.start()
         assert wait_for(lambda: len(receiver.recorded.metrics) >= 2)
     assert_record_complete(session)
-    assert session.health["otlp.exports"] >= 2
+    assert session.context.health["otlp.exports"] >= 2
     (first,) = events(session, "export_failed")  # rate-limited: one event, exact count
     assert first["signal"] == "metrics" and first["endpoint"] == receiver.endpoint
     assert first["severity"] == "warning"

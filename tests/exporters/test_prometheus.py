@@ -41,8 +41,8 @@ def by_label(results: list[dict], label: str) -> dict[str, float]:
 
 def test_prometheus_scrapes_otel_and_dcgm_names(record, prometheus, job):
     with record(prometheus="127.0.0.1:0", metric_names="dcgm", simulate="healthy") as session:
-        server = prometheus(session.health["prometheus.address"])
-        session.live_findings = [FINDING]
+        server = prometheus(session.context.health["prometheus.address"])
+        session.context.publish_findings([FINDING])
         assert wait_for(
             lambda: (
                 len(server.query("DCGM_FI_DEV_GPU_UTIL")) == 8
@@ -66,7 +66,7 @@ def test_prometheus_scrapes_otel_and_dcgm_names(record, prometheus, job):
                 "accelwatch_findings_active",
             )
         }
-        assert wait_for(lambda: session.health["prometheus.scrapes"] >= 4, timeout=15)
+        assert wait_for(lambda: session.context.health["prometheus.scrapes"] >= 4, timeout=15)
         empty = [
             expr
             for expr in dashboard_queries()
@@ -74,7 +74,7 @@ def test_prometheus_scrapes_otel_and_dcgm_names(record, prometheus, job):
         ]
     assert empty == [], "dashboard panels without data"
     assert [float(r["value"][1]) for r in up] == [1.0]
-    assert session.health["prometheus.scrapes"] >= 1
+    assert session.context.health["prometheus.scrapes"] >= 1
     run = session.run
     recorded = recorded_values(session.config.db_path, run.run_id)
     con = connect(session.config.db_path, read_only=True)

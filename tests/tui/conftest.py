@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.analysis.finding import Finding as StoredFinding  # noqa: F401 - proves the table shape
-from agent.app.session import Session
+from agent.app.session import Session, SessionControl
 from agent.reader import LiveReader
 from agent.recorded import RecordedReader
 from tests.tui.synthetic import SyntheticJob, end_session, synthetic_session
@@ -18,7 +18,7 @@ def live(tmp_path) -> Iterator[tuple[Session, LiveReader, SyntheticJob]]:
     """A live session (2 GPUs, 1 used, thermally throttled) with 12 ticks already published."""
     job = SyntheticJob(gpus=2, used=1, throttled=True)
     session = synthetic_session(str(tmp_path / "live.duckdb"), job, 0)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     from tests.tui.synthetic import feed
 
     for tick in range(12):

@@ -179,6 +179,7 @@ def synthetic_session(
         scenario="synthetic",
     )
     session.store.write_run(session.run)
+    session.context = session.build_context()
     for tick in range(ticks):
         feed(session, job, tick)
     return session
@@ -188,7 +189,7 @@ def feed(session: Session, job: SyntheticJob, tick: int) -> None:
     """Write one tick to the store and publish it on the hub, as the sampler would."""
     batches = job.batches(tick)
     session.store.write_ticks([(session.run.run_id, batches)])
-    session.live_findings = job.findings(tick)
+    session.context.publish_findings(job.findings(tick))
     session.hub.publish(
         job.ts(tick),
         batches,

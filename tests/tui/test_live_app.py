@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from agent.app.session import SessionControl
 from agent.reader import LiveReader
 from agent.store import connect
 from tests.tui.screen import async_test, screen_text
@@ -209,7 +210,7 @@ async def test_no_color_still_marks_throttling_and_severity(live, monkeypatch):
 @async_test
 async def test_header_shows_recording_health(live):
     session, reader, job = live
-    session.health = {"otlp.failed_exports": 2, "prometheus.scrapes": 7}
+    session.context.publish_health(**{"otlp.failed_exports": 2, "prometheus.scrapes": 7})
     app = LiveApp(reader)
     async with app.run_test(size=(160, 48)) as pilot:
         batches = job.batches(12)
@@ -281,16 +282,18 @@ async def test_a_finding_updated_by_the_analysis_keeps_its_selection(live):
             "severity": "info",
             "summary": "gpu0 near its power limit",
         }
-        session.live_findings = [*job.findings(11), extra]
+        session.context.publish_findings([*job.findings(11), extra])
         session.hub.publish(job.ts(12), job.batches(12), {})
         await _settle(pilot)
         await pilot.press("f", "down")
         table = app.query_one(FindingsTable)
         assert table.selected.rule == "gpu_power_cap"
-        session.live_findings = [
-            job.findings(11)[0],
-            {**extra, "summary": "gpu0 at its power limit for 30 s"},
-        ]
+        session.context.publish_findings(
+            [
+                job.findings(11)[0],
+                {**extra, "summary": "gpu0 at its power limit for 30 s"},
+            ]
+        )
         session.hub.publish(job.ts(13), job.batches(13), {})
         await _settle(pilot)
         assert table.selected.summary == "gpu0 at its power limit for 30 s"
@@ -305,7 +308,7 @@ async def test_a_finding_updated_by_the_analysis_keeps_its_selection(live):
 async def test_short_terminals_get_two_line_cards(tmp_path):
     job = SyntheticJob(gpus=8, used=8)
     session = synthetic_session(str(tmp_path / "eight.duckdb"), job, 3, with_child=False)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     try:
         app = LiveApp(reader)
         async with app.run_test(size=(80, 24)) as pilot:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.app.session import Session, SessionConfig
+from agent.app.session import Session, SessionConfig, SessionControl
 from agent.reader import LiveReader
 from agent.store import connect
 from tests.tui.screen import async_test, screen_text
@@ -61,7 +61,7 @@ async def test_simulated_gpus_show_their_values_and_throttling(tmp_path, hot_sce
         )
     )
     session.attach(sleeper.pid)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
@@ -116,7 +116,7 @@ async def test_live_analysis_finding_appears_on_simulated_throttling(
         )
     )
     session.attach(sleeper.pid)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
@@ -150,7 +150,7 @@ async def test_a_gpu_falling_off_the_bus_is_shown_lost(tmp_path, sleeper):
         )
     )
     session.attach(sleeper.pid)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:
@@ -183,7 +183,7 @@ async def test_xid_errors_are_counted_on_the_card(tmp_path, sleeper):
         )
     )
     session.attach(sleeper.pid)
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     app = LiveApp(reader)
     try:
         async with app.run_test(size=(160, 48)) as pilot:

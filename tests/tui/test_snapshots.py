@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.app.session import SessionControl
 from agent.reader import LiveReader
 from tests.tui.synthetic import SyntheticJob, end_session, feed, synthetic_session
 from tui.app import AccelwatchApp
@@ -18,7 +19,7 @@ def scenario_app(request, tmp_path):
     job = SyntheticJob(gpus=3, used=2, workers=3, throttled=request.param == "throttled")
     session = synthetic_session(str(tmp_path / "snap.duckdb"), job, 0, with_child=False)
     session.run.db_path = "runs/llama.duckdb"  # what the header shows; tmp paths vary
-    reader = LiveReader(session)
+    reader = LiveReader(session.context, SessionControl(session))
     for tick in range(30):
         feed(session, job, tick)
     yield AccelwatchApp(reader)
