@@ -140,3 +140,213 @@ def test_job_log_is_private_and_the_job_keeps_the_users_umask(tmp_path):
     assert stat.S_IMODE(os.stat(config.job_log).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(made).st_mode) == 0o666 & ~user_umask()
     assert os.umask(0o077) == 0o077  # the agent's own files stay private
+
+
+# -- a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 6 MiB tmpfs to fill up; skipped (reason printed) where mounting is not allowed."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}"
+        print(reason)
+        pytest.skip(reason)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``directory`` up, then give back ``leave`` bytes."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        with _suppress_enospc():
+            while True:
+                fh.write(b"\0" * 65536)
+        with _suppress_enospc():
+            while True:
+                fh.write(b"\0" * 512)
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+class _suppress_enospc:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, OSError) and exc.errno == 28
+
+
+def _tick(i: float, n: int = 400):
+    from agent.model import BatchBuilder
+
+    b = BatchBuilder("process", 1000.0 + i)
+    for e in range(n):
+        b.add(str(e), "process.cpu.utilization", (i * e) % 7 / 7)
+    return [b.build()]
+
+
+def _run(store: Store):
+    from agent.model import RunInfo
+
+    run = RunInfo("r", "job", 1, ["job"], "/", "h", time.time(), 0.1, str(store.path))
+    store.write_run(run)
+    return run
+
+
+def test_full_disk_is_reported_once_buffered_and_written_when_space_returns(small_fs):
+    lines: list[str] = []
+    store = Store(small_fs / "a.duckdb", flush_interval=0.1, report=lines.append)
+    _run(store)
+    store.start()
+    filler = fill(small_fs)
+    i = 0
+    while not store.state.startswith("disk full") and i < 200:
+        store.submit("r", _tick(i))
+        i += 1
+        time.sleep(0.02)
+    assert store.state.startswith("disk full: "), (store.state, store.last_error)
+    assert "ticks buffered, 0 dropped" in store.state
+    for _ in range(20):  # more ticks while the disk stays full
+        store.submit("r", _tick(i))
+        i += 1
+        time.sleep(0.02)
+    assert len(lines) == 1 and "disk full" in lines[0], lines
+    assert store.health()["store.buffered_ticks"] > 0
+    filler.unlink()
+    assert wait_until(lambda: store.state == "ok", timeout=15), store.state
+    assert "again" in lines[-1]
+    store.close()
+    from tests.helpers import query
+
+    assert query(store.path, "SELECT count(DISTINCT ts) FROM samples")[0][0] == i
+    assert store.lost_ticks == 0
+
+
+def test_full_disk_beyond_the_buffer_drops_oldest_ticks_and_counts_them(small_fs):
+    store = Store(small_fs / "a.duckdb", flush_interval=0.1, max_pending_ticks=5, report=print)
+    _run(store)
+    store.start()
+    filler = fill(small_fs)
+    for i in range(60):
+        store.submit("r", _tick(i))
+        time.sleep(0.01)
+    assert wait_until(lambda: store.dropped_ticks > 0, timeout=10), store.state
+    assert f"{store.lost_ticks} dropped" in store.state
+    filler.unlink()
+    store.close()
+    from tests.helpers import query
+
+    written = query(store.path, "SELECT count(DISTINCT ts) FROM samples")[0][0]
+    assert written + store.lost_ticks == 60
+    (lost,) = query(store.path, "SELECT lost_ticks FROM runs")[0]
+    assert lost == 0  # the row written at start; finalization writes the count (next test)
+
+
+def _record(db: Path, seconds: float, exit_code: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        accelwatch(
+            "run", "--db", str(db), "--headless", "--interval", "0.1", "--",
+            sys.executable, "-c", f"import sys, time; time.sleep({seconds}); sys.exit({exit_code})",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )  # fmt: skip
+
+
+def _stderr_lines(proc: subprocess.Popen[str]) -> list[str]:
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    return lines
+
+
+def test_headless_run_on_a_full_disk_keeps_the_jobs_exit_code_and_resumes(small_fs):
+    from tests.helpers import query
+
+    db = small_fs / "a.duckdb"
+    agent = _record(db, 6, exit_code=3)
+    lines = _stderr_lines(agent)
+    assert wait_until(lambda: any("procs=" in ln for ln in lines), timeout=15), lines
+    filler = fill(small_fs)
+    assert wait_until(lambda: any("cannot write" in ln for ln in lines), timeout=5), lines[-5:]
+    time.sleep(1.0)
+    filler.unlink()
+    agent.wait(timeout=60)
+    err = "".join(lines)
+    assert agent.returncode == 3, err
+    assert "Traceback" not in err
+    assert sum("cannot write" in ln for ln in lines) == 1
+    assert any("again" in ln for ln in lines)
+    ((status, lost),) = query(db, "SELECT status, lost_ticks FROM runs")
+    assert (status, lost) == ("finished", 0)
+    (detail,) = query(db, "SELECT detail FROM events WHERE kind = 'run_end'")[0]
+    assert '"lost_ticks": 0' in detail and '"store_failures": 0' not in detail
+
+
+def test_disk_still_full_at_the_end_keeps_the_exit_code_and_counts_what_was_lost(small_fs):
+    import re
+
+    from agent.store import connect, list_runs
+
+    db = small_fs / "a.duckdb"
+    agent = _record(db, 3, exit_code=0)
+    lines = _stderr_lines(agent)
+    assert wait_until(lambda: any("procs=" in ln for ln in lines), timeout=15), lines
+    filler = fill(small_fs)
+    agent.wait(timeout=60)
+    err = "".join(lines)
+    assert agent.returncode == 0, err
+    assert "Traceback" not in err
+    abandoned = re.search(r"(\d+) ticks could not be written", err)
+    assert abandoned, err[-2000:]
+    filler.unlink()
+    con = connect(db, read_only=True)
+    try:
+        (run,) = list_runs(con)
+    finally:
+        con.close()
+    if "could not finalize run" in err:  # not even the run's last row fitted: the agent is gone
+        assert run["status"] == "lost" and run["last_sample"] is not None
+    else:  # the small final row fitted into the WAL's last page
+        assert run["status"] == "incomplete"
+        assert run["lost_ticks"] == int(abandoned.group(1)) > 0
+
+
+def test_ticks_lost_to_a_full_disk_finalize_the_run_as_incomplete(small_fs):
+    from agent.app.session import Session, SessionConfig
+    from tests.helpers import query
+
+    session = Session(SessionConfig(db_path=str(small_fs / "a.duckdb"), interval=0.05))
+    session.store.max_pending_ticks = 3
+    session.launch([sys.executable, "-c", "import time; time.sleep(30)"])
+    assert wait_until(lambda: session.store.rows_written > 0, timeout=10)
+    filler = fill(small_fs)
+    seen: list[dict] = []
+
+    def dropping() -> bool:
+        seen.append(dict(session.context.health))
+        return seen[-1]["store.state"].startswith("disk full: ") and seen[-1]["store.lost_ticks"]
+
+    assert wait_until(dropping, timeout=10), seen[-1]
+    assert f"{seen[-1]['store.lost_ticks']} dropped" in seen[-1]["store.state"]
+    filler.unlink()
+    assert wait_until(lambda: session.store.state == "ok", timeout=15), session.store.state
+    session.child.terminate()
+    session.wait()
+    run = session.finish()
+    assert run.status == "incomplete"
+    ((status, lost),) = query(session.store.path, "SELECT status, lost_ticks FROM runs")
+    assert status == "incomplete" and lost == session.store.lost_ticks > 0
+    (detail,) = query(session.store.path, "SELECT detail FROM events WHERE kind='run_end'")[0]
+    assert f'"lost_ticks": {lost}' in detail
