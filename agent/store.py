@@ -30,6 +30,8 @@ DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
 MAX_FLUSH_INTERVAL = 2.0
+#: A writer checksums every block of an existing file up to this size before recording.
+DEEP_CHECK_MAX_BYTES = 2 * 2**30
 AGENT_DB_THREADS = 1
 AGENT_DB_MEMORY = "32MB"
 #: The writer checkpoints the WAL itself once it passes this size (written rows stay in memory
@@ -191,26 +193,35 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
         # Appends need not keep row order within a statement: less memory per insert.
         "preserve_insertion_order": False,
     }
+    made_tmp = None
     if not read_only:
+        made_tmp = None if temp_directory(p).exists() else temp_directory(p)
         tmp = _private_temp_dir(p)
         if tmp is not None:
             config["temp_directory"] = tmp
         config["checkpoint_threshold"] = "1TB"  # the writer checkpoints itself
     try:
-        con = duckdb.connect(str(p), read_only=read_only, config=config)
-    except duckdb.Error as exc:
-        raise _open_error(p, exc) from None
-    if not existed:
-        with contextlib.suppress(OSError):
-            os.chmod(p, 0o600)
-    try:
-        _migrate(con, read_only=read_only, path=p)
-        _verify(con, p)
-    except duckdb.Error as exc:
-        con.close()
-        raise StoreCorruptError(_corrupt(p, _first_line(exc))) from None
+        try:
+            con = duckdb.connect(str(p), read_only=read_only, config=config)
+        except duckdb.Error as exc:
+            raise _open_error(p, exc) from None
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.chmod(p, 0o600)
+        try:
+            deep = not read_only and existed and p.stat().st_size <= DEEP_CHECK_MAX_BYTES
+            _migrate(con, read_only=read_only, path=p)
+            _verify(con, p, deep=deep)
+        except duckdb.Error as exc:
+            con.close()
+            raise StoreCorruptError(_corrupt(p, _first_line(exc))) from None
+        except BaseException:
+            con.close()
+            raise
     except BaseException:
-        con.close()
+        if made_tmp is not None:  # leave nothing behind a refused file
+            with contextlib.suppress(OSError):
+                made_tmp.rmdir()
         raise
     return con
 
@@ -218,7 +229,9 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
 def _open_error(p: Path, exc: duckdb.Error) -> StoreError:
     msg = _first_line(exc)
     low = str(exc).lower()
-    if "lock" in low:
+    if "corrupt" in low or "checksum" in low:
+        return StoreCorruptError(_corrupt(p, msg))
+    if "could not set lock" in low or "conflicting lock" in low:
         return StoreInUseError(
             f"{p} is in use by another accelwatch agent (one writer per database file); "
             "use another --db"
@@ -232,14 +245,29 @@ def _open_error(p: Path, exc: duckdb.Error) -> StoreError:
     return StoreCorruptError(_corrupt(p, msg))
 
 
-def _verify(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Read what every command reads first, so damage shows here and not as a traceback later.
+def _verify(con: duckdb.DuckDBPyConnection, path: Path, *, deep: bool) -> None:
+    """Read what commands read first, so damage shows here and not as a traceback later.
 
-    The run table is read whole (small); the large tables by their last rows' timestamps,
-    which makes DuckDB load and checksum their newest blocks."""
+    Every table's catalog entry and the run table are read (cheap); ``deep`` (a writer about
+    to record into an existing file) reads every column of every table, which makes DuckDB
+    load and checksum each block: recording into a damaged file would write samples that
+    can never be read back. A file shorter than the blocks its header counts is truncated."""
+    row = con.execute(
+        "SELECT block_size, total_blocks FROM pragma_database_size() "
+        "WHERE database_name = current_database()"
+    ).fetchone()
+    if row is not None:
+        expected = DUCKDB_MIN_SIZE + int(row[0]) * int(row[1])
+        size = path.stat().st_size
+        if size < expected:
+            raise StoreCorruptError(_corrupt(path, f"truncated: {size} of {expected} bytes"))
     con.execute("SELECT count(*), max(logged) FROM run_log").fetchall()
-    for table in ("sample_values", "event_log", "entity_log"):
-        con.execute(f"SELECT count(*), max(ts), max(length(run_id)) FROM {table}").fetchall()
+    tables = ["sample_values", "event_log", "entity_log", "findings"]
+    for table in tables:
+        con.execute(f"SELECT count(*) FROM {table}").fetchall()
+    if deep:
+        for table in ["run_log", *tables]:
+            con.execute(f"SELECT min(COLUMNS(*)) FROM {table}").fetchall()
 
 
 def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> None:

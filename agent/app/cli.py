@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.errors import AccelwatchError, UsageError
+from agent.errors import AccelwatchError, StoreError, UsageError
 
 DEFAULT_DB = "accelwatch.duckdb"
 EXIT_CODES = """exit codes:
@@ -204,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # DuckDB failing mid-read: a damaged block, one line, exit 4
+        if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
+            raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"accelwatch: error: database {getattr(args, 'db', '')}: {detail}", file=sys.stderr)
+        return StoreError.exit_code
 
 
 #: Commands that record (they import the session machinery); the rest only read.

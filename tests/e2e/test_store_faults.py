@@ -350,3 +350,85 @@ def test_ticks_lost_to_a_full_disk_finalize_the_run_as_incomplete(small_fs):
     assert status == "incomplete" and lost == session.store.lost_ticks > 0
     (detail,) = query(session.store.path, "SELECT detail FROM events WHERE kind='run_end'")[0]
     assert f'"lost_ticks": {lost}' in detail
+
+
+# -- a damaged file ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded_db(tmp_path_factory) -> Path:
+    from tests.helpers import run_cli
+
+    db = tmp_path_factory.mktemp("recorded") / "run.duckdb"
+    done = run_cli(
+        "run", "--db", str(db), "--headless", "--interval", "0.1", "--",
+        sys.executable, "-c", "import time; time.sleep(1.5)",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return db
+
+
+def _truncate(keep: float):
+    return lambda p: os.truncate(p, int(p.stat().st_size * keep))
+
+
+def _overwrite(offset: int, n: int):
+    def damage(p: Path) -> None:
+        with open(p, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(bytes((i * 37 + 11) % 256 for i in range(n)))
+
+    return damage
+
+
+DAMAGE = {
+    "truncated-to-half": _truncate(0.5),
+    "truncated-to-5000-bytes": lambda p: os.truncate(p, 5000),
+    "overwritten-header": _overwrite(4096, 64),
+    "overwritten-first-block": _overwrite(12288, 4096),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("command", ["runs", "report", "view", "run"])
+def test_damaged_database_is_one_line_and_exit_4_for_every_command(
+    recorded_db, tmp_path, damage, command
+):
+    from tests.helpers import run_cli
+
+    db = tmp_path / "damaged.duckdb"
+    shutil.copy(recorded_db, db)
+    DAMAGE[damage](db)
+    before = db.read_bytes()
+    marker = tmp_path / "job-started"
+    args = {
+        "runs": ["runs", "--db", str(db)],
+        "report": ["report", "--db", str(db)],
+        "view": ["view", "--db", str(db)],
+        "run": ["run", "--db", str(db), "--headless", "--", "touch", str(marker)],
+    }[command]
+    done = run_cli(*args, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "damaged" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not marker.exists(), "the job was started on a damaged database"
+    assert db.read_bytes() == before, "a command wrote into the damaged file"
+    assert sorted(os.listdir(tmp_path)) == ["damaged.duckdb"]
+
+
+def test_recording_refuses_a_file_with_a_damaged_sample_block(recorded_db, tmp_path):
+    """Damage deep in the data, past what a reader's quick check reads: the writer's full
+    check finds it before the job starts."""
+    from agent.errors import StoreCorruptError
+    from agent.store import connect
+
+    db = tmp_path / "damaged.duckdb"
+    shutil.copy(recorded_db, db)
+    con = connect(db, read_only=True)
+    blocks = con.execute("SELECT block_id FROM pragma_storage_info('sample_values')").fetchall()
+    con.close()
+    used = sorted({b for (b,) in blocks if b is not None and b >= 0})
+    assert used, "no sample blocks"
+    _overwrite(4096 * 3 + used[-1] * 262144 + 100, 512)(db)
+    with pytest.raises(StoreCorruptError, match="damaged"):
+        Store(db)
