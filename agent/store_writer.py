@@ -300,6 +300,8 @@ class Store:
         try:
             with self._write_lock:
                 self.con.execute("CHECKPOINT")
+        except duckdb.TransactionException:
+            return  # another thread's write transaction is open: checkpoint after the next flush
         except Exception as exc:  # committed rows are in the WAL; reopening replays them
             self._note_failure(exc)
 
