@@ -195,7 +195,7 @@ def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
     """Summarise a run and its findings without writing anything."""
     info = find_run(db, run, db_path)
     findings, live = stored_findings(db, info.run_id)
-    source = "live" if live else "stored"
+    source = "live" if live or (db.via == "agent" and info.ended is None) else "stored"
     if (live or not findings) and db.duckdb is not None and _is_over(info, db):
         findings, source = analyze_run(db.duckdb, info.run_id, store=False), "analysed"
     ended = info.ended
