@@ -18,6 +18,8 @@ from agent.errors import CollectorUnavailable
 from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector
 from collectors.tpu import discovery, distribution
+from collectors.tpu.metadata import DEFAULT_BASE_URL, NodeMetadata
+from collectors.tpu.metadata import fetch as fetch_metadata
 from collectors.tpu.metrics import (
     DISTRIBUTIONS,
     GAUGES,
@@ -94,7 +96,7 @@ class TpuCollector(Collector):
         proc_root: str | None = None,
         runtime: str | None = None,
         deadline: float = DEFAULT_DEADLINE_S,
-        metadata: Callable[[], dict[str, Any]] | None = None,
+        metadata: Callable[[], NodeMetadata] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         env = dict(os.environ if env is None else env)
@@ -105,6 +107,9 @@ class TpuCollector(Collector):
         self._explicit_runtime = bool(self._runtime_spec or env.get("TPU_RUNTIME_METRICS_PORTS"))
         self._env = env
         self.deadline = deadline
+        url = env.get(ENV_METADATA, DEFAULT_BASE_URL)
+        if metadata is None and url.lower() not in ("", "off", "none"):
+            metadata = lambda: fetch_metadata(url)  # noqa: E731
         self._metadata = metadata
         self.chips: list[discovery.TpuChip] = []
         self.client: RuntimeClient | None = None
@@ -129,8 +134,13 @@ class TpuCollector(Collector):
             wanted=RUNTIME_METRICS,
             deadline=self.deadline,
         )
-        if self._metadata is not None:
-            self.node = self._metadata()
+        if self._metadata is not None and self.chips:  # only a TPU VM asks its metadata server
+            node = self._metadata()
+            if node.notice:
+                self._notices.append(
+                    ("tpu_metadata_unavailable", RUNTIME_ENTITY, {"reason": node.notice})
+                )
+            self.node = node.attributes()
 
     def close(self) -> None:
         if self.client is not None:

@@ -10,7 +10,6 @@ are absent devices, never errors.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +81,12 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _natural(text: str) -> list[int | str]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
+def _group_key(functions: list[tuple[int, str, ChipType, str | None]]) -> int:
+    """VFIO chips sort by their first group; others keep PCI order (key 0, a stable sort)."""
+    if not functions[0][2].vfio:
+        return 0
+    groups = [int(g) for *_, g in functions if g is not None and g.isdigit()]
+    return min(groups) if groups else 1 << 30
 
 
 def discover(sys_root: str | Path = "/sys", dev_root: str | Path = "/dev") -> list[TpuChip]:
@@ -94,7 +97,7 @@ def discover(sys_root: str | Path = "/sys", dev_root: str | Path = "/dev") -> li
     """
     base = Path(sys_root) / "bus" / "pci" / "devices"
     try:
-        entries = sorted(os.listdir(base), key=_natural)
+        entries = sorted(os.listdir(base))  # fixed-width hex: lexical is PCI order
     except OSError:
         return []
     slots: dict[str, list[tuple[int, str, ChipType, str | None]]] = {}
@@ -113,11 +116,13 @@ def discover(sys_root: str | Path = "/sys", dev_root: str | Path = "/dev") -> li
         func = int(function) if function.isdigit() else 0
         slots.setdefault(slot or address, []).append((func, address, kind, group))
 
+    # libtpu (and tpu-info) number VFIO chips by their group, /dev/vfio/N, numerically
+    ordered = sorted(slots.items(), key=lambda kv: _group_key(kv[1]))
     chips: list[TpuChip] = []
     device_index = 0
     accel_index = 0
     dev = str(dev_root).rstrip("/")
-    for chip_index, (slot, functions) in enumerate(slots.items()):
+    for chip_index, (slot, functions) in enumerate(ordered):
         functions.sort()
         kind = functions[0][2]
         devices = []

@@ -10,6 +10,7 @@ libtpu offers that no one knows), ``malformed`` (metrics answered with garbage).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent import futures
 
@@ -34,7 +35,8 @@ class _Servicer(pb_grpc.RuntimeMetricServiceServicer):
 
     def ListSupportedMetrics(self, request, context):  # noqa: N802 - gRPC method name
         self._gate(context)
-        names = self.s.runtime.offered() + list(self.s.extra_offered) + list(self.s.malformed)
+        offered = self.s.runtime.offered() + list(self.s.extra_offered) + list(self.s.malformed)
+        names = list(dict.fromkeys(offered))
         return pb.ListSupportedMetricsResponse(
             supported_metric=[pb.SupportedMetric(metric_name=n) for n in names]
         )
@@ -42,6 +44,7 @@ class _Servicer(pb_grpc.RuntimeMetricServiceServicer):
     def GetRuntimeMetric(self, request, context):  # noqa: N802
         self._gate(context)
         name = request.metric_name
+        self.s.requested[name] += 1
         if self.s.fail_with is not None:
             context.abort(self.s.fail_with, "injected fault")
         if name in self.s.malformed:
@@ -78,6 +81,7 @@ class SimulatedTpuServer:
         self.malformed: tuple[str, ...] = ()
         self.status_offered = True
         self.calls = 0
+        self.requested: Counter[str] = Counter()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         pb_grpc.add_RuntimeMetricServiceServicer_to_server(_Servicer(self), self._server)
         creds = grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)

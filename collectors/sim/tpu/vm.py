@@ -34,6 +34,7 @@ class SimulatedTpu:
     ) -> None:
         self._own_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="accelwatch-tpu-"))
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root.chmod(0o700)
         self.scenario = scenario
         self.files = write_tree(self.root, scenario.chip, scenario.chips)
@@ -41,6 +42,8 @@ class SimulatedTpu:
         self.refresh_owners()
         self.server = SimulatedTpuServer(scenario, port=port, clock=clock)
         self._saved_env: dict[str, str | None] = {}
+        #: No metadata server is simulated: the collector skips it without a notice.
+        self.metadata_url = "off"
 
     @property
     def env(self) -> dict[str, str]:
@@ -50,6 +53,7 @@ class SimulatedTpu:
             "ACCELWATCH_TPU_DEV_ROOT": str(self.root / "dev"),
             "ACCELWATCH_TPU_PROC_ROOT": str(self.root / "proc"),
             "ACCELWATCH_TPU_RUNTIME": self.server.address,
+            "ACCELWATCH_TPU_METADATA_URL": self.metadata_url,
         }
 
     def refresh_owners(self) -> None:
