@@ -11,6 +11,7 @@ the hang rule's condition has held long enough. A pass publishes the current fin
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 DEFAULT_WINDOW_S = 60.0
 DEFAULT_EVERY_S = LIVE_MIN_PERIOD_S
+#: The shortest window a pass degrades to when DuckDB runs out of memory.
+MIN_WINDOW_S = 10.0
 #: How often the analysis thread wakes to read the latest snapshot (and maybe run a pass).
 POLL_S = 1.0
 
@@ -108,6 +111,8 @@ class LiveAnalysis:
         self.urgent_passes = 0
         self.busy_seconds = 0.0
         self.last_error: str | None = None
+        #: Passes that ran out of DuckDB memory (each halves ``window_s``, down to MIN_WINDOW_S).
+        self.oom_passes = 0
         self._seen_seq = -1
         self._sampling_base: float | None = None
         self._stop = threading.Event()
@@ -130,12 +135,28 @@ class LiveAnalysis:
 
     def _loop(self) -> None:
         while not self._stop.wait(min(POLL_S, self.every_s)):
-            try:
-                self.poll()
-            except Exception as exc:  # keep analysing; say why in the health channel
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.context is not None:
-                    self.context.publish_health(**{"analysis.last_error": self.last_error})
+            self.poll_safely()
+
+    def poll_safely(self) -> None:
+        """One wake-up that never raises. Out of memory (the agent's DuckDB is capped, and the
+        recording's own writes come first) halves the window instead of failing every pass;
+        a cursor killed by the store reopening its database is replaced."""
+        try:
+            self.poll()
+        except duckdb.OutOfMemoryException:
+            self.oom_passes += 1
+            self.window_s = max(MIN_WINDOW_S, self.window_s / 2)
+            if self.context is not None:
+                self.context.publish_health(
+                    **{"analysis.oom_passes": self.oom_passes, "analysis.window_s": self.window_s}
+                )
+        except Exception as exc:  # keep analysing; say why in the health channel
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if self.context is not None:
+                self.context.publish_health(**{"analysis.last_error": self.last_error})
+                if isinstance(exc, (duckdb.FatalException, duckdb.ConnectionException)):
+                    with contextlib.suppress(Exception):
+                        self.cursor = self.context.cursor()
 
     def sampling_cpu(self) -> float | None:
         """Sampler CPU seconds since this analysis started (None without a sampler)."""

@@ -432,3 +432,33 @@ def test_recording_refuses_a_file_with_a_damaged_sample_block(recorded_db, tmp_p
     _overwrite(4096 * 3 + used[-1] * 262144 + 100, 512)(db)
     with pytest.raises(StoreCorruptError, match="damaged"):
         Store(db)
+
+
+def test_checkpoint_failing_on_a_full_disk_loses_nothing_committed(small_fs, monkeypatch):
+    """A failed checkpoint invalidates DuckDB's instance: the writer reopens the file (which
+    replays the WAL) and goes on; every committed tick is readable afterwards."""
+    import agent.store_writer as writer
+
+    monkeypatch.setattr(writer, "AGENT_DB_CHECKPOINT_BYTES", 1)  # checkpoint after each flush
+    lines: list[str] = []
+    store = Store(small_fs / "a.duckdb", flush_interval=0.1, report=lines.append)
+    _run(store)
+    store.start()
+    store.submit("r", _tick(0, 50))
+    assert wait_until(lambda: store.rows_written > 0)
+    filler = fill(small_fs, leave=96 * 1024)  # room for WAL records, not for new blocks
+    for i in range(1, 40):
+        store.submit("r", _tick(i, 50))
+        time.sleep(0.03)
+    assert wait_until(lambda: store.failures > 0, timeout=10)
+    filler.unlink()
+    assert wait_until(lambda: store.state == "ok" and store.buffered_ticks == 0, timeout=20), (
+        store.state,
+        store.last_error,
+    )
+    store.close()
+    from tests.helpers import query
+
+    assert query(store.path, "SELECT count(DISTINCT ts) FROM samples")[0][0] == 40
+    assert store.lost_ticks == 0
+    assert store.reopens >= 1, "the checkpoint never failed: nothing was tested"

@@ -1,0 +1,62 @@
+"""The agent's DuckDB is capped: analysis that runs out of memory degrades, writes go on."""
+
+from __future__ import annotations
+
+import time
+
+from agent.analysis.live import MIN_WINDOW_S, LiveAnalysis
+from agent.model import BatchBuilder
+from agent.store import Store
+from tests.analysis.test_live import fake_session
+
+#: Ticks end just now, so a live pass (window: the last 60 s of wall time) reads them.
+T0 = time.time() - 91
+
+
+def _tick(i: int, procs: int = 500) -> list:
+    b = BatchBuilder("process", T0 + i)
+    for e in range(procs):
+        for m in ("process.cpu.utilization", "process.memory.rss", "process.io.read_bytes"):
+            b.add(str(e), m, float((i * e) % 7))
+    return [b.build()]
+
+
+def test_live_analysis_out_of_memory_halves_its_window_and_is_counted(tmp_path):
+    store = Store(tmp_path / "a.duckdb")
+    store.write_ticks([("run-1", _tick(i)) for i in range(90)])
+    live = LiveAnalysis(window_s=60, every_s=1)
+    live.context, live.cursor = fake_session(store).context, store.cursor()
+    live.budget.sampled(0.0, None)
+    assert live.poll() is not None and live.oom_passes == 0  # fits in the agent's 32 MB
+    live.budget.last_pass_at = None
+    store.con.execute("SET memory_limit = '8MB'")  # memory pressure: a pass no longer fits
+    for n in (1, 2, 3):
+        live.poll_safely()
+        live.budget.last_pass_at = None  # due again at once
+        assert live.oom_passes == n
+    assert live.window_s == max(MIN_WINDOW_S, 60 / 8)
+    health = live.context.health
+    assert health["analysis.oom_passes"] == 3 and "analysis.last_error" not in health
+    # The recording's own writes still go in under the same cap, and nothing was invalidated.
+    assert store.write_ticks([("run-1", _tick(90))]) == 1500
+    assert store.cursor().execute("SELECT count(DISTINCT ts) FROM samples").fetchone()[0] == 91
+    store.close()
+
+
+def test_writes_failing_for_memory_are_buffered_and_retried(tmp_path):
+    lines: list[str] = []
+    store = Store(tmp_path / "a.duckdb", flush_interval=0.1, report=lines.append)
+    store.con.execute("SET memory_limit = '300KB'")
+    store.start()
+    for i in range(5):
+        store.submit("run-1", _tick(i, procs=2000))
+    from tests.helpers import wait_until
+
+    assert wait_until(lambda: store.state.startswith("out of memory"), timeout=10), store.state
+    store.con.execute("SET memory_limit = '32MB'")
+    assert wait_until(lambda: store.state == "ok", timeout=20), store.state
+    store.close()
+    from tests.helpers import query
+
+    assert query(store.path, "SELECT count(DISTINCT ts) FROM samples")[0][0] == 5
+    assert store.lost_ticks == 0 and len(lines) == 2
