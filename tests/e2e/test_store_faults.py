@@ -462,3 +462,57 @@ def test_checkpoint_failing_on_a_full_disk_loses_nothing_committed(small_fs, mon
     assert query(store.path, "SELECT count(DISTINCT ts) FROM samples")[0][0] == 40
     assert store.lost_ticks == 0
     assert store.reopens >= 1, "the checkpoint never failed: nothing was tested"
+
+
+# -- a 500-process tree under the agent's memory cap ---------------------------------------
+
+TREE_JOB = """
+import os, signal, sys, time
+kids = []
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(120)
+        os._exit(0)
+    kids.append(pid)
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))
+for pid in kids:
+    os.kill(pid, signal.SIGKILL)
+for pid in kids:
+    os.waitpid(pid, 0)
+"""
+
+
+def test_500_process_tree_with_live_analysis_loses_no_tick(tmp_path):
+    from agent.analysis.budget import CpuBudget
+    from agent.analysis.live import LiveAnalysis
+    from agent.app.session import Session, SessionConfig
+    from agent.store import connect
+
+    job = tmp_path / "tree.py"
+    job.write_text(TREE_JOB)
+    session = Session(SessionConfig(db_path=str(tmp_path / "a.duckdb"), interval=0.5))
+    session.launch([sys.executable, str(job), "500", "10"])
+    (live,) = [c for c in session.consumers if isinstance(c, LiveAnalysis)]
+    live.budget = CpuBudget(share=1e9, min_period_s=1.0)  # a pass every second, whatever it costs
+    assert wait_until(lambda: len(session.process_collector.pids) > 500, timeout=20)
+    session.wait()
+    run = session.finish()
+    assert run.status == "finished"
+    assert session.store.lost_ticks == 0 and session.store.failures == 0, session.store.health()
+    assert live.cycles + live.oom_passes >= 3, live.context.health
+    assert live.last_error is None, live.last_error
+    con = connect(session.store.path, read_only=True)  # the file is whole and readable
+    try:
+        ticks = con.execute("SELECT count(DISTINCT ts) FROM samples").fetchone()[0]
+        procs = con.execute(
+            "SELECT max(n) FROM (SELECT count(DISTINCT entity) n FROM samples "
+            "WHERE source = 'process' GROUP BY ts)"
+        ).fetchone()[0]
+        (detail,) = con.execute("SELECT detail FROM events WHERE kind = 'run_end'").fetchone()
+    finally:
+        con.close()
+    assert ticks == session.sampler.stats.ticks
+    assert procs > 500
+    assert '"lost_ticks": 0' in detail
