@@ -128,6 +128,8 @@ class LiveLinePrinter:
         failed = {k: v for k, v in health.items() if "failed" in k and v}
         if failed:
             line += " " + " ".join(f"{k}={v}" for k, v in sorted(failed.items()))
+        if health.get("store_error"):
+            line += f" store: {health['store_error']}"
         print(line, file=sys.stderr, flush=True)
 
 

@@ -288,6 +288,7 @@ def test_headless_run_on_a_full_disk_keeps_the_jobs_exit_code_and_resumes(small_
     assert "Traceback" not in err
     assert sum("cannot write" in ln for ln in lines) == 1
     assert any("again" in ln for ln in lines)
+    assert any("procs=" in ln and "store: disk full: " in ln for ln in lines)  # the live line
     ((status, lost),) = query(db, "SELECT status, lost_ticks FROM runs")
     assert (status, lost) == ("finished", 0)
     (detail,) = query(db, "SELECT detail FROM events WHERE kind = 'run_end'")[0]
@@ -340,6 +341,7 @@ def test_ticks_lost_to_a_full_disk_finalize_the_run_as_incomplete(small_fs):
 
     assert wait_until(dropping, timeout=10), seen[-1]
     assert f"{seen[-1]['store.lost_ticks']} dropped" in seen[-1]["store.state"]
+    assert seen[-1]["store_error"] == seen[-1]["store.state"]  # what the UI header shows
     filler.unlink()
     assert wait_until(lambda: session.store.state == "ok", timeout=15), session.store.state
     session.child.terminate()
