@@ -518,3 +518,32 @@ def test_500_process_tree_with_live_analysis_loses_no_tick(tmp_path):
     assert ticks == session.sampler.stats.ticks
     assert procs > 500
     assert '"lost_ticks": 0' in detail
+
+
+# -- kill -9 of the agent ------------------------------------------------------------------
+
+
+def test_kill_9_of_a_recording_agent_reads_as_lost_with_its_last_sample(tmp_path):
+    import json
+    import signal
+
+    from tests.helpers import query, run_cli
+
+    db = tmp_path / "a.duckdb"
+    agent = _record(db, 60, exit_code=0)
+    lines = _stderr_lines(agent)
+    assert wait_until(lambda: sum("procs=" in ln for ln in lines) >= 15, timeout=20), lines
+    import psutil
+
+    job = psutil.Process(agent.pid).children()
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    for child in job:  # the orphaned job, by pid
+        child.kill()
+    listed = run_cli("runs", "--db", str(db), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (run,) = json.loads(listed.stdout)
+    assert run["status"] == "lost", run
+    ((recorded, pid, newest),) = query(db, "SELECT status, agent_pid, last_sample FROM runs")
+    assert (recorded, pid) == ("running", agent.pid)
+    assert newest is not None and run["last_sample"] == str(newest)
