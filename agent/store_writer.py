@@ -31,6 +31,7 @@ from agent.store import (
     _first_line,
     _us,
     connect,
+    temp_directory,
     this_host,
 )
 
@@ -260,7 +261,6 @@ class Store:
             self._note_failure(exc)
             return False
         self._pending.clear()
-        self._maybe_checkpoint()
         if self._failing is not None and not self._needs_reopen:
             self._report(f"writing to {self.path} again ({self.lost_ticks} ticks dropped)")
             self._failing = None
@@ -328,6 +328,7 @@ class Store:
                     raise
         self.rows_written += total
         self.flushes += 1
+        self._maybe_checkpoint()
         return total
 
     def _beat(self, run_id: str, batches: list[Batch]) -> None:
@@ -409,3 +410,5 @@ class Store:
                 self.con.execute("CHECKPOINT")
             with contextlib.suppress(Exception):
                 self.con.close()
+        with contextlib.suppress(OSError):  # DuckDB's spill directory, when nothing spilled
+            temp_directory(self.path).rmdir()

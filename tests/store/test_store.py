@@ -37,6 +37,14 @@ def test_new_database_is_private_and_versioned(tmp_path):
     assert int(version) == SCHEMA_VERSION
 
 
+def test_closing_leaves_only_the_database_beside_it(tmp_path):
+    store = Store(tmp_path / "a.duckdb")
+    store.write_ticks([("r1", [_batch(1000.0)])])
+    assert (tmp_path / "a.duckdb.tmp").is_dir()  # private spill directory while open
+    store.close()
+    assert sorted(os.listdir(tmp_path)) == ["a.duckdb"]
+
+
 def test_samples_events_and_entities_round_trip(tmp_path):
     store = Store(tmp_path / "a.duckdb")
     store.write_ticks([("r1", [_batch(1000.0)]), ("r1", [_batch(1001.0)])])
