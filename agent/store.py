@@ -214,14 +214,18 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
             _verify(con, p, deep=deep)
         except duckdb.Error as exc:
             con.close()
-            raise StoreCorruptError(_corrupt(p, _first_line(exc))) from None
+            raise _open_error(p, exc) from None
         except BaseException:
             con.close()
             raise
-    except BaseException:
+    except BaseException as exc:
         if made_tmp is not None:  # leave nothing behind a refused file
             with contextlib.suppress(OSError):
                 made_tmp.rmdir()
+        if not existed and not isinstance(exc, StoreInUseError):  # nor a half-made new one
+            for leftover in (p, p.with_name(p.name + ".wal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         raise
     return con
 
@@ -240,8 +244,8 @@ def _open_error(p: Path, exc: duckdb.Error) -> StoreError:
         return StoreError(f"{p} is not an accelwatch/DuckDB database; refusing to touch it")
     if "permission denied" in low:
         return StoreError(f"cannot open {p}: permission denied")
-    if isinstance(exc, duckdb.IOException) and "no space" in low:
-        return StoreError(f"cannot open {p}: no space left on device")
+    if "no space left" in low:
+        return StoreError(f"cannot write {p}: no space left on device")
     return StoreCorruptError(_corrupt(p, msg))
 
 

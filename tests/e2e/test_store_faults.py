@@ -547,3 +547,17 @@ def test_kill_9_of_a_recording_agent_reads_as_lost_with_its_last_sample(tmp_path
     ((recorded, pid, newest),) = query(db, "SELECT status, agent_pid, last_sample FROM runs")
     assert (recorded, pid) == ("running", agent.pid)
     assert newest is not None and run["last_sample"] == str(newest)
+
+
+def test_new_database_on_a_full_disk_is_one_line_and_the_job_never_starts(small_fs, tmp_path):
+    from tests.helpers import run_cli
+
+    filler = fill(small_fs)
+    marker = tmp_path / "job-started"
+    done = run_cli("run", "--db", str(small_fs / "new.duckdb"), "--headless", "--",
+                   "touch", str(marker))  # fmt: skip
+    filler.unlink()
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.count("\n") == 1 and "no space left" in done.stderr, done.stderr
+    assert not marker.exists()
+    assert sorted(os.listdir(small_fs)) == [], "a half-made database was left behind"
