@@ -255,9 +255,10 @@ def _verify(con: duckdb.DuckDBPyConnection, path: Path, *, deep: bool) -> None:
     Every table's catalog entry and the run table are read (cheap); ``deep`` (a writer about
     to record into an existing file) reads every column of every table, which makes DuckDB
     load and checksum each block: recording into a damaged file would write samples that
-    can never be read back. A file shorter than the blocks its header counts is truncated."""
+    can never be read back. A file shorter than the blocks in use is truncated (free blocks
+    at the end may legitimately be cut off)."""
     row = con.execute(
-        "SELECT block_size, total_blocks FROM pragma_database_size() "
+        "SELECT block_size, used_blocks FROM pragma_database_size() "
         "WHERE database_name = current_database()"
     ).fetchone()
     if row is not None:

@@ -299,7 +299,7 @@ def _recording_health(store: Store) -> dict[str, Any]:
     health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
     if store.state != "ok":  # what the UI header shows: "disk full: 12 ticks buffered, 0 dropped"
         health["store_error"] = store.state
-    health.update(store.health())
+        health.update(store.health())  # its counters only while something is wrong
     return health
 
 
