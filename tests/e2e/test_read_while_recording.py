@@ -233,3 +233,40 @@ def test_readers_get_the_file_back_once_the_recording_ends(tmp_path):
     assert not Path(db + ".sock").exists()
     runs = run_cli("runs", "--db", db, "--json")
     assert runs.returncode == 0 and json.loads(runs.stdout)[0]["status"] == "finished"
+
+
+def test_runs_columns_stay_aligned_with_wide_cjk_names(tmp_path):
+    """Columns are measured in terminal cells: a wide (CJK) character takes two."""
+    import time as clock
+
+    from agent.app.read_commands import display_width
+    from agent.model import RunInfo
+    from agent.store import Store
+
+    db = tmp_path / "cjk.duckdb"
+    store = Store(db)
+    now = clock.time()
+    for i, name in enumerate(["train-ascii", "训练任务-日本語のジョブ名前", "ｆｕｌｌｗｉｄｔｈ"]):
+        store.write_run(
+            RunInfo(
+                run_id=f"run-{i}", name=name, pid=100 + i, cmdline=["python"], cwd="/",
+                host="h", started=now + i, interval=1.0, db_path=str(db), tags={"k": "v"},
+                env={}, mode="run", simulated=False, scenario=None, ended=now + i + 1,
+                exit_code=0, status="finished",
+            )
+        )  # fmt: skip
+    store.close()
+    result = run_cli("runs", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    columns = {
+        display_width(line[: line.index(word)])
+        for line, word in zip(lines, ["MODE", *["run "] * 3])
+    }
+    assert len(columns) == 1, lines
+    status_columns = {
+        display_width(line[: line.index(w)])
+        for line, w in zip(lines, ["STATUS", *["finished"] * 3])
+    }
+    assert len(status_columns) == 1, lines
