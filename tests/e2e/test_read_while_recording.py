@@ -270,3 +270,35 @@ def test_runs_columns_stay_aligned_with_wide_cjk_names(tmp_path):
         for line, w in zip(lines, ["STATUS", *["finished"] * 3])
     }
     assert len(status_columns) == 1, lines
+
+
+def test_view_following_a_run_takes_the_file_over_when_the_recording_ends(tmp_path):
+    from agent.recorded import RecordedReader
+
+    db = str(tmp_path / "ends.duckdb")
+    env = {k: v for k, v in os.environ.items() if k != "ACCELWATCH_DB"}
+    agent = subprocess.Popen(
+        [
+            *accelwatch("run", "--headless", "--db", db, "--interval", "0.2", "--"),
+            *(sys.executable, "-c", "import time; time.sleep(6)"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        assert wait_until(lambda: os.path.exists(db + ".sock"), timeout=30)
+        assert wait_until(lambda: _count(db) > 0, timeout=30)
+        reader = RecordedReader.open(db)
+        try:
+            assert reader.following
+            reader.subscribe(lambda: None)
+            assert wait_until(lambda: reader.run.ended is not None, timeout=60)
+            assert not reader.following and reader.run.status == "finished"
+            assert reader.cursor == len(reader.ticks) - 1
+            assert reader.frame(60) is not None  # still answers, now from the file
+        finally:
+            reader.close()
+    finally:
+        agent.wait(timeout=60)
