@@ -34,6 +34,7 @@ class _Servicer(pb_grpc.RuntimeMetricServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "TPU runtime not running")
 
     def ListSupportedMetrics(self, request, context):  # noqa: N802 - gRPC method name
+        self.s.requested["ListSupportedMetrics"] += 1
         self._gate(context)
         offered = self.s.runtime.offered() + list(self.s.extra_offered) + list(self.s.malformed)
         names = list(dict.fromkeys(offered))
