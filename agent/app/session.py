@@ -20,14 +20,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from agent.app.sources import candidate_collectors, install_simulator, start_collectors
+from agent.app.sources import (
+    Simulators,
+    candidate_collectors,
+    install_simulators,
+    start_collectors,
+)
 from agent.context import Consumer, LiveContext
 from agent.errors import AccelwatchError, TargetError
 from agent.model import Event, RunInfo
 from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
-from agent.store import Store
+from agent.store import Store, user_umask
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
 from collectors.process import ProcessCollector
 
@@ -69,7 +74,7 @@ class Session:
         self.consumers: list[Consumer] = []
         self.stop_requested = threading.Event()
         self.stop_reason = ""
-        self.simulator = None
+        self.simulator: Simulators | None = None
         self.process_collector: ProcessCollector | None = None
         #: (kind, source, detail) of collectors that did not start, noted on the first tick.
         self._notices: list[tuple[str, str, dict]] = []
@@ -88,7 +93,7 @@ class Session:
                 output = os.fdopen(fd, "ab")
             self.child = subprocess.Popen(
                 command,
-                umask=_user_umask(),
+                umask=user_umask(),
                 stdout=output,
                 stderr=output,
                 stdin=subprocess.DEVNULL if output else None,
@@ -108,10 +113,14 @@ class Session:
 
     def _install_simulator(self) -> None:
         if self.config.simulate:
-            self.simulator = install_simulator(self.config.simulate, self._gpu_owner_pids)
+            try:
+                self.simulator = install_simulators(self.config.simulate, self._device_owner_pids)
+            except AccelwatchError:
+                self.store.close()
+                raise
 
-    def _gpu_owner_pids(self) -> list[int]:
-        """The watched process while it lives (an exited process holds no GPU)."""
+    def _device_owner_pids(self) -> list[int]:
+        """The watched process while it lives (an exited process holds no device)."""
         root = self.run.pid if self.run is not None else None
         return [root] if root and root in self._job_pids() else []
 
@@ -171,11 +180,12 @@ class Session:
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:
         assert self.process_collector is not None
         try:
-            started, notices = start_collectors(candidate_collectors(self.process_collector), ctx)
+            candidates, notices = candidate_collectors(self.process_collector)
+            started, start_notices = start_collectors(candidates, ctx)
         except TargetError:
             self.store.close()
             raise
-        self._notices.extend(notices)
+        self._notices.extend(notices + start_notices)
         return started
 
     def build_context(self) -> LiveContext:
@@ -269,24 +279,23 @@ class Session:
             self.run.ended = time.time()
             self.run.status = "finished" if self.stop_reason == "target exited" else "stopped"
             self.store.close_writer()
+            if self.store.lost_ticks:
+                self.run.status = "incomplete"  # a store failure cost ticks; run_end counts them
             stats = self.sampler.stats_view() if self.sampler else {}
-            self.store.write_events(
-                self.run.run_id,
-                [
-                    Event(
-                        self.run.ended,
-                        "run_end",
-                        "agent",
-                        {
-                            "reason": self.stop_reason or "finished",
-                            **stats,
-                            "rows_written": self.store.rows_written,
-                            "dropped_ticks": self.store.dropped_ticks,
-                        },
-                    )
-                ],
+            end = Event(
+                self.run.ended,
+                "run_end",
+                "agent",
+                {
+                    "reason": self.stop_reason or "finished",
+                    **stats,
+                    "rows_written": self.store.rows_written,
+                    "dropped_ticks": self.store.dropped_ticks,
+                    "lost_ticks": self.store.lost_ticks,
+                    "store_failures": self.store.failures,
+                },
             )
-            self.store.write_run(self.run)
+            self.store.finalize(self.run, [end])  # never raises; says so on stderr
         self.store.close()
         if self.simulator is not None:
             self.simulator.uninstall()
@@ -297,6 +306,7 @@ def _recording_health(store: Store) -> dict[str, Any]:
     health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
     if store.last_error:
         health["store_error"] = store.last_error
+    health.update(store.health())
     return health
 
 
@@ -348,12 +358,6 @@ def _pid_running(pid: int | None) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _user_umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 def _default_name(cmdline: list[str], pid: int) -> str:
