@@ -28,6 +28,8 @@ class _Servicer(pb_grpc.RuntimeMetricServiceServicer):
 
     def _gate(self, context: grpc.ServicerContext) -> None:
         self.s.calls += 1
+        if self.s.on_request is not None:
+            self.s.on_request()
         if self.s.delay_s:
             time.sleep(self.s.delay_s)
         if not self.s.runtime.up():
@@ -81,6 +83,7 @@ class SimulatedTpuServer:
         self.extra_offered: tuple[str, ...] = ()
         self.malformed: tuple[str, ...] = ()
         self.status_offered = True
+        self.on_request: Callable[[], None] | None = None
         self.calls = 0
         self.requested: Counter[str] = Counter()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))

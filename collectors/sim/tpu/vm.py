@@ -39,8 +39,11 @@ class SimulatedTpu:
         self.scenario = scenario
         self.files = write_tree(self.root, scenario.chip, scenario.chips)
         self._owner_pids = owner_pids
+        self._held: set[int] = set()
+        self._refreshed = 0.0
         self.refresh_owners()
         self.server = SimulatedTpuServer(scenario, port=port, clock=clock)
+        self.server.on_request = self.refresh_owners
         self._saved_env: dict[str, str | None] = {}
         #: No metadata server is simulated: the collector skips it without a notice.
         self.metadata_url = "off"
@@ -57,9 +60,18 @@ class SimulatedTpu:
         }
 
     def refresh_owners(self) -> None:
-        """The owner pids hold every device file (the job opened the chips)."""
-        for pid in self._owner_pids() if self._owner_pids else []:
-            hold(self.root, pid, self.files)
+        """The owner pids hold every device file (the job opened the chips).
+
+        Called on runtime requests too, at most once a second: the job starts after install.
+        """
+        now = time.monotonic()
+        if self._owner_pids is None or (self._held and now - self._refreshed < 1.0):
+            return
+        self._refreshed = now
+        for pid in self._owner_pids():
+            if pid not in self._held:
+                hold(self.root, pid, self.files)
+                self._held.add(pid)
 
     def install(self) -> SimulatedTpu:
         for k, v in self.env.items():
