@@ -89,7 +89,10 @@ class SimulatedTpuServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         pb_grpc.add_RuntimeMetricServiceServicer_to_server(_Servicer(self), self._server)
         creds = grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-        self.port = self._server.add_secure_port(f"127.0.0.1:{port}", creds)
+        try:
+            self.port = self._server.add_secure_port(f"127.0.0.1:{port}", creds)
+        except RuntimeError:  # newer gRPC raises where older returned 0
+            self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on 127.0.0.1:{port}")
         self._server.start()

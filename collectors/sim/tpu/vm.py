@@ -42,7 +42,12 @@ class SimulatedTpu:
         self._held: set[int] = set()
         self._refreshed = 0.0
         self.refresh_owners()
-        self.server = SimulatedTpuServer(scenario, port=port, clock=clock)
+        try:
+            self.server = SimulatedTpuServer(scenario, port=port, clock=clock)
+        except OSError:
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self.server.on_request = self.refresh_owners
         self._saved_env: dict[str, str | None] = {}
         #: No metadata server is simulated: the collector skips it without a notice.
