@@ -36,6 +36,7 @@ ENV_DEV_ROOT = "ACCELWATCH_TPU_DEV_ROOT"
 ENV_PROC_ROOT = "ACCELWATCH_TPU_PROC_ROOT"
 ENV_RUNTIME = "ACCELWATCH_TPU_RUNTIME"
 ENV_METADATA = "ACCELWATCH_TPU_METADATA_URL"
+OWNERSHIP_EVERY_S = 5.0
 _STEM_OF = {v: k for k, v in DISTRIBUTIONS.items()}
 _MEAN = {"tpu.duty_cycle", "tpu.hbm.utilization", "tpu.tensorcore.idle_duration"}
 
@@ -72,12 +73,21 @@ def gauge_value(sample: Any) -> float | None:
     return None
 
 
+_BOUNDS_CACHE: dict[tuple[bytes, int], tuple[float, ...] | None] = {}
+
+
 def buckets_of(sample: Any) -> distribution.Buckets | None:
     if sample.WhichOneof("measure") != "distribution":
         return None
     d = sample.distribution
-    counts = tuple(int(c) for c in d.bucket_counts)
-    bounds = distribution.bounds_of(d.bucket_options, len(counts))
+    counts = tuple(d.bucket_counts)
+    key = (d.bucket_options.SerializeToString(), len(counts))
+    try:
+        bounds = _BOUNDS_CACHE[key]
+    except KeyError:  # every scrape repeats the same few bucket layouts
+        if len(_BOUNDS_CACHE) > 256:
+            _BOUNDS_CACHE.clear()
+        bounds = _BOUNDS_CACHE[key] = distribution.bounds_of(d.bucket_options, len(counts))
     if bounds is None or len(counts) != len(bounds) + 1:
         return None
     return distribution.Buckets(bounds, counts)
@@ -119,6 +129,9 @@ class TpuCollector(Collector):
         self._noticed: set[str] = set()
         self._previous: dict[tuple[str, str], distribution.Buckets] = {}
         self.node: dict[str, Any] = {}
+        self._owners: dict[int, int] = {}
+        self._owner_pids: frozenset[int] | None = None
+        self._owners_at = 0.0
 
     # -- lifecycle
     def start(self, ctx: CollectContext) -> None:
@@ -154,7 +167,7 @@ class TpuCollector(Collector):
         for kind, entity, detail in self._notices:
             b.event(kind, entity, **detail)
         self._notices.clear()
-        self._ownership(b)
+        self._ownership(b, now)
         if self.client is None:
             return b.build()
         scrapes, transitions = self.client.scrape(now)
@@ -201,13 +214,25 @@ class TpuCollector(Collector):
         if self.node:
             b.describe(RUNTIME_ENTITY, **self.node)
 
-    def _ownership(self, b: BatchBuilder) -> None:
+    def _ownership(self, b: BatchBuilder, now: float) -> None:
+        """Processes of the job per chip; rescanned when the job's pids change, else every 5 s.
+
+        Holding a chip changes rarely (libtpu opens it once); reading every fd link of every
+        job process each tick would be most of this source's cost.
+        """
         if not self.chips:
             return
         pids = self._ctx.job_pids()
-        held = discovery.chips_held(self.chips, pids, self.proc_root) if pids else {}
+        if (
+            pids != self._owner_pids
+            or now - self._owners_at >= OWNERSHIP_EVERY_S
+            or now < self._owners_at
+        ):
+            held = discovery.chips_held(self.chips, pids, self.proc_root) if pids else {}
+            self._owners = {c.index: len(held.get(c.index, ())) for c in self.chips}
+            self._owner_pids, self._owners_at = pids, now
         for chip in self.chips:
-            b.add(chip.entity, "tpu.job.processes", len(held.get(chip.index, ())))
+            b.add(chip.entity, "tpu.job.processes", self._owners[chip.index])
 
     def _notice_once(self, b: BatchBuilder, key: str, kind: str, **detail: Any) -> None:
         if key in self._noticed:
