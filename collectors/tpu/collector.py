@@ -167,10 +167,11 @@ class TpuCollector(Collector):
         for kind, entity, detail in self._notices:
             b.event(kind, entity, **detail)
         self._notices.clear()
-        self._ownership(b, now)
         if self.client is None:
+            self._ownership(b, now)
             return b.build()
         scrapes, transitions = self.client.scrape(now)
+        self._ownership(b, now)
         for t in transitions:
             kind = "tpu_runtime_up" if t.up else "tpu_runtime_down"
             detail: dict[str, Any] = {"target": t.target, "reason": t.reason}
@@ -215,19 +216,22 @@ class TpuCollector(Collector):
             b.describe(RUNTIME_ENTITY, **self.node)
 
     def _ownership(self, b: BatchBuilder, now: float) -> None:
-        """Processes of the job per chip; rescanned when the job's pids change, else every 5 s.
+        """Processes of the job per chip, from their fd links.
 
-        Holding a chip changes rarely (libtpu opens it once); reading every fd link of every
-        job process each tick would be most of this source's cost.
+        Holding a chip changes rarely (libtpu opens it once), and reading every fd link of every
+        job process each tick would be most of this source's cost: once the job holds every
+        chip, the links are read again only when its pids change or after 5 s.
         """
         if not self.chips:
             return
         pids = self._ctx.job_pids()
-        if (
-            pids != self._owner_pids
-            or now - self._owners_at >= OWNERSHIP_EVERY_S
-            or now < self._owners_at
-        ):
+        settled = (
+            pids == self._owner_pids
+            and self._owners
+            and all(self._owners.values())
+            and 0 <= now - self._owners_at < OWNERSHIP_EVERY_S
+        )
+        if not settled:
             held = discovery.chips_held(self.chips, pids, self.proc_root) if pids else {}
             self._owners = {c.index: len(held.get(c.index, ())) for c in self.chips}
             self._owner_pids, self._owners_at = pids, now
@@ -275,6 +279,16 @@ class TpuCollector(Collector):
         ours, scale = GAUGES[name]
         values: dict[int, float] = {}
         for sample in tpu_metric.metrics:
+            attr = sample.attribute.value
+            if attr.WhichOneof("attr") == "int_attr" and sample.WhichOneof("measure") == "gauge":
+                g = sample.gauge  # the common shape, read without the general helpers
+                kind = g.WhichOneof("value")
+                if kind == "as_double":
+                    values[attr.int_attr] = g.as_double * scale
+                    continue
+                if kind == "as_int":
+                    values[attr.int_attr] = g.as_int * scale
+                    continue
             dev, value = device_id_of(sample), gauge_value(sample)
             if dev is None or value is None:
                 self._notice_once(

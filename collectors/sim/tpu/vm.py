@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,9 @@ class SimulatedTpu:
                 shutil.rmtree(self.root, ignore_errors=True)
             raise
         self.server.on_request = self.refresh_owners
+        self._stop = threading.Event()
+        if owner_pids is not None:  # the job starts after install: pick up its pids as they come
+            threading.Thread(target=self._refresher, name="sim-tpu-owners", daemon=True).start()
         self._saved_env: dict[str, str | None] = {}
         #: No metadata server is simulated: the collector skips it without a notice.
         self.metadata_url = "off"
@@ -63,6 +67,11 @@ class SimulatedTpu:
             "ACCELWATCH_TPU_RUNTIME": self.server.address,
             "ACCELWATCH_TPU_METADATA_URL": self.metadata_url,
         }
+
+    def _refresher(self) -> None:
+        while not self._stop.wait(0.25):
+            self._refreshed = 0.0
+            self.refresh_owners()
 
     def refresh_owners(self) -> None:
         """The owner pids hold every device file (the job opened the chips).
@@ -85,6 +94,7 @@ class SimulatedTpu:
         return self
 
     def uninstall(self) -> None:
+        self._stop.set()
         for k, v in self._saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
