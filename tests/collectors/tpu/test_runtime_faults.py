@@ -141,3 +141,18 @@ def _start(sim):
     pid = os.getpid()
     collector.start(CollectContext(pid, lambda: frozenset([pid])))
     return collector
+
+
+def test_the_samplers_ticks_stay_on_time_while_the_runtime_hangs(tpu_vm, clock):
+    from agent.sampler import Sampler
+
+    sim, collector = tpu_vm("tpu-v5e-8-healthy", deadline=0.2)
+    collector.collect(time.time())  # connected
+    sim.server.delay_s = 5.0  # hung: every call would take 5 s
+    sampler = Sampler([collector], interval=0.5)
+    sampler.start()
+    time.sleep(2.6)
+    sampler.stop()
+    sim.server.delay_s = 0.0
+    assert sampler.stats.ticks >= 5 and sampler.stats.missed_ticks == 0
+    assert not sampler.stats.disabled
