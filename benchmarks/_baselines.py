@@ -13,6 +13,7 @@ own cost is on both sides of a comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -243,10 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         "nvitop-tui": run_nvitop_tui,
         "scan": run_scan,
     }[args.mode]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT is how the benchmark stops it
         run(args)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class Child:
         self.side = side
         self.output = bytearray()
         self._fd: int | None = None
-        self._log = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall the child
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; not a pipe: a full pipe would stall it
         if side.terminal is None:
             self._popen = subprocess.Popen(
                 side.argv,

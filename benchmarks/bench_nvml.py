@@ -57,8 +57,15 @@ def sides(root: int, db: Path, interval: float) -> list[Side]:
         Side(
             "agent",
             agent_argv(
-                "attach", str(root), "--headless", "--simulate", SCENARIO, "--db", str(db),
-                "--interval", every,
+                "attach",
+                str(root),
+                "--headless",
+                "--simulate",
+                SCENARIO,
+                "--db",
+                str(db),
+                "--interval",
+                every,
             ),  # fmt: skip
             "the whole headless agent process (all threads): NVML + process + host collectors, "
             "store writer, live analysis, headless line",
@@ -87,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, process_tree(TREE_SIZE) as root:
         all_sides = sides(root, Path(tmp) / "agent.duckdb", args.interval)
         try:
-            got = interleaved(
-                all_sides, rounds=args.rounds, window=args.window, warmup=args.warmup
-            )
+            got = interleaved(all_sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
         except (BenchmarkError, OSError) as exc:
             return fail(exc)
     agent, bare, nvitop = got["agent"], got["bare"], got["nvitop"]
@@ -116,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     rss = [s.rss_mb for s in agent.slots]
     report.target(
-        "agent RSS (MB)", spread(rss, "{:.0f}"), f"<= {TARGET_RSS_MB:.0f}", max(rss) <= TARGET_RSS_MB
+        "agent RSS (MB)",
+        spread(rss, "{:.0f}"),
+        f"<= {TARGET_RSS_MB:.0f}",
+        max(rss) <= TARGET_RSS_MB,
     )
     report.info("agent USS (MB)", spread([s.uss_mb for s in agent.slots], "{:.0f}"))
     for m in (bare, nvitop):
