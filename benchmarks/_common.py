@@ -85,6 +85,8 @@ class Side:
     includes: str
     #: (columns, rows) to run it in a pseudo-terminal of that size; None: no terminal.
     terminal: tuple[int, int] | None = None
+    #: Extra environment variables of the child.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._log,
+                env={**os.environ, **side.env},
                 start_new_session=True,
             )
             self.pid = self._popen.pid
@@ -118,7 +121,7 @@ class Child:
             pid, fd = pty.fork()
             if pid == 0:  # the child: size the terminal before the program reads it
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-                os.environ["TERM"] = "xterm-256color"
+                os.environ.update({"TERM": "xterm-256color", **side.env})
                 os.chdir(ROOT)
                 os.execv(side.argv[0], side.argv)
             self.pid, self._fd = pid, fd
