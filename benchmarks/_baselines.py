@@ -4,6 +4,7 @@
     python -m benchmarks._baselines nvitop-monitor --pid PID --scenario NAME [--interval 1]
     python -m benchmarks._baselines nvitop-tui --scenario NAME [--interval 1]
     python -m benchmarks._baselines scan --db FILE
+    python -m benchmarks._baselines session --pid PID --scenario NAME --db FILE --live on|off
 
 With ``--scenario`` the simulated NVML driver is installed in this process exactly as the agent
 installs it (``collectors.sim.install``, the watched root owning the GPUs), so the simulator's
@@ -230,9 +231,41 @@ def run_scan(args: argparse.Namespace) -> None:
     con.close()
 
 
+def run_session(args: argparse.Namespace) -> None:
+    """The real agent through its public Session, live analysis on or off; writes the seconds
+    from start to each rule's first live finding to ``--out`` (JSON) as they come."""
+    import json
+
+    from agent.app.session import Session, SessionConfig, install_signal_handlers
+
+    config = SessionConfig(
+        db_path=args.db, simulate=args.scenario, live_analysis=args.live == "on", quiet=True
+    )
+    session = Session(config)
+    started = time.time()
+    session.attach(args.pid)
+    install_signal_handlers(session)
+    first: dict[str, float] = {}
+
+    def on_tick() -> None:
+        context = session.context
+        new = {f["rule"] for f in (context.findings if context else ())} - first.keys()
+        if new and args.out:
+            first.update(dict.fromkeys(new, time.time() - started))
+            Path(args.out).write_text(json.dumps(first))
+
+    try:
+        session.wait(on_tick=on_tick)
+    finally:
+        session.finish()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("bare", "nvitop-monitor", "nvitop-tui", "scan"))
+    modes = ("bare", "nvitop-monitor", "nvitop-tui", "scan", "session")
+    parser.add_argument("mode", choices=modes)
+    parser.add_argument("--live", choices=("on", "off"), default="on", help="session: analysis")
+    parser.add_argument("--out", default=None, help="session: JSON of first findings")
     parser.add_argument("--pid", type=int, default=None, help="root of the watched tree")
     parser.add_argument("--scenario", default=None, help="simulated NVML scenario")
     parser.add_argument("--interval", type=float, default=1.0)
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         "nvitop-monitor": run_nvitop_monitor,
         "nvitop-tui": run_nvitop_tui,
         "scan": run_scan,
+        "session": run_session,
     }[args.mode]
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT is how the benchmark stops it
         run(args)
