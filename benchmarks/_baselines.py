@@ -218,6 +218,11 @@ def run_nvitop_tui(args: argparse.Namespace) -> None:
     install_simulator(args.scenario, args.pid)
     from nvitop.cli import main
 
+    # nvitop logs each NVML function the simulator lacks once, with a traceback, on stderr:
+    # keep that off the screen being measured (curses draws on stdout).
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
     sys.argv = ["nvitop", "--interval", f"{args.interval:g}"]
     sys.exit(main())
 

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import pty
+import re
 import select
 import signal
 import statistics
@@ -25,7 +26,7 @@ import tempfile
 import termios
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
+ESCAPES = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>])")
 TREE_SCRIPT = """
 import os, sys, time
 n = int(sys.argv[1])
@@ -102,6 +104,10 @@ class Child:
     def __init__(self, side: Side) -> None:
         self.side = side
         self.output = bytearray()
+        #: Bytes read from the terminal so far (``output`` keeps only the last 64 KiB).
+        self.received = 0
+        #: The first 256 KiB the program wrote (its first full screens).
+        self.head = bytearray()
         self._fd: int | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; not a pipe: a full pipe would stall it
         if side.terminal is None:
@@ -141,8 +147,26 @@ class Child:
                 return
             if not data:
                 return
+            if len(self.head) < 262144:
+                self.head += data
             self.output += data
+            self.received += len(data)
             del self.output[:-65536]
+
+    def type_keys(self, keys: bytes) -> None:
+        assert self._fd is not None, "only a side in a terminal reads keys"
+        os.write(self._fd, keys)
+
+    def wait_for(self, marker: bytes, since: int, timeout: float = 3.0) -> float | None:
+        """When ``marker`` shows on the terminal in output after byte ``since`` (escape codes
+        ignored), polled every 2 ms; None if it does not within ``timeout``."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            new = bytes(self.output[-(self.received - since) :]) if self.received > since else b""
+            if marker in ESCAPES.sub(b"", new):
+                return time.perf_counter()
+            time.sleep(0.002)
+        return None
 
     def alive(self) -> bool:
         try:
@@ -164,6 +188,12 @@ class Child:
 
     def stop(self) -> str:
         """End the child; what it wrote on stderr (or its terminal), for a failure message."""
+        if self._fd is not None:  # a terminal program: quit the way a user does
+            with contextlib.suppress(OSError):
+                self.type_keys(b"q")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self._reap() is None:
+                time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGINT)
         deadline = time.monotonic() + 20
@@ -209,9 +239,15 @@ class Measured:
 
 
 def interleaved(
-    sides: Sequence[Side], *, rounds: int, window: float, warmup: float
+    sides: Sequence[Side],
+    *,
+    rounds: int,
+    window: float,
+    warmup: float,
+    then: Callable[[dict[str, Child]], None] | None = None,
 ) -> dict[str, Measured]:
-    """Start every side, let them warm up, then measure them in turns for ``rounds`` rounds."""
+    """Start every side, let them warm up, then measure them in turns for ``rounds`` rounds;
+    ``then`` runs on the live children after the last round, before they stop."""
     children: list[Child] = []
     results = {side.name: Measured(side) for side in sides}
     try:
@@ -223,6 +259,8 @@ def interleaved(
                 if not child.alive():
                     raise BenchmarkError(f"{child.side.name} exited early:\n{child.stop()[-3000:]}")
                 results[child.side.name].slots.append(child.slot(window))
+        if then is not None:
+            then({child.side.name: child for child in children})
     finally:
         for child in children:
             child.stop()
