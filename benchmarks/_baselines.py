@@ -132,12 +132,6 @@ def nvml_tick() -> Tick:
         request.metrics[j].metricId = metric_id
     last_seen = [0] * len(handles)
 
-    def optional(fn: Callable[[], object]) -> object:
-        try:
-            return fn()
-        except nv.NVMLError:
-            return None
-
     def tick() -> int:
         out: list = []
         for i, h in enumerate(handles):
@@ -153,7 +147,6 @@ def nvml_tick() -> Tick:
                 nv.nvmlDeviceGetPowerUsage(h),
                 nv.nvmlDeviceGetEnforcedPowerLimit(h),
                 nv.nvmlDeviceGetTotalEnergyConsumption(h),
-                optional(lambda h=h: nv.nvmlDeviceGetFanSpeed(h)),
                 nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
                 nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
                 *maxima[i],
