@@ -198,11 +198,15 @@ def run_nvitop_monitor(args: argparse.Namespace) -> None:
     """nvitop's own headless monitor: ``ResourceMetricCollector`` on the job's root, whose
     daemon thread calls ``take_snapshots()`` every interval (nvitop/api/collector.py)."""
     install_simulator(args.scenario, args.pid)
-    from nvitop import Device, ResourceMetricCollector
+    from nvitop import Device, HostProcess, ResourceMetricCollector
 
+    # The collector keeps its root in a WeakSet of (per-pid cached) HostProcess objects; with
+    # no strong reference the root vanishes at once and nvitop follows no GPU process at all.
+    # Holding it makes nvitop do its intended work: the job's GPU processes every interval.
+    root = HostProcess(args.pid)
     collector = ResourceMetricCollector(Device.all(), root_pids={args.pid}, interval=args.interval)
     collector.activate(tag="bench")
-    while True:
+    while root is not None:
         time.sleep(3600)
 
 
