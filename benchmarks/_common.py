@@ -129,7 +129,10 @@ class Child:
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
                 os.environ.update({"TERM": "xterm-256color", **side.env})
                 os.chdir(ROOT)
-                os.execv(side.argv[0], side.argv)
+                try:
+                    os.execv(side.argv[0], side.argv)
+                finally:  # never run the benchmark's own code in the forked child
+                    os._exit(127)
             self.pid, self._fd = pid, fd
             threading.Thread(target=self._drain, daemon=True).start()
         self.proc = psutil.Process(self.pid)
@@ -258,7 +261,12 @@ def interleaved(
             for child in children:
                 if not child.alive():
                     raise BenchmarkError(f"{child.side.name} exited early:\n{child.stop()[-3000:]}")
-                results[child.side.name].slots.append(child.slot(window))
+                try:
+                    results[child.side.name].slots.append(child.slot(window))
+                except psutil.Error as exc:
+                    raise BenchmarkError(
+                        f"{child.side.name} vanished ({exc}):\n{child.stop()[-3000:]}"
+                    ) from None
         if then is not None:
             then({child.side.name: child for child in children})
     finally:

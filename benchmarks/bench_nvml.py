@@ -30,7 +30,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (  # noqa: E402
-    BenchmarkError,
     Report,
     Side,
     add_round_args,
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         all_sides = sides(root, Path(tmp) / "agent.duckdb", args.interval)
         try:
             got = interleaved(all_sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
-        except (BenchmarkError, OSError) as exc:
+        except Exception as exc:  # one line and exit 1, never a traceback mid-table
             return fail(exc)
     agent, bare, nvitop = got["agent"], got["bare"], got["nvitop"]
     report = Report(
