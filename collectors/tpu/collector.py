@@ -28,7 +28,13 @@ from collectors.tpu.metrics import (
     RUNTIME_METRICS,
     SOURCE,
 )
-from collectors.tpu.runtime import DEFAULT_DEADLINE_S, RuntimeClient, Scrape, parse_targets
+from collectors.tpu.runtime import (
+    DEFAULT_DEADLINE_S,
+    RuntimeClient,
+    Scrape,
+    TargetSpecError,
+    parse_targets,
+)
 
 #: Environment overrides, also how the simulator points a recording at its fake tree.
 ENV_SYS_ROOT = "ACCELWATCH_TPU_SYS_ROOT"
@@ -142,8 +148,12 @@ class TpuCollector(Collector):
                 f"no TPU chips under {Path(self.sys_root) / 'bus/pci/devices'} "
                 "and no TPU runtime configured"
             )
+        try:
+            targets = parse_targets(self._runtime_spec, self._env)
+        except TargetSpecError as exc:
+            raise CollectorUnavailable(f"TPU runtime address: {exc}") from None
         self.client = RuntimeClient(
-            parse_targets(self._runtime_spec, self._env),
+            targets,
             wanted=RUNTIME_METRICS,
             deadline=self.deadline,
         )

@@ -156,3 +156,15 @@ def test_the_samplers_ticks_stay_on_time_while_the_runtime_hangs(tpu_vm, clock):
     sim.server.delay_s = 0.0
     assert sampler.stats.ticks >= 5 and sampler.stats.missed_ticks == 0
     assert not sampler.stats.disabled
+
+
+def test_a_malformed_runtime_address_makes_the_source_unavailable_with_the_reason(tmp_path):
+    from agent.errors import CollectorUnavailable
+    from agent.source import CollectContext
+    from collectors.tpu.collector import TpuCollector
+
+    c = TpuCollector(
+        env={"ACCELWATCH_TPU_SYS_ROOT": str(tmp_path), "ACCELWATCH_TPU_RUNTIME": "h:x"}
+    )
+    with pytest.raises(CollectorUnavailable, match="'x' is not a port"):
+        c.start(CollectContext())
