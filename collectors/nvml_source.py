@@ -27,6 +27,12 @@ def _simulator(scenario: str, owner_pids: Callable[[], list[int]]) -> Any:
     return install(load_scenario(scenario), job_pids=owner_pids)
 
 
+def _check_scenario(scenario: str) -> None:
+    from collectors.sim import load_scenario
+
+    load_scenario(scenario)
+
+
 SPEC = SourceSpec(
     name=SOURCE,
     label="NVIDIA GPUs (NVML)",
@@ -47,4 +53,5 @@ SPEC = SourceSpec(
     ),
     collector=_collector,
     simulator=_simulator,
+    check_scenario=_check_scenario,
 )

@@ -187,11 +187,39 @@ def list_scenarios() -> list[ScenarioInfo]:
 
 def load_scenario(name_or_path: str) -> Scenario:
     """Load a named scenario or a user's .toml file."""
+    text, path, default_name = _scenario_text(name_or_path)
+    return parse_scenario(text, path, default_name=default_name)
+
+
+#: The sources a scenario simulates when it does not say (every scenario before TPUs).
+DEFAULT_SOURCES = ("nvml",)
+
+
+def scenario_sources(name_or_path: str) -> tuple[str, ...]:
+    """Which sources a scenario simulates: its top-level ``sources = [...]`` (default NVML).
+
+    Each named source's simulator then reads its own part of the file.
+    """
+    text, path, _ = _scenario_text(name_or_path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
+    sources = doc.get("sources", list(DEFAULT_SOURCES))
+    if (
+        not isinstance(sources, list)
+        or not sources
+        or not all(isinstance(s, str) and s for s in sources)
+    ):
+        raise ScenarioError(f"{path}: sources must be a non-empty list of source names")
+    return tuple(dict.fromkeys(sources))
+
+
+def _scenario_text(name_or_path: str) -> tuple[str, str, str]:
+    """(TOML text, path, default name) of a named scenario or a user's .toml file."""
     entry = _scenario_dir().joinpath(f"{name_or_path}.toml")
     if "/" not in name_or_path and not name_or_path.endswith(".toml") and entry.is_file():
-        return parse_scenario(
-            entry.read_text(encoding="utf-8"), str(entry), default_name=name_or_path
-        )
+        return entry.read_text(encoding="utf-8"), str(entry), name_or_path
     path = Path(name_or_path)
     if not path.is_file():
         known = ", ".join(scenario_names())
@@ -202,7 +230,7 @@ def load_scenario(name_or_path: str) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
-    return parse_scenario(text, str(path), default_name=path.stem)
+    return text, str(path), path.stem
 
 
 def parse_scenario(text: str, path: str = "<string>", *, default_name: str = "custom") -> Scenario:
@@ -223,6 +251,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         "top level",
         {
             "name",
+            "sources",
             "summary",
             "seed",
             "duration_s",
