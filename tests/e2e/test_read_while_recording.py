@@ -302,3 +302,26 @@ def test_view_following_a_run_takes_the_file_over_when_the_recording_ends(tmp_pa
             reader.close()
     finally:
         agent.wait(timeout=60)
+
+
+def test_a_slow_query_is_interrupted_and_a_huge_result_refused():
+    """A reader cannot hold the recording's database: a per-query timeout (interrupt) and a
+    bounded result."""
+    import duckdb
+
+    from agent.readserver import run_query
+
+    con = duckdb.connect()
+    try:
+        started = time.monotonic()
+        slow = run_query(
+            con.cursor, "SELECT count(*) FROM range(1000000000000) a", [], timeout_s=0.5
+        )
+        assert slow == {"ok": False, "error": "query interrupted after 0.5 s"}
+        assert time.monotonic() - started < 10
+        big = run_query(con.cursor, "SELECT * FROM range(100000)", [], max_rows=1000)
+        assert not big["ok"] and "result too large" in big["error"]
+        fine = run_query(con.cursor, "SELECT 41 + ? AS n", [1])
+        assert fine == {"ok": True, "columns": ["n"], "types": ["INTEGER"], "rows": [[42]]}
+    finally:
+        con.close()
