@@ -8,6 +8,7 @@ import time
 import pytest
 
 from agent.store import connect
+from exporters.otlp import SHUTDOWN_BUDGET_S
 from tests.exporters.conftest import _free_port, assert_record_complete, wait_for
 from tests.exporters.receivers import points
 
@@ -87,3 +88,29 @@ def test_slow_endpoint_times_out_without_stalling_sampling(record, grpc_receiver
         started = time.monotonic()
     assert time.monotonic() - started < 8  # the final export is bounded by the timeout too
     assert_record_complete(session)
+
+
+def test_a_down_collector_is_visible_within_one_interval_and_costs_at_most_the_shutdown_budget(
+    record, receiver, otel_env
+):
+    """Issue 9 item 9: with the SDK's defaults the first failure showed after ~68 s and the
+    agent exited 7-9 s after the job. Now: a first export at the first tick, attempts bounded
+    by the interval, the reason in words, and a bounded final export."""
+    otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "5000")
+    otel_env.delenv("OTEL_EXPORTER_OTLP_TIMEOUT")  # the SDK's default 10 s per attempt
+    receiver.stop()
+    receiver.port = _free_port()
+    started = time.monotonic()
+    with record(otlp=receiver.endpoint) as session:
+        assert wait_for(lambda: failed(session) >= 1, timeout=5.0)
+        seen_after = time.monotonic() - started
+        health = session.context.health
+        assert health["otlp.state"] == "failing"
+        assert health["otlp.error"] == f"collector down: 127.0.0.1:{receiver.port}"
+        stopping = time.monotonic()
+    stopped_after = time.monotonic() - stopping
+    assert seen_after < 5.0, f"first failure after {seen_after:.1f}s, the interval is 5 s"
+    assert stopped_after < SHUTDOWN_BUDGET_S + 1.0, f"finish took {stopped_after:.1f}s"
+    (first,) = events(session, "export_failed")
+    assert first["endpoint"] == receiver.endpoint
+    assert first["reason"] == f"collector down: 127.0.0.1:{receiver.port}"
