@@ -27,6 +27,7 @@ from opentelemetry.sdk.resources import Resource
 
 from agent import __version__
 from agent.errors import UsageError
+from agent.registry import default_registry
 from agent.snapshot import Snapshot
 from exporters.findings import FINDINGS_GAUGE, FINDINGS_SPEC, FindingLogEmitter, FindingsGauge
 from exporters.naming import PROCESS_ATTRIBUTE_KEYS, ExportPlan, build_plan
@@ -78,7 +79,7 @@ def instrument_views(plan: ExportPlan) -> list[View]:
     for spec in plan.instruments.values():
         metrics = [plan.catalog[name] for name in spec.metrics]
         keys: set[str] | None = None
-        if all(m.source == "process" for m in metrics):
+        if all(_per_process(m.source) for m in metrics):
             keys = set(PROCESS_ATTRIBUTE_KEYS)
             for m in metrics:
                 keys.update(m.otel_attributes)
@@ -86,6 +87,16 @@ def instrument_views(plan: ExportPlan) -> list[View]:
         if keys is not None or renamed is not None:
             views.append(View(instrument_name=spec.name, name=renamed, attribute_keys=keys))
     return views
+
+
+def _per_process(source: str) -> bool:
+    """Whether every entity ``source`` declares is a process (its series are per process)."""
+    spec = default_registry().get(source)
+    return (
+        spec is not None
+        and bool(spec.entity_kinds)
+        and all(kind.kind == "process" for kind in spec.entity_kinds)
+    )
 
 
 def register_instruments(
