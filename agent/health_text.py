@@ -4,6 +4,10 @@ Health is a flat mapping of ``<owner>.<name>`` keys (``otlp.failed_exports``, ``
 ``analysis.cpu_s``) merged from every writer. A user wants states, not counters: an owner is
 shown only when its ``<owner>.state`` is not ok, its ``<owner>.error`` is set, or one of its
 counters counts something lost or failed; measurements (``analysis.cpu_s``) stay internal.
+
+A non-ok ``state`` is a sentence that stands alone (``disk full: 12 ticks buffered, 0
+dropped``); an ``error`` is a reason the problem counters follow (``collector down:
+127.0.0.1:4317, 3 failed exports``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ OWNER_LABELS = {"otlp": "OTLP export", "prometheus": "Prometheus", "export": "ex
 _OK_STATES = frozenset({"", "ok", "running", "idle", "ready"})
 #: A counter is worth showing when its name says something was lost or went wrong.
 _PROBLEM_WORDS = ("failed", "dropped", "lost", "buffered", "error", "capped", "skipped")
+#: Owners that print their own stderr line when they fail (the store does).
+SELF_REPORTING = frozenset({"store"})
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,13 @@ def health_phrases(health: Mapping[str, Any]) -> list[HealthPhrase]:
         values = owners[owner]
         state = str(values.get("state") or "").strip()
         error = str(values.get("error") or "").strip()
-        failing = bool(error) or state.lower() not in _OK_STATES
+        stated = state.lower() not in _OK_STATES
+        failing = bool(error) or stated
         words = [error or state] if failing else []
         for name in sorted(values):
             count = _count(values[name])
-            if name in ("state", "error") or not count:
-                continue
+            if (stated and not error) or name in ("state", "error") or not count:
+                continue  # a state sentence already says how much
             if any(word in name for word in _PROBLEM_WORDS):
                 words.append(f"{count} {name.replace('_', ' ')}")
         if words:
@@ -73,7 +80,9 @@ class ProblemWatch:
     def new_problems(self, health: Mapping[str, Any]) -> list[str]:
         """Phrases of owners that turned bad (or changed reason) since the last call."""
         out = []
-        current = {p.owner: p for p in health_phrases(health) if p.bad}
+        current = {
+            p.owner: p for p in health_phrases(health) if p.bad and p.owner not in SELF_REPORTING
+        }
         for owner, phrase in current.items():
             reason = str(health.get(f"{owner}.error") or health.get(f"{owner}.state") or "")
             if self._told.get(owner) != reason:

@@ -103,18 +103,19 @@ def test_health_is_shown_in_words_and_internal_counters_are_hidden():
         "otlp.state": "failing",
         "otlp.error": "collector down: 127.0.0.1:4317",
         "prometheus.scrapes": 9,
-        "store.state": "disk full",
+        "store.state": "disk full: 12 ticks buffered, 0 dropped",
         "store.buffered_ticks": 12,
+        "store.failures": 4,
     }
     texts = [(p.text, p.bad) for p in health_phrases(health)]
     assert texts == [
         ("OTLP export: collector down: 127.0.0.1:4317, 3 failed exports", True),
-        ("store: disk full, 12 buffered ticks", True),
+        ("store: disk full: 12 ticks buffered, 0 dropped", True),
     ]
     assert [p.text for p in health_phrases({"analysis.state": "degraded"})] == [
         "analysis: degraded"
     ]
-    recovered = {"otlp.failed_exports": 3, "otlp.state": "ok"}
+    recovered = {"otlp.failed_exports": 3, "otlp.state": "ok", "store.state": "ok"}
     assert [(p.text, p.bad) for p in health_phrases(recovered)] == [
         ("OTLP export: 3 failed exports", False)
     ]
@@ -124,6 +125,7 @@ def test_each_new_problem_is_told_once_and_again_after_recovery():
     watch = ProblemWatch()
     failing = {"otlp.state": "failing", "otlp.error": "collector down: c:4317"}
     assert watch.new_problems(failing) == ["OTLP export: collector down: c:4317"]
+    assert watch.new_problems({**failing, "store.state": "disk full: 1 ticks buffered"}) == []
     assert watch.new_problems({**failing, "otlp.failed_exports": 2}) == []
     assert watch.new_problems({"otlp.state": "ok"}) == []
     assert watch.new_problems(failing) == ["OTLP export: collector down: c:4317"]

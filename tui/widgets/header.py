@@ -80,7 +80,9 @@ class RunHeader(Widget):
         unavailable = sorted(set(notices) - set(disabled))
         if unavailable:
             out.append(f" · unavailable: {', '.join(unavailable)}")
-        if health.get("store_error"):
+        phrases = health_phrases(health)  # states in words; internal counters stay hidden
+        store_said = any(p.owner == "store" and p.bad for p in phrases)
+        if health.get("store_error") and not store_said:
             out.append(f" · store: {health['store_error']}", warn)
-        for phrase in health_phrases(health):  # states in words; internal counters stay hidden
+        for phrase in phrases:
             out.append(f" · {phrase.text}", warn if phrase.bad else "")
