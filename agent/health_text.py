@@ -22,7 +22,7 @@ RECORDING_KEYS = frozenset({"samples", "dropped_ticks", "missed_ticks", "disable
 OWNER_LABELS = {"otlp": "OTLP export", "prometheus": "Prometheus", "export": "export"}
 _OK_STATES = frozenset({"", "ok", "running", "idle", "ready"})
 #: A counter is worth showing when its name says something was lost or went wrong.
-_PROBLEM_WORDS = ("failed", "dropped", "lost", "buffered", "error", "capped", "skipped")
+_PROBLEM_WORDS = ("failed", "dropped", "lost", "error", "capped", "skipped")
 #: Owners that print their own stderr line when they fail (the store does).
 SELF_REPORTING = frozenset({"store"})
 

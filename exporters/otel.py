@@ -33,6 +33,7 @@ from exporters.findings import FINDINGS_GAUGE, FINDINGS_SPEC, FindingLogEmitter,
 from exporters.naming import PROCESS_ATTRIBUTE_KEYS, ExportPlan, build_plan
 from exporters.otlp import (
     DEFAULT_EVENT_GAP_S,
+    FAILING_SHUTDOWN_BUDGET_S,
     SHUTDOWN_BUDGET_S,
     CountingLogExporter,
     CountingMetricExporter,
@@ -152,6 +153,7 @@ class TelemetryExporter:
         self._counting: list[CountingMetricExporter | CountingLogExporter] = []
         self._context: LiveContext | None = None
         self._first_export: Callable[[Snapshot], None] | None = None
+        self._export_health: ExportHealth | None = None
         self.disabled = sdk_disabled()
         if self.disabled:
             return
@@ -204,6 +206,7 @@ class TelemetryExporter:
         settings = self.settings
         shown = self.otlp or settings.shown
         health = ExportHealth(self.health, context.note, shown, self.event_gap_s, settings.address)
+        self._export_health = health
         metrics, logs = self._sdk_exporters
         counting_metrics = CountingMetricExporter(metrics, health)
         counting_logs = CountingLogExporter(logs, health)
@@ -235,20 +238,27 @@ class TelemetryExporter:
         context.note("export_started", "otlp", endpoint=shown, metric_names=self.metric_names)
 
     def _subscribe_first_export(self, context: LiveContext) -> None:
-        """Export once as soon as the first tick exists, so a missing collector shows within
-        one interval of the start rather than after the first full interval."""
+        """At the first tick: check that something listens at the endpoint (a missing collector
+        shows at once), then export, rather than waiting for the first full interval."""
         started = threading.Event()
         provider = self.meter_provider
         assert provider is not None and self.settings is not None
         timeout_ms = self.settings.attempt_timeout_s * 1000
+        health = self._export_health
 
         def first_export(_snapshot: Snapshot) -> None:
             if started.is_set():
                 return
             started.set()
             context.hub.unsubscribe(first_export)
+
+            def probe_then_export() -> None:
+                if health is not None:
+                    _quietly(health.probe)
+                _quietly(lambda: provider.force_flush(timeout_millis=timeout_ms))
+
             threading.Thread(
-                target=lambda: _quietly(lambda: provider.force_flush(timeout_millis=timeout_ms)),
+                target=probe_then_export,
                 name="accelwatch-otlp-first-export",
                 daemon=True,
             ).start()
@@ -276,7 +286,8 @@ class TelemetryExporter:
         )
 
     def stop(self) -> None:
-        """Final export, then close everything; returns within ``SHUTDOWN_BUDGET_S``.
+        """Final export, then close everything; returns within ``SHUTDOWN_BUDGET_S`` (within
+        ``FAILING_SHUTDOWN_BUDGET_S`` while exports are failing anyway).
 
         The SDK's shutdowns run on helper threads; whatever has not finished by the deadline
         is aborted (connections closed, retries dropped) and counted as a failed export.
@@ -291,8 +302,11 @@ class TelemetryExporter:
         if self.prometheus is not None:
             self.prometheus.close()
             self.prometheus = None
-        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
-        budget_ms = SHUTDOWN_BUDGET_S * 1000 * 0.8
+        budget_s = SHUTDOWN_BUDGET_S
+        if self._export_health is not None and self._export_health.failing:
+            budget_s = FAILING_SHUTDOWN_BUDGET_S  # the collector is down: one try, no waiting
+        deadline = time.monotonic() + budget_s
+        budget_ms = budget_s * 1000 * 0.8
         workers = []
         meter_provider, logger_provider = self.meter_provider, self.logger_provider
         self.meter_provider = self.logger_provider = None

@@ -36,8 +36,12 @@ DEFAULT_EVENT_GAP_S = 60.0
 DEFAULT_INTERVAL_MS = 60_000.0
 #: ``OTEL_EXPORTER_OTLP_TIMEOUT`` when unset (seconds, the SDK's default).
 DEFAULT_TIMEOUT_S = 10.0
+#: An export attempt is bounded by the interval, but never below this (connection setup).
+MIN_ATTEMPT_S = 1.0
 #: The final export at shutdown waits at most this long, metrics and logs together.
 SHUTDOWN_BUDGET_S = 2.0
+#: The same while exports are failing (a collector that is down): one try, no retry waits.
+FAILING_SHUTDOWN_BUDGET_S = 0.3
 _NETLOC = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 
 Note = Callable[..., None]
@@ -135,7 +139,7 @@ class OtlpSettings:
     #: The endpoint metrics really go to, for events and the header.
     shown: str
     interval_ms: float
-    #: One export attempt (with the SDK's retries) never outlasts the interval.
+    #: One export attempt (with the SDK's retries) lasts at most the interval (at least 1 s).
     attempt_timeout_s: float
 
     @property
@@ -181,17 +185,17 @@ def otlp_settings(endpoint: str | None, environ: Mapping[str, str] | None = None
         logs_protocol=logs_protocol,
         shown=shown,
         interval_ms=interval_ms,
-        attempt_timeout_s=min(timeout_s, interval_ms / 1000.0),
+        attempt_timeout_s=min(timeout_s, max(interval_ms / 1000.0, MIN_ATTEMPT_S)),
     )
 
 
-def diagnose(address: tuple[str, int], timeout_s: float = 0.25) -> str:
-    """Why exports to ``address`` fail, in words: one short TCP connect, only after a failure."""
+def connect_problem(address: tuple[str, int], timeout_s: float = 0.25) -> str | None:
+    """Why nothing listens at ``address``, in words, or None when a TCP connect succeeds."""
     host, port = address
     where = f"{host}:{port}"
     try:
         with socket.create_connection((host.strip("[]"), port), timeout=timeout_s):
-            return f"collector rejected the export: {where}"
+            return None
     except ConnectionRefusedError:
         return f"collector down: {where}"
     except socket.gaierror:
@@ -200,6 +204,12 @@ def diagnose(address: tuple[str, int], timeout_s: float = 0.25) -> str:
         return f"collector unreachable: {where}"
     except OSError as exc:
         return f"{exc.strerror or exc}: {where}"
+
+
+def diagnose(address: tuple[str, int], timeout_s: float = 0.25) -> str:
+    """Why exports to ``address`` fail, in words: one short TCP connect, only after a failure."""
+    problem = connect_problem(address, timeout_s)
+    return problem or f"collector rejected the export: {address[0]}:{address[1]}"
 
 
 def metric_exporter(
@@ -307,6 +317,37 @@ class ExportHealth:
             suppressed=suppressed,
             severity="warning",
             **detail,
+        )
+
+    @property
+    def failing(self) -> bool:
+        """The last export (or the start probe) failed."""
+        return self._failing
+
+    def probe(self) -> None:
+        """At start: if nothing listens at the endpoint, say so now, before the SDK's first
+        attempt has run through its retries (seconds later). Counts no export."""
+        if self._address is None:
+            return
+        problem = connect_problem(self._address)
+        if problem is None:
+            return
+        with self._lock:
+            if self._failing or self._health.get("otlp.exports"):
+                return  # an export already told
+            self._failing = True
+            self._health["otlp.state"] = "failing"
+            self._health["otlp.error"] = problem
+            self._last_event = time.monotonic()
+        self._note(
+            "export_failed",
+            "otlp",
+            signal="metrics",
+            endpoint=self._endpoint,
+            reason=problem,
+            failed_exports=int(self._health.get("otlp.failed_exports", 0)),
+            suppressed=0,
+            severity="warning",
         )
 
     def _reason(self, error: str) -> str:
