@@ -26,7 +26,7 @@ def _spec(name: str, *metric_names: str, kinds=()) -> SourceSpec:
 
 def test_builtin_sources_are_found_through_entry_points_process_first():
     names = [spec.name for spec in default_registry().specs()]
-    assert {"process", "host", "nvml", "steps"} <= set(names)
+    assert {"process", "host", "disk", "fabric", "nvml", "steps"} <= set(names)
     assert names[0] == "process"
     assert default_registry().notices() == []
 
@@ -40,8 +40,11 @@ def test_builtin_sources_are_found_through_entry_points_process_first():
         ("nvml", "gpu0/pid4242", "accelerator.process"),
         ("host", "host", "host"),
         ("host", "cpu7", "cpu"),
-        ("host", "disk:nvme0n1", "disk"),
+        ("disk", "disk:nvme0n1", "disk"),
         ("host", "net:eth0", "interface"),
+        ("fabric", "ib:mlx5_0/1", "port"),
+        ("host", "disk:nvme0n1", None),  # disks and ports left the host source
+        ("host", "ib:mlx5_0/1", None),
         ("process", "4242", "process"),
         ("steps", "rank3", "rank"),
         ("nvml", "gpu", None),
