@@ -8,15 +8,46 @@ watched process itself (:class:`TargetError`) stops the start.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.errors import CollectorUnavailable, TargetError, UsageError
-from agent.registry import SourceRegistry, default_registry
+from agent.registry import SourceRegistrationError, SourceRegistry, default_registry
 from agent.source import CollectContext, Collector
 
 #: (kind, source, detail) of a source that did not start, turned into an event on the first tick.
 Notice = tuple[str, str, dict[str, Any]]
+
+#: The sources accelwatch ships, as pyproject.toml registers them (a test keeps the two equal).
+#: Used only when their entry points are missing: a stale install or a checkout never installed.
+BUILTIN_SOURCES = {
+    "process": "collectors.process",
+    "host": "collectors.host",
+    "disk": "collectors.disk",
+    "fabric": "collectors.fabric",
+    "nvml": "collectors.nvml_source",
+    "steps": "agent.catalog.steps",
+}
+
+
+def ensure_builtin_sources(registry: SourceRegistry) -> list[Notice]:
+    """Register the shipped sources whose entry points are missing, with one warning notice."""
+    missing = [name for name in BUILTIN_SOURCES if registry.get(name) is None]
+    notices: list[Notice] = []
+    for name in missing:
+        try:
+            registry.register(importlib.import_module(BUILTIN_SOURCES[name]).SPEC)
+        except (ImportError, SourceRegistrationError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            notices.append(("source_broken", name, {"reason": reason, "severity": "warning"}))
+    if missing:
+        reason = (
+            f"entry points of {', '.join(missing)} are not installed; using the built-in "
+            "declarations (reinstall accelwatch: pip install -e .)"
+        )
+        notices.insert(0, ("source_fallback", "agent", {"reason": reason, "severity": "warning"}))
+    return notices
 
 
 def candidate_collectors(
@@ -24,20 +55,21 @@ def candidate_collectors(
 ) -> tuple[list[Collector], list[Notice]]:
     """One collector per registered source that has one, in start order, and the notices.
 
-    ``process_collector`` stands in for its source's factory: the session keeps it to know the
-    tree's pids and whether the target lives.
+    ``process_collector`` comes first and stands in for its source's factory: the session keeps
+    it to know the tree's pids and whether the target lives. The steps source has no collector
+    (the job reports it).
     """
-    registry = registry or default_registry()
-    notices: list[Notice] = [
+    notices: list[Notice] = []
+    if registry is None:  # the process-wide one; a test's own registry holds what it chose
+        registry = default_registry()
+        notices += ensure_builtin_sources(registry)
+    notices += [
         ("source_broken", n.source, {"reason": n.reason, "severity": "warning"})
         for n in registry.notices()
     ]
-    out: list[Collector] = []
+    out: list[Collector] = [process_collector]
     for spec in registry.specs():
-        if spec.name == process_collector.source:
-            out.append(process_collector)
-            continue
-        if spec.collector is None:
+        if spec.name == process_collector.source or spec.collector is None:
             continue  # reported by the job itself (steps), not collected
         try:
             out.append(spec.collector())
@@ -97,7 +129,10 @@ def _simulated_specs(scenario: str, registry: SourceRegistry) -> list[Any]:
 
 def check_scenario(scenario: str, registry: SourceRegistry | None = None) -> None:
     """Fail before anything is created: an unknown scenario or source, or an invalid part."""
-    for spec in _simulated_specs(scenario, registry or default_registry()):
+    if registry is None:
+        registry = default_registry()
+        ensure_builtin_sources(registry)
+    for spec in _simulated_specs(scenario, registry):
         if spec.check_scenario is not None:
             try:
                 spec.check_scenario(scenario)
@@ -124,9 +159,12 @@ def install_simulators(
     registry: SourceRegistry | None = None,
 ) -> Simulators:
     """Install each simulated source of ``scenario``; ``owner_pids`` hold the devices."""
+    if registry is None:
+        registry = default_registry()
+        ensure_builtin_sources(registry)
     simulators = Simulators()
     try:
-        for spec in _simulated_specs(scenario, registry or default_registry()):
+        for spec in _simulated_specs(scenario, registry):
             try:
                 simulators.installed.append(spec.simulator(scenario, owner_pids))
             except ValueError as exc:  # the scenario's part for this source is invalid

@@ -179,3 +179,42 @@ def test_a_registered_source_is_recorded_with_no_change_to_the_app(tmp_path, dum
         "GROUP BY entity ORDER BY entity",
     )
     assert rows == [("dev0", 0.0), ("dev1", 0.5)]
+
+
+def test_the_builtin_sources_list_is_the_pyproject_entry_points():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from pathlib import Path
+
+    from agent.app.sources import BUILTIN_SOURCES
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["accelwatch.sources"]
+    assert declared == {name: f"{module}:SPEC" for name, module in BUILTIN_SOURCES.items()}
+
+
+def test_missing_builtin_entry_points_fall_back_to_the_builtin_declarations_with_a_warning():
+    from agent.app.sources import ensure_builtin_sources
+
+    registry = _registry(PROCESS_SPEC)  # as if only the process entry point were installed
+    [(kind, source, detail)] = ensure_builtin_sources(registry)
+    assert (kind, source, detail["severity"]) == ("source_fallback", "agent", "warning")
+    assert "host, disk, fabric, nvml, steps" in detail["reason"]
+    assert "pip install -e ." in detail["reason"]
+    assert [s.name for s in registry.specs()] == [
+        "process",
+        "host",
+        "disk",
+        "fabric",
+        "nvml",
+        "steps",
+    ]
+    assert ensure_builtin_sources(registry) == []  # once
+
+
+def test_the_watched_tree_is_collected_first_even_if_its_source_is_not_registered():
+    process = ProcessCollector(1)
+    collectors, _ = candidate_collectors(process, _registry(make_spec(DummyModel())))
+    assert collectors[0] is process and len(collectors) == 2
