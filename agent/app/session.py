@@ -204,7 +204,10 @@ class Session:
         return context
 
     def _build_consumers(self) -> list[Consumer]:
-        consumers: list[Consumer] = []
+        from agent.readserver import ReadServer
+
+        # First in, last stopped: readers reach the run over its socket until the end.
+        consumers: list[Consumer] = [ReadServer(self.store.path)]
         if self.config.otlp is not None or self.config.prometheus is not None:
             from exporters import build_exporters
 
