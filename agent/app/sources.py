@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.errors import CollectorUnavailable, TargetError, UsageError
 from agent.registry import SourceRegistrationError, SourceRegistry, default_registry
-from agent.source import CollectContext, Collector
+from agent.source import CollectContext, Collector, SourceSpec
 
 #: (kind, source, detail) of a source that did not start, turned into an event on the first tick.
 Notice = tuple[str, str, dict[str, Any]]
@@ -27,6 +27,7 @@ BUILTIN_SOURCES = {
     "disk": "collectors.disk",
     "fabric": "collectors.fabric",
     "nvml": "collectors.nvml_source",
+    "tpu": "collectors.tpu.source",
     "steps": "agent.catalog.steps",
 }
 
@@ -107,20 +108,24 @@ def start_collectors(
     return started, notices
 
 
-def _simulated_specs(scenario: str, registry: SourceRegistry) -> list[Any]:
-    from collectors.sim import ScenarioError, scenario_sources
+def load_simulation(scenario: str) -> Any:
+    """The named scenario or .toml file, every source's part validated; else a UsageError."""
+    from collectors.sim import ScenarioError, load_scenario
 
     try:
-        names = scenario_sources(scenario)
+        return load_scenario(scenario)
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _simulated_specs(scenario: Any, registry: SourceRegistry) -> list[SourceSpec]:
     specs = []
-    for name in names:
+    for name in scenario.sources:
         spec = registry.get(name)
         if spec is None or spec.simulator is None:
             simulated = [s.name for s in registry.specs() if s.simulator is not None]
             raise UsageError(
-                f"scenario {scenario!r} simulates {name!r}, which no installed source can "
+                f"scenario {scenario.name!r} simulates {name!r}, which no installed source can "
                 f"simulate (sources with a simulator: {', '.join(simulated) or 'none'})"
             )
         specs.append(spec)
@@ -128,16 +133,12 @@ def _simulated_specs(scenario: str, registry: SourceRegistry) -> list[Any]:
 
 
 def check_scenario(scenario: str, registry: SourceRegistry | None = None) -> None:
-    """Fail before anything is created: an unknown scenario or source, or an invalid part."""
+    """Fail before anything is created: an unknown scenario, an invalid part, a source it names
+    that cannot simulate."""
     if registry is None:
         registry = default_registry()
         ensure_builtin_sources(registry)
-    for spec in _simulated_specs(scenario, registry):
-        if spec.check_scenario is not None:
-            try:
-                spec.check_scenario(scenario)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+    _simulated_specs(load_simulation(scenario), registry)
 
 
 class Simulators:
@@ -158,15 +159,20 @@ def install_simulators(
     owner_pids: Callable[[], list[int]],
     registry: SourceRegistry | None = None,
 ) -> Simulators:
-    """Install each simulated source of ``scenario``; ``owner_pids`` hold the devices."""
+    """Install the simulator of each source ``scenario`` names; ``owner_pids`` hold the devices.
+
+    Each simulator gets the loaded scenario and installs its part (None: nothing to install).
+    """
     if registry is None:
         registry = default_registry()
         ensure_builtin_sources(registry)
+    loaded = load_simulation(scenario)
     simulators = Simulators()
     try:
-        for spec in _simulated_specs(scenario, registry):
+        for spec in _simulated_specs(loaded, registry):
+            assert spec.simulator is not None
             try:
-                simulators.installed.append(spec.simulator(scenario, owner_pids))
+                simulators.installed.append(spec.simulator(loaded, owner_pids))
             except ValueError as exc:  # the scenario's part for this source is invalid
                 raise UsageError(str(exc)) from None
     except BaseException:
