@@ -34,7 +34,8 @@ BUILTIN_SOURCES = {
 
 def ensure_builtin_sources(registry: SourceRegistry) -> list[Notice]:
     """Register the shipped sources whose entry points are missing, with one warning notice."""
-    missing = [name for name in BUILTIN_SOURCES if registry.get(name) is None]
+    broken = {n.source for n in registry.notices()}  # already reported: not twice
+    missing = [n for n in BUILTIN_SOURCES if registry.get(n) is None and n not in broken]
     notices: list[Notice] = []
     for name in missing:
         try:

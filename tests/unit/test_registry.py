@@ -249,3 +249,13 @@ def test_importing_the_catalog_discovers_no_plugin_until_it_is_read():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "False", "False", "True", "False"]
+
+
+def test_unregistering_a_builtin_source_keeps_the_cores_declarations():
+    registry = SourceRegistry()  # the process-wide catalog already holds gpu.utilization
+    nvml = default_registry().get("nvml")
+    registry.register(nvml)
+    registry.unregister("nvml")
+    assert CATALOG["gpu.utilization"] is next(
+        m for m in nvml.metrics if m.name == "gpu.utilization"
+    )
