@@ -109,6 +109,32 @@ def start_collectors(
     return started, notices
 
 
+#: An accelerator source that found no device while another one did: recorded, not shown.
+ABSENT = "source_absent"
+
+
+def quiet_absent_accelerators(
+    started: Sequence[Collector], notices: list[Notice], registry: SourceRegistry | None = None
+) -> list[Notice]:
+    """On a GPU machine no TPU is no news (and the reverse): once an accelerator source started,
+    the others' ``collector_unavailable`` become ``source_absent``. With none started, each stays
+    a notice, so a run without any accelerator says why."""
+    registry = registry or default_registry()
+    accelerators = {
+        spec.name
+        for spec in registry.specs()
+        if any(k.kind == "accelerator" for k in spec.entity_kinds)
+    }
+    if not any(c.source in accelerators for c in started):
+        return notices
+    return [
+        (ABSENT, source, detail)
+        if kind == "collector_unavailable" and source in accelerators
+        else (kind, source, detail)
+        for kind, source, detail in notices
+    ]
+
+
 def load_simulation(scenario: str) -> Any:
     """The named scenario or .toml file, every source's part validated; else a UsageError."""
     from collectors.sim import ScenarioError, load_scenario

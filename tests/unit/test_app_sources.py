@@ -219,3 +219,53 @@ def test_the_watched_tree_is_collected_first_even_if_its_source_is_not_registere
     process = ProcessCollector(1)
     collectors, _ = candidate_collectors(process, _registry(make_spec(DummyModel())))
     assert collectors[0] is process and len(collectors) == 2
+
+
+def _accelerator(name: str) -> SourceSpec:
+    from agent.source import EntityKind
+
+    return SourceSpec(
+        name,
+        name,
+        (metric(f"{name}.busy", "1", "gauge", "busy", source=name, role="accelerator.busy"),),
+        (EntityKind("accelerator", f"{name}[0-9]+"),),
+    )
+
+
+def test_an_absent_accelerator_is_no_news_once_another_accelerator_started():
+    from agent.app.sources import quiet_absent_accelerators
+
+    registry = _registry(_accelerator("gpuish"), _accelerator("tpuish"), _spec("fabricish"))
+    unavailable = [
+        ("collector_unavailable", "tpuish", {"reason": "no TPU chips"}),
+        ("collector_unavailable", "fabricish", {"reason": "no ports"}),
+    ]
+    started = [DummyCollector(DummyModel())]
+    started[0].source = "gpuish"
+    assert quiet_absent_accelerators(started, unavailable, registry) == [
+        ("source_absent", "tpuish", {"reason": "no TPU chips"}),
+        ("collector_unavailable", "fabricish", {"reason": "no ports"}),
+    ]
+    # no accelerator at all: every reason stays a notice
+    assert quiet_absent_accelerators([], unavailable, registry) == unavailable
+
+
+def test_a_simulated_gpu_run_shows_no_notice_for_the_absent_tpu(tmp_path):
+    db = tmp_path / "gpu.duckdb"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        session = Session(
+            SessionConfig(
+                db_path=str(db), interval=0.2, duration=0.6, live_analysis=False, simulate="healthy"
+            )
+        )
+        session.attach(child.pid)
+        notices = dict(session.startup_notices)
+        session.wait()
+        session.finish()
+    finally:
+        child.kill()
+        child.wait()
+    assert "tpu" not in notices
+    rows = query(db, "SELECT kind, entity FROM events WHERE entity = 'tpu'")
+    assert rows == [("source_absent", "tpu")]
