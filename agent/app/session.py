@@ -21,9 +21,11 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.app.sources import (
+    ABSENT,
     Simulators,
     candidate_collectors,
     install_simulators,
+    quiet_absent_accelerators,
     start_collectors,
 )
 from agent.context import Consumer, LiveContext
@@ -185,7 +187,7 @@ class Session:
         except TargetError:
             self.store.close()
             raise
-        self._notices.extend(notices + start_notices)
+        self._notices.extend(quiet_absent_accelerators(started, notices + start_notices))
         return started
 
     def build_context(self) -> LiveContext:
@@ -224,7 +226,11 @@ class Session:
     @property
     def startup_notices(self) -> dict[str, str]:
         """Sources that did not start (unavailable or broken): source → reason, for viewers."""
-        return {source: str(detail.get("reason", kind)) for kind, source, detail in self._notices}
+        return {
+            source: str(detail.get("reason", kind))
+            for kind, source, detail in self._notices
+            if kind != ABSENT
+        }
 
     # -- running
     def target_alive(self) -> bool:

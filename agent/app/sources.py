@@ -8,15 +8,48 @@ watched process itself (:class:`TargetError`) stops the start.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.errors import CollectorUnavailable, TargetError, UsageError
-from agent.registry import SourceRegistry, default_registry
-from agent.source import CollectContext, Collector
+from agent.registry import SourceRegistrationError, SourceRegistry, default_registry
+from agent.source import CollectContext, Collector, SourceSpec
 
 #: (kind, source, detail) of a source that did not start, turned into an event on the first tick.
 Notice = tuple[str, str, dict[str, Any]]
+
+#: The sources accelwatch ships, as pyproject.toml registers them (a test keeps the two equal).
+#: Used only when their entry points are missing: a stale install or a checkout never installed.
+BUILTIN_SOURCES = {
+    "process": "collectors.process",
+    "host": "collectors.host",
+    "disk": "collectors.disk",
+    "fabric": "collectors.fabric",
+    "nvml": "collectors.nvml_source",
+    "tpu": "collectors.tpu.source",
+    "steps": "agent.catalog.steps",
+}
+
+
+def ensure_builtin_sources(registry: SourceRegistry) -> list[Notice]:
+    """Register the shipped sources whose entry points are missing, with one warning notice."""
+    broken = {n.source for n in registry.notices()}  # already reported: not twice
+    missing = [n for n in BUILTIN_SOURCES if registry.get(n) is None and n not in broken]
+    notices: list[Notice] = []
+    for name in missing:
+        try:
+            registry.register(importlib.import_module(BUILTIN_SOURCES[name]).SPEC)
+        except (ImportError, SourceRegistrationError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            notices.append(("source_broken", name, {"reason": reason, "severity": "warning"}))
+    if missing:
+        reason = (
+            f"entry points of {', '.join(missing)} are not installed; using the built-in "
+            "declarations (reinstall accelwatch: pip install -e .)"
+        )
+        notices.insert(0, ("source_fallback", "agent", {"reason": reason, "severity": "warning"}))
+    return notices
 
 
 def candidate_collectors(
@@ -24,20 +57,21 @@ def candidate_collectors(
 ) -> tuple[list[Collector], list[Notice]]:
     """One collector per registered source that has one, in start order, and the notices.
 
-    ``process_collector`` stands in for its source's factory: the session keeps it to know the
-    tree's pids and whether the target lives.
+    ``process_collector`` comes first and stands in for its source's factory: the session keeps
+    it to know the tree's pids and whether the target lives. The steps source has no collector
+    (the job reports it).
     """
-    registry = registry or default_registry()
-    notices: list[Notice] = [
+    notices: list[Notice] = []
+    if registry is None:  # the process-wide one; a test's own registry holds what it chose
+        registry = default_registry()
+        notices += ensure_builtin_sources(registry)
+    notices += [
         ("source_broken", n.source, {"reason": n.reason, "severity": "warning"})
         for n in registry.notices()
     ]
-    out: list[Collector] = []
+    out: list[Collector] = [process_collector]
     for spec in registry.specs():
-        if spec.name == process_collector.source:
-            out.append(process_collector)
-            continue
-        if spec.collector is None:
+        if spec.name == process_collector.source or spec.collector is None:
             continue  # reported by the job itself (steps), not collected
         try:
             out.append(spec.collector())
@@ -75,20 +109,50 @@ def start_collectors(
     return started, notices
 
 
-def _simulated_specs(scenario: str, registry: SourceRegistry) -> list[Any]:
-    from collectors.sim import ScenarioError, scenario_sources
+#: An accelerator source that found no device while another one did: recorded, not shown.
+ABSENT = "source_absent"
+
+
+def quiet_absent_accelerators(
+    started: Sequence[Collector], notices: list[Notice], registry: SourceRegistry | None = None
+) -> list[Notice]:
+    """On a GPU machine no TPU is no news (and the reverse): once an accelerator source started,
+    the others' ``collector_unavailable`` become ``source_absent``. With none started, each stays
+    a notice, so a run without any accelerator says why."""
+    registry = registry or default_registry()
+    accelerators = {
+        spec.name
+        for spec in registry.specs()
+        if any(k.kind == "accelerator" for k in spec.entity_kinds)
+    }
+    if not any(c.source in accelerators for c in started):
+        return notices
+    return [
+        (ABSENT, source, detail)
+        if kind == "collector_unavailable" and source in accelerators
+        else (kind, source, detail)
+        for kind, source, detail in notices
+    ]
+
+
+def load_simulation(scenario: str) -> Any:
+    """The named scenario or .toml file, every source's part validated; else a UsageError."""
+    from collectors.sim import ScenarioError, load_scenario
 
     try:
-        names = scenario_sources(scenario)
+        return load_scenario(scenario)
     except ScenarioError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _simulated_specs(scenario: Any, registry: SourceRegistry) -> list[SourceSpec]:
     specs = []
-    for name in names:
+    for name in scenario.sources:
         spec = registry.get(name)
         if spec is None or spec.simulator is None:
             simulated = [s.name for s in registry.specs() if s.simulator is not None]
             raise UsageError(
-                f"scenario {scenario!r} simulates {name!r}, which no installed source can "
+                f"scenario {scenario.name!r} simulates {name!r}, which no installed source can "
                 f"simulate (sources with a simulator: {', '.join(simulated) or 'none'})"
             )
         specs.append(spec)
@@ -96,13 +160,12 @@ def _simulated_specs(scenario: str, registry: SourceRegistry) -> list[Any]:
 
 
 def check_scenario(scenario: str, registry: SourceRegistry | None = None) -> None:
-    """Fail before anything is created: an unknown scenario or source, or an invalid part."""
-    for spec in _simulated_specs(scenario, registry or default_registry()):
-        if spec.check_scenario is not None:
-            try:
-                spec.check_scenario(scenario)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+    """Fail before anything is created: an unknown scenario, an invalid part, a source it names
+    that cannot simulate."""
+    if registry is None:
+        registry = default_registry()
+        ensure_builtin_sources(registry)
+    _simulated_specs(load_simulation(scenario), registry)
 
 
 class Simulators:
@@ -123,12 +186,20 @@ def install_simulators(
     owner_pids: Callable[[], list[int]],
     registry: SourceRegistry | None = None,
 ) -> Simulators:
-    """Install each simulated source of ``scenario``; ``owner_pids`` hold the devices."""
+    """Install the simulator of each source ``scenario`` names; ``owner_pids`` hold the devices.
+
+    Each simulator gets the loaded scenario and installs its part (None: nothing to install).
+    """
+    if registry is None:
+        registry = default_registry()
+        ensure_builtin_sources(registry)
+    loaded = load_simulation(scenario)
     simulators = Simulators()
     try:
-        for spec in _simulated_specs(scenario, registry or default_registry()):
+        for spec in _simulated_specs(loaded, registry):
+            assert spec.simulator is not None
             try:
-                simulators.installed.append(spec.simulator(scenario, owner_pids))
+                simulators.installed.append(spec.simulator(loaded, owner_pids))
             except ValueError as exc:  # the scenario's part for this source is invalid
                 raise UsageError(str(exc)) from None
     except BaseException:

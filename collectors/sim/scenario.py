@@ -156,6 +156,10 @@ class Scenario:
     effects: tuple[Effect, ...]
     #: The ``[tpu]`` table (collectors/sim/tpu/scenario.py); a TPU-only scenario has no GPUs.
     tpu: TpuScenario | None = None
+    #: The sources whose simulators this scenario installs, in order (each reads its own part).
+    sources: tuple[str, ...] = ("nvml",)
+    #: Each named source's own table, as written (``[dummy]``): what a plug-in's simulator reads.
+    parts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gpu_count(self) -> int:
@@ -191,27 +195,23 @@ def load_scenario(name_or_path: str) -> Scenario:
     return parse_scenario(text, path, default_name=default_name)
 
 
-#: The sources a scenario simulates when it does not say (every scenario before TPUs).
-DEFAULT_SOURCES = ("nvml",)
-
-
 def scenario_sources(name_or_path: str) -> tuple[str, ...]:
-    """Which sources a scenario simulates: its top-level ``sources = [...]`` (default NVML).
+    """Which sources a scenario simulates (see :attr:`Scenario.sources`)."""
+    return load_scenario(name_or_path).sources
 
-    Each named source's simulator then reads its own part of the file.
-    """
-    text, path, _ = _scenario_text(name_or_path)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
-    sources = doc.get("sources", list(DEFAULT_SOURCES))
+
+def _sources(doc: dict[str, Any], has_tpu: bool) -> tuple[str, ...]:
+    """A top-level ``sources = [...]``, else NVML (its simulated driver hides real GPUs, even
+    when it shows none) plus TPU when there is a ``[tpu]`` table."""
+    if "sources" not in doc:
+        return ("nvml", "tpu") if has_tpu else ("nvml",)
+    sources = doc["sources"]
     if (
         not isinstance(sources, list)
         or not sources
         or not all(isinstance(s, str) and s for s in sources)
     ):
-        raise ScenarioError(f"{path}: sources must be a non-empty list of source names")
+        raise ScenarioError("sources must be a non-empty list of source names")
     return tuple(dict.fromkeys(sources))
 
 
@@ -246,6 +246,8 @@ def parse_scenario(text: str, path: str = "<string>", *, default_name: str = "cu
 
 
 def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
+    # A source's own part of the scenario is the table named after it (``[tpu]``, ``[dummy]``).
+    sources = _sources(doc, "tpu" in doc)
     _check_keys(
         doc,
         "top level",
@@ -263,6 +265,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             "overrides",
             "effects",
             "tpu",
+            *sources,
         },
     )
     tpu = None
@@ -271,8 +274,8 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             tpu = parse_tpu(doc["tpu"])
         except TpuScenarioError as exc:
             raise ScenarioError(str(exc)) from None
-    hw = _table(doc, "hardware", required=tpu is None)
-    if not hw:  # a TPU-only scenario: the simulated NVML driver shows no GPU
+    hw = _table(doc, "hardware", required=tpu is None and "nvml" in sources)
+    if not hw:  # a TPU-only scenario (or one without NVML): the simulated driver shows no GPU
         hw = {"model": next(iter(MODELS)), "count": 0}
     _check_keys(hw, "[hardware]", {"model", "count", "mig"})
     model_key = _get(hw, "model", str, "[hardware]")
@@ -280,7 +283,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         raise ScenarioError(f"[hardware] model {model_key!r} unknown (known: {', '.join(MODELS)})")
     model = MODELS[model_key]
     count = _get(hw, "count", int, "[hardware]", default=1)
-    if not 1 <= count <= 64 and not (tpu is not None and count == 0):
+    if not 1 <= count <= 64 and not ((tpu is not None or "nvml" not in sources) and count == 0):
         raise ScenarioError("[hardware] count must be between 1 and 64")
     mig = tuple(_get(hw, "mig", list, "[hardware]", default=[]))
     if mig:
@@ -344,6 +347,8 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         overrides=overrides,
         effects=effects,
         tpu=tpu,
+        sources=sources,
+        parts={name: doc[name] for name in sources if isinstance(doc.get(name), dict)},
     )
 
 

@@ -69,8 +69,9 @@ def test_a_plugin_that_fails_to_load_is_a_startup_notice(tmp_path, monkeypatch):
     assert "aw_no_such_module" in detail["reason"]
 
 
-def test_a_scenario_without_sources_simulates_nvml_only():
+def test_a_scenario_without_sources_simulates_nvml_and_the_tpu_when_it_has_a_tpu_table():
     assert scenario_sources("healthy") == ("nvml",)
+    assert scenario_sources("tpu-v5e-8-healthy") == ("nvml", "tpu")
 
 
 class _Handle:
@@ -86,7 +87,7 @@ def test_a_scenario_installs_the_simulator_of_each_source_it_names(tmp_path):
 
     def simulator(name):
         def install(scenario, owner_pids):
-            log.append(f"install {name} {scenario} {owner_pids()}")
+            log.append(f"install {name} {scenario.name} {owner_pids()}")
             return _Handle(log, name)
 
         return install
@@ -99,7 +100,7 @@ def test_a_scenario_installs_the_simulator_of_each_source_it_names(tmp_path):
     scenario = tmp_path / "two.toml"
     scenario.write_text('sources = ["beta", "alpha"]\n')
     simulators = install_simulators(str(scenario), lambda: [42], registry)
-    assert log == [f"install beta {scenario} [42]", f"install alpha {scenario} [42]"]
+    assert log == ["install beta two [42]", "install alpha two [42]"]
     simulators.uninstall()
     assert log[2:] == ["uninstall alpha", "uninstall beta"]
 
@@ -140,15 +141,14 @@ def test_a_scenario_naming_a_source_that_cannot_simulate_is_a_usage_error(tmp_pa
         install_simulators(str(scenario), list, registry)
 
 
-def test_check_scenario_asks_each_source_to_validate_its_part(tmp_path):
-    def check(scenario):
-        raise ValueError(f"{scenario}: [alpha] rate must be positive")
-
-    registry = _registry(_spec("alpha", simulator=lambda s, p: None, check_scenario=check))
+def test_a_sources_own_table_reaches_its_simulator(tmp_path):
+    seen = []
+    registry = _registry(_spec("alpha", simulator=lambda sc, pids: seen.append(sc.parts)))
     scenario = tmp_path / "a.toml"
-    scenario.write_text('sources = ["alpha"]\n')
-    with pytest.raises(UsageError, match="rate must be positive"):
-        check_scenario(str(scenario), registry)
+    scenario.write_text('sources = ["alpha"]\n[alpha]\nrate = 3\n')
+    check_scenario(str(scenario), registry)
+    install_simulators(str(scenario), list, registry).uninstall()
+    assert seen == [{"alpha": {"rate": 3}}]
 
 
 def test_an_invalid_builtin_scenario_part_is_a_usage_error(tmp_path):
@@ -179,3 +179,93 @@ def test_a_registered_source_is_recorded_with_no_change_to_the_app(tmp_path, dum
         "GROUP BY entity ORDER BY entity",
     )
     assert rows == [("dev0", 0.0), ("dev1", 0.5)]
+
+
+def test_the_builtin_sources_list_is_the_pyproject_entry_points():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from pathlib import Path
+
+    from agent.app.sources import BUILTIN_SOURCES
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["accelwatch.sources"]
+    assert declared == {name: f"{module}:SPEC" for name, module in BUILTIN_SOURCES.items()}
+
+
+def test_missing_builtin_entry_points_fall_back_to_the_builtin_declarations_with_a_warning():
+    from agent.app.sources import ensure_builtin_sources
+
+    registry = _registry(PROCESS_SPEC)  # as if only the process entry point were installed
+    [(kind, source, detail)] = ensure_builtin_sources(registry)
+    assert (kind, source, detail["severity"]) == ("source_fallback", "agent", "warning")
+    assert "host, disk, fabric, nvml, tpu, steps" in detail["reason"]
+    assert "pip install -e ." in detail["reason"]
+    assert [s.name for s in registry.specs()] == [
+        "process",
+        "host",
+        "disk",
+        "fabric",
+        "nvml",
+        "tpu",
+        "steps",
+    ]
+    assert ensure_builtin_sources(registry) == []  # once
+
+
+def test_the_watched_tree_is_collected_first_even_if_its_source_is_not_registered():
+    process = ProcessCollector(1)
+    collectors, _ = candidate_collectors(process, _registry(make_spec(DummyModel())))
+    assert collectors[0] is process and len(collectors) == 2
+
+
+def _accelerator(name: str) -> SourceSpec:
+    from agent.source import EntityKind
+
+    return SourceSpec(
+        name,
+        name,
+        (metric(f"{name}.busy", "1", "gauge", "busy", source=name, role="accelerator.busy"),),
+        (EntityKind("accelerator", f"{name}[0-9]+"),),
+    )
+
+
+def test_an_absent_accelerator_is_no_news_once_another_accelerator_started():
+    from agent.app.sources import quiet_absent_accelerators
+
+    registry = _registry(_accelerator("gpuish"), _accelerator("tpuish"), _spec("fabricish"))
+    unavailable = [
+        ("collector_unavailable", "tpuish", {"reason": "no TPU chips"}),
+        ("collector_unavailable", "fabricish", {"reason": "no ports"}),
+    ]
+    started = [DummyCollector(DummyModel())]
+    started[0].source = "gpuish"
+    assert quiet_absent_accelerators(started, unavailable, registry) == [
+        ("source_absent", "tpuish", {"reason": "no TPU chips"}),
+        ("collector_unavailable", "fabricish", {"reason": "no ports"}),
+    ]
+    # no accelerator at all: every reason stays a notice
+    assert quiet_absent_accelerators([], unavailable, registry) == unavailable
+
+
+def test_a_simulated_gpu_run_shows_no_notice_for_the_absent_tpu(tmp_path):
+    db = tmp_path / "gpu.duckdb"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        session = Session(
+            SessionConfig(
+                db_path=str(db), interval=0.2, duration=0.6, live_analysis=False, simulate="healthy"
+            )
+        )
+        session.attach(child.pid)
+        notices = dict(session.startup_notices)
+        session.wait()
+        session.finish()
+    finally:
+        child.kill()
+        child.wait()
+    assert "tpu" not in notices
+    rows = query(db, "SELECT kind, entity FROM events WHERE entity = 'tpu'")
+    assert rows == [("source_absent", "tpu")]

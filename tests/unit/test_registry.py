@@ -26,7 +26,7 @@ def _spec(name: str, *metric_names: str, kinds=()) -> SourceSpec:
 
 def test_builtin_sources_are_found_through_entry_points_process_first():
     names = [spec.name for spec in default_registry().specs()]
-    assert {"process", "host", "nvml", "steps"} <= set(names)
+    assert {"process", "host", "disk", "fabric", "nvml", "steps"} <= set(names)
     assert names[0] == "process"
     assert default_registry().notices() == []
 
@@ -40,8 +40,11 @@ def test_builtin_sources_are_found_through_entry_points_process_first():
         ("nvml", "gpu0/pid4242", "accelerator.process"),
         ("host", "host", "host"),
         ("host", "cpu7", "cpu"),
-        ("host", "disk:nvme0n1", "disk"),
+        ("disk", "disk:nvme0n1", "disk"),
         ("host", "net:eth0", "interface"),
+        ("fabric", "ib:mlx5_0/1", "port"),
+        ("host", "disk:nvme0n1", None),  # disks and ports left the host source
+        ("host", "ib:mlx5_0/1", None),
         ("process", "4242", "process"),
         ("steps", "rank3", "rank"),
         ("nvml", "gpu", None),
@@ -246,3 +249,13 @@ def test_importing_the_catalog_discovers_no_plugin_until_it_is_read():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "False", "False", "True", "False"]
+
+
+def test_unregistering_a_builtin_source_keeps_the_cores_declarations():
+    registry = SourceRegistry()  # the process-wide catalog already holds gpu.utilization
+    nvml = default_registry().get("nvml")
+    registry.register(nvml)
+    registry.unregister("nvml")
+    assert CATALOG["gpu.utilization"] is next(
+        m for m in nvml.metrics if m.name == "gpu.utilization"
+    )
