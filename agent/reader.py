@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import duckdb
 
     from agent.context import LiveContext, RecordingControl
+    from agent.runs import ReadConnection
 
 #: Longest window a viewer may ask the live reader to keep in memory.
 MAX_WINDOW_S = 900.0
@@ -134,7 +135,7 @@ def _history_sql(metric: str) -> str:
 
 
 def query_history(
-    cursor: duckdb.DuckDBPyConnection,
+    cursor: duckdb.DuckDBPyConnection | ReadConnection,
     run_id: str,
     entity: str,
     metric: str,

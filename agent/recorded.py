@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from agent.runs import (
     stored_findings,
 )
 from agent.snapshot import Key, Snapshot
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["RecordedReader", "RunNotFoundError"]
 
@@ -48,7 +51,7 @@ class _HandOver:
         return self._db.via
 
     @property
-    def duckdb(self):  # noqa: ANN201 - the wrapped connection's
+    def duckdb(self) -> duckdb.DuckDBPyConnection | None:
         return self._db.duckdb
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> ReadResult:
@@ -223,7 +226,7 @@ class RecordedReader:
         samples_so_far = cur.execute(
             "SELECT count(*) FROM samples WHERE run_id = ? AND ts <= make_timestamp(?)",
             [run_id, tick],
-        ).fetchone()[0]
+        ).scalar()
         snapshot = _snapshot(
             index + 1,
             tick,

@@ -76,21 +76,26 @@ def summarize(
         [run.run_id, GPU_SOURCE, util],
     ).fetchall()
     energy = _energy_joules(con, run.run_id)
-    devices = [
-        DeviceSummary(
-            entity,
-            name or entity,
-            mean,
-            *(q or [None] * 3),
-            energy.get(entity, 0.0) / JOULES_PER_KWH if energy else None,
+    devices = []
+    for entity, name, mean, q in rows:
+        # quantile_cont over a list gives one value per fraction; NULL when no sample has one.
+        p50, p90, p99 = q or (None, None, None)
+        devices.append(
+            DeviceSummary(
+                entity=entity,
+                name=name or entity,
+                util_mean=mean,
+                util_p50=p50,
+                util_p90=p90,
+                util_p99=p99,
+                energy_kwh=energy.get(entity, 0.0) / JOULES_PER_KWH if energy else None,
+            )
         )
-        for entity, name, mean, q in rows
-    ]
     overall = con.execute(
         "SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND source = ? "
         "AND metric = ? AND regexp_full_match(entity, 'gpu[0-9]+')",
         [run.run_id, GPU_SOURCE, util],
-    ).fetchone()[0] or [None, None]
+    ).scalar() or [None, None]
     lost = lost_by_cause(findings)
     return RunSummary(
         run.run_id,
@@ -202,7 +207,7 @@ def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
     if ended is None:
         last = db.execute(
             "SELECT epoch(max(ts)) FROM samples WHERE run_id = ?", [info.run_id]
-        ).fetchone()[0]
+        ).scalar()
         ended = last or info.started
     summary = summarize(db, info, findings, max(0.0, ended - info.started))
     return Report(info, summary, findings, source)

@@ -49,6 +49,11 @@ class ReadResult:
     def fetchone(self) -> tuple[Any, ...] | None:
         return self.rows[0] if self.rows else None
 
+    def scalar(self) -> Any:
+        """The first value of the first row: what an aggregate query (which always returns
+        exactly one row) computed."""
+        return self.rows[0][0]
+
     def fetchnumpy(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for i, name in enumerate(self.columns):
@@ -68,10 +73,16 @@ class ReadResult:
 class ReadConnection(Protocol):
     """What readers query through: local read-only DuckDB or the recording agent's socket."""
 
-    #: ``"file"`` (read-only DuckDB) or ``"agent"`` (the recording agent serves the queries).
-    via: str
-    #: The raw DuckDB connection for in-memory analysis (temp frames); None over the socket.
-    duckdb: duckdb.DuckDBPyConnection | None
+    # Read-only properties, so a class attribute, an instance attribute or a property all fit.
+    @property
+    def via(self) -> str:
+        """``"file"`` (read-only DuckDB) or ``"agent"`` (the recording agent serves the queries)."""
+        ...
+
+    @property
+    def duckdb(self) -> duckdb.DuckDBPyConnection | None:
+        """The raw DuckDB connection for in-memory analysis (temp frames); None over the socket."""
+        ...
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> ReadResult: ...
 

@@ -225,14 +225,15 @@ class Store:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                item = ()
-            if item is None:
-                stopping = True
-            elif item:
-                self._pending.append(item)
-                while len(self._pending) > self.max_pending_ticks:
-                    self._pending.popleft()
-                    self.dropped_ticks += 1
+                pass  # no new tick: flush what is pending once the deadline passes
+            else:
+                if item is None:
+                    stopping = True
+                else:
+                    self._pending.append(item)
+                    while len(self._pending) > self.max_pending_ticks:
+                        self._pending.popleft()
+                        self.dropped_ticks += 1
             now = time.monotonic()
             if not stopping and now < deadline:
                 continue

@@ -98,6 +98,26 @@ def test_energy_is_reset_safe(recorded, capsys):
     assert kwh == pytest.approx(500 * 89 / 3.6e6, rel=0.03)
 
 
+def _utilization_ramp(t: float, b: BatchBuilder) -> None:
+    """One GPU whose utilization climbs evenly from 0 to 1 over the ticks at 1..RUN_S s."""
+    b.add_many("gpu0", {"gpu.utilization": (t - 1) / (RUN_S - 1)})
+
+
+def test_device_summary_puts_each_utilization_percentile_in_its_own_field(recorded, capsys):
+    db, run_id = recorded(
+        "utilization-ramp",
+        Recording(None, RUN_S, with_host=False, extra=[("nvml", _utilization_ramp)]),
+    )
+    assert main(["report", run_id, "--db", db, "--json"]) == 0
+    (device,) = json.loads(capsys.readouterr().out)["summary"]["devices"]
+    assert device["entity"] == "gpu0" and device["name"] == "gpu0"
+    assert device["util_mean"] == pytest.approx(0.5)
+    assert device["util_p50"] == pytest.approx(0.5)
+    assert device["util_p90"] == pytest.approx(0.9)
+    assert device["util_p99"] == pytest.approx(0.99)
+    assert device["energy_kwh"] is None  # no energy counter recorded
+
+
 def test_render_run_text_stores_post_run_findings_replacing_earlier_ones(recorded, tmp_path):
     import shutil
 
