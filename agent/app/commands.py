@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.app.session import Session, SessionConfig, SessionControl, install_signal_handlers
+from agent.app.job import DEFAULT_STOP_TIMEOUT_S, install_signal_handlers
+from agent.app.session import Session, SessionConfig, SessionControl
 from agent.errors import UsageError
 
 
@@ -35,6 +36,7 @@ def _config(args: argparse.Namespace) -> SessionConfig:
         otlp=args.otlp,
         prometheus=args.prometheus,
         metric_names=args.metric_names,
+        stop_timeout=getattr(args, "stop_timeout", DEFAULT_STOP_TIMEOUT_S),
     )
 
 
@@ -53,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.job_log:
         session.sampler.note("job_log", "agent", path=config.job_log)
     _watch(session)
-    if config.job_log:
+    if config.job_log and not session.terminal_lost:
         print(f"job output: {config.job_log}", file=sys.stderr)
     run = session.run
     return run.exit_code if run and run.exit_code is not None else 1
@@ -104,10 +106,22 @@ def _watch(session: Session) -> None:
             from tui.live import run_live
 
             assert session.context is not None
-            run_live(session.context, SessionControl(session))
+            run_live(session.context, SessionControl(session), job=session.job)
+            job = session.job
+            if job is not None and job.running():  # detached, or the terminal went away
+                if not job.hung_up.is_set():
+                    print(
+                        f"accelwatch: detached: recording pid {job.child.pid} until it exits"
+                        + (
+                            f"; its output goes to {session.config.job_log}" if session.pump else ""
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                session.wait()
     finally:
         run = session.finish()
-    if run is not None and not session.config.quiet:
+    if run is not None and not session.config.quiet and not session.terminal_lost:
         print_summary(session)
 
 
