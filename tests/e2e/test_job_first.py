@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -419,3 +420,20 @@ def test_headless_sigterm_is_forwarded_and_a_second_one_escalates_without_sigkil
         agent.communicate(timeout=20)
     assert agent.returncode == 137
     assert run_row(db) == ("finished", 137)
+
+
+def test_promises_page_states_the_documented_grace_and_names_its_tests():
+    from agent.app.job import DEFAULT_STOP_TIMEOUT_S
+    from tests.helpers import REPO
+
+    page = (REPO / "docs" / "promises.md").read_text()
+    for heading in ("## The job's signals", "## The job's output", "## Environment keys read"):
+        assert heading in page
+    assert f"default **{DEFAULT_STOP_TIMEOUT_S:g}**" in page
+    named = set(re.findall(r"`(test_[a-z0-9_]+)`", page))
+    defined = {
+        n
+        for f in (REPO / "tests").rglob("test_*.py")
+        for n in re.findall(r"def (test_\w+)\(", f.read_text())
+    }
+    assert len(named) >= 10 and named <= defined, sorted(named - defined)
