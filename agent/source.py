@@ -7,13 +7,16 @@ point group.
 
 from __future__ import annotations
 
+import functools
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.catalog import Metric
-from agent.model import Batch
+if TYPE_CHECKING:  # annotations only: the catalog's own modules import this one
+    from agent.catalog import Metric
+    from agent.model import Batch
 
 
 @dataclass
@@ -61,14 +64,46 @@ class EntityKind:
     pattern: str
     otel_attributes: Mapping[str, str] = field(default_factory=dict)
 
+    def attributes(self, entity: str, described: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``otel_attributes`` filled in for ``entity``; a template whose field is unknown is left out.
+
+        Fields are ``entity``, the pattern's named groups (digits become ints) and the entity's
+        described attributes. A template that is exactly one field keeps the value's type.
+        """
+        found = _compiled(self.pattern).fullmatch(entity)
+        fields: dict[str, Any] = {"entity": entity, **(described or {})}
+        if found is not None:
+            for key, value in found.groupdict().items():
+                if value is not None:
+                    fields[key] = int(value) if value.isdigit() else value
+        out: dict[str, Any] = {}
+        for name, template in self.otel_attributes.items():
+            whole = _WHOLE_FIELD.fullmatch(template)
+            try:
+                out[name] = fields[whole.group(1)] if whole else template.format_map(fields)
+            except (KeyError, IndexError, ValueError):
+                continue
+        return out
+
+
+_WHOLE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
 
 @dataclass(frozen=True)
 class SourceSpec:
     """Everything about one source in one place: found through the registry, never by name.
 
+    ``metrics`` are the catalog entries the source adds (each with ``source == name``);
     ``collector`` builds the collector (import heavy driver modules inside it, not at module
-    import); ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a
-    scenario that has them and returns an object with ``uninstall()``, or None.
+    import; None for a source the job itself reports, such as ``steps``);
+    ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a scenario
+    that names the source and returns an object with ``uninstall()``. ``start_order`` orders the
+    collectors (lowest first: the process tree starts before the sources that ask for its pids).
     """
 
     name: str
@@ -77,3 +112,4 @@ class SourceSpec:
     entity_kinds: Sequence[EntityKind]
     collector: Callable[[], Collector] | None = None
     simulator: Callable[..., Any] | None = None
+    start_order: int = 50

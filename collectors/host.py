@@ -7,9 +7,9 @@ from pathlib import Path
 
 import psutil
 
-from agent.catalog.host import CPU_MODES
+from agent.catalog.host import CPU_MODES, METRICS, SOURCE
 from agent.model import Batch, BatchBuilder
-from agent.source import CollectContext, Collector
+from agent.source import CollectContext, Collector, EntityKind, SourceSpec
 
 _SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram")
 _SKIPPED_NICS = ("lo",)
@@ -43,7 +43,7 @@ def read_infiniband(sys_root: Path) -> dict[str, tuple[int, int]]:
 class HostCollector(Collector):
     """Samples the whole machine; rates are left to the store (counters stay cumulative)."""
 
-    source = "host"
+    source = SOURCE
 
     def __init__(self, sys_root: str | os.PathLike[str] = "/sys") -> None:
         self.sys_root = Path(sys_root)
@@ -119,3 +119,19 @@ class HostCollector(Collector):
             busy0, all0 = _busy(before_c)
             if all1 - all0 > 0:
                 b.add(f"cpu{i}", "host.cpu.utilization", max(0.0, (busy1 - busy0) / (all1 - all0)))
+
+
+SPEC = SourceSpec(
+    name=SOURCE,
+    label="Host",
+    metrics=tuple(METRICS),
+    entity_kinds=(
+        EntityKind("host", "host"),
+        EntityKind("cpu", "cpu(?P<cpu>[0-9]+)", {"cpu.logical_number": "{cpu}"}),
+        EntityKind("disk", "disk:(?P<device>.+)", {"system.device": "{device}"}),
+        EntityKind("interface", "net:(?P<interface>.+)", {"network.interface.name": "{interface}"}),
+        EntityKind("port", "ib:(?P<port>.+)", {"system.device": "{port}"}),
+    ),
+    collector=HostCollector,
+    start_order=10,
+)

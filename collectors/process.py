@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import psutil
 
-from agent.catalog.process import STATE_CODES
-from agent.errors import TargetError
+from agent.catalog.process import METRICS, SOURCE, STATE_CODES
+from agent.errors import CollectorUnavailable, TargetError
 from agent.model import Batch, BatchBuilder
-from agent.source import CollectContext, Collector
+from agent.source import CollectContext, Collector, EntityKind, SourceSpec
 
 _SKIP = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
 
@@ -30,9 +30,9 @@ class ProcessCollector(Collector):
     exited ones a ``process_exit`` event.
     """
 
-    source = "process"
+    source = SOURCE
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int | None = None) -> None:
         self.root_pid = root_pid
         self._procs: dict[int, psutil.Process] = {}
         self._last_cpu: dict[int, tuple[float, float]] = {}
@@ -41,6 +41,10 @@ class ProcessCollector(Collector):
         self.root_alive = True
 
     def start(self, ctx: CollectContext) -> None:
+        if self.root_pid is None:
+            self.root_pid = ctx.root_pid
+        if self.root_pid is None:
+            raise CollectorUnavailable("no process to watch")
         try:
             root = psutil.Process(self.root_pid)
             root.cpu_times()
@@ -138,3 +142,23 @@ class ProcessCollector(Collector):
         }
         b.describe(str(pid), **attrs)
         b.event("process_start", str(pid), ppid=ppid, role=role, cmdline=cmdline)
+
+
+SPEC = SourceSpec(
+    name=SOURCE,
+    label="Process tree",
+    metrics=tuple(METRICS),
+    entity_kinds=(
+        EntityKind(
+            "process",
+            "(?P<pid>[0-9]+)",
+            {
+                "process.pid": "{pid}",
+                "process.executable.name": "{name}",
+                "accelwatch.process.role": "{role}",
+            },
+        ),
+    ),
+    collector=ProcessCollector,
+    start_order=0,  # first: the other sources ask for the tree's pids
+)

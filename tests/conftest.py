@@ -9,6 +9,9 @@ import pytest
 
 from tests.helpers import WORKER_JOB
 
+#: ``dummy_accelerator``: a test-only accelerator source, registered for one test.
+pytest_plugins = ["tests.fakes.dummy_accelerator"]
+
 
 @pytest.fixture
 def worker_job(tmp_path):

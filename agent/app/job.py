@@ -21,8 +21,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.store import user_umask
+
 if TYPE_CHECKING:
     from agent.app.session import Session
+
+if TYPE_CHECKING:
+    pass
 
 #: Default seconds after the first stop signal before a further request may send SIGKILL.
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -124,13 +129,13 @@ def launch_job(command: list[str], pump: OutputPump | None) -> subprocess.Popen[
     """Start ``command`` with the user's umask; under the UI in its own process group, its
     output into ``pump`` and stdin from /dev/null (the UI owns the terminal)."""
     if pump is None:  # headless: the job shares the terminal as under a shell
-        return subprocess.Popen(command, umask=_user_umask())
+        return subprocess.Popen(command, umask=user_umask())
     group: dict[str, Any] = (
         {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     )
     return subprocess.Popen(
         command,
-        umask=_user_umask(),
+        umask=user_umask(),
         stdin=subprocess.DEVNULL,
         stdout=pump.write_fd,
         stderr=pump.write_fd,
@@ -246,12 +251,6 @@ def exit_code(returncode: int | None) -> int | None:
     if returncode is None:
         return None
     return 128 - returncode if returncode < 0 else returncode
-
-
-def _user_umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 def install_signal_handlers(session: Session) -> None:

@@ -110,6 +110,9 @@ class Session:
         try:
             self.child = launch_job(command, self.pump)
         except OSError as exc:
+            for consumer in pending:  # release what they bound; they never started
+                with contextlib.suppress(Exception):
+                    consumer.stop()
             self._abort_start()
             if self.config.job_log:
                 with contextlib.suppress(OSError):
@@ -256,7 +259,10 @@ class Session:
         return context
 
     def _build_consumers(self) -> list[Consumer]:
-        consumers: list[Consumer] = []
+        from agent.readserver import ReadServer
+
+        # First in, last stopped: readers reach the run over its socket until the end.
+        consumers: list[Consumer] = [ReadServer(self.store.path)]
         if self.config.otlp is not None or self.config.prometheus is not None:
             from exporters import build_exporters
 
@@ -349,25 +355,24 @@ class Session:
         if self.run is not None:
             self.run.status = "finished" if self.stop_reason == "target exited" else "stopped"
             self.store.close_writer()
+            if self.store.lost_ticks:
+                self.run.status = "incomplete"  # a store failure cost ticks; run_end counts them
             stats = self.sampler.stats_view() if self.sampler else {}
-            self.store.write_events(
-                self.run.run_id,
-                [
-                    Event(
-                        self.run.ended,
-                        "run_end",
-                        "agent",
-                        {
-                            "reason": self.stop_reason or "finished",
-                            **stats,
-                            "rows_written": self.store.rows_written,
-                            "dropped_ticks": self.store.dropped_ticks,
-                            **(self.pump.health() if self.pump else {}),
-                        },
-                    )
-                ],
+            end = Event(
+                self.run.ended,
+                "run_end",
+                "agent",
+                {
+                    "reason": self.stop_reason or "finished",
+                    **stats,
+                    "rows_written": self.store.rows_written,
+                    "dropped_ticks": self.store.dropped_ticks,
+                    "lost_ticks": self.store.lost_ticks,
+                    "store_failures": self.store.failures,
+                    **(self.pump.health() if self.pump else {}),
+                },
             )
-            self.store.write_run(self.run)
+            self.store.finalize(self.run, [end])  # never raises; says so on stderr
         self.store.close()
         if self.simulator is not None:
             self.simulator.uninstall()
@@ -378,6 +383,7 @@ def _recording_health(store: Store, pump: OutputPump | None = None) -> dict[str,
     health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
     if store.last_error:
         health["store_error"] = store.last_error
+    health.update(store.health())
     if pump is not None:
         health.update(pump.health())
     return health

@@ -8,6 +8,7 @@ and hang rules prefer them over device signals.
 from __future__ import annotations
 
 from agent.catalog import metric
+from agent.source import EntityKind, SourceSpec
 
 SOURCE = "steps"
 RANK_PREFIX = "rank"
@@ -31,3 +32,11 @@ METRICS = [
 def rank_entity(rank: int | str) -> str:
     """The entity name of a rank: ``rank3``."""
     return f"{RANK_PREFIX}{rank}"
+
+
+SPEC = SourceSpec(
+    name=SOURCE,
+    label="Training steps",
+    metrics=tuple(METRICS),
+    entity_kinds=(EntityKind("rank", f"{RANK_PREFIX}[0-9]+"),),
+)

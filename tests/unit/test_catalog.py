@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from agent.catalog import CATALOG
 from agent.source import CollectContext
@@ -32,7 +33,9 @@ def test_host_and_process_collectors_emit_only_catalog_metrics(tmp_path):
     host, proc = HostCollector(sys_root=tmp_path), ProcessCollector(os.getpid())
     host.start(ctx)
     proc.start(ctx)
-    batches = [c.collect(t) for t in (1.0, 2.0) for c in (host, proc)]
+    batches = [c.collect(1.0) for c in (host, proc)]
+    time.sleep(0.1)  # CPU times tick in 10 ms: utilization needs time to pass between samples
+    batches += [c.collect(2.0) for c in (host, proc)]
     names = {m for b in batches for m in b.metrics}
     assert names - set(m.name for m in CATALOG) == set()
     assert {
