@@ -109,6 +109,7 @@ def _watch(session: Session) -> None:
             run_live(session.context, SessionControl(session), job=session.job)
             job = session.job
             if job is not None and job.running():  # detached, or the terminal went away
+                session.resume_after_viewer()
                 if not job.hung_up.is_set():
                     print(
                         f"accelwatch: detached: recording pid {job.child.pid} until it exits"

@@ -298,16 +298,19 @@ class Session:
         )
 
     def request_stop(self, reason: str) -> None:
-        """End the recording, except of a launched job that still runs: that recording ends
-        when the job does (stopping the job is :attr:`job`'s escalation, never ours)."""
-        if self.child is not None and self.child.poll() is None:
-            return
         self.stop_reason = self.stop_reason or reason
         self.stop_requested.set()
 
     def note_signal(self, name: str) -> None:
         if self.sampler is not None:
             self.sampler.note("signal", "agent", signal=name)
+
+    def resume_after_viewer(self) -> None:
+        """A viewer closed while the launched job runs (detach, hangup): its stop request is
+        withdrawn, recording goes on until the job exits (stopping the job is :attr:`job`'s
+        escalation, never a side effect of closing a screen)."""
+        self.stop_requested.clear()
+        self.stop_reason = ""
 
     def wait(self, on_tick: Callable[[], None] | None = None) -> None:
         """Block until the target exits, the duration passes, or a stop is requested."""
