@@ -267,27 +267,34 @@ def install_signal_handlers(session: Session) -> None:
         job = session.job
         return job is not None and not job.own_group and terminal_delivered(signum)
 
-    def handler(signum, _frame):
+    def respond(signum: int, from_terminal: bool) -> None:
         name = signal.Signals(signum).name
         session.note_signal(name)
         job = session.job
-        if signum == signal.SIGHUP:
-            leave_dead_terminal()
-            session.terminal_lost = True
-            if job is not None:
-                job.hung_up.set()
         if job is None or not job.running():
             session.request_stop(f"signal {name}")
         elif signum == signal.SIGHUP:
-            if not job.detached and not delivered(signum):
+            # headless, the job shares our terminal and got the hangup from it already
+            if job.own_group and not job.detached:
                 job.send(signal.SIGHUP)
         else:
-            message = job.request_stop(signum, delivered=delivered(signum))
-            if (
-                session.config.headless or job.detached
-            ):  # os.write: a handler must not re-enter print()
+            message = job.request_stop(signum, delivered=from_terminal)
+            if session.config.headless or job.detached:
                 with contextlib.suppress(OSError):
                     os.write(2, f"accelwatch: {message}\n".encode())
+
+    def handler(signum, _frame):
+        from_terminal = delivered(signum)
+        if signum == signal.SIGHUP:
+            leave_dead_terminal()
+            session.terminal_lost = True
+            if session.job is not None:
+                session.job.hung_up.set()
+        # The rest takes locks (events, the escalation) that the interrupted main thread may
+        # hold at this moment (a final sampler step): run it on a thread of its own.
+        threading.Thread(
+            target=respond, args=(signum, from_terminal), name="accelwatch-signal", daemon=True
+        ).start()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
