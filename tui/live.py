@@ -56,9 +56,17 @@ class RecordingEnded(Message):
 class LiveApp(AccelwatchApp):
     """Watches the session end in a thread worker; quitting never hurts a launched job."""
 
+    #: The app's keys (the help screen lists these), with Ctrl-C as a shell's stop key.
     BINDINGS = [
-        Binding("q", "quit_viewer", "Quit"),
-        Binding("ctrl+c", "interrupt", "Stop the job", show=False, priority=True),
+        *(b for b in AccelwatchApp.BINDINGS if not (isinstance(b, Binding) and b.key == "ctrl+c")),
+        Binding(
+            "ctrl+c",
+            "interrupt",
+            "Stop the job",
+            show=False,
+            priority=True,
+            tooltip="run: SIGINT to the job, again SIGTERM (attach: stop recording)",
+        ),
     ]
 
     def __init__(
