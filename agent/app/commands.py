@@ -108,11 +108,11 @@ def _watch(session: Session) -> None:
             assert session.context is not None
             run_live(session.context, SessionControl(session), job=session.job)
             job = session.job
-            if job is not None and job.running():  # detached, or the terminal went away
+            if job is not None:  # a launched job is recorded until it exits, viewer or not
                 session.resume_after_viewer()
-                if not job.hung_up.is_set():
+                if job.running() and not job.hung_up.is_set():
                     print(
-                        f"accelwatch: detached: recording pid {job.child.pid} until it exits"
+                        f"accelwatch: detached: recording pid {job.pid} until it exits"
                         + (
                             f"; its output goes to {session.config.job_log}" if session.pump else ""
                         ),
