@@ -102,8 +102,12 @@ class SourceSpec:
     ``collector`` builds the collector (import heavy driver modules inside it, not at module
     import; None for a source the job itself reports, such as ``steps``);
     ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a scenario
-    that names the source and returns an object with ``uninstall()``. ``start_order`` orders the
-    collectors (lowest first: the process tree starts before the sources that ask for its pids).
+    (its name or .toml path) whose ``sources`` name this source, reading its own part, and
+    returns an object with ``uninstall()`` (or None: nothing to simulate); ``owner_pids()`` are
+    the processes that hold the devices. ``check_scenario(scenario)`` raises ValueError (one
+    line) if the scenario's part for this source is invalid, before anything is started.
+    ``start_order`` orders the collectors (lowest first: the process tree starts before the
+    sources that ask for its pids).
     """
 
     name: str
@@ -113,3 +117,4 @@ class SourceSpec:
     collector: Callable[[], Collector] | None = None
     simulator: Callable[..., Any] | None = None
     start_order: int = 50
+    check_scenario: Callable[[str], None] | None = None

@@ -21,7 +21,7 @@ def _collector() -> Collector:
 
 
 def _simulator(scenario: str, owner_pids: Callable[[], list[int]]) -> Any:
-    """Patch pynvml with the scenario's simulated GPUs, held by ``owner_pids``."""
+    """Patch pynvml with the scenario's simulated GPUs (maybe none), held by ``owner_pids``."""
     from collectors.sim import install, load_scenario
 
     return install(load_scenario(scenario), job_pids=owner_pids)

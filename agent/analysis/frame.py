@@ -295,6 +295,13 @@ def _gpu_frame(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+#: The machine's sources (host, and the disks and fabric ports that left it), from the catalog.
+_HOST_FRAME_SOURCES = sorted(
+    {HOST_SOURCE}
+    | {CATALOG[m].source for m in (*HOST_COLUMNS.values(), *(c[3] for c in HOST_SPREAD_COLUMNS))}
+)
+
+
 def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
     cols = [
         _pick(alias, name, extra=" AND entity = 'host'") for alias, name in HOST_COLUMNS.items()
@@ -306,7 +313,7 @@ def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_host AS
         SELECT t, {", ".join(cols)}
-        FROM aw_rated WHERE source = {_q(HOST_SOURCE)} GROUP BY t""")
+        FROM aw_rated WHERE source IN ({_in_list(_HOST_FRAME_SOURCES)}) GROUP BY t""")
 
 
 def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:

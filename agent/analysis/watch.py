@@ -25,13 +25,14 @@ from agent.analysis.thresholds import (
     SM_ACTIVITY_LOW,
     WRITE_BURST_BYTES,
 )
-from agent.catalog.host import SOURCE as HOST_SOURCE
+from agent.catalog import CATALOG
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.snapshot import Snapshot
 
 _TOP_LEVEL_GPU = re.compile(r"gpu[0-9]+")
 _TRAFFIC = tuple(GPU_COLUMNS[c] for c in ("pcie_tx", "pcie_rx", "nvlink_tx", "nvlink_rx"))
 _DISK_WRITE = "host.disk.write_bytes"
+_DISK_SOURCE = CATALOG[_DISK_WRITE].source
 
 
 def hang_state(snap: Snapshot) -> str | None:
@@ -99,7 +100,7 @@ def _job_cpu(snap: Snapshot) -> float:
 def _disk_write(snap: Snapshot) -> float:
     total = 0.0
     for b in snap.batches:
-        if b.source == HOST_SOURCE:
+        if b.source == _DISK_SOURCE:
             for e, m in zip(b.entities, b.metrics):
                 if m == _DISK_WRITE and e.startswith("disk:"):
                     total += snap.rate(e, m) or 0.0
