@@ -1,17 +1,20 @@
-"""The watched process: resolve a PID, read only whitelisted environment keys."""
+"""The watched process: resolve a PID, read only the allow-listed environment keys."""
 
 from __future__ import annotations
 
 import os
-import re
 
 import psutil
 
 from agent.errors import TargetError
 
-#: Exact environment keys of the target that may be stored; anything else never leaves /proc.
+#: The only environment keys of the target that are ever stored (``runs.env``): the ones that
+#: say which job, step, rank and node this is. An explicit list, no prefixes or patterns, so a
+#: credential (``SLURM_JWT``, ``TPU_*_TOKEN``...) can never match by accident. README "Run
+#: metadata" and docs/promises.md list the same keys (a test checks they agree).
 ENV_KEYS = frozenset(
     {
+        # torch.distributed / torchrun rank layout
         "RANK",
         "LOCAL_RANK",
         "WORLD_SIZE",
@@ -21,20 +24,38 @@ ENV_KEYS = frozenset(
         "CUDA_VISIBLE_DEVICES",
         "MASTER_ADDR",
         "MASTER_PORT",
+        # Slurm job, step, task and node identity
+        "SLURM_JOB_ID",
+        "SLURM_JOB_NAME",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_STEP_ID",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "SLURM_NODEID",
+        "SLURM_NTASKS",
+        "SLURM_NNODES",
+        "SLURM_JOB_NODELIST",
+        "SLURM_NODELIST",
+        "SLURMD_NODENAME",
+        "SLURM_CLUSTER_NAME",
+        # TPU worker identity and topology
+        "TPU_WORKER_ID",
+        "TPU_WORKER_HOSTNAMES",
+        "TPU_ACCELERATOR_TYPE",
+        "TPU_PROCESS_BOUNDS",
+        "TPU_CHIPS_PER_PROCESS_BOUNDS",
+        "TPU_VISIBLE_CHIPS",
+        "CLOUD_TPU_TASK_ID",
+        "MEGASCALE_SLICE_ID",
+        "MEGASCALE_NUM_SLICES",
     }
 )
-#: Prefixes of keys that may be stored (SLURM job layout, TPU topology).
-ENV_PREFIXES = ("SLURM_", "TPU_")
-_SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH)", re.IGNORECASE)
 
 
-def whitelist_env(environ: dict[str, str]) -> dict[str, str]:
-    """Keep only the whitelisted keys (and never one whose name looks like a secret)."""
-    return {
-        k: v
-        for k, v in environ.items()
-        if (k in ENV_KEYS or k.startswith(ENV_PREFIXES)) and not _SECRETISH.search(k)
-    }
+def allowed_env(environ: dict[str, str]) -> dict[str, str]:
+    """Only the keys of :data:`ENV_KEYS`; every other key never leaves /proc."""
+    return {k: v for k, v in environ.items() if k in ENV_KEYS}
 
 
 def resolve_target(pid: int) -> psutil.Process:
@@ -64,9 +85,9 @@ def resolve_target(pid: int) -> psutil.Process:
 
 
 def target_env(proc: psutil.Process) -> dict[str, str]:
-    """Whitelisted environment of ``proc`` ({} when it cannot be read)."""
+    """The allow-listed environment of ``proc`` ({} when it cannot be read)."""
     try:
-        return whitelist_env(proc.environ())
+        return allowed_env(proc.environ())
     except (psutil.Error, OSError):
         return {}
 

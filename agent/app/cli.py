@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -68,6 +69,62 @@ def host_port(text: str) -> str:
     return f"{host or '127.0.0.1'}:{number}"
 
 
+#: A DNS name, an IPv4 address, or a bracketed IPv6 address.
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)$")
+
+
+def otlp_endpoint(text: str) -> str:
+    """``http(s)://HOST[:PORT][/PATH]`` or ``HOST:PORT``, checked before anything starts."""
+    from urllib.parse import urlsplit
+
+    bad = argparse.ArgumentTypeError(
+        f"expected http(s)://HOST[:PORT][/PATH] or HOST:PORT, got {text!r}"
+    )
+    if "://" in text:
+        try:
+            url = urlsplit(text)
+            host = url.netloc.rpartition("@")[2]
+            if url.port is not None:  # .port raises ValueError on a bad port
+                host = host.rpartition(":")[0]
+        except ValueError:
+            raise bad from None
+        if url.scheme not in ("http", "https") or not _HOST.match(host):
+            raise bad
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not _HOST.match(host) or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise bad
+    return text
+
+
+def stop_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {text!r}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit 2, as the README promises."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"accelwatch: error: {message} (see: {self.prog} --help)\n")
+
+
+def _add_stop_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stop-timeout",
+        type=stop_timeout,
+        default=30.0,
+        metavar="SECONDS",
+        help="after the first stop signal, how long before another Ctrl-C / stop may SIGKILL "
+        "the job (default 30; accelwatch never kills it by itself)",
+    )
+
+
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--db",
@@ -109,6 +166,7 @@ def _add_recording(p: argparse.ArgumentParser) -> None:
         "--otlp",
         nargs="?",
         const="",
+        type=otlp_endpoint,
         default=None,
         metavar="ENDPOINT",
         help="export via OTLP (endpoint and protocol from OTEL_* variables if omitted)",
@@ -129,7 +187,7 @@ def _add_recording(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="accelwatch",
         description="Watch a training job and tell what it is waiting on.",
         epilog=EXIT_CODES,
@@ -140,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start a command and record it until it exits")
     _add_recording(p)
+    _add_stop_timeout(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     p = sub.add_parser("attach", help="record a running process until it exits")
@@ -155,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the example training job on simulated GPUs")
     p.add_argument("scenario", nargs="?", default="healthy")
     _add_recording(p)
+    _add_stop_timeout(p)
     p.add_argument("--steps", type=int, default=None, help="training steps of the example job")
     p.add_argument(
         "--seconds",

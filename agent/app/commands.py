@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.app.session import Session, SessionConfig, SessionControl, install_signal_handlers
+from agent.app.job import DEFAULT_STOP_TIMEOUT_S, install_signal_handlers
+from agent.app.session import Session, SessionConfig, SessionControl
 from agent.catalog import CATALOG
 from agent.errors import UsageError
 from agent.health_text import ProblemWatch, health_phrases
@@ -38,6 +39,7 @@ def _config(args: argparse.Namespace) -> SessionConfig:
         otlp=args.otlp,
         prometheus=args.prometheus,
         metric_names=args.metric_names,
+        stop_timeout=getattr(args, "stop_timeout", DEFAULT_STOP_TIMEOUT_S),
     )
 
 
@@ -56,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.job_log:
         session.sampler.note("job_log", "agent", path=config.job_log)
     _watch(session)
-    if config.job_log:
+    if config.job_log and not session.terminal_lost:
         print(f"job output: {config.job_log}", file=sys.stderr)
     run = session.run
     return run.exit_code if run and run.exit_code is not None else 1
@@ -107,10 +109,23 @@ def _watch(session: Session) -> None:
             from tui.live import run_live
 
             assert session.context is not None
-            run_live(session.context, SessionControl(session))
+            run_live(session.context, SessionControl(session), job=session.job)
+            job = session.job
+            if job is not None:  # a launched job is recorded until it exits, viewer or not
+                session.resume_after_viewer()
+                if job.running() and not job.hung_up.is_set():
+                    print(
+                        f"accelwatch: detached: recording pid {job.pid} until it exits"
+                        + (
+                            f"; its output goes to {session.config.job_log}" if session.pump else ""
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                session.wait()
     finally:
         run = session.finish()
-    if run is not None and not session.config.quiet:
+    if run is not None and not session.config.quiet and not session.terminal_lost:
         print_summary(session)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from agent.app.job import (
+    DEFAULT_STOP_TIMEOUT_S,
+    JobSignals,
+    OutputPump,
+    exit_code,
+    launch_job,
+)
 from agent.app.sources import (
     ABSENT,
     Simulators,
@@ -34,7 +40,7 @@ from agent.model import Event, RunInfo
 from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
-from agent.store import Store, user_umask
+from agent.store import Store
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
 from collectors.process import ProcessCollector
 
@@ -55,8 +61,10 @@ class SessionConfig:
     live_analysis: bool = True
     quiet: bool = False
     #: Where a launched command's stdout/stderr go (None: the agent's own terminal). The TUI
-    #: owns the terminal, so under it the job's output goes to this file.
+    #: owns the terminal, so under it the job's output goes through a pipe into this file.
     job_log: str | None = None
+    #: Seconds after the first stop signal before a further request may SIGKILL the job.
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT_S
 
 
 def new_run_id() -> str:
@@ -68,6 +76,9 @@ class Session:
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
+        #: A database file this session created: removed again if the start fails before any
+        #: run is written (a failed start leaves nothing behind).
+        self._created_db = not os.path.exists(config.db_path)
         self.store = Store(config.db_path, flush_interval=config.flush_interval)
         self.hub = SnapshotHub()
         self.child: subprocess.Popen[bytes] | None = None
@@ -83,42 +94,91 @@ class Session:
         #: The consumers' narrow view of this run (built once recording starts).
         self.context: LiveContext | None = None
         self._finished = False
+        self._run_written = False
+        #: The launched job's output drain (under the UI) and its stop escalation.
+        self.pump: OutputPump | None = None
+        self.job: JobSignals | None = None
+        #: When the target was seen gone: the run's end is the job's, not ours.
+        self.target_ended_at: float | None = None
+        #: The terminal hung up (SIGHUP): nothing is printed any more, nobody would read it.
+        self.terminal_lost = False
 
     # -- starting
     def launch(self, command: list[str]) -> RunInfo:
-        """Start ``command`` (restoring the user's umask for it) and record it."""
+        """Validate every option and bind every endpoint, then start ``command`` and record it.
+
+        Nothing that can fail on bad input happens after the job started: a failure before
+        leaves no job and no database file behind.
+        """
         self._install_simulator()
-        output = None
+        pending = self._prepare_consumers()
+        if self.config.job_log:
+            self.pump = OutputPump(self.config.job_log, self._note)
         try:
-            if self.config.job_log:
-                fd = os.open(self.config.job_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                output = os.fdopen(fd, "ab")
-            self.child = subprocess.Popen(
-                command,
-                umask=user_umask(),
-                stdout=output,
-                stderr=output,
-                stdin=subprocess.DEVNULL if output else None,
-            )
+            self.child = launch_job(command, self.pump)
         except OSError as exc:
-            self.store.close()
+            for consumer in pending:  # release what they bound; they never started
+                with contextlib.suppress(Exception):
+                    consumer.stop()
+            self._abort_start()
+            if self.config.job_log:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.config.job_log)
             raise TargetError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
         finally:
-            if output is not None:
-                output.close()  # the child holds its own descriptor
-        return self._begin(self.child.pid, mode="run")
+            if self.pump is not None:
+                self.pump.start()
+        self.job = JobSignals(
+            self.child,
+            stop_timeout=self.config.stop_timeout,
+            own_group=self.pump is not None,
+            note=self._note,
+        )
+        self.job.log = self.config.job_log
+        return self._begin(self.child.pid, mode="run", pending=pending)
 
     def attach(self, pid: int) -> RunInfo:
-        resolve_target(pid)
+        try:
+            resolve_target(pid)
+        except TargetError:
+            self._abort_start()
+            raise
         self._install_simulator()
-        return self._begin(pid, mode="attach")
+        pending = self._prepare_consumers()
+        return self._begin(pid, mode="attach", pending=pending)
+
+    def _prepare_consumers(self) -> list[Consumer]:
+        """Consumers built (options validated, sockets bound) before any job starts."""
+        try:
+            return self._build_consumers()
+        except AccelwatchError:
+            self._abort_start()
+            raise
+
+    def _abort_start(self) -> None:
+        """Undo a start that failed before a run was written: close, remove what we created."""
+        self.store.close()
+        if self.simulator is not None:
+            self.simulator.uninstall()
+            self.simulator = None
+        if self._created_db and not self._run_written:
+            for path in (self.config.db_path, self.config.db_path + ".wal"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def _note(self, kind: str, entity: str, **detail: Any) -> None:
+        """An agent event, from any thread, before or after the sampler exists."""
+        if self.sampler is not None:
+            self.sampler.note(kind, entity, **detail)
+        else:
+            self._notices.append((kind, entity, detail))
 
     def _install_simulator(self) -> None:
         if self.config.simulate:
             try:
                 self.simulator = install_simulators(self.config.simulate, self._device_owner_pids)
             except AccelwatchError:
-                self.store.close()
+                self._abort_start()
                 raise
 
     def _device_owner_pids(self) -> list[int]:
@@ -129,13 +189,13 @@ class Session:
     def _job_pids(self) -> frozenset[int]:
         return self.process_collector.pids if self.process_collector else frozenset()
 
-    def _begin(self, pid: int, *, mode: str) -> RunInfo:
+    def _begin(self, pid: int, *, mode: str, pending: list[Consumer]) -> RunInfo:
         import psutil
 
         try:
             proc = psutil.Process(pid)
         except psutil.NoSuchProcess:
-            self.store.close()
+            self._abort_start()
             raise TargetError(f"process {pid} exited before recording started") from None
         cmdline = target_cmdline(proc)
         self.run = RunInfo(
@@ -158,6 +218,7 @@ class Session:
         ctx = CollectContext(root_pid=pid, job_pids=self._job_pids)
         collectors = self._start_collectors(ctx)
         self.store.write_run(self.run)
+        self._run_written = True
         self.store.start()
         run_id = self.run.run_id
         self.sampler = Sampler(
@@ -169,13 +230,17 @@ class Session:
         for message in self._notices:
             self.sampler.note(*message[:2], **message[2])
         self.context = self.build_context()
-        for consumer in self._build_consumers():
+        for consumer in pending:
             try:
                 consumer.start(self.context)
                 self.consumers.append(consumer)
-            except AccelwatchError:
-                self.finish()
-                raise
+            except AccelwatchError as exc:
+                if self.child is None:  # nothing started that a failure could hurt
+                    self.finish()
+                    raise
+                # the job already runs: it goes on, recorded without this consumer
+                self.sampler.note("consumer_failed", "agent", error=str(exc))
+                print(f"accelwatch: warning: {exc}", file=sys.stderr)
         self.sampler.start()
         return self.run
 
@@ -185,7 +250,7 @@ class Session:
             candidates, notices = candidate_collectors(self.process_collector)
             started, start_notices = start_collectors(candidates, ctx)
         except TargetError:
-            self.store.close()
+            self._abort_start()
             raise
         self._notices.extend(quiet_absent_accelerators(started, notices + start_notices))
         return started
@@ -199,7 +264,7 @@ class Session:
             self.hub,
             note=sampler.note if sampler else lambda *_a, **_k: None,
             open_cursor=store.cursor,
-            recording_health=lambda: _recording_health(store),
+            recording_health=lambda: _recording_health(store, self.pump),
             sampler_cpu_seconds=(lambda: sampler.stats.cpu_seconds) if sampler else None,
         )
         context.startup_notices = MappingProxyType(self.startup_notices)
@@ -234,6 +299,12 @@ class Session:
 
     # -- running
     def target_alive(self) -> bool:
+        alive = self._target_alive()
+        if not alive and self.target_ended_at is None:
+            self.target_ended_at = time.time()
+        return alive
+
+    def _target_alive(self) -> bool:
         if self.child is not None:
             return self.child.poll() is None
         return bool(
@@ -250,10 +321,12 @@ class Session:
         if self.sampler is not None:
             self.sampler.note("signal", "agent", signal=name)
 
-    def forward_signal(self, signum: int) -> None:
-        if self.child is not None and self.child.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.child.send_signal(signum)
+    def resume_after_viewer(self) -> None:
+        """A viewer closed while the launched job runs (detach, hangup): its stop request is
+        withdrawn, recording goes on until the job exits (stopping the job is :attr:`job`'s
+        escalation, never a side effect of closing a screen)."""
+        self.stop_requested.clear()
+        self.stop_reason = ""
 
     def wait(self, on_tick: Callable[[], None] | None = None) -> None:
         """Block until the target exits, the duration passes, or a stop is requested."""
@@ -269,10 +342,24 @@ class Session:
                 on_tick()
 
     def finish(self) -> RunInfo | None:
-        """Stop sampling, flush, mark the run ended; safe to call twice."""
+        """Stop sampling, flush, mark the run ended; safe to call twice.
+
+        A launched job that still runs (the recording stopped on an error) is waited for,
+        never killed: its exit code is the command's.
+        """
         if self._finished:
             return self.run
         self._finished = True
+        if self.child is not None and self.child.poll() is None:
+            print(
+                f"accelwatch: waiting for the job (pid {self.child.pid}) to exit; "
+                "Ctrl-C sends it SIGINT",
+                file=sys.stderr,
+            )
+            self.child.wait()
+        if self.run is not None:
+            self.target_alive()  # stamps the end if the target just went
+            self.run.ended = self.target_ended_at or time.time()
         if self.sampler is not None:
             self.sampler.stop()
             if self.run is not None:
@@ -280,12 +367,11 @@ class Session:
         for consumer in reversed(self.consumers):
             with contextlib.suppress(Exception):
                 consumer.stop()
-        if self.child is not None:
-            _reap(self.child)
-            if self.run is not None:
-                self.run.exit_code = _exit_code(self.child.returncode)
+        if self.pump is not None:
+            self.pump.join()
+        if self.child is not None and self.run is not None:
+            self.run.exit_code = exit_code(self.child.wait())
         if self.run is not None:
-            self.run.ended = time.time()
             self.run.status = "finished" if self.stop_reason == "target exited" else "stopped"
             self.store.close_writer()
             if self.store.lost_ticks:
@@ -302,6 +388,7 @@ class Session:
                     "dropped_ticks": self.store.dropped_ticks,
                     "lost_ticks": self.store.lost_ticks,
                     "store_failures": self.store.failures,
+                    **(self.pump.health() if self.pump else {}),
                 },
             )
             self.store.finalize(self.run, [end])  # never raises; says so on stderr
@@ -311,11 +398,13 @@ class Session:
         return self.run
 
 
-def _recording_health(store: Store) -> dict[str, Any]:
+def _recording_health(store: Store, pump: OutputPump | None = None) -> dict[str, Any]:
     health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
     if store.state != "ok":  # what the UI header shows: "disk full: 12 ticks buffered, 0 dropped"
         health["store_error"] = store.state
         health.update(store.health())  # its counters only while something is wrong
+    if pump is not None:
+        health.update(pump.health())
     return health
 
 
@@ -339,23 +428,7 @@ class SessionControl:
         child = self._session.child
         if child is None or child.poll() is None:
             return None
-        return _exit_code(child.returncode)
-
-
-def _reap(child: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """Wait for a launched command; kill it if it outlives the grace period after a stop."""
-    try:
-        child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
-def _exit_code(returncode: int | None) -> int | None:
-    """A shell-style exit code: 128 + N when the command died of signal N."""
-    if returncode is None:
-        return None
-    return 128 - returncode if returncode < 0 else returncode
+        return exit_code(child.returncode)
 
 
 def _pid_running(pid: int | None) -> bool:
@@ -375,23 +448,3 @@ def _default_name(cmdline: list[str], pid: int) -> str:
         if base.endswith(".py") or (base and not base.startswith(("python", "-"))):
             return base
     return f"pid{pid}"
-
-
-def install_signal_handlers(session: Session) -> None:
-    """SIGINT/SIGTERM: forward to a launched command, stop recording, finalize cleanly."""
-
-    received: list[int] = []
-
-    def handler(signum, _frame):
-        name = signal.Signals(signum).name
-        session.note_signal(name)
-        if session.child is not None and not received:
-            session.forward_signal(signum)  # the command decides; we record until it exits
-        else:
-            session.request_stop(f"signal {name}")
-        received.append(signum)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    if sys.platform != "win32":
-        signal.signal(signal.SIGHUP, handler)
