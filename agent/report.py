@@ -19,7 +19,8 @@ import duckdb
 
 from agent.analysis.engine import analyze_run, find_run
 from agent.analysis.finding import Finding
-from agent.analysis.frame import GPU_COLUMNS, GPU_SOURCE
+from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
+from agent.analysis.frame_sql import in_list
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
 from agent.errors import StoreError, UsageError
@@ -61,17 +62,17 @@ def summarize(
     con: duckdb.DuckDBPyConnection, run: RunInfo, findings: list[Finding], duration_s: float
 ) -> RunSummary:
     """The run's headline numbers; expects the analysis frames (``aw_rated``) on ``con``."""
-    util = GPU_COLUMNS["util"]
+    plan = accelerator_plan()  # accelerators by entity kind, their utilization by role
+    busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
     rows = con.execute(
-        """SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
+        f"""SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
                   avg(value), quantile_cont(value, [0.5, 0.9, 0.99])
            FROM samples s LEFT JOIN entities e USING (run_id, source, entity)
-           WHERE s.run_id = ? AND s.source = ? AND s.metric = ?
-             AND regexp_full_match(s.entity, 'gpu[0-9]+')
+           WHERE s.run_id = ? AND {busy}
            GROUP BY s.entity ORDER BY length(s.entity), s.entity""",
-        [run.run_id, GPU_SOURCE, util],
+        [run.run_id],
     ).fetchall()
-    energy = _energy_joules(con)
+    energy = _energy_joules(con, plan)
     devices = [
         DeviceSummary(
             entity,
@@ -83,9 +84,8 @@ def summarize(
         for entity, name, mean, q in rows
     ]
     overall = con.execute(
-        "SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND source = ? "
-        "AND metric = ? AND regexp_full_match(entity, 'gpu[0-9]+')",
-        [run.run_id, GPU_SOURCE, util],
+        f"SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND {busy}",
+        [run.run_id],
     ).fetchone()[0] or [None, None]
     lost: dict[str, float] = {}  # per rule, the worst entity: synchronous peers wait for it
     for f in findings:
@@ -107,12 +107,11 @@ def summarize(
     )
 
 
-def _energy_joules(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
-    """Per GPU, the reset-safe increase of ``gpu.energy`` (from the frames' ``aw_rated``)."""
+def _energy_joules(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> dict[str, float]:
+    """Per accelerator, the reset-safe increase of its energy counter (``aw_rated``)."""
     rows = con.execute(
-        "SELECT entity, sum(inc) FROM aw_rated WHERE metric = ? "
-        "AND regexp_full_match(entity, 'gpu[0-9]+') GROUP BY entity",
-        [GPU_COLUMNS["energy"]],
+        f"SELECT entity, sum(inc) FROM aw_rated WHERE metric IN "
+        f"({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate}) GROUP BY entity"
     ).fetchall()
     return {entity: float(joules or 0.0) for entity, joules in rows}
 
