@@ -11,7 +11,7 @@ The rule's step-time view is not watched: step logs are imported, not sampled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.analysis.frame import PROCESS_CPU
@@ -41,38 +41,64 @@ _TRAFFIC = ("host_tx", "host_rx", "peer_tx", "peer_rx")
 _DISK_WRITE = "host.disk.write_bytes"
 #: Per source, its accelerator columns (role → metric), rebuilt only when its declaration changes.
 _COLUMNS = SourceColumns()
-#: Per source, the entity column of its last batch and the accelerators in it: a source sends
-#: the same entities tick after tick, so comparing the lists replaces a look-up per row.
-_LAST_SEEN: dict[str, tuple[Sequence[str], tuple[str, ...]]] = {}
+#: Per source: a fingerprint of its batch's entity column (row count, first and last entity),
+#: ticks since the last full look, and its accelerators. A source sends the same entities tick
+#: after tick, so the rows are read again only when the fingerprint changes (a device or a
+#: process came or went) or every ``_REFRESH_TICKS`` ticks.
+_LAST_SEEN: dict[str, tuple[tuple[int, str, str], int, tuple[str, ...]]] = {}
+_REFRESH_TICKS = 60
 
 
 def _accelerators_of(source: str, entities: Sequence[str]) -> tuple[str, ...]:
+    if not entities:
+        return ()
+    key = (len(entities), entities[0], entities[-1])
     last = _LAST_SEEN.get(source)
-    if last is not None and last[0] == entities:
-        return last[1]
+    if last is not None and last[0] == key and last[1] < _REFRESH_TICKS:
+        _LAST_SEEN[source] = (key, last[1] + 1, last[2])
+        return last[2]
     registry = default_registry()
     found = tuple(e for e in dict.fromkeys(entities) if registry.kind_of(source, e) == ACCELERATOR)
-    _LAST_SEEN[source] = (entities, found)
+    _LAST_SEEN[source] = (key, 0, found)
     return found
 
 
-def accelerators(snap: Snapshot) -> dict[str, AcceleratorSource]:
-    """The tick's accelerators that report their ``busy`` metric → their source's columns."""
-    found: dict[str, AcceleratorSource] = {}
+@dataclass(frozen=True)
+class _Device:
+    """One accelerator of the tick: its source and, per ``aw_accel`` column, the metric."""
+
+    source: str
+    metric: dict[str, str]
+
+
+def accelerators(snap: Snapshot) -> dict[str, _Device]:
+    """The tick's accelerators that report their ``busy`` metric."""
+    found: dict[str, _Device] = {}
     for b in snap.batches:
-        columns = _COLUMNS.get(b.source)
-        if columns is None or "busy" not in columns.columns:
+        device = _device_of(b.source)
+        if device is None:
             continue
-        busy = columns.columns["busy"]
+        busy = device.metric["busy"]
         for e in _accelerators_of(b.source, b.entities):
-            if snap.value(e, busy) is not None:
-                found[e] = columns
+            if snap.values.get((e, busy)) is not None:
+                found[e] = device
     return found
 
 
-def _value(snap: Snapshot, entity: str, source: AcceleratorSource, column: str) -> float | None:
-    metric = source.columns.get(column)
-    return None if metric is None else snap.value(entity, metric)
+#: Per source, its columns as a plain dict (the hot path's look-ups), kept while the source's
+#: declaration is the same.
+_DEVICES: dict[str, tuple[AcceleratorSource | None, _Device | None]] = {}
+
+
+def _device_of(source: str) -> _Device | None:
+    columns = _COLUMNS.get(source)
+    cached = _DEVICES.get(source)
+    if cached is None or cached[0] is not columns:
+        device = None
+        if columns is not None and "busy" in columns.columns:
+            device = _Device(source, dict(columns.columns))
+        cached = _DEVICES[source] = (columns, device)
+    return cached[1]
 
 
 def hang_state(snap: Snapshot) -> str | None:
@@ -82,43 +108,47 @@ def hang_state(snap: Snapshot) -> str | None:
     accels = accelerators(snap)
     if not accels:
         return None
-    attrs = snap.entity_attrs
-    holding = {
-        e
-        for e, s in accels.items()
-        if (_value(snap, e, s, "job_memory") or 0) > 0 or (_value(snap, e, s, "job_procs") or 0) > 0
-    }
+    values, attrs = snap.values, snap.entity_attrs
+    holding, recorded = set(), set()
+    for e, d in accels.items():
+        memory = values.get((e, d.metric.get("job_memory", "")))
+        if memory is not None:
+            recorded.add(d.source)
+        if (memory or 0) > 0 or (values.get((e, d.metric.get("job_procs", ""))) or 0) > 0:
+            holding.add(e)
     marked = {e: attrs.get(e, {}).get("used_by_job") for e in accels}
-    recorded = {s.name for e, s in accels.items() if _value(snap, e, s, "job_memory") is not None}
     job, _ = select_job_accelerators(
-        {e: s.name for e, s in accels.items()}, marked, holding, recorded
+        {e: d.source for e, d in accels.items()}, marked, holding, recorded
     )
     if not job:
         return None
-    busy = [_value(snap, e, accels[e], "busy") or 0.0 for e in job]
+    busy = [values.get((e, accels[e].metric["busy"])) or 0.0 for e in job]
     if (
         max(busy) <= HANG_IDLE_UTIL
         and _job_cpu(snap) < HANG_CPU_IDLE
         and _disk_write(snap) < WRITE_BURST_BYTES
     ):
         return "idle"
-    if min(busy) >= HANG_SPIN_UTIL and _spinning(snap, {e: accels[e] for e in job}):
+    if min(busy) >= HANG_SPIN_UTIL and _spinning(values, {e: accels[e] for e in job}):
         return "spinning"
     return None
 
 
-def _spinning(snap: Snapshot, job: dict[str, AcceleratorSource]) -> bool:
-    seen = [_value(snap, e, s, c) for e, s in job.items() for c in _TRAFFIC]
+def _spinning(values: Mapping[tuple[str, str], float], job: dict[str, _Device]) -> bool:
+    def value(e: str, d: _Device, column: str) -> float | None:
+        return values.get((e, d.metric.get(column, "")))
+
+    seen = [value(e, d, c) for e, d in job.items() for c in _TRAFFIC]
     if all(v is None for v in seen):  # the rule needs traffic counters to call it spinning
         return False
     if sum(v or 0.0 for v in seen) >= HANG_TRAFFIC_BYTES:
         return False
-    sm = [v for e, s in job.items() if (v := _value(snap, e, s, "sm")) is not None]
+    sm = [v for e, d in job.items() if (v := value(e, d, "sm")) is not None]
     if sm:
         return max(sm) < HANG_SPIN_SM
     power = [
-        (_value(snap, e, s, "power") or 0.0) / (_value(snap, e, s, "power_limit") or float("inf"))
-        for e, s in job.items()
+        (value(e, d, "power") or 0.0) / (value(e, d, "power_limit") or float("inf"))
+        for e, d in job.items()
     ]
     return max(power) < SM_ACTIVITY_LOW
 
