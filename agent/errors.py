@@ -31,6 +31,10 @@ class StoreInUseError(StoreError):
     """Another agent holds the database file."""
 
 
+class StoreCorruptError(StoreError):
+    """The database file is truncated or damaged: no command reads or writes it."""
+
+
 class CollectorUnavailable(AccelwatchError):
     """A collector's source is absent on this machine (no NVML, no TPU runtime...)."""
 

@@ -10,7 +10,6 @@ store, DuckDB or the collectors themselves. Nothing here imports Textual.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from agent.analysis.finding import Finding, order_findings
 from agent.catalog import CATALOG
 from agent.model import RunInfo
 from agent.snapshot import Key, Snapshot
@@ -30,53 +30,8 @@ if TYPE_CHECKING:
 
     from agent.context import LiveContext, RecordingControl
 
-#: Display order of severities (the analysis core emits info, warning, critical).
-SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 #: Longest window a viewer may ask the live reader to keep in memory.
 MAX_WINDOW_S = 900.0
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One analysis finding as a viewer shows it."""
-
-    rule: str
-    severity: str
-    entity: str
-    summary: str
-    next_step: str
-    evidence: Mapping[str, Any]
-    start_ts: float | None
-    end_ts: float | None
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> Finding:
-        evidence = raw.get("evidence") or {}
-        if isinstance(evidence, str):
-            try:
-                evidence = json.loads(evidence)
-            except ValueError:
-                evidence = {"text": evidence}
-        if not isinstance(evidence, Mapping):
-            evidence = {"value": evidence}
-        return cls(
-            rule=str(raw.get("rule", "")),
-            severity=str(raw.get("severity", "info")).lower(),
-            entity=str(raw.get("entity") or ""),
-            summary=str(raw.get("summary", "")),
-            next_step=str(raw.get("next_step") or ""),
-            evidence=evidence,
-            start_ts=epoch_seconds(raw.get("start_ts")),
-            end_ts=epoch_seconds(raw.get("end_ts")),
-        )
-
-
-def order_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Most severe first, then newest first."""
-    return sorted(
-        findings,
-        key=lambda f: (SEVERITY_RANK.get(f.severity, len(SEVERITY_RANK)), -(f.start_ts or 0.0)),
-    )
 
 
 @dataclass(frozen=True)

@@ -1,66 +1,100 @@
 """A recorded run read back at a movable time cursor (``accelwatch view``), read-only.
 
-Implements :class:`agent.reader.Reader` over a read-only DuckDB connection; each call opens its
-own cursor so frames and history can be queried from worker threads.
+Implements :class:`agent.reader.Reader` over a read connection (:mod:`agent.runs`): the file
+read-only, or the recording agent's socket while the run is still being recorded, in which case
+the reader follows the recording (polls for new ticks and findings). Every query is independent,
+so frames and history can be asked from worker threads.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from agent.errors import StoreInUseError, UsageError
 from agent.model import Batch, BatchBuilder, Event, RunInfo
-from agent.reader import Finding, Frame, Series, epoch_seconds, order_findings, query_history
+from agent.reader import Finding, Frame, Series, order_findings, query_history
+from agent.runs import ReadConnection, RunNotFoundError, find_run, open_read, stored_findings
 from agent.snapshot import Key, Snapshot
 
-if TYPE_CHECKING:
-    import duckdb
+__all__ = ["RecordedReader", "RunNotFoundError"]
 
-
-class RunNotFoundError(UsageError):
-    """The database holds no run with that id or name."""
+#: How often a reader following a live recording asks for new ticks.
+FOLLOW_POLL_S = 1.0
 
 
 class RecordedReader:
-    """A recorded run at a time cursor, over a read-only DuckDB connection."""
+    """A recorded run at a time cursor, over a read connection (file or recording agent)."""
 
     live = False
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, run: RunInfo) -> None:
-        self._con = con
+    def __init__(self, db: ReadConnection, run: RunInfo) -> None:
+        self._db = db
         self.run = run
         self._tracked: frozenset[str] = frozenset()
-        ticks = con.execute(
-            "SELECT DISTINCT epoch_us(ts) AS t FROM samples WHERE run_id = ? ORDER BY t",
-            [run.run_id],
-        ).fetchnumpy()["t"]
-        #: Every tick of the run (epoch seconds), ascending.
-        self.ticks = np.asarray(ticks, dtype=np.int64)
+        #: Every tick of the run (epoch microseconds), ascending.
+        self.ticks = np.asarray(self._ticks_after(None), dtype=np.int64)
         self.cursor = max(len(self.ticks) - 1, 0)
         self.findings = self._load_findings()
+        self._callbacks: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     @classmethod
     def open(cls, db_path: str, run: str | None = None) -> RecordedReader:
-        """Open ``db_path`` read-only at run ``run`` (id or name; default: the latest)."""
-        from agent.store import connect
-
+        """Open ``db_path`` for reading at run ``run`` (id or name; default: the latest)."""
+        db = open_read(db_path)
         try:
-            con = connect(db_path, read_only=True)
-        except StoreInUseError:
-            raise StoreInUseError(
-                f"{db_path} is being recorded by a running accelwatch agent; view it once the "
-                "recording ends (the live screen shows it meanwhile)"
-            ) from None
-        try:
-            return cls(con, _find_run(con, run, db_path))
+            return cls(db, find_run(db, run, db_path))
         except BaseException:
-            con.close()
+            db.close()
             raise
+
+    @property
+    def following(self) -> bool:
+        """True while the run is being recorded by the agent serving this reader."""
+        return self._db.via == "agent" and self.run.ended is None
+
+    def _ticks_after(self, after_us: int | None) -> list[int]:
+        where = "" if after_us is None else "AND ts > make_timestamp(?)"
+        params: list[Any] = [self.run.run_id] + ([] if after_us is None else [after_us])
+        rows = self._db.execute(
+            f"SELECT DISTINCT epoch_us(ts) AS t FROM samples WHERE run_id = ? {where} ORDER BY t",
+            params,
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def refresh(self) -> bool:
+        """Take in the ticks and findings recorded since the last look; True if any. A cursor
+        at the end stays at the end (the view follows the recording)."""
+        last = int(self.ticks[-1]) if len(self.ticks) else None
+        new = self._ticks_after(last)
+        at_end = self.cursor >= len(self.ticks) - 1
+        if new:
+            self.ticks = np.concatenate([self.ticks, np.asarray(new, dtype=np.int64)])
+            if at_end:
+                self.cursor = len(self.ticks) - 1
+        findings = self._load_findings()
+        changed = bool(new) or findings != self.findings
+        self.findings = findings
+        run = find_run(self._db, self.run.run_id, self.run.db_path)
+        if run.ended is not None and self.run.ended is None:
+            self.run = run
+            changed = True
+        return changed
+
+    def _follow(self) -> None:
+        while self.following and not self._stop.wait(FOLLOW_POLL_S):
+            try:
+                changed = self.refresh()
+            except Exception:  # the agent finished and went away: the recording is complete
+                return
+            if changed:
+                for callback in list(self._callbacks):
+                    callback()
 
     # -- the time cursor
     @property
@@ -74,6 +108,12 @@ class RecordedReader:
     def seek_time(self, ts: float) -> int:
         """Move to the last tick at or before ``ts``."""
         index = int(np.searchsorted(self.ticks, int(ts * 1e6), side="right")) - 1
+        return self.seek_index(index)
+
+    def seek_start_of(self, ts: float) -> int:
+        """Move to the first tick at or after ``ts``: where something that started at ``ts``
+        (a finding's window, which begins at a bucket edge) is first visible."""
+        index = int(np.searchsorted(self.ticks, int(round(ts * 1e6)), side="left"))
         return self.seek_index(index)
 
     def finding_times(self) -> list[float]:
@@ -90,25 +130,28 @@ class RecordedReader:
         )
         if not ahead:
             return self.cursor
-        return self.seek_time(ahead[0] if direction > 0 else ahead[-1])
+        return self.seek_start_of(ahead[0] if direction > 0 else ahead[-1])
 
     # -- Reader
     def track(self, metrics: Iterable[str]) -> None:
         self._tracked = frozenset(metrics)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
-        """A recording never changes; nothing to notify."""
+        """Call ``callback`` (from a poller thread) when a run being recorded gains ticks; a
+        finished recording never changes."""
+        self._callbacks.append(callback)
+        if self.following and self._poller is None:
+            self._poller = threading.Thread(
+                target=self._follow, name="accelwatch-follow", daemon=True
+            )
+            self._poller.start()
 
     def frame(self, window_s: float) -> Frame | None:
         if not len(self.ticks):
             return None
-        cur = self._con.cursor()
-        try:
-            return self._frame(cur, self.cursor, window_s)
-        finally:
-            cur.close()
+        return self._frame(self._db, self.cursor, window_s)
 
-    def _frame(self, cur: duckdb.DuckDBPyConnection, index: int, window_s: float) -> Frame:
+    def _frame(self, cur: ReadConnection, index: int, window_s: float) -> Frame:
         run_id = self.run.run_id
         tick = int(self.ticks[index])
         prev = int(self.ticks[index - 1]) if index > 0 else None
@@ -166,9 +209,7 @@ class RecordedReader:
             notices=notices,
         )
 
-    def _recent(
-        self, cur: duckdb.DuckDBPyConnection, start: float, end: float
-    ) -> dict[Key, np.ndarray]:
+    def _recent(self, cur: ReadConnection, start: float, end: float) -> dict[Key, np.ndarray]:
         if not self._tracked:
             return {}
         metrics = sorted(self._tracked)
@@ -190,36 +231,19 @@ class RecordedReader:
         return out
 
     def history(self, entity: str, metric: str, start: float, end: float) -> Series:
-        cur = self._con.cursor()
-        try:
-            return query_history(
-                cur, self.run.run_id, entity, metric, start, end, interval=self.run.interval
-            )
-        finally:
-            cur.close()
+        return query_history(
+            self._db, self.run.run_id, entity, metric, start, end, interval=self.run.interval
+        )
 
     def _load_findings(self) -> list[Finding]:
-        rows = self._con.execute(
-            "SELECT rule, severity, entity, summary, evidence, next_step, start_ts, end_ts, live "
-            "FROM findings WHERE run_id = ?",
-            [self.run.run_id],
-        ).fetchall()
-        final = [r for r in rows if not r[8]]
-        chosen = final or rows  # the post-run analysis supersedes what was found live
-        cols = (
-            "rule",
-            "severity",
-            "entity",
-            "summary",
-            "evidence",
-            "next_step",
-            "start_ts",
-            "end_ts",
-        )
-        return order_findings(Finding.from_mapping(dict(zip(cols, r))) for r in chosen)
+        return order_findings(stored_findings(self._db, self.run.run_id)[0])
 
     def close(self) -> None:
-        self._con.close()
+        self._stop.set()
+        self._callbacks.clear()
+        if self._poller is not None:
+            self._poller.join(timeout=5.0)
+        self._db.close()
 
 
 def _snapshot(
@@ -253,57 +277,4 @@ def _snapshot(
         previous_ts=prev / 1e6 if prev is not None else None,
         entity_attrs=attrs,
         events=tuple(events),
-    )
-
-
-def _find_run(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) -> RunInfo:
-    where, params = ("", []) if run is None else ("WHERE run_id = ? OR name = ?", [run, run])
-    row = con.execute(
-        "SELECT run_id, name, pid, cmdline, cwd, host, started, interval_s, tags, env, mode, "
-        f"simulated, scenario, ended, exit_code, status FROM runs {where} "
-        "ORDER BY (run_id = ?) DESC, started DESC LIMIT 1",
-        [*params, run or ""],
-    ).fetchone()
-    if row is None:
-        if run is None:
-            raise RunNotFoundError(f"no runs recorded in {db_path}")
-        raise RunNotFoundError(
-            f"no run {run!r} in {db_path} (see `accelwatch runs --db {db_path}`)"
-        )
-    (
-        run_id,
-        name,
-        pid,
-        cmdline,
-        cwd,
-        host,
-        started,
-        interval,
-        tags,
-        env,
-        mode,
-        simulated,
-        scenario,
-        ended,
-        exit_code,
-        status,
-    ) = row
-    return RunInfo(
-        run_id=run_id,
-        name=name,
-        pid=pid,
-        cmdline=list(cmdline or []),
-        cwd=cwd or "",
-        host=host or "",
-        started=epoch_seconds(started) or time.time(),
-        interval=interval or 1.0,
-        db_path=str(db_path),
-        tags=json.loads(tags or "{}"),
-        env=json.loads(env or "{}"),
-        mode=mode or "attach",
-        simulated=bool(simulated),
-        scenario=scenario,
-        ended=epoch_seconds(ended),
-        exit_code=exit_code,
-        status=status or "unknown",
     )

@@ -1,8 +1,12 @@
 """``accelwatch report``: a run's summary and its findings, as text, Markdown, HTML or JSON.
 
-The report analyses the run (storing its post-run findings), then summarises it: duration,
-devices, GPU utilization percentiles, energy from the cumulative ``gpu.energy`` counter
-(reset-safe, via the analysis frames), and the share of the run each finding cost.
+Reading a run never writes: the report shows the run's stored post-run findings; a run that
+has none (lost, or never analysed) is analysed in memory from the read-only file; a run being
+recorded (read through its agent's socket) shows what the live analysis found so far. Only the
+recording agent itself, once the run ends, analyses and stores the post-run findings
+(:func:`render_run_text`). The summary: duration, devices, GPU utilization percentiles,
+energy from the cumulative ``gpu.energy`` counter (reset-safe), and the time lost by cause,
+each second counted once.
 """
 
 from __future__ import annotations
@@ -15,16 +19,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import duckdb
-
-from agent.analysis.engine import analyze_run, find_run
+from agent.analysis.engine import analyze_run, finding_windows
 from agent.analysis.finding import Finding
 from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
 from agent.analysis.frame_sql import in_list
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
+from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
+from agent.runs import LocalReadConnection, ReadConnection, find_run, open_read, stored_findings
 from agent.store import connect
 
 JOULES_PER_KWH = 3.6e6
@@ -59,9 +63,9 @@ class RunSummary:
 
 
 def summarize(
-    con: duckdb.DuckDBPyConnection, run: RunInfo, findings: list[Finding], duration_s: float
+    con: ReadConnection, run: RunInfo, findings: list[Finding], duration_s: float
 ) -> RunSummary:
-    """The run's headline numbers; expects the analysis frames (``aw_rated``) on ``con``."""
+    """The run's headline numbers, from plain queries (so they also work over the socket)."""
     plan = accelerator_plan()  # accelerators by entity kind, their utilization by role
     busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
     rows = con.execute(
@@ -72,7 +76,7 @@ def summarize(
            GROUP BY s.entity ORDER BY length(s.entity), s.entity""",
         [run.run_id],
     ).fetchall()
-    energy = _energy_joules(con, plan)
+    energy = _energy_joules(con, run.run_id, plan)
     devices = [
         DeviceSummary(
             entity,
@@ -87,9 +91,7 @@ def summarize(
         f"SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND {busy}",
         [run.run_id],
     ).fetchone()[0] or [None, None]
-    lost: dict[str, float] = {}  # per rule, the worst entity: synchronous peers wait for it
-    for f in findings:
-        lost[f.rule] = max(lost.get(f.rule, 0.0), f.lost_s)
+    lost = lost_by_cause(findings)
     return RunSummary(
         run.run_id,
         run.name,
@@ -107,11 +109,21 @@ def summarize(
     )
 
 
-def _energy_joules(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> dict[str, float]:
-    """Per accelerator, the reset-safe increase of its energy counter (``aw_rated``)."""
+#: Per sample of a counter, its increase since the previous one; a drop is a reset, after
+#: which the counter counted up from zero (so the new value is the increase).
+_INCREASES = """SELECT entity, metric, CASE WHEN d >= 0 THEN d ELSE value END AS inc
+    FROM (SELECT entity, metric, value,
+                 value - lag(value) OVER (PARTITION BY entity, metric ORDER BY ts) AS d
+          FROM samples WHERE run_id = ? AND {where})"""
+
+
+def _energy_joules(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> dict[str, float]:
+    """Per accelerator, the reset-safe increase of its energy counter (by role) over the run."""
+    where = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
     rows = con.execute(
-        f"SELECT entity, sum(inc) FROM aw_rated WHERE metric IN "
-        f"({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate}) GROUP BY entity"
+        f"SELECT entity, sum(inc) FROM ({_INCREASES.format(where=where)}) "
+        "WHERE inc IS NOT NULL GROUP BY entity",
+        [run_id],
     ).fetchall()
     return {entity: float(joules or 0.0) for entity, joules in rows}
 
@@ -120,32 +132,87 @@ def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+#: Rules that name a symptom (the GPU is idle) rather than its cause; a second of lost time
+#: that a cause also explains is attributed to the cause.
+SYMPTOM_RULES = frozenset({STARVATION, IDLE_RESERVED})
+
+
+def lost_by_cause(findings: list[Finding]) -> dict[str, float]:
+    """Seconds lost per rule, each second counted once: causes claim their windows before
+    symptoms, and bigger losses before smaller ones. Per rule the worst entity counts
+    (synchronous peers wait for it)."""
+    worst: dict[str, Finding] = {}
+    for f in findings:
+        if f.lost_s > 0 and (f.rule not in worst or f.lost_s > worst[f.rule].lost_s):
+            worst[f.rule] = f
+    claimed: list[tuple[float, float]] = []
+    out: dict[str, float] = {}
+    for f in sorted(worst.values(), key=lambda f: (f.rule in SYMPTOM_RULES, -f.lost_s, f.rule)):
+        spans = [(_epoch(a), _epoch(b)) for a, b in finding_windows(f)]
+        total = sum(max(0.0, b - a) for a, b in spans)
+        if total <= 0:
+            out[f.rule] = f.lost_s
+            continue
+        free = sum(_uncovered(a, b, claimed) for a, b in spans)
+        out[f.rule] = f.lost_s * free / total
+        claimed.extend(spans)
+    return out
+
+
+def _epoch(ts: datetime) -> float:
+    return ts.replace(tzinfo=timezone.utc).timestamp()
+
+
+def _uncovered(a: float, b: float, claimed: list[tuple[float, float]]) -> float:
+    """Length of ``[a, b)`` outside every claimed interval."""
+    cuts = sorted((max(a, x), min(b, y)) for x, y in claimed if y > a and x < b)
+    free, at = 0.0, a
+    for x, y in cuts:
+        if x > at:
+            free += x - at
+        at = max(at, y)
+    return free + max(0.0, b - at)
+
+
 @dataclass
 class Report:
     run: RunInfo
     summary: RunSummary
     findings: list[Finding]
+    #: Where the findings come from: ``stored`` (the post-run analysis), ``analysed``
+    #: (computed now, in memory) or ``live`` (the live analysis of a run being recorded).
+    findings_from: str = "stored"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run.run_id,
             "summary": asdict(self.summary),
+            "findings_from": self.findings_from,
             "findings": [f.to_dict() for f in self.findings],
         }
 
 
-def build_report(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) -> Report:
-    """Analyse the run (storing its findings) and summarise it."""
-    info = find_run(con, run, db_path)
-    findings = analyze_run(con, info.run_id)
+def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
+    """Summarise a run and its findings without writing anything."""
+    info = find_run(db, run, db_path)
+    findings, live = stored_findings(db, info.run_id)
+    source = "live" if live or (db.via == "agent" and info.ended is None) else "stored"
+    if (live or not findings) and db.duckdb is not None and _is_over(info, db):
+        findings, source = analyze_run(db.duckdb, info.run_id, store=False), "analysed"
     ended = info.ended
     if ended is None:
-        last = con.execute(
+        last = db.execute(
             "SELECT epoch(max(ts)) FROM samples WHERE run_id = ?", [info.run_id]
         ).fetchone()[0]
         ended = last or info.started
-    summary = summarize(con, info, findings, max(0.0, ended - info.started))
-    return Report(info, summary, findings)
+    summary = summarize(db, info, findings, max(0.0, ended - info.started))
+    return Report(info, summary, findings, source)
+
+
+def _is_over(info: RunInfo, db: ReadConnection) -> bool:
+    """Whether the run can't change any more: ended, or read from the file (no agent holds it,
+    so a run still marked running is lost)."""
+    return info.ended is not None or db.via == "file"
 
 
 @dataclass
@@ -217,6 +284,8 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
     ]
     if s.scenario:
         info.append(("simulated", s.scenario))
+    if report.findings_from == "live":
+        info.append(("findings", "live analysis so far (the run is being recorded)"))
     for key, value in info:
         lines.append(f"- {b(key)}: {value}" if markdown else f"  {key:16} {value}")
     if s.devices:
@@ -292,37 +361,34 @@ def _devices_text(s: RunSummary) -> str:
     return f"{len(s.devices)} GPU(s): {', '.join(names)}"
 
 
-def open_existing(db_path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
-    """A read-write connection to an existing database (a report never creates one)."""
+def render_run_text(db_path: str | os.PathLike[str], run_id: str) -> str:
+    """The recording agent's last act: analyse the finished run, store its post-run findings
+    (the only write a report makes, by the process that recorded the run) and return the text."""
     if not os.path.exists(db_path):
         raise StoreError(f"no database at {db_path}")
-    return connect(db_path)
-
-
-def render_run_text(db_path: str | os.PathLike[str], run_id: str) -> str:
-    """Analyse a finished run, store its findings and return the text report."""
-    con = open_existing(db_path)
+    con = connect(db_path)
     try:
-        return render_text(build_report(con, run_id, str(db_path)))
+        analyze_run(con, run_id)
+        return render_text(build_report(LocalReadConnection(con), run_id, str(db_path)))
     finally:
         con.close()
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``accelwatch report [RUN] [--db PATH] [--json] [--format text|md|html] [--out FILE]``."""
-    con = open_existing(args.db)
+    db = open_read(args.db)
     try:
-        report = build_report(con, args.run, str(args.db))
+        report = build_report(db, args.run, str(args.db))
         if args.json:
             text = json.dumps(report.to_json(), indent=2, default=str) + "\n"
         elif args.format == "html":
             from agent.report_html import render_html
 
-            text = render_html(con, report)
+            text = render_html(db, report)
         else:
             text = render_text(report, markdown=args.format == "md")
     finally:
-        con.close()
+        db.close()
     if args.out:
         try:
             with open(args.out, "w", encoding="utf-8") as fh:

@@ -13,6 +13,7 @@ import duckdb
 from agent.analysis.engine import finding_windows
 from agent.analysis.finding import Finding
 from agent.report import Report, group_findings, render_text
+from agent.runs import ReadConnection
 
 WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 920, 170, 64, 16, 12, 26
 MAX_POINTS = 600
@@ -58,6 +59,18 @@ CHARTS: tuple[Chart, ...] = (
     Chart("Disk writes", "aw_host", "disk_write", "MB/s", 1e-6, entity="'host'"),
     Chart("Step time", "aw_steps", "step_time", "s"),
 )
+
+
+def _ensure_frames(con: duckdb.DuckDBPyConnection, report: Report) -> None:
+    """Build the run's ``aw_*`` frames (temp tables, in memory) unless the analysis did."""
+    from agent.analysis.engine import choose_bucket_s, post_run_resources, run_bounds
+    from agent.analysis.frame import Window, build_frames
+
+    if report.findings_from == "analysed":
+        return
+    duration, interval = run_bounds(con, report.run.run_id)
+    with post_run_resources(con):
+        build_frames(con, Window(report.run.run_id, choose_bucket_s(duration, interval)))
 
 
 def _series(
@@ -147,15 +160,21 @@ def svg_chart(
     )
 
 
-def render_html(con: duckdb.DuckDBPyConnection, report: Report) -> str:
-    """The report page; expects the run's analysis frames on ``con`` (``build_report`` made them)."""
+def render_html(db: ReadConnection, report: Report) -> str:
+    """The report page. Its charts read the analysis frames, built in memory on a local
+    read-only connection (never stored); over a recording agent's socket there are none."""
     t0, t1 = report.run.started, report.run.started + report.summary.duration_s
     width_s = max(1.0, (t1 - t0) / MAX_POINTS)
     charts = []
-    for chart in CHARTS:
-        series = _series(con, chart, width_s)
-        if series:
-            charts.append(svg_chart(chart, series, t0, t1, report.findings))
+    con = db.duckdb
+    if con is not None:
+        _ensure_frames(con, report)
+        for chart in CHARTS:
+            series = _series(con, chart, width_s)
+            if series:
+                charts.append(svg_chart(chart, series, t0, t1, report.findings))
+    else:
+        charts.append("<p>Charts appear once the recording ends (it is being recorded).</p>")
     cards = []
     for g in group_findings(report.findings):
         f = g.first

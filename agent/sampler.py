@@ -19,6 +19,8 @@ TickSink = Callable[[float, list[Batch]], None]
 class SamplerStats:
     ticks: int = 0
     missed_ticks: int = 0
+    #: Stretches of missed ticks, each noted as a ``gap`` event.
+    gaps: int = 0
     samples: int = 0
     disabled: dict[str, str] = field(default_factory=dict)
     collect_seconds: float = 0.0
@@ -31,7 +33,7 @@ class Sampler:
     """Calls every collector once per tick and hands the batches to the sinks.
 
     Ticks are scheduled at ``t0 + k * interval`` so they do not drift; a tick that would
-    start late is skipped and counted. A collector that raises is disabled with an
+    start late is skipped and counted, and each stretch of skipped ticks is a ``gap`` event. A collector that raises is disabled with an
     ``collector_disabled`` warning event; the others go on.
     """
 
@@ -93,6 +95,7 @@ class Sampler:
         return {
             "ticks": self.stats.ticks,
             "missed_ticks": self.stats.missed_ticks,
+            "gaps": self.stats.gaps,
             "samples": self.stats.samples,
             "cpu_seconds": round(self.stats.cpu_seconds, 6),
             "disabled": dict(self.stats.disabled),
@@ -114,17 +117,37 @@ class Sampler:
     def _loop(self) -> None:
         t0 = time.monotonic()
         k = 0
+        last_wall: float | None = None
         while not self._stop.is_set():
-            self.step()
+            k = self._reschedule(t0, k, time.monotonic(), last_wall)
+            last_wall = self.clock()
+            self.step(last_wall)
             k += 1
-            next_at = t0 + k * self.interval
-            now = time.monotonic()
-            if now > next_at:  # fell behind: skip the ticks we cannot make
-                skipped = int((now - next_at) // self.interval) + 1
-                self.stats.missed_ticks += skipped
-                k += skipped
-                next_at = t0 + k * self.interval
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            self._stop.wait(max(0.0, t0 + k * self.interval - time.monotonic()))
+
+    def _reschedule(self, t0: float, k: int, now: float, last_tick_wall: float | None) -> int:
+        """The schedule slot for a tick taken at monotonic time ``now``, tick ``k`` being due.
+
+        Slots that passed while the agent could not tick (it was stopped, or a tick overran)
+        are skipped, counted, and noted as one ``gap`` event — ``start``: when the first
+        missed tick was due (wall clock), ``seconds``: the span of missed ticks,
+        ``missed_ticks``, ``late_s`` — so the report and the UI can show the hole."""
+        late = now - (t0 + k * self.interval)
+        if late < self.interval:
+            return k
+        skipped = int(late // self.interval)
+        self.stats.missed_ticks += skipped
+        self.stats.gaps += 1
+        start = (self.clock() - late) if last_tick_wall is None else last_tick_wall + self.interval
+        self.note(
+            "gap",
+            "agent",
+            start=round(start, 6),
+            seconds=round(skipped * self.interval, 6),
+            missed_ticks=skipped,
+            late_s=round(late, 6),
+        )
+        return k + skipped
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,35 +1,45 @@
-"""DuckDB store: one embedded file, versioned schema, a writer thread that flushes Arrow batches.
+"""DuckDB store: one embedded file, versioned schema, private files, and the run's liveness.
 
 Physical tables are append-only; the public SQL interface is the views ``runs``, ``samples``,
-``events``, ``entities`` and the ``findings`` table (documented in the README).
+``events``, ``entities`` and the ``findings`` table (documented in the README). The writer
+(:class:`Store`, in :mod:`agent.store_writer`) is re-exported here.
+
+Every file the agent creates (the database, its ``.wal``, DuckDB's spill directory
+``<db>.tmp``) is private from the first byte: :func:`connect` sets the process umask to 0o077
+once; a launched job gets the user's own umask back through :func:`user_umask`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import queue
+import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
-import numpy as np
 
-from agent.errors import StoreError, StoreInUseError
-from agent.model import SAMPLE_COLUMNS, Batch, Event, RunInfo
+from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DUCKDB_MAGIC = b"DUCK"
+#: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
+DUCKDB_MIN_SIZE = 3 * 4096
 MAX_FLUSH_INTERVAL = 2.0
 AGENT_DB_THREADS = 1
 AGENT_DB_MEMORY = "32MB"
-#: Checkpoint the WAL early: written rows stay in memory until a checkpoint.
-AGENT_DB_CHECKPOINT = "4MB"
+#: The writer checkpoints the WAL itself once it passes this size (written rows stay in memory
+#: until a checkpoint); DuckDB's own auto-checkpoint is off, since a failed auto-checkpoint
+#: invalidates the whole database instance.
+AGENT_DB_CHECKPOINT_BYTES = 4 * 2**20
+#: A run whose heartbeat is older than this, with no agent holding the file, is ``lost``.
+HEARTBEAT_STALE_S = 5 * MAX_FLUSH_INTERVAL
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS accelwatch_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS run_log (
     run_id VARCHAR, name VARCHAR, mode VARCHAR, pid INTEGER, cmdline VARCHAR[], cwd VARCHAR,
@@ -46,9 +56,6 @@ CREATE TABLE IF NOT EXISTS findings (
     run_id VARCHAR, rule VARCHAR, severity VARCHAR, entity VARCHAR,
     start_ts TIMESTAMP, end_ts TIMESTAMP, summary VARCHAR, evidence VARCHAR,
     next_step VARCHAR, live BOOLEAN, detected TIMESTAMP);
-CREATE OR REPLACE VIEW runs AS
-    SELECT * EXCLUDE (logged) FROM run_log QUALIFY row_number() OVER (
-        PARTITION BY run_id ORDER BY logged DESC) = 1;
 CREATE OR REPLACE VIEW samples AS
     SELECT run_id, ts, source, entity, metric, value FROM sample_values;
 CREATE OR REPLACE VIEW events AS SELECT run_id, ts, kind, entity, detail FROM event_log;
@@ -57,6 +64,73 @@ CREATE OR REPLACE VIEW entities AS
            min(ts) AS first_seen, max(ts) AS last_seen
     FROM entity_log GROUP BY ALL;
 """
+
+#: Version 2: who records each run (host, pid) and its heartbeat, so a reader can tell a run
+#: whose agent died (``kill -9``) from one still recording; ``lost_ticks`` counts what a store
+#: failure (disk full) cost. New ``runs`` columns come after the documented ones.
+_SCHEMA_V2 = """
+ALTER TABLE run_log ADD COLUMN IF NOT EXISTS agent_host VARCHAR;
+ALTER TABLE run_log ADD COLUMN IF NOT EXISTS agent_pid INTEGER;
+ALTER TABLE run_log ADD COLUMN IF NOT EXISTS lost_ticks BIGINT;
+CREATE TABLE IF NOT EXISTS run_heartbeat (
+    run_id VARCHAR, heartbeat TIMESTAMP, last_sample TIMESTAMP);
+CREATE OR REPLACE VIEW runs AS
+    SELECT r.run_id, r.name, r.mode, r.pid, r.cmdline, r.cwd, r.host, r.started, r.ended,
+           r.exit_code, r.status, r.interval_s, r.tags, r.env, r.simulated, r.scenario,
+           h.last_sample, r.agent_host, r.agent_pid, h.heartbeat, r.lost_ticks
+    FROM run_log r LEFT JOIN run_heartbeat h ON h.run_id = r.run_id
+    QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.logged DESC) = 1;
+"""
+
+_V1_RUNS_VIEW = """
+CREATE OR REPLACE VIEW runs AS
+    SELECT * EXCLUDE (logged) FROM run_log QUALIFY row_number() OVER (
+        PARTITION BY run_id ORDER BY logged DESC) = 1;
+"""
+
+#: Columns the ``runs`` view gained in schema 2 (absent when reading a version-1 file).
+RUNS_V2_COLUMNS = ("last_sample", "agent_host", "agent_pid", "heartbeat", "lost_ticks")
+
+# -- private files -------------------------------------------------------------------------
+
+_umask_lock = threading.Lock()
+_user_umask: int | None = None
+
+
+def make_files_private() -> None:
+    """Set the process umask to 0o077 (once), remembering the user's for launched jobs."""
+    global _user_umask
+    with _umask_lock:
+        if _user_umask is None:
+            _user_umask = os.umask(0o077)
+
+
+def user_umask() -> int:
+    """The umask the user started accelwatch with (what a launched job must get)."""
+    with _umask_lock:
+        if _user_umask is not None:
+            return _user_umask
+        current = os.umask(0o022)
+        os.umask(current)
+        return current
+
+
+def temp_directory(path: Path) -> Path:
+    """DuckDB's spill directory for ``path``: ``<db>.tmp``, created 0700 by us."""
+    return path.with_name(path.name + ".tmp")
+
+
+def _private_temp_dir(path: Path) -> str | None:
+    tmp = temp_directory(path)
+    try:
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(tmp, 0o700)
+    except OSError:
+        return None
+    return str(tmp)
+
+
+# -- opening -------------------------------------------------------------------------------
 
 
 def _us(ts: float) -> int:
@@ -67,13 +141,16 @@ def _check_path(path: Path, *, must_exist: bool) -> None:
     if path.is_dir():
         raise StoreError(f"{path} is a directory, not a database file")
     if path.exists():
-        if path.stat().st_size > 0:
+        size = path.stat().st_size
+        if size > 0:
             with path.open("rb") as fh:
                 head = fh.read(12)
             if head[8:12] != DUCKDB_MAGIC:
                 raise StoreError(
                     f"{path} is not an accelwatch/DuckDB database; refusing to touch it"
                 )
+            if size < DUCKDB_MIN_SIZE:
+                raise StoreCorruptError(_corrupt(path, f"truncated to {size} bytes"))
         return
     if must_exist:
         raise StoreError(f"no database at {path}")
@@ -84,51 +161,90 @@ def _check_path(path: Path, *, must_exist: bool) -> None:
         raise StoreError(f"cannot create {path}: directory {parent} is not writable")
 
 
+def _corrupt(path: Path, why: str) -> str:
+    return (
+        f"{path} is damaged ({why}); accelwatch will not read or write it "
+        "(restore a copy, or record into another --db)"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open (or create, mode 0600) an accelwatch database with clear errors."""
+    """Open (or create, mode 0600) an accelwatch database with clear errors.
+
+    A damaged file (truncated, bad header, a block DuckDB cannot read) is a one-line
+    :class:`StoreCorruptError` here, before any command uses it."""
     p = Path(path)
     try:
         _check_path(p, must_exist=read_only)
     except PermissionError as exc:
         raise StoreError(f"cannot access {p}: permission denied ({exc.filename})") from None
     existed = p.exists()
-    if not existed and not read_only and not os.access(p.parent if str(p.parent) else ".", os.W_OK):
-        raise StoreError(f"cannot create {p}: directory is not writable")
-    old_umask = os.umask(0o077)
+    make_files_private()
+    config: dict[str, Any] = {
+        "threads": AGENT_DB_THREADS,
+        "memory_limit": AGENT_DB_MEMORY,
+        # Appends need not keep row order within a statement: less memory per insert.
+        "preserve_insertion_order": False,
+    }
+    if not read_only:
+        tmp = _private_temp_dir(p)
+        if tmp is not None:
+            config["temp_directory"] = tmp
+        config["checkpoint_threshold"] = "1TB"  # the writer checkpoints itself
     try:
-        con = duckdb.connect(str(p), read_only=read_only)
+        con = duckdb.connect(str(p), read_only=read_only, config=config)
     except duckdb.Error as exc:
-        msg = str(exc)
-        if "lock" in msg.lower():
-            raise StoreInUseError(
-                f"{p} is in use by another accelwatch agent (one writer per database file); "
-                "use another --db"
-            ) from None
-        if "not a valid DuckDB" in msg:
-            raise StoreError(
-                f"{p} is not an accelwatch/DuckDB database; refusing to touch it"
-            ) from None
-        raise StoreError(f"cannot open {p}: {msg.splitlines()[0]}") from None
-    finally:
-        os.umask(old_umask)
+        raise _open_error(p, exc) from None
     if not existed:
         with contextlib.suppress(OSError):
             os.chmod(p, 0o600)
-    # The agent shares the machine with the job it watches: one thread, a small buffer pool.
-    con.execute(
-        f"SET threads = {AGENT_DB_THREADS}; SET memory_limit = '{AGENT_DB_MEMORY}'; "
-        f"SET checkpoint_threshold = '{AGENT_DB_CHECKPOINT}'"
-    )
     try:
         _migrate(con, read_only=read_only, path=p)
+        _verify(con, p)
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreCorruptError(_corrupt(p, _first_line(exc))) from None
     except BaseException:
         con.close()
         raise
     return con
 
 
+def _open_error(p: Path, exc: duckdb.Error) -> StoreError:
+    msg = _first_line(exc)
+    low = str(exc).lower()
+    if "lock" in low:
+        return StoreInUseError(
+            f"{p} is in use by another accelwatch agent (one writer per database file); "
+            "use another --db"
+        )
+    if "not a valid duckdb" in low:
+        return StoreError(f"{p} is not an accelwatch/DuckDB database; refusing to touch it")
+    if "permission denied" in low:
+        return StoreError(f"cannot open {p}: permission denied")
+    if isinstance(exc, duckdb.IOException) and "no space" in low:
+        return StoreError(f"cannot open {p}: no space left on device")
+    return StoreCorruptError(_corrupt(p, msg))
+
+
+def _verify(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Read what every command reads first, so damage shows here and not as a traceback later.
+
+    The run table is read whole (small); the large tables by their last rows' timestamps,
+    which makes DuckDB load and checksum their newest blocks."""
+    con.execute("SELECT count(*), max(logged) FROM run_log").fetchall()
+    for table in ("sample_values", "event_log", "entity_log"):
+        con.execute(f"SELECT count(*), max(ts), max(length(run_id)) FROM {table}").fetchall()
+
+
 def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> None:
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    version = 0
     if "accelwatch_meta" in tables:
         row = con.execute(
             "SELECT value FROM accelwatch_meta WHERE key = 'schema_version'"
@@ -148,198 +264,113 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
     if read_only:
         if not tables:
             raise StoreError(f"{path} holds no accelwatch data")
-        return
-    con.execute(_SCHEMA)
+        return  # an older file is read as it is (see RUNS_V2_COLUMNS)
+    if version < 1:
+        con.execute(_SCHEMA_V1)
+        con.execute(_V1_RUNS_VIEW)
+    con.execute(_SCHEMA_V2)
     con.execute(
         "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
     )
     con.execute("CHECKPOINT")
 
 
-class Store:
-    """Owns the write connection; ``submit`` never blocks the sampler.
+# -- liveness of a recorded run ------------------------------------------------------------
 
-    Batches go through a bounded queue to a writer thread that inserts them with
-    ``INSERT ... SELECT`` from Arrow at least every ``flush_interval`` seconds, so ``kill -9``
-    of the agent loses at most that much. When the queue is full the oldest tick is dropped
-    and counted (``dropped_ticks``), so memory stays bounded whatever the disk does.
-    """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        flush_interval: float = 1.0,
-        max_pending_ticks: int = 300,
-    ) -> None:
-        if not 0 < flush_interval <= MAX_FLUSH_INTERVAL:
-            raise ValueError(f"flush_interval must be in (0, {MAX_FLUSH_INTERVAL}]")
-        self.path = Path(path)
-        self.con = connect(self.path)
-        self.flush_interval = flush_interval
-        self._queue: queue.Queue[tuple[str, list[Batch]] | None] = queue.Queue(max_pending_ticks)
-        self._thread: threading.Thread | None = None
-        self._write_lock = threading.Lock()
-        self.rows_written = 0
-        self.flushes = 0
-        self.dropped_ticks = 0
-        self.last_error: str | None = None
+def this_host() -> str:
+    return socket.gethostname()
 
-    # -- runs
-    def write_run(self, run: RunInfo) -> None:
-        """Append the run's current state; the ``runs`` view shows the latest per run."""
-        with self._write_lock:
-            self.con.execute(
-                "INSERT INTO run_log VALUES (?, ?, ?, ?, ?, ?, ?, make_timestamp(?), "
-                "make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, make_timestamp(?))",
-                [
-                    run.run_id,
-                    run.name,
-                    run.mode,
-                    run.pid,
-                    run.cmdline,
-                    run.cwd,
-                    run.host,
-                    _us(run.started),
-                    None if run.ended is None else _us(run.ended),
-                    run.exit_code,
-                    run.status,
-                    run.interval,
-                    json.dumps(run.tags),
-                    json.dumps(run.env),
-                    run.simulated,
-                    run.scenario,
-                    _us(time.time()),
-                ],
-            )
 
-    # -- samples
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._writer_loop, name="accelwatch-store", daemon=True
-        )
-        self._thread.start()
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    return float(value)
 
-    def submit(self, run_id: str, batches: list[Batch]) -> None:
-        """Queue one tick for writing; drop the oldest tick if the writer is behind."""
-        while True:
-            try:
-                self._queue.put_nowait((run_id, batches))
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    self.dropped_ticks += 1
-                except queue.Empty:
-                    pass
 
-    def _writer_loop(self) -> None:
-        pending: list[tuple[str, list[Batch]]] = []
-        deadline = time.monotonic() + self.flush_interval
-        stop = False
-        while not stop:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-                if item is None:
-                    stop = True
-                else:
-                    pending.append(item)
-            except queue.Empty:
-                pass
-            if stop or time.monotonic() >= deadline:
-                if pending:
-                    self._flush_safely(pending)
-                    pending = []
-                deadline = time.monotonic() + self.flush_interval
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (zombies count as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[-1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
-    def _flush_safely(self, ticks: list[tuple[str, list[Batch]]]) -> None:
-        try:
-            self.write_ticks(ticks)
-        except Exception as exc:  # keep sampling; report the failure once per kind
-            self.last_error = f"{type(exc).__name__}: {exc}"
 
-    def write_ticks(self, ticks: Iterable[tuple[str, list[Batch]]]) -> int:
-        """Write ticks now (also used directly by tests and importers). Returns rows written."""
-        by_run: dict[str, list[Batch]] = {}
-        for run_id, batches in ticks:
-            by_run.setdefault(run_id, []).extend(batches)
-        total = 0
-        with self._write_lock:
-            self.con.begin()
-            try:
-                for run_id, batches in by_run.items():
-                    total += self._insert(run_id, batches)
-                self.con.commit()
-            except BaseException:
-                self.con.rollback()
-                raise
-        self.rows_written += total
-        self.flushes += 1
-        return total
+def effective_status(
+    row: Mapping[str, Any], now: float | None = None, *, locked: bool = False
+) -> str:
+    """A run's status as a reader should show it: ``lost`` for a ``running`` run whose agent
+    is gone, else the recorded status (``running``, ``finished``, ``stopped``, ``incomplete``).
 
-    def _insert(self, run_id: str, batches: list[Batch]) -> int:
-        columns = [b.to_columns() for b in batches if len(b)]
-        n = 0
-        if columns:
-            tick_samples = {  # noqa: F841 - read by DuckDB's replacement scan
-                name: np.concatenate([c[name] for c in columns]) for name in SAMPLE_COLUMNS
-            }
-            self.con.execute(
-                "INSERT INTO sample_values SELECT ?, ts, source, entity, metric, value "
-                "FROM tick_samples",
-                [run_id],
-            )
-            n = len(tick_samples["value"])
-        events = [e for b in batches for e in b.events]
-        if events:
-            self._insert_events(run_id, events)
-        attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
-        if attrs:
-            tick_entities = {  # noqa: F841
-                "ts": np.array([_us(ts) for ts, *_ in attrs], dtype="datetime64[us]"),
-                "source": np.array([s for _, s, _, _ in attrs], dtype=object),
-                "entity": np.array([e for _, _, e, _ in attrs], dtype=object),
-                "attrs": np.array(
-                    [json.dumps(dict(a), default=str) for *_, a in attrs], dtype=object
-                ),
-            }
-            self.con.execute(
-                "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM tick_entities",
-                [run_id],
-            )
-        return n
+    ``row`` is a ``runs`` row as a mapping (``status``, ``agent_host``, ``agent_pid``,
+    ``heartbeat``; the last three may be missing in a version-1 file). ``locked``: the reader
+    knows an agent holds the database file (it went through the agent's socket, or opening
+    read-only failed with "in use"). The agent is gone when it ran on this host and its pid is
+    not alive, or when its heartbeat (written on every flush) is older than
+    :data:`HEARTBEAT_STALE_S` and nothing holds the file."""
+    status = str(row.get("status") or "")
+    if status != "running":
+        return status
+    now = time.time() if now is None else now
+    heartbeat = _epoch(row.get("heartbeat"))
+    stale = heartbeat is None or now - heartbeat > HEARTBEAT_STALE_S
+    pid, host = row.get("agent_pid"), row.get("agent_host")
+    if pid and host == this_host():
+        if not pid_alive(int(pid)):
+            return "lost"
+        return "lost" if stale and not locked and pid != os.getpid() else "running"
+    return "lost" if stale and not locked else "running"
 
-    def _insert_events(self, run_id: str, events: list[Event]) -> None:
-        tick_events = {  # noqa: F841
-            "ts": np.array([_us(e.ts) for e in events], dtype="datetime64[us]"),
-            "kind": np.array([e.kind for e in events], dtype=object),
-            "entity": np.array([e.entity for e in events], dtype=object),
-            "detail": np.array([e.detail_json() for e in events], dtype=object),
-        }
-        self.con.execute(
-            "INSERT INTO event_log SELECT ?, ts, kind, entity, detail FROM tick_events", [run_id]
-        )
 
-    def write_events(self, run_id: str, events: list[Event]) -> None:
-        """Write events now, outside the tick queue (run start/end, agent warnings)."""
-        with self._write_lock:
-            self._insert_events(run_id, events)
+def list_runs(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: float | None = None,
+    locked: bool = False,
+    where: str = "",
+    params: list[Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of ``runs`` (ordered by start) as dicts, ``status`` replaced by
+    :func:`effective_status` (``recorded_status`` keeps the stored one). A version-1 file gets
+    the schema-2 columns as None; a lost run's ``last_sample`` falls back to its newest sample."""
+    cur = con.execute(f"SELECT * FROM runs {where} ORDER BY started", params or [])
+    cols = [d[0] for d in cur.description]
+    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    for r in rows:
+        for c in RUNS_V2_COLUMNS:
+            r.setdefault(c, None)
+        r["recorded_status"] = r["status"]
+        r["status"] = effective_status(r, now, locked=locked)
+        if r["status"] == "lost" and r["last_sample"] is None:
+            got = con.execute(
+                "SELECT max(ts) FROM sample_values WHERE run_id = ?", [r["run_id"]]
+            ).fetchone()
+            r["last_sample"] = got[0] if got else None
+    return rows
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A cursor for another thread (TUI history, live analysis) on the same database."""
-        return self.con.cursor()
 
-    def close_writer(self) -> None:
-        """Flush everything queued and stop the writer thread; the connection stays open."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+from agent.store_writer import Store  # noqa: E402  (re-export; the writer needs connect)
 
-    def close(self) -> None:
-        """Flush everything queued, stop the writer, checkpoint and close."""
-        self.close_writer()
-        with self._write_lock, contextlib.suppress(duckdb.Error):
-            self.con.execute("CHECKPOINT")
-        self.con.close()
+__all__ = [
+    "SCHEMA_VERSION",
+    "Store",
+    "connect",
+    "effective_status",
+    "list_runs",
+    "make_files_private",
+    "user_umask",
+]

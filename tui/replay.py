@@ -1,16 +1,20 @@
 """``accelwatch view``: the same screen over a recorded run, read-only, with a time cursor.
 
 The cursor starts at the end of the run (everything it found is listed). ``←``/``→`` move a
-tick, ``[``/``]`` jump between findings, ``p`` plays the run forward; the evidence of a
-finding offers ``j`` to jump to its start.
+tick, ``[``/``]`` jump between findings (to the first tick where the finding shows), ``p``
+plays the run forward; the evidence of a finding offers ``j`` to jump to its start. A run still
+being recorded is followed: new ticks arrive and a cursor at the end stays at the end.
 """
 
 from __future__ import annotations
+
+import sys
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 
+from agent.errors import UsageError
 from agent.recorded import RecordedReader
 from tui.app import AccelwatchApp, FrameReady
 from tui.widgets.cursor import TimeCursor
@@ -45,9 +49,15 @@ class ReplayApp(AccelwatchApp):
         self.query_one(TimeCursor).focus()
 
     def state_label(self) -> str:
+        if self.recorded.following and not self.playing:
+            return "● FOLLOWING" if self._at_end() else "⏸ FOLLOWING"
         return "▶ REPLAY" if self.playing else "⏸ REPLAY"
 
+    def _at_end(self) -> bool:
+        return self.recorded.cursor >= len(self.recorded.ticks) - 1
+
     def request_frame(self) -> None:
+        self.header.show(state=self.state_label())
         self._show_cursor()
         self._load_frame(self.window_s)
 
@@ -117,13 +127,20 @@ class ReplayApp(AccelwatchApp):
 
     def jump_to(self, ts: float | None) -> None:
         if ts is not None:
-            self.recorded.seek_time(ts)
+            self.recorded.seek_start_of(ts)
             self.request_frame()
 
 
 def run_replay(db_path: str, run: str | None) -> int:
-    """Open the UI over a recorded run; errors (missing DB, unknown run) raise before it opens."""
+    """Open the UI over a recorded run; errors (missing DB, unknown run, no terminal) raise
+    before it opens (Textual without a terminal would write escape codes forever)."""
     reader = RecordedReader.open(db_path, run)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        reader.close()
+        raise UsageError(
+            "view needs a terminal (stdin and stdout); in scripts use `accelwatch report` "
+            "or `accelwatch sql`"
+        )
     try:
         return ReplayApp(reader).run() or 0
     finally:

@@ -9,7 +9,6 @@ SQL into episodes (islands of flagged buckets), so no rule loops over samples in
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ import duckdb
 from agent.analysis.finding import Finding, Severity, sort_findings, store_findings
 from agent.analysis.frame import FrameInfo, Window, build_frames, naive_utc
 from agent.analysis.thresholds import EPISODE_GAP_S, MIN_EPISODE_S
-from agent.model import RunInfo
+from agent.runs import find_run
+
+__all__ = ["Rule", "analyze", "analyze_run", "find_run"]  # find_run: one lookup, in agent.runs
 
 #: Post-run bucket sizes; the smallest that keeps a run under MAX_BUCKETS per entity.
 NICE_BUCKETS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
@@ -222,62 +223,6 @@ def _apply_supersedes(findings: list[Finding], rules: Sequence[Rule]) -> list[Fi
         )
 
     return [f for f in findings if not covered(f)]
-
-
-def find_run(con: duckdb.DuckDBPyConnection, run: str | None, db_path: str) -> RunInfo:
-    """The run with this id or name (the latest of that name), or the latest run."""
-    from agent.recorded import RunNotFoundError
-
-    where, params = ("", []) if run is None else ("WHERE run_id = ? OR name = ?", [run, run])
-    row = con.execute(
-        "SELECT run_id, name, pid, cmdline, cwd, host, epoch(started), interval_s, tags, env, "
-        f"mode, simulated, scenario, epoch(ended), exit_code, status FROM runs {where} "
-        "ORDER BY (run_id = ?) DESC, started DESC LIMIT 1",
-        [*params, run or ""],
-    ).fetchone()
-    if row is None:
-        if run is None:
-            raise RunNotFoundError(f"no runs recorded in {db_path}")
-        raise RunNotFoundError(
-            f"no run {run!r} in {db_path} (see `accelwatch runs --db {db_path}`)"
-        )
-    (
-        run_id,
-        name,
-        pid,
-        cmdline,
-        cwd,
-        host,
-        started,
-        interval,
-        tags,
-        env,
-        mode,
-        simulated,
-        scenario,
-        ended,
-        exit_code,
-        status,
-    ) = row
-    return RunInfo(
-        run_id=run_id,
-        name=name,
-        pid=pid,
-        cmdline=list(cmdline or []),
-        cwd=cwd or "",
-        host=host or "",
-        started=float(started),
-        interval=interval or 1.0,
-        db_path=db_path,
-        tags=json.loads(tags or "{}"),
-        env=json.loads(env or "{}"),
-        mode=mode or "attach",
-        simulated=bool(simulated),
-        scenario=scenario,
-        ended=None if ended is None else float(ended),
-        exit_code=exit_code,
-        status=status or "unknown",
-    )
 
 
 def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[float, float]:

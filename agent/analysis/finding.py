@@ -1,4 +1,9 @@
-"""What a rule reports: a :class:`Finding` with its evidence, and how findings are stored."""
+"""What a rule reports: a :class:`Finding` with its evidence, and how findings are stored.
+
+The one finding type of accelwatch: the rules emit it, the store keeps it, the report, the
+exporters and the TUI show it (``agent.reader`` re-exports it for viewers). One severity
+order: :data:`SEVERITY_RANK`, higher is worse.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import duckdb
+if TYPE_CHECKING:
+    import duckdb
 
 Severity = Literal["info", "warning", "critical"]
-SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
+#: Higher is worse; unknown severities (from foreign mappings) rank with ``info``.
+SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,8 @@ class Finding:
     severity: Severity
     entity: str
     start: datetime
-    end: datetime
+    #: None while a live finding is still open (viewers show "now").
+    end: datetime | None
     summary: str
     next_step: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
@@ -35,7 +43,46 @@ class Finding:
 
     @property
     def duration_s(self) -> float:
+        if self.end is None:
+            return 0.0
         return max(0.0, (self.end - self.start).total_seconds())
+
+    @property
+    def start_ts(self) -> float:
+        """The start as epoch seconds (``start`` is naive UTC)."""
+        return self.start.replace(tzinfo=timezone.utc).timestamp()
+
+    @property
+    def end_ts(self) -> float | None:
+        return None if self.end is None else self.end.replace(tzinfo=timezone.utc).timestamp()
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Finding:
+        """A finding from a mapping (``to_dict()`` output, a live context entry, a JSON row);
+        tolerant of strings for evidence and numbers or ISO strings for times."""
+        evidence: Any = raw.get("evidence") or {}
+        if isinstance(evidence, str):
+            try:
+                evidence = json.loads(evidence)
+            except ValueError:
+                evidence = {"text": evidence}
+        if not isinstance(evidence, Mapping):
+            evidence = {"value": evidence}
+        evidence = dict(evidence)
+        lost = raw.get("lost_s", evidence.pop("lost_s", 0.0))
+        start = naive_utc(raw.get("start_ts", raw.get("start")))
+        return cls(
+            rule=str(raw.get("rule", "")),
+            severity=str(raw.get("severity", "info")).lower(),  # type: ignore[arg-type]
+            entity=str(raw.get("entity") or ""),
+            start=start or datetime(1970, 1, 1),
+            end=naive_utc(raw.get("end_ts", raw.get("end"))),
+            summary=str(raw.get("summary", "")),
+            next_step=str(raw.get("next_step") or ""),
+            evidence=evidence,
+            lost_s=float(lost or 0.0),
+            live=bool(raw.get("live", False)),
+        )
 
     def evidence_json(self) -> str:
         return json.dumps(
@@ -54,7 +101,7 @@ class Finding:
             "evidence": json.loads(self.evidence_json()),
             "next_step": self.next_step,
             "start_ts": self.start.isoformat(),
-            "end_ts": self.end.isoformat(),
+            "end_ts": None if self.end is None else self.end.isoformat(),
             "lost_s": round(self.lost_s, 3),
             "live": self.live,
         }
@@ -71,10 +118,57 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def naive_utc(value: Any) -> datetime | None:
+    """A naive-UTC datetime from epoch seconds, an ISO string or a datetime (naive = UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), timezone.utc).replace(tzinfo=None)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+    return None
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_RANK.get(severity, 0)
+
+
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Worst first, then most time lost, then earliest."""
+    """Worst first, then most time lost, then earliest (reports, exports)."""
     return sorted(
-        findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.lost_s, f.start, f.rule, f.entity)
+        findings, key=lambda f: (-_rank(f.severity), -f.lost_s, f.start, f.rule, f.entity)
+    )
+
+
+def order_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Worst first, then newest first (what a viewer lists on top)."""
+    return sorted(findings, key=lambda f: (-_rank(f.severity), -f.start_ts))
+
+
+def finding_from_row(row: Sequence[Any]) -> Finding:
+    """A finding from a ``findings`` row: rule, severity, entity, start_ts, end_ts, summary,
+    next_step, evidence, live (further columns ignored)."""
+    rule, severity, entity, start, end, summary, next_step, evidence, is_live = row[:9]
+    ev = json.loads(evidence or "{}") if isinstance(evidence, str) else dict(evidence or {})
+    lost = float(ev.pop("lost_s", 0.0) or 0.0)
+    return Finding(
+        rule,
+        severity,
+        entity,
+        naive_utc(start) or datetime(1970, 1, 1),
+        naive_utc(end),
+        summary,
+        next_step or "",
+        ev,
+        lost,
+        bool(is_live),
     )
 
 
@@ -119,11 +213,4 @@ def load_findings(
         "FROM findings WHERE run_id = ? AND live = ?",
         [run_id, live],
     ).fetchall()
-    out = []
-    for rule, severity, entity, start, end, summary, next_step, evidence, is_live in rows:
-        ev = json.loads(evidence or "{}")
-        lost = float(ev.pop("lost_s", 0.0) or 0.0)
-        out.append(
-            Finding(rule, severity, entity, start, end, summary, next_step, ev, lost, bool(is_live))
-        )
-    return sort_findings(out)
+    return sort_findings(finding_from_row(r) for r in rows)

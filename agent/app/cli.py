@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "md", "html"), default="text")
     p.add_argument("--out", metavar="FILE")
 
+    p = sub.add_parser(
+        "sql", help="run one read-only SQL statement (also while a run is being recorded)"
+    )
+    p.add_argument("query", metavar="SQL", help='one read statement, e.g. "SELECT ..."')
+    _add_db(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="rows as a JSON array of objects")
+    fmt.add_argument("--csv", action="store_true", help="rows as CSV with a header line")
+
     p = sub.add_parser("view", help="open the terminal UI over a recorded run")
     p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
     _add_db(p)

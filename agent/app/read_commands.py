@@ -9,37 +9,111 @@ import argparse
 from pathlib import Path
 
 from agent.app.cli import print_json
-from agent.errors import StoreError
+from agent.errors import StoreError, UsageError
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from agent.store import connect
+    from agent.runs import last_sample_time, list_runs, mark_lost_runs, open_read
 
-    con = connect(args.db, read_only=True)
+    db = open_read(args.db)
     try:
-        rows = con.execute(
-            "SELECT run_id, name, mode, pid, host, started, ended, status, exit_code, "
-            "simulated, scenario, tags FROM runs ORDER BY started"
-        ).fetchall()
-        cols = [d[0] for d in con.description]
+        records = mark_lost_runs(list_runs(db), db.via)
+        for r in records:
+            if r["status"] == "lost":
+                last = last_sample_time(db, r["run_id"])
+                r["last_sample"] = None if last is None else _utc(last)
     finally:
-        con.close()
-    records = [dict(zip(cols, r)) for r in rows]
+        db.close()
     if args.json:
         print_json(records)
         return 0
     if not records:
         print(f"no runs in {args.db}")
         return 0
-    print(f"{'RUN ID':24} {'NAME':20} {'MODE':6} {'PID':>7} {'STARTED':19} {'STATUS':9} SIM")
+    print(f"{'RUN ID':24} {fit('NAME', 20)} {'MODE':6} {'PID':>7} {'STARTED':19} {'STATUS':9} SIM")
     for r in records:
         started = r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-"
         sim = r["scenario"] or "" if r["simulated"] else ""
+        status = r["status"]
+        if r.get("last_sample"):
+            sim = f"last sample {r['last_sample']:%H:%M:%S} UTC {sim}".rstrip()
         print(
-            f"{r['run_id']:24} {r['name'][:20]:20} {r['mode']:6} {r['pid'] or '-':>7} "
-            f"{started:19} {r['status']:9} {sim}"
+            f"{r['run_id']:24} {fit(r['name'] or '', 20)} {r['mode']:6} {r['pid'] or '-':>7} "
+            f"{started:19} {status:9} {sim}"
         )
     return 0
+
+
+def _utc(epoch_s: float):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide and fullwidth characters take two."""
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut and padded to exactly ``width`` terminal columns."""
+    out, used = [], 0
+    for ch in text:
+        w = display_width(ch)
+        if used + w > width:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + " " * (width - used)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """``accelwatch sql "SELECT ..." [--json|--csv]``: one read statement, also while recording."""
+    from agent.readserver import QueryRefused, check_read_only
+    from agent.runs import open_read
+
+    try:
+        statement = check_read_only(args.query)
+    except QueryRefused as exc:
+        raise UsageError(f"sql: {exc}") from None
+    db = open_read(args.db)
+    try:
+        try:
+            result = db.execute(statement)
+        except UsageError:
+            raise
+        except Exception as exc:  # a DuckDB error in the user's query: one line
+            raise UsageError(f"sql: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        db.close()
+    if args.json:
+        print_json(result.records())
+    elif args.csv:
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(result.rows)
+    else:
+        _print_table(result.columns, result.rows)
+    return 0
+
+
+def _print_table(columns, rows) -> None:
+    cells = [[("NULL" if v is None else str(v)) for v in r] for r in rows]
+    widths = [
+        max([display_width(c), *(display_width(r[i]) for r in cells)])
+        for i, c in enumerate(columns)
+    ]
+    print("  ".join(fit(c, w) for c, w in zip(columns, widths)).rstrip())
+    for r in cells:
+        print("  ".join(fit(v, w) for v, w in zip(r, widths)).rstrip())
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

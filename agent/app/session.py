@@ -27,7 +27,7 @@ from agent.model import Event, RunInfo
 from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
-from agent.store import Store
+from agent.store import Store, user_umask
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
 from collectors.process import ProcessCollector
 
@@ -88,7 +88,7 @@ class Session:
                 output = os.fdopen(fd, "ab")
             self.child = subprocess.Popen(
                 command,
-                umask=_user_umask(),
+                umask=user_umask(),
                 stdout=output,
                 stderr=output,
                 stdin=subprocess.DEVNULL if output else None,
@@ -194,7 +194,10 @@ class Session:
         return context
 
     def _build_consumers(self) -> list[Consumer]:
-        consumers: list[Consumer] = []
+        from agent.readserver import ReadServer
+
+        # First in, last stopped: readers reach the run over its socket until the end.
+        consumers: list[Consumer] = [ReadServer(self.store.path)]
         if self.config.otlp is not None or self.config.prometheus is not None:
             from exporters import build_exporters
 
@@ -269,24 +272,23 @@ class Session:
             self.run.ended = time.time()
             self.run.status = "finished" if self.stop_reason == "target exited" else "stopped"
             self.store.close_writer()
+            if self.store.lost_ticks:
+                self.run.status = "incomplete"  # a store failure cost ticks; run_end counts them
             stats = self.sampler.stats_view() if self.sampler else {}
-            self.store.write_events(
-                self.run.run_id,
-                [
-                    Event(
-                        self.run.ended,
-                        "run_end",
-                        "agent",
-                        {
-                            "reason": self.stop_reason or "finished",
-                            **stats,
-                            "rows_written": self.store.rows_written,
-                            "dropped_ticks": self.store.dropped_ticks,
-                        },
-                    )
-                ],
+            end = Event(
+                self.run.ended,
+                "run_end",
+                "agent",
+                {
+                    "reason": self.stop_reason or "finished",
+                    **stats,
+                    "rows_written": self.store.rows_written,
+                    "dropped_ticks": self.store.dropped_ticks,
+                    "lost_ticks": self.store.lost_ticks,
+                    "store_failures": self.store.failures,
+                },
             )
-            self.store.write_run(self.run)
+            self.store.finalize(self.run, [end])  # never raises; says so on stderr
         self.store.close()
         if self.simulator is not None:
             self.simulator.uninstall()
@@ -297,6 +299,7 @@ def _recording_health(store: Store) -> dict[str, Any]:
     health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
     if store.last_error:
         health["store_error"] = store.last_error
+    health.update(store.health())
     return health
 
 
@@ -348,12 +351,6 @@ def _pid_running(pid: int | None) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _user_umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 def _default_name(cmdline: list[str], pid: int) -> str:

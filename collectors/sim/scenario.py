@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport has the same API
     import tomli as tomllib  # type: ignore[no-redef]
 
 from collectors.sim.devices import MODELS, DeviceModel
+from collectors.sim.tpu.scenario import TpuScenario, TpuScenarioError, parse_tpu
 
 # Time-varying per-GPU signals a workload, an override or an effect can set.
 # *_activity levels and nvlink rates apply while kernels run: the engine
@@ -153,15 +154,18 @@ class Scenario:
     workload: dict[str, float]
     overrides: dict[int, dict[str, float]]
     effects: tuple[Effect, ...]
+    #: The ``[tpu]`` table (collectors/sim/tpu/scenario.py); a TPU-only scenario has no GPUs.
+    tpu: TpuScenario | None = None
 
     @property
     def gpu_count(self) -> int:
         return self.hardware.count
 
     def info(self) -> ScenarioInfo:
-        return ScenarioInfo(
-            self.name, self.hardware.describe(), self.gpu_count, self.summary, self.path
-        )
+        hardware = self.hardware.describe() if self.gpu_count else ""
+        if self.tpu is not None:
+            hardware = " + ".join(h for h in (hardware, self.tpu.describe()) if h)
+        return ScenarioInfo(self.name, hardware, self.gpu_count, self.summary, self.path)
 
     def levels(self, gpu: int) -> dict[str, float]:
         """Steady-state signal levels of one GPU before effects."""
@@ -229,16 +233,25 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             "workload",
             "overrides",
             "effects",
+            "tpu",
         },
     )
-    hw = _table(doc, "hardware", required=True)
+    tpu = None
+    if "tpu" in doc:
+        try:
+            tpu = parse_tpu(doc["tpu"])
+        except TpuScenarioError as exc:
+            raise ScenarioError(str(exc)) from None
+    hw = _table(doc, "hardware", required=tpu is None)
+    if not hw:  # a TPU-only scenario: the simulated NVML driver shows no GPU
+        hw = {"model": next(iter(MODELS)), "count": 0}
     _check_keys(hw, "[hardware]", {"model", "count", "mig"})
     model_key = _get(hw, "model", str, "[hardware]")
     if model_key not in MODELS:
         raise ScenarioError(f"[hardware] model {model_key!r} unknown (known: {', '.join(MODELS)})")
     model = MODELS[model_key]
     count = _get(hw, "count", int, "[hardware]", default=1)
-    if not 1 <= count <= 64:
+    if not 1 <= count <= 64 and not (tpu is not None and count == 0):
         raise ScenarioError("[hardware] count must be between 1 and 64")
     mig = tuple(_get(hw, "mig", list, "[hardware]", default=[]))
     if mig:
@@ -301,6 +314,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         workload=workload,
         overrides=overrides,
         effects=effects,
+        tpu=tpu,
     )
 
 

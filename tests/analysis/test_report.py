@@ -121,3 +121,85 @@ def test_cpu_only_report(recorded, capsys):
     assert main(["report", run_id, "--db", db]) == 0
     out = capsys.readouterr().out
     assert "CPU only" in out and "no GPU" in out and "No bottleneck found" in out
+
+
+def test_time_lost_by_cause_counts_each_second_once(recorded, capsys):
+    """Idle GPUs fed by a saturated loader are one loss, not two: the cause (dataloader-bound)
+    takes the seconds the symptom (gpu-starvation) also covers."""
+    from tests.analysis.test_host_rules import after, profile
+
+    db, run_id = recorded(
+        "loader", Recording("input-bound", RUN_S, host=profile(worker_cpu=after(5, 1.0, 0.4)))
+    )
+    assert main(["report", run_id, "--db", db, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rules = {f["rule"] for f in out["findings"]}
+    assert {"dataloader-bound", "gpu-starvation"} <= rules  # both found, as before
+    share = out["summary"]["lost_share"]
+    assert share["dataloader-bound"] > 0.2
+    assert share.get("gpu-starvation", 0.0) < 0.05
+    assert sum(share.values()) <= 1.0
+
+
+def test_lost_by_cause_gives_overlap_to_the_cause_and_keeps_the_rest_of_the_symptom():
+    from datetime import datetime, timedelta
+
+    from agent.analysis.finding import Finding
+    from agent.report import lost_by_cause
+
+    t0 = datetime(2026, 1, 1)
+
+    def finding(rule: str, start: int, end: int, lost: float) -> Finding:
+        a, b = t0 + timedelta(seconds=start), t0 + timedelta(seconds=end)
+        windows = [[a.isoformat(), b.isoformat()]]
+        return Finding(rule, "warning", "host", a, b, "", "", {"windows": windows}, lost)
+
+    lost = lost_by_cause(
+        [finding("gpu-starvation", 0, 100, 50.0), finding("dataloader-bound", 20, 60, 20.0)]
+    )
+    assert lost["dataloader-bound"] == pytest.approx(20.0)
+    assert lost["gpu-starvation"] == pytest.approx(50.0 * 60 / 100)
+
+
+def test_report_on_a_read_only_database_writes_nothing(recorded, tmp_path, capsys):
+    """Reading a run never writes: a chmod 0400 file is reported on and stays byte-identical
+    (no findings stored, no WAL created), and analysing it in memory still finds the hang."""
+    import hashlib
+    import os
+    import shutil
+
+    src, run_id = recorded("hang", Recording("hang", RUN_S))
+    db = tmp_path / "ro.duckdb"
+    shutil.copy(src, db)
+    os.chmod(db, 0o400)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    try:
+        assert main(["report", run_id, "--db", str(db), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert [f["rule"] for f in out["findings"]] == ["hang"]
+        assert out["findings_from"] == "analysed"
+        assert main(["report", run_id, "--db", str(db), "--format", "html"]) == 0
+        assert "<svg" in capsys.readouterr().out
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.duckdb"]
+    finally:
+        os.chmod(db, 0o600)
+
+
+def test_report_shows_stored_post_run_findings_without_analysing_again(recorded, tmp_path):
+    import shutil
+
+    from agent.report import build_report
+    from agent.runs import open_read
+
+    src, run_id = recorded("hang", Recording("hang", RUN_S))
+    db = tmp_path / "stored.duckdb"
+    shutil.copy(src, db)
+    render_run_text(db, run_id)  # what the recording agent does when the run ends
+    reader = open_read(db)
+    try:
+        report = build_report(reader, run_id, str(db))
+    finally:
+        reader.close()
+    assert report.findings_from == "stored"
+    assert [f.rule for f in report.findings] == ["hang"]

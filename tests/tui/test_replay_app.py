@@ -121,8 +121,9 @@ def test_view_command_reports_unknown_run_in_one_line(recorded, tmp_path):
     assert missing.returncode == 4 and "no database" in missing.stderr
 
 
-def test_a_database_being_recorded_cannot_be_viewed_yet(recorded, tmp_path):
-    """DuckDB allows one process per file while it is written: say so, in one line."""
+def test_a_database_held_by_a_process_that_serves_no_readers_is_one_line(recorded, tmp_path):
+    """DuckDB allows one process per file while it is written; a holder that is not an
+    accelwatch agent (no read socket) is named in one line, exit 4."""
     db = tmp_path / "busy.duckdb"
     shutil.copy(recorded[0], db)
     holder = subprocess.Popen(
@@ -146,7 +147,44 @@ def test_a_database_being_recorded_cannot_be_viewed_yet(recorded, tmp_path):
         holder.kill()
         holder.wait()
     assert result.returncode == 4
-    assert "being recorded by a running accelwatch agent" in result.stderr.splitlines()[0]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "does not serve readers" in result.stderr
+
+
+def test_view_without_a_terminal_exits_2_in_one_line_at_once(recorded):
+    """Textual without a terminal would write escape codes forever."""
+    result = run_cli("view", "--db", recorded[0], timeout=20, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "accelwatch: error: view needs a terminal (stdin and stdout); in scripts use "
+        "`accelwatch report` or `accelwatch sql`"
+    ]
+    assert result.stdout == ""
+
+
+def test_finding_jump_lands_on_the_first_tick_showing_the_finding(tmp_path):
+    """Findings start at bucket edges, ticks fall between them: ``]`` lands on the first tick
+    at or after the start (where the finding is listed), not the one before it."""
+    from tests.tui.conftest import write_findings
+
+    job = SyntheticJob(gpus=2, used=1, throttled=True)
+    db = str(tmp_path / "offset.duckdb")
+    end_session(synthetic_session(db, job, 30, with_child=False))
+    write_findings(db, "run-synthetic", job)
+    reader = RecordedReader.open(db)
+    try:
+        # Shift the finding starts a little after their tick, as a bucket edge would be.
+        reader.findings = [
+            type(f)(**{**f.__dict__, "start": f.start.replace(microsecond=300_000)})
+            for f in reader.findings
+        ]
+        reader.seek_index(0)
+        index = reader.next_finding(1)
+        assert index == 11
+        assert reader.cursor_ts >= reader.finding_times()[0]
+        assert [f.rule for f in reader.frame(60).findings] == ["gpu_thermal_throttle"]
+    finally:
+        reader.close()
 
 
 @async_test

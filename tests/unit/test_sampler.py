@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from agent.model import Batch, BatchBuilder
 from agent.sampler import Sampler
 from agent.source import Collector
@@ -73,3 +75,76 @@ def test_background_loop_keeps_the_tick_schedule():
     assert 17 <= len(seen) <= 22  # about 20 ticks, no drift accumulation
     gaps = [b - a for a, b in zip(seen, seen[1:])]
     assert max(gaps) < 0.2
+
+
+def test_late_wake_up_is_one_gap_event_with_start_length_and_missed_ticks():
+    ticks: list[list[Batch]] = []
+    sampler = Sampler([Steady()], 1.0, sinks=[lambda now, b: ticks.append(b)], clock=lambda: 50.0)
+    # Tick 3 was due at t0 + 3 = 103 (monotonic); the agent woke at 123.4 (stopped ~20 s):
+    # slots 3..22 passed, the tick now taken is slot 23.
+    k = sampler._reschedule(100.0, 3, 123.4, last_tick_wall=42.0)
+    assert k == 23 and sampler.stats.missed_ticks == 20 and sampler.stats.gaps == 1
+    sampler.step(64.0)
+    (gap,) = [e for b in ticks[-1] for e in b.events if e.kind == "gap"]
+    assert gap.detail["start"] == 43.0
+    assert gap.detail["seconds"] == 20.0
+    assert gap.detail["missed_ticks"] == 20
+    assert gap.detail["late_s"] == pytest.approx(20.4)
+
+
+def test_on_time_wake_up_is_no_gap():
+    sampler = Sampler([Steady()], 1.0)
+    assert sampler._reschedule(100.0, 3, 103.9, last_tick_wall=42.0) == 3
+    assert sampler.stats.gaps == 0 and sampler.stats.missed_ticks == 0
+
+
+_STOPPABLE = """
+import sys, time
+from agent.sampler import Sampler
+from tests.unit.test_sampler import Steady
+events = []
+sampler = Sampler([Steady()], 0.1, sinks=[lambda now, b: events.extend(
+    e for x in b for e in x.events if e.kind == "gap")])
+sampler.start()
+print("ready", flush=True)
+sys.stdin.readline()
+time.sleep(0.3)
+sampler.stop()
+print(repr([dict(e.detail) for e in events]), flush=True)
+"""
+
+
+def test_sigstop_of_the_agent_is_recorded_as_a_gap(tmp_path):
+    import ast
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STOPPABLE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        stopped_at = time.time()
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(2.0)
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        gaps = ast.literal_eval(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    big = [g for g in gaps if g["seconds"] >= 1.5]
+    assert len(big) == 1, gaps
+    assert 1.7 <= big[0]["seconds"] <= 2.6
+    assert big[0]["missed_ticks"] == round(big[0]["seconds"] / 0.1)
+    assert abs(big[0]["start"] - stopped_at) < 0.3

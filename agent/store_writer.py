@@ -1,0 +1,409 @@
+"""The store's writer: a thread that flushes ticks, survives a full disk or an invalidated
+database, and keeps the run's heartbeat.
+
+A failed flush keeps its ticks in a bounded buffer and is retried with backoff; a DuckDB
+instance invalidated by a fatal error (a checkpoint that hit ENOSPC or OutOfMemory) is closed
+and reopened, which replays the WAL, so what was committed stays readable. Nothing here
+raises into the sampler or the session's finalization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from agent.model import SAMPLE_COLUMNS, Batch, Event, RunInfo
+from agent.store import (
+    AGENT_DB_CHECKPOINT_BYTES,
+    MAX_FLUSH_INTERVAL,
+    _first_line,
+    _us,
+    connect,
+    this_host,
+)
+
+Tick = tuple[str, list[Batch]]
+#: Longest wait between two write attempts while the store fails.
+RETRY_MAX_S = 8.0
+#: How long closing keeps retrying ticks that are still buffered (a full disk at the end).
+CLOSE_RETRY_S = 2.0
+
+
+def _stderr_line(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"accelwatch: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "no space left" in text or "disk full" in text:
+        return "disk full"
+    if isinstance(exc, duckdb.OutOfMemoryException) or "out of memory" in text:
+        return "out of memory"
+    return "store error"
+
+
+class Store:
+    """Owns the write connection; ``submit`` never blocks the sampler.
+
+    Batches go through a bounded queue to a writer thread that inserts them with
+    ``INSERT ... SELECT`` at least every ``flush_interval`` seconds, so ``kill -9`` of the
+    agent loses at most that much. While writes fail, up to ``max_pending_ticks`` ticks wait
+    in the writer's buffer (and as many in the queue); beyond that the oldest tick is dropped
+    and counted (``dropped_ticks``), so memory stays bounded whatever the disk does. The first
+    failure and the recovery are each one line through ``report`` (stderr by default).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        flush_interval: float = 1.0,
+        max_pending_ticks: int = 300,
+        report: Callable[[str], None] = _stderr_line,
+    ) -> None:
+        if not 0 < flush_interval <= MAX_FLUSH_INTERVAL:
+            raise ValueError(f"flush_interval must be in (0, {MAX_FLUSH_INTERVAL}]")
+        self.path = Path(path)
+        self.con = connect(self.path)
+        self.flush_interval = flush_interval
+        self.max_pending_ticks = max_pending_ticks
+        self.agent_host = this_host()
+        self.agent_pid = os.getpid()
+        self._report = report
+        self._queue: queue.Queue[Tick | None] = queue.Queue(max_pending_ticks)
+        self._pending: deque[Tick] = deque()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.RLock()
+        self._needs_reopen = False
+        self.rows_written = 0
+        self.flushes = 0
+        self.dropped_ticks = 0
+        #: Ticks still unwritten when the writer stopped (the disk never came back).
+        self.abandoned_ticks = 0
+        self.failures = 0
+        self.reopens = 0
+        #: Bumped on every reopen: cursors from an older generation are dead.
+        self.generation = 0
+        self.last_error: str | None = None
+        self._failing: str | None = None
+
+    # -- health
+    @property
+    def lost_ticks(self) -> int:
+        """Ticks that never reached the database (dropped while buffering, or abandoned)."""
+        return self.dropped_ticks + self.abandoned_ticks
+
+    @property
+    def buffered_ticks(self) -> int:
+        return len(self._pending) + self._queue.qsize()
+
+    @property
+    def state(self) -> str:
+        """``ok``, or what is wrong: ``disk full: 12 ticks buffered, 0 dropped``."""
+        if self._failing is None:
+            return "ok"
+        return f"{self._failing}: {self.buffered_ticks} ticks buffered, {self.lost_ticks} dropped"
+
+    def health(self) -> dict[str, Any]:
+        """The store's counters for the UI header, the live line and ``run_end``."""
+        health: dict[str, Any] = {
+            "store.state": self.state,
+            "store.buffered_ticks": self.buffered_ticks,
+            "store.lost_ticks": self.lost_ticks,
+            "store.failures": self.failures,
+            "store.reopens": self.reopens,
+        }
+        if self.last_error:
+            health["store.last_error"] = self.last_error
+        return health
+
+    # -- runs
+    def write_run(self, run: RunInfo) -> None:
+        """Append the run's current state; the ``runs`` view shows the latest per run."""
+        with self._write_lock:
+            self.con.execute(
+                "INSERT INTO run_log (run_id, name, mode, pid, cmdline, cwd, host, started, "
+                "ended, exit_code, status, interval_s, tags, env, simulated, scenario, logged, "
+                "agent_host, agent_pid, lost_ticks) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "make_timestamp(?), make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, make_timestamp(?), "
+                "?, ?, ?)",
+                [
+                    run.run_id,
+                    run.name,
+                    run.mode,
+                    run.pid,
+                    run.cmdline,
+                    run.cwd,
+                    run.host,
+                    _us(run.started),
+                    None if run.ended is None else _us(run.ended),
+                    run.exit_code,
+                    run.status,
+                    run.interval,
+                    json.dumps(run.tags),
+                    json.dumps(run.env),
+                    run.simulated,
+                    run.scenario,
+                    _us(time.time()),
+                    self.agent_host,
+                    self.agent_pid,
+                    self.lost_ticks,
+                ],
+            )
+            self.con.execute(
+                "INSERT INTO run_heartbeat SELECT ?, make_timestamp(?), NULL WHERE NOT EXISTS "
+                "(SELECT 1 FROM run_heartbeat WHERE run_id = ?)",
+                [run.run_id, _us(time.time()), run.run_id],
+            )
+
+    def finalize(self, run: RunInfo, events: list[Event]) -> bool:
+        """Write the run's last events and state, reopening once if needed; never raises.
+
+        Returns False (after one stderr line) when the database could not take them: the run
+        then stays ``running`` in the file and readers show it ``lost`` once its heartbeat
+        is stale."""
+        for attempt in range(2):
+            try:
+                if self._needs_reopen or attempt:
+                    self._reopen()
+                with self._write_lock:
+                    self.con.begin()
+                    try:
+                        self._insert_events(run.run_id, events)
+                        self.write_run(run)
+                        self.con.commit()
+                    except BaseException:
+                        with contextlib.suppress(duckdb.Error):
+                            self.con.rollback()
+                        raise
+                return True
+            except Exception as exc:
+                self._note_failure(exc)
+        self._report(f"could not finalize run {run.run_id} in {self.path}: {self.last_error}")
+        return False
+
+    # -- samples
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._writer_loop, name="accelwatch-store", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, run_id: str, batches: list[Batch]) -> None:
+        """Queue one tick for writing; drop the oldest tick if the writer is behind."""
+        while True:
+            try:
+                self._queue.put_nowait((run_id, batches))
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped_ticks += 1
+                except queue.Empty:
+                    pass
+
+    def _writer_loop(self) -> None:
+        deadline = time.monotonic() + self.flush_interval
+        retry_at = 0.0
+        backoff = 0.0
+        stopping = False
+        while not stopping:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                item = ()
+            if item is None:
+                stopping = True
+            elif item:
+                self._pending.append(item)
+                while len(self._pending) > self.max_pending_ticks:
+                    self._pending.popleft()
+                    self.dropped_ticks += 1
+            now = time.monotonic()
+            if not stopping and now < deadline:
+                continue
+            deadline = now + self.flush_interval
+            if self._pending and (stopping or now >= retry_at):
+                if self._flush_pending():
+                    backoff = 0.0
+                else:
+                    backoff = min(RETRY_MAX_S, max(self.flush_interval, backoff * 2))
+                    retry_at = now + backoff
+        end = time.monotonic() + CLOSE_RETRY_S
+        while self._pending and time.monotonic() < end:
+            time.sleep(min(0.25, self.flush_interval))
+            self._flush_pending()
+        if self._pending:
+            self.abandoned_ticks += len(self._pending)
+            self._report(f"{len(self._pending)} ticks could not be written to {self.path}")
+            self._pending.clear()
+
+    def _flush_pending(self) -> bool:
+        try:
+            if self._needs_reopen:
+                self._reopen()
+            self.write_ticks(list(self._pending))
+        except Exception as exc:  # keep sampling; say it once, count every attempt
+            self._note_failure(exc)
+            return False
+        self._pending.clear()
+        self._maybe_checkpoint()
+        if self._failing is not None and not self._needs_reopen:
+            self._report(f"writing to {self.path} again ({self.lost_ticks} ticks dropped)")
+            self._failing = None
+        return True
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {_first_line(exc)}"
+        if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc):
+            self._needs_reopen = True
+        reason = _reason(exc)
+        if self._failing is None:
+            self._failing = reason
+            self._report(
+                f"cannot write to {self.path}: {reason} ({_first_line(exc)}); keeping up to "
+                f"{self.max_pending_ticks} ticks and retrying"
+            )
+        self._failing = reason
+
+    def _reopen(self) -> None:
+        """Replace an invalidated instance: reopening replays the WAL (what was committed)."""
+        with self._write_lock:
+            with contextlib.suppress(Exception):
+                self.con.close()
+            self.con = connect(self.path)
+            self._needs_reopen = False
+            self.reopens += 1
+            self.generation += 1
+
+    def _maybe_checkpoint(self) -> None:
+        wal = self.path.with_name(self.path.name + ".wal")
+        try:
+            if wal.stat().st_size < AGENT_DB_CHECKPOINT_BYTES:
+                return
+        except OSError:
+            return
+        try:
+            with self._write_lock:
+                self.con.execute("CHECKPOINT")
+        except Exception as exc:  # committed rows are in the WAL; reopening replays them
+            self._note_failure(exc)
+
+    def write_ticks(self, ticks: Iterable[Tick]) -> int:
+        """Write ticks now (also used directly by tests and importers). Returns rows written."""
+        by_run: dict[str, list[Batch]] = {}
+        for run_id, batches in ticks:
+            by_run.setdefault(run_id, []).extend(batches)
+        total = 0
+        with self._write_lock:
+            con = self.con
+            con.begin()
+            try:
+                for run_id, batches in by_run.items():
+                    total += self._insert(run_id, batches)
+                    self._beat(run_id, batches)
+                con.commit()
+            except BaseException as exc:
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
+                if "commit succeeded and is durable" in str(exc).lower():
+                    self._needs_reopen = True  # written; only the auto-checkpoint failed
+                else:
+                    raise
+        self.rows_written += total
+        self.flushes += 1
+        return total
+
+    def _beat(self, run_id: str, batches: list[Batch]) -> None:
+        """The run's heartbeat and last sample time: how readers tell a dead agent."""
+        last = max((b.ts for b in batches), default=None)
+        self.con.execute(
+            "UPDATE run_heartbeat SET heartbeat = make_timestamp(?), "
+            "last_sample = greatest(last_sample, make_timestamp(?)) WHERE run_id = ?",
+            [_us(time.time()), None if last is None else _us(last), run_id],
+        )
+
+    def _insert(self, run_id: str, batches: list[Batch]) -> int:
+        columns = [b.to_columns() for b in batches if len(b)]
+        n = 0
+        if columns:
+            tick_samples = {  # noqa: F841 - read by DuckDB's replacement scan
+                name: np.concatenate([c[name] for c in columns]) for name in SAMPLE_COLUMNS
+            }
+            self.con.execute(
+                "INSERT INTO sample_values SELECT ?, ts, source, entity, metric, value "
+                "FROM tick_samples",
+                [run_id],
+            )
+            n = len(tick_samples["value"])
+        events = [e for b in batches for e in b.events]
+        if events:
+            self._insert_events(run_id, events)
+        attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
+        if attrs:
+            tick_entities = {  # noqa: F841
+                "ts": np.array([_us(ts) for ts, *_ in attrs], dtype="datetime64[us]"),
+                "source": np.array([s for _, s, _, _ in attrs], dtype=object),
+                "entity": np.array([e for _, _, e, _ in attrs], dtype=object),
+                "attrs": np.array(
+                    [json.dumps(dict(a), default=str) for *_, a in attrs], dtype=object
+                ),
+            }
+            self.con.execute(
+                "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM tick_entities",
+                [run_id],
+            )
+        return n
+
+    def _insert_events(self, run_id: str, events: list[Event]) -> None:
+        tick_events = {  # noqa: F841
+            "ts": np.array([_us(e.ts) for e in events], dtype="datetime64[us]"),
+            "kind": np.array([e.kind for e in events], dtype=object),
+            "entity": np.array([e.entity for e in events], dtype=object),
+            "detail": np.array([e.detail_json() for e in events], dtype=object),
+        }
+        self.con.execute(
+            "INSERT INTO event_log SELECT ?, ts, kind, entity, detail FROM tick_events", [run_id]
+        )
+
+    def write_events(self, run_id: str, events: list[Event]) -> None:
+        """Write events now, outside the tick queue (run start/end, agent warnings)."""
+        with self._write_lock:
+            self._insert_events(run_id, events)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for another thread (TUI history, live analysis) on the same database.
+
+        After a reopen (``generation`` changed) older cursors fail; ask for a new one."""
+        with self._write_lock:
+            return self.con.cursor()
+
+    def close_writer(self) -> None:
+        """Flush everything queued and stop the writer thread; the connection stays open."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Flush everything queued, stop the writer, checkpoint and close; never raises."""
+        self.close_writer()
+        with self._write_lock:
+            with contextlib.suppress(Exception):
+                self.con.execute("CHECKPOINT")
+            with contextlib.suppress(Exception):
+                self.con.close()
