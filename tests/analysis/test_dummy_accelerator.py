@@ -3,12 +3,11 @@ entity kind and its metrics fill ``aw_accel`` by role, so the rules apply with n
 
 from __future__ import annotations
 
-import duckdb
-
 from agent.analysis import analyze_run
 from agent.analysis.watch import hang_state
 from agent.model import BatchBuilder
 from agent.report import build_report
+from agent.runs import open_read
 from agent.snapshot import Snapshot, SnapshotHub
 from tests.analysis.expect import assert_window, of_rule
 from tests.analysis.recording import T0, Recording, record
@@ -73,18 +72,22 @@ def test_dummy_devices_fill_the_accelerator_frame_by_role(tmp_path, dummy_accele
     ]
 
 
-def test_the_report_summarises_dummy_devices_as_accelerators(tmp_path, dummy_accelerator):
+def test_the_report_summarises_dummy_devices_as_accelerators(tmp_path, dummy_accelerator, open_db):
     dummy_accelerator.model.set(0, busy=0.5)
     db, run_id = _record_dummy(tmp_path, dummy_accelerator, "dummy-report")
-    con = duckdb.connect(db)
+    con = open_db(db)
+    analyze_run(con, run_id)  # what the recording agent does when the run ends
+    con.close()
+    reader = open_read(db)
     try:
-        report = build_report(con, run_id, db)
+        report = build_report(reader, run_id, db)
     finally:
-        con.close()
+        reader.close()
     devices = {d.entity: d for d in report.summary.devices}
     assert set(devices) == {"dev0", "dev1"}
     assert devices["dev0"].name == "Dummy Accelerator"
     assert devices["dev0"].util_p50 == 0.5 and devices["dev1"].util_p50 == 0.0
+    assert [f.entity for f in report.findings if f.rule == "idle-reserved-gpu"] == ["dev1"]
 
 
 def _dummy_snapshot(busy: float, job_cpu: float) -> Snapshot:
