@@ -298,7 +298,11 @@ def job_accelerators(
             "SELECT DISTINCT entity FROM aw_accel WHERE job_memory > 0 OR job_procs > 0"
         ).fetchall()
     }
-    recorded = {s.name for s in plan.sources if s.columns.get("job_memory") in present}
+    recorded = {
+        s.name
+        for s in plan.sources
+        if s.columns.get("job_memory") in present or s.columns.get("job_procs") in present
+    }
     return select_job_accelerators(accels, marked, holding, recorded)
 
 
@@ -306,15 +310,16 @@ def select_job_accelerators(
     accels: Mapping[str, str],
     marked: Mapping[str, object],
     holding: Iterable[str],
-    job_memory_recorded: Iterable[str],
+    job_use_recorded: Iterable[str],
 ) -> tuple[tuple[str, ...], frozenset[str]]:
     """The job's accelerators (``accels``: entity → source, in order) and the attributed ones.
 
-    Per source: when it recorded job memory or marked any device ``used_by_job``, the job's are
-    those marked or holding job memory (attributed); else all of that source's devices, as
+    Per source: when it recorded the job's memory or processes on its devices (the sources in
+    ``job_use_recorded``) or marked any device ``used_by_job``, the job's are those marked or
+    holding job memory or processes (attributed); else all of that source's devices, as
     nothing says otherwise. Shared with the live hang watch, which applies it to one snapshot.
     """
-    holding, recorded = set(holding), set(job_memory_recorded)
+    holding, recorded = set(holding), set(job_use_recorded)
     known = recorded | {accels[e] for e, v in marked.items() if v is not None and e in accels}
     job: list[str] = []
     attributed: set[str] = set()

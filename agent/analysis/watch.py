@@ -112,9 +112,10 @@ def hang_state(snap: Snapshot) -> str | None:
     holding, recorded = set(), set()
     for e, d in accels.items():
         memory = values.get((e, d.metric.get("job_memory", "")))
-        if memory is not None:
+        procs = values.get((e, d.metric.get("job_procs", "")))
+        if memory is not None or procs is not None:
             recorded.add(d.source)
-        if (memory or 0) > 0 or (values.get((e, d.metric.get("job_procs", ""))) or 0) > 0:
+        if (memory or 0) > 0 or (procs or 0) > 0:
             holding.add(e)
     marked = {e: attrs.get(e, {}).get("used_by_job") for e in accels}
     job, _ = select_job_accelerators(

@@ -3,12 +3,19 @@ entity kind and its metrics fill ``aw_accel`` by role, so the rules apply with n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+
 from agent.analysis import analyze_run
 from agent.analysis.watch import hang_state
+from agent.catalog import metric
 from agent.model import BatchBuilder
+from agent.registry import default_registry
 from agent.report import build_report
 from agent.runs import open_read
 from agent.snapshot import Snapshot, SnapshotHub
+from agent.source import EntityKind, SourceSpec
 from tests.analysis.expect import assert_window, of_rule
 from tests.analysis.recording import T0, Recording, record
 from tests.fakes.dummy_accelerator import GIB, DummyDevice
@@ -105,3 +112,61 @@ def test_the_hang_watch_reads_dummy_devices_by_kind_and_role(dummy_accelerator):
     assert hang_state(_dummy_snapshot(busy=0.0, job_cpu=0.01)) == "idle"
     assert hang_state(_dummy_snapshot(busy=0.9, job_cpu=0.01)) is None
     assert hang_state(_dummy_snapshot(busy=0.0, job_cpu=1.5)) is None  # the host works
+
+
+#: A source that knows which processes use each device but not their memory (as TPU chips are
+#: owned through their device files): a second test-only accelerator.
+_OWNED = SourceSpec(
+    name="owned",
+    label="Owned accelerator (tests)",
+    metrics=(
+        metric("owned.busy", "1", "gauge", "Busy share.", source="owned", role="accelerator.busy"),
+        metric(
+            "owned.memory.used",
+            "By",
+            "gauge",
+            "Memory in use.",
+            source="owned",
+            role="accelerator.memory.used",
+        ),
+        metric(
+            "owned.job.processes",
+            "1",
+            "gauge",
+            "Job processes on the device.",
+            source="owned",
+            role="accelerator.job.processes",
+        ),
+    ),
+    entity_kinds=(EntityKind("accelerator", "acc[0-9]+", {"hw.type": "tpu"}),),
+)
+
+
+@pytest.fixture
+def owned_accelerator() -> Iterator[SourceSpec]:
+    default_registry().register(_OWNED)
+    try:
+        yield _OWNED
+    finally:
+        default_registry().unregister(_OWNED.name)
+
+
+def _owned_devices(t: float, b: BatchBuilder) -> None:
+    """acc0 is held by the job and idle; acc1 idles with another tenant's memory."""
+    for i, procs in enumerate((1, 0)):
+        b.add_many(
+            f"acc{i}",
+            {"owned.busy": 0.0, "owned.memory.used": 20 * GIB, "owned.job.processes": procs},
+        )
+
+
+def test_a_device_the_job_owns_by_process_is_idle_reserved_by_its_memory_in_use(
+    tmp_path, owned_accelerator, open_db
+):
+    db, run_id = record(
+        tmp_path / "owned.duckdb", Recording(None, RUN_S, extra=[("owned", _owned_devices)])
+    )
+    findings = analyze_run(open_db(str(db)), run_id)
+    (idle,) = of_rule(findings, "idle-reserved-gpu")
+    assert idle.entity == "acc0" and idle.evidence["mem_used_bytes"] == 20 * GIB
+    assert idle.evidence["metrics"] == ["owned.memory.used", "owned.busy"]

@@ -124,8 +124,9 @@ def _fluctuating(ctx: Context, exclude: set[str]) -> list[Finding]:
 def detect_idle_reserved(ctx: Context) -> list[Finding]:
     """An accelerator the job holds memory on but whose utilization stays near zero all along.
 
-    The job's memory on it when its source attributes memory to processes; the device's memory
-    in use when the source cannot attribute at all (every device then counts as the job's).
+    The job's memory on it when its source attributes memory to processes; else the device's
+    memory in use, when the job is known to use the device (its processes hold it: TPU chips
+    are not shared) or the source cannot attribute at all (every device counts as the job's).
     """
     held = {e: c for e in ctx.info.job_accelerators if (c := _held_memory(ctx, e)) is not None}
     if not held:
@@ -186,7 +187,9 @@ def _held_memory(ctx: Context, entity: str) -> str | None:
         return None
     if "job_memory" in source.columns:
         return "job_memory" if entity in ctx.info.attributed else None
-    return None if source.attributes_job else "mem_used"
+    if entity in ctx.info.attributed or not source.attributes_job:
+        return "mem_used"
+    return None
 
 
 RULES = [
