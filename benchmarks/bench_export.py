@@ -1,169 +1,180 @@
-"""Export CPU per sampling interval as a share of sampling CPU (target <= 10%).
+"""What exporting costs the whole agent: export on vs off, and OTLP to an endpoint that is down.
 
-Eight simulated H100s (the ``healthy`` scenario) and a job of 32 real processes are sampled
-by the real collectors; after every tick the benchmark runs what the exporters run: an OTLP
-collection encoded to protobuf, and a Prometheus scrape rendered to text. CPU is the calling
-thread's (``time.thread_time``), so both sides are measured the same way in the same run.
+Three headless agents record the same scenario (8 simulated H100s, ``healthy``) and the same
+real 32-process tree at 1 Hz, at once; each is measured whole (``psutil`` user + system CPU of
+all its threads over a wall window, RSS) in interleaved rounds:
 
-    python benchmarks/bench_export.py [--ticks 40] [--otlp-every 60] [--scrape-every 15]
+* off: ``accelwatch attach ROOT --headless --simulate healthy``: no exporter;
+* on: the same with ``--otlp 127.0.0.1:P`` (gRPC to a receiver in this process that accepts
+  every export) and ``--prometheus 127.0.0.1:Q`` (scraped by this process every 15 s);
+* down: the same with ``--otlp 127.0.0.1:C``, a closed port.
+
+OTLP exports every ``--window`` seconds (``OTEL_METRIC_EXPORT_INTERVAL``; the SDK default is
+60 s, so this charges each window with an export: an upper bound). Targets (issue 14): each
+exporting agent costs <= +10% of the non-exporting agent's CPU (the whole agent's sampling,
+storing and analysis) per round; memory is bounded: RSS grows <= 5 MB from the first round to
+the last. Exits 1 on a MISS.
+
+    python benchmarks/bench_export.py [--rounds 5] [--window 10] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
-TARGET = 0.10
-GPUS = 8
-PROCESSES = 32
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (  # noqa: E402
+    Report,
+    Side,
+    add_round_args,
+    agent_argv,
+    apply_quick,
+    fail,
+    interleaved,
+    process_tree,
+    spread,
+)
+
+TARGET_CPU = 0.10
+TARGET_GROWTH_MB = 5.0
+SCRAPE_EVERY_S = 15.0
+#: What the receiver and the scraper saw: proof that "on" really exported.
+RECEIVED = {"exports": 0, "scrapes": 0}
+SERVICES = (
+    "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "opentelemetry.proto.collector.logs.v1.LogsService",
+)
 
 
-def spawn_job(processes: int) -> subprocess.Popen[bytes]:
-    """A shell with ``processes - 1`` sleeping children: a process tree of the asked size."""
-    script = f"for i in $(seq {processes - 1}); do sleep 600 & done; wait"
-    return subprocess.Popen(["sh", "-c", script])
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[int]:
+    """A gRPC server that answers every OTLP export with an empty (successful) response."""
+    from concurrent import futures
 
+    import grpc
 
-def stop_job(job: subprocess.Popen[bytes]) -> None:
-    """Kill the shell and the children it started, each by pid."""
-    import psutil
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
 
+    def export(request: bytes, context: object) -> bytes:
+        RECEIVED["exports"] += 1
+        return b""
+
+    handler = grpc.unary_unary_rpc_method_handler(export)
+    for service in SERVICES:
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {"Export": handler}),)
+        )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
     try:
-        children = psutil.Process(job.pid).children(recursive=True)
-    except psutil.Error:
-        children = []
-    for proc in [*children, psutil.Process(job.pid)]:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    job.wait()
+        yield port
+    finally:
+        server.stop(0)
 
 
-def cpu_of(work: Callable[[], object]) -> float:
-    started = time.thread_time()
-    work()
-    return time.thread_time() - started
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_every(url: str, period: float, stop: threading.Event) -> None:
+    """A Prometheus server's scrapes, from this process."""
+    while not stop.wait(period):
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=5).read()
+            RECEIVED["scrapes"] += 1
+
+
+def sides(root: int, tmp: Path, up: int, scrape: int, down: int, window: float) -> list[Side]:
+    def agent(name: str, *extra: str) -> list[str]:
+        return agent_argv(
+            "attach", str(root), "--headless", "--simulate", "healthy",
+            "--db", str(tmp / f"{name}.duckdb"), *extra,
+        )  # fmt: skip
+
+    env = {"OTEL_METRIC_EXPORT_INTERVAL": str(int(window * 1000))}
+    return [
+        Side("off", agent("off"), "the whole headless agent process (all threads), no exporter"),
+        Side(
+            "on",
+            agent("on", "--otlp", f"127.0.0.1:{up}", "--prometheus", f"127.0.0.1:{scrape}"),
+            f"the same + OTLP gRPC to a live receiver every {window:g} s + Prometheus endpoint "
+            f"scraped every {SCRAPE_EVERY_S:g} s",
+            env=env,
+        ),
+        Side(
+            "down",
+            agent("down", "--otlp", f"127.0.0.1:{down}"),
+            f"the same + OTLP gRPC to a closed port every {window:g} s",
+            env=env,
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ticks", type=int, default=40)
-    parser.add_argument("--interval", type=float, default=1.0, help="sampling interval (s)")
-    parser.add_argument(
-        "--otlp-every",
-        type=float,
-        default=60.0,
-        help="OTLP export interval (s); the SDK default is 60",
-    )
-    parser.add_argument(
-        "--scrape-every",
-        type=float,
-        default=15.0,
-        help="Prometheus scrape interval (s); 15 is a common setting",
-    )
+    add_round_args(parser, rounds=5, window=10.0, warmup=8.0)
     args = parser.parse_args(argv)
-
-    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from agent.sampler import Sampler
-    from agent.snapshot import SnapshotHub
-    from agent.source import CollectContext
-    from collectors.host import HostCollector
-    from collectors.nvml import NvmlCollector
-    from collectors.process import ProcessCollector
-    from collectors.sim import install, load_scenario
-    from exporters.naming import build_plan
-    from exporters.otel import instrument_views, register_instruments
-    from exporters.prometheus import Exposition
-    from exporters.series import SeriesIndex
-
-    job = spawn_job(PROCESSES)
-    clock = [time.time()]
-    processes = ProcessCollector(job.pid)
-    simulator = install(
-        load_scenario("healthy"), clock=lambda: clock[0], job_pids=lambda: sorted(processes.pids)
-    )
+    apply_quick(args, window=3.0, warmup=6.0)
+    stop = threading.Event()
     try:
-        time.sleep(0.5)  # let the shell start its children
-        ctx = CollectContext(root_pid=job.pid, job_pids=lambda: processes.pids)
-        collectors = [processes, HostCollector(), NvmlCollector(clock=lambda: clock[0])]
-        for collector in collectors:
-            collector.start(ctx)
-        hub = SnapshotHub()
-        sampler = Sampler(collectors, args.interval, hub=hub, clock=lambda: clock[0])
-
-        plan = build_plan(("otel", "dcgm"))
-        index = SeriesIndex(plan, "bench-host")
-        # OTLP: what the exporter's reader does, minus the network: SDK collection + encoding
-        otlp_reader = InMemoryMetricReader()
-        provider = MeterProvider(
-            metric_readers=[otlp_reader],
-            views=instrument_views(plan),
-            exemplar_filter=AlwaysOffExemplarFilter(),
-            shutdown_on_exit=False,
-        )
-        register_instruments(provider.get_meter("accelwatch"), plan, index, lambda: hub.latest)
-        exposition = Exposition(plan, {}, {"host.name": "bench-host"})
-
-        def otlp_export() -> int:
-            return len(encode_metrics(otlp_reader.get_metrics_data()).SerializeToString())
-
-        def prometheus_scrape() -> int:
-            return len(exposition.render(index.points(hub.latest)).encode())
-
-        sampling, otlp, scrape = [], [], []
-        points = gpus = procs = 0
-        for tick in range(args.ticks + 2):
-            clock[0] += args.interval
-            sampling.append(cpu_of(sampler.step))
-            scrape.append(cpu_of(prometheus_scrape))  # first: it pays for the series index
-            otlp.append(cpu_of(otlp_export))
-            if tick == 0:
-                sampling.clear(), otlp.clear(), scrape.clear()  # warm-up: first rates, caches
-        snap = hub.latest
-        gpus = len([e for e in snap.entities("nvml") if e.startswith("gpu") and "/" not in e])
-        procs = len(snap.entities("process"))
-        points = sum(len(b) for b in snap.batches)
-        provider.shutdown()
+        with tempfile.TemporaryDirectory() as name, process_tree(32) as root, otlp_receiver() as up:
+            scrape, down = free_port(), free_port()
+            all_sides = sides(root, Path(name), up, scrape, down, args.window)
+            url = f"http://127.0.0.1:{scrape}/metrics"
+            threading.Thread(
+                target=scrape_every, args=(url, SCRAPE_EVERY_S, stop), daemon=True
+            ).start()
+            got = interleaved(all_sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
+    except Exception as exc:  # one line and exit 1, never a traceback mid-table
+        return fail(exc)
     finally:
-        for collector in locals().get("collectors", []):
-            collector.close()
-        simulator.uninstall()
-        stop_job(job)
-
-    sample_cpu = statistics.median(sampling)
-    otlp_cpu, scrape_cpu = statistics.median(otlp), statistics.median(scrape)
-    print(
-        f"setup: {gpus} simulated GPUs, {procs} job processes, {points} samples per tick, "
-        f"{len(plan.instruments)} instruments, {args.ticks} ticks"
+        stop.set()
+    report = Report(
+        f"export: 8 simulated H100s, 32-process tree, 1 Hz, {args.rounds} interleaved rounds "
+        f"of {args.window:g} s"
     )
-    print(f"sampling CPU per tick:          {sample_cpu * 1e3:8.2f} ms")
-    rows = [
-        ("OTLP export every tick", otlp_cpu),
-        ("Prometheus scrape every tick", scrape_cpu),
-        ("both, every tick (worst case)", otlp_cpu + scrape_cpu),
-        (
-            f"OTLP every {args.otlp_every:g} s + scrape every {args.scrape_every:g} s",
-            otlp_cpu * args.interval / args.otlp_every
-            + scrape_cpu * args.interval / args.scrape_every,
-        ),
-    ]
-    for label, cpu in rows:
-        ratio = cpu / sample_cpu
-        verdict = "PASS" if ratio <= TARGET else "MISS"
-        print(f"{label:34s} {cpu * 1e3:8.2f} ms  = {ratio:6.1%} of sampling  {verdict}")
-    ratio = rows[-1][1] / sample_cpu
-    print(
-        f"export CPU per {args.interval:g} s interval at the configured cadence: {ratio:.1%} "
-        f"of sampling CPU (target <= {TARGET:.0%}): {'PASS' if ratio <= TARGET else 'MISS'}"
+    for side in all_sides:
+        report.side(side.name, side.includes)
+    off = got["off"]
+    for m in got.values():
+        report.info(f"{m.side.name}: CPU, % of one core", spread([c * 100 for c in m.cpu]))
+    for name in ("on", "down"):
+        m = got[name]
+        extra = [(a - b) / b if b > 0 else float("inf") for a, b in zip(m.cpu, off.cpu)]
+        report.target(
+            f"{name}: extra CPU / the agent's CPU without export (per round)",
+            spread([e * 100 for e in extra], "{:+.0f}%"),
+            f"<= +{TARGET_CPU:.0%}",
+            statistics.median(extra) <= TARGET_CPU,
+        )
+        rss = [s.rss_mb for s in m.slots]
+        delta = [a.rss_mb - b.rss_mb for a, b in zip(m.slots, off.slots)]
+        report.info(f"{name}: RSS - off RSS (MB)", spread(delta, "{:+.0f}"))
+        report.target(
+            f"{name}: RSS growth, first to last round (MB)",
+            f"{rss[-1] - rss[0]:+.1f}",
+            f"<= {TARGET_GROWTH_MB:g}",
+            rss[-1] - rss[0] <= TARGET_GROWTH_MB,
+        )
+    report.info(
+        "on: OTLP exports received, Prometheus scrapes answered",
+        f"{RECEIVED['exports']}, {RECEIVED['scrapes']}",
     )
-    return 0
+    report.info("off RSS (MB)", spread([s.rss_mb for s in off.slots], "{:.0f}"))
+    return report.print()
 
 
 if __name__ == "__main__":

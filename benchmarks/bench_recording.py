@@ -1,192 +1,214 @@
-"""Recording-core benchmark: sampling cost, memory over time, DuckDB ingest.
+"""Recording core: the whole agent vs a bare psutil loop, bytes per value, ingest vs bulk load.
 
 Prints, in one run:
-  1. agent CPU per tick (32-process tree + host) / a bare loop doing the same psutil reads
-     (target <= 1.5x);
-  2. the agent's peak RSS over 600 ticks of headless sampling, the data volume of 10 minutes
-     at 1 Hz (target <= 100 MB; ``--real`` samples 10 real minutes at 1 Hz instead);
-  3. store ingest rate / one bulk ``CREATE TABLE AS`` of the same Arrow data (target >= 0.3x),
-     and bytes per stored value.
+  1. CPU and memory of the whole headless agent process (``accelwatch attach ROOT --headless``
+     on a real 32-process tree, no GPUs) against a bare loop of the same psutil reads of the
+     same tree and host, at the same interval, both child processes measured with ``psutil``
+     (user + system of all threads) in interleaved rounds. Targets: <= 1.25x, RSS <= 80 MB.
+  2. bytes per stored value of a 10-minute-shaped recording (600 ticks of 8 simulated H100s,
+     the host and the tree, recorded by the real agent at 0.1 s) against Parquet zstd of the
+     same samples (DuckDB ``COPY ... (FORMAT parquet, COMPRESSION zstd)``). Target <= 1.5x.
+  3. ingest of those samples at the agent's flush (one tick per ``write_ticks``, timer
+     stopped after ``close()``, which checkpoints) against one bulk ``CREATE TABLE AS`` from
+     Arrow, both timed to a checkpointed file. Targets: >= 0.5x bulk, writer <= 1 us per value.
+
+Exits 1 on a MISS.
+
+    python benchmarks/bench_recording.py [--rounds 5] [--window 10] [--ticks 600] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-import psutil
-import pyarrow as pa
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.model import BatchBuilder  # noqa: E402
-from agent.sampler import Sampler  # noqa: E402
-from agent.source import CollectContext  # noqa: E402
-from agent.store import Store  # noqa: E402
-from benchmarks._common import cpu_per_call, print_table, process_tree, verdict  # noqa: E402
-from collectors.host import HostCollector  # noqa: E402
-from collectors.process import ProcessCollector  # noqa: E402
+import duckdb  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
+    ROOT,
+    BenchmarkError,
+    Report,
+    Side,
+    add_round_args,
+    agent_argv,
+    apply_quick,
+    baseline_argv,
+    fail,
+    interleaved,
+    process_tree,
+    ratios,
+    spread,
+)
+
+TARGET_RATIO = 1.25
+TARGET_RSS_MB = 80.0
+TARGET_BYTES = 1.5
+TARGET_INGEST = 0.5
+TARGET_WRITER_US = 1.0
+FAST_INTERVAL = 0.1
 
 
-def bare_psutil_tick(root: psutil.Process) -> None:
-    """The same reads the agent makes, with nothing around them."""
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            with p.oneshot():
-                p.cpu_times()
-                p.memory_info()
-                p.num_threads()
-                p.num_ctx_switches()
-                p.status()
-                p.io_counters()
-        except psutil.Error:
-            pass
-    psutil.cpu_times()
-    psutil.cpu_times(percpu=True)
-    psutil.virtual_memory()
-    psutil.swap_memory()
-    os.getloadavg()
-    psutil.disk_io_counters(perdisk=True)
-    psutil.net_io_counters(pernic=True)
+def cpu_sides(root: int, db: Path) -> list[Side]:
+    return [
+        Side(
+            "agent",
+            agent_argv("attach", str(root), "--headless", "--db", str(db)),
+            "the whole headless agent process (all threads), no GPUs: process + host "
+            "collectors, store writer, live analysis, headless line",
+        ),
+        Side(
+            "bare",
+            baseline_argv("bare", "--pid", str(root)),
+            "one loop: psutil reads of the same tree (oneshot: cpu, memory, threads, "
+            "ctx switches, status, io) + the host collector's reads",
+        ),
+    ]
 
 
-def bench_tick_cost(root_pid: int, ticks: int) -> tuple[float, float]:
-    root = psutil.Process(root_pid)
-    bare = cpu_per_call(lambda: bare_psutil_tick(root), ticks)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "bench.duckdb")
-        store.start()
-        procs = ProcessCollector(root_pid)
-        collectors = [procs, HostCollector()]
-        ctx = CollectContext(root_pid=root_pid, job_pids=lambda: procs.pids)
-        for c in collectors:
-            c.start(ctx)
-        sampler = Sampler(collectors, 1.0, sinks=[lambda now, b: store.submit("bench", b)])
-        clock = iter(range(10**9))
-        agent = cpu_per_call(lambda: sampler.step(float(next(clock))), ticks)
-        store.close()  # the writer thread's CPU is included: same process
-    return bare, agent
+def record(root: int, db: Path, ticks: int) -> None:
+    """A real recording of ``ticks`` ticks: the agent, 8 simulated H100s, at 0.1 s."""
+    argv = agent_argv(
+        "attach", str(root), "--headless", "--simulate", "healthy", "--db", str(db),
+        "--interval", f"{FAST_INTERVAL:g}", "--duration", f"{ticks * FAST_INTERVAL:g}",
+    )  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=ticks + 60)
+    if done.returncode != 0:
+        raise BenchmarkError(f"the recording failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
-def bench_rss(root_pid: int, real: bool) -> tuple[float, float]:
-    interval, duration = (1.0, 600.0) if real else (0.05, 30.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "attach",
-                str(root_pid),
-                "--headless",
-                "--db",
-                str(Path(tmp) / "rss.duckdb"),
-                "--interval",
-                str(interval),
-                "--duration",
-                str(duration),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+def bytes_per_value(db: Path, tmp: Path) -> tuple[int, int, float, float]:
+    """(values, ticks, bytes per value in the agent's file, in Parquet zstd of the same)."""
+    parquet = tmp / "samples.parquet"
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        values, ticks = con.execute("SELECT count(*), count(DISTINCT ts) FROM samples").fetchone()
+        con.execute(
+            f"COPY (SELECT * FROM samples ORDER BY ts) TO '{parquet}' "
+            "(FORMAT parquet, COMPRESSION zstd)"
         )
-        proc = psutil.Process(agent.pid)
-        peak_rss = peak_uss = 0
-        while agent.poll() is None:
-            try:
-                mem = proc.memory_full_info()
-            except psutil.Error:
-                break
-            peak_rss, peak_uss = max(peak_rss, mem.rss), max(peak_uss, mem.uss)
-            time.sleep(0.2)
-    return peak_rss / 1e6, peak_uss / 1e6
-
-
-def synthetic_ticks(n_ticks: int, values_per_tick: int):
-    entities = [f"gpu{i % 8}" if i % 3 else str(1000 + i % 32) for i in range(values_per_tick)]
-    metrics = [f"gpu.metric{i % 40}" for i in range(values_per_tick)]
-    for t in range(n_ticks):
-        b = BatchBuilder("nvml", 1_700_000_000.0 + t)
-        for i, (e, m) in enumerate(zip(entities, metrics)):
-            b.add(e, m, float((t * 7 + i) % 1000) / 10)
-        yield b.build()
-
-
-def bench_ingest(n_ticks: int, values_per_tick: int, ticks_per_flush: int):
-    batches = list(synthetic_ticks(n_ticks, values_per_tick))
-    rows = n_ticks * values_per_tick
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "ingest.duckdb")
-        start = time.perf_counter()
-        for i in range(0, n_ticks, ticks_per_flush):
-            store.write_ticks([("bench", batches[i : i + ticks_per_flush])])
-        ours = time.perf_counter() - start  # includes building the columns of each tick
-        store.con.execute("CHECKPOINT")
-        store.close()
-        size = os.path.getsize(Path(tmp) / "ingest.duckdb")
-        all_rows = pa.concat_tables(  # noqa: F841 - the same data, as one Arrow table
-            [pa.table(b.to_columns()) for b in batches]
-        )
-        con = duckdb.connect(str(Path(tmp) / "bulk.duckdb"))
-        start = time.perf_counter()
-        con.execute("CREATE TABLE bulk AS SELECT 'bench' AS run_id, * FROM all_rows")
-        bulk = time.perf_counter() - start
+    finally:
         con.close()
-    return rows / ours, rows / bulk, size / rows
+    if not values:
+        raise BenchmarkError("the recording stored no samples")
+    return values, ticks, db.stat().st_size / values, parquet.stat().st_size / values
 
 
-def main() -> None:
+def ingest(db: Path, tmp: Path) -> tuple[float, float, float]:
+    """(agent-flush values/s, bulk values/s, writer CPU us per value) for the same samples."""
+    import pyarrow as pa
+
+    from agent.model import BatchBuilder
+    from agent.store import Store
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        table = con.sql(
+            "SELECT epoch(ts) AS t, source, entity, metric, value FROM samples ORDER BY ts"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    rows = table.to_pylist()
+    ticks: dict[float, dict[str, BatchBuilder]] = {}
+    for row in rows:  # the batches the sampler hands the writer, built outside the timer
+        builders = ticks.setdefault(row["t"], {})
+        builder = builders.get(row["source"])
+        if builder is None:
+            builder = builders[row["source"]] = BatchBuilder(row["source"], row["t"])
+        builder.add(row["entity"], row["metric"], row["value"])
+    batches = [[b.build() for b in builders.values()] for builders in ticks.values()]
+
+    store = Store(tmp / "flush.duckdb")
+    wall, cpu = time.perf_counter(), time.process_time()
+    for tick in batches:
+        store.write_ticks([("bench", tick)])
+    store.close()  # checkpoints: part of the writer's work
+    flush_wall, flush_cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    arrow = pa.Table.from_pylist(rows)  # noqa: F841 - read by DuckDB's replacement scan
+    wall = time.perf_counter()
+    bulk = duckdb.connect(str(tmp / "bulk.duckdb"))
+    bulk.execute("CREATE TABLE samples AS SELECT 'bench' AS run_id, * FROM arrow")
+    bulk.execute("CHECKPOINT")
+    bulk.close()
+    bulk_wall = time.perf_counter() - wall
+    n = len(rows)
+    return n / flush_wall, n / bulk_wall, flush_cpu / n * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ticks", type=int, default=100)
-    parser.add_argument("--real", action="store_true", help="RSS over 10 real minutes at 1 Hz")
-    args = parser.parse_args()
-    with process_tree(32) as root_pid:
-        bare, agent = bench_tick_cost(root_pid, args.ticks)
-        rss_mb, uss_mb = bench_rss(root_pid, args.real)
-    ratio = agent / bare
-    ingest = {k: bench_ingest(600, 1000, k) for k in (1, 10)}
-    bytes_per_value = ingest[1][2]
-    print_table(
-        "accelwatch recording core",
-        [
-            ("bare psutil loop, CPU ms per tick (32 procs + host)", f"{bare * 1e3:.2f}", "", ""),
-            ("agent, CPU ms per tick (incl. batching + store)", f"{agent * 1e3:.2f}", "", ""),
-            ("agent / bare psutil", f"{ratio:.2f}x", "<= 1.5x", verdict(ratio <= 1.5)),
-            (
-                "agent peak RSS, 600 ticks headless (MB)",
-                f"{rss_mb:.0f}",
-                "<= 100",
-                verdict(rss_mb <= 100),
-            ),
-            ("  of which private (USS; the rest is shared library code)", f"{uss_mb:.0f}", "", ""),
-            *[
-                row
-                for k, (ours, bulk, _) in ingest.items()
-                for row in (
-                    (
-                        f"store ingest, {k} tick(s) of 1000 values per flush (rows/s)",
-                        f"{ours:,.0f}",
-                        "",
-                        "",
-                    ),
-                    ("  bulk CREATE TABLE AS of the same data (rows/s)", f"{bulk:,.0f}", "", ""),
-                    (
-                        "  ingest / bulk",
-                        f"{ours / bulk:.2f}x",
-                        ">= 0.3x",
-                        verdict(ours / bulk >= 0.3),
-                    ),
-                )
-            ],
-            ("bytes per stored value (after checkpoint)", f"{bytes_per_value:.2f}", "", ""),
-        ],
+    add_round_args(parser, rounds=5, window=10.0, warmup=6.0)
+    parser.add_argument("--ticks", type=int, default=600, help="ticks of the shaped recording")
+    args = parser.parse_args(argv)
+    apply_quick(args, window=3.0, warmup=4.0)
+    if args.quick:
+        args.ticks = 150
+    report = Report(
+        f"recording core: 32-process tree, {args.rounds} interleaved rounds of {args.window:g} s"
     )
+    try:
+        with tempfile.TemporaryDirectory() as name, process_tree(32) as root:
+            tmp = Path(name)
+            sides = cpu_sides(root, tmp / "cpu.duckdb")
+            got = interleaved(sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
+            record(root, tmp / "shaped.duckdb", args.ticks)
+            values, ticks, ours, parquet = bytes_per_value(tmp / "shaped.duckdb", tmp)
+            flush, bulk, writer_us = ingest(tmp / "shaped.duckdb", tmp)
+    except Exception as exc:  # one line and exit 1, never a traceback mid-table
+        return fail(exc)
+    for side in sides:
+        report.side(side.name, side.includes)
+    report.side(
+        "bytes",
+        f"the agent's DuckDB file after it finished / Parquet zstd of its samples view "
+        f"({ticks} ticks, {values:,} values)",
+    )
+    report.side(
+        "ingest",
+        "Store.write_ticks one tick per call + close() (checkpoint) / one CREATE TABLE AS "
+        "from Arrow + CHECKPOINT, same samples",
+    )
+    agent, bare = got["agent"], got["bare"]
+    report.info("agent: CPU, % of one core", spread([c * 100 for c in agent.cpu]))
+    report.info("bare: CPU, % of one core", spread([c * 100 for c in bare.cpu]))
+    per_round = ratios(agent.cpu, bare.cpu)
+    report.target(
+        "agent / bare psutil loop (per round)",
+        spread(per_round),
+        f"<= {TARGET_RATIO}x",
+        statistics.median(per_round) <= TARGET_RATIO,
+    )
+    rss = [s.rss_mb for s in agent.slots]
+    report.target(
+        "agent RSS, no GPUs (MB)", spread(rss, "{:.0f}"), f"<= {TARGET_RSS_MB:.0f}",
+        max(rss) <= TARGET_RSS_MB,
+    )  # fmt: skip
+    report.info("agent USS (MB)", spread([s.uss_mb for s in agent.slots], "{:.0f}"))
+    report.info("bytes per value: agent file", f"{ours:.2f}")
+    report.info("bytes per value: Parquet zstd", f"{parquet:.2f}")
+    report.target(
+        "bytes per value: agent / Parquet zstd", f"{ours / parquet:.2f}x", f"<= {TARGET_BYTES}x",
+        ours / parquet <= TARGET_BYTES,
+    )  # fmt: skip
+    report.info("ingest at the agent's flush (values/s)", f"{flush:,.0f}")
+    report.info("bulk CREATE TABLE AS (values/s)", f"{bulk:,.0f}")
+    report.target(
+        "ingest: agent flush / bulk", f"{flush / bulk:.2f}x", f">= {TARGET_INGEST}x",
+        flush / bulk >= TARGET_INGEST,
+    )  # fmt: skip
+    report.target(
+        "writer CPU per value (us)", f"{writer_us:.2f}", f"<= {TARGET_WRITER_US:g}",
+        writer_us <= TARGET_WRITER_US,
+    )  # fmt: skip
+    return report.print()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

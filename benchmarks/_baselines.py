@@ -1,0 +1,288 @@
+"""The baselines the benchmarks measure the agent against, each run as its own process.
+
+    python -m benchmarks._baselines bare --pid PID [--scenario NAME] [--interval 1]
+    python -m benchmarks._baselines nvitop-monitor --pid PID --scenario NAME [--interval 1]
+    python -m benchmarks._baselines nvitop-tui --scenario NAME [--interval 1]
+    python -m benchmarks._baselines scan --db FILE
+    python -m benchmarks._baselines session --pid PID --scenario NAME --db FILE --live on|off
+
+With ``--scenario`` the simulated NVML driver is installed in this process exactly as the agent
+installs it (``collectors.sim.install``, the watched root owning the GPUs), so the simulator's
+own cost is on both sides of a comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
+
+Tick = Callable[[], int]
+
+
+def install_simulator(scenario: str, root_pid: int | None) -> None:
+    """The agent's own installation (agent.app.sources): the root holds the GPUs while alive."""
+    from collectors.sim import install, load_scenario
+
+    owners = [root_pid] if root_pid else []
+    install(load_scenario(scenario), job_pids=lambda: [p for p in owners if psutil.pid_exists(p)])
+
+
+def every(interval: float, tick: Tick) -> None:
+    """Drift-free loop, like the agent's sampler: tick, then sleep to the next deadline."""
+    deadline = time.monotonic()
+    while True:
+        tick()
+        deadline += interval
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+# -- the bare loop: the agent's reads with nothing around them ---------------------------------
+def tree_tick(root_pid: int) -> Tick:
+    """psutil reads of the watched tree the process collector makes, per process and tick."""
+    root = psutil.Process(root_pid)
+
+    def tick() -> int:
+        out: list = []
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                with proc.oneshot():
+                    out += [
+                        proc.cpu_times(),
+                        proc.memory_info(),
+                        proc.num_threads(),
+                        proc.num_ctx_switches(),
+                        proc.status(),
+                        proc.io_counters(),
+                    ]
+            except psutil.Error:
+                pass
+        return len(out)
+
+    return tick
+
+
+def host_tick() -> int:
+    """The host collector's reads."""
+    out = [
+        psutil.cpu_times(),
+        psutil.cpu_times(percpu=True),
+        psutil.virtual_memory(),
+        psutil.swap_memory(),
+        os.getloadavg(),
+        psutil.disk_io_counters(perdisk=True),
+        psutil.net_io_counters(pernic=True),
+    ]
+    return len(out)
+
+
+def nvml_tick() -> Tick:
+    """Plain nvidia-ml-py calls for every metric the NVML collector records per tick."""
+    import pynvml as nv
+
+    from collectors.nvml_gpm import GPM_METRICS
+
+    nv.nvmlInit()
+    handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+    maxima = [
+        (
+            nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+            nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM),
+            nv.nvmlDeviceGetMaxPcieLinkGeneration(h),
+            nv.nvmlDeviceGetMaxPcieLinkWidth(h),
+        )
+        for h in handles
+    ]
+    links = [
+        int(nv.nvmlDeviceGetFieldValues(h, [nv.NVML_FI_DEV_NVLINK_LINK_COUNT])[0].value.uiVal)
+        for h in handles
+    ]
+    fields = [
+        [
+            (nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
+            (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
+            (nv.NVML_FI_DEV_POWER_INSTANT, 0),
+        ]
+        + [
+            (f, link)
+            for link in range(n)
+            for f in (
+                nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+            )
+        ]
+        + [(nv.NVML_FI_DEV_NVLINK_GET_STATE, link) for link in range(n)]
+        for n in links
+    ]
+    samples = [[nv.nvmlGpmSampleAlloc(), nv.nvmlGpmSampleAlloc()] for _ in handles]
+    for h, pair in zip(handles, samples):
+        nv.nvmlGpmSampleGet(h, pair[0])
+    request = nv.c_nvmlGpmMetricsGet_t()  # allocated once, as the agent does
+    request.version = nv.NVML_GPM_METRICS_GET_VERSION
+    request.numMetrics = len(GPM_METRICS)
+    for j, (metric_id, _) in enumerate(GPM_METRICS.values()):
+        request.metrics[j].metricId = metric_id
+    last_seen = [0] * len(handles)
+
+    def tick() -> int:
+        out: list = []
+        for i, h in enumerate(handles):
+            u = nv.nvmlDeviceGetUtilizationRates(h)
+            m = nv.nvmlDeviceGetMemoryInfo(h, nv.nvmlMemory_v2)
+            out += [
+                u.gpu,
+                u.memory,
+                m.used,
+                m.total,
+                m.free,
+                nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+                nv.nvmlDeviceGetPowerUsage(h),
+                nv.nvmlDeviceGetEnforcedPowerLimit(h),
+                nv.nvmlDeviceGetTotalEnergyConsumption(h),
+                nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+                nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
+                *maxima[i],
+                nv.nvmlDeviceGetPerformanceState(h),
+                nv.nvmlDeviceGetCurrentClocksEventReasons(h),
+                nv.nvmlDeviceGetCurrPcieLinkGeneration(h),
+                nv.nvmlDeviceGetCurrPcieLinkWidth(h),
+                nv.nvmlDeviceGetPcieReplayCounter(h),
+            ]
+            out += [
+                nv.nvmlDeviceGetTotalEccErrors(h, err, kind) for err in (0, 1) for kind in (0, 1)
+            ]
+            out += nv.nvmlDeviceGetRemappedRows(h)
+            out += [
+                (v.value.ullVal, v.timestamp) for v in nv.nvmlDeviceGetFieldValues(h, fields[i])
+            ]
+            previous, current = samples[i]
+            nv.nvmlGpmSampleGet(h, current)
+            request.sample1, request.sample2 = previous, current
+            try:  # the first pair can be too close together: an error is data, as in the agent
+                nv.nvmlGpmMetricsGet(request)
+                out += [request.metrics[j].value for j in range(len(GPM_METRICS))]
+            except nv.NVMLError:
+                pass
+            samples[i] = [current, previous]
+            out += [(p.pid, p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses_v3(h)]
+            try:
+                util = nv.nvmlDeviceGetProcessUtilization(h, last_seen[i])
+            except nv.NVMLError_NotFound:
+                util = []
+            for s in util:
+                last_seen[i] = max(last_seen[i], s.timeStamp)
+                out += [s.pid, s.smUtil, s.memUtil]
+        return len(out)
+
+    return tick
+
+
+def run_bare(args: argparse.Namespace) -> None:
+    parts: list[Tick] = [tree_tick(args.pid), host_tick]
+    if args.scenario:
+        install_simulator(args.scenario, args.pid)
+        parts.append(nvml_tick())
+    every(args.interval, lambda: sum(part() for part in parts))
+
+
+# -- nvitop --------------------------------------------------------------------------------------
+def run_nvitop_monitor(args: argparse.Namespace) -> None:
+    """nvitop's own headless monitor: ``ResourceMetricCollector`` on the job's root, whose
+    daemon thread calls ``take_snapshots()`` every interval (nvitop/api/collector.py)."""
+    install_simulator(args.scenario, args.pid)
+    from nvitop import Device, HostProcess, ResourceMetricCollector
+
+    # The collector keeps its root in a WeakSet of (per-pid cached) HostProcess objects; with
+    # no strong reference the root vanishes at once and nvitop follows no GPU process at all.
+    # Holding it makes nvitop do its intended work: the job's GPU processes every interval.
+    root = HostProcess(args.pid)
+    collector = ResourceMetricCollector(Device.all(), root_pids={args.pid}, interval=args.interval)
+    collector.activate(tag="bench")
+    while root is not None:
+        time.sleep(3600)
+
+
+def run_nvitop_tui(args: argparse.Namespace) -> None:
+    """nvitop's own TUI (``nvitop --interval I``) on the simulated GPUs."""
+    install_simulator(args.scenario, args.pid)
+    from nvitop.cli import main
+
+    # nvitop logs each NVML function the simulator lacks once, with a traceback, on stderr:
+    # keep that off the screen being measured (curses draws on stdout).
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+    sys.argv = ["nvitop", "--interval", f"{args.interval:g}"]
+    sys.exit(main())
+
+
+def run_scan(args: argparse.Namespace) -> None:
+    """The plain scan a post-run report is compared with, on a read-only connection."""
+    import duckdb
+
+    con = duckdb.connect(args.db, read_only=True)
+    con.execute("SELECT count(*), avg(value) FROM samples").fetchall()
+    con.close()
+
+
+def run_session(args: argparse.Namespace) -> None:
+    """The real agent through its public Session, live analysis on or off; writes the seconds
+    from start to each rule's first live finding to ``--out`` (JSON) as they come."""
+    import json
+
+    from agent.app.session import Session, SessionConfig, install_signal_handlers
+
+    config = SessionConfig(
+        db_path=args.db, simulate=args.scenario, live_analysis=args.live == "on", quiet=True
+    )
+    session = Session(config)
+    started = time.time()
+    session.attach(args.pid)
+    install_signal_handlers(session)
+    first: dict[str, float] = {}
+
+    def on_tick() -> None:
+        context = session.context
+        new = {f["rule"] for f in (context.findings if context else ())} - first.keys()
+        if new and args.out:
+            first.update(dict.fromkeys(new, time.time() - started))
+            Path(args.out).write_text(json.dumps(first))
+
+    try:
+        session.wait(on_tick=on_tick)
+    finally:
+        session.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    modes = ("bare", "nvitop-monitor", "nvitop-tui", "scan", "session")
+    parser.add_argument("mode", choices=modes)
+    parser.add_argument("--live", choices=("on", "off"), default="on", help="session: analysis")
+    parser.add_argument("--out", default=None, help="session: JSON of first findings")
+    parser.add_argument("--pid", type=int, default=None, help="root of the watched tree")
+    parser.add_argument("--scenario", default=None, help="simulated NVML scenario")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--db", default=None)
+    args = parser.parse_args(argv)
+    run = {
+        "bare": run_bare,
+        "nvitop-monitor": run_nvitop_monitor,
+        "nvitop-tui": run_nvitop_tui,
+        "scan": run_scan,
+        "session": run_session,
+    }[args.mode]
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT is how the benchmark stops it
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
