@@ -73,23 +73,27 @@ class SourceRegistry:
         self._kinds: list[_Kind] = []
         self._kind_cache: dict[tuple[str, str], str | None] = {}
         self._notices: list[SourceNotice] = []
+        #: Metric names each source added to the catalog (not those the core already declared).
+        self._added: dict[str, tuple[str, ...]] = {}
 
     # -- registering
     def register(self, spec: SourceSpec) -> None:
         """Add ``spec``, all or nothing; raise :class:`SourceRegistrationError` if it clashes."""
         with self._lock:
             kinds = self._check(spec)
+            added = tuple(m.name for m in spec.metrics if m.name not in self._catalog._index)
             try:
                 self._catalog.extend(spec.metrics)
             except ValueError as exc:
                 raise SourceRegistrationError(f"source {spec.name!r}: {exc}") from None
             self._specs[spec.name] = spec
+            self._added[spec.name] = added
             self._order.append(spec.name)
             self._kinds.extend(kinds)
             self._kind_cache.clear()
 
     def unregister(self, name: str) -> None:
-        """Remove a source and its metrics: for tests that register a fake source."""
+        """Remove a source and the metrics it added: for tests that register a fake source."""
         with self._lock:
             spec = self._specs.pop(name, None)
             if spec is None:
@@ -97,7 +101,7 @@ class SourceRegistry:
             self._order.remove(name)
             self._kinds = [k for k in self._kinds if k.source != name]
             self._kind_cache.clear()
-            self._catalog._discard(m.name for m in spec.metrics)
+            self._catalog._discard(self._added.pop(name, ()))
 
     def _check(self, spec: SourceSpec) -> list[_Kind]:
         if not isinstance(spec, SourceSpec):

@@ -101,8 +101,10 @@ class SourceSpec:
     ``metrics`` are the catalog entries the source adds (each with ``source == name``);
     ``collector`` builds the collector (import heavy driver modules inside it, not at module
     import; None for a source the job itself reports, such as ``steps``);
-    ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a scenario
-    that names the source and returns an object with ``uninstall()``. ``start_order`` orders the
+    ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a loaded
+    scenario (``collectors.sim.Scenario``) that names the source in its ``sources``, reading
+    its own part, and returns an object with ``uninstall()`` (or None: nothing to simulate);
+    ``owner_pids()`` are the processes that hold the devices. ``start_order`` orders the
     collectors (lowest first: the process tree starts before the sources that ask for its pids).
     """
 

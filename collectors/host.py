@@ -1,9 +1,12 @@
-"""Host collector: CPU per core and by mode, memory, swap, load, disks, networks, InfiniBand."""
+"""Host collector: CPU per core and by mode, memory, swap, load, networks.
+
+Disks and InfiniBand ports are sources of their own (:mod:`collectors.disk`,
+:mod:`collectors.fabric`).
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import psutil
 
@@ -11,7 +14,6 @@ from agent.catalog.host import CPU_MODES, METRICS, SOURCE
 from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector, EntityKind, SourceSpec
 
-_SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram")
 _SKIPPED_NICS = ("lo",)
 
 
@@ -23,30 +25,12 @@ def _busy(times) -> tuple[float, float]:
     return total - idle, total
 
 
-def read_infiniband(sys_root: Path) -> dict[str, tuple[int, int]]:
-    """``{"mlx5_0/1": (rx_bytes, tx_bytes)}`` from sysfs port counters (which count 4-byte words)."""
-    out: dict[str, tuple[int, int]] = {}
-    base = sys_root / "class" / "infiniband"
-    if not base.is_dir():
-        return out
-    for counters in sorted(base.glob("*/ports/*/counters")):
-        try:
-            rx = int((counters / "port_rcv_data").read_text().strip()) * 4
-            tx = int((counters / "port_xmit_data").read_text().strip()) * 4
-        except (OSError, ValueError):
-            continue
-        device, port = counters.parent.parent.parent.name, counters.parent.name
-        out[f"{device}/{port}"] = (rx, tx)
-    return out
-
-
 class HostCollector(Collector):
     """Samples the whole machine; rates are left to the store (counters stay cumulative)."""
 
     source = SOURCE
 
-    def __init__(self, sys_root: str | os.PathLike[str] = "/sys") -> None:
-        self.sys_root = Path(sys_root)
+    def __init__(self) -> None:
         self._prev_total = None
         self._prev_cores = None
 
@@ -71,16 +55,6 @@ class HostCollector(Collector):
         b.add("host", "host.load.1m", load1)
         b.add("host", "host.load.5m", load5)
         b.add("host", "host.load.15m", load15)
-        for name, io in (psutil.disk_io_counters(perdisk=True) or {}).items():
-            if name.startswith(_SKIPPED_DISK_PREFIXES):
-                continue
-            entity = f"disk:{name}"
-            b.add(entity, "host.disk.read_bytes", io.read_bytes)
-            b.add(entity, "host.disk.write_bytes", io.write_bytes)
-            b.add(entity, "host.disk.read_ops", io.read_count)
-            b.add(entity, "host.disk.write_ops", io.write_count)
-            busy_ms = getattr(io, "busy_time", None)
-            b.add(entity, "host.disk.busy_time", None if busy_ms is None else busy_ms / 1000)
         for name, io in (psutil.net_io_counters(pernic=True) or {}).items():
             if name in _SKIPPED_NICS:
                 continue
@@ -90,9 +64,6 @@ class HostCollector(Collector):
             b.add(entity, "host.net.rx_packets", io.packets_recv)
             b.add(entity, "host.net.tx_packets", io.packets_sent)
             b.add(entity, "host.net.errors", io.errin + io.errout)
-        for port, (rx, tx) in read_infiniband(self.sys_root).items():
-            b.add(f"ib:{port}", "host.ib.rx_bytes", rx)
-            b.add(f"ib:{port}", "host.ib.tx_bytes", tx)
         return b.build()
 
     def _cpu(self, b: BatchBuilder) -> None:
@@ -128,9 +99,7 @@ SPEC = SourceSpec(
     entity_kinds=(
         EntityKind("host", "host"),
         EntityKind("cpu", "cpu(?P<cpu>[0-9]+)", {"cpu.logical_number": "{cpu}"}),
-        EntityKind("disk", "disk:(?P<device>.+)", {"system.device": "{device}"}),
         EntityKind("interface", "net:(?P<interface>.+)", {"network.interface.name": "{interface}"}),
-        EntityKind("port", "ib:(?P<port>.+)", {"system.device": "{port}"}),
     ),
     collector=HostCollector,
     start_order=10,

@@ -228,6 +228,8 @@ def _generic_attributes(entity: str, _attrs: EntityAttrs) -> Attributes | None:
 
 _BY_SOURCE: dict[str, Callable[[str, EntityAttrs], Attributes | None]] = {
     "host": _host_attributes,
+    "disk": _host_attributes,  # disk:sda → system.device, as when disks were the host's
+    "fabric": _host_attributes,  # ib:mlx5_0/1 → system.device
     "process": _process_attributes,
     "nvml": _nvml_attributes,
 }

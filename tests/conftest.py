@@ -13,6 +13,21 @@ from tests.helpers import WORKER_JOB
 pytest_plugins = ["tests.fakes.dummy_accelerator"]
 
 
+def pytest_configure(config):
+    """Sources register through entry points: an install older than them fails every test."""
+    from importlib import metadata
+
+    from agent.app.sources import BUILTIN_SOURCES
+
+    installed = {ep.name for ep in metadata.entry_points(group="accelwatch.sources")}
+    missing = sorted(set(BUILTIN_SOURCES) - installed)
+    if missing:
+        raise pytest.UsageError(
+            f"accelwatch's entry points for {', '.join(missing)} are not installed: "
+            "reinstall it (.venv/bin/pip install -e '.[test]')"
+        )
+
+
 @pytest.fixture
 def worker_job(tmp_path):
     """Start the worker job; yields the Popen once its workers are up."""

@@ -196,7 +196,9 @@ def _short_command(attrs: Mapping[str, object]) -> str:
 
 
 def _sum_rates(snap: Snapshot, prefix: str, metric: str) -> float | None:
-    rates = [snap.rate(e, metric) for e in snap.entities("host") if e.startswith(prefix)]
+    # Whatever source recorded them: disks and fabric ports were the host's before their own.
+    entities = {e for b in snap.batches for e, m in zip(b.entities, b.metrics) if m == metric}
+    rates = [snap.rate(e, metric) for e in sorted(entities) if e.startswith(prefix)]
     known = [r for r in rates if r is not None]
     return sum(known) if known else None
 

@@ -218,6 +218,13 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     return _describe(con, window, plan, accels)
 
 
+#: The machine's sources (host, and the disks and fabric ports that left it), from the catalog.
+_HOST_FRAME_SOURCES = sorted(
+    {HOST_SOURCE}
+    | {CATALOG[m].source for m in (*HOST_COLUMNS.values(), *(c[3] for c in HOST_SPREAD_COLUMNS))}
+)
+
+
 def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
     cols = [pick(alias, name, extra=" AND entity = 'host'") for alias, name in HOST_COLUMNS.items()]
     cols += [
@@ -227,7 +234,7 @@ def _host_frame(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_host AS
         SELECT t, {", ".join(cols)}
-        FROM aw_rated WHERE source = {q(HOST_SOURCE)} GROUP BY t""")
+        FROM aw_rated WHERE source IN ({in_list(_HOST_FRAME_SOURCES)}) GROUP BY t""")
 
 
 def _process_frame(con: duckdb.DuckDBPyConnection, run_id: str) -> None:

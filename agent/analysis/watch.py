@@ -32,7 +32,7 @@ from agent.analysis.thresholds import (
     SM_ACTIVITY_LOW,
     WRITE_BURST_BYTES,
 )
-from agent.catalog.host import SOURCE as HOST_SOURCE
+from agent.catalog import CATALOG
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
@@ -101,6 +101,9 @@ def _device_of(source: str) -> _Device | None:
     return cached[1]
 
 
+_DISK_SOURCE = CATALOG[_DISK_WRITE].source
+
+
 def hang_state(snap: Snapshot) -> str | None:
     """``"idle"`` or ``"spinning"`` when this tick meets the hang rule's device condition
     (every job accelerator idle while the job neither computes on the host nor writes; or every
@@ -167,7 +170,7 @@ def _job_cpu(snap: Snapshot) -> float:
 def _disk_write(snap: Snapshot) -> float:
     total = 0.0
     for b in snap.batches:
-        if b.source == HOST_SOURCE:
+        if b.source == _DISK_SOURCE:
             for e, m in zip(b.entities, b.metrics):
                 if m == _DISK_WRITE and e.startswith("disk:"):
                     total += snap.rate(e, m) or 0.0

@@ -13,12 +13,9 @@ from agent.errors import UsageError
 
 def _check_scenario(name: str) -> None:
     """Fail before anything is created, with the scenario error as a one-line usage error."""
-    from collectors.sim import ScenarioError, load_scenario
+    from agent.app.sources import check_scenario
 
-    try:
-        load_scenario(name)
-    except ScenarioError as exc:
-        raise UsageError(str(exc)) from None
+    check_scenario(name)
 
 
 def _config(args: argparse.Namespace) -> SessionConfig:

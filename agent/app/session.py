@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from agent.app.sources import candidate_collectors, install_simulator, start_collectors
+from agent.app.sources import (
+    ABSENT,
+    Simulators,
+    candidate_collectors,
+    install_simulators,
+    quiet_absent_accelerators,
+    start_collectors,
+)
 from agent.context import Consumer, LiveContext
 from agent.errors import AccelwatchError, TargetError
 from agent.model import Event, RunInfo
@@ -69,7 +76,7 @@ class Session:
         self.consumers: list[Consumer] = []
         self.stop_requested = threading.Event()
         self.stop_reason = ""
-        self.simulator = None
+        self.simulator: Simulators | None = None
         self.process_collector: ProcessCollector | None = None
         #: (kind, source, detail) of collectors that did not start, noted on the first tick.
         self._notices: list[tuple[str, str, dict]] = []
@@ -108,10 +115,14 @@ class Session:
 
     def _install_simulator(self) -> None:
         if self.config.simulate:
-            self.simulator = install_simulator(self.config.simulate, self._gpu_owner_pids)
+            try:
+                self.simulator = install_simulators(self.config.simulate, self._device_owner_pids)
+            except AccelwatchError:
+                self.store.close()
+                raise
 
-    def _gpu_owner_pids(self) -> list[int]:
-        """The watched process while it lives (an exited process holds no GPU)."""
+    def _device_owner_pids(self) -> list[int]:
+        """The watched process while it lives (an exited process holds no device)."""
         root = self.run.pid if self.run is not None else None
         return [root] if root and root in self._job_pids() else []
 
@@ -171,11 +182,12 @@ class Session:
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:
         assert self.process_collector is not None
         try:
-            started, notices = start_collectors(candidate_collectors(self.process_collector), ctx)
+            candidates, notices = candidate_collectors(self.process_collector)
+            started, start_notices = start_collectors(candidates, ctx)
         except TargetError:
             self.store.close()
             raise
-        self._notices.extend(notices)
+        self._notices.extend(quiet_absent_accelerators(started, notices + start_notices))
         return started
 
     def build_context(self) -> LiveContext:
@@ -214,7 +226,11 @@ class Session:
     @property
     def startup_notices(self) -> dict[str, str]:
         """Sources that did not start (unavailable or broken): source → reason, for viewers."""
-        return {source: str(detail.get("reason", kind)) for kind, source, detail in self._notices}
+        return {
+            source: str(detail.get("reason", kind))
+            for kind, source, detail in self._notices
+            if kind != ABSENT
+        }
 
     # -- running
     def target_alive(self) -> bool:

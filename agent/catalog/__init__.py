@@ -6,7 +6,9 @@ A sample is ``(ts, source, entity, metric, value)``. The metric name says *what*
 and only grow (until a reset); ``gauge`` metrics are instantaneous or averaged over the interval.
 
 Entities name the thing measured, per source:
-  host: ``host``, ``cpu3``, ``disk:nvme0n1``, ``net:eth0``, ``ib:mlx5_0/1``
+  host: ``host``, ``cpu3``, ``net:eth0``
+  disk: ``disk:nvme0n1``
+  fabric: ``ib:mlx5_0/1``
   process: the pid as text, e.g. ``4242``
   nvml: ``gpu0``, ``gpu0/mig1``, ``gpu0/nvlink3``, ``gpu0/pid4242``
 """
@@ -163,10 +165,17 @@ def _load_registered_sources() -> None:
 
 
 def _build() -> Catalog:
-    from agent.catalog import gpu, host, process, steps
+    from agent.catalog import disk, fabric, gpu, host, process, steps
 
     return Catalog(
-        [*host.METRICS, *process.METRICS, *gpu.METRICS, *steps.METRICS],
+        [
+            *host.METRICS,
+            *disk.METRICS,
+            *fabric.METRICS,
+            *process.METRICS,
+            *gpu.METRICS,
+            *steps.METRICS,
+        ],
         complete=_load_registered_sources,
     )
 

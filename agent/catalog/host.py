@@ -1,4 +1,8 @@
-"""Host metrics (source ``host``): CPU, memory, swap, load, disks, networks, InfiniBand."""
+"""Host metrics (source ``host``): CPU, memory, swap, load, networks.
+
+Disks are the ``disk`` source (:mod:`agent.catalog.disk`), InfiniBand ports the ``fabric`` one
+(:mod:`agent.catalog.fabric`); their metric names kept the ``host.`` prefix they were published with.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,8 @@ SOURCE = "host"
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
-ROLE_OF = {
-    "host.ib.rx_bytes": "port.rx_bytes",
-    "host.ib.tx_bytes": "port.tx_bytes",
-    "host.disk.read_bytes": "disk.read_bytes",
-    "host.disk.write_bytes": "disk.write_bytes",
-    "host.disk.busy_time": "disk.busy_time",
-}
-
-
 def _m(name, unit, kind, description, **kw):
-    return metric(name, unit, kind, description, source=SOURCE, role=ROLE_OF.get(name), **kw)
+    return metric(name, unit, kind, description, source=SOURCE, **kw)
 
 
 METRICS = [
@@ -97,45 +92,6 @@ METRICS = [
         attrs={"system.paging.direction": "out"},
     ),
     _m(
-        "host.disk.read_bytes",
-        "By",
-        "counter",
-        "Bytes read from the block device.",
-        otel="system.disk.io",
-        attrs={"disk.io.direction": "read"},
-    ),
-    _m(
-        "host.disk.write_bytes",
-        "By",
-        "counter",
-        "Bytes written to the block device.",
-        otel="system.disk.io",
-        attrs={"disk.io.direction": "write"},
-    ),
-    _m(
-        "host.disk.read_ops",
-        "{operation}",
-        "counter",
-        "Read operations completed.",
-        otel="system.disk.operations",
-        attrs={"disk.io.direction": "read"},
-    ),
-    _m(
-        "host.disk.write_ops",
-        "{operation}",
-        "counter",
-        "Write operations completed.",
-        otel="system.disk.operations",
-        attrs={"disk.io.direction": "write"},
-    ),
-    _m(
-        "host.disk.busy_time",
-        "s",
-        "counter",
-        "Time the device spent doing I/O.",
-        otel="system.disk.io_time",
-    ),
-    _m(
         "host.net.rx_bytes",
         "By",
         "counter",
@@ -173,21 +129,5 @@ METRICS = [
         "counter",
         "Receive and transmit errors on the interface.",
         otel="system.network.errors",
-    ),
-    _m(
-        "host.ib.rx_bytes",
-        "By",
-        "counter",
-        "Bytes received on the InfiniBand port.",
-        otel="accelwatch.host.ib.io",
-        attrs={"network.io.direction": "receive"},
-    ),
-    _m(
-        "host.ib.tx_bytes",
-        "By",
-        "counter",
-        "Bytes sent on the InfiniBand port.",
-        otel="accelwatch.host.ib.io",
-        attrs={"network.io.direction": "transmit"},
     ),
 ]

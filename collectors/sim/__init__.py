@@ -11,6 +11,7 @@ from collectors.sim.scenario import (
     ScenarioInfo,
     list_scenarios,
     load_scenario,
+    scenario_sources,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "install",
     "list_scenarios",
     "load_scenario",
+    "scenario_sources",
 ]

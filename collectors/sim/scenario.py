@@ -156,6 +156,10 @@ class Scenario:
     effects: tuple[Effect, ...]
     #: The ``[tpu]`` table (collectors/sim/tpu/scenario.py); a TPU-only scenario has no GPUs.
     tpu: TpuScenario | None = None
+    #: The sources whose simulators this scenario installs, in order (each reads its own part).
+    sources: tuple[str, ...] = ("nvml",)
+    #: Each named source's own table, as written (``[dummy]``): what a plug-in's simulator reads.
+    parts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gpu_count(self) -> int:
@@ -187,11 +191,35 @@ def list_scenarios() -> list[ScenarioInfo]:
 
 def load_scenario(name_or_path: str) -> Scenario:
     """Load a named scenario or a user's .toml file."""
+    text, path, default_name = _scenario_text(name_or_path)
+    return parse_scenario(text, path, default_name=default_name)
+
+
+def scenario_sources(name_or_path: str) -> tuple[str, ...]:
+    """Which sources a scenario simulates (see :attr:`Scenario.sources`)."""
+    return load_scenario(name_or_path).sources
+
+
+def _sources(doc: dict[str, Any], has_tpu: bool) -> tuple[str, ...]:
+    """A top-level ``sources = [...]``, else NVML (its simulated driver hides real GPUs, even
+    when it shows none) plus TPU when there is a ``[tpu]`` table."""
+    if "sources" not in doc:
+        return ("nvml", "tpu") if has_tpu else ("nvml",)
+    sources = doc["sources"]
+    if (
+        not isinstance(sources, list)
+        or not sources
+        or not all(isinstance(s, str) and s for s in sources)
+    ):
+        raise ScenarioError("sources must be a non-empty list of source names")
+    return tuple(dict.fromkeys(sources))
+
+
+def _scenario_text(name_or_path: str) -> tuple[str, str, str]:
+    """(TOML text, path, default name) of a named scenario or a user's .toml file."""
     entry = _scenario_dir().joinpath(f"{name_or_path}.toml")
     if "/" not in name_or_path and not name_or_path.endswith(".toml") and entry.is_file():
-        return parse_scenario(
-            entry.read_text(encoding="utf-8"), str(entry), default_name=name_or_path
-        )
+        return entry.read_text(encoding="utf-8"), str(entry), name_or_path
     path = Path(name_or_path)
     if not path.is_file():
         known = ", ".join(scenario_names())
@@ -202,7 +230,7 @@ def load_scenario(name_or_path: str) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
-    return parse_scenario(text, str(path), default_name=path.stem)
+    return text, str(path), path.stem
 
 
 def parse_scenario(text: str, path: str = "<string>", *, default_name: str = "custom") -> Scenario:
@@ -218,11 +246,14 @@ def parse_scenario(text: str, path: str = "<string>", *, default_name: str = "cu
 
 
 def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
+    # A source's own part of the scenario is the table named after it (``[tpu]``, ``[dummy]``).
+    sources = _sources(doc, "tpu" in doc)
     _check_keys(
         doc,
         "top level",
         {
             "name",
+            "sources",
             "summary",
             "seed",
             "duration_s",
@@ -234,6 +265,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             "overrides",
             "effects",
             "tpu",
+            *sources,
         },
     )
     tpu = None
@@ -242,8 +274,8 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             tpu = parse_tpu(doc["tpu"])
         except TpuScenarioError as exc:
             raise ScenarioError(str(exc)) from None
-    hw = _table(doc, "hardware", required=tpu is None)
-    if not hw:  # a TPU-only scenario: the simulated NVML driver shows no GPU
+    hw = _table(doc, "hardware", required=tpu is None and "nvml" in sources)
+    if not hw:  # a TPU-only scenario (or one without NVML): the simulated driver shows no GPU
         hw = {"model": next(iter(MODELS)), "count": 0}
     _check_keys(hw, "[hardware]", {"model", "count", "mig"})
     model_key = _get(hw, "model", str, "[hardware]")
@@ -251,7 +283,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         raise ScenarioError(f"[hardware] model {model_key!r} unknown (known: {', '.join(MODELS)})")
     model = MODELS[model_key]
     count = _get(hw, "count", int, "[hardware]", default=1)
-    if not 1 <= count <= 64 and not (tpu is not None and count == 0):
+    if not 1 <= count <= 64 and not ((tpu is not None or "nvml" not in sources) and count == 0):
         raise ScenarioError("[hardware] count must be between 1 and 64")
     mig = tuple(_get(hw, "mig", list, "[hardware]", default=[]))
     if mig:
@@ -315,6 +347,8 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         overrides=overrides,
         effects=effects,
         tpu=tpu,
+        sources=sources,
+        parts={name: doc[name] for name in sources if isinstance(doc.get(name), dict)},
     )
 
 

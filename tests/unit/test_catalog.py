@@ -7,6 +7,8 @@ import time
 
 from agent.catalog import CATALOG
 from agent.source import CollectContext
+from collectors.disk import DiskCollector
+from collectors.fabric import FabricCollector
 from collectors.host import HostCollector
 from collectors.process import ProcessCollector
 
@@ -26,21 +28,32 @@ def test_metric_names_carry_no_units():
         assert not re.search(r"(_|\.)(mib|mb|gb|pct|percent|mhz|watts|celsius)$", m.name), m.name
 
 
-def test_host_and_process_collectors_emit_only_catalog_metrics(tmp_path):
+def test_every_collector_emits_only_its_sources_catalog_metrics(tmp_path):
     import os
 
+    counters = tmp_path / "class" / "infiniband" / "mlx5_0" / "ports" / "1" / "counters"
+    counters.mkdir(parents=True)
+    (counters / "port_rcv_data").write_text("10\n")
+    (counters / "port_xmit_data").write_text("20\n")
     ctx = CollectContext(root_pid=os.getpid())
-    host, proc = HostCollector(sys_root=tmp_path), ProcessCollector(os.getpid())
-    host.start(ctx)
-    proc.start(ctx)
-    batches = [c.collect(1.0) for c in (host, proc)]
+    collectors = [
+        HostCollector(),
+        ProcessCollector(os.getpid()),
+        DiskCollector(),
+        FabricCollector(sys_root=tmp_path),
+    ]
+    for c in collectors:
+        c.start(ctx)
+    batches = [c.collect(1.0) for c in collectors]
     time.sleep(0.1)  # CPU times tick in 10 ms: utilization needs time to pass between samples
-    batches += [c.collect(2.0) for c in (host, proc)]
+    batches += [c.collect(2.0) for c in collectors]
+    for b in batches:
+        assert {CATALOG[m].source for m in b.metrics} <= {b.source}, b.source
     names = {m for b in batches for m in b.metrics}
-    assert names - set(m.name for m in CATALOG) == set()
     assert {
         "host.cpu.utilization",
         "host.memory.used",
         "process.cpu.user",
         "process.memory.rss",
+        "host.ib.rx_bytes",
     } <= names

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import duckdb
 import pytest
@@ -13,6 +12,7 @@ from agent.catalog import CATALOG, Catalog, metric
 from agent.registry import SourceRegistrationError, SourceRegistry, default_registry
 from agent.source import EntityKind, SourceSpec
 from tests.fakes.dummy_accelerator import DummyModel, make_spec
+from tests.fakes.plugins import install_fake_distribution
 
 
 def _spec(name: str, *metric_names: str, kinds=()) -> SourceSpec:
@@ -26,7 +26,7 @@ def _spec(name: str, *metric_names: str, kinds=()) -> SourceSpec:
 
 def test_builtin_sources_are_found_through_entry_points_process_first():
     names = [spec.name for spec in default_registry().specs()]
-    assert {"process", "host", "nvml", "steps"} <= set(names)
+    assert {"process", "host", "disk", "fabric", "nvml", "steps"} <= set(names)
     assert names[0] == "process"
     assert default_registry().notices() == []
 
@@ -40,8 +40,11 @@ def test_builtin_sources_are_found_through_entry_points_process_first():
         ("nvml", "gpu0/pid4242", "accelerator.process"),
         ("host", "host", "host"),
         ("host", "cpu7", "cpu"),
-        ("host", "disk:nvme0n1", "disk"),
+        ("disk", "disk:nvme0n1", "disk"),
         ("host", "net:eth0", "interface"),
+        ("fabric", "ib:mlx5_0/1", "port"),
+        ("host", "disk:nvme0n1", None),  # disks and ports left the host source
+        ("host", "ib:mlx5_0/1", None),
         ("process", "4242", "process"),
         ("steps", "rank3", "rank"),
         ("nvml", "gpu", None),
@@ -205,33 +208,10 @@ def test_entity_kind_fills_its_otel_attributes_from_groups_and_description():
     assert kind.attributes("dev3") == {"hw.index": 3, "x": "d3"}  # undescribed: no hw.id
 
 
-_PLUGIN = """
-from agent.catalog import metric
-from agent.source import EntityKind, SourceSpec
-
-SPEC = SourceSpec(
-    name="fakeplug",
-    label="Fake plug-in",
-    metrics=(metric("fakeplug.level", "1", "gauge", "A level.", source="fakeplug"),),
-    entity_kinds=(EntityKind("port", "fp:.+"),),
-)
-TWIN = SourceSpec(name="fakeplug", label="Twin", metrics=(), entity_kinds=())
-NOT_A_SPEC = 42
-"""
-
-
-def _install_fake_distribution(root, entry_points: str) -> None:
-    """A real (unpacked) distribution on sys.path, as pip leaves one: importlib finds it."""
-    (root / "aw_fake_plugin.py").write_text(_PLUGIN)
-    dist = root / "aw_fake_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aw-fake-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-
-
 def test_plugins_are_discovered_once_and_a_broken_one_becomes_a_notice(tmp_path, monkeypatch):
-    _install_fake_distribution(
+    install_fake_distribution(
         tmp_path,
+        monkeypatch,
         """\
         [accelwatch.test_sources]
         a_good = aw_fake_plugin:SPEC
@@ -240,8 +220,6 @@ def test_plugins_are_discovered_once_and_a_broken_one_becomes_a_notice(tmp_path,
         d_twin = aw_fake_plugin:TWIN
         """,
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "aw_fake_plugin", raising=False)
     catalog = Catalog([])
     registry = SourceRegistry(catalog, discover=True, group="accelwatch.test_sources")
     assert "fakeplug.level" not in catalog._index  # nothing happens before the first read
@@ -271,3 +249,13 @@ def test_importing_the_catalog_discovers_no_plugin_until_it_is_read():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "False", "False", "True", "False"]
+
+
+def test_unregistering_a_builtin_source_keeps_the_cores_declarations():
+    registry = SourceRegistry()  # the process-wide catalog already holds gpu.utilization
+    nvml = default_registry().get("nvml")
+    registry.register(nvml)
+    registry.unregister("nvml")
+    assert CATALOG["gpu.utilization"] is next(
+        m for m in nvml.metrics if m.name == "gpu.utilization"
+    )
