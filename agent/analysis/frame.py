@@ -278,7 +278,7 @@ def _describe(
 ) -> FrameInfo:
     first, last = (
         None if k is None else naive_utc(k * window.bucket_s)
-        for k in con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone()
+        for k in con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
     )
     present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
     sampled = {r[0] for r in con.execute("SELECT DISTINCT entity FROM aw_accel").fetchall()}

@@ -144,7 +144,7 @@ def accelerator_source(spec: SourceSpec) -> AcceleratorSource | None:
     kinds = [k for k in spec.entity_kinds if k.kind == ACCELERATOR]
     if not kinds:
         return None
-    hw_types = {k.otel_attributes.get("hw.type") for k in kinds}
+    hw_types = {k.otel_attributes.get("hw.type") or "" for k in kinds}
     noun = _NOUNS.get(hw_types.pop(), "accelerator") if len(hw_types) == 1 else "accelerator"
     columns: dict[str, str] = {}
     for m in spec.metrics:
@@ -244,7 +244,7 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
     shape = (len(names), len(times))
     slot = (cols["ecode"].astype(np.int64), np.searchsorted(times, t))
     grid = np.full((*shape, len(aliases)), np.nan)
-    grid[(*slot, cols["code"].astype(np.int64))] = cols["val"]
+    grid[slot[0], slot[1], cols["code"].astype(np.int64)] = cols["val"]
     busy = cols["code"] == code_of["busy"]
     extra = {}
     for name, source in zip(BUSY_EXTRA, ("low_share", "max", "min")):
