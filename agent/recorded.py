@@ -15,15 +15,59 @@ from typing import Any
 
 import numpy as np
 
+from agent.errors import StoreError, UsageError
 from agent.model import Batch, BatchBuilder, Event, RunInfo
 from agent.reader import Finding, Frame, Series, order_findings, query_history
-from agent.runs import ReadConnection, RunNotFoundError, find_run, open_read, stored_findings
+from agent.runs import (
+    ReadConnection,
+    ReadResult,
+    RunNotFoundError,
+    find_run,
+    open_read,
+    stored_findings,
+)
 from agent.snapshot import Key, Snapshot
 
 __all__ = ["RecordedReader", "RunNotFoundError"]
 
 #: How often a reader following a live recording asks for new ticks.
 FOLLOW_POLL_S = 1.0
+
+
+class _HandOver:
+    """A read connection that survives the end of the recording it reads through: when the
+    agent goes away (the run ended), the file is free, so reopen it and ask again."""
+
+    def __init__(self, db: ReadConnection, db_path: str) -> None:
+        self._db = db
+        self._path = db_path
+        self._lock = threading.Lock()
+
+    @property
+    def via(self) -> str:
+        return self._db.via
+
+    @property
+    def duckdb(self):  # noqa: ANN201 - the wrapped connection's
+        return self._db.duckdb
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> ReadResult:
+        db = self._db
+        try:
+            return db.execute(sql, params)
+        except UsageError:
+            raise
+        except StoreError:
+            if db.via != "agent":
+                raise
+        with self._lock:
+            if self._db is db:
+                db.close()
+                self._db = open_read(self._path)
+        return self._db.execute(sql, params)
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class RecordedReader:
@@ -46,7 +90,7 @@ class RecordedReader:
     @classmethod
     def open(cls, db_path: str, run: str | None = None) -> RecordedReader:
         """Open ``db_path`` for reading at run ``run`` (id or name; default: the latest)."""
-        db = open_read(db_path)
+        db = _HandOver(open_read(db_path), db_path)
         try:
             return cls(db, find_run(db, run, db_path))
         except BaseException:
@@ -90,8 +134,8 @@ class RecordedReader:
         while self.following and not self._stop.wait(FOLLOW_POLL_S):
             try:
                 changed = self.refresh()
-            except Exception:  # the agent finished and went away: the recording is complete
-                return
+            except Exception:  # the agent is finalizing (neither socket nor file yet): retry
+                continue
             if changed:
                 for callback in list(self._callbacks):
                     callback()

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -208,27 +208,28 @@ def find_run(db: ReadConnection | Any, run: str | None, db_path: str) -> RunInfo
 
 
 def list_runs(db: ReadConnection) -> list[dict[str, Any]]:
-    """Every run, oldest first, with typed ``tags`` and ``env`` (objects, not JSON text)."""
-    rows = db.execute(
-        "SELECT run_id, name, mode, pid, host, started, ended, status, exit_code, "
-        "simulated, scenario, tags, env FROM runs ORDER BY started"
-    ).records()
+    """Every run, oldest first, as a reader should show it: typed ``tags`` and ``env``
+    (objects, not JSON text) and the effective status (``lost`` when the recording agent is
+    gone, with ``last_sample``; ``recorded_status`` keeps the stored one)."""
+    from agent.store import RUNS_V2_COLUMNS, effective_status
+
+    rows = db.execute("SELECT * FROM runs ORDER BY started").records()
+    locked = db.via == "agent"  # an agent holds the file: it is the one answering
     for r in rows:
-        r["tags"] = _json_object(r["tags"])
-        r["env"] = _json_object(r["env"])
+        for column in RUNS_V2_COLUMNS:
+            r.setdefault(column, None)
+        r["tags"] = _json_object(r.get("tags"))
+        r["env"] = _json_object(r.get("env"))
+        r["recorded_status"] = r["status"]
+        r["status"] = effective_status(r, locked=locked)
+        if r["status"] == "lost" and r["last_sample"] is None:
+            last = last_sample_time(db, r["run_id"])
+            r["last_sample"] = None if last is None else _naive_utc(last)
     return rows
 
 
-def mark_lost_runs(runs: list[dict[str, Any]], via: str) -> list[dict[str, Any]]:
-    """Status as a reader sees it: a run still marked ``running`` whose agent is gone is
-    ``lost``. Read from the file, no agent holds it, so every ``running`` run is lost; through
-    an agent's socket, only the newest running run is the one it records."""
-    running = [r for r in runs if r.get("status") == "running"]
-    alive = max(running, key=lambda r: r["started"]) if running and via == "agent" else None
-    for r in running:
-        if r is not alive:
-            r["status"] = "lost"
-    return runs
+def _naive_utc(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None)
 
 
 def last_sample_time(db: ReadConnection, run_id: str) -> float | None:

@@ -101,11 +101,13 @@ class SourceSpec:
     ``metrics`` are the catalog entries the source adds (each with ``source == name``);
     ``collector`` builds the collector (import heavy driver modules inside it, not at module
     import; None for a source the job itself reports, such as ``steps``);
-    ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a loaded
-    scenario (``collectors.sim.Scenario``) that names the source in its ``sources``, reading
-    its own part, and returns an object with ``uninstall()`` (or None: nothing to simulate);
-    ``owner_pids()`` are the processes that hold the devices. ``start_order`` orders the
-    collectors (lowest first: the process tree starts before the sources that ask for its pids).
+    ``simulator(scenario, owner_pids)`` installs the source's simulated devices for a scenario
+    (its name or .toml path) whose ``sources`` name this source, reading its own part, and
+    returns an object with ``uninstall()`` (or None: nothing to simulate); ``owner_pids()`` are
+    the processes that hold the devices. ``check_scenario(scenario)`` raises ValueError (one
+    line) if the scenario's part for this source is invalid, before anything is started.
+    ``start_order`` orders the collectors (lowest first: the process tree starts before the
+    sources that ask for its pids).
     """
 
     name: str
@@ -115,3 +117,4 @@ class SourceSpec:
     collector: Callable[[], Collector] | None = None
     simulator: Callable[..., Any] | None = None
     start_order: int = 50
+    check_scenario: Callable[[str], None] | None = None

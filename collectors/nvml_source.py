@@ -20,11 +20,11 @@ def _collector() -> Collector:
     return NvmlCollector()
 
 
-def _simulator(scenario: Any, owner_pids: Callable[[], list[int]]) -> Any:
+def _simulator(scenario: str, owner_pids: Callable[[], list[int]]) -> Any:
     """Patch pynvml with the scenario's simulated GPUs (maybe none), held by ``owner_pids``."""
-    from collectors.sim import install
+    from collectors.sim import install, load_scenario
 
-    return install(scenario, job_pids=owner_pids)
+    return install(load_scenario(scenario), job_pids=owner_pids)
 
 
 SPEC = SourceSpec(

@@ -1,7 +1,11 @@
 """Exporters that feed existing monitoring from the agent's latest snapshot.
 
 ``build_exporters(config)`` is the session's hook for ``--otlp``, ``--prometheus`` and
-``--metric-names``; OpenTelemetry is imported only when one of them is used.
+``--metric-names``; OpenTelemetry is imported only when one of them is used. The session calls
+it before launching the job: it validates every option (and the ``OTEL_*`` values it reads) and
+binds the Prometheus socket, raising a one-line :class:`UsageError`, so a bad option never
+costs a started job. ``consumer.start(context)`` then only starts serving and exporting, and
+``stop()`` releases what was built even if ``start`` never ran.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ MAX_PROCESSES_ENV = "ACCELWATCH_EXPORT_MAX_PROCESSES"
 
 
 def build_exporters(config: ExportOptions) -> list[Consumer]:
-    """The export consumers the config asks for (empty when neither OTLP nor Prometheus is on)."""
+    """The export consumers the config asks for (empty when neither OTLP nor Prometheus is on),
+    validated and bound; a :class:`UsageError` names the option at fault."""
     if config.otlp is None and config.prometheus is None:
         return []
     if config.metric_names not in ("otel", "dcgm"):

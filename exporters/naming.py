@@ -4,20 +4,25 @@ Everything here is derived from :data:`agent.catalog.CATALOG`; a metric added to
 exported without touching this module. Two name sets exist:
 
 * ``otel`` (always): the catalog's ``otel_name`` + ``otel_attributes``; entities become
-  attributes per source (``cpu3`` → ``cpu.logical_number=3``, pid → ``process.pid``, ``gpu0`` →
-  ``hw.id``/``hw.name``/``hw.vendor``/``hw.type``).
+  attributes through their source's declared entity kinds (``EntityKind.otel_attributes``:
+  ``cpu3`` → ``cpu.logical_number=3``, pid → ``process.pid``, an accelerator → ``hw.id``/
+  ``hw.name``/``hw.type``...), never through a switch on the source's name.
 * ``dcgm`` (opt-in): the catalog's ``dcgm_name`` with dcgm-exporter's units and labels
-  (``gpu``, ``UUID``, ``device``, ``modelName``, ``Hostname``), for GPU and MIG entities only.
+  (``gpu``, ``UUID``, ``device``, ``modelName``, ``Hostname``), for metrics that declare a
+  ``dcgm_name``, on device and device-part entities only.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.catalog import CATALOG, Catalog, Metric
+from agent.registry import SourceRegistry, default_registry
+from agent.source import EntityKind
 
 AttrValue = str | int | float | bool
 Attributes = dict[str, AttrValue]
@@ -130,121 +135,103 @@ def _dcgm_route(metric: Metric) -> tuple[InstrumentSpec, Route]:
     return spec, Route(name, {}, scale=scale, as_rate=as_rate, dcgm=True)
 
 
-_GPU = re.compile(r"^gpu(\d+)$")
-_GPU_CHILD = re.compile(r"^gpu(\d+)/(mig|nvlink|pid)(\d+)$")
+_DEVICE = re.compile(r"^[^/]*?(\d+)$")
 _MIG_PROFILE = re.compile(r"\b(\d+g\.\d+gb)\b")
+#: Entity kinds dcgm-exporter labels (only metrics declaring a ``dcgm_name`` reach them).
+DCGM_KINDS = frozenset({"accelerator", "accelerator.part"})
 
 
 def dcgm_labels(entity: str, entity_attrs: EntityAttrs, hostname: str) -> Attributes | None:
-    """dcgm-exporter labels for a GPU or MIG entity; None for entities dcgm does not export."""
-    gpu = _GPU.match(entity)
-    child = _GPU_CHILD.match(entity)
-    if gpu is None and (child is None or child.group(2) != "mig"):
+    """dcgm-exporter labels for a device (``gpu0``) or a part of one (``gpu0/mig1``); None for
+    anything else (links, per-process entities)."""
+    device, slash, child = entity.partition("/")
+    found = _DEVICE.match(device)
+    part = re.fullmatch(r"[a-z]+(\d+)", child) if slash else None
+    if found is None or (slash and (part is None or not child.startswith("mig"))):
         return None
-    index = int((gpu or child).group(1))  # type: ignore[union-attr]
-    attrs = entity_attrs.get(f"gpu{index}", {})
+    index = int(found.group(1))
+    attrs = entity_attrs.get(device, {})
     labels: Attributes = {
         "gpu": str(index),
-        "UUID": str(attrs.get("uuid", f"gpu{index}")),
+        "UUID": str(attrs.get("uuid", device)),
         "device": f"nvidia{attrs.get('minor_number', index)}",
         "modelName": str(attrs.get("name", "")),
         "Hostname": hostname,
     }
     if attrs.get("pci_bus_id"):
         labels["pci_bus_id"] = str(attrs["pci_bus_id"])
-    if child is not None:  # a MIG instance: dcgm-exporter's GPU instance labels
+    if part is not None:  # a MIG instance: dcgm-exporter's GPU instance labels
         mig = entity_attrs.get(entity, {})
         instance = mig.get("gpu_instance_id")
-        labels["GPU_I_ID"] = str(child.group(3) if instance is None else instance)
+        labels["GPU_I_ID"] = str(part.group(1) if instance is None else instance)
         profile = _MIG_PROFILE.search(str(mig.get("name", "")))
         if profile:
             labels["GPU_I_PROFILE"] = profile.group(1)
     return labels
 
 
-# -- OpenTelemetry attributes per source -----------------------------------------------------
-def _host_attributes(entity: str, _attrs: EntityAttrs) -> Attributes | None:
-    if entity == "host":
-        return {}
-    if entity.startswith("cpu") and entity[3:].isdigit():
-        return {"cpu.logical_number": int(entity[3:])}
-    kind, sep, name = entity.partition(":")
-    if not sep:
-        return {"accelwatch.entity": entity}
-    if kind == "net":
-        return {"network.interface.name": name}
-    return {"system.device": name}  # disk:sda, ib:mlx5_0/1
+# -- OpenTelemetry attributes per entity kind ------------------------------------------------
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
-def _process_attributes(entity: str, attrs: EntityAttrs) -> Attributes | None:
-    if not entity.isdigit():
-        return {"accelwatch.entity": entity}
-    out: Attributes = {"process.pid": int(entity)}
-    described = attrs.get(entity, {})
-    if described.get("name"):
-        out["process.executable.name"] = str(described["name"])
-    if described.get("role"):
-        out["accelwatch.process.role"] = str(described["role"])
-    return out
-
-
-def _gpu_identity(index: str, attrs: EntityAttrs) -> Attributes:
-    described = attrs.get(f"gpu{index}", {})
-    out: Attributes = {
-        "hw.id": str(described.get("uuid") or f"gpu{index}"),
-        "hw.type": "gpu",
-        "hw.vendor": str(described.get("vendor", "NVIDIA")),
-    }
-    if described.get("name"):
-        out["hw.name"] = str(described["name"])
-    return out
-
-
-def _nvml_attributes(entity: str, attrs: EntityAttrs) -> Attributes | None:
-    gpu = _GPU.match(entity)
-    if gpu is not None:
-        return _gpu_identity(gpu.group(1), attrs)
-    child = _GPU_CHILD.match(entity)
-    if child is None:
-        return {"accelwatch.entity": entity}
-    index, kind, number = child.groups()
-    out = _gpu_identity(index, attrs)
-    if kind == "pid":
-        out["process.pid"] = int(number)
-    elif kind == "nvlink":
-        out["accelwatch.gpu.nvlink"] = int(number)
-    else:  # a MIG instance is a device of its own whose parent is the GPU
-        described = attrs.get(entity, {})
-        out["hw.parent"] = out["hw.id"]
-        out["hw.id"] = str(described.get("uuid") or f"{out['hw.id']}/mig{number}")
-        if described.get("name"):
-            out["hw.name"] = str(described["name"])
-    return out
-
-
-def _generic_attributes(entity: str, _attrs: EntityAttrs) -> Attributes | None:
-    return {} if entity in ("", "host") else {"accelwatch.entity": entity}
-
-
-_BY_SOURCE: dict[str, Callable[[str, EntityAttrs], Attributes | None]] = {
-    "host": _host_attributes,
-    "disk": _host_attributes,  # disk:sda → system.device, as when disks were the host's
-    "fabric": _host_attributes,  # ib:mlx5_0/1 → system.device
-    "process": _process_attributes,
-    "nvml": _nvml_attributes,
-}
-
-
-def entity_attributes(source: str, entity: str, entity_attrs: EntityAttrs) -> Attributes | None:
-    """OpenTelemetry attributes that identify ``entity`` of ``source`` (None: do not export)."""
-    return _BY_SOURCE.get(source, _generic_attributes)(entity, entity_attrs)
-
-
-def process_of(source: str, entity: str) -> int | None:
-    """The pid a per-process series belongs to (process entities and ``gpuN/pidP``), else None."""
-    if source == "process":
-        return int(entity) if entity.isdigit() else None
-    child = _GPU_CHILD.match(entity)
-    if child is not None and child.group(2) == "pid":
-        return int(child.group(3))
+def entity_kind(
+    source: str, entity: str, registry: SourceRegistry | None = None
+) -> EntityKind | None:
+    """The declared kind of ``entity`` of ``source`` (its first matching pattern), or None."""
+    spec = (registry or default_registry()).get(source)
+    if spec is None:
+        return None
+    for kind in spec.entity_kinds:
+        if _compiled(kind.pattern).fullmatch(entity):
+            return kind
     return None
+
+
+def entity_attributes(
+    source: str, entity: str, entity_attrs: EntityAttrs, registry: SourceRegistry | None = None
+) -> Attributes | None:
+    """OpenTelemetry attributes that identify ``entity`` of ``source`` (None: do not export).
+
+    They come from the source's declared entity kinds (``EntityKind.otel_attributes``); a child
+    entity (``gpu0/nvlink3``) carries its parent's attributes too, and a child that is a device
+    of its own (a MIG instance) names its parent in ``hw.parent``. An entity no kind matches is
+    exported with ``accelwatch.entity``.
+    """
+    kind = entity_kind(source, entity, registry)
+    if kind is None:
+        return {} if entity in ("", "host") else {"accelwatch.entity": entity}
+    own = _filled(kind, entity, entity_attrs)
+    parent_name, slash, _child = entity.partition("/")
+    if not slash:
+        return own
+    parent_kind = entity_kind(source, parent_name, registry)
+    if parent_kind is None:
+        return own
+    parent = _filled(parent_kind, parent_name, entity_attrs)
+    if "hw.id" in own and own["hw.id"] == entity and "hw.id" in parent:
+        own["hw.id"] = f"{parent['hw.id']}/{_child}"  # a part without its own id
+    if "hw.id" in own and "hw.id" in parent and own["hw.id"] != parent["hw.id"]:
+        own["hw.parent"] = parent["hw.id"]
+    return {**parent, **own}
+
+
+def _filled(kind: EntityKind, entity: str, entity_attrs: EntityAttrs) -> Attributes:
+    out: Attributes = {
+        key: value if isinstance(value, (int, float, bool)) else str(value)
+        for key, value in kind.attributes(entity, entity_attrs.get(entity, {})).items()
+        if value not in (None, "")
+    }
+    if "hw.id" in kind.otel_attributes and "hw.id" not in out:
+        out["hw.id"] = entity  # a device that did not describe its id is still one series
+    return out
+
+
+def process_of(source: str, entity: str, registry: SourceRegistry | None = None) -> int | None:
+    """The pid a per-process series belongs to (kinds ``process`` and ``accelerator.process``)."""
+    kind = entity_kind(source, entity, registry)
+    if kind is None or kind.kind not in ("process", "accelerator.process"):
+        return None
+    pid = kind.attributes(entity).get("process.pid")
+    return pid if isinstance(pid, int) else None

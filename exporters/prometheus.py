@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,47 +149,71 @@ class Exposition:
         return "".join(out)
 
 
-class PrometheusEndpoint:
-    """Serves ``/metrics`` from a thread; each scrape renders the latest snapshot."""
+def parse_address(address: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` (``[::1]:9464`` for IPv6) → (host, port); the host defaults to 127.0.0.1."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = "", address
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError(f"--prometheus {address}: expected [HOST:]PORT") from None
+    if not 0 <= number <= 65535:
+        raise UsageError(f"--prometheus {address}: port out of range")
+    return host.strip("[]") or "127.0.0.1", number
 
-    def __init__(
-        self,
-        address: str,
-        health: dict[str, Any],
-        points: Callable[[Snapshot | None], Mapping[str, list[Observation]]],
-        latest: Callable[[], Snapshot | None],
-        exposition: Exposition,
-    ) -> None:
-        host, _, port = address.rpartition(":")
-        self.host = host or "127.0.0.1"
-        self.port = int(port)
-        self._health = health
-        self._points = points
-        self._latest = latest
-        self._exposition = exposition
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), handler)
+
+
+class PrometheusEndpoint:
+    """Serves ``/metrics`` from a thread; each scrape renders the latest snapshot.
+
+    The listening socket is bound when the endpoint is built (before the job starts), so a taken
+    port is a usage error and never a dead job; :meth:`serve` only starts answering. Until then
+    a connection waits in the backlog.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.host, self.port = parse_address(address)
+        self._health: dict[str, Any] = {}
+        self._render: Callable[[], str] = lambda: ""
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        health.setdefault("prometheus.scrapes", 0)
+        handler = type("Handler", (_ScrapeHandler,), {"endpoint": self})
+        try:
+            self._server: _Server | None = _Server(self.host, self.port, handler)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UsageError(f"--prometheus {self.host}:{self.port}: {reason.lower()}") from None
+        self.port = int(self._server.server_address[1])
 
     def scrape(self) -> bytes:
         """One scrape's body (also what the HTTP handler sends)."""
         with self._lock:
-            text = self._exposition.render(self._points(self._latest()))
-            self._health["prometheus.scrapes"] = int(self._health["prometheus.scrapes"]) + 1
+            text = self._render()
+            self._health["prometheus.scrapes"] = int(self._health.get("prometheus.scrapes", 0)) + 1
         return text.encode()
 
-    def serve(self) -> tuple[str, int]:
-        """Start serving; returns the bound (host, port) (port 0 picks a free one)."""
-        handler = type("Handler", (_ScrapeHandler,), {"endpoint": self})
-        try:
-            self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        except OSError as exc:
-            raise UsageError(
-                f"cannot serve Prometheus metrics on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from None
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
+    def serve(
+        self,
+        health: dict[str, Any],
+        points: Callable[[Snapshot | None], Mapping[str, list[Observation]]],
+        latest: Callable[[], Snapshot | None],
+        exposition: Exposition,
+    ) -> tuple[str, int]:
+        """Start answering scrapes from a thread; returns the bound (host, port)."""
+        assert self._server is not None, "serve() after close()"
+        with self._lock:
+            self._health = health
+            health.setdefault("prometheus.scrapes", 0)
+            self._render = lambda: exposition.render(points(latest()))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="accelwatch-prometheus", daemon=True
         )
@@ -197,11 +222,14 @@ class PrometheusEndpoint:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def close(self) -> None:
+        """Stop serving and release the socket (also when :meth:`serve` never ran)."""
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:
+                self._server.shutdown()  # waits for serve_forever, so only once it runs
             self._server.server_close()
             self._server = None
         if self._thread is not None:

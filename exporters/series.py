@@ -15,14 +15,16 @@ from typing import Any
 
 from opentelemetry.metrics import Observation
 
+from agent.registry import default_registry
 from agent.snapshot import Snapshot
 from exporters.naming import (
+    DCGM_KINDS,
     Attributes,
     ExportPlan,
     Route,
     dcgm_labels,
     entity_attributes,
-    process_of,
+    entity_kind,
 )
 
 DEFAULT_MAX_PROCESSES = 64
@@ -131,7 +133,12 @@ class SeriesIndex:
 
     def _admit(self, snapshot: Snapshot) -> Mapping[int, None]:
         """The job's processes that get series: those already admitted first, then new ones."""
-        current = [int(e) for e in snapshot.entities("process") if e.isdigit()]
+        current = [
+            int(e)
+            for b in snapshot.batches
+            for e in dict.fromkeys(b.entities)
+            if e.isdigit() and self._kind(b.source, e) == "process"
+        ]
         alive = set(current)
         admitted = {pid: None for pid in self._admitted if pid in alive}
         for pid in current:
@@ -146,6 +153,10 @@ class SeriesIndex:
             self._health["export.capped_processes"] = self.capped_processes
         return admitted
 
+    @staticmethod
+    def _kind(source: str, entity: str) -> str | None:
+        return default_registry().kind_of(source, entity)  # memoized per (source, entity)
+
     def _series(self, source: str, entity: str, described: Mapping[str, Any]) -> _EntitySeries:
         own = described.get(entity)
         parent = described.get(entity.split("/", 1)[0])
@@ -153,9 +164,15 @@ class SeriesIndex:
         cached = self._entities.get(key)
         if cached is not None and cached.own is own and cached.parent is parent:
             return cached
+        kind = entity_kind(source, entity)
         base = entity_attributes(source, entity, described)
-        dcgm = dcgm_labels(entity, described, self.hostname) if source == "nvml" else None
-        cached = _EntitySeries(own, parent, base, dcgm, process_of(source, entity))
+        is_device = kind is not None and kind.kind in DCGM_KINDS
+        dcgm = dcgm_labels(entity, described, self.hostname) if is_device else None
+        pid = None
+        if kind is not None and kind.kind in ("process", "accelerator.process") and base:
+            found = base.get("process.pid")
+            pid = found if isinstance(found, int) else None
+        cached = _EntitySeries(own, parent, base, dcgm, pid)
         self._entities[key] = cached
         return cached
 

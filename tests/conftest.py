@@ -26,6 +26,12 @@ def pytest_configure(config):
             f"accelwatch's entry points for {', '.join(missing)} are not installed: "
             "reinstall it (.venv/bin/pip install -e '.[test]')"
         )
+    # A recording loads the registry when it starts its sources, before any consumer runs; tests
+    # that drive consumers without a Session get the same, so no one-off plug-in import is
+    # billed to, say, the first live analysis pass.
+    from agent.registry import default_registry
+
+    default_registry().load()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer
 
 from agent.catalog import CATALOG
 from agent.reader import Frame, Reader
-from tui.views import TRACKED_METRICS, gpu_views, host_view, process_rows
+from tui.views import accelerator_views, host_view, process_rows, tracked_metrics
 from tui.widgets.findings import EvidenceScreen, FindingsTable
 from tui.widgets.gpu import GpuCard, GpuPanel
 from tui.widgets.header import RunHeader
@@ -100,7 +100,7 @@ class AccelwatchApp(App[int]):
 
     def on_mount(self) -> None:
         self.header.window_s = self.window_s
-        self.reader.track(TRACKED_METRICS)
+        self.reader.track(tracked_metrics())
         self.reader.subscribe(self._wake)
         self.header.show(state=self.state_label())
         self.request_frame()
@@ -145,7 +145,7 @@ class AccelwatchApp(App[int]):
             return
         self.frame = frame
         self.header.show(frame)
-        self.query_one(GpuPanel).show(gpu_views(frame), dict(frame.notices))
+        self.query_one(GpuPanel).show(accelerator_views(frame), dict(frame.notices))
         table = self.query_one(ProcessTable)
         table.show(process_rows(frame, table.sort_key))
         self.query_one(HostPanel).show(host_view(frame))
@@ -225,19 +225,19 @@ class AccelwatchApp(App[int]):
         """(entity, source) of what is selected: a card, a process row, the host panel."""
         focused = self.focused
         if isinstance(focused, GpuCard):
-            return focused.entity, "nvml"
+            return focused.entity, focused.source
         if isinstance(focused, ProcessTable) and focused.selected_pid is not None:
             return str(focused.selected_pid), "process"
         if isinstance(focused, HostPanel):
             return "host", "host"
         if isinstance(focused, FindingsTable) and focused.selected is not None and self.frame:
             entity = focused.selected.entity
-            for source in ("nvml", "process", "host"):
-                if entity in self.frame.snapshot.entities(source):
-                    return entity, source
+            for batch in self.frame.snapshot.batches:
+                if entity in batch.entities:
+                    return entity, batch.source
         cards = [c for c in self.query(GpuCard) if c.display]
         if cards:
-            return cards[0].entity, "nvml"
+            return cards[0].entity, cards[0].source
         return ("host", "host") if self.frame else None
 
     def on_gpu_card_selected(self, message: GpuCard.Selected) -> None:

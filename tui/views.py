@@ -1,43 +1,109 @@
 """What each panel shows, computed from a :class:`agent.reader.Frame` (pure, no Textual).
 
 Widgets only lay these out; the arithmetic (rates, sums, tree order, throttle decoding) lives
-here so it is tested without a terminal.
+here so it is tested without a terminal. Accelerators are found by entity kind (the source
+registry) and read by metric role (``agent/catalog/roles.py``), so a card never asks which
+driver measured the device.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.catalog.gpu import CLOCK_EVENT_FLAGS
-from agent.catalog.gpu import SOURCE as GPU_SOURCE
+from agent.catalog import CATALOG
 from agent.reader import Frame
+from agent.registry import default_registry
 from agent.snapshot import Snapshot
 
-#: Clock-event reasons that mean the GPU runs slower than it could (the rest are benign).
-SLOWDOWN_FLAGS = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
-#: GPU metrics drawn as sparklines on the cards (tracked by the reader for recent history).
-CARD_SPARK_METRICS = ("gpu.utilization", "gpu.sm.activity", "gpu.tensor.activity")
+ACCELERATOR = "accelerator"
+BUSY = "accelerator.busy"
+COMPUTE = "accelerator.compute.activity"
+TENSOR = "accelerator.tensor.activity"
+#: Roles drawn as sparklines on the cards (the reader tracks their recent history).
+SPARK_ROLES = (BUSY, COMPUTE, TENSOR)
+#: Throttle roles that mean the device runs slower than it could (idle clocks are benign).
+SLOWDOWN_ROLES = (
+    "accelerator.throttle.power",
+    "accelerator.throttle.slowdown",
+    "accelerator.throttle.thermal",
+    "accelerator.throttle.thermal_hw",
+    "accelerator.throttle.power_brake",
+)
+#: Roles a card reads (optional ones are drawn only when the device's source declares them).
+CARD_ROLES = (
+    *SPARK_ROLES,
+    "accelerator.memory.used",
+    "accelerator.memory.total",
+    "accelerator.power",
+    "accelerator.power.limit",
+    "accelerator.temperature",
+    "accelerator.clock",
+    "accelerator.clock.max",
+    "accelerator.clock.memory",
+    *SLOWDOWN_ROLES,
+    "accelerator.host_link.tx",
+    "accelerator.host_link.rx",
+    "accelerator.peer_link.tx",
+    "accelerator.peer_link.rx",
+    "accelerator.fault",
+    "accelerator.ecc.uncorrected",
+)
 HOST_SPARK_METRICS = ("host.cpu.utilization",)
-TRACKED_METRICS = CARD_SPARK_METRICS + HOST_SPARK_METRICS
 SORT_KEYS = ("tree", "cpu", "rss", "gpu_mem", "io")
 
 
+def role_metrics(source: str) -> dict[str, str]:
+    """Role → the metric of ``source`` that plays it (the first declared, if several)."""
+    out: dict[str, str] = {}
+    for m in CATALOG.by_source(source):
+        if m.role is not None:
+            out.setdefault(m.role, m.name)
+    return out
+
+
+def tracked_metrics() -> tuple[str, ...]:
+    """Metrics whose recent history the cards and host panel draw, from every source."""
+    names = [m.name for role in SPARK_ROLES for m in CATALOG.by_role(role)]
+    return (*dict.fromkeys(names), *HOST_SPARK_METRICS)
+
+
 @dataclass(frozen=True, eq=False)
-class GpuView:
+class AcceleratorView:
+    """One accelerator of any source, read by role: ``get("accelerator.busy")``."""
+
     entity: str
     name: str
     used_by_job: bool
+    #: Role → value now (roles the source declares; None when it sent no value this tick).
     values: Mapping[str, float | None]
+    #: Active slowdowns, named by their metric's last word (``sw_power_cap``).
     throttle: tuple[str, ...]
+    #: Role → recent values, oldest first.
     recent: Mapping[str, np.ndarray] = field(default_factory=dict)
-    #: The device stopped answering (NVML marks it lost) or sends no values any more.
+    #: The device stopped answering (its source marks it lost) or sends no values any more.
     lost: bool = False
+    source: str = ""
+    #: Role → the source's metric name (the card's short labels come from it).
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    #: What the source calls the device (its ``hw.type``: GPU, TPU...), for messages.
+    device_word: str = "DEVICE"
 
-    def get(self, metric: str) -> float | None:
-        return self.values.get(metric)
+    def get(self, role: str) -> float | None:
+        return self.values.get(role)
+
+    def has(self, role: str) -> bool:
+        """Whether the device's source declares ``role`` (optional card lines need it)."""
+        return role in self.metrics
+
+    def label(self, role: str, default: str = "") -> str:
+        """A short word for ``role`` from the source's own metric name (``gpu.sm.activity``
+        → ``sm``, ``gpu.nvlink.tx_throughput`` → ``nvl``)."""
+        metric = self.metrics.get(role)
+        return default if metric is None else short_label(metric)
 
     def signature(self) -> tuple:
         """Equal signatures draw the same card (numpy arrays make ``==`` unusable)."""
@@ -50,6 +116,19 @@ class GpuView:
             self.throttle,
             tuple((k, v.tobytes()) for k, v in sorted(self.recent.items())),
         )
+
+
+#: Kept for callers that predate accelerators of other sources.
+GpuView = AcceleratorView
+_ABBREVIATIONS = {"tensor": "tc", "nvlink": "nvl", "utilization": "util", "memory": "mem"}
+
+
+def short_label(metric: str) -> str:
+    """The word that tells ``metric`` apart: its first component after the source's prefix
+    (``gpu.pcie.tx_throughput`` → ``pcie``), abbreviated when long."""
+    parts = metric.split(".")
+    word = parts[1] if len(parts) > 2 else parts[-1]
+    return _ABBREVIATIONS.get(word, word)
 
 
 @dataclass(frozen=True)
@@ -79,53 +158,94 @@ class HostView:
     ib_tx: float | None
 
 
-def _is_device(entity: str) -> bool:
-    return entity.startswith("gpu") and entity[3:].isdigit()
+def _natural(entity: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"([0-9]+)", entity))
+
+
+def accelerator_entities(snap: Snapshot) -> list[tuple[str, str]]:
+    """``(source, entity)`` of every entity of kind ``accelerator``, whatever its source:
+    sampled now or described before (a device that went silent keeps its card)."""
+    registry = default_registry()
+    found: dict[tuple[str, str], None] = {}
+    sources: dict[str, None] = {}
+    for batch in snap.batches:
+        sources[batch.source] = None
+        for entity in dict.fromkeys(batch.entities):
+            if registry.kind_of(batch.source, entity) == ACCELERATOR:
+                found[(batch.source, entity)] = None
+    sources.update(dict.fromkeys(spec.name for spec in registry.specs()))
+    known = {entity for _, entity in found}
+    for entity in snap.entity_attrs:
+        if entity in known:
+            continue
+        for source in sources:
+            if registry.kind_of(source, entity) == ACCELERATOR:
+                found[(source, entity)] = None
+                break
+    return sorted(found, key=lambda key: (_natural(key[1]), key[0]))
 
 
 def gpu_entities(snap: Snapshot) -> list[str]:
-    """Whole-device GPU entities (``gpu0``...) sampled now or described before, by index."""
-    names = {e for e in snap.entities(GPU_SOURCE) if _is_device(e)}
-    names.update(e for e in snap.entity_attrs if _is_device(e))
-    return sorted(names, key=lambda e: int(e[3:]))
+    """Accelerator entity names (kept for benchmarks that count cards)."""
+    return [entity for _, entity in accelerator_entities(snap)]
 
 
-def throttle_reasons(snap: Snapshot, gpu: str) -> tuple[str, ...]:
-    """Active slowdown reasons, from the per-flag gauges or else the NVML bitmask."""
+def throttle_reasons(snap: Snapshot, entity: str, metrics: Mapping[str, str]) -> tuple[str, ...]:
+    """Active slowdowns of ``entity``, named by their metric's last word (``hw_thermal``)."""
     active = []
-    mask = snap.value(gpu, "gpu.clock_events")
-    for flag in SLOWDOWN_FLAGS:
-        value = snap.value(gpu, f"gpu.clock_event.{flag}")
-        if value is None and mask is not None:
-            value = float(int(mask) & CLOCK_EVENT_FLAGS[flag] != 0)
-        if value:
-            active.append(flag)
+    for role in SLOWDOWN_ROLES:
+        metric = metrics.get(role)
+        if metric is not None and snap.value(entity, metric):
+            active.append(metric.rsplit(".", 1)[-1])
     return tuple(active)
 
 
-def gpu_views(frame: Frame) -> list[GpuView]:
+def device_word(source: str) -> str:
+    """``GPU`` for a source whose accelerator kind declares ``hw.type: gpu``; else ``DEVICE``."""
+    spec = default_registry().get(source)
+    for kind in spec.entity_kinds if spec is not None else ():
+        word = kind.otel_attributes.get("hw.type", "")
+        if kind.kind == ACCELERATOR and word and "{" not in word:
+            return word.upper()
+    return "DEVICE"
+
+
+def accelerator_views(frame: Frame) -> list[AcceleratorView]:
+    """One view per accelerator entity, its values read through its source's roles."""
     snap = frame.snapshot
-    sampled = set(snap.entities(GPU_SOURCE))
+    by_source: dict[str, dict[str, str]] = {}
+    sampled = {(b.source, e) for b in snap.batches for e in b.entities}
     views = []
-    for gpu in gpu_entities(snap):
-        attrs = snap.entity_attrs.get(gpu, {})
-        values = {name: value for (entity, name), value in snap.values.items() if entity == gpu}
-        for counter in ("gpu.pcie.tx_bytes", "gpu.pcie.rx_bytes"):
-            gauge = counter.replace("_bytes", "_throughput")
-            if gauge not in values:
-                values[gauge] = snap.rate(gpu, counter)
+    for source, entity in accelerator_entities(snap):
+        metrics = by_source.get(source)
+        if metrics is None:
+            metrics = by_source[source] = {
+                role: name for role, name in role_metrics(source).items() if role in CARD_ROLES
+            }
+        attrs = snap.entity_attrs.get(entity, {})
         views.append(
-            GpuView(
-                entity=gpu,
+            AcceleratorView(
+                entity=entity,
                 name=str(attrs.get("name", "")),
                 used_by_job=bool(attrs.get("used_by_job", True)),
-                values=values,
-                throttle=throttle_reasons(snap, gpu),
-                recent={m: frame.recent.get((gpu, m), np.empty(0)) for m in CARD_SPARK_METRICS},
-                lost=bool(attrs.get("lost")) or gpu not in sampled,
+                values={role: snap.value(entity, name) for role, name in metrics.items()},
+                throttle=throttle_reasons(snap, entity, metrics),
+                recent={
+                    role: frame.recent.get((entity, metrics[role]), np.empty(0))
+                    for role in SPARK_ROLES
+                    if role in metrics
+                },
+                lost=bool(attrs.get("lost")) or (source, entity) not in sampled,
+                source=source,
+                metrics=metrics,
+                device_word=device_word(source),
             )
         )
     return views
+
+
+#: Kept for callers that predate accelerators of other sources.
+gpu_views = accelerator_views
 
 
 def _gpu_memory_by_pid(snap: Snapshot) -> dict[int, float]:

@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("view", help="open the terminal UI over a recorded run")
     p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
     _add_db(p)
+
+    p = sub.add_parser("sim", help="run a scenario's simulated devices for other tools")
+    sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
+    p = sim.add_parser("serve", help="serve a scenario's simulated TPU runtime until stopped")
+    p.add_argument("scenario", help="named scenario or scenario .toml file")
+    p.add_argument("--port", type=int, default=8431, help="TCP port on 127.0.0.1 (0: any free)")
+    p.add_argument("--sys-root", metavar="DIR", help="write the fake sys/dev tree under DIR")
+    p.add_argument("--duration", type=positive_seconds, metavar="SECONDS", help="stop after")
     return parser
 
 
@@ -223,6 +231,8 @@ def _handler(command: str):
     """The ``cmd_<command>`` function, imported only when that command runs."""
     if command in RECORDING_COMMANDS:
         from agent.app import commands as module
+    elif command == "sim":
+        from agent.app import sim_commands as module
     else:
         from agent.app import read_commands as module
     return getattr(module, f"cmd_{command.replace('-', '_')}")

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from agent.app.session import Session, SessionConfig, SessionControl, install_signal_handlers
+from agent.catalog import CATALOG
 from agent.errors import UsageError
+from agent.health_text import ProblemWatch, health_phrases
+from agent.registry import default_registry
+from agent.snapshot import Snapshot
 
 
 def _check_scenario(name: str) -> None:
@@ -114,21 +120,23 @@ class LiveLinePrinter:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.last_seq = 0
+        self.problems = ProblemWatch()
 
     def maybe_print(self) -> None:
         snap = self.session.hub.latest
         if snap is None or snap.seq == self.last_seq:
             return
         self.last_seq = snap.seq
-        line = format_live_line(snap)
         health = self.session.context.health if self.session.context else {}
-        failed = {k: v for k, v in health.items() if "failed" in k and v}
-        if failed:
-            line += " " + " ".join(f"{k}={v}" for k, v in sorted(failed.items()))
-        print(line, file=sys.stderr, flush=True)
+        for problem in self.problems.new_problems(health):  # once per fault, at once
+            print(f"accelwatch: {problem} (recording continues)", file=sys.stderr, flush=True)
+        print(format_live_line(snap, health), file=sys.stderr, flush=True)
 
 
-def format_live_line(snap) -> str:
+def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) -> str:
+    """``12:00:01 procs=3 cpu=95% rss=812MiB host=40% gpu0=91% dev0=–``: the job, the host, each
+    accelerator's busy share (entities of kind accelerator, whatever their source), then what
+    is wrong in words (``OTLP export: collector down: 127.0.0.1:4317, 2 failed exports``)."""
     procs = snap.entities("process")
     cpu = sum(snap.value(p, "process.cpu.utilization") or 0.0 for p in procs)
     rss = sum(snap.value(p, "process.memory.rss") or 0.0 for p in procs)
@@ -141,12 +149,28 @@ def format_live_line(snap) -> str:
     host_cpu = snap.value("host", "host.cpu.utilization")
     if host_cpu is not None:
         parts.append(f"host={host_cpu * 100:.0f}%")
-    for gpu in [e for e in snap.entities("nvml") if e.startswith("gpu") and "/" not in e][:8]:
-        util = snap.value(gpu, "gpu.utilization")
-        parts.append(f"{gpu}={'-' if util is None else f'{util * 100:.0f}%'}")
+    registry = default_registry()
+    busy: dict[str, str | None] = {}
+    shown = 0
+    for batch in snap.batches:
+        if batch.source not in busy:
+            metric = next(
+                (m.name for m in CATALOG.by_role("accelerator.busy") if m.source == batch.source),
+                None,
+            )
+            busy[batch.source] = metric
+        metric = busy[batch.source]
+        for entity in dict.fromkeys(batch.entities):
+            if shown >= 8 or registry.kind_of(batch.source, entity) != "accelerator":
+                continue
+            shown += 1
+            util = snap.value(entity, metric) if metric else None
+            parts.append(f"{entity}={'-' if util is None else f'{util * 100:.0f}%'}")
     disabled = snap.stats.get("disabled") or {}
     if disabled:
         parts.append(f"disabled={','.join(disabled)}")
+    for phrase in health_phrases(health or {}):
+        parts.append(f"· {phrase.text}")
     return " ".join(parts)
 
 

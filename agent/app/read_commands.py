@@ -13,15 +13,11 @@ from agent.errors import StoreError, UsageError
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from agent.runs import last_sample_time, list_runs, mark_lost_runs, open_read
+    from agent.runs import list_runs, open_read
 
     db = open_read(args.db)
     try:
-        records = mark_lost_runs(list_runs(db), db.via)
-        for r in records:
-            if r["status"] == "lost":
-                last = last_sample_time(db, r["run_id"])
-                r["last_sample"] = None if last is None else _utc(last)
+        records = list_runs(db)
     finally:
         db.close()
     if args.json:
@@ -35,19 +31,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         started = r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-"
         sim = r["scenario"] or "" if r["simulated"] else ""
         status = r["status"]
-        if r.get("last_sample"):
+        if status == "lost" and r.get("last_sample"):
             sim = f"last sample {r['last_sample']:%H:%M:%S} UTC {sim}".rstrip()
         print(
             f"{r['run_id']:24} {fit(r['name'] or '', 20)} {r['mode']:6} {r['pid'] or '-':>7} "
             f"{started:19} {status:9} {sim}"
         )
     return 0
-
-
-def _utc(epoch_s: float):
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None)
 
 
 def display_width(text: str) -> int:

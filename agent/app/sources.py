@@ -165,7 +165,12 @@ def check_scenario(scenario: str, registry: SourceRegistry | None = None) -> Non
     if registry is None:
         registry = default_registry()
         ensure_builtin_sources(registry)
-    _simulated_specs(load_simulation(scenario), registry)
+    for spec in _simulated_specs(load_simulation(scenario), registry):
+        if spec.check_scenario is not None:
+            try:
+                spec.check_scenario(scenario)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
 
 
 class Simulators:
@@ -188,7 +193,7 @@ def install_simulators(
 ) -> Simulators:
     """Install the simulator of each source ``scenario`` names; ``owner_pids`` hold the devices.
 
-    Each simulator gets the loaded scenario and installs its part (None: nothing to install).
+    Each simulator gets the scenario's name (or path) and installs its part (None: nothing).
     """
     if registry is None:
         registry = default_registry()
@@ -199,7 +204,7 @@ def install_simulators(
         for spec in _simulated_specs(loaded, registry):
             assert spec.simulator is not None
             try:
-                simulators.installed.append(spec.simulator(loaded, owner_pids))
+                simulators.installed.append(spec.simulator(scenario, owner_pids))
             except ValueError as exc:  # the scenario's part for this source is invalid
                 raise UsageError(str(exc)) from None
     except BaseException:

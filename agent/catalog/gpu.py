@@ -44,6 +44,7 @@ ROLE_OF = {
     "gpu.temperature": "accelerator.temperature",
     "gpu.clock.sm": "accelerator.clock",
     "gpu.clock.sm.max": "accelerator.clock.max",
+    "gpu.clock.memory": "accelerator.clock.memory",
     "gpu.clock_event.gpu_idle": "accelerator.throttle.idle",
     "gpu.clock_event.sw_power_cap": "accelerator.throttle.power",
     "gpu.clock_event.hw_power_brake": "accelerator.throttle.power_brake",

@@ -52,6 +52,7 @@ ROLES = MappingProxyType(
         "accelerator.temperature": ("Cel", "core temperature"),
         "accelerator.clock": ("MHz", "compute clock"),
         "accelerator.clock.max": ("MHz", "maximum compute clock"),
+        "accelerator.clock.memory": ("MHz", "memory clock"),
         "accelerator.throttle.idle": ("1", "clocks lowered because the device is idle"),
         "accelerator.throttle.power": ("1", "clocks lowered by the power cap"),
         "accelerator.throttle.power_brake": ("1", "clocks lowered by an external power brake"),

@@ -28,7 +28,13 @@ from collectors.tpu.metrics import (
     RUNTIME_METRICS,
     SOURCE,
 )
-from collectors.tpu.runtime import DEFAULT_DEADLINE_S, RuntimeClient, Scrape, parse_targets
+from collectors.tpu.runtime import (
+    DEFAULT_DEADLINE_S,
+    RuntimeClient,
+    Scrape,
+    TargetSpecError,
+    parse_targets,
+)
 
 #: Environment overrides, also how the simulator points a recording at its fake tree.
 ENV_SYS_ROOT = "ACCELWATCH_TPU_SYS_ROOT"
@@ -36,6 +42,7 @@ ENV_DEV_ROOT = "ACCELWATCH_TPU_DEV_ROOT"
 ENV_PROC_ROOT = "ACCELWATCH_TPU_PROC_ROOT"
 ENV_RUNTIME = "ACCELWATCH_TPU_RUNTIME"
 ENV_METADATA = "ACCELWATCH_TPU_METADATA_URL"
+OWNERSHIP_EVERY_S = 5.0
 _STEM_OF = {v: k for k, v in DISTRIBUTIONS.items()}
 _MEAN = {"tpu.duty_cycle", "tpu.hbm.utilization", "tpu.tensorcore.idle_duration"}
 
@@ -72,12 +79,21 @@ def gauge_value(sample: Any) -> float | None:
     return None
 
 
+_BOUNDS_CACHE: dict[tuple[bytes, int], tuple[float, ...] | None] = {}
+
+
 def buckets_of(sample: Any) -> distribution.Buckets | None:
     if sample.WhichOneof("measure") != "distribution":
         return None
     d = sample.distribution
-    counts = tuple(int(c) for c in d.bucket_counts)
-    bounds = distribution.bounds_of(d.bucket_options, len(counts))
+    counts = tuple(d.bucket_counts)
+    key = (d.bucket_options.SerializeToString(), len(counts))
+    try:
+        bounds = _BOUNDS_CACHE[key]
+    except KeyError:  # every scrape repeats the same few bucket layouts
+        if len(_BOUNDS_CACHE) > 256:
+            _BOUNDS_CACHE.clear()
+        bounds = _BOUNDS_CACHE[key] = distribution.bounds_of(d.bucket_options, len(counts))
     if bounds is None or len(counts) != len(bounds) + 1:
         return None
     return distribution.Buckets(bounds, counts)
@@ -119,6 +135,9 @@ class TpuCollector(Collector):
         self._noticed: set[str] = set()
         self._previous: dict[tuple[str, str], distribution.Buckets] = {}
         self.node: dict[str, Any] = {}
+        self._owners: dict[int, int] = {}
+        self._owner_pids: frozenset[int] | None = None
+        self._owners_at = 0.0
 
     # -- lifecycle
     def start(self, ctx: CollectContext) -> None:
@@ -129,8 +148,12 @@ class TpuCollector(Collector):
                 f"no TPU chips under {Path(self.sys_root) / 'bus/pci/devices'} "
                 "and no TPU runtime configured"
             )
+        try:
+            targets = parse_targets(self._runtime_spec, self._env)
+        except TargetSpecError as exc:
+            raise CollectorUnavailable(f"TPU runtime address: {exc}") from None
         self.client = RuntimeClient(
-            parse_targets(self._runtime_spec, self._env),
+            targets,
             wanted=RUNTIME_METRICS,
             deadline=self.deadline,
         )
@@ -154,10 +177,11 @@ class TpuCollector(Collector):
         for kind, entity, detail in self._notices:
             b.event(kind, entity, **detail)
         self._notices.clear()
-        self._ownership(b)
         if self.client is None:
+            self._ownership(b, now)
             return b.build()
         scrapes, transitions = self.client.scrape(now)
+        self._ownership(b, now)
         for t in transitions:
             kind = "tpu_runtime_up" if t.up else "tpu_runtime_down"
             detail: dict[str, Any] = {"target": t.target, "reason": t.reason}
@@ -201,13 +225,28 @@ class TpuCollector(Collector):
         if self.node:
             b.describe(RUNTIME_ENTITY, **self.node)
 
-    def _ownership(self, b: BatchBuilder) -> None:
+    def _ownership(self, b: BatchBuilder, now: float) -> None:
+        """Processes of the job per chip, from their fd links.
+
+        Holding a chip changes rarely (libtpu opens it once), and reading every fd link of every
+        job process each tick would be most of this source's cost: once the job holds every
+        chip, the links are read again only when its pids change or after 5 s.
+        """
         if not self.chips:
             return
         pids = self._ctx.job_pids()
-        held = discovery.chips_held(self.chips, pids, self.proc_root) if pids else {}
+        settled = (
+            pids == self._owner_pids
+            and self._owners
+            and all(self._owners.values())
+            and 0 <= now - self._owners_at < OWNERSHIP_EVERY_S
+        )
+        if not settled:
+            held = discovery.chips_held(self.chips, pids, self.proc_root) if pids else {}
+            self._owners = {c.index: len(held.get(c.index, ())) for c in self.chips}
+            self._owner_pids, self._owners_at = pids, now
         for chip in self.chips:
-            b.add(chip.entity, "tpu.job.processes", len(held.get(chip.index, ())))
+            b.add(chip.entity, "tpu.job.processes", self._owners[chip.index])
 
     def _notice_once(self, b: BatchBuilder, key: str, kind: str, **detail: Any) -> None:
         if key in self._noticed:
@@ -250,6 +289,16 @@ class TpuCollector(Collector):
         ours, scale = GAUGES[name]
         values: dict[int, float] = {}
         for sample in tpu_metric.metrics:
+            attr = sample.attribute.value
+            if attr.WhichOneof("attr") == "int_attr" and sample.WhichOneof("measure") == "gauge":
+                g = sample.gauge  # the common shape, read without the general helpers
+                kind = g.WhichOneof("value")
+                if kind == "as_double":
+                    values[attr.int_attr] = g.as_double * scale
+                    continue
+                if kind == "as_int":
+                    values[attr.int_attr] = g.as_int * scale
+                    continue
             dev, value = device_id_of(sample), gauge_value(sample)
             if dev is None or value is None:
                 self._notice_once(

@@ -155,16 +155,16 @@ def open_device_files(pids: Iterable[int], proc_root: str | Path = "/proc") -> d
     A process that exited or that we may not read is skipped: it holds nothing we can see.
     """
     held: dict[str, set[int]] = {}
-    proc = Path(proc_root)
+    proc = str(proc_root)
     for pid in pids:
-        fd_dir = proc / str(pid) / "fd"
+        fd_dir = f"{proc}/{pid}/fd/"
         try:
             fds = os.listdir(fd_dir)
         except OSError:
             continue
         for fd in fds:
             try:
-                target = os.readlink(fd_dir / fd)
+                target = os.readlink(fd_dir + fd)
             except OSError:
                 continue
             held.setdefault(target, set()).add(pid)

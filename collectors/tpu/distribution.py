@@ -82,7 +82,32 @@ def quantile(b: Buckets, q: float) -> float | None:
 
 
 def quantiles(b: Buckets, qs: Sequence[float]) -> list[float | None]:
-    return [quantile(b, q) for q in qs]
+    """Several quantiles (ascending ``qs``) in one pass over the buckets."""
+    total = b.total
+    if total <= 0:
+        return [None] * len(qs)
+    out: list[float | None] = []
+    bounds, last = b.bounds, len(b.bounds) - 1
+    seen = 0
+    qi = 0
+    for i, count in enumerate(b.counts):
+        if count <= 0:
+            continue
+        while qi < len(qs) and seen + count >= qs[qi] * total:
+            rank = qs[qi] * total
+            if i == 0:
+                lower, upper = 0.0, bounds[0] if bounds else 0.0
+            elif i - 1 >= last:
+                out.append(bounds[last])  # overflow bucket: its lower bound
+                qi += 1
+                continue
+            else:
+                lower, upper = bounds[i - 1], bounds[i]
+            out.append(lower + (upper - lower) * max(0.0, rank - seen) / count)
+            qi += 1
+        seen += count
+    out += [bounds[-1] if bounds else None] * (len(qs) - len(out))
+    return out
 
 
 def from_samples(values: Sequence[float], bounds: Sequence[float]) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ Heavy modules (gRPC, the libtpu stubs, the simulator) load inside the factories 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.source import Collector, EntityKind, SourceSpec
@@ -19,10 +20,24 @@ def _collector() -> Collector:
     return TpuCollector()
 
 
-def _simulator(scenario: Any, owner_pids: Any = None) -> Any:
+def _tpu_part(scenario: str) -> Any:
+    from collectors.sim import load_scenario
+
+    loaded = load_scenario(scenario)  # ScenarioError is a ValueError: one line
+    if loaded.tpu is None:
+        raise ValueError(f"scenario {scenario!r} simulates 'tpu' but has no [tpu] table")
+    return loaded
+
+
+def _simulator(scenario: str, owner_pids: Callable[[], list[int]] | None = None) -> Any:
+    """Serve the scenario's TPU VM on 127.0.0.1 and point the collector at it."""
     from collectors.sim.tpu.vm import install
 
-    return install(scenario, owner_pids)
+    return install(_tpu_part(scenario), owner_pids)
+
+
+def _check_scenario(scenario: str) -> None:
+    _tpu_part(scenario)
 
 
 SPEC = SourceSpec(
@@ -43,4 +58,5 @@ SPEC = SourceSpec(
     ),
     collector=_collector,
     simulator=_simulator,
+    check_scenario=_check_scenario,
 )

@@ -233,3 +233,95 @@ def test_readers_get_the_file_back_once_the_recording_ends(tmp_path):
     assert not Path(db + ".sock").exists()
     runs = run_cli("runs", "--db", db, "--json")
     assert runs.returncode == 0 and json.loads(runs.stdout)[0]["status"] == "finished"
+
+
+def test_runs_columns_stay_aligned_with_wide_cjk_names(tmp_path):
+    """Columns are measured in terminal cells: a wide (CJK) character takes two."""
+    import time as clock
+
+    from agent.app.read_commands import display_width
+    from agent.model import RunInfo
+    from agent.store import Store
+
+    db = tmp_path / "cjk.duckdb"
+    store = Store(db)
+    now = clock.time()
+    for i, name in enumerate(["train-ascii", "训练任务-日本語のジョブ名前", "ｆｕｌｌｗｉｄｔｈ"]):
+        store.write_run(
+            RunInfo(
+                run_id=f"run-{i}", name=name, pid=100 + i, cmdline=["python"], cwd="/",
+                host="h", started=now + i, interval=1.0, db_path=str(db), tags={"k": "v"},
+                env={}, mode="run", simulated=False, scenario=None, ended=now + i + 1,
+                exit_code=0, status="finished",
+            )
+        )  # fmt: skip
+    store.close()
+    result = run_cli("runs", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    columns = {
+        display_width(line[: line.index(word)])
+        for line, word in zip(lines, ["MODE", *["run "] * 3])
+    }
+    assert len(columns) == 1, lines
+    status_columns = {
+        display_width(line[: line.index(w)])
+        for line, w in zip(lines, ["STATUS", *["finished"] * 3])
+    }
+    assert len(status_columns) == 1, lines
+
+
+def test_view_following_a_run_takes_the_file_over_when_the_recording_ends(tmp_path):
+    from agent.recorded import RecordedReader
+
+    db = str(tmp_path / "ends.duckdb")
+    env = {k: v for k, v in os.environ.items() if k != "ACCELWATCH_DB"}
+    agent = subprocess.Popen(
+        [
+            *accelwatch("run", "--headless", "--db", db, "--interval", "0.2", "--"),
+            *(sys.executable, "-c", "import time; time.sleep(6)"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        assert wait_until(lambda: os.path.exists(db + ".sock"), timeout=30)
+        assert wait_until(lambda: _count(db) > 0, timeout=30)
+        reader = RecordedReader.open(db)
+        try:
+            assert reader.following
+            reader.subscribe(lambda: None)
+            assert wait_until(lambda: reader.run.ended is not None, timeout=60)
+            assert not reader.following and reader.run.status == "finished"
+            assert reader.cursor == len(reader.ticks) - 1
+            assert reader.frame(60) is not None  # still answers, now from the file
+        finally:
+            reader.close()
+    finally:
+        agent.wait(timeout=60)
+
+
+def test_a_slow_query_is_interrupted_and_a_huge_result_refused():
+    """A reader cannot hold the recording's database: a per-query timeout (interrupt) and a
+    bounded result."""
+    import duckdb
+
+    from agent.readserver import run_query
+
+    con = duckdb.connect()
+    try:
+        started = time.monotonic()
+        slow = run_query(
+            con.cursor, "SELECT count(*) FROM range(1000000000000) a", [], timeout_s=0.5
+        )
+        assert slow == {"ok": False, "error": "query interrupted after 0.5 s"}
+        assert time.monotonic() - started < 10
+        big = run_query(con.cursor, "SELECT * FROM range(100000)", [], max_rows=1000)
+        assert not big["ok"] and "result too large" in big["error"]
+        fine = run_query(con.cursor, "SELECT 41 + ? AS n", [1])
+        assert fine == {"ok": True, "columns": ["n"], "types": ["INTEGER"], "rows": [[42]]}
+    finally:
+        con.close()

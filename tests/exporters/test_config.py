@@ -184,21 +184,60 @@ def test_build_exporters_reads_the_session_config(otel_env):
         build_exporters(SessionConfig(db_path="x", otlp=""))
 
 
-def test_a_taken_prometheus_port_is_a_one_line_error(tmp_path, job):
+def test_a_taken_prometheus_port_is_a_one_line_error_before_any_job(tmp_path, job):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        session = Session(
-            SessionConfig(
-                db_path=str(tmp_path / "r.duckdb"),
-                interval=0.2,
-                prometheus=f"127.0.0.1:{port}",
-                live_analysis=False,
-            )
+        config = SessionConfig(
+            db_path=str(tmp_path / "r.duckdb"),
+            interval=0.2,
+            prometheus=f"127.0.0.1:{port}",
+            live_analysis=False,
         )
-        with pytest.raises(
-            UsageError, match=f"cannot serve Prometheus metrics on 127.0.0.1:{port}"
-        ):
+        with pytest.raises(UsageError) as raised:
+            build_exporters(config)
+        assert str(raised.value) == f"--prometheus 127.0.0.1:{port}: address already in use"
+        session = Session(config)
+        with pytest.raises(UsageError, match=f"--prometheus 127.0.0.1:{port}"):
             session.attach(job.pid)
-    assert session.sampler is not None and not session.sampler.running
+    assert session.sampler is None or not session.sampler.running
+
+
+def test_build_exporters_binds_the_prometheus_port_and_stop_releases_it_unstarted(otel_env):
+    (exporter,) = build_exporters(SessionConfig(db_path="x", prometheus="127.0.0.1:0"))
+    port = exporter.prometheus.port
+    with socket.socket() as probe, pytest.raises(OSError):
+        probe.bind(("127.0.0.1", port))  # bound before start
+    exporter.stop()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # released although never started
+
+
+@pytest.mark.parametrize(
+    ("config", "environ", "message"),
+    [
+        ({"otlp": "not a url::"}, {}, "--otlp 'not a url::': not a host[:port]"),
+        ({"otlp": "ftp://c:4317"}, {}, "--otlp 'ftp://c:4317': the scheme must be http"),
+        ({"otlp": "c:99999"}, {}, "--otlp 'c:99999': the port must be 1-65535"),
+        ({"otlp": ""}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "::bad"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        (
+            {"otlp": ""},
+            {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://a b"},
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        ),
+        ({"otlp": "c:4317"}, {"OTEL_EXPORTER_OTLP_PROTOCOL": "smoke"}, "unknown OTLP protocol"),
+        ({"otlp": "c:4317"}, {"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, "must be a number"),
+        ({"otlp": "c:4317"}, {"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "must be a positive number"),
+        ({"otlp": "c:4317"}, {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "--otlp http://c:4317"),
+        ({"prometheus": "127.0.0.1:http"}, {}, "--prometheus 127.0.0.1:http: expected"),
+        ({"prometheus": "999.1.1.1:0"}, {}, "--prometheus 999.1.1.1:0:"),
+        ({"otlp": "c:4317", "metric_names": "dcmg"}, {}, "--metric-names must be otel or dcgm"),
+    ],
+)
+def test_bad_export_options_are_one_line_usage_errors_at_build(otel_env, config, environ, message):
+    for key, value in environ.items():
+        otel_env.setenv(key, value)
+    with pytest.raises(UsageError) as raised:
+        build_exporters(SessionConfig(db_path="x", **config))
+    assert message in str(raised.value) and "\n" not in str(raised.value)

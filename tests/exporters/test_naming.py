@@ -87,9 +87,9 @@ def test_dcgm_values_use_dcgm_exporter_units(name, scale, as_rate):
     [
         ("host", "host", {}),
         ("host", "cpu3", {"cpu.logical_number": 3}),
-        ("host", "disk:nvme0n1", {"system.device": "nvme0n1"}),
+        ("disk", "disk:nvme0n1", {"system.device": "nvme0n1"}),
         ("host", "net:eth0", {"network.interface.name": "eth0"}),
-        ("host", "ib:mlx5_0/1", {"system.device": "mlx5_0/1"}),
+        ("fabric", "ib:mlx5_0/1", {"system.device": "mlx5_0/1"}),
         (
             "process",
             "4242",
@@ -142,7 +142,7 @@ def test_dcgm_values_use_dcgm_exporter_units(name, scale, as_rate):
                 "hw.name": "NVIDIA H100 MIG 3g.40gb",
             },
         ),
-        ("tpu", "tpu0", {"accelwatch.entity": "tpu0"}),
+        ("unregistered", "dev0", {"accelwatch.entity": "dev0"}),
     ],
 )
 def test_entities_map_to_semantic_convention_attributes(source, entity, expected):

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
 from agent.store import connect
+from exporters.otlp import SHUTDOWN_BUDGET_S
 from tests.exporters.conftest import _free_port, assert_record_complete, wait_for
 from tests.exporters.receivers import points
+from tests.helpers import accelwatch
 
 
 @pytest.fixture(params=["grpc", "http/protobuf"])
@@ -87,3 +91,59 @@ def test_slow_endpoint_times_out_without_stalling_sampling(record, grpc_receiver
         started = time.monotonic()
     assert time.monotonic() - started < 8  # the final export is bounded by the timeout too
     assert_record_complete(session)
+
+
+def test_a_down_collector_is_visible_at_the_first_tick_and_costs_at_most_the_shutdown_budget(
+    record, receiver, otel_env
+):
+    """Issue 9 item 9: with the SDK's defaults the first failure showed after ~68 s and the
+    agent exited 7-9 s after the job. Now: a connect check and a first export at the first
+    tick, attempts bounded by the interval, the reason in words, a bounded final export."""
+    otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "5000")
+    otel_env.delenv("OTEL_EXPORTER_OTLP_TIMEOUT")  # the SDK's default 10 s per attempt
+    receiver.stop()
+    receiver.port = _free_port()
+    reason = f"collector down: 127.0.0.1:{receiver.port}"
+    started = time.monotonic()
+    with record(otlp=receiver.endpoint) as session:
+        assert wait_for(lambda: session.context.health.get("otlp.error") == reason, timeout=5)
+        seen_after = time.monotonic() - started
+        assert session.context.health["otlp.state"] == "failing"
+        assert wait_for(lambda: failed(session) >= 1, timeout=5.0)  # the export itself, counted
+        counted_after = time.monotonic() - started
+        stopping = time.monotonic()
+    stopped_after = time.monotonic() - stopping
+    assert seen_after < 2.0, f"the collector was seen down after {seen_after:.1f}s"
+    assert counted_after < 5.0, f"first failed export after {counted_after:.1f}s (interval 5 s)"
+    assert stopped_after < SHUTDOWN_BUDGET_S + 1.0, f"finish took {stopped_after:.1f}s"
+    (first,) = events(session, "export_failed")
+    assert first["endpoint"] == receiver.endpoint and first["reason"] == reason
+
+
+def test_headless_run_says_once_that_the_collector_is_down_and_exits_soon_after_the_job(
+    tmp_path, otel_env
+):
+    otel_env.delenv("OTEL_METRIC_EXPORT_INTERVAL")  # the SDK's defaults: 60 s, 10 s timeout
+    otel_env.delenv("OTEL_EXPORTER_OTLP_TIMEOUT")
+    port = _free_port()
+    job = "import time; time.sleep(2); print('job done', flush=True)"
+    command = [
+        *accelwatch("run", "--headless", "--db", str(tmp_path / "r.duckdb")),
+        *("--otlp", f"127.0.0.1:{port}", "--", sys.executable, "-c", job),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert wait_for(lambda: proc.stdout.readline().strip() == "job done", timeout=60)
+    job_done = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    after_job = time.monotonic() - job_done
+    said = [line for line in err.splitlines() if line.startswith("accelwatch: OTLP export")]
+    reason = f"collector down: 127.0.0.1:{port}"
+    assert said == [f"accelwatch: OTLP export: {reason} (recording continues)"], err
+    assert proc.returncode == 0
+    # the final export waits at most the budget; the rest is finalizing and the report
+    assert after_job < SHUTDOWN_BUDGET_S + 3.0, f"the agent exited {after_job:.1f}s after the job"
+    con = connect(str(tmp_path / "r.duckdb"), read_only=True)
+    (detail,) = con.execute("SELECT detail FROM events WHERE kind = 'export_failed'").fetchone()
+    con.close()
+    assert json.loads(detail)["reason"] == reason

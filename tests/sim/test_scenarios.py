@@ -30,6 +30,16 @@ NAMED = {
     "consumer-card",
     "h100-mig",
 }
+#: Simulated TPU VMs (collectors/sim/tpu), tested in tests/collectors/tpu.
+TPU_NAMED = {
+    "tpu-v5e-8-healthy",
+    "tpu-v5e-8-input-bound",
+    "tpu-v5p-8-memory-pressure",
+    "tpu-v6e-runtime-late",
+    "tpu-runtime-lost",
+    "tpu-v3-8-healthy",
+    "tpu-7x-multislice-dcn-bound",
+}
 
 
 def _util_series(clock, gpus, seconds, step=0.5, start=0.0):
@@ -59,7 +69,7 @@ def _gpm(clock, h, seconds, *metric_ids):
 
 def test_list_scenarios_is_json_serialisable():
     infos = list_scenarios()
-    assert {i.name for i in infos} == NAMED
+    assert {i.name for i in infos} == NAMED | TPU_NAMED
     payload = json.loads(json.dumps([dataclasses.asdict(i) for i in infos]))
     healthy = next(p for p in payload if p["name"] == "healthy")
     assert healthy["hardware"] == "8x H100 SXM 80GB" and healthy["gpu_count"] == 8

@@ -208,9 +208,18 @@ async def test_no_color_still_marks_throttling_and_severity(live, monkeypatch):
 
 
 @async_test
-async def test_header_shows_recording_health(live):
+async def test_header_shows_health_in_words_and_hides_internal_counters(live):
     session, reader, job = live
-    session.context.publish_health(**{"otlp.failed_exports": 2, "prometheus.scrapes": 7})
+    session.context.publish_health(
+        **{
+            "otlp.failed_exports": 2,
+            "otlp.state": "failing",
+            "otlp.error": "collector down: 127.0.0.1:4317",
+            "prometheus.scrapes": 7,
+            "analysis.cpu_s": 0.0012,
+            "analysis.cpu_share": 0.0081,
+        }
+    )
     app = LiveApp(reader)
     async with app.run_test(size=(160, 48)) as pilot:
         batches = job.batches(12)
@@ -229,7 +238,8 @@ async def test_header_shows_recording_health(live):
         header = screen_text(app).splitlines()[1]
         assert f"{session.store.rows_written:,} samples" in header
         assert "1 missed ticks" in header and "disabled: nvml" in header
-        assert "otlp.failed_exports 2" in header and "prometheus.scrapes 7" in header
+        assert "OTLP export: collector down: 127.0.0.1:4317, 2 failed exports" in header
+        assert "scrapes" not in header and "cpu_s" not in header and "cpu_share" not in header
         await pilot.press("q")
 
 

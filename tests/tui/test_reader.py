@@ -99,3 +99,18 @@ def test_rank_label_reads_torchrun_and_slurm_variables():
     assert rank_label({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == "rank 3/8 (local 1)"
     assert rank_label({"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}) == "rank 2/4"
     assert rank_label({}) == ""
+
+
+def test_one_finding_type_with_one_severity_order():
+    """The analysis, the store, the report and the viewers share one Finding (worst first)."""
+    from datetime import datetime
+
+    import agent.analysis.finding as analysis_finding
+
+    assert Finding is analysis_finding.Finding
+    rank = analysis_finding.SEVERITY_RANK
+    assert rank["info"] < rank["warning"] < rank["critical"]
+    made = Finding("r", "critical", "gpu0", datetime(2026, 1, 1), None, "s", "n", {}, 3.0)
+    back = Finding.from_mapping(made.to_dict())
+    assert back == made and back.end_ts is None
+    assert analysis_finding.sort_findings([made.as_live(), back])[0].severity == "critical"

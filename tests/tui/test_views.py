@@ -6,13 +6,12 @@ import ast
 from pathlib import Path
 
 from agent.catalog import CATALOG
-from agent.catalog.gpu import CLOCK_EVENT_FLAGS
 from agent.model import BatchBuilder
 from agent.reader import Frame
 from agent.snapshot import SnapshotHub
 from tests.tui.synthetic import GIB, ROOT_PID, SyntheticJob
 from tui.format import bar, fmt, spark
-from tui.views import gpu_views, host_view, process_rows, throttle_reasons
+from tui.views import gpu_views, host_view, process_rows, role_metrics, throttle_reasons
 
 
 def _frame(job: SyntheticJob, ticks: int = 3) -> Frame:
@@ -22,19 +21,17 @@ def _frame(job: SyntheticJob, ticks: int = 3) -> Frame:
     return Frame(snapshot=hub.latest, recent={}, findings=[], health={})
 
 
-def test_throttle_reasons_come_from_flags_or_the_nvml_bitmask():
+def test_throttle_reasons_come_from_the_slowdown_roles_and_idle_is_not_one():
     hub = SnapshotHub()
     b = BatchBuilder("nvml", 1.0)
-    b.add(
-        "gpu0",
-        "gpu.clock_events",
-        CLOCK_EVENT_FLAGS["sw_power_cap"] | CLOCK_EVENT_FLAGS["gpu_idle"],
-    )
+    b.add("gpu0", "gpu.clock_event.sw_power_cap", 1)
+    b.add("gpu0", "gpu.clock_event.gpu_idle", 1)
     b.add("gpu1", "gpu.clock_event.hw_thermal", 1)
-    b.add("gpu1", "gpu.clock_events", 0)
+    b.add("gpu1", "gpu.clock_event.sw_power_cap", 0)
     snap = hub.publish(1.0, [b.build()], {})
-    assert throttle_reasons(snap, "gpu0") == ("sw_power_cap",)  # idle is not a slowdown
-    assert throttle_reasons(snap, "gpu1") == ("hw_thermal",)
+    metrics = role_metrics("nvml")
+    assert throttle_reasons(snap, "gpu0", metrics) == ("sw_power_cap",)
+    assert throttle_reasons(snap, "gpu1", metrics) == ("hw_thermal",)
 
 
 def test_gpu_views_order_devices_and_mark_unused_ones():
@@ -42,7 +39,7 @@ def test_gpu_views_order_devices_and_mark_unused_ones():
     assert [v.entity for v in views][:3] == ["gpu0", "gpu1", "gpu2"]
     assert views[-1].entity == "gpu10"
     assert [v.used_by_job for v in views[:3]] == [True, True, False]
-    assert views[0].get("gpu.memory.used") == 60 * GIB
+    assert views[0].get("accelerator.memory.used") == 60 * GIB
 
 
 def test_process_rows_keep_tree_order_and_sort_by_measure():
@@ -105,4 +102,4 @@ def test_a_lost_gpu_keeps_its_card_marked_lost():
     snap = hub.publish(job.ts(1), [lost.build()], {})
     views = gpu_views(Frame(snapshot=snap, recent={}, findings=[], health={}))
     assert [(v.entity, v.lost) for v in views] == [("gpu0", False), ("gpu1", True)]
-    assert views[1].get("gpu.utilization") is None
+    assert views[1].get("accelerator.busy") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from agent.registry import SourceRegistry
 from agent.source import SourceSpec
 from collectors.process import SPEC as PROCESS_SPEC
 from collectors.process import ProcessCollector
-from collectors.sim import scenario_sources
+from collectors.sim import load_scenario, scenario_sources
 from tests.fakes.dummy_accelerator import DummyCollector, DummyModel, make_spec
 from tests.fakes.plugins import install_fake_distribution
 from tests.helpers import query
@@ -69,9 +70,11 @@ def test_a_plugin_that_fails_to_load_is_a_startup_notice(tmp_path, monkeypatch):
     assert "aw_no_such_module" in detail["reason"]
 
 
-def test_a_scenario_without_sources_simulates_nvml_and_the_tpu_when_it_has_a_tpu_table():
+def test_a_scenario_without_sources_simulates_nvml_and_the_tpu_when_it_has_a_tpu_table(tmp_path):
     assert scenario_sources("healthy") == ("nvml",)
-    assert scenario_sources("tpu-v5e-8-healthy") == ("nvml", "tpu")
+    tpu = tmp_path / "tpu.toml"
+    tpu.write_text('[tpu]\nchip = "v5e"\nchips = 8\n')
+    assert scenario_sources(str(tpu)) == ("nvml", "tpu")
 
 
 class _Handle:
@@ -87,7 +90,7 @@ def test_a_scenario_installs_the_simulator_of_each_source_it_names(tmp_path):
 
     def simulator(name):
         def install(scenario, owner_pids):
-            log.append(f"install {name} {scenario.name} {owner_pids()}")
+            log.append(f"install {name} {Path(scenario).stem} {owner_pids()}")
             return _Handle(log, name)
 
         return install
@@ -143,7 +146,9 @@ def test_a_scenario_naming_a_source_that_cannot_simulate_is_a_usage_error(tmp_pa
 
 def test_a_sources_own_table_reaches_its_simulator(tmp_path):
     seen = []
-    registry = _registry(_spec("alpha", simulator=lambda sc, pids: seen.append(sc.parts)))
+    registry = _registry(
+        _spec("alpha", simulator=lambda sc, pids: seen.append(load_scenario(sc).parts))
+    )
     scenario = tmp_path / "a.toml"
     scenario.write_text('sources = ["alpha"]\n[alpha]\nrate = 3\n')
     check_scenario(str(scenario), registry)
@@ -269,3 +274,14 @@ def test_a_simulated_gpu_run_shows_no_notice_for_the_absent_tpu(tmp_path):
     assert "tpu" not in notices
     rows = query(db, "SELECT kind, entity FROM events WHERE entity = 'tpu'")
     assert rows == [("source_absent", "tpu")]
+
+
+def test_check_scenario_asks_each_source_to_validate_its_part(tmp_path):
+    def check(scenario):
+        raise ValueError(f"{Path(scenario).name}: [alpha] rate must be positive")
+
+    registry = _registry(_spec("alpha", simulator=lambda s, p: None, check_scenario=check))
+    scenario = tmp_path / "a.toml"
+    scenario.write_text('sources = ["alpha"]\n[alpha]\nrate = -1\n')
+    with pytest.raises(UsageError, match="a.toml: .alpha. rate must be positive"):
+        check_scenario(str(scenario), registry)

@@ -1,4 +1,5 @@
-"""One card per accelerator: activity sparklines, memory, power, thermals, clocks, links."""
+"""One card per accelerator of any source, read by role: activity sparklines, memory, power,
+thermals, clocks, throttling, links; lines the source has no metric for are left out."""
 
 from __future__ import annotations
 
@@ -10,27 +11,61 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.format import bar, fmt, spark
-from tui.views import GpuView
+from agent.catalog.roles import ROLES
+from agent.registry import default_registry
+from tui.format import bar, format_unit, spark
+from tui.views import BUSY, COMPUTE, SLOWDOWN_ROLES, TENSOR, AcceleratorView
 
 _LABEL = 5  # width of the left label column
 _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
-#: Error counters worth a glance on the card (non-zero only): metric → label.
-_ERROR_COUNTERS = (("gpu.xid", "XID"), ("gpu.ecc.volatile.uncorrected", "ECC"))
+USED, TOTAL = "accelerator.memory.used", "accelerator.memory.total"
+POWER, POWER_LIMIT, TEMPERATURE = (
+    "accelerator.power",
+    "accelerator.power.limit",
+    "accelerator.temperature",
+)
+CLOCK, CLOCK_MAX, MEMORY_CLOCK = (
+    "accelerator.clock",
+    "accelerator.clock.max",
+    "accelerator.clock.memory",
+)
+HOST_TX, HOST_RX = "accelerator.host_link.tx", "accelerator.host_link.rx"
+PEER_TX, PEER_RX = "accelerator.peer_link.tx", "accelerator.peer_link.rx"
+FAULT, ECC = "accelerator.fault", "accelerator.ecc.uncorrected"
 
 
-def _used_of_total(view: GpuView) -> str:
+def fmt(role: str, value: float | None) -> str:
+    """A value of ``role`` in the role's unit (every source converts to it)."""
+    return format_unit(ROLES[role][0], value)
+
+
+def _error_counters(view: AcceleratorView) -> list[tuple[str, float]]:
+    """Non-zero error counters worth a glance: (label, count); the fault label is the source's
+    own word for it (``gpu.xid`` → XID)."""
+    out = []
+    for role, label in ((FAULT, view.label(FAULT).upper()), (ECC, "ECC")):
+        count = view.get(role)
+        if count:
+            out.append((label, count))
+    return out
+
+
+def _used_of_total(view: AcceleratorView) -> str:
     """``60.0/80.0 GiB`` (the unit once when both share it)."""
-    used = fmt("gpu.memory.used", view.get("gpu.memory.used"))
-    total = fmt("gpu.memory.total", view.get("gpu.memory.total"))
+    used = fmt(USED, view.get(USED))
+    total = fmt(TOTAL, view.get(TOTAL))
     if used.count(" ") == 1 and used.split()[1] == total.split()[-1]:
         return f"{used.split()[0]}/{total}"
     return f"{used}/{total}"
 
 
-def _has_sm_line(view: GpuView) -> bool:
-    """SM and tensor activity get their own line once the device reports SM activity."""
-    return bool(len(view.recent.get("gpu.sm.activity", ())))
+def _has_sm_line(view: AcceleratorView) -> bool:
+    """Compute and tensor activity get their own line once the device reports compute activity."""
+    return bool(len(view.recent.get(COMPUTE, ())))
+
+
+def _throttle_text(view: AcceleratorView) -> str:
+    return " ".join(flag.replace("_", " ").upper() for flag in view.throttle)
 
 
 class GpuCard(Widget, can_focus=True):
@@ -45,14 +80,16 @@ class GpuCard(Widget, can_focus=True):
             super().__init__()
             self.card = card
 
-    def __init__(self, entity: str) -> None:
+    def __init__(self, entity: str, source: str = "") -> None:
         super().__init__(id=f"card-{entity}", classes="gpu-card")
         self.entity = entity
-        self.view: GpuView | None = None
+        #: The source that measures the device (for charts of its metrics).
+        self.source = source
+        self.view: AcceleratorView | None = None
         self.border_title = entity
         self._styles: tuple[tuple, dict[str, Style]] | None = None
 
-    def show(self, view: GpuView) -> None:
+    def show(self, view: AcceleratorView) -> None:
         before = self.view
         if before is not None and view.signature() == before.signature():
             return
@@ -105,61 +142,56 @@ class GpuCard(Widget, can_focus=True):
         return self.app.has_class("-short")
 
     @staticmethod
-    def _short(out: Text, view: GpuView, width: int, st: dict) -> None:
-        head = f"util {fmt('gpu.utilization', view.get('gpu.utilization')):>4} "
-        tail = (
-            f" sm {fmt('gpu.sm.activity', view.get('gpu.sm.activity'))}"
-            f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity'))}"
+    def _short(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+        head = f"{view.label(BUSY, 'busy')} {fmt(BUSY, view.get(BUSY)):>4} "
+        tail = "".join(
+            f" {view.label(role)} {fmt(role, view.get(role))}"
+            for role in (COMPUTE, TENSOR)
+            if view.has(role)
         )
         out.append(head, st["label"])
         out.append(
-            spark(
-                view.recent.get("gpu.utilization", ()),
-                max(width - len(head) - len(tail), 2),
-                top=1.0,
-            ),
+            spark(view.recent.get(BUSY, ()), max(width - len(head) - len(tail), 2), top=1.0),
             st["spark"],
         )
         out.append(tail + "\n")
-        out.append(f"mem {_used_of_total(view)} {fmt('gpu.power', view.get('gpu.power'))} ")
-        out.append(
-            fmt("gpu.temperature", view.get("gpu.temperature")), st["hot"] if view.throttle else ""
-        )
+        out.append(f"mem {_used_of_total(view)}")
+        if view.has(POWER):
+            out.append(f" {fmt(POWER, view.get(POWER))}")
+        out.append(" ")
+        if view.has(TEMPERATURE):
+            out.append(fmt(TEMPERATURE, view.get(TEMPERATURE)), st["hot"] if view.throttle else "")
         if view.lost:
             out.append(" ✖ LOST", st["throttle"])
         elif view.throttle:
-            out.append(
-                " ⚠ " + " ".join(f.replace("_", " ").upper() for f in view.throttle), st["throttle"]
-            )
-        for metric, label in _ERROR_COUNTERS:
-            if view.get(metric):
-                out.append(f"  ✖ {label} {view.get(metric):.0f}", st["throttle"])
+            out.append(" ⚠ " + _throttle_text(view), st["throttle"])
+        for label, count in _error_counters(view):
+            out.append(f"  ✖ {label} {count:.0f}", st["throttle"])
 
     @staticmethod
-    def _activity(out: Text, view: GpuView, width: int, st: dict) -> None:
-        head = f"{'util':<{_LABEL}}{fmt('gpu.utilization', view.get('gpu.utilization')):>4} "
+    def _activity(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+        head = f"{view.label(BUSY, 'busy'):<{_LABEL}}{fmt(BUSY, view.get(BUSY)):>4} "
         out.append(head, st["label"])
-        out.append(
-            spark(view.recent.get("gpu.utilization", ()), width - len(head), top=1.0), st["spark"]
-        )
+        out.append(spark(view.recent.get(BUSY, ()), width - len(head), top=1.0), st["spark"])
         out.append("\n")
         if not _has_sm_line(view):
             return
-        sm = f"{'sm':<{_LABEL}}{fmt('gpu.sm.activity', view.get('gpu.sm.activity')):>4} "
-        tc = f" tc {fmt('gpu.tensor.activity', view.get('gpu.tensor.activity')):>4} "
-        room = max(width - len(sm) - len(tc), 2)
-        out.append(sm, st["label"])
-        out.append(spark(view.recent.get("gpu.sm.activity", ()), room // 2, top=1.0), st["spark"])
-        out.append(tc, st["label"])
-        out.append(
-            spark(view.recent.get("gpu.tensor.activity", ()), room - room // 2, top=1.0),
-            st["spark"],
+        sm = f"{view.label(COMPUTE):<{_LABEL}}{fmt(COMPUTE, view.get(COMPUTE)):>4} "
+        tc = (
+            f" {view.label(TENSOR)} {fmt(TENSOR, view.get(TENSOR)):>4} " if view.has(TENSOR) else ""
         )
+        room = max(width - len(sm) - len(tc), 2)
+        share = room // 2 if tc else room
+        out.append(sm, st["label"])
+        out.append(spark(view.recent.get(COMPUTE, ()), share, top=1.0), st["spark"])
+        if tc:
+            out.append(tc, st["label"])
+            out.append(spark(view.recent.get(TENSOR, ()), room - share, top=1.0), st["spark"])
         out.append("\n")
 
     @staticmethod
-    def _memory(out: Text, view: GpuView, width: int, st: dict) -> None:
-        used, total = view.get("gpu.memory.used"), view.get("gpu.memory.total")
+    def _memory(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+        used, total = view.get(USED), view.get(TOTAL)
         label = f" {_used_of_total(view)}"
         fraction = used / total if used is not None and total else None
         out.append(f"{'mem':<{_LABEL}}", st["label"])
@@ -167,56 +199,56 @@ class GpuCard(Widget, can_focus=True):
         out.append(label + "\n")
 
     @staticmethod
-    def _power(out: Text, view: GpuView, width: int, st: dict) -> None:
-        power, limit = view.get("gpu.power"), view.get("gpu.power.limit")
-        clock, clock_max = view.get("gpu.clock.sm"), view.get("gpu.clock.sm.max")
+    def _power(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+        if not any(view.has(r) for r in (POWER, TEMPERATURE, CLOCK, MEMORY_CLOCK)):
+            return
+        power, limit = view.get(POWER), view.get(POWER_LIMIT)
         out.append(f"{'pwr':<{_LABEL}}", st["label"])
-        watts = fmt("gpu.power", power)
+        watts = fmt(POWER, power)
         if limit is not None and power is not None:
-            watts = f"{power:.0f}/{fmt('gpu.power.limit', limit)}"
+            watts = f"{power:.0f}/{fmt(POWER_LIMIT, limit)}"
         out.append(f"{watts}  ")
-        out.append(
-            fmt("gpu.temperature", view.get("gpu.temperature")), st["hot"] if view.throttle else ""
-        )
-        clocks = (
-            f"  sm {clock:.0f}/{fmt('gpu.clock.sm.max', clock_max)}"
-            if clock is not None and clock_max
-            else f"  sm {fmt('gpu.clock.sm', clock)}"
-        )
-        out.append(clocks)
-        memory_clock = f"  mem {fmt('gpu.clock.memory', view.get('gpu.clock.memory'))}"
-        if len(out.plain.rsplit("\n", 1)[-1]) + len(memory_clock) <= width:
-            out.append(memory_clock)
+        if view.has(TEMPERATURE):
+            out.append(fmt(TEMPERATURE, view.get(TEMPERATURE)), st["hot"] if view.throttle else "")
+        if view.has(CLOCK):
+            clock, clock_max = view.get(CLOCK), view.get(CLOCK_MAX)
+            word = view.metrics[CLOCK].rsplit(".", 1)[-1]  # gpu.clock.sm → sm
+            out.append(
+                f"  {word} {clock:.0f}/{fmt(CLOCK_MAX, clock_max)}"
+                if clock is not None and clock_max
+                else f"  {word} {fmt(CLOCK, clock)}"
+            )
+        if view.has(MEMORY_CLOCK):
+            memory_clock = f"  mem {fmt(MEMORY_CLOCK, view.get(MEMORY_CLOCK))}"
+            if len(out.plain.rsplit("\n", 1)[-1]) + len(memory_clock) <= width:
+                out.append(memory_clock)
         out.append("\n")
 
     @staticmethod
-    def _throttle(out: Text, view: GpuView, st: dict) -> None:
+    def _throttle(out: Text, view: AcceleratorView, st: dict) -> None:
+        errors = _error_counters(view)
+        if not (view.lost or errors or any(view.has(r) for r in SLOWDOWN_ROLES)):
+            return
         out.append(f"{'clk':<{_LABEL}}", st["label"])
         if view.lost:
-            out.append("✖ GPU LOST: no answer from the device", st["throttle"])
+            out.append(f"✖ {view.device_word} LOST: no answer from the device", st["throttle"])
         elif view.throttle:
-            reasons = " ".join(flag.replace("_", " ").upper() for flag in view.throttle)
-            out.append(f"⚠ THROTTLED: {reasons}", st["throttle"])
+            out.append(f"⚠ THROTTLED: {_throttle_text(view)}", st["throttle"])
         else:
             out.append("no slowdown", st["dim"])
-        for metric, label in _ERROR_COUNTERS:
-            count = view.get(metric)
-            if count:
-                out.append(f"  ✖ {label} {count:.0f}", st["throttle"])
+        for label, count in errors:
+            out.append(f"  ✖ {label} {count:.0f}", st["throttle"])
         out.append("\n")
 
     @staticmethod
-    def _links(out: Text, view: GpuView, st: dict) -> None:
-        out.append(f"{'pcie':<{_LABEL}}", st["label"])
-        out.append(
-            f"↑{fmt('gpu.pcie.tx_throughput', view.get('gpu.pcie.tx_throughput'))} "
-            f"↓{fmt('gpu.pcie.rx_throughput', view.get('gpu.pcie.rx_throughput'))}"
-        )
-        nv_tx, nv_rx = view.get("gpu.nvlink.tx_throughput"), view.get("gpu.nvlink.rx_throughput")
-        if nv_tx is not None or nv_rx is not None:
+    def _links(out: Text, view: AcceleratorView, st: dict) -> None:
+        if view.has(HOST_TX) or view.has(HOST_RX):
+            out.append(f"{view.label(HOST_TX, 'host'):<{_LABEL}}", st["label"])
+            out.append(f"↑{fmt(HOST_TX, view.get(HOST_TX))} ↓{fmt(HOST_RX, view.get(HOST_RX))}")
+        peer_tx, peer_rx = view.get(PEER_TX), view.get(PEER_RX)
+        if peer_tx is not None or peer_rx is not None:
             out.append(
-                f"  nvl ↑{fmt('gpu.nvlink.tx_throughput', nv_tx)} "
-                f"↓{fmt('gpu.nvlink.rx_throughput', nv_rx)}"
+                f"  {view.label(PEER_TX, 'peer')} ↑{fmt(PEER_TX, peer_tx)} ↓{fmt(PEER_RX, peer_rx)}"
             )
 
 
@@ -228,7 +260,7 @@ class GpuPanel(VerticalScroll):
         self.hide_unused = False
         self.empty_reason = "waiting for accelerator data…"
 
-    def show(self, views: list[GpuView], notices: dict[str, str]) -> None:
+    def show(self, views: list[AcceleratorView], notices: dict[str, str]) -> None:
         known = {card.entity: card for card in self.query(GpuCard)}
         placeholder = self.query("#no-gpus")
         if views and placeholder:
@@ -236,13 +268,12 @@ class GpuPanel(VerticalScroll):
         for view in views:
             card = known.get(view.entity)
             if card is None:
-                card = GpuCard(view.entity)
+                card = GpuCard(view.entity, view.source)
                 self.mount(card)
             card.show(view)
             card.display = view.used_by_job or not self.hide_unused
         if not views:
-            reason = notices.get("nvml")
-            text = f"No accelerators: nvml {reason}" if reason else self.empty_reason
+            text = _no_accelerators(notices) or self.empty_reason
             if not placeholder:
                 self.mount(Static(text, id="no-gpus"))
             else:
@@ -259,3 +290,15 @@ class GpuPanel(VerticalScroll):
             if card.view is not None:
                 card.display = card.view.used_by_job or not self.hide_unused
         return self.hide_unused
+
+
+def _no_accelerators(notices: dict[str, str]) -> str:
+    """Why no card shows: the accelerator sources that did not start, with their reasons."""
+    registry = default_registry()
+    missing = [
+        f"{source} {reason}"
+        for source, reason in sorted(notices.items())
+        if (spec := registry.get(source)) is not None
+        and any(kind.kind == "accelerator" for kind in spec.entity_kinds)
+    ]
+    return f"No accelerators: {'; '.join(missing)}" if missing else ""

@@ -8,12 +8,10 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
+from agent.health_text import health_phrases
 from agent.model import RunInfo
 from agent.reader import Frame, rank_label
 from tui.format import duration
-
-#: Health keys shown with their own wording; every other counter is shown as ``key value``.
-_KNOWN_HEALTH = ("samples", "dropped_ticks", "missed_ticks", "disabled", "store_error")
 
 
 class RunHeader(Widget):
@@ -82,9 +80,9 @@ class RunHeader(Widget):
         unavailable = sorted(set(notices) - set(disabled))
         if unavailable:
             out.append(f" · unavailable: {', '.join(unavailable)}")
-        if health.get("store_error"):
+        phrases = health_phrases(health)  # states in words; internal counters stay hidden
+        store_said = any(p.owner == "store" and p.bad for p in phrases)
+        if health.get("store_error") and not store_said:
             out.append(f" · store: {health['store_error']}", warn)
-        for key in sorted(k for k in health if k not in _KNOWN_HEALTH):
-            value = health[key]
-            bad = "fail" in key or "error" in key
-            out.append(f" · {key} {value}", warn if bad and value else "")
+        for phrase in phrases:
+            out.append(f" · {phrase.text}", warn if phrase.bad else "")

@@ -28,12 +28,15 @@ class _Servicer(pb_grpc.RuntimeMetricServiceServicer):
 
     def _gate(self, context: grpc.ServicerContext) -> None:
         self.s.calls += 1
+        if self.s.on_request is not None:
+            self.s.on_request()
         if self.s.delay_s:
             time.sleep(self.s.delay_s)
         if not self.s.runtime.up():
             context.abort(grpc.StatusCode.UNAVAILABLE, "TPU runtime not running")
 
     def ListSupportedMetrics(self, request, context):  # noqa: N802 - gRPC method name
+        self.s.requested["ListSupportedMetrics"] += 1
         self._gate(context)
         offered = self.s.runtime.offered() + list(self.s.extra_offered) + list(self.s.malformed)
         names = list(dict.fromkeys(offered))
@@ -80,12 +83,16 @@ class SimulatedTpuServer:
         self.extra_offered: tuple[str, ...] = ()
         self.malformed: tuple[str, ...] = ()
         self.status_offered = True
+        self.on_request: Callable[[], None] | None = None
         self.calls = 0
         self.requested: Counter[str] = Counter()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
         pb_grpc.add_RuntimeMetricServiceServicer_to_server(_Servicer(self), self._server)
         creds = grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-        self.port = self._server.add_secure_port(f"127.0.0.1:{port}", creds)
+        try:
+            self.port = self._server.add_secure_port(f"127.0.0.1:{port}", creds)
+        except RuntimeError:  # newer gRPC raises where older returned 0
+            self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on 127.0.0.1:{port}")
         self._server.start()

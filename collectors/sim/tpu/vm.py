@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +40,19 @@ class SimulatedTpu:
         self.scenario = scenario
         self.files = write_tree(self.root, scenario.chip, scenario.chips)
         self._owner_pids = owner_pids
+        self._held: set[int] = set()
+        self._refreshed = 0.0
         self.refresh_owners()
-        self.server = SimulatedTpuServer(scenario, port=port, clock=clock)
+        try:
+            self.server = SimulatedTpuServer(scenario, port=port, clock=clock)
+        except OSError:
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        self.server.on_request = self.refresh_owners
+        self._stop = threading.Event()
+        if owner_pids is not None:  # the job starts after install: pick up its pids as they come
+            threading.Thread(target=self._refresher, name="sim-tpu-owners", daemon=True).start()
         self._saved_env: dict[str, str | None] = {}
         #: No metadata server is simulated: the collector skips it without a notice.
         self.metadata_url = "off"
@@ -56,10 +68,24 @@ class SimulatedTpu:
             "ACCELWATCH_TPU_METADATA_URL": self.metadata_url,
         }
 
+    def _refresher(self) -> None:
+        while not self._stop.wait(0.25):
+            self._refreshed = 0.0
+            self.refresh_owners()
+
     def refresh_owners(self) -> None:
-        """The owner pids hold every device file (the job opened the chips)."""
-        for pid in self._owner_pids() if self._owner_pids else []:
-            hold(self.root, pid, self.files)
+        """The owner pids hold every device file (the job opened the chips).
+
+        Called on runtime requests too, at most once a second: the job starts after install.
+        """
+        now = time.monotonic()
+        if self._owner_pids is None or (self._held and now - self._refreshed < 1.0):
+            return
+        self._refreshed = now
+        for pid in self._owner_pids():
+            if pid not in self._held:
+                hold(self.root, pid, self.files)
+                self._held.add(pid)
 
     def install(self) -> SimulatedTpu:
         for k, v in self.env.items():
@@ -68,6 +94,7 @@ class SimulatedTpu:
         return self
 
     def uninstall(self) -> None:
+        self._stop.set()
         for k, v in self._saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

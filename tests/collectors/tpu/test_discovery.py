@@ -127,3 +127,72 @@ def test_processes_we_cannot_read_hold_nothing(tmp_path):
     write_tree(tmp_path, CHIP_TYPES["v5e"], 1)
     chips = discovery.discover(tmp_path / "sys", tmp_path / "dev")
     assert discovery.chips_held(chips, [999_999_999], proc_root=tmp_path / "proc") == {}
+
+
+def test_job_ownership_follows_new_processes_at_once_and_closed_files_within_5_s(tmp_path):
+    from agent.source import CollectContext
+    from collectors.tpu.collector import TpuCollector
+
+    write_tree(tmp_path, CHIP_TYPES["v5e"], 2)
+    env = {
+        "ACCELWATCH_TPU_SYS_ROOT": str(tmp_path / "sys"),
+        "ACCELWATCH_TPU_DEV_ROOT": str(tmp_path / "dev"),
+        "ACCELWATCH_TPU_PROC_ROOT": "/proc",
+        "ACCELWATCH_TPU_RUNTIME": "127.0.0.1:1",
+        "ACCELWATCH_TPU_METADATA_URL": "off",
+    }
+    pids = {os.getpid()}
+    c = TpuCollector(env=env)
+    c.start(CollectContext(os.getpid(), lambda: frozenset(pids)))
+
+    def held(now):
+        b = c.collect(now)
+        return {
+            e: v for e, m, v in zip(b.entities, b.metrics, b.values) if m == "tpu.job.processes"
+        }
+
+    t = 1000.0
+    assert held(t) == {"tpu0": 0, "tpu1": 0}
+    script = (
+        "import sys,time; fs=[open(p) for p in sys.argv[1:]]; print('ready', flush=True); "
+        "time.sleep(30)"
+    )
+    files = [str(tmp_path / "dev/vfio/0"), str(tmp_path / "dev/vfio/1")]
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *files], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        pids.add(child.pid)
+        assert held(t + 1) == {"tpu0": 1, "tpu1": 1}  # a new process: rescanned at once
+    finally:
+        child.kill()
+        child.wait()
+    assert held(t + 2)["tpu1"] == 1  # every chip held, same pids: the last scan stands...
+    assert held(t + 7)["tpu1"] == 0  # ...for at most 5 s
+    c.close()
+
+
+def test_a_chip_not_yet_held_is_looked_for_every_tick(tmp_path):
+    from agent.source import CollectContext
+    from collectors.tpu.collector import TpuCollector
+
+    write_tree(tmp_path, CHIP_TYPES["v5e"], 1)
+    env = {
+        "ACCELWATCH_TPU_SYS_ROOT": str(tmp_path / "sys"),
+        "ACCELWATCH_TPU_DEV_ROOT": str(tmp_path / "dev"),
+        "ACCELWATCH_TPU_PROC_ROOT": "/proc",
+        "ACCELWATCH_TPU_RUNTIME": "127.0.0.1:1",
+        "ACCELWATCH_TPU_METADATA_URL": "off",
+    }
+    c = TpuCollector(env=env)
+    c.start(CollectContext(os.getpid(), lambda: frozenset([os.getpid()])))
+
+    def held(now):
+        b = c.collect(now)
+        return [v for m, v in zip(b.metrics, b.values) if m == "tpu.job.processes"]
+
+    assert held(1000.0) == [0]
+    with open(tmp_path / "dev/vfio/0"):  # libtpu opens the chip a little after start
+        assert held(1000.5) == [1]
+    c.close()

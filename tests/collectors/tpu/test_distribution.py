@@ -43,3 +43,14 @@ def test_a_reset_distribution_is_not_differenced():
     early = Buckets(BOUNDS, from_samples([10.0] * 100, BOUNDS))
     late = Buckets(BOUNDS, from_samples([10.0] * 5, BOUNDS))
     assert late.minus(early) is None
+
+
+def test_several_quantiles_in_one_pass_equal_each_alone():
+    from collectors.tpu.distribution import quantiles
+
+    rng = random.Random(5)
+    for _ in range(50):
+        values = [rng.lognormvariate(rng.uniform(0, 12), rng.uniform(0.1, 2)) for _ in range(300)]
+        b = Buckets(BOUNDS, from_samples(values, BOUNDS))
+        qs = (0.5, 0.9, 0.99)
+        assert quantiles(b, qs) == [quantile(b, q) for q in qs]
