@@ -47,8 +47,9 @@ def detect_starvation(ctx: Context) -> list[Finding]:
                 eps,
                 f"{gpu} was starved: busy only {pct(util)} of the time over {duration(total)}"
                 + (f" ({'; '.join(details)})." if details else "."),
-                "Find what the GPU waits on: check the data-loader, I/O and transfer findings, "
-                "then profile one step (torch.profiler or `nsys profile`) for gaps between kernels.",
+                f"Find what the {ctx.info.noun([gpu])} waits on: check the data-loader, I/O and "
+                "transfer findings, then profile one step (torch.profiler or `nsys profile`) "
+                "for gaps between kernels.",
                 {
                     "metrics": ctx.info.metrics("busy", "sm", entity=gpu),
                     "util": util,
