@@ -21,7 +21,8 @@ from typing import Any
 
 from agent.analysis.engine import analyze_run, finding_windows
 from agent.analysis.finding import Finding
-from agent.analysis.frame import GPU_COLUMNS, GPU_SOURCE
+from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
+from agent.analysis.frame_sql import in_list
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
@@ -65,17 +66,17 @@ def summarize(
     con: ReadConnection, run: RunInfo, findings: list[Finding], duration_s: float
 ) -> RunSummary:
     """The run's headline numbers, from plain queries (so they also work over the socket)."""
-    util = GPU_COLUMNS["util"]
+    plan = accelerator_plan()  # accelerators by entity kind, their utilization by role
+    busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
     rows = con.execute(
-        """SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
+        f"""SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
                   avg(value), quantile_cont(value, [0.5, 0.9, 0.99])
            FROM samples s LEFT JOIN entities e USING (run_id, source, entity)
-           WHERE s.run_id = ? AND s.source = ? AND s.metric = ?
-             AND regexp_full_match(s.entity, 'gpu[0-9]+')
+           WHERE s.run_id = ? AND {busy}
            GROUP BY s.entity ORDER BY length(s.entity), s.entity""",
-        [run.run_id, GPU_SOURCE, util],
+        [run.run_id],
     ).fetchall()
-    energy = _energy_joules(con, run.run_id)
+    energy = _energy_joules(con, run.run_id, plan)
     devices = [
         DeviceSummary(
             entity,
@@ -87,9 +88,8 @@ def summarize(
         for entity, name, mean, q in rows
     ]
     overall = con.execute(
-        "SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND source = ? "
-        "AND metric = ? AND regexp_full_match(entity, 'gpu[0-9]+')",
-        [run.run_id, GPU_SOURCE, util],
+        f"SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND {busy}",
+        [run.run_id],
     ).fetchone()[0] or [None, None]
     lost = lost_by_cause(findings)
     return RunSummary(
@@ -113,16 +113,17 @@ def summarize(
 #: which the counter counted up from zero (so the new value is the increase).
 _INCREASES = """SELECT entity, metric, CASE WHEN d >= 0 THEN d ELSE value END AS inc
     FROM (SELECT entity, metric, value,
-                 value - lag(value) OVER (PARTITION BY entity ORDER BY ts) AS d
-          FROM samples WHERE run_id = ? AND metric = ?)"""
+                 value - lag(value) OVER (PARTITION BY entity, metric ORDER BY ts) AS d
+          FROM samples WHERE run_id = ? AND {where})"""
 
 
-def _energy_joules(con: ReadConnection, run_id: str) -> dict[str, float]:
-    """Per GPU, the reset-safe increase of ``gpu.energy`` over the run."""
+def _energy_joules(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> dict[str, float]:
+    """Per accelerator, the reset-safe increase of its energy counter (by role) over the run."""
+    where = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
     rows = con.execute(
-        f"SELECT entity, sum(inc) FROM ({_INCREASES}) WHERE inc IS NOT NULL "
-        "AND regexp_full_match(entity, 'gpu[0-9]+') GROUP BY entity",
-        [run_id, GPU_COLUMNS["energy"]],
+        f"SELECT entity, sum(inc) FROM ({_INCREASES.format(where=where)}) "
+        "WHERE inc IS NOT NULL GROUP BY entity",
+        [run_id],
     ).fetchall()
     return {entity: float(joules or 0.0) for entity, joules in rows}
 
