@@ -28,7 +28,14 @@ from agent.analysis.rules.common import duration, pct
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
-from agent.runs import LocalReadConnection, ReadConnection, find_run, open_read, stored_findings
+from agent.runs import (
+    LocalReadConnection,
+    ReadConnection,
+    find_run,
+    json_object,
+    open_read,
+    stored_findings,
+)
 from agent.store import connect
 
 JOULES_PER_KWH = 3.6e6
@@ -60,6 +67,8 @@ class RunSummary:
     util_p50: float | None = None
     util_p90: float | None = None
     lost_share: dict[str, float] = field(default_factory=dict)
+    #: Holes in the recording (``gap`` events): start (ISO, UTC), seconds, missed ticks.
+    gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def summarize(
@@ -92,6 +101,18 @@ def summarize(
         [run.run_id],
     ).fetchone()[0] or [None, None]
     lost = lost_by_cause(findings)
+    gaps = [
+        {
+            "start": _iso(float(d.get("start", 0.0))),
+            "seconds": float(d.get("seconds", 0.0)),
+            "missed_ticks": int(d.get("missed_ticks", 0)),
+        }
+        for (raw,) in con.execute(
+            "SELECT detail FROM events WHERE run_id = ? AND kind = 'gap' ORDER BY ts",
+            [run.run_id],
+        ).fetchall()
+        for d in [json_object(raw)]
+    ]
     return RunSummary(
         run.run_id,
         run.name,
@@ -106,6 +127,7 @@ def summarize(
         overall[0],
         overall[1],
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
+        gaps,
     )
 
 
@@ -282,6 +304,15 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
         ),
         ("energy", f"{s.energy_kwh:.3f} kWh" if s.energy_kwh is not None else "not measured"),
     ]
+    if s.gaps:
+        longest = max(s.gaps, key=lambda g: g["seconds"])
+        info.append(
+            (
+                "gaps",
+                f"{len(s.gaps)} in the recording, {sum(g['seconds'] for g in s.gaps):g} s "
+                f"unsampled (longest {longest['seconds']:g} s at {longest['start']})",
+            )
+        )
     if s.scenario:
         info.append(("simulated", s.scenario))
     if report.findings_from == "live":
