@@ -21,13 +21,21 @@ from typing import Any
 
 from agent.analysis.engine import analyze_run, finding_windows
 from agent.analysis.finding import Finding
-from agent.analysis.frame import GPU_COLUMNS, GPU_SOURCE
+from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
+from agent.analysis.frame_sql import in_list
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
-from agent.runs import LocalReadConnection, ReadConnection, find_run, open_read, stored_findings
+from agent.runs import (
+    LocalReadConnection,
+    ReadConnection,
+    find_run,
+    json_object,
+    open_read,
+    stored_findings,
+)
 from agent.store import connect
 
 JOULES_PER_KWH = 3.6e6
@@ -59,23 +67,25 @@ class RunSummary:
     util_p50: float | None = None
     util_p90: float | None = None
     lost_share: dict[str, float] = field(default_factory=dict)
+    #: Holes in the recording (``gap`` events): start (ISO, UTC), seconds, missed ticks.
+    gaps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def summarize(
     con: ReadConnection, run: RunInfo, findings: list[Finding], duration_s: float
 ) -> RunSummary:
     """The run's headline numbers, from plain queries (so they also work over the socket)."""
-    util = GPU_COLUMNS["util"]
+    plan = accelerator_plan()  # accelerators by entity kind, their utilization by role
+    busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
     rows = con.execute(
-        """SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
+        f"""SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
                   avg(value), quantile_cont(value, [0.5, 0.9, 0.99])
            FROM samples s LEFT JOIN entities e USING (run_id, source, entity)
-           WHERE s.run_id = ? AND s.source = ? AND s.metric = ?
-             AND regexp_full_match(s.entity, 'gpu[0-9]+')
+           WHERE s.run_id = ? AND {busy}
            GROUP BY s.entity ORDER BY length(s.entity), s.entity""",
-        [run.run_id, GPU_SOURCE, util],
+        [run.run_id],
     ).fetchall()
-    energy = _energy_joules(con, run.run_id)
+    energy = _energy_joules(con, run.run_id, plan)
     devices = []
     for entity, name, mean, q in rows:
         # quantile_cont over a list gives one value per fraction; NULL when no sample has one.
@@ -92,11 +102,22 @@ def summarize(
             )
         )
     overall = con.execute(
-        "SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND source = ? "
-        "AND metric = ? AND regexp_full_match(entity, 'gpu[0-9]+')",
-        [run.run_id, GPU_SOURCE, util],
+        f"SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND {busy}",
+        [run.run_id],
     ).scalar() or [None, None]
     lost = lost_by_cause(findings)
+    gaps = [
+        {
+            "start": _iso(float(d.get("start", 0.0))),
+            "seconds": float(d.get("seconds", 0.0)),
+            "missed_ticks": int(d.get("missed_ticks", 0)),
+        }
+        for (raw,) in con.execute(
+            "SELECT detail FROM events WHERE run_id = ? AND kind = 'gap' ORDER BY ts",
+            [run.run_id],
+        ).fetchall()
+        for d in [json_object(raw)]
+    ]
     return RunSummary(
         run.run_id,
         run.name,
@@ -111,6 +132,7 @@ def summarize(
         overall[0],
         overall[1],
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
+        gaps,
     )
 
 
@@ -118,16 +140,17 @@ def summarize(
 #: which the counter counted up from zero (so the new value is the increase).
 _INCREASES = """SELECT entity, metric, CASE WHEN d >= 0 THEN d ELSE value END AS inc
     FROM (SELECT entity, metric, value,
-                 value - lag(value) OVER (PARTITION BY entity ORDER BY ts) AS d
-          FROM samples WHERE run_id = ? AND metric = ?)"""
+                 value - lag(value) OVER (PARTITION BY entity, metric ORDER BY ts) AS d
+          FROM samples WHERE run_id = ? AND {where})"""
 
 
-def _energy_joules(con: ReadConnection, run_id: str) -> dict[str, float]:
-    """Per GPU, the reset-safe increase of ``gpu.energy`` over the run."""
+def _energy_joules(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> dict[str, float]:
+    """Per accelerator, the reset-safe increase of its energy counter (by role) over the run."""
+    where = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
     rows = con.execute(
-        f"SELECT entity, sum(inc) FROM ({_INCREASES}) WHERE inc IS NOT NULL "
-        "AND regexp_full_match(entity, 'gpu[0-9]+') GROUP BY entity",
-        [run_id, GPU_COLUMNS["energy"]],
+        f"SELECT entity, sum(inc) FROM ({_INCREASES.format(where=where)}) "
+        "WHERE inc IS NOT NULL GROUP BY entity",
+        [run_id],
     ).fetchall()
     return {entity: float(joules or 0.0) for entity, joules in rows}
 
@@ -286,6 +309,15 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
         ),
         ("energy", f"{s.energy_kwh:.3f} kWh" if s.energy_kwh is not None else "not measured"),
     ]
+    if s.gaps:
+        longest = max(s.gaps, key=lambda g: g["seconds"])
+        info.append(
+            (
+                "gaps",
+                f"{len(s.gaps)} in the recording, {sum(g['seconds'] for g in s.gaps):g} s "
+                f"unsampled (longest {longest['seconds']:g} s at {longest['start']})",
+            )
+        )
     if s.scenario:
         info.append(("simulated", s.scenario))
     if report.findings_from == "live":

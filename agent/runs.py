@@ -178,8 +178,8 @@ def _run_info(row: Sequence[Any], db_path: str) -> RunInfo:
         started=started / 1e6 if started is not None else time.time(),
         interval=interval or 1.0,
         db_path=str(db_path),
-        tags=_json_object(tags),
-        env=_json_object(env),
+        tags=json_object(tags),
+        env=json_object(env),
         mode=mode or "attach",
         simulated=bool(simulated),
         scenario=scenario,
@@ -189,7 +189,7 @@ def _run_info(row: Sequence[Any], db_path: str) -> RunInfo:
     )
 
 
-def _json_object(raw: Any) -> dict[str, Any]:
+def json_object(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
@@ -229,8 +229,8 @@ def list_runs(db: ReadConnection) -> list[dict[str, Any]]:
     for r in rows:
         for column in RUNS_V2_COLUMNS:
             r.setdefault(column, None)
-        r["tags"] = _json_object(r.get("tags"))
-        r["env"] = _json_object(r.get("env"))
+        r["tags"] = json_object(r.get("tags"))
+        r["env"] = json_object(r.get("env"))
         r["recorded_status"] = r["status"]
         r["status"] = effective_status(r, locked=locked)
         if r["status"] == "lost" and r["last_sample"] is None:

@@ -21,6 +21,8 @@ class SamplerStats:
     missed_ticks: int = 0
     #: Stretches of missed ticks, each noted as a ``gap`` event.
     gaps: int = 0
+    #: The latest gap: (start, seconds, missed ticks), for the UI header.
+    last_gap: tuple[float, float, int] | None = None
     samples: int = 0
     disabled: dict[str, str] = field(default_factory=dict)
     collect_seconds: float = 0.0
@@ -139,6 +141,7 @@ class Sampler:
         self.stats.missed_ticks += skipped
         self.stats.gaps += 1
         start = (self.clock() - late) if last_tick_wall is None else last_tick_wall + self.interval
+        self.stats.last_gap = (start, skipped * self.interval, skipped)
         self.note(
             "gap",
             "agent",

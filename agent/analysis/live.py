@@ -28,6 +28,7 @@ from agent.analysis.frame import Window
 from agent.analysis.rules.hang import HANG
 from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MIN_PERIOD_S
 from agent.analysis.watch import HangWatch
+from agent.registry import default_registry
 
 if TYPE_CHECKING:
     from agent.context import LiveContext
@@ -117,6 +118,8 @@ class LiveAnalysis:
         self._sampling_base: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Find the sources now: discovery is a one-time cost no pass should be charged for.
+        default_registry().load()
 
     def start(self, context: LiveContext) -> None:
         self.context = context

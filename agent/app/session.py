@@ -264,7 +264,7 @@ class Session:
             self.hub,
             note=sampler.note if sampler else lambda *_a, **_k: None,
             open_cursor=store.cursor,
-            recording_health=lambda: _recording_health(store, self.pump),
+            recording_health=lambda: _recording_health(store, self.pump, sampler),
             sampler_cpu_seconds=(lambda: sampler.stats.cpu_seconds) if sampler else None,
         )
         context.startup_notices = MappingProxyType(self.startup_notices)
@@ -398,13 +398,20 @@ class Session:
         return self.run
 
 
-def _recording_health(store: Store, pump: OutputPump | None = None) -> dict[str, Any]:
+def _recording_health(
+    store: Store, pump: OutputPump | None = None, sampler: Sampler | None = None
+) -> dict[str, Any]:
     health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
     if store.state != "ok":  # what the UI header shows: "disk full: 12 ticks buffered, 0 dropped"
         health["store_error"] = store.state
         health.update(store.health())  # its counters only while something is wrong
     if pump is not None:
         health.update(pump.health())
+    gap = sampler.stats.last_gap if sampler is not None else None
+    if gap is not None:  # the hole in the recording (the agent was stopped, or a tick overran)
+        start, seconds, missed = gap
+        at = time.strftime("%H:%M:%S", time.localtime(start))
+        health["sampling.state"] = f"gap of {seconds:g} s at {at} ({missed} ticks missed)"
     return health
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import CollectorUnavailable
 from agent.model import Batch, BatchBuilder
@@ -28,13 +28,12 @@ from collectors.tpu.metrics import (
     RUNTIME_METRICS,
     SOURCE,
 )
-from collectors.tpu.runtime import (
-    DEFAULT_DEADLINE_S,
-    RuntimeClient,
-    Scrape,
-    TargetSpecError,
-    parse_targets,
-)
+
+if TYPE_CHECKING:  # grpc and the protos load in start(), only on a machine with TPU work
+    from collectors.tpu.runtime import RuntimeClient, Scrape
+
+#: Seconds all runtime calls of one tick may take together (the runtime client reads it too).
+DEFAULT_DEADLINE_S = 0.2
 
 #: Environment overrides, also how the simulator points a recording at its fake tree.
 ENV_SYS_ROOT = "ACCELWATCH_TPU_SYS_ROOT"
@@ -148,6 +147,8 @@ class TpuCollector(Collector):
                 f"no TPU chips under {Path(self.sys_root) / 'bus/pci/devices'} "
                 "and no TPU runtime configured"
             )
+        from collectors.tpu.runtime import RuntimeClient, TargetSpecError, parse_targets
+
         try:
             targets = parse_targets(self._runtime_spec, self._env)
         except TargetSpecError as exc:

@@ -19,12 +19,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-from tpu_info.proto import tpu_metric_service_pb2 as pb
-from tpu_info.proto import tpu_metric_service_pb2_grpc as pb_grpc
+# grpc's C core logs transport notices (GOAWAY from a runtime going away) to stderr, which is
+# the user's terminal; a runtime coming and going is recorded as events instead.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import grpc  # noqa: E402 - after GRPC_VERBOSITY, which grpc reads when it loads
+from tpu_info.proto import tpu_metric_service_pb2 as pb  # noqa: E402
+from tpu_info.proto import tpu_metric_service_pb2_grpc as pb_grpc  # noqa: E402
+
+from collectors.tpu.collector import DEFAULT_DEADLINE_S  # noqa: E402 - one deadline, kept there
 
 DEFAULT_PORT = 8431
-DEFAULT_DEADLINE_S = 0.2
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 

@@ -43,10 +43,11 @@ def open_db() -> Iterator[Callable[[str], duckdb.DuckDBPyConnection]]:
 
 @pytest.fixture
 def analysed(recorded, open_db):
-    """``analysed(key, spec)`` → the findings of a post-run analysis of that recording."""
+    """``analysed(key, spec)`` → the findings of a post-run analysis of that recording, not
+    stored: the recordings are shared, and other tests read them as the recorder left them."""
 
     def run(key: str, spec: Recording):
         db, run_id = recorded(key, spec)
-        return analyze_run(open_db(db), run_id)
+        return analyze_run(open_db(db), run_id, store=False)
 
     return run

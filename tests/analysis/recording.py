@@ -143,6 +143,9 @@ class Recording:
     with_host: bool = True
     extra: Iterable[tuple[str, Callable[[float, BatchBuilder], None]]] = ()
     run_id: str = "run-1"
+    #: Further sources' collectors (a registered source's ``spec.collector``), started as the
+    #: session starts them.
+    collectors: Iterable[Callable[[], Collector]] = ()
 
 
 def scenario_ref(name: str) -> str:
@@ -179,6 +182,10 @@ def record(
     if spec.with_host:
         collectors += [SyntheticHost(spec.host, T0), SyntheticProcesses(spec.host, T0)]
     collectors += [ReplayBatches(source, make, T0) for source, make in spec.extra]
+    for factory in spec.collectors:
+        collector = factory()
+        collector.start(CollectContext(root_pid=JOB_PID, job_pids=lambda: frozenset({JOB_PID})))
+        collectors.append(collector)
     store = Store(path)
     try:
         store.write_run(

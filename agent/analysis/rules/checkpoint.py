@@ -7,7 +7,7 @@ import statistics
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, duration, job_params, pct
 from agent.analysis.rules.common import rate as rate_text
 from agent.analysis.thresholds import (
     CHECKPOINT_MIN_STALLS,
@@ -22,11 +22,11 @@ _REGULAR_CV = 0.3  # spacing varies less than 30%: periodic
 
 
 def detect_checkpoint(ctx: Context) -> list[Finding]:
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
     sql = f"""
-        WITH g AS (SELECT t, avg(util) AS util FROM aw_gpu
-                   WHERE {JOB_GPU_FILTER} AND util IS NOT NULL GROUP BY t),
+        WITH g AS (SELECT t, avg(busy) AS util FROM aw_accel
+                   WHERE {JOB_FILTER} AND busy IS NOT NULL GROUP BY t),
         b AS (SELECT g.t, g.util, greatest(coalesce(h.disk_write, 0), coalesce(p.job_write, 0))
                                   AS write
               FROM g LEFT JOIN aw_host h USING (t) LEFT JOIN aw_proc p USING (t)),
@@ -40,7 +40,7 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
     eps = ctx.episodes(
         sql,
         ["util", "write", "write_median"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
         min_duration_s=2 * ctx.info.bucket_s,
         gap_s=ctx.info.bucket_s,
     )
@@ -55,18 +55,23 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
     stall_s = sum(e.duration_s for e in eps)
     share = stall_s / max(ctx.info.duration_s, 1e-9)
     rhythm = f"every {duration(period)}" if periodic else "at irregular intervals"
+    devices = ctx.info.noun(ctx.info.job_accelerators, plural=True)
     return [
         ctx.finding(
             CHECKPOINT,
             "warning" if share >= INPUT_WAIT_MODERATE else "info",
             "job",
             eps,
-            f"The GPUs stalled during {len(eps)} write bursts {rhythm} ({rate_text(write)} written, "
-            f"GPUs {pct(util)} busy): {duration(stall_s)} in all, {pct(share)} of the run.",
+            f"The {devices} stalled during {len(eps)} write bursts {rhythm} "
+            f"({rate_text(write)} written, {devices} {pct(util)} busy): {duration(stall_s)} in all, {pct(share)} of the run.",
             "Checkpoint asynchronously (torch.distributed.checkpoint async_save, or copy to CPU "
             "and write in a thread), write less often, or to faster local storage first.",
             {
-                "metrics": ["gpu.utilization", "host.disk.write_bytes", "process.io.write_bytes"],
+                "metrics": [
+                    *ctx.info.metrics("busy"),
+                    "host.disk.write_bytes",
+                    "process.io.write_bytes",
+                ],
                 "stalls": len(eps),
                 "period_s": period,
                 "period_cv": cv,

@@ -1,4 +1,4 @@
-"""Small helpers the rule modules share: GPU filters, wording of values and durations."""
+"""Small helpers the rule modules share: accelerator filters, wording of values and durations."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from typing import Any
 
 from agent.analysis.engine import Context, Episode
 
-#: Restricts a query over ``aw_gpu`` to the job's GPUs (pass ``gpu_params(ctx)``).
-JOB_GPU_FILTER = "entity IN (SELECT unnest(CAST($gpus AS VARCHAR[])))"
+#: Restricts a query over ``aw_accel`` to the job's accelerators (pass ``job_params(ctx)``).
+JOB_FILTER = "entity IN (SELECT unnest(CAST($accels AS VARCHAR[])))"
 
 
-def gpu_params(ctx: Context, **extra: Any) -> dict[str, Any]:
-    return {"gpus": list(ctx.info.job_gpus), **extra}
+def job_params(ctx: Context, **extra: Any) -> dict[str, Any]:
+    return {"accels": list(ctx.info.job_accelerators), **extra}
 
 
 def pct(value: float | None) -> str:

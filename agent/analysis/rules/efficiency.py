@@ -1,11 +1,12 @@
-"""Rule 7 (low tensor-core use) and rule 8 (memory-bandwidth bound): how well busy GPUs
-compute. Both need GPM profiling metrics; rule 8 falls back to NVML's memory utilization."""
+"""Rule 7 (low tensor-core use) and rule 8 (memory-bandwidth bound): how well busy accelerators
+compute. Both need profiling metrics (NVIDIA GPM); rule 8 falls back to the device's memory
+busy share (NVML's memory utilization)."""
 
 from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.thresholds import DRAM_HIGH, LOW_BUSY, SM_ACTIVITY_LOW, TENSOR_LOW
 
 TENSOR = "low-tensor-core-use"
@@ -14,14 +15,14 @@ MEMBW = "memory-bandwidth-bound"
 
 def detect_low_tensor(ctx: Context) -> list[Finding]:
     """SMs are active (>= 0.5) but the tensor pipes are nearly idle (< 5%)."""
-    if not ctx.info.job_gpus or not ctx.info.has("gpu.tensor.activity"):
+    if not ctx.info.job_accelerators or not ctx.info.has_column("tensor"):
         return []
     eps = ctx.episodes(
-        f"""SELECT entity, t, util, sm, tensor, fp32, fp16,
-                   util >= {LOW_BUSY} AND sm >= {SM_ACTIVITY_LOW} AND tensor < {TENSOR_LOW} AS flag
-            FROM aw_gpu WHERE {JOB_GPU_FILTER}""",
+        f"""SELECT entity, t, busy AS util, sm, tensor, fp32, fp16,
+                   busy >= {LOW_BUSY} AND sm >= {SM_ACTIVITY_LOW} AND tensor < {TENSOR_LOW} AS flag
+            FROM aw_accel WHERE {JOB_FILTER}""",
         ["util", "sm", "tensor", "fp32", "fp16"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
     )
     findings = []
     for gpu, g_eps in by_entity(eps).items():
@@ -39,7 +40,7 @@ def detect_low_tensor(ctx: Context) -> list[Finding]:
                 "Enable mixed precision (torch.autocast with bf16/fp16, or "
                 "torch.backends.cuda.matmul.allow_tf32 = True) and keep matrix sizes multiples of 8.",
                 {
-                    "metrics": ["gpu.tensor.activity", "gpu.sm.activity", "gpu.fp32.activity"],
+                    "metrics": ctx.info.metrics("tensor", "sm", "fp32", entity=gpu),
                     "tensor_activity": tensor,
                     "sm_activity": sm,
                     "fp32_activity": fp32,
@@ -55,20 +56,20 @@ def detect_low_tensor(ctx: Context) -> list[Finding]:
 def detect_membw(ctx: Context) -> list[Finding]:
     """DRAM busy near its practical peak while the GPU computes (NVML memory-controller
     utilization when GPM's DRAM activity is absent)."""
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
-    has_dram = ctx.info.has("gpu.dram.activity")
-    signal = "dram" if has_dram else "mem_util"
+    has_dram = ctx.info.has_column("mem_bw")
+    signal = "mem_bw" if has_dram else "mem_util"
     eps = ctx.episodes(
-        f"""SELECT entity, t, util, {signal} AS dram,
-                   util >= {LOW_BUSY} AND {signal} >= {DRAM_HIGH} AS flag
-            FROM aw_gpu WHERE {JOB_GPU_FILTER}""",
+        f"""SELECT entity, t, busy AS util, {signal} AS dram,
+                   busy >= {LOW_BUSY} AND {signal} >= {DRAM_HIGH} AS flag
+            FROM aw_accel WHERE {JOB_FILTER}""",
         ["util", "dram"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
     )
     findings = []
-    metric_name = "gpu.dram.activity" if has_dram else "gpu.memory.utilization"
     for gpu, g_eps in by_entity(eps).items():
+        metric_name = ctx.info.column_metric(gpu, signal)
         dram = weighted(g_eps, "dram")
         total = sum(e.duration_s for e in g_eps)
         findings.append(
@@ -82,7 +83,7 @@ def detect_membw(ctx: Context) -> list[Finding]:
                 "Move fewer bytes per FLOP: fuse element-wise ops (torch.compile), use fused or "
                 "flash attention, bf16 activations, larger batch or sequence tiles.",
                 {
-                    "metrics": [metric_name, "gpu.utilization"],
+                    "metrics": ctx.info.metrics(signal, "busy", entity=gpu),
                     "dram_activity": dram,
                     "signal": metric_name,
                     "threshold": {"dram_at_least": DRAM_HIGH},

@@ -1,8 +1,8 @@
 """Rule 12: a hang - no progress while the job is still there.
 
-Device view (per bucket, over the job's GPUs): every GPU idle (<= 2%) with the job's processes
-using almost no CPU and not writing, or every GPU "busy" at >= 98% with no PCIe/NVLink traffic
-and nearly empty SMs (or low power without GPM): kernels spinning in a collective that never
+Device view (per bucket, over the job's accelerators): every device idle (<= 2%) with the job's
+processes using almost no CPU and not writing, or every device "busy" at >= 98% with no host-link
+or peer-link (PCIe/NVLink) traffic and nearly empty SMs (or low power without GPM): kernels spinning in a collective that never
 completes. Step view: no rank logged a step for max(30 s, 10x the usual step spacing).
 Flagged after 30 s, so the live analysis raises it well within a minute; critical after 2 min,
 long before PyTorch's NCCL watchdog (10 min by default) kills the job.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, duration, entities_text, gpu_params
+from agent.analysis.rules.common import JOB_FILTER, duration, entities_text, job_params
 from agent.analysis.thresholds import (
     HANG_CPU_IDLE,
     HANG_CRITICAL_S,
@@ -37,16 +37,14 @@ _NEXT_STEP = (
 
 
 def detect_hang(ctx: Context) -> list[Finding]:
-    findings = _from_devices(ctx) if ctx.info.job_gpus else []
+    findings = _from_devices(ctx) if ctx.info.job_accelerators else []
     if not findings and ctx.info.ranks:
         findings = _from_steps(ctx)
     return findings
 
 
 def _from_devices(ctx: Context) -> list[Finding]:
-    has_traffic = any(
-        ctx.info.has(m) for m in ("gpu.pcie.rx_throughput", "gpu.nvlink.rx_throughput")
-    )
+    has_traffic = any(ctx.info.has_column(c) for c in ("host_rx", "peer_rx"))
     quiet_sm = (
         f"(sm_peak < {HANG_SPIN_SM} OR (sm_peak IS NULL AND "
         f"coalesce(power_peak, 0) < {SM_ACTIVITY_LOW}))"
@@ -58,11 +56,11 @@ def _from_devices(ctx: Context) -> list[Finding]:
     )
     sql = f"""
         WITH g AS (
-            SELECT t, max(util_max) AS util_peak, min(util_min) AS util_floor,
-                   sum(coalesce(pcie_tx, 0) + coalesce(pcie_rx, 0) + coalesce(nvlink_tx, 0)
-                       + coalesce(nvlink_rx, 0)) AS traffic,
+            SELECT t, max(busy_max) AS util_peak, min(busy_min) AS util_floor,
+                   sum(coalesce(host_tx, 0) + coalesce(host_rx, 0) + coalesce(peer_tx, 0)
+                       + coalesce(peer_rx, 0)) AS traffic,
                    max(sm) AS sm_peak, max(power / nullif(power_limit, 0)) AS power_peak
-            FROM aw_gpu WHERE {JOB_GPU_FILTER} GROUP BY t)
+            FROM aw_accel WHERE {JOB_FILTER} GROUP BY t)
         SELECT 'job' AS entity, g.*, p.job_cpu, h.disk_write,
                CASE WHEN g.util_peak <= {HANG_IDLE_UTIL} THEN 0.0 ELSE 1.0 END AS spinning,
                (g.util_peak <= {HANG_IDLE_UTIL} AND coalesce(p.job_cpu, 0) < {HANG_CPU_IDLE}
@@ -71,7 +69,7 @@ def _from_devices(ctx: Context) -> list[Finding]:
     eps = ctx.episodes(
         sql,
         ["util_peak", "util_floor", "traffic", "sm_peak", "job_cpu", "spinning"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
         min_duration_s=max(HANG_MIN_S, 2 * ctx.info.bucket_s),
         gap_s=ctx.info.bucket_s,
     )
@@ -79,7 +77,7 @@ def _from_devices(ctx: Context) -> list[Finding]:
         return []
     spinning = (weighted(eps, "spinning") or 0) >= 0.5
     longest = max(e.duration_s for e in eps)
-    gpus = entities_text(ctx.info.job_gpus)
+    gpus = entities_text(ctx.info.job_accelerators)
     state = (
         "stuck at 100% utilization with no PCIe/NVLink traffic (spinning in a collective)"
         if spinning
@@ -91,13 +89,12 @@ def _from_devices(ctx: Context) -> list[Finding]:
             "critical" if longest >= HANG_CRITICAL_S else "warning",
             "job",
             eps,
-            f"The job looks hung: all GPUs ({gpus}) were {state} for {duration(longest)}.",
+            f"The job looks hung: all {ctx.info.noun(ctx.info.job_accelerators, plural=True)} ({gpus}) "
+            f"were {state} for {duration(longest)}.",
             _NEXT_STEP,
             {
                 "metrics": [
-                    "gpu.utilization",
-                    "gpu.pcie.rx_throughput",
-                    "gpu.nvlink.rx_throughput",
+                    *ctx.info.metrics("busy", "host_rx", "peer_rx"),
                     "process.cpu.utilization",
                 ],
                 "kind": "spinning" if spinning else "idle",

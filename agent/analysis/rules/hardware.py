@@ -82,14 +82,14 @@ def _counters(ctx: Context) -> list[Finding]:
     )
     rows = ctx.rows(f"""
         SELECT entity, min(t) AS t0, max(t) AS t1,
-               sum(xid) * {ctx.info.bucket_s} AS xids,
+               sum(fault) * {ctx.info.bucket_s} AS xids,
                sum(ecc_uncorrected) * {ctx.info.bucket_s} AS ecc,
                max(remap_uncorrectable) - min(remap_uncorrectable) AS remapped,
                max(remap_pending) AS pending, max(remap_failure) AS failure,
-               max(pcie_replays) * 60 AS replays_per_min,
-               min(t) FILTER (WHERE xid > 0 OR ecc_uncorrected > 0 OR remap_failure > 0
-                              OR pcie_replays * 60 > {PCIE_REPLAYS_PER_MIN}) AS first_bad
-        FROM aw_gpu GROUP BY entity""")
+               max(host_replays) * 60 AS replays_per_min,
+               min(t) FILTER (WHERE fault > 0 OR ecc_uncorrected > 0 OR remap_failure > 0
+                              OR host_replays * 60 > {PCIE_REPLAYS_PER_MIN}) AS first_bad
+        FROM aw_accel GROUP BY entity""")
     findings = []
     for r in rows:
         problems: list[tuple[Severity, str]] = []
@@ -118,12 +118,13 @@ def _counters(ctx: Context) -> list[Finding]:
                 f"{r['entity']} shows hardware errors: {', '.join(p for _, p in problems)}.",
                 _NEXT_STEP,
                 {
-                    "metrics": [
-                        "gpu.xid",
-                        "gpu.ecc.volatile.uncorrected",
-                        "gpu.remapped_rows.uncorrectable",
-                        "gpu.pcie.replays",
-                    ],
+                    "metrics": ctx.info.metrics(
+                        "fault",
+                        "ecc_uncorrected",
+                        "remap_uncorrectable",
+                        "host_replays",
+                        entity=r["entity"],
+                    ),
                     "xids": r["xids"],
                     "ecc_uncorrected": r["ecc"],
                     "rows_remapped": r["remapped"],
@@ -142,8 +143,8 @@ def _counters(ctx: Context) -> list[Finding]:
 
 
 def _vanished(ctx: Context) -> list[Finding]:
-    """A GPU whose samples stop while its peers go on, without a gpu_lost event."""
-    if len(ctx.info.gpus) < 2:
+    """An accelerator whose samples stop while its peers go on, without a gpu_lost event."""
+    if len(ctx.info.accelerators) < 2:
         return []
     lost_events = {
         r["entity"]
@@ -153,7 +154,7 @@ def _vanished(ctx: Context) -> list[Finding]:
         )
     }
     rows = ctx.rows(f"""
-        WITH last AS (SELECT entity, max(t) AS t_last FROM aw_gpu GROUP BY entity)
+        WITH last AS (SELECT entity, max(t) AS t_last FROM aw_accel GROUP BY entity)
         SELECT entity, t_last, (SELECT max(t_last) FROM last) AS t_end FROM last
         WHERE t_last < (SELECT max(t_last) FROM last) - {max(30.0, 5 * ctx.info.bucket_s)}""")
     return [
@@ -162,9 +163,10 @@ def _vanished(ctx: Context) -> list[Finding]:
             "critical",
             r["entity"],
             [ctx.span(r["entity"], r["t_last"], r["t_end"])],
-            f"{r['entity']} stopped reporting while the other GPUs went on: it was likely lost.",
+            f"{r['entity']} stopped reporting while the other "
+            f"{ctx.info.noun(plural=True)} went on: it was likely lost.",
             _NEXT_STEP,
-            {"event": "samples_stopped", "metrics": ["gpu.utilization"]},
+            {"event": "samples_stopped", "metrics": ctx.info.metrics("busy", entity=r["entity"])},
             lost_fraction=0.0,
         )
         for r in rows

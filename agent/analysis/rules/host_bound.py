@@ -6,11 +6,11 @@ from __future__ import annotations
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
 from agent.analysis.rules.common import (
-    JOB_GPU_FILTER,
+    JOB_FILTER,
     by_entity,
     duration,
     entities_text,
-    gpu_params,
+    job_params,
     pct,
 )
 from agent.analysis.rules.common import rate as rate_text
@@ -30,10 +30,10 @@ DATALOADER = "dataloader-bound"
 IO_BOUND = "io-bound"
 LAUNCH_BOUND = "launch-bound"
 
-#: Per bucket: the job GPUs' mean utilization next to host and process signals.
+#: Per bucket: the job accelerators' mean utilization next to host and process signals.
 _JOB_BUCKETS = f"""
-    WITH g AS (SELECT t, avg(util) AS util, avg(sm) AS sm FROM aw_gpu
-               WHERE {JOB_GPU_FILTER} AND util IS NOT NULL GROUP BY t)
+    WITH g AS (SELECT t, avg(busy) AS util, avg(sm) AS sm FROM aw_accel
+               WHERE {JOB_FILTER} AND busy IS NOT NULL GROUP BY t)
     SELECT 'host' AS entity, g.t, 1 - g.util AS idle, g.util, g.sm, h.cpu, h.iowait,
            h.core_max, h.disk_read, h.disk_busy, p.main_cpu, p.worker_cpu, p.worker_cpu_max,
            p.workers, p.job_read
@@ -46,11 +46,15 @@ _LOADING_IN_MAIN = (
 )
 
 
+def _devices(ctx: Context) -> str:
+    return ctx.info.noun(ctx.info.job_accelerators, plural=True)
+
+
 def detect_dataloader(ctx: Context) -> list[Finding]:
     """GPUs wait (> 20% idle, XProf's "highly input bound") while loader workers or the host
     CPU are saturated (SageMaker CPUBottleneck: CPU > 90%), or while a job without loader
     workers (num_workers=0) keeps its main process on one full core."""
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
     eps = ctx.episodes(
         f"""SELECT *, idle >= {INPUT_WAIT_HIGH} AND (coalesce(worker_cpu_max, 0) >=
@@ -58,7 +62,7 @@ def detect_dataloader(ctx: Context) -> list[Finding]:
                 OR ({_LOADING_IN_MAIN})) AS flag
             FROM ({_JOB_BUCKETS})""",
         ["idle", "cpu", "worker_cpu", "worker_cpu_max", "workers", "main_cpu"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
     )
     if not eps:
         return []
@@ -81,13 +85,17 @@ def detect_dataloader(ctx: Context) -> list[Finding]:
             "critical" if idle >= 0.5 else "warning",
             "host",
             eps,
-            f"Data loading is the bottleneck: the GPUs ({entities_text(ctx.info.job_gpus)}) sat idle "
-            f"{pct(idle)} of the time for {duration(total)} while {cause}.",
+            f"Data loading is the bottleneck: the {_devices(ctx)} "
+            f"({entities_text(ctx.info.job_accelerators)}) sat idle {pct(idle)} of the time for {duration(total)} while {cause}.",
             "Give the input pipeline more CPU: raise DataLoader num_workers (if cores are free), "
             "enable pin_memory and persistent_workers, move decoding/augmentation to the GPU "
             "(e.g. DALI), or cache preprocessed data.",
             {
-                "metrics": ["gpu.utilization", "host.cpu.utilization", "process.cpu.utilization"],
+                "metrics": [
+                    *ctx.info.metrics("busy"),
+                    "host.cpu.utilization",
+                    "process.cpu.utilization",
+                ],
                 "gpu_idle_share": idle,
                 "host_cpu": cpu,
                 "loader_cpu_max_cores": wmax,
@@ -109,10 +117,10 @@ def detect_io_bound(ctx: Context) -> list[Finding]:
     """GPUs wait while the CPUs sit in iowait or a disk is saturated; without GPUs, a job that
     spends its CPU time waiting on storage (info)."""
     io = f"(coalesce(iowait, 0) >= {IOWAIT_HIGH} OR coalesce(disk_busy, 0) >= {DISK_BUSY_HIGH})"
-    if ctx.info.job_gpus:
+    if ctx.info.job_accelerators:
         sql = f"SELECT *, idle >= {INPUT_WAIT_HIGH} AND {io} AS flag FROM ({_JOB_BUCKETS})"
-        params = gpu_params(ctx)
-    elif not ctx.info.gpus:
+        params = job_params(ctx)
+    elif not ctx.info.accelerators:
         sql = (
             f"SELECT 'host' AS entity, t, NULL::DOUBLE AS idle, iowait, disk_busy, disk_read, "
             f"NULL::DOUBLE AS job_read, {io} AS flag FROM aw_host"
@@ -129,7 +137,7 @@ def detect_io_bound(ctx: Context) -> list[Finding]:
     total = sum(e.duration_s for e in eps)
     evidence = {
         "metrics": [
-            "gpu.utilization",
+            *ctx.info.metrics("busy"),
             "host.cpu.iowait",
             "host.disk.busy_time",
             "host.disk.read_bytes",
@@ -169,7 +177,7 @@ def detect_io_bound(ctx: Context) -> list[Finding]:
             "critical" if idle >= 0.5 else "warning",
             "host",
             eps,
-            f"Input I/O is the bottleneck: the GPUs sat idle {pct(idle)} of the time for "
+            f"Input I/O is the bottleneck: the {_devices(ctx)} sat idle {pct(idle)} of the time for "
             f"{duration(total)} while the CPUs were {pct(iowait)} in iowait and the busiest disk "
             f"{pct(busy)} busy ({rate_text(read)} read).",
             step,
@@ -183,9 +191,9 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
     """The GPU looks busy but its SMs are mostly empty (DCGM: SM activity < 0.5) while the main
     process pins one core: many tiny kernels launched from Python. Without GPM, a half-busy GPU
     next to a pinned main process and idle loaders (reported as info)."""
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
-    has_sm = ctx.info.has("gpu.sm.activity")
+    has_sm = ctx.info.has_column("sm")
     if has_sm:
         cond = f"util >= {LOW_BUSY} AND sm < {SM_ACTIVITY_LOW}"
     else:
@@ -194,13 +202,13 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
             f"{LOADER_PROCESS_SATURATED} AND coalesce(cpu, 0) < {CPU_SATURATED} "
             f"AND NOT ({_LOADING_IN_MAIN})"
         )
-    traffic = "coalesce(nvlink_tx, 0) + coalesce(nvlink_rx, 0) < 1e9"
+    traffic = "coalesce(peer_tx, 0) + coalesce(peer_rx, 0) < 1e9"
     sql = f"""
         SELECT g.entity, g.t, g.util, g.sm, p.main_cpu, h.core_max,
                {cond} AND {traffic} AND coalesce(p.main_cpu, 0) >= {MAIN_PROCESS_PINNED} AS flag
-        FROM (SELECT * FROM aw_gpu WHERE {JOB_GPU_FILTER}) g
+        FROM (SELECT *, busy AS util FROM aw_accel WHERE {JOB_FILTER}) g
         LEFT JOIN aw_proc p USING (t) LEFT JOIN aw_host h USING (t)"""
-    eps = ctx.episodes(sql, ["util", "sm", "main_cpu", "core_max"], params=gpu_params(ctx))
+    eps = ctx.episodes(sql, ["util", "sm", "main_cpu", "core_max"], params=job_params(ctx))
     findings = []
     by_gpu = by_entity(eps)
     for gpu, g_eps in by_gpu.items():
@@ -222,11 +230,14 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
                 "Cut per-kernel overhead: CUDA graphs / torch.compile(mode='reduce-overhead'), "
                 "larger batches, fused optimizers; remove per-step .item()/print syncs.",
                 {
-                    "metrics": ["gpu.utilization", "gpu.sm.activity", "process.cpu.utilization"],
+                    "metrics": [
+                        *ctx.info.metrics("busy", "sm", entity=gpu),
+                        "process.cpu.utilization",
+                    ],
                     "util": util,
                     "sm_activity": sm,
                     "main_process_cores": main,
-                    "signal": "gpu.sm.activity" if has_sm else "gpu.utilization",
+                    "signal": ctx.info.column_metric(gpu, "sm" if has_sm else "busy"),
                     "threshold": {
                         "sm_activity_below": SM_ACTIVITY_LOW,
                         "main_process_cores_at_least": MAIN_PROCESS_PINNED,

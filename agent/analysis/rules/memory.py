@@ -1,10 +1,10 @@
-"""Rule 10: GPU memory near capacity or steadily growing (a leak), host memory pressure."""
+"""Rule 10: accelerator memory near capacity or steadily growing (a leak), host memory pressure."""
 
 from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.rules.common import rate as rate_text
 from agent.analysis.thresholds import (
     GPU_MEMORY_GROWTH,
@@ -22,15 +22,15 @@ NEAR_FULL_MIN_S = 10.0  # even short spells at the ceiling risk an out-of-memory
 
 
 def detect_gpu_memory(ctx: Context) -> list[Finding]:
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
     findings = []
     eps = ctx.episodes(
         f"""SELECT entity, t, mem_used / mem_total AS used_share, mem_used, mem_total,
                    mem_used >= {GPU_MEMORY_NEAR_FULL} * mem_total AS flag
-            FROM aw_gpu WHERE {JOB_GPU_FILTER} AND mem_total > 0""",
+            FROM aw_accel WHERE {JOB_FILTER} AND mem_total > 0""",
         ["used_share", "mem_used", "mem_total"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
         min_duration_s=max(NEAR_FULL_MIN_S, 2 * ctx.info.bucket_s),
     )
     for gpu, g_eps in by_entity(eps).items():
@@ -49,7 +49,7 @@ def detect_gpu_memory(ctx: Context) -> list[Finding]:
                 "Leave headroom: smaller micro-batches with gradient accumulation, activation "
                 "checkpointing, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.",
                 {
-                    "metrics": ["gpu.memory.used", "gpu.memory.total"],
+                    "metrics": ctx.info.metrics("mem_used", "mem_total", entity=gpu),
                     "used_share": share,
                     "used_bytes": used,
                     "total_bytes": total_bytes,
@@ -69,8 +69,8 @@ def _leaks(ctx: Context) -> list[Finding]:
         f"""SELECT entity, regr_slope(mem_used, t) AS slope, regr_r2(mem_used, t) AS r2,
                   arg_min(mem_used, t) AS first_used, arg_max(mem_used, t) AS last_used,
                   max(mem_total) AS total, min(t) AS t0, max(t) AS t1
-           FROM aw_gpu WHERE {JOB_GPU_FILTER} AND mem_used IS NOT NULL GROUP BY entity""",
-        gpu_params(ctx),
+           FROM aw_accel WHERE {JOB_FILTER} AND mem_used IS NOT NULL GROUP BY entity""",
+        job_params(ctx),
     )
     findings = []
     for r in rows:
@@ -89,11 +89,11 @@ def _leaks(ctx: Context) -> list[Finding]:
                 [ctx.span(r["entity"], r["t0"], r["t1"])],
                 f"{r['entity']}'s memory grew steadily by {growth * 100:.0f}% of capacity "
                 f"({r['slope'] * 60 / 2**20:.0f} MiB/min) over {duration(span_s)}: a leak that "
-                f"fills the GPU in about {duration(max(0.0, to_full_s))}.",
+                f"fills the {ctx.info.noun([r['entity']])} in about {duration(max(0.0, to_full_s))}.",
                 "Look for tensors kept across steps (losses appended without .detach()/.item(), "
                 "growing caches, graphs retained); compare torch.cuda.memory_summary() between steps.",
                 {
-                    "metrics": ["gpu.memory.used"],
+                    "metrics": ctx.info.metrics("mem_used", entity=r["entity"]),
                     "slope_bytes_per_s": r["slope"],
                     "r2": r["r2"],
                     "growth_share": growth,
@@ -152,6 +152,6 @@ def detect_host_memory(ctx: Context) -> list[Finding]:
 
 
 RULES = [
-    Rule(GPU_MEMORY, "GPU memory pressure", detect_gpu_memory),
+    Rule(GPU_MEMORY, "Accelerator memory pressure", detect_gpu_memory),
     Rule(HOST_MEMORY, "Host memory pressure", detect_host_memory),
 ]

@@ -1,4 +1,4 @@
-"""Rule 11: a straggler GPU or rank, relative to the median of its peers.
+"""Rule 11: a straggler accelerator or rank, relative to the median of its peers.
 
 With per-rank step times (``step.time``) two scores per rank and window, as in NVIDIA's
 resiliency-ext straggler detector but against the peers' median instead of the best rank:
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.thresholds import (
     LOW_BUSY,
     STRAGGLER_INDIVIDUAL_SCORE,
@@ -33,7 +33,7 @@ STRAGGLER = "straggler"
 def detect_straggler(ctx: Context) -> list[Finding]:
     if len(ctx.info.ranks) >= 3:
         return _from_steps(ctx)
-    if len(ctx.info.job_gpus) >= 3:
+    if len(ctx.info.job_accelerators) >= 3:
         return _from_devices(ctx)
     return []
 
@@ -108,11 +108,11 @@ def _from_steps(ctx: Context) -> list[Finding]:
 def _from_devices(ctx: Context) -> list[Finding]:
     sql = f"""
         WITH g AS (
-            SELECT entity, t, util AS activity,
-                   CASE WHEN coalesce(thr_gpu_idle, 0) < 0.5 THEN clock_sm END AS clock_sm,
-                   median(util) OVER (PARTITION BY t) AS peer_activity,
-                   median(clock_sm) OVER (PARTITION BY t) AS peer_clock
-            FROM aw_gpu WHERE {JOB_GPU_FILTER} AND util IS NOT NULL)
+            SELECT entity, t, busy AS activity,
+                   CASE WHEN coalesce(thr_idle, 0) < 0.5 THEN clock END AS clock_sm,
+                   median(busy) OVER (PARTITION BY t) AS peer_activity,
+                   median(clock) OVER (PARTITION BY t) AS peer_clock
+            FROM aw_accel WHERE {JOB_FILTER} AND busy IS NOT NULL)
         SELECT *, activity / nullif(peer_activity, 0) AS activity_score,
                clock_sm / nullif(peer_clock, 0) AS clock_score,
                peer_activity >= {LOW_BUSY} AND (activity < {STRAGGLER_SCORE} * peer_activity
@@ -120,8 +120,8 @@ def _from_devices(ctx: Context) -> list[Finding]:
         FROM g"""
     cols = ["activity", "peer_activity", "activity_score", "clock_score", "clock_sm", "peer_clock"]
     findings = []
-    metric_name = "gpu.utilization"
-    for gpu, g_eps in by_entity(ctx.episodes(sql, cols, params=gpu_params(ctx))).items():
+    for gpu, g_eps in by_entity(ctx.episodes(sql, cols, params=job_params(ctx))).items():
+        metric_name = ctx.info.column_metric(gpu, "busy")
         v = {c: weighted(g_eps, c) for c in cols}
         score = min(x for x in (v["activity_score"], v["clock_score"]) if x is not None)
         findings.append(
@@ -136,7 +136,7 @@ def _from_devices(ctx: Context) -> list[Finding]:
                 f"Find why {gpu} is slower (throttling, PCIe link, its process's input); log per-rank "
                 "step times so accelwatch can confirm the straggler from step times.",
                 {
-                    "metrics": [metric_name, "gpu.clock.sm"],
+                    "metrics": ctx.info.metrics("busy", "clock", entity=gpu),
                     **v,
                     "score": score,
                     "signal": metric_name,
@@ -152,4 +152,4 @@ def _from_devices(ctx: Context) -> list[Finding]:
     return findings
 
 
-RULES = [Rule(STRAGGLER, "Straggler GPU or rank", detect_straggler)]
+RULES = [Rule(STRAGGLER, "Straggler accelerator or rank", detect_straggler)]

@@ -1,37 +1,37 @@
-"""Rule 9: thermal or power throttling while the GPU is busy, or clocks below its peers."""
+"""Rule 9: thermal or power throttling while the accelerator is busy, or clocks below its peers."""
 
 from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.thresholds import CLOCK_BELOW_PEERS, LOW_BUSY, THROTTLE_ACTIVE
 
 THROTTLE = "throttling"
 
 
 def detect_throttle(ctx: Context) -> list[Finding]:
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
     sql = f"""
         WITH g AS (
-            SELECT entity, t, util, thr_gpu_idle, temp, power, power_limit, clock_sm, clock_sm_max,
-                   greatest(coalesce(thr_hw_thermal, 0), coalesce(thr_sw_thermal, 0)) AS thermal,
-                   greatest(coalesce(thr_sw_power_cap, 0), coalesce(thr_hw_power_brake, 0))
-                       AS power_cap,
-                   coalesce(thr_hw_slowdown, 0) AS slowdown,
-                   greatest(coalesce(thr_hw_thermal, 0), coalesce(thr_hw_slowdown, 0),
-                            coalesce(thr_hw_power_brake, 0)) AS hardware,
-                   clock_sm / nullif(median(clock_sm) OVER (PARTITION BY t), 0) AS clock_vs_peers,
+            SELECT entity, t, busy AS util, thr_idle, temp, power, power_limit,
+                   clock AS clock_sm, clock_max AS clock_sm_max,
+                   greatest(coalesce(thr_thermal_hw, 0), coalesce(thr_thermal, 0)) AS thermal,
+                   greatest(coalesce(thr_power, 0), coalesce(thr_power_brake, 0)) AS power_cap,
+                   coalesce(thr_slowdown, 0) AS slowdown,
+                   greatest(coalesce(thr_thermal_hw, 0), coalesce(thr_slowdown, 0),
+                            coalesce(thr_power_brake, 0)) AS hardware,
+                   clock / nullif(median(clock) OVER (PARTITION BY t), 0) AS clock_vs_peers,
                    count(*) OVER (PARTITION BY t) AS peers
-            FROM aw_gpu WHERE {JOB_GPU_FILTER})
+            FROM aw_accel WHERE {JOB_FILTER})
         SELECT *, clock_sm / nullif(clock_sm_max, 0) AS clock_share,
                util >= {LOW_BUSY} AND (
                    thermal >= {THROTTLE_ACTIVE} OR slowdown >= {THROTTLE_ACTIVE}
                    OR (power_cap >= {THROTTLE_ACTIVE}
                        AND clock_sm < {CLOCK_BELOW_PEERS} * clock_sm_max)
                    OR (peers >= 2 AND clock_vs_peers < {CLOCK_BELOW_PEERS}
-                       AND coalesce(thr_gpu_idle, 0) < {THROTTLE_ACTIVE})) AS flag
+                       AND coalesce(thr_idle, 0) < {THROTTLE_ACTIVE})) AS flag
         FROM g"""
     cols = [
         "util",
@@ -48,7 +48,7 @@ def detect_throttle(ctx: Context) -> list[Finding]:
         "clock_share",
     ]
     findings = []
-    for gpu, eps in by_entity(ctx.episodes(sql, cols, params=gpu_params(ctx))).items():
+    for gpu, eps in by_entity(ctx.episodes(sql, cols, params=job_params(ctx))).items():
         v = {c: weighted(eps, c) for c in cols}
         total = sum(e.duration_s for e in eps)
         if (v["thermal"] or 0) >= max(v["power_cap"] or 0, v["slowdown"] or 0) and v["thermal"]:
@@ -68,7 +68,7 @@ def detect_throttle(ctx: Context) -> list[Finding]:
             step = "Check the PSU, power cabling and temperature; HW slowdown is a hardware alarm."
         else:
             cause = f"clocks at {pct(v['clock_vs_peers'])} of its peers'"
-            step = "Compare clocks and application-clock settings with the other GPUs."
+            step = f"Compare clocks and application-clock settings with the other {ctx.info.noun(plural=True)}."
         share = v["clock_share"]
         findings.append(
             ctx.finding(
@@ -80,13 +80,9 @@ def detect_throttle(ctx: Context) -> list[Finding]:
                 f"{v['clock_sm']:.0f} MHz ({pct(share)} of max) while busy {pct(v['util'])}.",
                 step,
                 {
-                    "metrics": [
-                        "gpu.clock_event.hw_thermal",
-                        "gpu.clock_event.sw_power_cap",
-                        "gpu.clock.sm",
-                        "gpu.temperature",
-                        "gpu.power",
-                    ],
+                    "metrics": ctx.info.metrics(
+                        "thr_thermal_hw", "thr_power", "clock", "temp", "power", entity=gpu
+                    ),
                     **{k: val for k, val in v.items()},
                     "threshold": {
                         "reason_active_share_at_least": THROTTLE_ACTIVE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.rules.common import rate as rate_text
 from agent.analysis.thresholds import (
     BUSY,
@@ -22,7 +22,7 @@ COMM = "comm-bound"
 
 _LANE_BYTES = (
     "CASE "
-    + " ".join(f"WHEN round(pcie_gen) = {gen} THEN {lane}" for gen, lane in PCIE_LANE_BYTES.items())
+    + " ".join(f"WHEN round(host_gen) = {gen} THEN {lane}" for gen, lane in PCIE_LANE_BYTES.items())
     + " END"
 )
 
@@ -30,13 +30,14 @@ _LANE_BYTES = (
 def detect_h2d(ctx: Context) -> list[Finding]:
     """PCIe traffic near the link's peak while the GPU waits, or a link trained below its
     maximum generation/width while it carries traffic."""
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
     base = f"""
-        SELECT entity, t, util, pcie_rx, pcie_tx, pcie_gen, pcie_gen_max, pcie_width,
-               pcie_width_max, greatest(pcie_rx, pcie_tx) / ({_LANE_BYTES} * pcie_width)
-                   AS link_share
-        FROM aw_gpu WHERE {JOB_GPU_FILTER}"""
+        SELECT entity, t, busy AS util, host_rx AS pcie_rx, host_tx AS pcie_tx,
+               host_gen AS pcie_gen, host_gen_max AS pcie_gen_max, host_width AS pcie_width,
+               host_width_max AS pcie_width_max,
+               greatest(host_rx, host_tx) / ({_LANE_BYTES} * host_width) AS link_share
+        FROM aw_accel WHERE {JOB_FILTER}"""
     evidence_cols = [
         "util",
         "pcie_rx",
@@ -50,14 +51,14 @@ def detect_h2d(ctx: Context) -> list[Finding]:
     near = ctx.episodes(
         f"SELECT *, link_share >= {PCIE_NEAR_PEAK} AND util < {BUSY} AS flag FROM ({base})",
         evidence_cols,
-        params=gpu_params(ctx),
+        params=job_params(ctx),
     )
     down = ctx.episodes(
         f"""SELECT *, (pcie_width < pcie_width_max OR pcie_gen < pcie_gen_max)
                    AND coalesce(pcie_rx, 0) + coalesce(pcie_tx, 0) >= {PCIE_ACTIVE_BYTES} AS flag
             FROM ({base})""",
         evidence_cols,
-        params=gpu_params(ctx),
+        params=job_params(ctx),
     )
     findings = []
     for gpu, eps in by_entity(near).items():
@@ -75,11 +76,7 @@ def detect_h2d(ctx: Context) -> list[Finding]:
                 "Move less over PCIe: keep data on the GPU, use pinned memory with "
                 "non_blocking=True copies overlapped with compute, send uint8/bf16 instead of fp32.",
                 {
-                    "metrics": [
-                        "gpu.pcie.rx_throughput",
-                        "gpu.pcie.tx_throughput",
-                        "gpu.utilization",
-                    ],
+                    "metrics": ctx.info.metrics("host_rx", "host_tx", "busy", entity=gpu),
                     "link_share": share,
                     "pcie_rx_bytes_per_s": rx,
                     "util": util,
@@ -105,7 +102,7 @@ def detect_h2d(ctx: Context) -> list[Finding]:
                 "Reseat the GPU or riser, check BIOS PCIe settings and `nvidia-smi -q -d PCIE` "
                 "(link replays); the bandwidth to this GPU is reduced until fixed.",
                 {
-                    "metrics": ["gpu.pcie.link.gen", "gpu.pcie.link.width"],
+                    "metrics": ctx.info.metrics("host_gen", "host_width", entity=gpu),
                     "gen": gen,
                     "gen_max": gen_max,
                     "width": width,
@@ -122,22 +119,22 @@ def detect_h2d(ctx: Context) -> list[Finding]:
 def detect_comm(ctx: Context) -> list[Finding]:
     """High NVLink/InfiniBand traffic while the GPU is "busy" but its SMs (or, without GPM,
     its power draw) say little computing happens: collectives dominate."""
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
-    has_sm = ctx.info.has("gpu.sm.activity")
+    has_sm = ctx.info.has_column("sm")
     weak = f"g.sm < {SM_ACTIVITY_LOW}" if has_sm else f"g.power < {SM_ACTIVITY_LOW} * g.power_limit"
-    nvlink_peak = f"(2 * coalesce(g.nvlink_links, 0) * {NVLINK_LINK_BYTES})"
+    nvlink_peak = f"(2 * coalesce(g.peer_links, 0) * {NVLINK_LINK_BYTES})"
     sql = f"""
-        SELECT g.entity, g.t, g.util, g.sm, g.tensor, g.power / g.power_limit AS power_share,
-               coalesce(g.nvlink_tx, 0) + coalesce(g.nvlink_rx, 0) AS nvlink,
+        SELECT g.entity, g.t, g.busy AS util, g.sm, g.tensor, g.power / g.power_limit AS power_share,
+               coalesce(g.peer_tx, 0) + coalesce(g.peer_rx, 0) AS nvlink,
                coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) AS ib,
-               g.util >= {BUSY} AND {weak} AND (
-                   (coalesce(g.nvlink_tx, 0) + coalesce(g.nvlink_rx, 0))
+               g.busy >= {BUSY} AND {weak} AND (
+                   (coalesce(g.peer_tx, 0) + coalesce(g.peer_rx, 0))
                        >= {NVLINK_HIGH} * {nvlink_peak} AND {nvlink_peak} > 0
                    OR coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) >= {IB_HIGH_BYTES}) AS flag
-        FROM (SELECT * FROM aw_gpu WHERE {JOB_GPU_FILTER}) g LEFT JOIN aw_host h USING (t)"""
+        FROM (SELECT * FROM aw_accel WHERE {JOB_FILTER}) g LEFT JOIN aw_host h USING (t)"""
     eps = ctx.episodes(
-        sql, ["util", "sm", "tensor", "power_share", "nvlink", "ib"], params=gpu_params(ctx)
+        sql, ["util", "sm", "tensor", "power_share", "nvlink", "ib"], params=job_params(ctx)
     )
     findings = []
     for gpu, g_eps in by_entity(eps).items():
@@ -160,18 +157,16 @@ def detect_comm(ctx: Context) -> list[Finding]:
                 "check NCCL topology (NCCL_DEBUG=INFO).",
                 {
                     "metrics": [
-                        "gpu.nvlink.tx_throughput",
-                        "gpu.nvlink.rx_throughput",
+                        *ctx.info.metrics("peer_tx", "peer_rx", entity=gpu),
                         "host.ib.rx_bytes",
-                        "gpu.sm.activity",
-                        "gpu.utilization",
+                        *ctx.info.metrics("sm", "busy", entity=gpu),
                     ],
                     "util": util,
                     "sm_activity": sm,
                     "power_share": power,
                     "nvlink_bytes_per_s": nvlink,
                     "ib_bytes_per_s": ib,
-                    "signal": "gpu.sm.activity" if has_sm else "gpu.power",
+                    "signal": ctx.info.column_metric(gpu, "sm" if has_sm else "power"),
                     "threshold": {
                         "util_at_least": BUSY,
                         "sm_activity_below": SM_ACTIVITY_LOW,

@@ -1,10 +1,11 @@
-"""Rule 1 (GPU starvation / low or fluctuating utilization) and rule 15 (idle reserved GPU)."""
+"""Rule 1 (accelerator starvation / low or fluctuating utilization) and rule 15 (idle reserved
+accelerator). Rule ids keep their historical ``gpu`` names."""
 
 from __future__ import annotations
 
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.rules.common import JOB_GPU_FILTER, by_entity, duration, gpu_params, pct
+from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.thresholds import (
     IDLE_RESERVED_UTIL,
     INPUT_WAIT_MODERATE,
@@ -20,13 +21,13 @@ IDLE_RESERVED = "idle-reserved-gpu"
 def detect_starvation(ctx: Context) -> list[Finding]:
     """Buckets where the GPU runs kernels less than 70% of the time (SageMaker's p95 band;
     critical below 10%), then a run-level check for swinging utilization (p95 high, p5 low)."""
-    if not ctx.info.job_gpus:
+    if not ctx.info.job_accelerators:
         return []
     episodes = ctx.episodes(
-        f"SELECT entity, t, util < {UTIL_P95} AS flag, util, util_low, sm FROM aw_gpu "
-        f"WHERE {JOB_GPU_FILTER} AND util IS NOT NULL",
+        f"SELECT entity, t, busy < {UTIL_P95} AS flag, busy AS util, busy_low AS util_low, sm "
+        f"FROM aw_accel WHERE {JOB_FILTER} AND busy IS NOT NULL",
         ["util", "util_low", "sm"],
-        params=gpu_params(ctx),
+        params=job_params(ctx),
     )
     findings = []
     by_gpu = by_entity(episodes)
@@ -46,10 +47,11 @@ def detect_starvation(ctx: Context) -> list[Finding]:
                 eps,
                 f"{gpu} was starved: busy only {pct(util)} of the time over {duration(total)}"
                 + (f" ({'; '.join(details)})." if details else "."),
-                "Find what the GPU waits on: check the data-loader, I/O and transfer findings, "
-                "then profile one step (torch.profiler or `nsys profile`) for gaps between kernels.",
+                f"Find what the {ctx.info.noun([gpu])} waits on: check the data-loader, I/O and "
+                "transfer findings, then profile one step (torch.profiler or `nsys profile`) "
+                "for gaps between kernels.",
                 {
-                    "metrics": ["gpu.utilization", "gpu.sm.activity"],
+                    "metrics": ctx.info.metrics("busy", "sm", entity=gpu),
                     "util": util,
                     "idle_sample_share": idle_gaps,
                     "sm_activity": sm,
@@ -70,20 +72,20 @@ def _fluctuating(ctx: Context, exclude: set[str]) -> list[Finding]:
     windows are the idle dips, so a rule that explains them (checkpoints) can supersede it."""
     dips = by_entity(
         ctx.episodes(
-            f"SELECT entity, t, util < {UTIL_P5} AS flag FROM aw_gpu WHERE {JOB_GPU_FILTER}",
+            f"SELECT entity, t, busy < {UTIL_P5} AS flag FROM aw_accel WHERE {JOB_FILTER}",
             [],
-            params=gpu_params(ctx),
+            params=job_params(ctx),
             min_duration_s=ctx.info.bucket_s,
             gap_s=0.0,
         )
     )
     rows = ctx.rows(
-        f"""SELECT entity, quantile_cont(util, 0.95) AS p95, quantile_cont(util, 0.05) AS p5,
-                  avg(util_low) AS idle, avg(util) AS util, avg(sm) AS sm,
+        f"""SELECT entity, quantile_cont(busy, 0.95) AS p95, quantile_cont(busy, 0.05) AS p5,
+                  avg(busy_low) AS idle, avg(busy) AS util, avg(sm) AS sm,
                   min(t) AS t0, max(t) AS t1
-           FROM aw_gpu WHERE {JOB_GPU_FILTER} AND util IS NOT NULL GROUP BY entity
+           FROM aw_accel WHERE {JOB_FILTER} AND busy IS NOT NULL GROUP BY entity
            HAVING count(*) >= 10""",
-        gpu_params(ctx),
+        job_params(ctx),
     )
     findings = []
     for r in rows:
@@ -103,7 +105,7 @@ def _fluctuating(ctx: Context, exclude: set[str]) -> list[Finding]:
                 "Utilization that swings between busy and idle points at stalls between steps: "
                 "check data loading and synchronisation points (.item(), logging, checkpoints).",
                 {
-                    "metrics": ["gpu.utilization"],
+                    "metrics": ctx.info.metrics("busy", entity=r["entity"]),
                     "p95": r["p95"],
                     "p5": r["p5"],
                     "idle_sample_share": r["idle"],
@@ -121,41 +123,55 @@ def _fluctuating(ctx: Context, exclude: set[str]) -> list[Finding]:
 
 
 def detect_idle_reserved(ctx: Context) -> list[Finding]:
-    """A GPU the job holds memory on but whose utilization stays near zero all along."""
-    if not ctx.info.job_known or not ctx.info.job_gpus:
+    """An accelerator the job holds memory on but whose utilization stays near zero all along.
+
+    The job's memory on it when its source attributes memory to processes; else the device's
+    memory in use, when the job is known to use the device (its processes hold it: TPU chips
+    are not shared) or the source cannot attribute at all (every device counts as the job's).
+    """
+    held = {e: c for e in ctx.info.job_accelerators if (c := _held_memory(ctx, e)) is not None}
+    if not held:
         return []
     rows = ctx.rows(
-        f"""SELECT entity, quantile_cont(util, 0.95) AS p95, max(util_max) AS peak,
-                  max(job_memory) AS memory, min(t) AS t0, max(t) AS t1, count(*) AS n
-           FROM aw_gpu WHERE {JOB_GPU_FILTER} GROUP BY entity""",
-        gpu_params(ctx),
+        f"""SELECT entity, quantile_cont(busy, 0.95) AS p95, max(busy_max) AS peak,
+                  max(job_memory) AS job_memory, max(mem_used) AS mem_used,
+                  min(t) AS t0, max(t) AS t1, count(*) AS n
+           FROM aw_accel WHERE {JOB_FILTER} GROUP BY entity""",
+        {"accels": list(held)},
     )
     findings = []
     for r in rows:
+        column = held[r["entity"]]
+        memory = r[column]
         span_s = r["t1"] - r["t0"] + ctx.info.bucket_s
         if (
             r["p95"] is None
             or r["p95"] >= IDLE_RESERVED_UTIL
-            or not r["memory"]
+            or not memory
             or span_s < ctx.min_episode_s()
             or span_s < 0.5 * ctx.info.duration_s
         ):
             continue
         span = [ctx.span(r["entity"], r["t0"], r["t1"])]
+        holds = (
+            f"the job holds {memory / 2**30:.1f} GiB on it"
+            if column == "job_memory"
+            else f"{memory / 2**30:.1f} GiB of its memory are in use"
+        )
         findings.append(
             ctx.finding(
                 IDLE_RESERVED,
                 "warning",
                 r["entity"],
                 span,
-                f"{r['entity']} was reserved but unused: the job holds "
-                f"{r['memory'] / 2**30:.1f} GiB on it, yet its utilization stayed at "
+                f"{r['entity']} was reserved but unused: {holds}, yet its utilization stayed at "
                 f"{pct(r['p95'])} (p95) for {duration(span_s)}.",
-                "Check CUDA_VISIBLE_DEVICES and the device placement (a stray .cuda() or a "
-                "framework initialising every GPU); release the GPU or give it work.",
+                "Check the visible devices (CUDA_VISIBLE_DEVICES, TPU_VISIBLE_CHIPS) and the "
+                "device placement (a stray .cuda() or a framework initialising every device); "
+                "release the device or give it work.",
                 {
-                    "metrics": ["gpu.job.memory", "gpu.utilization"],
-                    "job_memory_bytes": r["memory"],
+                    "metrics": ctx.info.metrics(column, "busy", entity=r["entity"]),
+                    f"{column}_bytes": memory,
                     "util_p95": r["p95"],
                     "util_peak": r["peak"],
                     "threshold": {"util_p95_below": IDLE_RESERVED_UTIL},
@@ -165,6 +181,18 @@ def detect_idle_reserved(ctx: Context) -> list[Finding]:
     return findings
 
 
+def _held_memory(ctx: Context, entity: str) -> str | None:
+    """The ``aw_accel`` column that says how much memory the job holds on ``entity``."""
+    source = ctx.info.plan.source(ctx.info.sources[entity])
+    if source is None:
+        return None
+    if "job_memory" in source.columns:
+        return "job_memory" if entity in ctx.info.attributed else None
+    if entity in ctx.info.attributed or not source.attributes_job:
+        return "mem_used"
+    return None
+
+
 RULES = [
     Rule(
         IDLE_RESERVED,
@@ -172,5 +200,5 @@ RULES = [
         detect_idle_reserved,
         supersedes=(STARVATION, "straggler"),
     ),
-    Rule(STARVATION, "GPU starvation / low utilization", detect_starvation),
+    Rule(STARVATION, "Accelerator starvation / low utilization", detect_starvation),
 ]

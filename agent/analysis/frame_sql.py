@@ -1,0 +1,22 @@
+"""SQL text helpers the frame builders share: quoting and the pivot's one-metric aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def q(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def in_list(names: Iterable[str]) -> str:
+    """Quoted, comma-separated: the inside of ``IN (...)``; ``NULL`` when empty (matches none)."""
+    return ", ".join(q(n) for n in names) or "NULL"
+
+
+def pick(
+    alias: str, metric_name: str, agg: str = "any_value", col: str = "val", extra: str = ""
+) -> str:
+    """One pivot column: ``agg(col)`` over the rows of ``metric_name``."""
+    return f"{agg}({col}) FILTER (WHERE metric = {q(metric_name)}{extra}) AS {alias}"
