@@ -144,8 +144,8 @@ class Context:
 
 def weighted(episodes: Sequence[Episode], column: str) -> float | None:
     """The duration-weighted mean of an evidence column over episodes (None if all null)."""
-    pairs = [(e.values.get(column), e.duration_s) for e in episodes]
-    pairs = [(v, w) for v, w in pairs if v is not None and not math.isnan(v)]
+    values = [(e.values.get(column), e.duration_s) for e in episodes]
+    pairs = [(v, w) for v, w in values if v is not None and not math.isnan(v)]
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total else None
 
@@ -198,7 +198,7 @@ def finding_windows(f: Finding) -> list[tuple[datetime, datetime]]:
     """The episodes a finding covers (from its evidence), or its overall span."""
     raw = f.evidence.get("windows") or []
     spans = [(datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in raw]
-    return spans or [(f.start, f.end)]
+    return spans or [(f.start, f.end or f.start)]  # an open finding has no span yet
 
 
 def _overlap_s(a: list[tuple[datetime, datetime]], b: list[tuple[datetime, datetime]]) -> float:
@@ -234,7 +234,7 @@ def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[float, floa
     if duration is None:  # still running or killed: fall back to the samples
         duration = con.execute(
             "SELECT epoch(max(ts)) - epoch(min(ts)) FROM samples WHERE run_id = ?", [run_id]
-        ).fetchone()[0]
+        ).fetchall()[0][0]  # an aggregate: always one row
     return float(duration or 0.0), float(interval or 1.0)
 
 
@@ -244,7 +244,7 @@ def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     analysis of a long run gets DuckDB's defaults for its aggregation, then hands them back."""
     threads, memory = con.execute(
         "SELECT current_setting('threads'), current_setting('memory_limit')"
-    ).fetchone()
+    ).fetchall()[0]
     con.execute("RESET threads; RESET memory_limit")
     try:
         yield

@@ -60,7 +60,9 @@ class LiveFindingLog:
         for f in current:
             key = (f.rule, f.entity)
             before = self.open.get(key)
-            if before is not None and f.start <= before.end + self.join_gap:
+            # An open finding (no end yet) lasts until now, so a later one continues it.
+            before_end = f.start if before is None or before.end is None else before.end
+            if before is not None and f.start <= before_end + self.join_gap:
                 worst = max(before.severity, f.severity, key=SEVERITY_RANK.__getitem__)
                 f = replace(
                     f,

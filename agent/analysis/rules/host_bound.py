@@ -69,6 +69,8 @@ def detect_dataloader(ctx: Context) -> list[Finding]:
     idle, cpu, wmax, workers, main = (
         weighted(eps, c) for c in ("idle", "cpu", "worker_cpu_max", "workers", "main_cpu")
     )
+    if idle is None:
+        return []  # the flag needs the idle share, so a flagged window has it
     total = sum(e.duration_s for e in eps)
     if wmax is not None and wmax >= LOADER_PROCESS_SATURATED:
         cause = f"{workers:.0f} loader workers each near a full core ({wmax:.2f} cores at most)"

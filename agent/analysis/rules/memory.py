@@ -37,6 +37,8 @@ def detect_gpu_memory(ctx: Context) -> list[Finding]:
         share, used, total_bytes = (
             weighted(g_eps, c) for c in ("used_share", "mem_used", "mem_total")
         )
+        if used is None or total_bytes is None:
+            continue  # the flag compares used with total, so a flagged window has both
         findings.append(
             ctx.finding(
                 GPU_MEMORY,

@@ -71,8 +71,10 @@ def _from_steps(ctx: Context) -> list[Finding]:
         step, median, rel, ind = (
             weighted(r_eps, c) for c in ("step_time", "peer_median", "relative", "individual")
         )
+        if step is None or median is None or rel is None:
+            continue  # the flag needs the relative score, so a flagged window has all three
         total = sum(e.duration_s for e in r_eps)
-        critical = rel is not None and rel < STRAGGLER_SCORE
+        critical = rel < STRAGGLER_SCORE
         findings.append(
             ctx.finding(
                 STRAGGLER,
@@ -80,7 +82,8 @@ def _from_steps(ctx: Context) -> list[Finding]:
                 rank,
                 r_eps,
                 f"{rank} became a straggler: its steps took {step / median:.2f}x its peers' median "
-                f"(relative score {rel:.2f}, {pct(1 - ind)} slower than its own best) for "
+                f"(relative score {rel:.2f}, {pct(None if ind is None else 1 - ind)} slower "
+                f"than its own best) for "
                 f"{duration(total)}; every synchronous step waits for it.",
                 f"Check what changed on {rank}'s host and GPU at {r_eps[0].start:%H:%M:%S}: "
                 "throttling, a noisy neighbour, its data shard or disk; replace or exclude the node "
