@@ -34,7 +34,9 @@ HANGUP_POLL_S = 0.2
 class JobHandle(Protocol):
     """What the UI may do to a launched job (the session's stop escalation)."""
 
-    pid: int
+    @property
+    def pid(self) -> int: ...
+
     log: str | None
     detached: bool
     hung_up: threading.Event

@@ -7,7 +7,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import NoReturn
 
 from agent import __version__
 from agent.errors import AccelwatchError, StoreError, UsageError
@@ -110,7 +112,7 @@ def stop_timeout(text: str) -> float:
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors are one line on stderr and exit 2, as the README promises."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"accelwatch: error: {message} (see: {self.prog} --help)\n")
 
 
@@ -293,15 +295,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 RECORDING_COMMANDS = frozenset({"run", "attach", "demo"})
 
 
-def _handler(command: str):
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
     """The ``cmd_<command>`` function, imported only when that command runs."""
+    module: ModuleType
     if command in RECORDING_COMMANDS:
         from agent.app import commands as module
     elif command == "sim":
         from agent.app import sim_commands as module
     else:
         from agent.app import read_commands as module
-    return getattr(module, f"cmd_{command.replace('-', '_')}")
+    handler: Callable[[argparse.Namespace], int] = getattr(
+        module, f"cmd_{command.replace('-', '_')}"
+    )
+    return handler
 
 
 def print_json(obj) -> None:

@@ -14,6 +14,7 @@ from agent.app.session import Session, SessionConfig, SessionControl
 from agent.catalog import CATALOG
 from agent.errors import UsageError
 from agent.health_text import ProblemWatch, health_phrases
+from agent.model import RunInfo
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
 
@@ -56,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_signal_handlers(session)
     session.launch(command)
     if config.job_log:
-        session.sampler.note("job_log", "agent", path=config.job_log)
+        session.note("job_log", "agent", path=config.job_log)
     _watch(session)
     if config.job_log and not session.terminal_lost:
         print(f"job output: {config.job_log}", file=sys.stderr)
@@ -126,7 +127,7 @@ def _watch(session: Session) -> None:
     finally:
         run = session.finish()
     if run is not None and not session.config.quiet and not session.terminal_lost:
-        print_summary(session)
+        print_summary(session, run)
 
 
 class LiveLinePrinter:
@@ -189,13 +190,13 @@ def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) ->
     return " ".join(parts)
 
 
-def print_summary(session: Session) -> None:
-    run = session.run
+def print_summary(session: Session, run: RunInfo) -> None:
+    """The finished run's report; a one-line summary if the report cannot be made."""
     try:
         from agent.report import render_run_text
     except ImportError:
-        render_run_text = None
-    if render_run_text is not None:
+        pass
+    else:
         try:
             print(render_run_text(session.store.path, run.run_id))
             return

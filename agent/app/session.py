@@ -113,7 +113,7 @@ class Session:
         self._install_simulator()
         pending = self._prepare_consumers()
         if self.config.job_log:
-            self.pump = OutputPump(self.config.job_log, self._note)
+            self.pump = OutputPump(self.config.job_log, self.note)
         try:
             self.child = launch_job(command, self.pump)
         except OSError as exc:
@@ -132,7 +132,7 @@ class Session:
             self.child,
             stop_timeout=self.config.stop_timeout,
             own_group=self.pump is not None,
-            note=self._note,
+            note=self.note,
         )
         self.job.log = self.config.job_log
         return self._begin(self.child.pid, mode="run", pending=pending)
@@ -166,7 +166,7 @@ class Session:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 
-    def _note(self, kind: str, entity: str, **detail: Any) -> None:
+    def note(self, kind: str, entity: str, **detail: Any) -> None:
         """An agent event, from any thread, before or after the sampler exists."""
         if self.sampler is not None:
             self.sampler.note(kind, entity, **detail)
@@ -378,7 +378,7 @@ class Session:
                 self.run.status = "incomplete"  # a store failure cost ticks; run_end counts them
             stats = self.sampler.stats_view() if self.sampler else {}
             end = Event(
-                self.run.ended,
+                self.run.ended or time.time(),  # stamped above; the fallback only narrows
                 "run_end",
                 "agent",
                 {
