@@ -26,6 +26,13 @@ class CollectContext:
     root_pid: int | None = None
     #: Current PIDs of the watched tree (root and descendants); empty for host-only runs.
     job_pids: Callable[[], frozenset[int]] = field(default=lambda: frozenset())
+    #: Where sysfs and procfs are read (``--sys-root`` / ``--proc-root``): a captured tree
+    #: replays a support case; tests point them at directories they build.
+    sys_root: str = "/sys"
+    proc_root: str = "/proc"
+    #: Source options from the command line, by source name (``{"tpu": {"runtime": "h:8431"}}``);
+    #: a source reads only its own entry.
+    options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class Collector(ABC):

@@ -48,6 +48,13 @@ def tag(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def root_dir(text: str) -> str:
+    """An injected sysfs/procfs root: an existing directory, checked before the job starts."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return os.path.abspath(text)
+
+
 def pid_arg(text: str) -> int:
     try:
         pid = int(text)
@@ -179,6 +186,21 @@ def _add_recording(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="[HOST:]PORT",
         help="serve a Prometheus scrape endpoint (host defaults to 127.0.0.1)",
+    )
+    p.add_argument(
+        "--sys-root",
+        type=root_dir,
+        default=os.environ.get("ACCELWATCH_SYS_ROOT") or "/sys",
+        metavar="DIR",
+        help="read sysfs from DIR, e.g. a captured tree (default: $ACCELWATCH_SYS_ROOT or /sys)",
+    )
+    p.add_argument(
+        "--proc-root",
+        type=root_dir,
+        default=os.environ.get("ACCELWATCH_PROC_ROOT") or "/proc",
+        metavar="DIR",
+        help="read procfs from DIR for the sources that read files (default: "
+        "$ACCELWATCH_PROC_ROOT or /proc)",
     )
     p.add_argument(
         "--metric-names",

@@ -41,6 +41,8 @@ def _config(args: argparse.Namespace) -> SessionConfig:
         prometheus=args.prometheus,
         metric_names=args.metric_names,
         stop_timeout=getattr(args, "stop_timeout", DEFAULT_STOP_TIMEOUT_S),
+        sys_root=args.sys_root,
+        proc_root=args.proc_root,
     )
 
 

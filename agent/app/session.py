@@ -65,6 +65,11 @@ class SessionConfig:
     job_log: str | None = None
     #: Seconds after the first stop signal before a further request may SIGKILL the job.
     stop_timeout: float = DEFAULT_STOP_TIMEOUT_S
+    #: Injected roots (``--sys-root`` / ``--proc-root``) and per-source options, handed to
+    #: every collector through :class:`CollectContext`.
+    sys_root: str = "/sys"
+    proc_root: str = "/proc"
+    source_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -215,7 +220,13 @@ class Session:
             scenario=self.config.simulate,
         )
         self.process_collector = ProcessCollector(pid)
-        ctx = CollectContext(root_pid=pid, job_pids=self._job_pids)
+        ctx = CollectContext(
+            root_pid=pid,
+            job_pids=self._job_pids,
+            sys_root=self.config.sys_root,
+            proc_root=self.config.proc_root,
+            options=self.config.source_options,
+        )
         collectors = self._start_collectors(ctx)
         self.store.write_run(self.run)
         self._run_written = True
