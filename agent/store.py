@@ -24,8 +24,9 @@ from typing import Any
 import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
+from agent.series import has_series
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
@@ -34,6 +35,12 @@ MAX_FLUSH_INTERVAL = 2.0
 DEEP_CHECK_MAX_BYTES = 2 * 2**30
 AGENT_DB_THREADS = 1
 AGENT_DB_MEMORY = "32MB"
+#: Reading (``report``, ``view``, ``sql``) runs beside no job: every core (DuckDB's default
+#: threads), not the recorder's one thread and 32 MB. Its memory is bounded all the same:
+#: DuckDB keeps every block it read in its buffer pool up to the limit (a 24 h recording is
+#: ~1 GB), while a reader scans each block only a few times and the OS caches the file anyway.
+READER_DB_MEMORY = "320MB"
+READER_DB_CONFIG: dict[str, Any] = {"memory_limit": READER_DB_MEMORY}
 #: The writer checkpoints the WAL itself once it passes this size (written rows stay in memory
 #: until a checkpoint); DuckDB's own auto-checkpoint is off, since a failed auto-checkpoint
 #: invalidates the whole database instance.
@@ -92,6 +99,53 @@ CREATE OR REPLACE VIEW runs AS
 
 #: Columns the ``runs`` view gained in schema 2 (absent when reading a version-1 file).
 RUNS_V2_COLUMNS = ("last_sample", "agent_host", "agent_pid", "heartbeat", "lost_ticks")
+
+#: Version 3, the layout: each series (run, source, entity, metric) is stored once in
+#: ``series`` and every value as (series_id, ts, value), so a tick writes three numeric
+#: columns instead of repeating ~1,500 label strings, and scans read integers. Series ids are
+#: handed out in increasing order, so a run's ids are one range and a scan filtered on them
+#: skips the row groups of other runs by their min/max. ``samples`` stays the same view.
+_SCHEMA_V3_LAYOUT = """
+CREATE TABLE IF NOT EXISTS series (
+    series_id INTEGER, run_id VARCHAR, source VARCHAR, entity VARCHAR, metric VARCHAR);
+CREATE TABLE sample_points (series_id INTEGER, ts TIMESTAMP, value DOUBLE);
+INSERT INTO series
+    SELECT (row_number() OVER (ORDER BY first_ts, run_id, source, entity, metric))::INTEGER,
+           run_id, source, entity, metric
+    FROM (SELECT run_id, source, entity, metric, min(ts) AS first_ts
+          FROM sample_values GROUP BY ALL);
+INSERT INTO sample_points
+    SELECT s.series_id, v.ts, v.value FROM sample_values v JOIN series s
+        ON s.run_id IS NOT DISTINCT FROM v.run_id AND s.source IS NOT DISTINCT FROM v.source
+       AND s.entity IS NOT DISTINCT FROM v.entity AND s.metric IS NOT DISTINCT FROM v.metric;
+DROP VIEW samples;
+DROP TABLE sample_values;
+ALTER TABLE sample_points RENAME TO sample_values;
+CREATE OR REPLACE VIEW samples AS
+    SELECT s.run_id, v.ts, s.source, s.entity, s.metric, v.value
+    FROM sample_values v JOIN series s USING (series_id);
+"""
+#: The physical columns of ``sample_values`` in a version-3 file (older files: the view's).
+V3_SAMPLE_COLUMNS = ("series_id", "ts", "value")
+
+
+def _apply_v3_layout(con: duckdb.DuckDBPyConnection) -> None:
+    """Move a version-2 ``sample_values`` (labels on every row) into ``series`` +
+    ``sample_values(series_id, ts, value)``, in the caller's transaction. A long recording is
+    millions of rows: this runs with DuckDB's default threads and memory and keeps row order
+    (the time order compresses best), then restores the writer's settings."""
+    threads, memory, order = con.execute(
+        "SELECT current_setting('threads'), current_setting('memory_limit'), "
+        "current_setting('preserve_insertion_order')"
+    ).fetchall()[0]
+    con.execute("RESET threads; RESET memory_limit; SET preserve_insertion_order = true")
+    try:
+        con.execute(_SCHEMA_V3_LAYOUT)
+    finally:
+        con.execute(
+            f"SET threads = {int(threads)}; SET memory_limit = '{memory}'; "
+            f"SET preserve_insertion_order = {str(order).lower()}"
+        )
 
 # -- private files -------------------------------------------------------------------------
 
@@ -187,14 +241,13 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
         raise StoreError(f"cannot access {p}: permission denied ({exc.filename})") from None
     existed = p.exists()
     make_files_private()
-    config: dict[str, Any] = {
-        "threads": AGENT_DB_THREADS,
-        "memory_limit": AGENT_DB_MEMORY,
-        # Appends need not keep row order within a statement: less memory per insert.
-        "preserve_insertion_order": False,
-    }
+    config: dict[str, Any] = dict(READER_DB_CONFIG)
     made_tmp = None
     if not read_only:
+        config["threads"] = AGENT_DB_THREADS
+        config["memory_limit"] = AGENT_DB_MEMORY
+        # Appends need not keep row order within a statement: less memory per insert.
+        config["preserve_insertion_order"] = False
         made_tmp = None if temp_directory(p).exists() else temp_directory(p)
         tmp = _private_temp_dir(p)
         if tmp is not None:
@@ -268,6 +321,8 @@ def _verify(con: duckdb.DuckDBPyConnection, path: Path, *, deep: bool) -> None:
             raise StoreCorruptError(_corrupt(path, f"truncated: {size} of {expected} bytes"))
     con.execute("SELECT count(*), max(logged) FROM run_log").fetchall()
     tables = ["sample_values", "event_log", "entity_log", "findings"]
+    if has_series(con):
+        tables.append("series")
     for table in tables:
         con.execute(f"SELECT count(*) FROM {table}").fetchall()
     if deep:
@@ -298,13 +353,24 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         if not tables:
             raise StoreError(f"{path} holds no accelwatch data")
         return  # an older file is read as it is (see RUNS_V2_COLUMNS)
-    if version < 1:
-        con.execute(_SCHEMA_V1)
-        con.execute(_V1_RUNS_VIEW)
-    con.execute(_SCHEMA_V2)
-    con.execute(
-        "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-    )
+    con.begin()
+    try:
+        if version < 1:
+            con.execute(_SCHEMA_V1)
+            con.execute(_V1_RUNS_VIEW)
+        if version < 2:
+            con.execute(_SCHEMA_V2)
+        if version < 3:
+            _apply_v3_layout(con)
+        con.execute(
+            "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
+            [str(SCHEMA_VERSION)],
+        )
+        con.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.rollback()
+        raise
     con.execute("CHECKPOINT")
 
 
@@ -390,7 +456,7 @@ def list_runs(
         r["status"] = effective_status(r, now, locked=locked)
         if r["status"] == "lost" and r["last_sample"] is None:
             got = con.execute(
-                "SELECT max(ts) FROM sample_values WHERE run_id = ?", [r["run_id"]]
+                "SELECT max(ts) FROM samples WHERE run_id = ?", [r["run_id"]]
             ).fetchone()
             r["last_sample"] = got[0] if got else None
     return rows

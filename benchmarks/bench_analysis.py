@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -173,14 +172,6 @@ def generate(path: Path, hours: float, hz: int) -> int:
     clock_cols = np.array(
         [e == f"gpu{THROTTLED_GPU}" and m == "gpu.clock.sm" for _, e, m in layout]
     )
-    names = {
-        k: pa.array(sorted({row[i] for row in layout}))
-        for i, k in enumerate(("source", "entity", "metric"))
-    }
-    index = {
-        k: pa.array([_position(names[k], row[i]) for row in layout], pa.int32())
-        for i, k in enumerate(("source", "entity", "metric"))
-    }
     store = Store(path)
     store.write_run(
         RunInfo(
@@ -196,6 +187,16 @@ def generate(path: Path, hours: float, hz: int) -> int:
             ended=T0 + hours * 3600,
             status="finished",
         )
+    )
+    # The store's own layout (agent/store.py, schema 3): each series once, then ids per value.
+    series_ids = np.arange(1, n_series + 1, dtype=np.int32)
+    series_rows = {  # noqa: F841 - read by DuckDB's replacement scan
+        "series_id": series_ids,
+        **{k: np.array([row[i] for row in layout], dtype=object)
+           for i, k in enumerate(("source", "entity", "metric"))},
+    }  # fmt: skip
+    store.con.execute(
+        "INSERT INTO series SELECT series_id, ?, source, entity, metric FROM series_rows", [RUN_ID]
     )
     rng = np.random.default_rng(0)
     total_ticks = int(hours * 3600 * hz)
@@ -216,27 +217,17 @@ def generate(path: Path, hours: float, hz: int) -> int:
         carry = counters[-1]
         values[:, is_counter] = counters[:, is_counter]
         n = values.size
-        ts_us = (T0 * 1_000_000 + np.repeat(ticks, n_series) * (1_000_000 // hz)).astype("int64")
-        chunk = pa.table(  # noqa: F841 - read by DuckDB's replacement scan
-            {
-                "ts": pa.array(ts_us).cast(pa.timestamp("us")),
-                **{
-                    k: pa.DictionaryArray.from_arrays(pa.array(np.tile(index[k], len(t))), names[k])
-                    for k in ("source", "entity", "metric")
-                },
-                "value": pa.array(values.reshape(n).astype(np.float64)),
-            }
-        )
-        con.execute(
-            "INSERT INTO sample_values SELECT ?, ts, source, entity, metric, value FROM chunk",
-            [RUN_ID],
-        )
+        chunk = {  # noqa: F841 - read by DuckDB's replacement scan
+            "series_id": np.tile(series_ids, len(t)),
+            "ts": (T0 * 1_000_000 + np.repeat(ticks, n_series) * (1_000_000 // hz)).astype(
+                "datetime64[us]"
+            ),
+            "value": values.reshape(n).astype(np.float64),
+        }
+        con.execute("INSERT INTO sample_values SELECT series_id, ts, value FROM chunk")
+        con.execute("CHECKPOINT")  # as the agent does when its WAL grows (4 MB), in big steps
     store.close()
     return total_ticks * n_series
-
-
-def _position(array: pa.Array, value: str) -> int:
-    return array.to_pylist().index(value)
 
 
 TARGET_REPORT_RATIO = 2.5

@@ -1,0 +1,152 @@
+"""The writer's series dictionary: (run, source, entity, metric) → the integer id stored per value.
+
+A tick of 8 GPUs is ~1,500 values whose labels hardly ever change, so the writer keeps the ids
+it handed out and stores only ``(series_id, ts, value)`` per value; a label is written once, to
+``series``, the first time it is seen. A collector usually emits the same series in the same
+order every tick, so a batch whose labels equal the previous batch's of that source reuses its
+id array outright (one list comparison instead of a lookup per value).
+
+Ids handed out inside a transaction stay *pending* until it commits: a rolled-back flush (a full
+disk) must not leave ids in the cache that the file never got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agent.model import Batch
+
+_Key = tuple[str, str]  # (run_id, source)
+
+
+def has_series(con: Any) -> bool:
+    """Whether a database (a DuckDB or read connection) stores samples by series id (schema 3);
+    an older file read as it is has only the ``samples`` view over labelled rows."""
+    rows = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'series' "
+        "AND database_name = current_database()"
+    ).fetchall()
+    return bool(rows and rows[0][0])
+
+
+def series_filter(con: Any, run_id: str, where: str = "") -> str:
+    """SQL over ``sample_values`` selecting a run's series whose labels match ``where`` (SQL
+    over ``series``' columns): the ids looked up in the small dictionary first and inlined, so
+    DuckDB filters the scan on the integer column itself (the range skips other runs' row
+    groups by their min/max) instead of joining every value with the labels."""
+    more = f" AND ({where})" if where else ""
+    ids = sorted(
+        int(r[0])
+        for r in con.execute(
+            f"SELECT series_id FROM series WHERE run_id = ?{more}", [run_id]
+        ).fetchall()
+    )
+    if not ids:
+        return "false"
+    return (
+        f"series_id BETWEEN {ids[0]} AND {ids[-1]} AND series_id IN ({', '.join(map(str, ids))})"
+    )
+
+
+class _SourceSeries:
+    """One run's series of one source: (entity, metric) → id, and the last batch's layout."""
+
+    __slots__ = ("ids", "last_entities", "last_metrics", "last_ids")
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[str, str], int] = {}
+        self.last_entities: Sequence[str] = ()
+        self.last_metrics: Sequence[str] = ()
+        self.last_ids = np.empty(0, dtype=np.int32)
+
+
+class SeriesIds:
+    """Series ids of one writer connection (one writer per file, so ids never collide)."""
+
+    def __init__(self) -> None:
+        self._known: dict[_Key, _SourceSeries] = {}
+        self._next_id: int | None = None
+        #: Series added by the open transaction: (key, (entity, metric), id).
+        self._pending: list[tuple[_Key, tuple[str, str], int]] = []
+
+    def reset(self) -> None:
+        """Forget everything (after a reopen): the file is the truth, read again on demand."""
+        self._known.clear()
+        self._next_id = None
+        self._pending.clear()
+
+    def commit(self) -> None:
+        self._pending.clear()
+
+    def rollback(self) -> None:
+        """Drop what the failed transaction added; the file never got those ids."""
+        if not self._pending:
+            return
+        for key, label, _ in self._pending:
+            known = self._known.get(key)
+            if known is not None:
+                known.ids.pop(label, None)
+                known.last_entities = known.last_metrics = ()
+        self._next_id = min(i for *_, i in self._pending)
+        self._pending.clear()
+
+    def _source(self, con: Any, run_id: str, source: str) -> _SourceSeries:
+        key = (run_id, source)
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = _SourceSeries()
+            rows = con.execute(
+                "SELECT entity, metric, series_id FROM series WHERE run_id = ? AND source = ?",
+                [run_id, source],
+            ).fetchall()
+            known.ids.update(((e, m), int(i)) for e, m, i in rows)
+        return known
+
+    def ids(self, con: Any, run_id: str, batches: Sequence[Batch]) -> np.ndarray:
+        """The series id of every value of ``batches`` (concatenated); new series are inserted
+        into ``series`` on ``con`` (in the caller's transaction)."""
+        parts = []
+        new: list[tuple[int, str, str, str]] = []
+        for b in batches:
+            known = self._source(con, run_id, b.source)
+            if b.entities == known.last_entities and b.metrics == known.last_metrics:
+                parts.append(known.last_ids)
+                continue
+            get = known.ids.get
+            found = [get(label) for label in zip(b.entities, b.metrics)]
+            if None in found:
+                for i, label in enumerate(zip(b.entities, b.metrics)):
+                    if found[i] is None:
+                        sid = known.ids.get(label)
+                        if sid is None:
+                            sid = self._new_id(con)
+                            known.ids[label] = sid
+                            self._pending.append(((run_id, b.source), label, sid))
+                            new.append((sid, b.source, label[0], label[1]))
+                        found[i] = sid
+            ids = np.array(found, dtype=np.int32)
+            known.last_entities, known.last_metrics, known.last_ids = b.entities, b.metrics, ids
+            parts.append(ids)
+        if new:
+            new_series = {  # noqa: F841 - read by DuckDB's replacement scan
+                "series_id": np.array([n[0] for n in new], dtype=np.int32),
+                "source": np.array([n[1] for n in new], dtype=object),
+                "entity": np.array([n[2] for n in new], dtype=object),
+                "metric": np.array([n[3] for n in new], dtype=object),
+            }
+            con.execute(
+                "INSERT INTO series SELECT series_id, ?, source, entity, metric FROM new_series",
+                [run_id],
+            )
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def _new_id(self, con: Any) -> int:
+        if self._next_id is None:
+            row = con.execute("SELECT coalesce(max(series_id), 0) FROM series").fetchall()
+            self._next_id = int(row[0][0]) + 1
+        sid = self._next_id
+        self._next_id += 1
+        return sid
