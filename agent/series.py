@@ -34,20 +34,19 @@ def has_series(con: Any) -> bool:
 
 def series_filter(con: Any, run_id: str, where: str = "") -> str:
     """SQL over ``sample_values`` selecting a run's series whose labels match ``where`` (SQL
-    over ``series``' columns): the ids looked up in the small dictionary first and inlined, so
-    DuckDB filters the scan on the integer column itself (the range skips other runs' row
-    groups by their min/max) instead of joining every value with the labels."""
+    over ``series``' columns), or ``false`` when it has none yet. DuckDB runs it as a semi-join
+    against the small dictionary, filtering the scan on the integer column (no label is joined
+    to every value). A run's ids only grow, so its first id (a literal) lets the scan skip the
+    row groups of earlier runs by their min/max, and series added later still match."""
     more = f" AND ({where})" if where else ""
-    ids = sorted(
-        int(r[0])
-        for r in con.execute(
-            f"SELECT series_id FROM series WHERE run_id = ?{more}", [run_id]
-        ).fetchall()
-    )
-    if not ids:
+    run = "'" + run_id.replace("'", "''") + "'"
+    rows = con.execute(f"SELECT min(series_id) FROM series WHERE run_id = {run}{more}").fetchall()
+    first = rows[0][0] if rows else None
+    if first is None:
         return "false"
     return (
-        f"series_id BETWEEN {ids[0]} AND {ids[-1]} AND series_id IN ({', '.join(map(str, ids))})"
+        f"series_id >= {int(first)} AND series_id IN "
+        f"(SELECT series_id FROM series WHERE run_id = {run}{more})"
     )
 
 

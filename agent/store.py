@@ -39,7 +39,7 @@ AGENT_DB_MEMORY = "32MB"
 #: threads), not the recorder's one thread and 32 MB. Its memory is bounded all the same:
 #: DuckDB keeps every block it read in its buffer pool up to the limit (a 24 h recording is
 #: ~1 GB), while a reader scans each block only a few times and the OS caches the file anyway.
-READER_DB_MEMORY = "320MB"
+READER_DB_MEMORY = "256MB"
 READER_DB_CONFIG: dict[str, Any] = {"memory_limit": READER_DB_MEMORY}
 #: The writer checkpoints the WAL itself once it passes this size (written rows stay in memory
 #: until a checkpoint); DuckDB's own auto-checkpoint is off, since a failed auto-checkpoint
@@ -146,6 +146,7 @@ def _apply_v3_layout(con: duckdb.DuckDBPyConnection) -> None:
             f"SET threads = {int(threads)}; SET memory_limit = '{memory}'; "
             f"SET preserve_insertion_order = {str(order).lower()}"
         )
+
 
 # -- private files -------------------------------------------------------------------------
 
