@@ -328,7 +328,8 @@ def _verify(con: duckdb.DuckDBPyConnection, path: Path, *, deep: bool) -> None:
         con.execute(f"SELECT count(*) FROM {table}").fetchall()
     if deep:
         for table in ["run_log", *tables]:
-            con.execute(f"SELECT min(COLUMNS(*)) FROM {table}").fetchall()
+            # hash() reads every value: min() of a numeric column comes from block statistics
+            con.execute(f"SELECT bit_xor(hash(COLUMNS(*))) FROM {table}").fetchall()
 
 
 def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> None:
