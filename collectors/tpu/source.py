@@ -57,6 +57,15 @@ ADVICE = {
     "slices and model-parallel axes inside a slice (ICI), overlap collectives with compute "
     "(XLA's latency-hiding scheduler), all-reduce less often (gradient accumulation), and "
     "check the DCN path (MEGASCALE_* settings, NIC health).",
+    "memory_full": "Leave HBM headroom: a smaller per-chip batch with gradient accumulation, "
+    "rematerialisation (`jax.checkpoint`), parameters and optimizer state sharded over the "
+    "chips, bf16 activations.",
+    "memory_growth": "Look for device arrays kept alive across steps (results appended to "
+    "Python lists, caches), donate buffers (`jax.jit(..., donate_argnums=...)`), and compare "
+    "`jax.profiler.save_device_memory_profile` snapshots between steps.",
+    "checkpoint": "Checkpoint asynchronously (Orbax `AsyncCheckpointer` / "
+    "`CheckpointManager` with async enabled), write less often, or to local SSD first and "
+    "copy to Cloud Storage in the background.",
     "device_query": "check the chips with `tpu-info` and the node's health in the Cloud "
     "console (`gcloud compute tpus tpu-vm describe`)",
 }

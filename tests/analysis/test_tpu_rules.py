@@ -51,19 +51,22 @@ class TpuOnRecordingClock(Collector):
         self.sim.uninstall()
 
 
+def _spec(scenario: str, root: Path, host=None, seconds: int = RUN_S) -> Recording:
+    return Recording(
+        None,
+        seconds,
+        host=host or profile(),
+        collectors=[lambda: TpuOnRecordingClock(scenario, root)],
+    )
+
+
 @pytest.fixture
 def tpu_run(analysed, tmp_path_factory):
     """``tpu_run(scenario, host=None, seconds=RUN_S)`` → post-run findings (recorded once)."""
 
     def run(scenario: str, host=None, seconds: int = RUN_S, key: str | None = None):
         root = tmp_path_factory.mktemp("vm")
-        spec = Recording(
-            None,
-            seconds,
-            host=host or profile(),
-            collectors=[lambda: TpuOnRecordingClock(scenario, root)],
-        )
-        return analysed(key or f"tpu:{scenario}", spec)
+        return analysed(key or f"tpu:{scenario}", _spec(scenario, root, host, seconds))
 
     return run
 
@@ -170,3 +173,15 @@ def test_tpu_rules_never_name_a_source():
     for path in sorted(rules.glob("tpu*.py")):
         code = path.read_text()
         assert not re.search(r"""["']tpu["']|source\s*==""", code), path.name
+
+
+def test_the_report_on_a_tpu_run_speaks_of_tpus_and_their_tools(recorded, tmp_path_factory, capsys):
+    from agent.app.cli import main
+
+    scenario = "tpu-v5e-8-input-bound"
+    db, _ = recorded(f"tpu:{scenario}", _spec(scenario, tmp_path_factory.mktemp("vm")))
+    assert main(["report", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "8 TPU(s): TPU v5e" in out and re.search(r"TPU utilization\s+p50 38%", out)
+    assert "[input-bound] on job" in out and "prefetch_to_device" in out
+    assert "GPU" not in out and "nsys" not in out and "NVIDIA" not in out

@@ -31,9 +31,9 @@ from agent.analysis.thresholds import (
 
 HANG = "hang"
 _STEP_GAP_FACTOR = 10.0
+#: Neutral; a source's ``advice["stacks"]`` names its own tools (NCCL flight recorder, tpu-info).
 _NEXT_STEP = (
-    "Dump the stacks now (`py-spy dump --pid PID` on every rank, or "
-    "TORCH_NCCL_DUMP_ON_TIMEOUT=1 for NCCL flight-recorder traces) to see which "
+    "Dump the stacks now (`py-spy dump --pid PID` on every rank) to see which "
     "collective or lock each rank waits in; then check for a dead rank or host."
 )
 
@@ -172,7 +172,7 @@ def _from_steps(ctx: Context) -> list[Finding]:
             eps,
             f"The job looks hung: no rank completed a step for {duration(longest)} "
             f"(steps usually come every {rows[0]['limit_s'] / _STEP_GAP_FACTOR:.1f} s or less).",
-            _NEXT_STEP,
+            ctx.info.advice("stacks") or _NEXT_STEP,
             {
                 "metrics": ["step.time"],
                 "kind": "no_steps",
