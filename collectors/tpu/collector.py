@@ -370,16 +370,16 @@ class TpuCollector(Collector):
                 )
                 continue
             dev = device_id_of(sample) if not cumulative else None
-            entity = chip_of.get(dev, f"tpu{dev}") if dev is not None else RUNTIME_ENTITY
-            if dev is not None and dev in parts:
-                entity = parts[dev]
-            have = groups.get(entity)
-            if have is None:
-                groups[entity] = buckets
-            elif have.bounds == buckets.bounds:
-                groups[entity] = distribution.Buckets(
-                    have.bounds, tuple(x + y for x, y in zip(have.counts, buckets.counts))
-                )
+            chip = chip_of.get(dev, f"tpu{dev}") if dev is not None else RUNTIME_ENTITY
+            # a two-device chip's parts have their own; the chip has both devices' together
+            for entity in (chip, parts[dev]) if dev is not None and dev in parts else (chip,):
+                have = groups.get(entity)
+                if have is None:
+                    groups[entity] = buckets
+                elif have.bounds == buckets.bounds:
+                    groups[entity] = distribution.Buckets(
+                        have.bounds, tuple(x + y for x, y in zip(have.counts, buckets.counts))
+                    )
         for entity, buckets in groups.items():
             b.add(entity, f"{stem}.count", buckets.total)
             window = buckets
