@@ -185,3 +185,11 @@ def test_the_report_on_a_tpu_run_speaks_of_tpus_and_their_tools(recorded, tmp_pa
     assert "8 TPU(s): TPU v5e" in out and re.search(r"TPU utilization\s+p50 38%", out)
     assert "[input-bound] on job" in out and "prefetch_to_device" in out
     assert "GPU" not in out and "nsys" not in out and "NVIDIA" not in out
+
+
+def test_input_bound_also_fires_on_saturated_input_workers_with_programs_queued(tpu_run):
+    busy_loaders = profile(worker_cpu=0.97)
+    findings = tpu_run("tpu-v5e-8-transfer-bound", busy_loaders, key="tpu-transfer-busy-loaders")
+    (f,) = of_rule(findings, "input-bound")
+    assert "input workers were saturated" in f.summary and "queue ran empty" not in f.summary
+    assert of_rule(findings, "dataloader-bound") == []  # explained once, by the TPU evidence

@@ -159,3 +159,26 @@ def test_a_simulated_run_records_the_node_metadata(tmp_path):
     assert rows == [("v5litepod-8", "v2-alpha-tpuv5-lite")]
     kinds = [k for (k,) in query(db, "SELECT kind FROM events")]
     assert "tpu_metadata_unavailable" not in kinds
+
+
+def test_sim_serve_serves_the_metadata_server_beside_the_runtime(tmp_path):
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "sim", "serve", "tpu-v6e-runtime-late", "--port", "0",
+         "--sys-root", str(tmp_path / "vm")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        proc.stdout.readline()
+        exports = dict(
+            proc.stdout.readline().strip().removeprefix("export ").split("=", 1) for _ in range(5)
+        )
+        node = metadata.fetch(exports["ACCELWATCH_TPU_METADATA_URL"])
+        assert node.notice is None and node.accelerator_type == "v6e-8"
+        assert exports["ACCELWATCH_TPU_METADATA_URL"].startswith("http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
