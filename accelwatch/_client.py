@@ -1,0 +1,467 @@
+"""The training-side client: cheap calls that hand metrics to the agent watching this process.
+
+Nothing here may slow or crash training. Calls append a tuple to a list and return; the list is
+sent as one datagram when :data:`FLUSH_S` has passed since the last send (or it holds
+:data:`MAX_BATCH` messages), on the non-blocking Unix datagram socket the agent named
+(``ACCELWATCH_SOCKET``) or created for the job's root process (an attaching agent). A send
+that fails (no agent yet, a dead agent, a full queue) keeps the datagram in a bounded queue and
+retries with backoff; what overflows is dropped and counted, and the count travels in the next
+datagram. With no agent every call returns after one clock read; the search for an agent
+repeats at most every :data:`PROBE_S` seconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import socket
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from accelwatch import _wire
+
+#: Seconds between two datagrams while calls keep coming (the latency of live step times).
+FLUSH_S = 0.05
+#: Messages in one datagram at most (a datagram stays well under the socket's buffer).
+MAX_BATCH = 256
+#: Messages waiting for an agent that does not answer; beyond, the oldest are dropped, counted.
+MAX_PENDING = 8192
+#: Seconds between two searches for an agent while none is found.
+PROBE_S = 3.0
+#: A found agent that keeps refusing for this long is given up (searched for again later).
+GIVE_UP_S = 10.0
+RETRY_MIN_S, RETRY_MAX_S = 0.05, 2.0
+#: Bounds on what ``config``/``tag`` keep (they are re-sent to an agent that attaches later).
+MAX_CONFIG_KEYS = 1024
+MAX_TEXT = 1000
+_DEPTH = 6
+
+_time = time.time
+_monotonic = time.monotonic
+_ABSENT_ERRNOS = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR)
+
+
+def _int_env(env: Mapping[str, str], *keys: str) -> int | None:
+    for key in keys:
+        value = env.get(key)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                continue
+    return None
+
+
+class SocketSink:
+    """A path to send datagrams to, with a bounded queue of what could not be sent yet."""
+
+    def __init__(self, path: str, *, named: bool) -> None:
+        self.path = path
+        #: Named in our environment (``accelwatch run``) rather than found by searching.
+        self.named = named
+        self._sock: socket.socket | None = None
+        self._pending: deque[tuple[bytes, int]] = deque()
+        self._pending_msgs = 0
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._failing_since: float | None = None
+        self.dropped = 0
+        self.sent = 0
+        self.errors: dict[str, int] = {}
+
+    def send(self, header: dict[str, Any], messages: list[Any], now: float) -> None:
+        header["dropped"] = self.dropped
+        for chunk in _chunks(header, messages):
+            self._pending.append(chunk)
+            self._pending_msgs += chunk[1]
+        if now >= self._retry_at:
+            self._drain(now)
+        while self._pending_msgs > MAX_PENDING and self._pending:
+            _, n = self._pending.popleft()
+            self._pending_msgs -= n
+            self.dropped += n
+
+    def _drain(self, now: float) -> None:
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
+            while self._pending:
+                data, n = self._pending[0]
+                self._sock.sendto(data, self.path)
+                self._pending.popleft()
+                self._pending_msgs -= n
+                self.sent += n
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            self.errors[name] = self.errors.get(name, 0) + 1
+            if exc.errno == errno.EMSGSIZE and self._pending:  # never fits: drop just that one
+                _, n = self._pending.popleft()
+                self._pending_msgs -= n
+                self.dropped += n
+            if self._failing_since is None:
+                self._failing_since = now
+            self._backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, self._backoff * 2))
+            if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
+                self._backoff = RETRY_MIN_S  # alive, only busy: try again soon
+            self._retry_at = now + self._backoff
+            return
+        self._backoff = 0.0
+        self._failing_since = None
+
+    def given_up(self, now: float) -> bool:
+        """Refused for :data:`GIVE_UP_S`: the agent is gone (a later search may find another)."""
+        return self._failing_since is not None and now - self._failing_since >= GIVE_UP_S
+
+    def close(self) -> int:
+        """Close the socket; the messages still queued are dropped (returned, and counted)."""
+        lost = self._pending_msgs
+        self.dropped += lost
+        self._pending.clear()
+        self._pending_msgs = 0
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        return lost
+
+
+def _chunks(header: dict[str, Any], messages: list[Any]) -> list[tuple[bytes, int]]:
+    """Encoded datagrams of at most :data:`~accelwatch._wire.MAX_DATAGRAM` bytes."""
+    data = _wire.encode(header, messages)
+    if len(data) <= _wire.MAX_DATAGRAM or len(messages) <= 1:
+        return [(data, len(messages))] if len(data) <= _wire.MAX_DATAGRAM else []
+    half = len(messages) // 2
+    return _chunks(header, messages[:half]) + _chunks(header, messages[half:])
+
+
+def _find_socket(environ: Mapping[str, str]) -> SocketSink | None:
+    """The agent's socket: named in the environment, else one for this process or an ancestor."""
+    named = environ.get(_wire.ENV_SOCKET)
+    if named:
+        return SocketSink(named, named=True)
+    dirs = [d for d in _wire.runtime_dirs(environ) if os.path.isdir(d)]
+    if not dirs:
+        return None
+    pid = os.getpid()
+    for _ in range(64):
+        for d in dirs:
+            path = os.path.join(d, _wire.pid_socket_name(pid))
+            if os.path.exists(path):
+                return SocketSink(path, named=False)
+        pid = _parent(pid)
+        if pid <= 1:
+            return None
+    return None
+
+
+def _parent(pid: int) -> int:
+    if pid == os.getpid():
+        return os.getppid()
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Client:
+    """One process's sender. Module functions of :mod:`accelwatch` are a default instance's."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = environ
+        self._config: dict[str, Any] = {}
+        self._tags: dict[str, str] = {}
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+        atexit.register(self._at_exit)
+
+    def _reset(self) -> None:
+        self._sink: Any = None
+        self._disabled = False
+        self._next_probe = 0.0
+        self._buf: list[Any] = []
+        self._flush_at = 0.0
+        self._n = 0
+        self._last_step: float | None = None
+        self._warned: set[str] = set()
+        self._header: dict[str, Any] = {}
+        self._lost = 0
+        self.internal_errors = 0
+
+    def _after_fork(self) -> None:
+        """A forked child (a loader worker) is not the rank's step clock; it starts afresh."""
+        self._config = {}
+        self._tags = {}
+        self._reset()
+
+    # -- finding the agent
+    def _probe(self) -> bool:
+        """Look for an agent (at most every PROBE_S seconds); True once there is a sink."""
+        now = _monotonic()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + PROBE_S
+        try:
+            env = os.environ if self._environ is None else self._environ
+            mode = env.get(_wire.ENV_MODE, "auto").strip().lower()
+            if mode in ("disabled", "off", "0"):
+                self._next_probe = float("inf")
+                return False
+            if mode == "offline":
+                from accelwatch._offline import OfflineSink
+
+                sink: Any = OfflineSink(env, flush=self.flush)
+                self._next_probe = float("inf")
+            else:
+                sink = _find_socket(env)
+            if sink is None:
+                return False
+            self._header = {
+                "v": _wire.VERSION,
+                "pid": os.getpid(),
+                "rank": _int_env(env, "RANK", "SLURM_PROCID"),
+                "local_rank": _int_env(env, "LOCAL_RANK", "SLURM_LOCALID"),
+                "world_size": _int_env(env, "WORLD_SIZE", "SLURM_NTASKS"),
+            }
+        except Exception as exc:  # never into training: say it once, stay quiet
+            self.internal_errors += 1
+            self._say_once("probe", f"cannot reach an agent ({type(exc).__name__}: {exc})")
+            return False
+        self._sink = sink
+        t = _time()
+        if self._config:  # said before this agent was there: it should still know
+            self._buf.append((_wire.CONFIG, t, dict(self._config)))
+        if self._tags:
+            self._buf.append((_wire.TAG, t, dict(self._tags)))
+        return True
+
+    # -- the API
+    def log(self, step: int | None = None, **metrics: Any) -> None:
+        """Record metrics (numbers) at ``step`` (default: the steps marked so far)."""
+        if self._sink is None and not self._probe():
+            return
+        try:
+            t = _time()
+            for value in metrics.values():
+                if type(value) is not float:
+                    metrics = self._numbers(metrics)
+                    break
+            if step is not None and type(step) is not int:
+                step = self._step_number(step)
+            self._buf.append((_wire.LOG, t, self._n if step is None else step, metrics))
+            if t >= self._flush_at or len(self._buf) >= MAX_BATCH:
+                self._flush(t)
+        except Exception:
+            self.internal_errors += 1
+
+    def step(self) -> None:
+        """Mark a step boundary: the time since the previous call is this rank's step time."""
+        now = _monotonic()
+        self._n += 1
+        last, self._last_step = self._last_step, now
+        if self._sink is None and not self._probe():
+            return
+        try:
+            t = _time()
+            self._buf.append((_wire.STEP, t, self._n, None if last is None else now - last))
+            if t >= self._flush_at or len(self._buf) >= MAX_BATCH:
+                self._flush(t)
+        except Exception:
+            self.internal_errors += 1
+
+    def config(self, values: Any = None, **more: Any) -> None:
+        """Hyperparameters (a mapping, an argparse Namespace...); nested keys become ``a.b``."""
+        try:
+            flat: dict[str, Any] = {}
+            if values is not None:
+                if not isinstance(values, Mapping) and hasattr(values, "__dict__"):
+                    values = vars(values)
+                if not isinstance(values, Mapping):
+                    self._say_once(
+                        "config", f"config() takes a mapping, not {type(values).__name__}"
+                    )
+                    values = {}
+                _flatten("", values, flat, 0)
+            _flatten("", more, flat, 0)
+            room = MAX_CONFIG_KEYS - len(self._config)
+            fresh = [k for k in flat if k not in self._config]
+            if len(fresh) > room:
+                self._say_once(
+                    "config.size", f"more than {MAX_CONFIG_KEYS} config keys; the rest are dropped"
+                )
+                for k in fresh[max(room, 0) :]:
+                    del flat[k]
+            self._config.update(flat)
+            self._emit((_wire.CONFIG, _time(), flat))
+        except Exception:
+            self.internal_errors += 1
+
+    def tag(self, **tags: Any) -> None:
+        """Tags of the run (``tag(model="resnet", dataset="imagenet")``); values become text."""
+        try:
+            clean = {str(k)[:MAX_TEXT]: str(v)[:MAX_TEXT] for k, v in tags.items()}
+            if len(self._tags) + len(clean) <= MAX_CONFIG_KEYS:
+                self._tags.update(clean)
+            self._emit((_wire.TAG, _time(), clean))
+        except Exception:
+            self.internal_errors += 1
+
+    def finish(self) -> None:
+        """Send what is buffered now, and tell the agent this process is done."""
+        try:
+            if self._sink is not None or self._probe():
+                t = _time()
+                self._buf.append((_wire.FINISH, t))
+                self._flush(t)
+                closer = getattr(self._sink, "finish", None)
+                if closer is not None:  # offline: the run ends; a later call starts another
+                    closer()
+                    self._sink = None
+                    self._next_probe = 0.0
+        except Exception:
+            self.internal_errors += 1
+
+    def flush(self) -> None:
+        """Send what is buffered now (also at interpreter exit)."""
+        try:
+            if self._sink is not None and self._buf:
+                self._flush(_time())
+        except Exception:
+            self.internal_errors += 1
+
+    def _at_exit(self) -> None:
+        self.flush()
+        if self._sink is not None and hasattr(self._sink, "finish"):
+            with contextlib.suppress(Exception):
+                self._sink.finish()  # offline: the run ends with the interpreter
+
+    def stats(self) -> dict[str, Any]:
+        """What this process sent and lost: for tests, benchmarks and the curious."""
+        sink = self._sink
+        return {
+            "agent": getattr(sink, "path", None),
+            "steps": self._n,
+            "sent": getattr(sink, "sent", 0),
+            "dropped": getattr(sink, "dropped", 0) + self._lost,
+            "send_errors": dict(getattr(sink, "errors", {})),
+            "buffered": len(self._buf),
+            "internal_errors": self.internal_errors,
+        }
+
+    # -- internals
+    def _emit(self, message: tuple[Any, ...]) -> None:
+        if self._sink is None and not self._probe():
+            return
+        self._buf.append(message)
+        t = message[1]
+        if t >= self._flush_at or len(self._buf) >= MAX_BATCH:
+            self._flush(t)
+
+    def _flush(self, t: float) -> None:
+        buf, self._buf = self._buf, []
+        self._flush_at = t + FLUSH_S
+        sink = self._sink
+        if sink is None:
+            return
+        sink.send(self._header, buf, t)
+        if sink.given_up(t):
+            self._lost += sink.close()
+            self._sink = None
+            self._next_probe = _monotonic() + PROBE_S
+
+    def _numbers(self, metrics: dict[str, Any]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, value in metrics.items():
+            if type(value) is float:
+                out[key] = value
+                continue
+            number = self._number(key, value)
+            if number is not None:
+                out[key] = number
+        return out
+
+    def _number(self, key: str, value: Any) -> float | None:
+        if isinstance(value, (int, float)):  # bool, int, float and their subclasses
+            return float(value)
+        item = getattr(value, "item", None)
+        if callable(item):
+            try:
+                got = item()
+            except Exception:
+                got = None
+            if isinstance(got, (int, float)):
+                self._warn(
+                    key,
+                    f"{key}: {type(value).__name__} converted to float with .item() "
+                    "(log a float to avoid the conversion; on a GPU tensor it waits for "
+                    "the device)",
+                )
+                return float(got)
+        self._warn(key, f"{key}: cannot log a {type(value).__name__} (not a number); dropped")
+        return None
+
+    def _step_number(self, step: Any) -> int | None:
+        try:
+            return int(step)
+        except Exception:
+            self._warn("step", f"step={step!r} is not an integer; the current step is used")
+            return None
+
+    def _warn(self, key: str, text: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        # -W error must not turn our warning into the job's exception
+        with contextlib.suppress(Exception):
+            warnings.warn(f"accelwatch: {text} (said once per key)", RuntimeWarning, stacklevel=4)
+
+    def _say_once(self, key: str, text: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"accelwatch: {text}\n")
+
+
+def _flatten(prefix: str, values: Mapping[Any, Any], out: dict[str, Any], depth: int) -> None:
+    for key, value in values.items():
+        name = f"{prefix}{key}"[:MAX_TEXT]
+        if isinstance(value, Mapping) and depth < _DEPTH:
+            _flatten(name + ".", value, out, depth + 1)
+        else:
+            out[name] = _plain(value, depth)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """A JSON value for a config entry: numbers, text, bools, lists; anything else as text."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value if type(value) in (bool, int, float) or value is None else _plain_number(value)
+    if isinstance(value, str):
+        return value[:MAX_TEXT]
+    if isinstance(value, (list, tuple)) and depth < _DEPTH:
+        return [_plain(v, depth + 1) for v in value[:100]]
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            got = item()
+            if isinstance(got, (bool, int, float, str)):
+                return got
+        except Exception:
+            pass
+    return str(value)[:MAX_TEXT]
+
+
+def _plain_number(value: Any) -> Any:
+    return (
+        bool(value)
+        if isinstance(value, bool)
+        else (int(value) if isinstance(value, int) else float(value))
+    )
