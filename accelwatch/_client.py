@@ -77,7 +77,9 @@ class SocketSink:
 
     def send(self, header: dict[str, Any], messages: list[Any], now: float) -> None:
         header["dropped"] = self.dropped
-        for chunk in _chunks(header, messages):
+        chunks = _chunks(header, messages)
+        self.dropped += len(messages) - sum(n for _, n in chunks)  # one message too big to send
+        for chunk in chunks:
             self._pending.append(chunk)
             self._pending_msgs += chunk[1]
         if now >= self._retry_at:
@@ -139,6 +141,20 @@ def _chunks(header: dict[str, Any], messages: list[Any]) -> list[tuple[bytes, in
         return [(data, len(messages))] if len(data) <= _wire.MAX_DATAGRAM else []
     half = len(messages) // 2
     return _chunks(header, messages[:half]) + _chunks(header, messages[half:])
+
+
+def _pieces(flat: dict[str, Any], budget: int = _wire.MAX_DATAGRAM // 4) -> list[dict[str, Any]]:
+    """A large config in parts that each fit a datagram (sizes estimated from the text)."""
+    parts: list[dict[str, Any]] = [{}]
+    size = 0
+    for key, value in flat.items():
+        cost = len(key) + len(str(value)) + 8
+        if size + cost > budget and parts[-1]:
+            parts.append({})
+            size = 0
+        parts[-1][key] = value
+        size += cost
+    return parts
 
 
 def _find_socket(environ: Mapping[str, str]) -> SocketSink | None:
@@ -238,7 +254,7 @@ class Client:
         self._sink = sink
         t = _time()
         if self._config:  # said before this agent was there: it should still know
-            self._buf.append((_wire.CONFIG, t, dict(self._config)))
+            self._buf.extend((_wire.CONFIG, t, part) for part in _pieces(dict(self._config)))
         if self._tags:
             self._buf.append((_wire.TAG, t, dict(self._tags)))
         return True
@@ -299,8 +315,11 @@ class Client:
                 )
                 for k in fresh[max(room, 0) :]:
                     del flat[k]
+            live = self._sink is not None or self._probe()  # before: a new sink re-sends all
             self._config.update(flat)
-            self._emit((_wire.CONFIG, _time(), flat))
+            if live:
+                for part in _pieces(flat):
+                    self._emit((_wire.CONFIG, _time(), part))
         except Exception:
             self.internal_errors += 1
 
@@ -308,9 +327,11 @@ class Client:
         """Tags of the run (``tag(model="resnet", dataset="imagenet")``); values become text."""
         try:
             clean = {str(k)[:MAX_TEXT]: str(v)[:MAX_TEXT] for k, v in tags.items()}
+            live = self._sink is not None or self._probe()
             if len(self._tags) + len(clean) <= MAX_CONFIG_KEYS:
                 self._tags.update(clean)
-            self._emit((_wire.TAG, _time(), clean))
+            if live:
+                self._emit((_wire.TAG, _time(), clean))
         except Exception:
             self.internal_errors += 1
 
@@ -358,8 +379,6 @@ class Client:
 
     # -- internals
     def _emit(self, message: tuple[Any, ...]) -> None:
-        if self._sink is None and not self._probe():
-            return
         self._buf.append(message)
         t = message[1]
         if t >= self._flush_at or len(self._buf) >= MAX_BATCH:
@@ -421,7 +440,7 @@ class Client:
         self._warned.add(key)
         # -W error must not turn our warning into the job's exception
         with contextlib.suppress(Exception):
-            warnings.warn(f"accelwatch: {text} (said once per key)", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"accelwatch: {text} (said once per key)", RuntimeWarning, stacklevel=5)
 
     def _say_once(self, key: str, text: str) -> None:
         if key in self._warned:

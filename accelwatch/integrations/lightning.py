@@ -21,6 +21,17 @@ except ImportError:  # pragma: no cover - depends on what is installed
         _Base = object
 
 
+def _scalar(value: Any) -> Any:
+    """Lightning logs 0-d tensors: take their value here (the client would warn about each)."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except Exception:  # not a one-element tensor: the client drops it, with its warning
+            return value
+    return value
+
+
 def _loss(outputs: Any) -> Any:
     if isinstance(outputs, Mapping):
         return outputs.get("loss")
@@ -49,16 +60,16 @@ class AccelwatchCallback(_Base):  # type: ignore[misc, valid-type]
         metrics: dict[str, Any] = {}
         loss = _loss(outputs)
         if loss is not None:
-            metrics["loss"] = loss
+            metrics["loss"] = _scalar(loss)
         logged = getattr(trainer, "logged_metrics", None) or {}
         for name, value in logged.items():
-            metrics.setdefault(str(name), value)
+            metrics.setdefault(str(name), _scalar(value))
         if metrics:
             accelwatch.log(step=step, **metrics)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         found = getattr(trainer, "callback_metrics", None) or {}
-        metrics = {str(k): v for k, v in found.items() if str(k).startswith("val")}
+        metrics = {str(k): _scalar(v) for k, v in found.items() if str(k).startswith("val")}
         if metrics:
             accelwatch.log(step=getattr(trainer, "global_step", None), **metrics)
 

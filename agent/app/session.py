@@ -417,6 +417,7 @@ class Session:
                     "lost_ticks": self.store.lost_ticks,
                     "store_failures": self.store.failures,
                     **(self.pump.health() if self.pump else {}),
+                    **_collector_health(self.sampler),
                 },
             )
             self.store.finalize(self.run, [end])  # never raises; says so on stderr
@@ -435,14 +436,21 @@ def _recording_health(
         health.update(store.health())  # its counters only while something is wrong
     if pump is not None:
         health.update(pump.health())
-    for collector in sampler.collectors if sampler is not None else ():
-        with contextlib.suppress(Exception):
-            health.update(collector.health())
+    health.update(_collector_health(sampler))
     gap = sampler.stats.last_gap if sampler is not None else None
     if gap is not None:  # the hole in the recording (the agent was stopped, or a tick overran)
         start, seconds, missed = gap
         at = time.strftime("%H:%M:%S", time.localtime(start))
         health["sampling.state"] = f"gap of {seconds:g} s at {at} ({missed} ticks missed)"
+    return health
+
+
+def _collector_health(sampler: Sampler | None) -> dict[str, Any]:
+    """The collectors' own counters (the training client's drops...); a failing one says none."""
+    health: dict[str, Any] = {}
+    for collector in sampler.collectors if sampler is not None else ():
+        with contextlib.suppress(Exception):
+            health.update(collector.health())
     return health
 
 

@@ -201,6 +201,13 @@ class Aggregator:
         else:
             raise ValueError(f"unknown message kind {kind!r}")
 
+    @property
+    def dropping(self) -> str | None:
+        """Where messages were lost in the latest tick (``agent``, ``client``), or None."""
+        if self._dropping_before:
+            return "agent"
+        return "client" if self._client_dropping_before else None
+
     # -- taking
     def take(self) -> TrackingTick:
         """Everything since the previous take, with a note for each new streak of drops."""

@@ -59,6 +59,12 @@ class TrackingCollector(Collector):
 
     def health(self) -> dict[str, Any]:
         health = self.aggregator.counters.health()
+        where = self.aggregator.dropping
+        health["tracking.state"] = (
+            "ok"
+            if where is None
+            else f"losing training messages ({where} side: more than is kept per tick)"
+        )
         if self.receiver is not None:
             health["tracking.paused_s"] = round(self.receiver.paused_s, 3)
         return health

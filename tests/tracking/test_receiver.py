@@ -1,0 +1,143 @@
+"""The agent's socket: private, refusing what is not ours, bounded under a flood from 8 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+
+from agent.errors import CollectorUnavailable
+from agent.source import CollectContext
+from agent.tracking import aggregate
+from agent.tracking.aggregate import Aggregator
+from agent.tracking.collector import TrackingCollector
+from agent.tracking.receiver import Receiver, ReceiverError
+from tests.tracking.conftest import PYTHON, child_env, script
+
+
+def test_socket_is_0600_in_a_0700_dir(receiver, runtime_dir):
+    assert stat.S_IMODE(os.stat(runtime_dir).st_mode) == 0o700
+    st = os.stat(receiver.path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_closing_removes_the_socket_and_the_dir_it_made(runtime_dir):
+    rx = Receiver(os.path.join(runtime_dir, "a.sock"), Aggregator())
+    rx.start()
+    rx.close()
+    assert not os.path.exists(rx.path) and not os.path.exists(runtime_dir)
+
+
+def test_an_open_runtime_dir_of_ours_is_made_private(runtime_dir):
+    os.makedirs(runtime_dir)
+    os.chmod(runtime_dir, 0o755)
+    rx = Receiver(os.path.join(runtime_dir, "a.sock"), Aggregator())
+    rx.start()
+    try:
+        assert stat.S_IMODE(os.stat(runtime_dir).st_mode) == 0o700
+    finally:
+        rx.close()
+
+
+def test_a_symlinked_runtime_dir_is_refused(runtime_dir, tmp_path):
+    os.symlink(tmp_path, runtime_dir)
+    with pytest.raises(ReceiverError, match="not a directory"):
+        Receiver(os.path.join(runtime_dir, "a.sock"), Aggregator()).start()
+
+
+def test_a_stale_socket_is_replaced_and_a_live_one_refused(receiver, runtime_dir):
+    with pytest.raises(ReceiverError, match="another agent"):
+        Receiver(receiver.path, Aggregator()).start()
+    stale = os.path.join(runtime_dir, "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(stale)
+    s.close()
+    rx = Receiver(stale, Aggregator())
+    rx.start()
+    rx.close()
+
+
+def test_collector_without_a_job_or_with_a_bad_dir_is_unavailable(runtime_dir, tmp_path):
+    with pytest.raises(CollectorUnavailable, match="no job"):
+        TrackingCollector().start(CollectContext())
+    os.symlink(tmp_path, runtime_dir)
+    with pytest.raises(CollectorUnavailable, match="training client socket"):
+        TrackingCollector().start(CollectContext(root_pid=os.getpid()))
+
+
+def test_garbage_datagrams_are_counted_and_noted(receiver):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(b"not json", receiver.path)
+    s.sendto(json.dumps({"v": 1, "pid": 1, "m": [["zz", 1.0], ["l", "x"]]}).encode(), receiver.path)
+    s.close()
+    deadline = time.monotonic() + 5
+    while receiver.aggregator.counters.messages < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    tick = receiver.aggregator.take()
+    c = receiver.aggregator.counters
+    assert (c.bad_datagrams, c.bad_messages) == (1, 2)
+    assert [n[0] for n in tick.notes] == ["train_bad_message"]
+
+
+FLOOD = """
+import os, time, accelwatch
+end = time.monotonic() + float(os.environ["FLOOD_S"])
+n = 0
+while time.monotonic() < end:
+    accelwatch.log(a=1.0, b=2.0, c=3.0, d=4.0, e=5.0)
+    n += 1
+    if n % 64 == 0:
+        accelwatch.step()
+accelwatch.flush()
+s = accelwatch.stats()
+print(n, s["sent"], s["dropped"], flush=True)
+"""
+
+
+def test_flood_from_8_ranks_is_bounded_and_counted(tmp_path, runtime_dir, monkeypatch):
+    """8 ranks log as fast as they can: what a tick holds stays capped, every loss is counted."""
+    monkeypatch.setattr(aggregate, "MAX_TICK_VALUES", 4000)
+    monkeypatch.setattr(aggregate, "MAX_RANK_VALUES", 1000)
+    collector = TrackingCollector()
+    collector.start(CollectContext(root_pid=os.getpid()))
+    job = script(tmp_path, FLOOD)
+    try:
+        ranks = [
+            subprocess.Popen(
+                [PYTHON, str(job)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=child_env(ACCELWATCH_SOCKET=collector.path, RANK=str(r), FLOOD_S="1.5"),
+            )
+            for r in range(8)
+        ]
+        largest, rows, events = 0, 0, []
+        while any(p.poll() is None for p in ranks):
+            time.sleep(0.2)
+            batch = collector.collect(time.time())
+            kept = len(batch.records.get("train_metrics", ()))
+            largest, rows = max(largest, kept), rows + kept
+            events += [e.kind for e in batch.events]
+        outs = [p.communicate(timeout=30)[0].split() for p in ranks]
+        time.sleep(0.3)
+        batch = collector.collect(time.time())
+        rows += len(batch.records.get("train_metrics", ()))
+        events += [e.kind for e in batch.events]
+        health = collector.health()
+    finally:
+        collector.close()
+    calls = sum(int(o[0]) for o in outs)
+    client_dropped = sum(int(o[2]) for o in outs)
+    assert all(p.returncode == 0 for p in ranks)
+    assert largest <= 4000  # the agent's memory per tick is capped...
+    assert health["tracking.ranks"] == 8
+    lost = health["tracking.dropped_in_agent"] + health["tracking.dropped_in_client"]
+    assert lost > 0 and "train_dropped" in events  # ...and what it cost is counted and noted
+    # every call is accounted for: kept, dropped by the agent, dropped or still queued in a client
+    assert rows + health["tracking.dropped_in_agent"] <= calls * 5
+    assert health["tracking.dropped_in_client"] <= client_dropped
