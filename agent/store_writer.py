@@ -359,8 +359,8 @@ class Store:
         if events:
             self._insert_events(run_id, events)
         records = [b.records for b in batches if b.records]
-        if records:
-            n += insert_records(self.con, run_id, records)
+        if records:  # the training client's metrics and config (not counted as samples)
+            insert_records(self.con, run_id, records)
         attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
         if attrs:
             tick_entities = {  # noqa: F841
