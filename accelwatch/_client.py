@@ -28,8 +28,9 @@ from accelwatch import _wire
 
 #: Seconds between two datagrams while calls keep coming (the latency of live step times).
 FLUSH_S = 0.05
-#: Messages in one datagram at most (a datagram stays well under the socket's buffer).
-MAX_BATCH = 256
+#: Messages in one datagram at most: bounds the one call in MAX_BATCH that encodes and sends
+#: (~40 µs), and keeps a datagram well under the socket's buffer.
+MAX_BATCH = 64
 #: Messages waiting for an agent that does not answer; beyond, the oldest are dropped, counted.
 MAX_PENDING = 8192
 #: Seconds between two searches for an agent while none is found.
@@ -37,6 +38,10 @@ PROBE_S = 3.0
 #: A found agent that keeps refusing for this long is given up (searched for again later).
 GIVE_UP_S = 10.0
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 2.0
+#: Datagrams one call sends at most (a backlog after an outage must not stall one call).
+MAX_SENDS_PER_CALL = 4
+#: Retry delay after EAGAIN: the agent is alive but its queue (often 10 datagrams) is full.
+RETRY_BUSY_S = 0.002
 #: Bounds on what ``config``/``tag`` keep (they are re-sent to an agent that attaches later).
 MAX_CONFIG_KEYS = 1024
 MAX_TEXT = 1000
@@ -76,6 +81,9 @@ class SocketSink:
         self.errors: dict[str, int] = {}
 
     def send(self, header: dict[str, Any], messages: list[Any], now: float) -> None:
+        if now < self._retry_at and self._pending_msgs >= MAX_PENDING:
+            self.dropped += len(messages)  # the agent does not take them: not even encoded
+            return
         header["dropped"] = self.dropped
         chunks = _chunks(header, messages)
         self.dropped += len(messages) - sum(n for _, n in chunks)  # one message too big to send
@@ -94,7 +102,9 @@ class SocketSink:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)
-            while self._pending:
+            for _ in range(MAX_SENDS_PER_CALL):  # a backlog is sent over several calls
+                if not self._pending:
+                    break
                 data, n = self._pending[0]
                 self._sock.sendto(data, self.path)
                 self._pending.popleft()
@@ -107,11 +117,12 @@ class SocketSink:
                 _, n = self._pending.popleft()
                 self._pending_msgs -= n
                 self.dropped += n
-            if self._failing_since is None:
+            if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
+                self._retry_at = now + RETRY_BUSY_S  # alive, only busy: try again soon
+                return
+            if self._failing_since is None and exc.errno in _ABSENT_ERRNOS:
                 self._failing_since = now
             self._backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, self._backoff * 2))
-            if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
-                self._backoff = RETRY_MIN_S  # alive, only busy: try again soon
             self._retry_at = now + self._backoff
             return
         self._backoff = 0.0
@@ -209,7 +220,7 @@ class Client:
         self._last_step: float | None = None
         self._warned: set[str] = set()
         self._header: dict[str, Any] = {}
-        self._lost = 0
+        self._retired: list[Any] = []
         self.internal_errors = 0
 
     def _after_fork(self) -> None:
@@ -366,13 +377,17 @@ class Client:
 
     def stats(self) -> dict[str, Any]:
         """What this process sent and lost: for tests, benchmarks and the curious."""
-        sink = self._sink
+        sinks = [*self._retired, self._sink]
+        errors: dict[str, int] = {}
+        for s in sinks:
+            for name, n in getattr(s, "errors", {}).items():
+                errors[name] = errors.get(name, 0) + n
         return {
-            "agent": getattr(sink, "path", None),
+            "agent": getattr(self._sink, "path", None),
             "steps": self._n,
-            "sent": getattr(sink, "sent", 0),
-            "dropped": getattr(sink, "dropped", 0) + self._lost,
-            "send_errors": dict(getattr(sink, "errors", {})),
+            "sent": sum(getattr(s, "sent", 0) for s in sinks),
+            "dropped": sum(getattr(s, "dropped", 0) for s in sinks),
+            "send_errors": errors,
             "buffered": len(self._buf),
             "internal_errors": self.internal_errors,
         }
@@ -392,7 +407,8 @@ class Client:
             return
         sink.send(self._header, buf, t)
         if sink.given_up(t):
-            self._lost += sink.close()
+            sink.close()
+            self._retired.append(sink)  # its counts stay in stats()
             self._sink = None
             self._next_probe = _monotonic() + PROBE_S
 

@@ -186,7 +186,7 @@ class OfflineSink:
                 store.write_ticks([(run_id, [batch])])
         except Exception as exc:  # a full disk costs the tick, never the job
             self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
-            self.dropped += len(batch) + sum(len(r) for r in batch.records.values())
+            self.dropped += len(batch) + sum(len(r["ts"]) for r in batch.records.values())
 
 
 def _say(text: str) -> None:

@@ -3,21 +3,28 @@
 Stdlib only: the client imports it on ``import accelwatch``, the agent's receiver decodes with it,
 so the format is written down once.
 
-A datagram is one JSON object ``{"v": 1, "pid": .., "rank": .., "local_rank": ..,
-"world_size": .., "dropped": .., "m": [message, ...]}``; ``dropped`` is how many messages the
-sender has dropped so far (cumulative), so the agent sees losses it never received. A message is
-a JSON array whose first item is its kind:
+A datagram is :data:`MAGIC` followed by one dict in :mod:`marshal` format version 4
+(plain dicts, tuples, lists, text, numbers and None; readable by every CPython since 3.4):
+``{"v": 1, "pid": .., "rank": .., "local_rank": .., "world_size": .., "dropped": ..,
+"m": [message, ...]}``. ``dropped`` is how many messages the sender has dropped so far
+(cumulative), so the agent sees losses it never received. A message is a tuple whose first item
+is its kind:
 
-``["s", t, n, dt]``   a step boundary: wall time, steps so far, seconds since the previous one
-``["l", t, step, {name: value}]``   logged metrics (numbers only) at ``step``
-``["c", t, {key: value}]``   configuration (nested keys flattened with dots)
-``["t", t, {key: value}]``   tags
-``["f", t]``   the process called ``finish()``
+``("s", t, n, dt)``   a step boundary: wall time, steps so far, seconds since the previous one
+``("l", t, step, {name: value})``   logged metrics (numbers only) at ``step``
+``("c", t, {key: value})``   configuration (nested keys flattened with dots; JSON-like values)
+``("t", t, {key: value})``   tags
+``("f", t)``   the process called ``finish()``
+
+Why marshal and not JSON: encoding a five-metric message is ~0.6 µs against ~8 µs for
+``json.dumps`` (floats are copied, not printed), which is what keeps ``log()`` within its
+budget. Only the user's own processes can reach the socket (0600 in a 0700 directory), and the
+agent checks the shape of everything it decodes; marshal cannot run code.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -61,14 +68,23 @@ def pid_socket_name(pid: int) -> str:
     return f"{pid}.sock"
 
 
+MAGIC = b"AWt1"
+MARSHAL_VERSION = 4
+
+
 def encode(header: Mapping[str, Any], messages: list[Any]) -> bytes:
     """One datagram; NaN and infinities pass (a NaN loss is worth seeing)."""
-    return json.dumps({**header, "m": messages}, separators=(",", ":")).encode()
+    return MAGIC + marshal.dumps({**header, "m": messages}, MARSHAL_VERSION)
 
 
 def decode(data: bytes) -> dict[str, Any]:
     """The datagram as a dict; ValueError if it is not one of ours."""
-    obj = json.loads(data)
+    if not data.startswith(MAGIC):
+        raise ValueError("not an accelwatch datagram")
+    try:
+        obj = marshal.loads(data[len(MAGIC) :])
+    except (EOFError, TypeError, ValueError) as exc:
+        raise ValueError(f"unreadable datagram: {exc}") from None
     if not isinstance(obj, dict) or obj.get("v") != VERSION or not isinstance(obj.get("m"), list):
         raise ValueError("not an accelwatch datagram")
     return obj

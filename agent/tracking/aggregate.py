@@ -17,9 +17,11 @@ from typing import Any
 
 from accelwatch import _wire
 
-#: Per tick: metric values kept per rank, and in all (beyond: dropped, counted).
-MAX_RANK_VALUES = 4096
-MAX_TICK_VALUES = 16384
+#: Per tick: metric values kept in all, and per rank at least (a rank alone may use the whole
+#: budget; with others, an equal share but not less). Beyond: dropped, counted. A kept value
+#: costs ~36 bytes once columnar; the store may hold several hundred ticks while a disk fails.
+MAX_RANK_VALUES = 2048
+MAX_TICK_VALUES = 8192
 #: Per tick and rank: step durations kept (step counts stay exact).
 MAX_RANK_STEPS = 2048
 #: Per run: config and tag keys kept.
@@ -84,6 +86,8 @@ class Aggregator:
         self._senders: dict[int, int] = {}  # pid → rank
         self._client_dropped: dict[int, int] = {}  # pid → the client's cumulative count
         self._ranks_seen: set[int] = set()
+        #: What one rank may keep per tick: the whole budget alone, a fair share with others.
+        self._rank_cap = MAX_TICK_VALUES
         self._keys: set[tuple[str, str]] = set()
         self._dropping_before = False
         self._client_dropping_before = False
@@ -100,7 +104,7 @@ class Aggregator:
         """One datagram as received; the number of messages it held (0 if unreadable)."""
         try:
             obj = _wire.decode(data)
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:
             with self._lock:
                 self.counters.bad_datagrams += 1
                 self._tick_bad += 1
@@ -148,6 +152,7 @@ class Aggregator:
         if rank not in self._ranks_seen:
             self._ranks_seen.add(rank)
             self.counters.ranks = len(self._ranks_seen)
+            self._rank_cap = max(MAX_RANK_VALUES, MAX_TICK_VALUES // len(self._ranks_seen))
             self._tick.joined[rank] = (pid, {k: v for k, v in header.items() if k != "m"})
 
     def _rank(self, rank: int) -> RankTick:
@@ -168,7 +173,7 @@ class Aggregator:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     self.counters.bad_messages += 1
                     continue
-                if self._tick_values >= MAX_TICK_VALUES or ranked.values >= MAX_RANK_VALUES:
+                if self._tick_values >= MAX_TICK_VALUES or ranked.values >= self._rank_cap:
                     ranked.dropped += 1
                     self.counters.dropped_in_agent += 1
                     continue

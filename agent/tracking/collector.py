@@ -16,6 +16,8 @@ import os
 import socket
 from typing import Any
 
+import numpy as np
+
 from agent.catalog.steps import SOURCE, rank_entity
 from agent.errors import CollectorUnavailable
 from agent.identity import identity
@@ -23,6 +25,12 @@ from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector
 from agent.tracking.aggregate import Aggregator, TrackingTick
 from agent.tracking.receiver import Receiver, ReceiverError, default_socket_path
+from agent.tracking.tables import (
+    METRICS_RECORD,
+    SETTINGS_RECORD,
+    metric_columns,
+    setting_columns,
+)
 
 #: The ``steps`` option naming the socket (``accelwatch run`` passes the one it put in the
 #: job's environment); without it, the root pid's socket in the runtime dir (attach).
@@ -92,11 +100,11 @@ def tick_batch(tick: TrackingTick, now: float, host: str) -> Batch:
         b.event("train_finished", rank_entity(rank), ts=ts, pid=pid)
     for kind, noted_rank, detail in tick.notes:
         b.event(kind, "agent" if noted_rank is None else rank_entity(noted_rank), **detail)
-    records: dict[str, list[tuple[Any, ...]]] = {}
-    if tick.metrics:
-        records["train_metrics"] = tick.metrics
+    records: dict[str, dict[str, np.ndarray]] = {}
+    if tick.metrics:  # columnar: a tick the store must keep while its disk fails stays small
+        records[METRICS_RECORD] = metric_columns(tick.metrics)
     if tick.settings:
-        records["run_config"] = tick.settings
+        records[SETTINGS_RECORD] = setting_columns(tick.settings)
     batch = b.build()
     return dataclasses.replace(batch, records=records) if records else batch
 

@@ -20,45 +20,59 @@ METRICS_RECORD = "train_metrics"
 SETTINGS_RECORD = "run_config"
 
 
+def metric_columns(rows: Sequence[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """``(ts, rank, step, name, value)`` rows as the columns a batch carries (~36 B a row)."""
+    ts, rank, step, name, value = zip(*rows) if rows else ((),) * 5
+    return {
+        "ts": (np.array(ts, dtype=np.float64) * 1e6).astype("datetime64[us]"),
+        "rank": np.array(rank, dtype=np.int32),
+        "step": np.array([-1 if s is None else s for s in step], dtype=np.int64),
+        "name": np.array(name, dtype=object),
+        "value": np.array(value, dtype=np.float64),
+    }
+
+
+def setting_columns(rows: Sequence[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """``(ts, kind, rank, key, json value)`` rows as columns."""
+    ts, kind, rank, key, value = zip(*rows) if rows else ((),) * 5
+    return {
+        "ts": (np.array(ts, dtype=np.float64) * 1e6).astype("datetime64[us]"),
+        "kind": np.array(kind, dtype=object),
+        "rank": np.array(rank, dtype=np.int32),
+        "key": np.array(key, dtype=object),
+        "value": np.array(value, dtype=object),
+    }
+
+
+def _joined(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def insert_records(
     con: duckdb.DuckDBPyConnection,
     run_id: str,
-    records: Iterable[Mapping[str, Sequence[tuple[Any, ...]]]],
+    records: Iterable[Mapping[str, Mapping[str, np.ndarray]]],
 ) -> int:
     """Insert the batches' tracking records (inside the writer's transaction); rows written."""
-    metrics: list[tuple[Any, ...]] = []
-    settings: list[tuple[Any, ...]] = []
-    for rec in records:
-        metrics.extend(rec.get(METRICS_RECORD, ()))
-        settings.extend(rec.get(SETTINGS_RECORD, ()))
+    metrics = [r[METRICS_RECORD] for r in records if METRICS_RECORD in r]
+    settings = [r[SETTINGS_RECORD] for r in records if SETTINGS_RECORD in r]
+    n = 0
     if metrics:
-        ts, rank, step, name, value = zip(*metrics)
-        tick_metrics = {  # noqa: F841 - read by DuckDB's replacement scan
-            "ts": (np.array(ts, dtype=np.float64) * 1e6).astype("datetime64[us]"),
-            "rank": np.array(rank, dtype=np.int64),
-            "step": np.array([-1 if s is None else s for s in step], dtype=np.int64),
-            "name": np.array(name, dtype=object),
-            "value": np.array(value, dtype=np.float64),
-        }
+        tick_metrics = _joined(metrics)
         con.execute(
             "INSERT INTO train_metric_values SELECT ?, ts, rank, nullif(step, -1), name, value "
             "FROM tick_metrics",
             [run_id],
         )
+        n += len(tick_metrics["value"])
     if settings:
-        ts, kind, rank, key, value = zip(*settings)
-        tick_settings = {  # noqa: F841
-            "ts": (np.array(ts, dtype=np.float64) * 1e6).astype("datetime64[us]"),
-            "kind": np.array(kind, dtype=object),
-            "rank": np.array(rank, dtype=np.int64),
-            "key": np.array(key, dtype=object),
-            "value": np.array(value, dtype=object),
-        }
+        tick_settings = _joined(settings)
         con.execute(
             "INSERT INTO run_setting_log SELECT ?, ts, kind, rank, key, value FROM tick_settings",
             [run_id],
         )
-    return len(metrics) + len(settings)
+        n += len(tick_settings["value"])
+    return n
 
 
 def _has(con: duckdb.DuckDBPyConnection, view: str) -> bool:

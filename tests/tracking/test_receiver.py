@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
@@ -11,6 +10,7 @@ import time
 
 import pytest
 
+from accelwatch import _wire
 from agent.errors import CollectorUnavailable
 from agent.source import CollectContext
 from agent.tracking import aggregate
@@ -72,8 +72,8 @@ def test_collector_without_a_job_or_with_a_bad_dir_is_unavailable(runtime_dir, t
 
 def test_garbage_datagrams_are_counted_and_noted(receiver):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(b"not json", receiver.path)
-    s.sendto(json.dumps({"v": 1, "pid": 1, "m": [["zz", 1.0], ["l", "x"]]}).encode(), receiver.path)
+    s.sendto(b"not ours", receiver.path)
+    s.sendto(_wire.encode({"v": 1, "pid": 1}, [("zz", 1.0), ("l", "x")]), receiver.path)
     s.close()
     deadline = time.monotonic() + 5
     while receiver.aggregator.counters.messages < 2 and time.monotonic() < deadline:
@@ -120,13 +120,13 @@ def test_flood_from_8_ranks_is_bounded_and_counted(tmp_path, runtime_dir, monkey
         while any(p.poll() is None for p in ranks):
             time.sleep(0.2)
             batch = collector.collect(time.time())
-            kept = len(batch.records.get("train_metrics", ()))
+            kept = len(batch.records.get("train_metrics", {}).get("value", ()))
             largest, rows = max(largest, kept), rows + kept
             events += [e.kind for e in batch.events]
         outs = [p.communicate(timeout=30)[0].split() for p in ranks]
         time.sleep(0.3)
         batch = collector.collect(time.time())
-        rows += len(batch.records.get("train_metrics", ()))
+        rows += len(batch.records.get("train_metrics", {}).get("value", ()))
         events += [e.kind for e in batch.events]
         health = collector.health()
     finally:

@@ -6,7 +6,7 @@ import duckdb
 
 from agent.model import Batch
 from agent.store import SCHEMA_VERSION, Store, connect
-from agent.tracking.tables import metric_series, run_settings
+from agent.tracking.tables import metric_columns, metric_series, run_settings, setting_columns
 
 
 def _v2_file(path) -> None:
@@ -38,12 +38,16 @@ def test_records_are_written_with_their_tick_and_read_back(tmp_path):
     store = Store(tmp_path / "t.duckdb")
     try:
         records = {
-            "train_metrics": [(100.0, 0, 1, "loss", 2.0), (100.5, 1, None, "loss", 3.0)],
-            "run_config": [
-                (100.0, "config", 0, "lr", "0.1"),
-                (101.0, "config", 0, "lr", "0.2"),
-                (100.0, "tag", 0, "model", '"mlp"'),
-            ],
+            "train_metrics": metric_columns(
+                [(100.0, 0, 1, "loss", 2.0), (100.5, 1, None, "loss", 3.0)]
+            ),
+            "run_config": setting_columns(
+                [
+                    (100.0, "config", 0, "lr", "0.1"),
+                    (101.0, "config", 0, "lr", "0.2"),
+                    (100.0, "tag", 0, "model", '"mlp"'),
+                ]
+            ),
         }
         batch = Batch("steps", 101.0, ["rank0"], ["step.count"], [1.0], records=records)
         assert store.write_ticks([("run1", [batch])]) == 1  # samples; records beside them
