@@ -30,7 +30,7 @@ from accelwatch import _wire
 FLUSH_S = 0.05
 #: Messages in one datagram at most: bounds the one call in MAX_BATCH that encodes and sends
 #: (~40 µs), and keeps a datagram well under the socket's buffer.
-MAX_BATCH = 64
+MAX_BATCH = 48
 #: Messages waiting for an agent that does not answer; beyond, the oldest are dropped, counted.
 MAX_PENDING = 8192
 #: Seconds between two searches for an agent while none is found.
@@ -39,7 +39,7 @@ PROBE_S = 3.0
 GIVE_UP_S = 10.0
 RETRY_MIN_S, RETRY_MAX_S = 0.05, 2.0
 #: Datagrams one call sends at most (a backlog after an outage must not stall one call).
-MAX_SENDS_PER_CALL = 4
+MAX_SENDS_PER_CALL = 2
 #: Retry delay after EAGAIN: the agent is alive but its queue (often 10 datagrams) is full.
 RETRY_BUSY_S = 0.002
 #: Bounds on what ``config``/``tag`` keep (they are re-sent to an agent that attaches later).
@@ -80,29 +80,37 @@ class SocketSink:
         self.sent = 0
         self.errors: dict[str, int] = {}
 
-    def send(self, header: dict[str, Any], messages: list[Any], now: float) -> None:
+    def send(
+        self,
+        header: dict[str, Any],
+        messages: list[Any],
+        now: float,
+        limit: int | None = MAX_SENDS_PER_CALL,
+    ) -> None:
+        """Queue ``messages`` as datagrams and send up to ``limit`` queued ones (None: all)."""
         if now < self._retry_at and self._pending_msgs >= MAX_PENDING:
             self.dropped += len(messages)  # the agent does not take them: not even encoded
             return
-        header["dropped"] = self.dropped
-        chunks = _chunks(header, messages)
-        self.dropped += len(messages) - sum(n for _, n in chunks)  # one message too big to send
-        for chunk in chunks:
-            self._pending.append(chunk)
-            self._pending_msgs += chunk[1]
-        if now >= self._retry_at:
-            self._drain(now)
+        if messages:
+            header["dropped"] = self.dropped
+            chunks = _chunks(header, messages)
+            self.dropped += len(messages) - sum(n for _, n in chunks)  # one too big to send
+            for chunk in chunks:
+                self._pending.append(chunk)
+                self._pending_msgs += chunk[1]
+        if now >= self._retry_at and self._pending:
+            self._drain(now, len(self._pending) if limit is None else limit)
         while self._pending_msgs > MAX_PENDING and self._pending:
             _, n = self._pending.popleft()
             self._pending_msgs -= n
             self.dropped += n
 
-    def _drain(self, now: float) -> None:
+    def _drain(self, now: float, limit: int) -> None:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)
-            for _ in range(MAX_SENDS_PER_CALL):  # a backlog is sent over several calls
+            for _ in range(limit):  # a backlog is sent over several calls
                 if not self._pending:
                     break
                 data, n = self._pending[0]
@@ -352,7 +360,7 @@ class Client:
             if self._sink is not None or self._probe():
                 t = _time()
                 self._buf.append((_wire.FINISH, t))
-                self._flush(t)
+                self._flush(t, limit=None)
                 closer = getattr(self._sink, "finish", None)
                 if closer is not None:  # offline: the run ends; a later call starts another
                     closer()
@@ -362,10 +370,10 @@ class Client:
             self.internal_errors += 1
 
     def flush(self) -> None:
-        """Send what is buffered now (also at interpreter exit)."""
+        """Send what is buffered and queued now, all of it (also at interpreter exit)."""
         try:
-            if self._sink is not None and self._buf:
-                self._flush(_time())
+            if self._sink is not None:
+                self._flush(_time(), limit=None)
         except Exception:
             self.internal_errors += 1
 
@@ -399,13 +407,13 @@ class Client:
         if t >= self._flush_at or len(self._buf) >= MAX_BATCH:
             self._flush(t)
 
-    def _flush(self, t: float) -> None:
+    def _flush(self, t: float, limit: int | None = MAX_SENDS_PER_CALL) -> None:
         buf, self._buf = self._buf, []
         self._flush_at = t + FLUSH_S
         sink = self._sink
         if sink is None:
             return
-        sink.send(self._header, buf, t)
+        sink.send(self._header, buf, t, limit)
         if sink.given_up(t):
             sink.close()
             self._retired.append(sink)  # its counts stay in stats()

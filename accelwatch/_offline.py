@@ -74,7 +74,11 @@ class OfflineSink:
         atexit.register(self._at_exit)
 
     # -- the client's side
-    def send(self, header: dict[str, Any], messages: list[Any], now: float) -> None:
+    def send(
+        self, header: dict[str, Any], messages: list[Any], now: float, limit: int | None = None
+    ) -> None:
+        if not messages:
+            return
         with self._lock:
             self._queue.append((dict(header), messages))
             self._queued += len(messages)
