@@ -209,3 +209,45 @@ def test_identity_from_torchrun_slurm_and_kubernetes_environments():
         "3",
     )
     assert identity({"RANK": "x"})["rank"] is None and identity({})["world_size"] is None
+
+
+ATTACHED = """
+import sys, time, accelwatch
+accelwatch.config({"lr": 0.05})  # before any agent watches
+accelwatch.tag(phase="warmup")
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    time.sleep(0.02)
+    accelwatch.log(loss=0.5)
+    accelwatch.step()
+"""
+
+
+def test_an_attached_agent_is_found_and_gets_the_config_set_before_it_came(tmp_path, runtime_dir):
+    """``accelwatch attach PID``: the job finds the agent's socket for its pid within PROBE_S."""
+    db = tmp_path / "attach.duckdb"
+    job_path = script(tmp_path, ATTACHED, "attached.py")
+    job = subprocess.Popen(
+        [PYTHON, str(job_path), "9"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(ACCELWATCH_RUNTIME_DIR=runtime_dir),
+    )
+    try:
+        assert job.stdout is not None and job.stdout.readline().strip() == "ready"
+        out = run_cli(
+            "attach", str(job.pid), "--db", str(db), "--interval", "0.5", "--duration", "5",
+            env={"ACCELWATCH_RUNTIME_DIR": runtime_dir},
+            timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    finally:
+        job.wait(timeout=30)
+    assert job.returncode == 0
+    (count,) = _query(db, "SELECT count(*) FROM samples WHERE metric = 'step.time'")[0]
+    assert count >= 20  # at least ~1.5 s of 50 steps/s after the client found the agent
+    assert _query(db, "SELECT key, value FROM run_config") == [("lr", "0.05")]
+    assert _query(db, "SELECT key, value FROM run_tags") == [("phase", '"warmup"')]
+    (top,) = _query(db, "SELECT max(value) FROM samples WHERE metric = 'step.count'")[0]
+    assert top > count  # steps before the agent came are counted, not timed
