@@ -141,3 +141,29 @@ def test_flood_from_8_ranks_is_bounded_and_counted(tmp_path, runtime_dir, monkey
     # every call is accounted for: kept, dropped by the agent, dropped or still queued in a client
     assert rows + health["tracking.dropped_in_agent"] <= calls * 5
     assert health["tracking.dropped_in_client"] <= client_dropped
+
+
+def test_drops_are_a_health_state_and_counters_while_they_happen(monkeypatch):
+    from agent.health_text import ProblemWatch, health_phrases
+
+    monkeypatch.setattr(aggregate, "MAX_TICK_VALUES", 10)
+    monkeypatch.setattr(aggregate, "MAX_RANK_VALUES", 10)
+    collector = TrackingCollector()  # fed directly: the socket is tested above
+    header = {"v": 1, "pid": 4242, "rank": 1}
+    collector.aggregator.feed(
+        {**header, "m": [("l", 1.0, 0, {f"m{i}": 1.0 for i in range(25)})]}, 1.0
+    )
+    batch = collector.collect(2.0)
+    assert len(batch.records["train_metrics"]["value"]) == 10
+    [event] = [e for e in batch.events if e.kind == "train_dropped"]
+    assert event.entity == "rank1" and event.detail["messages"] == 15
+    health = collector.health()
+    assert health["tracking.dropped_in_agent"] == 15
+    watch = ProblemWatch()
+    [told] = watch.new_problems(health)
+    assert told.startswith("training client: losing training messages")
+    assert watch.new_problems(collector.health()) == []  # said once per streak
+    collector.collect(3.0)  # a tick without drops: the state is ok again, the count stays
+    health = collector.health()
+    assert health["tracking.state"] == "ok"
+    assert [p.text for p in health_phrases(health)] == ["training client: 15 dropped in agent"]
