@@ -44,6 +44,7 @@ class TrackingCollector(Collector):
         self.aggregator = Aggregator()
         self.receiver: Receiver | None = None
         self._host = socket.gethostname()
+        self._root: int | None = None
 
     def start(self, ctx: CollectContext) -> None:
         path = dict(ctx.options.get(SOURCE, {})).get(SOCKET_OPTION)
@@ -51,6 +52,7 @@ class TrackingCollector(Collector):
             if ctx.root_pid is None:
                 raise CollectorUnavailable("no job is watched: nothing reports training steps")
             path = default_socket_path(ctx.root_pid)
+        self._root = ctx.root_pid
         self.receiver = Receiver(path, self.aggregator)
         try:
             self.receiver.start()
@@ -63,7 +65,7 @@ class TrackingCollector(Collector):
         return self.receiver.path if self.receiver else None
 
     def collect(self, now: float) -> Batch:
-        return tick_batch(self.aggregator.take(), now, self._host)
+        return tick_batch(self.aggregator.take(), now, self._host, self._root)
 
     def health(self) -> dict[str, Any]:
         health = self.aggregator.counters.health()
@@ -83,7 +85,7 @@ class TrackingCollector(Collector):
             self.receiver = None
 
 
-def tick_batch(tick: TrackingTick, now: float, host: str) -> Batch:
+def tick_batch(tick: TrackingTick, now: float, host: str, root: int | None = None) -> Batch:
     """The ``steps`` batch of one tick: samples, rank identities, events, tracking records."""
     b = BatchBuilder(SOURCE, now)
     for rank, part in sorted(tick.ranks.items()):
@@ -93,7 +95,7 @@ def tick_batch(tick: TrackingTick, now: float, host: str) -> Batch:
         if part.steps is not None:
             b.add(entity, "step.count", part.steps)
     for rank, (pid, header) in sorted(tick.joined.items()):
-        who = rank_identity(pid, header, host)
+        who = rank_identity(pid, header, host, root)
         b.describe(rank_entity(rank), **who)
         b.event("train_rank_joined", rank_entity(rank), **who)
     for ts, rank, pid in tick.finished:
@@ -109,15 +111,33 @@ def tick_batch(tick: TrackingTick, now: float, host: str) -> Batch:
     return dataclasses.replace(batch, records=records) if records else batch
 
 
-def rank_identity(pid: int, header: dict[str, Any], host: str) -> dict[str, Any]:
-    """Who a rank is: its allow-listed environment when we can read it, else what it said."""
-    env = _process_env(pid)
+def rank_identity(
+    pid: int, header: dict[str, Any], host: str, root: int | None = None
+) -> dict[str, Any]:
+    """Who a rank is: its allow-listed environment when it is in the watched tree (``root`` and
+    its descendants; None: this process, offline), else only what its datagram said."""
+    env = _process_env(pid) if _in_tree(pid, root) else {}
     who = identity(env)
     for key in ("rank", "local_rank", "world_size"):
         if who.get(key) is None and type(header.get(key)) is int:
             who[key] = header[key]
     who = {k: v for k, v in who.items() if v is not None}
     return {"pid": pid, "host": host, **who}
+
+
+def _in_tree(pid: int, root: int | None) -> bool:
+    """Whether ``pid`` is ``root`` or one of its descendants: only the watched job's
+    environment is ever read, whatever pid a datagram claims."""
+    if root is None:
+        return pid == os.getpid()
+    if pid == root:
+        return True
+    try:
+        import psutil
+
+        return any(p.pid == root for p in psutil.Process(pid).parents())
+    except Exception:
+        return False
 
 
 def _process_env(pid: int) -> dict[str, str]:

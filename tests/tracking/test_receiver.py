@@ -167,3 +167,20 @@ def test_drops_are_a_health_state_and_counters_while_they_happen(monkeypatch):
     health = collector.health()
     assert health["tracking.state"] == "ok"
     assert [p.text for p in health_phrases(health)] == ["training client: 15 dropped in agent"]
+
+
+def test_a_sender_outside_the_watched_tree_is_known_only_by_what_it_said(monkeypatch):
+    from agent.tracking.collector import rank_identity
+
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    header = {"rank": 3, "world_size": 4}
+    outsider = subprocess.Popen(["sleep", "30"])  # a root we are not a descendant of
+    try:
+        foreign = rank_identity(os.getpid(), header, "h", root=outsider.pid)
+    finally:
+        outsider.kill()
+        outsider.wait()
+    assert foreign == {"pid": os.getpid(), "host": "h", "rank": 3, "world_size": 4}
+    ours = rank_identity(os.getpid(), header, "h", root=os.getppid())  # our parent's tree
+    assert ours["rank"] == 5 and ours["slurm_job_id"] == "99"
