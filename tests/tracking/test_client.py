@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from accelwatch import _client, _wire
+from accelwatch import _socket, _wire
 from accelwatch._client import Client
 from tests.tracking.conftest import PYTHON, child_env, script
 
@@ -166,7 +166,7 @@ def test_absent_socket_named_by_the_agent_is_counted_as_enoent(runtime_dir):
 
 def test_messages_sent_before_the_agent_binds_are_delivered(runtime_dir, monkeypatch):
     """``accelwatch run`` binds just after the job starts: early calls wait in the queue."""
-    monkeypatch.setattr(_client, "RETRY_MIN_S", 0.0)
+    monkeypatch.setattr(_socket, "RETRY_MIN_S", 0.0)
     from agent.tracking.aggregate import Aggregator
     from agent.tracking.receiver import Receiver
 
