@@ -260,3 +260,24 @@ def test_energy_counts_the_counters_increases_not_its_starting_value(tmp_path):
     finally:
         ro.close()
     assert report.summary.energy_kwh == pytest.approx(500 * 59 / 3.6e6)
+
+
+def test_version_3_file_without_the_series_layout_gets_it_on_open_for_writing(tmp_path):
+    """A file written while version 3 was assembled (its tracking tables, labelled samples)."""
+    from agent.store import _SCHEMA_V3_TRACKING
+
+    path = tmp_path / "v3-early.duckdb"
+    _v2_file(path)
+    con = duckdb.connect(str(path))
+    con.execute(_SCHEMA_V3_TRACKING)
+    con.execute("UPDATE accelwatch_meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    ro = connect(path, read_only=True)
+    before = _views(ro)
+    ro.close()
+    rw = connect(path)
+    try:
+        assert has_series(rw)
+        assert _views(rw) == before
+    finally:
+        rw.close()
