@@ -25,7 +25,7 @@ import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
@@ -82,6 +82,18 @@ CREATE OR REPLACE VIEW runs AS
            h.last_sample, r.agent_host, r.agent_pid, h.heartbeat, r.lost_ticks
     FROM run_log r LEFT JOIN run_heartbeat h ON h.run_id = r.run_id
     QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.logged DESC) = 1;
+"""
+
+#: Version 3 (per-operation traces): one row per operation of an imported pipeline /
+#: data-parallel trace (``accelwatch import``), so the straggler rules can compare a rank's
+#: compute ops with its peers' of the same pipeline stage. ``ts`` is the op's start on the
+#: run's time axis; ``duration`` is in seconds. The view ``ops`` is the public interface.
+_SCHEMA_V3_OPS = """
+CREATE TABLE IF NOT EXISTS op_trace (
+    run_id VARCHAR, ts TIMESTAMP, rank INTEGER, dp_rank INTEGER, stage INTEGER, step BIGINT,
+    optype VARCHAR, duration DOUBLE);
+CREATE OR REPLACE VIEW ops AS
+    SELECT run_id, ts, rank, dp_rank, stage, step, optype, duration FROM op_trace;
 """
 
 _V1_RUNS_VIEW = """
@@ -302,6 +314,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         con.execute(_SCHEMA_V1)
         con.execute(_V1_RUNS_VIEW)
     con.execute(_SCHEMA_V2)
+    con.execute(_SCHEMA_V3_OPS)
     con.execute(
         "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
     )
