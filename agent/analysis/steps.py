@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from agent.analysis.engine import analyze_run
+from agent.analysis.engine import analyze_run, post_run_resources
 from agent.analysis.finding import Finding
 from agent.analysis.frame_sql import q
 from agent.analysis.time_axis import IMPORTED_MODE
@@ -62,7 +62,8 @@ def import_trace(
     time_unit: str | None = None,
     analyse: bool = True,
 ) -> ImportResult:
-    """Import ``files`` as run ``run`` (a new imported run, or an existing recorded one).
+    """Import ``files`` as run ``run`` (a new imported run, or an existing recorded one),
+    analyse it and store its findings.
 
     Bad files, unrecognised columns and a name already taken by an imported run are
     :class:`UsageError` (exit 2); nothing is written then."""
@@ -73,33 +74,48 @@ def import_trace(
     store = Store(db_path)
     con = store.con
     try:
-        existing = _existing_run(con, run, str(db_path))
-        trace = read_trace(con, files, overrides, scale=scale, time_unit=time_unit)
-        if existing is None:
-            info = _new_run(run, files, trace, str(db_path))
-            offset = 0.0 if trace.axis.absolute else info.started
-        else:
-            info = existing
-            offset = 0.0 if trace.axis.absolute else existing.started
-        con.begin()
-        try:
-            if existing is None:
-                store.write_run(info)
-            samples = _write_samples(con, info.run_id, trace, offset)
-            if trace.ops:
-                _write_ops(con, info.run_id, offset)
-            con.execute(
-                "UPDATE run_heartbeat SET last_sample = greatest(last_sample, "
-                "make_timestamp(?)) WHERE run_id = ?",
-                [int(round((offset + trace.axis.last) * 1e6)), info.run_id],
-            )
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-        findings = analyze_run(con, info.run_id) if analyse else []
+        with post_run_resources(con):  # no job to stay small for: DuckDB's own limits
+            return _import(store, files, run, overrides, scale, time_unit, analyse, str(db_path))
     finally:
         store.close()
+
+
+def _import(
+    store: Store,
+    files: Sequence[str],
+    run: str,
+    overrides: Mapping[str, str | None] | None,
+    scale: float,
+    time_unit: str | None,
+    analyse: bool,
+    db_path: str,
+) -> ImportResult:
+    con = store.con
+    existing = _existing_run(con, run, str(db_path))
+    trace = read_trace(con, files, overrides, scale=scale, time_unit=time_unit)
+    if existing is None:
+        info = _new_run(run, files, trace, str(db_path))
+        offset = 0.0 if trace.axis.absolute else info.started
+    else:
+        info = existing
+        offset = 0.0 if trace.axis.absolute else existing.started
+    con.begin()
+    try:
+        if existing is None:
+            store.write_run(info)
+        samples = _write_samples(con, info.run_id, trace, offset)
+        if trace.ops:
+            _write_ops(con, info.run_id, offset)
+        con.execute(
+            "UPDATE run_heartbeat SET last_sample = greatest(last_sample, "
+            "make_timestamp(?)) WHERE run_id = ?",
+            [int(round((offset + trace.axis.last) * 1e6)), info.run_id],
+        )
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    findings = analyze_run(con, info.run_id) if analyse else []
     return ImportResult(info.run_id, info.name, trace, samples, existing is not None, findings)
 
 

@@ -28,7 +28,7 @@ class TimeAxis:
 
     def at(self, when: datetime | float) -> str:
         if self.trace:
-            return f"t = {self.offset(when):,.0f} s"
+            return f"t = {_seconds(self.offset(when))} s"
         return f"{datetime.fromtimestamp(_epoch(when), timezone.utc):%H:%M:%S} UTC"
 
     def span(self, start: datetime | float, end: datetime | float | None) -> str:
@@ -50,8 +50,15 @@ class TimeAxis:
             b = datetime.fromtimestamp(_epoch(end), timezone.utc)
             return f"{a:%H:%M:%S}-{b:%H:%M:%S} UTC"
         if end is None:
-            return f"t = {self.offset(start):,.0f} s-now"
-        return f"t = {self.offset(start):,.0f}-{self.offset(end):,.0f} s"
+            return f"t = {_seconds(self.offset(start))} s-now"
+        return f"t = {_seconds(self.offset(start))}-{_seconds(self.offset(end))} s"
+
+
+def _seconds(value: float) -> str:
+    """``2,160`` or, for short traces, ``2.5``."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}".rstrip("0").rstrip(".") or "0"
 
 
 def _epoch(when: datetime | float) -> float:

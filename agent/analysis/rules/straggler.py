@@ -83,9 +83,22 @@ def emerging_episodes(rw: RankWindows) -> list[tuple[int, int, int]]:
     return list(zip(rows[keep].tolist(), c0[keep].tolist(), c1[keep].tolist()))
 
 
-def _episode(rw: RankWindows, entity: str, c0: int, c1: int, **values: Any) -> Episode:
-    """Windows ``c0..c1`` of a rank (live: its start may lie in the history, where it began)."""
-    return Episode(entity, naive_utc(rw.starts[c0]), naive_utc(rw.ends[c1]), c1 - c0 + 1, values)
+def _episode(rw: RankWindows, row: int, c0: int, c1: int, **values: Any) -> Episode:
+    """Windows ``c0..c1`` of a rank (live: its start may lie in the history, where it began).
+
+    A boundary window only partly slow is cut where the slowdown began (ended): its excess
+    over the peers is the episode's typical excess times the slow share of the window."""
+    start, end = float(rw.starts[c0]), float(rw.ends[c1])
+    typical = values["rel"] - 1
+    if typical > 0 and c1 > c0:
+        with np.errstate(invalid="ignore"):
+            head = (rw.rel[row, c0] - 1) / typical
+            tail = (rw.rel[row, c1] - 1) / typical
+        if np.isfinite(head) and head < 1:
+            start = float(rw.ends[c0]) - max(0.0, head) * (rw.ends[c0] - rw.starts[c0])
+        if np.isfinite(tail) and tail < 1:
+            end = float(rw.starts[c1]) + max(0.0, tail) * (rw.ends[c1] - rw.starts[c1])
+    return Episode(rw.ranks[row], naive_utc(start), naive_utc(end), c1 - c0 + 1, values)
 
 
 def _emerging(ctx: Context, rw: RankWindows) -> list[Finding]:
@@ -98,11 +111,12 @@ def _emerging(ctx: Context, rw: RankWindows) -> list[Finding]:
         by_rank.setdefault(row, []).append(
             _episode(
                 rw,
-                rw.ranks[row],
+                row,
                 c0,
                 c1,
-                rel=float(np.nanmean(rel_w)),
-                dev=float(np.nanmean(dev_w)),
+                # medians: the episode's first and last windows are only partly slow
+                rel=float(np.nanmedian(rel_w)),
+                dev=float(np.nanmedian(dev_w)),
                 step_time=float(np.nanmean(rw.x[row, sl])),
                 peer_step_time=float(np.nanmean(rw.level[sl])),
                 lost_s=max(0.0, lost),
