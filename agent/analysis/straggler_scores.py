@@ -49,6 +49,8 @@ class RankWindows:
     window_s: float
     x: np.ndarray
     base: np.ndarray
+    #: Ranks x windows: the median of the other ranks' base-corrected step times (the step
+    #: time of a typical peer at that moment).
     level: np.ndarray
     #: Median per-sample step time of each rank (what an operator reads off the trace).
     medians: dict[str, float]
@@ -175,8 +177,29 @@ def _build(ctx: Context) -> RankWindows | None:
     return RankWindows(ranks, starts, ends, width, x, base, level, medians, first_analysed)
 
 
+def peers_median(y: np.ndarray) -> np.ndarray:
+    """Per cell of ranks x windows, the median of the *other* ranks' values in that window
+    (NaN-aware): sort each window once, then skip the cell's own position."""
+    n = np.sum(np.isfinite(y), 0)  # (K,)
+    order = np.argsort(y, axis=0)  # NaN sort last
+    s = np.take_along_axis(y, order, 0)
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.arange(y.shape[0])[:, None].repeat(y.shape[1], 1), 0)
+    rows = y.shape[0]
+    j1 = np.broadcast_to((n - 2) // 2, y.shape)
+    j2 = np.broadcast_to((n - 1) // 2, y.shape)
+
+    def other(j: np.ndarray) -> np.ndarray:
+        idx = np.clip(j + (j >= pos), 0, rows - 1)
+        return np.take_along_axis(s, idx, 0)
+
+    out = (other(j1) + other(j2)) / 2
+    return np.where(np.isfinite(y) & (n >= STRAGGLER_MIN_RANKS)[None, :], out, np.nan)
+
+
 def _scores(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(base per rank, peers' level per window): two rounds, each against the last level."""
+    """(base per rank, peers' level per rank and window): the base in two rounds, each
+    against the last level."""
     count = np.sum(np.isfinite(x), 0)
     level = np.where(count >= STRAGGLER_MIN_RANKS, nanmedian(x, 0), np.nan)
     base = np.ones(x.shape[0])
@@ -188,7 +211,8 @@ def _scores(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             base = np.where(np.isfinite(base) & (base > 0), base, 1.0)
             norm = nanmedian(x / base[:, None], 0)
             level = np.where(count >= STRAGGLER_MIN_RANKS, norm, np.nan)
-    return base, level
+        # the reference of each rank: the median of its peers' base-corrected times
+        return base, peers_median(x / base[:, None])
 
 
 def _rank_medians(ctx: Context) -> dict[str, float]:

@@ -79,7 +79,10 @@ def emerging_episodes(rw: RankWindows) -> list[tuple[int, int, int]]:
     rows, c0, c1 = islands(weak | strong, max_gap=1)
     counts = np.cumsum(np.pad(strong, ((0, 0), (1, 0))), axis=1)
     n_strong = counts[rows, c1 + 1] - counts[rows, c0]
-    keep = (n_strong >= STRAGGLER_MIN_WINDOWS) & (c1 >= rw.first_analysed)
+    # Most of an episode is strongly slow: a long mildly-slow stretch (a speed change) with a
+    # couple of noisy windows over the line is not an emerging straggler.
+    enough = np.maximum(STRAGGLER_MIN_WINDOWS, 0.5 * (c1 - c0 + 1))
+    keep = (n_strong >= enough) & (c1 >= rw.first_analysed)
     return list(zip(rows[keep].tolist(), c0[keep].tolist(), c1[keep].tolist()))
 
 
@@ -106,19 +109,20 @@ def _emerging(ctx: Context, rw: RankWindows) -> list[Finding]:
     by_rank: dict[int, list[Episode]] = {}
     for row, c0, c1 in emerging_episodes(rw):
         sl = slice(c0, c1 + 1)
-        rel_w, dev_w = rw.rel[row, sl], rw.dev[row, sl]
-        lost = float(np.nansum((1 - 1 / rel_w) * (rw.ends[sl] - rw.starts[sl])))
+        # the scores of the windows inside the episode: its first and last are partly slow
+        inner = slice(c0 + 1, c1) if c1 - c0 >= 2 else sl
+        rel_w, dev_w = rw.rel[row, inner], rw.dev[row, inner]
+        lost = float(np.nansum((1 - 1 / rw.rel[row, sl]) * (rw.ends[sl] - rw.starts[sl])))
         by_rank.setdefault(row, []).append(
             _episode(
                 rw,
                 row,
                 c0,
                 c1,
-                # medians: the episode's first and last windows are only partly slow
                 rel=float(np.nanmedian(rel_w)),
                 dev=float(np.nanmedian(dev_w)),
-                step_time=float(np.nanmean(rw.x[row, sl])),
-                peer_step_time=float(np.nanmean(rw.level[sl])),
+                step_time=float(np.nanmean(rw.x[row, inner])),
+                peer_step_time=float(np.nanmean(rw.level[row, inner])),
                 lost_s=max(0.0, lost),
             )
         )
