@@ -4,7 +4,7 @@ Traces written by other tools (training logs, cluster traces, straggler studies)
 columns in a handful of usual ways: ``rank``/``worker``/``dp_rank``, ``step``/``iteration``,
 ``time``/``start_ts``/``timestamp``, ``duration``/``step_time``/``batch_time``... A unit suffix
 (``_ms``, ``_us``, ``(s)``) says how to get seconds. Recognition is a pure function of the
-column names, so it is tested without files; the reader (:mod:`agent.analysis.steps`) applies it.
+column names, so it is tested without files; the reader (:mod:`agent.analysis.trace_read`) applies it.
 """
 
 from __future__ import annotations
