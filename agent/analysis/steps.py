@@ -71,11 +71,17 @@ def import_trace(
         raise UsageError("--run needs a name")
     if not scale > 0:
         raise UsageError("--scale must be positive")
+    existed = Path(db_path).exists()
     store = Store(db_path)
-    con = store.con
     try:
-        with post_run_resources(con):  # no job to stay small for: DuckDB's own limits
+        with post_run_resources(store.con):  # no job to stay small for: DuckDB's own limits
             return _import(store, files, run, overrides, scale, time_unit, analyse, str(db_path))
+    except BaseException:
+        if not existed:  # a refused import leaves no database behind
+            store.close()
+            for leftover in (Path(db_path), Path(f"{db_path}.wal")):
+                leftover.unlink(missing_ok=True)
+        raise
     finally:
         store.close()
 

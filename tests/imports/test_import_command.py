@@ -61,7 +61,7 @@ def test_unrecognised_columns_are_one_line_listing_them_with_rc_2(tmp_path, caps
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("accelwatch: error: cannot tell the rank")
     assert "(columns: who, when, how_long)" in err and "--rank-col" in err
-    assert not (tmp_path / "o.duckdb").exists() or _runs(tmp_path / "o.duckdb") == 0
+    assert not (tmp_path / "o.duckdb").exists()  # nothing left behind
 
 
 def _runs(db: Path) -> int:
