@@ -15,23 +15,25 @@ are then seconds since that run started.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from agent.analysis.engine import analyze_run, post_run_resources
 from agent.analysis.finding import Finding
 from agent.analysis.frame_sql import q
 from agent.analysis.time_axis import IMPORTED_MODE
 from agent.analysis.trace_read import ReadTrace, read_trace
-from agent.catalog.steps import RANK_PREFIX, SOURCE
+from agent.catalog.steps import SOURCE, rank_entity
 from agent.errors import UsageError
-from agent.model import RunInfo
+from agent.model import Batch, RunInfo
 from agent.runs import RunNotFoundError, find_run
 from agent.store import Store
 
@@ -105,22 +107,13 @@ def _import(
     else:
         info = existing
         offset = 0.0 if trace.axis.absolute else existing.started
-    con.begin()
-    try:
-        if existing is None:
-            store.write_run(info)
-        samples = _write_samples(con, info.run_id, trace, offset)
-        if trace.ops:
-            _write_ops(con, info.run_id, offset)
-        con.execute(
-            "UPDATE run_heartbeat SET last_sample = greatest(last_sample, "
-            "make_timestamp(?)) WHERE run_id = ?",
-            [int(round((offset + trace.axis.last) * 1e6)), info.run_id],
-        )
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+    if existing is None:  # "incomplete" until every sample is in: a crash shows as such
+        store.write_run(replace(info, status="incomplete"))
+    samples = _write_samples(store, info.run_id, trace, offset)
+    if trace.ops:
+        _write_ops(con, info.run_id, offset)
+    if existing is None:
+        store.write_run(info)
     findings = analyze_run(con, info.run_id) if analyse else []
     return ImportResult(info.run_id, info.name, trace, samples, existing is not None, findings)
 
@@ -137,7 +130,7 @@ def _existing_run(con: duckdb.DuckDBPyConnection, run: str, db_path: str) -> Run
             f"run {run!r} in {db_path} is already an imported trace; import under another --run"
         )
     had = con.execute(
-        "SELECT count(*) FROM sample_values WHERE run_id = ? AND source = ?",
+        "SELECT count(*) FROM (SELECT 1 FROM samples WHERE run_id = ? AND source = ? LIMIT 1)",
         [info.run_id, SOURCE],
     ).fetchall()[0][0]
     if had:
@@ -171,43 +164,61 @@ def _ts(expr: str, offset: float) -> str:
     return f"make_timestamp(CAST(round(({expr} + {offset!r}) * 1e6) AS BIGINT))"
 
 
-def _write_samples(
-    con: duckdb.DuckDBPyConnection, run_id: str, trace: ReadTrace, offset: float
-) -> int:
-    """``step.time`` (and ``step.count``) samples and one entity row per rank, in SQL."""
-    entity = f"{q(RANK_PREFIX)} || CAST(rank AS VARCHAR)"
-    con.execute(
-        f"""INSERT INTO sample_values
-            SELECT ?, {_ts("t", offset)}, {q(SOURCE)}, {entity}, 'step.time', v
-            FROM import_steps""",
-        [run_id],
-    )
-    n = con.execute("SELECT count(*) FROM import_steps").fetchall()[0][0]
+#: Batches handed to the store per write (one batch per distinct timestamp).
+WRITE_CHUNK = 5000
+
+
+def _write_samples(store: Store, run_id: str, trace: ReadTrace, offset: float) -> int:
+    """``step.time`` (and ``step.count``) samples through the store's writer (whatever its
+    layout), one batch per distinct timestamp, with each rank's attributes on the first."""
+    con = store.con
+    data = con.execute(
+        f"SELECT t + {offset!r} AS ts, rank, v, step FROM import_steps ORDER BY ts, rank"
+    ).fetchnumpy()
+    names = ["label", *trace.attributes, *(["dp_rank", "stage"] if trace.ops else [])]
+    described = {
+        rank_entity(int(rank)): {"rank": int(rank), **json.loads(attrs)}
+        for rank, attrs in con.execute(
+            "SELECT rank, CAST(json_object("
+            + ", ".join(f"{q(n)}, any_value({_quoted(n)})" for n in names)
+            + ") AS VARCHAR) FROM import_steps GROUP BY rank"
+        ).fetchall()
+    }
+    ts = np.asarray(data["ts"], dtype=np.float64)
+    ranks, index = np.unique(np.asarray(data["rank"]), return_inverse=True)
+    entities = np.array([rank_entity(int(r)) for r in ranks], dtype=object)[index]
+    values = np.asarray(data["v"], dtype=np.float64)
+    steps = None
     if trace.columns.step is not None:
-        con.execute(
-            f"""INSERT INTO sample_values
-                SELECT ?, {_ts("t", offset)}, {q(SOURCE)}, {entity}, 'step.count',
-                       CAST(step AS DOUBLE)
-                FROM import_steps WHERE step IS NOT NULL""",
-            [run_id],
+        raw = data["step"]
+        mask = np.ma.getmaskarray(raw) if np.ma.isMaskedArray(raw) else np.zeros(len(ts), bool)
+        steps = np.where(mask, np.nan, np.ma.getdata(raw).astype(np.float64))
+    bounds = [0, *(np.flatnonzero(np.diff(ts)) + 1).tolist(), len(ts)]
+    batches: list[Batch] = []
+    written = 0
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        ents = entities[a:b].tolist()
+        metrics, vals = ["step.time"] * (b - a), values[a:b].tolist()
+        if steps is not None:
+            keep = np.isfinite(steps[a:b])
+            ents += entities[a:b][keep].tolist()
+            metrics += ["step.count"] * int(keep.sum())
+            vals += steps[a:b][keep].tolist()
+        batches.append(
+            Batch(
+                SOURCE, float(ts[a]), ents, metrics, vals, entity_attrs=described if i == 0 else {}
+            )
         )
-        n += con.execute("SELECT count(*) FROM import_steps WHERE step IS NOT NULL").fetchall()[0][
-            0
-        ]
-    extra = ["'label'", "any_value(label)"]
-    names = list(trace.attributes)
-    if trace.ops:
-        names += ["dp_rank", "stage"]
-    for name in names:
-        extra += [q(name), f'any_value("{name}")']
-    con.execute(
-        f"""INSERT INTO entity_log
-            SELECT ?, {_ts("min(t)", offset)}, {q(SOURCE)}, {entity},
-                   CAST(json_object('rank', rank, {", ".join(extra)}) AS VARCHAR)
-            FROM import_steps GROUP BY rank""",
-        [run_id],
-    )
-    return int(n)
+        if len(batches) >= WRITE_CHUNK:
+            written += store.write_ticks([(run_id, batches)])
+            batches = []
+    if batches:
+        written += store.write_ticks([(run_id, batches)])
+    return written
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _write_ops(con: duckdb.DuckDBPyConnection, run_id: str, offset: float) -> None:
