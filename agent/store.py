@@ -96,6 +96,12 @@ CREATE OR REPLACE VIEW ops AS
     SELECT run_id, ts, rank, dp_rank, stage, step, optype, duration FROM op_trace;
 """
 
+
+def ensure_op_trace(con: duckdb.DuckDBPyConnection) -> None:
+    """Create ``op_trace``/``ops`` if missing: the block is additive and idempotent, so a
+    schema-3 file written before it existed gets it from the first import of an op trace."""
+    con.execute(_SCHEMA_V3_OPS)
+
 _V1_RUNS_VIEW = """
 CREATE OR REPLACE VIEW runs AS
     SELECT * EXCLUDE (logged) FROM run_log QUALIFY row_number() OVER (

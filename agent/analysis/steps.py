@@ -35,7 +35,7 @@ from agent.catalog.steps import SOURCE, rank_entity
 from agent.errors import UsageError
 from agent.model import Batch, RunInfo
 from agent.runs import RunNotFoundError, find_run
-from agent.store import Store
+from agent.store import Store, ensure_op_trace
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,7 @@ def _quoted(name: str) -> str:
 
 
 def _write_ops(con: duckdb.DuckDBPyConnection, run_id: str, offset: float) -> None:
+    ensure_op_trace(con)
     con.execute(
         f"""INSERT INTO op_trace
             SELECT ?, {_ts("t", offset)}, rank, dp_rank, stage, step, optype, duration
