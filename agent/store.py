@@ -102,6 +102,7 @@ def ensure_op_trace(con: duckdb.DuckDBPyConnection) -> None:
     schema-3 file written before it existed gets it from the first import of an op trace."""
     con.execute(_SCHEMA_V3_OPS)
 
+
 _V1_RUNS_VIEW = """
 CREATE OR REPLACE VIEW runs AS
     SELECT * EXCLUDE (logged) FROM run_log QUALIFY row_number() OVER (

@@ -161,9 +161,7 @@ def _build(ctx: Context) -> RankWindows | None:
     origin = float(data["origin"][0])
     starts = origin + (k0 + np.arange(n_windows)) * width
     last = float(data["last"].max()) + float(spacing or 0.0)
-    ended = ctx.con.execute(
-        "SELECT max(epoch(ended)) FROM runs WHERE run_id = ?", [window.run_id]
-    ).fetchall()[0][0]
+    ended = _run_end(ctx)
     if ended is not None and ended > starts[-1]:
         last = min(last, float(ended))  # a window ends with the run, not past it
     ends = np.minimum(starts + width, last)
@@ -195,6 +193,20 @@ def peers_median(y: np.ndarray) -> np.ndarray:
 
     out = (other(j1) + other(j2)) / 2
     return np.where(np.isfinite(y) & (n >= STRAGGLER_MIN_RANKS)[None, :], out, np.nan)
+
+
+def _run_end(ctx: Context) -> float | None:
+    """When the run ended (epoch s), if the connection knows its runs (a live in-memory
+    window does not, and a live run has not ended)."""
+    known = ctx.con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = 'runs' AND NOT internal"
+    ).fetchall()[0][0]
+    if not known:
+        return None
+    row = ctx.con.execute(
+        "SELECT max(epoch(ended)) FROM runs WHERE run_id = ?", [ctx.info.window.run_id]
+    ).fetchall()[0][0]
+    return None if row is None else float(row)
 
 
 def _scores(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """Training-step metrics (source ``steps``); the entity is the rank, e.g. ``rank0``.
 
-They come from the job itself (the client's ``step()``, or a per-rank step-time log imported
-with ``accelwatch import``), not from a device: when present, the straggler and hang rules
-prefer them over device signals.
+They come from the job itself (a per-rank step-time log imported with
+``python -m agent.analysis.steps``), not from a device: when present, the straggler
+and hang rules prefer them over device signals.
 """
 
 from __future__ import annotations

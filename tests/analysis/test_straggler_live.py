@@ -70,3 +70,19 @@ def test_a_rank_slowing_down_is_flagged_live_within_a_minute(tmp_path):
 def test_ranks_at_the_same_speed_are_not_flagged_live(tmp_path):
     flagged, current = drive(tmp_path, slow_from=None, seconds=300, analyse_from=200)
     assert flagged == [] and [f for f in current if f.rule.startswith(("straggler", "rank-"))] == []
+
+
+def _tick(times: list[float]):
+    hub = SnapshotHub()
+    b = BatchBuilder(SOURCE, T0)
+    for rank, value in enumerate(times):
+        b.add(rank_entity(rank), "step.time", value)
+    return hub.publish(T0, [b.build()], {})
+
+
+def test_the_step_watch_holds_for_a_lagging_rank_and_not_for_even_ones():
+    from agent.analysis.rules.straggler import steps_lagging
+
+    assert steps_lagging(_tick([0.5, 0.51, 0.49, 0.5, 1.0]))
+    assert not steps_lagging(_tick([0.5, 0.51, 0.49, 0.5, 0.52]))
+    assert not steps_lagging(_tick([0.5, 1.0]))  # two ranks: no median of peers

@@ -16,6 +16,7 @@ Four views, each its own finding:
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from agent.analysis.engine import Context, Episode, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.frame import naive_utc
+from agent.analysis.frame import STEP_TIME, naive_utc
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.rules.straggler_text import (
     cost_text,
@@ -44,10 +45,13 @@ from agent.analysis.thresholds import (
     OPS_SCORE,
     SPREAD_BAND,
     STRAGGLER_INDIVIDUAL_SCORE,
+    STRAGGLER_MIN_RANKS,
     STRAGGLER_MIN_WINDOWS,
     STRAGGLER_ONSET_SCORE,
     STRAGGLER_SCORE,
 )
+from agent.catalog.steps import SOURCE as STEPS_SOURCE
+from agent.snapshot import Snapshot
 
 STRAGGLER = "straggler"
 RANK_SPREAD = "rank-spread"
@@ -439,6 +443,24 @@ def _from_devices(ctx: Context) -> list[Finding]:
             )
         )
     return findings
+
+
+def steps_lagging(snap: Snapshot) -> bool:
+    """The step view's per-tick watch, for a live scheduler that runs a rule's SQL only while
+    its watch holds: in this tick, the slowest reporting rank's mean step time is more than
+    1 / STRAGGLER_INDIVIDUAL_SCORE times the median of the other ranks' (>= 3 ranks), the
+    relative-score half of the emerging flag. No SQL: a pass over the tick's step batches."""
+    times: dict[str, list[float]] = {}
+    for batch in snap.batches:
+        if batch.source != STEPS_SOURCE:
+            continue
+        for entity, metric, value in zip(batch.entities, batch.metrics, batch.values):
+            if metric == STEP_TIME and value is not None and value > 0:
+                times.setdefault(entity, []).append(float(value))
+    if len(times) < STRAGGLER_MIN_RANKS:
+        return False
+    means = sorted(sum(v) / len(v) for v in times.values())
+    return means[-1] > statistics.median(means[:-1]) / STRAGGLER_INDIVIDUAL_SCORE
 
 
 RULES: Sequence[Rule] = [

@@ -74,7 +74,23 @@ def cost_text(lost_s: float, run_s: float, *, synchronous: bool | None = None) -
 
 
 def time_axis(ctx: Context) -> TimeAxis:
+    """The run's axis; the clock where the connection has no ``runs`` (a live window kept in
+    memory holds only samples, events and entities of a recording)."""
+    if not has_relation(ctx, "runs"):
+        return TimeAxis(0.0)
     return run_time_axis(ctx.con, ctx.info.window.run_id)
+
+
+def has_relation(ctx: Context, name: str) -> bool:
+    return bool(
+        ctx.con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal "
+            "UNION ALL SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+            [name, name],
+        )
+        .fetchnumpy()["count_star()"]
+        .sum()
+    )
 
 
 def value_text(value: float) -> str:
