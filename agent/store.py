@@ -103,6 +103,23 @@ def ensure_op_trace(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_SCHEMA_V3_OPS)
 
 
+#: Version 3, experiment tracking: what the job's own ``accelwatch`` client reports — logged
+#: metrics per rank and step, and the run's config and tags (JSON values, latest per key).
+_SCHEMA_V3_TRACKING = """
+CREATE TABLE IF NOT EXISTS train_metric_values (
+    run_id VARCHAR, ts TIMESTAMP, rank INTEGER, step BIGINT, name VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS run_setting_log (
+    run_id VARCHAR, ts TIMESTAMP, kind VARCHAR, rank INTEGER, key VARCHAR, value VARCHAR);
+CREATE OR REPLACE VIEW train_metrics AS
+    SELECT run_id, ts, rank, step, name, value FROM train_metric_values;
+CREATE OR REPLACE VIEW run_config AS
+    SELECT run_id, key, arg_max(value, ts) AS value FROM run_setting_log
+    WHERE kind = 'config' GROUP BY run_id, key;
+CREATE OR REPLACE VIEW run_tags AS
+    SELECT run_id, key, arg_max(value, ts) AS value FROM run_setting_log
+    WHERE kind = 'tag' GROUP BY run_id, key;
+"""
+
 _V1_RUNS_VIEW = """
 CREATE OR REPLACE VIEW runs AS
     SELECT * EXCLUDE (logged) FROM run_log QUALIFY row_number() OVER (
@@ -322,6 +339,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         con.execute(_V1_RUNS_VIEW)
     con.execute(_SCHEMA_V2)
     con.execute(_SCHEMA_V3_OPS)
+    con.execute(_SCHEMA_V3_TRACKING)
     con.execute(
         "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
     )
