@@ -4,7 +4,8 @@ Every ``rescan_s`` (and at the first tick) the job's open files and working dire
 mapped onto the mounts of its ``mountinfo``; a mount once used stays reported for the run.
 Each tick then reads each needed file once: ``mountstats`` (one read for every NFS mount),
 each Lustre ``stats`` file, each backing device's ``stat``, and ``io`` of the processes whose
-open files all sit on one mount (their bytes are the mount's ``fs.job.*``).
+open files (beyond stdin, stdout and stderr) all sit on one mount: their bytes are the mount's
+``fs.job.*``. A process with files on several mounts is not split between them.
 
 Replaying a captured tree (``--proc-root`` not ``/proc``): when none of the job's pids exist
 under the root, the processes captured there stand in for the job.
@@ -107,10 +108,11 @@ class StorageCollector(Collector):
             used.pids.clear()
         for pid in pids:
             held: set[str] = set()
-            for path in open_paths(self.proc_root, pid):
+            for fd, path in open_paths(self.proc_root, pid):
                 m = table.find(path)
                 if m is not None and m.kind not in _IGNORED_KINDS:
-                    held.add(m.mountpoint)
+                    if fd > 2:  # stdio (a log file, a terminal) says nothing of its data I/O
+                        held.add(m.mountpoint)
                     self._use(b, m).pids.add(pid)
             cwd = cwd_of(self.proc_root, pid)
             m = None if cwd is None else table.find(cwd)

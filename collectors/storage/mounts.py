@@ -104,8 +104,9 @@ class MountTable:
         return None
 
 
-def open_paths(proc_root: str, pid: int) -> Iterator[str]:
-    """Absolute paths of ``pid``'s open files (no pipes, sockets or anonymous inodes)."""
+def open_paths(proc_root: str, pid: int) -> Iterator[tuple[int, str]]:
+    """(fd, absolute path) of ``pid``'s open files: no pipes, sockets, anonymous inodes or
+    device nodes (``/dev``, except ``/dev/shm``)."""
     fd_dir = os.path.join(proc_root, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
@@ -116,8 +117,10 @@ def open_paths(proc_root: str, pid: int) -> Iterator[str]:
             target = os.readlink(os.path.join(fd_dir, name))
         except OSError:
             continue
-        if target.startswith("/"):
-            yield target.removesuffix(" (deleted)")
+        if target.startswith("/") and (
+            not target.startswith("/dev/") or target.startswith("/dev/shm/")
+        ):
+            yield int(name) if name.isdigit() else -1, target.removesuffix(" (deleted)")
 
 
 def cwd_of(proc_root: str, pid: int) -> str | None:

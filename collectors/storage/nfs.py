@@ -17,7 +17,7 @@ from collectors.fabric.counters import Cumulative
 from collectors.storage.mounts import unescape
 
 #: Indexes into the ``bytes:`` line and a per-op line.
-SERVER_READ, SERVER_WRITE = 5, 6
+SERVER_READ, SERVER_WRITE = 4, 5
 OPS, TRANS, BYTES_SENT, BYTES_RECV, RTT_MS, EXEC_MS, ERRORS = 0, 1, 3, 4, 6, 7, 8
 #: Operations reported per op (the rest count only into the mount's totals).
 REPORTED_OPS = frozenset(
