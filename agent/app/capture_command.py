@@ -45,8 +45,8 @@ def _copy_file(src: str, dst: str) -> bool:
     except OSError:
         return False  # absent, unreadable, or N/A: the reader sees it absent too
     if os.path.basename(src) in _MASKED:
-        data = _SECRET_OPTION.sub(lambda m: f"{m.group(1)}=***", data.decode(errors="replace"))
-        data = data.encode()
+        text = _SECRET_OPTION.sub(lambda m: f"{m.group(1)}=***", data.decode(errors="replace"))
+        data = text.encode()
     _write(dst, data)
     return True
 

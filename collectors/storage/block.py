@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from agent.model import BatchBuilder
-from collectors.fabric.counters import Cumulative
 
 SECTOR = 512
 READS, READ_SECTORS, READ_MS, WRITES, WRITE_SECTORS, WRITE_MS, IO_MS, QUEUE_MS = (
@@ -27,7 +26,7 @@ READS, READ_SECTORS, READ_MS, WRITES, WRITE_SECTORS, WRITE_MS, IO_MS, QUEUE_MS =
 
 def parse_block_stat(data: bytes | str) -> tuple[int, ...] | None:
     try:
-        values = tuple(int(f) for f in data.split())
+        values = tuple(map(int, data.split()))
     except ValueError:
         return None
     return values if len(values) >= 11 else None
@@ -59,31 +58,45 @@ def _partitions(ddir: str, disk: str) -> list[tuple[str, str]]:
         return []
 
 
+_FIELDS = (READS, READ_SECTORS, READ_MS, WRITES, WRITE_SECTORS, WRITE_MS, IO_MS, QUEUE_MS)
+
+
 class BlockTracker:
-    """One device's totals and interval averages (queue depth, busy share, await)."""
+    """One device's totals and interval averages (queue depth, busy share, await).
+
+    A field that went back (the device was re-created) counts on from its new value.
+    """
 
     def __init__(self) -> None:
-        self._c = [Cumulative() for _ in range(11)]
+        self._raw: tuple[int, ...] | None = None
+        self._total = dict.fromkeys(_FIELDS, 0)
         self._last_ts: float | None = None
 
     def sample(self, b: BatchBuilder, entity: str, stat: tuple[int, ...], now: float) -> None:
-        steps = [self._c[i].step(stat[i]) for i in range(11)]
-        t = [c.total for c in self._c]
-        b.add(entity, "fs.read_bytes", t[READ_SECTORS] * SECTOR)
-        b.add(entity, "fs.write_bytes", t[WRITE_SECTORS] * SECTOR)
-        b.add(entity, "fs.read_ops", t[READS])
-        b.add(entity, "fs.write_ops", t[WRITES])
-        b.add(entity, "fs.ops", t[READS] + t[WRITES])
+        prev, self._raw = self._raw, stat
+        total = self._total
+        steps = dict.fromkeys(_FIELDS, 0)
+        if prev is None:
+            for i in _FIELDS:
+                total[i] = stat[i]
+        elif stat != prev:
+            for i in _FIELDS:
+                now_v, before = stat[i], prev[i]
+                step = now_v - before if now_v >= before else now_v
+                steps[i] = step
+                total[i] += step
+        add = b.add
+        add(entity, "fs.read_bytes", total[READ_SECTORS] * SECTOR)
+        add(entity, "fs.write_bytes", total[WRITE_SECTORS] * SECTOR)
+        add(entity, "fs.read_ops", total[READS])
+        add(entity, "fs.write_ops", total[WRITES])
+        add(entity, "fs.ops", total[READS] + total[WRITES])
         last, self._last_ts = self._last_ts, now
-        if last is None or now <= last:
+        if prev is None or last is None or now <= last:
             return
         span_ms = (now - last) * 1000
-        io_ms, queue_ms = steps[IO_MS], steps[QUEUE_MS]
-        if io_ms is not None:
-            b.add(entity, "fs.busy", min(1.0, io_ms / span_ms))
-        if queue_ms is not None:
-            b.add(entity, "fs.queue_depth", queue_ms / span_ms)
-        ops = (steps[READS] or 0) + (steps[WRITES] or 0)
-        wait = (steps[READ_MS] or 0) + (steps[WRITE_MS] or 0)
+        add(entity, "fs.busy", min(1.0, steps[IO_MS] / span_ms))
+        add(entity, "fs.queue_depth", steps[QUEUE_MS] / span_ms)
+        ops = steps[READS] + steps[WRITES]
         if ops > 0:
-            b.add(entity, "fs.latency", wait / ops / 1000)
+            add(entity, "fs.latency", (steps[READ_MS] + steps[WRITE_MS]) / ops / 1000)

@@ -25,7 +25,7 @@ from collectors.fabric.ports import read_bytes
 from collectors.storage.block import BlockTracker, block_devices, parse_block_stat
 from collectors.storage.lustre import LustreTracker, find_stats, fsname_of, parse_llite_stats
 from collectors.storage.mounts import Mount, MountTable, cwd_of, open_paths, parse_mountinfo
-from collectors.storage.nfs import NfsTracker, parse_mountstats
+from collectors.storage.nfs import NfsTracker, split_mountstats
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,8 @@ class StorageCollector(Collector):
             return b.build()
         if pids and any(u.nfs is not None for u in self.mounts.values()):
             text = read_bytes_all(os.path.join(self.proc_root, str(pids[0]), "mountstats"))
-            stats = parse_mountstats(text) if text is not None else {}
+            wanted = {u.mount.mountpoint for u in self.mounts.values() if u.nfs is not None}
+            stats = split_mountstats(text, wanted) if text is not None else {}
             for used in self.mounts.values():
                 found = stats.get(used.mount.mountpoint)
                 if used.nfs is not None and found is not None:
@@ -222,9 +223,20 @@ class StorageCollector(Collector):
 
 
 def read_bytes_all(path: str) -> str | None:
-    """A whole (possibly long) procfs text file, or None if it cannot be read."""
+    """A whole (possibly long) procfs text file, or None if it cannot be read.
+
+    Bare ``os`` reads: a text-mode ``open()`` costs more than reading a mountstats file.
+    """
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")

@@ -27,8 +27,33 @@ REPORTED_OPS = frozenset(
 
 
 @dataclass
+class NfsSection:
+    """One NFS mount's section as text: the ``bytes:`` fields and the per-op lines, unparsed.
+
+    The tracker parses an op's numbers only when its line changed since the last tick: on a
+    big client most of the sixty-odd NFSv4 operations never move.
+    """
+
+    mountpoint: str
+    fstype: str
+    server: str
+    statvers: str = ""
+    bytes_text: str = ""
+    op_lines: list[str] = field(default_factory=list)
+
+    def op_text(self) -> dict[str, str]:
+        """Operation name → its numbers as text."""
+        out = {}
+        for line in self.op_lines:
+            name, sep, rest = line.partition(":")
+            if sep:
+                out[name.strip()] = rest
+        return out
+
+
+@dataclass
 class NfsMount:
-    """One ``device ... mounted on ... with fstype nfs*`` section."""
+    """One ``device ... mounted on ... with fstype nfs*`` section, parsed."""
 
     mountpoint: str
     fstype: str
@@ -38,33 +63,44 @@ class NfsMount:
     ops: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-def parse_mountstats(text: str) -> dict[str, NfsMount]:
-    """Mount point → its NFS statistics; non-NFS sections are skipped."""
-    out: dict[str, NfsMount] = {}
-    current: NfsMount | None = None
-    in_ops = False
-    for line in text.splitlines():
-        if line.startswith("device "):
-            current, in_ops = _device_line(line), False
-            if current is not None:
-                out[current.mountpoint] = current
+def split_mountstats(
+    text: str, wanted: set[str] | frozenset[str] | None = None
+) -> dict[str, NfsSection]:
+    """Mount point → its NFS section (only those in ``wanted``, when given).
+
+    Sections are cut at ``device`` lines with ``str.split``; only the lines of wanted NFS
+    sections are looked at one by one (a node may list hundreds of mounts).
+    """
+    out: dict[str, NfsSection] = {}
+    for chunk in ("\n" + text).split("\ndevice ")[1:]:
+        head, _, body = chunk.partition("\n")
+        if "fstype nfs" not in head:
             continue
-        if current is None:
+        sec = _device_line("device " + head)
+        if sec is None or (wanted is not None and sec.mountpoint not in wanted):
             continue
-        stripped = line.strip()
-        if stripped.startswith("bytes:"):
-            current.bytes = _ints(stripped[6:].split())
-        elif stripped == "per-op statistics":
-            in_ops = True
-        elif in_ops and ":" in stripped:
-            name, _, rest = stripped.partition(":")
-            values = _ints(rest.split())
-            if len(values) >= 8:
-                current.ops[name] = values
+        out[sec.mountpoint] = sec
+        at = body.find("bytes:")
+        if at >= 0:
+            sec.bytes_text = body[at + 6 : body.find("\n", at)].strip()
+        at = body.find("per-op statistics\n")
+        if at >= 0:
+            sec.op_lines = body[at + 18 :].rstrip("\n").split("\n")
     return out
 
 
-def _device_line(line: str) -> NfsMount | None:
+def parse_mountstats(text: str) -> dict[str, NfsMount]:
+    """Mount point → its NFS statistics; non-NFS sections are skipped."""
+    out: dict[str, NfsMount] = {}
+    for point, sec in split_mountstats(text).items():
+        ops = {n: v for n, t in sec.op_text().items() if len(v := _ints(t.split())) >= 8}
+        out[point] = NfsMount(
+            point, sec.fstype, sec.server, sec.statvers, _ints(sec.bytes_text.split()), ops
+        )
+    return out
+
+
+def _device_line(line: str) -> NfsSection | None:
     # device 10.0.0.5:/export mounted on /mnt/data with fstype nfs4 statvers=1.1
     parts = line.split()
     try:
@@ -75,7 +111,7 @@ def _device_line(line: str) -> NfsMount | None:
     if not fstype.startswith("nfs"):
         return None
     statvers = next((p.partition("=")[2] for p in parts if p.startswith("statvers=")), "")
-    return NfsMount(unescape(parts[on + 1]), fstype, parts[1], statvers)
+    return NfsSection(unescape(parts[on + 1]), fstype, parts[1], statvers)
 
 
 def _ints(fields: list[str]) -> tuple[int, ...]:
@@ -85,64 +121,104 @@ def _ints(fields: list[str]) -> tuple[int, ...]:
         return ()
 
 
+class _Op:
+    """One operation's running totals (each a :class:`Cumulative`) and its last text."""
+
+    __slots__ = ("name", "entity", "text", "ops", "trans", "rtt", "exec", "bytes", "errors",
+                 "retrans", "reported")  # fmt: skip
+
+    def __init__(self, name: str, mountpoint: str) -> None:
+        self.name = name
+        self.entity = f"{OP_PREFIX}{name}@{mountpoint}"
+        self.text = ""
+        self.ops, self.trans, self.rtt = Cumulative(), Cumulative(), Cumulative()
+        self.exec, self.bytes, self.errors = Cumulative(), Cumulative(), Cumulative()
+        self.retrans = 0
+        self.reported = False
+
+
 class NfsTracker:
-    """One mount's running totals and interval averages from successive readings."""
+    """One mount's running totals and interval averages from successive readings.
+
+    An operation whose text did not change since the last tick costs one string compare;
+    the mount's totals are kept as running sums of the changed operations' steps.
+    """
 
     def __init__(self) -> None:
-        self._counters: dict[tuple[str, int], Cumulative] = {}
+        self._ops: dict[str, _Op] = {}
+        self._reported: list[_Op] = []  # reported operations that have happened
+        self._bytes_text = ""
+        self._read, self._write = Cumulative(), Cumulative()
+        self._ops_total = self._retrans_total = 0
+        self._lines: list[str] = []
 
-    def _total(self, key: tuple[str, int], raw: int) -> tuple[int, int | None]:
-        c = self._counters.get(key)
-        if c is None:
-            c = self._counters[key] = Cumulative()
-        step = c.step(raw)
-        return c.total, step
-
-    def sample(self, b: BatchBuilder, entity: str, mountpoint: str, stats: NfsMount) -> None:
-        if len(stats.bytes) > SERVER_WRITE:
-            b.add(
-                entity,
-                "fs.read_bytes",
-                self._total(("bytes", SERVER_READ), stats.bytes[SERVER_READ])[0],
-            )
-            b.add(
-                entity,
-                "fs.write_bytes",
-                self._total(("bytes", SERVER_WRITE), stats.bytes[SERVER_WRITE])[0],
-            )
-        ops_total = retrans_total = 0
+    def sample(self, b: BatchBuilder, entity: str, mountpoint: str, sec: NfsSection) -> None:
+        add = b.add
+        if sec.bytes_text != self._bytes_text:
+            self._bytes_text = sec.bytes_text
+            values = _ints(sec.bytes_text.split())
+            if len(values) > SERVER_WRITE:
+                self._read.advance(values[SERVER_READ])
+                self._write.advance(values[SERVER_WRITE])
+        if self._bytes_text:
+            add(entity, "fs.read_bytes", self._read.total)
+            add(entity, "fs.write_bytes", self._write.total)
         d_ops = d_rtt = d_exec = 0
-        have_delta = False
-        for name, v in stats.ops.items():
-            ops, op_d = self._total((name, OPS), v[OPS])
-            trans, _ = self._total((name, TRANS), v[TRANS])
-            _, rtt_d = self._total((name, RTT_MS), v[RTT_MS])
-            _, exec_d = self._total((name, EXEC_MS), v[EXEC_MS])
-            retrans = max(0, trans - ops)
-            ops_total += ops
-            retrans_total += retrans
-            if op_d is not None and rtt_d is not None and exec_d is not None:
-                have_delta = True
-                d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
-            if name == "READ":
-                b.add(entity, "fs.read_ops", ops)
-            elif name == "WRITE":
-                b.add(entity, "fs.write_ops", ops)
-            if name not in REPORTED_OPS:
+        averages: list[tuple[_Op, int, int, int]] = []
+        known = self._ops
+        lines, previous = sec.op_lines, self._lines
+        same_layout = len(lines) == len(previous)
+        self._lines = lines
+        for i, line in enumerate(lines):
+            if same_layout and line == previous[i]:
                 continue
-            op_entity = f"{OP_PREFIX}{name}@{mountpoint}"
-            b.add(op_entity, "fs.op.count", ops)
-            b.add(op_entity, "fs.op.retransmits", retrans)
-            b.add(
-                op_entity, "fs.op.bytes", self._total((name, -1), v[BYTES_SENT] + v[BYTES_RECV])[0]
-            )
+            name, sep, text = line.partition(":")
+            if not sep:
+                continue
+            name = name.strip()
+            op = known.get(name)
+            if op is None:
+                op = known[name] = _Op(name, mountpoint)
+            elif text == op.text:
+                continue
+            op.text = text
+            v = _ints(text.split())
+            if len(v) < 8:
+                continue
+            step = op.ops.step(v[OPS])
+            op_d = 0 if step is None else step  # None: the op's first reading, no interval
+            self._ops_total += op.ops.total if step is None else step
+            op.trans.advance(v[TRANS])
+            rtt_d = op.rtt.step(v[RTT_MS]) or 0
+            exec_d = op.exec.step(v[EXEC_MS]) or 0
+            op.bytes.advance(v[BYTES_SENT] + v[BYTES_RECV])
             if len(v) > ERRORS:
-                b.add(op_entity, "fs.op.errors", self._total((name, ERRORS), v[ERRORS])[0])
-            if op_d and rtt_d is not None and exec_d is not None:
-                b.add(op_entity, "fs.op.rtt", rtt_d / op_d / 1000)
-                b.add(op_entity, "fs.op.latency", exec_d / op_d / 1000)
-        b.add(entity, "fs.ops", ops_total)
-        b.add(entity, "fs.retransmits", retrans_total)
-        if have_delta and d_ops > 0:
-            b.add(entity, "fs.rtt", d_rtt / d_ops / 1000)
-            b.add(entity, "fs.latency", d_exec / d_ops / 1000)
+                op.errors.advance(v[ERRORS])
+            retrans = max(0, op.trans.total - op.ops.total)
+            self._retrans_total += retrans - op.retrans
+            op.retrans = retrans
+            if not op.reported and op.ops.total and name in REPORTED_OPS:
+                op.reported = True
+                self._reported.append(op)
+            if op_d > 0:
+                d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
+                averages.append((op, op_d, rtt_d, exec_d))
+        for name, metric in (("READ", "fs.read_ops"), ("WRITE", "fs.write_ops")):
+            op = known.get(name)
+            if op is not None:
+                add(entity, metric, op.ops.total)
+        for op in self._reported:
+            e = op.entity
+            add(e, "fs.op.count", op.ops.total)
+            add(e, "fs.op.retransmits", op.retrans)
+            add(e, "fs.op.bytes", op.bytes.total)
+            add(e, "fs.op.errors", op.errors.total)
+        for op, op_d, rtt_d, exec_d in averages:
+            if op.reported:
+                add(op.entity, "fs.op.rtt", rtt_d / op_d / 1000)
+                add(op.entity, "fs.op.latency", exec_d / op_d / 1000)
+        add(entity, "fs.ops", self._ops_total)
+        add(entity, "fs.retransmits", self._retrans_total)
+        if d_ops > 0:
+            add(entity, "fs.rtt", d_rtt / d_ops / 1000)
+            add(entity, "fs.latency", d_exec / d_ops / 1000)
