@@ -31,6 +31,9 @@ from collectors.fabric.ports import (
 
 log = logging.getLogger(__name__)
 
+#: Set by the fabric simulator (collectors/sim/fabric_storage) to its fake tree.
+ENV_SYS_ROOT = "ACCELWATCH_FABRIC_SYS_ROOT"
+
 
 class FabricCollector(Collector):
     """Ports' state, rate and unwrapped counters; interfaces' speed and state."""
@@ -49,8 +52,8 @@ class FabricCollector(Collector):
         self._rediscover = True
 
     def start(self, ctx: CollectContext) -> None:
-        if self._explicit_root is None:
-            self.sys_root = ctx.sys_root
+        if self._explicit_root is None:  # a scenario's simulated tree, else --sys-root
+            self.sys_root = os.environ.get(ENV_SYS_ROOT) or ctx.sys_root
 
     @property
     def _ib_base(self) -> str:

@@ -22,6 +22,12 @@ def _simulator(scenario: str, owner_pids: Callable[[], list[int]] | None = None)
     return install(scenario, "fabric")
 
 
+def _check_scenario(scenario: str) -> None:
+    from collectors.sim.fabric_storage.sim import part_of
+
+    part_of(scenario, "fabric")
+
+
 SPEC = SourceSpec(
     name=SOURCE,
     label="Fabric (InfiniBand, RoCE, NICs)",
@@ -32,5 +38,6 @@ SPEC = SourceSpec(
     ),
     collector=_collector,
     simulator=_simulator,
+    check_scenario=_check_scenario,
     start_order=20,
 )

@@ -30,6 +30,9 @@ from collectors.storage.nfs import NfsTracker, split_mountstats
 log = logging.getLogger(__name__)
 
 DEFAULT_RESCAN_S = 5.0
+#: Set by the storage simulator (collectors/sim/fabric_storage) to its fake trees.
+ENV_PROC_ROOT = "ACCELWATCH_STORAGE_PROC_ROOT"
+ENV_SYS_ROOT = "ACCELWATCH_STORAGE_SYS_ROOT"
 #: Mount kinds whose files are in memory or are kernel interfaces: never the job's storage.
 _IGNORED_KINDS = ("pseudo",)
 _MAX_MOUNTS = 64
@@ -75,8 +78,9 @@ class StorageCollector(Collector):
 
     def start(self, ctx: CollectContext) -> None:
         self.ctx = ctx
-        self.proc_root = self._explicit[0] or ctx.proc_root
-        self.sys_root = self._explicit[1] or ctx.sys_root
+        # explicit roots (tests), else a scenario's simulated tree, else --proc-root/--sys-root
+        self.proc_root = self._explicit[0] or os.environ.get(ENV_PROC_ROOT) or ctx.proc_root
+        self.sys_root = self._explicit[1] or os.environ.get(ENV_SYS_ROOT) or ctx.sys_root
         option = ctx.options.get(SOURCE, {}).get("rescan_s")
         if option is not None:
             self.rescan_s = float(option)

@@ -21,6 +21,12 @@ def _simulator(scenario: str, owner_pids: Callable[[], list[int]] | None = None)
     return install(scenario, "storage")
 
 
+def _check_scenario(scenario: str) -> None:
+    from collectors.sim.fabric_storage.sim import part_of
+
+    part_of(scenario, "storage")
+
+
 SPEC = SourceSpec(
     name=SOURCE,
     label="Storage (the job's mounts)",
@@ -35,5 +41,6 @@ SPEC = SourceSpec(
     ),
     collector=_collector,
     simulator=_simulator,
+    check_scenario=_check_scenario,
     start_order=30,
 )

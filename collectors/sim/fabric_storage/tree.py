@@ -41,8 +41,19 @@ NFS4_OPS = ("NULL", "READ", "WRITE", "COMMIT", "OPEN", "OPEN_CONFIRM", "OPEN_NOA
             "COPY", "OFFLOAD_CANCEL", "LOOKUPP", "LAYOUTERROR", "COPY_NOTIFY")  # fmt: skip
 
 
+_WRITTEN: dict[str, str] = {}
+
+
 def write_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` 0600, atomically (a reader sees the old or the new file)."""
+    """Write ``text`` to ``path`` 0600, atomically (a reader sees the old or the new file).
+
+    A file whose text is what this process last wrote there is left alone: a rename costs a
+    journal commit on some filesystems, and most counters do not move each tick.
+    """
+    key = str(path)
+    if _WRITTEN.get(key) == text and path.exists():
+        return
+    _WRITTEN[key] = text
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
