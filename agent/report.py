@@ -28,6 +28,7 @@ from agent.analysis.rules.common import duration, pct
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
+from agent.report_fabric_storage import render_fabric_storage, summarize_fabric_storage
 from agent.runs import (
     LocalReadConnection,
     ReadConnection,
@@ -69,6 +70,8 @@ class RunSummary:
     lost_share: dict[str, float] = field(default_factory=dict)
     #: Holes in the recording (``gap`` events): start (ISO, UTC), seconds, missed ticks.
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    #: Fabric ports and the job's mounts (agent/report_fabric_storage.py).
+    fabric_storage: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def summarize(
@@ -133,6 +136,7 @@ def summarize(
         overall[1],
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
         gaps,
+        summarize_fabric_storage(con, run.run_id),
     )
 
 
@@ -347,6 +351,7 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
                 else f"  {cells[0]:6} {cells[1][:28]:28} mean {cells[2]:>4} p50 {cells[3]:>4}"
                 f" p90 {cells[4]:>4} p99 {cells[5]:>4} energy {cells[6]} kWh"
             )
+    lines += render_fabric_storage(s.fabric_storage, markdown)
     groups = group_findings(report.findings)
     lines += ["", h(f"Findings ({len(groups)})")]
     if not groups:

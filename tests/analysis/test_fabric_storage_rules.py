@@ -52,19 +52,19 @@ def _findings(tmp_path_factory, scenario: str, sources: tuple[str, ...]):
     db, run_id = record(path, spec)
     con = connect(str(db))
     try:
-        return analyze_run(con, run_id, store=False)
+        return analyze_run(con, run_id, store=False), str(db)
     finally:
         con.close()
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    cache: dict[str, list] = {}
+    cache: dict[str, tuple[list, str]] = {}
 
-    def get(scenario: str, sources: tuple[str, ...]):
+    def get(scenario: str, sources: tuple[str, ...], *, db: bool = False):
         if scenario not in cache:
             cache[scenario] = _findings(tmp_path_factory, scenario, sources)
-        return cache[scenario]
+        return cache[scenario][1] if db else cache[scenario][0]
 
     return get
 
@@ -125,3 +125,26 @@ def test_a_checkpoint_to_lustre_names_the_lustre_mount(runs):
     assert f.evidence["stalls"] == 2
     assert f.evidence["write_bytes_per_s"] == pytest.approx(2000e6, rel=0.1)
     assert of_rule(runs("checkpoint-lustre", ("storage",)), "storage-input-bound") == []
+
+
+def test_the_report_shows_each_port_and_mount(runs):
+    from agent.report import build_report, render_text
+    from agent.runs import open_read
+
+    db = runs(*HEALTHY, db=True)
+    con = open_read(db)
+    try:
+        report = build_report(con, None, db)
+    finally:
+        con.close()
+    section = report.summary.fabric_storage
+    assert [p["entity"] for p in section["ports"]] == [f"ib:mlx5_{i}/1" for i in range(4)]
+    assert section["ports"][0]["rx_bytes_per_s"] == pytest.approx(15e9, rel=0.02)
+    assert section["ports"][0]["rate_max"] == 25e9 and not section["ports"][0]["was_down"]
+    mounts = {m["mountpoint"]: m for m in section["mounts"]}
+    assert mounts["/mnt/data"]["fstype"] == "nfs4"
+    assert mounts["/mnt/data"]["read_bytes_per_s"] == pytest.approx(300e6, rel=0.02)
+    assert mounts["/mnt/data"]["latency_p50_s"] == pytest.approx(0.001, rel=0.05)
+    text = render_text(report)
+    assert "Fabric ports" in text and "mlx5_0/1" in text and "/lustre/scratch" in text
+    assert "| /mnt/data | nfs4 |" in render_text(report, markdown=True)
