@@ -156,6 +156,10 @@ def _port_key(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
+#: Parsed ``state`` / ``phys_state`` / ``rate`` contents: a handful of distinct strings.
+_PARSED: dict[bytes, float | int | None] = {}
+
+
 def sample_port(b: BatchBuilder, port: Port, now: float, device_max: dict[str, float]) -> bool:
     """Add one tick of ``port`` to ``b``; False if a kept file vanished (rediscover).
 
@@ -168,9 +172,16 @@ def sample_port(b: BatchBuilder, port: Port, now: float, device_max: dict[str, f
     state_raw = read_bytes(pdir + "/state")
     phys_raw = read_bytes(pdir + "/phys_state")
     rate_raw = read_bytes(pdir + "/rate")
-    state = None if state_raw is None else parse_numbered(state_raw)
-    phys = None if phys_raw is None else parse_numbered(phys_raw)
-    rate = None if rate_raw is None else parse_rate(rate_raw)
+    parsed = _PARSED
+    state = parsed.get(state_raw) if state_raw is not None else None
+    if state is None and state_raw is not None:
+        state = parsed[state_raw] = parse_numbered(state_raw)
+    phys = parsed.get(phys_raw) if phys_raw is not None else None
+    if phys is None and phys_raw is not None:
+        phys = parsed[phys_raw] = parse_numbered(phys_raw)
+    rate = parsed.get(rate_raw) if rate_raw is not None else None
+    if rate is None and rate_raw is not None:
+        rate = parsed[rate_raw] = parse_rate(rate_raw)
     if state_raw is None and phys_raw is None:
         ok = False
     add(entity, "host.ib.state", state)

@@ -52,6 +52,7 @@ class UsedMount:
     job_read: int = 0
     job_write: int = 0
     attributed: bool = False
+    described: dict | None = None
 
 
 class StorageCollector(Collector):
@@ -126,15 +127,17 @@ class StorageCollector(Collector):
                 self._sole_mount[pid] = held.pop()
         for used in self.mounts.values():
             m = used.mount
-            b.describe(
-                used.entity,
-                mountpoint=m.mountpoint,
-                fstype=m.fstype,
-                kind=m.kind,
-                device=m.source,
-                block_device=used.block_name,
-                pids=sorted(used.pids)[:16],
-            )
+            attrs = {
+                "mountpoint": m.mountpoint,
+                "fstype": m.fstype,
+                "kind": m.kind,
+                "device": m.source,
+                "block_device": used.block_name,
+                "pids": sorted(used.pids)[:16],
+            }
+            if attrs != used.described:  # attributes are sent when they change
+                used.described = attrs
+                b.describe(used.entity, **attrs)
 
     def _use(self, b: BatchBuilder, m: Mount) -> UsedMount:
         used = self.mounts.get(m.mountpoint)

@@ -116,23 +116,23 @@ def _device_line(line: str) -> NfsSection | None:
 
 def _ints(fields: list[str]) -> tuple[int, ...]:
     try:
-        return tuple(int(f) for f in fields)
+        return tuple(map(int, fields))
     except ValueError:
         return ()
 
 
 class _Op:
-    """One operation's running totals (each a :class:`Cumulative`) and its last text."""
+    """One operation's last reading and running totals: ops, transmissions, rtt ms, execute
+    ms, bytes (sent + received), errors. A field that went back counts on from its new value."""
 
-    __slots__ = ("name", "entity", "text", "ops", "trans", "rtt", "exec", "bytes", "errors",
-                 "retrans", "reported")  # fmt: skip
+    __slots__ = ("name", "entity", "text", "prev", "tot", "retrans", "reported")
 
     def __init__(self, name: str, mountpoint: str) -> None:
         self.name = name
         self.entity = f"{OP_PREFIX}{name}@{mountpoint}"
         self.text = ""
-        self.ops, self.trans, self.rtt = Cumulative(), Cumulative(), Cumulative()
-        self.exec, self.bytes, self.errors = Cumulative(), Cumulative(), Cumulative()
+        self.prev: tuple[int, ...] | None = None
+        self.tot = [0, 0, 0, 0, 0, 0]
         self.retrans = 0
         self.reported = False
 
@@ -150,7 +150,7 @@ class NfsTracker:
         self._bytes_text = ""
         self._read, self._write = Cumulative(), Cumulative()
         self._ops_total = self._retrans_total = 0
-        self._lines: list[str] = []
+        self._lines: set[str] = set()
 
     def sample(self, b: BatchBuilder, entity: str, mountpoint: str, sec: NfsSection) -> None:
         add = b.add
@@ -166,12 +166,10 @@ class NfsTracker:
         d_ops = d_rtt = d_exec = 0
         averages: list[tuple[_Op, int, int, int]] = []
         known = self._ops
-        lines, previous = sec.op_lines, self._lines
-        same_layout = len(lines) == len(previous)
+        lines = set(sec.op_lines)
+        changed = lines.difference(self._lines)  # in C: most lines are as they were
         self._lines = lines
-        for i, line in enumerate(lines):
-            if same_layout and line == previous[i]:
-                continue
+        for line in changed:
             name, sep, text = line.partition(":")
             if not sep:
                 continue
@@ -185,19 +183,23 @@ class NfsTracker:
             v = _ints(text.split())
             if len(v) < 8:
                 continue
-            step = op.ops.step(v[OPS])
-            op_d = 0 if step is None else step  # None: the op's first reading, no interval
-            self._ops_total += op.ops.total if step is None else step
-            op.trans.advance(v[TRANS])
-            rtt_d = op.rtt.step(v[RTT_MS]) or 0
-            exec_d = op.exec.step(v[EXEC_MS]) or 0
-            op.bytes.advance(v[BYTES_SENT] + v[BYTES_RECV])
-            if len(v) > ERRORS:
-                op.errors.advance(v[ERRORS])
-            retrans = max(0, op.trans.total - op.ops.total)
+            cur = (v[OPS], v[TRANS], v[RTT_MS], v[EXEC_MS], v[BYTES_SENT] + v[BYTES_RECV],
+                   v[ERRORS] if len(v) > ERRORS else 0)  # fmt: skip
+            prev, op.prev, tot = op.prev, cur, op.tot
+            if prev is None:  # the op's first reading: totals, no interval
+                tot[:] = cur
+                op_d = rtt_d = exec_d = 0
+                self._ops_total += cur[0]
+            else:
+                steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
+                for i, step in enumerate(steps):
+                    tot[i] += step
+                op_d, rtt_d, exec_d = steps[0], steps[2], steps[3]
+                self._ops_total += op_d
+            retrans = max(0, tot[1] - tot[0])
             self._retrans_total += retrans - op.retrans
             op.retrans = retrans
-            if not op.reported and op.ops.total and name in REPORTED_OPS:
+            if not op.reported and tot[0] and name in REPORTED_OPS:
                 op.reported = True
                 self._reported.append(op)
             if op_d > 0:
@@ -206,13 +208,14 @@ class NfsTracker:
         for name, metric in (("READ", "fs.read_ops"), ("WRITE", "fs.write_ops")):
             op = known.get(name)
             if op is not None:
-                add(entity, metric, op.ops.total)
+                add(entity, metric, op.tot[0])
         for op in self._reported:
             e = op.entity
-            add(e, "fs.op.count", op.ops.total)
+            tot = op.tot
+            add(e, "fs.op.count", tot[0])
             add(e, "fs.op.retransmits", op.retrans)
-            add(e, "fs.op.bytes", op.bytes.total)
-            add(e, "fs.op.errors", op.errors.total)
+            add(e, "fs.op.bytes", tot[4])
+            add(e, "fs.op.errors", tot[5])
         for op, op_d, rtt_d, exec_d in averages:
             if op.reported:
                 add(op.entity, "fs.op.rtt", rtt_d / op_d / 1000)
