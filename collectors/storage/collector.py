@@ -76,12 +76,14 @@ class StorageCollector(Collector):
         self._sole_mount: dict[int, str] = {}  # pid → the one mount holding its open files
         self._io: dict[tuple[int, int], Cumulative] = {}
         self._blocks: dict[str, tuple[str, str]] | None = None
+        self._real_proc = True
 
     def start(self, ctx: CollectContext) -> None:
         self.ctx = ctx
         # explicit roots (tests), else a scenario's simulated tree, else --proc-root/--sys-root
         self.proc_root = self._explicit[0] or os.environ.get(ENV_PROC_ROOT) or ctx.proc_root
         self.sys_root = self._explicit[1] or os.environ.get(ENV_SYS_ROOT) or ctx.sys_root
+        self._real_proc = os.path.realpath(self.proc_root) == "/proc"
         option = ctx.options.get(SOURCE, {}).get("rescan_s")
         if option is not None:
             self.rescan_s = float(option)
@@ -91,8 +93,10 @@ class StorageCollector(Collector):
         pids = sorted(self.ctx.job_pids())
         if self.ctx.root_pid is not None and self.ctx.root_pid not in pids:
             pids.insert(0, self.ctx.root_pid)
+        if self._real_proc:  # the live machine: the job's pids as the tree knows them
+            return pids
         live = [p for p in pids if os.path.isdir(os.path.join(self.proc_root, str(p)))]
-        if live or os.path.realpath(self.proc_root) == "/proc":
+        if live:
             return live
         try:  # a captured tree: its processes stand in for the job
             return sorted(int(n) for n in os.listdir(self.proc_root) if n.isdigit())

@@ -63,6 +63,10 @@ class NfsMount:
     ops: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
+#: ``device`` lines already parsed (the same few each tick).
+_HEADS: dict[str, NfsSection | None] = {}
+
+
 def split_mountstats(
     text: str, wanted: set[str] | frozenset[str] | None = None
 ) -> dict[str, NfsSection]:
@@ -76,7 +80,13 @@ def split_mountstats(
         head, _, body = chunk.partition("\n")
         if "fstype nfs" not in head:
             continue
-        sec = _device_line("device " + head)
+        known = _HEADS.get(head)
+        if known is None:
+            known = _HEADS[head] = _device_line("device " + head)
+            if len(_HEADS) > 4096:  # bounded: mounts come and go
+                _HEADS.clear()
+        sec = None if known is None else NfsSection(known.mountpoint, known.fstype,
+                                                    known.server, known.statvers)  # fmt: skip
         if sec is None or (wanted is not None and sec.mountpoint not in wanted):
             continue
         out[sec.mountpoint] = sec
