@@ -52,8 +52,9 @@ class FabricCollector(Collector):
         self._rediscover = True
 
     def start(self, ctx: CollectContext) -> None:
-        if self._explicit_root is None:  # a scenario's simulated tree, else --sys-root
-            self.sys_root = os.environ.get(ENV_SYS_ROOT) or ctx.sys_root
+        if self._explicit_root is None:  # --sys-root, else a scenario's simulated tree
+            chosen = ctx.sys_root if ctx.sys_root != "/sys" else None
+            self.sys_root = chosen or os.environ.get(ENV_SYS_ROOT) or "/sys"
 
     @property
     def _ib_base(self) -> str:

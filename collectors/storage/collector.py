@@ -80,9 +80,11 @@ class StorageCollector(Collector):
 
     def start(self, ctx: CollectContext) -> None:
         self.ctx = ctx
-        # explicit roots (tests), else a scenario's simulated tree, else --proc-root/--sys-root
-        self.proc_root = self._explicit[0] or os.environ.get(ENV_PROC_ROOT) or ctx.proc_root
-        self.sys_root = self._explicit[1] or os.environ.get(ENV_SYS_ROOT) or ctx.sys_root
+        # explicit roots (tests), else --proc-root/--sys-root, else a scenario's simulated tree
+        proc = ctx.proc_root if ctx.proc_root != "/proc" else None
+        sys_ = ctx.sys_root if ctx.sys_root != "/sys" else None
+        self.proc_root = self._explicit[0] or proc or os.environ.get(ENV_PROC_ROOT) or "/proc"
+        self.sys_root = self._explicit[1] or sys_ or os.environ.get(ENV_SYS_ROOT) or "/sys"
         self._real_proc = os.path.realpath(self.proc_root) == "/proc"
         option = ctx.options.get(SOURCE, {}).get("rescan_s")
         if option is not None:

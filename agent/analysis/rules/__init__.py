@@ -14,6 +14,7 @@ from agent.analysis.rules import (
     storage,
     straggler,
     throttle,
+    tpu,
     transfer,
     utilization,
 )
@@ -23,6 +24,7 @@ ALL_RULES: tuple[Rule, ...] = (
     *hardware.RULES,
     *utilization.RULES,
     *host_bound.RULES,
+    *tpu.RULES,
     *transfer.RULES,
     *efficiency.RULES,
     *throttle.RULES,
