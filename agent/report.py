@@ -31,6 +31,7 @@ from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
 from agent.analysis.time_axis import TimeAxis, axis_of_run
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
+from agent.report_fabric_storage import render_fabric_storage, summarize_fabric_storage
 from agent.runs import (
     LocalReadConnection,
     ReadConnection,
@@ -74,6 +75,8 @@ class RunSummary:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     #: What the devices are called ("GPU", "TPU"; "accelerator" when mixed or unknown).
     device_noun: str = "accelerator"
+    #: Fabric ports and the job's mounts (agent/report_fabric_storage.py).
+    fabric_storage: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def summarize(
@@ -139,6 +142,7 @@ def summarize(
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
         gaps,
         device_noun(plan, [d.entity for d in devices]),
+        fabric_storage=summarize_fabric_storage(con, run.run_id),
     )
 
 
@@ -361,6 +365,7 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
                 else f"  {cells[0]:6} {cells[1][:28]:28} mean {cells[2]:>4} p50 {cells[3]:>4}"
                 f" p90 {cells[4]:>4} p99 {cells[5]:>4} energy {cells[6]} kWh"
             )
+    lines += render_fabric_storage(s.fabric_storage, markdown)
     groups = group_findings(report.findings)
     lines += ["", h(f"Findings ({len(groups)})")]
     if not groups:

@@ -339,6 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print what was imported as JSON")
     # -- end accelwatch import ---------------------------------------------------------------
 
+    # -- capture (t4): the fabric and storage sources' files, for replay with --sys-root/--proc-root
+    p = sub.add_parser(
+        "capture", help="write the files the fabric and storage sources read, for replay"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument(
+        "--pid", type=pid_arg, help="also the mounts and open files of this process tree"
+    )
+    p.add_argument(
+        "--sys-root", type=root_dir, default="/sys", metavar="DIR", help=argparse.SUPPRESS
+    )
+    p.add_argument(
+        "--proc-root", type=root_dir, default="/proc", metavar="DIR", help=argparse.SUPPRESS
+    )
+    # -- end capture
+
     p = sub.add_parser("sim", help="run a scenario's simulated devices for other tools")
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
     p = sim.add_parser("serve", help="serve a scenario's simulated TPU runtime until stopped")
@@ -388,6 +404,8 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from agent.app import sim_commands as module
     elif command == "import":
         from agent.app import import_command as module
+    elif command == "capture":
+        from agent.app import capture_command as module
     else:
         from agent.app import read_commands as module
     handler: Callable[[argparse.Namespace], int] = getattr(
