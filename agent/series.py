@@ -22,6 +22,52 @@ from agent.model import Batch
 _Key = tuple[str, str]  # (run_id, source)
 
 
+#: Version 3, the layout: each series (run, source, entity, metric) is stored once in
+#: ``series`` and every value as (series_id, ts, value), so a tick writes three numeric
+#: columns instead of repeating ~1,500 label strings, and scans read integers. Series ids are
+#: handed out in increasing order, so a run's ids are one range and a scan filtered on them
+#: skips the row groups of other runs by their min/max. ``samples`` stays the same view.
+SCHEMA_V3_LAYOUT = """
+CREATE TABLE IF NOT EXISTS series (
+    series_id INTEGER, run_id VARCHAR, source VARCHAR, entity VARCHAR, metric VARCHAR);
+CREATE TABLE sample_points (series_id INTEGER, ts TIMESTAMP, value DOUBLE);
+INSERT INTO series
+    SELECT (row_number() OVER (ORDER BY first_ts, run_id, source, entity, metric))::INTEGER,
+           run_id, source, entity, metric
+    FROM (SELECT run_id, source, entity, metric, min(ts) AS first_ts
+          FROM sample_values GROUP BY ALL);
+INSERT INTO sample_points
+    SELECT s.series_id, v.ts, v.value FROM sample_values v JOIN series s
+        ON s.run_id IS NOT DISTINCT FROM v.run_id AND s.source IS NOT DISTINCT FROM v.source
+       AND s.entity IS NOT DISTINCT FROM v.entity AND s.metric IS NOT DISTINCT FROM v.metric;
+DROP VIEW samples;
+DROP TABLE sample_values;
+ALTER TABLE sample_points RENAME TO sample_values;
+CREATE OR REPLACE VIEW samples AS
+    SELECT s.run_id, v.ts, s.source, s.entity, s.metric, v.value
+    FROM sample_values v JOIN series s USING (series_id);
+"""
+
+
+def apply_v3_layout(con: Any) -> None:
+    """Move a version-2 ``sample_values`` (labels on every row) into ``series`` +
+    ``sample_values(series_id, ts, value)``, in the caller's transaction. A long recording is
+    millions of rows: this runs with DuckDB's default threads and memory and keeps row order
+    (the time order compresses best), then restores the writer's settings."""
+    threads, memory, order = con.execute(
+        "SELECT current_setting('threads'), current_setting('memory_limit'), "
+        "current_setting('preserve_insertion_order')"
+    ).fetchall()[0]
+    con.execute("RESET threads; RESET memory_limit; SET preserve_insertion_order = true")
+    try:
+        con.execute(SCHEMA_V3_LAYOUT)
+    finally:
+        con.execute(
+            f"SET threads = {int(threads)}; SET memory_limit = '{memory}'; "
+            f"SET preserve_insertion_order = {str(order).lower()}"
+        )
+
+
 def has_series(con: Any) -> bool:
     """Whether a database (a DuckDB or read connection) stores samples by series id (schema 3);
     an older file read as it is has only the ``samples`` view over labelled rows."""

@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
-from agent.series import has_series
+from agent.series import apply_v3_layout, has_series
 
 SCHEMA_VERSION = 3
 DUCKDB_MAGIC = b"DUCK"
@@ -91,6 +91,25 @@ CREATE OR REPLACE VIEW runs AS
     QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.logged DESC) = 1;
 """
 
+#: Version 3 (per-operation traces): one row per operation of an imported pipeline /
+#: data-parallel trace (``accelwatch import``), so the straggler rules can compare a rank's
+#: compute ops with its peers' of the same pipeline stage. ``ts`` is the op's start on the
+#: run's time axis; ``duration`` is in seconds. The view ``ops`` is the public interface.
+_SCHEMA_V3_OPS = """
+CREATE TABLE IF NOT EXISTS op_trace (
+    run_id VARCHAR, ts TIMESTAMP, rank INTEGER, dp_rank INTEGER, stage INTEGER, step BIGINT,
+    optype VARCHAR, duration DOUBLE);
+CREATE OR REPLACE VIEW ops AS
+    SELECT run_id, ts, rank, dp_rank, stage, step, optype, duration FROM op_trace;
+"""
+
+
+def ensure_op_trace(con: duckdb.DuckDBPyConnection) -> None:
+    """Create ``op_trace``/``ops`` if missing: the block is additive and idempotent, so a
+    schema-3 file written before it existed gets it from the first import of an op trace."""
+    con.execute(_SCHEMA_V3_OPS)
+
+
 #: Version 3, experiment tracking: what the job's own ``accelwatch`` client reports — logged
 #: metrics per rank and step, and the run's config and tags (JSON values, latest per key).
 _SCHEMA_V3_TRACKING = """
@@ -116,54 +135,6 @@ CREATE OR REPLACE VIEW runs AS
 
 #: Columns the ``runs`` view gained in schema 2 (absent when reading a version-1 file).
 RUNS_V2_COLUMNS = ("last_sample", "agent_host", "agent_pid", "heartbeat", "lost_ticks")
-
-#: Version 3, the layout: each series (run, source, entity, metric) is stored once in
-#: ``series`` and every value as (series_id, ts, value), so a tick writes three numeric
-#: columns instead of repeating ~1,500 label strings, and scans read integers. Series ids are
-#: handed out in increasing order, so a run's ids are one range and a scan filtered on them
-#: skips the row groups of other runs by their min/max. ``samples`` stays the same view.
-_SCHEMA_V3_LAYOUT = """
-CREATE TABLE IF NOT EXISTS series (
-    series_id INTEGER, run_id VARCHAR, source VARCHAR, entity VARCHAR, metric VARCHAR);
-CREATE TABLE sample_points (series_id INTEGER, ts TIMESTAMP, value DOUBLE);
-INSERT INTO series
-    SELECT (row_number() OVER (ORDER BY first_ts, run_id, source, entity, metric))::INTEGER,
-           run_id, source, entity, metric
-    FROM (SELECT run_id, source, entity, metric, min(ts) AS first_ts
-          FROM sample_values GROUP BY ALL);
-INSERT INTO sample_points
-    SELECT s.series_id, v.ts, v.value FROM sample_values v JOIN series s
-        ON s.run_id IS NOT DISTINCT FROM v.run_id AND s.source IS NOT DISTINCT FROM v.source
-       AND s.entity IS NOT DISTINCT FROM v.entity AND s.metric IS NOT DISTINCT FROM v.metric;
-DROP VIEW samples;
-DROP TABLE sample_values;
-ALTER TABLE sample_points RENAME TO sample_values;
-CREATE OR REPLACE VIEW samples AS
-    SELECT s.run_id, v.ts, s.source, s.entity, s.metric, v.value
-    FROM sample_values v JOIN series s USING (series_id);
-"""
-#: The physical columns of ``sample_values`` in a version-3 file (older files: the view's).
-V3_SAMPLE_COLUMNS = ("series_id", "ts", "value")
-
-
-def _apply_v3_layout(con: duckdb.DuckDBPyConnection) -> None:
-    """Move a version-2 ``sample_values`` (labels on every row) into ``series`` +
-    ``sample_values(series_id, ts, value)``, in the caller's transaction. A long recording is
-    millions of rows: this runs with DuckDB's default threads and memory and keeps row order
-    (the time order compresses best), then restores the writer's settings."""
-    threads, memory, order = con.execute(
-        "SELECT current_setting('threads'), current_setting('memory_limit'), "
-        "current_setting('preserve_insertion_order')"
-    ).fetchall()[0]
-    con.execute("RESET threads; RESET memory_limit; SET preserve_insertion_order = true")
-    try:
-        con.execute(_SCHEMA_V3_LAYOUT)
-    finally:
-        con.execute(
-            f"SET threads = {int(threads)}; SET memory_limit = '{memory}'; "
-            f"SET preserve_insertion_order = {str(order).lower()}"
-        )
-
 
 # -- private files -------------------------------------------------------------------------
 
@@ -381,9 +352,10 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
             con.execute(_SCHEMA_V2)
         # Version 3's blocks each apply only what a file lacks (a file written while version 3
         # was being assembled may hold some of them).
+        con.execute(_SCHEMA_V3_OPS)
         con.execute(_SCHEMA_V3_TRACKING)
         if not has_series(con):
-            _apply_v3_layout(con)
+            apply_v3_layout(con)
         con.execute(
             "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
             [str(SCHEMA_VERSION)],
