@@ -1,0 +1,116 @@
+"""Real DuckDB files written through the Store API, fast and with chosen numbers: per-rank
+steps, GPUs (busy, memory, energy), stored findings, and the client's config table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.analysis.finding import Finding, store_findings
+from agent.model import Batch, BatchBuilder, RunInfo
+from agent.store import Store
+
+T0 = 1_700_000_000.0
+GIB = 2**30
+
+
+@dataclass
+class Recording:
+    """One run: ``seconds`` ticks of 1 s; ``step_time`` per rank (a value, or per-tick list)."""
+
+    run_id: str
+    name: str = "train"
+    seconds: int = 30
+    t0: float = T0
+    ranks: Sequence[int] = (0,)
+    step_time: float | Mapping[int, float] = 0.1
+    gpus: int = 2
+    busy: float = 0.9
+    power_w: float = 300.0
+    memory_gib: float = 40.0
+    tags: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "node-a"
+    config: dict[str, Any] | None = None
+    findings: Sequence[str] = ()
+    status: str = "finished"
+
+
+def _step_time(rec: Recording, rank: int) -> float:
+    st = rec.step_time
+    return float(st[rank]) if isinstance(st, Mapping) else float(st)
+
+
+def ticks(rec: Recording) -> list[list[Batch]]:
+    out = []
+    steps = dict.fromkeys(rec.ranks, 0)
+    for i in range(rec.seconds):
+        ts = rec.t0 + i + 1
+        gpu = BatchBuilder("nvml", ts)
+        for g in range(rec.gpus):
+            gpu.add_many(
+                f"gpu{g}",
+                {
+                    "gpu.utilization": rec.busy,
+                    "gpu.memory.used": rec.memory_gib * GIB,
+                    "gpu.memory.total": 80 * GIB,
+                    "gpu.power": rec.power_w,
+                    "gpu.energy": rec.power_w * (i + 1),
+                },
+            )
+            if i == 0:
+                gpu.describe(f"gpu{g}", name="NVIDIA H100 80GB HBM3", uuid=f"GPU-{rec.host}-{g}")
+        host = BatchBuilder("host", ts)
+        host.add_many("host", {"host.cpu.utilization": 0.3})
+        step = BatchBuilder("steps", ts)
+        for r in rec.ranks:
+            t = _step_time(rec, r)
+            steps[r] += int(round(1.0 / t))
+            step.add_many(f"rank{r}", {"step.time": t, "step.count": steps[r]})
+        out.append([gpu.build(), host.build(), step.build()])
+    return out
+
+
+def finding(rule: str, t0: float, seconds: float) -> Finding:
+    start = datetime.fromtimestamp(t0 + 1, timezone.utc).replace(tzinfo=None)
+    end = datetime.fromtimestamp(t0 + seconds, timezone.utc).replace(tzinfo=None)
+    return Finding(rule, "warning", "gpu0", start, end, f"{rule} seen", "look", {}, seconds / 2)
+
+
+def record(db: Path | str, *recordings: Recording) -> Path:
+    """Write the runs into ``db`` (created, or appended to) and return its path."""
+    store = Store(db)
+    try:
+        for rec in recordings:
+            info = RunInfo(
+                run_id=rec.run_id, name=rec.name, pid=1000, cmdline=["python", "train.py"],
+                cwd="/job", host=rec.host, started=rec.t0, interval=1.0, db_path=str(db),
+                tags=dict(rec.tags), env=dict(rec.env), mode="run",
+                ended=None if rec.status == "running" else rec.t0 + rec.seconds,
+                exit_code=0, status=rec.status,
+            )  # fmt: skip
+            store.write_run(info)
+            store.write_ticks([(rec.run_id, batches) for batches in ticks(rec)])
+            if rec.findings:
+                store_findings(
+                    store.con,
+                    rec.run_id,
+                    [finding(r, rec.t0, rec.seconds) for r in rec.findings],
+                    live=False,
+                )
+            if rec.config is not None:
+                store.con.execute(
+                    "CREATE TABLE IF NOT EXISTS run_config (run_id VARCHAR, key VARCHAR, value JSON)"
+                )
+                for key, value in rec.config.items():
+                    store.con.execute(
+                        "INSERT INTO run_config VALUES (?, ?, ?)",
+                        [rec.run_id, key, json.dumps(value)],
+                    )
+    finally:
+        store.close()
+    return Path(db)
