@@ -72,7 +72,7 @@ def test_exported_files_are_0600_and_directories_0700(baseline_and_candidate, tm
     a, _ = baseline_and_candidate
     out = tmp_path / "private"
     assert run_cli("export", "run-a", "--db", str(a), "--out", str(out)).returncode == 0
-    for root, dirs, files in os.walk(out):
+    for root, _dirs, files in os.walk(out):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o700, root
         for f in files:
             assert stat.S_IMODE(os.stat(Path(root) / f).st_mode) == 0o600, f
