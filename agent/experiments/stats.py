@@ -42,55 +42,78 @@ def _predicates() -> dict[str, str]:
 
 
 def _stats_sql(n_runs: int, *, percentiles: bool) -> str:
+    """One statement: each series (run, source, entity, metric) of the wanted metrics is
+    aggregated in one pass over the samples; which series are ranks or accelerators (a regular
+    expression each) is decided on those few rows, never per sample. Percentiles, when asked,
+    read the samples of the chosen series again."""
     p = _predicates()
     runs = ", ".join("(?)" for _ in range(n_runs))
     qs = "[" + ", ".join(str(x) for x in PERCENTILES) + "]"
-    step_q = (
-        f"quantile_cont(value, {qs}) FILTER (WHERE metric = '{STEP_TIME}') AS step_q, "
-        f"quantile_cont(1.0 / value, {qs}) FILTER (WHERE metric = '{STEP_TIME}' AND value > 0) "
-        "AS tput_q,"
-        if percentiles
-        else "NULL AS step_q, NULL AS tput_q,"
+    metrics = (
+        f"'{STEP_TIME}', '{STEP_COUNT}', {p['busy']}, {p['energy']}, {p['mem_used']}, "
+        f"{p['mem_total']}"
     )
-    busy_q = f"quantile_cont(value, {qs}) AS busy_q" if percentiles else "NULL AS busy_q"
+    if percentiles:
+        quantiles = f"""
+quantiles AS (
+    SELECT run_id,
+           quantile_cont(value, {qs}) FILTER (WHERE metric = '{STEP_TIME}') AS step_q,
+           quantile_cont(1.0 / value, {qs}) FILTER (WHERE metric = '{STEP_TIME}' AND value > 0)
+               AS tput_q,
+           quantile_cont(value, {qs}) FILTER (WHERE metric IN ({p["busy"]})) AS busy_q
+    FROM samples JOIN (SELECT run_id, source, entity, metric FROM kinds
+                       WHERE (is_rank AND metric = '{STEP_TIME}')
+                          OR (is_accel AND metric IN ({p["busy"]}))) USING (run_id, source, entity, metric)
+    GROUP BY run_id)"""
+    else:
+        quantiles = (
+            "quantiles AS (SELECT run_id, NULL AS step_q, NULL AS tput_q, NULL AS busy_q "
+            "FROM wanted)"
+        )
     return f"""
 WITH wanted(run_id) AS (VALUES {runs}),
-s AS (SELECT run_id, ts, source, entity, metric, value FROM samples JOIN wanted USING (run_id)
-      WHERE metric IN ('{STEP_TIME}', '{STEP_COUNT}', {p["busy"]}, {p["energy"]},
-                       {p["mem_used"]}, {p["mem_total"]})),
+series AS (
+    SELECT run_id, source, entity, metric, count(value) AS n, sum(value) AS total,
+           max(value) AS top
+    FROM samples JOIN wanted USING (run_id) WHERE metric IN ({metrics}) GROUP BY ALL),
+increases AS (  -- the energy counter's reset-safe increase, as the report counts it
+    SELECT run_id, source, entity, metric, sum(CASE WHEN d >= 0 THEN d ELSE value END) AS inc
+    FROM (SELECT run_id, source, entity, metric, value,
+                 value - lag(value) OVER (PARTITION BY run_id, source, entity, metric
+                                          ORDER BY ts) AS d
+          FROM samples JOIN wanted USING (run_id) WHERE metric IN ({p["energy"]}))
+    GROUP BY ALL),
+kinds AS (
+    SELECT s.*, i.inc, coalesce({p["rank"]}, FALSE) AS is_rank,
+           coalesce({p["accel"]}, FALSE) AS is_accel
+    FROM series s LEFT JOIN increases i USING (run_id, source, entity, metric)),
 per_rank AS (
-    SELECT run_id, entity,
-           count(value) FILTER (WHERE metric = '{STEP_TIME}') AS n_times,
-           max(value) FILTER (WHERE metric = '{STEP_COUNT}') AS n_count
-    FROM s WHERE metric IN ('{STEP_TIME}', '{STEP_COUNT}') AND ({p["rank"]}) GROUP BY ALL),
+    SELECT run_id, entity, sum(n) FILTER (WHERE metric = '{STEP_TIME}') AS n_times,
+           max(top) FILTER (WHERE metric = '{STEP_COUNT}') AS n_count
+    FROM kinds WHERE is_rank AND metric IN ('{STEP_TIME}', '{STEP_COUNT}') GROUP BY ALL),
 steps AS (
     SELECT run_id, max(coalesce(n_count, n_times)) AS steps, count(*) AS ranks
     FROM per_rank GROUP BY run_id),
-step_times AS (
-    SELECT run_id, avg(value) FILTER (WHERE metric = '{STEP_TIME}') AS step_time_mean,
-           {step_q} 1 AS _
-    FROM s WHERE metric = '{STEP_TIME}' AND ({p["rank"]}) GROUP BY run_id),
-busy AS (
-    SELECT run_id, avg(value) AS busy_mean, {busy_q}, count(DISTINCT entity) AS accelerators
-    FROM s WHERE metric IN ({p["busy"]}) AND ({p["accel"]}) GROUP BY run_id),
-mem AS (
+totals AS (
     SELECT run_id,
-           max(value) FILTER (WHERE metric IN ({p["mem_used"]})) AS mem_peak,
-           avg(value) FILTER (WHERE metric IN ({p["mem_used"]})) AS mem_mean,
-           max(value) FILTER (WHERE metric IN ({p["mem_total"]})) AS mem_total
-    FROM s WHERE metric IN ({p["mem_used"]}, {p["mem_total"]}) AND ({p["accel"]})
-    GROUP BY run_id),
-energy AS (
-    SELECT run_id, sum(CASE WHEN d >= 0 THEN d ELSE value END) AS energy_j
-    FROM (SELECT run_id, value,
-                 value - lag(value) OVER (PARTITION BY run_id, entity, metric ORDER BY ts) AS d
-          FROM s WHERE metric IN ({p["energy"]}) AND ({p["accel"]}))
-    GROUP BY run_id)
-SELECT w.run_id, steps.steps, steps.ranks, step_times.step_time_mean, step_times.step_q,
-       step_times.tput_q, busy.busy_mean, busy.busy_q, busy.accelerators,
-       mem.mem_peak, mem.mem_mean, mem.mem_total, energy.energy_j
-FROM wanted w LEFT JOIN steps USING (run_id) LEFT JOIN step_times USING (run_id)
-     LEFT JOIN busy USING (run_id) LEFT JOIN mem USING (run_id) LEFT JOIN energy USING (run_id)
+           sum(total) FILTER (WHERE is_rank AND metric = '{STEP_TIME}')
+             / sum(n) FILTER (WHERE is_rank AND metric = '{STEP_TIME}') AS step_time_mean,
+           sum(total) FILTER (WHERE is_accel AND metric IN ({p["busy"]}))
+             / sum(n) FILTER (WHERE is_accel AND metric IN ({p["busy"]})) AS busy_mean,
+           count(DISTINCT entity) FILTER (WHERE is_accel AND metric IN ({p["busy"]}))
+             AS accelerators,
+           max(top) FILTER (WHERE is_accel AND metric IN ({p["mem_used"]})) AS mem_peak,
+           sum(total) FILTER (WHERE is_accel AND metric IN ({p["mem_used"]}))
+             / sum(n) FILTER (WHERE is_accel AND metric IN ({p["mem_used"]})) AS mem_mean,
+           max(top) FILTER (WHERE is_accel AND metric IN ({p["mem_total"]})) AS mem_total,
+           sum(inc) FILTER (WHERE is_accel AND metric IN ({p["energy"]})) AS energy_j
+    FROM kinds GROUP BY run_id),
+{quantiles}
+SELECT w.run_id, steps.steps, steps.ranks, totals.step_time_mean, quantiles.step_q,
+       quantiles.tput_q, totals.busy_mean, quantiles.busy_q, totals.accelerators,
+       totals.mem_peak, totals.mem_mean, totals.mem_total, totals.energy_j
+FROM wanted w LEFT JOIN steps USING (run_id) LEFT JOIN totals USING (run_id)
+     LEFT JOIN quantiles USING (run_id)
 """
 
 
@@ -108,7 +131,14 @@ def run_stats(
     for all runs; ``percentiles`` adds step time, throughput and activity percentiles."""
     if not runs:
         return {}
-    rows = db.execute(_stats_sql(len(runs), percentiles=percentiles), [r for r, _ in runs])
+    sql, params = _stats_sql(len(runs), percentiles=percentiles), [r for r, _ in runs]
+    if db.duckdb is not None:  # a local read: DuckDB's defaults, as a post-run analysis gets
+        from agent.analysis.engine import post_run_resources
+
+        with post_run_resources(db.duckdb):
+            rows = db.execute(sql, params)
+    else:  # through the recording agent: its small budget, the job comes first
+        rows = db.execute(sql, params)
     duration = dict(runs)
     out: dict[str, dict[str, Any]] = {}
     for r in rows.records():
