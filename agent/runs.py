@@ -263,7 +263,8 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     """Every run, oldest first, as a reader should show it: typed ``tags`` and ``env``
     (objects, not JSON text) and the effective status (``lost`` when the recording agent is
-    gone, with ``last_sample``; ``recorded_status`` keeps the stored one).
+    gone, with ``last_sample``; ``recorded_status`` keeps the stored one) and ``db_path``,
+    the file the run is in.
 
     ``name``: a shell pattern (``bert-*``; without wildcards, a part of the name) the run's
     name must match; ``tags``: (key, value) pairs the run must all carry. ``stats`` adds each
@@ -274,10 +275,12 @@ def list_runs(
 
     rows = db.execute("SELECT * FROM runs ORDER BY started").records()
     locked = db.via == "agent"  # an agent holds the file: it is the one answering
+    paths = getattr(db, "paths", ()) or (getattr(db, "db_path", None),)
     out = []
     for r in rows:
         for column in RUNS_V2_COLUMNS:
             r.setdefault(column, None)
+        r.setdefault("db_path", None if paths[0] is None else os.fspath(paths[0]))
         r["tags"] = json_object(r.get("tags"))
         r["env"] = json_object(r.get("env"))
         if not _matches(r, name, tags):
