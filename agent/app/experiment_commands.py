@@ -10,20 +10,10 @@ from typing import Any
 
 from agent.app.cli import print_json
 from agent.app.read_commands import fit
-from agent.errors import UsageError
 
 
 def _num(value: float | None, fmt: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{unit}"
-
-
-def energy_text(joules: float | None) -> str:
-    if joules is None:
-        return "-"
-    for scale, unit in ((3.6e6, "kWh"), (1e6, "MJ"), (1e3, "kJ")):
-        if joules >= scale:
-            return f"{joules / scale:.3g} {unit}"
-    return f"{joules:.3g} J"
 
 
 def duration_text(seconds: float | None) -> str:
@@ -34,6 +24,7 @@ def duration_text(seconds: float | None) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``accelwatch runs [--db PATH|GLOB]... [--tag K=V]... [--name PATTERN] [--json]``."""
+    from agent.experiments.compare import energy_text
     from agent.runs import db_label, list_runs, open_read, typed
 
     db = open_read(args.db)
@@ -126,8 +117,3 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result["runs"])
     return 0
-
-
-def require_two_runs(a: str, b: str) -> None:
-    if a == b:
-        raise UsageError(f"compare needs two different runs, got {a!r} twice")

@@ -260,7 +260,8 @@ def differences_between(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict
 # -- text ------------------------------------------------------------------------------------
 
 
-def _energy(joules: float | None) -> str:
+def energy_text(joules: float | None) -> str:
+    """Joules as a person reads them: ``18 kJ``, ``3.2 kWh``."""
     if joules is None:
         return "-"
     for scale, unit in ((3.6e6, "kWh"), (1e6, "MJ"), (1e3, "kJ")):
@@ -301,7 +302,7 @@ def _fmt(value: Any, kind: str) -> str:
     if kind == "int":
         return str(int(value))
     if kind == "j":
-        return _energy(value)
+        return energy_text(value)
     if kind == "s":
         return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.3g} s"
     if kind == "rate":

@@ -160,6 +160,17 @@ def _kind_of(kinds: list[tuple[str, str, re.Pattern[str]]], source: str, entity:
     return None, None
 
 
+def _index_span(m: re.Match[str] | None, entity: str) -> tuple[int, int] | None:
+    """Where the device index is in an accelerator's (or its part's) name: the pattern's first
+    group (``gpu(?P<gpu>[0-9]+)``), else the name's first run of digits (``tpu3/core1``)."""
+    if m is None:
+        return None
+    if m.groups() and m.group(1) is not None and m.group(1).isdigit():
+        return m.span(1)
+    digits = re.search(r"[0-9]+", entity)
+    return None if digits is None else digits.span()
+
+
 def entity_plan(con: Any, job: Job) -> list[tuple[str, str, str, str, dict[str, Any]]]:
     """(input run id, source, entity, merged entity, extra attrs) of every entity kept."""
     kinds = _kinds()
@@ -182,12 +193,10 @@ def entity_plan(con: Any, job: Job) -> list[tuple[str, str, str, str, dict[str, 
     for node in nodes:
         for source, entity in by_run.get(primary[node].run_id, []):
             kind, m = _kind_of(kinds, source, entity)
-            if kind == "accelerator" and m is not None and m.groups():
+            span = _index_span(m, entity) if kind == "accelerator" else None
+            if span is not None:
                 offsets.setdefault((node, source), next_index.get(source, 0))
-        for source, entity in by_run.get(primary[node].run_id, []):
-            kind, m = _kind_of(kinds, source, entity)
-            if kind == "accelerator" and m is not None and m.groups():
-                top = offsets[(node, source)] + int(m.group(1)) + 1
+                top = offsets[(node, source)] + int(entity[span[0] : span[1]]) + 1
                 next_index[source] = max(next_index.get(source, 0), top)
     plan = []
     seen: set[tuple[str, str]] = set()
@@ -204,9 +213,11 @@ def entity_plan(con: Any, job: Job) -> list[tuple[str, str, str, str, dict[str, 
                 new = f"{member.node}/{entity}" if multi else entity
             elif member is not primary[member.node]:
                 continue  # a node's devices and host, recorded again by another of its ranks
-            elif multi and kind in RENUMBERED_KINDS and m is not None and m.groups():
-                index = offsets.get((member.node, source), 0) + int(m.group(1))
-                new = entity[: m.start(1)] + str(index) + entity[m.end(1) :]
+            elif multi and kind in RENUMBERED_KINDS and (span := _index_span(m, entity)):
+                index = offsets.get((member.node, source), 0) + int(entity[span[0] : span[1]])
+                new = entity[: span[0]] + str(index) + entity[span[1] :]
+                if m is None or not m.re.fullmatch(new):  # still of its kind, or prefixed
+                    new = f"{member.node}/{entity}"
             elif multi:
                 new = f"{member.node}/{entity}"
             if new != entity:

@@ -38,6 +38,8 @@ class Recording:
     config: dict[str, Any] | None = None
     findings: Sequence[str] = ()
     status: str = "finished"
+    #: More series, each 1.0 every tick: (source, entity, metric).
+    extra: Sequence[tuple[str, str, str]] = ()
 
 
 def _step_time(rec: Recording, rank: int) -> float:
@@ -71,7 +73,12 @@ def ticks(rec: Recording) -> list[list[Batch]]:
             t = _step_time(rec, r)
             steps[r] += int(round(1.0 / t))
             step.add_many(f"rank{r}", {"step.time": t, "step.count": steps[r]})
-        out.append([gpu.build(), host.build(), step.build()])
+        more = [BatchBuilder(source, ts) for source in dict.fromkeys(s for s, _, _ in rec.extra)]
+        for b in more:
+            for source, entity, metric in rec.extra:
+                if source == b.source:
+                    b.add(entity, metric, 1.0)
+        out.append([gpu.build(), host.build(), step.build(), *(b.build() for b in more)])
     return out
 
 

@@ -141,3 +141,21 @@ def test_merge_of_a_missing_or_damaged_input_is_one_line_and_leaves_no_output(tm
     bad = run_cli("merge", str(a), str(damaged), "--into", str(out))
     assert bad.returncode == 4 and bad.stderr.count("\n") == 1, bad.stderr
     assert not out.exists()
+
+
+def test_merge_renumbers_accelerator_parts_and_tpus_across_nodes_and_prefixes_the_rest(tmp_path):
+    extra = [
+        ("nvml", "gpu1/mig0", "gpu.memory.used"),
+        ("tpu", "tpu0", "tpu.duty_cycle"),
+        ("tpu", "tpu0/core1", "tpu.duty_cycle"),
+        ("process", "4242", "process.cpu.user"),
+    ]
+    a, b = _per_rank_files(tmp_path, [(0, "nodeA"), (1, "nodeB")], extra=extra, seconds=5)
+    out = tmp_path / "job.duckdb"
+    assert run_cli("merge", str(a), str(b), "--into", str(out)).returncode == 0
+    names = {e for (e,) in query(out, "SELECT DISTINCT entity FROM samples")}
+    assert names == {
+        "rank0", "rank1", "gpu0", "gpu1", "gpu2", "gpu3", "gpu1/mig0", "gpu3/mig0",
+        "tpu0", "tpu0/core1", "tpu1", "tpu1/core1", "nodeA/host", "nodeB/host",
+        "nodeA/4242", "nodeB/4242",
+    }  # fmt: skip
