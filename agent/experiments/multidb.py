@@ -36,17 +36,21 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def expand_db_specs(specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
-    """The database paths named by ``--db`` values: each a path or a glob (expanded here, so a
-    quoted pattern works without a shell; ``**`` recurses). An existing path is taken as it is
-    even if it contains glob characters; a pattern matching nothing is an error; the same file
-    named twice is read once."""
+    """The database paths named by ``--db`` values: each a path, a directory (its ``*.duckdb``
+    files) or a glob (expanded here, so a quoted pattern works without a shell; ``**``
+    recurses). An existing path is taken as it is even if it contains glob characters; a
+    pattern matching nothing is an error; the same file named twice is read once."""
     if isinstance(specs, str | os.PathLike):
         specs = [specs]
     out: list[str] = []
     seen: set[str] = set()
     for spec in specs:
         text = os.path.expanduser(os.fspath(spec))
-        if os.path.exists(text) or not _GLOB_CHARS.search(text):
+        if os.path.isdir(text):  # a directory: the databases in it
+            matches = sorted(glob.glob(os.path.join(glob.escape(text), "*.duckdb")))
+            if not matches:
+                raise StoreError(f"no *.duckdb database in directory {os.fspath(spec)}")
+        elif os.path.exists(text) or not _GLOB_CHARS.search(text):
             matches = [text]
         else:
             matches = sorted(

@@ -26,6 +26,12 @@ def test_runs_over_a_quoted_glob_lists_the_runs_of_every_file(tmp_path):
     runs = json.loads(done.stdout)
     assert [(r["run_id"], r["db_path"]) for r in runs] == [("ra", str(a)), ("rb", str(b))]
     assert [r["steps"] for r in runs] == [100, 200]
+    by_directory = run_cli("runs", "--db", str(nodes), "--json")  # a directory: its *.duckdb
+    assert [r["run_id"] for r in json.loads(by_directory.stdout)] == ["ra", "rb"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = run_cli("runs", "--db", str(empty))
+    assert none.returncode == 4 and "no *.duckdb database in directory" in none.stderr
 
 
 def test_sql_and_report_over_repeated_db_read_the_union(tmp_path):
