@@ -61,7 +61,7 @@ def _columns(t0: float, seconds: int) -> dict[str, np.ndarray]:
 
 
 def build(path: Path, runs: int, seconds: int) -> int:
-    from agent.experiments.merge import ColumnsBatch
+    from agent.experiments.merge import tick_batches
     from agent.model import RunInfo
     from agent.store import Store
 
@@ -77,7 +77,10 @@ def build(path: Path, runs: int, seconds: int) -> int:
                     ended=t0 + seconds, exit_code=0, status="finished",
                 )
             )  # fmt: skip
-            rows += store.write_ticks([(f"run-{i}", [ColumnsBatch(_columns(t0, seconds))])])
+            cols = _columns(t0, seconds)
+            order = np.lexsort((cols["source"].astype(str), cols["ts"]))
+            batches = tick_batches({k: v[order] for k, v in cols.items()})
+            rows += store.write_ticks([(f"run-{i}", batches)])
     finally:
         store.close()
     return rows

@@ -90,20 +90,6 @@ class Job:
         return self.key is not None and len(self.members) > 1
 
 
-class ColumnsBatch(Batch):
-    """A batch spanning many ticks, carrying the store's columns as they were read (exact
-    microsecond timestamps), so a merge writes through the store in a few large inserts."""
-
-    def __init__(self, columns: dict[str, np.ndarray]) -> None:
-        ts = float(columns["ts"].max().astype("int64")) / 1e6 if len(columns["ts"]) else 0.0
-        super().__init__("merge", ts, [], [], columns["value"])  # type: ignore[arg-type]
-        object.__setattr__(self, "columns", columns)
-
-    def to_columns(self) -> dict[str, np.ndarray]:
-        columns: dict[str, np.ndarray] = self.columns  # type: ignore[attr-defined]
-        return columns
-
-
 def group_jobs(runs: Sequence[dict[str, Any]]) -> list[Job]:
     """Runs of one job together (same job key, overlapping times); others alone."""
     keyed: dict[str, list[Member]] = {}
@@ -265,6 +251,30 @@ def _merged_info(job: Job, run_id: str, out: Path) -> RunInfo:
     )
 
 
+def tick_batches(cols: dict[str, np.ndarray]) -> list[Batch]:
+    """Rows sorted by (ts, source) as the store takes them: one batch per source and tick."""
+    ts = np.asarray(cols["ts"]).astype("datetime64[us]").astype(np.int64)
+    source = np.asarray(cols["source"], dtype=object)
+    if not len(ts):
+        return []
+    cut = np.flatnonzero((ts[1:] != ts[:-1]) | (source[1:] != source[:-1])) + 1
+    starts = np.concatenate([[0], cut])
+    ends = np.concatenate([cut, [len(ts)]])
+    entity = np.asarray(cols["entity"], dtype=object)
+    metric = np.asarray(cols["metric"], dtype=object)
+    value = np.asarray(cols["value"], dtype=np.float64)
+    return [
+        Batch(
+            str(source[i]),
+            ts[i] / 1e6,
+            entity[i:j].tolist(),
+            metric[i:j].tolist(),
+            value[i:j].tolist(),
+        )  # fmt: skip
+        for i, j in zip(starts.tolist(), ends.tolist())
+    ]
+
+
 def _copy_samples(con: Any, store: Any, run_id: str, plan_table: str) -> int:
     bounds = con.execute(
         f"SELECT epoch_us(min(ts)), epoch_us(max(ts)), count(*) FROM samples s "
@@ -280,19 +290,13 @@ def _copy_samples(con: Any, store: Any, run_id: str, plan_table: str) -> int:
         cols = con.execute(
             f"SELECT s.ts, s.source, p.new_entity AS entity, s.metric, s.value FROM samples s "
             f"JOIN {plan_table} p ON s.run_id = p.run_id AND s.source = p.source "
-            "AND s.entity = p.entity WHERE s.ts >= make_timestamp(?) AND s.ts < make_timestamp(?)",
+            "AND s.entity = p.entity WHERE s.ts >= make_timestamp(?) AND s.ts < make_timestamp(?) "
+            "ORDER BY s.ts, s.source",
             [start, start + step],
         ).fetchnumpy()
-        if not len(cols["value"]):
-            continue
-        columns = {
-            "ts": np.asarray(cols["ts"]).astype("datetime64[us]"),
-            "source": np.asarray(cols["source"], dtype=object),
-            "entity": np.asarray(cols["entity"], dtype=object),
-            "metric": np.asarray(cols["metric"], dtype=object),
-            "value": np.asarray(cols["value"], dtype=np.float64),
-        }
-        written += store.write_ticks([(run_id, [ColumnsBatch(columns)])])
+        batches = tick_batches(cols)
+        if batches:
+            written += store.write_ticks([(run_id, batches)])
     return written
 
 
