@@ -3,9 +3,10 @@ experiments (``--db 'nodes/*.duckdb'``, ``--db a.duckdb --db b.duckdb``).
 
 Each file is checked exactly as a single reader checks it (:func:`agent.store.connect`,
 read-only: damaged, foreign or newer files are refused in one line), then ATTACHed read-only to
-an in-memory DuckDB, where views (of that in-memory database: every cursor sees them) ``runs``, ``samples``, ``events``, ``entities`` and
-``findings`` (and the client's ``run_config``/``train_metrics`` where some file has them) are
-the UNION ALL BY NAME of every file's public views. ``runs`` gains a trailing ``db_path``
+an in-memory DuckDB. There, views (of that in-memory database, so every cursor sees them)
+``runs``, ``samples``, ``events``, ``entities`` and ``findings``, and every other table or view
+with a ``run_id`` column that some file has (the client's ``run_config``, an op trace...), are
+the UNION ALL BY NAME of every file's. ``runs`` gains a trailing ``db_path``
 column. Every reader (report, analysis, the TUI) then works unchanged over the union, because
 they only ever read those views. Nothing is written: no file, no spill directory.
 """
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
 #: The views every reader queries; a union of each is built over the attached files.
 PUBLIC_VIEWS = ("runs", "samples", "events", "entities", "findings")
-#: Tables written by the training client (absent in older files): unioned where present.
-OPTIONAL_TABLES = ("run_config", "train_metrics")
 #: Files a glob may match beside a database that are not databases.
 _NOT_DATABASES = (".wal", ".sock", ".tmp", ".lock")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -132,10 +131,13 @@ def union_views(
     or a merged file globbed with its inputs) is read from the first file only, said once."""
     aliases = [f"aw_db{i}" for i in range(len(paths))]
     present: dict[str, set[str]] = {}
+    # Every table or view holding per-run rows (a ``run_id`` column), so a table another part
+    # of accelwatch adds (an op trace, the client's config) is read over all files too; not
+    # those keyed by a file's own ids (``series_id``), which mean nothing across files.
     for db, name in con.execute(
-        "SELECT database_name, table_name FROM duckdb_tables() WHERE schema_name = 'main' "
-        "UNION ALL SELECT database_name, view_name FROM duckdb_views() "
-        "WHERE schema_name = 'main' AND NOT internal"
+        "SELECT database_name, table_name FROM duckdb_columns() WHERE schema_name = 'main' "
+        "GROUP BY ALL HAVING bool_or(column_name = 'run_id') "
+        "AND NOT bool_or(column_name = 'series_id')"
     ).fetchall():
         present.setdefault(name, set()).add(db)
     owner: dict[str, int] = {}
@@ -148,7 +150,8 @@ def union_views(
                      f"from {paths[owner[run_id]]}")  # fmt: skip
             else:
                 owner[run_id] = i
-    for name in (*PUBLIC_VIEWS, *OPTIONAL_TABLES):
+    others = sorted(set(present) - set(PUBLIC_VIEWS))
+    for name in (*PUBLIC_VIEWS, *others):
         parts = []
         for i, alias in enumerate(aliases):
             if alias not in present.get(name, ()):
