@@ -4,7 +4,7 @@ steps, GPUs (busy, memory, energy), stored findings, and the client's config tab
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +27,8 @@ class Recording:
     seconds: int = 30
     t0: float = T0
     ranks: Sequence[int] = (0,)
-    step_time: float | Mapping[int, float] = 0.1
+    #: Seconds per step: one value, one per rank, or a function of (rank, tick).
+    step_time: float | Mapping[int, float] | Callable[[int, int], float] = 0.1
     gpus: int = 2
     busy: float = 0.9
     power_w: float = 300.0
@@ -42,8 +43,10 @@ class Recording:
     extra: Sequence[tuple[str, str, str]] = ()
 
 
-def _step_time(rec: Recording, rank: int) -> float:
+def _step_time(rec: Recording, rank: int, tick: int) -> float:
     st = rec.step_time
+    if callable(st):
+        return float(st(rank, tick))
     return float(st[rank]) if isinstance(st, Mapping) else float(st)
 
 
@@ -70,7 +73,7 @@ def ticks(rec: Recording) -> list[list[Batch]]:
         host.add_many("host", {"host.cpu.utilization": 0.3})
         step = BatchBuilder("steps", ts)
         for r in rec.ranks:
-            t = _step_time(rec, r)
+            t = _step_time(rec, r, i)
             steps[r] += int(round(1.0 / t))
             step.add_many(f"rank{r}", {"step.time": t, "step.count": steps[r]})
         more = [BatchBuilder(source, ts) for source in dict.fromkeys(s for s, _, _ in rec.extra)]

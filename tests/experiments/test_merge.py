@@ -72,14 +72,19 @@ def test_merge_on_one_node_takes_the_node_devices_once_and_keeps_their_names(tmp
     assert entities == {"rank0": 60, "rank1": 60, "gpu0": 30 * 5, "gpu1": 30 * 5, "host": 30}
 
 
+def _slows_down(rank: int, tick: int) -> float:
+    """rank3 takes twice its peers' step time from 200 s on."""
+    return 0.2 if rank == 3 and tick >= 200 else 0.1
+
+
 def test_merged_run_is_analysed_as_one_and_finds_the_straggler_across_files(tmp_path):
     layout = [(0, "nodeA"), (1, "nodeA"), (2, "nodeB"), (3, "nodeB")]
     files = []
     for rank, node in layout:
         files.append(record(
             tmp_path / f"rank{rank}.duckdb",
-            Recording(f"r{rank}", env=_slurm(rank, node, 4), host=node, seconds=300,
-                      ranks=(rank,), step_time=0.2 if rank == 3 else 0.1, gpus=1),
+            Recording(f"r{rank}", env=_slurm(rank, node, 4), host=node, seconds=400,
+                      ranks=(rank,), step_time=_slows_down, gpus=1),
         ))  # fmt: skip
     for f in files:  # alone, no file has peers to compare with
         report = run_cli("report", "--db", str(f), "--json")
