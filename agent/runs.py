@@ -266,14 +266,16 @@ def list_runs(
     gone, with ``last_sample``; ``recorded_status`` keeps the stored one) and ``db_path``,
     the file the run is in.
 
+    ``tags`` are the run's (``--tag``) over those its training script set (``run_tags``).
     ``name``: a shell pattern (``bert-*``; without wildcards, a part of the name) the run's
     name must match; ``tags``: (key, value) pairs the run must all carry. ``stats`` adds each
     run's ``duration_s`` and experiment numbers (:mod:`agent.experiments.stats`: steps, step
     time, throughput, accelerator activity, energy) and its ``top_finding``, computed for all
-    listed runs in two statements."""
+    listed runs in two statements (five in all, whatever the number of runs)."""
     from agent.store import RUNS_V2_COLUMNS, effective_status
 
     rows = db.execute("SELECT * FROM runs ORDER BY started").records()
+    from_script = script_tags(db)
     locked = db.via == "agent"  # an agent holds the file: it is the one answering
     paths = getattr(db, "paths", ()) or (getattr(db, "db_path", None),)
     out = []
@@ -281,7 +283,7 @@ def list_runs(
         for column in RUNS_V2_COLUMNS:
             r.setdefault(column, None)
         r.setdefault("db_path", None if paths[0] is None else os.fspath(paths[0]))
-        r["tags"] = json_object(r.get("tags"))
+        r["tags"] = {**from_script.get(r["run_id"], {}), **json_object(r.get("tags"))}
         r["env"] = json_object(r.get("env"))
         if not _matches(r, name, tags):
             continue
@@ -296,6 +298,34 @@ def list_runs(
     return out
 
 
+def has_relation(db: ReadConnection | Any, name: str) -> bool:
+    """Whether the database read has a table or view ``name`` (a file may predate it)."""
+    return bool(
+        db.execute(
+            "SELECT count(*) FROM (SELECT table_name AS n, database_name AS d FROM duckdb_tables() "
+            "UNION ALL SELECT view_name, database_name FROM duckdb_views() WHERE NOT internal) "
+            "WHERE n = ? AND d = current_database()",
+            [name],
+        ).scalar()
+    )
+
+
+def script_tags(db: ReadConnection | Any) -> dict[str, dict[str, Any]]:
+    """Per run, the tags the training script set (``accelwatch.tag()``, view ``run_tags``)."""
+    if not has_relation(db, "run_tags"):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for run_id, key, raw in db.execute(
+        "SELECT run_id, key, CAST(value AS VARCHAR) FROM run_tags"
+    ).fetchall():
+        try:
+            value = json.loads(raw) if raw is not None else None
+        except ValueError:
+            value = raw
+        out.setdefault(run_id, {})[str(key)] = value
+    return out
+
+
 def _matches(run: dict[str, Any], name: str | None, tags: Sequence[tuple[str, str]]) -> bool:
     from fnmatch import fnmatchcase
 
@@ -304,7 +334,12 @@ def _matches(run: dict[str, Any], name: str | None, tags: Sequence[tuple[str, st
         wild = any(c in name for c in "*?[")
         if not (fnmatchcase(have, name) if wild else name in have):
             return False
-    return all(str(run["tags"].get(k)) == v and k in run["tags"] for k, v in tags)
+    have_tags = run["tags"]
+    return all(k in have_tags and _tag_text(have_tags[k]) == v for k, v in tags)
+
+
+def _tag_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def run_duration_s(run: dict[str, Any], now: float | None = None) -> float | None:

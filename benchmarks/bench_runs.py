@@ -9,7 +9,7 @@ interleaved rounds, in this process, over one read-only connection:
 * scan: ``SELECT run_id, metric, count(*), avg(value) FROM samples GROUP BY ALL``: one pass
   over every sample, the least any per-run summary of the samples costs.
 
-Target: the listing costs at most 10x the scan. It is three statements whatever the number of
+Target: the listing costs at most 10x the scan. It is five statements whatever the number of
 runs; what it pays beyond the scan is grouping by series (run, source, entity, metric: four
 text keys, against the scan's two) and ordering each energy counter's samples to make its
 increase reset-safe. Exits 1 on a MISS.

@@ -20,7 +20,14 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.model import RunInfo
-from agent.runs import DbSpec, ReadConnection, db_label, find_run, last_sample_time
+from agent.runs import (
+    DbSpec,
+    ReadConnection,
+    db_label,
+    find_run,
+    has_relation,
+    last_sample_time,
+)
 
 #: What change is large enough to be called out.
 THRESHOLDS: Mapping[str, float] = {
@@ -57,8 +64,8 @@ def compare_runs(db: ReadConnection, run_a: str, run_b: str, db_spec: DbSpec) ->
             **numbers.get(info.run_id, {}),
             "findings_from": found,
             "findings": findings,
-            "config": _config(db, info.run_id),
-            "tags": dict(info.tags),
+            "config": _settings(db, info.run_id, "run_config"),
+            "tags": {**_settings(db, info.run_id, "run_tags"), **info.tags},
             "metrics": _final_metrics(db, info.run_id),
         }
     differences = differences_between(sides["a"], sides["b"])
@@ -111,24 +118,13 @@ def _findings(db: ReadConnection, info: RunInfo, label: str) -> tuple[list[dict[
     return list(by_rule.values()), report.findings_from
 
 
-def _has_table(db: ReadConnection, name: str) -> bool:
-    return bool(
-        db.execute(
-            "SELECT count(*) FROM (SELECT table_name AS n, database_name AS d FROM duckdb_tables() "
-            "UNION ALL SELECT view_name, database_name FROM duckdb_views()) "
-            "WHERE n = ? AND d = current_database()",
-            [name],
-        ).scalar()
-    )
-
-
-def _config(db: ReadConnection, run_id: str) -> dict[str, Any]:
-    """The run's configuration (``accelwatch.config(...)``), or {} for a file without it."""
-    if not _has_table(db, "run_config"):
+def _settings(db: ReadConnection, run_id: str, view: str) -> dict[str, Any]:
+    """The run's ``run_config`` or ``run_tags`` (the training client's), {} for older files."""
+    if not has_relation(db, view):
         return {}
     out: dict[str, Any] = {}
     for key, raw in db.execute(
-        "SELECT key, CAST(value AS VARCHAR) FROM run_config WHERE run_id = ? ORDER BY key", [run_id]
+        f"SELECT key, CAST(value AS VARCHAR) FROM {view} WHERE run_id = ? ORDER BY key", [run_id]
     ).fetchall():
         try:
             out[str(key)] = json.loads(raw) if raw is not None else None
@@ -139,7 +135,7 @@ def _config(db: ReadConnection, run_id: str) -> dict[str, Any]:
 
 def _final_metrics(db: ReadConnection, run_id: str) -> dict[str, float]:
     """Each logged training metric's last value (latest step, then time), if logged at all."""
-    if not _has_table(db, "train_metrics"):
+    if not has_relation(db, "train_metrics"):
         return {}
     rows = db.execute(
         "SELECT name, arg_max(value, (coalesce(step, -1), ts)) FROM train_metrics "

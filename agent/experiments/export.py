@@ -27,7 +27,7 @@ from typing import Any
 from agent.analysis.frame import STEP_COUNT, STEP_TIME
 from agent.errors import AccelwatchError, StoreInUseError, UsageError
 from agent.registry import default_registry
-from agent.runs import DbSpec, ReadConnection, db_label, find_run
+from agent.runs import DbSpec, ReadConnection, db_label, find_run, has_relation
 
 FORMATS = ("parquet", "csv")
 
@@ -58,11 +58,9 @@ def _tables(db: ReadConnection) -> dict[str, str]:
         "entities": "SELECT * FROM entities WHERE run_id IN ({runs})",
         "findings": "SELECT * FROM findings WHERE run_id IN ({runs})",
     }
-    from agent.experiments.compare import _has_table
-
-    if _has_table(db, "train_metrics"):
+    if has_relation(db, "train_metrics"):
         out["metrics"] = "SELECT * FROM train_metrics WHERE run_id IN ({runs})"
-    if _has_table(db, "run_config"):
+    if has_relation(db, "run_config"):
         out["config"] = (
             "SELECT run_id, key, CAST(value AS VARCHAR) AS value FROM run_config "
             "WHERE run_id IN ({runs})"

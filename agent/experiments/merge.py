@@ -354,6 +354,9 @@ def _write_job(con: Any, store: Any, job: Job, out: Path) -> dict[str, Any]:
         events.append(Event(info.started, "merged", "job", {"job": job.key, "from": sources}))
     if events:
         store.write_events(run_id, events)
+    tracking = tracking_batch(con, job, info.started) if job.merged else None
+    if tracking is not None:
+        store.write_ticks([(run_id, [tracking])])
     if job.merged:
         findings = analyze_run(store.con, run_id)
     else:
@@ -371,6 +374,53 @@ def _write_job(con: Any, store: Any, job: Job, out: Path) -> dict[str, Any]:
         "entities": len({p[3] for p in plan}),
         "ranks": [m.ident.get("rank") for m in job.members],
     }
+
+
+def tracking_batch(con: Any, job: Job, started: float) -> Batch | None:
+    """The members' training-client rows (metrics per rank; config and tags, each key from the
+    lowest rank that set it) as one batch of tracking records, or None if there are none."""
+    from agent.tracking.tables import (
+        METRICS_RECORD,
+        SETTINGS_RECORD,
+        metric_columns,
+        setting_columns,
+    )
+
+    def has(view: str) -> bool:
+        return bool(
+            con.execute(
+                "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal", [view]
+            ).fetchone()[0]
+        )
+
+    ids = [m.run_id for m in job.members]  # lowest rank first
+    marks = ", ".join("?" for _ in ids)
+    records: dict[str, dict[str, np.ndarray]] = {}
+    if has("train_metrics"):
+        rows = con.execute(
+            f"SELECT epoch_us(ts) / 1e6, rank, step, name, value FROM train_metrics "
+            f"WHERE run_id IN ({marks}) ORDER BY ts",
+            ids,
+        ).fetchall()
+        if rows:
+            records[METRICS_RECORD] = metric_columns(rows)
+    settings: list[tuple[Any, ...]] = []
+    for view, kind in (("run_config", "config"), ("run_tags", "tag")):
+        if not has(view):
+            continue
+        chosen: dict[str, Any] = {}
+        for member in job.members:
+            for key, value in con.execute(
+                f"SELECT key, CAST(value AS VARCHAR) FROM {view} WHERE run_id = ?",
+                [member.run_id],
+            ).fetchall():
+                chosen.setdefault(key, value)
+        settings += [(started, kind, 0, k, v) for k, v in sorted(chosen.items())]
+    if settings:
+        records[SETTINGS_RECORD] = setting_columns(settings)
+    if not records:
+        return None
+    return Batch("merge", started, [], [], [], records=records)
 
 
 def _copied_info(member: Member, out: Path) -> RunInfo:

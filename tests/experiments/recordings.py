@@ -13,6 +13,7 @@ from typing import Any
 from agent.analysis.finding import Finding, store_findings
 from agent.model import Batch, BatchBuilder, RunInfo
 from agent.store import Store
+from agent.tracking.tables import METRICS_RECORD, SETTINGS_RECORD, metric_columns, setting_columns
 
 T0 = 1_700_000_000.0
 GIB = 2**30
@@ -39,6 +40,8 @@ class Recording:
     config: dict[str, Any] | None = None
     findings: Sequence[str] = ()
     status: str = "finished"
+    #: Training metrics logged every tick by rank 0: name → value at tick i.
+    metrics: Mapping[str, Callable[[int], float]] = field(default_factory=dict)
     #: More series, each 1.0 every tick: (source, entity, metric).
     extra: Sequence[tuple[str, str, str]] = ()
 
@@ -112,15 +115,19 @@ def record(db: Path | str, *recordings: Recording) -> Path:
                     [finding(r, rec.t0, rec.seconds) for r in rec.findings],
                     live=False,
                 )
-            if rec.config is not None:
-                store.con.execute(
-                    "CREATE TABLE IF NOT EXISTS run_config (run_id VARCHAR, key VARCHAR, value JSON)"
+            records: dict[str, Any] = {}
+            if rec.config:  # as the training client's accelwatch.config() arrives
+                records[SETTINGS_RECORD] = setting_columns(
+                    [(rec.t0, "config", 0, k, json.dumps(v)) for k, v in rec.config.items()]
                 )
-                for key, value in rec.config.items():
-                    store.con.execute(
-                        "INSERT INTO run_config VALUES (?, ?, ?)",
-                        [rec.run_id, key, json.dumps(value)],
-                    )
+            if rec.metrics:
+                records[METRICS_RECORD] = metric_columns(
+                    [(rec.t0 + i + 1, 0, i, name, value(i)) for name, value in rec.metrics.items()
+                     for i in range(rec.seconds)]
+                )  # fmt: skip
+            if records:
+                store.write_ticks([(rec.run_id, [Batch("steps", rec.t0, [], [], [],
+                                                       records=records)])])  # fmt: skip
     finally:
         store.close()
     return Path(db)

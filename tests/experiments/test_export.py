@@ -123,13 +123,8 @@ def test_export_to_a_file_or_of_an_unknown_run_is_one_line(baseline_and_candidat
 
 
 def test_export_of_client_metrics_when_the_file_has_them(tmp_path):
-    db = record(tmp_path / "m.duckdb", Recording("m1"))
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE train_metrics (run_id VARCHAR, ts TIMESTAMP, rank INTEGER, "
-                "step BIGINT, name VARCHAR, value DOUBLE)")  # fmt: skip
-    con.execute("INSERT INTO train_metrics SELECT 'm1', TIMESTAMP '2023-11-14 22:13:30' + "
-                "INTERVAL (i) SECOND, 0, i, 'loss', 3.0 - i / 10 FROM range(10) t(i)")  # fmt: skip
-    con.close()
+    db = record(tmp_path / "m.duckdb", Recording("m1", seconds=10,
+                                                  metrics={"loss": lambda i: 3.0 - i / 10}))  # fmt: skip
     out = tmp_path / "out"
     assert run_cli("export", "m1", "--db", str(db), "--out", str(out)).returncode == 0
     last = duckdb.sql(

@@ -108,4 +108,4 @@ def test_runs_stats_take_the_same_few_statements_for_one_run_or_forty(tmp_path):
             con.close()
         assert all(r["steps"] == 50 for r in rows)
         counts.append(con.statements)
-    assert counts[0] == counts[1] <= 3, counts
+    assert counts[0] == counts[1] <= 5, counts  # runs, tags (check + rows), stats, findings
