@@ -7,6 +7,7 @@ One directory per table, hive-partitioned by run::
     DIR/steps/run_id=<id>/...                 per rank and time: step count and step time
     DIR/metrics/run_id=<id>/...               the training client's logged metrics, if any
     DIR/config/run_id=<id>/...                the run's configuration (key, JSON value), if any
+    DIR/tags/run_id=<id>/...                  tags the training script set (key, JSON value)
     DIR/events/, DIR/entities/, DIR/findings/
 
 so ``read_parquet('DIR/samples/**/*.parquet', hive_partitioning=true)`` reads every exported
@@ -60,11 +61,12 @@ def _tables(db: ReadConnection) -> dict[str, str]:
     }
     if has_relation(db, "train_metrics"):
         out["metrics"] = "SELECT * FROM train_metrics WHERE run_id IN ({runs})"
-    if has_relation(db, "run_config"):
-        out["config"] = (
-            "SELECT run_id, key, CAST(value AS VARCHAR) AS value FROM run_config "
-            "WHERE run_id IN ({runs})"
-        )
+    for view, table in (("run_config", "config"), ("run_tags", "tags")):
+        if has_relation(db, view):
+            out[table] = (
+                f"SELECT run_id, key, CAST(value AS VARCHAR) AS value FROM {view} "
+                "WHERE run_id IN ({runs})"
+            )
     return out
 
 
