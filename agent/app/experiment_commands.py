@@ -40,8 +40,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no{what} runs in {db_label(args.db)}")
         return 0
     wide = max(24, *(len(r["run_id"]) for r in records))
+    mode_w = max(6, *(len(r["mode"] or "-") for r in records))
     head = [
-        f"{'RUN ID':{wide}}", fit("NAME", 20), f"{'MODE':6}", f"{'STATUS':9}", f"{'STARTED':16}",
+        f"{'RUN ID':{wide}}", fit("NAME", 20), f"{'MODE':{mode_w}}", f"{'STATUS':9}", f"{'STARTED':16}",
         f"{'DURATION':>8}", f"{'STEPS':>7}", f"{'STEP':>8}", f"{'STEPS/S':>8}", f"{'ACCEL':>5}",
         f"{'ENERGY':>9}", fit("TOP FINDING", 22), "TAGS",
     ]  # fmt: skip
@@ -56,7 +57,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             note = f" (simulated {r['scenario'] or ''})".replace(" )", ")")
         tags = ",".join(f"{k}={v}" for k, v in r["tags"].items())
         cells = [
-            f"{r['run_id']:{wide}}", fit(r["name"] or "", 20), f"{r['mode'] or '-':6}",
+            f"{r['run_id']:{wide}}", fit(r["name"] or "", 20), f"{r['mode'] or '-':{mode_w}}",
             f"{r['status']:9}", f"{started:16}", f"{duration_text(r['duration_s']):>8}",
             f"{_num(r['steps'], 'd'):>7}", f"{_num(r['step_time_mean_s'], '.3g', ' s'):>8}",
             f"{_num(r['throughput_steps_s'], '.3g'):>8}",
