@@ -35,6 +35,7 @@ from agent.report_fabric_storage import render_fabric_storage, summarize_fabric_
 from agent.runs import (
     LocalReadConnection,
     ReadConnection,
+    db_label,
     find_run,
     json_object,
     open_read,
@@ -470,7 +471,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``accelwatch report [RUN] [--db PATH] [--json] [--format text|md|html] [--out FILE]``."""
     db = open_read(args.db)
     try:
-        report = build_report(db, args.run, str(args.db))
+        report = build_report(db, args.run, db_label(args.db))
         if args.json:
             text = json.dumps(report.to_json(), indent=2, default=str) + "\n"
         elif args.format == "html":
