@@ -82,6 +82,7 @@ increases AS (  -- the energy counter's reset-safe increase, as the report count
                  value - lag(value) OVER (PARTITION BY run_id, source, entity, metric
                                           ORDER BY ts) AS d
           FROM samples JOIN wanted USING (run_id) WHERE metric IN ({p["energy"]}))
+    WHERE d IS NOT NULL  -- the first value is what the counter held before the run
     GROUP BY ALL),
 kinds AS (
     SELECT s.*, i.inc, coalesce({p["rank"]}, FALSE) AS is_rank,

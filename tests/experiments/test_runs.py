@@ -25,9 +25,10 @@ def test_runs_json_has_typed_steps_throughput_activity_energy_and_top_finding(tm
     assert run["step_time_mean_s"] == pytest.approx(0.2)
     assert run["throughput_steps_s"] == pytest.approx(150 / 30)
     assert run["accel_busy_mean"] == pytest.approx(0.5)
-    # The cumulative counter reaches 300 W x 30 s on each of the two GPUs.
-    assert run["energy_j"] == pytest.approx(2 * 300 * 30)
-    assert run["energy_per_step_j"] == pytest.approx(2 * 300 * 30 / 150)
+    # The cumulative counter goes from 300 J to 300 W x 30 s on each of the two GPUs: its first
+    # value is what it held before the run (NVML counts since the driver loaded).
+    assert run["energy_j"] == pytest.approx(2 * 300 * 29)
+    assert run["energy_per_step_j"] == pytest.approx(2 * 300 * 29 / 150)
     assert run["duration_s"] == pytest.approx(30)
     assert run["top_finding"]["rule"] == "dataloader-bound"
     started = datetime.fromisoformat(run["started"])
@@ -81,6 +82,14 @@ def test_runs_of_a_real_simulated_recording_show_accelerator_activity_and_energy
     assert run["name"] == "sim-healthy" and run["tags"] == {"team": "ml"}
     assert run["accelerators"] == 8 and run["accel_busy_mean"] > 0.9
     assert run["energy_j"] > 0 and run["steps"] is None and run["throughput_steps_s"] is None
+
+
+def test_runs_energy_agrees_with_the_report(simulated_db):
+    (run,) = json.loads(run_cli("runs", "--db", str(simulated_db), "--json").stdout)
+    done = run_cli("report", "--db", str(simulated_db), "--json")
+    assert done.returncode == 0, done.stderr
+    kwh = json.loads(done.stdout)["summary"]["energy_kwh"]
+    assert run["energy_j"] == pytest.approx(kwh * 3.6e6, rel=1e-6)
 
 
 class CountingConnection(LocalReadConnection):
