@@ -27,6 +27,7 @@ from collectors.procfs import (
     parse_stat,
     process_name,
     read,
+    read_all,
     stat_comm,
 )
 
@@ -148,7 +149,7 @@ class ProcessCollector(Collector):
             tids = [pid] if threads == 1 else _tids(f"{proc}/{pid}/task")
             for tid in tids:
                 try:
-                    data = read(f"{proc}/{pid}/task/{tid}/children")
+                    data = read_all(f"{proc}/{pid}/task/{tid}/children")
                 except OSError:
                     continue
                 if data:
@@ -216,7 +217,7 @@ class ProcessCollector(Collector):
     def _describe(self, b: BatchBuilder, pid: int, known: _Tracked, ppid: int, stat: bytes) -> None:
         """Static attributes, read once per process: command line, name, parent, start time."""
         try:
-            cmdline = parse_cmdline(read(f"{self.proc_root}/{pid}/cmdline"))
+            cmdline = parse_cmdline(read_all(f"{self.proc_root}/{pid}/cmdline"))
         except OSError:
             cmdline = []
         role = process_role(cmdline, pid == self.root_pid, ppid == self.root_pid)

@@ -29,18 +29,35 @@ _CHUNK = 8192
 
 
 def read(path: str) -> bytes:
-    """The whole file (procfs reports size 0, so read until EOF); OSError when it is gone."""
+    """A one-record procfs file (``stat``, ``status``, ``io``): its first read is all of it.
+
+    OSError when the process is gone. Files with many records (``children``, ``cmdline``)
+    can stop a read short of their end: use :func:`read_all` for them.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         data = os.read(fd, _CHUNK)
         if len(data) < _CHUNK:
             return data
-        parts = [data]
-        while chunk := os.read(fd, _CHUNK):
-            parts.append(chunk)
-        return b"".join(parts)
+        return data + _rest(fd)
     finally:
         os.close(fd)
+
+
+def read_all(path: str) -> bytes:
+    """The whole file, read until EOF (a seq_file returns one page per read at most)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _rest(fd)
+    finally:
+        os.close(fd)
+
+
+def _rest(fd: int) -> bytes:
+    parts = []
+    while chunk := os.read(fd, _CHUNK):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def parse_stat(data: bytes) -> tuple[str, int, int, int, int, int]:

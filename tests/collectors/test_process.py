@@ -179,13 +179,14 @@ def test_discovery_reads_only_the_jobs_tree(tree, monkeypatch):
     collector = start_collector(tree, 100)
     collector.collect(1000.0)
     paths: list[str] = []
-    real_read = process_module.read
+    for name in ("read", "read_all"):
+        real = getattr(process_module, name)
 
-    def spy(path: str) -> bytes:
-        paths.append(path)
-        return real_read(path)
+        def spy(path: str, real=real) -> bytes:
+            paths.append(path)
+            return real(path)
 
-    monkeypatch.setattr(process_module, "read", spy)
+        monkeypatch.setattr(process_module, name, spy)
     collector.collect(1001.0)
     pids = {int(Path(p).relative_to(tree.root).parts[0]) for p in paths}
     assert pids == {100, 101, 102}
