@@ -121,7 +121,8 @@ class BackoffReader(PeriodicExportingMetricReader):
     """The SDK's periodic reader, skipping whole collections while exports back off.
 
     A skipped interval runs no callback, builds no point and encodes nothing; it is counted
-    (with the points the last attempt held) in the export health."""
+    (with the points the last attempt held) in the export health. A due attempt while the
+    endpoint is known down starts with a TCP connect: still down, it fails there."""
 
     def __init__(
         self, exporter: CountingMetricExporter, health: ExportHealth, interval_ms: float
@@ -134,6 +135,9 @@ class BackoffReader(PeriodicExportingMetricReader):
         if not self._backoff.due():
             self._backoff.skipped(self._counting.last_points)
             return
+        last = self._counting.last_points  # 0: no batch built yet, so build one to know its size
+        if last and self._backoff.unreachable(last):
+            return  # still down: a TCP connect told, nothing was built
         super().collect(timeout_millis=timeout_millis)
 
 

@@ -323,8 +323,24 @@ class ExportHealth:
             self._health["otlp.skipped_exports"] = int(self._health["otlp.skipped_exports"]) + 1
             self._health["otlp.dropped_points"] = int(self._health["otlp.dropped_points"]) + points
 
-    def record(self, signal: str, ok: bool, error: str = "", points: int = 0) -> None:
-        reason = "" if ok else self._reason(error)
+    def unreachable(self, points: int) -> bool:
+        """While failing, before anything is collected: if nothing accepts a TCP connection at
+        the endpoint, this attempt fails at once (counted, backing off further), and no batch is
+        built or encoded for it. A collector that is up, or that rejects exports, still gets
+        the full attempt."""
+        if not self._failing or self._address is None:
+            return False
+        problem = connect_problem(self._address)
+        if problem is None:
+            return False
+        self.record("metrics", False, points=points, reason=problem)
+        return True
+
+    def record(
+        self, signal: str, ok: bool, error: str = "", points: int = 0, reason: str | None = None
+    ) -> None:
+        if reason is None:
+            reason = "" if ok else self._reason(error)
         with self._lock:
             if ok:
                 self._health["otlp.exports"] = int(self._health.get("otlp.exports", 0)) + 1
