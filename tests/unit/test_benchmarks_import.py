@@ -13,6 +13,7 @@ BENCHMARKS = (
     "benchmarks.bench_export",
     "benchmarks.bench_nvml",
     "benchmarks.bench_recording",
+    "benchmarks.bench_tree",
     "benchmarks.bench_tui",
     "benchmarks._baselines",
 )
