@@ -92,6 +92,13 @@ class BatchBuilder:
         self._metrics.append(metric)
         self._values.append(float(value))
 
+    def add_row(self, entity: str, metrics: Sequence[str], values: Sequence[float]) -> None:
+        """Add one entity's values at once (already floats, none missing): the hot path of a
+        collector with many entities, a few list extends instead of a call per value."""
+        self._entities.extend([entity] * len(metrics))
+        self._metrics.extend(metrics)
+        self._values.extend(values)
+
     def add_many(self, entity: str, values: Mapping[str, float | int | None]) -> None:
         for metric_name, value in values.items():
             self.add(entity, metric_name, value)

@@ -46,14 +46,47 @@ def every(interval: float, tick: Tick) -> None:
 
 
 # -- the bare loop: the agent's reads with nothing around them ---------------------------------
+def tree_pids(root_pid: int) -> list[int]:
+    """The tree as the agent finds it: every thread's ``task/TID/children`` file, from the root
+    (so neither side reads the host's other processes); psutil's walk where the kernel lacks
+    those files."""
+    if not os.path.exists(f"/proc/{root_pid}/task/{root_pid}/children"):
+        try:
+            root = psutil.Process(root_pid)
+            return [root_pid, *(c.pid for c in root.children(recursive=True))]
+        except psutil.Error:
+            return []
+    tree, seen = [root_pid], {root_pid}
+    for pid in tree:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            for kid in kids:
+                if kid not in seen:
+                    seen.add(kid)
+                    tree.append(kid)
+    return tree
+
+
 def tree_tick(root_pid: int) -> Tick:
-    """psutil reads of the watched tree the process collector makes, per process and tick."""
-    root = psutil.Process(root_pid)
+    """The process collector's work on the watched tree with psutil: the same discovery, then
+    psutil's own reads of the fields it records, per process and tick (``oneshot``)."""
+    procs: dict[int, psutil.Process] = {}
 
     def tick() -> int:
         out: list = []
-        for proc in [root, *root.children(recursive=True)]:
+        current: dict[int, psutil.Process] = {}
+        for pid in tree_pids(root_pid):
+            proc = procs.get(pid)
             try:
+                proc = proc if proc is not None else psutil.Process(pid)
                 with proc.oneshot():
                     out += [
                         proc.cpu_times(),
@@ -64,7 +97,10 @@ def tree_tick(root_pid: int) -> Tick:
                         proc.io_counters(),
                     ]
             except psutil.Error:
-                pass
+                continue
+            current[pid] = proc
+        procs.clear()
+        procs.update(current)
         return len(out)
 
     return tick

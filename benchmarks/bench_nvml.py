@@ -8,7 +8,8 @@ interleaved rounds:
 * agent: ``accelwatch attach ROOT --headless --simulate healthy --db TMP``: every thread of
   the agent (sampler, collectors, store writer, live analysis, headless line);
 * bare: ``benchmarks._baselines bare``: the NVML collector's nvidia-ml-py calls, the process
-  collector's psutil reads of the same tree and the host collector's reads, in one loop;
+  collector's discovery (children files) and psutil's reads of the same fields of the same
+  tree, and the host collector's reads, in one loop;
 * nvitop: ``benchmarks._baselines nvitop-monitor``: nvitop's own ``ResourceMetricCollector``
   on the same root (its daemon calls ``take_snapshots()`` each interval).
 
@@ -72,7 +73,8 @@ def sides(root: int, db: Path, interval: float) -> list[Side]:
         Side(
             "bare",
             baseline_argv("bare", "--pid", str(root), "--scenario", SCENARIO, "--interval", every),
-            "one loop: the same nvidia-ml-py calls + psutil reads of the same tree + host reads",
+            "one loop: the same nvidia-ml-py calls + the same tree discovery and psutil reads "
+            "of the same fields + host reads",
         ),
         Side(
             "nvitop",

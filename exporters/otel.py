@@ -117,6 +117,30 @@ def register_instruments(
         create(spec.name, callbacks=[callback], unit=spec.unit, description=spec.description)
 
 
+class BackoffReader(PeriodicExportingMetricReader):
+    """The SDK's periodic reader, skipping whole collections while exports back off.
+
+    A skipped interval runs no callback, builds no point and encodes nothing; it is counted
+    (with the points the last attempt held) in the export health. A due attempt while the
+    endpoint is known down starts with a TCP connect: still down, it fails there."""
+
+    def __init__(
+        self, exporter: CountingMetricExporter, health: ExportHealth, interval_ms: float
+    ) -> None:
+        super().__init__(exporter, export_interval_millis=interval_ms)
+        self._counting = exporter
+        self._backoff = health
+
+    def collect(self, timeout_millis: float = 10_000) -> None:
+        if not self._backoff.due():
+            self._backoff.skipped(self._counting.last_points)
+            return
+        last = self._counting.last_points  # 0: no batch built yet, so build one to know its size
+        if last and self._backoff.unreachable(last):
+            return  # still down: a TCP connect told, nothing was built
+        super().collect(timeout_millis=timeout_millis)
+
+
 class TelemetryExporter:
     """A session consumer exporting over OTLP and/or a Prometheus endpoint.
 
@@ -205,15 +229,20 @@ class TelemetryExporter:
         assert self._sdk_exporters is not None
         settings = self.settings
         shown = self.otlp or settings.shown
-        health = ExportHealth(self.health, context.note, shown, self.event_gap_s, settings.address)
+        health = ExportHealth(
+            self.health,
+            context.note,
+            shown,
+            self.event_gap_s,
+            settings.address,
+            interval_s=settings.interval_ms / 1000.0,
+        )
         self._export_health = health
         metrics, logs = self._sdk_exporters
         counting_metrics = CountingMetricExporter(metrics, health)
         counting_logs = CountingLogExporter(logs, health)
         self._counting = [counting_metrics, counting_logs]
-        reader = PeriodicExportingMetricReader(
-            counting_metrics, export_interval_millis=settings.interval_ms
-        )
+        reader = BackoffReader(counting_metrics, health, settings.interval_ms)
         self.meter_provider = MeterProvider(
             metric_readers=[reader],
             resource=resource,
@@ -305,6 +334,7 @@ class TelemetryExporter:
         budget_s = SHUTDOWN_BUDGET_S
         if self._export_health is not None and self._export_health.failing:
             budget_s = FAILING_SHUTDOWN_BUDGET_S  # the collector is down: one try, no waiting
+            self._export_health.retry_now()  # ... but that one try, whatever the backoff
         deadline = time.monotonic() + budget_s
         budget_ms = budget_s * 1000 * 0.8
         workers = []

@@ -3,9 +3,13 @@
 The SDK exporters read endpoint, headers, timeout, compression, insecure and certificates from
 the environment themselves; this module picks the protocol, validates every value before the job
 starts (:func:`otlp_settings`) and, for an endpoint given on the command line, turns it into what
-each exporter expects. A collector that is down or slow costs one bounded export attempt per
-interval (the attempt never outlasts the interval): cumulative metrics are not queued, log
-records wait in a bounded batch queue, and sampling never waits on either.
+each exporter expects. A collector that is down or slow costs one bounded export attempt (it
+never outlasts the interval), then attempts back off exponentially (two, four ... intervals, at
+most :data:`MAX_BACKOFF_INTERVALS` of them and :data:`MAX_BACKOFF_S`): between attempts nothing
+is collected or encoded, and the points that did not go out are counted
+(``otlp.dropped_points``). Nothing is queued: metrics are cumulative, so the next attempt's
+collection carries everything (the one pending batch is the latest state); log records wait
+in the SDK's bounded batch queue. Sampling never waits on any of it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ MIN_ATTEMPT_S = 1.0
 SHUTDOWN_BUDGET_S = 2.0
 #: The same while exports are failing (a collector that is down): one try, no retry waits.
 FAILING_SHUTDOWN_BUDGET_S = 0.3
+#: While exports fail, an attempt waits at most this many intervals after the last one ...
+MAX_BACKOFF_INTERVALS = 8
+#: ... and at most this long (unless the interval itself is longer).
+MAX_BACKOFF_S = 300.0
 _NETLOC = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?$")
 
 Note = Callable[..., None]
@@ -262,6 +270,11 @@ class ExportHealth:
     ``otlp.error``, the reason in words (``collector down: 127.0.0.1:4317``) that the UI header
     and the headless line show. The first failure is noted at once; later ones at most once per
     ``event_gap_s``.
+
+    It also holds the backoff: after a failure :meth:`due` is False for one interval, then
+    two, four ... (capped); ``otlp.skipped_exports`` counts the intervals skipped,
+    ``otlp.dropped_points`` the points (and log records) of failed and skipped exports,
+    ``otlp.retry_in_s`` the current wait.
     """
 
     def __init__(
@@ -271,8 +284,15 @@ class ExportHealth:
         endpoint: str,
         event_gap_s: float = DEFAULT_EVENT_GAP_S,
         address: tuple[str, int] | None = None,
+        interval_s: float = DEFAULT_INTERVAL_MS / 1000.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._health = health
+        self._clock = clock
+        self._interval = interval_s
+        self._max_backoff = min(MAX_BACKOFF_INTERVALS * interval_s, max(interval_s, MAX_BACKOFF_S))
+        self._backoff = 0.0
+        self._retry_at = float("-inf")
         self._note = note
         self._endpoint = endpoint
         self._address = address
@@ -283,12 +303,49 @@ class ExportHealth:
         self._failing = False
         health.setdefault("otlp.failed_exports", 0)
         health.setdefault("otlp.exports", 0)
+        health.setdefault("otlp.skipped_exports", 0)
+        health.setdefault("otlp.dropped_points", 0)
 
-    def record(self, signal: str, ok: bool, error: str = "") -> None:
-        reason = "" if ok else self._reason(error)
+    def due(self) -> bool:
+        """Whether an export may be attempted now (False while backing off after a failure).
+
+        A tenth of an interval early counts as due: the reader's schedule jitters."""
+        return self._clock() >= self._retry_at - 0.1 * self._interval
+
+    def retry_now(self) -> None:
+        """Let the next export be attempted whatever the backoff (the final one at shutdown)."""
+        with self._lock:
+            self._retry_at = float("-inf")
+
+    def skipped(self, points: int) -> None:
+        """An export not attempted while backing off: counted, with the points it held."""
+        with self._lock:
+            self._health["otlp.skipped_exports"] = int(self._health["otlp.skipped_exports"]) + 1
+            self._health["otlp.dropped_points"] = int(self._health["otlp.dropped_points"]) + points
+
+    def unreachable(self, points: int) -> bool:
+        """While failing, before anything is collected: if nothing accepts a TCP connection at
+        the endpoint, this attempt fails at once (counted, backing off further), and no batch is
+        built or encoded for it. A collector that is up, or that rejects exports, still gets
+        the full attempt."""
+        if not self._failing or self._address is None:
+            return False
+        problem = connect_problem(self._address)
+        if problem is None:
+            return False
+        self.record("metrics", False, points=points, reason=problem)
+        return True
+
+    def record(
+        self, signal: str, ok: bool, error: str = "", points: int = 0, reason: str | None = None
+    ) -> None:
+        if reason is None:
+            reason = "" if ok else self._reason(error)
         with self._lock:
             if ok:
                 self._health["otlp.exports"] = int(self._health.get("otlp.exports", 0)) + 1
+                self._backoff, self._retry_at = 0.0, float("-inf")
+                self._health.pop("otlp.retry_in_s", None)
                 if self._failing:
                     self._failing = False
                     self._health["otlp.state"] = "ok"
@@ -297,6 +354,10 @@ class ExportHealth:
                 return
             failed = int(self._health.get("otlp.failed_exports", 0)) + 1
             self._health["otlp.failed_exports"] = failed
+            self._health["otlp.dropped_points"] = int(self._health["otlp.dropped_points"]) + points
+            self._backoff = min(self._max_backoff, max(self._interval, 2 * self._backoff))
+            self._retry_at = self._clock() + self._backoff
+            self._health["otlp.retry_in_s"] = round(self._backoff, 3)
             self._health["otlp.state"] = "failing"
             self._health["otlp.error"] = reason
             self._failing = True
@@ -356,6 +417,18 @@ class ExportHealth:
         return error or f"export failed: {self._endpoint}"
 
 
+def count_points(metrics_data: MetricsData | None) -> int:
+    """Data points in one collection (what an export would send)."""
+    if metrics_data is None:
+        return 0
+    return sum(
+        len(metric.data.data_points)
+        for resource in metrics_data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    )
+
+
 class CountingMetricExporter(MetricExporter):
     """Delegates to the SDK exporter and reports every result to :class:`ExportHealth`."""
 
@@ -366,16 +439,24 @@ class CountingMetricExporter(MetricExporter):
         )
         self.inner = inner
         self._health = health
+        #: Points in the last export attempted: what a skipped collection would have held.
+        self.last_points = 0
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
+        points = count_points(metrics_data)
+        if not self._health.due():  # backing off (the reader skips earlier): not sent, counted
+            self._health.skipped(points)
+            return MetricExportResult.FAILURE
+        self.last_points = points
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:  # an exporter bug counts as a failed export, never a crash
-            self._health.record("metrics", False, f"{type(exc).__name__}: {exc}")
+            self._health.record("metrics", False, f"{type(exc).__name__}: {exc}", points)
             return MetricExportResult.FAILURE
-        self._health.record("metrics", result is MetricExportResult.SUCCESS)
+        ok = result is MetricExportResult.SUCCESS
+        self._health.record("metrics", ok, points=0 if ok else points)
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -398,12 +479,16 @@ class CountingLogExporter(LogRecordExporter):
         self._health = health
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        if not self._health.due():  # the endpoint is down: these records are dropped, counted
+            self._health.skipped(len(batch))
+            return LogRecordExportResult.FAILURE
         try:
             result = self.inner.export(batch)
         except Exception as exc:
-            self._health.record("logs", False, f"{type(exc).__name__}: {exc}")
+            self._health.record("logs", False, f"{type(exc).__name__}: {exc}", len(batch))
             return LogRecordExportResult.FAILURE
-        self._health.record("logs", result is LogRecordExportResult.SUCCESS)
+        ok = result is LogRecordExportResult.SUCCESS
+        self._health.record("logs", ok, points=0 if ok else len(batch))
         return result
 
     def shutdown(self) -> None:

@@ -1,0 +1,123 @@
+"""A 1,000-process tree at 1 Hz: the whole agent against psutil's own reads of the same fields.
+
+A real tree of 1,000 sleeping processes (a parent that forks 999), sampled at 1 Hz by two
+processes running at once, each measured whole (``psutil`` user + system CPU of all its
+threads over a wall window), in interleaved rounds:
+
+* agent: ``accelwatch attach ROOT --headless --db TMP`` (no GPUs: process, host, disk and
+  fabric collectors, store writer, live analysis, headless line);
+* bare: ``benchmarks._baselines bare``: the same discovery (``task/TID/children`` from the
+  root) and psutil's ``oneshot`` reads of the fields the process collector records
+  (cpu_times, memory_info, num_threads, num_ctx_switches, status, io_counters) for every
+  process, plus the host collector's reads, in one loop.
+
+At this size both sides are the per-process work, so agent / bare is the per-process cost
+against psutil's own reads. Targets (issue 14): agent / bare <= 1.3x; no tick missed (``gap``
+events in the agent's store). Exits 1 on a MISS.
+
+    python benchmarks/bench_tree.py [--rounds 5] [--window 10] [--quick] [--size 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (  # noqa: E402
+    Report,
+    Side,
+    add_round_args,
+    agent_argv,
+    apply_quick,
+    baseline_argv,
+    fail,
+    interleaved,
+    process_tree,
+    ratios,
+    spread,
+)
+
+TARGET_BARE = 1.3
+
+
+def sides(root: int, db: Path, interval: float) -> list[Side]:
+    every = f"{interval:g}"
+    return [
+        Side(
+            "agent",
+            agent_argv("attach", str(root), "--headless", "--db", str(db), "--interval", every),
+            "the whole headless agent process (all threads): process + host collectors, store "
+            "writer, live analysis, headless line",
+        ),
+        Side(
+            "bare",
+            baseline_argv("bare", "--pid", str(root), "--interval", every),
+            "one loop: the same children-file discovery + psutil oneshot reads of the same "
+            "fields of every process + the host reads",
+        ),
+    ]
+
+
+def gaps(db: Path) -> tuple[int, int]:
+    """(gap events, missed ticks) the agent recorded."""
+    import json
+
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT detail FROM events WHERE kind = 'gap'").fetchall()
+    finally:
+        con.close()
+    return len(rows), sum(int(json.loads(d).get("missed_ticks", 0)) for (d,) in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_round_args(parser, rounds=5, window=10.0, warmup=8.0)
+    parser.add_argument("--interval", type=float, default=1.0, help="sampling interval (s)")
+    parser.add_argument("--size", type=int, default=1000, help="processes in the tree")
+    args = parser.parse_args(argv)
+    apply_quick(args, window=4.0, warmup=6.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "agent.duckdb"
+        try:
+            with process_tree(args.size) as root:
+                all_sides = sides(root, db, args.interval)
+                got = interleaved(
+                    all_sides, rounds=args.rounds, window=args.window, warmup=args.warmup
+                )
+            gap_events, missed = gaps(db)
+        except Exception as exc:  # one line and exit 1, never a traceback mid-table
+            return fail(exc)
+    agent, bare = got["agent"], got["bare"]
+    report = Report(
+        f"a real {args.size}-process tree, no GPUs, {args.interval:g} s interval, "
+        f"{args.rounds} interleaved rounds of {args.window:g} s per side"
+    )
+    for side in all_sides:
+        report.side(side.name, side.includes)
+    for m in (agent, bare):
+        report.info(f"{m.side.name}: CPU, % of one core", spread([c * 100 for c in m.cpu]))
+        per_process = [c * args.interval / args.size * 1e6 for c in m.cpu]
+        report.info(f"{m.side.name}: CPU per process and tick (µs)", spread(per_process, "{:.0f}"))
+    to_bare = ratios(agent.cpu, bare.cpu)
+    report.target(
+        "agent / bare (per round)",
+        spread(to_bare),
+        f"<= {TARGET_BARE}x",
+        statistics.median(to_bare) <= TARGET_BARE,
+    )
+    report.target("agent: missed ticks (gap events)", f"{missed} ({gap_events})", "0", missed == 0)
+    report.info("agent RSS (MB)", spread([s.rss_mb for s in agent.slots], "{:.0f}"))
+    report.info("bare RSS (MB)", spread([s.rss_mb for s in bare.slots], "{:.0f}"))
+    return report.print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
