@@ -89,7 +89,7 @@ def spark(values: Sequence[float] | np.ndarray, width: int, *, top: float | None
         return ""
     if not len(values):
         return " " * width
-    array = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    array = np.fmax(np.asarray(values, dtype=np.float64), 0.0)  # NaN and negatives draw as 0
     n = len(array)
     if n > width:  # bucket: keep the peak of each bucket so short spikes stay visible
         edges = [round(i * n / width) for i in range(width)]
@@ -98,7 +98,7 @@ def spark(values: Sequence[float] | np.ndarray, width: int, *, top: float | None
     if ceiling <= 0:
         levels = np.zeros(len(array), dtype=np.intp)
     else:
-        levels = np.rint(np.clip(array / ceiling, 0.0, 1.0) * 8).astype(np.intp)
+        levels = np.rint(np.minimum(array / ceiling, 1.0) * 8).astype(np.intp)
     return "".join(_BLOCK_LIST[level] for level in levels.tolist()).rjust(width)
 
 
