@@ -56,6 +56,11 @@ class Collector(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles."""
 
+    def health(self) -> Mapping[str, Any]:
+        """Counters for the recording's health channel (``<owner>.<name>`` keys, merged into
+        :attr:`agent.context.LiveContext.health`); none by default."""
+        return {}
+
 
 @dataclass(frozen=True)
 class EntityKind:
