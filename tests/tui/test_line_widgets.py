@@ -1,0 +1,83 @@
+"""Panels drawn as lines: a change of data repaints (and writes) only the lines that changed."""
+
+from __future__ import annotations
+
+from textual.app import App, ComposeResult
+
+from tests.tui.screen import async_test, screen_text
+from tui.widgets.lines import Lines, LineWidget
+
+
+class Board(LineWidget):
+    """Three lines of text; counts which lines were painted."""
+
+    DEFAULT_CSS = "Board { height: auto; border: round white; }"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts = ["alpha", "beta", "gamma"]
+        self.painted: list[int] = []
+
+    def draw(self, width: int) -> Lines:
+        return Lines().append("\n".join(self.texts))
+
+    def render_line(self, y: int):
+        if y not in self._strips:
+            self.painted.append(y)
+        return super().render_line(y)
+
+
+class BoardApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield Board()
+
+
+@async_test
+async def test_a_change_of_one_line_repaints_only_that_line():
+    app = BoardApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        board = app.query_one(Board)
+        await pilot.pause()
+        assert sorted(set(board.painted)) == [0, 1, 2]
+        board.painted.clear()
+        board.texts[1] = "BETA"
+        board.redraw()
+        await pilot.pause()
+        assert board.painted == [1]
+        assert "BETA" in screen_text(app) and "gamma" in screen_text(app)
+        board.painted.clear()
+        board.redraw()  # nothing changed: nothing is painted
+        await pilot.pause()
+        assert board.painted == []
+
+
+@async_test
+async def test_a_new_line_count_relayouts_and_shows_every_line():
+    app = BoardApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        board = app.query_one(Board)
+        await pilot.pause()
+        assert board.outer_size.height == 5
+        board.texts.append("delta")
+        board.redraw()
+        await pilot.pause()
+        assert board.outer_size.height == 6
+        assert "delta" in screen_text(app)
+
+
+@async_test
+async def test_long_lines_end_in_an_ellipsis_at_the_panel_width():
+    app = BoardApp()
+    async with app.run_test(size=(20, 10)) as pilot:
+        board = app.query_one(Board)
+        board.texts[0] = "x" * 40
+        board.redraw()
+        await pilot.pause()
+        first = screen_text(app).splitlines()[1]
+        assert first == "│" + "x" * 17 + "…│"
+
+
+def test_lines_split_on_newlines_and_a_trailing_newline_starts_no_line():
+    out = Lines().append("a\nb").append("c\n")
+    assert out.plain == "a\nbc\n"
+    assert [[text for text, _ in line] for line in out.lines()] == [["a"], ["b", "c"]]
