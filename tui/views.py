@@ -234,6 +234,7 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
     roles the device has no value for come from its source's runtime entity (per host)."""
     snap = frame.snapshot
     by_source: dict[str, dict[str, str]] = {}
+    words: dict[str, str] = {}
     sampled = {(b.source, e) for b in snap.batches for e in b.entities}
     runtimes = runtime_entities(snap)
     views = []
@@ -265,7 +266,7 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
                 lost=bool(attrs.get("lost")) or (source, entity) not in sampled,
                 source=source,
                 metrics=metrics,
-                device_word=device_word(source),
+                device_word=words.get(source) or words.setdefault(source, device_word(source)),
             )
         )
     return views

@@ -123,12 +123,14 @@ class GpuCard(LineWidget, can_focus=True):
         self.border_title = entity
         self._styles: tuple[tuple, dict[str, Style]] | None = None
         self._titles = (entity, "")
+        self._signature: tuple = ()
 
     def show(self, view: AcceleratorView) -> None:
         before = self.view
-        if before is not None and view.signature() == before.signature():
+        signature = view.signature()
+        if before is not None and signature == self._signature:
             return
-        self.view = view
+        self.view, self._signature = view, signature
         # Set only on change: assigning a border title repaints the whole card.
         title = f"{view.entity} · {view.name}" if view.name else view.entity
         subtitle = "LOST" if view.lost else "job" if view.used_by_job else "not used by job"

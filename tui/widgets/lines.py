@@ -132,7 +132,7 @@ class LineWidget(Widget):
             if not self._strips:  # a full paint: the panel's style may have changed
                 self._base = self.rich_style
             base = self._base or self.rich_style
-            width = self.content_size.width
+            width = self._drawn_size.width  # the size _content() drew at
             strip = (
                 to_strip(lines[y], width, base, self.ELLIPSIS)
                 if y < len(lines)
