@@ -296,6 +296,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
     _add_db(p)
 
+    # -- accelwatch import (agent/app/import_command.py) -----------------------------------
+    p = sub.add_parser(
+        "import",
+        help="import per-rank step times or an op trace (CSV, Parquet, JSON lines) as a run",
+        description="Import per-rank step (mini-batch) times, or a per-operation trace of a "
+        "pipeline/data-parallel job, written by another tool. Columns are recognised by "
+        "their usual names (rank/worker/dp_rank, step/iteration, time/start_ts/timestamp, "
+        "duration/step_time/batch_time...); the flags name the others. The run keeps the "
+        "trace's own time axis (t = seconds from its start) and is analysed at once.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".csv, .parquet or .jsonl")
+    p.add_argument(
+        "--run",
+        required=True,
+        metavar="NAME",
+        help="name of the new run (or of a recorded run to add the step times to)",
+    )
+    _add_db(p)
+    for role, what in (
+        ("rank", "the rank / worker"),
+        ("time", "the time (seconds from the start, or timestamps)"),
+        ("duration", "the step or op duration"),
+        ("step", "the step / iteration number"),
+    ):
+        p.add_argument(f"--{role}-col", metavar="COLUMN", help=f"column holding {what}")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply durations by FACTOR to get seconds (default 1; a unit suffix such "
+        "as _ms in the column name is applied as well)",
+    )
+    p.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "us", "ns"),
+        default=None,
+        help="unit of a numeric time column (default: from its name, else seconds; epoch "
+        "timestamps are recognised by their size)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was imported as JSON")
+    # -- end accelwatch import ---------------------------------------------------------------
+
+    # -- capture (t4): the fabric and storage sources' files, for replay with --sys-root/--proc-root
+    p = sub.add_parser(
+        "capture", help="write the files the fabric and storage sources read, for replay"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument(
+        "--pid", type=pid_arg, help="also the mounts and open files of this process tree"
+    )
+    p.add_argument(
+        "--sys-root", type=root_dir, default="/sys", metavar="DIR", help=argparse.SUPPRESS
+    )
+    p.add_argument(
+        "--proc-root", type=root_dir, default="/proc", metavar="DIR", help=argparse.SUPPRESS
+    )
+    # -- end capture
+
     p = sub.add_parser("sim", help="run a scenario's simulated devices for other tools")
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
     p = sim.add_parser("serve", help="serve a scenario's simulated TPU runtime until stopped")
@@ -343,6 +402,10 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from agent.app import commands as module
     elif command == "sim":
         from agent.app import sim_commands as module
+    elif command == "import":
+        from agent.app import import_command as module
+    elif command == "capture":
+        from agent.app import capture_command as module
     else:
         from agent.app import read_commands as module
     handler: Callable[[argparse.Namespace], int] = getattr(

@@ -81,3 +81,9 @@ def test_lines_split_on_newlines_and_a_trailing_newline_starts_no_line():
     out = Lines().append("a\nb").append("c\n")
     assert out.plain == "a\nbc\n"
     assert [[text for text, _ in line] for line in out.lines()] == [["a"], ["b", "c"]]
+
+
+def test_style_text_is_parsed_like_rich_text_does():
+    (line,) = Lines().append("down", "bold red").append(" ok", "").lines()
+    assert line[0][1] is not None and line[0][1].bold and line[0][1].color.name == "red"
+    assert line[1] == (" ok", None)

@@ -33,8 +33,10 @@ class Lines:
         self._parts: list[tuple[str, Style | None]] = []
 
     def append(self, text: str, style: Style | str | None = None) -> Lines:
-        """Add ``text`` (newlines start new lines) in ``style`` (a rich Style; ``""`` is none)."""
-        part_style = style if isinstance(style, Style) and style else None
+        """Add ``text`` (newlines start new lines) in ``style`` (a rich Style or style text such
+        as ``"bold red"``; ``""`` is none)."""
+        part_style = Style.parse(style) if isinstance(style, str) else style
+        part_style = part_style or None
         first, *rest = text.split("\n")
         if first:
             self._parts.append((first, part_style))
