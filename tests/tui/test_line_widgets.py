@@ -87,3 +87,35 @@ def test_style_text_is_parsed_like_rich_text_does():
     (line,) = Lines().append("down", "bold red").append(" ok", "").lines()
     assert line[0][1] is not None and line[0][1].bold and line[0][1].color.name == "red"
     assert line[1] == (" ok", None)
+
+
+class Marked(LineWidget):
+    """One word in a component style that depends on the panel's class."""
+
+    COMPONENT_CLASSES = {"marked--word"}
+    DEFAULT_CSS = """
+    Marked { height: 1; }
+    Marked .marked--word { color: #ff0000; }
+    Marked.-hot .marked--word { color: #0000ff; }
+    """
+
+    def draw(self, width: int) -> Lines:
+        return Lines().append("word", self.get_component_rich_style("marked--word"))
+
+
+class MarkedApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield Marked()
+
+
+@async_test
+async def test_a_class_change_with_new_data_paints_the_new_component_style():
+    app = MarkedApp()
+    async with app.run_test(size=(20, 3)) as pilot:
+        await pilot.pause()
+        marked = app.query_one(Marked)
+        marked.set_class(True, "-hot")
+        marked.redraw()  # drawn before the restyle: must not keep the old colour
+        await pilot.pause()
+        colours = {seg.style.color.triplet.hex for seg in marked.render_line(0) if seg.text.strip()}
+        assert colours == {"#0000ff"}

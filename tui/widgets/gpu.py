@@ -160,6 +160,10 @@ class GpuCard(LineWidget, can_focus=True):
             )
         return self._styles[1]
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles = None  # looked up before the restyle they may be the old ones
+
     def on_click(self, event: Click) -> None:
         self.focus()
         self.post_message(self.Selected(self))

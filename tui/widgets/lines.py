@@ -123,8 +123,10 @@ class LineWidget(Widget):
             self.refresh(*(Region(0, y, width, 1) for y in changed))
 
     def notify_style_update(self) -> None:
-        """Classes, focus or theme changed: every line may look different."""
+        """Classes, focus or theme changed: every line may look different (a drawing made
+        between a class change and the restyle may hold the old component styles)."""
         super().notify_style_update()
+        self._drawn = None
         self._strips.clear()
 
     def render_line(self, y: int) -> Strip:
