@@ -26,6 +26,7 @@ from agent.runs import (
     open_read,
     stored_findings,
 )
+from agent.series import has_series, series_filter
 from agent.snapshot import Key, Snapshot
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ class RecordedReader:
         self._db = db
         self.run = run
         self._tracked: frozenset[str] = frozenset()
+        #: The run's rows of ``sample_values`` when the file stores series ids (schema 3): the
+        #: per-tick queries filter the integer column instead of joining labels to every value.
+        own = series_filter(db, run.run_id) if has_series(db) else "false"
+        self._own_values = None if own == "false" else f"sample_values WHERE {own}"
         #: Every tick of the run (epoch microseconds), ascending.
         self.ticks = np.asarray(self._ticks_after(None), dtype=np.int64)
         self.cursor = max(len(self.ticks) - 1, 0)
@@ -107,11 +112,14 @@ class RecordedReader:
 
     def _ticks_after(self, after_us: int | None) -> list[int]:
         where = "" if after_us is None else "AND ts > make_timestamp(?)"
-        params: list[Any] = [self.run.run_id] + ([] if after_us is None else [after_us])
-        rows = self._db.execute(
-            f"SELECT DISTINCT epoch_us(ts) AS t FROM samples WHERE run_id = ? {where} ORDER BY t",
-            params,
-        ).fetchall()
+        after: list[Any] = [] if after_us is None else [after_us]
+        if self._own_values is not None:
+            sql = f"SELECT DISTINCT epoch_us(ts) AS t FROM {self._own_values} {where} ORDER BY t"
+            params = after
+        else:
+            sql = f"SELECT DISTINCT epoch_us(ts) AS t FROM samples WHERE run_id = ? {where} ORDER BY t"
+            params = [self.run.run_id, *after]
+        rows = self._db.execute(sql, params).fetchall()
         return [int(r[0]) for r in rows]
 
     def refresh(self) -> bool:
@@ -223,10 +231,16 @@ class RecordedReader:
                 [run_id, tick],
             ).fetchall()
         }
-        samples_so_far = cur.execute(
-            "SELECT count(*) FROM samples WHERE run_id = ? AND ts <= make_timestamp(?)",
-            [run_id, tick],
-        ).scalar()
+        samples_so_far = (
+            cur.execute(
+                f"SELECT count(*) FROM {self._own_values} AND ts <= make_timestamp(?)", [tick]
+            ).scalar()
+            if self._own_values is not None
+            else cur.execute(
+                "SELECT count(*) FROM samples WHERE run_id = ? AND ts <= make_timestamp(?)",
+                [run_id, tick],
+            ).scalar()
+        )
         snapshot = _snapshot(
             index + 1,
             tick,

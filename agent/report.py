@@ -35,11 +35,13 @@ from agent.report_fabric_storage import render_fabric_storage, summarize_fabric_
 from agent.runs import (
     LocalReadConnection,
     ReadConnection,
+    db_label,
     find_run,
     json_object,
     open_read,
     stored_findings,
 )
+from agent.series import has_series, series_filter
 from agent.store import connect
 
 JOULES_PER_KWH = 3.6e6
@@ -84,16 +86,21 @@ def summarize(
 ) -> RunSummary:
     """The run's headline numbers, from plain queries (so they also work over the socket)."""
     plan = accelerator_plan()  # accelerators by entity kind, their utilization by role
-    busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
-    rows = con.execute(
-        f"""SELECT s.entity, any_value(json_extract_string(e.attrs, '$.name')) AS name,
-                  avg(value), quantile_cont(value, [0.5, 0.9, 0.99])
-           FROM samples s LEFT JOIN entities e USING (run_id, source, entity)
-           WHERE s.run_id = ? AND {busy}
-           GROUP BY s.entity ORDER BY length(s.entity), s.entity""",
-        [run.run_id],
-    ).fetchall()
-    energy = _energy_joules(con, run.run_id, plan)
+    busy, energy_rows = _busy_and_energy(con, run.run_id, plan)
+    names = {
+        entity: name
+        for entity, name in con.execute(
+            "SELECT entity, json_extract_string(attrs, '$.name') FROM entities "
+            f"WHERE run_id = ? AND ({plan.predicate})",
+            [run.run_id],
+        ).fetchall()
+    }
+    overall_row = next((r for r in busy if r[0] is None), None)
+    rows = sorted(
+        ((e, names.get(e), mean, q) for e, mean, q in busy if e is not None),
+        key=lambda r: (len(r[0]), r[0]),
+    )
+    energy = {entity: float(joules or 0.0) for entity, joules in energy_rows}
     devices = []
     for entity, name, mean, q in rows:
         # quantile_cont over a list gives one value per fraction; NULL when no sample has one.
@@ -109,10 +116,7 @@ def summarize(
                 energy_kwh=energy.get(entity, 0.0) / JOULES_PER_KWH if energy else None,
             )
         )
-    overall = con.execute(
-        f"SELECT quantile_cont(value, [0.5, 0.9]) FROM samples WHERE run_id = ? AND {busy}",
-        [run.run_id],
-    ).scalar() or [None, None]
+    overall = (overall_row[2] if overall_row else None) or [None, None, None]
     lost = lost_by_cause(findings)
     gaps = [
         {
@@ -146,23 +150,46 @@ def summarize(
     )
 
 
-#: Per sample of a counter, its increase since the previous one; a drop is a reset, after
-#: which the counter counted up from zero (so the new value is the increase).
-_INCREASES = """SELECT entity, metric, CASE WHEN d >= 0 THEN d ELSE value END AS inc
-    FROM (SELECT entity, metric, value,
-                 value - lag(value) OVER (PARTITION BY entity, metric ORDER BY ts) AS d
-          FROM samples WHERE run_id = ? AND {where})"""
+def _busy_and_energy(
+    con: ReadConnection, run_id: str, plan: AcceleratorPlan
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """In one scan of the run's samples: per accelerator (and over all of them, entity None)
+    the mean and p50/p90/p99 of its utilization (by role), and per accelerator the reset-safe
+    increase of its energy counter (by role) over the run.
 
-
-def _energy_joules(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> dict[str, float]:
-    """Per accelerator, the reset-safe increase of its energy counter (by role) over the run."""
-    where = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
-    rows = con.execute(
-        f"SELECT entity, sum(inc) FROM ({_INCREASES.format(where=where)}) "
-        "WHERE inc IS NOT NULL GROUP BY entity",
+    In a schema-3 file the labels are matched in the small ``series`` table and the scan
+    filters on the integer ids (:func:`series_filter`); an older file is read through its
+    ``samples`` view."""
+    busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
+    energy = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
+    if has_series(con):
+        picked = series_filter(con, run_id, f"({busy}) OR ({energy})")
+        rows = f"""SELECT s.entity, s.metric, v.ts, v.value, ({busy}) AS is_busy
+            FROM (SELECT * FROM sample_values WHERE {picked}) v JOIN series s USING (series_id)
+            WHERE s.run_id = ?"""
+    else:
+        rows = f"""SELECT entity, metric, ts, value, ({busy}) AS is_busy FROM samples
+            WHERE run_id = ? AND (({busy}) OR ({energy}))"""
+    # A drop of a counter is a reset, after which it counted up from zero (so the new value is
+    # the increase).
+    got = con.execute(
+        f"""WITH picked AS MATERIALIZED ({rows}),
+        util AS (SELECT entity, avg(value) AS mean,
+                        quantile_cont(value, [0.5, 0.9, 0.99]) AS q
+                 FROM picked WHERE is_busy GROUP BY GROUPING SETS ((entity), ())),
+        steps AS (SELECT entity, value,
+                         value - lag(value) OVER (PARTITION BY entity, metric ORDER BY ts) AS d
+                  FROM picked WHERE NOT is_busy),
+        joules AS (SELECT entity, sum(CASE WHEN d >= 0 THEN d ELSE value END) AS joules
+                   FROM steps WHERE d IS NOT NULL GROUP BY entity)
+        SELECT 'busy' AS part, entity, mean, q FROM util
+        UNION ALL SELECT 'energy', entity, joules, NULL FROM joules""",
         [run_id],
     ).fetchall()
-    return {entity: float(joules or 0.0) for entity, joules in rows}
+    return (
+        [(e, mean, q) for part, e, mean, q in got if part == "busy"],
+        [(e, joules) for part, e, joules, _ in got if part == "energy"],
+    )
 
 
 def _iso(epoch_s: float) -> str:
@@ -444,7 +471,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``accelwatch report [RUN] [--db PATH] [--json] [--format text|md|html] [--out FILE]``."""
     db = open_read(args.db)
     try:
-        report = build_report(db, args.run, str(args.db))
+        report = build_report(db, args.run, db_label(args.db))
         if args.json:
             text = json.dumps(report.to_json(), indent=2, default=str) + "\n"
         elif args.format == "html":

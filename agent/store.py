@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
+from agent.series import apply_v3_layout, has_series
 
 SCHEMA_VERSION = 3
 DUCKDB_MAGIC = b"DUCK"
@@ -34,6 +35,12 @@ MAX_FLUSH_INTERVAL = 2.0
 DEEP_CHECK_MAX_BYTES = 2 * 2**30
 AGENT_DB_THREADS = 1
 AGENT_DB_MEMORY = "32MB"
+#: Reading (``report``, ``view``, ``sql``) runs beside no job: every core (DuckDB's default
+#: threads), not the recorder's one thread and 32 MB. Its memory is bounded all the same:
+#: DuckDB keeps every block it read in its buffer pool up to the limit (a 24 h recording is
+#: ~1 GB), while a reader scans each block only a few times and the OS caches the file anyway.
+READER_DB_MEMORY = "256MB"
+READER_DB_CONFIG: dict[str, Any] = {"memory_limit": READER_DB_MEMORY}
 #: The writer checkpoints the WAL itself once it passes this size (written rows stay in memory
 #: until a checkpoint); DuckDB's own auto-checkpoint is off, since a failed auto-checkpoint
 #: invalidates the whole database instance.
@@ -223,14 +230,13 @@ def connect(path: str | os.PathLike[str], *, read_only: bool = False) -> duckdb.
         raise StoreError(f"cannot access {p}: permission denied ({exc.filename})") from None
     existed = p.exists()
     make_files_private()
-    config: dict[str, Any] = {
-        "threads": AGENT_DB_THREADS,
-        "memory_limit": AGENT_DB_MEMORY,
-        # Appends need not keep row order within a statement: less memory per insert.
-        "preserve_insertion_order": False,
-    }
+    config: dict[str, Any] = dict(READER_DB_CONFIG)
     made_tmp = None
     if not read_only:
+        config["threads"] = AGENT_DB_THREADS
+        config["memory_limit"] = AGENT_DB_MEMORY
+        # Appends need not keep row order within a statement: less memory per insert.
+        config["preserve_insertion_order"] = False
         made_tmp = None if temp_directory(p).exists() else temp_directory(p)
         tmp = _private_temp_dir(p)
         if tmp is not None:
@@ -304,11 +310,14 @@ def _verify(con: duckdb.DuckDBPyConnection, path: Path, *, deep: bool) -> None:
             raise StoreCorruptError(_corrupt(path, f"truncated: {size} of {expected} bytes"))
     con.execute("SELECT count(*), max(logged) FROM run_log").fetchall()
     tables = ["sample_values", "event_log", "entity_log", "findings"]
+    if has_series(con):
+        tables.append("series")
     for table in tables:
         con.execute(f"SELECT count(*) FROM {table}").fetchall()
     if deep:
         for table in ["run_log", *tables]:
-            con.execute(f"SELECT min(COLUMNS(*)) FROM {table}").fetchall()
+            # hash() reads every value: min() of a numeric column comes from block statistics
+            con.execute(f"SELECT bit_xor(hash(COLUMNS(*))) FROM {table}").fetchall()
 
 
 def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> None:
@@ -324,7 +333,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
                 f"{path} was written by a newer accelwatch (schema {version}, this one reads "
                 f"up to {SCHEMA_VERSION}); upgrade accelwatch"
             )
-        if version == SCHEMA_VERSION:
+        if version == SCHEMA_VERSION and (read_only or "series" in tables):
             return
     elif tables:
         raise StoreError(
@@ -334,15 +343,28 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         if not tables:
             raise StoreError(f"{path} holds no accelwatch data")
         return  # an older file is read as it is (see RUNS_V2_COLUMNS)
-    if version < 1:
-        con.execute(_SCHEMA_V1)
-        con.execute(_V1_RUNS_VIEW)
-    con.execute(_SCHEMA_V2)
-    con.execute(_SCHEMA_V3_OPS)
-    con.execute(_SCHEMA_V3_TRACKING)
-    con.execute(
-        "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-    )
+    con.begin()
+    try:
+        if version < 1:
+            con.execute(_SCHEMA_V1)
+            con.execute(_V1_RUNS_VIEW)
+        if version < 2:
+            con.execute(_SCHEMA_V2)
+        # Version 3's blocks each apply only what a file lacks (a file written while version 3
+        # was being assembled may hold some of them).
+        con.execute(_SCHEMA_V3_OPS)
+        con.execute(_SCHEMA_V3_TRACKING)
+        if not has_series(con):
+            apply_v3_layout(con)
+        con.execute(
+            "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
+            [str(SCHEMA_VERSION)],
+        )
+        con.commit()
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.rollback()
+        raise
     con.execute("CHECKPOINT")
 
 
@@ -428,7 +450,7 @@ def list_runs(
         r["status"] = effective_status(r, now, locked=locked)
         if r["status"] == "lost" and r["last_sample"] is None:
             got = con.execute(
-                "SELECT max(ts) FROM sample_values WHERE run_id = ?", [r["run_id"]]
+                "SELECT max(ts) FROM samples WHERE run_id = ?", [r["run_id"]]
             ).fetchone()
             r["last_sample"] = got[0] if got else None
     return rows

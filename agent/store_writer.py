@@ -24,7 +24,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from agent.model import SAMPLE_COLUMNS, Batch, Event, RunInfo
+from agent.model import Batch, Event, RunInfo
+from agent.series import SeriesIds
 from agent.store import (
     AGENT_DB_CHECKPOINT_BYTES,
     MAX_FLUSH_INTERVAL,
@@ -90,6 +91,7 @@ class Store:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.RLock()
         self._needs_reopen = False
+        self._series = SeriesIds()
         self.rows_written = 0
         self.flushes = 0
         self.dropped_ticks = 0
@@ -288,6 +290,7 @@ class Store:
             with contextlib.suppress(Exception):
                 self.con.close()
             self.con = connect(self.path)
+            self._series.reset()
             self._needs_reopen = False
             self.reopens += 1
             self.generation += 1
@@ -327,7 +330,9 @@ class Store:
                 if "commit succeeded and is durable" in str(exc).lower():
                     self._needs_reopen = True  # written; only the auto-checkpoint failed
                 else:
+                    self._series.rollback()
                     raise
+            self._series.commit()
         self.rows_written += total
         self.flushes += 1
         self._maybe_checkpoint()
@@ -343,18 +348,22 @@ class Store:
         )
 
     def _insert(self, run_id: str, batches: list[Batch]) -> int:
-        columns = [b.to_columns() for b in batches if len(b)]
+        samples = [b for b in batches if len(b)]
         n = 0
-        if columns:
+        if samples:
+            ids = self._series.ids(self.con, run_id, samples)
             tick_samples = {  # noqa: F841 - read by DuckDB's replacement scan
-                name: np.concatenate([c[name] for c in columns]) for name in SAMPLE_COLUMNS
+                "series_id": ids,
+                "ts": np.repeat(
+                    np.array([_us(b.ts) for b in samples], dtype="datetime64[us]"),
+                    [len(b) for b in samples],
+                ),
+                "value": np.concatenate([np.asarray(b.values, dtype=np.float64) for b in samples]),
             }
             self.con.execute(
-                "INSERT INTO sample_values SELECT ?, ts, source, entity, metric, value "
-                "FROM tick_samples",
-                [run_id],
+                "INSERT INTO sample_values SELECT series_id, ts, value FROM tick_samples"
             )
-            n = len(tick_samples["value"])
+            n = len(ids)
         events = [e for b in batches for e in b.events]
         if events:
             self._insert_events(run_id, events)

@@ -241,11 +241,14 @@ def run_bounds(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[float, floa
 @contextlib.contextmanager
 def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """The recorder keeps DuckDB small (one thread, a few MB) beside the job; a post-run
-    analysis of a long run gets DuckDB's defaults for its aggregation, then hands them back."""
+    analysis of a long run gets every core and a reader's memory for its aggregation, then
+    hands them back."""
+    from agent.store import READER_DB_MEMORY
+
     threads, memory = con.execute(
         "SELECT current_setting('threads'), current_setting('memory_limit')"
     ).fetchall()[0]
-    con.execute("RESET threads; RESET memory_limit")
+    con.execute(f"RESET threads; SET memory_limit = '{READER_DB_MEMORY}'")
     try:
         yield
     finally:

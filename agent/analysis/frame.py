@@ -39,6 +39,7 @@ from agent.catalog import CATALOG
 from agent.catalog.host import SOURCE as HOST_SOURCE
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.catalog.steps import SOURCE as STEPS_SOURCE
+from agent.series import has_series, series_filter
 
 HOST_COLUMNS: Mapping[str, str] = {
     "cpu": "host.cpu.utilization",
@@ -172,27 +173,44 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
     # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
     # (InfiniBand ports, ib:mlx5_0/1, do count). Metric
     # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
-    where = ["run_id = $run", f"metric IN ({in_list(analysed)})", plan.part_filter(BASE_METRICS)]
+    labels = [f"metric IN ({in_list(analysed)})", plan.part_filter(BASE_METRICS)]
     params: dict[str, object] = {
         "run": window.run_id,
         "bucket_us": int(round(window.bucket_s * 1e6)),
     }
+    times = []
     if window.start is not None:
-        where.append("ts >= $start")
+        times.append("ts >= $start")
         params["start"] = window.start
     if window.end is not None:
-        where.append("ts < $end")
+        times.append("ts < $end")
         params["end"] = window.end
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE aw_agg AS
-        SELECT entity, metric, epoch_us(ts) // $bucket_us AS k,
-               count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
-               avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share
-        FROM samples WHERE {" AND ".join(where)}
-        GROUP BY entity, metric, k""",
-        params,
-    )
+    aggregates = f"""count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
+               avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share"""
+    if has_series(con):
+        # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
+        # integer id (the scan reads series_id, ts and value only), join the names last.
+        picked = series_filter(con, window.run_id, " AND ".join(labels))
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE aw_agg AS
+            WITH agg AS (
+                SELECT series_id, epoch_us(ts) // $bucket_us AS k, {aggregates}
+                FROM sample_values WHERE {" AND ".join([picked, *times])}
+                GROUP BY series_id, k)
+            SELECT entity, metric, k, n, avg, min, max, low_share
+            FROM agg JOIN series USING (series_id)""",
+            {k: v for k, v in params.items() if k != "run"},
+        )
+    else:  # an older file, read as it is: labels on every row
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE aw_agg AS
+            SELECT entity, metric, epoch_us(ts) // $bucket_us AS k, {aggregates}
+            FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
+            GROUP BY entity, metric, k""",
+            params,
+        )
     # Counters only grow, so a bucket's max is its last value: the increase is the step from the
     # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.

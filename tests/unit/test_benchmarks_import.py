@@ -14,6 +14,7 @@ BENCHMARKS = (
     "benchmarks.bench_export",
     "benchmarks.bench_nvml",
     "benchmarks.bench_recording",
+    "benchmarks.bench_runs",
     "benchmarks.bench_tui",
     "benchmarks._baselines",
 )
