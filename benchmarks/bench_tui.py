@@ -8,7 +8,10 @@ simulated GPUs (8 H100s, scenario ``healthy``) at a 1 s interval:
   (all threads: sampler, collectors, store writer, live analysis, the Textual UI) watching a
   real 32-process tree;
 * nvitop-ui: ``nvitop --interval 1`` (``benchmarks._baselines nvitop-tui``): nvitop's whole
-  TUI process, with the same simulated driver installed in it (its cost is on both sides).
+  TUI process, with the same simulated driver installed in it (its cost is on both sides);
+* headless: the same ``attach`` with ``--headless`` (same tree, devices and terminal),
+  so the UI's own share (agent-ui minus headless, CPU and RSS) is printed beside the
+  ratio; it is information, not a target.
 
 Each is measured whole (``psutil`` user + system CPU of all threads over a wall window, RSS) in
 interleaved rounds. Then, with both still running, the agent's key-to-render latency: from
@@ -53,7 +56,8 @@ TARGET_LATENCY_S = 0.050
 SORT_ORDER = ("cpu", "rss", "gpu_mem", "io", "tree")
 
 
-def sides(root: int, db: Path, size: tuple[int, int]) -> list[Side]:
+def sides(root: int, tmp: Path, size: tuple[int, int]) -> list[Side]:
+    db, headless_db = tmp / "tui.duckdb", tmp / "headless.duckdb"
     return [
         Side(
             "agent-ui",
@@ -66,6 +70,14 @@ def sides(root: int, db: Path, size: tuple[int, int]) -> list[Side]:
             "nvitop-ui",
             baseline_argv("nvitop-tui", "--pid", str(root), "--scenario", "healthy"),
             f"nvitop --interval 1, the whole process, in a {size[0]}x{size[1]} terminal",
+            terminal=size,
+        ),
+        Side(
+            "headless",
+            agent_argv(
+                "attach", str(root), "--simulate", "healthy", "--headless", "--db", str(headless_db)
+            ),
+            "the same agent process without its UI (--headless; all threads), same terminal",
             terminal=size,
         ),
     ]
@@ -86,8 +98,9 @@ def key_latencies(agent: Child, keys: int) -> list[float]:
 
 
 def checked(children: dict[str, Child], keys: int) -> list[float]:
-    """Both screens really show the simulated GPUs; then the agent's key latencies."""
-    for name, marker in (("agent-ui", b"gpu7"), ("nvitop-ui", b"79.65GiB")):
+    """Every side really shows the simulated GPUs; then the agent's key latencies."""
+    markers = (("agent-ui", b"gpu7"), ("nvitop-ui", b"79.65GiB"), ("headless", b"gpu7="))
+    for name, marker in markers:
         screen = ESCAPES.sub(b"", bytes(children[name].head))
         if marker not in screen:
             tail = screen[-1500:].decode(errors="replace")
@@ -108,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies: list[float] = []
     try:
         with tempfile.TemporaryDirectory() as tmp, process_tree(32) as root:
-            all_sides = sides(root, Path(tmp) / "tui.duckdb", (cols, rows))
+            all_sides = sides(root, Path(tmp), (cols, rows))
             got = interleaved(
                 all_sides,
                 rounds=args.rounds,
@@ -124,9 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for side in all_sides:
         report.side(side.name, side.includes)
-    agent, nvitop = got["agent-ui"], got["nvitop-ui"]
+    agent, nvitop, headless = got["agent-ui"], got["nvitop-ui"], got["headless"]
     report.info("agent-ui: CPU, % of one core", spread([c * 100 for c in agent.cpu]))
     report.info("nvitop-ui: CPU, % of one core", spread([c * 100 for c in nvitop.cpu]))
+    report.info("headless: CPU, % of one core", spread([c * 100 for c in headless.cpu]))
+    report.info(
+        "the UI's own CPU: agent-ui - headless (points)",
+        spread([(a - h) * 100 for a, h in zip(agent.cpu, headless.cpu)]),
+    )
     per_round = ratios(agent.cpu, nvitop.cpu)
     report.target(
         "agent-ui / nvitop-ui (per round)", spread(per_round), f"<= {TARGET_RATIO}x",
@@ -138,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         max(rss) <= TARGET_RSS_MB,
     )  # fmt: skip
     report.info("nvitop-ui RSS (MB)", spread([s.rss_mb for s in nvitop.slots], "{:.0f}"))
+    report.info("headless RSS (MB)", spread([s.rss_mb for s in headless.slots], "{:.0f}"))
+    report.info(
+        "the UI's own RSS: agent-ui - headless (MB)",
+        spread([a.rss_mb - h.rss_mb for a, h in zip(agent.slots, headless.slots)], "{:.0f}"),
+    )
     report.target(
         f"key-to-render, {len(latencies)}/{args.keys} seen (ms)",
         spread([v * 1e3 for v in latencies], "{:.0f}") if latencies else "none",

@@ -238,6 +238,7 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
     roles the device has no value for come from its source's runtime entity (per host)."""
     snap = frame.snapshot
     by_source: dict[str, dict[str, str]] = {}
+    words: dict[str, str] = {}
     sampled = {(b.source, e) for b in snap.batches for e in b.entities}
     runtimes = runtime_entities(snap)
     views = []
@@ -269,7 +270,7 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
                 lost=bool(attrs.get("lost")) or (source, entity) not in sampled,
                 source=source,
                 metrics=metrics,
-                device_word=device_word(source),
+                device_word=words.get(source) or words.setdefault(source, device_word(source)),
             )
         )
     return views
@@ -346,16 +347,42 @@ def _short_command(attrs: Mapping[str, object]) -> str:
     return str(attrs.get("name", ""))
 
 
-def _sum_rates(snap: Snapshot, prefix: str, metric: str) -> float | None:
+def _sum_rates(
+    snap: Snapshot, prefix: str, metric: str, by_metric: Mapping[str, set[str]] | None = None
+) -> float | None:
     # Whatever source recorded them: disks and fabric ports were the host's before their own.
-    entities = {e for b in snap.batches for e, m in zip(b.entities, b.metrics) if m == metric}
+    if by_metric is None:
+        by_metric = _entities_by_metric(snap, (metric,))
+    entities = by_metric.get(metric, set())
     rates = [snap.rate(e, metric) for e in sorted(entities) if e.startswith(prefix)]
     known = [r for r in rates if r is not None]
     return sum(known) if known else None
 
 
+def _entities_by_metric(snap: Snapshot, metrics: Sequence[str]) -> dict[str, set[str]]:
+    """Entities sampled now of each of ``metrics`` (one pass over the tick's batches)."""
+    wanted = set(metrics)
+    out: dict[str, set[str]] = {m: set() for m in metrics}
+    for batch in snap.batches:
+        for entity, metric in zip(batch.entities, batch.metrics):
+            if metric in wanted:
+                out[metric].add(entity)
+    return out
+
+
+_HOST_RATES = (
+    "host.disk.read_bytes",
+    "host.disk.write_bytes",
+    "host.net.rx_bytes",
+    "host.net.tx_bytes",
+    "host.ib.rx_bytes",
+    "host.ib.tx_bytes",
+)
+
+
 def host_view(frame: Frame) -> HostView:
     snap = frame.snapshot
+    by_metric = _entities_by_metric(snap, _HOST_RATES)
     core_names = sorted(
         (e for e in snap.entities("host") if e.startswith("cpu") and e[3:].isdigit()),
         key=lambda e: int(e[3:]),
@@ -365,12 +392,12 @@ def host_view(frame: Frame) -> HostView:
         cpu=snap.value("host", "host.cpu.utilization"),
         memory_used=snap.value("host", "host.memory.used"),
         memory_total=snap.value("host", "host.memory.total"),
-        disk_read=_sum_rates(snap, "disk:", "host.disk.read_bytes"),
-        disk_write=_sum_rates(snap, "disk:", "host.disk.write_bytes"),
-        net_rx=_sum_rates(snap, "net:", "host.net.rx_bytes"),
-        net_tx=_sum_rates(snap, "net:", "host.net.tx_bytes"),
-        ib_rx=_sum_rates(snap, "ib:", "host.ib.rx_bytes"),
-        ib_tx=_sum_rates(snap, "ib:", "host.ib.tx_bytes"),
+        disk_read=_sum_rates(snap, "disk:", "host.disk.read_bytes", by_metric),
+        disk_write=_sum_rates(snap, "disk:", "host.disk.write_bytes", by_metric),
+        net_rx=_sum_rates(snap, "net:", "host.net.rx_bytes", by_metric),
+        net_tx=_sum_rates(snap, "net:", "host.net.tx_bytes", by_metric),
+        ib_rx=_sum_rates(snap, "ib:", "host.ib.rx_bytes", by_metric),
+        ib_tx=_sum_rates(snap, "ib:", "host.ib.tx_bytes", by_metric),
         ports=port_lines(snap),
         mounts=mount_lines(snap),
     )

@@ -4,17 +4,16 @@ thermals, clocks, throttling, links; lines the source has no metric for are left
 from __future__ import annotations
 
 from rich.style import Style
-from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.events import Click
 from textual.message import Message
-from textual.widget import Widget
 from textual.widgets import Static
 
 from agent.catalog.roles import ROLES, latency_role
 from agent.registry import default_registry
 from tui.format import bar, format_unit, spark
 from tui.views import BUSY, COMPUTE, QUEUE, SLOWDOWN_ROLES, TENSOR, AcceleratorView
+from tui.widgets.lines import Lines, LineWidget
 
 _LABEL = 5  # width of the left label column
 _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
@@ -103,7 +102,7 @@ def _throttle_text(view: AcceleratorView) -> str:
     return " ".join(flag.replace("_", " ").upper() for flag in view.throttle)
 
 
-class GpuCard(Widget, can_focus=True):
+class GpuCard(LineWidget, can_focus=True):
     """A compact, width-aware card; dimmed when the job does not use the device."""
 
     COMPONENT_CLASSES = {f"gpu-card--{part}" for part in _PARTS}
@@ -123,22 +122,29 @@ class GpuCard(Widget, can_focus=True):
         self.view: AcceleratorView | None = None
         self.border_title = entity
         self._styles: tuple[tuple, dict[str, Style]] | None = None
+        self._titles = (entity, "")
+        self._signature: tuple = ()
 
     def show(self, view: AcceleratorView) -> None:
         before = self.view
-        if before is not None and view.signature() == before.signature():
+        signature = view.signature()
+        if before is not None and signature == self._signature:
             return
-        self.view = view
-        self.border_title = f"{view.entity} · {view.name}" if view.name else view.entity
-        self.border_subtitle = (
-            "LOST" if view.lost else "job" if view.used_by_job else "not used by job"
-        )
+        self.view, self._signature = view, signature
+        # Set only on change: assigning a border title repaints the whole card.
+        title = f"{view.entity} · {view.name}" if view.name else view.entity
+        subtitle = "LOST" if view.lost else "job" if view.used_by_job else "not used by job"
+        if before is None or title != self._titles[0]:
+            self.border_title = title
+        if before is None or subtitle != self._titles[1]:
+            self.border_subtitle = subtitle
+        self._titles = (title, subtitle)
         self.set_class(not view.used_by_job, "-unused")
         self.set_class(view.lost, "-lost")
         self.set_class(bool(view.throttle), "-throttled")
         # Re-layout only when the card's height may change: laying out all cards every tick
-        # was most of the refresh cost.
-        self.refresh(
+        # was most of the refresh cost; otherwise only the lines that changed are repainted.
+        self.redraw(
             layout=before is None
             or _has_sm_line(before) != _has_sm_line(view)
             or [k for k, _ in runtime_lines(before)] != [k for k, _ in runtime_lines(view)]
@@ -154,17 +160,21 @@ class GpuCard(Widget, can_focus=True):
             )
         return self._styles[1]
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._styles = None  # looked up before the restyle they may be the old ones
+
     def on_click(self, event: Click) -> None:
         self.focus()
         self.post_message(self.Selected(self))
 
-    def render(self) -> Text:
+    def draw(self, width: int) -> Lines:
         view = self.view
         if view is None:
-            return Text("waiting for data…")
-        width = max(self.content_size.width, 20)
+            return Lines().append("waiting for data…")
+        width = max(width, 20)
         st = self._part_styles()
-        out = Text(no_wrap=True, overflow="ellipsis")
+        out = Lines()
         if self.short:
             self._short(out, view, width, st)
             return out
@@ -182,7 +192,7 @@ class GpuCard(Widget, can_focus=True):
         return self.app.has_class("-short")
 
     @staticmethod
-    def _short(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+    def _short(out: Lines, view: AcceleratorView, width: int, st: dict) -> None:
         head = f"{view.label(BUSY, 'busy')} {fmt(BUSY, view.get(BUSY)):>4} "
         tail = "".join(
             f" {view.label(role)} {fmt(role, view.get(role))}"
@@ -211,7 +221,7 @@ class GpuCard(Widget, can_focus=True):
             out.append(f"  ✖ {label} {count:.0f}", st["throttle"])
 
     @staticmethod
-    def _activity(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+    def _activity(out: Lines, view: AcceleratorView, width: int, st: dict) -> None:
         head = f"{view.label(BUSY, 'busy'):<{_LABEL}}{fmt(BUSY, view.get(BUSY)):>4} "
         out.append(head, st["label"])
         out.append(spark(view.recent.get(BUSY, ()), width - len(head), top=1.0), st["spark"])
@@ -232,7 +242,7 @@ class GpuCard(Widget, can_focus=True):
         out.append("\n")
 
     @staticmethod
-    def _memory(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+    def _memory(out: Lines, view: AcceleratorView, width: int, st: dict) -> None:
         used, total = view.get(USED), view.get(TOTAL)
         label = f" {_used_of_total(view)}"
         fraction = used / total if used is not None and total else None
@@ -241,7 +251,7 @@ class GpuCard(Widget, can_focus=True):
         out.append(label + "\n")
 
     @staticmethod
-    def _power(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+    def _power(out: Lines, view: AcceleratorView, width: int, st: dict) -> None:
         if not any(view.has(r) for r in (POWER, TEMPERATURE, CLOCK, MEMORY_CLOCK)):
             return
         power, limit = view.get(POWER), view.get(POWER_LIMIT)
@@ -267,7 +277,7 @@ class GpuCard(Widget, can_focus=True):
         out.append("\n")
 
     @staticmethod
-    def _throttle(out: Text, view: AcceleratorView, st: dict) -> None:
+    def _throttle(out: Lines, view: AcceleratorView, st: dict) -> None:
         errors = _error_counters(view)
         if not (view.lost or errors or any(view.has(r) for r in SLOWDOWN_ROLES)):
             return
@@ -283,7 +293,7 @@ class GpuCard(Widget, can_focus=True):
         out.append("\n")
 
     @staticmethod
-    def _links(out: Text, view: AcceleratorView, st: dict) -> None:
+    def _links(out: Lines, view: AcceleratorView, st: dict) -> None:
         if view.has(HOST_TX) or view.has(HOST_RX):
             out.append(f"{view.label(HOST_TX, 'host'):<{_LABEL}}", st["label"])
             out.append(f"↑{fmt(HOST_TX, view.get(HOST_TX))} ↓{fmt(HOST_RX, view.get(HOST_RX))}")
@@ -294,7 +304,7 @@ class GpuCard(Widget, can_focus=True):
             )
 
     @staticmethod
-    def _runtime(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+    def _runtime(out: Lines, view: AcceleratorView, width: int, st: dict) -> None:
         """Each part on the label's line while it fits, else on a line of its own."""
         rows: list[tuple[str, str]] = []
         for label, parts in runtime_lines(view):
@@ -342,7 +352,7 @@ class GpuPanel(VerticalScroll):
     def relayout_cards(self) -> None:
         """Card height follows the terminal's (short or full cards)."""
         for card in self.query(GpuCard):
-            card.refresh(layout=True)
+            card.redraw(layout=True)
 
     def toggle_unused(self) -> bool:
         self.hide_unused = not self.hide_unused

@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.text import Text
-from textual.widget import Widget
-
 from agent.health_text import health_phrases
 from agent.model import RunInfo
 from agent.reader import Frame, rank_label
 from tui.format import duration
+from tui.widgets.lines import Lines, LineWidget
 
 
-class RunHeader(Widget):
+class RunHeader(LineWidget):
     """``state`` is a short word with a symbol (REC, PAUSED, ENDED, REPLAY) so it reads in mono."""
 
     COMPONENT_CLASSES = {
@@ -42,12 +40,12 @@ class RunHeader(Widget):
             self.state = state
         if detail is not None:
             self.detail = detail
-        self.refresh()
+        self.redraw()
 
-    def render(self) -> Text:
+    def draw(self, width: int) -> Lines:
         run = self.run
         style = self.get_component_rich_style
-        out = Text(no_wrap=True, overflow="ellipsis")
+        out = Lines()
         out.append(f" {self.state} ", style("run-header--state"))
         out.append(f" {run.name}", style("run-header--name"))
         if run.pid is not None:
@@ -68,7 +66,7 @@ class RunHeader(Widget):
         out.append(f" · db {run.db_path}", style("run-header--dim"))
         return out
 
-    def _health(self, out: Text, health: Mapping[str, Any], notices: Mapping[str, str]) -> None:
+    def _health(self, out: Lines, health: Mapping[str, Any], notices: Mapping[str, str]) -> None:
         warn = self.get_component_rich_style("run-header--warn")
         out.append(f" {int(health.get('samples', 0)):,} samples")
         for key, label in (("dropped_ticks", "dropped ticks"), ("missed_ticks", "missed ticks")):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widget import Widget
-
 from tui.fabric_storage import MAX_LINES
 from tui.format import bar, fmt, format_unit
 from tui.views import HostView
+from tui.widgets.lines import Lines, LineWidget
 
 _LEVELS = " ▁▂▃▄▅▆▇█"
 
 
-class HostPanel(Widget, can_focus=True):
+class HostPanel(LineWidget, can_focus=True):
     """Focus it (click or Tab) and press ``g`` to chart host metrics."""
 
     COMPONENT_CLASSES = {"host-panel--label", "host-panel--cores"}
@@ -26,18 +24,18 @@ class HostPanel(Widget, can_focus=True):
         if view != self.view:
             lines_before = self.view is None or _line_count(self.view) != _line_count(view)
             self.view = view
-            self.refresh(layout=lines_before)
+            self.redraw(layout=lines_before)
 
     def on_click(self) -> None:
         self.focus()
 
-    def render(self) -> Text:
+    def draw(self, width: int) -> Lines:
         view = self.view
         if view is None:
-            return Text("waiting for host data…")
+            return Lines().append("waiting for host data…")
         label = self.get_component_rich_style("host-panel--label")
-        width = max(self.content_size.width, 20)
-        out = Text(no_wrap=True, overflow="ellipsis")
+        width = max(width, 20)
+        out = Lines()
         out.append("cpu  ", label)
         out.append(f"{fmt('host.cpu.utilization', view.cpu):>4} ")
         cores = "".join(_LEVELS[round(min(max(c, 0.0), 1.0) * 8)] for c in view.cores)
@@ -74,7 +72,7 @@ def _line_count(view: HostView) -> tuple[int, int, bool]:
             min(len(view.mounts), MAX_LINES + 1), view.ib_rx is None)  # fmt: skip
 
 
-def _port_lines(out: Text, view: HostView, label: str) -> None:
+def _port_lines(out: Lines, view: HostView, label: str) -> None:
     for p in view.ports[:MAX_LINES]:
         out.append("\nib   ", label)
         state = "" if p.up is None or p.up >= 1 else " DOWN"
@@ -91,7 +89,7 @@ def _port_lines(out: Text, view: HostView, label: str) -> None:
         out.append(f"\n     … {len(view.ports) - MAX_LINES} more ports")
 
 
-def _mount_lines(out: Text, view: HostView, label: str) -> None:
+def _mount_lines(out: Lines, view: HostView, label: str) -> None:
     for m in view.mounts[:MAX_LINES]:
         out.append("\nfs   ", label)
         kind = f" ({m.fstype})" if m.fstype else ""

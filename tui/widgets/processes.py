@@ -6,14 +6,13 @@ re-rendering a DataTable's cells cost ~80 ms per refresh with 32 processes; this
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.binding import Binding
 from textual.events import Click
 from textual.message import Message
-from textual.widget import Widget
 
 from tui.format import fmt
 from tui.views import SORT_KEYS, ProcessRow
+from tui.widgets.lines import Lines, LineWidget
 
 #: (key, header, width, sort key it selects or None); width 0 takes what is left.
 Column = tuple[str, str, int, "str | None"]
@@ -80,10 +79,11 @@ def _line(columns: tuple[Column, ...], cells: dict[str, str], width: int) -> str
     return "".join(parts)[:width].ljust(width)
 
 
-class ProcessTable(Widget, can_focus=True):
+class ProcessTable(LineWidget, can_focus=True):
     """Rows are processes; ``↑``/``↓`` select (for the graph view), a header click sorts."""
 
     HELP_SECTION = "processes panel, when focused"
+    ELLIPSIS = False
     COMPONENT_CLASSES = {"process-table--header", "process-table--cursor", "process-table--main"}
     BINDINGS = [
         Binding("up", "move(-1)", "Up", show=False),
@@ -106,6 +106,7 @@ class ProcessTable(Widget, can_focus=True):
 
     def _title(self) -> None:
         self.border_title = f"processes · sort {self.sort_key}"
+        self.redraw()  # the header's ▼ moves
 
     @property
     def row_count(self) -> int:
@@ -138,21 +139,21 @@ class ProcessTable(Widget, can_focus=True):
         self.cursor = (
             pids.index(selected) if selected in pids else min(self.cursor, max(len(pids) - 1, 0))
         )
-        self.refresh()
+        self.redraw()
 
     def _top(self) -> int:
         """First row shown, so the cursor stays visible."""
         visible = max(self.content_size.height - 1, 1)
         return max(0, min(self.cursor - visible // 2, len(self.rows) - visible))
 
-    def render(self) -> Text:
-        width = max(self.content_size.width, 10)
+    def draw(self, width: int) -> Lines:
+        width = max(width, 10)
         visible = max(self.content_size.height - 1, 0)
         columns = columns_for(width)
         header = {
             key: f"{name}{'▼' if sort == self.sort_key else ''}" for key, name, _, sort in columns
         }
-        out = Text(no_wrap=True, overflow="crop")
+        out = Lines()
         out.append(
             _line(columns, header, width), self.get_component_rich_style("process-table--header")
         )
@@ -175,7 +176,7 @@ class ProcessTable(Widget, can_focus=True):
     def action_move(self, step: int) -> None:
         if self.rows:
             self.cursor = min(max(self.cursor + step, 0), len(self.rows) - 1)
-            self.refresh()
+            self.redraw()
 
     def on_click(self, event: Click) -> None:
         offset = event.get_content_offset(self)
@@ -191,10 +192,10 @@ class ProcessTable(Widget, can_focus=True):
                 x -= size
         elif self.rows:
             self.cursor = min(self._top() + offset.y - 1, len(self.rows) - 1)
-            self.refresh()
+            self.redraw()
 
     def on_focus(self) -> None:
-        self.refresh()
+        self.redraw()
 
     def on_blur(self) -> None:
-        self.refresh()
+        self.redraw()
