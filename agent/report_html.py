@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import duckdb
 
 from agent.analysis.engine import finding_windows
 from agent.analysis.finding import Finding
-from agent.report import Report, group_findings, render_text
+from agent.analysis.time_axis import TimeAxis
+from agent.report import Report, group_findings, render_text, run_axis
 from agent.runs import ReadConnection
 
 WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 920, 170, 64, 16, 12, 26
@@ -34,7 +35,11 @@ SEVERITY_COLOR = {"critical": "#d62728", "warning": "#ff9f1c", "info": "#4e79a7"
 
 @dataclass(frozen=True)
 class Chart:
-    """One plot: a column of a frame table, one line per entity, scaled for display."""
+    """One plot: a column of a frame table, one line per entity, scaled for display.
+
+    ``{device}`` in the title is the run's accelerator noun ("GPU", "TPU chip"): the frames are
+    by role, so the same chart shows whichever accelerators the run had.
+    """
 
     title: str
     table: str
@@ -45,14 +50,14 @@ class Chart:
 
 
 CHARTS: tuple[Chart, ...] = (
-    Chart("GPU utilization", "aw_gpu", "util", "%", 100.0),
+    Chart("{device} utilization", "aw_gpu", "util", "%", 100.0),
     Chart("SM activity", "aw_gpu", "sm", "%", 100.0),
     Chart("Tensor activity", "aw_gpu", "tensor", "%", 100.0),
-    Chart("GPU memory used", "aw_gpu", "mem_used", "GiB", 1 / 2**30),
-    Chart("GPU power", "aw_gpu", "power", "W"),
-    Chart("GPU temperature", "aw_gpu", "temp", "°C"),
+    Chart("{device} memory used", "aw_gpu", "mem_used", "GiB", 1 / 2**30),
+    Chart("{device} power", "aw_gpu", "power", "W"),
+    Chart("{device} temperature", "aw_gpu", "temp", "°C"),
     Chart("SM clock", "aw_gpu", "clock_sm", "MHz"),
-    Chart("PCIe to GPU", "aw_gpu", "pcie_rx", "GB/s", 1e-9),
+    Chart("PCIe to {device}", "aw_gpu", "pcie_rx", "GB/s", 1e-9),
     Chart("NVLink sent", "aw_gpu", "nvlink_tx", "GB/s", 1e-9),
     Chart("Host CPU", "aw_host", "cpu", "%", 100.0, entity="'host'"),
     Chart("Host iowait", "aw_host", "iowait", "%", 100.0, entity="'host'"),
@@ -101,6 +106,7 @@ def svg_chart(
     t0: float,
     t1: float,
     findings: Sequence[Finding],
+    axis: TimeAxis | None = None,
 ) -> str:
     """An inline SVG line chart with the findings' windows shaded behind the lines."""
     ys = [y for pts in series.values() for _, y in pts]
@@ -109,6 +115,7 @@ def svg_chart(
         y_max = max(y_max, 100.0)
     y_max = y_max if y_max > y_min else y_min + 1.0
     span = max(t1 - t0, 1e-9)
+    tick = _clock if axis is None or not axis.trace else (lambda t: axis.at(t).removeprefix("t = "))
     plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
 
     def px(t: float) -> float:
@@ -140,7 +147,7 @@ def svg_chart(
     for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
         t = t0 + frac * span
         parts.append(
-            f'<text x="{px(t):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{_clock(t)}</text>'
+            f'<text x="{px(t):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{tick(t)}</text>'
         )
     for i, (entity, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
@@ -165,6 +172,8 @@ def render_html(db: ReadConnection, report: Report) -> str:
     read-only connection (never stored); over a recording agent's socket there are none."""
     t0, t1 = report.run.started, report.run.started + report.summary.duration_s
     width_s = max(1.0, (t1 - t0) / MAX_POINTS)
+    axis = run_axis(report.run)
+    noun = report.summary.device_noun
     charts = []
     con = db.duckdb
     if con is not None:
@@ -172,7 +181,8 @@ def render_html(db: ReadConnection, report: Report) -> str:
         for chart in CHARTS:
             series = _series(con, chart, width_s)
             if series:
-                charts.append(svg_chart(chart, series, t0, t1, report.findings))
+                named = replace(chart, title=chart.title.format(device=noun))
+                charts.append(svg_chart(named, series, t0, t1, report.findings, axis))
     else:
         charts.append("<p>Charts appear once the recording ends (it is being recorded).</p>")
     cards = []
@@ -186,7 +196,7 @@ def render_html(db: ReadConnection, report: Report) -> str:
         cards.append(
             f'<div class="finding {f.severity}"><div><b>{f.severity.upper()}</b> '
             f"<code>{html.escape(f.rule)}</code> on {html.escape(g.entities)} "
-            f"{f.start:%H:%M:%S}&ndash;{f.end:%H:%M:%S} UTC</div>"
+            f"{html.escape(axis.range_text(f.start, f.end))}</div>"
             f"<p>{html.escape(f.summary)}</p><p><i>Next step:</i> {html.escape(f.next_step)}</p>"
             f"<details><summary>evidence</summary><p>{evidence}</p>"
             f"<p>thresholds: {html.escape(str(f.evidence.get('threshold', {})))}</p></details>"

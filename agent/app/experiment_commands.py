@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Any
 
+from agent.analysis.time_axis import IMPORTED_MODE
 from agent.app.cli import print_json
 from agent.app.read_commands import fit
 
@@ -49,6 +50,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(" ".join(head))
     for r in records:
         started = r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] else "-"
+        if r["mode"] == IMPORTED_MODE:  # on the trace's own axis: its wall clock means nothing
+            started = "trace t = 0"
         top = r["top_finding"]
         note = ""
         if r["status"] == "lost" and r.get("last_sample"):

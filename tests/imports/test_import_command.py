@@ -4,6 +4,7 @@ line and exit 2 for what it cannot read, the trace's own time axis kept."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,21 @@ def test_usual_column_names_are_recognised(columns, expected):
 def test_an_op_trace_needs_its_steps_and_times():
     with pytest.raises(UsageError, match="cannot tell the step and the time column"):
         recognise(["rank", "optype", "duration"])
+
+
+def test_imported_runs_are_listed_and_charted_on_the_trace_axis(tmp_path, capsys):
+    db = tmp_path / "job3.duckdb"
+    rc, _, err = run_cli(
+        capsys, "import", str(DATA / "job_3_norm.csv"), "--run", "job3", "--db", str(db)
+    )
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, "runs", "--db", str(db))
+    assert rc == 0, err
+    assert "trace t = 0" in out and "1970-" not in out
+    page = tmp_path / "r.html"
+    rc, _, err = run_cli(capsys, "report", "--db", str(db), "--format", "html", "--out", str(page))
+    assert rc == 0, err
+    html = page.read_text()
+    cards = re.findall(r'<div class="finding [a-z]+"><div>(.*?)</div>', html)
+    assert cards and all(" s" in c and "UTC" not in c for c in cards)
+    assert "t = 2," in html  # the straggler of workers 6-9 starts near t = 2,150 s
