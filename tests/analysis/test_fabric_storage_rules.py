@@ -148,3 +148,14 @@ def test_the_report_shows_each_port_and_mount(runs):
     text = render_text(report)
     assert "Fabric ports" in text and "mlx5_0/1" in text and "/lustre/scratch" in text
     assert "| /mnt/data | nfs4 |" in render_text(report, markdown=True)
+
+
+def test_comm_bound_weighs_infiniband_traffic_against_the_ports_line_rate(runs):
+    found = of_rule(runs("comm-bound", ("fabric",)), "comm-bound")
+    assert len(found) == 8
+    f = found[0]
+    # four 200 Gb/s ports at 180 Gb/s each way: 90% of the line rate
+    assert f.evidence["ib_line_rate_bytes_per_s"] == pytest.approx(4 * 25e9)
+    assert f.evidence["ib_share_of_line_rate"] == pytest.approx(0.9, rel=0.05)
+    assert "of the ports' 100.0 GB/s line rate each way" in f.summary
+    assert of_rule(runs(*HEALTHY), "comm-bound") == []

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import duckdb
+
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
+from agent.analysis.frame_sql import in_list
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.rules.common import rate as rate_text
 from agent.analysis.thresholds import (
@@ -16,6 +21,7 @@ from agent.analysis.thresholds import (
     PCIE_NEAR_PEAK,
     SM_ACTIVITY_LOW,
 )
+from agent.catalog import CATALOG
 
 H2D = "h2d-transfer"
 COMM = "comm-bound"
@@ -137,12 +143,19 @@ def detect_comm(ctx: Context) -> list[Finding]:
         sql, ["util", "sm", "tensor", "power_share", "nvlink", "ib"], params=job_params(ctx)
     )
     findings = []
+    line_rate = fabric_line_rate(ctx) if eps else None
     for gpu, g_eps in by_entity(eps).items():
         util, sm, nvlink, ib, power = (
             weighted(g_eps, c) for c in ("util", "sm", "nvlink", "ib", "power_share")
         )
         total = sum(e.duration_s for e in g_eps)
         activity = f"SMs only {pct(sm)} active" if has_sm else f"power at {pct(power)} of limit"
+        # Against the ports' line rate (both directions), the fabric's share says whether the
+        # network is the ceiling (near 100%) or the collectives are latency-bound (far below).
+        ib_share = ib / (2 * line_rate) if line_rate and ib is not None else None
+        over_ib = f"{rate_text(ib)} over InfiniBand"
+        if ib_share is not None:
+            over_ib += f" ({pct(ib_share)} of the ports' {rate_text(line_rate)} line rate each way)"
         findings.append(
             ctx.finding(
                 COMM,
@@ -150,8 +163,7 @@ def detect_comm(ctx: Context) -> list[Finding]:
                 gpu,
                 g_eps,
                 f"{gpu} is communication-bound: busy {pct(util)} but {activity} while moving "
-                f"{rate_text(nvlink)} over NVLink and {rate_text(ib)} over InfiniBand for "
-                f"{duration(total)}.",
+                f"{rate_text(nvlink)} over NVLink and {over_ib} for {duration(total)}.",
                 "Overlap communication with compute (DDP bucket_cap_mb, FSDP prefetch), use "
                 "gradient accumulation to all-reduce less often, compress gradients (bf16), and "
                 "check NCCL topology (NCCL_DEBUG=INFO).",
@@ -159,6 +171,7 @@ def detect_comm(ctx: Context) -> list[Finding]:
                     "metrics": [
                         *ctx.info.metrics("peer_tx", "peer_rx", entity=gpu),
                         "host.ib.rx_bytes",
+                        *(m.name for m in CATALOG.by_role("port.rate")),
                         *ctx.info.metrics("sm", "busy", entity=gpu),
                     ],
                     "util": util,
@@ -166,6 +179,8 @@ def detect_comm(ctx: Context) -> list[Finding]:
                     "power_share": power,
                     "nvlink_bytes_per_s": nvlink,
                     "ib_bytes_per_s": ib,
+                    "ib_line_rate_bytes_per_s": line_rate,
+                    "ib_share_of_line_rate": ib_share,
                     "signal": ctx.info.column_metric(gpu, "sm" if has_sm else "power"),
                     "threshold": {
                         "util_at_least": BUSY,
@@ -178,6 +193,33 @@ def detect_comm(ctx: Context) -> list[Finding]:
             )
         )
     return findings
+
+
+def fabric_line_rate(ctx: Context) -> float | None:
+    """The job's fabric capacity one way: each port's highest line rate (role ``port.rate``)
+    in the window, summed over ports; None when no port reports one."""
+    names = [m.name for m in CATALOG.by_role("port.rate")]
+    if not names:
+        return None
+    w = ctx.info.window
+    where = ["run_id = ?", f"metric IN ({in_list(names)})"]
+    params: list[Any] = [w.run_id]
+    if w.start is not None:
+        where.append("ts >= ?")
+        params.append(w.start)
+    if w.end is not None:
+        where.append("ts < ?")
+        params.append(w.end)
+    try:
+        rows = ctx.rows(
+            f"SELECT sum(rate) AS total FROM (SELECT entity, max(value) AS rate FROM samples "
+            f"WHERE {' AND '.join(where)} GROUP BY entity)",
+            params,
+        )
+    except duckdb.Error:  # a window without samples (an in-memory live frame): no evidence
+        return None
+    total = rows[0]["total"] if rows else None
+    return float(total) if total else None
 
 
 RULES = [
