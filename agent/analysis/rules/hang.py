@@ -26,6 +26,7 @@ from agent.analysis.thresholds import (
     SM_ACTIVITY_LOW,
     WRITE_BURST_BYTES,
 )
+from agent.analysis.watch import Tick, hang_state
 
 HANG = "hang"
 _STEP_GAP_FACTOR = 10.0
@@ -159,11 +160,18 @@ def _from_steps(ctx: Context) -> list[Finding]:
     ]
 
 
+def watch_hang(tick: Tick) -> bool:
+    """The device condition on this tick (the step view is imported, not sampled)."""
+    return hang_state(tick.snap) is not None
+
+
 RULES = [
     Rule(
         HANG,
         "Hang",
         detect_hang,
         supersedes=("gpu-starvation", "checkpoint-stall", "idle-reserved-gpu"),
+        min_duration_s=HANG_MIN_S,
+        watch=watch_hang,
     )
 ]

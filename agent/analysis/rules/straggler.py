@@ -16,6 +16,8 @@ activity is no help here: the peers' SMs idle inside the all-reduce waiting for 
 
 from __future__ import annotations
 
+import statistics
+
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
@@ -26,6 +28,7 @@ from agent.analysis.thresholds import (
     STRAGGLER_SCORE,
     STRAGGLER_WINDOW_S,
 )
+from agent.analysis.watch import Tick
 
 STRAGGLER = "straggler"
 
@@ -155,4 +158,20 @@ def _from_devices(ctx: Context) -> list[Finding]:
     return findings
 
 
-RULES = [Rule(STRAGGLER, "Straggler accelerator or rank", detect_straggler)]
+def watch_straggler(tick: Tick) -> bool:
+    """Device view: one of three or more busy peers lags their median (the step view reads
+    imported step logs: the full pass covers it)."""
+    busy = tick.accel("busy")
+    if len(busy) < 3:
+        return False
+    peer = statistics.median(busy.values())
+    clock, idle = tick.accel("clock"), tick.accel("thr_idle")
+    working = {e: v for e, v in clock.items() if idle.get(e, 0.0) < 0.5}
+    peer_clock = statistics.median(clock.values()) if clock else 0.0
+    return peer >= LOW_BUSY and (
+        any(v < STRAGGLER_SCORE * peer for v in busy.values())
+        or any(v < STRAGGLER_SCORE * peer_clock for v in working.values())
+    )
+
+
+RULES = [Rule(STRAGGLER, "Straggler accelerator or rank", detect_straggler, watch=watch_straggler)]
