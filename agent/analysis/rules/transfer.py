@@ -189,9 +189,8 @@ def watch_h2d(tick: Tick) -> bool:
     gen_max, width_max = tick.accel("host_gen_max"), tick.accel("host_width_max")
     for e in tick.job:
         traffic = max(rx.get(e, 0.0), tx.get(e, 0.0))
-        lane = PCIE_LANE_BYTES.get(round(gen.get(e, 0.0)))
-        near = bool(lane and width.get(e)) and traffic / (lane * width[e]) >= PCIE_NEAR_PEAK
-        if near and util.get(e, 1.0) < BUSY:
+        peak = PCIE_LANE_BYTES.get(round(gen.get(e, 0.0)), 0.0) * width.get(e, 0.0)
+        if peak > 0 and traffic / peak >= PCIE_NEAR_PEAK and util.get(e, 1.0) < BUSY:
             return True
         slower = width.get(e, 0.0) < width_max.get(e, 0.0) or gen.get(e, 0.0) < gen_max.get(e, 0.0)
         if slower and rx.get(e, 0.0) + tx.get(e, 0.0) >= PCIE_ACTIVE_BYTES:
