@@ -110,11 +110,11 @@ LIVE_LOOKBACK_S = 60.0
 #: then after twice as long each time, up to LIVE_REFRESH_S.
 LIVE_RETRY_S = 3.0
 #: While a confirmed rule's watch holds, its pass re-runs this often (extends the finding,
-#: updates its evidence and severity); a pass costs 0.1-0.3 s of CPU, so not more often.
-LIVE_REFRESH_S = 120.0
+#: updates its evidence and severity); a pass costs 0.2-0.4 s of CPU, so 0.1% of a core at most.
+LIVE_REFRESH_S = 300.0
 #: Every rule, watched or not, runs at least this often (the safety net for rules without a
 #: watch and for conditions a watch cannot see, such as swings across a whole window).
-LIVE_FULL_PERIOD_S = 300.0
+LIVE_FULL_PERIOD_S = 600.0
 #: Issue 14: live analysis costs at most this share of one core at 8 GPUs / 32 processes / 1 Hz.
 LIVE_CPU_TARGET = 0.003
 #: While the hang watch holds but no pass has confirmed the hang yet, another pass follows

@@ -128,11 +128,12 @@ def job_devices(snap: Snapshot) -> dict[str, _Device]:
     return {e: accels[e] for e in job}
 
 
-def hang_state(snap: Snapshot) -> str | None:
+def hang_state(snap: Snapshot, job: dict[str, _Device] | None = None) -> str | None:
     """``"idle"`` or ``"spinning"`` when this tick meets the hang rule's device condition
     (every job accelerator idle while the job neither computes on the host nor writes; or every
-    job accelerator pinned without traffic and with empty SMs), else None."""
-    job = job_devices(snap)
+    job accelerator pinned without traffic and with empty SMs), else None. ``job``: the job's
+    accelerators, if already found."""
+    job = job_devices(snap) if job is None else job
     if not job:
         return None
     values = snap.values
@@ -187,9 +188,15 @@ def _disk_write(snap: Snapshot) -> float:
     return total
 
 
+_COUNTERS: dict[str, bool] = {}
+
+
 def _is_counter(metric: str) -> bool:
-    declared = CATALOG.get(metric)
-    return declared is not None and declared.is_counter
+    known = _COUNTERS.get(metric)
+    if known is None:
+        declared = CATALOG.get(metric)
+        known = _COUNTERS[metric] = declared is not None and declared.is_counter
+    return known
 
 
 @dataclass
@@ -205,6 +212,9 @@ class Tick:
     @property
     def ts(self) -> float:
         return self.snap.ts
+
+    def __post_init__(self) -> None:
+        self._accel: dict[tuple[str, bool], dict[str, float]] = {}
 
     def _value(self, entity: str, metric: str) -> float | None:
         if _is_counter(metric):
@@ -222,14 +232,24 @@ class Tick:
         return job_devices(self.snap)
 
     def accel(self, column: str, among: Iterable[str] | None = None) -> dict[str, float]:
-        """``aw_accel.column`` of the job's accelerators (or ``among``) that report it."""
+        """``aw_accel.column`` of the job's accelerators (or of every accelerator, when
+        ``among`` is ``devices``) that report it; computed once per tick and column."""
+        every = among is not None
+        cached = self._accel.get((column, every))
+        if cached is not None:
+            return cached
         out: dict[str, float] = {}
         devices = self.devices
-        for e in self.job if among is None else among:
+        values, rate = self.snap.values, self.snap.rate
+        for e in devices if every else self.job:
             d = devices.get(e)
             metric = None if d is None else d.metric.get(column)
-            if metric is not None and (v := self._value(e, metric)) is not None:
+            if metric is None:
+                continue
+            v = rate(e, metric) if _is_counter(metric) else values.get((e, metric))
+            if v is not None:
                 out[e] = v
+        self._accel[(column, every)] = out
         return out
 
     def has_column(self, column: str) -> bool:

@@ -127,8 +127,9 @@ def onset_s(rule: Rule, f: Finding) -> float:
     return _seconds(windows[min(rule.min_episodes, len(windows)) - 1][0])
 
 
-def live_run(path: Path, spec: Recording) -> LiveRun:
-    """Record ``spec`` with the live analysis polled after every tick, then analyse the file.
+def live_run(path: Path, spec: Recording, *, poll_every: int = 1, poll_offset: int = 0) -> LiveRun:
+    """Record ``spec`` with the live analysis polled after every ``poll_every``-th tick (from
+    tick ``poll_offset``: its thread's wake-ups against the sampler's), then analyse the file.
 
     A TPU scenario (``spec.run_id`` names it) is served by a simulated TPU VM whose clock is
     the recording's: set before each tick, to the time that tick samples."""
@@ -146,6 +147,8 @@ def live_run(path: Path, spec: Recording) -> LiveRun:
         clock[0] = now + 1
         if live.context is None:
             live.attach(fake_session(store, spec.run_id, hub=hub).context)
+        if round(now - T0) % poll_every != poll_offset % poll_every:
+            return
         live.poll()
         for f in live.context.findings:
             first.setdefault(str(f["rule"]), now - T0)
@@ -175,3 +178,11 @@ def live_run(path: Path, spec: Recording) -> LiveRun:
         Latency(rule, at, first.get(rule), target) for rule, (at, target) in sorted(by_rule.items())
     ]
     return run
+
+
+def live_run_delayed(path: Path, spec: Recording, *, delay_ticks: int) -> LiveRun:
+    """Round ``delay_ticks`` of the benchmark: 0 polls every tick; 1 and 2 every other tick,
+    in either phase (an analysis thread waking up to a tick late)."""
+    if delay_ticks == 0:
+        return live_run(path, spec)
+    return live_run(path, spec, poll_every=2, poll_offset=delay_ticks)

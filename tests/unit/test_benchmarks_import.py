@@ -11,6 +11,7 @@ import pytest
 BENCHMARKS = (
     "benchmarks.bench_analysis",
     "benchmarks.bench_export",
+    "benchmarks.bench_live",
     "benchmarks.bench_nvml",
     "benchmarks.bench_recording",
     "benchmarks.bench_tui",

@@ -162,7 +162,7 @@ def _from_steps(ctx: Context) -> list[Finding]:
 
 def watch_hang(tick: Tick) -> bool:
     """The device condition on this tick (the step view is imported, not sampled)."""
-    return hang_state(tick.snap) is not None
+    return hang_state(tick.snap, tick.job) is not None
 
 
 RULES = [
