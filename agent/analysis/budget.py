@@ -10,7 +10,9 @@ makes the rule due
   bucket counts whole), then at each longer minimum of its kinds (a leak needs 60 s) and, while
   unconfirmed, after ``LIVE_RETRY_S``, doubling up to ``LIVE_REFRESH_S``;
 * every ``LIVE_REFRESH_S`` while a confirmed finding's watch holds (its end, evidence and
-  severity move on), and once more when it stops holding (the finding closes);
+  severity move on), and never more often for that rule afterwards (a condition that comes
+  and goes costs no pass per episode); when the watch stops holding, the finding closes
+  without a pass;
 * with every rule, in the full pass every ``LIVE_FULL_PERIOD_S`` (rules without a watch, and
   conditions no single tick shows).
 
@@ -39,7 +41,10 @@ class RuleClock:
     """One watch's state: since when it holds, and when its rule's SQL runs next.
 
     ``minimums`` are the seconds held at which a pass can first report (the rule's minimum
-    duration, and the other minimums of kinds the same watch covers), shortest first."""
+    duration, and the other minimums of kinds the same watch covers), shortest first. After a
+    confirmed finding, the rule's SQL runs at most once per ``LIVE_REFRESH_S``: a condition
+    that comes and goes (a GPU throttling every minute) costs no pass per episode; the finding
+    closes without SQL when the watch stops (``closed``) and its next episode joins it."""
 
     minimums: list[float]
     since: float | None = None
@@ -49,35 +54,57 @@ class RuleClock:
     due_at: float | None = None
     retry_s: float = LIVE_RETRY_S
     steps: list[float] = field(default_factory=list)
+    #: The last pass that confirmed this watch's finding.
+    confirmed_at: float | None = None
+    #: Set when a confirmed condition ended (the caller closes its findings and clears it).
+    closed: float | None = None
+    #: Set when the condition came back and held its minimum while no pass may run yet: the
+    #: caller reopens its last finding (the SQL confirmed it at ``confirmed_at``).
+    reopened: bool = False
+
+    def _not_before(self, at: float) -> float:
+        if self.confirmed_at is None:
+            return at
+        return max(at, self.confirmed_at + LIVE_REFRESH_S)
 
     def observe(self, ts: float, holds: bool, bucket_s: float, gap_s: float) -> None:
         if holds:
             if self.since is None:
                 self.since, self.retry_s = ts, LIVE_RETRY_S
                 self.steps = [max(0.0, m - bucket_s) for m in self.minimums]
-                self.due_at = self.since + self.steps.pop(0)
+                self.due_at = self._not_before(self.since + self.steps.pop(0))
             self.last_true = ts
+            cooling = self.confirmed_at is not None and not self.confirmed
+            if (
+                cooling
+                and self.due_at is not None
+                and ts - self.since >= self.minimums[0] - bucket_s
+            ):
+                self.confirmed, self.reopened = True, True  # the same problem, back again
             return
         if self.since is not None and self.last_true is not None and ts - self.last_true > gap_s:
-            # the condition ended: one more pass closes a confirmed finding
-            self.due_at = ts if self.confirmed else None
-            self.since, self.confirmed, self.steps = None, False, []
+            if self.confirmed:  # the condition ended: its finding closes, no pass needed
+                self.closed = self.last_true + bucket_s
+            self.since, self.confirmed, self.steps, self.due_at = None, False, [], None
 
     def is_due(self, ts: float) -> bool:
         return self.due_at is not None and ts >= self.due_at
 
     def ran(self, ts: float, found: bool) -> None:
-        """A pass with this rule ran at ``ts``; ``found``: it reported this clock's kind."""
-        if self.since is None:  # the closing pass
+        """A pass with this rule ran at ``ts``; ``found``: it reported (or explained) this
+        clock's kind."""
+        if self.since is None:
             self.due_at = None
             return
         self.confirmed = self.confirmed or found
         if self.confirmed:
+            self.confirmed_at = ts
             self.due_at = ts + LIVE_REFRESH_S
             return
         retry = ts + self.retry_s
         self.retry_s = min(LIVE_REFRESH_S, 2 * self.retry_s)
-        self.due_at = min(retry, self.since + self.steps.pop(0)) if self.steps else retry
+        step = self.since + self.steps.pop(0) if self.steps else retry
+        self.due_at = self._not_before(min(retry, step))
 
 
 def _clocks(rule: Rule) -> dict[ClockKey, RuleClock]:
@@ -113,11 +140,19 @@ class Schedule:
         self.started: float | None = None
         self.last_full: float | None = None
 
-    def observe(self, ts: float, holding: set[ClockKey]) -> None:
+    def observe(self, ts: float, holding: set[ClockKey]) -> dict[ClockKey, float | None]:
+        """Take in which watches hold at ``ts``; the confirmed conditions that ended (with
+        when: their findings close there) or came back (None: their findings reopen)."""
         if self.started is None:
             self.started = ts
+        changed: dict[ClockKey, float | None] = {}
         for key, clock in self.clocks.items():
             clock.observe(ts, key in holding, self.bucket_s, self.gap_s)
+            if clock.closed is not None:
+                changed[key], clock.closed = clock.closed, None
+            if clock.reopened:
+                changed[key], clock.reopened = None, False
+        return changed
 
     def due(self, ts: float) -> list[Rule]:
         """The rules to run now: every rule when the full pass is due; else the due ones, the

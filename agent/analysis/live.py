@@ -74,7 +74,7 @@ class LiveFindingLog:
         }
         for f in current:
             key = (f.rule, f.entity)
-            before = self.open.get(key)
+            before = self.open.get(key) or self._recently_closed(f)
             # An open finding (no end yet) lasts until now, so a later one continues it.
             before_end = f.start if before is None or before.end is None else before.end
             if before is not None and f.start <= before_end + self.join_gap:
@@ -90,6 +90,36 @@ class LiveFindingLog:
             seen[key] = f
         self.closed.extend(f for key, f in self.open.items() if key not in seen)
         self.open = seen
+        return sort_findings([*self.closed, *self.open.values()])
+
+    def _recently_closed(self, f: Finding) -> Finding | None:
+        """The closed finding ``f`` continues (same rule and entity, within the join gap),
+        taken out of the closed ones; None if there is none."""
+        for i in range(len(self.closed) - 1, -1, -1):
+            c = self.closed[i]
+            if (c.rule, c.entity) == (f.rule, f.entity) and c.end is not None:
+                if f.start <= c.end + self.join_gap:
+                    return self.closed.pop(i)
+                return None
+        return None
+
+    def close(self, which: Callable[[Finding], bool], end: datetime) -> None:
+        """End the open findings ``which`` selects at ``end`` (their condition stopped)."""
+        for key, f in list(self.open.items()):
+            if which(f):
+                self.closed.append(replace(f, end=max(f.start, end)))
+                del self.open[key]
+
+    def reopen(self, which: Callable[[Finding], bool]) -> None:
+        """Open again the latest closed finding of each (rule, entity) ``which`` selects."""
+        latest: dict[tuple[str, str], int] = {}
+        for i, f in enumerate(self.closed):
+            if which(f) and (f.rule, f.entity) not in self.open:
+                latest[(f.rule, f.entity)] = i
+        for key, i in sorted(latest.items(), key=lambda kv: -kv[1]):
+            self.open[key] = replace(self.closed.pop(i), end=None)
+
+    def all(self) -> list[Finding]:
         return sort_findings([*self.closed, *self.open.values()])
 
     def current(self) -> list[Finding]:
@@ -241,8 +271,31 @@ class LiveAnalysis:
                     self.watch_errors += 1
                     self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
         self._seen_accels = self._seen_accels | frozenset(tick.devices)
-        self.schedule.observe(snap.ts, holding)
+        ended = self.schedule.observe(snap.ts, holding)
+        if ended:
+            self._close(ended)
         return holding
+
+    def _close(self, changed: dict[ClockKey, float | None]) -> None:
+        """Findings whose watch stopped holding end where it last held; those whose watch
+        came back within the refresh period reopen. No SQL either way."""
+        for (rule_id, kind), end in changed.items():
+            own = {k for k, _ in self._by_id[rule_id].kind_watches}
+
+            def which(
+                f: Finding, r: str = rule_id, k: str | None = kind, o: set[str] = own
+            ) -> bool:
+                found = finding_kind(f)
+                return f.rule == r and (found == k if k is not None else found not in o)
+
+            if end is None:
+                self.log.reopen(which)
+            else:
+                self.log.close(which, _utc(end))
+        if self.context is not None:
+            self.context.publish_findings([f.to_dict() for f in self.log.current()])
+            if self.cursor is not None:
+                store_findings(self.cursor, self.context.run.run_id, self.log.all(), live=True)
 
     def poll(self) -> list[Finding] | None:
         """Take in the new snapshots and run the rules that are due; their findings, or None
@@ -261,21 +314,25 @@ class LiveAnalysis:
         try:
             current = self.run_once(now, due)
         finally:  # a failed pass counts too, so a broken store is not retried every second
-            self.schedule.ran(now, due, self._found(current))
+            self.schedule.ran(now, due, self._found(current, due))
             self.cost.spent(now, self.cpu_clock() - cpu_started, was_pass=True)
             self.context.publish_health(
                 **self.cost.health(), **{"analysis.watch_errors": self.watch_errors}
             )
         return current
 
-    def _found(self, findings: Sequence[Finding]) -> set[ClockKey]:
-        """(rule, kind) of each finding; the kind only if the rule watches it on its own."""
+    def _found(self, findings: Sequence[Finding], ran: Sequence[Rule]) -> set[ClockKey]:
+        """(rule, kind) of each finding, the kind only if the rule watches it on its own; a
+        rule a found rule supersedes counts as found (its condition is explained, so its
+        watch needs no retries)."""
         out: set[ClockKey] = set()
         for f in findings:
             rule = self._by_id.get(f.rule)
             own = {k for k, _ in rule.kind_watches} if rule else set()
             kind = finding_kind(f)
             out.add((f.rule, kind if kind in own else None))
+        explained = {h for f in findings if (r := self._by_id.get(f.rule)) for h in r.supersedes}
+        out |= {(r.id, None) for r in ran if r.id in explained}
         return out
 
     def run_once(

@@ -112,19 +112,33 @@ def test_an_unconfirmed_watch_retries_with_backoff_up_to_the_refresh_period():
     assert max(gaps) == LIVE_REFRESH_S
 
 
-def test_a_confirmed_finding_refreshes_then_closes_when_its_watch_stops():
+def test_a_confirmed_finding_refreshes_then_closes_without_a_pass_when_its_watch_stops():
     clock = RuleClock([30.0])
-    for t in range(0, 29):
+    for t in range(0, 30):
         clock.observe(float(t), True, 1.0, 10.0)
-    clock.observe(29.0, True, 1.0, 10.0)
     assert clock.is_due(29.0)
     clock.ran(29.0, True)
     assert clock.due_at == 29.0 + LIVE_REFRESH_S
     for t in range(30, 60):
         clock.observe(float(t), t < 40, 1.0, 10.0)
-    assert clock.is_due(51.0)  # the condition ended at 40: one pass closes the finding
-    clock.ran(51.0, False)
+    assert clock.closed == 40.0  # ended after the last tick that held; no pass is due
     assert clock.due_at is None and not clock.confirmed
+
+
+def test_a_condition_that_comes_and_goes_costs_one_pass_per_refresh_period():
+    schedule = Schedule([_rule(min_duration_s=30.0)], bucket_s=1.0, full_period_s=1e9)
+    passes, reopened = [], []
+    for t in range(0, 1000):
+        holds = t % 60 < 40  # 40 s of throttling every minute
+        changed = schedule.observe(T0 + t, {("r", None)} if holds else set())
+        reopened += [t for v in changed.values() if v is None]
+        if schedule.due(T0 + t):
+            passes.append(t)
+            schedule.ran(T0 + t, schedule.rules, {("r", None)})
+    assert passes[0] == 29
+    assert all(b - a >= LIVE_REFRESH_S for a, b in zip(passes, passes[1:]))
+    # the episodes between passes reopen the finding once they held the minimum, without SQL
+    assert reopened[:2] == [60 + 29, 120 + 29]
 
 
 def test_every_rule_runs_in_the_full_pass_even_without_a_watch():
