@@ -19,7 +19,12 @@ from typing import Any
 #: Recording keys the header words itself (samples, ticks, disabled sources, store error).
 RECORDING_KEYS = frozenset({"samples", "dropped_ticks", "missed_ticks", "disabled", "store_error"})
 #: Owner prefix → the word a user knows it by.
-OWNER_LABELS = {"otlp": "OTLP export", "prometheus": "Prometheus", "export": "export"}
+OWNER_LABELS = {
+    "otlp": "OTLP export",
+    "prometheus": "Prometheus",
+    "export": "export",
+    "tracking": "training client",
+}
 _OK_STATES = frozenset({"", "ok", "running", "idle", "ready"})
 #: A counter is worth showing when its name says something was lost or went wrong.
 _PROBLEM_WORDS = ("failed", "dropped", "lost", "error", "capped", "skipped")

@@ -48,6 +48,9 @@ class Batch:
     events: Sequence[Event] = ()
     #: entity → attributes (name, uuid, cmdline, ppid, used_by_job ...); sent when they change.
     entity_attrs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Rows for tables other than ``samples``, as NumPy columns by record kind (the training
+    #: client's metrics and config: :mod:`agent.tracking.tables`); written with the tick.
+    records: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.values)

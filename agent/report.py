@@ -4,7 +4,8 @@ Reading a run never writes: the report shows the run's stored post-run findings;
 has none (lost, or never analysed) is analysed in memory from the read-only file; a run being
 recorded (read through its agent's socket) shows what the live analysis found so far. Only the
 recording agent itself, once the run ends, analyses and stores the post-run findings
-(:func:`render_run_text`). The summary: duration, devices, GPU utilization percentiles,
+(:func:`render_run_text`). The summary: duration, devices, their utilization percentiles (named
+for the devices' kind: GPU, TPU),
 energy from the cumulative ``gpu.energy`` counter (reset-safe), and the time lost by cause,
 each second counted once.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -70,6 +72,8 @@ class RunSummary:
     lost_share: dict[str, float] = field(default_factory=dict)
     #: Holes in the recording (``gap`` events): start (ISO, UTC), seconds, missed ticks.
     gaps: list[dict[str, Any]] = field(default_factory=list)
+    #: What the devices are called ("GPU", "TPU"; "accelerator" when mixed or unknown).
+    device_noun: str = "accelerator"
 
 
 def summarize(
@@ -134,6 +138,7 @@ def summarize(
         overall[1],
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
         gaps,
+        device_noun(plan, [d.entity for d in devices]),
     )
 
 
@@ -277,8 +282,8 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
         ("host", s.host or "-"),
         ("devices", _devices_text(s)),
         (
-            "GPU utilization",
-            f"p50 {pct(s.util_p50)}, p90 {pct(s.util_p90)}" if s.devices else "no GPU",
+            f"{s.device_noun} utilization" if s.devices else "utilization",
+            f"p50 {pct(s.util_p50)}, p90 {pct(s.util_p90)}" if s.devices else "no accelerator",
         ),
         ("energy", f"{s.energy_kwh:.3f} kWh" if s.energy_kwh is not None else "not measured"),
     ]
@@ -301,7 +306,7 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
         lines += ["", h("Devices")]
         if markdown:
             lines += [
-                "| GPU | name | mean | p50 | p90 | p99 | energy kWh |",
+                f"| {s.device_noun} | name | mean | p50 | p90 | p99 | energy kWh |",
                 "|---|---|---|---|---|---|---|",
             ]
         for d in s.devices:
@@ -358,7 +363,18 @@ def _devices_text(s: RunSummary) -> str:
     if not s.devices:
         return "CPU only"
     names = sorted({d.name for d in s.devices})
-    return f"{len(s.devices)} GPU(s): {', '.join(names)}"
+    return f"{len(s.devices)} {s.device_noun}(s): {', '.join(names)}"
+
+
+def device_noun(plan: AcceleratorPlan, entities: list[str]) -> str:
+    """What the report calls these devices, from their sources' declared kind (``hw.type``)."""
+    nouns = set()
+    for entity in entities:
+        source = next(
+            (s for s in plan.sources if any(re.fullmatch(p, entity) for p in s.patterns)), None
+        )
+        nouns.add(source.noun if source is not None else "accelerator")
+    return nouns.pop() if len(nouns) == 1 else "accelerator"
 
 
 def render_run_text(db_path: str | os.PathLike[str], run_id: str) -> str:

@@ -56,6 +56,11 @@ class Collector(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles."""
 
+    def health(self) -> Mapping[str, Any]:
+        """Counters for the recording's health channel (``<owner>.<name>`` keys, merged into
+        :attr:`agent.context.LiveContext.health`); none by default."""
+        return {}
+
 
 @dataclass(frozen=True)
 class EntityKind:
@@ -114,7 +119,9 @@ class SourceSpec:
     the processes that hold the devices. ``check_scenario(scenario)`` raises ValueError (one
     line) if the scenario's part for this source is invalid, before anything is started.
     ``start_order`` orders the collectors (lowest first: the process tree starts before the
-    sources that ask for its pids).
+    sources that ask for its pids). ``advice`` is what findings on the source's devices tell
+    the user to do, by topic (``profile``, ``stacks``, ``input``, ``transfer``, ``collective``,
+    ``device_query``): the driver's or framework's own tools, so rules stay neutral.
     """
 
     name: str
@@ -125,3 +132,4 @@ class SourceSpec:
     simulator: Callable[..., Any] | None = None
     start_order: int = 50
     check_scenario: Callable[[str], None] | None = None
+    advice: Mapping[str, str] = field(default_factory=dict)

@@ -25,7 +25,7 @@ import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
@@ -82,6 +82,23 @@ CREATE OR REPLACE VIEW runs AS
            h.last_sample, r.agent_host, r.agent_pid, h.heartbeat, r.lost_ticks
     FROM run_log r LEFT JOIN run_heartbeat h ON h.run_id = r.run_id
     QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.logged DESC) = 1;
+"""
+
+#: Version 3, experiment tracking: what the job's own ``accelwatch`` client reports — logged
+#: metrics per rank and step, and the run's config and tags (JSON values, latest per key).
+_SCHEMA_V3_TRACKING = """
+CREATE TABLE IF NOT EXISTS train_metric_values (
+    run_id VARCHAR, ts TIMESTAMP, rank INTEGER, step BIGINT, name VARCHAR, value DOUBLE);
+CREATE TABLE IF NOT EXISTS run_setting_log (
+    run_id VARCHAR, ts TIMESTAMP, kind VARCHAR, rank INTEGER, key VARCHAR, value VARCHAR);
+CREATE OR REPLACE VIEW train_metrics AS
+    SELECT run_id, ts, rank, step, name, value FROM train_metric_values;
+CREATE OR REPLACE VIEW run_config AS
+    SELECT run_id, key, arg_max(value, ts) AS value FROM run_setting_log
+    WHERE kind = 'config' GROUP BY run_id, key;
+CREATE OR REPLACE VIEW run_tags AS
+    SELECT run_id, key, arg_max(value, ts) AS value FROM run_setting_log
+    WHERE kind = 'tag' GROUP BY run_id, key;
 """
 
 _V1_RUNS_VIEW = """
@@ -302,6 +319,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         con.execute(_SCHEMA_V1)
         con.execute(_V1_RUNS_VIEW)
     con.execute(_SCHEMA_V2)
+    con.execute(_SCHEMA_V3_TRACKING)
     con.execute(
         "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
     )

@@ -34,6 +34,7 @@ from agent.store import (
     temp_directory,
     this_host,
 )
+from agent.tracking.tables import insert_records
 
 Tick = tuple[str, list[Batch]]
 #: Longest wait between two write attempts while the store fails.
@@ -357,6 +358,9 @@ class Store:
         events = [e for b in batches for e in b.events]
         if events:
             self._insert_events(run_id, events)
+        records = [b.records for b in batches if b.records]
+        if records:  # the training client's metrics and config (not counted as samples)
+            insert_records(self.con, run_id, records)
         attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
         if attrs:
             tick_entities = {  # noqa: F841

@@ -49,6 +49,13 @@ ENV_KEYS = frozenset(
         "CLOUD_TPU_TASK_ID",
         "MEGASCALE_SLICE_ID",
         "MEGASCALE_NUM_SLICES",
+        # Kubernetes pod identity (HOSTNAME is the pod's name; the rest from the downward API
+        # under their usual names, or an Indexed Job's index)
+        "HOSTNAME",
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "NODE_NAME",
+        "JOB_COMPLETION_INDEX",
     }
 )
 

@@ -27,9 +27,29 @@ def _simulator(scenario: str, owner_pids: Callable[[], list[int]]) -> Any:
     return install(load_scenario(scenario), job_pids=owner_pids)
 
 
+#: What findings on these GPUs tell the user to do (``SourceSpec.advice``): CUDA / PyTorch tools.
+ADVICE = {
+    "profile": "profile one step (torch.profiler or `nsys profile`) for gaps between kernels",
+    "stacks": "Dump the stacks now (`py-spy dump --pid PID` on every rank, or "
+    "TORCH_NCCL_DUMP_ON_TIMEOUT=1 for NCCL flight-recorder traces) to see which "
+    "collective or lock each rank waits in; then check for a dead rank or host.",
+    "input": "Give the input pipeline more CPU: raise DataLoader num_workers (if cores are "
+    "free), enable pin_memory and persistent_workers, move decoding/augmentation to the GPU "
+    "(e.g. DALI), or cache preprocessed data.",
+    "memory_full": "Leave headroom: smaller micro-batches with gradient accumulation, "
+    "activation checkpointing, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.",
+    "memory_growth": "Look for tensors kept across steps (losses appended without "
+    ".detach()/.item(), growing caches, graphs retained); compare "
+    "torch.cuda.memory_summary() between steps.",
+    "checkpoint": "Checkpoint asynchronously (torch.distributed.checkpoint async_save, or copy "
+    "to CPU and write in a thread), write less often, or to faster local storage first.",
+    "device_query": "run `nvidia-smi -q` and `dcgmi diag -r 2` on the node",
+}
+
 SPEC = SourceSpec(
     name=SOURCE,
     label="NVIDIA GPUs (NVML)",
+    advice=ADVICE,
     metrics=tuple(METRICS),
     entity_kinds=(
         EntityKind("accelerator", "gpu(?P<gpu>[0-9]+)", _GPU_IDENTITY),

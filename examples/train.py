@@ -3,7 +3,10 @@
     accelwatch run -- python examples/train.py --steps 30 --workers 2
 
 Workers produce batches (CPU work + a little file I/O) into a bounded queue; the main
-process "trains" a linear model on them with NumPy and logs one line per few steps.
+process "trains" a linear model on them with NumPy and logs one line per few steps. With the
+``accelwatch`` client importable, each step is marked (``accelwatch.step()``) and its loss
+logged (``accelwatch.log``): under ``accelwatch run`` they land in the run; without it, or with
+no agent watching, the calls cost nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import tempfile
 import time
 
 import numpy as np
+
+try:  # the example also runs where accelwatch is not installed
+    import accelwatch
+except ImportError:  # pragma: no cover - depends on the environment
+    accelwatch = None
 
 
 def loader_worker(
@@ -71,6 +79,10 @@ def train(
     ]
     for p in procs:
         p.start()
+    if accelwatch is not None:
+        accelwatch.config(
+            {"workers": workers, "batch_size": batch_size, "features": features, "lr": 0.01}
+        )
     w = np.zeros((features, 1), dtype=np.float32)
     loss = float("nan")
     deadline = time.monotonic() + duration if duration else None
@@ -85,6 +97,9 @@ def train(
                 grad = x.T @ (pred - y) / len(x)
                 w -= 0.01 * grad
             loss = float(np.mean((x @ w - y) ** 2))
+            if accelwatch is not None:
+                accelwatch.log(step=step, loss=loss)
+                accelwatch.step()
             if step % 10 == 0 or step == steps:
                 print(f"step {step}/{steps} loss {loss:.4f}", flush=True)
     finally:

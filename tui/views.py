@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.catalog import CATALOG
+from agent.catalog.roles import LATENCIES, latency_role
 from agent.reader import Frame
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
@@ -33,6 +34,11 @@ SLOWDOWN_ROLES = (
     "accelerator.throttle.thermal_hw",
     "accelerator.throttle.power_brake",
 )
+QUEUE = "accelerator.queue.size"
+#: Runtime latency percentiles a card shows (a TPU's HLO execution, transfers, collectives).
+LATENCY_ROLES = tuple(latency_role(stem, q) for stem in LATENCIES for q in ("p50", "p99"))
+#: The kind of a source's per-host runtime entity, whose latencies the source's cards show.
+RUNTIME_KIND = "accelerator.runtime"
 #: Roles a card reads (optional ones are drawn only when the device's source declares them).
 CARD_ROLES = (
     *SPARK_ROLES,
@@ -51,6 +57,8 @@ CARD_ROLES = (
     "accelerator.peer_link.rx",
     "accelerator.fault",
     "accelerator.ecc.uncorrected",
+    QUEUE,
+    *LATENCY_ROLES,
 )
 HOST_SPARK_METRICS = ("host.cpu.utilization",)
 SORT_KEYS = ("tree", "cpu", "rss", "gpu_mem", "io")
@@ -210,11 +218,24 @@ def device_word(source: str) -> str:
     return "DEVICE"
 
 
+def runtime_entities(snap: Snapshot) -> dict[str, str]:
+    """Source → its entity of kind ``accelerator.runtime`` sampled now (a TPU host's runtime)."""
+    registry = default_registry()
+    out: dict[str, str] = {}
+    for batch in snap.batches:
+        for entity in dict.fromkeys(batch.entities):
+            if batch.source not in out and registry.kind_of(batch.source, entity) == RUNTIME_KIND:
+                out[batch.source] = entity
+    return out
+
+
 def accelerator_views(frame: Frame) -> list[AcceleratorView]:
-    """One view per accelerator entity, its values read through its source's roles."""
+    """One view per accelerator entity, its values read through its source's roles; latency
+    roles the device has no value for come from its source's runtime entity (per host)."""
     snap = frame.snapshot
     by_source: dict[str, dict[str, str]] = {}
     sampled = {(b.source, e) for b in snap.batches for e in b.entities}
+    runtimes = runtime_entities(snap)
     views = []
     for source, entity in accelerator_entities(snap):
         metrics = by_source.get(source)
@@ -223,12 +244,18 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
                 role: name for role, name in role_metrics(source).items() if role in CARD_ROLES
             }
         attrs = snap.entity_attrs.get(entity, {})
+        values = {role: snap.value(entity, name) for role, name in metrics.items()}
+        runtime = runtimes.get(source)
+        if runtime is not None:
+            for role in LATENCY_ROLES:
+                if role in metrics and values[role] is None:
+                    values[role] = snap.value(runtime, metrics[role])
         views.append(
             AcceleratorView(
                 entity=entity,
                 name=str(attrs.get("name", "")),
                 used_by_job=bool(attrs.get("used_by_job", True)),
-                values={role: snap.value(entity, name) for role, name in metrics.items()},
+                values=values,
                 throttle=throttle_reasons(snap, entity, metrics),
                 recent={
                     role: frame.recent.get((entity, metrics[role]), np.empty(0))

@@ -144,6 +144,17 @@ class FrameInfo:
         word = nouns.pop() if len(nouns) == 1 else "accelerator"
         return word + "s" if plural else word
 
+    def advice(self, topic: str, entities: Iterable[str] | None = None) -> str | None:
+        """The next step the sources of these accelerators (default: the job's) declare for
+        ``topic``, when they agree; None lets the rule say something neutral."""
+        chosen = self.job_accelerators if entities is None else entities
+        texts = {
+            s.advice.get(topic) if (s := self.plan.source(self.sources.get(e, ""))) else None
+            for e in chosen
+        }
+        text = texts.pop() if len(texts) == 1 else None
+        return text or None
+
     def column_metric(self, entity: str, column: str) -> str | None:
         found = self.metrics(column, entity=entity)
         return found[0] if found else None

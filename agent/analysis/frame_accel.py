@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import duckdb
@@ -128,6 +128,8 @@ class AcceleratorSource:
     columns: Mapping[str, str]
     #: What a finding calls the device: from the kind's OpenTelemetry ``hw.type``.
     noun: str = "accelerator"
+    #: Next-step advice by topic, from the source's declaration (``SourceSpec.advice``).
+    advice: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def attributes_job(self) -> bool:
@@ -152,7 +154,8 @@ def accelerator_source(spec: SourceSpec) -> AcceleratorSource | None:
         if column is not None:
             columns.setdefault(column, m.name)
     patterns = tuple(k.pattern for k in kinds)
-    return AcceleratorSource(spec.name, patterns, MappingProxyType(columns), noun)
+    advice = MappingProxyType(dict(spec.advice))
+    return AcceleratorSource(spec.name, patterns, MappingProxyType(columns), noun, advice)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,23 @@ HANG_SPIN_SM = 0.2  # "busy" GPUs with SM activity below this are spinning, not 
 HANG_CPU_IDLE = 0.10  # job CPU in cores below which processes make no host-side progress
 HANG_TRAFFIC_BYTES = 1e6  # PCIe + NVLink bytes/s below which GPUs exchange nothing
 
+#: A device queue at or above this many programs that does not drain while the device is flat
+#: at idle or at full duty is stuck (a TPU's HLO queue behind a collective that never ends).
+HANG_QUEUE_STUCK = 1.0
+
+# -- runtime latencies (accelwatch's bands; TPU: libtpu HLO timing and megascale.*) ------------
+#: The job's device queue averages at most this many programs: it ran empty, the device waits
+#: for the host to enqueue the next step (XProf calls such a step "input bound").
+QUEUE_EMPTY = 0.5
+#: Host <-> device transfers: a p99 above 2 ms is slow (a 32 MiB batch over PCIe Gen4 x16 takes
+#: about 1.5 ms), and they dominate when transfers occupy half the wall time (rate x median).
+TRANSFER_P99_HIGH_S = 0.002
+TRANSFER_TIME_SHARE = 0.5
+#: Multi-slice: a cross-slice (DCN) transfer p99 above 5 ms or a collective p99 above 10 ms
+#: is congested; in-slice ICI collectives take microseconds, healthy DCN ones about a millisecond.
+DCN_P99_HIGH_S = 0.005
+COLLECTIVE_P99_HIGH_S = 0.010
+
 # -- periodic I/O stalls ----------------------------------------------------------------------
 WRITE_BURST_BYTES = 50e6  # disk write rate of a burst
 WRITE_BURST_FACTOR = 3.0  # ... and this many times the run's median write rate

@@ -55,6 +55,17 @@ def root_dir(text: str) -> str:
     return os.path.abspath(text)
 
 
+def tpu_runtime(text: str) -> str:
+    """``HOST:PORT[,PORT...]`` of libtpu's metrics service, checked before the job starts."""
+    from collectors.tpu.targets import TargetSpecError, parse_targets
+
+    try:
+        parse_targets(text, {})
+    except TargetSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
 def pid_arg(text: str) -> int:
     try:
         pid = int(text)
@@ -201,6 +212,14 @@ def _add_recording(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="read procfs from DIR for the sources that read files (default: "
         "$ACCELWATCH_PROC_ROOT or /proc)",
+    )
+    p.add_argument(
+        "--tpu-runtime",
+        type=tpu_runtime,
+        default=None,
+        metavar="HOST:PORT[,PORT...]",
+        help="libtpu metrics service(s) to read (default: $TPU_RUNTIME_METRICS_PORTS on "
+        "localhost, else localhost:8431)",
     )
     p.add_argument(
         "--metric-names",

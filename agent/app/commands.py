@@ -43,7 +43,16 @@ def _config(args: argparse.Namespace) -> SessionConfig:
         stop_timeout=getattr(args, "stop_timeout", DEFAULT_STOP_TIMEOUT_S),
         sys_root=args.sys_root,
         proc_root=args.proc_root,
+        source_options=_source_options(args),
     )
+
+
+def _source_options(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Per-source command-line options, handed to collectors as ``CollectContext.options``."""
+    options: dict[str, dict[str, str]] = {}
+    if getattr(args, "tpu_runtime", None):
+        options.setdefault("tpu", {})["runtime"] = args.tpu_runtime
+    return options
 
 
 def cmd_run(args: argparse.Namespace) -> int:

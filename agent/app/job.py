@@ -125,17 +125,22 @@ class OutputPump:
             self._note("job_output_dropped", "agent", path=self.path, reason=reason)
 
 
-def launch_job(command: list[str], pump: OutputPump | None) -> subprocess.Popen[bytes]:
-    """Start ``command`` with the user's umask; under the UI in its own process group, its
-    output into ``pump`` and stdin from /dev/null (the UI owns the terminal)."""
+def launch_job(
+    command: list[str], pump: OutputPump | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` with the user's umask and our environment plus ``env`` (the training
+    client's socket); under the UI in its own process group, its output into ``pump`` and
+    stdin from /dev/null (the UI owns the terminal)."""
+    job_env = {**os.environ, **env} if env else None
     if pump is None:  # headless: the job shares the terminal as under a shell
-        return subprocess.Popen(command, umask=user_umask())
+        return subprocess.Popen(command, umask=user_umask(), env=job_env)
     group: dict[str, Any] = (
         {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     )
     return subprocess.Popen(
         command,
         umask=user_umask(),
+        env=job_env,
         stdin=subprocess.DEVNULL,
         stdout=pump.write_fd,
         stderr=pump.write_fd,

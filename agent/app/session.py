@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from accelwatch._wire import ENV_SOCKET
 from agent.app.job import (
     DEFAULT_STOP_TIMEOUT_S,
     JobSignals,
@@ -34,6 +35,7 @@ from agent.app.sources import (
     quiet_absent_accelerators,
     start_collectors,
 )
+from agent.catalog.steps import SOURCE as STEPS_SOURCE
 from agent.context import Consumer, LiveContext
 from agent.errors import AccelwatchError, TargetError
 from agent.model import Event, RunInfo
@@ -42,6 +44,7 @@ from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
 from agent.store import Store
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
+from agent.tracking.collector import SOCKET_OPTION
 from collectors.process import ProcessCollector
 
 
@@ -120,7 +123,7 @@ class Session:
         if self.config.job_log:
             self.pump = OutputPump(self.config.job_log, self.note)
         try:
-            self.child = launch_job(command, self.pump)
+            self.child = launch_job(command, self.pump, env=self._job_env())
         except OSError as exc:
             for consumer in pending:  # release what they bound; they never started
                 with contextlib.suppress(Exception):
@@ -141,6 +144,17 @@ class Session:
         )
         self.job.log = self.config.job_log
         return self._begin(self.child.pid, mode="run", pending=pending)
+
+    def _job_env(self) -> dict[str, str]:
+        """What the launched job gets on top of our environment: the training client's socket
+        (bound by the ``steps`` collector, which is told the same path)."""
+        from agent.tracking.receiver import run_socket_path
+
+        path = run_socket_path()
+        options = {k: dict(v) for k, v in self.config.source_options.items()}
+        options.setdefault(STEPS_SOURCE, {})[SOCKET_OPTION] = path
+        self.config.source_options = options
+        return {ENV_SOCKET: path}
 
     def attach(self, pid: int) -> RunInfo:
         try:
@@ -375,6 +389,9 @@ class Session:
             self.sampler.stop()
             if self.run is not None:
                 self.sampler.step()  # one last sample so the end of the run is recorded
+            for collector in self.sampler.collectors:  # sockets removed, handles released
+                with contextlib.suppress(Exception):
+                    collector.close()
         for consumer in reversed(self.consumers):
             with contextlib.suppress(Exception):
                 consumer.stop()
@@ -400,6 +417,7 @@ class Session:
                     "lost_ticks": self.store.lost_ticks,
                     "store_failures": self.store.failures,
                     **(self.pump.health() if self.pump else {}),
+                    **_collector_health(self.sampler),
                 },
             )
             self.store.finalize(self.run, [end])  # never raises; says so on stderr
@@ -418,11 +436,21 @@ def _recording_health(
         health.update(store.health())  # its counters only while something is wrong
     if pump is not None:
         health.update(pump.health())
+    health.update(_collector_health(sampler))
     gap = sampler.stats.last_gap if sampler is not None else None
     if gap is not None:  # the hole in the recording (the agent was stopped, or a tick overran)
         start, seconds, missed = gap
         at = time.strftime("%H:%M:%S", time.localtime(start))
         health["sampling.state"] = f"gap of {seconds:g} s at {at} ({missed} ticks missed)"
+    return health
+
+
+def _collector_health(sampler: Sampler | None) -> dict[str, Any]:
+    """The collectors' own counters (the training client's drops...); a failing one says none."""
+    health: dict[str, Any] = {}
+    for collector in sampler.collectors if sampler is not None else ():
+        with contextlib.suppress(Exception):
+            health.update(collector.health())
     return health
 
 

@@ -25,8 +25,40 @@ ENTITY_KINDS = MappingProxyType(
         "disk": "a block device",
         "mount": "a filesystem the job uses",
         "rank": "a training rank reporting steps",
+        "accelerator.runtime": "the host's accelerator runtime (libtpu): its state, per-host latencies",
     }
 )
+
+#: Latency distributions a runtime reports (stem → what is timed), each recorded as the roles
+#: ``accelerator.<stem>.latency.p50/.p90/.p99`` (seconds) and ``.count`` (operations, counter).
+#: They sit on the chips (``exec``) or on the host's runtime entity (transfers, collectives).
+LATENCIES = MappingProxyType(
+    {
+        "exec": "device program (HLO) execution time",
+        "h2d": "host → device transfer latency",
+        "d2h": "device → host transfer latency",
+        "collective": "collective end-to-end latency",
+        "dcn": "cross-slice (data-centre network) transfer latency",
+    }
+)
+LATENCY_QUANTILES = ("p50", "p90", "p99")
+
+
+def latency_role(stem: str, quantile: str) -> str:
+    """The role of one quantile (``p99``) or the ``count`` of a latency distribution."""
+    if stem not in LATENCIES or quantile not in (*LATENCY_QUANTILES, "count"):
+        raise KeyError(f"no latency role {stem}.{quantile}")
+    return f"accelerator.{stem}.latency.{quantile}"
+
+
+def _latency_roles() -> dict[str, tuple[str, str]]:
+    out = {}
+    for stem, text in LATENCIES.items():
+        for quantile in LATENCY_QUANTILES:
+            out[latency_role(stem, quantile)] = ("s", f"{text}, {quantile} of the last interval")
+        out[latency_role(stem, "count")] = ("1", f"{text}: operations measured (counter)")
+    return out
+
 
 #: Role → (unit, meaning). Accelerator roles apply to entities of kind ``accelerator``.
 ROLES = MappingProxyType(
@@ -83,5 +115,7 @@ ROLES = MappingProxyType(
         "disk.read_bytes": ("By", "bytes read from a block device (counter)"),
         "disk.write_bytes": ("By", "bytes written to a block device (counter)"),
         "disk.busy_time": ("s", "time a block device was busy (counter)"),
+        # -- runtime latency distributions (TPU: libtpu's HLO timing and megascale.*)
+        **_latency_roles(),
     }
 )

@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # grpc and the protos load in start(), only on a machine with
 #: Seconds all runtime calls of one tick may take together (the runtime client reads it too).
 DEFAULT_DEADLINE_S = 0.2
 
-#: Environment overrides, also how the simulator points a recording at its fake tree.
+#: Environment fallbacks, read when the command line (``CollectContext``) does not say: how the
+#: simulator points a recording at its fake tree. ``--sys-root``/``--proc-root`` and
+#: ``--tpu-runtime`` win over them.
 ENV_SYS_ROOT = "ACCELWATCH_TPU_SYS_ROOT"
 ENV_DEV_ROOT = "ACCELWATCH_TPU_DEV_ROOT"
 ENV_PROC_ROOT = "ACCELWATCH_TPU_PROC_ROOT"
@@ -115,11 +117,11 @@ class TpuCollector(Collector):
         env: dict[str, str] | None = None,
     ) -> None:
         env = dict(os.environ if env is None else env)
+        self._given = {"sys": sys_root, "dev": dev_root, "proc": proc_root, "runtime": runtime}
         self.sys_root = sys_root or env.get(ENV_SYS_ROOT) or "/sys"
         self.dev_root = dev_root or env.get(ENV_DEV_ROOT) or "/dev"
         self.proc_root = proc_root or env.get(ENV_PROC_ROOT) or "/proc"
         self._runtime_spec = runtime or env.get(ENV_RUNTIME)
-        self._explicit_runtime = bool(self._runtime_spec or env.get("TPU_RUNTIME_METRICS_PORTS"))
         self._env = env
         self.deadline = deadline
         url = env.get(ENV_METADATA, DEFAULT_BASE_URL)
@@ -139,15 +141,32 @@ class TpuCollector(Collector):
         self._owners_at = 0.0
 
     # -- lifecycle
+    def _resolve(self, ctx: CollectContext) -> None:
+        """Roots and runtime: constructor arguments, then the command line (the context's
+        roots when not the defaults, ``options["tpu"]["runtime"]``), then the environment."""
+        env = self._env
+        if not self._given["sys"] and ctx.sys_root != "/sys":
+            self.sys_root = ctx.sys_root
+            beside = Path(ctx.sys_root).parent / "dev"  # a captured tree: sys/ dev/ proc/
+            if not self._given["dev"] and ENV_DEV_ROOT not in env and beside.is_dir():
+                self.dev_root = str(beside)
+        if not self._given["proc"] and ctx.proc_root != "/proc":
+            self.proc_root = ctx.proc_root
+        option = (ctx.options.get(SOURCE) or {}).get("runtime")
+        self._runtime_spec = self._given["runtime"] or option or env.get(ENV_RUNTIME)
+
     def start(self, ctx: CollectContext) -> None:
         self._ctx = ctx
+        self._resolve(ctx)
         self.chips = discovery.discover(self.sys_root, self.dev_root)
-        if not self.chips and not self._explicit_runtime:
+        explicit = bool(self._runtime_spec or self._env.get("TPU_RUNTIME_METRICS_PORTS"))
+        if not self.chips and not explicit:
             raise CollectorUnavailable(
                 f"no TPU chips under {Path(self.sys_root) / 'bus/pci/devices'} "
                 "and no TPU runtime configured"
             )
-        from collectors.tpu.runtime import RuntimeClient, TargetSpecError, parse_targets
+        from collectors.tpu.runtime import RuntimeClient
+        from collectors.tpu.targets import TargetSpecError, parse_targets
 
         try:
             targets = parse_targets(self._runtime_spec, self._env)
@@ -351,16 +370,16 @@ class TpuCollector(Collector):
                 )
                 continue
             dev = device_id_of(sample) if not cumulative else None
-            entity = chip_of.get(dev, f"tpu{dev}") if dev is not None else RUNTIME_ENTITY
-            if dev is not None and dev in parts:
-                entity = parts[dev]
-            have = groups.get(entity)
-            if have is None:
-                groups[entity] = buckets
-            elif have.bounds == buckets.bounds:
-                groups[entity] = distribution.Buckets(
-                    have.bounds, tuple(x + y for x, y in zip(have.counts, buckets.counts))
-                )
+            chip = chip_of.get(dev, f"tpu{dev}") if dev is not None else RUNTIME_ENTITY
+            # a two-device chip's parts have their own; the chip has both devices' together
+            for entity in (chip, parts[dev]) if dev is not None and dev in parts else (chip,):
+                have = groups.get(entity)
+                if have is None:
+                    groups[entity] = buckets
+                elif have.bounds == buckets.bounds:
+                    groups[entity] = distribution.Buckets(
+                        have.bounds, tuple(x + y for x, y in zip(have.counts, buckets.counts))
+                    )
         for entity, buckets in groups.items():
             b.add(entity, f"{stem}.count", buckets.total)
             window = buckets

@@ -13,6 +13,7 @@ chips as accelerators.
 from __future__ import annotations
 
 from agent.catalog import Metric, metric
+from agent.catalog.roles import latency_role
 
 SOURCE = "tpu"
 RUNTIME_ENTITY = "tpu"
@@ -48,6 +49,15 @@ _DISTRIBUTION_TEXT = {
     "tpu.collective.latency": "collective end-to-end latency",
 }
 PERCENTILES = (0.5, 0.9, 0.99)
+#: Our distribution stem → the latency role stem it plays (agent/catalog/roles.py LATENCIES), so
+#: rules and cards read transfer and collective latencies without naming this source.
+_LATENCY_ROLE = {
+    "tpu.hlo.execution": "exec",
+    "tpu.dcn.transfer": "dcn",
+    "tpu.host_to_device.transfer": "h2d",
+    "tpu.device_to_host.transfer": "d2h",
+    "tpu.collective.latency": "collective",
+}
 
 #: Gauges: libtpu metric name → (our metric, scale to our unit).
 GAUGES = {
@@ -66,9 +76,20 @@ RUNTIME_METRICS = frozenset(GAUGES) | frozenset(DISTRIBUTIONS.values())
 def _distribution_metrics() -> list[Metric]:
     out = []
     for stem, text in _DISTRIBUTION_TEXT.items():
+        role = _LATENCY_ROLE.get(stem)
         for q in PERCENTILES:
-            out.append(_m(f"{stem}.p{round(q * 100)}", "s", "gauge", f"{text}, {q:.0%} quantile"))
-        out.append(_m(f"{stem}.count", "1", "counter", f"{text}: operations measured"))
+            p = f"p{round(q * 100)}"
+            out.append(
+                _m(
+                    f"{stem}.{p}",
+                    "s",
+                    "gauge",
+                    f"{text}, {q:.0%} quantile",
+                    latency_role(role, p) if role else None,
+                )
+            )
+        count_role = latency_role(role, "count") if role else None
+        out.append(_m(f"{stem}.count", "1", "counter", f"{text}: operations measured", count_role))
     return out
 
 

@@ -28,40 +28,14 @@ from tpu_info.proto import tpu_metric_service_pb2 as pb  # noqa: E402
 from tpu_info.proto import tpu_metric_service_pb2_grpc as pb_grpc  # noqa: E402
 
 from collectors.tpu.collector import DEFAULT_DEADLINE_S  # noqa: E402 - one deadline, kept there
+from collectors.tpu.targets import (  # noqa: E402, F401 - re-exported for the collector and tests
+    DEFAULT_PORT,
+    TargetSpecError,
+    parse_targets,
+)
 
-DEFAULT_PORT = 8431
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
-
-
-class TargetSpecError(ValueError):
-    """A ``HOST:PORT[,PORT...]`` runtime address is malformed."""
-
-
-def parse_targets(spec: str | None = None, env: dict[str, str] | None = None) -> list[str]:
-    """Runtime addresses from an override ``HOST:PORT[,PORT...]``, else the environment.
-
-    ``TPU_RUNTIME_METRICS_PORTS`` (libtpu's own variable) lists ports on localhost; without
-    either, ``localhost:8431``.
-    """
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    if spec:
-        host, sep, ports = spec.strip().rpartition(":")
-        if not sep:
-            host, ports = "localhost", spec
-        host = host.strip("[]") or "localhost"
-        return [_target(host, p, spec) for p in ports.split(",")]
-    ports = (env or {}).get("TPU_RUNTIME_METRICS_PORTS", "").strip()
-    if ports:
-        return [_target("localhost", p, "TPU_RUNTIME_METRICS_PORTS") for p in ports.split(",")]
-    return [f"localhost:{DEFAULT_PORT}"]
-
-
-def _target(host: str, port: str, where: str) -> str:
-    port = port.strip()
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise TargetSpecError(f"{where}: {port!r} is not a port (want HOST:PORT[,PORT...])")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _is_loopback(target: str) -> bool:

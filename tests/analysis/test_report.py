@@ -140,7 +140,7 @@ def test_cpu_only_report(recorded, capsys):
     db, run_id = recorded("cpu-only-quiet", Recording(None, RUN_S))
     assert main(["report", run_id, "--db", db]) == 0
     out = capsys.readouterr().out
-    assert "CPU only" in out and "no GPU" in out and "No bottleneck found" in out
+    assert "CPU only" in out and "no accelerator" in out and "No bottleneck found" in out
 
 
 def test_time_lost_by_cause_counts_each_second_once(recorded, capsys):

@@ -39,6 +39,9 @@ TPU_NAMED = {
     "tpu-runtime-lost",
     "tpu-v3-8-healthy",
     "tpu-7x-multislice-dcn-bound",
+    "tpu-7x-multislice-overlapped",
+    "tpu-v5e-8-transfer-bound",
+    "tpu-v5e-8-hang",
 }
 
 

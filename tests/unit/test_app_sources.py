@@ -210,12 +210,12 @@ def test_missing_builtin_entry_points_fall_back_to_the_builtin_declarations_with
     assert "pip install -e ." in detail["reason"]
     assert [s.name for s in registry.specs()] == [
         "process",
+        "steps",  # start order 5: its socket is bound before the slower sources start
         "host",
         "disk",
         "fabric",
         "nvml",
         "tpu",
-        "steps",
     ]
     assert ensure_builtin_sources(registry) == []  # once
 

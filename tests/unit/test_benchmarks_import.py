@@ -10,6 +10,7 @@ import pytest
 
 BENCHMARKS = (
     "benchmarks.bench_analysis",
+    "benchmarks.bench_client",
     "benchmarks.bench_export",
     "benchmarks.bench_live",
     "benchmarks.bench_nvml",

@@ -11,10 +11,10 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from agent.catalog.roles import ROLES
+from agent.catalog.roles import ROLES, latency_role
 from agent.registry import default_registry
 from tui.format import bar, format_unit, spark
-from tui.views import BUSY, COMPUTE, SLOWDOWN_ROLES, TENSOR, AcceleratorView
+from tui.views import BUSY, COMPUTE, QUEUE, SLOWDOWN_ROLES, TENSOR, AcceleratorView
 
 _LABEL = 5  # width of the left label column
 _PARTS = ("label", "spark", "membar", "throttle", "hot", "dim")
@@ -32,6 +32,41 @@ CLOCK, CLOCK_MAX, MEMORY_CLOCK = (
 HOST_TX, HOST_RX = "accelerator.host_link.tx", "accelerator.host_link.rx"
 PEER_TX, PEER_RX = "accelerator.peer_link.tx", "accelerator.peer_link.rx"
 FAULT, ECC = "accelerator.fault", "accelerator.ecc.uncorrected"
+#: Latency lines: (label, stems) - program execution with the queue, transfers, collectives.
+_LATENCY_LINES = (("exec", ("exec",)), ("xfer", ("h2d", "d2h")), ("coll", ("collective", "dcn")))
+_STEM_WORD = {"exec": "", "h2d": "h2d ", "d2h": "d2h ", "collective": "", "dcn": "dcn "}
+
+
+def latency_text(seconds: float | None) -> str:
+    """``850µs``, ``48.0ms``, ``110ms``, ``1.25s``."""
+    if seconds is None:
+        return "–"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 0.1:
+        return f"{seconds * 1e3:.1f}ms"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f}ms"
+    return f"{seconds:.2f}s"
+
+
+def runtime_lines(view: AcceleratorView) -> list[tuple[str, list[str]]]:
+    """(label, parts) per runtime line the device has values for: its queue and the p50/p99 of
+    program execution, host <-> device transfers and collectives (DCN across slices)."""
+    lines = []
+    for label, stems in _LATENCY_LINES:
+        parts = []
+        if label == "exec" and view.get(QUEUE) is not None:
+            parts.append(f"queue {view.get(QUEUE):.0f}")
+        for stem in stems:
+            p50 = view.get(latency_role(stem, "p50"))
+            p99 = view.get(latency_role(stem, "p99"))
+            if p50 is None and p99 is None:
+                continue
+            parts.append(f"{_STEM_WORD[stem]}p50 {latency_text(p50)} p99 {latency_text(p99)}")
+        if parts:
+            lines.append((label, parts))
+    return lines
 
 
 def fmt(role: str, value: float | None) -> str:
@@ -103,7 +138,11 @@ class GpuCard(Widget, can_focus=True):
         self.set_class(bool(view.throttle), "-throttled")
         # Re-layout only when the card's height may change: laying out all cards every tick
         # was most of the refresh cost.
-        self.refresh(layout=before is None or _has_sm_line(before) != _has_sm_line(view))
+        self.refresh(
+            layout=before is None
+            or _has_sm_line(before) != _has_sm_line(view)
+            or [k for k, _ in runtime_lines(before)] != [k for k, _ in runtime_lines(view)]
+        )
 
     def _part_styles(self) -> dict[str, Style]:
         """Component styles, looked up again only when classes or the theme change."""
@@ -134,6 +173,7 @@ class GpuCard(Widget, can_focus=True):
         self._power(out, view, width, st)
         self._throttle(out, view, st)
         self._links(out, view, st)
+        self._runtime(out, view, width, st)
         return out
 
     @property
@@ -156,6 +196,8 @@ class GpuCard(Widget, can_focus=True):
         )
         out.append(tail + "\n")
         out.append(f"mem {_used_of_total(view)}")
+        if view.get(QUEUE) is not None:
+            out.append(f" q {view.get(QUEUE):.0f}")
         if view.has(POWER):
             out.append(f" {fmt(POWER, view.get(POWER))}")
         out.append(" ")
@@ -250,6 +292,24 @@ class GpuCard(Widget, can_focus=True):
             out.append(
                 f"  {view.label(PEER_TX, 'peer')} ↑{fmt(PEER_TX, peer_tx)} ↓{fmt(PEER_RX, peer_rx)}"
             )
+
+    @staticmethod
+    def _runtime(out: Text, view: AcceleratorView, width: int, st: dict) -> None:
+        """Each part on the label's line while it fits, else on a line of its own."""
+        rows: list[tuple[str, str]] = []
+        for label, parts in runtime_lines(view):
+            row = ""
+            for part in parts:
+                if row and _LABEL + len(row) + 2 + len(part) > width:
+                    rows.append((label, row))
+                    label, row = "", ""
+                row = f"{row}  {part}" if row else part
+            rows.append((label, row))
+        if rows and out.plain and not out.plain.endswith("\n"):
+            out.append("\n")
+        for i, (label, row) in enumerate(rows):
+            out.append(f"{label:<{_LABEL}}", st["label"])
+            out.append(row + ("\n" if i < len(rows) - 1 else ""))
 
 
 class GpuPanel(VerticalScroll):

@@ -12,6 +12,7 @@ from agent.analysis.rules import (
     memory,
     straggler,
     throttle,
+    tpu,
     transfer,
     utilization,
 )
@@ -21,6 +22,7 @@ ALL_RULES: tuple[Rule, ...] = (
     *hardware.RULES,
     *utilization.RULES,
     *host_bound.RULES,
+    *tpu.RULES,
     *transfer.RULES,
     *efficiency.RULES,
     *throttle.RULES,

@@ -65,8 +65,9 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
             eps,
             f"The {devices} stalled during {len(eps)} write bursts {rhythm} "
             f"({rate_text(write)} written, {devices} {pct(util)} busy): {duration(stall_s)} in all, {pct(share)} of the run.",
-            "Checkpoint asynchronously (torch.distributed.checkpoint async_save, or copy to CPU "
-            "and write in a thread), write less often, or to faster local storage first.",
+            ctx.info.advice("checkpoint")
+            or "Checkpoint asynchronously (copy to host memory and write in a thread), write "
+            "less often, or to faster local storage first.",
             {
                 "metrics": [
                     *ctx.info.metrics("busy"),

@@ -3,7 +3,8 @@
 Device view (per bucket, over the job's accelerators): every device idle (<= 2%) with the job's
 processes using almost no CPU and not writing, or every device "busy" at >= 98% with no host-link
 or peer-link (PCIe/NVLink) traffic and nearly empty SMs (or low power without GPM): kernels spinning in a collective that never
-completes. Step view: no rank logged a step for max(30 s, 10x the usual step spacing).
+completes; or, on devices that report their queue (a TPU's HLO queue), programs queued that
+never drain while the busy share sits flat at idle or (with the job's CPU idle) at full. Step view: no rank logged a step for max(30 s, 10x the usual step spacing).
 Flagged after 30 s, so the live analysis raises it well within a minute; critical after 2 min,
 long before PyTorch's NCCL watchdog (10 min by default) kills the job.
 """
@@ -18,6 +19,7 @@ from agent.analysis.thresholds import (
     HANG_CRITICAL_S,
     HANG_IDLE_UTIL,
     HANG_MIN_S,
+    HANG_QUEUE_STUCK,
     HANG_SPIN_SM,
     HANG_SPIN_UTIL,
     HANG_TRAFFIC_BYTES,
@@ -30,9 +32,9 @@ from agent.analysis.watch import Tick, hang_state
 
 HANG = "hang"
 _STEP_GAP_FACTOR = 10.0
+#: Neutral; a source's ``advice["stacks"]`` names its own tools (NCCL flight recorder, tpu-info).
 _NEXT_STEP = (
-    "Dump the stacks now (`py-spy dump --pid PID` on every rank, or "
-    "TORCH_NCCL_DUMP_ON_TIMEOUT=1 for NCCL flight-recorder traces) to see which "
+    "Dump the stacks now (`py-spy dump --pid PID` on every rank) to see which "
     "collective or lock each rank waits in; then check for a dead rank or host."
 )
 
@@ -55,21 +57,42 @@ def _from_devices(ctx: Context) -> list[Finding]:
         if has_traffic
         else "FALSE"
     )
+    # A queue that holds programs and does not shrink from one bucket to the next, while
+    # nothing executes, or everything "executes" with the job's processes idle.
+    stuck = (
+        f"""(g.queue_min >= {HANG_QUEUE_STUCK} AND g.queue_min >= coalesce(g.queue_prev, 0)
+            AND (g.util_peak <= {HANG_IDLE_UTIL} OR (g.util_floor >= {HANG_SPIN_UTIL}
+                 AND coalesce(p.job_cpu, 0) < {HANG_CPU_IDLE})))"""
+        if ctx.info.has_column("queue")
+        else "FALSE"
+    )
     sql = f"""
-        WITH g AS (
+        WITH b AS (
             SELECT t, max(busy_max) AS util_peak, min(busy_min) AS util_floor,
                    sum(coalesce(host_tx, 0) + coalesce(host_rx, 0) + coalesce(peer_tx, 0)
                        + coalesce(peer_rx, 0)) AS traffic,
-                   max(sm) AS sm_peak, max(power / nullif(power_limit, 0)) AS power_peak
-            FROM aw_accel WHERE {JOB_FILTER} GROUP BY t)
+                   max(sm) AS sm_peak, max(power / nullif(power_limit, 0)) AS power_peak,
+                   min(queue) AS queue_min
+            FROM aw_accel WHERE {JOB_FILTER} GROUP BY t),
+        g AS (SELECT *, lag(queue_min) OVER (ORDER BY t) AS queue_prev FROM b)
         SELECT 'job' AS entity, g.*, p.job_cpu, h.disk_write,
                CASE WHEN g.util_peak <= {HANG_IDLE_UTIL} THEN 0.0 ELSE 1.0 END AS spinning,
+               CASE WHEN {stuck} THEN 1.0 ELSE 0.0 END AS queued,
                (g.util_peak <= {HANG_IDLE_UTIL} AND coalesce(p.job_cpu, 0) < {HANG_CPU_IDLE}
-                AND coalesce(h.disk_write, 0) < {WRITE_BURST_BYTES}) OR {spin} AS flag
+                AND coalesce(h.disk_write, 0) < {WRITE_BURST_BYTES}) OR {spin} OR {stuck} AS flag
         FROM g LEFT JOIN aw_proc p USING (t) LEFT JOIN aw_host h USING (t)"""
     eps = ctx.episodes(
         sql,
-        ["util_peak", "util_floor", "traffic", "sm_peak", "job_cpu", "spinning"],
+        [
+            "util_peak",
+            "util_floor",
+            "traffic",
+            "sm_peak",
+            "job_cpu",
+            "spinning",
+            "queued",
+            "queue_min",
+        ],
         params=job_params(ctx),
         min_duration_s=max(HANG_MIN_S, 2 * ctx.info.bucket_s),
         gap_s=ctx.info.bucket_s,
@@ -77,13 +100,18 @@ def _from_devices(ctx: Context) -> list[Finding]:
     if not eps:
         return []
     spinning = (weighted(eps, "spinning") or 0) >= 0.5
+    queued = (weighted(eps, "queued") or 0) >= 0.5
     longest = max(e.duration_s for e in eps)
     gpus = entities_text(ctx.info.job_accelerators)
-    state = (
-        "stuck at 100% utilization with no PCIe/NVLink traffic (spinning in a collective)"
-        if spinning
-        else "idle at 0% while the job's processes sat almost without CPU"
-    )
+    if queued:
+        state = (
+            f"{'flat at 100% busy' if spinning else 'idle at 0%'} with "
+            f"{weighted(eps, 'queue_min') or 0:.0f} programs queued that never drained"
+        )
+    elif spinning:
+        state = "stuck at 100% utilization with no PCIe/NVLink traffic (spinning in a collective)"
+    else:
+        state = "idle at 0% while the job's processes sat almost without CPU"
     return [
         ctx.finding(
             HANG,
@@ -92,13 +120,14 @@ def _from_devices(ctx: Context) -> list[Finding]:
             eps,
             f"The job looks hung: all {ctx.info.noun(ctx.info.job_accelerators, plural=True)} ({gpus}) "
             f"were {state} for {duration(longest)}.",
-            _NEXT_STEP,
+            ctx.info.advice("stacks") or _NEXT_STEP,
             {
                 "metrics": [
-                    *ctx.info.metrics("busy", "host_rx", "peer_rx"),
+                    *ctx.info.metrics("busy", "host_rx", "peer_rx", "queue"),
                     "process.cpu.utilization",
                 ],
-                "kind": "spinning" if spinning else "idle",
+                "kind": "queue_stuck" if queued else "spinning" if spinning else "idle",
+                "queue": weighted(eps, "queue_min"),
                 "util_peak": weighted(eps, "util_peak"),
                 "traffic_bytes_per_s": weighted(eps, "traffic"),
                 "job_cpu_cores": weighted(eps, "job_cpu"),
@@ -144,7 +173,7 @@ def _from_steps(ctx: Context) -> list[Finding]:
             eps,
             f"The job looks hung: no rank completed a step for {duration(longest)} "
             f"(steps usually come every {rows[0]['limit_s'] / _STEP_GAP_FACTOR:.1f} s or less).",
-            _NEXT_STEP,
+            ctx.info.advice("stacks") or _NEXT_STEP,
             {
                 "metrics": ["step.time"],
                 "kind": "no_steps",

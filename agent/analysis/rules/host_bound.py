@@ -90,9 +90,9 @@ def detect_dataloader(ctx: Context) -> list[Finding]:
             eps,
             f"Data loading is the bottleneck: the {_devices(ctx)} "
             f"({entities_text(ctx.info.job_accelerators)}) sat idle {pct(idle)} of the time for {duration(total)} while {cause}.",
-            "Give the input pipeline more CPU: raise DataLoader num_workers (if cores are free), "
-            "enable pin_memory and persistent_workers, move decoding/augmentation to the GPU "
-            "(e.g. DALI), or cache preprocessed data.",
+            ctx.info.advice("input")
+            or "Give the input pipeline more CPU: more loader workers (if cores are free), "
+            "prefetching, decoding on the device, or cache preprocessed data.",
             {
                 "metrics": [
                     *ctx.info.metrics("busy"),

@@ -49,8 +49,9 @@ def detect_gpu_memory(ctx: Context) -> list[Finding]:
                 f"{gpu} ran at {pct(share)} of its memory ({used / GIB:.1f} of "
                 f"{total_bytes / GIB:.1f} GiB) for {duration(sum(e.duration_s for e in g_eps))}: "
                 "one larger batch or fragmentation away from out-of-memory.",
-                "Leave headroom: smaller micro-batches with gradient accumulation, activation "
-                "checkpointing, PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.",
+                ctx.info.advice("memory_full", [gpu])
+                or "Leave headroom: smaller micro-batches with gradient accumulation and "
+                "activation checkpointing (recomputation).",
                 {
                     "metrics": ctx.info.metrics("mem_used", "mem_total", entity=gpu),
                     "used_share": share,
@@ -93,8 +94,9 @@ def _leaks(ctx: Context) -> list[Finding]:
                 f"{r['entity']}'s memory grew steadily by {growth * 100:.0f}% of capacity "
                 f"({r['slope'] * 60 / 2**20:.0f} MiB/min) over {duration(span_s)}: a leak that "
                 f"fills the {ctx.info.noun([r['entity']])} in about {duration(max(0.0, to_full_s))}.",
-                "Look for tensors kept across steps (losses appended without .detach()/.item(), "
-                "growing caches, graphs retained); compare torch.cuda.memory_summary() between steps.",
+                ctx.info.advice("memory_growth", [r["entity"]])
+                or "Look for device buffers kept across steps (results accumulated in lists, "
+                "growing caches); compare the device's memory profile between steps.",
                 {
                     "metrics": ctx.info.metrics("mem_used", entity=r["entity"]),
                     "slope_bytes_per_s": r["slope"],

@@ -88,7 +88,7 @@ def _from_steps(ctx: Context) -> list[Finding]:
                 f"(relative score {rel:.2f}, {pct(None if ind is None else 1 - ind)} slower "
                 f"than its own best) for "
                 f"{duration(total)}; every synchronous step waits for it.",
-                f"Check what changed on {rank}'s host and GPU at {r_eps[0].start:%H:%M:%S}: "
+                f"Check what changed on {rank}'s host and devices at {r_eps[0].start:%H:%M:%S}: "
                 "throttling, a noisy neighbour, its data shard or disk; replace or exclude the node "
                 "if it persists.",
                 {

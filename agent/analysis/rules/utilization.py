@@ -49,8 +49,12 @@ def detect_starvation(ctx: Context) -> list[Finding]:
                 f"{gpu} was starved: busy only {pct(util)} of the time over {duration(total)}"
                 + (f" ({'; '.join(details)})." if details else "."),
                 f"Find what the {ctx.info.noun([gpu])} waits on: check the data-loader, I/O and "
-                "transfer findings, then profile one step (torch.profiler or `nsys profile`) "
-                "for gaps between kernels.",
+                "transfer findings, then "
+                + (
+                    ctx.info.advice("profile", [gpu])
+                    or "profile one step for gaps between the device's programs"
+                )
+                + ".",
                 {
                     "metrics": ctx.info.metrics("busy", "sm", entity=gpu),
                     "util": util,

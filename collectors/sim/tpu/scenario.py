@@ -14,6 +14,14 @@ duty_cycle = 0.6
 [[tpu.effects]]         # windows, as the GPU effects: start_s end_s every_s for_s chips set ramp
 start_s = 5
 set = { duty_cycle = 0.3 }
+[tpu.metadata]          # the simulated GCE metadata server (all optional)
+accelerator_type = "v5litepod-8"   # default: from chip and chips
+worker_number = 0
+workers = 1
+runtime_version = "v2-alpha-tpuv5-lite"
+delay_s = 0             # every answer this late (the collector gives up after 1 s)
+absent = []             # attributes the node lacks
+off = false             # no metadata server: as outside GCP
 ```
 Parsing validates everything up front, with the GPU scenarios' one-line errors.
 """
@@ -75,6 +83,8 @@ class TpuScenario:
     workload: dict[str, float]
     overrides: dict[int, dict[str, float]]
     effects: tuple[TpuEffect, ...]
+    #: The ``[tpu.metadata]`` table, validated (see the module docstring).
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def devices(self) -> int:
@@ -119,6 +129,7 @@ def parse_tpu(table: Any) -> TpuScenario:
         "workload",
         "overrides",
         "effects",
+        "metadata",
     }
     _keys(table, "[tpu]", allowed)
     name = table.get("chip")
@@ -156,7 +167,46 @@ def parse_tpu(table: Any) -> TpuScenario:
         workload=workload,
         overrides=overrides,
         effects=effects,
+        metadata=_metadata(table.get("metadata", {})),
     )
+
+
+_METADATA_TYPES: dict[str, type | tuple[type, ...]] = {
+    "accelerator_type": str,
+    "worker_number": int,
+    "workers": int,
+    "runtime_version": str,
+    "delay_s": (int, float),
+    "absent": list,
+    "off": bool,
+}
+METADATA_ATTRIBUTES = (
+    "accelerator-type",
+    "agent-worker-number",
+    "worker-network-endpoints",
+    "tpu-env",
+)
+
+
+def _metadata(raw: Any) -> dict[str, Any]:
+    where = "[tpu.metadata]"
+    if not isinstance(raw, dict):
+        raise TpuScenarioError(f"{where} must be a table")
+    _keys(raw, where, set(_METADATA_TYPES))
+    for key, value in raw.items():
+        want = _METADATA_TYPES[key]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise TpuScenarioError(f"{where}: {key} has the wrong type")
+    if raw.get("workers", 1) < 1 or not 0 <= raw.get("worker_number", 0) < raw.get("workers", 1):
+        raise TpuScenarioError(f"{where}: worker_number must be within 0..workers-1")
+    if raw.get("delay_s", 0) < 0:
+        raise TpuScenarioError(f"{where}: delay_s must not be negative")
+    unknown = [a for a in raw.get("absent", []) if a not in METADATA_ATTRIBUTES]
+    if unknown:
+        raise TpuScenarioError(
+            f"{where}: absent names {unknown[0]!r} (known: {', '.join(METADATA_ATTRIBUTES)})"
+        )
+    return dict(raw)
 
 
 def _effect(raw: Any, index: int, chips: int) -> TpuEffect:

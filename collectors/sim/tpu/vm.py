@@ -1,4 +1,5 @@
-"""Simulated TPU VM: a libtpu metrics server on 127.0.0.1 and a fake sysfs/dev/proc tree.
+"""Simulated TPU VM: a libtpu metrics server and a GCE metadata server on 127.0.0.1, and a fake
+sysfs/dev/proc tree.
 
 ``install(scenario, owner_pids)`` is the TPU source's simulator: it writes the tree under a
 private temporary directory, serves the scenario, and points the TPU collector at both through
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from collectors.sim.tpu.metadata import SimulatedMetadataServer, node_attributes
 from collectors.sim.tpu.scenario import TpuScenario
 from collectors.sim.tpu.server import SimulatedTpuServer
 from collectors.sim.tpu.tree import hold, write_tree
@@ -54,8 +56,31 @@ class SimulatedTpu:
         if owner_pids is not None:  # the job starts after install: pick up its pids as they come
             threading.Thread(target=self._refresher, name="sim-tpu-owners", daemon=True).start()
         self._saved_env: dict[str, str | None] = {}
-        #: No metadata server is simulated: the collector skips it without a notice.
-        self.metadata_url = "off"
+        #: The node's GCE metadata server, unless the scenario says the VM has none.
+        self.metadata = self._start_metadata(scenario)
+        self.metadata_url = self.metadata.url if self.metadata is not None else "off"
+
+    def _start_metadata(self, scenario: TpuScenario) -> SimulatedMetadataServer | None:
+        m = scenario.metadata
+        if m.get("off"):
+            return None
+        attributes = node_attributes(
+            scenario.chip.name,
+            scenario.chips,
+            accelerator_type=m.get("accelerator_type"),
+            worker_number=m.get("worker_number", 0),
+            workers=m.get("workers", 1),
+            runtime_version=m.get("runtime_version"),
+        )
+        try:
+            return SimulatedMetadataServer(
+                attributes, delay_s=float(m.get("delay_s", 0.0)), absent=m.get("absent", ())
+            )
+        except OSError:
+            self.server.stop()
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     @property
     def env(self) -> dict[str, str]:
@@ -102,6 +127,8 @@ class SimulatedTpu:
                 os.environ[k] = v
         self._saved_env.clear()
         self.server.stop()
+        if self.metadata is not None:
+            self.metadata.stop()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 

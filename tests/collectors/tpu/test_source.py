@@ -21,7 +21,8 @@ def test_the_registry_finds_the_tpu_source_through_its_entry_point():
     assert registry.get("tpu") is SPEC and not registry.notices()
     assert registry.kind_of("tpu", "tpu3") == "accelerator"
     assert registry.kind_of("tpu", "tpu3/core1") == "accelerator.part"
-    assert registry.kind_of("tpu", "tpu") is None  # the runtime is not an accelerator
+    # the host's runtime (its state, per-host latencies) is a kind of its own, not a chip
+    assert registry.kind_of("tpu", "tpu") == "accelerator.runtime"
     assert CATALOG["tpu.duty_cycle"].role == "accelerator.busy"
 
 
@@ -37,7 +38,8 @@ def test_each_role_is_played_by_one_tpu_metric_in_the_roles_unit():
 
 
 def test_chip_and_core_entities_map_to_opentelemetry_attributes():
-    chip, part = SPEC.entity_kinds
+    chip, part, runtime = SPEC.entity_kinds
+    assert runtime.attributes("tpu") == {"accelwatch.entity": "tpu"}
     assert chip.attributes("tpu2", {"name": "TPU v5e"}) == {
         "hw.id": "tpu2",
         "hw.name": "TPU v5e",
