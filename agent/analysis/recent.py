@@ -21,6 +21,8 @@ import numpy as np
 
 from agent.analysis.frame import BASE_METRICS
 from agent.analysis.frame_accel import accelerator_plan
+from agent.catalog import CATALOG
+from agent.catalog.roles import ROLES
 from agent.model import Batch, Event
 from agent.snapshot import Snapshot
 
@@ -89,7 +91,10 @@ class RecentWindow:
     def _plan(self, sources: Iterable[str]) -> None:
         """Which metrics to keep: recomputed when a source not seen before sends a batch."""
         plan = accelerator_plan()
-        self._analysed = frozenset((*BASE_METRICS, *plan.metrics))
+        # every metric that plays a role: the frames read accelerators' by role, and rules
+        # such as the runtime-latency ones read their roles straight from ``samples``
+        played = (m.name for role in ROLES for m in CATALOG.by_role(role))
+        self._analysed = frozenset((*BASE_METRICS, *plan.metrics, *played))
         self._part_metrics = frozenset(
             (
                 *BASE_METRICS,

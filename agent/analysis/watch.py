@@ -189,6 +189,8 @@ def _disk_write(snap: Snapshot) -> float:
 
 
 _COUNTERS: dict[str, bool] = {}
+#: Role → the metrics that play it (catalog lookups, once).
+_ROLE_METRICS: dict[str, frozenset[str]] = {}
 
 
 def _is_counter(metric: str) -> bool:
@@ -215,6 +217,7 @@ class Tick:
 
     def __post_init__(self) -> None:
         self._accel: dict[tuple[str, bool], dict[str, float]] = {}
+        self._played: dict[str, list[float]] = {}
 
     def _value(self, entity: str, metric: str) -> float | None:
         if _is_counter(metric):
@@ -294,6 +297,21 @@ class Tick:
             for e, p in self.processes.items()
             if role is None or self.role(e) == role
         ]
+
+    def played(self, role: str) -> list[float]:
+        """Values of every metric that plays ``role``, on any entity (a runtime's latencies
+        are on its own entity, not a device's)."""
+        names = _ROLE_METRICS.get(role)
+        if names is None:
+            names = _ROLE_METRICS[role] = frozenset(m.name for m in CATALOG.by_role(role))
+        if not names:
+            return []
+        found = self._played.get(role)
+        if found is None:
+            found = self._played[role] = [
+                v for b in self.snap.batches for m, v in zip(b.metrics, b.values) if m in names
+            ]
+        return found
 
     @cached_property
     def events(self) -> frozenset[str]:

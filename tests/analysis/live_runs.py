@@ -55,6 +55,13 @@ HOST_VARIANTS: dict[str, Recording] = {
     "checkpoint-writes": Recording(
         "checkpoint-stall", RUN_S, host=profile(disk_write=_checkpoint_writes)
     ),
+    # a TPU job whose processes sit idle: the queue that never drains is a hang
+    "tpu-v5e-8-hang-quiet-job": Recording(
+        None,
+        RUN_S,
+        host=profile(main_cpu=0.02, worker_cpu=0.0, cpu=0.03),
+        run_id="tpu-v5e-8-hang",
+    ),
 }
 #: Scenarios of the rule tests in tests/analysis/scenarios/.
 TEST_SCENARIOS = (

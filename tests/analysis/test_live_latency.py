@@ -39,6 +39,8 @@ QUIET = {
     "t4-legacy-driver",
     "launch-bound",
     "tpu-runtime-lost",
+    "tpu-7x-multislice-overlapped",
+    "tpu-v5e-8-hang",  # the job's processes work: not a hang (see tpu-v5e-8-hang-quiet-job)
     "tpu-v3-8-healthy",
     "tpu-v5e-8-healthy",
     "tpu-v6e-runtime-late",
