@@ -164,8 +164,8 @@ class Schedule:
         due = {rule_id for (rule_id, _), c in self.clocks.items() if c.is_due(ts)}
         if not due:
             return []
-        hidden = {h for r in self.rules if r.id in due for h in r.supersedes}
-        return [r for r in self.rules if r.id in due | hidden or due & set(r.supersedes)]
+        chosen = due | {h for r in self.rules if r.id in due for h in r.supersedes}
+        return [r for r in self.rules if r.id in chosen or chosen & set(r.supersedes)]
 
     def ran(self, ts: float, rules: Sequence[Rule], found: set[ClockKey]) -> None:
         """A pass of ``rules`` at ``ts`` reported ``found`` (rule, kind) pairs."""
