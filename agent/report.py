@@ -29,11 +29,14 @@ from agent.analysis.frame_sql import in_list
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
+from agent.analysis.time_axis import TimeAxis, axis_of_run
 from agent.errors import StoreError, UsageError
 from agent.model import RunInfo
+from agent.report_fabric_storage import render_fabric_storage, summarize_fabric_storage
 from agent.runs import (
     LocalReadConnection,
     ReadConnection,
+    db_label,
     find_run,
     json_object,
     open_read,
@@ -74,6 +77,8 @@ class RunSummary:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     #: What the devices are called ("GPU", "TPU"; "accelerator" when mixed or unknown).
     device_noun: str = "accelerator"
+    #: Fabric ports and the job's mounts (agent/report_fabric_storage.py).
+    fabric_storage: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def summarize(
@@ -139,6 +144,7 @@ def summarize(
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},
         gaps,
         device_noun(plan, [d.entity for d in devices]),
+        fabric_storage=summarize_fabric_storage(con, run.run_id),
     )
 
 
@@ -207,6 +213,11 @@ def _uncovered(a: float, b: float, claimed: list[tuple[float, float]]) -> float:
     return free + max(0.0, b - at)
 
 
+def run_axis(run: RunInfo) -> TimeAxis:
+    """How this run's times are worded: the trace's own seconds for an imported trace."""
+    return axis_of_run(run.mode, run.started)
+
+
 @dataclass
 class Report:
     run: RunInfo
@@ -219,6 +230,8 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run.run_id,
+            # "trace": times are the imported trace's own (t = seconds from its start).
+            "time_axis": "trace" if run_axis(self.run).trace else "clock",
             "summary": asdict(self.summary),
             "findings_from": self.findings_from,
             "findings": [f.to_dict() for f in self.findings],
@@ -269,6 +282,7 @@ def _short(value: Any) -> str:
 
 def render_text(report: Report, *, markdown: bool = False) -> str:
     s, run = report.summary, report.run
+    axis = run_axis(run)
     h = (lambda t: f"## {t}") if markdown else (lambda t: t)
     b = (lambda t: f"**{t}**") if markdown else (lambda t: t)
     lines = [("# " if markdown else "") + f"accelwatch report: {run.name} ({run.run_id})", ""]
@@ -277,7 +291,7 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
             "status",
             s.status + (f", exit code {run.exit_code}" if run.exit_code is not None else ""),
         ),
-        ("started", s.started),
+        ("started", "t = 0 s, the trace's own time axis" if axis.trace else s.started),
         ("duration", duration(s.duration_s)),
         ("host", s.host or "-"),
         ("devices", _devices_text(s)),
@@ -325,6 +339,7 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
                 else f"  {cells[0]:6} {cells[1][:28]:28} mean {cells[2]:>4} p50 {cells[3]:>4}"
                 f" p90 {cells[4]:>4} p99 {cells[5]:>4} energy {cells[6]} kWh"
             )
+    lines += render_fabric_storage(s.fabric_storage, markdown)
     groups = group_findings(report.findings)
     lines += ["", h(f"Findings ({len(groups)})")]
     if not groups:
@@ -339,7 +354,7 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
         lost = sum(x.lost_s for x in g.findings) / len(g.findings)
         head = (
             f"{g.severity.upper()} {_title(f.rule)} [{f.rule}] on {g.entities_text}: "
-            f"{f.start:%H:%M:%S}-{f.end:%H:%M:%S} UTC, {pct(share)} of the run"
+            f"{axis.range_text(f.start, f.end)}, {pct(share)} of the run"
             + (f", ~{pct(lost / s.duration_s)} lost" if s.duration_s and lost else "")
         )
         details = [("evidence", _evidence_text(f))]
@@ -394,7 +409,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``accelwatch report [RUN] [--db PATH] [--json] [--format text|md|html] [--out FILE]``."""
     db = open_read(args.db)
     try:
-        report = build_report(db, args.run, str(args.db))
+        report = build_report(db, args.run, db_label(args.db))
         if args.json:
             text = json.dumps(report.to_json(), indent=2, default=str) + "\n"
         elif args.format == "html":

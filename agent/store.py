@@ -84,6 +84,25 @@ CREATE OR REPLACE VIEW runs AS
     QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.logged DESC) = 1;
 """
 
+#: Version 3 (per-operation traces): one row per operation of an imported pipeline /
+#: data-parallel trace (``accelwatch import``), so the straggler rules can compare a rank's
+#: compute ops with its peers' of the same pipeline stage. ``ts`` is the op's start on the
+#: run's time axis; ``duration`` is in seconds. The view ``ops`` is the public interface.
+_SCHEMA_V3_OPS = """
+CREATE TABLE IF NOT EXISTS op_trace (
+    run_id VARCHAR, ts TIMESTAMP, rank INTEGER, dp_rank INTEGER, stage INTEGER, step BIGINT,
+    optype VARCHAR, duration DOUBLE);
+CREATE OR REPLACE VIEW ops AS
+    SELECT run_id, ts, rank, dp_rank, stage, step, optype, duration FROM op_trace;
+"""
+
+
+def ensure_op_trace(con: duckdb.DuckDBPyConnection) -> None:
+    """Create ``op_trace``/``ops`` if missing: the block is additive and idempotent, so a
+    schema-3 file written before it existed gets it from the first import of an op trace."""
+    con.execute(_SCHEMA_V3_OPS)
+
+
 #: Version 3, experiment tracking: what the job's own ``accelwatch`` client reports — logged
 #: metrics per rank and step, and the run's config and tags (JSON values, latest per key).
 _SCHEMA_V3_TRACKING = """
@@ -319,6 +338,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         con.execute(_SCHEMA_V1)
         con.execute(_V1_RUNS_VIEW)
     con.execute(_SCHEMA_V2)
+    con.execute(_SCHEMA_V3_OPS)
     con.execute(_SCHEMA_V3_TRACKING)
     con.execute(
         "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]

@@ -19,6 +19,7 @@ from agent.catalog.roles import LATENCIES, latency_role
 from agent.reader import Frame
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
+from tui.fabric_storage import MountLine, PortLine, mount_lines, port_lines
 
 ACCELERATOR = "accelerator"
 BUSY = "accelerator.busy"
@@ -164,6 +165,9 @@ class HostView:
     net_tx: float | None
     ib_rx: float | None
     ib_tx: float | None
+    #: Fabric ports and the job's mounts, one line each (tui/fabric_storage.py).
+    ports: tuple[PortLine, ...] = ()
+    mounts: tuple[MountLine, ...] = ()
 
 
 def _natural(entity: str) -> tuple:
@@ -367,4 +371,6 @@ def host_view(frame: Frame) -> HostView:
         net_tx=_sum_rates(snap, "net:", "host.net.tx_bytes"),
         ib_rx=_sum_rates(snap, "ib:", "host.ib.rx_bytes"),
         ib_tx=_sum_rates(snap, "ib:", "host.ib.tx_bytes"),
+        ports=port_lines(snap),
+        mounts=mount_lines(snap),
     )

@@ -1,162 +1,231 @@
-"""Per-rank step times: import a CSV of step timings into a run as the ``steps`` source.
+"""``accelwatch import``: per-rank step times and per-operation traces from other tools' files.
 
-A training job may log one row per rank and step (or per sampling period): the rank, the time
-since the run started, and the step time. ``import_step_times`` turns such a file into
-``step.time`` samples (entity ``rank0``, ``rank1``...), so the straggler and hang rules use
-real step times instead of device signals::
+A trace becomes a run of its own (mode ``imported``) that keeps the trace's time axis: a trace
+whose times are seconds from its start is stored with the run starting at epoch 0, so a sample
+at ``t = 2160`` is stored at ``1970-01-01 00:36:00`` and every reader shows it as "t = 2,160 s"
+(:mod:`agent.analysis.time_axis`); a trace of timestamps keeps them, the run starting at the
+first. Step times become ``step.time`` samples of the ``steps`` source (entity ``rank0``...;
+``step.count`` too when the trace numbers its steps), so every rule and viewer reads them as it
+reads a recording's. Op traces also fill ``op_trace`` (the ``ops`` view) for the straggler
+rules' per-stage compute comparison. The new run is analysed at once and its findings stored.
 
-    python -m agent.analysis.steps steps.csv --db runs.duckdb --run RUN \\
-        --rank-col worker --time-col time --value-col batch_time_norm --scale 0.001
+A trace may instead be added to an existing recorded run (``--run`` names it): relative times
+are then seconds since that run started.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import sys
+import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
-from agent.analysis.engine import find_run
+from agent.analysis.engine import analyze_run, post_run_resources
+from agent.analysis.finding import Finding
+from agent.analysis.frame_sql import q
+from agent.analysis.time_axis import IMPORTED_MODE
+from agent.analysis.trace_read import ReadTrace, read_trace
 from agent.catalog.steps import SOURCE, rank_entity
-from agent.errors import AccelwatchError, UsageError
+from agent.errors import UsageError
 from agent.model import Batch, RunInfo
-from agent.store import Store
-
-
-class StepImportError(AccelwatchError):
-    """The step-time file cannot be read or does not match the run."""
+from agent.runs import RunNotFoundError, find_run
+from agent.store import Store, ensure_op_trace
 
 
 @dataclass(frozen=True)
-class StepColumns:
-    rank: str = "rank"
-    time: str = "time"
-    value: str = "step_time"
+class ImportResult:
+    """What an import wrote, for the command's summary line."""
+
+    run_id: str
+    name: str
+    trace: ReadTrace
+    samples: int
+    added_to_recording: bool
+    findings: list[Finding]
 
 
-def read_step_csv(
-    path: str | os.PathLike[str], columns: StepColumns = StepColumns(), scale: float = 1.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(seconds since start, rank, step time in s) columns of a CSV, sorted by time."""
-    if not Path(path).is_file():
-        raise StepImportError(f"no step-time file at {path}")
-    con = duckdb.connect()
-    try:
-        rel = con.sql(
-            f'SELECT CAST("{columns.time}" AS DOUBLE) AS t, CAST("{columns.rank}" AS VARCHAR) '
-            f'AS rank, CAST("{columns.value}" AS DOUBLE) * {float(scale)} AS v '
-            "FROM read_csv(?, header = true) WHERE t IS NOT NULL AND v IS NOT NULL ORDER BY t",
-            params=[str(path)],
-        )
-        data = rel.fetchnumpy()
-    except duckdb.Error as exc:
-        raise StepImportError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-    finally:
-        con.close()
-    return data["t"], np.asarray(data["rank"], dtype=object), data["v"]
+def new_import_id() -> str:
+    return f"import-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def step_batches(
-    offsets: np.ndarray, ranks: np.ndarray, values: np.ndarray, started: float
-) -> list[Batch]:
-    """One ``steps`` batch per distinct timestamp (rows arrive sorted by time)."""
-    entities = np.array([rank_entity(r) for r in ranks], dtype=object)
-    cuts = np.flatnonzero(np.diff(offsets)) + 1
-    batches = []
-    for idx in np.split(np.arange(len(offsets)), cuts):
-        if len(idx) == 0:
-            continue
-        batches.append(
-            Batch(
-                SOURCE,
-                started + float(offsets[idx[0]]),
-                list(entities[idx]),
-                ["step.time"] * len(idx),
-                values[idx].tolist(),
-            )
-        )
-    return batches
-
-
-def import_step_times(
+def import_trace(
     db_path: str | os.PathLike[str],
-    csv_path: str | os.PathLike[str],
+    files: Sequence[str],
     *,
-    run: str | None = None,
-    columns: StepColumns = StepColumns(),
+    run: str,
+    overrides: Mapping[str, str | None] | None = None,
     scale: float = 1.0,
-    name: str | None = None,
-) -> tuple[str, int]:
-    """Add the file's step times to ``run`` (id or name), or to a new run when ``run`` is None.
+    time_unit: str | None = None,
+    analyse: bool = True,
+) -> ImportResult:
+    """Import ``files`` as run ``run`` (a new imported run, or an existing recorded one),
+    analyse it and store its findings.
 
-    Times are seconds since the run started. Returns (run id, samples written).
-    """
-    offsets, ranks, values = read_step_csv(csv_path, columns, scale)
-    if len(offsets) == 0:
-        raise StepImportError(f"{csv_path} holds no step times")
+    Bad files, unrecognised columns and a name already taken by an imported run are
+    :class:`UsageError` (exit 2); nothing is written then."""
+    if not run.strip():
+        raise UsageError("--run needs a name")
+    if not scale > 0:
+        raise UsageError("--scale must be positive")
+    existed = Path(db_path).exists()
     store = Store(db_path)
     try:
-        if run is None:
-            run_id = f"import-{time.strftime('%Y%m%d-%H%M%S')}"
-            started = time.time() - float(offsets[-1])
-            store.write_run(
-                RunInfo(
-                    run_id,
-                    name or Path(csv_path).stem,
-                    None,
-                    [],
-                    "",
-                    "",
-                    started,
-                    1.0,
-                    str(db_path),
-                    mode="import",
-                    ended=started + float(offsets[-1]),
-                    status="finished",
-                )
-            )
-        else:
-            info = find_run(store.con, run, str(db_path))
-            run_id, started = info.run_id, info.started
-        written = store.write_ticks([(run_id, step_batches(offsets, ranks, values, started))])
+        with post_run_resources(store.con):  # no job to stay small for: DuckDB's own limits
+            return _import(store, files, run, overrides, scale, time_unit, analyse, str(db_path))
+    except BaseException:
+        if not existed:  # a refused import leaves no database behind
+            store.close()
+            for leftover in (Path(db_path), Path(f"{db_path}.wal")):
+                leftover.unlink(missing_ok=True)
+        raise
     finally:
         store.close()
-    return run_id, written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m agent.analysis.steps", description="Import per-rank step times into a run."
-    )
-    parser.add_argument("csv")
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--run", help="run id or name (default: a new run for the import)")
-    parser.add_argument("--rank-col", default="rank")
-    parser.add_argument("--time-col", default="time", help="seconds since the run started")
-    parser.add_argument("--value-col", default="step_time")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply values to get seconds")
-    args = parser.parse_args(argv)
+def _import(
+    store: Store,
+    files: Sequence[str],
+    run: str,
+    overrides: Mapping[str, str | None] | None,
+    scale: float,
+    time_unit: str | None,
+    analyse: bool,
+    db_path: str,
+) -> ImportResult:
+    con = store.con
+    existing = _existing_run(con, run, str(db_path))
+    trace = read_trace(con, files, overrides, scale=scale, time_unit=time_unit)
+    if existing is None:
+        info = _new_run(run, files, trace, str(db_path))
+        offset = 0.0 if trace.axis.absolute else info.started
+    else:
+        info = existing
+        offset = 0.0 if trace.axis.absolute else existing.started
+    if existing is None:  # "incomplete" until every sample is in: a crash shows as such
+        store.write_run(replace(info, status="incomplete"))
+    samples = _write_samples(store, info.run_id, trace, offset)
+    if trace.ops:
+        _write_ops(con, info.run_id, offset)
+    if existing is None:
+        store.write_run(info)
+    findings = analyze_run(con, info.run_id) if analyse else []
+    return ImportResult(info.run_id, info.name, trace, samples, existing is not None, findings)
+
+
+def _existing_run(con: duckdb.DuckDBPyConnection, run: str, db_path: str) -> RunInfo | None:
+    """The recorded run the trace is added to, None for a new imported run; refuses to mix a
+    second trace into an imported run or to add step times twice."""
     try:
-        if args.scale <= 0:
-            raise UsageError("--scale must be positive")
-        run_id, n = import_step_times(
-            args.db,
-            args.csv,
-            run=args.run,
-            scale=args.scale,
-            columns=StepColumns(args.rank_col, args.time_col, args.value_col),
+        info = find_run(con, run, db_path)
+    except RunNotFoundError:
+        return None
+    if info.mode == IMPORTED_MODE:
+        raise UsageError(
+            f"run {run!r} in {db_path} is already an imported trace; import under another --run"
         )
-    except AccelwatchError as exc:
-        print(f"accelwatch: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"imported {n} step times into run {run_id}")
-    return 0
+    had = con.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM samples WHERE run_id = ? AND source = ? LIMIT 1)",
+        [info.run_id, SOURCE],
+    ).fetchall()[0][0]
+    if had:
+        raise UsageError(f"run {run!r} in {db_path} already has step times")
+    return info
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _new_run(name: str, files: Sequence[str], trace: ReadTrace, db_path: str) -> RunInfo:
+    axis = trace.axis
+    # The trace's own axis: epoch 0 is its origin (t = 0), or its first timestamp.
+    started = axis.first if axis.absolute else min(0.0, axis.first)
+    return RunInfo(
+        new_import_id(),
+        name,
+        None,
+        ["accelwatch", "import", *files],
+        os.getcwd(),
+        "",
+        started,
+        axis.interval,
+        db_path,
+        tags={"imported_from": ", ".join(Path(f).name for f in files)},
+        mode=IMPORTED_MODE,
+        ended=axis.last,
+        exit_code=None,
+        status="finished",
+    )
+
+
+def _ts(expr: str, offset: float) -> str:
+    return f"make_timestamp(CAST(round(({expr} + {offset!r}) * 1e6) AS BIGINT))"
+
+
+#: Batches handed to the store per write (one batch per distinct timestamp).
+WRITE_CHUNK = 5000
+
+
+def _write_samples(store: Store, run_id: str, trace: ReadTrace, offset: float) -> int:
+    """``step.time`` (and ``step.count``) samples through the store's writer (whatever its
+    layout), one batch per distinct timestamp, with each rank's attributes on the first."""
+    con = store.con
+    data = con.execute(
+        f"SELECT t + {offset!r} AS ts, rank, v, step FROM import_steps ORDER BY ts, rank"
+    ).fetchnumpy()
+    names = ["label", *trace.attributes, *(["dp_rank", "stage"] if trace.ops else [])]
+    described = {
+        rank_entity(int(rank)): {"rank": int(rank), **json.loads(attrs)}
+        for rank, attrs in con.execute(
+            "SELECT rank, CAST(json_object("
+            + ", ".join(f"{q(n)}, any_value({_quoted(n)})" for n in names)
+            + ") AS VARCHAR) FROM import_steps GROUP BY rank"
+        ).fetchall()
+    }
+    ts = np.asarray(data["ts"], dtype=np.float64)
+    ranks, index = np.unique(np.asarray(data["rank"]), return_inverse=True)
+    entities = np.array([rank_entity(int(r)) for r in ranks], dtype=object)[index]
+    values = np.asarray(data["v"], dtype=np.float64)
+    steps = None
+    if trace.columns.step is not None:
+        raw = data["step"]
+        mask = np.ma.getmaskarray(raw) if np.ma.isMaskedArray(raw) else np.zeros(len(ts), bool)
+        steps = np.where(mask, np.nan, np.ma.getdata(raw).astype(np.float64))
+    bounds = [0, *(np.flatnonzero(np.diff(ts)) + 1).tolist(), len(ts)]
+    batches: list[Batch] = []
+    written = 0
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        ents = entities[a:b].tolist()
+        metrics, vals = ["step.time"] * (b - a), values[a:b].tolist()
+        if steps is not None:
+            keep = np.isfinite(steps[a:b])
+            ents += entities[a:b][keep].tolist()
+            metrics += ["step.count"] * int(keep.sum())
+            vals += steps[a:b][keep].tolist()
+        batches.append(
+            Batch(
+                SOURCE, float(ts[a]), ents, metrics, vals, entity_attrs=described if i == 0 else {}
+            )
+        )
+        if len(batches) >= WRITE_CHUNK:
+            written += store.write_ticks([(run_id, batches)])
+            batches = []
+    if batches:
+        written += store.write_ticks([(run_id, batches)])
+    return written
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _write_ops(con: duckdb.DuckDBPyConnection, run_id: str, offset: float) -> None:
+    ensure_op_trace(con)
+    con.execute(
+        f"""INSERT INTO op_trace
+            SELECT ?, {_ts("t", offset)}, rank, dp_rank, stage, step, optype, duration
+            FROM import_ops""",
+        [run_id],
+    )

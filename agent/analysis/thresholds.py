@@ -66,13 +66,42 @@ LEAK_MIN_SPAN_S = 60.0
 SWAP_IN_BYTES = 1 << 20  # 1 MiB/s of swap-in is paging the job's working set
 HOST_MEMORY_NEAR_FULL = 0.95
 
-# -- stragglers ------------------------------------------------------------------------------
-#: NVIDIA resiliency-ext default: performance score below 0.7 marks a straggler.
+# -- stragglers (docs/analysis.md, "Stragglers") -------------------------------------------
+#: NVIDIA resiliency-ext's default threshold for its performance scores (reference time /
+#: the rank's time; its StragglerDetectionCallback flags a rank below 0.7). Below it a rank is
+#: a critical straggler, and a device lags its peers.
 STRAGGLER_SCORE = 0.7
-#: An emerging straggler: a rank 15% slower than its own best while its peers are not.
+#: An emerging straggler: in a window, both its relative score (peers' median / its time) and
+#: its individual score (its own usual time / its time) are below this, i.e. it runs >= 18%
+#: slower than its peers and than its own past at once.
 STRAGGLER_INDIVIDUAL_SCORE = 0.85
-STRAGGLER_WINDOW_S = 60.0
-STRAGGLER_MIN_WINDOWS = 3
+#: ... and the episode extends over neighbouring windows where it is still half that much slower
+#: than usual and slower than its peers (hysteresis, so the onset is found where it started).
+STRAGGLER_ONSET_SCORE = 0.92
+#: Per-rank windows after the run (at least 3 step spacings each), and while it runs.
+STRAGGLER_WINDOW_S = 30.0
+STRAGGLER_LIVE_WINDOW_S = 10.0
+#: Flagged windows an emerging straggler needs (2 x 30 s after the run, 2 x 10 s live).
+STRAGGLER_MIN_WINDOWS = 2
+#: Live: a rank's usual speed is learnt from this much history before the analysed window.
+STRAGGLER_LOOKBACK_S = 600.0
+#: Step-time analysis needs this many ranks (a median of peers).
+STRAGGLER_MIN_RANKS = 3
+#: Persistent spread: a rank whose typical step time is this far above (below) its peers'
+#: median over the run and over its first quarter is in the slower (faster) group.
+SPREAD_BAND = 0.05
+#: Speed change: a step in a rank's own series (relative to its peers) of at least this much,
+#: between segments of >= CHANGE_MIN_WINDOWS windows, with a Welch t statistic >= CHANGE_T.
+CHANGE_MIN = 0.10
+CHANGE_T = 6.0
+CHANGE_MIN_WINDOWS = 4
+#: Synchronous ranks: the per-window spread of step times between ranks (max - min over the
+#: median) stays below this, because every rank waits for the slowest.
+SYNC_SPREAD = 0.02
+#: Op traces: a rank's compute (forward/backward) per step against the median of its pipeline
+#: stage's peers (>= 3 ranks); below this score for >= OPS_MIN_STEPS consecutive steps.
+OPS_SCORE = 0.85
+OPS_MIN_STEPS = 3
 
 # -- hangs -----------------------------------------------------------------------------------
 #: No progress for this long is a likely hang (flagged live well within a minute).

@@ -266,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the example job trains when --steps is not given (default 90)",
     )
 
-    p = sub.add_parser("runs", help="list recorded runs")
-    _add_db(p)
-    p.add_argument("--json", action="store_true")
+    _add_experiment_commands(sub)
 
     p = sub.add_parser("metrics", help="list the metric catalog")
     p.add_argument("--json", action="store_true")
@@ -278,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="report on a run: summary and findings")
     p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
-    _add_db(p)
+    add_read_dbs(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--format", choices=("text", "md", "html"), default="text")
     p.add_argument("--out", metavar="FILE")
@@ -287,14 +285,73 @@ def build_parser() -> argparse.ArgumentParser:
         "sql", help="run one read-only SQL statement (also while a run is being recorded)"
     )
     p.add_argument("query", metavar="SQL", help='one read statement, e.g. "SELECT ..."')
-    _add_db(p)
+    add_read_dbs(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="rows as a JSON array of objects")
     fmt.add_argument("--csv", action="store_true", help="rows as CSV with a header line")
 
     p = sub.add_parser("view", help="open the terminal UI over a recorded run")
     p.add_argument("run", nargs="?", help="run id or name (default: the latest)")
+    add_read_dbs(p)
+
+    # -- accelwatch import (agent/app/import_command.py) -----------------------------------
+    p = sub.add_parser(
+        "import",
+        help="import per-rank step times or an op trace (CSV, Parquet, JSON lines) as a run",
+        description="Import per-rank step (mini-batch) times, or a per-operation trace of a "
+        "pipeline/data-parallel job, written by another tool. Columns are recognised by "
+        "their usual names (rank/worker/dp_rank, step/iteration, time/start_ts/timestamp, "
+        "duration/step_time/batch_time...); the flags name the others. The run keeps the "
+        "trace's own time axis (t = seconds from its start) and is analysed at once.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".csv, .parquet or .jsonl")
+    p.add_argument(
+        "--run",
+        required=True,
+        metavar="NAME",
+        help="name of the new run (or of a recorded run to add the step times to)",
+    )
     _add_db(p)
+    for role, what in (
+        ("rank", "the rank / worker"),
+        ("time", "the time (seconds from the start, or timestamps)"),
+        ("duration", "the step or op duration"),
+        ("step", "the step / iteration number"),
+    ):
+        p.add_argument(f"--{role}-col", metavar="COLUMN", help=f"column holding {what}")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply durations by FACTOR to get seconds (default 1; a unit suffix such "
+        "as _ms in the column name is applied as well)",
+    )
+    p.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "us", "ns"),
+        default=None,
+        help="unit of a numeric time column (default: from its name, else seconds; epoch "
+        "timestamps are recognised by their size)",
+    )
+    p.add_argument("--json", action="store_true", help="print what was imported as JSON")
+    # -- end accelwatch import ---------------------------------------------------------------
+
+    # -- capture (t4): the fabric and storage sources' files, for replay with --sys-root/--proc-root
+    p = sub.add_parser(
+        "capture", help="write the files the fabric and storage sources read, for replay"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument(
+        "--pid", type=pid_arg, help="also the mounts and open files of this process tree"
+    )
+    p.add_argument(
+        "--sys-root", type=root_dir, default="/sys", metavar="DIR", help=argparse.SUPPRESS
+    )
+    p.add_argument(
+        "--proc-root", type=root_dir, default="/proc", metavar="DIR", help=argparse.SUPPRESS
+    )
+    # -- end capture
 
     p = sub.add_parser("sim", help="run a scenario's simulated devices for other tools")
     sim = p.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
@@ -332,6 +389,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return StoreError.exit_code
 
 
+# -- experiments: runs, compare, export, merge; several databases for every read command ----
+
+
+def add_read_dbs(p: argparse.ArgumentParser) -> None:
+    """``--db`` of a read command: repeatable, each a path or a quoted glob."""
+    p.add_argument(
+        "--db",
+        action="append",
+        default=None,
+        metavar="PATH|GLOB",
+        help=f"DuckDB file, or a quoted glob such as 'nodes/*.duckdb'; repeatable: the runs "
+        f"of every file are read as one (default: $ACCELWATCH_DB or ./{DEFAULT_DB})",
+    )
+
+
+def _add_experiment_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list recorded runs with their steps, speed and energy")
+    add_read_dbs(p)
+    p.add_argument(
+        "--tag", type=tag, action="append", default=[], metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable: all must match)",
+    )  # fmt: skip
+    p.add_argument(
+        "--name", metavar="PATTERN", help="only runs whose name matches (shell pattern, or a part)"
+    )
+    p.add_argument("--json", action="store_true", help="typed values: numbers, ISO timestamps")
+
+    p = sub.add_parser("compare", help="compare two runs side by side, differences in words")
+    p.add_argument("run_a", metavar="RUN_A", help="run id or name (the baseline)")
+    p.add_argument("run_b", metavar="RUN_B", help="run id or name (the candidate)")
+    add_read_dbs(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="export runs as Parquet or CSV, hive-partitioned by run")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or names")
+    add_read_dbs(p)
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory (created 0700)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace these runs' earlier exports in DIR"
+    )
+
+    p = sub.add_parser("merge", help="merge the per-rank/per-node databases of one job")
+    p.add_argument("inputs", nargs="+", metavar="DB", help="input databases or quoted globs")
+    p.add_argument("--into", required=True, metavar="DB", help="output database")
+    p.add_argument("--json", action="store_true", help="the merged runs as JSON on stdout")
+
+
+#: Commands handled in agent/app/experiment_commands.py.
+EXPERIMENT_COMMANDS = frozenset({"runs", "compare", "export", "merge"})
+
+
 #: Commands that record (they import the session machinery); the rest only read.
 RECORDING_COMMANDS = frozenset({"run", "attach", "demo"})
 
@@ -343,6 +452,12 @@ def _handler(command: str) -> Callable[[argparse.Namespace], int]:
         from agent.app import commands as module
     elif command == "sim":
         from agent.app import sim_commands as module
+    elif command in EXPERIMENT_COMMANDS:
+        from agent.app import experiment_commands as module
+    elif command == "import":
+        from agent.app import import_command as module
+    elif command == "capture":
+        from agent.app import capture_command as module
     else:
         from agent.app import read_commands as module
     handler: Callable[[argparse.Namespace], int] = getattr(

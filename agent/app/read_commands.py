@@ -12,34 +12,6 @@ from agent.app.cli import print_json
 from agent.errors import StoreError, UsageError
 
 
-def cmd_runs(args: argparse.Namespace) -> int:
-    from agent.runs import list_runs, open_read
-
-    db = open_read(args.db)
-    try:
-        records = list_runs(db)
-    finally:
-        db.close()
-    if args.json:
-        print_json(records)
-        return 0
-    if not records:
-        print(f"no runs in {args.db}")
-        return 0
-    print(f"{'RUN ID':24} {fit('NAME', 20)} {'MODE':6} {'PID':>7} {'STARTED':19} {'STATUS':9} SIM")
-    for r in records:
-        started = r["started"].strftime("%Y-%m-%d %H:%M:%S") if r["started"] else "-"
-        sim = r["scenario"] or "" if r["simulated"] else ""
-        status = r["status"]
-        if status == "lost" and r.get("last_sample"):
-            sim = f"last sample {r['last_sample']:%H:%M:%S} UTC {sim}".rstrip()
-        print(
-            f"{r['run_id']:24} {fit(r['name'] or '', 20)} {r['mode']:6} {r['pid'] or '-':>7} "
-            f"{started:19} {status:9} {sim}"
-        )
-    return 0
-
-
 def display_width(text: str) -> int:
     """Terminal columns of ``text``: East Asian wide and fullwidth characters take two."""
     import unicodedata
@@ -150,8 +122,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    if not Path(args.db).exists():
-        raise StoreError(f"no database at {args.db}")
+    from agent.runs import expand_db_specs
+
+    paths = expand_db_specs(args.db)  # a glob matching nothing: one line, exit 4
+    if len(paths) == 1 and not Path(paths[0]).exists():
+        raise StoreError(f"no database at {paths[0]}")
     from tui.replay import run_replay
 
-    return run_replay(args.db, args.run)
+    return run_replay(paths[0] if len(paths) == 1 else paths, args.run)  # type: ignore[arg-type]

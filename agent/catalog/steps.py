@@ -2,7 +2,7 @@
 
 They come from the job itself, not from a device: live from the ``accelwatch`` client in the
 training script (the collector, :mod:`agent.tracking.collector`, receives them), or from a
-per-rank step-time log imported with ``python -m agent.analysis.steps``. When present, the
+per-rank step-time log imported with ``accelwatch import``. When present, the
 straggler and hang rules prefer them over device signals.
 """
 

@@ -40,6 +40,7 @@ QUIET = {
     "launch-bound",
     "tpu-runtime-lost",
     "tpu-7x-multislice-overlapped",
+    "fabric-storage-healthy",
     "tpu-v5e-8-hang",  # the job's processes work: not a hang (see tpu-v5e-8-hang-quiet-job)
     "tpu-v3-8-healthy",
     "tpu-v5e-8-healthy",

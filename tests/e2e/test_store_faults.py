@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -547,7 +548,8 @@ def test_kill_9_of_a_recording_agent_reads_as_lost_with_its_last_sample(tmp_path
     assert run["status"] == "lost", run
     ((recorded, pid, newest),) = query(db, "SELECT status, agent_pid, last_sample FROM runs")
     assert (recorded, pid) == ("running", agent.pid)
-    assert newest is not None and run["last_sample"] == str(newest)
+    assert newest is not None  # --json timestamps are ISO 8601 with their UTC offset
+    assert datetime.fromisoformat(run["last_sample"]).replace(tzinfo=None) == newest
 
 
 def test_new_database_on_a_full_disk_is_one_line_and_the_job_never_starts(small_fs, tmp_path):

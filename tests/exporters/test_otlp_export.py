@@ -70,6 +70,10 @@ def entity_of(metric: Metric, attrs: dict, gpus: dict[str, str]) -> list[str]:
         return [f"cpu{attrs['cpu.logical_number']}"]
     if "network.interface.name" in attrs:
         return [f"net:{attrs['network.interface.name']}"]
+    if "rpc.method" in attrs:  # an NFS operation of a mount (storage source)
+        return [f"nfsop:{attrs['rpc.method']}@{attrs['system.filesystem.mountpoint']}"]
+    if "system.filesystem.mountpoint" in attrs:
+        return [f"mount:{attrs['system.filesystem.mountpoint']}"]
     if "system.device" in attrs:
         return [f"disk:{attrs['system.device']}", f"ib:{attrs['system.device']}"]
     return ["host"]

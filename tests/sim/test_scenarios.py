@@ -31,6 +31,14 @@ NAMED = {
     "h100-mig",
 }
 #: Simulated TPU VMs (collectors/sim/tpu), tested in tests/collectors/tpu.
+#: GPUs plus simulated fabric ports / job mounts (collectors/sim/fabric_storage).
+FABRIC_STORAGE_NAMED = {
+    "ib-port-degrading",
+    "roce-congestion",
+    "nfs-latency-starving",
+    "checkpoint-lustre",
+    "fabric-storage-healthy",
+}
 TPU_NAMED = {
     "tpu-v5e-8-healthy",
     "tpu-v5e-8-input-bound",
@@ -72,7 +80,7 @@ def _gpm(clock, h, seconds, *metric_ids):
 
 def test_list_scenarios_is_json_serialisable():
     infos = list_scenarios()
-    assert {i.name for i in infos} == NAMED | TPU_NAMED
+    assert {i.name for i in infos} == NAMED | TPU_NAMED | FABRIC_STORAGE_NAMED
     payload = json.loads(json.dumps([dataclasses.asdict(i) for i in infos]))
     healthy = next(p for p in payload if p["name"] == "healthy")
     assert healthy["hardware"] == "8x H100 SXM 80GB" and healthy["gpu_count"] == 8

@@ -206,7 +206,7 @@ def test_missing_builtin_entry_points_fall_back_to_the_builtin_declarations_with
     registry = _registry(PROCESS_SPEC)  # as if only the process entry point were installed
     [(kind, source, detail)] = ensure_builtin_sources(registry)
     assert (kind, source, detail["severity"]) == ("source_fallback", "agent", "warning")
-    assert "host, disk, fabric, nvml, tpu, steps" in detail["reason"]
+    assert "host, disk, fabric, storage, nvml, tpu, steps" in detail["reason"]
     assert "pip install -e ." in detail["reason"]
     assert [s.name for s in registry.specs()] == [
         "process",
@@ -214,6 +214,7 @@ def test_missing_builtin_entry_points_fall_back_to_the_builtin_declarations_with
         "host",
         "disk",
         "fabric",
+        "storage",
         "nvml",
         "tpu",
     ]

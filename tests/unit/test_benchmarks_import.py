@@ -15,6 +15,7 @@ BENCHMARKS = (
     "benchmarks.bench_live",
     "benchmarks.bench_nvml",
     "benchmarks.bench_recording",
+    "benchmarks.bench_runs",
     "benchmarks.bench_tui",
     "benchmarks._baselines",
 )

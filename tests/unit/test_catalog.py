@@ -8,7 +8,7 @@ import time
 from agent.catalog import CATALOG
 from agent.source import CollectContext
 from collectors.disk import DiskCollector
-from collectors.fabric import FabricCollector
+from collectors.fabric.collector import FabricCollector
 from collectors.host import HostCollector
 from collectors.process import ProcessCollector
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
+from tui.fabric_storage import MAX_LINES
 from tui.format import bar, fmt, format_unit
 from tui.views import HostView
 
@@ -23,7 +24,7 @@ class HostPanel(Widget, can_focus=True):
 
     def show(self, view: HostView) -> None:
         if view != self.view:
-            lines_before = self.view is None or (self.view.ib_rx is None) != (view.ib_rx is None)
+            lines_before = self.view is None or _line_count(self.view) != _line_count(view)
             self.view = view
             self.refresh(layout=lines_before)
 
@@ -58,10 +59,46 @@ class HostPanel(Widget, can_focus=True):
             f"disk r {_rate(view.disk_read)} w {_rate(view.disk_write)}  "
             f"net ↓{_rate(view.net_rx)} ↑{_rate(view.net_tx)}"
         )
-        if view.ib_rx is not None or view.ib_tx is not None:
+        if any(p.rate is not None for p in view.ports):  # per port where its line rate is known
+            _port_lines(out, view, label)
+        elif view.ib_rx is not None or view.ib_tx is not None:
             out.append("\nib   ", label)
             out.append(f"↓{_rate(view.ib_rx)} ↑{_rate(view.ib_tx)}")
+        _mount_lines(out, view, label)
         return out
+
+
+def _line_count(view: HostView) -> tuple[int, int, bool]:
+    per_port = any(p.rate is not None for p in view.ports)
+    return (min(len(view.ports), MAX_LINES + 1) if per_port else 0,
+            min(len(view.mounts), MAX_LINES + 1), view.ib_rx is None)  # fmt: skip
+
+
+def _port_lines(out: Text, view: HostView, label: str) -> None:
+    for p in view.ports[:MAX_LINES]:
+        out.append("\nib   ", label)
+        state = "" if p.up is None or p.up >= 1 else " DOWN"
+        line = f"{p.name} ↓{_rate(p.rx)} ↑{_rate(p.tx)}"
+        if p.rate is not None:
+            line += f" of {p.rate * 8 / 1e9:.0f}"
+            if p.rate_max and p.rate < 0.99 * p.rate_max:
+                line += f"/{p.rate_max * 8 / 1e9:.0f}"
+            line += " Gb/s"
+        if p.errors:
+            line += f" err {p.errors:.0f}/s"
+        out.append(line + state, "bold red" if state or p.errors else "")
+    if len(view.ports) > MAX_LINES:
+        out.append(f"\n     … {len(view.ports) - MAX_LINES} more ports")
+
+
+def _mount_lines(out: Text, view: HostView, label: str) -> None:
+    for m in view.mounts[:MAX_LINES]:
+        out.append("\nfs   ", label)
+        kind = f" ({m.fstype})" if m.fstype else ""
+        latency = "" if m.latency is None else f" {m.latency * 1000:.1f} ms"
+        out.append(f"{m.name}{kind} r {_rate(m.read)} w {_rate(m.write)}{latency}")
+    if len(view.mounts) > MAX_LINES:
+        out.append(f"\n     … {len(view.mounts) - MAX_LINES} more mounts")
 
 
 def _rate(value: float | None) -> str:

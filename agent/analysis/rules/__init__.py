@@ -6,10 +6,12 @@ from agent.analysis.engine import Rule
 from agent.analysis.rules import (
     checkpoint,
     efficiency,
+    fabric,
     hang,
     hardware,
     host_bound,
     memory,
+    storage,
     straggler,
     throttle,
     tpu,
@@ -29,5 +31,7 @@ ALL_RULES: tuple[Rule, ...] = (
     *memory.RULES,
     *straggler.RULES,
     *checkpoint.RULES,
+    *fabric.RULES,
+    *storage.RULES,
 )
 RULES_BY_ID: dict[str, Rule] = {r.id: r for r in ALL_RULES}

@@ -1,114 +1,396 @@
-"""Rule 11: a straggler accelerator or rank, relative to the median of its peers.
+"""Rule 11: stragglers, as operators see them (scores in :mod:`agent.analysis.straggler_scores`).
 
-With per-rank step times (``step.time``) two scores per rank and window, as in NVIDIA's
-resiliency-ext straggler detector but against the peers' median instead of the best rank:
+Four views, each its own finding:
 
-* relative score = peers' median step time / the rank's step time; below 0.7 is a straggler;
-* individual score = the rank's own best step time / its current one, corrected for the
-  whole fleet slowing down (its fast quartile's drift); below 0.85 while slower than the
-  median is an emerging straggler. A rank that was always a bit slower (a persistent spread,
-  e.g. a slower host) keeps its individual score near 1 and is not flagged.
-
-Without step times the device signals stand in: a GPU whose utilization (kernel-busy share) or
-SM clock (while not idle) falls below 0.7 of its peers' median while the peers are busy. SM
-activity is no help here: the peers' SMs idle inside the all-reduce waiting for the straggler.
+* ``straggler`` - an **emerging** straggler: a rank that starts running slower than its peers
+  *and* than its own usual speed, flagged from when it started (hysteresis finds the onset),
+  even for a few minutes. In a **synchronous** job (all ranks' step times equal) an op trace
+  finds the rank whose forward/backward compute is slower than its pipeline stage's
+  (:mod:`agent.analysis.straggler_ops`); without one, the device signals stand in: a GPU whose
+  busy share or SM clock falls below 0.7 of its peers' median while they are busy.
+* ``rank-spread`` - a **persistent** spread: ranks slower (or faster) than their peers from the
+  start, one finding naming the groups rather than one "straggler" per slow rank.
+* ``rank-speed-change`` - a rank whose own series steps to another speed mid-run (a change
+  point relative to its past and its peers), e.g. on top of a persistent spread.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+from typing import Any
 
-from agent.analysis.engine import Context, Rule, weighted
+import numpy as np
+
+from agent.analysis.engine import Context, Episode, Rule, weighted
 from agent.analysis.finding import Finding
+from agent.analysis.frame import STEP_TIME, naive_utc
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
+from agent.analysis.rules.straggler_text import (
+    cost_text,
+    percent_range,
+    ranks_text,
+    slower,
+    time_axis,
+    value_text,
+)
+from agent.analysis.straggler_changes import speed_changes
+from agent.analysis.straggler_ops import has_ops, slow_compute
+from agent.analysis.straggler_scores import RankWindows, islands, nanmedian, rank_windows
 from agent.analysis.thresholds import (
+    CHANGE_MIN,
+    CHANGE_MIN_WINDOWS,
+    CHANGE_T,
     LOW_BUSY,
+    OPS_SCORE,
+    SPREAD_BAND,
     STRAGGLER_INDIVIDUAL_SCORE,
+    STRAGGLER_MIN_RANKS,
     STRAGGLER_MIN_WINDOWS,
+    STRAGGLER_ONSET_SCORE,
     STRAGGLER_SCORE,
-    STRAGGLER_WINDOW_S,
 )
 from agent.analysis.watch import Tick
+from agent.catalog.steps import SOURCE as STEPS_SOURCE
+from agent.snapshot import Snapshot
 
 STRAGGLER = "straggler"
+RANK_SPREAD = "rank-spread"
+SPEED_CHANGE = "rank-speed-change"
+SOURCE = "NVIDIA resiliency-ext straggler scores, against the peers' median"
 
 
 def detect_straggler(ctx: Context) -> list[Finding]:
-    if len(ctx.info.ranks) >= 3:
-        return _from_steps(ctx)
-    if len(ctx.info.job_accelerators) >= 3:
-        return _from_devices(ctx)
-    return []
+    rw = rank_windows(ctx)
+    findings: list[Finding] = []
+    if rw is not None and not rw.synchronous:
+        findings += _emerging(ctx, rw)
+    ops = [] if ctx.live or not has_ops(ctx) else _from_ops(ctx)
+    findings += ops
+    if (rw is None or rw.synchronous) and not ops and len(ctx.info.job_accelerators) >= 3:
+        findings += _from_devices(ctx)
+    return findings
 
 
-def _from_steps(ctx: Context) -> list[Finding]:
-    window_s = max(STRAGGLER_WINDOW_S, ctx.info.bucket_s)
-    sql = f"""
-        WITH s AS (SELECT *, min(t) OVER () AS t_first FROM aw_steps
-                   WHERE step_time IS NOT NULL),
-        w AS (  -- windows counted from the first step, so they do not depend on the clock
-            SELECT entity, t_first + floor((t - t_first) / {window_s}) * {window_s} AS t,
-                   sum(step_time * step_n) / sum(step_n) AS step_time
-            FROM s GROUP BY ALL),
-        peers AS (
-            SELECT *, median(step_time) OVER (PARTITION BY t) AS peer_median,
-                   quantile_cont(step_time, 0.25) OVER (PARTITION BY t) AS fast_quartile,
-                   count(*) OVER (PARTITION BY t) AS ranks
-            FROM w),
-        scored AS (
-            SELECT *, peer_median / step_time AS relative,
-                   (quantile_cont(step_time, 0.1) OVER (PARTITION BY entity) / step_time)
-                   / (quantile_cont(fast_quartile, 0.1) OVER () / fast_quartile) AS individual
-            FROM peers WHERE ranks >= 3)
-        SELECT *, relative < {STRAGGLER_SCORE}
-                  OR (individual < {STRAGGLER_INDIVIDUAL_SCORE} AND relative < 1.0) AS flag
-        FROM scored"""
-    eps = ctx.episodes(
-        sql,
-        ["step_time", "peer_median", "relative", "individual"],
-        min_duration_s=STRAGGLER_MIN_WINDOWS * window_s,
-        gap_s=window_s,
-    )
-    findings = []
-    for rank, r_eps in by_entity(eps).items():
-        step, median, rel, ind = (
-            weighted(r_eps, c) for c in ("step_time", "peer_median", "relative", "individual")
-        )
-        if step is None or median is None or rel is None:
-            continue  # the flag needs the relative score, so a flagged window has all three
-        total = sum(e.duration_s for e in r_eps)
-        critical = rel < STRAGGLER_SCORE
-        findings.append(
-            ctx.finding(
-                STRAGGLER,
-                "critical" if critical else "warning",
-                rank,
-                r_eps,
-                f"{rank} became a straggler: its steps took {step / median:.2f}x its peers' median "
-                f"(relative score {rel:.2f}, {pct(None if ind is None else 1 - ind)} slower "
-                f"than its own best) for "
-                f"{duration(total)}; every synchronous step waits for it.",
-                f"Check what changed on {rank}'s host and devices at {r_eps[0].start:%H:%M:%S}: "
-                "throttling, a noisy neighbour, its data shard or disk; replace or exclude the node "
-                "if it persists.",
-                {
-                    "metrics": ["step.time"],
-                    "step_time": step,
-                    "peer_median_step_time": median,
-                    "relative_score": rel,
-                    "individual_score": ind,
-                    "signal": "step.time",
-                    "threshold": {
-                        "relative_score_below": STRAGGLER_SCORE,
-                        "individual_score_below": STRAGGLER_INDIVIDUAL_SCORE,
-                        "window_s": window_s,
-                        "source": "NVIDIA resiliency-ext straggler scores",
-                    },
-                },
-                lost_fraction=1 - (rel or 1.0),
+# -- emerging stragglers -------------------------------------------------------------------
+
+
+def emerging_episodes(rw: RankWindows) -> list[tuple[int, int, int]]:
+    """(row, first, last window) of each emerging straggler episode, history included."""
+    rel, dev = rw.rel, rw.dev
+    with np.errstate(invalid="ignore"):
+        strong = (rel > 1 / STRAGGLER_INDIVIDUAL_SCORE) & (dev > 1 / STRAGGLER_INDIVIDUAL_SCORE)
+        weak = (rel > 1.0) & (dev > 1 / STRAGGLER_ONSET_SCORE)
+    rows, c0, c1 = islands(weak | strong, max_gap=1)
+    counts = np.cumsum(np.pad(strong, ((0, 0), (1, 0))), axis=1)
+    n_strong = counts[rows, c1 + 1] - counts[rows, c0]
+    # Most of an episode is strongly slow: a long mildly-slow stretch (a speed change) with a
+    # couple of noisy windows over the line is not an emerging straggler.
+    enough = np.maximum(STRAGGLER_MIN_WINDOWS, 0.5 * (c1 - c0 + 1))
+    keep = (n_strong >= enough) & (c1 >= rw.first_analysed)
+    return list(zip(rows[keep].tolist(), c0[keep].tolist(), c1[keep].tolist()))
+
+
+def _episode(rw: RankWindows, row: int, c0: int, c1: int, **values: Any) -> Episode:
+    """Windows ``c0..c1`` of a rank (live: its start may lie in the history, where it began).
+
+    A boundary window only partly slow is cut where the slowdown began (ended): its excess
+    over the peers is the episode's typical excess times the slow share of the window."""
+    start, end = float(rw.starts[c0]), float(rw.ends[c1])
+    typical = values["rel"] - 1
+    if typical > 0 and c1 > c0:
+        with np.errstate(invalid="ignore"):
+            head = (rw.rel[row, c0] - 1) / typical
+            tail = (rw.rel[row, c1] - 1) / typical
+        if np.isfinite(head) and head < 1:
+            start = float(rw.ends[c0]) - max(0.0, head) * (rw.ends[c0] - rw.starts[c0])
+        if np.isfinite(tail) and tail < 1:
+            end = float(rw.starts[c1]) + max(0.0, tail) * (rw.ends[c1] - rw.starts[c1])
+    return Episode(rw.ranks[row], naive_utc(start), naive_utc(end), c1 - c0 + 1, values)
+
+
+def _emerging(ctx: Context, rw: RankWindows) -> list[Finding]:
+    axis = time_axis(ctx)
+    by_rank: dict[int, list[Episode]] = {}
+    for row, c0, c1 in emerging_episodes(rw):
+        sl = slice(c0, c1 + 1)
+        # the scores of the windows inside the episode: its first and last are partly slow
+        inner = slice(c0 + 1, c1) if c1 - c0 >= 2 else sl
+        rel_w, dev_w = rw.rel[row, inner], rw.dev[row, inner]
+        lost = float(np.nansum((1 - 1 / rw.rel[row, sl]) * (rw.ends[sl] - rw.starts[sl])))
+        by_rank.setdefault(row, []).append(
+            _episode(
+                rw,
+                row,
+                c0,
+                c1,
+                rel=float(np.nanmedian(rel_w)),
+                dev=float(np.nanmedian(dev_w)),
+                step_time=float(np.nanmean(rw.x[row, inner])),
+                peer_step_time=float(np.nanmean(rw.level[row, inner])),
+                lost_s=max(0.0, lost),
             )
         )
-    return findings
+    out = []
+    for row, eps in by_rank.items():
+        rank = rw.ranks[row]
+        rel, dev = weighted(eps, "rel") or 1.0, weighted(eps, "dev") or 1.0
+        total = sum(e.duration_s for e in eps)
+        lost = sum(e.values["lost_s"] for e in eps)
+        when = axis.span(eps[0].start, eps[-1].end)
+        more = f" in {len(eps)} episodes" if len(eps) > 1 else ""
+        out.append(
+            ctx.finding(
+                STRAGGLER,
+                "critical" if 1 / rel < STRAGGLER_SCORE else "warning",
+                rank,
+                eps,
+                f"{rank} became a straggler {when} ({duration(total)}{more}): its steps ran "
+                f"{slower(rel)} and {slower(dev, 'its own usual speed')} (relative score "
+                f"{1 / rel:.2f}, individual score {1 / dev:.2f}); "
+                f"{cost_text(lost, ctx.info.duration_s)}.",
+                f"Check what changed on {rank}'s host and accelerator at "
+                f"{axis.at(eps[0].start)}: throttling, a noisy neighbour, its data shard or "
+                "disk; replace or exclude the node if it persists.",
+                {
+                    "metrics": ["step.time"],
+                    "kind": "emerging",
+                    "signal": "step.time",
+                    "step_time": weighted(eps, "step_time"),
+                    "peer_median_step_time": weighted(eps, "peer_step_time"),
+                    "slower_than_peers": rel - 1,
+                    "relative_score": 1 / rel,
+                    "individual_score": 1 / dev,
+                    **_offsets(axis, eps[0].start, eps[-1].end),
+                    "work_lost_s": lost / len(rw.ranks),
+                    "threshold": {
+                        "relative_score_below": STRAGGLER_INDIVIDUAL_SCORE,
+                        "individual_score_below": STRAGGLER_INDIVIDUAL_SCORE,
+                        "onset_individual_score_below": STRAGGLER_ONSET_SCORE,
+                        "critical_relative_score_below": STRAGGLER_SCORE,
+                        "min_windows": STRAGGLER_MIN_WINDOWS,
+                        "window_s": rw.window_s,
+                        "source": SOURCE,
+                    },
+                },
+                lost_fraction=lost / total if total else 0.0,
+            )
+        )
+    return out
+
+
+def _offsets(axis: Any, start: Any, end: Any) -> dict[str, float]:
+    """Start and end in seconds from the run's (trace's) start: the trace's own time axis."""
+    return {"t_start_s": round(axis.offset(start), 1), "t_end_s": round(axis.offset(end), 1)}
+
+
+# -- persistent spread ---------------------------------------------------------------------
+
+
+def spread_levels(rw: RankWindows) -> tuple[np.ndarray, np.ndarray]:
+    """Each rank's typical step time over its peers' (the median of the other ranks' median
+    step times, as an operator reads it off the trace), and the same over the first quarter
+    of the windows (relative to the peers' level), to tell "from the start"."""
+    med = np.array([rw.medians.get(r, np.nan) for r in rw.ranks])
+    if len(med) <= 2000:  # leave-one-out: the median of *its peers*
+        others = np.where(np.eye(len(med), dtype=bool), np.nan, med[None, :])
+        peers = nanmedian(others, 1)
+    else:
+        peers = np.full(len(med), float(nanmedian(med[None, :], 1)[0]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        whole = med / peers
+    _, start = rw.persistent()
+    return whole, np.where(np.isfinite(start), start, whole)
+
+
+def spread_groups(rw: RankWindows) -> dict[str, list[int]]:
+    """Rows per group: slower / typical / faster than the peers, over the run and its start."""
+    whole, start = spread_levels(rw)
+    slow = (whole >= 1 + SPREAD_BAND) & (start >= 1 + SPREAD_BAND)
+    fast = (whole <= 1 - SPREAD_BAND) & (start <= 1 - SPREAD_BAND)
+    typical = np.isfinite(whole) & ~slow & ~fast
+    return {
+        "slower": np.flatnonzero(slow).tolist(),
+        "typical": np.flatnonzero(typical).tolist(),
+        "faster": np.flatnonzero(fast).tolist(),
+    }
+
+
+def detect_spread(ctx: Context) -> list[Finding]:
+    rw = rank_windows(ctx)
+    if rw is None or rw.synchronous:
+        return []
+    groups = spread_groups(rw)
+    if not groups["slower"] and not groups["faster"]:
+        return []
+    axis = time_axis(ctx)
+    whole, _ = spread_levels(rw)
+    names = {g: [rw.ranks[i] for i in rows] for g, rows in groups.items()}
+    c0 = rw.first_analysed
+    span = Episode("job", naive_utc(rw.starts[c0]), naive_utc(rw.ends[-1]), 0, {})
+    parts = []
+    if names["slower"]:
+        one = len(names["slower"]) == 1
+        level = percent_range([whole[i] for i in groups["slower"]], "slower")
+        whose = "its" if one else "their"
+        parts.append(
+            f"{ranks_text(names['slower'])} {'is' if one else 'are'} {level} than the median "
+            f"of {whose} peers"
+        )
+    if names["typical"]:
+        parts.append(f"{ranks_text(names['typical'])} within {pct(SPREAD_BAND)} of it")
+    if names["faster"]:
+        verb = "is" if len(names["faster"]) == 1 else "are"
+        parts.append(
+            f"{ranks_text(names['faster'])} {verb} "
+            f"{percent_range([whole[i] for i in groups['faster']], 'faster')}"
+        )
+    medians = {r: rw.medians[r] for r in rw.ranks if r in rw.medians}
+    lo, hi = min(medians, key=medians.__getitem__), max(medians, key=medians.__getitem__)
+    worst = float(np.nanmax(whole)) if names["slower"] else 1.0
+    lost = span.duration_s * (1 - 1 / worst) if worst > 1 else 0.0
+    cost = f"; {cost_text(lost, ctx.info.duration_s)}" if lost else ""
+    severity = "warning" if names["slower"] else "info"
+    if names["slower"] and 1 / worst < STRAGGLER_SCORE:
+        severity = "critical"
+    summary = (
+        f"Ranks run at persistently different speeds {axis.span(span.start, span.end)}: "
+        f"{'; '.join(parts)}. Per-rank median step times range from {value_text(medians[lo])} "
+        f"({lo}) to {value_text(medians[hi])} ({hi}){cost}."
+    )
+    return [
+        ctx.finding(
+            RANK_SPREAD,
+            severity,  # type: ignore[arg-type]
+            "job",
+            [span],
+            summary,
+            f"Compare the hosts of {ranks_text(names['slower'] or names['faster'])} with the "
+            "others (GPU model and clocks, CPU and NUMA binding, network path, data shard "
+            "sizes); in synchronous training every rank waits for the slowest group.",
+            {
+                "metrics": ["step.time"],
+                "kind": "persistent",
+                "signal": "step.time",
+                "groups": names,
+                "slower_than_peers": {
+                    rw.ranks[i]: round(float(whole[i]) - 1, 4)
+                    for i in range(len(rw.ranks))
+                    if np.isfinite(whole[i])
+                },
+                "rank_median_step_time": medians,
+                **_offsets(axis, span.start, span.end),
+                "threshold": {"band": SPREAD_BAND, "source": SOURCE},
+            },
+            lost_fraction=(1 - 1 / worst) if worst > 1 else 0.0,
+        )
+    ]
+
+
+# -- speed changes -------------------------------------------------------------------------
+
+
+def detect_speed_change(ctx: Context) -> list[Finding]:
+    rw = rank_windows(ctx)
+    if rw is None or rw.synchronous or ctx.live:
+        return []  # live windows are too short for a rank's own history to show a step
+    emerging = np.zeros(rw.x.shape, dtype=bool)
+    for row, c0, c1 in emerging_episodes(rw):
+        emerging[row, c0 : c1 + 1] = True
+    axis = time_axis(ctx)
+    min_len = max(CHANGE_MIN_WINDOWS, int(np.ceil(120.0 / rw.window_s)))
+    out = []
+    for ch in speed_changes(rw.rel, min_len=min_len, min_change=CHANGE_MIN, min_t=CHANGE_T):
+        if emerging[ch.row, ch.first : ch.last + 1].mean() >= 0.5:
+            continue  # already told as an emerging straggler
+        rank = rw.ranks[ch.row]
+        ep = Episode(rank, naive_utc(rw.starts[ch.first]), naive_utc(rw.ends[ch.last]), 0, {})
+        slowed = ch.ratio > 1
+        lost = ep.duration_s * (1 - 1 / ch.ratio) if slowed else 0.0
+        verb = "slowed down" if slowed else "sped up"
+        out.append(
+            ctx.finding(
+                SPEED_CHANGE,
+                "warning" if slowed else "info",
+                rank,
+                [ep],
+                f"{rank} {verb} at {axis.at(ep.start)} and stayed so until {axis.at(ep.end)}: "
+                f"from {slower(ch.before)} to {slower(ch.after)}, "
+                f"{slower(ch.ratio, 'its own earlier speed')}"
+                + (f"; {cost_text(lost, ctx.info.duration_s)}." if lost else "."),
+                f"Look at what changed on {rank} at {axis.at(ep.start)} (a restart, a "
+                "throttling clock, a new neighbour, a bigger data shard).",
+                {
+                    "metrics": ["step.time"],
+                    "kind": "speed_change",
+                    "signal": "step.time",
+                    "before_vs_peers": ch.before,
+                    "after_vs_peers": ch.after,
+                    "vs_own_past": ch.ratio,
+                    "t_statistic": ch.t_stat,
+                    **_offsets(axis, ep.start, ep.end),
+                    "threshold": {
+                        "change_at_least": CHANGE_MIN,
+                        "t_statistic_at_least": CHANGE_T,
+                        "min_windows": min_len,
+                    },
+                },
+                lost_fraction=(1 - 1 / ch.ratio) if slowed else 0.0,
+            )
+        )
+    return out
+
+
+# -- synchronous jobs: op traces, else devices ---------------------------------------------
+
+
+def _from_ops(ctx: Context) -> list[Finding]:
+    axis = time_axis(ctx)
+    out = []
+    for s in slow_compute(ctx):
+        entity = f"rank{s.rank}"
+        ep = Episode(entity, naive_utc(s.start), naive_utc(s.end), 0, {})
+        where = (
+            f" (stage {s.stage}" + (f", dp rank {s.dp_rank})" if s.dp_rank is not None else ")")
+            if s.stage is not None
+            else ""
+        )
+        ops = sorted(s.by_optype.items(), key=lambda kv: -kv[1])
+        detail = ", ".join(f"{op} {slower(r, 'its peers')}" for op, r in ops[:3])
+        ratio = s.comp / s.peers
+        out.append(
+            ctx.finding(
+                STRAGGLER,
+                "critical" if s.score < STRAGGLER_SCORE else "warning",
+                entity,
+                [ep],
+                f"{entity}{where} is the straggler of this synchronous job in steps "
+                f"{s.first_step}-{s.last_step} ({axis.span(ep.start, ep.end)}): its "
+                f"forward/backward compute ran {slower(ratio, 'the median of its stage peers')}"
+                f" ({s.peer_count} other ranks of its stage; {detail}); "
+                f"{cost_text(s.lost_s, s.job_s, synchronous=True)}.",
+                f"Check {entity}'s accelerator (clocks, throttling, ECC, PCIe link) and host; "
+                "its compute, not its data or network, is slow.",
+                {
+                    "metrics": ["op_trace"],
+                    "kind": "compute",
+                    "signal": "op_trace",
+                    "stage": s.stage,
+                    "dp_rank": s.dp_rank,
+                    "steps": [s.first_step, s.last_step],
+                    "compute_s": s.comp,
+                    "peer_median_compute_s": s.peers,
+                    "slower_than_peers": ratio - 1,
+                    "relative_score": s.score,
+                    "by_optype": s.by_optype,
+                    "job_lost_share": s.lost_s / s.job_s if s.job_s else None,
+                    **_offsets(axis, ep.start, ep.end),
+                    "threshold": {"compute_score_below": OPS_SCORE, "source": SOURCE},
+                },
+                lost_fraction=s.lost_s / ep.duration_s if ep.duration_s else 0.0,
+            )
+        )
+    return out
 
 
 def _from_devices(ctx: Context) -> list[Finding]:
@@ -125,27 +407,33 @@ def _from_devices(ctx: Context) -> list[Finding]:
                    OR clock_sm < {STRAGGLER_SCORE} * peer_clock) AS flag
         FROM g"""
     cols = ["activity", "peer_activity", "activity_score", "clock_score", "clock_sm", "peer_clock"]
+    axis = time_axis(ctx)
     findings = []
     for gpu, g_eps in by_entity(ctx.episodes(sql, cols, params=job_params(ctx))).items():
         metric_name = ctx.info.column_metric(gpu, "busy")
         v = {c: weighted(g_eps, c) for c in cols}
         score = min(x for x in (v["activity_score"], v["clock_score"]) if x is not None)
+        total = sum(e.duration_s for e in g_eps)
         findings.append(
             ctx.finding(
                 STRAGGLER,
                 "warning",
                 gpu,
                 g_eps,
-                f"{gpu} lags its peers: score {score:.2f} of their median (busy "
-                f"{pct(v['activity'])} vs {pct(v['peer_activity'])}, SM clock {v['clock_sm'] or 0:.0f}"
-                f" vs {v['peer_clock'] or 0:.0f} MHz) for {duration(sum(e.duration_s for e in g_eps))}.",
+                f"{gpu} lags its peers {axis.span(g_eps[0].start, g_eps[-1].end)} "
+                f"({duration(total)}): score {score:.2f} of their median (busy "
+                f"{pct(v['activity'])} vs {pct(v['peer_activity'])}, SM clock "
+                f"{v['clock_sm'] or 0:.0f} vs {v['peer_clock'] or 0:.0f} MHz); "
+                f"{cost_text(total * (1 - score), ctx.info.duration_s)}.",
                 f"Find why {gpu} is slower (throttling, PCIe link, its process's input); log per-rank "
-                "step times so accelwatch can confirm the straggler from step times.",
+                "step times (or import an op trace) so accelwatch can confirm the straggler.",
                 {
                     "metrics": ctx.info.metrics("busy", "clock", entity=gpu),
                     **v,
+                    "kind": "device",
                     "score": score,
                     "signal": metric_name,
+                    **_offsets(axis, g_eps[0].start, g_eps[-1].end),
                     "threshold": {
                         "score_below": STRAGGLER_SCORE,
                         "peers_busy_at_least": LOW_BUSY,
@@ -158,9 +446,29 @@ def _from_devices(ctx: Context) -> list[Finding]:
     return findings
 
 
+def steps_lagging(snap: Snapshot) -> bool:
+    """The step view's per-tick watch, for a live scheduler that runs a rule's SQL only while
+    its watch holds: in this tick, the slowest reporting rank's mean step time is more than
+    1 / STRAGGLER_INDIVIDUAL_SCORE times the median of the other ranks' (>= 3 ranks), the
+    relative-score half of the emerging flag. No SQL: a pass over the tick's step batches."""
+    times: dict[str, list[float]] = {}
+    for batch in snap.batches:
+        if batch.source != STEPS_SOURCE:
+            continue
+        for entity, metric, value in zip(batch.entities, batch.metrics, batch.values):
+            if metric == STEP_TIME and value is not None and value > 0:
+                times.setdefault(entity, []).append(float(value))
+    if len(times) < STRAGGLER_MIN_RANKS:
+        return False
+    means = sorted(sum(v) / len(v) for v in times.values())
+    return means[-1] > statistics.median(means[:-1]) / STRAGGLER_INDIVIDUAL_SCORE
+
+
 def watch_straggler(tick: Tick) -> bool:
-    """Device view: one of three or more busy peers lags their median (the step view reads
-    imported step logs: the full pass covers it)."""
+    """A rank lagging in this tick's step times, or (device view) one of three or more busy
+    peers lagging their median busy share or SM clock."""
+    if steps_lagging(tick.snap):
+        return True
     busy = tick.accel("busy")
     if len(busy) < 3:
         return False
@@ -174,4 +482,8 @@ def watch_straggler(tick: Tick) -> bool:
     )
 
 
-RULES = [Rule(STRAGGLER, "Straggler accelerator or rank", detect_straggler, watch=watch_straggler)]
+RULES: Sequence[Rule] = [
+    Rule(STRAGGLER, "Straggler rank or accelerator", detect_straggler, watch=watch_straggler),
+    Rule(RANK_SPREAD, "Persistent spread between ranks", detect_spread),
+    Rule(SPEED_CHANGE, "Rank changed speed", detect_speed_change),
+]

@@ -1,0 +1,206 @@
+"""Fabric health and congestion: InfiniBand / RoCE ports, selected by metric role.
+
+Both rules read the port metrics straight from ``samples`` (the shared frames carry no port
+columns), bucketed as the frames are: per port and bucket the increase of each counter role
+and the extremes of each gauge role.
+
+* ``fabric-health``: a port's error counters rise, it leaves ACTIVE/LinkUp after being up,
+  or its rate falls below the highest it (or its device) reached: a downtrained link.
+* ``fabric-congestion``: congestion notifications (CNP) or ECN marks arrive at a high rate
+  while the port moves less than it did at its best.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.analysis.engine import Context, Rule, weighted
+from agent.analysis.finding import Finding
+from agent.analysis.frame_sql import in_list
+from agent.analysis.rules.common import by_entity, duration
+from agent.analysis.rules.common import rate as rate_text
+from agent.catalog import CATALOG
+
+FABRIC_HEALTH = "fabric-health"
+CONGESTION = "fabric-congestion"
+
+#: Congestion signals per second on a port that count as congestion (CNP + ECN marks).
+CONGESTION_PER_S = 100.0
+#: Throughput below this share of the port's own best bucket counts as fallen.
+THROUGHPUT_FALLEN = 0.7
+#: A rate this far below the port's maximum is a downtrained link (not rounding).
+DOWNTRAINED = 0.99
+
+_COUNTER_ROLES = ("port.rx_bytes", "port.tx_bytes", "port.errors", "port.cnp", "port.ecn")
+_GAUGE_ROLES = ("port.up", "port.rate", "port.rate.max")
+
+
+def role_metrics(role: str) -> list[str]:
+    return [m.name for m in CATALOG.by_role(role)]
+
+
+def bucketed(ctx: Context, counter_roles: tuple[str, ...], gauge_roles: tuple[str, ...]) -> str:
+    """SQL: ``entity, t`` and per role ``<role>_inc`` (counters, per bucket) or
+    ``<role>_min`` / ``<role>_max`` (gauges), over the window's samples."""
+    w = ctx.info.window
+    roles = {r: role_metrics(r) for r in (*counter_roles, *gauge_roles)}
+    names = [n for ns in roles.values() for n in ns]
+    where = [f"run_id = {_lit(w.run_id)}", f"metric IN ({in_list(names)})"]
+    if w.start is not None:
+        where.append(f"ts >= TIMESTAMP '{w.start.isoformat(sep=' ')}'")
+    if w.end is not None:
+        where.append(f"ts < TIMESTAMP '{w.end.isoformat(sep=' ')}'")
+    bucket_us = int(round(w.bucket_s * 1e6))
+    cols = []
+    for role in counter_roles:
+        cols.append(
+            f"sum(inc) FILTER (WHERE metric IN ({in_list(roles[role])})) AS {_alias(role)}_inc"
+        )
+    for role in gauge_roles:
+        cols.append(
+            f"min(mn) FILTER (WHERE metric IN ({in_list(roles[role])})) AS {_alias(role)}_min"
+        )
+        cols.append(
+            f"max(mx) FILTER (WHERE metric IN ({in_list(roles[role])})) AS {_alias(role)}_max"
+        )
+    return f"""
+        SELECT entity, k * {w.bucket_s} AS t, {", ".join(cols)}
+        FROM (SELECT entity, metric, k, min AS mn, max AS mx,
+                     greatest(max - lag(max) OVER (PARTITION BY entity, metric ORDER BY k), 0)
+                         AS inc
+              FROM (SELECT entity, metric, epoch_us(ts) // {bucket_us} AS k,
+                           min(value) AS min, max(value) AS max
+                    FROM samples WHERE {" AND ".join(where)} GROUP BY entity, metric, k))
+        GROUP BY entity, k"""
+
+
+def _alias(role: str) -> str:
+    return role.replace(".", "_")
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _gbps(bytes_per_s: float | None) -> str:
+    return "n/a" if bytes_per_s is None else f"{bytes_per_s * 8 / 1e9:.0f} Gb/s"
+
+
+def detect_fabric_health(ctx: Context) -> list[Finding]:
+    b = ctx.info.bucket_s
+    sql = f"""
+        WITH p AS ({bucketed(ctx, _COUNTER_ROLES, _GAUGE_ROLES)}),
+        q AS (SELECT *, max(port_up_max) OVER (PARTITION BY entity ORDER BY t
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS was_up FROM p)
+        SELECT entity, t, coalesce(port_errors_inc, 0) / {b} AS errors_per_s,
+               port_rate_min AS rate, port_rate_max_max AS rate_max,
+               CASE WHEN port_up_min < 1 THEN 1.0 ELSE 0.0 END AS down,
+               coalesce(port_errors_inc, 0) > 0
+               OR (port_up_min < 1 AND was_up >= 1)
+               OR (port_rate_min < {DOWNTRAINED} * port_rate_max_max AND port_up_max >= 1)
+               AS flag
+        FROM q"""
+    eps = ctx.episodes(sql, ["errors_per_s", "rate", "rate_max", "down"], min_duration_s=b)
+    findings = []
+    for port, p_eps in by_entity(eps).items():
+        errors, rate, best, down = (weighted(p_eps, c) for c in ("errors_per_s", "rate",
+                                                                  "rate_max", "down"))  # fmt: skip
+        problems = []
+        if errors:
+            problems.append(f"{errors:.0f} errors/s")
+        if rate is not None and best and rate < DOWNTRAINED * best:
+            problems.append(f"running at {_gbps(rate)} of its {_gbps(best)} (downtrained)")
+        went_down = any(e.values.get("down") for e in p_eps)
+        if went_down:
+            problems.append("left ACTIVE/LinkUp")
+        total = sum(e.duration_s for e in p_eps)
+        name = port.removeprefix("ib:")
+        findings.append(
+            ctx.finding(
+                FABRIC_HEALTH,
+                "critical" if went_down else "warning",
+                port,
+                p_eps,
+                f"Fabric port {name} is unhealthy: {', '.join(problems) or 'errors'} for "
+                f"{duration(total)}.",
+                f"Check the cable and switch port of {name} (ibstat, ibdiagnet, perfquery -x; "
+                "mlxlink for the eye and BER); reseat or replace the cable, and drain the node "
+                "from multi-node jobs until the link trains at full rate.",
+                {
+                    "metrics": [
+                        *role_metrics("port.errors"),
+                        *role_metrics("port.up"),
+                        *role_metrics("port.rate"),
+                        *role_metrics("port.rate.max"),
+                    ],  # fmt: skip
+                    "errors_per_s": errors,
+                    "rate_bytes_per_s": rate,
+                    "rate_max_bytes_per_s": best,
+                    "went_down": went_down,
+                    "down_share": down,
+                    "threshold": {"errors_per_s_above": 0, "rate_below_max": DOWNTRAINED},
+                },
+            )
+        )
+    return findings
+
+
+def detect_congestion(ctx: Context) -> list[Finding]:
+    b = ctx.info.bucket_s
+    sql = f"""
+        WITH p AS ({bucketed(ctx, _COUNTER_ROLES, ())}),
+        q AS (SELECT *, (coalesce(port_rx_bytes_inc, 0) + coalesce(port_tx_bytes_inc, 0)) / {b}
+                        AS throughput,
+                     (coalesce(port_cnp_inc, 0) + coalesce(port_ecn_inc, 0)) / {b} AS marks
+              FROM p),
+        r AS (SELECT *, quantile_cont(throughput, 0.9) OVER (PARTITION BY entity) AS best FROM q)
+        SELECT entity, t, throughput, best, marks,
+               coalesce(port_cnp_inc, 0) / {b} AS cnp, coalesce(port_ecn_inc, 0) / {b} AS ecn,
+               marks >= {CONGESTION_PER_S} AND throughput < {THROUGHPUT_FALLEN} * best AS flag
+        FROM r"""
+    eps = ctx.episodes(sql, ["throughput", "best", "marks", "cnp", "ecn"])
+    findings = []
+    for port, p_eps in by_entity(eps).items():
+        got, best, cnp, ecn = (weighted(p_eps, c) for c in ("throughput", "best", "cnp", "ecn"))
+        total = sum(e.duration_s for e in p_eps)
+        name = port.removeprefix("ib:")
+        evidence: dict[str, Any] = {
+            "metrics": [
+                *role_metrics("port.cnp"),
+                *role_metrics("port.ecn"),
+                *role_metrics("port.rx_bytes"),
+                *role_metrics("port.tx_bytes"),
+            ],  # fmt: skip
+            "throughput_bytes_per_s": got,
+            "best_bytes_per_s": best,
+            "cnp_per_s": cnp,
+            "ecn_per_s": ecn,
+            "threshold": {
+                "marks_per_s_at_least": CONGESTION_PER_S,
+                "throughput_below_best": THROUGHPUT_FALLEN,
+            },  # fmt: skip
+        }
+        findings.append(
+            ctx.finding(
+                CONGESTION,
+                "warning",
+                port,
+                p_eps,
+                f"Fabric congestion on {name}: {cnp or 0:.0f} CNP/s (sent and handled) and "
+                f"{ecn or 0:.0f} ECN marks/s "
+                f"while it moved {rate_text(got)}, down from {rate_text(best)}, for "
+                f"{duration(total)}.",
+                "Congestion is in the network, not this node: check the switch buffers and PFC/"
+                "ECN settings (DCQCN) with the network team, spread the job over less loaded "
+                "leaves, or tune NCCL (NCCL_IB_QPS_PER_CONNECTION, NCCL_IB_TC) and the "
+                "collective sizes.",
+                evidence,
+            )
+        )
+    return findings
+
+
+RULES = [
+    Rule(FABRIC_HEALTH, "Fabric port health (errors, down, downtrained)", detect_fabric_health),
+    Rule(CONGESTION, "Fabric congestion (CNP/ECN while throughput falls)", detect_congestion),
+]

@@ -1,0 +1,150 @@
+"""Fabric and storage findings from simulated runs: each rule has a scenario that triggers it
+and one that must not. The scenario's fake sysfs/procfs trees advance with the simulated clock
+and the real fabric / storage collectors read them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from agent.analysis import analyze_run
+from agent.model import Batch
+from agent.source import CollectContext, Collector
+from agent.store import connect
+from collectors.fabric.collector import FabricCollector
+from collectors.sim.fabric_storage.sim import SimFabric, SimStorage, part_of
+from collectors.storage.collector import StorageCollector
+from tests.analysis.expect import of_rule, seconds
+from tests.analysis.recording import T0, Recording, record
+
+
+class SimulatedSource(Collector):
+    """A real collector over a scenario's simulated tree, advanced to each tick's time."""
+
+    def __init__(self, scenario: str, source: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=f"aw-{source}-"))
+        part = part_of(scenario, source)
+        if source == "fabric":
+            self.sim = SimFabric(part, self.root / "sys")
+            self.inner: Collector = FabricCollector(sys_root=self.root / "sys")
+        else:
+            self.sim = SimStorage(part, self.root / "proc", self.root / "sys")
+            self.inner = StorageCollector(str(self.root / "proc"), str(self.root / "sys"))
+        self.source = self.inner.source
+
+    def start(self, ctx: CollectContext) -> None:
+        self.inner.start(ctx)
+
+    def collect(self, now: float) -> Batch:
+        self.sim.advance(now - T0)
+        return self.inner.collect(now)
+
+
+def _findings(tmp_path_factory, scenario: str, sources: tuple[str, ...]):
+    path = tmp_path_factory.mktemp("fs-runs") / f"{scenario}.duckdb"
+    spec = Recording(
+        scenario=scenario,
+        seconds=60,
+        collectors=[lambda s=s: SimulatedSource(scenario, s) for s in sources],
+    )
+    db, run_id = record(path, spec)
+    con = connect(str(db))
+    try:
+        return analyze_run(con, run_id, store=False), str(db)
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cache: dict[str, tuple[list, str]] = {}
+
+    def get(scenario: str, sources: tuple[str, ...], *, db: bool = False):
+        if scenario not in cache:
+            cache[scenario] = _findings(tmp_path_factory, scenario, sources)
+        return cache[scenario][1] if db else cache[scenario][0]
+
+    return get
+
+
+HEALTHY = ("fabric-storage-healthy", ("fabric", "storage"))
+
+
+def test_a_degrading_ib_port_gives_a_fabric_health_finding_on_that_port(runs):
+    found = of_rule(runs("ib-port-degrading", ("fabric",)), "fabric-health")
+    assert [f.entity for f in found] == ["ib:mlx5_2/1"]
+    f = found[0]
+    assert f.severity == "critical" and f.evidence["went_down"]
+    assert "downtrained" in f.summary and "errors/s" in f.summary
+    assert 15 <= seconds(f.start) <= 25
+    assert f.evidence["rate_max_bytes_per_s"] == 25e9
+
+
+def test_a_healthy_fabric_gives_no_fabric_health_finding(runs):
+    assert of_rule(runs(*HEALTHY), "fabric-health") == []
+
+
+def test_roce_congestion_gives_a_congestion_finding_on_every_port(runs):
+    found = of_rule(runs("roce-congestion", ("fabric",)), "fabric-congestion")
+    assert {f.entity for f in found} == {f"ib:mlx5_{i}/1" for i in range(4)}
+    f = found[0]
+    assert f.evidence["cnp_per_s"] == pytest.approx(8000, rel=0.1)  # 4000/s sent + handled
+    assert f.evidence["ecn_per_s"] == pytest.approx(20000, rel=0.1)
+    assert 15 <= seconds(f.start) <= 25 and seconds(f.end) <= 55
+    assert of_rule(runs("roce-congestion", ("fabric",)), "fabric-health") == []
+
+
+def test_a_degrading_port_without_congestion_marks_gives_no_congestion_finding(runs):
+    assert of_rule(runs("ib-port-degrading", ("fabric",)), "fabric-congestion") == []
+    assert of_rule(runs(*HEALTHY), "fabric-congestion") == []
+
+
+def test_climbing_nfs_latency_names_the_mount_its_type_rate_and_latency(runs):
+    found = of_rule(runs("nfs-latency-starving", ("storage",)), "storage-input-bound")
+    assert [f.entity for f in found] == ["mount:/mnt/data"]
+    f = found[0]
+    assert "/mnt/data (nfs4)" in f.summary and "MB/s" in f.summary and "RTT" in f.summary
+    assert f.evidence["fstype"] == "nfs4"
+    assert f.evidence["read_bytes_per_s"] == pytest.approx(120e6, rel=0.05)
+    assert f.evidence["latency_s"] > 0.01
+
+
+def test_healthy_mounts_give_no_storage_findings(runs):
+    found = runs(*HEALTHY)
+    assert of_rule(found, "storage-input-bound") == []
+    assert of_rule(found, "storage-checkpoint-stall") == []
+
+
+def test_a_checkpoint_to_lustre_names_the_lustre_mount(runs):
+    found = of_rule(runs("checkpoint-lustre", ("storage",)), "storage-checkpoint-stall")
+    assert [f.entity for f in found] == ["mount:/lustre/scratch"]
+    f = found[0]
+    assert "/lustre/scratch (lustre)" in f.summary
+    assert f.evidence["stalls"] == 2
+    assert f.evidence["write_bytes_per_s"] == pytest.approx(2000e6, rel=0.1)
+    assert of_rule(runs("checkpoint-lustre", ("storage",)), "storage-input-bound") == []
+
+
+def test_the_report_shows_each_port_and_mount(runs):
+    from agent.report import build_report, render_text
+    from agent.runs import open_read
+
+    db = runs(*HEALTHY, db=True)
+    con = open_read(db)
+    try:
+        report = build_report(con, None, db)
+    finally:
+        con.close()
+    section = report.summary.fabric_storage
+    assert [p["entity"] for p in section["ports"]] == [f"ib:mlx5_{i}/1" for i in range(4)]
+    assert section["ports"][0]["rx_bytes_per_s"] == pytest.approx(15e9, rel=0.02)
+    assert section["ports"][0]["rate_max"] == 25e9 and not section["ports"][0]["was_down"]
+    mounts = {m["mountpoint"]: m for m in section["mounts"]}
+    assert mounts["/mnt/data"]["fstype"] == "nfs4"
+    assert mounts["/mnt/data"]["read_bytes_per_s"] == pytest.approx(300e6, rel=0.02)
+    assert mounts["/mnt/data"]["latency_p50_s"] == pytest.approx(0.001, rel=0.05)
+    text = render_text(report)
+    assert "Fabric ports" in text and "mlx5_0/1" in text and "/lustre/scratch" in text
+    assert "| /mnt/data | nfs4 |" in render_text(report, markdown=True)

@@ -1,0 +1,247 @@
+"""The storage source over recorded procfs/sysfs trees replayed over (simulated) time."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.catalog import CATALOG
+from agent.registry import default_registry
+from agent.source import CollectContext
+from collectors.sim.fabric_storage.tree import StorageTree
+from collectors.storage.collector import StorageCollector
+from collectors.storage.lustre import fsname_of, parse_llite_stats
+from collectors.storage.mounts import MountTable, classify, parse_mountinfo
+from collectors.storage.nfs import parse_mountstats
+
+DATA = Path(__file__).parents[1] / "data" / "fabric-storage"
+PID = 4242
+
+
+def _values(batch) -> dict[tuple[str, str], float]:
+    return {(e, m): v for e, m, v in zip(batch.entities, batch.metrics, batch.values)}
+
+
+def test_nfs_v3_and_v4_mountstats_parse_as_the_kernel_wrote_them():
+    stats = parse_mountstats((DATA / "mountstats.t0").read_text())
+    assert set(stats) == {"/mnt/home", "/mnt/data"}  # ext4, lustre, proc sections skipped
+    home, data = stats["/mnt/home"], stats["/mnt/data"]
+    assert (home.fstype, data.fstype) == ("nfs", "nfs4")
+    assert home.server == "10.1.0.5:/export/home" and data.statvers == "1.1"
+    assert home.bytes[4] == 713031680  # server read bytes
+    assert home.ops["READ"] == (680, 683, 0, 89760, 713118720, 21, 10880, 11015, 0)
+    assert data.ops["LOOKUP"][8] == 612  # errors (statvers 1.1)
+    assert "SETCLIENTID_CONFIRM" in data.ops and "READDIRPLUS" in home.ops
+
+
+def test_lustre_llite_stats_parse():
+    stats = parse_llite_stats((DATA / "llite-stats.t0").read_text())
+    assert stats["read_bytes"] == (4096, 8589934592)
+    assert stats["write"] == (512, 4194304)
+    assert stats["ioctl"] == (12, None)
+    assert "snapshot_time" not in stats
+    assert fsname_of("10.2.0.1@o2ib:10.2.0.2@o2ib:/scratch") == "scratch"
+
+
+def _job_tree(tmp_path: Path) -> StorageTree:
+    tree = StorageTree(tmp_path / "proc", tmp_path / "sys", pid=PID)
+    home = tree.nfs("/mnt/home", version=3, server="10.1.0.5:/export/home")
+    data = tree.nfs("/mnt/data", version=4, server="10.1.0.6:/datasets")
+    scratch = tree.lustre("/lustre/scratch")
+    local = tree.local("/local", block="nvme1n1")
+    home.files = ("/mnt/home/user/train.py",)
+    data.files = ("/mnt/data/shard-00001.tar", "/mnt/data/shard-00002.tar")
+    scratch.files = ("/lustre/scratch/ckpt/step-100.pt",)
+    local.files = ("/local/cache/x.bin",)
+    tree.cwd = "/mnt/home/user"
+    tree.write()
+    return tree
+
+
+def _collector(tmp_path: Path, **ctx) -> StorageCollector:
+    collector = StorageCollector(rescan_s=0)
+    collector.start(
+        CollectContext(
+            root_pid=PID,
+            job_pids=lambda: frozenset({PID}),
+            proc_root=str(tmp_path / "proc"),
+            sys_root=str(tmp_path / "sys"),
+            **ctx,
+        )
+    )
+    return collector
+
+
+def _lustre_stats(tmp_path: Path) -> Path:
+    return next((tmp_path / "proc" / "fs" / "lustre" / "llite").glob("scratch-*")) / "stats"
+
+
+def _replay(tmp_path: Path):
+    tree = _job_tree(tmp_path)
+    mountstats = tmp_path / "proc" / str(PID) / "mountstats"
+    shutil.copy(DATA / "mountstats.t0", mountstats)
+    shutil.copy(DATA / "llite-stats.t0", _lustre_stats(tmp_path))
+    collector = _collector(tmp_path)
+    first = collector.collect(1000.0)
+    shutil.copy(DATA / "mountstats.t1", mountstats)
+    shutil.copy(DATA / "llite-stats.t1", _lustre_stats(tmp_path))
+    second = collector.collect(1010.0)
+    return tree, collector, first, second
+
+
+def _rate(v0, v1, entity, metric, dt=10.0):
+    return (v1[(entity, metric)] - v0[(entity, metric)]) / dt
+
+
+def test_replayed_nfs_mounts_give_known_rates_latency_and_retransmissions(tmp_path):
+    _, _, b0, b1 = _replay(tmp_path)
+    v0, v1 = _values(b0), _values(b1)
+    data, home = "mount:/mnt/data", "mount:/mnt/home"
+    assert _rate(v0, v1, data, "fs.read_bytes") == pytest.approx(209715200, rel=0.01)
+    assert _rate(v0, v1, data, "fs.read_ops") == pytest.approx(200, rel=0.01)
+    assert v1[(data, "fs.rtt")] == pytest.approx(3100 / 2500 / 1000, rel=0.01)
+    assert v1[(data, "fs.latency")] == pytest.approx(4120 / 2500 / 1000, rel=0.01)
+    assert v1[("nfsop:READ@/mnt/data", "fs.op.rtt")] == pytest.approx(0.0015, rel=0.01)
+    assert v1[("nfsop:READ@/mnt/data", "fs.op.latency")] == pytest.approx(0.002, rel=0.01)
+    assert v1[(data, "fs.retransmits")] - v0[(data, "fs.retransmits")] == 2
+    assert _rate(v0, v1, home, "fs.read_bytes") == pytest.approx(10485760, rel=0.01)
+    assert _rate(v0, v1, home, "fs.write_bytes") == pytest.approx(1048576, rel=0.01)
+    assert v1[(home, "fs.rtt")] == pytest.approx(0.005, rel=0.01)
+    assert v1[(home, "fs.latency")] == pytest.approx(0.006, rel=0.01)
+    assert (data, "fs.rtt") not in v0  # an average needs an interval
+
+
+def test_replayed_lustre_mount_gives_its_checkpoint_write_rate_and_latency(tmp_path):
+    _, _, b0, b1 = _replay(tmp_path)
+    v0, v1 = _values(b0), _values(b1)
+    m = "mount:/lustre/scratch"
+    assert _rate(v0, v1, m, "fs.write_bytes") == pytest.approx(4294967296 / 10, rel=0.01)
+    assert _rate(v0, v1, m, "fs.write_ops") == pytest.approx(102.4, rel=0.01)
+    assert v1[(m, "fs.latency")] == pytest.approx(0.002, rel=0.01)
+    assert _rate(v0, v1, m, "fs.read_bytes") == 0
+
+
+def test_mounts_are_described_with_type_kind_and_their_users(tmp_path):
+    _, _, b0, _ = _replay(tmp_path)
+    attrs = b0.entity_attrs
+    assert set(attrs) == {"mount:/mnt/home", "mount:/mnt/data", "mount:/lustre/scratch",
+                          "mount:/local"}  # fmt: skip
+    assert attrs["mount:/mnt/data"]["fstype"] == "nfs4"
+    assert attrs["mount:/mnt/data"]["kind"] == "nfs"
+    assert attrs["mount:/lustre/scratch"]["kind"] == "lustre"
+    assert attrs["mount:/local"]["block_device"] == "nvme1n1"
+    assert attrs["mount:/mnt/home"]["pids"] == [PID]
+    registry = default_registry()
+    assert registry.kind_of("storage", "mount:/mnt/data") == "mount"
+    assert registry.kind_of("storage", "nfsop:READ@/mnt/data") == "mount.op"
+    assert {CATALOG[m].source for m in b0.metrics} == {"storage"}
+
+
+def test_an_nfs_remount_resetting_its_counters_gives_no_negative_figures(tmp_path):
+    tree = _job_tree(tmp_path)
+    mountstats = tmp_path / "proc" / str(PID) / "mountstats"
+    shutil.copy(DATA / "mountstats.t1", mountstats)
+    collector = _collector(tmp_path)
+    v0 = _values(collector.collect(0.0))
+    shutil.copy(DATA / "mountstats.t0", mountstats)  # every counter went back
+    v1 = _values(collector.collect(10.0))
+    for (entity, metric), value in v1.items():
+        if CATALOG[metric].is_counter and (entity, metric) in v0:
+            assert value >= v0[(entity, metric)], (entity, metric)
+    assert v1[("mount:/mnt/data", "fs.rtt")] >= 0
+    del tree
+
+
+def test_unreadable_lustre_stats_give_one_notice_and_the_mount_stays(tmp_path):
+    _job_tree(tmp_path)
+    shutil.rmtree(tmp_path / "proc" / "fs")
+    collector = _collector(tmp_path)
+    batches = [collector.collect(float(t)) for t in range(4)]
+    notices = [e for b in batches for e in b.events if e.kind == "notice"]
+    assert len(notices) == 1
+    assert notices[0].entity == "mount:/lustre/scratch"
+    assert "debugfs" in notices[0].detail["message"]
+    assert "/lustre/scratch" in collector.mounts
+
+
+def test_the_block_device_behind_a_local_mount_gives_throughput_iops_queue_and_busy(tmp_path):
+    tree = _job_tree(tmp_path)
+    collector = _collector(tmp_path)
+    collector.collect(0.0)
+    local = next(m for m in tree.mounts if m.point == "/local")
+    # 10 s: 2000 reads of 1 MiB (4 096 000 sectors... 2048 per MiB), 5 s busy, 40 s queued
+    local.stat[0] += 2000
+    local.stat[2] += 2000 * 2048
+    local.stat[3] += 4000
+    local.stat[9] += 5000
+    local.stat[10] += 40000
+    tree.write()
+    v = _values(collector.collect(10.0))
+    m = "mount:/local"
+    assert v[(m, "fs.read_bytes")] == 2000 * 1048576
+    assert v[(m, "fs.read_ops")] == 2000
+    assert v[(m, "fs.busy")] == pytest.approx(0.5)
+    assert v[(m, "fs.queue_depth")] == pytest.approx(4.0)
+    assert v[(m, "fs.latency")] == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize(
+    ("fstype", "source", "kind"),
+    [
+        ("nfs4", "srv:/x", "nfs"),
+        ("lustre", "mgs@o2ib:/fs", "lustre"),
+        ("gpfs", "fs1", "gpfs"),
+        ("fuse.s3fs", "s3fs", "object-store"),
+        ("fuse.gcsfuse", "bucket", "object-store"),
+        ("fuse", "mountpoint-s3", "object-store"),
+        ("fuse.sshfs", "host:", "fuse"),
+        ("xfs", "/dev/nvme0n1", "local"),
+        ("tmpfs", "tmpfs", "memory"),
+        ("devpts", "devpts", "pseudo"),
+    ],
+)
+def test_mount_types_are_classified(fstype, source, kind):
+    assert classify(fstype, source) == kind
+
+
+def test_mountinfo_paths_are_unescaped_and_the_longest_mount_wins():
+    text = (
+        "20 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\n"
+        "30 20 0:50 / /mnt/my\\040data rw shared:7 master:3 - nfs4 srv:/d rw\n"
+        "31 20 0:51 / /mnt rw - tmpfs tmpfs rw\n"
+    )
+    table = MountTable(parse_mountinfo(text))
+    assert table.find("/mnt/my data/a.bin").fstype == "nfs4"
+    assert table.find("/mnt/other").fstype == "tmpfs"
+    assert table.find("/usr/lib/x.so").mountpoint == "/"
+
+
+def test_a_captured_trees_processes_stand_in_for_the_job(tmp_path):
+    _job_tree(tmp_path)
+    collector = StorageCollector(rescan_s=0)
+    collector.start(
+        CollectContext(
+            root_pid=99999999,  # the replaying agent's own job: not in the captured tree
+            job_pids=lambda: frozenset({99999999}),
+            proc_root=str(tmp_path / "proc"),
+            sys_root=str(tmp_path / "sys"),
+        )
+    )
+    assert collector.pids() == [PID]
+    assert "mount:/mnt/data" in collector.collect(1.0).entity_attrs
+
+
+def test_job_io_is_tied_to_the_one_mount_holding_its_open_files(tmp_path):
+    tree = StorageTree(tmp_path / "proc", tmp_path / "sys", pid=PID)
+    data = tree.nfs("/mnt/data")
+    data.files = ("/mnt/data/a", "/mnt/data/b")
+    tree.write()
+    collector = _collector(tmp_path)
+    collector.collect(0.0)
+    tree.rchar, tree.wchar = 5_000_000, 1_000
+    tree.write()
+    v = _values(collector.collect(1.0))
+    assert v[("mount:/mnt/data", "fs.job.read_bytes")] == 5_000_000
+    assert v[("mount:/mnt/data", "fs.job.write_bytes")] == 1_000

@@ -1,0 +1,103 @@
+"""``accelwatch capture`` writes the sources' files, 0700/0600, without secrets; replay works."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.source import CollectContext
+from collectors.fabric.collector import FabricCollector
+from collectors.storage.collector import StorageCollector
+from tests.helpers import query, run_cli
+
+HOLD = "import sys,time; f=open(sys.argv[1],'w'); f.write('x'); f.flush(); print('ok', flush=True); time.sleep(60)"  # noqa: E501
+
+
+def _holder(tmp_path: Path) -> subprocess.Popen:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "held.txt")],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "SECRET_TOKEN": "hunter2"},
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+    return child
+
+
+def test_capture_writes_only_the_sources_files_private_and_without_secrets(tmp_path):
+    child = _holder(tmp_path)
+    out = tmp_path / "cap"
+    try:
+        result = run_cli("capture", "--out", str(out), "--pid", str(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+    assert result.returncode == 0, result.stderr
+    assert "--sys-root" in result.stdout
+    pdir = out / "proc" / str(child.pid)
+    assert {p.name for p in pdir.iterdir()} <= {"mountinfo", "mountstats", "io", "fd", "cwd"}
+    assert str(tmp_path / "held.txt") in {os.readlink(p) for p in (pdir / "fd").iterdir()}
+    for path in out.rglob("*"):
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), path
+        if path.is_file():
+            assert b"hunter2" not in path.read_bytes()
+    manifest = json.loads((out / "capture.json").read_text())
+    assert manifest["pids"] == [child.pid] and manifest["files"] > 0
+
+
+def test_replaying_a_capture_finds_the_captured_processes_mounts(tmp_path):
+    child = _holder(tmp_path)
+    out = tmp_path / "cap"
+    try:
+        assert run_cli("capture", "--out", str(out), "--pid", str(child.pid)).returncode == 0
+    finally:
+        child.kill()
+        child.wait()
+    collector = StorageCollector(rescan_s=0)
+    collector.start(
+        CollectContext(root_pid=os.getpid(), sys_root=str(out / "sys"), proc_root=str(out / "proc"))
+    )
+    batch = collector.collect(1.0)
+    assert any(child.pid in a["pids"] for a in batch.entity_attrs.values())
+    fabric = FabricCollector()
+    fabric.start(CollectContext(sys_root=str(out / "sys")))
+    live = FabricCollector()
+    live.start(CollectContext())
+    assert set(fabric.collect(1.0).entities) == set(live.collect(1.0).entities)
+
+
+def test_capture_refuses_a_directory_that_is_not_empty_and_a_missing_process(tmp_path):
+    (tmp_path / "x").write_text("")
+    refused = run_cli("capture", "--out", str(tmp_path))
+    assert refused.returncode == 2 and "not an empty directory" in refused.stderr
+    missing = run_cli("capture", "--out", str(tmp_path / "new"), "--pid", "99999999")
+    assert missing.returncode == 3 and missing.stderr.count("\n") == 1
+
+
+def test_a_run_replaying_a_captured_tree_records_its_mounts(tmp_path):
+    child = _holder(tmp_path)
+    out = tmp_path / "cap"
+    try:
+        assert run_cli("capture", "--out", str(out), "--pid", str(child.pid)).returncode == 0
+    finally:
+        child.kill()
+        child.wait()
+    db = tmp_path / "replay.duckdb"
+    result = run_cli(
+        "run", "--db", str(db), "--headless", "--interval", "0.2",
+        "--sys-root", str(out / "sys"), "--proc-root", str(out / "proc"),
+        "--", sys.executable, "-c", "import time; time.sleep(1)",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    mounts = query(db, "SELECT entity FROM entities WHERE source = 'storage'")
+    assert mounts, result.stderr
