@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from agent.analysis.causes import group_findings
 from agent.analysis.engine import analyze_run, finding_windows
 from agent.analysis.finding import Finding
 from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
@@ -260,6 +261,8 @@ class Report:
             "summary": asdict(self.summary),
             "findings_from": self.findings_from,
             "findings": [f.to_dict() for f in self.findings],
+            # the same findings cause-first: one entry per cause, its symptoms inside
+            "groups": [g.to_dict() for g in group_findings(self.findings)],
         }
 
 
@@ -284,36 +287,6 @@ def _is_over(info: RunInfo, db: ReadConnection) -> bool:
     """Whether the run can't change any more: ended, or read from the file (no agent holds it,
     so a run still marked running is lost)."""
     return info.ended is not None or db.via == "file"
-
-
-@dataclass
-class FindingGroup:
-    """Findings of one rule with the same severity and windows on several entities."""
-
-    findings: list[Finding]
-
-    @property
-    def first(self) -> Finding:
-        return self.findings[0]
-
-    @property
-    def entities(self) -> str:
-        names = [f.entity for f in self.findings]
-        return names[0] if len(names) == 1 else f"{', '.join(names)} ({len(names)})"
-
-
-def group_findings(findings: list[Finding]) -> list[FindingGroup]:
-    """Merge per-GPU copies of the same problem (same rule, severity and windows)."""
-    groups: dict[tuple[Any, ...], FindingGroup] = {}
-    for f in findings:
-        key = (f.rule, f.severity, json.dumps(f.evidence.get("windows")), f.start, f.end)
-        if key in groups:
-            groups[key].findings.append(f)
-        else:
-            groups[key] = FindingGroup([f])
-    for g in groups.values():
-        g.findings.sort(key=lambda f: (len(f.entity), f.entity))
-    return list(groups.values())
 
 
 def _title(rule: str) -> str:
@@ -406,28 +379,19 @@ def render_text(report: Report, *, markdown: bool = False) -> str:
         share = f.duration_s / s.duration_s if s.duration_s else 0.0
         lost = sum(x.lost_s for x in g.findings) / len(g.findings)
         head = (
-            f"{f.severity.upper()} {_title(f.rule)} [{f.rule}] on {g.entities}: "
+            f"{g.severity.upper()} {_title(f.rule)} [{f.rule}] on {g.entities_text}: "
             f"{axis.range_text(f.start, f.end)}, {pct(share)} of the run"
             + (f", ~{pct(lost / s.duration_s)} lost" if s.duration_s and lost else "")
         )
+        details = [("evidence", _evidence_text(f))]
+        details += [(f"explains {x.rule} on {x.entity}", _evidence_text(x)) for x in g.symptoms]
+        details.append(("next step", f.next_step))
         if markdown:
-            lines += [
-                "",
-                f"### {head}",
-                "",
-                f.summary,
-                "",
-                f"- evidence: {_evidence_text(f)}",
-                f"- next step: {f.next_step}",
-            ]
+            lines += ["", f"### {head}", "", f.summary, ""]
+            lines += [f"- {k}: {v}" for k, v in details]
         else:
-            lines += [
-                "",
-                f"  {head}",
-                f"    {f.summary}",
-                f"    evidence: {_evidence_text(f)}",
-                f"    next step: {f.next_step}",
-            ]
+            lines += ["", f"  {head}", f"    {f.summary}"]
+            lines += [f"    {k}: {v}" for k, v in details]
     if s.lost_share:
         lines += ["", h("Time lost by cause (estimate, share of the run)")]
         for rule, share in sorted(s.lost_share.items(), key=lambda kv: -kv[1]):

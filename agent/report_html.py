@@ -195,7 +195,7 @@ def render_html(db: ReadConnection, report: Report) -> str:
         )
         cards.append(
             f'<div class="finding {f.severity}"><div><b>{f.severity.upper()}</b> '
-            f"<code>{html.escape(f.rule)}</code> on {html.escape(g.entities)} "
+            f"<code>{html.escape(f.rule)}</code> on {html.escape(g.entities_text)} "
             f"{html.escape(axis.range_text(f.start, f.end))}</div>"
             f"<p>{html.escape(f.summary)}</p><p><i>Next step:</i> {html.escape(f.next_step)}</p>"
             f"<details><summary>evidence</summary><p>{evidence}</p>"

@@ -274,7 +274,8 @@ def run_session(args: argparse.Namespace) -> None:
     from start to each rule's first live finding to ``--out`` (JSON) as they come."""
     import json
 
-    from agent.app.session import Session, SessionConfig, install_signal_handlers
+    from agent.app.job import install_signal_handlers
+    from agent.app.session import Session, SessionConfig
 
     config = SessionConfig(
         db_path=args.db, simulate=args.scenario, live_analysis=args.live == "on", quiet=True
@@ -291,6 +292,11 @@ def run_session(args: argparse.Namespace) -> None:
         if new and args.out:
             first.update(dict.fromkeys(new, time.time() - started))
             Path(args.out).write_text(json.dumps(first))
+        if args.health_out and context is not None:  # the live analysis's own counters
+            health = {k: v for k, v in context.health.items() if k.startswith("analysis.")}
+            Path(args.health_out).write_text(
+                json.dumps({"seconds": time.time() - started, **health})
+            )
 
     try:
         session.wait(on_tick=on_tick)
@@ -304,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode", choices=modes)
     parser.add_argument("--live", choices=("on", "off"), default="on", help="session: analysis")
     parser.add_argument("--out", default=None, help="session: JSON of first findings")
+    parser.add_argument("--health-out", default=None, help="session: JSON of analysis.* health")
     parser.add_argument("--pid", type=int, default=None, help="root of the watched tree")
     parser.add_argument("--scenario", default=None, help="simulated NVML scenario")
     parser.add_argument("--interval", type=float, default=1.0)

@@ -1,7 +1,9 @@
 """Findings for monitoring backends: a gauge of active findings, and a log record per finding.
 
 Both read the live context's findings (a tuple the live analysis replaces whole), so they cost
-nothing while findings do not change.
+nothing while findings do not change, and both see them cause-first (:mod:`agent.analysis.causes`):
+a data loader that starves eight GPUs is one ``dataloader-bound`` finding whose record names the
+eight GPUs and carries their evidence, not nine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.metrics import Observation
 
+from agent.analysis.causes import group_mappings
+from agent.analysis.finding import Finding as AnalysisFinding
 from agent.snapshot import Snapshot
 from exporters.naming import InstrumentSpec
 
@@ -43,7 +47,8 @@ Finding = Mapping[str, Any]
 
 
 class FindingsGauge:
-    """Counts by (rule, severity); a pair seen once reports 0 after it clears, never vanishes."""
+    """Counts causes by (rule, severity) (symptoms count inside their cause); a pair seen once
+    reports 0 after it clears, never vanishes."""
 
     def __init__(self, findings: Callable[[], Iterable[Finding]]) -> None:
         self._findings = findings
@@ -52,8 +57,7 @@ class FindingsGauge:
 
     def observe(self) -> list[Observation]:
         counts = Counter(
-            (str(f.get("rule", "unknown")), str(f.get("severity", "info")))
-            for f in self._findings()
+            (g.rule or "unknown", g.severity) for g in group_mappings(self._findings())
         )
         with self._lock:
             self._known.update(counts)
@@ -68,7 +72,8 @@ def finding_key(finding: Finding) -> tuple[str, str, str]:
 
 
 class FindingLogEmitter:
-    """Emits a log record when a finding appears and one when it clears (a hub subscriber)."""
+    """Emits a log record when a cause appears and one when it clears (a hub subscriber); the
+    record's evidence holds each entity's, its entities attribute lists them."""
 
     def __init__(self, logger: Logger, findings: Callable[[], list[Finding]]) -> None:
         self._logger = logger
@@ -82,7 +87,7 @@ class FindingLogEmitter:
         if current is self._last_list:  # unchanged: the analysis replaces the list whole
             return
         self._last_list = current
-        now = {finding_key(f): f for f in current}
+        now = {finding_key(g): g for g in (x.to_dict() for x in group_mappings(current))}
         for key, finding in now.items():
             if key not in self._active:
                 self._emit(finding, snapshot.ts, resolved=False)
@@ -96,6 +101,7 @@ class FindingLogEmitter:
             RULE: str(finding.get("rule", "unknown")),
             SEVERITY: severity,
             "accelwatch.finding.entity": str(finding.get("entity", "")),
+            "accelwatch.finding.entities": [str(e) for e in finding.get("entities") or ()],
             "accelwatch.finding.state": "resolved" if resolved else "active",
             "accelwatch.finding.evidence": json.dumps(
                 finding.get("evidence"), default=str, sort_keys=True
@@ -103,9 +109,11 @@ class FindingLogEmitter:
         }
         if finding.get("next_step"):
             attributes["accelwatch.finding.next_step"] = str(finding["next_step"])
-        for bound in ("start_ts", "end_ts"):
-            if isinstance(finding.get(bound), int | float):
-                attributes[f"accelwatch.finding.{bound}"] = float(finding[bound])
+        parsed = AnalysisFinding.from_mapping(finding)  # epoch seconds, whatever the input's
+        bounds = {"start_ts": parsed.start_ts, "end_ts": parsed.end_ts}
+        for bound, value in bounds.items():
+            if finding.get(bound) is not None and value is not None:
+                attributes[f"accelwatch.finding.{bound}"] = float(value)
         summary = str(finding.get("summary", ""))
         self._logger.emit(
             timestamp=int(ts * 1e9),

@@ -1,108 +1,221 @@
-"""The live analysis's CPU budget: full rule passes only as often as the sampling CPU pays for.
+"""When the live analysis runs which rule: watches decide, the rules' declarations pace them.
 
-The issue's requirement is that incremental analysis costs under 5% of the sampling CPU. A
-pass costs a roughly fixed amount of CPU (frames plus one query per rule over the last
-window), so the governor spaces passes instead: it counts the analysis thread's own CPU
-(``time.thread_time()`` around every wake-up, passes and hang watch alike) against the
-sampler's cumulative CPU counter, and lets the next pass start only when the spend so far
-plus the expected cost of one more pass (the larger of the last pass's and the smoothed
-cost, plus half of it for jitter; before the first pass, ``LIVE_FIRST_PASS_CPU_S``) stays
-within the share. Passes are never closer than ``min_period_s`` and never further apart than
-``max_period_s`` (even over budget, so findings stay at most that stale). Without a sampler
-CPU counter there is no budget, and passes run every ``min_period_s``.
+Replaces the former CPU governor (passes as a share of the sampler's CPU, at least every 600 s),
+which made the first finding come ten minutes late. A full SQL pass costs 0.1-0.3 s of CPU, so
+passes stay rare, but they come when a finding can: per rule, the :class:`RuleClock` times how
+long the rule's watch (``Rule.watch``) has held, tolerating the gaps the episodes tolerate, and
+makes the rule due
+
+* once the watch has held for the rule's minimum duration (less one bucket: the last flagged
+  bucket counts whole), then at each longer minimum of its kinds (a leak needs 60 s) and, while
+  unconfirmed, after ``LIVE_RETRY_S``, doubling up to ``LIVE_REFRESH_S``;
+* every ``LIVE_REFRESH_S`` while a confirmed finding's watch holds (its end, evidence and
+  severity move on), and never more often for that rule afterwards (a condition that comes
+  and goes costs no pass per episode); when the watch stops holding, the finding closes
+  without a pass;
+* with every rule, in the full pass every ``LIVE_FULL_PERIOD_S`` (rules without a watch, and
+  conditions no single tick shows).
+
+:class:`AnalysisCost` counts what the analysis spends (its thread's CPU) for the health channel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from agent.analysis.engine import Rule
 from agent.analysis.thresholds import (
-    LIVE_CPU_SHARE,
-    LIVE_FIRST_PASS_CPU_S,
-    LIVE_MAX_PERIOD_S,
-    LIVE_MIN_PERIOD_S,
+    EPISODE_GAP_S,
+    LIVE_FULL_PERIOD_S,
+    LIVE_REFRESH_S,
+    LIVE_RETRY_S,
 )
 
-#: Weight of the latest pass in the expected cost of the next one.
-_COST_SMOOTHING = 0.3
-#: Headroom on that expectation: on a shared machine a pass can cost a third more CPU than the
-#: last one (cache and memory-bandwidth contention), and the share must hold anyway.
-_COST_MARGIN = 1.5
+#: A clock's key: the rule, and the kind its own watch times (None: the rule's main watch).
+ClockKey = tuple[str, "str | None"]
 
 
 @dataclass
-class CpuBudget:
-    """Cumulative analysis CPU against cumulative sampling CPU, both from one start."""
+class RuleClock:
+    """One watch's state: since when it holds, and when its rule's SQL runs next.
 
-    share: float = LIVE_CPU_SHARE
-    min_period_s: float = LIVE_MIN_PERIOD_S
-    max_period_s: float = LIVE_MAX_PERIOD_S
-    analysis_cpu_s: float = 0.0
-    sampling_cpu_s: float | None = None
-    started_at: float | None = None
-    last_pass_at: float | None = None
-    period_s: float | None = None
-    pass_cost_s: float | None = None
-    first_pass_cpu_s: float = LIVE_FIRST_PASS_CPU_S
+    ``minimums`` are the seconds held at which a pass can first report (the rule's minimum
+    duration, and the other minimums of kinds the same watch covers), shortest first. After a
+    confirmed finding, the rule's SQL runs at most once per ``LIVE_REFRESH_S``: a condition
+    that comes and goes (a GPU throttling every minute) costs no pass per episode; the finding
+    closes without SQL when the watch stops (``closed``) and its next episode joins it."""
+
+    minimums: list[float]
+    since: float | None = None
+    last_true: float | None = None
+    confirmed: bool = False
+    #: A pass is due at or after this time (None: none planned).
+    due_at: float | None = None
+    retry_s: float = LIVE_RETRY_S
+    steps: list[float] = field(default_factory=list)
+    #: The last pass that confirmed this watch's finding.
+    confirmed_at: float | None = None
+    #: Set when a confirmed condition ended (the caller closes its findings and clears it).
+    closed: float | None = None
+    #: Set when the condition came back and held its minimum while no pass may run yet: the
+    #: caller reopens its last finding (the SQL confirmed it at ``confirmed_at``).
+    reopened: bool = False
+
+    def _not_before(self, at: float) -> float:
+        if self.confirmed_at is None:
+            return at
+        return max(at, self.confirmed_at + LIVE_REFRESH_S)
+
+    def observe(self, ts: float, holds: bool, bucket_s: float, gap_s: float) -> None:
+        if holds:
+            if self.since is None:
+                self.since, self.retry_s = ts, LIVE_RETRY_S
+                self.steps = [max(0.0, m - bucket_s) for m in self.minimums]
+                self.due_at = self._not_before(self.since + self.steps.pop(0))
+            self.last_true = ts
+            cooling = self.confirmed_at is not None and not self.confirmed
+            if (
+                cooling
+                and self.due_at is not None
+                and ts - self.since >= self.minimums[0] - bucket_s
+            ):
+                self.confirmed, self.reopened = True, True  # the same problem, back again
+            return
+        if self.since is not None and self.last_true is not None and ts - self.last_true > gap_s:
+            if self.confirmed:  # the condition ended: its finding closes, no pass needed
+                self.closed = self.last_true + bucket_s
+            self.since, self.confirmed, self.steps, self.due_at = None, False, [], None
+
+    def is_due(self, ts: float) -> bool:
+        return self.due_at is not None and ts >= self.due_at
+
+    def ran(self, ts: float, found: bool) -> None:
+        """A pass with this rule ran at ``ts``; ``found``: it reported (or explained) this
+        clock's kind."""
+        if self.since is None:
+            self.due_at = None
+            return
+        self.confirmed = self.confirmed or found
+        if self.confirmed:
+            self.confirmed_at = ts
+            self.due_at = ts + LIVE_REFRESH_S
+            return
+        retry = ts + self.retry_s
+        self.retry_s = min(LIVE_REFRESH_S, 2 * self.retry_s)
+        step = self.since + self.steps.pop(0) if self.steps else retry
+        self.due_at = self._not_before(min(retry, step))
+
+
+def _clocks(rule: Rule) -> dict[ClockKey, RuleClock]:
+    own = {kind for kind, _ in rule.kind_watches}
+    kind_min = dict(rule.kind_min_duration_s)
+    out: dict[ClockKey, RuleClock] = {}
+    if rule.watch is not None:
+        shared = [s for k, s in rule.kind_min_duration_s if k not in own]
+        out[(rule.id, None)] = RuleClock(sorted({rule.min_duration_s, *shared}))
+    for kind, _ in rule.kind_watches:
+        out[(rule.id, kind)] = RuleClock([kind_min.get(kind, rule.min_duration_s)])
+    return out
+
+
+class Schedule:
+    """Every watch's clock, and the full pass's."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        bucket_s: float,
+        *,
+        full_period_s: float = LIVE_FULL_PERIOD_S,
+        gap_s: float = EPISODE_GAP_S,
+    ) -> None:
+        self.rules = list(rules)
+        self.bucket_s = bucket_s
+        self.full_period_s = full_period_s
+        self.gap_s = gap_s
+        self.clocks: dict[ClockKey, RuleClock] = {}
+        for r in rules:
+            self.clocks.update(_clocks(r))
+        self.started: float | None = None
+        self.last_full: float | None = None
+
+    def observe(self, ts: float, holding: set[ClockKey]) -> dict[ClockKey, float | None]:
+        """Take in which watches hold at ``ts``; the confirmed conditions that ended (with
+        when: their findings close there) or came back (None: their findings reopen)."""
+        if self.started is None:
+            self.started = ts
+        changed: dict[ClockKey, float | None] = {}
+        for key, clock in self.clocks.items():
+            clock.observe(ts, key in holding, self.bucket_s, self.gap_s)
+            if clock.closed is not None:
+                changed[key], clock.closed = clock.closed, None
+            if clock.reopened:
+                changed[key], clock.reopened = None, False
+        return changed
+
+    def due(self, ts: float) -> list[Rule]:
+        """The rules to run now: every rule when the full pass is due; else the due ones, the
+        rules that may hide their findings and the rules whose findings they may hide
+        (``supersedes``), so a pass never shows a symptom its explanation would have hidden."""
+        since = self.last_full if self.last_full is not None else self.started
+        if since is not None and ts - since >= self.full_period_s:
+            return list(self.rules)
+        due = {rule_id for (rule_id, _), c in self.clocks.items() if c.is_due(ts)}
+        if not due:
+            return []
+        chosen = due | {h for r in self.rules if r.id in due for h in r.supersedes}
+        return [r for r in self.rules if r.id in chosen or chosen & set(r.supersedes)]
+
+    def ran(self, ts: float, rules: Sequence[Rule], found: set[ClockKey]) -> None:
+        """A pass of ``rules`` at ``ts`` reported ``found`` (rule, kind) pairs."""
+        if len(rules) == len(self.rules):
+            self.last_full = ts
+        ran = {r.id for r in rules}
+        for key, clock in self.clocks.items():
+            if key[0] not in ran:
+                continue
+            if key in found and clock.since is not None and not clock.confirmed:
+                clock.ran(ts, True)  # a pass run for another reason confirmed it early
+            elif clock.is_due(ts):
+                clock.ran(ts, key in found)
+
+
+@dataclass
+class AnalysisCost:
+    """CPU the analysis thread spent (``time.thread_time`` around each wake-up)."""
+
+    cpu_s: float = 0.0
     passes: int = 0
+    pass_cpu_s: float = 0.0
+    last_pass_cpu_s: float | None = None
+    started_at: float | None = None
+    last_at: float | None = None
 
-    def sampled(self, now: float, sampling_cpu_s: float | None) -> None:
-        """The sampler's CPU spent since analysis started (None: no counter, no budget)."""
+    def spent(self, now: float, cpu_s: float, *, was_pass: bool) -> None:
         if self.started_at is None:
             self.started_at = now
-        self.sampling_cpu_s = sampling_cpu_s
-
-    def charge(self, cpu_s: float) -> None:
-        """Analysis CPU spent outside passes (the hang watch)."""
-        self.analysis_cpu_s += cpu_s
-
-    def ran_pass(self, now: float, cpu_s: float) -> None:
-        """A full pass that started at ``now`` cost ``cpu_s``."""
-        self.analysis_cpu_s += cpu_s
-        if self.last_pass_at is not None:
-            self.period_s = now - self.last_pass_at
-        self.last_pass_at = now
-        self.passes += 1
-        self.pass_cost_s = (
-            cpu_s
-            if self.pass_cost_s is None
-            else max(cpu_s, (1 - _COST_SMOOTHING) * self.pass_cost_s + _COST_SMOOTHING * cpu_s)
-        )
+        self.last_at = now
+        self.cpu_s += cpu_s
+        if was_pass:
+            self.passes += 1
+            self.pass_cpu_s += cpu_s
+            self.last_pass_cpu_s = cpu_s
 
     @property
-    def cpu_share(self) -> float | None:
-        """Analysis CPU / sampling CPU so far (None until sampling CPU is known)."""
-        if not self.sampling_cpu_s:
+    def share_of_core(self) -> float | None:
+        """Analysis CPU per second of recording so far (1.0 = one core)."""
+        if self.started_at is None or self.last_at is None or self.last_at <= self.started_at:
             return None
-        return self.analysis_cpu_s / self.sampling_cpu_s
-
-    def affordable(self) -> bool:
-        """Whether one more pass keeps the cumulative share within the budget."""
-        if self.sampling_cpu_s is None:
-            return True
-        cost = self.first_pass_cpu_s if self.pass_cost_s is None else self.pass_cost_s
-        expected = _COST_MARGIN * cost
-        return self.analysis_cpu_s + expected <= self.share * self.sampling_cpu_s
-
-    def due(self, now: float) -> bool:
-        """Whether the next scheduled pass should run at ``now``."""
-        if self.started_at is None:
-            return False
-        since = now - (self.last_pass_at if self.last_pass_at is not None else self.started_at)
-        if since < self.min_period_s:
-            return False
-        return since >= self.max_period_s or self.affordable()
+        return self.cpu_s / (self.last_at - self.started_at)
 
     def health(self) -> dict[str, float | int]:
-        """What the governor publishes in ``session.health`` (``analysis.*``)."""
         out: dict[str, float | int] = {
             "analysis.passes": self.passes,
-            "analysis.cpu_s": round(self.analysis_cpu_s, 4),
+            "analysis.cpu_s": round(self.cpu_s, 4),
         }
-        if self.cpu_share is not None:
-            out["analysis.cpu_share"] = round(self.cpu_share, 4)
-        if self.period_s is not None:
-            out["analysis.period_s"] = round(self.period_s, 1)
-        if self.pass_cost_s is not None:
-            out["analysis.pass_ms"] = round(self.pass_cost_s * 1e3, 1)
+        if self.share_of_core is not None:
+            out["analysis.cpu_share_of_core"] = round(self.share_of_core, 5)
+        if self.last_pass_cpu_s is not None:
+            out["analysis.pass_ms"] = round(self.last_pass_cpu_s * 1e3, 1)
         return out

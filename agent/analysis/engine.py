@@ -13,14 +13,17 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from agent.analysis.finding import Finding, Severity, sort_findings, store_findings
 from agent.analysis.frame import FrameInfo, Window, build_frames, naive_utc
-from agent.analysis.thresholds import EPISODE_GAP_S, MIN_EPISODE_S
+from agent.analysis.thresholds import EPISODE_GAP_S, LIVE_LOOKBACK_S, MIN_EPISODE_S
 from agent.runs import find_run
+
+if TYPE_CHECKING:
+    from agent.analysis.watch import Tick
 
 __all__ = ["Rule", "analyze", "analyze_run", "find_run"]  # find_run: one lookup, in agent.runs
 
@@ -156,15 +159,45 @@ def _rounded(value: Any) -> Any:
     return value
 
 
+#: A rule's cheap per-tick check (see :mod:`agent.analysis.watch`): whether its condition may
+#: hold at this tick. It must never say no when the SQL flag would say yes; a false yes costs
+#: one SQL pass, nothing else.
+Watch = Callable[["Tick"], bool]
+
+
 @dataclass(frozen=True)
 class Rule:
     """A named detector: ``detect(context) -> findings``; ``supersedes`` hides overlapping
-    findings of other rules on the same entity (a hang explains its idle GPUs)."""
+    findings of other rules on the same entity (a hang explains its idle GPUs).
+
+    What the live analysis needs to schedule it, declared here so a new rule joins without
+    edits to the scheduler: ``min_duration_s`` (how long its condition must hold before it
+    reports; the live target is this + 10 s after the onset), ``min_episodes`` (episodes
+    needed, e.g. two checkpoint stalls), ``lookback_s`` (history a live pass gives it),
+    ``kind_min_duration_s`` (other minimums of some kinds of finding, by ``evidence["kind"]``),
+    ``watch`` (a rule without one is checked only by the periodic full pass) and
+    ``kind_watches`` (a kind whose condition its own watch times, such as a leak's growth).
+    """
 
     id: str
     title: str
     detect: Callable[[Context], list[Finding]]
     supersedes: tuple[str, ...] = ()
+    min_duration_s: float = MIN_EPISODE_S
+    min_episodes: int = 1
+    lookback_s: float = LIVE_LOOKBACK_S
+    kind_min_duration_s: tuple[tuple[str, float], ...] = ()
+    watch: Watch | None = None
+    kind_watches: tuple[tuple[str, Watch], ...] = ()
+
+    def min_duration_for(self, finding: Finding) -> float:
+        """The minimum duration behind ``finding`` (its kind may need another)."""
+        return dict(self.kind_min_duration_s).get(finding_kind(finding), self.min_duration_s)
+
+
+def finding_kind(finding: Finding) -> str:
+    """What kind of finding of its rule it is (``evidence["kind"]`` or ``["event"]``)."""
+    return str(finding.evidence.get("kind", finding.evidence.get("event", "")))
 
 
 def choose_bucket_s(duration_s: float, interval_s: float) -> float:

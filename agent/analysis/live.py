@@ -1,12 +1,19 @@
-"""Live analysis: the post-run rules over the last window of a recording, within a CPU budget.
+"""Live analysis: the post-run rules over the recent window of a recording, when they can find.
 
-A consumer of the session (``start(session)``, ``stop()``): a daemon thread with its own
-cursor wakes every second. It feeds the latest snapshot to the hang watch (a few look-ups per
-GPU) and runs a full rule pass over the last ``window_s`` seconds when the CPU governor
-(:class:`~agent.analysis.budget.CpuBudget`) allows one, or at once when the hang watch says
-the hang rule's condition has held long enough. A pass publishes the current findings to
-``context.findings`` (published whole) and keeps the run's live findings in the
-``findings`` table (``live = true``), extending a finding while its problem lasts.
+A consumer of the session (``start(context)``, ``stop()``). The sampler thread only appends each
+snapshot to a queue (a hub subscriber); a daemon thread wakes every second, takes the new
+snapshots into the in-memory recent window (:mod:`agent.analysis.recent`), evaluates every
+rule's watch on each of them (:mod:`agent.analysis.watch`, no SQL) and runs the SQL of the rules
+the :class:`~agent.analysis.budget.Schedule` says are due, over each rule's lookback, on the
+in-memory window. So a finding appears about one bucket after its rule's minimum duration has
+passed since the condition's onset, and the analysis costs little more than the watches: a pass
+runs when a watch has held long enough, while a finding lasts (every ``LIVE_REFRESH_S``), and for
+every rule every ``LIVE_FULL_PERIOD_S``. Time is the snapshots' time (the sampler's clock), so
+tests drive it with simulated ticks.
+
+A pass publishes the current findings to ``context.findings`` (published whole) and keeps the
+run's live findings in the ``findings`` table (``live = true``), extending a finding while its
+problem lasts.
 """
 
 from __future__ import annotations
@@ -14,31 +21,35 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import duckdb
 
-from agent.analysis.budget import CpuBudget
-from agent.analysis.engine import analyze
+from agent.analysis.budget import AnalysisCost, ClockKey, Schedule
+from agent.analysis.engine import Rule, analyze, finding_kind
 from agent.analysis.finding import SEVERITY_RANK, Finding, sort_findings, store_findings
 from agent.analysis.frame import Window
-from agent.analysis.rules.hang import HANG
-from agent.analysis.thresholds import LIVE_CPU_SHARE, LIVE_MAX_PERIOD_S, LIVE_MIN_PERIOD_S
-from agent.analysis.watch import HangWatch
+from agent.analysis.recent import RecentWindow
+from agent.analysis.thresholds import LIVE_FULL_PERIOD_S, LIVE_REFRESH_S
+from agent.analysis.watch import Tick
 from agent.registry import default_registry
+from agent.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from agent.context import LiveContext
 
-DEFAULT_WINDOW_S = 60.0
-DEFAULT_EVERY_S = LIVE_MIN_PERIOD_S
+#: The longest window a pass reads (each rule reads its ``lookback_s``, at most this).
+DEFAULT_WINDOW_S = 600.0
 #: The shortest window a pass degrades to when DuckDB runs out of memory.
 MIN_WINDOW_S = 10.0
-#: How often the analysis thread wakes to read the latest snapshot (and maybe run a pass).
+#: How often the analysis thread wakes to take in the new snapshots (and maybe run a pass).
 POLL_S = 1.0
+#: Snapshots queued for the analysis thread at most (it fell behind: the oldest are dropped).
+MAX_QUEUED = 600
 
 
 def _utc(epoch_s: float) -> datetime:
@@ -54,12 +65,16 @@ class LiveFindingLog:
         self.closed: list[Finding] = []
         self.open: dict[tuple[str, str], Finding] = {}
 
-    def update(self, current: list[Finding]) -> list[Finding]:
-        """Fold one analysis into the log; returns every live finding so far."""
-        seen: dict[tuple[str, str], Finding] = {}
+    def update(self, current: list[Finding], covered: Iterable[str] | None = None) -> list[Finding]:
+        """Fold one analysis of the rules ``covered`` (all: None) into the log; returns every
+        live finding so far. Open findings of rules the analysis did not run stay open."""
+        rules = None if covered is None else set(covered)
+        seen: dict[tuple[str, str], Finding] = {
+            key: f for key, f in self.open.items() if rules is not None and f.rule not in rules
+        }
         for f in current:
             key = (f.rule, f.entity)
-            before = self.open.get(key)
+            before = self.open.get(key) or self._recently_closed(f)
             # An open finding (no end yet) lasts until now, so a later one continues it.
             before_end = f.start if before is None or before.end is None else before.end
             if before is not None and f.start <= before_end + self.join_gap:
@@ -77,6 +92,36 @@ class LiveFindingLog:
         self.open = seen
         return sort_findings([*self.closed, *self.open.values()])
 
+    def _recently_closed(self, f: Finding) -> Finding | None:
+        """The closed finding ``f`` continues (same rule and entity, within the join gap),
+        taken out of the closed ones; None if there is none."""
+        for i in range(len(self.closed) - 1, -1, -1):
+            c = self.closed[i]
+            if (c.rule, c.entity) == (f.rule, f.entity) and c.end is not None:
+                if f.start <= c.end + self.join_gap:
+                    return self.closed.pop(i)
+                return None
+        return None
+
+    def close(self, which: Callable[[Finding], bool], end: datetime) -> None:
+        """End the open findings ``which`` selects at ``end`` (their condition stopped)."""
+        for key, f in list(self.open.items()):
+            if which(f):
+                self.closed.append(replace(f, end=max(f.start, end)))
+                del self.open[key]
+
+    def reopen(self, which: Callable[[Finding], bool]) -> None:
+        """Open again the latest closed finding of each (rule, entity) ``which`` selects."""
+        latest: dict[tuple[str, str], int] = {}
+        for i, f in enumerate(self.closed):
+            if which(f) and (f.rule, f.entity) not in self.open:
+                latest[(f.rule, f.entity)] = i
+        for key, i in sorted(latest.items(), key=lambda kv: -kv[1]):
+            self.open[key] = replace(self.closed.pop(i), end=None)
+
+    def all(self) -> list[Finding]:
+        return sort_findings([*self.closed, *self.open.values()])
+
     def current(self) -> list[Finding]:
         """The findings active in the latest analysis, with the start of their episode (stable
         across analyses, so consumers can tell a lasting problem from a new one)."""
@@ -84,68 +129,101 @@ class LiveFindingLog:
 
 
 class LiveAnalysis:
-    """Runs the rules over the last window while a session records, within a CPU budget.
+    """Runs the rules over the recent window while a session records, when watches say so.
 
-    ``every_s`` is the shortest period between full passes, ``max_every_s`` the longest and
-    ``cpu_share`` the budget (analysis CPU / sampling CPU). ``clock`` paces the governor and
-    ``cpu_clock`` measures the analysis's own CPU (the calling thread's); tests replace both.
+    ``window_s`` caps how far back a pass reads (rules read their ``lookback_s``; out of memory
+    halves the cap); ``full_period_s`` is how often every rule runs; ``rules`` defaults to every
+    rule; ``cpu_clock`` measures the analysis's own CPU (the calling thread's).
     """
 
     def __init__(
         self,
         *,
         window_s: float = DEFAULT_WINDOW_S,
-        every_s: float = DEFAULT_EVERY_S,
-        max_every_s: float = LIVE_MAX_PERIOD_S,
-        cpu_share: float = LIVE_CPU_SHARE,
-        clock: Callable[[], float] = time.monotonic,
+        full_period_s: float = LIVE_FULL_PERIOD_S,
+        rules: Sequence[Rule] | None = None,
         cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
+        from agent.analysis.rules import ALL_RULES
+
+        self.rules: tuple[Rule, ...] = tuple(ALL_RULES if rules is None else rules)
+        self._by_id = {r.id: r for r in self.rules}
         self.window_s = window_s
-        self.every_s = every_s
+        self.full_period_s = full_period_s
         self.context: LiveContext | None = None
         self.cursor: duckdb.DuckDBPyConnection | None = None
-        self.log = LiveFindingLog(join_gap_s=max_every_s + window_s)
-        self.budget = CpuBudget(cpu_share, every_s, max_every_s)
-        self.watch = HangWatch()
-        self.clock = clock
+        self.recent: RecentWindow | None = None
+        self.schedule: Schedule | None = None
+        longest = max((r.lookback_s for r in self.rules), default=60.0)
+        self.log = LiveFindingLog(join_gap_s=LIVE_REFRESH_S + longest)
+        self.cost = AnalysisCost()
         self.cpu_clock = cpu_clock
         self.cycles = 0
-        self.urgent_passes = 0
         self.busy_seconds = 0.0
         self.last_error: str | None = None
+        self.watch_errors = 0
         #: Passes that ran out of DuckDB memory (each halves ``window_s``, down to MIN_WINDOW_S).
         self.oom_passes = 0
+        #: Snapshots dropped because the analysis thread fell behind.
+        self.dropped = 0
+        self._queue: deque[Snapshot] = deque()
+        self._subscribed = False
         self._seen_seq = -1
-        self._sampling_base: float | None = None
+        self._seen_accels: frozenset[str] = frozenset()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Find the sources now: discovery is a one-time cost no pass should be charged for.
         default_registry().load()
 
-    def start(self, context: LiveContext) -> None:
+    # -- lifecycle
+    def attach(self, context: LiveContext, *, subscribe: bool = True) -> None:
+        """Bind to a recording without starting the thread (tests call ``poll`` themselves)."""
         self.context = context
         self.cursor = context.cursor()
+        bucket = max(1.0, float(context.interval))
+        keep = max((r.lookback_s for r in self.rules), default=60.0) + 2 * bucket
+        self.recent = RecentWindow(context.run.run_id, keep_s=min(keep, self.window_s + bucket))
+        self.schedule = Schedule(self.rules, bucket, full_period_s=self.full_period_s)
+        if subscribe:
+            context.hub.subscribe(self._queued)
+            self._subscribed = True
+
+    def start(self, context: LiveContext) -> None:
+        self.attach(context)
         self._thread = threading.Thread(target=self._loop, name="accelwatch-analysis", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.context is not None and self._subscribed:
+            self.context.hub.unsubscribe(self._queued)
+            self._subscribed = False
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self.cursor is not None:
             self.cursor.close()
             self.cursor = None
+        if self.recent is not None:
+            self.recent.close()
+            self.recent = None
+
+    def _queued(self, snap: Snapshot) -> None:
+        """Hub subscriber, on the sampler thread: O(1), never blocks."""
+        if len(self._queue) >= MAX_QUEUED:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(snap)
 
     def _loop(self) -> None:
-        while not self._stop.wait(min(POLL_S, self.every_s)):
+        while not self._stop.wait(POLL_S):
             self.poll_safely()
 
+    # -- one wake-up
     def poll_safely(self) -> None:
-        """One wake-up that never raises. Out of memory (the agent's DuckDB is capped, and the
-        recording's own writes come first) halves the window instead of failing every pass;
-        a cursor killed by the store reopening its database is replaced."""
+        """One wake-up that never raises. Out of memory (the in-memory window is capped like
+        the agent's DuckDB) halves the window instead of failing every pass; a cursor killed by
+        the store reopening its database is replaced."""
         try:
             self.poll()
         except duckdb.OutOfMemoryException:
@@ -163,68 +241,130 @@ class LiveAnalysis:
                     with contextlib.suppress(Exception):
                         self.cursor = self.context.cursor()
 
-    def sampling_cpu(self) -> float | None:
-        """Sampler CPU seconds since this analysis started (None without a sampler)."""
-        total = None if self.context is None else self.context.sampler_cpu_seconds()
-        if total is None:
-            return None
-        if self._sampling_base is None:
-            self._sampling_base = total
-        return total - self._sampling_base
+    def _take_new(self) -> list[Snapshot]:
+        if self._subscribed:
+            taken = []
+            while self._queue:
+                taken.append(self._queue.popleft())
+            return taken
+        latest = None if self.context is None else self.context.hub.latest
+        if latest is None or latest.seq == self._seen_seq:
+            return []
+        self._seen_seq = latest.seq
+        return [latest]
 
-    def poll(self, now: float | None = None) -> list[Finding] | None:
-        """One wake-up: watch the latest snapshot; run a pass if urgent or within budget.
+    def observe(self, snap: Snapshot) -> set[ClockKey]:
+        """Take one tick into the window and the rules' clocks; the rules whose watch holds."""
+        assert self.recent is not None and self.schedule is not None
+        self.recent.add(snap)
+        tick = Tick(snap, self._seen_accels)
+        holding: set[ClockKey] = set()
+        for rule in self.rules:
+            watches = [(None, rule.watch), *rule.kind_watches]
+            for kind, watch in watches:
+                if watch is None:
+                    continue
+                try:
+                    if watch(tick):
+                        holding.add((rule.id, kind))
+                except Exception as exc:  # a broken watch leaves its rule to the full pass
+                    self.watch_errors += 1
+                    self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
+        self._seen_accels = self._seen_accels | frozenset(tick.devices)
+        ended = self.schedule.observe(snap.ts, holding)
+        if ended:
+            self._close(ended)
+        return holding
 
-        Returns the pass's findings, or None when no pass ran. All CPU spent here is charged
-        to the budget."""
-        context = self.context
-        if context is None or self.cursor is None:
+    def _close(self, changed: dict[ClockKey, float | None]) -> None:
+        """Findings whose watch stopped holding end where it last held; those whose watch
+        came back within the refresh period reopen. No SQL either way."""
+        for (rule_id, kind), end in changed.items():
+            own = {k for k, _ in self._by_id[rule_id].kind_watches}
+
+            def which(
+                f: Finding, r: str = rule_id, k: str | None = kind, o: set[str] = own
+            ) -> bool:
+                found = finding_kind(f)
+                return f.rule == r and (found == k if k is not None else found not in o)
+
+            if end is None:
+                self.log.reopen(which)
+            else:
+                self.log.close(which, _utc(end))
+        if self.context is not None:
+            self.context.publish_findings([f.to_dict() for f in self.log.current()])
+            if self.cursor is not None:
+                store_findings(self.cursor, self.context.run.run_id, self.log.all(), live=True)
+
+    def poll(self) -> list[Finding] | None:
+        """Take in the new snapshots and run the rules that are due; their findings, or None
+        when no pass ran. All CPU spent here is counted in ``analysis.cpu_s``."""
+        if self.context is None or self.recent is None or self.schedule is None:
             return None
         cpu_started = self.cpu_clock()
-        now = self.clock() if now is None else now
-        snap = context.hub.latest
-        if snap is not None and snap.seq != self._seen_seq:
-            self._seen_seq = snap.seq
-            self.watch.observe(snap)
-        self.budget.sampled(now, self.sampling_cpu())
-        urgent = snap is not None and self.watch.due(snap.ts)
-        if not urgent and not self.budget.due(now):
-            self.budget.charge(self.cpu_clock() - cpu_started)
-            context.publish_health(**self.budget.health())
+        for snap in self._take_new():
+            self.observe(snap)
+        now = self.recent.latest
+        due = [] if now is None else self.schedule.due(now)
+        if not due or now is None:
+            self.cost.spent(now or 0.0, self.cpu_clock() - cpu_started, was_pass=False)
             return None
         current: list[Finding] = []
         try:
-            current = self.run_once(None if snap is None else snap.ts)
+            current = self.run_once(now, due)
         finally:  # a failed pass counts too, so a broken store is not retried every second
-            if urgent and snap is not None:
-                self.urgent_passes += 1
-                self.watch.triggered(snap.ts, any(f.rule == HANG for f in current))
-            self.budget.ran_pass(now, self.cpu_clock() - cpu_started)
-            context.publish_health(**self.budget.health())
-        context.publish_health(**{"analysis.urgent_passes": self.urgent_passes})
+            self.schedule.ran(now, due, self._found(current, due))
+            self.cost.spent(now, self.cpu_clock() - cpu_started, was_pass=True)
+            self.context.publish_health(
+                **self.cost.health(), **{"analysis.watch_errors": self.watch_errors}
+            )
         return current
 
-    def run_once(self, now: float | None = None) -> list[Finding]:
-        """Analyse ``[now - window_s, now]`` (``now``: the latest sample time by default)."""
-        context, cursor = self.context, self.cursor
-        if context is None or cursor is None:
+    def _found(self, findings: Sequence[Finding], ran: Sequence[Rule]) -> set[ClockKey]:
+        """(rule, kind) of each finding, the kind only if the rule watches it on its own; a
+        rule a found rule supersedes counts as found (its condition is explained, so its
+        watch needs no retries)."""
+        out: set[ClockKey] = set()
+        for f in findings:
+            rule = self._by_id.get(f.rule)
+            own = {k for k, _ in rule.kind_watches} if rule else set()
+            kind = finding_kind(f)
+            out.add((f.rule, kind if kind in own else None))
+        explained = {h for f in findings if (r := self._by_id.get(f.rule)) for h in r.supersedes}
+        out |= {(r.id, None) for r in ran if r.id in explained}
+        return out
+
+    def run_once(
+        self, now: float | None = None, rules: Sequence[Rule] | None = None
+    ) -> list[Finding]:
+        """Run ``rules`` (all by default) over the recent window up to ``now`` (the latest
+        tick by default), each reading at most its lookback."""
+        context, recent = self.context, self.recent
+        if context is None or recent is None:
             return []
-        if now is None:
-            latest = context.hub.latest
-            now = latest.ts if latest is not None else time.time()
+        chosen = list(self.rules if rules is None else rules)
+        now = recent.latest if now is None else now
+        if now is None or not chosen:
+            return []
         started = time.perf_counter()
         bucket = max(1.0, float(context.interval))
-        window = Window(context.run.run_id, bucket, start=_utc(now - self.window_s))
-        current = [f.as_live() for f in analyze(cursor, window, live=True)]
-        store_findings(cursor, context.run.run_id, self.log.update(current), live=True)
+        lookback = min(self.window_s, max(r.lookback_s for r in chosen))
+        recent.load(now - lookback, now + bucket / 2)
+        window = Window(context.run.run_id, bucket, start=_utc(now - lookback))
+        current = [f.as_live() for f in analyze(recent.con, window, live=True, rules=chosen)]
+        found = self.log.update(current, covered=None if rules is None else [r.id for r in chosen])
+        if self.cursor is not None:
+            store_findings(self.cursor, context.run.run_id, found, live=True)
         context.publish_findings([f.to_dict() for f in self.log.current()])
         self.cycles += 1
         self.busy_seconds += time.perf_counter() - started
         context.publish_health(
             **{
                 "analysis.cycles": self.cycles,
-                "analysis.findings": len(current),
+                "analysis.findings": len(self.log.current()),
                 "analysis.busy_s": round(self.busy_seconds, 3),
+                "analysis.window_s": self.window_s,
             }
         )
         return current

@@ -146,19 +146,25 @@ CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95, 119, 120})
 # -- idle reservation -------------------------------------------------------------------------
 IDLE_RESERVED_UTIL = 0.05  # p95 utilization of a GPU the job holds memory on
 
-# -- live analysis budget ------------------------------------------------------------------
-#: Issue requirement: incremental analysis costs under 5% of the sampling CPU. The governor
-#: keeps the analysis thread's cumulative CPU within this share of the sampler's.
-LIVE_CPU_SHARE = 0.05
-#: Full rule passes run at most this often, and at least this often even over budget.
-LIVE_MIN_PERIOD_S = 10.0
-LIVE_MAX_PERIOD_S = 600.0
-#: What the governor expects a pass to cost until it has measured one (a full pass over the
-#: last 60 s of 8 GPUs measured 0.15-0.35 s of CPU on the 2-core development VM, the first and
-#: coldest at the top), so even the first pass waits until the sampling CPU pays for it.
-LIVE_FIRST_PASS_CPU_S = 0.25
-#: While the hang watch holds but no pass has confirmed the hang yet (the store writes ticks
-#: asynchronously), another urgent pass follows after this long.
+# -- live analysis ------------------------------------------------------------------------
+#: Issue 14: the first live finding comes at most this long after a rule's minimum duration
+#: (``Rule.min_duration_s``) has passed since the condition's onset.
+LIVE_LATENCY_SLACK_S = 10.0
+#: History a live pass gives a rule unless it declares its own ``lookback_s``.
+LIVE_LOOKBACK_S = 60.0
+#: A watch that held for the minimum but whose SQL pass did not confirm it retries after this,
+#: then after twice as long each time, up to LIVE_REFRESH_S.
+LIVE_RETRY_S = 3.0
+#: While a confirmed rule's watch holds, its pass re-runs this often (extends the finding,
+#: updates its evidence and severity); a pass costs 0.2-0.4 s of CPU, so 0.1% of a core at most.
+LIVE_REFRESH_S = 300.0
+#: Every rule, watched or not, runs at least this often (the safety net for rules without a
+#: watch and for conditions a watch cannot see, such as swings across a whole window).
+LIVE_FULL_PERIOD_S = 600.0
+#: Issue 14: live analysis costs at most this share of one core at 8 GPUs / 32 processes / 1 Hz.
+LIVE_CPU_TARGET = 0.003
+#: While the hang watch holds but no pass has confirmed the hang yet, another pass follows
+#: after this long (kept for the hang watch's own retry pacing).
 HANG_RETRY_S = 5.0
 
 # -- episodes ---------------------------------------------------------------------------------

@@ -1,20 +1,25 @@
-"""Cheap per-tick checks that decide when the live analysis must run a full pass now.
+"""Cheap per-tick checks (watches) that tell the live analysis when a rule's SQL must run.
 
-The CPU governor (:mod:`agent.analysis.budget`) may space full rule passes minutes apart; a
-hang must still be flagged within a minute. :class:`HangWatch` reads the latest snapshot (a
-few dictionary look-ups per accelerator and per job process, no SQL; accelerators found by
-their entity kind, their metrics by role, both cached) and tracks how long the hang
-rule's device condition has held. It only *triggers* a full pass: the finding, its evidence
-and its episode still come from the SQL rule in ``rules/hang.py``, with the same thresholds.
-The rule's step-time view is not watched: step logs are imported, not sampled.
+A full SQL pass costs 0.1-0.3 s of CPU (DuckDB plans every statement anew), so the live
+analysis cannot run the rules every few seconds within 0.3% of a core. Instead each rule
+declares a *watch* (``Rule.watch``): a function of one :class:`Tick` (the latest snapshot, read
+with a few dictionary look-ups per accelerator and process, no SQL) that says whether the
+rule's condition may hold now. The scheduler (:mod:`agent.analysis.live`) times how long each
+watch has held and runs that rule's SQL once it has held for the rule's minimum duration. A
+watch is a necessary condition of the SQL flag, never a second definition of the finding: the
+finding, its evidence and its episode still come from the SQL rule, with the same thresholds.
+
+Accelerators are found by their entity kind and their metrics by role (both cached); counters
+are read as per-second rates from the previous tick, as the frames' buckets read them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
-from agent.analysis.frame import PROCESS_CPU
+from agent.analysis.frame import PROCESS_CPU, PROCESS_WRITE
 from agent.analysis.frame_accel import (
     ACCELERATOR,
     AcceleratorSource,
@@ -24,8 +29,6 @@ from agent.analysis.frame_accel import (
 from agent.analysis.thresholds import (
     HANG_CPU_IDLE,
     HANG_IDLE_UTIL,
-    HANG_MIN_S,
-    HANG_RETRY_S,
     HANG_SPIN_SM,
     HANG_SPIN_UTIL,
     HANG_TRAFFIC_BYTES,
@@ -104,13 +107,11 @@ def _device_of(source: str) -> _Device | None:
 _DISK_SOURCE = CATALOG[_DISK_WRITE].source
 
 
-def hang_state(snap: Snapshot) -> str | None:
-    """``"idle"`` or ``"spinning"`` when this tick meets the hang rule's device condition
-    (every job accelerator idle while the job neither computes on the host nor writes; or every
-    job accelerator pinned without traffic and with empty SMs), else None."""
+def job_devices(snap: Snapshot) -> dict[str, _Device]:
+    """The tick's accelerators the job uses (the frames' rule, applied to one snapshot)."""
     accels = accelerators(snap)
     if not accels:
-        return None
+        return {}
     values, attrs = snap.values, snap.entity_attrs
     holding, recorded = set(), set()
     for e, d in accels.items():
@@ -124,16 +125,26 @@ def hang_state(snap: Snapshot) -> str | None:
     job, _ = select_job_accelerators(
         {e: d.source for e, d in accels.items()}, marked, holding, recorded
     )
+    return {e: accels[e] for e in job}
+
+
+def hang_state(snap: Snapshot, job: dict[str, _Device] | None = None) -> str | None:
+    """``"idle"`` or ``"spinning"`` when this tick meets the hang rule's device condition
+    (every job accelerator idle while the job neither computes on the host nor writes; or every
+    job accelerator pinned without traffic and with empty SMs), else None. ``job``: the job's
+    accelerators, if already found."""
+    job = job_devices(snap) if job is None else job
     if not job:
         return None
-    busy = [values.get((e, accels[e].metric["busy"])) or 0.0 for e in job]
+    values = snap.values
+    busy = [values.get((e, d.metric["busy"])) or 0.0 for e, d in job.items()]
     if (
         max(busy) <= HANG_IDLE_UTIL
         and _job_cpu(snap) < HANG_CPU_IDLE
         and _disk_write(snap) < WRITE_BURST_BYTES
     ):
         return "idle"
-    if min(busy) >= HANG_SPIN_UTIL and _spinning(values, {e: accels[e] for e in job}):
+    if min(busy) >= HANG_SPIN_UTIL and _spinning(values, job):
         return "spinning"
     return None
 
@@ -177,34 +188,142 @@ def _disk_write(snap: Snapshot) -> float:
     return total
 
 
-@dataclass
-class HangWatch:
-    """How long the hang condition has held, and whether a full pass should confirm it now.
+_COUNTERS: dict[str, bool] = {}
+#: Role → the metrics that play it (catalog lookups, once).
+_ROLE_METRICS: dict[str, frozenset[str]] = {}
 
-    ``due(now)`` is true once the condition has held for the rule's minimum duration and no
-    pass has confirmed the hang yet; it repeats every ``retry_s`` while unconfirmed (ticks
-    reach the store asynchronously, so a pass may still miss the last seconds).
+
+def _is_counter(metric: str) -> bool:
+    known = _COUNTERS.get(metric)
+    if known is None:
+        declared = CATALOG.get(metric)
+        known = _COUNTERS[metric] = declared is not None and declared.is_counter
+    return known
+
+
+@dataclass
+class Tick:
+    """One snapshot as the watches read it; every view is computed once, on first use.
+
+    ``seen`` are the accelerators the scheduler saw at earlier ticks (for "stopped reporting").
     """
 
-    min_s: float = HANG_MIN_S
-    retry_s: float = HANG_RETRY_S
-    since: float | None = None
-    state: str | None = None
-    confirmed: bool = False
-    last_trigger: float | None = None
+    snap: Snapshot
+    seen: frozenset[str] = field(default_factory=frozenset)
 
-    def observe(self, snap: Snapshot) -> None:
-        state = hang_state(snap)
-        if state is None or state != self.state:
-            self.since = snap.ts if state is not None else None
-            self.confirmed, self.last_trigger = False, None
-        self.state = state
+    @property
+    def ts(self) -> float:
+        return self.snap.ts
 
-    def due(self, now: float) -> bool:
-        if self.since is None or self.confirmed or now - self.since < self.min_s:
-            return False
-        return self.last_trigger is None or now - self.last_trigger >= self.retry_s
+    def __post_init__(self) -> None:
+        self._accel: dict[tuple[str, bool], dict[str, float]] = {}
+        self._played: dict[str, list[float]] = {}
 
-    def triggered(self, now: float, confirmed: bool) -> None:
-        """Record an urgent pass at ``now`` and whether it reported the hang."""
-        self.last_trigger, self.confirmed = now, confirmed
+    def _value(self, entity: str, metric: str) -> float | None:
+        if _is_counter(metric):
+            return self.snap.rate(entity, metric)
+        return self.snap.values.get((entity, metric))
+
+    @cached_property
+    def devices(self) -> dict[str, _Device]:
+        """Every accelerator of the tick that reports its ``busy`` metric."""
+        return accelerators(self.snap)
+
+    @cached_property
+    def job(self) -> dict[str, _Device]:
+        """The job's accelerators (the frames' ``job_accelerators``)."""
+        return job_devices(self.snap)
+
+    def accel(self, column: str, among: Iterable[str] | None = None) -> dict[str, float]:
+        """``aw_accel.column`` of the job's accelerators (or of every accelerator, when
+        ``among`` is ``devices``) that report it; computed once per tick and column."""
+        every = among is not None
+        cached = self._accel.get((column, every))
+        if cached is not None:
+            return cached
+        out: dict[str, float] = {}
+        devices = self.devices
+        values, rate = self.snap.values, self.snap.rate
+        for e in devices if every else self.job:
+            d = devices.get(e)
+            metric = None if d is None else d.metric.get(column)
+            if metric is None:
+                continue
+            v = rate(e, metric) if _is_counter(metric) else values.get((e, metric))
+            if v is not None:
+                out[e] = v
+        self._accel[(column, every)] = out
+        return out
+
+    def has_column(self, column: str) -> bool:
+        """Whether the job's accelerators' sources declare ``column``."""
+        return any(column in d.metric for d in self.job.values())
+
+    def host(self, metric: str) -> float | None:
+        """A host-wide metric (entity ``host``), counters as rates."""
+        return self._value("host", metric)
+
+    def host_spread(self, prefix: str, metric: str) -> list[float]:
+        """``metric`` of every host entity named ``prefix...`` (cores, disks, ports)."""
+        out = []
+        for b in self.snap.batches:
+            for e, m in zip(b.entities, b.metrics):
+                if m == metric and e.startswith(prefix) and (v := self._value(e, m)) is not None:
+                    out.append(v)
+        return out
+
+    @cached_property
+    def processes(self) -> dict[str, dict[str, float]]:
+        """The job's processes: pid entity → {role, cpu, write} (role from entity attributes)."""
+        out: dict[str, dict[str, float]] = {}
+        for b in self.snap.batches:
+            if b.source != PROCESS_SOURCE:
+                continue
+            for e, m, v in zip(b.entities, b.metrics, b.values):
+                if m == PROCESS_CPU:
+                    out.setdefault(e, {})["cpu"] = v
+                elif m == PROCESS_WRITE:
+                    out.setdefault(e, {})["write"] = self.snap.rate(e, m) or 0.0
+        return out
+
+    def role(self, entity: str) -> str | None:
+        role = self.snap.entity_attrs.get(entity, {}).get("role")
+        return None if role is None else str(role)
+
+    def process_cpu(self, role: str | None = None) -> list[float]:
+        """CPU (cores) of the job's processes, of one role (``main``, ``worker``) or all."""
+        return [
+            p.get("cpu", 0.0)
+            for e, p in self.processes.items()
+            if role is None or self.role(e) == role
+        ]
+
+    def played(self, role: str) -> list[float]:
+        """Values of every metric that plays ``role``, on any entity (a runtime's latencies
+        are on its own entity, not a device's)."""
+        names = _ROLE_METRICS.get(role)
+        if names is None:
+            names = _ROLE_METRICS[role] = frozenset(m.name for m in CATALOG.by_role(role))
+        if not names:
+            return []
+        found = self._played.get(role)
+        if found is None:
+            found = self._played[role] = [
+                v for b in self.snap.batches for m, v in zip(b.metrics, b.values) if m in names
+            ]
+        return found
+
+    @cached_property
+    def events(self) -> frozenset[str]:
+        """Kinds of the events of this tick."""
+        return frozenset(e.kind for e in self.snap.events)
+
+    @cached_property
+    def missing(self) -> frozenset[str]:
+        """Accelerators seen at an earlier tick that report nothing now."""
+        return self.seen - set(self.devices)
+
+
+def mean(values: Iterable[float]) -> float | None:
+    found = list(values)
+    return sum(found) / len(found) if found else None

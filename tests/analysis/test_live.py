@@ -17,8 +17,7 @@ from tests.analysis.recording import T0, Recording, record
 def fake_session(
     store: Store, run_id: str = "run-1", hub: SnapshotHub | None = None, *, sampler: bool = False
 ) -> SimpleNamespace:
-    """A recording's live context over ``store``; with ``sampler``, a CPU counter tests advance
-    (without one, the analysis runs unbudgeted)."""
+    """A recording's live context over ``store``; with ``sampler``, a sampler CPU counter."""
     run = RunInfo(run_id, "live", 4242, [], "/", "test", T0, 1.0, str(store.path))
     session = SimpleNamespace(store=store, run=run, hub=hub or SnapshotHub())
     session.sampler = SimpleNamespace(stats=SimpleNamespace(cpu_seconds=0.0))
@@ -33,47 +32,53 @@ def fake_session(
 
 
 def test_hang_is_flagged_live_within_a_minute(tmp_path):
-    live = LiveAnalysis(window_s=60, every_s=5)
+    hub = SnapshotHub()
+    live = LiveAnalysis()
     flagged_at: list[float] = []
 
     def on_tick(now: float, store: Store) -> None:
         if live.context is None:
-            session = fake_session(store)
-            live.context, live.cursor = session.context, store.cursor()
-        if round(now - T0) % live.every_s == 0 and now - T0 >= 15:  # onset at 20 s
-            current = live.run_once(now)
-            if any(f.rule == "hang" for f in current) and not flagged_at:
-                flagged_at.append(now - T0)
-                assert live.context.findings[0]["rule"] == "hang"
+            live.attach(fake_session(store, hub=hub).context)
+        current = live.poll()
+        if current and any(f.rule == "hang" for f in current) and not flagged_at:
+            flagged_at.append(now - T0)
+            assert live.context.findings[0]["rule"] == "hang"
 
-    record(
-        tmp_path / "live.duckdb",
-        Recording("hang", 70, run_id="run-1"),
-        on_tick=on_tick,
-        tick_every=5,
-    )
+    record(tmp_path / "live.duckdb", Recording("hang", 70), on_tick=on_tick, hub=hub)
     assert flagged_at, "hang never flagged live"
-    assert 20 < flagged_at[0] <= 20 + 60  # the deadlock starts at 20 s
-    assert live.context.health["analysis.cycles"] == 12
+    assert 20 + 30 <= flagged_at[0] <= 20 + 40  # the deadlock starts at 20 s; 30 s minimum
+    assert live.context.health["analysis.cycles"] == live.cycles >= 1
+    live.stop()
 
 
 def test_live_findings_are_stored_and_extended_while_the_problem_lasts(tmp_path):
-    path, run_id = record(tmp_path / "t.duckdb", Recording("throttled-thermal", 60))
-    store = Store(path)
-    live = LiveAnalysis(window_s=30, every_s=5)
-    live.context, live.cursor = fake_session(store, run_id).context, store.cursor()
+    hub = SnapshotHub()
+    live = LiveAnalysis()
     starts = set()
-    for at in (25, 30, 35, 40):
-        live.run_once(T0 + at)
-        starts |= {
-            (f["entity"], f["start_ts"]) for f in live.context.findings if f["rule"] == "throttling"
-        }
+
+    def on_tick(now: float, store: Store) -> None:
+        if live.context is None:
+            live.attach(fake_session(store, "run-1", hub=hub).context)
+        live.poll()
+        if round(now - T0) in (44, 48, 52, 56):  # full passes over the recent window
+            live.run_once()
+            starts.update(
+                (f["entity"], f["start_ts"])
+                for f in live.context.findings
+                if f["rule"] == "throttling"
+            )
+
+    path, run_id = record(
+        tmp_path / "t.duckdb", Recording("throttled-thermal", 60), on_tick=on_tick, hub=hub
+    )
+    live.stop()
     # the window slides, but a lasting problem keeps the start of its episode
     assert len(starts) == 2
+    store = Store(path)
     stored = [f for f in load_findings(store.con, run_id, live=True) if f.rule == "throttling"]
     assert {f.entity for f in stored} == {"gpu2", "gpu3"}
     assert all(f.live for f in stored)
-    # one finding per GPU, stretched over the four analyses, not four copies
+    # one finding per GPU, stretched over the analyses, not one copy per analysis
     assert len(stored) == 2 and all(f.duration_s >= 20 for f in stored)
     assert load_findings(store.con, run_id, live=False) == []
     store.close()
@@ -109,12 +114,16 @@ def test_finding_log_closes_an_episode_that_stopped():
 
 
 def test_consumer_thread_publishes_and_stops(tmp_path):
-    path, run_id = record(tmp_path / "c.duckdb", Recording("hang", 60))
+    taken: list = []
+    recorder_hub = SnapshotHub()
+    recorder_hub.subscribe(taken.append)
+    path, run_id = record(tmp_path / "c.duckdb", Recording("hang", 60), hub=recorder_hub)
     store = Store(path)
     session = fake_session(store, run_id)
-    session.hub.publish(T0 + 60, [], {})
-    live = LiveAnalysis(window_s=60, every_s=0.05)
+    live = LiveAnalysis()
     live.start(session.context)
+    for snap in taken:  # the ticks again, as the sampler publishes them
+        session.hub.publish(snap.ts, list(snap.batches), {})
     deadline = time.monotonic() + 10
     while not session.context.findings and time.monotonic() < deadline:
         time.sleep(0.05)

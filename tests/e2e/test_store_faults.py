@@ -489,7 +489,6 @@ for pid in kids:
 
 
 def test_500_process_tree_with_live_analysis_loses_no_tick(tmp_path):
-    from agent.analysis.budget import CpuBudget
     from agent.analysis.live import LiveAnalysis
     from agent.app.session import Session, SessionConfig
     from agent.store import connect
@@ -499,7 +498,8 @@ def test_500_process_tree_with_live_analysis_loses_no_tick(tmp_path):
     session = Session(SessionConfig(db_path=str(tmp_path / "a.duckdb"), interval=0.5))
     session.launch([sys.executable, str(job), "500", "10"])
     (live,) = [c for c in session.consumers if isinstance(c, LiveAnalysis)]
-    live.budget = CpuBudget(share=1e9, min_period_s=1.0)  # a pass every second, whatever it costs
+    assert live.schedule is not None
+    live.schedule.full_period_s = 1.0  # a full pass every second, whatever it costs
     assert wait_until(lambda: len(session.process_collector.pids) > 500, timeout=20)
     session.wait()
     run = session.finish()

@@ -111,7 +111,10 @@ def test_failed_exports_are_counted_exactly_and_noted_at_a_limited_rate():
 
 
 def test_findings_gauge_reports_zero_once_a_finding_clears():
-    current = [{"rule": "r1", "severity": "warning"}, {"rule": "r1", "severity": "warning"}]
+    current = [
+        {"rule": "r1", "severity": "warning", "entity": "gpu0", "start_ts": 1.0},
+        {"rule": "r1", "severity": "warning", "entity": "gpu1", "start_ts": 2.0},
+    ]
     gauge = FindingsGauge(lambda: current)
     assert [(o.value, o.attributes["accelwatch.finding.rule"]) for o in gauge.observe()] == [
         (2, "r1")

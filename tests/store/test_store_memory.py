@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-from agent.analysis.live import MIN_WINDOW_S, LiveAnalysis
+from agent.analysis.live import DEFAULT_WINDOW_S, MIN_WINDOW_S, LiveAnalysis
 from agent.model import BatchBuilder
 from agent.store import Store
 from tests.analysis.test_live import fake_session
 
-#: Ticks end just now, so a live pass (window: the last 60 s of wall time) reads them.
 T0 = time.time() - 91
 
 
@@ -23,23 +22,28 @@ def _tick(i: int, procs: int = 500) -> list:
 
 def test_live_analysis_out_of_memory_halves_its_window_and_is_counted(tmp_path):
     store = Store(tmp_path / "a.duckdb")
-    store.write_ticks([("run-1", _tick(i)) for i in range(90)])
-    live = LiveAnalysis(window_s=60, every_s=1)
-    live.context, live.cursor = fake_session(store).context, store.cursor()
-    live.budget.sampled(0.0, None)
-    assert live.poll() is not None and live.oom_passes == 0  # fits in the agent's 32 MB
-    live.budget.last_pass_at = None
-    store.con.execute("SET memory_limit = '8MB'")  # memory pressure: a pass no longer fits
+    session = fake_session(store)
+    live = LiveAnalysis()
+    live.attach(session.context)
+    for i in range(90):
+        batches = _tick(i)
+        store.write_ticks([("run-1", batches)])
+        session.hub.publish(T0 + i, batches, {})
+    assert live.schedule is not None
+    live.schedule.full_period_s = 0.0  # every wake-up runs every rule
+    assert live.poll() is not None and live.oom_passes == 0  # fits in the window's 32 MB
+    assert live.recent is not None
+    live.recent.con.execute("SET memory_limit = '2MB'")  # memory pressure: a pass no longer fits
     for n in (1, 2, 3):
         live.poll_safely()
-        live.budget.last_pass_at = None  # due again at once
         assert live.oom_passes == n
-    assert live.window_s == max(MIN_WINDOW_S, 60 / 8)
+    assert live.window_s == max(MIN_WINDOW_S, DEFAULT_WINDOW_S / 8)
     health = live.context.health
     assert health["analysis.oom_passes"] == 3 and "analysis.last_error" not in health
-    # The recording's own writes still go in under the same cap, and nothing was invalidated.
+    # The recording's own writes go on, and nothing was invalidated.
     assert store.write_ticks([("run-1", _tick(90))]) == 1500
     assert store.cursor().execute("SELECT count(DISTINCT ts) FROM samples").fetchone()[0] == 91
+    live.stop()
     store.close()
 
 

@@ -12,6 +12,7 @@ BENCHMARKS = (
     "benchmarks.bench_analysis",
     "benchmarks.bench_client",
     "benchmarks.bench_export",
+    "benchmarks.bench_live",
     "benchmarks.bench_nvml",
     "benchmarks.bench_recording",
     "benchmarks.bench_runs",

@@ -1,4 +1,6 @@
-"""Findings, most severe and newest first; Enter (or a click) opens a finding's evidence."""
+"""Findings, cause first: one row per cause with the symptoms it explains inside it (the
+grouping of :mod:`agent.analysis.causes`), most severe first; Enter (or a click) opens its
+evidence, every entity's included."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
+from agent.analysis.causes import FindingGroup, group_findings, short_entities
 from agent.reader import Finding
 
 _SEVERITY_MARK = {"critical": "✖ CRIT", "error": "✖ ERR", "warning": "▲ WARN", "info": "● INFO"}
@@ -30,7 +33,7 @@ def _clock(ts: float | None) -> str:
 
 
 class FindingsTable(DataTable):
-    """One two-line row per finding: what is wrong, then what to try next."""
+    """One two-line row per cause: what is wrong (and on which entities), then what to try."""
 
     COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
         f"findings--{severity}" for severity in _SEVERITY_MARK
@@ -38,7 +41,10 @@ class FindingsTable(DataTable):
 
     def __init__(self) -> None:
         super().__init__(id="findings", cursor_type="row")
+        #: What each row shows: one finding per group (the cause, every entity inside).
         self.findings: list[Finding] = []
+        self.groups: list[FindingGroup] = []
+        self._shown: list[Finding] = []
         self.border_title = "findings"
 
     def on_mount(self) -> None:
@@ -49,10 +55,14 @@ class FindingsTable(DataTable):
         self.show([])
 
     def show(self, findings: list[Finding]) -> None:
-        """Show ``findings``; the same ones with new details are updated in place, so the
-        selection (and a pending Enter) survives the live analysis refreshing them."""
-        if findings == self.findings and self.row_count:
+        """Show ``findings`` grouped cause-first; the same ones with new details are updated
+        in place, so the selection (and a pending Enter) survives the live analysis
+        refreshing them."""
+        if findings == self._shown and self.row_count:
             return
+        self._shown = list(findings)
+        self.groups = group_findings(findings)
+        findings = [g.as_finding() for g in self.groups]
         if [_identity(f) for f in findings] == [_identity(f) for f in self.findings] and findings:
             self.findings = list(findings)
             for index, finding in enumerate(findings):
@@ -76,13 +86,25 @@ class FindingsTable(DataTable):
 
     def _cells(self, finding: Finding) -> tuple[Text | str, ...]:
         text = Text(finding.summary)
+        explains = finding.evidence.get("explains")
+        if explains:
+            per_entity = finding.evidence.get("entities") or {}
+            starved = [
+                e for e, found in per_entity.items() if any(x["rule"] in explains for x in found)
+            ]
+            text.append(
+                f" Explains {', '.join(explains)} on {short_entities(starved)}.", style="dim"
+            )
         if finding.next_step:
             text.append(f"\n→ {finding.next_step}", style="italic")
         mark = Text(
             _SEVERITY_MARK.get(finding.severity, finding.severity.upper()),
             style=self._severity_style(finding.severity),
         )
-        return mark, _clock(finding.start_ts), finding.entity, text
+        entity = (
+            short_entities(finding.entity.split(", ")) if ", " in finding.entity else finding.entity
+        )
+        return mark, _clock(finding.start_ts), entity, text
 
     def _severity_style(self, severity: str):
         if severity not in _SEVERITY_MARK:

@@ -16,6 +16,7 @@ from agent.analysis.thresholds import (
     WRITE_BURST_BYTES,
     WRITE_BURST_FACTOR,
 )
+from agent.analysis.watch import Tick, mean
 
 CHECKPOINT = "checkpoint-stall"
 _REGULAR_CV = 0.3  # spacing varies less than 30%: periodic
@@ -92,11 +93,26 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
     ]
 
 
+#: Long enough to hold two stalls of a checkpoint every few minutes.
+_LOOKBACK_S = 300.0
+
+
+def watch_checkpoint(tick: Tick) -> bool:
+    """The job's accelerators stalled (whether a write burst is near is the SQL's to judge:
+    it looks one bucket either side)."""
+    util = mean(tick.accel("busy").values())
+    return util is not None and util < LOW_BUSY
+
+
 RULES = [
     Rule(
         CHECKPOINT,
         "Checkpoint / periodic I/O stall",
         detect_checkpoint,
         supersedes=("gpu-starvation",),
+        min_duration_s=2.0,
+        min_episodes=CHECKPOINT_MIN_STALLS,
+        lookback_s=_LOOKBACK_S,
+        watch=watch_checkpoint,
     )
 ]

@@ -8,6 +8,7 @@ from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.thresholds import DRAM_HIGH, LOW_BUSY, SM_ACTIVITY_LOW, TENSOR_LOW
+from agent.analysis.watch import Tick
 
 TENSOR = "low-tensor-core-use"
 MEMBW = "memory-bandwidth-bound"
@@ -94,7 +95,22 @@ def detect_membw(ctx: Context) -> list[Finding]:
     return findings
 
 
+def watch_low_tensor(tick: Tick) -> bool:
+    busy, sm, tensor = tick.accel("busy"), tick.accel("sm"), tick.accel("tensor")
+    return any(
+        v >= LOW_BUSY and sm.get(e, 0.0) >= SM_ACTIVITY_LOW and e in tensor
+        and tensor[e] < TENSOR_LOW
+        for e, v in busy.items()
+    )  # fmt: skip
+
+
+def watch_membw(tick: Tick) -> bool:
+    busy = tick.accel("busy")
+    dram = tick.accel("mem_bw" if tick.has_column("mem_bw") else "mem_util")
+    return any(v >= LOW_BUSY and dram.get(e, 0.0) >= DRAM_HIGH for e, v in busy.items())
+
+
 RULES = [
-    Rule(TENSOR, "Low tensor-core use", detect_low_tensor),
-    Rule(MEMBW, "Memory-bandwidth bound", detect_membw),
+    Rule(TENSOR, "Low tensor-core use", detect_low_tensor, watch=watch_low_tensor),
+    Rule(MEMBW, "Memory-bandwidth bound", detect_membw, watch=watch_membw),
 ]

@@ -28,6 +28,7 @@ from agent.analysis.thresholds import (
     SM_ACTIVITY_LOW,
     WRITE_BURST_BYTES,
 )
+from agent.analysis.watch import Tick, hang_state
 
 HANG = "hang"
 _STEP_GAP_FACTOR = 10.0
@@ -188,11 +189,27 @@ def _from_steps(ctx: Context) -> list[Finding]:
     ]
 
 
+def watch_hang(tick: Tick) -> bool:
+    """The device condition on this tick (the step view is imported, not sampled): idle or
+    spinning devices, or programs queued while nothing executes (whether the queue shrinks
+    is the SQL's to judge)."""
+    if hang_state(tick.snap, tick.job) is not None:
+        return True
+    queue, busy = tick.accel("queue"), tick.accel("busy")
+    if not queue or not busy or min(queue.values()) < HANG_QUEUE_STUCK:
+        return False
+    idle = max(busy.values()) <= HANG_IDLE_UTIL
+    pinned = min(busy.values()) >= HANG_SPIN_UTIL and sum(tick.process_cpu()) < HANG_CPU_IDLE
+    return idle or pinned
+
+
 RULES = [
     Rule(
         HANG,
         "Hang",
         detect_hang,
         supersedes=("gpu-starvation", "checkpoint-stall", "idle-reserved-gpu"),
+        min_duration_s=HANG_MIN_S,
+        watch=watch_hang,
     )
 ]

@@ -9,6 +9,7 @@ from typing import Any
 from agent.analysis.engine import Context, Rule
 from agent.analysis.finding import Finding, Severity
 from agent.analysis.thresholds import CRITICAL_XIDS, PCIE_REPLAYS_PER_MIN
+from agent.analysis.watch import Tick
 
 HARDWARE = "hardware-fault"
 _FAULT_EVENTS = ("xid", "gpu_lost")
@@ -174,4 +175,24 @@ def _vanished(ctx: Context) -> list[Finding]:
     ]
 
 
-RULES = [Rule(HARDWARE, "Hardware fault", detect_hardware)]
+def watch_hardware(tick: Tick) -> bool:
+    """A fault event, a fault counter moving, or an accelerator that stopped reporting."""
+    if tick.events & set(_FAULT_EVENTS) or tick.missing:
+        return True
+    for column in ("fault", "ecc_uncorrected", "remap_failure", "remap_pending"):
+        if any(v > 0 for v in tick.accel(column, tick.devices).values()):
+            return True
+    replays = tick.accel("host_replays", tick.devices).values()
+    return any(v * 60 > PCIE_REPLAYS_PER_MIN for v in replays)
+
+
+RULES = [
+    Rule(
+        HARDWARE,
+        "Hardware fault",
+        detect_hardware,
+        min_duration_s=0.0,
+        kind_min_duration_s=(("samples_stopped", 30.0),),
+        watch=watch_hardware,
+    )
+]

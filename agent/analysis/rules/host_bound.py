@@ -25,6 +25,7 @@ from agent.analysis.thresholds import (
     MAIN_PROCESS_PINNED,
     SM_ACTIVITY_LOW,
 )
+from agent.analysis.watch import Tick, mean
 
 DATALOADER = "dataloader-bound"
 IO_BOUND = "io-bound"
@@ -252,8 +253,52 @@ def detect_launch_bound(ctx: Context) -> list[Finding]:
     return findings
 
 
+def _job_idle(tick: Tick) -> float | None:
+    util = mean(tick.accel("busy").values())
+    return None if util is None else 1 - util
+
+
+def watch_dataloader(tick: Tick) -> bool:
+    idle = _job_idle(tick)
+    if idle is None or idle < INPUT_WAIT_HIGH:
+        return False
+    workers = tick.process_cpu("worker")
+    main = sum(tick.process_cpu("main"))
+    return (
+        max(workers, default=0.0) >= LOADER_PROCESS_SATURATED
+        or (tick.host("host.cpu.utilization") or 0.0) >= CPU_SATURATED
+        or (bool(tick.processes) and not workers and main >= LOADER_PROCESS_SATURATED)
+    )
+
+
+def _waiting_on_storage(tick: Tick) -> bool:
+    busy = tick.host_spread("disk:", "host.disk.busy_time")
+    return (tick.host("host.cpu.iowait") or 0.0) >= IOWAIT_HIGH or max(
+        busy, default=0.0
+    ) >= DISK_BUSY_HIGH
+
+
+def watch_io_bound(tick: Tick) -> bool:
+    if tick.job:
+        idle = _job_idle(tick)
+        return idle is not None and idle >= INPUT_WAIT_HIGH and _waiting_on_storage(tick)
+    return not tick.devices and _waiting_on_storage(tick)
+
+
+def watch_launch_bound(tick: Tick) -> bool:
+    """The main process pinned while a job accelerator is at least partly busy."""
+    if sum(tick.process_cpu("main")) < MAIN_PROCESS_PINNED:
+        return False
+    return any(v >= 0.2 for v in tick.accel("busy").values())
+
+
 RULES = [
-    Rule(DATALOADER, "Data-loader (CPU) bound", detect_dataloader),
-    Rule(IO_BOUND, "Input I/O bound", detect_io_bound),
-    Rule(LAUNCH_BOUND, "Kernel-launch / Python-overhead bound", detect_launch_bound),
+    Rule(DATALOADER, "Data-loader (CPU) bound", detect_dataloader, watch=watch_dataloader),
+    Rule(IO_BOUND, "Input I/O bound", detect_io_bound, watch=watch_io_bound),
+    Rule(
+        LAUNCH_BOUND,
+        "Kernel-launch / Python-overhead bound",
+        detect_launch_bound,
+        watch=watch_launch_bound,
+    ),
 ]

@@ -14,6 +14,7 @@ from agent.analysis.thresholds import (
     LEAK_MIN_SPAN_S,
     SWAP_IN_BYTES,
 )
+from agent.analysis.watch import Tick
 
 GPU_MEMORY = "gpu-memory-pressure"
 HOST_MEMORY = "host-memory-pressure"
@@ -155,7 +156,38 @@ def detect_host_memory(ctx: Context) -> list[Finding]:
     ]
 
 
+def watch_near_capacity(tick: Tick) -> bool:
+    used, total = tick.accel("mem_used"), tick.accel("mem_total")
+    return any(v >= GPU_MEMORY_NEAR_FULL * total.get(e, float("inf")) for e, v in used.items())
+
+
+def watch_growth(tick: Tick) -> bool:
+    """Memory grew since the previous tick (a leak's slope is the SQL's to judge, over its
+    minimum span; steps further apart than the episode gap restart the clock)."""
+    used = tick.accel("mem_used")
+    devices = tick.job
+    before = tick.snap.previous
+    return any(
+        v > (before.get((e, devices[e].metric.get("mem_used", "")), v)) for e, v in used.items()
+    )
+
+
+def watch_host_memory(tick: Tick) -> bool:
+    return (tick.host("host.swap.in") or 0.0) >= SWAP_IN_BYTES or (
+        tick.host("host.memory.utilization") or 0.0
+    ) >= HOST_MEMORY_NEAR_FULL
+
+
 RULES = [
-    Rule(GPU_MEMORY, "Accelerator memory pressure", detect_gpu_memory),
-    Rule(HOST_MEMORY, "Host memory pressure", detect_host_memory),
+    Rule(
+        GPU_MEMORY,
+        "Accelerator memory pressure",
+        detect_gpu_memory,
+        min_duration_s=NEAR_FULL_MIN_S,
+        kind_min_duration_s=(("leak", LEAK_MIN_SPAN_S),),
+        lookback_s=2 * LEAK_MIN_SPAN_S,
+        watch=watch_near_capacity,
+        kind_watches=(("leak", watch_growth),),
+    ),
+    Rule(HOST_MEMORY, "Host memory pressure", detect_host_memory, watch=watch_host_memory),
 ]

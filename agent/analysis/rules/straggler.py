@@ -50,6 +50,7 @@ from agent.analysis.thresholds import (
     STRAGGLER_ONSET_SCORE,
     STRAGGLER_SCORE,
 )
+from agent.analysis.watch import Tick
 from agent.catalog.steps import SOURCE as STEPS_SOURCE
 from agent.snapshot import Snapshot
 
@@ -463,8 +464,26 @@ def steps_lagging(snap: Snapshot) -> bool:
     return means[-1] > statistics.median(means[:-1]) / STRAGGLER_INDIVIDUAL_SCORE
 
 
+def watch_straggler(tick: Tick) -> bool:
+    """A rank lagging in this tick's step times, or (device view) one of three or more busy
+    peers lagging their median busy share or SM clock."""
+    if steps_lagging(tick.snap):
+        return True
+    busy = tick.accel("busy")
+    if len(busy) < 3:
+        return False
+    peer = statistics.median(busy.values())
+    clock, idle = tick.accel("clock"), tick.accel("thr_idle")
+    working = {e: v for e, v in clock.items() if idle.get(e, 0.0) < 0.5}
+    peer_clock = statistics.median(clock.values()) if clock else 0.0
+    return peer >= LOW_BUSY and (
+        any(v < STRAGGLER_SCORE * peer for v in busy.values())
+        or any(v < STRAGGLER_SCORE * peer_clock for v in working.values())
+    )
+
+
 RULES: Sequence[Rule] = [
-    Rule(STRAGGLER, "Straggler rank or accelerator", detect_straggler),
+    Rule(STRAGGLER, "Straggler rank or accelerator", detect_straggler, watch=watch_straggler),
     Rule(RANK_SPREAD, "Persistent spread between ranks", detect_spread),
     Rule(SPEED_CHANGE, "Rank changed speed", detect_speed_change),
 ]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
+
 from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.thresholds import CLOCK_BELOW_PEERS, LOW_BUSY, THROTTLE_ACTIVE
+from agent.analysis.watch import Tick
 
 THROTTLE = "throttling"
 
@@ -96,4 +99,33 @@ def detect_throttle(ctx: Context) -> list[Finding]:
     return findings
 
 
-RULES = [Rule(THROTTLE, "Thermal or power throttling", detect_throttle, supersedes=("straggler",))]
+def watch_throttle(tick: Tick) -> bool:
+    """A busy accelerator with a throttle reason active, or clocked below its peers."""
+    busy = tick.accel("busy")
+    reasons = [
+        tick.accel(c)
+        for c in ("thr_thermal_hw", "thr_thermal", "thr_slowdown", "thr_power", "thr_power_brake")
+    ]
+    clock, idle = tick.accel("clock"), tick.accel("thr_idle")
+    peers = sorted(clock.values())
+    median = statistics.median(peers) if peers else 0.0
+    for e, v in busy.items():
+        if v < LOW_BUSY:
+            continue
+        if any(r.get(e, 0.0) >= THROTTLE_ACTIVE for r in reasons):
+            return True
+        below = len(peers) >= 2 and clock.get(e, median) < CLOCK_BELOW_PEERS * median
+        if below and idle.get(e, 0.0) < THROTTLE_ACTIVE:
+            return True
+    return False
+
+
+RULES = [
+    Rule(
+        THROTTLE,
+        "Thermal or power throttling",
+        detect_throttle,
+        supersedes=("straggler",),
+        watch=watch_throttle,
+    )
+]

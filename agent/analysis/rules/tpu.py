@@ -26,6 +26,8 @@ from agent.analysis.thresholds import (
     TRANSFER_P99_HIGH_S,
     TRANSFER_TIME_SHARE,
 )
+from agent.analysis.watch import Tick, mean
+from agent.catalog.roles import latency_role
 
 INPUT_BOUND = "input-bound"
 TRANSFER_BOUND = "transfer-latency-bound"
@@ -254,23 +256,67 @@ def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds * 1e3:.1f} ms"
 
 
+def _job_duty_and_queue(tick: Tick) -> tuple[float | None, float | None]:
+    return mean(tick.accel("busy").values()), mean(tick.accel("queue").values())
+
+
+def watch_input_bound(tick: Tick) -> bool:
+    duty, queue = _job_duty_and_queue(tick)
+    if duty is None or 1 - duty < INPUT_WAIT_HIGH:
+        return False
+    return (
+        (queue is not None and queue <= QUEUE_EMPTY)
+        or max(tick.process_cpu("worker"), default=0.0) >= LOADER_PROCESS_SATURATED
+        or (tick.host("host.cpu.utilization") or 0.0) >= CPU_SATURATED
+    )
+
+
+def _worst(tick: Tick, *stems: str) -> float:
+    return max((v for s in stems for v in tick.played(latency_role(s, "p99"))), default=0.0)
+
+
+def watch_transfer_bound(tick: Tick) -> bool:
+    """Waiting devices and slow transfers (whether they dominate is the SQL's to judge)."""
+    duty, _ = _job_duty_and_queue(tick)
+    waiting = duty is not None and 1 - duty >= INPUT_WAIT_HIGH
+    return waiting and _worst(tick, "h2d", "d2h") >= TRANSFER_P99_HIGH_S
+
+
+def watch_collective_bound(tick: Tick) -> bool:
+    duty, _ = _job_duty_and_queue(tick)
+    return (
+        duty is not None
+        and duty < BUSY
+        and (
+            _worst(tick, "dcn") >= DCN_P99_HIGH_S
+            or _worst(tick, "collective") >= COLLECTIVE_P99_HIGH_S
+        )
+    )
+
+
 RULES = [
     Rule(
         INPUT_BOUND,
         "Input bound (device queue empty)",
         detect_input_bound,
         supersedes=("gpu-starvation", "dataloader-bound"),
+        min_duration_s=MIN_DURATION_S[INPUT_BOUND],
+        watch=watch_input_bound,
     ),
     Rule(
         TRANSFER_BOUND,
         "Host-device transfer latency bound",
         detect_transfer_bound,
         supersedes=("gpu-starvation",),
+        min_duration_s=MIN_DURATION_S[TRANSFER_BOUND],
+        watch=watch_transfer_bound,
     ),
     Rule(
         COLLECTIVE_BOUND,
         "Collective / cross-slice latency bound",
         detect_collective_bound,
         supersedes=("gpu-starvation",),
+        min_duration_s=MIN_DURATION_S[COLLECTIVE_BOUND],
+        watch=watch_collective_bound,
     ),
 ]

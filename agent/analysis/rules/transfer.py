@@ -21,6 +21,7 @@ from agent.analysis.thresholds import (
     PCIE_NEAR_PEAK,
     SM_ACTIVITY_LOW,
 )
+from agent.analysis.watch import Tick
 from agent.catalog import CATALOG
 
 H2D = "h2d-transfer"
@@ -222,7 +223,37 @@ def fabric_line_rate(ctx: Context) -> float | None:
     return float(total) if total else None
 
 
+def watch_h2d(tick: Tick) -> bool:
+    """A host link near its peak while the accelerator waits, or trained below its maximum
+    while carrying traffic."""
+    util, rx, tx = tick.accel("busy"), tick.accel("host_rx"), tick.accel("host_tx")
+    gen, width = tick.accel("host_gen"), tick.accel("host_width")
+    gen_max, width_max = tick.accel("host_gen_max"), tick.accel("host_width_max")
+    for e in tick.job:
+        traffic = max(rx.get(e, 0.0), tx.get(e, 0.0))
+        peak = PCIE_LANE_BYTES.get(round(gen.get(e, 0.0)), 0.0) * width.get(e, 0.0)
+        if peak > 0 and traffic / peak >= PCIE_NEAR_PEAK and util.get(e, 1.0) < BUSY:
+            return True
+        slower = width.get(e, 0.0) < width_max.get(e, 0.0) or gen.get(e, 0.0) < gen_max.get(e, 0.0)
+        if slower and rx.get(e, 0.0) + tx.get(e, 0.0) >= PCIE_ACTIVE_BYTES:
+            return True
+    return False
+
+
+def watch_comm(tick: Tick) -> bool:
+    """A busy accelerator that computes little (the traffic test is the SQL's)."""
+    busy = tick.accel("busy")
+    if tick.has_column("sm"):
+        sm = tick.accel("sm")
+        return any(v >= BUSY and sm.get(e, 1.0) < SM_ACTIVITY_LOW for e, v in busy.items())
+    power, limit = tick.accel("power"), tick.accel("power_limit")
+    return any(
+        v >= BUSY and power.get(e, 0.0) < SM_ACTIVITY_LOW * limit.get(e, 0.0)
+        for e, v in busy.items()
+    )
+
+
 RULES = [
-    Rule(H2D, "Host-to-device transfer bound", detect_h2d),
-    Rule(COMM, "Communication bound", detect_comm),
+    Rule(H2D, "Host-to-device transfer bound", detect_h2d, watch=watch_h2d),
+    Rule(COMM, "Communication bound", detect_comm, watch=watch_comm),
 ]

@@ -13,6 +13,7 @@ from agent.analysis.thresholds import (
     UTIL_P5,
     UTIL_P95,
 )
+from agent.analysis.watch import Tick
 
 STARVATION = "gpu-starvation"
 IDLE_RESERVED = "idle-reserved-gpu"
@@ -197,12 +198,40 @@ def _held_memory(ctx: Context, entity: str) -> str | None:
     return None
 
 
+def watch_starvation(tick: Tick) -> bool:
+    """A job accelerator below the low-utilization band (the swinging kind needs a whole
+    window's quantiles: the full pass finds it)."""
+    return any(v < UTIL_P95 for v in tick.accel("busy").values())
+
+
+def watch_dips(tick: Tick) -> bool:
+    """A job accelerator dipping to idle (the swinging kind: busy most of the window, idle in
+    its dips); the window's quantiles are the SQL's to judge."""
+    return any(v < UTIL_P5 for v in tick.accel("busy").values())
+
+
+#: The swinging kind needs ten buckets of a window to judge its quantiles.
+FLUCTUATING_MIN_S = 10.0
+
+
+def watch_idle_reserved(tick: Tick) -> bool:
+    return any(v < IDLE_RESERVED_UTIL for v in tick.accel("busy").values())
+
+
 RULES = [
     Rule(
         IDLE_RESERVED,
         "Idle reserved accelerator",
         detect_idle_reserved,
         supersedes=(STARVATION, "straggler"),
+        watch=watch_idle_reserved,
     ),
-    Rule(STARVATION, "Accelerator starvation / low utilization", detect_starvation),
+    Rule(
+        STARVATION,
+        "Accelerator starvation / low utilization",
+        detect_starvation,
+        watch=watch_starvation,
+        kind_min_duration_s=(("fluctuating", FLUCTUATING_MIN_S),),
+        kind_watches=(("fluctuating", watch_dips),),
+    ),
 ]

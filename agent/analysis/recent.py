@@ -1,0 +1,226 @@
+"""The recent window of a recording, in memory: what a live pass analyses instead of the file.
+
+Fed snapshot by snapshot from the session's hub (the sampler thread only appends the snapshot to
+a queue; the analysis thread does the rest), it keeps, per tick, the values of the metrics the
+frames read (the host, process and step metrics and every accelerator source's role metrics,
+without accelerator parts no column reads) as a NumPy array beside entity and metric columns
+shared by every tick of the same shape. A pass loads the window into an in-memory DuckDB with
+the store's public ``samples``, ``events`` and ``entities`` views, so the rules run unchanged,
+do not wait for the store's next flush, and take nothing from the recording's own connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from agent.analysis.frame import BASE_METRICS
+from agent.analysis.frame_accel import accelerator_plan
+from agent.catalog import CATALOG
+from agent.catalog.roles import ROLES
+from agent.model import Batch, Event
+from agent.snapshot import Snapshot
+
+#: The store's public views over the same raw columns (agent/store.py), so ``build_frames``
+#: and the rules read the recent window exactly as they read a file.
+_SCHEMA = """
+CREATE TABLE sample_values (
+    run_id VARCHAR, ts TIMESTAMP, source VARCHAR, entity VARCHAR, metric VARCHAR, value DOUBLE);
+CREATE TABLE event_log (run_id VARCHAR, ts TIMESTAMP, kind VARCHAR, entity VARCHAR,
+                        detail VARCHAR);
+CREATE TABLE entity_log (run_id VARCHAR, ts TIMESTAMP, source VARCHAR, entity VARCHAR,
+                         attrs VARCHAR);
+CREATE VIEW samples AS SELECT run_id, ts, source, entity, metric, value FROM sample_values;
+CREATE VIEW events AS SELECT run_id, ts, kind, entity, detail FROM event_log;
+CREATE VIEW entities AS
+    SELECT run_id, source, entity, arg_max(attrs, ts) AS attrs,
+           min(ts) AS first_seen, max(ts) AS last_seen
+    FROM entity_log GROUP BY ALL;
+"""
+#: The in-memory database's cap: as small as the agent's own DuckDB (a pass that does not fit
+#: degrades its window, see ``LiveAnalysis.poll_safely``).
+MEMORY_LIMIT = "32MB"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One source's batch layout: which rows are kept, and their entity and metric columns."""
+
+    entities: list[str]
+    metrics: list[str]
+    keep: np.ndarray
+    kept_entities: np.ndarray
+    kept_metrics: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Rows:
+    ts: float
+    source: str
+    shape: _Shape
+    values: np.ndarray
+
+
+def _us(ts: float) -> int:
+    return int(ts * 1_000_000)
+
+
+class RecentWindow:
+    """The last ``keep_s`` seconds of one run's analysed samples, events and entities."""
+
+    def __init__(self, run_id: str, keep_s: float) -> None:
+        self.run_id = run_id
+        self.keep_s = keep_s
+        self.con = duckdb.connect(":memory:", config={"threads": 1, "memory_limit": MEMORY_LIMIT})
+        self.con.execute(_SCHEMA)
+        self._rows: deque[_Rows] = deque()
+        self._events: deque[Event] = deque()
+        #: entity → (first seen ts, source, attributes as JSON): the ``entities`` view's input.
+        self._attrs: dict[str, tuple[float, str, str]] = {}
+        self._shapes: dict[str, _Shape] = {}
+        self._analysed: frozenset[str] = frozenset()
+        self._part_metrics: frozenset[str] = frozenset()
+        self._sources: frozenset[str] = frozenset()
+        self.latest: float | None = None
+
+    def _plan(self, sources: Iterable[str]) -> None:
+        """Which metrics to keep: recomputed when a source not seen before sends a batch."""
+        plan = accelerator_plan()
+        # every metric that plays a role: the frames read accelerators' by role, and rules
+        # such as the runtime-latency ones read their roles straight from ``samples``
+        played = (m.name for role in ROLES for m in CATALOG.by_role(role))
+        self._analysed = frozenset((*BASE_METRICS, *plan.metrics, *played))
+        self._part_metrics = frozenset(
+            (
+                *BASE_METRICS,
+                *(m for s in plan.sources if not s.slash_free for m in s.columns.values()),
+            )
+        )
+        self._sources = frozenset(sources) | self._sources
+        self._shapes.clear()
+
+    def _shape(self, batch: Batch) -> _Shape:
+        known = self._shapes.get(batch.source)
+        if (
+            known is not None
+            and known.metrics == batch.metrics
+            and known.entities == batch.entities
+        ):
+            return known
+        analysed, parts = self._analysed, self._part_metrics
+        keep = np.fromiter(
+            (
+                m in analysed and ("/" not in e or m in parts)
+                for e, m in zip(batch.entities, batch.metrics)
+            ),
+            dtype=bool,
+            count=len(batch.metrics),
+        )
+        shape = _Shape(
+            list(batch.entities),
+            list(batch.metrics),
+            keep,
+            np.array(batch.entities, dtype=object)[keep],
+            np.array(batch.metrics, dtype=object)[keep],
+        )
+        self._shapes[batch.source] = shape
+        return shape
+
+    def add(self, snap: Snapshot) -> None:
+        """Take in one tick (called on the analysis thread, in tick order)."""
+        if snap.batches and not {b.source for b in snap.batches} <= self._sources:
+            self._plan(b.source for b in snap.batches)
+        if not self._attrs and snap.entity_attrs:  # attributes sent before the analysis began
+            owner = {e: b.source for b in snap.batches for e in (*b.entities, *b.entity_attrs)}
+            for e, attrs in snap.entity_attrs.items():
+                if e in owner:
+                    self._attrs[e] = (snap.ts, owner[e], json.dumps(dict(attrs), default=str))
+        for b in snap.batches:
+            for e, attrs in b.entity_attrs.items():
+                first = self._attrs.get(e)
+                self._attrs[e] = (
+                    first[0] if first else b.ts,
+                    b.source,
+                    json.dumps(dict(attrs), default=str),
+                )
+            self._events.extend(b.events)
+            if not len(b):
+                continue
+            shape = self._shape(b)
+            if shape.keep.any():
+                values = np.asarray(b.values, dtype=np.float64)[shape.keep]
+                self._rows.append(_Rows(b.ts, b.source, shape, values))
+        self.latest = snap.ts
+        self._trim(snap.ts - self.keep_s)
+
+    def _trim(self, before: float) -> None:
+        while self._rows and self._rows[0].ts < before:
+            self._rows.popleft()
+        while self._events and self._events[0].ts < before:
+            self._events.popleft()
+
+    @property
+    def ticks(self) -> int:
+        return len({r.ts for r in self._rows})
+
+    def load(self, start: float, end: float) -> None:
+        """Fill the in-memory tables with ``[start, end)``: one statement per table."""
+        chosen = [r for r in self._rows if start <= r.ts < end]
+        sizes = [len(r.values) for r in chosen]
+        window_samples = {  # noqa: F841 - read by DuckDB's replacement scan
+            "ts": np.repeat(np.array([_us(r.ts) for r in chosen], dtype="datetime64[us]"), sizes),
+            "source": np.repeat(np.array([r.source for r in chosen], dtype=object), sizes),
+            "entity": _concat([r.shape.kept_entities for r in chosen]),
+            "metric": _concat([r.shape.kept_metrics for r in chosen]),
+            "value": np.concatenate([r.values for r in chosen]) if chosen else np.array([]),
+        }
+        con = self.con
+        con.execute(
+            "CREATE OR REPLACE TABLE sample_values AS SELECT $run AS run_id, ts, source, "
+            "entity, metric, value FROM window_samples",
+            {"run": self.run_id},
+        )
+        self._load_events([e for e in self._events if start <= e.ts < end])
+        self._load_entities(self._attrs.items())
+
+    def _load_events(self, events: Sequence[Event]) -> None:
+        window_events = {  # noqa: F841
+            "ts": np.array([_us(e.ts) for e in events], dtype="datetime64[us]"),
+            "kind": np.array([e.kind for e in events], dtype=object),
+            "entity": np.array([e.entity for e in events], dtype=object),
+            "detail": np.array([e.detail_json() for e in events], dtype=object),
+        }
+        self.con.execute("DELETE FROM event_log")
+        if events:
+            self.con.execute(
+                "INSERT INTO event_log SELECT $run, ts, kind, entity, detail FROM window_events",
+                {"run": self.run_id},
+            )
+
+    def _load_entities(self, items: Iterable[tuple[str, tuple[float, str, str]]]) -> None:
+        rows = list(items)
+        window_entities = {  # noqa: F841
+            "ts": np.array([_us(ts) for _, (ts, _, _) in rows], dtype="datetime64[us]"),
+            "source": np.array([s for _, (_, s, _) in rows], dtype=object),
+            "entity": np.array([e for e, _ in rows], dtype=object),
+            "attrs": np.array([a for _, (_, _, a) in rows], dtype=object),
+        }
+        self.con.execute("DELETE FROM entity_log")
+        if rows:
+            self.con.execute(
+                "INSERT INTO entity_log SELECT $run, ts, source, entity, attrs "
+                "FROM window_entities",
+                {"run": self.run_id},
+            )
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.array([], dtype=object)

@@ -1,0 +1,230 @@
+"""Live findings come within a rule's minimum duration + 10 s of the condition's onset.
+
+Every scenario (GPU and TPU) and every host variant of the rule tests is recorded in simulated
+time with the live analysis polled after each tick; the same file is then analysed post-run.
+For each rule the post-run analysis reports, its onset is the start of the episode that made it
+a finding, and the first live showing must come within ``Rule.min_duration_for`` + 10 s. The
+scheduler's pacing (retries, refreshes, the full pass) is checked on its own below.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from agent.analysis.budget import RuleClock, Schedule
+from agent.analysis.engine import Rule
+from agent.analysis.finding import Finding
+from agent.analysis.rules import ALL_RULES, RULES_BY_ID
+from agent.analysis.thresholds import (
+    LIVE_FULL_PERIOD_S,
+    LIVE_LATENCY_SLACK_S,
+    LIVE_REFRESH_S,
+    LIVE_RETRY_S,
+)
+from agent.analysis.watch import hang_state
+from agent.model import BatchBuilder
+from agent.snapshot import SnapshotHub
+from tests.analysis.live_runs import cases, live_run
+from tests.analysis.recording import T0
+
+CASES = cases()
+#: Scenarios and variants in which the post-run analysis finds nothing (checked: still none live).
+QUIET = {
+    "a100-healthy",
+    "consumer-card",
+    "h100-mig",
+    "healthy",
+    "t4-legacy-driver",
+    "launch-bound",
+    "tpu-runtime-lost",
+    "tpu-7x-multislice-overlapped",
+    "fabric-storage-healthy",
+    "tpu-v5e-8-hang",  # the job's processes work: not a hang (see tpu-v5e-8-hang-quiet-job)
+    "tpu-v3-8-healthy",
+    "tpu-v5e-8-healthy",
+    "tpu-v6e-runtime-late",
+}
+
+
+#: The quiet ones recorded as controls (the others are quiet for the same reasons).
+CONTROLS = {"healthy", "tpu-v5e-8-healthy"}
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c not in QUIET or c in CONTROLS))
+def test_each_rule_shows_live_within_its_minimum_duration_plus_10_s(tmp_path, case):
+    run = live_run(tmp_path / f"{case}.duckdb", CASES[case])
+    assert run.live.last_error is None, run.live.last_error
+    if case in QUIET:
+        assert run.latencies == [] and run.first_live_s == {}
+        return
+    assert run.latencies, f"{case}: the post-run analysis found nothing"
+    late = [(x.rule, x.onset_s, x.first_live_s, x.target_s) for x in run.latencies if not x.met]
+    assert not late, f"{case}: (rule, onset, first live, target) {late}"
+    # at the end, live shows nothing the post-run analysis of the same run does not
+    assert {f["rule"] for f in run.live_findings} <= {x.rule for x in run.latencies}
+
+
+def test_every_rule_with_a_scenario_is_covered_and_declares_a_watch():
+    fired = {
+        "comm-bound", "dataloader-bound", "gpu-memory-pressure", "gpu-starvation",
+        "h2d-transfer", "hang", "hardware-fault", "host-memory-pressure", "idle-reserved-gpu",
+        "io-bound", "launch-bound", "low-tensor-core-use", "memory-bandwidth-bound",
+        "checkpoint-stall", "straggler", "throttling",
+    }  # fmt: skip
+    assert fired <= set(RULES_BY_ID)
+    assert [r.id for r in ALL_RULES if r.id in fired and r.watch is None] == []
+    assert all(r.lookback_s >= r.min_duration_s for r in ALL_RULES)
+
+
+def test_a_healthy_run_runs_no_pass_before_the_full_period(tmp_path):
+    run = live_run(tmp_path / "healthy.duckdb", CASES["healthy"])
+    assert run.live.cost.passes == 0 and run.live.cycles == 0
+    assert run.live.context.findings == ()
+    assert run.live.watch_errors == 0
+
+
+def _rule(**kw) -> Rule:
+    return Rule("r", "test rule", lambda ctx: [], watch=lambda tick: True, **kw)
+
+
+def test_a_watch_makes_its_rule_due_one_bucket_before_the_minimum_duration():
+    schedule = Schedule([_rule(min_duration_s=30.0)], bucket_s=1.0)
+    due_at = []
+    for t in range(0, 40):
+        schedule.observe(T0 + t, {("r", None)} if t >= 5 else set())
+        if schedule.due(T0 + t):
+            due_at.append(t)
+            schedule.ran(T0 + t, schedule.rules, {("r", None)})
+    assert due_at == [5 + 29]  # the 30th flagged bucket is the last one the episode needs
+
+
+def test_an_unconfirmed_watch_retries_with_backoff_up_to_the_refresh_period():
+    clock = RuleClock([30.0])
+    clock.observe(0.0, True, 1.0, 10.0)
+    tries = []
+    for t in range(0, 1000):
+        clock.observe(float(t), True, 1.0, 10.0)
+        if clock.is_due(float(t)):
+            tries.append(t)
+            clock.ran(float(t), False)
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert tries[0] == 29
+    assert gaps[:4] == [LIVE_RETRY_S, 2 * LIVE_RETRY_S, 4 * LIVE_RETRY_S, 8 * LIVE_RETRY_S]
+    assert max(gaps) == LIVE_REFRESH_S
+
+
+def test_a_confirmed_finding_refreshes_then_closes_without_a_pass_when_its_watch_stops():
+    clock = RuleClock([30.0])
+    for t in range(0, 30):
+        clock.observe(float(t), True, 1.0, 10.0)
+    assert clock.is_due(29.0)
+    clock.ran(29.0, True)
+    assert clock.due_at == 29.0 + LIVE_REFRESH_S
+    for t in range(30, 60):
+        clock.observe(float(t), t < 40, 1.0, 10.0)
+    assert clock.closed == 40.0  # ended after the last tick that held; no pass is due
+    assert clock.due_at is None and not clock.confirmed
+
+
+def test_a_condition_that_comes_and_goes_costs_one_pass_per_refresh_period():
+    schedule = Schedule([_rule(min_duration_s=30.0)], bucket_s=1.0, full_period_s=1e9)
+    passes, reopened = [], []
+    for t in range(0, 1000):
+        holds = t % 60 < 40  # 40 s of throttling every minute
+        changed = schedule.observe(T0 + t, {("r", None)} if holds else set())
+        reopened += [t for v in changed.values() if v is None]
+        if schedule.due(T0 + t):
+            passes.append(t)
+            schedule.ran(T0 + t, schedule.rules, {("r", None)})
+    assert passes[0] == 29
+    assert all(b - a >= LIVE_REFRESH_S for a, b in zip(passes, passes[1:]))
+    # the episodes between passes reopen the finding once they held the minimum, without SQL
+    assert reopened[:2] == [60 + 29, 120 + 29]
+
+
+def test_every_rule_runs_in_the_full_pass_even_without_a_watch():
+    unwatched = Rule("u", "no watch", lambda ctx: [])
+    schedule = Schedule([unwatched, _rule()], bucket_s=1.0)
+    schedule.observe(T0, set())
+    assert schedule.due(T0 + LIVE_FULL_PERIOD_S - 1) == []
+    assert [r.id for r in schedule.due(T0 + LIVE_FULL_PERIOD_S)] == ["u", "r"]
+
+
+def test_a_due_symptom_runs_with_the_rule_that_explains_it():
+    symptom = Rule("gpu-starvation", "s", lambda ctx: [], watch=lambda t: True)
+    cause = Rule("hang", "h", lambda ctx: [], supersedes=("gpu-starvation",))
+    other = Rule("x", "x", lambda ctx: [])
+    schedule = Schedule([cause, symptom, other], bucket_s=1.0)
+    for t in range(0, 31):
+        schedule.observe(T0 + t, {("gpu-starvation", None)})
+    assert [r.id for r in schedule.due(T0 + 30)] == ["hang", "gpu-starvation"]
+    schedule = Schedule([cause, symptom], bucket_s=1.0)
+    schedule.clocks[("hang", None)] = schedule.clocks.pop(("gpu-starvation", None))
+    for t in range(0, 31):
+        schedule.observe(T0 + t, {("hang", None)})
+    assert [r.id for r in schedule.due(T0 + 30)] == ["hang", "gpu-starvation"]
+
+
+def test_latency_target_is_the_minimum_duration_of_the_findings_kind_plus_10_s():
+    memory = RULES_BY_ID["gpu-memory-pressure"]
+
+    def finding(kind: str) -> Finding:
+        return Finding(
+            memory.id, "warning", "gpu0", datetime(2026, 1, 1), None, "", "", {"kind": kind}
+        )
+
+    leak, full = finding("leak"), finding("near_capacity")
+    assert memory.min_duration_for(leak) + LIVE_LATENCY_SLACK_S == 70.0
+    assert memory.min_duration_for(full) + LIVE_LATENCY_SLACK_S == 20.0
+
+
+# -- the hang watch (the device condition of rules/hang.py on one snapshot) ----------------
+
+
+def _snapshot(
+    util: float,
+    *,
+    sm: float = 0.8,
+    traffic: float = 5e9,
+    job_cpu: float = 1.5,
+    gpus: tuple[str, ...] = ("job", "job", "spare"),
+    ts: float = T0,
+):
+    """GPUs of kind ``job`` (job memory, ``util``), ``spare`` (no job memory, idle) or
+    ``stalled`` (job memory, idle), and the job's main process."""
+    hub = SnapshotHub()
+    gpu = BatchBuilder("nvml", ts)
+    for i, kind in enumerate(gpus):
+        gpu.describe(f"gpu{i}", used_by_job=kind != "spare")
+        working = kind == "job"
+        gpu.add_many(
+            f"gpu{i}",
+            {
+                "gpu.utilization": util if working else 0.0,
+                "gpu.sm.activity": sm if working else 0.0,
+                "gpu.pcie.rx_throughput": traffic,
+                "gpu.nvlink.rx_throughput": 0.0,
+                "gpu.job.memory": 0.0 if kind == "spare" else 1e9,
+            },
+        )
+        gpu.add(f"gpu{i}/nvlink0", "gpu.nvlink.rx_throughput", 0.0)
+    proc = BatchBuilder("process", ts)
+    proc.add("4242", "process.cpu.utilization", job_cpu)
+    return hub.publish(ts, [gpu.build(), proc.build()], {})
+
+
+def test_hang_watch_sees_the_hang_rule_condition_on_the_job_gpus_only():
+    assert hang_state(_snapshot(0.0, job_cpu=0.01, traffic=0.0)) == "idle"
+    # gpu2 holds no job memory and idles: not a job GPU, so it does not break the spin
+    assert hang_state(_snapshot(1.0, sm=0.03, traffic=0.0)) == "spinning"
+    # a job GPU that idles while the others spin: not every job GPU is stuck the same way
+    assert hang_state(_snapshot(1.0, sm=0.03, traffic=0.0, gpus=("job", "job", "stalled"))) is None
+
+
+def test_hang_watch_ignores_busy_gpus_and_idle_gpus_with_a_working_host():
+    assert hang_state(_snapshot(0.97)) is None  # training
+    assert hang_state(_snapshot(1.0, sm=0.8, traffic=0.0)) is None  # busy SMs: computing
+    assert hang_state(_snapshot(1.0, sm=0.03, traffic=5e9)) is None  # traffic: progressing
+    assert hang_state(_snapshot(0.0, job_cpu=1.5, traffic=0.0)) is None  # host-side work
