@@ -2,8 +2,9 @@
 
 Fed snapshot by snapshot from the session's hub (the sampler thread only appends the snapshot to
 a queue; the analysis thread does the rest), it keeps, per tick, the values of the metrics the
-frames read (the host, process and step metrics and every accelerator source's role metrics,
-without accelerator parts no column reads) as a NumPy array beside entity and metric columns
+rules read (the host, process and step metrics and every metric that plays a role: the
+accelerators', fabric ports' and mounts'; without accelerator parts no column reads) as a NumPy
+array beside entity and metric columns
 shared by every tick of the same shape. A pass loads the window into an in-memory DuckDB with
 the store's public ``samples``, ``events`` and ``entities`` views, so the rules run unchanged,
 do not wait for the store's next flush, and take nothing from the recording's own connection.
@@ -85,6 +86,7 @@ class RecentWindow:
         self._shapes: dict[str, _Shape] = {}
         self._analysed: frozenset[str] = frozenset()
         self._part_metrics: frozenset[str] = frozenset()
+        self._accel_sources: frozenset[str] = frozenset()
         self._sources: frozenset[str] = frozenset()
         self.latest: float | None = None
 
@@ -101,6 +103,9 @@ class RecentWindow:
                 *(m for s in plan.sources if not s.slash_free for m in s.columns.values()),
             )
         )
+        # only accelerators' parts are dropped: a fabric port (``ib:mlx5_0/1``) or a mount
+        # (``mount:/data``) is an entity of its own, which the fabric and storage rules read
+        self._accel_sources = frozenset(s.name for s in plan.sources)
         self._sources = frozenset(sources) | self._sources
         self._shapes.clear()
 
@@ -113,9 +118,10 @@ class RecentWindow:
         ):
             return known
         analysed, parts = self._analysed, self._part_metrics
+        whole = batch.source not in self._accel_sources
         keep = np.fromiter(
             (
-                m in analysed and ("/" not in e or m in parts)
+                m in analysed and (whole or "/" not in e or m in parts)
                 for e, m in zip(batch.entities, batch.metrics)
             ),
             dtype=bool,

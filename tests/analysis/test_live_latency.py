@@ -71,7 +71,8 @@ def test_every_rule_with_a_scenario_is_covered_and_declares_a_watch():
         "comm-bound", "dataloader-bound", "gpu-memory-pressure", "gpu-starvation",
         "h2d-transfer", "hang", "hardware-fault", "host-memory-pressure", "idle-reserved-gpu",
         "io-bound", "launch-bound", "low-tensor-core-use", "memory-bandwidth-bound",
-        "checkpoint-stall", "straggler", "throttling",
+        "checkpoint-stall", "straggler", "throttling", "fabric-health", "fabric-congestion",
+        "storage-input-bound", "storage-checkpoint-stall",
     }  # fmt: skip
     assert fired <= set(RULES_BY_ID)
     assert [r.id for r in ALL_RULES if r.id in fired and r.watch is None] == []

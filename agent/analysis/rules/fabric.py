@@ -8,10 +8,18 @@ and the extremes of each gauge role.
   or its rate falls below the highest it (or its device) reached: a downtrained link.
 * ``fabric-congestion``: congestion notifications (CNP) or ECN marks arrive at a high rate
   while the port moves less than it did at its best.
+
+Live, each rule's watch reads the same roles from the tick (:func:`role_values`, counters as
+per-second rates): ``fabric-health`` runs once a port's errors rise, it is not up, or its
+rate is below its maximum (one bucket is its minimum duration, so it shows a bucket or two
+after the onset); ``fabric-congestion`` once a port receives the marks (its throughput against
+its best over the window is the SQL's to judge).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from agent.analysis.engine import Context, Rule, weighted
@@ -19,7 +27,9 @@ from agent.analysis.finding import Finding
 from agent.analysis.frame_sql import in_list
 from agent.analysis.rules.common import by_entity, duration
 from agent.analysis.rules.common import rate as rate_text
+from agent.analysis.watch import Tick
 from agent.catalog import CATALOG
+from agent.snapshot import Snapshot
 
 FABRIC_HEALTH = "fabric-health"
 CONGESTION = "fabric-congestion"
@@ -37,6 +47,50 @@ _GAUGE_ROLES = ("port.up", "port.rate", "port.rate.max")
 
 def role_metrics(role: str) -> list[str]:
     return [m.name for m in CATALOG.by_role(role)]
+
+
+#: Per set of roles: metric → (role, is a counter), and the sources the catalog declares
+#: those metrics in (only their batches are read: a 1,000-process batch is not scanned).
+_ROLE_PLANS: dict[tuple[str, ...], tuple[dict[str, tuple[str, bool]], frozenset[str]]] = {}
+#: Per set of roles, the last tick's values (the watches of one tick share them).
+_LAST_VALUES: dict[tuple[str, ...], tuple[Snapshot, dict[str, dict[str, list[float]]]]] = {}
+
+
+def role_values(tick: Tick, roles: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """Per entity and role, the values of the role's metrics at this tick, counters as
+    per-second rates since the previous tick (the SQL's increase per bucket, per second).
+
+    A counter that appeared since the previous tick has no rate yet, but the SQL compares it
+    with the entity's last bucket in the window, so its rate is ``inf`` here (a watch may say
+    yes more often, never less); a counter that went backwards (a reset) counts 0, as there.
+    """
+    key = tuple(roles)
+    snap = tick.snap
+    last = _LAST_VALUES.get(key)
+    if last is not None and last[0] is snap:
+        return last[1]
+    plan = _ROLE_PLANS.get(key)
+    if plan is None:
+        played = {m.name: (r, m.is_counter) for r in key for m in CATALOG.by_role(r)}
+        plan = _ROLE_PLANS[key] = (played, frozenset(CATALOG[n].source for n in played))
+    played, sources = plan
+    out: dict[str, dict[str, list[float]]] = {}
+    before, first = snap.previous, snap.previous_ts is None
+    for b in snap.batches:
+        if b.source not in sources:
+            continue
+        for e, m, v in zip(b.entities, b.metrics, b.values):
+            found = played.get(m)
+            if found is None:
+                continue
+            role, counter = found
+            if counter:
+                rate = snap.rate(e, m)
+                v = rate if rate is not None else (math.inf if not first and (e, m) not in before
+                                                   else 0.0)  # fmt: skip
+            out.setdefault(e, {}).setdefault(role, []).append(v)
+    _LAST_VALUES[key] = (snap, out)
+    return out
 
 
 def bucketed(ctx: Context, counter_roles: tuple[str, ...], gauge_roles: tuple[str, ...]) -> str:
@@ -200,7 +254,42 @@ def detect_congestion(ctx: Context) -> list[Finding]:
     return findings
 
 
+_PORT_ROLES = (*_COUNTER_ROLES, *_GAUGE_ROLES)
+
+
+def watch_fabric_health(tick: Tick) -> bool:
+    """A port whose errors rise, that is not up, or that runs below its maximum rate (whether
+    it was up before, and is up in the bucket, is the SQL's to judge)."""
+    for roles in role_values(tick, _PORT_ROLES).values():
+        if sum(roles.get("port.errors", ())) > 0 or min(roles.get("port.up", (1.0,))) < 1:
+            return True
+        rate, best = roles.get("port.rate"), roles.get("port.rate.max")
+        if rate and best and min(rate) < DOWNTRAINED * max(best):
+            return True
+    return False
+
+
+def watch_congestion(tick: Tick) -> bool:
+    """A port receiving congestion marks at the rule's rate (its throughput against its best
+    over the window is the SQL's to judge)."""
+    return any(
+        sum(roles.get("port.cnp", ())) + sum(roles.get("port.ecn", ())) >= CONGESTION_PER_S
+        for roles in role_values(tick, _PORT_ROLES).values()
+    )
+
+
 RULES = [
-    Rule(FABRIC_HEALTH, "Fabric port health (errors, down, downtrained)", detect_fabric_health),
-    Rule(CONGESTION, "Fabric congestion (CNP/ECN while throughput falls)", detect_congestion),
+    Rule(
+        FABRIC_HEALTH,
+        "Fabric port health (errors, down, downtrained)",
+        detect_fabric_health,
+        min_duration_s=1.0,  # one bucket (``min_duration_s=b`` above) at 1 Hz
+        watch=watch_fabric_health,
+    ),
+    Rule(
+        CONGESTION,
+        "Fabric congestion (CNP/ECN while throughput falls)",
+        detect_congestion,
+        watch=watch_congestion,
+    ),
 ]

@@ -9,6 +9,11 @@ needs the job's accelerators mostly idle and one mount doing what explains it:
   ``SLOW_MS``) or at least ``SLOW_FACTOR`` times its own median over the run;
 * ``storage-checkpoint-stall``: the mount writes a burst (at least ``WRITE_BURST_BYTES`` and
   ``WRITE_BURST_FACTOR`` times its median write rate).
+
+Live, the watches read the tick: the job's accelerators mostly idle while a mount reads at
+least ``MIN_READ_BYTES`` (input-bound: its latency against its median over the window is the
+SQL's to judge) or writes at least ``WRITE_BURST_BYTES`` (checkpoint: against its median, the
+SQL's). A checkpoint stall needs two buckets, so it shows one or two seconds after it begins.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from agent.analysis.engine import Context, Rule, weighted
 from agent.analysis.finding import Finding
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.rules.common import rate as rate_text
-from agent.analysis.rules.fabric import bucketed, role_metrics
+from agent.analysis.rules.fabric import bucketed, role_metrics, role_values
 from agent.analysis.thresholds import LOW_BUSY, WRITE_BURST_BYTES, WRITE_BURST_FACTOR
+from agent.analysis.watch import Tick, mean
 
 INPUT_BOUND = "storage-input-bound"
 CHECKPOINT = "storage-checkpoint-stall"
@@ -169,17 +175,41 @@ def detect_checkpoint(ctx: Context) -> list[Finding]:
     return findings
 
 
+_MOUNT_ROLES = _COUNTERS
+
+
+def _mount_moves(tick: Tick, role: str, at_least: float) -> bool:
+    """The job's accelerators mostly idle while a mount moves ``at_least`` bytes/s of ``role``."""
+    busy = mean(tick.accel("busy").values())
+    if busy is None or busy >= LOW_BUSY:
+        return False
+    return any(
+        sum(roles.get(role, ())) >= at_least for roles in role_values(tick, _MOUNT_ROLES).values()
+    )
+
+
+def watch_input_bound(tick: Tick) -> bool:
+    return _mount_moves(tick, "mount.read_bytes", MIN_READ_BYTES)
+
+
+def watch_checkpoint(tick: Tick) -> bool:
+    return _mount_moves(tick, "mount.write_bytes", WRITE_BURST_BYTES)
+
+
 RULES = [
     Rule(
         INPUT_BOUND,
         "Input I/O bound on a slow mount",
         detect_input_bound,
         supersedes=("gpu-starvation", "io-bound"),
+        watch=watch_input_bound,
     ),  # fmt: skip
     Rule(
         CHECKPOINT,
         "Checkpoint stall on a mount",
         detect_checkpoint,
         supersedes=("checkpoint-stall", "gpu-starvation"),
+        min_duration_s=2.0,  # two buckets (``min_duration_s=2 * bucket`` above) at 1 Hz
+        watch=watch_checkpoint,
     ),  # fmt: skip
 ]

@@ -1,0 +1,105 @@
+"""Fabric and storage findings come live within their rule's minimum duration + 10 s of onset.
+
+Each fabric/storage scenario is recorded in simulated time with its simulated sysfs/procfs
+trees read by the real fabric and storage collectors (as in ``test_fabric_storage_rules``) and
+the live analysis polled after each tick; the same file is then analysed post-run, and each
+rule's first live showing is measured from the onset of the post-run finding's episode.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from agent.analysis.engine import finding_windows
+from agent.analysis.live import LiveAnalysis
+from agent.analysis.rules import RULES_BY_ID
+from agent.analysis.thresholds import LIVE_LATENCY_SLACK_S
+from tests.analysis.live_runs import RUN_S, LiveRun, live_run
+from tests.analysis.recording import T0, Recording
+from tests.analysis.test_fabric_storage_rules import SimulatedSource
+
+#: Scenario → (the simulated sources it needs, the rules it must show live).
+SCENARIOS: dict[str, tuple[tuple[str, ...], set[str]]] = {
+    "ib-port-degrading": (("fabric",), {"fabric-health"}),
+    "roce-congestion": (("fabric",), {"fabric-congestion"}),
+    "nfs-latency-starving": (("storage",), {"storage-input-bound"}),
+    "checkpoint-lustre": (("storage",), {"storage-checkpoint-stall"}),
+}
+HEALTHY = "fabric-storage-healthy"
+FABRIC_STORAGE_RULES = {
+    "fabric-health",
+    "fabric-congestion",
+    "storage-input-bound",
+    "storage-checkpoint-stall",
+}
+
+
+def fabric_storage_run(tmp_path, scenario: str, sources: tuple[str, ...]) -> LiveRun:
+    spec = Recording(
+        scenario,
+        RUN_S,
+        run_id=scenario,
+        collectors=[lambda s=s: SimulatedSource(scenario, s) for s in sources],
+    )
+    return live_run(tmp_path / f"{scenario}.duckdb", spec)
+
+
+def _second(ts: datetime) -> int:
+    return round((ts - datetime(1970, 1, 1)).total_seconds() - T0)
+
+
+@pytest.fixture
+def held(monkeypatch) -> dict[str, set[int]]:
+    """Per rule, the run seconds at which its watch held (spied on ``LiveAnalysis.observe``)."""
+    seen: dict[str, set[int]] = {}
+    observe = LiveAnalysis.observe
+
+    def spy(self, snap):
+        holding = observe(self, snap)
+        for rule, _ in holding:
+            seen.setdefault(rule, set()).add(round(snap.ts - T0))
+        return holding
+
+    monkeypatch.setattr(LiveAnalysis, "observe", spy)
+    return seen
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_fabric_and_storage_rules_show_live_within_their_minimum_duration_plus_10_s(
+    tmp_path, scenario, held
+):
+    sources, wanted = SCENARIOS[scenario]
+    run = fabric_storage_run(tmp_path, scenario, sources)
+    assert run.live.last_error is None, run.live.last_error
+    assert run.live.watch_errors == 0
+    by_rule = {x.rule: x for x in run.latencies}
+    assert wanted <= set(by_rule), f"{scenario}: post-run found {sorted(by_rule)}"
+    for rule in sorted(wanted):
+        x = by_rule[rule]
+        assert x.target_s == RULES_BY_ID[rule].min_duration_s + LIVE_LATENCY_SLACK_S
+        print(f"{scenario} {rule}: onset {x.onset_s:.0f} s, first live {x.first_live_s} s, "
+              f"latency {x.latency_s} s, target {x.target_s:.0f} s")  # fmt: skip
+    late = [(x.rule, x.onset_s, x.first_live_s, x.target_s) for x in run.latencies if not x.met]
+    assert not late, f"{scenario}: (rule, onset, first live, target) {late}"
+    # live shows nothing the post-run analysis of the same run does not
+    assert set(run.first_live_s) <= set(by_rule)
+    # a watch never says no where the SQL flags: an episode's first and last buckets are
+    # flagged ones (buckets between may be gaps the episode bridges)
+    for f in run.post_run:
+        if f.rule in FABRIC_STORAGE_RULES:
+            for start, end in finding_windows(f):
+                ends = {_second(start), _second(end) - 1}
+                assert ends <= held.get(f.rule, set()), (f.rule, ends)
+
+
+def test_healthy_fabric_and_storage_give_no_fabric_or_storage_finding_live(tmp_path):
+    run = fabric_storage_run(tmp_path, HEALTHY, ("fabric", "storage"))
+    assert run.live.last_error is None, run.live.last_error
+    assert not FABRIC_STORAGE_RULES & {x.rule for x in run.latencies}
+    assert not FABRIC_STORAGE_RULES & set(run.first_live_s)
+
+
+def test_every_fabric_and_storage_rule_declares_a_watch():
+    assert [r for r in sorted(FABRIC_STORAGE_RULES) if RULES_BY_ID[r].watch is None] == []
