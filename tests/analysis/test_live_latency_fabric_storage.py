@@ -17,7 +17,7 @@ from agent.analysis.live import LiveAnalysis
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.thresholds import LIVE_LATENCY_SLACK_S
 from tests.analysis.live_runs import RUN_S, LiveRun, live_run
-from tests.analysis.recording import T0, Recording
+from tests.analysis.recording import T0, Recording, step_log
 from tests.analysis.test_fabric_storage_rules import SimulatedSource
 
 #: Scenario → (the simulated sources it needs, the rules it must show live).
@@ -103,3 +103,30 @@ def test_healthy_fabric_and_storage_give_no_fabric_or_storage_finding_live(tmp_p
 
 def test_every_fabric_and_storage_rule_declares_a_watch():
     assert [r for r in sorted(FABRIC_STORAGE_RULES) if RULES_BY_ID[r].watch is None] == []
+
+
+# -- rank-spread: per-rank step times, one rank persistently slower -------------------------
+
+
+def _spread_steps(rank: int, t: float) -> float:
+    """Four ranks at 0.5 s a step with 2% noise; rank 3 runs 15% slower from the start."""
+    noise = 0.01 * ((rank * 7 + int(t) * 3) % 5 - 2)
+    return 0.5 * (1.15 if rank == 3 else 1.0) * (1 + noise)
+
+
+def test_a_persistent_rank_spread_shows_live_within_its_minimum_duration_plus_10_s(tmp_path):
+    spec = Recording("healthy", RUN_S, run_id="spread", extra=[step_log(_spread_steps, 4)])
+    run = live_run(tmp_path / "spread.duckdb", spec)
+    assert run.live.last_error is None, run.live.last_error
+    by_rule = {x.rule: x for x in run.latencies}
+    assert "rank-spread" in by_rule, f"post-run found {sorted(by_rule)}"
+    x = by_rule["rank-spread"]
+    print(f"rank-spread: onset {x.onset_s} s, first live {x.first_live_s} s, target {x.target_s}")
+    assert x.met, (x.onset_s, x.first_live_s, x.target_s)
+
+
+def test_even_ranks_give_no_rank_spread_live(tmp_path):
+    even = step_log(lambda rank, t: _spread_steps(0, t + rank), 4)
+    run = live_run(tmp_path / "even.duckdb", Recording("healthy", RUN_S, extra=[even]))
+    assert "rank-spread" not in run.first_live_s
+    assert run.live.cost.passes == 0

@@ -132,11 +132,6 @@ def test_a_thousand_process_tree_at_1hz_misses_no_tick_and_loses_none(recording)
     assert rows >= (ticks - 1) * TREE_SIZE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="live analysis is governed to minutes on main (issue 14, first-finding latency): "
-    "remove this marker when that lands, the test then passes",
-)
 def test_a_thousand_process_tree_still_gets_its_live_findings(recording):
     """The XID at 1 s is a live finding within 10 s (no minimum duration), tree or not."""
     assert recording.first_fault_s is not None, f"no live hardware-fault: {recording.findings}"

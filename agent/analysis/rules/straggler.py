@@ -12,6 +12,10 @@ Four views, each its own finding:
   start, one finding naming the groups rather than one "straggler" per slow rank.
 * ``rank-speed-change`` - a rank whose own series steps to another speed mid-run (a change
   point relative to its past and its peers), e.g. on top of a persistent spread.
+
+Live, ``straggler`` and ``rank-spread`` have watches over the tick's step times (a rank off
+its peers' median); ``rank-speed-change`` needs a rank's own history, longer than a live
+window, so it is post-run only (it reports nothing live).
 """
 
 from __future__ import annotations
@@ -446,11 +450,8 @@ def _from_devices(ctx: Context) -> list[Finding]:
     return findings
 
 
-def steps_lagging(snap: Snapshot) -> bool:
-    """The step view's per-tick watch, for a live scheduler that runs a rule's SQL only while
-    its watch holds: in this tick, the slowest reporting rank's mean step time is more than
-    1 / STRAGGLER_INDIVIDUAL_SCORE times the median of the other ranks' (>= 3 ranks), the
-    relative-score half of the emerging flag. No SQL: a pass over the tick's step batches."""
+def _rank_means(snap: Snapshot) -> list[float]:
+    """Each reporting rank's mean step time in this tick (its step batches only)."""
     times: dict[str, list[float]] = {}
     for batch in snap.batches:
         if batch.source != STEPS_SOURCE:
@@ -458,10 +459,32 @@ def steps_lagging(snap: Snapshot) -> bool:
         for entity, metric, value in zip(batch.entities, batch.metrics, batch.values):
             if metric == STEP_TIME and value is not None and value > 0:
                 times.setdefault(entity, []).append(float(value))
-    if len(times) < STRAGGLER_MIN_RANKS:
+    return [sum(v) / len(v) for v in times.values()]
+
+
+def steps_lagging(snap: Snapshot) -> bool:
+    """The step view's per-tick watch, for a live scheduler that runs a rule's SQL only while
+    its watch holds: in this tick, the slowest reporting rank's mean step time is more than
+    1 / STRAGGLER_INDIVIDUAL_SCORE times the median of the other ranks' (>= 3 ranks), the
+    relative-score half of the emerging flag. No SQL: a pass over the tick's step batches."""
+    means = sorted(_rank_means(snap))
+    if len(means) < STRAGGLER_MIN_RANKS:
         return False
-    means = sorted(sum(v) / len(v) for v in times.values())
     return means[-1] > statistics.median(means[:-1]) / STRAGGLER_INDIVIDUAL_SCORE
+
+
+def watch_spread(tick: Tick) -> bool:
+    """A rank whose step time in this tick is ``SPREAD_BAND`` or more off the median of its
+    peers' (>= 3 ranks), slower or faster: what a persistent spread looks like in one tick.
+    The rule judges the ranks' medians over the window; a spread that persists shows in most
+    ticks, so the watch holds through it (and the full pass catches one that only the
+    medians show)."""
+    means = sorted(_rank_means(tick.snap))
+    if len(means) < STRAGGLER_MIN_RANKS:
+        return False
+    # the slowest rank is the furthest above its peers' median, the fastest the furthest below
+    slow_peers, fast_peers = statistics.median(means[:-1]), statistics.median(means[1:])
+    return means[-1] >= (1 + SPREAD_BAND) * slow_peers or means[0] <= (1 - SPREAD_BAND) * fast_peers
 
 
 def watch_straggler(tick: Tick) -> bool:
@@ -484,6 +507,6 @@ def watch_straggler(tick: Tick) -> bool:
 
 RULES: Sequence[Rule] = [
     Rule(STRAGGLER, "Straggler rank or accelerator", detect_straggler, watch=watch_straggler),
-    Rule(RANK_SPREAD, "Persistent spread between ranks", detect_spread),
+    Rule(RANK_SPREAD, "Persistent spread between ranks", detect_spread, watch=watch_spread),
     Rule(SPEED_CHANGE, "Rank changed speed", detect_speed_change),
 ]
