@@ -28,6 +28,8 @@ from agent.model import BatchBuilder
 from agent.snapshot import SnapshotHub
 from tests.analysis.live_runs import cases, live_run
 from tests.analysis.recording import T0
+from tests.analysis.test_live_latency_fabric_storage import HEALTHY as FABRIC_STORAGE_HEALTHY
+from tests.analysis.test_live_latency_fabric_storage import SCENARIOS as FABRIC_STORAGE_SCENARIOS
 
 CASES = cases()
 #: Scenarios and variants in which the post-run analysis finds nothing (checked: still none live).
@@ -52,7 +54,15 @@ QUIET = {
 CONTROLS = {"healthy", "tpu-v5e-8-healthy"}
 
 
-@pytest.mark.parametrize("case", sorted(c for c in CASES if c not in QUIET or c in CONTROLS))
+#: Fabric and storage scenarios run with their simulated trees in
+#: test_live_latency_fabric_storage.py (every rule they give, GPU ones too, is measured there).
+WITH_TREES = {*FABRIC_STORAGE_SCENARIOS, FABRIC_STORAGE_HEALTHY}
+
+
+@pytest.mark.parametrize(
+    "case",
+    sorted(c for c in CASES if (c not in QUIET or c in CONTROLS) and c not in WITH_TREES),
+)
 def test_each_rule_shows_live_within_its_minimum_duration_plus_10_s(tmp_path, case):
     run = live_run(tmp_path / f"{case}.duckdb", CASES[case])
     assert run.live.last_error is None, run.live.last_error
