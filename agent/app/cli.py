@@ -210,8 +210,8 @@ def _add_recording(p: argparse.ArgumentParser) -> None:
         type=root_dir,
         default=os.environ.get("ACCELWATCH_PROC_ROOT") or "/proc",
         metavar="DIR",
-        help="read procfs from DIR for the sources that read files (default: "
-        "$ACCELWATCH_PROC_ROOT or /proc)",
+        help="read procfs from DIR for the sources that read files, e.g. a captured tree; the "
+        "watched process tree itself is always read live (default: $ACCELWATCH_PROC_ROOT or /proc)",
     )
     p.add_argument(
         "--tpu-runtime",

@@ -233,7 +233,10 @@ class Session:
             simulated=self.config.simulate is not None,
             scenario=self.config.simulate,
         )
-        self.process_collector = ProcessCollector(pid)
+        # The watched tree is a live process: it is always read from the live /proc, while
+        # --proc-root points the file-reading sources (mounts, device ownership) at a captured
+        # tree, where the job's pid does not exist.
+        self.process_collector = ProcessCollector(pid, proc_root="/proc")
         ctx = CollectContext(
             root_pid=pid,
             job_pids=self._job_pids,

@@ -250,10 +250,13 @@ def test_attach_duration_and_runs_listing(tmp_path, worker_job):
         "dur",
     )
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 15
+    # --duration ended the recording, not the job's exit (the job trains for 30 s): checked on
+    # the job and on the recorded span, not on wall time, which a loaded machine stretches.
+    assert job.poll() is None or time.monotonic() - started < 30
     listed = run_cli("runs", "--db", str(db), "--json")
     [run] = json.loads(listed.stdout)
     assert run["name"] == "dur" and run["status"] == "stopped" and run["mode"] == "attach"
+    assert 0.8 <= run["duration_s"] < 5, run["duration_s"]
 
 
 # -- bad input: one line on stderr, non-zero exit, nothing lost

@@ -34,7 +34,9 @@ def tpu_vm(tmp_path, clock):
     """``tpu_vm(name)`` → (sim, collector), started; both stopped at teardown."""
     made = []
 
-    def make(name: str, *, deadline: float = 0.2, start: bool = True):
+    def make(name: str, *, deadline: float = 5.0, start: bool = True):
+        # Generous by default: these tests check values, and a loaded machine must not turn a
+        # slow answer into a missing one; the deadline tests pass their own.
         scenario = load_scenario(name).tpu
         assert scenario is not None, name
         sim = SimulatedTpu(

@@ -137,7 +137,7 @@ def _start(sim):
     from agent.source import CollectContext
     from collectors.tpu.collector import TpuCollector
 
-    collector = TpuCollector(env=sim.env)
+    collector = TpuCollector(env=sim.env, deadline=5.0)  # correctness here, not deadlines
     pid = os.getpid()
     collector.start(CollectContext(pid, lambda: frozenset([pid])))
     return collector
