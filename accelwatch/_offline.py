@@ -71,7 +71,7 @@ class OfflineSink:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="accelwatch-offline", daemon=True)
         self._thread.start()
-        atexit.register(self._at_exit)
+        _before_interpreter_exit(self._at_exit)
 
     # -- the client's side
     def send(
@@ -191,6 +191,23 @@ class OfflineSink:
         except Exception as exc:  # a full disk costs the tick, never the job
             self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
             self.dropped += len(batch) + sum(len(r["ts"]) for r in batch.records.values())
+
+
+def _before_interpreter_exit(hook: Any) -> None:
+    """Run ``hook`` when the script's main thread ends, before any ``atexit`` hook.
+
+    DuckDB stops running queries that touch Python objects once its own exit hook has run, and
+    ``atexit`` order depends on when each hook was registered (DuckDB may register after us).
+    ``threading``'s exit hooks run before all of them, as ``concurrent.futures`` relies on.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is not None:
+            register(hook)
+            return
+    except RuntimeError:  # the interpreter is already shutting down
+        pass
+    atexit.register(hook)
 
 
 def _say(text: str) -> None:
