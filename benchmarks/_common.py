@@ -289,6 +289,20 @@ def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     return [x / y if y > 0 else float("inf") for x, y in zip(a, b)]
 
 
+def judge_live_cpu(
+    report: Report, on: Sequence[float], off: Sequence[float], target: float
+) -> None:
+    """The live analysis' cost: the whole agent with it on minus the same agent with it off,
+    per interleaved round, in points of one core; the median must stay within ``target``."""
+    report.info("live: CPU, % of one core", spread([c * 100 for c in on]))
+    report.info("no-live: CPU, % of one core", spread([c * 100 for c in off]))
+    extra = [(a - b) * 100 for a, b in zip(on, off)]
+    report.target(
+        "live analysis: live - no-live, % of one core (per round)", spread(extra, "{:+.2f}"),
+        f"<= {target:.1%}", statistics.median(extra) <= target * 100,
+    )  # fmt: skip
+
+
 class Report:
     """Rows of one benchmark; a target row prints PASS or MISS, and a MISS makes the exit code 1."""
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from benchmarks._common import (  # noqa: E402
     baseline_argv,
     fail,
     interleaved,
+    judge_live_cpu,
     process_tree,
     spread,
 )
@@ -109,14 +109,7 @@ def bench_cpu(report: Report, tmp: Path, args: argparse.Namespace) -> None:
         got = interleaved(sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
     for side in sides:
         report.side(side.name, side.includes)
-    on, off = got["live"].cpu, got["no-live"].cpu
-    report.info("live: CPU, % of one core", spread([c * 100 for c in on]))
-    report.info("no-live: CPU, % of one core", spread([c * 100 for c in off]))
-    extra = [(a - b) * 100 for a, b in zip(on, off)]
-    report.target(
-        "live analysis: live - no-live, % of one core (per round)", spread(extra, "{:+.2f}"),
-        f"<= {LIVE_CPU_TARGET:.1%}", statistics.median(extra) <= LIVE_CPU_TARGET * 100,
-    )  # fmt: skip
+    judge_live_cpu(report, got["live"].cpu, got["no-live"].cpu, LIVE_CPU_TARGET)
     seen = json.loads(health.read_text()) if health.exists() else {}
     if seen.get("seconds"):
         own = 100 * float(seen.get("analysis.cpu_s", 0.0)) / float(seen["seconds"])
