@@ -18,10 +18,15 @@ WORKER_JOB = textwrap.dedent(
     import multiprocessing as mp, sys, time
 
     def work(seconds):
+        # a quarter of a core each (5 ms of arithmetic, 15 ms asleep): real CPU for the agent
+        # to account, without the job starving the agent and the rest of the suite on 2 cores
         end = time.time() + seconds
         x = 0
         while time.time() < end:
-            x += sum(i * i for i in range(2000))
+            burst = time.perf_counter() + 0.005
+            while time.perf_counter() < burst:
+                x += sum(i * i for i in range(500))
+            time.sleep(0.015)
 
     if __name__ == "__main__":
         seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0

@@ -101,7 +101,7 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     assert set(truth) <= set(recorded)
     for pid, seconds in truth.items():
         assert recorded[pid] == pytest.approx(seconds, abs=0.02), pid
-    assert sum(truth.values()) > 1.0  # the workers really burned CPU
+    assert sum(truth.values()) > 0.4  # the workers really burned CPU
     parents = dict(
         query(
             db,
@@ -123,6 +123,13 @@ def test_attach_follows_workers_and_cpu_matches_proc(tmp_path, worker_job):
     assert sum(1 for r in roles.values() if r == "worker") >= 2
 
 
+def _gone_or_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job):
     job = worker_job(seconds=60.0)
     db = tmp_path / "exit.duckdb"
@@ -133,10 +140,17 @@ def test_target_exit_ends_the_run_and_closes_exited_workers(tmp_path, worker_job
         text=True,
     )
     agent.stderr.readline()  # recording has started
-    workers = psutil.Process(job.pid).children(recursive=True)
+    # the job's two workers (not multiprocessing's resource tracker, which ignores SIGTERM)
+    workers = [
+        w
+        for w in psutil.Process(job.pid).children(recursive=True)
+        if "spawn_main" in " ".join(w.cmdline())
+    ]
+    assert len(workers) == 2
     for w in workers:
         w.terminate()
-    psutil.wait_procs(workers, timeout=10)
+    # the job reaps them only when it joins: until then they are zombies, as good as gone
+    assert wait_until(lambda: all(_gone_or_zombie(w) for w in workers), timeout=10)
     time.sleep(0.6)  # a few ticks see the workers gone
     job.terminate()
     _, err = agent.communicate(timeout=30)

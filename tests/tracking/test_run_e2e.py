@@ -144,10 +144,10 @@ def test_absent_dead_or_slow_agent_never_raises_into_or_slows_the_script(tmp_pat
     assert gone["send_errors"].get("ENOENT") and gone["dropped"] > 0
     assert killed["send_errors"].get("ECONNREFUSED") and killed["dropped"] > 0
     assert stuck["send_errors"].get("EAGAIN") and stuck["dropped"] > 0
-    # generous bounds for a loaded 2-core box; benchmarks/bench_client.py holds the real targets
-    assert absent["per_call_us"] < 5
-    for case in (gone, killed, stuck):
-        assert case["per_call_us"] < 25, case
+    # Never blocks: a send that waited on the socket would cost milliseconds per call. The
+    # speed targets (a few microseconds) are benchmarks/bench_client.py's, not a timed test's.
+    for case in (absent, gone, killed, stuck):
+        assert case["per_call_us"] < 500, case
 
 
 def test_offline_mode_records_a_run_that_reads_back(tmp_path, runtime_dir):
