@@ -108,22 +108,33 @@ class _SourceSeries:
 
     def __init__(self) -> None:
         self.ids: dict[tuple[str, str], int] = {}
-        #: (entities, metrics, ids) of recent batches, the latest first.
-        self.layouts: list[tuple[Sequence[str], Sequence[str], np.ndarray]] = []
+        #: (entities, metrics, order, ids in that order) of recent batches, the latest first.
+        self.layouts: list[tuple[Sequence[str], Sequence[str], np.ndarray, np.ndarray]] = []
 
-    def known_layout(self, batch: Batch) -> np.ndarray | None:
-        """The id array of a recent batch with exactly these labels in this order."""
+    def known_layout(self, batch: Batch) -> tuple[np.ndarray, np.ndarray] | None:
+        """(row order, ids in that order) of a recent batch with exactly these labels."""
         n = len(batch.metrics)
-        for i, (entities, metrics, ids) in enumerate(self.layouts):
+        for i, (entities, metrics, order, ids) in enumerate(self.layouts):
             if len(ids) == n and batch.metrics == metrics and batch.entities == entities:
                 if i:
                     self.layouts.insert(0, self.layouts.pop(i))
-                return ids
+                return order, ids
         return None
 
-    def remember(self, batch: Batch, ids: np.ndarray) -> None:
-        self.layouts.insert(0, (batch.entities, batch.metrics, ids))
+    def remember(self, batch: Batch, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cache the layout of ``batch`` (ids in its order); returns its (row order, ids)."""
+        order = storage_order(batch.values)
+        self.layouts.insert(0, (batch.entities, batch.metrics, order, ids[order]))
         del self.layouts[LAYOUTS_KEPT:]
+        return order, self.layouts[0][3]
+
+
+def storage_order(values: Sequence[float]) -> np.ndarray:
+    """The order a layout's rows are stored in within a tick: by the values of the first batch
+    of that layout. Rows of one tick have no order for readers, and DuckDB compresses runs of
+    equal or similar values (the many zeros, flags and limits side by side) far better than a
+    collector's order, which interleaves counters, rates and flags (about 15% of the file)."""
+    return np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
 
 
 class SeriesIds:
@@ -170,17 +181,20 @@ class SeriesIds:
 
     def ids(
         self, run_id: str, batches: Sequence[Batch], con: Any
-    ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-        """The series id of every value of ``batches`` (concatenated), and the new series as
-        columns for :meth:`insert` (None when every label is known). ``con`` is read only for
-        what the cache lacks; the ids of new series stay pending until :meth:`commit`."""
+    ) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray] | None]:
+        """The series id of every value of ``batches`` (concatenated, each batch's rows in its
+        :func:`storage_order`), each batch's row order (apply it to its values), and the new
+        series as columns for :meth:`insert` (None when every label is known). ``con`` is read
+        only for what the cache lacks; new ids stay pending until :meth:`commit`."""
         parts = []
+        orders = []
         new: list[tuple[int, str, str, str]] = []
         for b in batches:
             known = self._source(con, run_id, b.source)
             same = known.known_layout(b)
             if same is not None:
-                parts.append(same)
+                orders.append(same[0])
+                parts.append(same[1])
                 continue
             get = known.ids.get
             found = [get(label) for label in zip(b.entities, b.metrics)]
@@ -194,8 +208,8 @@ class SeriesIds:
                             self._pending.append(((run_id, b.source), label, sid))
                             new.append((sid, b.source, label[0], label[1]))
                         found[i] = sid
-            ids = np.array(found, dtype=np.int32)
-            known.remember(b, ids)
+            order, ids = known.remember(b, np.array(found, dtype=np.int32))
+            orders.append(order)
             parts.append(ids)
         columns = None
         if new:
@@ -205,7 +219,7 @@ class SeriesIds:
                 "entity": np.array([n[2] for n in new], dtype=object),
                 "metric": np.array([n[3] for n in new], dtype=object),
             }
-        return (np.concatenate(parts) if len(parts) != 1 else parts[0]), columns
+        return (np.concatenate(parts) if len(parts) != 1 else parts[0]), orders, columns
 
     @staticmethod
     def insert(con: Any, run_id: str, new_series: dict[str, np.ndarray]) -> None:

@@ -439,7 +439,7 @@ class Store:
         samples = [b for b in batches if len(b)]
         n = 0
         if samples:
-            ids, new = self._series.ids(run_id, samples, con)
+            ids, orders, new = self._series.ids(run_id, samples, con)
             if new is not None:
                 steps.append(lambda: self._series.insert(con, run_id, new))
             tick_samples = {
@@ -448,7 +448,9 @@ class Store:
                     np.array([_us(b.ts) for b in samples], dtype="datetime64[us]"),
                     [len(b) for b in samples],
                 ),
-                "value": np.concatenate([np.asarray(b.values, dtype=np.float64) for b in samples]),
+                "value": np.concatenate(
+                    [np.asarray(b.values, dtype=np.float64)[o] for b, o in zip(samples, orders)]
+                ),
             }
             steps.append(
                 lambda: _scan(

@@ -201,7 +201,8 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
         "CREATE TABLE series (series_id INTEGER, run_id VARCHAR, source VARCHAR, "
         "entity VARCHAR, metric VARCHAR)"
     )
-    ids, new = SeriesIds().ids("bench", [b for tick in ticks for b in tick], fresh)
+    batches = [b for tick in ticks for b in tick]
+    ids, orders, new = SeriesIds().ids("bench", batches, fresh)
     fresh.close()
     assert new is not None
     n = len(ids)
@@ -211,7 +212,9 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
             "ts": np.concatenate(
                 [np.full(len(b), int(b.ts * 1e6), dtype="datetime64[us]") for t in ticks for b in t]
             ),
-            "value": np.concatenate([np.asarray(b.values) for t in ticks for b in t]),
+            "value": np.concatenate(
+                [np.asarray(b.values)[o] for b, o in zip(batches, orders, strict=True)]
+            ),
         }
     )
     arrow_series = pa.table(new)  # noqa: F841

@@ -96,14 +96,30 @@ class _CountingBegin:
 def test_a_source_alternating_between_two_layouts_reuses_both_id_arrays(tmp_path):
     con = connect(tmp_path / "a.duckdb")
     series = SeriesIds()
-    first, new = series.ids("r", [_batch(T0, GPU)], con)
+    first, _, new = series.ids("r", [_batch(T0, GPU)], con)
     series.insert(con, "r", new)
-    second, new = series.ids("r", [_batch(T0 + 1, GPU_FIELDS)], con)
+    second, _, new = series.ids("r", [_batch(T0 + 1, GPU_FIELDS)], con)
     series.insert(con, "r", new)
     series.commit()
-    again_first, none_new = series.ids("r", [_batch(T0 + 2, GPU)], con)
-    again_second, _ = series.ids("r", [_batch(T0 + 3, GPU_FIELDS)], con)
+    again_first, _, none_new = series.ids("r", [_batch(T0 + 2, GPU)], con)
+    again_second, _, _ = series.ids("r", [_batch(T0 + 3, GPU_FIELDS)], con)
     con.close()
     assert none_new is None
     assert again_first is first and again_second is second
-    assert list(second[:2]) == list(first)
+    assert sorted(second)[:2] == sorted(first)
+
+
+def test_a_ticks_rows_are_stored_by_value_and_read_back_with_their_labels(tmp_path):
+    store, _ = _recording(tmp_path)
+    labels = [(f"gpu{i}", "gpu.power") for i in range(6)]
+    values = [500.0, 0.0, 3e11, 0.0, 1.5, 500.0]
+    for t in range(3):
+        tick = Batch("nvml", T0 + t, [e for e, _ in labels], [m for _, m in labels], values)
+        store.write_ticks([("r", [tick])])
+    con = store.cursor()
+    read = con.execute("SELECT entity, value FROM samples WHERE ts = make_timestamp(?)",
+                       [int(T0 * 1e6)]).fetchall()  # fmt: skip
+    stored = [v for (v,) in con.execute("SELECT value FROM sample_values").fetchall()]
+    store.close()
+    assert sorted(read) == sorted(zip([e for e, _ in labels], values))
+    assert stored == sorted(values) * 3
