@@ -425,13 +425,12 @@ class Store:
         known = self._last_sample.get(run_id)
         if known is not None:
             last = known if last is None else max(last, known)
-        updated = self.con.execute(
+        self.con.execute(
             "UPDATE run_heartbeat SET heartbeat = make_timestamp(?), "
             "last_sample = greatest(last_sample, make_timestamp(?)) WHERE run_id = ?",
             [_us(time.time()), None if last is None else _us(last), run_id],
-        ).fetchone()
-        if updated and updated[0]:  # no row yet (samples before write_run): beat next flush
-            self._beaten.add(run_id)
+        )
+        self._beaten.add(run_id)
 
     def _plan(self, run_id: str, batches: list[Batch], steps: list[Callable[[], object]]) -> int:
         """Append the statements that write ``batches`` to ``steps``; returns the samples."""

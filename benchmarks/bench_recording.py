@@ -39,7 +39,7 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent.catalog import CATALOG  # noqa: E402
-from agent.model import Batch, BatchBuilder  # noqa: E402
+from agent.model import Batch, BatchBuilder, RunInfo  # noqa: E402
 from agent.store import DEFAULT_FLUSH_INTERVAL, Store  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     ROOT,
@@ -151,6 +151,7 @@ def long_recording(path: Path, ticks: list[list[Batch]], hours: float) -> None:
         for b in ticks[0]
     ]
     store = Store(path)
+    store.write_run(_bench_run(store))
     t0 = 1_700_000_000.0
     pending: list[tuple[str, list[Batch]]] = []
     for i in range(n_ticks):
@@ -222,6 +223,7 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
     got = Ingest()
     for r in range(rounds):
         store = Store(tmp / f"flush-{r}.duckdb")
+        store.write_run(_bench_run(store))  # as the agent does before its first tick
         wall, cpu = time.perf_counter(), time.process_time()
         for flush in flushes:
             store.write_ticks([("bench", tick) for tick in flush])
@@ -229,6 +231,7 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
         flush_wall, flush_cpu = time.perf_counter() - wall, time.process_time() - cpu
 
         store = Store(tmp / f"one-{r}.duckdb")
+        store.write_run(_bench_run(store))
         wall, cpu = time.perf_counter(), time.process_time()
         store.write_ticks([("bench", tick) for tick in ticks])
         store.close()
@@ -250,6 +253,11 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
         got.writer_us.append(flush_cpu / n * 1e6)
         got.per_flush_ms.append((flush_cpu - one_cpu) / max(1, len(flushes) - 1) * 1e3)
     return got
+
+
+def _bench_run(store: Store) -> RunInfo:
+    return RunInfo("bench", "bench", 1, ["train.py"], "/", "bench", time.time(), 1.0,
+                   str(store.path))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

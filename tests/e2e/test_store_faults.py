@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import DEFAULT_FLUSH_INTERVAL, Store
+from agent.store import DEFAULT_FLUSH_INTERVAL, NEW_FILE_BLOCK_SIZE, Store
 from agent.store_writer import HEARTBEAT_EVERY_S
 from tests.helpers import REPO, accelwatch, wait_until
 
@@ -431,10 +431,13 @@ def test_recording_refuses_a_file_with_a_damaged_sample_block(recorded_db, tmp_p
     shutil.copy(recorded_db, db)
     con = connect(db, read_only=True)
     blocks = con.execute("SELECT block_id FROM pragma_storage_info('sample_values')").fetchall()
+    ((block_size,),) = con.execute(
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
+    ).fetchall()
     con.close()
     used = sorted({b for (b,) in blocks if b is not None and b >= 0})
     assert used, "no sample blocks"
-    _overwrite(4096 * 3 + used[-1] * 262144 + 100, 512)(db)
+    _overwrite(4096 * 3 + used[-1] * block_size + 100, 512)(db)
     with pytest.raises(StoreCorruptError, match="damaged"):
         Store(db)
 
@@ -451,7 +454,8 @@ def test_checkpoint_failing_on_a_full_disk_loses_nothing_committed(small_fs, mon
     store.start()
     store.submit("r", _tick(0, 50))
     assert wait_until(lambda: store.rows_written > 0)
-    filler = fill(small_fs, leave=96 * 1024)  # room for WAL records, not for new blocks
+    # room for WAL records, not for a new block
+    filler = fill(small_fs, leave=NEW_FILE_BLOCK_SIZE * 3 // 8)
     for i in range(1, 40):
         store.submit("r", _tick(i, 50))
         time.sleep(0.03)
