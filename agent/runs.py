@@ -289,9 +289,10 @@ def list_runs(
             continue
         r["recorded_status"] = r["status"]
         r["status"] = effective_status(r, locked=locked)
-        if r["status"] == "lost" and r["last_sample"] is None:
+        if r["status"] == "lost":  # the heartbeat's last_sample trails by up to a beat
             last = last_sample_time(db, r["run_id"])
-            r["last_sample"] = None if last is None else _naive_utc(last)
+            if last is not None:
+                r["last_sample"] = _naive_utc(last)
         out.append(r)
     if stats:
         _add_stats(db, out)

@@ -10,6 +10,7 @@ raises into the sampler or the session's finalization.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -28,6 +29,7 @@ from agent.model import Batch, Event, RunInfo
 from agent.series import SeriesIds
 from agent.store import (
     AGENT_DB_CHECKPOINT_BYTES,
+    DEFAULT_FLUSH_INTERVAL,
     MAX_FLUSH_INTERVAL,
     _first_line,
     _us,
@@ -42,11 +44,26 @@ Tick = tuple[str, list[Batch]]
 RETRY_MAX_S = 8.0
 #: How long closing keeps retrying ticks that are still buffered (a full disk at the end).
 CLOSE_RETRY_S = 2.0
+#: The heartbeat (``run_heartbeat``: heartbeat, last_sample) is written at most this often,
+#: and at the run's end; readers call a run whose heartbeat is older than
+#: :data:`agent.store.HEARTBEAT_STALE_S` (10 s) lost, so it stays fresh with a 2 s flush.
+HEARTBEAT_EVERY_S = 4.0
 
 
 def _stderr_line(message: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         print(f"accelwatch: {message}", file=sys.stderr, flush=True)
+
+
+def _scan(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    columns: dict[str, np.ndarray],
+    params: list[Any] | None = None,
+) -> None:
+    """Run ``sql``, which reads the NumPy ``columns`` as the table ``columns`` (DuckDB's
+    replacement scan finds the local of that name in this frame)."""
+    con.execute(sql, params)
 
 
 def _reason(exc: BaseException) -> str:
@@ -73,7 +90,7 @@ class Store:
         self,
         path: str | os.PathLike[str],
         *,
-        flush_interval: float = 1.0,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_pending_ticks: int = 300,
         report: Callable[[str], None] = _stderr_line,
     ) -> None:
@@ -92,6 +109,14 @@ class Store:
         self._write_lock = threading.RLock()
         self._needs_reopen = False
         self._series = SeriesIds()
+        #: Per run: when the heartbeat was last committed (monotonic), and the newest sample
+        #: time committed since (what the next beat writes as ``last_sample``).
+        self._beat_at: dict[str, float] = {}
+        self._last_sample: dict[str, float] = {}
+        self._beaten: set[str] = set()
+        #: Runs whose newest committed sample is newer than their heartbeat's last_sample.
+        self._beat_behind: set[str] = set()
+        self._clock: Callable[[], float] = time.monotonic  # tests drive it
         self.rows_written = 0
         self.flushes = 0
         self.dropped_ticks = 0
@@ -188,11 +213,14 @@ class Store:
                     try:
                         self._insert_events(run.run_id, events)
                         self.write_run(run)
+                        self._beat(run.run_id, [])
                         self.con.commit()
                     except BaseException:
+                        self._beaten.clear()
                         with contextlib.suppress(duckdb.Error):
                             self.con.rollback()
                         raise
+                self._committed_beats(self._clock())
                 return True
             except Exception as exc:
                 self._note_failure(exc)
@@ -310,69 +338,135 @@ class Store:
         except Exception as exc:  # committed rows are in the WAL; reopening replays them
             self._note_failure(exc)
 
-    def write_ticks(self, ticks: Iterable[Tick]) -> int:
-        """Write ticks now (also used directly by tests and importers). Returns rows written."""
+    def write_ticks(self, ticks: Iterable[Tick], *, beat: bool = False) -> int:
+        """Write ticks now (also used directly by tests and importers). Returns rows written.
+
+        DuckDB's cost is per statement and per commit, hardly per row: a flush that only
+        appends samples is one autocommitted ``INSERT``; new series, events, entity attributes,
+        the training client's records and the heartbeat (every :data:`HEARTBEAT_EVERY_S`, or
+        ``beat``) join it in one transaction."""
         by_run: dict[str, list[Batch]] = {}
         for run_id, batches in ticks:
             by_run.setdefault(run_id, []).extend(batches)
         total = 0
+        now = self._clock()
+        beats: dict[str, float] = {}
         with self._write_lock:
             con = self.con
-            con.begin()
+            steps: list[Callable[[], object]] = []
             try:
                 for run_id, batches in by_run.items():
-                    total += self._insert(run_id, batches)
-                    self._beat(run_id, batches)
-                con.commit()
+                    total += self._plan(run_id, batches, steps)
+                    last = max((b.ts for b in batches if len(b)), default=None)
+                    if last is not None:
+                        beats[run_id] = max(last, self._last_sample.get(run_id, last))
+                    beat_at = self._beat_at.get(run_id)
+                    if beat or beat_at is None or now - beat_at >= HEARTBEAT_EVERY_S:
+                        steps.append(functools.partial(self._beat, run_id, batches))
+                if len(steps) == 1:
+                    steps[0]()  # autocommit: one statement, one commit
+                elif steps:
+                    con.begin()
+                    try:
+                        for step in steps:
+                            step()
+                        con.commit()
+                    except BaseException:
+                        with contextlib.suppress(duckdb.Error):
+                            con.rollback()
+                        raise
             except BaseException as exc:
-                with contextlib.suppress(duckdb.Error):
-                    con.rollback()
                 if "commit succeeded and is durable" in str(exc).lower():
                     self._needs_reopen = True  # written; only the auto-checkpoint failed
                 else:
                     self._series.rollback()
+                    self._beaten.clear()
                     raise
             self._series.commit()
+            self._last_sample.update(beats)
+            self._beat_behind.update(beats)
+            self._committed_beats(now)
         self.rows_written += total
         self.flushes += 1
         self._maybe_checkpoint()
         return total
 
+    def _committed_beats(self, now: float) -> None:
+        for run_id in self._beaten:
+            self._beat_at[run_id] = now
+            self._beat_behind.discard(run_id)
+        self._beaten.clear()
+
+    def _catch_up_beats(self) -> None:
+        """At the end, bring every run's heartbeat up to its last committed sample."""
+        if not self._beat_behind or self._needs_reopen:
+            return
+        with self._write_lock:
+            try:
+                self.con.begin()
+                for run_id in sorted(self._beat_behind):
+                    self._beat(run_id, [])
+                self.con.commit()
+            except Exception as exc:
+                with contextlib.suppress(duckdb.Error):
+                    self.con.rollback()
+                self._beaten.clear()
+                self._note_failure(exc)
+                return
+            self._committed_beats(self._clock())
+
     def _beat(self, run_id: str, batches: list[Batch]) -> None:
-        """The run's heartbeat and last sample time: how readers tell a dead agent."""
-        last = max((b.ts for b in batches), default=None)
+        """The run's heartbeat and last sample time: how readers tell a dead agent.
+
+        Written every :data:`HEARTBEAT_EVERY_S` (an ``UPDATE`` costs as much as the samples'
+        ``INSERT``), so ``last_sample`` in ``runs`` trails a live run by at most that; a lost
+        run's last sample is read from its samples (:func:`agent.store.list_runs`)."""
+        last = max((b.ts for b in batches if len(b)), default=None)
+        known = self._last_sample.get(run_id)
+        if known is not None:
+            last = known if last is None else max(last, known)
         self.con.execute(
             "UPDATE run_heartbeat SET heartbeat = make_timestamp(?), "
             "last_sample = greatest(last_sample, make_timestamp(?)) WHERE run_id = ?",
             [_us(time.time()), None if last is None else _us(last), run_id],
         )
+        self._beaten.add(run_id)
 
-    def _insert(self, run_id: str, batches: list[Batch]) -> int:
+    def _plan(self, run_id: str, batches: list[Batch], steps: list[Callable[[], object]]) -> int:
+        """Append the statements that write ``batches`` to ``steps``; returns the samples."""
+        con = self.con
         samples = [b for b in batches if len(b)]
         n = 0
         if samples:
-            ids = self._series.ids(self.con, run_id, samples)
-            tick_samples = {  # noqa: F841 - read by DuckDB's replacement scan
+            ids, orders, new = self._series.ids(run_id, samples, con)
+            if new is not None:
+                steps.append(lambda: self._series.insert(con, run_id, new))
+            tick_samples = {
                 "series_id": ids,
                 "ts": np.repeat(
                     np.array([_us(b.ts) for b in samples], dtype="datetime64[us]"),
                     [len(b) for b in samples],
                 ),
-                "value": np.concatenate([np.asarray(b.values, dtype=np.float64) for b in samples]),
+                "value": np.concatenate(
+                    [np.asarray(b.values, dtype=np.float64)[o] for b, o in zip(samples, orders)]
+                ),
             }
-            self.con.execute(
-                "INSERT INTO sample_values SELECT series_id, ts, value FROM tick_samples"
-            )
+            steps.append(
+                lambda: _scan(
+                    con, "INSERT INTO sample_values SELECT series_id, ts, value FROM columns",
+                    tick_samples,
+                )
+            )  # fmt: skip
             n = len(ids)
         events = [e for b in batches for e in b.events]
         if events:
-            self._insert_events(run_id, events)
+            steps.append(lambda: self._insert_events(run_id, events))
         records = [b.records for b in batches if b.records]
         if records:  # the training client's metrics and config (not counted as samples)
-            insert_records(self.con, run_id, records)
+            steps.append(lambda: insert_records(con, run_id, records))
         attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
         if attrs:
-            tick_entities = {  # noqa: F841
+            tick_entities = {
                 "ts": np.array([_us(ts) for ts, *_ in attrs], dtype="datetime64[us]"),
                 "source": np.array([s for _, s, _, _ in attrs], dtype=object),
                 "entity": np.array([e for _, _, e, _ in attrs], dtype=object),
@@ -380,10 +474,12 @@ class Store:
                     [json.dumps(dict(a), default=str) for *_, a in attrs], dtype=object
                 ),
             }
-            self.con.execute(
-                "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM tick_entities",
-                [run_id],
-            )
+            steps.append(
+                lambda: _scan(
+                    con, "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM columns",
+                    tick_entities, [run_id],
+                )
+            )  # fmt: skip
         return n
 
     def _insert_events(self, run_id: str, events: list[Event]) -> None:
@@ -415,6 +511,7 @@ class Store:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        self._catch_up_beats()
 
     def close(self) -> None:
         """Flush everything queued, stop the writer, checkpoint and close; never raises."""

@@ -42,7 +42,7 @@ from agent.model import Event, RunInfo
 from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
-from agent.store import Store
+from agent.store import DEFAULT_FLUSH_INTERVAL, Store
 from agent.target import resolve_target, target_cmdline, target_cwd, target_env
 from agent.tracking.collector import SOCKET_OPTION
 from collectors.process import ProcessCollector
@@ -60,7 +60,7 @@ class SessionConfig:
     otlp: str | None = None
     prometheus: str | None = None
     metric_names: str = "otel"
-    flush_interval: float = 1.0
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL
     live_analysis: bool = True
     quiet: bool = False
     #: Where a launched command's stdout/stderr go (None: the agent's own terminal). The TUI

@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from agent.store import DEFAULT_FLUSH_INTERVAL
 from tests.helpers import EXAMPLE, accelwatch, query, run_cli, wait_until
 
 
@@ -237,12 +238,13 @@ def test_kill_9_of_agent_keeps_flushed_samples(tmp_path, worker_job):
         text=True,
     )
     for lines, _ in enumerate(agent.stderr, start=1):  # one live line per tick
-        if lines >= 12:
+        if lines >= 25:
             break
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait()
     ticks = query(db, "SELECT count(DISTINCT ts) FROM samples WHERE source='host'")[0][0]
-    assert ticks >= 12 - 6  # at most the last ~1 s flush interval (5 ticks) is lost
+    # at most the last flush interval (DEFAULT_FLUSH_INTERVAL: 10 ticks of 0.2 s) is lost
+    assert ticks >= 25 - round(DEFAULT_FLUSH_INTERVAL / 0.2) - 1
     assert query(db, "SELECT status FROM runs") == [("running",)]
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Store
+from agent.store import DEFAULT_FLUSH_INTERVAL, NEW_FILE_BLOCK_SIZE, Store
+from agent.store_writer import HEARTBEAT_EVERY_S
 from tests.helpers import REPO, accelwatch, wait_until
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -430,10 +431,13 @@ def test_recording_refuses_a_file_with_a_damaged_sample_block(recorded_db, tmp_p
     shutil.copy(recorded_db, db)
     con = connect(db, read_only=True)
     blocks = con.execute("SELECT block_id FROM pragma_storage_info('sample_values')").fetchall()
+    ((block_size,),) = con.execute(
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
+    ).fetchall()
     con.close()
     used = sorted({b for (b,) in blocks if b is not None and b >= 0})
     assert used, "no sample blocks"
-    _overwrite(4096 * 3 + used[-1] * 262144 + 100, 512)(db)
+    _overwrite(4096 * 3 + used[-1] * block_size + 100, 512)(db)
     with pytest.raises(StoreCorruptError, match="damaged"):
         Store(db)
 
@@ -450,7 +454,8 @@ def test_checkpoint_failing_on_a_full_disk_loses_nothing_committed(small_fs, mon
     store.start()
     store.submit("r", _tick(0, 50))
     assert wait_until(lambda: store.rows_written > 0)
-    filler = fill(small_fs, leave=96 * 1024)  # room for WAL records, not for new blocks
+    # room for WAL records, not for a new block
+    filler = fill(small_fs, leave=NEW_FILE_BLOCK_SIZE * 3 // 8)
     for i in range(1, 40):
         store.submit("r", _tick(i, 50))
         time.sleep(0.03)
@@ -534,7 +539,8 @@ def test_kill_9_of_a_recording_agent_reads_as_lost_with_its_last_sample(tmp_path
     db = tmp_path / "a.duckdb"
     agent = _record(db, 60, exit_code=0)
     lines = _stderr_lines(agent)
-    assert wait_until(lambda: sum("procs=" in ln for ln in lines) >= 15, timeout=20), lines
+    ticks = 15 + round(DEFAULT_FLUSH_INTERVAL / 0.1)  # past the first flush
+    assert wait_until(lambda: sum("procs=" in ln for ln in lines) >= ticks, timeout=30), lines
     import psutil
 
     job = psutil.Process(agent.pid).children()
@@ -546,9 +552,12 @@ def test_kill_9_of_a_recording_agent_reads_as_lost_with_its_last_sample(tmp_path
     assert listed.returncode == 0, listed.stderr
     (run,) = json.loads(listed.stdout)
     assert run["status"] == "lost", run
-    ((recorded, pid, newest),) = query(db, "SELECT status, agent_pid, last_sample FROM runs")
+    ((recorded, pid, beat),) = query(db, "SELECT status, agent_pid, last_sample FROM runs")
     assert (recorded, pid) == ("running", agent.pid)
-    assert newest is not None  # --json timestamps are ISO 8601 with their UTC offset
+    ((newest,),) = query(db, "SELECT max(ts) FROM samples")
+    # the heartbeat's last_sample trails by at most a beat; readers show the newest sample
+    assert beat is not None and 0 <= (newest - beat).total_seconds() <= HEARTBEAT_EVERY_S + 2
+    # --json timestamps are ISO 8601 with their UTC offset
     assert datetime.fromisoformat(run["last_sample"]).replace(tzinfo=None) == newest
 
 
