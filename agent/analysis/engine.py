@@ -214,11 +214,15 @@ def analyze(
     *,
     live: bool = False,
     rules: Sequence[Rule] | None = None,
+    on_frames: Callable[[], None] | None = None,
 ) -> list[Finding]:
-    """Build the frames for ``window`` and run the rules over them."""
+    """Build the frames for ``window`` and run the rules over them; ``on_frames`` is called
+    between the two (the raw scan is done: other work may use the idle core)."""
     from agent.analysis.rules import ALL_RULES
 
     info = build_frames(con, window)
+    if on_frames is not None:
+        on_frames()
     if info.first is None:
         return []
     ctx = Context(con, info, live=live)
@@ -278,24 +282,31 @@ def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     hands them back."""
     from agent.store import READER_DB_MEMORY
 
-    threads, memory = con.execute(
-        "SELECT current_setting('threads'), current_setting('memory_limit')"
-    ).fetchall()[0]
+    settings = "SELECT current_setting('threads'), current_setting('memory_limit')"
+    before = con.execute(settings).fetchall()[0]
     con.execute(f"RESET threads; SET memory_limit = '{READER_DB_MEMORY}'")
+    if con.execute(settings).fetchall()[0] == before:  # a reader already has them
+        yield
+        return
     try:
         yield
     finally:
-        con.execute(f"SET threads = {int(threads)}; SET memory_limit = '{memory}'")
+        con.execute(f"SET threads = {int(before[0])}; SET memory_limit = '{before[1]}'")
 
 
 def analyze_run(
-    con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = True
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    *,
+    store: bool = True,
+    on_frames: Callable[[], None] | None = None,
 ) -> list[Finding]:
-    """Analyse a whole run; store the findings (``live=false``, replacing earlier ones)."""
+    """Analyse a whole run; store the findings (``live=false``, replacing earlier ones).
+    ``on_frames``: see :func:`analyze`."""
     duration, interval = run_bounds(con, run_id)
     window = Window(run_id, choose_bucket_s(duration, interval))
     with post_run_resources(con):
-        findings = analyze(con, window)
+        findings = analyze(con, window, on_frames=on_frames)
     if store:
         store_findings(con, run_id, findings, live=False)
     return findings
