@@ -297,9 +297,9 @@ class Report:
 def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
     """Summarise a run and its findings without writing anything.
 
-    A run analysed here reads its devices' raw utilization and energy on a second cursor
-    while the rules run (they work on the small frames, mostly on one core), so the summary's
-    scan costs the report little wall time on a machine with a core to spare."""
+    A run analysed here reads its devices' raw utilization and energy on a second cursor once
+    the analysis has scanned the samples (its pivots and rules work on the small aggregate,
+    mostly on one core), so the summary's scan costs little wall time on a spare core."""
     info = find_run(db, run, db_path)
     findings, live = stored_findings(db, info.run_id)
     source = "live" if live or (db.via == "agent" and info.ended is None) else "stored"
@@ -307,7 +307,7 @@ def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
     if (live or not findings) and db.duckdb is not None and _is_over(info, db):
         beside = _Beside(LocalReadConnection(db.duckdb.cursor()), info.run_id)
         try:
-            findings = analyze_run(db.duckdb, info.run_id, store=False, on_frames=beside.start)
+            findings = analyze_run(db.duckdb, info.run_id, store=False, after_scan=beside.start)
             source = "analysed"
         finally:
             device_rows = beside.result()
@@ -322,8 +322,8 @@ def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
 
 
 class _Beside:
-    """:func:`busy_and_energy` on its own cursor and thread, from :meth:`start` (the frames
-    are built) to :meth:`result` (which runs it inline if it never started, and re-raises)."""
+    """:func:`busy_and_energy` on its own cursor and thread, from :meth:`start` (the analysis'
+    scan is done) to :meth:`result` (which runs it inline if it never started, and re-raises)."""
 
     def __init__(self, con: LocalReadConnection, run_id: str) -> None:
         self._con, self._run_id = con, run_id

@@ -214,15 +214,13 @@ def analyze(
     *,
     live: bool = False,
     rules: Sequence[Rule] | None = None,
-    on_frames: Callable[[], None] | None = None,
+    after_scan: Callable[[], None] | None = None,
 ) -> list[Finding]:
-    """Build the frames for ``window`` and run the rules over them; ``on_frames`` is called
-    between the two (the raw scan is done: other work may use the idle core)."""
+    """Build the frames for ``window`` and run the rules over them; ``after_scan`` is called
+    once the raw samples have been read (see :func:`build_frames`)."""
     from agent.analysis.rules import ALL_RULES
 
-    info = build_frames(con, window)
-    if on_frames is not None:
-        on_frames()
+    info = build_frames(con, window, after_scan=after_scan)
     if info.first is None:
         return []
     ctx = Context(con, info, live=live)
@@ -299,14 +297,14 @@ def analyze_run(
     run_id: str,
     *,
     store: bool = True,
-    on_frames: Callable[[], None] | None = None,
+    after_scan: Callable[[], None] | None = None,
 ) -> list[Finding]:
     """Analyse a whole run; store the findings (``live=false``, replacing earlier ones).
-    ``on_frames``: see :func:`analyze`."""
+    ``after_scan``: see :func:`analyze`."""
     duration, interval = run_bounds(con, run_id)
     window = Window(run_id, choose_bucket_s(duration, interval))
     with post_run_resources(con):
-        findings = analyze(con, window, on_frames=on_frames)
+        findings = analyze(con, window, after_scan=after_scan)
     if store:
         store_findings(con, run_id, findings, live=False)
     return findings

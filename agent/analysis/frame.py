@@ -19,7 +19,7 @@ names, checked at import; accelerator columns map to roles, resolved per registe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -166,8 +166,16 @@ def naive_utc(epoch_s: float) -> datetime:
     return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
 
 
-def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``."""
+def build_frames(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    *,
+    after_scan: Callable[[], None] | None = None,
+) -> FrameInfo:
+    """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``.
+
+    ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
+    then the rules) runs mostly on one core, so a caller may start other reads beside it."""
     plan = accelerator_plan()
     analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics]))
     # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
@@ -219,6 +227,8 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
             FROM agg a LEFT JOIN sources c ON c.metric = a.metric""",
             params,
         )
+    if after_scan is not None:
+        after_scan()
     # Counters only grow, so a bucket's max is its last value: the increase is the step from the
     # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.

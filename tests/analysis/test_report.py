@@ -258,3 +258,22 @@ def test_summary_read_beside_the_analysis_equals_the_summary_read_alone(thermal,
     assert (beside_from, alone_from) == ("analysed", "stored")
     assert len(beside["devices"]) == 8 and beside["energy_kwh"] > 0
     assert beside == alone
+
+
+def test_after_scan_is_called_once_the_samples_are_aggregated_before_the_pivots(thermal):
+    """The report starts its summary's read there: the raw scan is over, the rest is small."""
+    db, run_id = thermal
+    con = connect(db, read_only=True)
+    seen: list[set[str]] = []
+
+    def tables() -> set[str]:
+        rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+        return {r[0] for r in rows}
+
+    try:
+        findings = analyze_run(con, run_id, store=False, after_scan=lambda: seen.append(tables()))
+    finally:
+        con.close()
+    assert len(seen) == 1
+    assert "aw_agg" in seen[0] and "aw_accel" not in seen[0]
+    assert {f.rule for f in findings} == {"throttling"}
