@@ -323,10 +323,14 @@ def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
         report.info("report: wall s (the <= 2 s target is for 24 h)", spread(wall))
     report.info("report: CPU s", spread([r[1] for r in reports]))
     per_round = ratios(wall, [s[0] for s in scans])
-    report.target(
-        "report / scan, wall (per round)", spread(per_round), f"<= {TARGET_REPORT_RATIO}x",
-        statistics.median(per_round) <= TARGET_REPORT_RATIO,
-    )  # fmt: skip
+    if at_24h:  # the ratio target is set for a 24 h run too (30 s buckets)
+        report.target(
+            "report / scan, wall (per round)", spread(per_round), f"<= {TARGET_REPORT_RATIO}x",
+            statistics.median(per_round) <= TARGET_REPORT_RATIO,
+        )  # fmt: skip
+    else:  # a shorter run is analysed in finer buckets (1 s up to 50 min): other work
+        report.info("report / scan, wall (per round; the <= 2.5x target is for 24 h)",
+                    spread(per_round))  # fmt: skip
     report.info(
         "report / scan, CPU (per round)", spread(ratios([r[1] for r in reports],
                                                         [s[1] for s in scans]))
