@@ -308,9 +308,10 @@ def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
         beside = _Beside(LocalReadConnection(db.duckdb.cursor()), info.run_id)
         try:
             findings = analyze_run(db.duckdb, info.run_id, store=False, after_scan=beside.start)
-            source = "analysed"
-        finally:
-            device_rows = beside.result()
+        except BaseException:
+            beside.abandon()  # the analysis' error is the one to show
+            raise
+        source, device_rows = "analysed", beside.result()
     ended = info.ended
     if ended is None:
         last = db.execute(
@@ -341,6 +342,12 @@ class _Beside:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="report-summary", daemon=True)
             self._thread.start()
+
+    def abandon(self) -> None:
+        """Wait for a started read (a thread cannot be cancelled) and drop what it got."""
+        if self._thread is not None:
+            self._thread.join()
+        self._con.close()
 
     def result(self) -> DeviceRows:
         try:
