@@ -17,15 +17,17 @@ import json
 import os
 import re
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from agent.analysis.causes import group_findings
-from agent.analysis.engine import analyze_run, finding_windows
+from agent.analysis.engine import analyze_run, finding_windows, post_run_resources
 from agent.analysis.finding import Finding
 from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
 from agent.analysis.frame_sql import in_list
+from agent.analysis.frame_sql import q as sql_text
 from agent.analysis.rules import RULES_BY_ID
 from agent.analysis.rules.common import duration, pct
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
@@ -42,7 +44,7 @@ from agent.runs import (
     open_read,
     stored_findings,
 )
-from agent.series import has_series, series_filter
+from agent.series import has_series
 from agent.store import connect
 
 JOULES_PER_KWH = 3.6e6
@@ -83,11 +85,18 @@ class RunSummary:
 
 
 def summarize(
-    con: ReadConnection, run: RunInfo, findings: list[Finding], duration_s: float
+    con: ReadConnection,
+    run: RunInfo,
+    findings: list[Finding],
+    duration_s: float,
+    device_rows: DeviceRows | None = None,
 ) -> RunSummary:
-    """The run's headline numbers, from plain queries (so they also work over the socket)."""
+    """The run's headline numbers, from plain queries (so they also work over the socket).
+
+    ``device_rows``: what :func:`busy_and_energy` already read (possibly on another thread,
+    while the analysis ran); read now when not given."""
     plan = accelerator_plan()  # accelerators by entity kind, their utilization by role
-    busy, energy_rows = _busy_and_energy(con, run.run_id, plan)
+    busy, energy_rows = device_rows or busy_and_energy(con, run.run_id, plan)
     names = {
         entity: name
         for entity, name in con.execute(
@@ -151,26 +160,45 @@ def summarize(
     )
 
 
-def _busy_and_energy(
-    con: ReadConnection, run_id: str, plan: AcceleratorPlan
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+#: Per accelerator (entity None: all of them) ``(entity, mean, [p50, p90, p99])`` of its
+#: utilization, and per accelerator ``(entity, joules)``: what :func:`busy_and_energy` reads.
+DeviceRows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def busy_and_energy(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> DeviceRows:
     """In one scan of the run's samples: per accelerator (and over all of them, entity None)
     the mean and p50/p90/p99 of its utilization (by role), and per accelerator the reset-safe
     increase of its energy counter (by role) over the run.
 
-    In a schema-3 file the labels are matched in the small ``series`` table and the scan
-    filters on the integer ids (:func:`series_filter`); an older file is read through its
-    ``samples`` view."""
+    Percentiles of raw samples cannot come from the analysis' buckets, so this reads the raw
+    values of those few series. In a schema-3 file their ids are picked in the small ``series``
+    table first and the scan filters on the integer ids alone (no label is joined to a value
+    before the few rows are aggregated); an older file is read through its ``samples`` view."""
     busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
     energy = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
     if has_series(con):
-        picked = series_filter(con, run_id, f"({busy}) OR ({energy})")
-        rows = f"""SELECT s.entity, s.metric, v.ts, v.value, ({busy}) AS is_busy
-            FROM (SELECT * FROM sample_values WHERE {picked}) v JOIN series s USING (series_id)
-            WHERE s.run_id = ?"""
+        picked = con.execute(
+            f"SELECT series_id, entity, metric, ({busy}) AS is_busy FROM series "
+            f"WHERE run_id = ? AND (({busy}) OR ({energy}))",
+            [run_id],
+        ).fetchall()
+        if not picked:
+            return [], []
+        labels = ", ".join(
+            f"({int(i)}, {sql_text(e)}, {sql_text(m)}, {str(bool(b)).lower()})"
+            for i, e, m, b in picked
+        )
+        ids = ", ".join(str(int(r[0])) for r in picked)
+        rows = f"""SELECT l.entity, l.metric, v.ts, v.value, l.is_busy
+            FROM (SELECT series_id, ts, value FROM sample_values
+                  WHERE series_id >= {min(int(r[0]) for r in picked)}
+                    AND series_id IN (SELECT unnest([{ids}]))) v
+            JOIN (VALUES {labels}) l(series_id, entity, metric, is_busy) USING (series_id)"""
+        params: list[Any] = []
     else:
         rows = f"""SELECT entity, metric, ts, value, ({busy}) AS is_busy FROM samples
             WHERE run_id = ? AND (({busy}) OR ({energy}))"""
+        params = [run_id]
     # A drop of a counter is a reset, after which it counted up from zero (so the new value is
     # the increase).
     got = con.execute(
@@ -185,10 +213,10 @@ def _busy_and_energy(
                    FROM steps WHERE d IS NOT NULL GROUP BY entity)
         SELECT 'busy' AS part, entity, mean, q FROM util
         UNION ALL SELECT 'energy', entity, joules, NULL FROM joules""",
-        [run_id],
+        params,
     ).fetchall()
     return (
-        [(e, mean, q) for part, e, mean, q in got if part == "busy"],
+        [(e, mean, quantiles) for part, e, mean, quantiles in got if part == "busy"],
         [(e, joules) for part, e, joules, _ in got if part == "energy"],
     )
 
@@ -267,20 +295,72 @@ class Report:
 
 
 def build_report(db: ReadConnection, run: str | None, db_path: str) -> Report:
-    """Summarise a run and its findings without writing anything."""
+    """Summarise a run and its findings without writing anything.
+
+    A run analysed here reads its devices' raw utilization and energy on a second cursor once
+    the analysis has scanned the samples (its pivots and rules work on the small aggregate,
+    mostly on one core), so the summary's scan costs little wall time on a spare core."""
     info = find_run(db, run, db_path)
     findings, live = stored_findings(db, info.run_id)
     source = "live" if live or (db.via == "agent" and info.ended is None) else "stored"
+    device_rows = None
     if (live or not findings) and db.duckdb is not None and _is_over(info, db):
-        findings, source = analyze_run(db.duckdb, info.run_id, store=False), "analysed"
+        beside = _Beside(LocalReadConnection(db.duckdb.cursor()), info.run_id)
+        try:
+            findings = analyze_run(db.duckdb, info.run_id, store=False, after_scan=beside.start)
+        except BaseException:
+            beside.abandon()  # the analysis' error is the one to show
+            raise
+        source, device_rows = "analysed", beside.result()
     ended = info.ended
     if ended is None:
         last = db.execute(
             "SELECT epoch(max(ts)) FROM samples WHERE run_id = ?", [info.run_id]
         ).scalar()
         ended = last or info.started
-    summary = summarize(db, info, findings, max(0.0, ended - info.started))
+    summary = summarize(db, info, findings, max(0.0, ended - info.started), device_rows)
     return Report(info, summary, findings, source)
+
+
+class _Beside:
+    """:func:`busy_and_energy` on its own cursor and thread, from :meth:`start` (the analysis'
+    scan is done) to :meth:`result` (which runs it inline if it never started, and re-raises)."""
+
+    def __init__(self, con: LocalReadConnection, run_id: str) -> None:
+        self._con, self._run_id = con, run_id
+        self._thread: threading.Thread | None = None
+        self._rows: DeviceRows | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._rows = busy_and_energy(self._con, self._run_id, accelerator_plan())
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="report-summary", daemon=True)
+            self._thread.start()
+
+    def abandon(self) -> None:
+        """Wait for a started read (a thread cannot be cancelled) and drop what it got."""
+        if self._thread is not None:
+            self._thread.join()
+        self._con.close()
+
+    def result(self) -> DeviceRows:
+        try:
+            if self._thread is None:
+                self._run()
+            else:
+                self._thread.join()
+        finally:
+            self._con.close()
+        if self._error is not None:
+            raise self._error
+        assert self._rows is not None
+        return self._rows
 
 
 def _is_over(info: RunInfo, db: ReadConnection) -> bool:
@@ -425,8 +505,10 @@ def render_run_text(db_path: str | os.PathLike[str], run_id: str) -> str:
         raise StoreError(f"no database at {db_path}")
     con = connect(db_path)
     try:
-        analyze_run(con, run_id)
-        return render_text(build_report(LocalReadConnection(con), run_id, str(db_path)))
+        # The summary reads raw samples too: with the analysis' resources, not the recorder's.
+        with post_run_resources(con):
+            analyze_run(con, run_id)
+            return render_text(build_report(LocalReadConnection(con), run_id, str(db_path)))
     finally:
         con.close()
 

@@ -256,26 +256,45 @@ def measured_run(argv: list[str]) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-#: The values alone, as stored (schema 3: ``samples`` is a view joining ``sample_values`` with
-#: the ``series`` dictionary): what reading the file costs at the least.
-PHYSICAL_SCAN = (
-    "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
-    "con.execute('SELECT count(*), avg(value) FROM sample_values').fetchall(); con.close()"
-)
+def scan_program(table: str) -> str:
+    """A child that opens the file read-only and runs the plain scan of ``table``; nothing
+    else is imported (the report is judged against exactly this)."""
+    return (
+        "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
+        f"con.execute('SELECT count(*), avg(value) FROM {table}').fetchall(); con.close()"
+    )
+
+
+def compile_bytecode() -> None:
+    """Byte-compile this checkout's packages as an installed wheel has them: the report's
+    ~100 modules would otherwise be compiled from source in every round when
+    ``PYTHONDONTWRITEBYTECODE`` is set, a cost the scan's (installed) duckdb never pays."""
+    import compileall
+
+    for package in ("agent", "collectors"):
+        compileall.compile_dir(str(ROOT / package), quiet=2)
 
 
 def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
     """The report and the plain scans in turns, after one warm-up of each (file cache)."""
-    scan_argv = baseline_argv("scan", "--db", str(path))
-    values_argv = [sys.executable, "-c", PHYSICAL_SCAN, str(path)]
+    compile_bytecode()
+    # ``samples`` is a view joining the values with the series dictionary (schema 3); the
+    # values alone, as stored, are what reading the file costs at the least.
+    scan_argv = [sys.executable, "-c", scan_program("samples"), str(path)]
+    values_argv = [sys.executable, "-c", scan_program("sample_values"), str(path)]
     report_argv = agent_argv("report", "--db", str(path))
     measured_run(scan_argv), measured_run(values_argv), measured_run(report_argv)
+    load_before = os.getloadavg()[0]
     scans, values, reports = [], [], []
     for _ in range(rounds):
         scans.append(measured_run(scan_argv))
         values.append(measured_run(values_argv))
         reports.append(measured_run(report_argv))
-    report.side("scan", "a child process: SELECT count(*), avg(value) FROM samples (read-only)")
+    load_after = os.getloadavg()[0]
+    report.side(
+        "scan", "a child process: python -c 'import duckdb', open the file read-only, "
+        "SELECT count(*), avg(value) FROM samples (nothing else imported)",
+    )  # fmt: skip
     report.side(
         "values", "a child process: SELECT count(*), avg(value) FROM sample_values (the "
         "physical table behind the samples view: ids, times, values; no labels joined)",
@@ -284,7 +303,12 @@ def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
         "report", "a child process: accelwatch report --db FILE (the whole command: finds no "
         "stored findings, so it analyses the run in memory, then summarises it)",
     )  # fmt: skip
-    report.side("", "all: interpreter start-up included, file in the page cache (one warm-up each)")
+    report.side(
+        "", "all: interpreter start-up included (bytecode compiled, as installed), file in "
+        "the page cache (one warm-up each), interleaved rounds; DuckDB's default threads",
+    )  # fmt: skip
+    report.info("load average (1 min) before / after the rounds",
+                f"{load_before:.2f} / {load_after:.2f}")  # fmt: skip
     at_24h = hours == 24
     wall = [r[0] for r in reports]
     report.info(f"scan: wall s ({hours:g} h, 8 GPUs, 1 Hz)", spread([s[0] for s in scans]))
@@ -299,10 +323,14 @@ def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
         report.info("report: wall s (the <= 2 s target is for 24 h)", spread(wall))
     report.info("report: CPU s", spread([r[1] for r in reports]))
     per_round = ratios(wall, [s[0] for s in scans])
-    report.target(
-        "report / scan, wall (per round)", spread(per_round), f"<= {TARGET_REPORT_RATIO}x",
-        statistics.median(per_round) <= TARGET_REPORT_RATIO,
-    )  # fmt: skip
+    if at_24h:  # the ratio target is set for a 24 h run too (30 s buckets)
+        report.target(
+            "report / scan, wall (per round)", spread(per_round), f"<= {TARGET_REPORT_RATIO}x",
+            statistics.median(per_round) <= TARGET_REPORT_RATIO,
+        )  # fmt: skip
+    else:  # a shorter run is analysed in finer buckets (1 s up to 50 min): other work
+        report.info("report / scan, wall (per round; the <= 2.5x target is for 24 h)",
+                    spread(per_round))  # fmt: skip
     report.info(
         "report / scan, CPU (per round)", spread(ratios([r[1] for r in reports],
                                                         [s[1] for s in scans]))

@@ -214,11 +214,13 @@ def analyze(
     *,
     live: bool = False,
     rules: Sequence[Rule] | None = None,
+    after_scan: Callable[[], None] | None = None,
 ) -> list[Finding]:
-    """Build the frames for ``window`` and run the rules over them."""
+    """Build the frames for ``window`` and run the rules over them; ``after_scan`` is called
+    once the raw samples have been read (see :func:`build_frames`)."""
     from agent.analysis.rules import ALL_RULES
 
-    info = build_frames(con, window)
+    info = build_frames(con, window, after_scan=after_scan)
     if info.first is None:
         return []
     ctx = Context(con, info, live=live)
@@ -278,24 +280,31 @@ def post_run_resources(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     hands them back."""
     from agent.store import READER_DB_MEMORY
 
-    threads, memory = con.execute(
-        "SELECT current_setting('threads'), current_setting('memory_limit')"
-    ).fetchall()[0]
+    settings = "SELECT current_setting('threads'), current_setting('memory_limit')"
+    before = con.execute(settings).fetchall()[0]
     con.execute(f"RESET threads; SET memory_limit = '{READER_DB_MEMORY}'")
+    if con.execute(settings).fetchall()[0] == before:  # a reader already has them
+        yield
+        return
     try:
         yield
     finally:
-        con.execute(f"SET threads = {int(threads)}; SET memory_limit = '{memory}'")
+        con.execute(f"SET threads = {int(before[0])}; SET memory_limit = '{before[1]}'")
 
 
 def analyze_run(
-    con: duckdb.DuckDBPyConnection, run_id: str, *, store: bool = True
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    *,
+    store: bool = True,
+    after_scan: Callable[[], None] | None = None,
 ) -> list[Finding]:
-    """Analyse a whole run; store the findings (``live=false``, replacing earlier ones)."""
+    """Analyse a whole run; store the findings (``live=false``, replacing earlier ones).
+    ``after_scan``: see :func:`analyze`."""
     duration, interval = run_bounds(con, run_id)
     window = Window(run_id, choose_bucket_s(duration, interval))
     with post_run_resources(con):
-        findings = analyze(con, window)
+        findings = analyze(con, window, after_scan=after_scan)
     if store:
         store_findings(con, run_id, findings, live=False)
     return findings

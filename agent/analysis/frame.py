@@ -19,7 +19,7 @@ names, checked at import; accelerator columns map to roles, resolved per registe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -166,8 +166,16 @@ def naive_utc(epoch_s: float) -> datetime:
     return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
 
 
-def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
-    """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``."""
+def build_frames(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    *,
+    after_scan: Callable[[], None] | None = None,
+) -> FrameInfo:
+    """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``.
+
+    ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
+    then the rules) runs mostly on one core, so a caller may start other reads beside it."""
     plan = accelerator_plan()
     analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics]))
     # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
@@ -187,6 +195,11 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
         params["end"] = window.end
     aggregates = f"""count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
                avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share"""
+    # A metric belongs to one source (the catalog says which), so the raw scan skips `source`;
+    # it is joined to the aggregated rows once, and every pivot filters aw_agg on it.
+    declared = [CATALOG.get(m) for m in analysed]
+    metric_sources = ", ".join(f"({q(m.name)}, {q(m.source)})" for m in declared if m is not None)
+    sources = f"sources(metric, source) AS (VALUES {metric_sources or '(NULL, NULL)'})"
     if has_series(con):
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
@@ -197,24 +210,28 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
             WITH agg AS (
                 SELECT series_id, epoch_us(ts) // $bucket_us AS k, {aggregates}
                 FROM sample_values WHERE {" AND ".join([picked, *times])}
-                GROUP BY series_id, k)
-            SELECT entity, metric, k, n, avg, min, max, low_share
-            FROM agg JOIN series USING (series_id)""",
+                GROUP BY series_id, k), {sources}
+            SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
+            FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
             {k: v for k, v in params.items() if k != "run"},
         )
     else:  # an older file, read as it is: labels on every row
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE aw_agg AS
-            SELECT entity, metric, epoch_us(ts) // $bucket_us AS k, {aggregates}
-            FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
-            GROUP BY entity, metric, k""",
+            WITH agg AS (
+                SELECT entity, metric, epoch_us(ts) // $bucket_us AS k, {aggregates}
+                FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
+                GROUP BY entity, metric, k), {sources}
+            SELECT a.entity, a.metric, c.source, k, n, avg, min, max, low_share
+            FROM agg a LEFT JOIN sources c ON c.metric = a.metric""",
             params,
         )
+    if after_scan is not None:
+        after_scan()
     # Counters only grow, so a bucket's max is its last value: the increase is the step from the
     # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.
-    declared = [CATALOG.get(m) for m in analysed]
     counters = in_list(m.name for m in declared if m is not None and m.is_counter)
     bucket = f"{float(window.bucket_s)}::DOUBLE"
     con.execute(f"""
@@ -226,13 +243,11 @@ def build_frames(con: duckdb.DuckDBPyConnection, window: Window) -> FrameInfo:
               FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
                     FROM aw_agg WHERE metric IN ({counters})
                     WINDOW w AS (PARTITION BY entity, metric ORDER BY k)))""")
-    # A metric belongs to one source (the catalog says which), so the raw scan skips `source`.
-    metric_sources = ", ".join(f"({q(m.name)}, {q(m.source)})" for m in declared if m is not None)
     rated = f"""
-        WITH sources(metric, source) AS (VALUES {metric_sources})
-        SELECT source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s, a.n,
+        SELECT a.source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s, a.n,
                a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
-        FROM aw_agg a JOIN sources USING (metric) LEFT JOIN aw_counters c USING (entity, metric, k)"""
+        FROM aw_agg a LEFT JOIN aw_counters c USING (entity, metric, k)
+        WHERE a.source IS NOT NULL"""
     if window.start is None:
         # A whole run: up to millions of rows; each pivot reads one source of it, filtered early.
         con.execute(f"CREATE OR REPLACE TEMP VIEW aw_rated AS {rated}")

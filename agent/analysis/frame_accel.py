@@ -229,7 +229,7 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
     sources_rows = ", ".join(f"({q(m)}, {q(s)})" for m, s in pairs) or "(NULL, NULL)"
     found = con.execute(f"""
         WITH src(metric, source) AS (VALUES {sources_rows}),
-        e AS (SELECT DISTINCT source, entity FROM aw_agg JOIN src USING (metric))
+        e AS (SELECT DISTINCT src.source, a.entity FROM aw_agg a JOIN src USING (metric))
         SELECT entity, source FROM e WHERE {plan.predicate}
         ORDER BY length(entity), entity, source""").fetchall()
     accels = dict(found)  # two sources naming a device alike share one row

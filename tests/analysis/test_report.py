@@ -228,3 +228,52 @@ def test_report_shows_stored_post_run_findings_without_analysing_again(recorded,
         reader.close()
     assert report.findings_from == "stored"
     assert [f.rule for f in report.findings] == ["hang"]
+
+
+def test_summary_read_beside_the_analysis_equals_the_summary_read_alone(thermal, tmp_path):
+    """An unanalysed run's summary is read on a second cursor while the rules run; a run with
+    stored findings reads it alone, after them: both give the same numbers."""
+    import shutil
+    from dataclasses import asdict
+
+    from agent.report import build_report
+    from agent.runs import open_read
+
+    src, run_id = thermal
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(src, db)
+
+    def summary() -> tuple[str, dict]:
+        reader = open_read(db)
+        try:
+            report = build_report(reader, run_id, str(db))
+        finally:
+            reader.close()
+        # lost_share comes from the findings (stored ones are rounded), not from the scan
+        return report.findings_from, {**asdict(report.summary), "lost_share": None}
+
+    beside_from, beside = summary()
+    render_run_text(db, run_id)  # stores the post-run findings
+    alone_from, alone = summary()
+    assert (beside_from, alone_from) == ("analysed", "stored")
+    assert len(beside["devices"]) == 8 and beside["energy_kwh"] > 0
+    assert beside == alone
+
+
+def test_after_scan_is_called_once_the_samples_are_aggregated_before_the_pivots(thermal):
+    """The report starts its summary's read there: the raw scan is over, the rest is small."""
+    db, run_id = thermal
+    con = connect(db, read_only=True)
+    seen: list[set[str]] = []
+
+    def tables() -> set[str]:
+        rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()
+        return {r[0] for r in rows}
+
+    try:
+        findings = analyze_run(con, run_id, store=False, after_scan=lambda: seen.append(tables()))
+    finally:
+        con.close()
+    assert len(seen) == 1
+    assert "aw_agg" in seen[0] and "aw_accel" not in seen[0]
+    assert {f.rule for f in findings} == {"throttling"}
