@@ -9,7 +9,8 @@ interleaved rounds:
   the agent (sampler, collectors, store writer, live analysis, headless line);
 * bare: ``benchmarks._baselines bare``: the NVML collector's nvidia-ml-py calls, the process
   collector's discovery (children files) and psutil's reads of the same fields of the same
-  tree, and the host collector's reads, in one loop;
+  tree, the host and disk collectors' psutil reads, and the fabric and storage sources'
+  syscalls (interfaces, the job's mounts and their block devices), in one loop;
 * nvitop: ``benchmarks._baselines nvitop-monitor``: nvitop's own ``ResourceMetricCollector``
   on the same root (its daemon calls ``take_snapshots()`` each interval).
 
@@ -67,14 +68,15 @@ def sides(root: int, db: Path, interval: float) -> list[Side]:
                 "--interval",
                 every,
             ),  # fmt: skip
-            "the whole headless agent process (all threads): NVML + process + host collectors, "
-            "store writer, live analysis, headless line",
+            "the whole headless agent process (all threads): NVML (+ XID event thread), process, "
+            "host, disk, fabric, storage, steps sources, store writer, live analysis, read "
+            "server, headless line",
         ),
         Side(
             "bare",
             baseline_argv("bare", "--pid", str(root), "--scenario", SCENARIO, "--interval", every),
             "one loop: the same nvidia-ml-py calls + the same tree discovery and psutil reads "
-            "of the same fields + host reads",
+            "of the same fields + host/disk reads + the fabric/storage sources' syscalls",
         ),
         Side(
             "nvitop",
