@@ -75,9 +75,10 @@ def tree_pids(root_pid: int) -> list[int]:
     return tree
 
 
-def tree_tick(root_pid: int) -> Tick:
+def tree_tick(root_pid: int, found: list[int] | None = None) -> Tick:
     """The process collector's work on the watched tree with psutil: the same discovery, then
-    psutil's own reads of the fields it records, per process and tick (``oneshot``)."""
+    psutil's own reads of the fields it records, per process and tick (``oneshot``). ``found``
+    is given the tick's pids (the agent's other sources reuse the tree the collector found)."""
     procs: dict[int, psutil.Process] = {}
 
     def tick() -> int:
@@ -101,6 +102,8 @@ def tree_tick(root_pid: int) -> Tick:
             current[pid] = proc
         procs.clear()
         procs.update(current)
+        if found is not None:
+            found[:] = list(current)
         return len(out)
 
     return tick
@@ -128,12 +131,13 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def fabric_storage_tick(root_pid: int, rescan_s: float = 5.0) -> Tick:
+def fabric_storage_tick(root_pid: int, tree: list[int], rescan_s: float = 5.0) -> Tick:
     """The fabric and storage sources' syscalls with nothing parsed that they do not need:
     each tick the InfiniBand directory, every interface's ``speed`` and ``operstate`` and the
     block ``stat`` of each mount the job uses; every ``rescan_s`` (their default) the root's
     ``mountinfo``, every tree process's open files (``fd`` listed, each link read) and its
-    working directory, to find which mounts those are."""
+    working directory, to find which mounts those are. ``tree``: the pids the tree tick found
+    (the storage source reads the process collector's, it does not discover them again)."""
     net = "/sys/class/net"
     state: dict[str, object] = {"scanned": None, "stats": []}
     blocks: dict[str, str] = {}  # major:minor -> stat path, read once like the source does
@@ -155,7 +159,7 @@ def fabric_storage_tick(root_pid: int, rescan_s: float = 5.0) -> Tick:
                 mounts[parts[4]] = parts[2]  # mount point -> major:minor
         points = sorted(mounts, key=len, reverse=True)
         used: set[str] = set()
-        for pid in tree_pids(root_pid):
+        for pid in tree or [root_pid]:
             paths = []
             with contextlib.suppress(OSError):
                 for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -293,7 +297,8 @@ def nvml_tick() -> Tick:
 
 
 def run_bare(args: argparse.Namespace) -> None:
-    parts: list[Tick] = [tree_tick(args.pid), host_tick, fabric_storage_tick(args.pid)]
+    tree: list[int] = []
+    parts: list[Tick] = [tree_tick(args.pid, tree), host_tick, fabric_storage_tick(args.pid, tree)]
     if args.scenario:
         install_simulator(args.scenario, args.pid)
         parts.append(nvml_tick())
