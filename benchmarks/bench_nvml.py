@@ -16,7 +16,8 @@ interleaved rounds:
 
 Every side installs the same simulated driver (``collectors.sim.install``), so its cost is on
 both sides of each ratio. Targets (issue 14): agent / bare <= 1.25x, agent / nvitop <= 0.6x,
-agent RSS <= 80 MB. Exits 1 on a MISS.
+agent RSS <= 80 MB. Also printed: the agent's CPU per thread (the kernel names it gives its
+threads, ``aw-sampler``, ``aw-store`` ...; ``other`` is DuckDB's own). Exits 1 on a MISS.
 
     python benchmarks/bench_nvml.py [--rounds 5] [--window 10] [--quick]
 """
@@ -42,6 +43,7 @@ from benchmarks._common import (  # noqa: E402
     interleaved,
     process_tree,
     ratios,
+    report_threads,
     spread,
 )
 
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         report.side(side.name, side.includes)
     for m in (agent, bare, nvitop):
         report.info(f"{m.side.name}: CPU, % of one core", spread([c * 100 for c in m.cpu]))
+    report_threads(report, agent)
     to_bare, to_nvitop = ratios(agent.cpu, bare.cpu), ratios(agent.cpu, nvitop.cpu)
     report.target(
         "agent / bare loop (per round)",

@@ -270,6 +270,7 @@ class Session:
                 self.sampler.note("consumer_failed", "agent", error=str(exc))
                 print(f"accelwatch: warning: {exc}", file=sys.stderr)
         self.sampler.start()
+        name_os_threads()
         return self.run
 
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:
@@ -478,6 +479,20 @@ class SessionControl:
         if child is None or child.poll() is None:
             return None
         return exit_code(child.returncode)
+
+
+def name_os_threads() -> None:
+    """Give the agent's threads their names in the kernel too (``accelwatch-sampler`` shows as
+    ``aw-sampler`` in ``top -H``, ``ps -L`` and ``/proc/PID/task/*/comm``), so their CPU can
+    be told apart from outside; Python before 3.14 leaves every thread named ``python``.
+    Best effort: a thread that is gone or a kernel that refuses keeps its name."""
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None or not thread.name.startswith("accelwatch-"):
+            continue
+        name = "aw-" + thread.name.removeprefix("accelwatch-")
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm", "w") as f:
+            f.write(name[:15])
 
 
 def _pid_running(pid: int | None) -> bool:
