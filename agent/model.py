@@ -99,6 +99,15 @@ class BatchBuilder:
         self._metrics.extend(metrics)
         self._values.extend(values)
 
+    def add_columns(
+        self, entities: Sequence[str], metrics: Sequence[str], values: Sequence[float]
+    ) -> None:
+        """Add parallel columns at once (values present and already floats): a collector's
+        hot loop gathers a device's values and hands them over in three extends."""
+        self._entities.extend(entities)
+        self._metrics.extend(metrics)
+        self._values.extend(values)
+
     def add_many(self, entity: str, values: Mapping[str, float | int | None]) -> None:
         for metric_name, value in values.items():
             self.add(entity, metric_name, value)

@@ -75,9 +75,10 @@ def tree_pids(root_pid: int) -> list[int]:
     return tree
 
 
-def tree_tick(root_pid: int) -> Tick:
+def tree_tick(root_pid: int, found: list[int] | None = None) -> Tick:
     """The process collector's work on the watched tree with psutil: the same discovery, then
-    psutil's own reads of the fields it records, per process and tick (``oneshot``)."""
+    psutil's own reads of the fields it records, per process and tick (``oneshot``). ``found``
+    is given the tick's pids (the agent's other sources reuse the tree the collector found)."""
     procs: dict[int, psutil.Process] = {}
 
     def tick() -> int:
@@ -101,13 +102,15 @@ def tree_tick(root_pid: int) -> Tick:
             current[pid] = proc
         procs.clear()
         procs.update(current)
+        if found is not None:
+            found[:] = list(current)
         return len(out)
 
     return tick
 
 
 def host_tick() -> int:
-    """The host collector's reads."""
+    """The host and disk collectors' reads."""
     out = [
         psutil.cpu_times(),
         psutil.cpu_times(percpu=True),
@@ -118,6 +121,78 @@ def host_tick() -> int:
         psutil.net_io_counters(pernic=True),
     ]
     return len(out)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def fabric_storage_tick(root_pid: int, tree: list[int], rescan_s: float = 5.0) -> Tick:
+    """The fabric and storage sources' syscalls with nothing parsed that they do not need:
+    each tick the InfiniBand directory, every interface's ``speed`` and ``operstate`` and the
+    block ``stat`` of each mount the job uses; every ``rescan_s`` (their default) the root's
+    ``mountinfo``, every tree process's open files (``fd`` listed, each link read) and its
+    working directory, to find which mounts those are. ``tree``: the pids the tree tick found
+    (the storage source reads the process collector's, it does not discover them again)."""
+    net = "/sys/class/net"
+    state: dict[str, object] = {"scanned": None, "stats": []}
+    blocks: dict[str, str] = {}  # major:minor -> stat path, read once like the source does
+
+    def block_stat(majmin: str) -> str | None:
+        if not blocks:
+            for disk in os.listdir("/sys/block"):
+                dev = _read(f"/sys/block/{disk}/dev")
+                if dev is not None:
+                    blocks[dev.decode().strip()] = f"/sys/block/{disk}/stat"
+        return blocks.get(majmin)
+
+    def scan(now: float) -> None:
+        info = _read(f"/proc/{root_pid}/mountinfo") or b""
+        mounts = {}
+        for line in info.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) > 4:
+                mounts[parts[4]] = parts[2]  # mount point -> major:minor
+        points = sorted(mounts, key=len, reverse=True)
+        used: set[str] = set()
+        for pid in tree or [root_pid]:
+            paths = []
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            with contextlib.suppress(OSError):
+                paths.append(os.readlink(f"/proc/{pid}/cwd"))
+            for path in paths:
+                if path.startswith("/") and not path.startswith("/dev/"):
+                    point = next(
+                        (p for p in points if p == "/" or path == p or path.startswith(p + "/")),
+                        None,
+                    )
+                    if point is not None:
+                        used.add(mounts[point])
+        state["stats"] = [s for s in (block_stat(m) for m in sorted(used)) if s]
+        state["scanned"] = now
+
+    def tick() -> int:
+        now = time.monotonic()
+        scanned = state["scanned"]
+        if scanned is None or now - float(scanned) >= rescan_s:  # type: ignore[arg-type]
+            scan(now)
+        out = [_read(path) for path in state["stats"]]  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            os.listdir("/sys/class/infiniband")
+        with contextlib.suppress(OSError):
+            for name in os.listdir(net):
+                if name != "lo":
+                    out += [_read(f"{net}/{name}/speed"), _read(f"{net}/{name}/operstate")]
+        return len(out)
+
+    return tick
 
 
 def nvml_tick() -> Tick:
@@ -222,7 +297,8 @@ def nvml_tick() -> Tick:
 
 
 def run_bare(args: argparse.Namespace) -> None:
-    parts: list[Tick] = [tree_tick(args.pid), host_tick]
+    tree: list[int] = []
+    parts: list[Tick] = [tree_tick(args.pid, tree), host_tick, fabric_storage_tick(args.pid, tree)]
     if args.scenario:
         install_simulator(args.scenario, args.pid)
         parts.append(nvml_tick())

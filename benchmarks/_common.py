@@ -96,6 +96,36 @@ class Slot:
     cpu_share: float  # CPU seconds per wall second (1.0 = one core)
     rss_mb: float
     uss_mb: float
+    #: The same share per thread name (``thread_cpu``); threads that ended are in no entry.
+    threads: dict[str, float] = field(default_factory=dict)
+
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each live thread of ``pid``, summed by kernel thread name:
+    the agent names its threads (``aw-sampler``, ``aw-store`` ...); its main thread is
+    ``main``; unnamed ones (DuckDB's, OpenBLAS's, a baseline's) are ``other``."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(tid) == pid:
+            name = "main"
+        elif not name.startswith("aw-"):
+            name = "other"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) * _TICK_S
+    return out
 
 
 class Child:
@@ -183,11 +213,13 @@ class Child:
 
     def slot(self, window: float) -> Slot:
         """Measure this side alone for ``window`` wall seconds."""
-        wall, cpu = time.monotonic(), self.cpu_seconds()
+        wall, cpu, threads = time.monotonic(), self.cpu_seconds(), thread_cpu(self.pid)
         time.sleep(window)
         used, elapsed = self.cpu_seconds() - cpu, time.monotonic() - wall
+        after = thread_cpu(self.pid)
         mem = self.proc.memory_full_info()
-        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6)
+        shares = {k: (v - threads.get(k, 0.0)) / elapsed for k, v in after.items()}
+        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6, shares)
 
     def stop(self) -> str:
         """End the child; what it wrote on stderr (or its terminal), for a failure message."""
@@ -282,6 +314,15 @@ class BenchmarkError(RuntimeError):
 def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
     """``min / median / max`` of the rounds."""
     return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def report_threads(report: Report, measured: Measured) -> None:
+    """One info row per thread name of a side: its CPU share over the same windows (threads
+    that started or ended inside a window are counted from or to then)."""
+    names = sorted({n for s in measured.slots for n in s.threads})
+    for name in names:
+        shares = [s.threads.get(name, 0.0) * 100 for s in measured.slots]
+        report.info(f"{measured.side.name} thread {name}, % of one core", spread(shares))
 
 
 def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:

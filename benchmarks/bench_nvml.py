@@ -9,13 +9,15 @@ interleaved rounds:
   the agent (sampler, collectors, store writer, live analysis, headless line);
 * bare: ``benchmarks._baselines bare``: the NVML collector's nvidia-ml-py calls, the process
   collector's discovery (children files) and psutil's reads of the same fields of the same
-  tree, and the host collector's reads, in one loop;
+  tree, the host and disk collectors' psutil reads, and the fabric and storage sources'
+  syscalls (interfaces, the job's mounts and their block devices), in one loop;
 * nvitop: ``benchmarks._baselines nvitop-monitor``: nvitop's own ``ResourceMetricCollector``
   on the same root (its daemon calls ``take_snapshots()`` each interval).
 
 Every side installs the same simulated driver (``collectors.sim.install``), so its cost is on
 both sides of each ratio. Targets (issue 14): agent / bare <= 1.25x, agent / nvitop <= 0.6x,
-agent RSS <= 80 MB. Exits 1 on a MISS.
+agent RSS <= 80 MB. Also printed: the agent's CPU per thread (the kernel names it gives its
+threads, ``aw-sampler``, ``aw-store`` ...; ``other`` is DuckDB's own). Exits 1 on a MISS.
 
     python benchmarks/bench_nvml.py [--rounds 5] [--window 10] [--quick]
 """
@@ -41,6 +43,7 @@ from benchmarks._common import (  # noqa: E402
     interleaved,
     process_tree,
     ratios,
+    report_threads,
     spread,
 )
 
@@ -67,14 +70,15 @@ def sides(root: int, db: Path, interval: float) -> list[Side]:
                 "--interval",
                 every,
             ),  # fmt: skip
-            "the whole headless agent process (all threads): NVML + process + host collectors, "
-            "store writer, live analysis, headless line",
+            "the whole headless agent process (all threads): NVML (+ XID event thread), process, "
+            "host, disk, fabric, storage, steps sources, store writer, live analysis, read "
+            "server, headless line",
         ),
         Side(
             "bare",
             baseline_argv("bare", "--pid", str(root), "--scenario", SCENARIO, "--interval", every),
             "one loop: the same nvidia-ml-py calls + the same tree discovery and psutil reads "
-            "of the same fields + host reads",
+            "of the same fields + host/disk reads + the fabric/storage sources' syscalls",
         ),
         Side(
             "nvitop",
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         report.side(side.name, side.includes)
     for m in (agent, bare, nvitop):
         report.info(f"{m.side.name}: CPU, % of one core", spread([c * 100 for c in m.cpu]))
+    report_threads(report, agent)
     to_bare, to_nvitop = ratios(agent.cpu, bare.cpu), ratios(agent.cpu, nvitop.cpu)
     report.target(
         "agent / bare loop (per round)",

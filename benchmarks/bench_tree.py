@@ -9,7 +9,9 @@ threads over a wall window), in interleaved rounds:
 * bare: ``benchmarks._baselines bare``: the same discovery (``task/TID/children`` from the
   root) and psutil's ``oneshot`` reads of the fields the process collector records
   (cpu_times, memory_info, num_threads, num_ctx_switches, status, io_counters) for every
-  process, plus the host collector's reads, in one loop.
+  process, plus the host and disk collectors' reads and the fabric and storage sources'
+  syscalls (every process's open files and cwd every 5 s, as the storage source scans them),
+  in one loop.
 
 At this size both sides are the per-process work, so agent / bare is the per-process cost
 against psutil's own reads. Targets (issue 14): agent / bare <= 1.3x; no tick missed (``gap``
@@ -51,14 +53,14 @@ def sides(root: int, db: Path, interval: float) -> list[Side]:
         Side(
             "agent",
             agent_argv("attach", str(root), "--headless", "--db", str(db), "--interval", every),
-            "the whole headless agent process (all threads): process + host collectors, store "
-            "writer, live analysis, headless line",
+            "the whole headless agent process (all threads): process, host, disk, fabric, "
+            "storage, steps sources, store writer, live analysis, headless line",
         ),
         Side(
             "bare",
             baseline_argv("bare", "--pid", str(root), "--interval", every),
             "one loop: the same children-file discovery + psutil oneshot reads of the same "
-            "fields of every process + the host reads",
+            "fields of every process + host/disk reads + the fabric/storage sources' syscalls",
         ),
     ]
 

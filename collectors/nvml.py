@@ -56,7 +56,7 @@ class NvmlCollector(Collector):
         *,
         clock: Callable[[], float] = time.time,
         watch_events: bool = True,
-        event_timeout_ms: int = 250,
+        event_timeout_ms: int = 500,
     ) -> None:
         self.clock = clock
         self.watch_events = watch_events

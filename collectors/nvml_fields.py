@@ -246,17 +246,29 @@ class FieldReader:
         ull = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
 
         def emit(b: BatchBuilder, rows: list[FieldRow]) -> None:
+            # The hot loop of the collector (38 counters per H100): columns appended in one
+            # go, each counter stepped without the per-value calls of ``BatchBuilder.add``.
+            entities: list[str] = []
+            metrics: list[str] = []
+            values: list[float] = []
             for slot, entity, total_metric, rate_metric, track in counters:
                 _, _, ts, _, value_type, ret, raw = rows[slot]
-                if ret == ok:
-                    if value_type != ull:  # a narrower counter wraps at its own width
-                        raw = decode(value_type, raw)
-                        track.modulus = _COUNTER_WIDTHS.get(value_type, U64)
-                    track.update(raw, ts)
-                    b.add(entity, total_metric, track.total)
-                    b.add(entity, rate_metric, track.rate)
-                else:
+                if ret != ok:
                     track.rate = None
+                    continue
+                if value_type != ull:  # a narrower counter wraps at its own width
+                    raw = decode(value_type, raw)
+                    track.modulus = _COUNTER_WIDTHS.get(value_type, U64)
+                rate = track.update(raw, ts)
+                if rate is None:
+                    entities.append(entity)
+                    metrics.append(total_metric)
+                    values.append(track.raw_total * track.scale)
+                else:
+                    entities += (entity, entity)
+                    metrics += (total_metric, rate_metric)
+                    values += (track.raw_total * track.scale, rate)
+            b.add_columns(entities, metrics, values)
             for slot in power_slots:
                 row = rows[slot]
                 if row[5] == ok:

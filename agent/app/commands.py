@@ -177,16 +177,11 @@ def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) ->
     if host_cpu is not None:
         parts.append(f"host={host_cpu * 100:.0f}%")
     registry = default_registry()
-    busy: dict[str, str | None] = {}
     shown = 0
     for batch in snap.batches:
-        if batch.source not in busy:
-            metric = next(
-                (m.name for m in CATALOG.by_role("accelerator.busy") if m.source == batch.source),
-                None,
-            )
-            busy[batch.source] = metric
-        metric = busy[batch.source]
+        accelerators, metric = _accelerator_source(batch.source)
+        if not accelerators:  # a source with no accelerator kind: its entities are not read
+            continue
         for entity in dict.fromkeys(batch.entities):
             if shown >= 8 or registry.kind_of(batch.source, entity) != "accelerator":
                 continue
@@ -199,6 +194,24 @@ def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) ->
     for phrase in health_phrases(health or {}):
         parts.append(f"· {phrase.text}")
     return " ".join(parts)
+
+
+_ACCELERATOR_SOURCES: dict[str, tuple[object, bool, str | None]] = {}
+
+
+def _accelerator_source(source: str) -> tuple[bool, str | None]:
+    """(whether ``source`` declares an accelerator kind, its ``accelerator.busy`` metric),
+    worked out once per registered spec: the live line runs every tick over every batch."""
+    spec = default_registry().get(source)
+    known = _ACCELERATOR_SOURCES.get(source)
+    if known is None or known[0] is not spec:
+        kinds = spec.entity_kinds if spec is not None else ()
+        metric = next(
+            (m.name for m in CATALOG.by_role("accelerator.busy") if m.source == source), None
+        )
+        known = (spec, any(k.kind == "accelerator" for k in kinds), metric)
+        _ACCELERATOR_SOURCES[source] = known
+    return known[1], known[2]
 
 
 def print_summary(session: Session, run: RunInfo) -> None:

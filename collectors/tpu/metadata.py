@@ -8,8 +8,6 @@ when node state is asked for.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +66,11 @@ def parse_endpoints(text: str) -> list[str]:
 
 
 def _get(base_url: str, attribute: str, timeout: float) -> str | None:
+    # Imported here: urllib.request pulls in http.client and ssl (OpenSSL, ~5 MB resident)
+    # into every agent, while only a TPU VM ever asks its metadata server.
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(
         f"{base_url.rstrip('/')}/instance/attributes/{attribute}",
         headers={"Metadata-Flavor": "Google"},

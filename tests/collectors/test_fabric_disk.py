@@ -48,3 +48,26 @@ def test_the_host_source_reports_neither_disks_nor_fabric_ports():
     batch = collector.collect(1.0)
     assert not {m for m in batch.metrics if m.startswith(("host.disk.", "host.ib."))}
     assert "host.memory.used" in batch.metrics
+
+
+def test_host_memory_from_one_meminfo_and_vmstat_read_matches_psutil():
+    import psutil
+
+    from collectors.host import memory
+
+    total, available, swap_total, swap_used, swap_in, swap_out = memory()
+    vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+    assert (total, swap_total) == (vm.total, sw.total)
+    assert abs(available - vm.available) < 64 * 2**20  # read a moment apart
+    assert abs(swap_used - sw.used) < 64 * 2**20
+    assert 0 <= swap_in <= sw.sin and 0 <= swap_out <= sw.sout
+
+
+def test_host_memory_falls_back_to_psutil_where_procfs_lacks_a_field(tmp_path):
+    import psutil
+
+    from collectors.host import memory
+
+    (tmp_path / "meminfo").write_text("MemTotal:       1024 kB\n")  # no MemAvailable, no swap
+    (tmp_path / "vmstat").write_text("nr_free_pages 1\n")
+    assert memory(str(tmp_path))[0] == psutil.virtual_memory().total

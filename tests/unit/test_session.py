@@ -140,3 +140,24 @@ def test_stop_requests_escalate_sigint_sigterm_and_sigkill_only_after_the_grace(
         child.wait()
     sent = [k["signal"] for a, k in notes if a[0] == "job_signal"]
     assert sent == ["SIGINT", "SIGTERM", "SIGKILL"]
+
+
+def test_the_agents_threads_carry_their_names_in_the_kernel():
+    """``top -H`` and the benchmarks tell the sampler from the store writer by name."""
+    import threading
+
+    from agent.app.session import name_os_threads
+
+    started, done = threading.Event(), threading.Event()
+    worker = threading.Thread(
+        target=lambda: (started.set(), done.wait(5)), name="accelwatch-sampler", daemon=True
+    )
+    worker.start()
+    started.wait(5)
+    try:
+        name_os_threads()
+        with open(f"/proc/self/task/{worker.native_id}/comm") as f:
+            assert f.read().strip() == "aw-sampler"
+    finally:
+        done.set()
+        worker.join()
