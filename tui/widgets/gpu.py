@@ -324,16 +324,19 @@ class GpuPanel(VerticalScroll):
         super().__init__(id="gpus")
         self.hide_unused = False
         self.empty_reason = "waiting for accelerator data…"
+        #: The cards mounted so far, by entity (a DOM query every tick cost more than a card).
+        self._cards: dict[str, GpuCard] = {}
+        self._placeholder = True
 
     def show(self, views: list[AcceleratorView], notices: dict[str, str]) -> None:
-        known = {card.entity: card for card in self.query(GpuCard)}
-        placeholder = self.query("#no-gpus")
-        if views and placeholder:
-            placeholder.remove()
+        known = self._cards
+        if views and self._placeholder:
+            self.query("#no-gpus").remove()
+            self._placeholder = False
         for view in views:
             card = known.get(view.entity)
             if card is None:
-                card = GpuCard(view.entity, view.source)
+                card = known[view.entity] = GpuCard(view.entity, view.source)
                 self.mount(card)
             card.show(view)
             shown = view.used_by_job or not self.hide_unused
@@ -341,10 +344,12 @@ class GpuPanel(VerticalScroll):
                 card.display = shown
         if not views:
             text = _no_accelerators(notices) or self.empty_reason
+            placeholder = self.query("#no-gpus")
             if not placeholder:
                 self.mount(Static(text, id="no-gpus"))
             else:
                 placeholder.first().update(text)
+            self._placeholder = True
 
     def relayout_cards(self) -> None:
         """Card height follows the terminal's (short or full cards)."""
