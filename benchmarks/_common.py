@@ -280,14 +280,16 @@ def interleaved(
     window: float,
     warmup: float,
     then: Callable[[dict[str, Child]], None] | None = None,
+    start: Callable[[Side], Child] = Child,
 ) -> dict[str, Measured]:
-    """Start every side, let them warm up, then measure them in turns for ``rounds`` rounds;
-    ``then`` runs on the live children after the last round, before they stop."""
+    """Start every side (with ``start``: a pty or pipes by default), let them warm up, then
+    measure them in turns for ``rounds`` rounds; ``then`` runs on the live children after the
+    last round, before they stop."""
     children: list[Child] = []
     results = {side.name: Measured(side) for side in sides}
     try:
         for side in sides:
-            children.append(Child(side))
+            children.append(start(side))
         time.sleep(warmup)
         for _ in range(rounds):
             for child in children:

@@ -12,8 +12,9 @@ all its threads over a wall window, RSS) in interleaved rounds:
 OTLP exports every ``--window`` seconds (``OTEL_METRIC_EXPORT_INTERVAL``; the SDK default is
 60 s, so this charges each window with an export: an upper bound). Targets (issue 14): each
 exporting agent costs <= +10% of the non-exporting agent's CPU (the whole agent's sampling,
-storing and analysis) per round; memory is bounded: RSS grows <= 5 MB from the first round to
-the last. Exits 1 on a MISS.
+storing and analysis) per round; memory is bounded: from the first round to the last, an
+exporting agent's RSS grows <= 5 MB more than the non-exporting one's (the agent's own growth in
+its first minutes is printed beside it). Exits 1 on a MISS.
 
     python benchmarks/bench_export.py [--rounds 5] [--window 10] [--quick]
 """
@@ -163,12 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         rss = [s.rss_mb for s in m.slots]
         delta = [a.rss_mb - b.rss_mb for a, b in zip(m.slots, off.slots)]
         report.info(f"{name}: RSS - off RSS (MB)", spread(delta, "{:+.0f}"))
+        report.info(f"{name}: RSS growth, first to last round (MB)", f"{rss[-1] - rss[0]:+.1f}")
+        # The agent's own RSS grows over its first minutes (DuckDB, the live window) with or
+        # without export: the exporter's growth is how much more this side grew than "off".
+        own = delta[-1] - delta[0]
         report.target(
-            f"{name}: RSS growth, first to last round (MB)",
-            f"{rss[-1] - rss[0]:+.1f}",
+            f"{name}: its growth beyond off's, first to last round (MB)",
+            f"{own:+.1f}",
             f"<= {TARGET_GROWTH_MB:g}",
-            rss[-1] - rss[0] <= TARGET_GROWTH_MB,
+            own <= TARGET_GROWTH_MB,
         )
+    off_rss = [s.rss_mb for s in off.slots]
+    report.info("off: RSS growth, first to last round (MB)", f"{off_rss[-1] - off_rss[0]:+.1f}")
     report.info(
         "on: OTLP exports received, Prometheus scrapes answered",
         f"{RECEIVED['exports']}, {RECEIVED['scrapes']}",

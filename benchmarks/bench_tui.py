@@ -1,8 +1,9 @@
 """The agent with its live UI against nvitop's TUI, both in a terminal of the same size.
 
-Two programs run at once, each in its own pseudo-terminal of ``--size`` (read as a terminal
-emulator would: every refresh is laid out, rendered and written as escape codes), on the same
-simulated GPUs (8 H100s, scenario ``healthy``) at a 1 s interval:
+Three programs run at once, each in its own tmux window of ``--size`` (a real terminal
+emulator: it parses every escape code, answers the programs' terminal queries and delivers
+keys; ``--pty`` uses a bare pseudo-terminal instead), on the same simulated GPUs (8 H100s,
+scenario ``healthy``) at a 1 s interval:
 
 * agent-ui: ``accelwatch attach ROOT --simulate healthy --db TMP``: the whole agent process
   (all threads: sampler, collectors, store writer, live analysis, the Textual UI) watching a
@@ -19,7 +20,8 @@ writing ``s`` (sort) into its terminal until the output carrying the result ("pr
 ...") comes back. Targets (issue 14): agent-ui / nvitop-ui <= 1.0x, agent-ui RSS <= 100 MB,
 median key-to-render <= 50 ms. Exits 1 on a MISS.
 
-    python benchmarks/bench_tui.py [--rounds 5] [--window 10] [--keys 10] [--size 160x48] [--quick]
+    python benchmarks/bench_tui.py [--rounds 5] [--window 10] [--keys 10] [--size 160x48]
+                                   [--pty] [--quick]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from benchmarks._common import (  # noqa: E402
     ratios,
     spread,
 )
+from benchmarks._tmux import TmuxChild, tmux_available  # noqa: E402
 
 TARGET_RATIO = 1.0
 TARGET_RSS_MB = 100.0
@@ -56,20 +59,20 @@ TARGET_LATENCY_S = 0.050
 SORT_ORDER = ("cpu", "rss", "gpu_mem", "io", "tree")
 
 
-def sides(root: int, tmp: Path, size: tuple[int, int]) -> list[Side]:
+def sides(root: int, tmp: Path, size: tuple[int, int], terminal: str) -> list[Side]:
     db, headless_db = tmp / "tui.duckdb", tmp / "headless.duckdb"
+    where = f"in a {size[0]}x{size[1]} {terminal}"
     return [
         Side(
             "agent-ui",
             agent_argv("attach", str(root), "--simulate", "healthy", "--db", str(db)),
-            "the whole agent process with its live UI (all threads), in a "
-            f"{size[0]}x{size[1]} terminal",
+            f"the whole agent process with its live UI (all threads), {where}",
             terminal=size,
         ),
         Side(
             "nvitop-ui",
             baseline_argv("nvitop-tui", "--pid", str(root), "--scenario", "healthy"),
-            f"nvitop --interval 1, the whole process, in a {size[0]}x{size[1]} terminal",
+            f"nvitop --interval 1, the whole process, {where}",
             terminal=size,
         ),
         Side(
@@ -101,7 +104,9 @@ def checked(children: dict[str, Child], keys: int) -> list[float]:
     """Every side really shows the simulated GPUs; then the agent's key latencies."""
     markers = (("agent-ui", b"gpu7"), ("nvitop-ui", b"79.65GiB"), ("headless", b"gpu7="))
     for name, marker in markers:
-        screen = ESCAPES.sub(b"", bytes(children[name].head))
+        child = children[name]
+        shown = child.screen().encode() if isinstance(child, TmuxChild) else b""
+        screen = shown + ESCAPES.sub(b"", bytes(child.head))
         if marker not in screen:
             tail = screen[-1500:].decode(errors="replace")
             raise BenchmarkError(f"{name} does not show the simulated GPUs:\n{tail}")
@@ -113,21 +118,25 @@ def main(argv: list[str] | None = None) -> int:
     add_round_args(parser, rounds=5, window=10.0, warmup=8.0)
     parser.add_argument("--keys", type=int, default=10, help="sort key presses to time")
     parser.add_argument("--size", default="160x48", help="terminal COLUMNSxROWS")
+    parser.add_argument("--pty", action="store_true", help="a bare pseudo-terminal, not tmux")
     args = parser.parse_args(argv)
     apply_quick(args, window=3.0, warmup=6.0)
     if args.quick:
         args.keys = 5
     cols, rows = (int(v) for v in args.size.split("x"))
     latencies: list[float] = []
+    use_tmux = not args.pty and tmux_available()
+    terminal = "tmux window" if use_tmux else "pseudo-terminal (no tmux)"
     try:
         with tempfile.TemporaryDirectory() as tmp, process_tree(32) as root:
-            all_sides = sides(root, Path(tmp), (cols, rows))
+            all_sides = sides(root, Path(tmp), (cols, rows), terminal)
             got = interleaved(
                 all_sides,
                 rounds=args.rounds,
                 window=args.window,
                 warmup=args.warmup,
                 then=lambda children: latencies.extend(checked(children, args.keys)),
+                start=TmuxChild if use_tmux else Child,  # type: ignore[arg-type]
             )
     except Exception as exc:  # one line and exit 1, never a traceback mid-table
         return fail(exc)

@@ -1,9 +1,10 @@
-"""The export consumer: OTLP through the SDK, a Prometheus endpoint, one series index.
+"""The export consumer: OTLP, a Prometheus endpoint, one series index.
 
-OTLP uses a MeterProvider whose observable instruments come from the catalog and a
-``PeriodicExportingMetricReader``; the Prometheus endpoint renders the same observations
-itself. Both read the latest snapshot through :class:`exporters.series.SeriesIndex`.
-Findings go out as a gauge and, over OTLP, as log records.
+OTLP metrics are encoded straight from the latest snapshot every interval
+(:mod:`exporters.otlp_request`, sent by :mod:`exporters.otlp_metrics` on the SDK exporter's
+connection); the Prometheus endpoint renders the same observations itself. Both read the latest
+snapshot through :class:`exporters.series.SeriesIndex`. Findings go out as a gauge and, over
+OTLP, as log records (the SDK's logs pipeline).
 """
 
 from __future__ import annotations
@@ -13,36 +14,31 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 
 from agent import __version__
 from agent.errors import UsageError
-from agent.registry import default_registry
 from agent.snapshot import Snapshot
 from exporters.findings import FINDINGS_GAUGE, FINDINGS_SPEC, FindingLogEmitter, FindingsGauge
-from exporters.naming import PROCESS_ATTRIBUTE_KEYS, ExportPlan, build_plan
+from exporters.naming import ExportPlan, build_plan
 from exporters.otlp import (
     DEFAULT_EVENT_GAP_S,
     FAILING_SHUTDOWN_BUDGET_S,
     SHUTDOWN_BUDGET_S,
-    CountingLogExporter,
-    CountingMetricExporter,
-    ExportHealth,
     OtlpSettings,
     log_exporter,
-    metric_exporter,
     otlp_settings,
 )
+from exporters.otlp_health import CountingLogExporter, CountingMetricExporter, ExportHealth
+from exporters.otlp_metrics import MetricsTicker, counter_temporality, metric_exporter
+from exporters.otlp_request import RequestBuilder
 from exporters.prometheus import Exposition, PrometheusEndpoint
 from exporters.resource import build_resource
 from exporters.series import DEFAULT_MAX_PROCESSES, SeriesIndex
@@ -68,77 +64,6 @@ def quiet_sdk_logging() -> None:
 def sdk_disabled(environ: Mapping[str, str] | None = None) -> bool:
     environ = os.environ if environ is None else environ
     return environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
-
-
-def instrument_views(plan: ExportPlan) -> list[View]:
-    """Views that keep names exactly as planned and bound per-process attributes.
-
-    The SDK lowercases instrument names; a view's ``name`` restores ``DCGM_FI_DEV_GPU_UTIL``.
-    Per-process instruments keep only identifying attributes (a cardinality guard).
-    """
-    views = []
-    for spec in plan.instruments.values():
-        metrics = [plan.catalog[name] for name in spec.metrics]
-        keys: set[str] | None = None
-        if all(_per_process(m.source) for m in metrics):
-            keys = set(PROCESS_ATTRIBUTE_KEYS)
-            for m in metrics:
-                keys.update(m.otel_attributes)
-        renamed = spec.name if spec.name != spec.name.lower() else None
-        if keys is not None or renamed is not None:
-            views.append(View(instrument_name=spec.name, name=renamed, attribute_keys=keys))
-    return views
-
-
-def _per_process(source: str) -> bool:
-    """Whether every entity ``source`` declares is a process (its series are per process)."""
-    spec = default_registry().get(source)
-    return (
-        spec is not None
-        and bool(spec.entity_kinds)
-        and all(kind.kind == "process" for kind in spec.entity_kinds)
-    )
-
-
-def register_instruments(
-    meter: Meter, plan: ExportPlan, index: SeriesIndex, latest: Callable[[], Snapshot | None]
-) -> None:
-    """One observable instrument per planned name: counters for counters, gauges otherwise."""
-    for spec in plan.instruments.values():
-
-        def callback(_options: CallbackOptions, name: str = spec.name) -> Iterable[Observation]:
-            return index.observations(latest(), name)
-
-        create = (
-            meter.create_observable_counter
-            if spec.kind == "counter"
-            else meter.create_observable_gauge
-        )
-        create(spec.name, callbacks=[callback], unit=spec.unit, description=spec.description)
-
-
-class BackoffReader(PeriodicExportingMetricReader):
-    """The SDK's periodic reader, skipping whole collections while exports back off.
-
-    A skipped interval runs no callback, builds no point and encodes nothing; it is counted
-    (with the points the last attempt held) in the export health. A due attempt while the
-    endpoint is known down starts with a TCP connect: still down, it fails there."""
-
-    def __init__(
-        self, exporter: CountingMetricExporter, health: ExportHealth, interval_ms: float
-    ) -> None:
-        super().__init__(exporter, export_interval_millis=interval_ms)
-        self._counting = exporter
-        self._backoff = health
-
-    def collect(self, timeout_millis: float = 10_000) -> None:
-        if not self._backoff.due():
-            self._backoff.skipped(self._counting.last_points)
-            return
-        last = self._counting.last_points  # 0: no batch built yet, so build one to know its size
-        if last and self._backoff.unreachable(last):
-            return  # still down: a TCP connect told, nothing was built
-        super().collect(timeout_millis=timeout_millis)
 
 
 class TelemetryExporter:
@@ -169,11 +94,11 @@ class TelemetryExporter:
         self.event_gap_s = event_gap_s
         self.index: SeriesIndex | None = None
         self.prometheus: PrometheusEndpoint | None = None
-        self.meter_provider: MeterProvider | None = None
+        self.ticker: MetricsTicker | None = None
         self.logger_provider: LoggerProvider | None = None
         self.log_emitter: FindingLogEmitter | None = None
         self.settings: OtlpSettings | None = None
-        self._sdk_exporters: tuple[MetricExporter, LogRecordExporter] | None = None
+        self._sdk_exporters: tuple[Any, LogRecordExporter] | None = None
         self._counting: list[CountingMetricExporter | CountingLogExporter] = []
         self._context: LiveContext | None = None
         self._first_export: Callable[[Snapshot], None] | None = None
@@ -192,7 +117,7 @@ class TelemetryExporter:
                 raise
 
     @staticmethod
-    def _build_sdk_exporters(settings: OtlpSettings) -> tuple[MetricExporter, LogRecordExporter]:
+    def _build_sdk_exporters(settings: OtlpSettings) -> tuple[Any, LogRecordExporter]:
         """The SDK's exporters, built now so that their own ``OTEL_*`` checks fail before start."""
         quiet_sdk_logging()
         endpoint, timeout = settings.endpoint, settings.attempt_timeout_s
@@ -242,22 +167,27 @@ class TelemetryExporter:
         counting_metrics = CountingMetricExporter(metrics, health)
         counting_logs = CountingLogExporter(logs, health)
         self._counting = [counting_metrics, counting_logs]
-        reader = BackoffReader(counting_metrics, health, settings.interval_ms)
-        self.meter_provider = MeterProvider(
-            metric_readers=[reader],
-            resource=resource,
-            views=instrument_views(plan),
-            exemplar_filter=AlwaysOffExemplarFilter(),
-            shutdown_on_exit=False,
+        index = self.index
+
+        def observe() -> Mapping[str, list[Observation]]:
+            return {**index.points(context.hub.latest), FINDINGS_GAUGE: findings.observe()}
+
+        builder = RequestBuilder(
+            plan,
+            resource.attributes,
+            (SCOPE, __version__),
+            observe,
+            extra={FINDINGS_GAUGE: FINDINGS_SPEC},
+            temporality=counter_temporality(metrics),
+            schema_url=resource.schema_url,
         )
-        meter = self.meter_provider.get_meter(SCOPE, __version__)
-        register_instruments(meter, plan, self.index, lambda: context.hub.latest)
-        meter.create_observable_gauge(
-            FINDINGS_GAUGE,
-            callbacks=[lambda _options: findings.observe()],
-            unit=FINDINGS_SPEC.unit,
-            description=FINDINGS_SPEC.description,
+        self.ticker = MetricsTicker(
+            lambda: builder.build() if context.hub.latest is not None else (None, 0),
+            counting_metrics,
+            health,
+            settings.interval_ms / 1000.0,
         )
+        self.ticker.start()
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
         self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(counting_logs))
         logger = self.logger_provider.get_logger(SCOPE, __version__)
@@ -270,9 +200,8 @@ class TelemetryExporter:
         """At the first tick: check that something listens at the endpoint (a missing collector
         shows at once), then export, rather than waiting for the first full interval."""
         started = threading.Event()
-        provider = self.meter_provider
-        assert provider is not None and self.settings is not None
-        timeout_ms = self.settings.attempt_timeout_s * 1000
+        ticker = self.ticker
+        assert ticker is not None
         health = self._export_health
 
         def first_export(_snapshot: Snapshot) -> None:
@@ -284,7 +213,7 @@ class TelemetryExporter:
             def probe_then_export() -> None:
                 if health is not None:
                     _quietly(health.probe)
-                _quietly(lambda: provider.force_flush(timeout_millis=timeout_ms))
+                _quietly(ticker.export_now)
 
             threading.Thread(
                 target=probe_then_export,
@@ -336,12 +265,17 @@ class TelemetryExporter:
             budget_s = FAILING_SHUTDOWN_BUDGET_S  # the collector is down: one try, no waiting
             self._export_health.retry_now()  # ... but that one try, whatever the backoff
         deadline = time.monotonic() + budget_s
-        budget_ms = budget_s * 1000 * 0.8
-        workers = []
-        meter_provider, logger_provider = self.meter_provider, self.logger_provider
-        self.meter_provider = self.logger_provider = None
-        if meter_provider is not None:
-            workers.append(lambda: meter_provider.shutdown(timeout_millis=budget_ms))
+        workers: list[Callable[[], object]] = []
+        ticker, logger_provider = self.ticker, self.logger_provider
+        self.ticker = self.logger_provider = None
+        if ticker is not None:  # the final export, then the connection closes
+            counting = self._counting[0]
+
+            def final_export() -> None:
+                ticker.shutdown()
+                counting.abort()
+
+            workers.append(final_export)
         if logger_provider is not None:
             workers.append(logger_provider.shutdown)
         threads = [

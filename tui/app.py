@@ -81,6 +81,9 @@ class AccelwatchApp(App[int]):
         self.paused = False
         self.frame: Frame | None = None
         self._stale = False
+        self._found: tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable] | None = (
+            None
+        )
 
     # -- layout
     def compose(self) -> ComposeResult:
@@ -144,12 +147,24 @@ class AccelwatchApp(App[int]):
         if frame is None:
             return
         self.frame = frame
-        self.header.show(frame)
-        self.query_one(GpuPanel).show(accelerator_views(frame), dict(frame.notices))
-        table = self.query_one(ProcessTable)
+        header, gpus, table, host, findings = self._panels()
+        header.show(frame)
+        gpus.show(accelerator_views(frame), dict(frame.notices))
         table.show(process_rows(frame, table.sort_key))
-        self.query_one(HostPanel).show(host_view(frame))
-        self.query_one(FindingsTable).show(frame.findings)
+        host.show(host_view(frame))
+        findings.show(frame.findings)
+
+    def _panels(self) -> tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable]:
+        """The main screen's panels, found once (a DOM query per panel per tick adds up)."""
+        if self._found is None:
+            self._found = (
+                self.query_one(RunHeader),
+                self.query_one(GpuPanel),
+                self.query_one(ProcessTable),
+                self.query_one(HostPanel),
+                self.query_one(FindingsTable),
+            )
+        return self._found
 
     def current_ts(self) -> float:
         """The moment on screen (the right edge of charts)."""

@@ -8,6 +8,7 @@ driver measured the device.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,31 @@ def role_metrics(source: str) -> dict[str, str]:
         if m.role is not None:
             out.setdefault(m.role, m.name)
     return out
+
+
+#: source → its card roles (role → metric), device word; the catalog and the registry do not
+#: change while the UI runs, and every tick reads them for every card.
+_CARD_METRICS: dict[str, dict[str, str]] = {}
+_DEVICE_WORDS: dict[str, str] = {}
+
+
+def card_metrics(source: str) -> dict[str, str]:
+    """Role → metric of ``source`` for the roles a card reads (computed once per source)."""
+    found = _CARD_METRICS.get(source)
+    if found is None:
+        found = _CARD_METRICS[source] = {
+            role: name for role, name in role_metrics(source).items() if role in CARD_ROLES
+        }
+    return found
+
+
+def accelerator_sources() -> frozenset[str]:
+    """Sources that declare an entity kind ``accelerator`` (only their batches hold cards)."""
+    return frozenset(
+        spec.name
+        for spec in default_registry().specs()
+        if any(kind.kind == ACCELERATOR for kind in spec.entity_kinds)
+    )
 
 
 def tracked_metrics() -> tuple[str, ...]:
@@ -170,6 +196,7 @@ class HostView:
     mounts: tuple[MountLine, ...] = ()
 
 
+@functools.lru_cache(maxsize=4096)
 def _natural(entity: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"([0-9]+)", entity))
 
@@ -178,19 +205,23 @@ def accelerator_entities(snap: Snapshot) -> list[tuple[str, str]]:
     """``(source, entity)`` of every entity of kind ``accelerator``, whatever its source:
     sampled now or described before (a device that went silent keeps its card)."""
     registry = default_registry()
+    wanted = accelerator_sources()
     found: dict[tuple[str, str], None] = {}
     sources: dict[str, None] = {}
     for batch in snap.batches:
         sources[batch.source] = None
+        if batch.source not in wanted:
+            continue
         for entity in dict.fromkeys(batch.entities):
             if registry.kind_of(batch.source, entity) == ACCELERATOR:
                 found[(batch.source, entity)] = None
-    sources.update(dict.fromkeys(spec.name for spec in registry.specs()))
+    ordered = [source for source in sources if source in wanted]
+    ordered += sorted(wanted - set(ordered))
     known = {entity for _, entity in found}
     for entity in snap.entity_attrs:
         if entity in known:
             continue
-        for source in sources:
+        for source in ordered:
             if registry.kind_of(source, entity) == ACCELERATOR:
                 found[(source, entity)] = None
                 break
@@ -214,6 +245,13 @@ def throttle_reasons(snap: Snapshot, entity: str, metrics: Mapping[str, str]) ->
 
 def device_word(source: str) -> str:
     """``GPU`` for a source whose accelerator kind declares ``hw.type: gpu``; else ``DEVICE``."""
+    word = _DEVICE_WORDS.get(source)
+    if word is None:
+        word = _DEVICE_WORDS[source] = _device_word(source)
+    return word
+
+
+def _device_word(source: str) -> str:
     spec = default_registry().get(source)
     for kind in spec.entity_kinds if spec is not None else ():
         word = kind.otel_attributes.get("hw.type", "")
@@ -225,8 +263,11 @@ def device_word(source: str) -> str:
 def runtime_entities(snap: Snapshot) -> dict[str, str]:
     """Source → its entity of kind ``accelerator.runtime`` sampled now (a TPU host's runtime)."""
     registry = default_registry()
+    wanted = accelerator_sources()
     out: dict[str, str] = {}
     for batch in snap.batches:
+        if batch.source not in wanted:
+            continue
         for entity in dict.fromkeys(batch.entities):
             if batch.source not in out and registry.kind_of(batch.source, entity) == RUNTIME_KIND:
                 out[batch.source] = entity
@@ -237,17 +278,12 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
     """One view per accelerator entity, its values read through its source's roles; latency
     roles the device has no value for come from its source's runtime entity (per host)."""
     snap = frame.snapshot
-    by_source: dict[str, dict[str, str]] = {}
-    words: dict[str, str] = {}
-    sampled = {(b.source, e) for b in snap.batches for e in b.entities}
+    wanted = accelerator_sources()
+    sampled = {(b.source, e) for b in snap.batches if b.source in wanted for e in set(b.entities)}
     runtimes = runtime_entities(snap)
     views = []
     for source, entity in accelerator_entities(snap):
-        metrics = by_source.get(source)
-        if metrics is None:
-            metrics = by_source[source] = {
-                role: name for role, name in role_metrics(source).items() if role in CARD_ROLES
-            }
+        metrics = card_metrics(source)
         attrs = snap.entity_attrs.get(entity, {})
         values = {role: snap.value(entity, name) for role, name in metrics.items()}
         runtime = runtimes.get(source)
@@ -270,7 +306,7 @@ def accelerator_views(frame: Frame) -> list[AcceleratorView]:
                 lost=bool(attrs.get("lost")) or (source, entity) not in sampled,
                 source=source,
                 metrics=metrics,
-                device_word=words.get(source) or words.setdefault(source, device_word(source)),
+                device_word=device_word(source),
             )
         )
     return views

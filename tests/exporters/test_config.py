@@ -14,7 +14,8 @@ from agent.model import RunInfo
 from agent.snapshot import SnapshotHub
 from exporters import build_exporters
 from exporters.findings import FindingLogEmitter, FindingsGauge
-from exporters.otlp import GRPC, HTTP, ExportHealth, choose_protocol, signal_endpoint
+from exporters.otlp import GRPC, HTTP, choose_protocol, signal_endpoint
+from exporters.otlp_health import ExportHealth
 from exporters.resource import build_resource, run_attributes
 from tests.exporters.conftest import wait_for
 from tests.exporters.receivers import points

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    InMemoryMetricReader,
-    MetricExporter,
-    MetricExportResult,
-)
+from opentelemetry.metrics import Observation
+from opentelemetry.sdk.metrics.export import MetricExportResult
 
-from exporters.otlp import (
-    MAX_BACKOFF_INTERVALS,
-    CountingMetricExporter,
-    ExportHealth,
-    count_points,
-)
+from exporters.naming import InstrumentSpec, build_plan
+from exporters.otlp import MAX_BACKOFF_INTERVALS
+from exporters.otlp_health import CountingMetricExporter, ExportHealth
+from exporters.otlp_metrics import MetricsTicker
+from exporters.otlp_request import RequestBuilder, request_points
 from tests.exporters.conftest import _free_port, assert_record_complete, wait_for
 
 
@@ -29,11 +24,18 @@ class Clock:
         return self.now
 
 
-def health_board(interval_s: float = 10.0) -> tuple[dict, ExportHealth, Clock]:
+def health_board(
+    interval_s: float = 10.0, address: tuple[str, int] | None = None
+) -> tuple[dict, ExportHealth, Clock]:
     clock = Clock()
     board: dict = {}
     health = ExportHealth(
-        board, lambda *a, **k: None, "http://c:4317", interval_s=interval_s, clock=clock
+        board,
+        lambda *a, **k: None,
+        "http://c:4317",
+        address=address,
+        interval_s=interval_s,
+        clock=clock,
     )
     return board, health, clock
 
@@ -67,46 +69,59 @@ def test_a_success_ends_the_backoff():
     assert board["otlp.retry_in_s"] == 10.0  # starts again from one interval
 
 
-class FailingExporter(MetricExporter):
+class FailingExporter:
     """Stands for a collector that is down: every export fails; counts what it was given."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.calls = 0
 
-    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):
+    def export_request(self, request):
         self.calls += 1
         return MetricExportResult.FAILURE
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
         pass
 
 
-def collection(points: int):
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("t")
-    counter = meter.create_counter("c")
-    for i in range(points):
-        counter.add(1, {"i": i})
-    return reader.get_metrics_data()
+def builder(points: int) -> RequestBuilder:
+    spec = InstrumentSpec("c", "1", "counter", "c")
+    plan = build_plan(("otel",))
+    plan.instruments = {spec.name: spec}
+    observed = {spec.name: [Observation(1.0, {"i": i}) for i in range(points)]}
+    return RequestBuilder(plan, {}, ("t", "1"), lambda: observed)
 
 
 def test_a_skipped_export_is_not_handed_to_the_sdk_exporter_and_its_points_are_counted():
     board, health, clock = health_board(interval_s=1.0)
     inner = FailingExporter()
     exporter = CountingMetricExporter(inner, health)
-    data = collection(7)
-    assert count_points(data) == 7
+    request, points = builder(7).build()
+    assert points == request_points(request) == 7
     for _ in range(10):  # ten intervals of a collector that is down
-        exporter.export(data)
+        exporter.export(request, points)
         clock.now += 1.0
     assert inner.calls == 4  # at 0, 1, 3 and 7 intervals; the next is due at 15
     assert board["otlp.failed_exports"] == 4
     assert board["otlp.skipped_exports"] == 6
     assert board["otlp.dropped_points"] == 70
+
+
+def test_a_skipped_interval_builds_no_request():
+    board, health, clock = health_board(interval_s=1.0, address=("127.0.0.1", _free_port()))
+    built = []
+    source = builder(3)
+
+    def build():
+        built.append(clock.now)
+        return source.build()
+
+    ticker = MetricsTicker(build, CountingMetricExporter(FailingExporter(), health), health, 1.0)
+    for _ in range(8):
+        ticker.export_now()
+        clock.now += 1.0
+    assert built == [1000.0]  # later attempts stop at the refused TCP connect, or back off
+    assert board["otlp.skipped_exports"] + board["otlp.failed_exports"] == 8
+    assert board["otlp.dropped_points"] == 8 * 3
 
 
 def test_a_collector_that_stays_down_gets_few_attempts_and_sampling_goes_on(

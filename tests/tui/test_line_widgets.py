@@ -21,10 +21,9 @@ class Board(LineWidget):
     def draw(self, width: int) -> Lines:
         return Lines().append("\n".join(self.texts))
 
-    def render_line(self, y: int):
-        if y not in self._strips:
-            self.painted.append(y)
-        return super().render_line(y)
+    def row(self, y: int, base):
+        self.painted.append(y)  # every repaint of a content row draws it here
+        return super().row(y, base)
 
 
 class BoardApp(App[None]):
@@ -119,3 +118,64 @@ async def test_a_class_change_with_new_data_paints_the_new_component_style():
         await pilot.pause()
         colours = {seg.style.color.triplet.hex for seg in marked.render_line(0) if seg.text.strip()}
         assert colours == {"#0000ff"}
+
+
+class Framed(LineWidget, can_focus=True):
+    """A bordered, padded panel with a short, a long and a missing row."""
+
+    DEFAULT_CSS = """
+    Framed { height: 6; border: round $primary; padding: 0 1; background: $panel; }
+    Framed:focus { border: double $accent; }
+    """
+
+    def draw(self, width: int) -> Lines:
+        return Lines().append("short\n", "bold").append("y" * 60, "italic")
+
+
+class FramedApp(App[None]):
+    AUTO_FOCUS = None
+
+    def compose(self) -> ComposeResult:
+        yield Framed()
+
+
+@async_test
+async def test_a_content_row_is_painted_exactly_as_textual_paints_it():
+    from textual._styles_cache import StylesCache
+
+    app = FramedApp()
+    async with app.run_test(size=(30, 8)) as pilot:
+        panel = app.query_one(Framed)
+        for focused in (False, True):
+            if focused:
+                panel.focus()
+            await pilot.pause()
+            whole = panel.region.size.region
+            ours = panel._styles_cache.render_widget(panel, whole)
+            textual = StylesCache().render_widget(panel, whole)
+            assert len(ours) == 6 and ours[0].text.startswith("╔" if focused else "╭")
+            assert [list(strip) for strip in ours] == [list(strip) for strip in textual]
+
+
+class HeaderApp(App[None]):
+    def __init__(self, cmdline: list[str]) -> None:
+        super().__init__()
+        from agent.model import RunInfo
+
+        self.run_info = RunInfo("r1", "demo", 42, cmdline, "/", "h", 0.0, 1.0, "/tmp/x.duckdb")
+
+    def compose(self) -> ComposeResult:
+        from tui.widgets.header import RunHeader
+
+        yield RunHeader(self.run_info)
+
+
+@async_test
+async def test_a_command_line_with_newlines_stays_on_the_header_line():
+    script = "import os, sys, time\nfor _ in range(3):\n    time.sleep(1)"
+    app = HeaderApp(["python", "-c", script])
+    async with app.run_test(size=(160, 4)) as pilot:
+        await pilot.pause()
+        first, second = screen_text(app).splitlines()[:2]
+        assert "demo" in first and "python -c import os, sys, time for _ in range(3):" in first
+        assert second.strip() == "· db /tmp/x.duckdb"

@@ -336,3 +336,41 @@ async def test_short_terminals_get_two_line_cards(tmp_path):
     finally:
         reader.close()
         end_session(session)
+
+
+@async_test
+async def test_a_following_chart_reads_only_what_came_after_its_last_point(live):
+    from tests.tui.synthetic import feed
+
+    session, reader, job = live
+    asked: list[tuple[float, float]] = []
+    history = reader.history
+
+    def spy(entity, metric, start, end):
+        asked.append((start, end))
+        return history(entity, metric, start, end)
+
+    reader.history = spy  # type: ignore[method-assign]
+    app = LiveApp(reader)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _settle(pilot)
+        await pilot.click("#card-gpu0")
+        await pilot.press("g")
+        await _settle(pilot, 0.3)
+        screen = app.screen
+        chart = screen.query_one(Chart)
+        assert len(chart.series) == 12
+        last = float(chart.series.ts[-1])
+        for tick in range(12, 15):
+            feed(session, job, tick)
+        for _ in range(100):  # until the store's writer has flushed them
+            if len(history("gpu0", chart.metric, job.ts(0), job.ts(14))) == 15:
+                break
+            await asyncio.sleep(0.05)
+        asked.clear()
+        screen._follow_tick()
+        await _settle(pilot, 0.3)
+        assert asked and asked[0][0] == last  # from the last point held, not the window start
+        assert len(chart.series) == 15 and chart.series.ts[-1] == job.ts(14)
+        assert list(chart.series.ts) == sorted(set(chart.series.ts))  # no point twice
+        await pilot.press("escape", "q")

@@ -49,6 +49,14 @@ def latency_text(seconds: float | None) -> str:
     return f"{seconds:.2f}s"
 
 
+#: stem → its (p50, p99) roles.
+_PERCENTILE_ROLES = {
+    stem: (latency_role(stem, "p50"), latency_role(stem, "p99"))
+    for _, stems in _LATENCY_LINES
+    for stem in stems
+}
+
+
 def runtime_lines(view: AcceleratorView) -> list[tuple[str, list[str]]]:
     """(label, parts) per runtime line the device has values for: its queue and the p50/p99 of
     program execution, host <-> device transfers and collectives (DCN across slices)."""
@@ -58,8 +66,8 @@ def runtime_lines(view: AcceleratorView) -> list[tuple[str, list[str]]]:
         if label == "exec" and view.get(QUEUE) is not None:
             parts.append(f"queue {view.get(QUEUE):.0f}")
         for stem in stems:
-            p50 = view.get(latency_role(stem, "p50"))
-            p99 = view.get(latency_role(stem, "p99"))
+            p50_role, p99_role = _PERCENTILE_ROLES[stem]
+            p50, p99 = view.get(p50_role), view.get(p99_role)
             if p50 is None and p99 is None:
                 continue
             parts.append(f"{_STEM_WORD[stem]}p50 {latency_text(p50)} p99 {latency_text(p99)}")
@@ -121,16 +129,14 @@ class GpuCard(LineWidget, can_focus=True):
         self.source = source
         self.view: AcceleratorView | None = None
         self.border_title = entity
-        self._styles: tuple[tuple, dict[str, Style]] | None = None
         self._titles = (entity, "")
-        self._signature: tuple = ()
+        self._runtime_labels: list[str] = []
 
     def show(self, view: AcceleratorView) -> None:
+        """Draw ``view``; only the lines that differ from the last one are repainted (with
+        live data most ticks change some, so no signature of the whole view is computed)."""
         before = self.view
-        signature = view.signature()
-        if before is not None and signature == self._signature:
-            return
-        self.view, self._signature = view, signature
+        self.view = view
         # Set only on change: assigning a border title repaints the whole card.
         title = f"{view.entity} · {view.name}" if view.name else view.entity
         subtitle = "LOST" if view.lost else "job" if view.used_by_job else "not used by job"
@@ -144,25 +150,14 @@ class GpuCard(LineWidget, can_focus=True):
         self.set_class(bool(view.throttle), "-throttled")
         # Re-layout only when the card's height may change: laying out all cards every tick
         # was most of the refresh cost; otherwise only the lines that changed are repainted.
-        self.redraw(
-            layout=before is None
-            or _has_sm_line(before) != _has_sm_line(view)
-            or [k for k, _ in runtime_lines(before)] != [k for k, _ in runtime_lines(view)]
-        )
+        labels = [label for label, _ in runtime_lines(view)]
+        sm_line_changed = before is not None and _has_sm_line(before) != _has_sm_line(view)
+        self.redraw(layout=before is None or sm_line_changed or labels != self._runtime_labels)
+        self._runtime_labels = labels
 
     def _part_styles(self) -> dict[str, Style]:
-        """Component styles, looked up again only when classes or the theme change."""
-        key = (tuple(sorted(self.classes)), self.app.theme)
-        if self._styles is None or self._styles[0] != key:
-            self._styles = (
-                key,
-                {part: self.get_component_rich_style(f"gpu-card--{part}") for part in _PARTS},
-            )
-        return self._styles[1]
-
-    def notify_style_update(self) -> None:
-        super().notify_style_update()
-        self._styles = None  # looked up before the restyle they may be the old ones
+        """Component styles (looked up again only after a restyle)."""
+        return {part: self.part_style(f"gpu-card--{part}") for part in _PARTS}
 
     def on_click(self, event: Click) -> None:
         self.focus()
@@ -329,25 +324,32 @@ class GpuPanel(VerticalScroll):
         super().__init__(id="gpus")
         self.hide_unused = False
         self.empty_reason = "waiting for accelerator data…"
+        #: The cards mounted so far, by entity (a DOM query every tick cost more than a card).
+        self._cards: dict[str, GpuCard] = {}
+        self._placeholder = True
 
     def show(self, views: list[AcceleratorView], notices: dict[str, str]) -> None:
-        known = {card.entity: card for card in self.query(GpuCard)}
-        placeholder = self.query("#no-gpus")
-        if views and placeholder:
-            placeholder.remove()
+        known = self._cards
+        if views and self._placeholder:
+            self.query("#no-gpus").remove()
+            self._placeholder = False
         for view in views:
             card = known.get(view.entity)
             if card is None:
-                card = GpuCard(view.entity, view.source)
+                card = known[view.entity] = GpuCard(view.entity, view.source)
                 self.mount(card)
             card.show(view)
-            card.display = view.used_by_job or not self.hide_unused
+            shown = view.used_by_job or not self.hide_unused
+            if card.display != shown:  # setting it restyles the card, even to the same value
+                card.display = shown
         if not views:
             text = _no_accelerators(notices) or self.empty_reason
+            placeholder = self.query("#no-gpus")
             if not placeholder:
                 self.mount(Static(text, id="no-gpus"))
             else:
                 placeholder.first().update(text)
+            self._placeholder = True
 
     def relayout_cards(self) -> None:
         """Card height follows the terminal's (short or full cards)."""

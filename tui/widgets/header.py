@@ -44,7 +44,7 @@ class RunHeader(LineWidget):
 
     def draw(self, width: int) -> Lines:
         run = self.run
-        style = self.get_component_rich_style
+        style = self.part_style
         out = Lines()
         out.append(f" {self.state} ", style("run-header--state"))
         out.append(f" {run.name}", style("run-header--name"))
@@ -57,7 +57,8 @@ class RunHeader(LineWidget):
             out.append(f"  ⏱ {duration(self.frame.snapshot.ts - run.started)}")
         out.append(f"  every {run.interval:g}s · {self.window_s / 60:g}m window")
         if run.cmdline:  # last: the longest part, cut first on narrow terminals
-            out.append(f"  {' '.join(run.cmdline)}", style("run-header--dim"))
+            command = " ".join(" ".join(part.split()) for part in run.cmdline)  # no newlines
+            out.append(f"  {command}", style("run-header--dim"))
         out.append("\n")
         if self.detail:  # first on its line so 80 columns still show it
             out.append(f" {self.detail} ·", style("run-header--warn"))
@@ -67,7 +68,7 @@ class RunHeader(LineWidget):
         return out
 
     def _health(self, out: Lines, health: Mapping[str, Any], notices: Mapping[str, str]) -> None:
-        warn = self.get_component_rich_style("run-header--warn")
+        warn = self.part_style("run-header--warn")
         out.append(f" {int(health.get('samples', 0)):,} samples")
         for key, label in (("dropped_ticks", "dropped ticks"), ("missed_ticks", "missed ticks")):
             if health.get(key):

@@ -33,13 +33,13 @@ class HostPanel(LineWidget, can_focus=True):
         view = self.view
         if view is None:
             return Lines().append("waiting for host data…")
-        label = self.get_component_rich_style("host-panel--label")
+        label = self.part_style("host-panel--label")
         width = max(width, 20)
         out = Lines()
         out.append("cpu  ", label)
         out.append(f"{fmt('host.cpu.utilization', view.cpu):>4} ")
         cores = "".join(_LEVELS[round(min(max(c, 0.0), 1.0) * 8)] for c in view.cores)
-        out.append(cores[: max(width - 10, 1)], self.get_component_rich_style("host-panel--cores"))
+        out.append(cores[: max(width - 10, 1)], self.part_style("host-panel--cores"))
         out.append("\nmem  ", label)
         fraction = (
             view.memory_used / view.memory_total

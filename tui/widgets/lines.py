@@ -11,9 +11,13 @@ nor written to the terminal again.
 
 from __future__ import annotations
 
+from typing import Any
+
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual._styles_cache import StylesCache
 from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widget import Widget
@@ -37,6 +41,10 @@ class Lines:
         as ``"bold red"``; ``""`` is none)."""
         part_style = Style.parse(style) if isinstance(style, str) else style
         part_style = part_style or None
+        if "\n" not in text:  # the usual case: a part of the current line
+            if text:
+                self._parts.append((text, part_style))
+            return self
         first, *rest = text.split("\n")
         if first:
             self._parts.append((first, part_style))
@@ -58,21 +66,106 @@ class Lines:
         return [*self._done, tuple(self._parts)]
 
 
+def to_segments(line: Line, width: int, base: Style, ellipsis: bool) -> tuple[list[Segment], int]:
+    """One line as segments of at most ``width`` cells (cut with ``…`` when longer), and how
+    many cells they take."""
+    segments = [Segment(text, base + style if style is not None else base) for text, style in line]
+    cells = sum(cell_len(text) for text, _ in line)
+    if cells <= width:
+        return segments, cells
+    strip = Strip(segments, cells)
+    if ellipsis and width > 0:
+        last = line[-1][1] if line else None
+        return [*strip.crop(0, width - 1), Segment(ELLIPSIS, base + last if last else base)], width
+    return list(strip.crop(0, width)), width
+
+
 def to_strip(line: Line, width: int, base: Style, ellipsis: bool) -> Strip:
     """One line as a strip of at most ``width`` cells; cut with ``…`` when it is longer."""
-    strip = Strip(
-        [Segment(text, base + style if style is not None else base) for text, style in line]
-    )
-    if strip.cell_length > width:
-        if ellipsis and width > 0:
-            last = line[-1][1] if line else None
-            strip = Strip(
-                [*strip.crop(0, width - 1), Segment(ELLIPSIS, base + last if last else base)],
-                width,
+    segments, cells = to_segments(line, width, base, ellipsis)
+    return Strip(segments, cells)
+
+
+class _Frame:
+    """What surrounds every content row of a panel (its border and padding, as segments), as
+    Textual drew it for the first content row after a restyle or resize."""
+
+    __slots__ = ("key", "top", "bottom", "left", "right", "fill", "base", "width", "inner")
+
+    def __init__(self, key: tuple, top: int, bottom: int, left: list, right: list, fill: Style,
+                 base: Style, width: int, inner: int) -> None:  # fmt: skip
+        self.key, self.top, self.bottom = key, top, bottom
+        self.left, self.right, self.fill, self.base = left, right, fill, base
+        self.width, self.inner = width, inner
+
+
+class _RowStyles(StylesCache):
+    """Textual's styles cache, but a changed content row of a :class:`LineWidget` is its frame
+    around the row's segments, one strip built once: Textual's own row path (border boxes,
+    padding, colour arithmetic, theme lookups, three intermediate strips) was most of the
+    refresh cost of a panel whose lines change every tick. Panels with effects the frame does
+    not reproduce (tint, opacity, hatch, outline) take Textual's path for every row."""
+
+    def __init__(self, widget: LineWidget) -> None:
+        super().__init__()
+        self._widget = widget
+        self._frame: _Frame | None = None
+        self._plain = True  # no effect the frame does not reproduce (known after a restyle)
+
+    def restyled(self) -> None:
+        self._frame = None
+
+    def clear(self) -> None:
+        super().clear()
+        self._frame = None
+
+    def render_line(self, styles: Any, y: int, size: Size, content_size: Size, padding: Any,
+                    base_background: Any, background: Any, *rest: Any) -> Strip:  # fmt: skip
+        key = (size, content_size, padding, base_background, background, rest[-3])
+        frame = self._frame
+        if frame is None or frame.key != key:
+            frame = self._frame = self._learn(
+                styles, size, content_size, padding, base_background, background, key, rest
             )
-        else:
-            strip = strip.crop(0, width)
-    return strip
+        if frame is None or not frame.top <= y < frame.bottom:
+            return super().render_line(
+                styles, y, size, content_size, padding, base_background, background, *rest
+            )
+        segments, cells = self._widget.row(y - frame.top, frame.base)
+        if cells < frame.inner:  # as Textual pads a short row: in the inner background
+            segments.append(Segment(" " * (frame.inner - cells), frame.fill))
+        return Strip([*frame.left, *segments, *frame.right], frame.width)
+
+    def _learn(self, styles: Any, size: Size, content_size: Size, padding: Any,
+               base_background: Any, background: Any, key: tuple, rest: tuple) -> _Frame | None:  # fmt: skip
+        """The frame of this size and these colours, cut from Textual's own rendering of a
+        blank content row; None when the panel uses effects the frame would not reproduce."""
+        opacity = rest[-3]
+        outline = any(edge for edge, _ in styles.outline)
+        hatch = styles.has_rule("hatch") and styles.hatch != "none"
+        if opacity != 1.0 or styles.tint.a or styles.text_opacity != 1.0 or outline or hatch:
+            return None
+        gutter = styles.gutter
+        width, height = size
+        inner = content_size.width
+        if width != gutter.left + inner + gutter.right or not content_size.height:
+            return None
+        blank = super().render_line(
+            styles, gutter.top, size, content_size, padding, base_background, background,
+            lambda _y: Strip.blank(inner), *rest[1:],
+        )  # fmt: skip
+        inner_style, _ = self.get_inner_outer(base_background, background)
+        return _Frame(
+            key,
+            gutter.top,
+            gutter.top + content_size.height,
+            list(blank.crop(0, gutter.left)),
+            list(blank.crop(width - gutter.right, width)),
+            inner_style.rich_style,
+            self._widget.rich_style,
+            width,
+            inner,
+        )
 
 
 class LineWidget(Widget):
@@ -88,6 +181,8 @@ class LineWidget(Widget):
         self._drawn_size = Size(-1, -1)
         self._strips: dict[int, Strip] = {}
         self._base: Style | None = None
+        self._parts: dict[str, Style] = {}
+        self._styles_cache = self._rows = _RowStyles(self)
 
     def draw(self, width: int) -> Lines:
         """The content at ``width`` cells."""
@@ -122,27 +217,40 @@ class LineWidget(Widget):
         if changed:
             self.refresh(*(Region(0, y, width, 1) for y in changed))
 
+    def part_style(self, name: str) -> Style:
+        """The rich style of component class ``name``, looked up again only after a restyle.
+
+        Textual forgets its own component-style cache on every ``refresh()``, that is on every
+        tick of a panel that changes, and the lookup walks the panel's CSS again."""
+        style = self._parts.get(name)
+        if style is None:
+            style = self._parts[name] = self.get_component_rich_style(name)
+        return style
+
     def notify_style_update(self) -> None:
         """Classes, focus or theme changed: every line may look different (a drawing made
         between a class change and the restyle may hold the old component styles)."""
         super().notify_style_update()
         self._drawn = None
         self._strips.clear()
+        self._parts.clear()
+        self._rows.restyled()
+
+    def row(self, y: int, base: Style) -> tuple[list[Segment], int]:
+        """Content row ``y`` as segments at the width drawn, and the cells they take (a row
+        below the drawing is blank in ``base``, the panel's style)."""
+        lines = self._content()
+        width = self._drawn_size.width  # the size _content() drew at
+        if y < len(lines):
+            return to_segments(lines[y], width, base, self.ELLIPSIS)
+        return [Segment(" " * width, base)], width
 
     def render_line(self, y: int) -> Strip:
-        lines = self._content()
         strip = self._strips.get(y)
         if strip is None:
             if not self._strips:  # a full paint: the panel's style may have changed
                 self._base = self.rich_style
-            base = self._base or self.rich_style
-            width = self._drawn_size.width  # the size _content() drew at
-            strip = (
-                to_strip(lines[y], width, base, self.ELLIPSIS)
-                if y < len(lines)
-                else Strip.blank(width, base)
-            )
-            self._strips[y] = strip
+            strip = self._strips[y] = Strip(*self.row(y, self._base or self.rich_style))
         return strip
 
     def render(self) -> Text:

@@ -154,12 +154,10 @@ class ProcessTable(LineWidget, can_focus=True):
             key: f"{name}{'▼' if sort == self.sort_key else ''}" for key, name, _, sort in columns
         }
         out = Lines()
-        out.append(
-            _line(columns, header, width), self.get_component_rich_style("process-table--header")
-        )
+        out.append(_line(columns, header, width), self.part_style("process-table--header"))
         top = self._top()
-        cursor_style = self.get_component_rich_style("process-table--cursor")
-        main_style = self.get_component_rich_style("process-table--main")
+        cursor_style = self.part_style("process-table--cursor")
+        main_style = self.part_style("process-table--main")
         for index in range(top, min(top + visible, len(self.rows))):
             row = self.rows[index]
             style = (

@@ -2,6 +2,9 @@
 
 History comes from ``reader.history`` in a thread worker (its own DuckDB cursor); the result
 arrives as a replaceable message, so holding ``+`` never queues queries behind each other.
+While the chart follows a live run, each tick queries only what came after the last point it
+holds (the whole window was re-read every second before: a full scan of the run at "whole
+run" zoom); a change of metric, zoom or position reads the window again.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ def _clock(ts: float) -> str:
 
 
 class HistoryLoaded(Message):
-    def __init__(self, token: int, series: Series, start: float, end: float) -> None:
+    def __init__(
+        self, token: int, series: Series, start: float, end: float, key: tuple = ()
+    ) -> None:
         super().__init__()
         self.token = token
         self.series = series
         self.start = start
         self.end = end
+        #: (metric, zoom) the series was read for: a later tick may extend it.
+        self.key = key
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, HistoryLoaded)
@@ -148,6 +155,8 @@ class TimeSeriesScreen(Screen[None]):
         )
         self.offset_s = 0.0  # how far the window's end sits before the live edge
         self._token = 0
+        #: The last series shown while following, and what it was read for.
+        self._shown: HistoryLoaded | None = None
 
     @property
     def metric(self) -> str:
@@ -165,8 +174,28 @@ class TimeSeriesScreen(Screen[None]):
             self.set_interval(max(self.reader.run.interval, 0.5), self._follow_tick)
 
     def _follow_tick(self) -> None:
-        if self.offset_s == 0.0:
+        if self.offset_s != 0.0:
+            return
+        shown = self._shown
+        start, end = self.window()
+        if shown is None or shown.key != (self.metric, self.zoom) or not len(shown.series):
             self.reload()
+            return
+        self._token += 1
+        self._extend(self._token, shown.series, start, end)
+
+    @work(thread=True, exclusive=True, group="history")
+    def _extend(self, token: int, held: Series, start: float, end: float) -> None:
+        """The held series, without what slid out of the window, plus what came after its
+        last point (counters: rates from the sample before it, as a full read gives)."""
+        last = float(held.ts[-1])
+        tail = self.reader.history(self.entity, self.metric, last, end)
+        old, new = held.ts >= start, tail.ts > last
+        series = Series(
+            np.concatenate([held.ts[old], tail.ts[new]]),
+            np.concatenate([held.values[old], tail.values[new]]),
+        )
+        self.post_message(HistoryLoaded(token, series, start, end, (self.metric, self.zoom)))
 
     def window(self) -> tuple[float, float]:
         edge = self.end_time()
@@ -195,11 +224,12 @@ class TimeSeriesScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="history")
     def _load(self, token: int, start: float, end: float) -> None:
         series = self.reader.history(self.entity, self.metric, start, end)
-        self.post_message(HistoryLoaded(token, series, start, end))
+        self.post_message(HistoryLoaded(token, series, start, end, (self.metric, self.zoom)))
 
     def on_history_loaded(self, message: HistoryLoaded) -> None:
         if message.token != self._token:
             return
+        self._shown = message
         self.query_one(Chart).plot(self.metric, message.series, message.start, message.end)
         values = message.series.values
         per_second = CATALOG[self.metric].is_counter
