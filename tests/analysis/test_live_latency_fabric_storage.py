@@ -15,7 +15,12 @@ import pytest
 from agent.analysis.engine import finding_windows
 from agent.analysis.live import LiveAnalysis
 from agent.analysis.rules import RULES_BY_ID
-from agent.analysis.rules.fabric import CONGESTION_PER_S, watch_congestion, watch_fabric_health
+from agent.analysis.rules.fabric import (
+    CONGESTION_PER_S,
+    watch_congestion,
+    watch_fabric_health,
+    watch_port_down,
+)
 from agent.analysis.thresholds import LIVE_LATENCY_SLACK_S
 from agent.analysis.watch import Tick
 from agent.model import BatchBuilder
@@ -98,6 +103,37 @@ def test_fabric_and_storage_rules_show_live_within_their_minimum_duration_plus_1
                 assert ends <= held.get(f.rule, set()), (f.rule, ends)
 
 
+def test_a_port_going_down_after_its_finding_was_confirmed_turns_it_critical_within_its_latency(
+    tmp_path, monkeypatch
+):
+    """ib-port-degrading: mlx5_2/1 downtrains with errors at 20 s (a warning), goes down at
+    40 s. The finding must turn critical live within the rule's latency of the port going
+    down (not at the next 300 s refresh), and not before it went down."""
+    seen: dict[str, list[tuple[int, str]]] = {}
+    poll = LiveAnalysis.poll
+
+    def spy(self):
+        out = poll(self)
+        now = self.recent.latest if self.recent is not None else None
+        for f in self.context.findings if now is not None else ():
+            if f["rule"] == "fabric-health":
+                seen.setdefault(str(f["entity"]), []).append((round(now - T0), f["severity"]))
+        return out
+
+    monkeypatch.setattr(LiveAnalysis, "poll", spy)
+    run = fabric_storage_run(tmp_path, "ib-port-degrading", ("fabric",))
+    assert run.live.last_error is None, run.live.last_error
+    port = seen["ib:mlx5_2/1"]
+    down_at, latency = 40, RULES_BY_ID["fabric-health"].min_duration_s + LIVE_LATENCY_SLACK_S
+    warned = min(t for t, sev in port)
+    critical = min((t for t, sev in port if sev == "critical"), default=None)
+    print(f"fabric-health on mlx5_2/1: shown {warned} s, critical {critical} s (down at 40 s)")
+    assert warned <= 20 + latency and all(sev == "warning" for t, sev in port if t < down_at)
+    assert critical is not None, "never critical live"
+    assert down_at <= critical <= down_at + latency
+    assert set(seen) == {"ib:mlx5_2/1"}  # the healthy ports stay out of it
+
+
 def test_healthy_fabric_and_storage_give_no_fabric_or_storage_finding_live(tmp_path):
     run = fabric_storage_run(tmp_path, HEALTHY, ("fabric", "storage"))
     assert run.live.last_error is None, run.live.last_error
@@ -158,8 +194,10 @@ _UP = {"host.ib.up": 1.0, "host.ib.rate": 25e9, "host.ib.rate.max": 25e9, "host.
 def test_fabric_health_watch_holds_for_rising_errors_a_down_port_or_a_downtrained_one():
     port = "ib:mlx5_0/1"
     assert not watch_fabric_health(_port_ticks({port: _UP}, {port: _UP}))
+    assert not watch_port_down(_port_ticks({port: _UP}, {port: _UP}))
     assert watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.errors": 6.0}}))
-    assert watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.up": 0.0}}))
+    down = _port_ticks({port: _UP}, {port: {**_UP, "host.ib.up": 0.0}})
+    assert watch_port_down(down) and not watch_fabric_health(down)  # timed on its own
     assert watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.rate": 12.5e9}}))
     # a counter reset is no increase (the SQL's ``greatest(..., 0)``)
     assert not watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.errors": 0.0}}))
