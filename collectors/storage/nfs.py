@@ -10,7 +10,9 @@ Averages are taken over the interval's deltas (``Δrtt / Δops``), retransmissio
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
 
 from agent.catalog.storage import OP_PREFIX
 from collectors.fabric.counters import Cumulative
@@ -161,7 +163,7 @@ def _ints(fields: list[str]) -> tuple[int, ...]:
 
 
 _PICK = operator.itemgetter(OPS, TRANS, RTT_MS, EXEC_MS, BYTES_SENT, BYTES_RECV, ERRORS)
-_add, _sub = operator.add, operator.sub
+_add, _sub, _ne = operator.add, operator.sub, operator.ne
 _OP_COUNTS = ("fs.op.count", "fs.op.retransmits", "fs.op.bytes", "fs.op.errors")
 _OP_TIMES = ("fs.op.rtt", "fs.op.latency")
 
@@ -190,7 +192,7 @@ class _Op:
 class NfsTracker:
     """One mount's running totals and interval averages from successive readings.
 
-    An operation whose text did not change since the last tick costs one set lookup; the
+    An operation whose text did not change since the last tick costs one string compare; the
     mount's totals are kept as running sums of the changed operations' steps, and each
     operation's reported values are kept as a list, handed on as they are.
     """
@@ -202,7 +204,7 @@ class NfsTracker:
         self._bytes_text = ""
         self._read, self._write = Cumulative(), Cumulative()
         self._ops_total = self._retrans_total = 0
-        self._lines: set[str] = set()
+        self._lines: list[str] = []
         self._mount_segments: dict[tuple[bool, ...], Segment] = {}
 
     def sample(self, rows: Rows, sec: NfsSection) -> None:
@@ -215,8 +217,11 @@ class NfsTracker:
         d_ops = d_rtt = d_exec = 0
         moved = False
         known = self._ops
-        lines = set(sec.op_lines)
-        changed = lines.difference(self._lines)  # in C: most lines are as they were
+        lines, last = sec.op_lines, self._lines
+        if len(lines) == len(last):  # the kernel lists a mount's operations in one order
+            changed: Iterable[str] = compress(lines, map(_ne, lines, last))  # in C
+        else:
+            changed = set(lines).difference(last)
         self._lines = lines
         for line in changed:
             name, sep, text = line.partition(":")

@@ -8,7 +8,7 @@ rule's first live showing is measured from the onset of the post-run finding's e
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -220,3 +220,57 @@ def test_congestion_watch_holds_from_the_rules_rate_of_marks():
     assert watch_congestion(_port_ticks({port: quiet}, {port: marks}))
     few = {**quiet, "host.ib.ecn_marked": CONGESTION_PER_S - 1}
     assert not watch_congestion(_port_ticks({port: quiet}, {port: few}))
+
+
+# -- a symptom waits for its cause ------------------------------------------------------------
+
+
+def test_in_nfs_latency_starving_the_cause_shows_live_no_later_than_the_starvation(tmp_path):
+    """The GPUs starve from 10 s; the mount's latency looks slow from 19 s. The live list must
+    not lead with the symptom: ``storage-input-bound`` (naming the mount) comes first or with
+    it, and the symptom (if it shows beside its cause at all) still within its own latency."""
+    run = fabric_storage_run(tmp_path, "nfs-latency-starving", ("storage",))
+    assert run.live.last_error is None, run.live.last_error
+    first = run.first_live_s
+    print(f"nfs-latency-starving first live: {first}")
+    assert "storage-input-bound" in first
+    assert first["storage-input-bound"] <= first.get("gpu-starvation", float("inf"))
+    late = [(x.rule, x.onset_s, x.first_live_s, x.target_s) for x in run.latencies
+            if x.first_live_s is not None and not x.met]  # fmt: skip
+    assert not late, late
+
+
+def _finding(rule: str, start_s: float):
+    from agent.analysis.finding import Finding
+
+    at = datetime(1970, 1, 1) + timedelta(seconds=T0 + start_s)
+    return Finding(rule, "warning", "gpu0", at, None, "s", "n", {})
+
+
+def test_a_symptom_waits_for_a_cause_whose_watch_holds_but_no_longer_than_its_own_latency():
+    """The GPUs starve from 10 s (min 30 s), the cause's watch holds from 10 s (min 30 s)."""
+    from agent.analysis.budget import RuleClock
+    from agent.analysis.hold import explainers, held_back
+
+    rules = [RULES_BY_ID["gpu-starvation"], RULES_BY_ID["storage-input-bound"]]
+    by_id = {r.id: r for r in rules}
+    causes = explainers(rules)
+    assert "storage-input-bound" in causes["gpu-starvation"]
+    clock = RuleClock([30.0], since=T0 + 10)
+    clocks = {("storage-input-bound", None): clock}
+    symptom = _finding("gpu-starvation", 10)
+
+    def shown(now_s: float, findings=(symptom,)):
+        return [f.rule for f in held_back(findings, T0 + now_s, by_id, causes, clocks, 1.0)]
+
+    assert shown(40) == []  # the cause's watch holds, unconfirmed: the symptom waits
+    assert shown(48.9) == []
+    assert shown(49) == ["gpu-starvation"]  # its own latency (10 + 30 + 10 - 1 s) is the bound
+    cause = _finding("storage-input-bound", 19)
+    assert shown(40, (symptom, cause)) == ["gpu-starvation", "storage-input-bound"]
+    clock.since = None  # the cause's watch stopped holding: nothing to wait for
+    assert shown(40) == ["gpu-starvation"]
+    clock.since = T0 + 25  # a cause that cannot be ready (25 + 30 s) before the symptom must show
+    assert shown(40) == ["gpu-starvation"]
+    clock.since, clock.confirmed = T0 + 10, True  # confirmed elsewhere: no wait either
+    assert shown(40) == ["gpu-starvation"]

@@ -217,3 +217,13 @@ def test_states_and_speeds_parse():
     assert parse_speed(b"-1\n") is None
     assert parse_speed(b"25000\n") == 25e9 / 8
     assert parse_operstate(b"up\n") == 1 and parse_operstate(b"unknown\n") is None
+
+
+def test_a_vlan_interface_is_described_with_its_parent(tmp_path):
+    tree = FabricTree(tmp_path)
+    tree.interface("ens1f0", 100000)
+    tree.interface("ens1f0.100", 100000, parents=("ens1f0",))
+    tree.write()
+    attrs = FabricCollector(sys_root=tmp_path).collect(1.0).entity_attrs
+    assert attrs["net:ens1f0.100"]["kind"] == "vlan"
+    assert attrs["net:ens1f0.100"]["parents"] == "ens1f0"
