@@ -14,6 +14,7 @@ from agent.analysis.engine import finding_windows
 from agent.analysis.finding import Finding
 from agent.analysis.time_axis import TimeAxis
 from agent.report import Report, group_findings, render_text, run_axis
+from agent.report_fabric_storage_html import render_fabric_storage_html
 from agent.runs import ReadConnection
 
 WIDTH, HEIGHT, PAD_L, PAD_R, PAD_T, PAD_B = 920, 170, 64, 16, 12, 26
@@ -215,6 +216,8 @@ figure {{ margin: 1em 0; }} figcaption span {{ margin-left: .6em; font-size: 90%
 .finding.critical {{ border-color: {SEVERITY_COLOR["critical"]}; }}
 .finding.warning {{ border-color: {SEVERITY_COLOR["warning"]}; }}
 .finding.info {{ border-color: {SEVERITY_COLOR["info"]}; }}
+table {{ border-collapse: collapse; margin: .5em 0; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: .2em .7em; text-align: left; }}
 </style></head><body>
 <h1>{title}</h1>
 <pre>{summary}</pre>
@@ -223,5 +226,6 @@ figure {{ margin: 1em 0; }} figcaption span {{ margin-left: .6em; font-size: 90%
 <h2>Time series</h2>
 <p>Shaded bands are the findings' windows (red critical, orange warning, blue info).</p>
 {"".join(charts)}
+{render_fabric_storage_html(con, report, width_s)}
 </body></html>
 """

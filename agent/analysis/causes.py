@@ -30,6 +30,8 @@ EXPLAINS: Mapping[str, frozenset[str]] = {
     "host-memory-pressure": frozenset({STARVATION}),
     "h2d-transfer": frozenset({STARVATION}),
     "checkpoint-stall": frozenset({STARVATION}),
+    "storage-input-bound": frozenset({STARVATION, "io-bound"}),
+    "storage-checkpoint-stall": frozenset({STARVATION, "checkpoint-stall"}),
     "straggler": frozenset({STARVATION}),
     "hang": frozenset({STARVATION, "idle-reserved-gpu"}),
     "hardware-fault": frozenset({STARVATION, "straggler"}),

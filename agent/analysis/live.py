@@ -33,6 +33,7 @@ from agent.analysis.budget import AnalysisCost, ClockKey, Schedule
 from agent.analysis.engine import Rule, analyze, finding_kind
 from agent.analysis.finding import SEVERITY_RANK, Finding, sort_findings, store_findings
 from agent.analysis.frame import Window
+from agent.analysis.hold import explainers, held_back
 from agent.analysis.recent import RecentWindow
 from agent.analysis.thresholds import LIVE_FULL_PERIOD_S, LIVE_REFRESH_S
 from agent.analysis.watch import Tick
@@ -148,6 +149,8 @@ class LiveAnalysis:
 
         self.rules: tuple[Rule, ...] = tuple(ALL_RULES if rules is None else rules)
         self._by_id = {r.id: r for r in self.rules}
+        self._causes_of = explainers(self.rules)
+        self._holding = False  # a symptom is being held back (agent.analysis.hold)
         self.window_s = window_s
         self.full_period_s = full_period_s
         self.context: LiveContext | None = None
@@ -293,9 +296,20 @@ class LiveAnalysis:
             else:
                 self.log.close(which, _utc(end))
         if self.context is not None:
-            self.context.publish_findings([f.to_dict() for f in self.log.current()])
+            self.context.publish_findings(self._shown())
             if self.cursor is not None:
                 store_findings(self.cursor, self.context.run.run_id, self.log.all(), live=True)
+
+    def _shown(self) -> list[dict]:
+        """The current findings to publish: a symptom waits a bounded while for its cause
+        (:mod:`agent.analysis.hold`)."""
+        current = self.log.current()
+        if self.schedule is not None and self.recent is not None and self.recent.latest:
+            shown = held_back(current, self.recent.latest, self._by_id, self._causes_of,
+                              self.schedule.clocks, self.schedule.bucket_s)  # fmt: skip
+            self._holding = len(shown) < len(current)
+            current = shown
+        return [f.to_dict() for f in current]
 
     def poll(self) -> list[Finding] | None:
         """Take in the new snapshots and run the rules that are due; their findings, or None
@@ -305,6 +319,8 @@ class LiveAnalysis:
         cpu_started = self.cpu_clock()
         for snap in self._take_new():
             self.observe(snap)
+        if self._holding:  # a held symptom shows once its wait is over, pass or not
+            self.context.publish_findings(self._shown())
         now = self.recent.latest
         due = [] if now is None else self.schedule.due(now)
         if not due or now is None:
@@ -356,7 +372,7 @@ class LiveAnalysis:
         found = self.log.update(current, covered=None if rules is None else [r.id for r in chosen])
         if self.cursor is not None:
             store_findings(self.cursor, context.run.run_id, found, live=True)
-        context.publish_findings([f.to_dict() for f in self.log.current()])
+        context.publish_findings(self._shown())
         self.cycles += 1
         self.busy_seconds += time.perf_counter() - started
         context.publish_health(

@@ -104,7 +104,7 @@ METRICS = [
         "By",
         "counter",
         "Bytes received on the InfiniBand port.",
-        otel="accelwatch.host.ib.io",
+        otel="accelwatch.ib.io",
         attrs={"network.io.direction": "receive"},
     ),
     _m(
@@ -112,7 +112,7 @@ METRICS = [
         "By",
         "counter",
         "Bytes sent on the InfiniBand port.",
-        otel="accelwatch.host.ib.io",
+        otel="accelwatch.ib.io",
         attrs={"network.io.direction": "transmit"},
     ),
     _m(

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 
 from agent.catalog.fabric import INTERFACE_PREFIX
-from agent.model import BatchBuilder
-from collectors.fabric.parse import parse_operstate, parse_speed
 from collectors.fabric.ports import read_bytes
 
 #: Interfaces that carry no fabric traffic.
@@ -58,11 +56,3 @@ def list_interfaces(base: str) -> list[str]:
         return sorted(n for n in os.listdir(base) if n not in SKIPPED)
     except OSError:
         return []
-
-
-def sample_interface(b: BatchBuilder, nic: Interface) -> None:
-    """Two reads: ``speed`` (absent while down: the kernel answers EINVAL) and ``operstate``."""
-    speed = read_bytes(os.path.join(nic.directory, "speed"))
-    state = read_bytes(os.path.join(nic.directory, "operstate"))
-    b.add(nic.entity, "host.net.speed", None if speed is None else parse_speed(speed))
-    b.add(nic.entity, "host.net.up", None if state is None else parse_operstate(state))

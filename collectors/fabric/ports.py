@@ -3,7 +3,8 @@
 Discovery decides, per port, which files exist and parse (``counters_ext`` 64-bit data
 counters preferred over the 32-bit ``counters`` ones; ``hw_counters`` where the driver has
 them); a file that is missing or reads ``N/A (no PMA)`` is simply absent from then on. Each
-tick reads every kept file exactly once. Discovery runs again when the set of devices changes
+tick reads every kept file exactly once (the counters through
+:class:`~collectors.fabric.table.CounterTable`). Discovery runs again when the set of devices changes
 or a kept file vanishes (a port or a device went away).
 """
 
@@ -15,14 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agent.catalog.fabric import ENTITY_PREFIX, ERROR_COUNTERS, HW_COUNTERS
-from agent.model import BatchBuilder
-from collectors.fabric.counters import WRAP_32, Cumulative
 from collectors.fabric.parse import (
-    PHYS_LINK_UP,
-    STATE_ACTIVE,
     parse_int,
-    parse_numbered,
-    parse_rate,
 )
 
 log = logging.getLogger(__name__)
@@ -54,12 +49,12 @@ def read_bytes(path: str) -> bytes | None:
 
 @dataclass(slots=True)
 class CounterFile:
-    """A kept counter file: where, which metric, its scale and its running total."""
+    """A kept counter file: where, which metric, its scale, whether it wraps at 2**32."""
 
     path: str
     metric: str
     scale: int
-    counter: Cumulative
+    wraps: bool = False
     #: Bytes per count bounding a plausible 32-bit wrap step (None: any decrease is a wrap).
     per_second_units: int | None = None
     error: bool = False
@@ -75,11 +70,12 @@ class Port:
     attrs: dict[str, str]
     counters: list[CounterFile] = field(default_factory=list)
     max_rate: float = 0.0
-    last_ts: float | None = None
+    #: ``device:link_layer``: ports sharing it share a best rate (``rate_max``).
+    device_key: str = ""
 
 
 def _counter_file(path: str, metric: str, scale: int, wraps: bool, unit: int | None) -> CounterFile:
-    return CounterFile(path, metric, scale, Cumulative(WRAP_32 if wraps else None), unit)
+    return CounterFile(path, metric, scale, wraps, unit)
 
 
 def discover_port(device_dir: str, device: str, port: str) -> tuple[Port, list[str]]:
@@ -113,6 +109,7 @@ def discover_port(device_dir: str, device: str, port: str) -> tuple[Port, list[s
         else:
             absent.append(f"counters/{name32}")
     attrs["data_counters"] = width
+    out.device_key = f"{device}:{attrs.get('link_layer', '')}"
     for name in (*ERROR_COUNTERS, "port_xmit_wait"):
         path = os.path.join(counters, name)
         if _readable(path):
@@ -156,88 +153,9 @@ def _port_key(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
-#: Parsed ``state`` / ``phys_state`` / ``rate`` contents: a handful of distinct strings.
-_PARSED: dict[bytes, float | int | None] = {}
-
-
-def sample_port(b: BatchBuilder, port: Port, now: float, device_max: dict[str, float]) -> bool:
-    """Add one tick of ``port`` to ``b``; False if a kept file vanished (rediscover).
-
-    The per-counter loop is the source's hot path (a few hundred files a tick on a big node),
-    so it reads with bare ``os`` calls and skips the counter arithmetic when a value is unchanged.
-    An individual error counter is recorded once it is nonzero; their sum always.
-    """
-    entity, pdir, add = port.entity, port.directory, b.add
-    ok = True
-    state_raw = read_bytes(pdir + "/state")
-    phys_raw = read_bytes(pdir + "/phys_state")
-    rate_raw = read_bytes(pdir + "/rate")
-    parsed = _PARSED
-    state = parsed.get(state_raw) if state_raw is not None else None
-    if state is None and state_raw is not None:
-        state = parsed[state_raw] = parse_numbered(state_raw)
-    phys = parsed.get(phys_raw) if phys_raw is not None else None
-    if phys is None and phys_raw is not None:
-        phys = parsed[phys_raw] = parse_numbered(phys_raw)
-    rate = parsed.get(rate_raw) if rate_raw is not None else None
-    if rate is None and rate_raw is not None:
-        rate = parsed[rate_raw] = parse_rate(rate_raw)
-    if state_raw is None and phys_raw is None:
-        ok = False
-    add(entity, "host.ib.state", state)
-    add(entity, "host.ib.phys_state", phys)
-    if state is not None and phys is not None:
-        add(entity, "host.ib.up", 1 if state == STATE_ACTIVE and phys == PHYS_LINK_UP else 0)
-    if rate is not None and rate > 0:
-        add(entity, "host.ib.rate", rate)
-        if state == STATE_ACTIVE:
-            port.max_rate = max(port.max_rate, rate)
-            key = f"{port.device}:{port.attrs.get('link_layer', '')}"
-            device_max[key] = max(device_max.get(key, 0.0), rate)
-    dt = None if port.last_ts is None else max(now - port.last_ts, 1e-3)
-    port.last_ts = now
-    errors = 0
-    any_error = False
-    open_, read_, close_, rdonly = os.open, os.read, os.close, os.O_RDONLY
-    for cf in port.counters:
-        try:
-            fd = open_(cf.path, rdonly)
-            try:
-                data = read_(fd, 64)
-            finally:
-                close_(fd)
-            raw = int(data)
-        except OSError:
-            ok = False
-            continue
-        except ValueError:
-            continue  # N/A now: absent this tick
-        counter = cf.counter
-        if raw != counter.raw:
-            max_step = None
-            if cf.per_second_units is not None and dt is not None and port.max_rate > 0:
-                max_step = 2.0 * port.max_rate * dt / cf.per_second_units
-            counter.advance(raw, max_step)
-        if cf.error:
-            total = counter.total
-            errors += total
-            any_error = True
-            if not total:
-                continue
-            add(entity, cf.metric, total)
-        else:
-            add(entity, cf.metric, counter.total * cf.scale)
-    if any_error:
-        add(entity, "host.ib.errors", errors)
-    return ok
-
-
 def rate_max(port: Port, device_max: dict[str, float]) -> float | None:
     """The highest rate seen on the port or on its device's ports of the same link layer."""
-    best = max(
-        port.max_rate, device_max.get(f"{port.device}:{port.attrs.get('link_layer', '')}", 0)
-    )
-    return best or None
+    return max(port.max_rate, device_max.get(port.device_key, 0)) or None
 
 
 def log_absent(base: str, absent: dict[str, list[str]]) -> None:

@@ -7,9 +7,10 @@ Sectors are 512 bytes whatever the device's block size.
 
 from __future__ import annotations
 
+import operator
 import os
 
-from agent.model import BatchBuilder
+from collectors.storage.rows import Rows, segment
 
 SECTOR = 512
 READS, READ_SECTORS, READ_MS, WRITES, WRITE_SECTORS, WRITE_MS, IO_MS, QUEUE_MS = (
@@ -59,6 +60,7 @@ def _partitions(ddir: str, disk: str) -> list[tuple[str, str]]:
 
 
 _FIELDS = (READS, READ_SECTORS, READ_MS, WRITES, WRITE_SECTORS, WRITE_MS, IO_MS, QUEUE_MS)
+_TOTALS = ("fs.read_bytes", "fs.write_bytes", "fs.read_ops", "fs.write_ops", "fs.ops")
 
 
 class BlockTracker:
@@ -67,36 +69,50 @@ class BlockTracker:
     A field that went back (the device was re-created) counts on from its new value.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, entity: str) -> None:
         self._raw: tuple[int, ...] | None = None
-        self._total = dict.fromkeys(_FIELDS, 0)
+        self._total: list[int] = [0] * len(_FIELDS)
         self._last_ts: float | None = None
+        self._first = segment(entity, _TOTALS)
+        self._idle = segment(entity, (*_TOTALS, "fs.busy", "fs.queue_depth"))
+        self._busy = segment(entity, (*_TOTALS, "fs.busy", "fs.queue_depth", "fs.latency"))
 
-    def sample(self, b: BatchBuilder, entity: str, stat: tuple[int, ...], now: float) -> None:
-        prev, self._raw = self._raw, stat
-        total = self._total
-        steps = dict.fromkeys(_FIELDS, 0)
-        if prev is None:
-            for i in _FIELDS:
-                total[i] = stat[i]
-        elif stat != prev:
-            for i in _FIELDS:
-                now_v, before = stat[i], prev[i]
-                step = now_v - before if now_v >= before else now_v
-                steps[i] = step
-                total[i] += step
-        add = b.add
-        add(entity, "fs.read_bytes", total[READ_SECTORS] * SECTOR)
-        add(entity, "fs.write_bytes", total[WRITE_SECTORS] * SECTOR)
-        add(entity, "fs.read_ops", total[READS])
-        add(entity, "fs.write_ops", total[WRITES])
-        add(entity, "fs.ops", total[READS] + total[WRITES])
+    def sample(self, rows: Rows, data: bytes, now: float) -> None:
+        try:
+            cur = _PICK(data.split())
+        except IndexError:
+            return
+        try:
+            cur = tuple(map(int, cur))
+        except ValueError:
+            return
+        prev, self._raw = self._raw, cur
         last, self._last_ts = self._last_ts, now
+        if prev is None:
+            self._total = list(cur)
+        elif cur == prev:
+            steps = _ZEROS
+        else:
+            steps = list(map(_sub, cur, prev))
+            if min(steps) < 0:  # the device was re-created: count on from the new value
+                steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
+            self._total = list(map(_add, self._total, steps))
+        reads, rsec, _, writes, wsec, _, _, _ = self._total
+        values: list[float] = [rsec * SECTOR, wsec * SECTOR, reads, writes, reads + writes]
         if prev is None or last is None or now <= last:
+            rows.add(self._first, values)
             return
         span_ms = (now - last) * 1000
-        add(entity, "fs.busy", min(1.0, steps[IO_MS] / span_ms))
-        add(entity, "fs.queue_depth", steps[QUEUE_MS] / span_ms)
-        ops = steps[READS] + steps[WRITES]
+        d_reads, _, d_rms, d_writes, _, d_wms, d_io, d_queue = steps
+        values += (min(1.0, d_io / span_ms), d_queue / span_ms)
+        ops = d_reads + d_writes
         if ops > 0:
-            add(entity, "fs.latency", (steps[READ_MS] + steps[WRITE_MS]) / ops / 1000)
+            values.append((d_rms + d_wms) / ops / 1000)
+            rows.add(self._busy, values)
+        else:
+            rows.add(self._idle, values)
+
+
+_PICK = operator.itemgetter(*_FIELDS)
+_ZEROS = [0] * len(_FIELDS)
+_add, _sub = operator.add, operator.sub

@@ -22,10 +22,11 @@ from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector
 from collectors.fabric.counters import Cumulative
 from collectors.fabric.ports import read_bytes
-from collectors.storage.block import BlockTracker, block_devices, parse_block_stat
-from collectors.storage.lustre import LustreTracker, find_stats, fsname_of, parse_llite_stats
+from collectors.storage.block import BlockTracker, block_devices
+from collectors.storage.lustre import LustreTracker, find_stats, fsname_of
 from collectors.storage.mounts import Mount, MountTable, cwd_of, open_paths, parse_mountinfo
-from collectors.storage.nfs import NfsTracker, split_mountstats
+from collectors.storage.nfs import NfsTracker, cut_sections, split_mountstats
+from collectors.storage.rows import Layout, Rows, Segment, segment
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class UsedMount:
     job_write: int = 0
     attributed: bool = False
     described: dict | None = None
+    job_segment: Segment = ((), ())
 
 
 class StorageCollector(Collector):
@@ -77,6 +79,13 @@ class StorageCollector(Collector):
         self._io: dict[tuple[int, int], Cumulative] = {}
         self._blocks: dict[str, tuple[str, str]] | None = None
         self._real_proc = True
+        self._nfs: list[UsedMount] = []  # the mounts read from mountstats
+        self._nfs_points: frozenset[str] = frozenset()
+        self._nfs_heads: dict[str, str] = {}  # mount point → its mountstats ``device`` line
+        self._files: list[UsedMount] = []  # the mounts with a stats file of their own
+        self._layout = Layout()
+        self._mountinfo: tuple[str, MountTable] | None = None
+        self._last_held: object = None  # the mountinfo and open files the last scan mapped
 
     def start(self, ctx: CollectContext) -> None:
         self.ctx = ctx
@@ -113,19 +122,27 @@ class StorageCollector(Collector):
                 break
         if info is None:
             return
-        table = MountTable(parse_mountinfo(info))
+        if self._mountinfo is None or self._mountinfo[0] != info:  # mounts seldom change
+            self._mountinfo = (info, MountTable(parse_mountinfo(info)))
+        table = self._mountinfo[1]
+        # what the job holds: read every time (files come and go), mapped only when it changed
+        held_by = [(pid, list(open_paths(self.proc_root, pid)), cwd_of(self.proc_root, pid))
+                   for pid in pids]  # fmt: skip
+        seen = (info, held_by)
+        if seen == self._last_held:
+            return
+        self._last_held = seen
         self._sole_mount.clear()
         for used in self.mounts.values():
             used.pids.clear()
-        for pid in pids:
+        for pid, paths, cwd in held_by:
             held: set[str] = set()
-            for fd, path in open_paths(self.proc_root, pid):
+            for fd, path in paths:
                 m = table.find(path)
                 if m is not None and m.kind not in _IGNORED_KINDS:
                     if fd > 2:  # stdio (a log file, a terminal) says nothing of its data I/O
                         held.add(m.mountpoint)
                     self._use(b, m).pids.add(pid)
-            cwd = cwd_of(self.proc_root, pid)
             m = None if cwd is None else table.find(cwd)
             if m is not None and m.kind not in _IGNORED_KINDS:
                 self._use(b, m).pids.add(pid)
@@ -149,10 +166,12 @@ class StorageCollector(Collector):
         used = self.mounts.get(m.mountpoint)
         if used is not None or len(self.mounts) >= _MAX_MOUNTS:
             return used or UsedMount(m, "")
-        used = self.mounts[m.mountpoint] = UsedMount(m, f"{ENTITY_PREFIX}{m.mountpoint}")
+        entity = f"{ENTITY_PREFIX}{m.mountpoint}"
+        used = self.mounts[m.mountpoint] = UsedMount(m, entity)
+        used.job_segment = segment(entity, ("fs.job.read_bytes", "fs.job.write_bytes"))
         kind = m.kind
         if kind == "nfs":
-            used.nfs = NfsTracker()
+            used.nfs = NfsTracker(entity, m.mountpoint)
         elif kind == "lustre":
             path, looked = find_stats(self.proc_root, self.sys_root, fsname_of(m.source))
             if path is None:
@@ -163,64 +182,80 @@ class StorageCollector(Collector):
                 )
                 b.event("notice", used.entity, message=message, severity="info")
             else:
-                used.lustre, used.lustre_stats = LustreTracker(), path
+                used.lustre, used.lustre_stats = LustreTracker(entity), path
         elif not m.majmin.startswith("0:"):
             if self._blocks is None or m.majmin not in self._blocks:
                 self._blocks = block_devices(self.sys_root)
             found = self._blocks.get(m.majmin)
             if found is not None:
                 used.block_name, used.block_stat = found
-                used.block = BlockTracker()
+                used.block = BlockTracker(entity)
+        self._nfs = [u for u in self.mounts.values() if u.nfs is not None]
+        self._nfs_points = frozenset(u.mount.mountpoint for u in self._nfs)
+        self._nfs_heads = {}
+        self._files = [u for u in self.mounts.values() if u.lustre or u.block]
         return used
 
     # -- each tick
     def collect(self, now: float) -> Batch:
-        b = BatchBuilder(self.source, now)
+        b = BatchBuilder(self.source, now)  # events and attributes (discovery, rare)
         pids = self.pids()
         if pids and (self._last_scan is None or now - self._last_scan >= self.rescan_s):
             self._last_scan = now
             self._scan(b, pids)
         if not self.mounts:
             return b.build()
-        if pids and any(u.nfs is not None for u in self.mounts.values()):
+        rows = Rows()
+        if pids and self._nfs:
             text = read_bytes_all(os.path.join(self.proc_root, str(pids[0]), "mountstats"))
-            wanted = {u.mount.mountpoint for u in self.mounts.values() if u.nfs is not None}
-            stats = split_mountstats(text, wanted) if text is not None else {}
-            for used in self.mounts.values():
-                found = stats.get(used.mount.mountpoint)
-                if used.nfs is not None and found is not None:
-                    used.nfs.sample(b, used.entity, used.mount.mountpoint, found)
-        for used in self.mounts.values():
-            if used.lustre is not None and used.lustre_stats is not None:
-                text = read_bytes_all(used.lustre_stats)
+            if text is not None:
+                stats = cut_sections(text, self._nfs_heads) if self._nfs_heads else None
+                if stats is None:
+                    stats = split_mountstats(text, self._nfs_points)
+                    self._nfs_heads = {p: sec.head for p, sec in stats.items()}
+                for used in self._nfs:
+                    found = stats.get(used.mount.mountpoint)
+                    if found is not None:
+                        used.nfs.sample(rows, found)  # type: ignore[union-attr]
+        for used in self._files:
+            if used.lustre is not None:
+                text = read_bytes_all(used.lustre_stats)  # type: ignore[arg-type]
                 if text is not None:
-                    used.lustre.sample(b, used.entity, parse_llite_stats(text))
-            elif used.block is not None and used.block_stat is not None:
-                data = read_bytes(used.block_stat)
-                stat = None if data is None else parse_block_stat(data)
-                if stat is not None:
-                    used.block.sample(b, used.entity, stat, now)
-        self._job_io(b, set(pids))
-        return b.build()
+                    used.lustre.sample(rows, text)
+            elif used.block is not None:
+                data = read_bytes(used.block_stat)  # type: ignore[arg-type]
+                if data is not None:
+                    used.block.sample(rows, data, now)
+        self._job_io(rows, pids)
+        built = b.build()
+        entities, metrics = self._layout.columns(rows)
+        return Batch(self.source, now, entities, metrics, rows.values, built.events,
+                     built.entity_attrs)  # fmt: skip
 
-    def _job_io(self, b: BatchBuilder, live: set[int]) -> None:
-        for pid, point in list(self._sole_mount.items()):
+    def _job_io(self, rows: Rows, pids: list[int]) -> None:
+        """Bytes the job's processes read and wrote (``io``: rchar, wchar), on the one mount
+        that holds their open files."""
+        if not self._sole_mount:
+            return
+        live = set(pids)
+        for pid, point in self._sole_mount.items():
             if pid not in live:
-                continue
-            data = read_bytes(os.path.join(self.proc_root, str(pid), "io"))
-            if data is None:
                 continue
             used = self.mounts.get(point)
             if used is None:
                 continue
+            data = read_bytes(os.path.join(self.proc_root, str(pid), "io"))
+            if data is None:
+                continue
             used.attributed = True
-            for line in data.split(b"\n")[:2]:  # rchar, wchar
+            rchar, _, rest = data.partition(b"\n")
+            wchar = rest.partition(b"\n")[0]
+            for which, line in ((0, rchar), (1, wchar)):
                 key, _, value = line.partition(b":")
                 try:
                     raw = int(value)
                 except ValueError:
                     continue
-                which = 0 if key == b"rchar" else 1
                 c = self._io.get((pid, which))
                 if c is None:
                     c = self._io[(pid, which)] = Cumulative()
@@ -231,8 +266,7 @@ class StorageCollector(Collector):
                     used.job_write += step
         for used in self.mounts.values():
             if used.attributed:
-                b.add(used.entity, "fs.job.read_bytes", used.job_read)
-                b.add(used.entity, "fs.job.write_bytes", used.job_write)
+                rows.add(used.job_segment, (used.job_read, used.job_write))
 
 
 def read_bytes_all(path: str) -> str | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from agent.model import BatchBuilder
 from collectors.fabric.counters import Cumulative
+from collectors.storage.rows import Rows, segment
 
 #: Where the llite instance directories may be, relative to the proc and sys roots.
 PROC_DIRS = (("fs", "lustre", "llite"),)
@@ -58,11 +58,17 @@ def find_stats(proc_root: str, sys_root: str, fsname: str) -> tuple[str | None, 
     return None, looked
 
 
+_TOTALS = ("fs.read_ops", "fs.read_bytes", "fs.write_ops", "fs.write_bytes")
+
+
 class LustreTracker:
     """Running totals and interval latency of one llite instance."""
 
-    def __init__(self) -> None:
+    def __init__(self, entity: str) -> None:
         self._c: dict[tuple[str, int], Cumulative] = {}
+        self._text = ""
+        self._totals = segment(entity, _TOTALS)
+        self._timed = segment(entity, (*_TOTALS, "fs.latency"))
 
     def _t(self, name: str, i: int, raw: int) -> tuple[int, int | None]:
         c = self._c.get((name, i))
@@ -71,16 +77,12 @@ class LustreTracker:
         step = c.step(raw)
         return c.total, step
 
-    def sample(
-        self, b: BatchBuilder, entity: str, stats: dict[str, tuple[int, int | None]]
-    ) -> None:
-        for name, ops_metric, bytes_metric in (
-            ("read_bytes", "fs.read_ops", "fs.read_bytes"),
-            ("write_bytes", "fs.write_ops", "fs.write_bytes"),
-        ):
+    def sample(self, rows: Rows, text: str) -> None:
+        stats = parse_llite_stats(text)
+        values: list[float] = []
+        for name in ("read_bytes", "write_bytes"):
             count, total = stats.get(name, (0, 0))
-            b.add(entity, ops_metric, self._t(name, 0, count)[0])
-            b.add(entity, bytes_metric, self._t(name, 1, total or 0)[0])
+            values += (self._t(name, 0, count)[0], self._t(name, 1, total or 0)[0])
         d_calls = d_us = 0
         have = False
         for name in ("read", "write"):
@@ -91,4 +93,7 @@ class LustreTracker:
                     have = True
                     d_calls, d_us = d_calls + dc, d_us + du
         if have and d_calls > 0:
-            b.add(entity, "fs.latency", d_us / d_calls / 1e6)
+            values.append(d_us / d_calls / 1e6)
+            rows.add(self._timed, values)
+        else:
+            rows.add(self._totals, values)

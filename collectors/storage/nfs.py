@@ -9,12 +9,15 @@ Averages are taken over the interval's deltas (``Δrtt / Δops``), retransmissio
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress
 
 from agent.catalog.storage import OP_PREFIX
-from agent.model import BatchBuilder
 from collectors.fabric.counters import Cumulative
 from collectors.storage.mounts import unescape
+from collectors.storage.rows import Rows, Segment, segment
 
 #: Indexes into the ``bytes:`` line and a per-op line.
 SERVER_READ, SERVER_WRITE = 4, 5
@@ -40,6 +43,8 @@ class NfsSection:
     statvers: str = ""
     bytes_text: str = ""
     op_lines: list[str] = field(default_factory=list)
+    #: The section's ``device`` line, newline included (:func:`cut_sections` finds it by it).
+    head: str = ""
 
     def op_text(self) -> dict[str, str]:
         """Operation name → its numbers as text."""
@@ -90,12 +95,38 @@ def split_mountstats(
         if sec is None or (wanted is not None and sec.mountpoint not in wanted):
             continue
         out[sec.mountpoint] = sec
-        at = body.find("bytes:")
-        if at >= 0:
-            sec.bytes_text = body[at + 6 : body.find("\n", at)].strip()
-        at = body.find("per-op statistics\n")
-        if at >= 0:
-            sec.op_lines = body[at + 18 :].rstrip("\n").split("\n")
+        sec.head = "device " + head + "\n"
+        sec.bytes_text, sec.op_lines = _body_parts(body)
+    return out
+
+
+def _body_parts(body: str) -> tuple[str, list[str]]:
+    """A section's ``bytes:`` numbers (text) and its per-op lines."""
+    bytes_text, op_lines = "", []
+    at = body.find("bytes:")
+    if at >= 0:
+        bytes_text = body[at + 6 : body.find("\n", at)].strip()
+    at = body.find("per-op statistics\n")
+    if at >= 0:
+        op_lines = body[at + 18 :].rstrip("\n").split("\n")
+    return bytes_text, op_lines
+
+
+def cut_sections(text: str, heads: dict[str, str]) -> dict[str, NfsSection] | None:
+    """Mount point → its section, found by the ``device`` line it had (``heads``: mount point
+    → that line, as :func:`split_mountstats` saw it), without cutting the rest of the file;
+    None if one of them is not there any more (remounted: split again)."""
+    out: dict[str, NfsSection] = {}
+    for point, head in heads.items():
+        at = text.rfind(head)  # the last: a later mount on the same point shadows
+        if at < 0 or (at and text[at - 1] != "\n"):
+            return None
+        end = text.find("\ndevice ", at + len(head))
+        sec = _HEADS.get(head[7:-1]) if head.startswith("device ") else None
+        if sec is None:
+            return None
+        found = out[point] = NfsSection(sec.mountpoint, sec.fstype, sec.server, sec.statvers)
+        found.bytes_text, found.op_lines = _body_parts(text[at + len(head) : end])
     return out
 
 
@@ -131,11 +162,18 @@ def _ints(fields: list[str]) -> tuple[int, ...]:
         return ()
 
 
+_PICK = operator.itemgetter(OPS, TRANS, RTT_MS, EXEC_MS, BYTES_SENT, BYTES_RECV, ERRORS)
+_add, _sub, _ne = operator.add, operator.sub, operator.ne
+_OP_COUNTS = ("fs.op.count", "fs.op.retransmits", "fs.op.bytes", "fs.op.errors")
+_OP_TIMES = ("fs.op.rtt", "fs.op.latency")
+
+
 class _Op:
     """One operation's last reading and running totals: ops, transmissions, rtt ms, execute
     ms, bytes (sent + received), errors. A field that went back counts on from its new value."""
 
-    __slots__ = ("name", "entity", "text", "prev", "tot", "retrans", "reported")
+    __slots__ = ("name", "entity", "text", "prev", "tot", "retrans", "reported", "counts",
+                 "times", "values", "moved")  # fmt: skip
 
     def __init__(self, name: str, mountpoint: str) -> None:
         self.name = name
@@ -145,39 +183,45 @@ class _Op:
         self.tot = [0, 0, 0, 0, 0, 0]
         self.retrans = 0
         self.reported = False
+        self.counts = segment(self.entity, _OP_COUNTS)
+        self.times = segment(self.entity, _OP_TIMES)
+        self.values: list[float] = []  # count, retransmits, bytes, errors
+        self.moved: tuple[float, float] | None = None  # this tick's average rtt, execute time
 
 
 class NfsTracker:
     """One mount's running totals and interval averages from successive readings.
 
-    An operation whose text did not change since the last tick costs one string compare;
-    the mount's totals are kept as running sums of the changed operations' steps.
+    An operation whose text did not change since the last tick costs one string compare; the
+    mount's totals are kept as running sums of the changed operations' steps, and each
+    operation's reported values are kept as a list, handed on as they are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, entity: str, mountpoint: str) -> None:
+        self.entity, self.mountpoint = entity, mountpoint
         self._ops: dict[str, _Op] = {}
         self._reported: list[_Op] = []  # reported operations that have happened
         self._bytes_text = ""
         self._read, self._write = Cumulative(), Cumulative()
         self._ops_total = self._retrans_total = 0
-        self._lines: set[str] = set()
+        self._lines: list[str] = []
+        self._mount_segments: dict[tuple[bool, ...], Segment] = {}
 
-    def sample(self, b: BatchBuilder, entity: str, mountpoint: str, sec: NfsSection) -> None:
-        add = b.add
+    def sample(self, rows: Rows, sec: NfsSection) -> None:
         if sec.bytes_text != self._bytes_text:
             self._bytes_text = sec.bytes_text
             values = _ints(sec.bytes_text.split())
             if len(values) > SERVER_WRITE:
                 self._read.advance(values[SERVER_READ])
                 self._write.advance(values[SERVER_WRITE])
-        if self._bytes_text:
-            add(entity, "fs.read_bytes", self._read.total)
-            add(entity, "fs.write_bytes", self._write.total)
         d_ops = d_rtt = d_exec = 0
-        averages: list[tuple[_Op, int, int, int]] = []
+        moved = False
         known = self._ops
-        lines = set(sec.op_lines)
-        changed = lines.difference(self._lines)  # in C: most lines are as they were
+        lines, last = sec.op_lines, self._lines
+        if len(lines) == len(last):  # the kernel lists a mount's operations in one order
+            changed: Iterable[str] = compress(lines, map(_ne, lines, last))  # in C
+        else:
+            changed = set(lines).difference(last)
         self._lines = lines
         for line in changed:
             name, sep, text = line.partition(":")
@@ -186,52 +230,68 @@ class NfsTracker:
             name = name.strip()
             op = known.get(name)
             if op is None:
-                op = known[name] = _Op(name, mountpoint)
+                op = known[name] = _Op(name, self.mountpoint)
             elif text == op.text:
                 continue
             op.text = text
-            v = _ints(text.split())
-            if len(v) < 8:
+            try:
+                v = list(map(int, text.split()))
+                if len(v) < 9:
+                    v.append(0)  # no errors field (kernels before 4.18)
+                ops_n, trans, rtt, exe, sent, recv, errors = _PICK(v)
+            except (ValueError, IndexError):
                 continue
-            cur = (v[OPS], v[TRANS], v[RTT_MS], v[EXEC_MS], v[BYTES_SENT] + v[BYTES_RECV],
-                   v[ERRORS] if len(v) > ERRORS else 0)  # fmt: skip
+            cur = (ops_n, trans, rtt, exe, sent + recv, errors)
             prev, op.prev, tot = op.prev, cur, op.tot
             if prev is None:  # the op's first reading: totals, no interval
                 tot[:] = cur
                 op_d = rtt_d = exec_d = 0
-                self._ops_total += cur[0]
             else:
-                steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
-                for i, step in enumerate(steps):
-                    tot[i] += step
+                steps = list(map(_sub, cur, prev))
+                if min(steps) < 0:  # a field went back (remount): count on from its value
+                    steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
+                tot[:] = map(_add, tot, steps)
                 op_d, rtt_d, exec_d = steps[0], steps[2], steps[3]
-                self._ops_total += op_d
+            self._ops_total += cur[0] if prev is None else op_d
             retrans = max(0, tot[1] - tot[0])
             self._retrans_total += retrans - op.retrans
             op.retrans = retrans
+            op.values = [tot[0], retrans, tot[4], tot[5]]
             if not op.reported and tot[0] and name in REPORTED_OPS:
                 op.reported = True
                 self._reported.append(op)
             if op_d > 0:
                 d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
-                averages.append((op, op_d, rtt_d, exec_d))
-        for name, metric in (("READ", "fs.read_ops"), ("WRITE", "fs.write_ops")):
-            op = known.get(name)
-            if op is not None:
-                add(entity, metric, op.tot[0])
-        for op in self._reported:
-            e = op.entity
-            tot = op.tot
-            add(e, "fs.op.count", tot[0])
-            add(e, "fs.op.retransmits", op.retrans)
-            add(e, "fs.op.bytes", tot[4])
-            add(e, "fs.op.errors", tot[5])
-        for op, op_d, rtt_d, exec_d in averages:
-            if op.reported:
-                add(op.entity, "fs.op.rtt", rtt_d / op_d / 1000)
-                add(op.entity, "fs.op.latency", exec_d / op_d / 1000)
-        add(entity, "fs.ops", self._ops_total)
-        add(entity, "fs.retransmits", self._retrans_total)
+                op.moved = (rtt_d / op_d / 1000, exec_d / op_d / 1000)
+                moved = True
+        self._mount(rows, d_ops, d_rtt, d_exec)
+        for op in self._reported:  # in a stable order: the columns stay the same lists
+            rows.add(op.counts, op.values)
+        if moved:
+            for op in self._reported:
+                if op.moved is not None:
+                    rows.add(op.times, op.moved)
+        for op in known.values():
+            op.moved = None
+
+    def _mount(self, rows: Rows, d_ops: int, d_rtt: int, d_exec: int) -> None:
+        read, write = self._ops.get("READ"), self._ops.get("WRITE")
+        flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)
+        seg = self._mount_segments.get(flags)
+        if seg is None:
+            names = [*(("fs.read_bytes", "fs.write_bytes") if flags[0] else ()),
+                     *(("fs.read_ops",) if flags[1] else ()),
+                     *(("fs.write_ops",) if flags[2] else ()), "fs.ops", "fs.retransmits",
+                     *(("fs.rtt", "fs.latency") if flags[3] else ())]  # fmt: skip
+            seg = self._mount_segments[flags] = segment(self.entity, names)
+        values: list[float] = []
+        if flags[0]:
+            values += (self._read.total, self._write.total)
+        if read is not None:
+            values.append(read.tot[0])
+        if write is not None:
+            values.append(write.tot[0])
+        values += (self._ops_total, self._retrans_total)
         if d_ops > 0:
-            add(entity, "fs.rtt", d_rtt / d_ops / 1000)
-            add(entity, "fs.latency", d_exec / d_ops / 1000)
+            values += (d_rtt / d_ops / 1000, d_exec / d_ops / 1000)
+        rows.add(seg, values)

@@ -159,3 +159,69 @@ def test_comm_bound_weighs_infiniband_traffic_against_the_ports_line_rate(runs):
     assert f.evidence["ib_share_of_line_rate"] == pytest.approx(0.9, rel=0.05)
     assert "of the ports' 100.0 GB/s line rate each way" in f.summary
     assert of_rule(runs(*HEALTHY), "comm-bound") == []
+
+
+def _html_report(db: str):
+    from agent.report import build_report
+    from agent.report_html import render_html
+    from agent.runs import open_read
+
+    con = open_read(db)
+    try:
+        report = build_report(con, None, db)
+        return report, render_html(con, report), con.duckdb
+    finally:
+        con.close()
+
+
+def test_the_html_report_shows_each_port_and_mount_with_charts(runs):
+    import re
+    import xml.etree.ElementTree as ET
+
+    report, page, _ = _html_report(runs(*HEALTHY, db=True))
+    section = page.split("<h2>Fabric and storage</h2>", 1)[1]
+    ports = re.findall(r"<tr><td>(mlx5_\d/1)</td><td>([^<]*)</td>", section)
+    assert [p for p, _ in ports] == [f"mlx5_{i}/1" for i in range(4)]
+    assert dict(ports)["mlx5_0/1"] == "15.0 GB/s"  # the same figure as the text report's
+    mounts = dict(re.findall(r"<tr><td>(/[^<]*)</td><td>([^<]*)</td>", section))
+    assert mounts["/mnt/data"] == "nfs4"
+    svgs = re.findall(r"<svg.*?</svg>", section, re.S)
+    assert len(svgs) == 3
+    for svg in svgs:
+        ET.fromstring(svg)  # well-formed
+    for title in ("Fabric port throughput", "Mount throughput", "Mount latency"):
+        assert f"<b>{title}" in section
+
+
+def test_the_html_charts_show_a_port_going_down(runs):
+    from agent.report_fabric_storage_html import _series
+    from agent.runs import open_read
+
+    db = runs("ib-port-degrading", ("fabric",), db=True)
+    report, page, _ = _html_report(db)
+    section = page.split("<h2>Fabric and storage</h2>", 1)[1]
+    assert "<td>mlx5_2/1</td>" in section and "<td>yes</td>" in section  # was down
+    assert "<title>fabric-health on ib:mlx5_2/1</title>" in section  # its window shaded
+    con = open_read(db)
+    try:
+        series = _series(con.duckdb, report.run.run_id, ("port.rx_bytes", "port.tx_bytes"),
+                         True, 5.0, 8e-9)  # fmt: skip
+    finally:
+        con.close()
+    t0 = report.run.started
+    healthy = [y for x, y in series["mlx5_0/1"] if 5 <= x - t0 < 50]  # whole buckets
+    assert healthy and all(y == pytest.approx(240, rel=0.05) for y in healthy)  # 120 + 120
+    down = [y for x, y in series["mlx5_2/1"] if 45 <= x - t0 < 55]
+    assert down and max(down) == pytest.approx(0, abs=1e-6)
+
+
+def test_a_run_without_ports_or_mounts_has_no_fabric_and_storage_html_section(tmp_path):
+    from agent.report_fabric_storage_html import render_fabric_storage_html
+
+    class _Summary:
+        fabric_storage: dict = {"ports": [], "mounts": []}
+
+    class _Report:
+        summary = _Summary()
+
+    assert render_fabric_storage_html(None, _Report(), 1.0) == ""  # type: ignore[arg-type]

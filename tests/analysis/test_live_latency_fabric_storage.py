@@ -8,14 +8,19 @@ rule's first live showing is measured from the onset of the post-run finding's e
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
 from agent.analysis.engine import finding_windows
 from agent.analysis.live import LiveAnalysis
 from agent.analysis.rules import RULES_BY_ID
-from agent.analysis.rules.fabric import CONGESTION_PER_S, watch_congestion, watch_fabric_health
+from agent.analysis.rules.fabric import (
+    CONGESTION_PER_S,
+    watch_congestion,
+    watch_fabric_health,
+    watch_port_down,
+)
 from agent.analysis.thresholds import LIVE_LATENCY_SLACK_S
 from agent.analysis.watch import Tick
 from agent.model import BatchBuilder
@@ -98,6 +103,37 @@ def test_fabric_and_storage_rules_show_live_within_their_minimum_duration_plus_1
                 assert ends <= held.get(f.rule, set()), (f.rule, ends)
 
 
+def test_a_port_going_down_after_its_finding_was_confirmed_turns_it_critical_within_its_latency(
+    tmp_path, monkeypatch
+):
+    """ib-port-degrading: mlx5_2/1 downtrains with errors at 20 s (a warning), goes down at
+    40 s. The finding must turn critical live within the rule's latency of the port going
+    down (not at the next 300 s refresh), and not before it went down."""
+    seen: dict[str, list[tuple[int, str]]] = {}
+    poll = LiveAnalysis.poll
+
+    def spy(self):
+        out = poll(self)
+        now = self.recent.latest if self.recent is not None else None
+        for f in self.context.findings if now is not None else ():
+            if f["rule"] == "fabric-health":
+                seen.setdefault(str(f["entity"]), []).append((round(now - T0), f["severity"]))
+        return out
+
+    monkeypatch.setattr(LiveAnalysis, "poll", spy)
+    run = fabric_storage_run(tmp_path, "ib-port-degrading", ("fabric",))
+    assert run.live.last_error is None, run.live.last_error
+    port = seen["ib:mlx5_2/1"]
+    down_at, latency = 40, RULES_BY_ID["fabric-health"].min_duration_s + LIVE_LATENCY_SLACK_S
+    warned = min(t for t, sev in port)
+    critical = min((t for t, sev in port if sev == "critical"), default=None)
+    print(f"fabric-health on mlx5_2/1: shown {warned} s, critical {critical} s (down at 40 s)")
+    assert warned <= 20 + latency and all(sev == "warning" for t, sev in port if t < down_at)
+    assert critical is not None, "never critical live"
+    assert down_at <= critical <= down_at + latency
+    assert set(seen) == {"ib:mlx5_2/1"}  # the healthy ports stay out of it
+
+
 def test_healthy_fabric_and_storage_give_no_fabric_or_storage_finding_live(tmp_path):
     run = fabric_storage_run(tmp_path, HEALTHY, ("fabric", "storage"))
     assert run.live.last_error is None, run.live.last_error
@@ -158,8 +194,10 @@ _UP = {"host.ib.up": 1.0, "host.ib.rate": 25e9, "host.ib.rate.max": 25e9, "host.
 def test_fabric_health_watch_holds_for_rising_errors_a_down_port_or_a_downtrained_one():
     port = "ib:mlx5_0/1"
     assert not watch_fabric_health(_port_ticks({port: _UP}, {port: _UP}))
+    assert not watch_port_down(_port_ticks({port: _UP}, {port: _UP}))
     assert watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.errors": 6.0}}))
-    assert watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.up": 0.0}}))
+    down = _port_ticks({port: _UP}, {port: {**_UP, "host.ib.up": 0.0}})
+    assert watch_port_down(down) and not watch_fabric_health(down)  # timed on its own
     assert watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.rate": 12.5e9}}))
     # a counter reset is no increase (the SQL's ``greatest(..., 0)``)
     assert not watch_fabric_health(_port_ticks({port: _UP}, {port: {**_UP, "host.ib.errors": 0.0}}))
@@ -182,3 +220,57 @@ def test_congestion_watch_holds_from_the_rules_rate_of_marks():
     assert watch_congestion(_port_ticks({port: quiet}, {port: marks}))
     few = {**quiet, "host.ib.ecn_marked": CONGESTION_PER_S - 1}
     assert not watch_congestion(_port_ticks({port: quiet}, {port: few}))
+
+
+# -- a symptom waits for its cause ------------------------------------------------------------
+
+
+def test_in_nfs_latency_starving_the_cause_shows_live_no_later_than_the_starvation(tmp_path):
+    """The GPUs starve from 10 s; the mount's latency looks slow from 19 s. The live list must
+    not lead with the symptom: ``storage-input-bound`` (naming the mount) comes first or with
+    it, and the symptom (if it shows beside its cause at all) still within its own latency."""
+    run = fabric_storage_run(tmp_path, "nfs-latency-starving", ("storage",))
+    assert run.live.last_error is None, run.live.last_error
+    first = run.first_live_s
+    print(f"nfs-latency-starving first live: {first}")
+    assert "storage-input-bound" in first
+    assert first["storage-input-bound"] <= first.get("gpu-starvation", float("inf"))
+    late = [(x.rule, x.onset_s, x.first_live_s, x.target_s) for x in run.latencies
+            if x.first_live_s is not None and not x.met]  # fmt: skip
+    assert not late, late
+
+
+def _finding(rule: str, start_s: float):
+    from agent.analysis.finding import Finding
+
+    at = datetime(1970, 1, 1) + timedelta(seconds=T0 + start_s)
+    return Finding(rule, "warning", "gpu0", at, None, "s", "n", {})
+
+
+def test_a_symptom_waits_for_a_cause_whose_watch_holds_but_no_longer_than_its_own_latency():
+    """The GPUs starve from 10 s (min 30 s), the cause's watch holds from 10 s (min 30 s)."""
+    from agent.analysis.budget import RuleClock
+    from agent.analysis.hold import explainers, held_back
+
+    rules = [RULES_BY_ID["gpu-starvation"], RULES_BY_ID["storage-input-bound"]]
+    by_id = {r.id: r for r in rules}
+    causes = explainers(rules)
+    assert "storage-input-bound" in causes["gpu-starvation"]
+    clock = RuleClock([30.0], since=T0 + 10)
+    clocks = {("storage-input-bound", None): clock}
+    symptom = _finding("gpu-starvation", 10)
+
+    def shown(now_s: float, findings=(symptom,)):
+        return [f.rule for f in held_back(findings, T0 + now_s, by_id, causes, clocks, 1.0)]
+
+    assert shown(40) == []  # the cause's watch holds, unconfirmed: the symptom waits
+    assert shown(48.9) == []
+    assert shown(49) == ["gpu-starvation"]  # its own latency (10 + 30 + 10 - 1 s) is the bound
+    cause = _finding("storage-input-bound", 19)
+    assert shown(40, (symptom, cause)) == ["gpu-starvation", "storage-input-bound"]
+    clock.since = None  # the cause's watch stopped holding: nothing to wait for
+    assert shown(40) == ["gpu-starvation"]
+    clock.since = T0 + 25  # a cause that cannot be ready (25 + 30 s) before the symptom must show
+    assert shown(40) == ["gpu-starvation"]
+    clock.since, clock.confirmed = T0 + 10, True  # confirmed elsewhere: no wait either
+    assert shown(40) == ["gpu-starvation"]

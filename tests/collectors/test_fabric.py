@@ -12,7 +12,6 @@ import pytest
 from agent.catalog import CATALOG
 from agent.registry import default_registry
 from agent.source import CollectContext
-from collectors.fabric import ports as ports_module
 from collectors.fabric.collector import FabricCollector
 from collectors.fabric.parse import parse_numbered, parse_operstate, parse_rate, parse_speed
 from collectors.sim.fabric_storage.tree import FabricTree, SimPort
@@ -59,7 +58,7 @@ def test_a_32_bit_data_counter_that_wraps_counts_on(tmp_path):
     assert _rate(v0, v1, "ib:mlx5_1/1", "host.ib.rx_packets") == pytest.approx(1e5, rel=0.01)
     port = collector._ports["ib:mlx5_1/1"]
     assert port.attrs["data_counters"] == "32"
-    assert sum(c.counter.wraps for c in port.counters) == 2  # data and packets wrapped once
+    assert collector.counter_events("ib:mlx5_1/1") == (2, 0)  # data and packets wrapped once
 
 
 def test_counters_ext_are_preferred_over_the_32_bit_counters(tmp_path):
@@ -117,10 +116,11 @@ def test_each_file_is_read_once_per_tick(tmp_path, monkeypatch):
     collector.start(CollectContext())
     collector.collect(1.0)  # discovery reads each file once to decide what to keep
     reads: list[str] = []
-    real = ports_module.read_bytes
-    monkeypatch.setattr(ports_module, "read_bytes", lambda p: reads.append(p) or real(p))
+    real = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
     collector.collect(2.0)
     assert reads and len(reads) == len(set(reads))
+    assert any(p.endswith("/state") for p in reads) and any("/counters" in p for p in reads)
 
 
 def _tree(tmp_path: Path, **port) -> tuple[FabricTree, SimPort, FabricCollector]:
@@ -217,3 +217,13 @@ def test_states_and_speeds_parse():
     assert parse_speed(b"-1\n") is None
     assert parse_speed(b"25000\n") == 25e9 / 8
     assert parse_operstate(b"up\n") == 1 and parse_operstate(b"unknown\n") is None
+
+
+def test_a_vlan_interface_is_described_with_its_parent(tmp_path):
+    tree = FabricTree(tmp_path)
+    tree.interface("ens1f0", 100000)
+    tree.interface("ens1f0.100", 100000, parents=("ens1f0",))
+    tree.write()
+    attrs = FabricCollector(sys_root=tmp_path).collect(1.0).entity_attrs
+    assert attrs["net:ens1f0.100"]["kind"] == "vlan"
+    assert attrs["net:ens1f0.100"]["parents"] == "ens1f0"

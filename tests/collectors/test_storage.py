@@ -245,3 +245,26 @@ def test_job_io_is_tied_to_the_one_mount_holding_its_open_files(tmp_path):
     v = _values(collector.collect(1.0))
     assert v[("mount:/mnt/data", "fs.job.read_bytes")] == 5_000_000
     assert v[("mount:/mnt/data", "fs.job.write_bytes")] == 1_000
+
+
+def test_files_opened_on_another_mount_are_mapped_at_the_next_rescan(tmp_path):
+    """The fd → mount mapping is redone only when the job's open files changed: a change
+    (the same fd number, a file on another mount) must still be seen."""
+    tree = StorageTree(tmp_path / "proc", tmp_path / "sys", pid=PID)
+    data = tree.nfs("/mnt/data")
+    scratch = tree.local("/scratch", block="nvme0n1")
+    data.files = ("/mnt/data/a",)
+    tree.write()
+    collector = StorageCollector(str(tmp_path / "proc"), str(tmp_path / "sys"), rescan_s=5)
+    collector.start(CollectContext(root_pid=PID, job_pids=lambda: frozenset({PID})))
+    collector.collect(0.0)
+    collector.collect(5.0)  # rescan, nothing changed
+    assert set(collector.mounts) == {"/mnt/data"}
+    data.files, scratch.files = (), ("/scratch/shard-0",)  # fd 10 now on /scratch
+    tree.write()
+    collector.collect(6.0)  # before the rescan: not yet
+    assert "/scratch" not in collector.mounts
+    batch = collector.collect(10.0)
+    assert "/scratch" in collector.mounts
+    assert batch.entity_attrs["mount:/scratch"]["pids"] == [PID]
+    assert collector._sole_mount == {PID: "/scratch"}  # its io counts there now

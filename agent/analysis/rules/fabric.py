@@ -10,9 +10,10 @@ and the extremes of each gauge role.
   while the port moves less than it did at its best.
 
 Live, each rule's watch reads the same roles from the tick (:func:`role_values`, counters as
-per-second rates): ``fabric-health`` runs once a port's errors rise, it is not up, or its
-rate is below its maximum (one bucket is its minimum duration, so it shows a bucket or two
-after the onset); ``fabric-congestion`` once a port receives the marks (its throughput against
+per-second rates): ``fabric-health`` runs once a port's errors rise or its rate is below its
+maximum, and, timed by a watch of its own (kind ``down``), once a port is not up (one bucket
+is its minimum duration, so it shows a bucket or two after the onset, and a port that goes
+down after its finding was confirmed turns it critical as fast); ``fabric-congestion`` once a port receives the marks (its throughput against
 its best over the window is the SQL's to judge).
 """
 
@@ -191,6 +192,9 @@ def detect_fabric_health(ctx: Context) -> list[Finding]:
                     "rate_bytes_per_s": rate,
                     "rate_max_bytes_per_s": best,
                     "went_down": went_down,
+                    # its own watch times a port going down: a confirmed finding turns
+                    # critical within the rule's latency, not at the next refresh
+                    "kind": "down" if went_down else "degraded",
                     "down_share": down,
                     "threshold": {"errors_per_s_above": 0, "rate_below_max": DOWNTRAINED},
                 },
@@ -258,15 +262,24 @@ _PORT_ROLES = (*_COUNTER_ROLES, *_GAUGE_ROLES)
 
 
 def watch_fabric_health(tick: Tick) -> bool:
-    """A port whose errors rise, that is not up, or that runs below its maximum rate (whether
-    it was up before, and is up in the bucket, is the SQL's to judge)."""
+    """A port whose errors rise or that runs below its maximum rate (whether it was up before,
+    and is up in the bucket, is the SQL's to judge). A port that is not up is
+    :func:`watch_port_down`'s."""
     for roles in role_values(tick, _PORT_ROLES).values():
-        if sum(roles.get("port.errors", ())) > 0 or min(roles.get("port.up", (1.0,))) < 1:
+        if sum(roles.get("port.errors", ())) > 0:
             return True
         rate, best = roles.get("port.rate"), roles.get("port.rate.max")
         if rate and best and min(rate) < DOWNTRAINED * max(best):
             return True
     return False
+
+
+def watch_port_down(tick: Tick) -> bool:
+    """A port that is not up (ACTIVE and LinkUp): timed on its own, so a port that goes down
+    after its errors were reported makes the rule run again at once."""
+    return any(
+        min(roles.get("port.up", (1.0,))) < 1 for roles in role_values(tick, _PORT_ROLES).values()
+    )
 
 
 def watch_congestion(tick: Tick) -> bool:
@@ -285,6 +298,7 @@ RULES = [
         detect_fabric_health,
         min_duration_s=1.0,  # one bucket (``min_duration_s=b`` above) at 1 Hz
         watch=watch_fabric_health,
+        kind_watches=(("down", watch_port_down),),
     ),
     Rule(
         CONGESTION,
