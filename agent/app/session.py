@@ -43,7 +43,7 @@ from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
 from agent.store import DEFAULT_FLUSH_INTERVAL, Store
-from agent.target import resolve_target, target_cmdline, target_cwd, target_env
+from agent.target import allowed_env, resolve_target, target_cmdline, target_cwd, target_env
 from agent.tracking.collector import SOCKET_OPTION
 from collectors.process import ProcessCollector
 
@@ -122,8 +122,9 @@ class Session:
         pending = self._prepare_consumers()
         if self.config.job_log:
             self.pump = OutputPump(self.config.job_log, self.note)
+        job_env = self._job_env()
         try:
-            self.child = launch_job(command, self.pump, env=self._job_env())
+            self.child = launch_job(command, self.pump, env=job_env)
         except OSError as exc:
             for consumer in pending:  # release what they bound; they never started
                 with contextlib.suppress(Exception):
@@ -143,7 +144,10 @@ class Session:
             note=self.note,
         )
         self.job.log = self.config.job_log
-        return self._begin(self.child.pid, mode="run", pending=pending)
+        # What we launched is known without /proc, which a job that ends at once (or a loaded
+        # machine) may take away before the run is begun.
+        launched = (list(command), allowed_env({**os.environ, **job_env}), os.getcwd())
+        return self._begin(self.child.pid, mode="run", pending=pending, launched=launched)
 
     def _job_env(self) -> dict[str, str]:
         """What the launched job gets on top of our environment: the training client's socket
@@ -208,7 +212,14 @@ class Session:
     def _job_pids(self) -> frozenset[int]:
         return self.process_collector.pids if self.process_collector else frozenset()
 
-    def _begin(self, pid: int, *, mode: str, pending: list[Consumer]) -> RunInfo:
+    def _begin(
+        self,
+        pid: int,
+        *,
+        mode: str,
+        pending: list[Consumer],
+        launched: tuple[list[str], dict[str, str], str] | None = None,
+    ) -> RunInfo:
         import psutil
 
         try:
@@ -216,19 +227,22 @@ class Session:
         except psutil.NoSuchProcess:
             self._abort_start()
             raise TargetError(f"process {pid} exited before recording started") from None
-        cmdline = target_cmdline(proc)
+        if launched is not None:
+            cmdline, env, cwd = launched
+        else:
+            cmdline, env, cwd = target_cmdline(proc), target_env(proc), target_cwd(proc)
         self.run = RunInfo(
             run_id=new_run_id(),
             name=self.config.name or _default_name(cmdline, pid),
             pid=pid,
             cmdline=cmdline,
-            cwd=target_cwd(proc),
+            cwd=cwd,
             host=socket.gethostname(),
             started=time.time(),
             interval=self.config.interval,
             db_path=str(self.store.path),
             tags=dict(self.config.tags),
-            env=target_env(proc),
+            env=env,
             mode=mode,
             simulated=self.config.simulate is not None,
             scenario=self.config.simulate,

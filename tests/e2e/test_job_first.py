@@ -437,3 +437,16 @@ def test_promises_page_states_the_documented_grace_and_names_its_tests():
         for n in re.findall(r"def (test_\w+)\(", f.read_text())
     }
     assert len(named) >= 10 and named <= defined, sorted(named - defined)
+
+
+def test_a_job_that_ends_at_once_still_has_its_command_env_and_cwd_recorded(tmp_path):
+    """``run`` knows what it launched: nothing of it depends on reading /proc in time."""
+    db = tmp_path / "quick.duckdb"
+    result = run_cli(
+        "run", "--db", str(db), "--headless", "--interval", "0.2", "--", "true",
+        env={"RANK": "3", "HF_TOKEN": "x"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [(cmdline, env, cwd)] = query(db, "SELECT cmdline, env, cwd FROM runs")
+    assert "true" in str(cmdline) and json.loads(env) == {"RANK": "3"}
+    assert cwd == str(tmp_path)
