@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 
 from agent.model import Batch, Event, RunInfo
 from agent.series import SeriesIds
@@ -37,6 +36,7 @@ from agent.store import (
     temp_directory,
     this_host,
 )
+from agent.store_rows import entity_columns, insert_events, sample_columns, scan_columns
 from agent.tracking.tables import insert_records
 
 Tick = tuple[str, list[Batch]]
@@ -53,17 +53,6 @@ HEARTBEAT_EVERY_S = 4.0
 def _stderr_line(message: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         print(f"accelwatch: {message}", file=sys.stderr, flush=True)
-
-
-def _scan(
-    con: duckdb.DuckDBPyConnection,
-    sql: str,
-    columns: dict[str, np.ndarray],
-    params: list[Any] | None = None,
-) -> None:
-    """Run ``sql``, which reads the NumPy ``columns`` as the table ``columns`` (DuckDB's
-    replacement scan finds the local of that name in this frame)."""
-    con.execute(sql, params)
 
 
 def _reason(exc: BaseException) -> str:
@@ -441,18 +430,9 @@ class Store:
             ids, orders, new = self._series.ids(run_id, samples, con)
             if new is not None:
                 steps.append(lambda: self._series.insert(con, run_id, new))
-            tick_samples = {
-                "series_id": ids,
-                "ts": np.repeat(
-                    np.array([_us(b.ts) for b in samples], dtype="datetime64[us]"),
-                    [len(b) for b in samples],
-                ),
-                "value": np.concatenate(
-                    [np.asarray(b.values, dtype=np.float64)[o] for b, o in zip(samples, orders)]
-                ),
-            }
+            tick_samples = sample_columns(ids, orders, samples)
             steps.append(
-                lambda: _scan(
+                lambda: scan_columns(
                     con, "INSERT INTO sample_values SELECT series_id, ts, value FROM columns",
                     tick_samples,
                 )
@@ -466,16 +446,9 @@ class Store:
             steps.append(lambda: insert_records(con, run_id, records))
         attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
         if attrs:
-            tick_entities = {
-                "ts": np.array([_us(ts) for ts, *_ in attrs], dtype="datetime64[us]"),
-                "source": np.array([s for _, s, _, _ in attrs], dtype=object),
-                "entity": np.array([e for _, _, e, _ in attrs], dtype=object),
-                "attrs": np.array(
-                    [json.dumps(dict(a), default=str) for *_, a in attrs], dtype=object
-                ),
-            }
+            tick_entities = entity_columns(attrs)
             steps.append(
-                lambda: _scan(
+                lambda: scan_columns(
                     con, "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM columns",
                     tick_entities, [run_id],
                 )
@@ -483,15 +456,7 @@ class Store:
         return n
 
     def _insert_events(self, run_id: str, events: list[Event]) -> None:
-        tick_events = {  # noqa: F841
-            "ts": np.array([_us(e.ts) for e in events], dtype="datetime64[us]"),
-            "kind": np.array([e.kind for e in events], dtype=object),
-            "entity": np.array([e.entity for e in events], dtype=object),
-            "detail": np.array([e.detail_json() for e in events], dtype=object),
-        }
-        self.con.execute(
-            "INSERT INTO event_log SELECT ?, ts, kind, entity, detail FROM tick_events", [run_id]
-        )
+        insert_events(self.con, run_id, events)
 
     def write_events(self, run_id: str, events: list[Event]) -> None:
         """Write events now, outside the tick queue (run start/end, agent warnings)."""
