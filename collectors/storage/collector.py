@@ -198,13 +198,15 @@ class StorageCollector(Collector):
 
     # -- each tick
     def collect(self, now: float) -> Batch:
-        b = BatchBuilder(self.source, now)  # events and attributes (discovery, rare)
         pids = self.pids()
+        scanned: Batch | None = None  # events and attributes: at a rescan only
         if pids and (self._last_scan is None or now - self._last_scan >= self.rescan_s):
             self._last_scan = now
+            b = BatchBuilder(self.source, now)
             self._scan(b, pids)
+            scanned = b.build()
         if not self.mounts:
-            return b.build()
+            return scanned or Batch(self.source, now, [], [], [])
         rows = Rows()
         if pids and self._nfs:
             text = read_bytes_all(os.path.join(self.proc_root, str(pids[0]), "mountstats"))
@@ -227,10 +229,11 @@ class StorageCollector(Collector):
                 if data is not None:
                     used.block.sample(rows, data, now)
         self._job_io(rows, pids)
-        built = b.build()
         entities, metrics = self._layout.columns(rows)
-        return Batch(self.source, now, entities, metrics, rows.values, built.events,
-                     built.entity_attrs)  # fmt: skip
+        if scanned is None:
+            return Batch(self.source, now, entities, metrics, rows.values)
+        return Batch(self.source, now, entities, metrics, rows.values, scanned.events,
+                     scanned.entity_attrs)  # fmt: skip
 
     def _job_io(self, rows: Rows, pids: list[int]) -> None:
         """Bytes the job's processes read and wrote (``io``: rchar, wchar), on the one mount

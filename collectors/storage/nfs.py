@@ -126,7 +126,14 @@ def cut_sections(text: str, heads: dict[str, str]) -> dict[str, NfsSection] | No
         if sec is None:
             return None
         found = out[point] = NfsSection(sec.mountpoint, sec.fstype, sec.server, sec.statvers)
-        found.bytes_text, found.op_lines = _body_parts(text[at + len(head) : end])
+        start, end = at + len(head), end if end >= 0 else len(text)
+        b = text.find("bytes:", start, end)  # found in place: no copy of the section
+        if b >= 0:
+            nl = text.find("\n", b, end)
+            found.bytes_text = text[b + 6 : nl if nl >= 0 else end].strip()
+        p = text.find("per-op statistics\n", start, end)
+        if p >= 0:
+            found.op_lines = text[p + 18 : end].rstrip("\n").split("\n")
     return out
 
 

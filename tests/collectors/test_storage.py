@@ -268,3 +268,19 @@ def test_files_opened_on_another_mount_are_mapped_at_the_next_rescan(tmp_path):
     assert "/scratch" in collector.mounts
     assert batch.entity_attrs["mount:/scratch"]["pids"] == [PID]
     assert collector._sole_mount == {PID: "/scratch"}  # its io counts there now
+
+
+def test_nfs_sections_found_again_by_their_device_line_match_a_full_split():
+    from collectors.storage.nfs import cut_sections, split_mountstats
+
+    for name in ("mountstats.t0", "mountstats.t1"):
+        text = (DATA / name).read_text()
+        full = split_mountstats(text)
+        assert len(full) >= 2
+        heads = {p: sec.head for p, sec in full.items()}
+        cut = cut_sections(text, heads)
+        assert cut is not None
+        assert {p: (s.bytes_text, s.op_lines) for p, s in cut.items()} == {
+            p: (s.bytes_text, s.op_lines) for p, s in full.items()
+        }
+    assert cut_sections(text, {"/gone": "device x:/y mounted on /gone with fstype nfs\n"}) is None
