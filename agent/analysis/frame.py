@@ -200,7 +200,8 @@ def build_frames(
     declared = [CATALOG.get(m) for m in analysed]
     metric_sources = ", ".join(f"({q(m.name)}, {q(m.source)})" for m in declared if m is not None)
     sources = f"sources(metric, source) AS (VALUES {metric_sources or '(NULL, NULL)'})"
-    if has_series(con):
+    series = has_series(con)
+    if series:
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
         picked = series_filter(con, window.run_id, " AND ".join(labels))
@@ -215,16 +216,15 @@ def build_frames(
             FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
             {k: v for k, v in params.items() if k != "run"},
         )
-    else:  # an older file, read as it is: labels on every row
+    else:  # an older file or the live window, read as it is: labels on every row
+        # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE aw_agg AS
-            WITH agg AS (
-                SELECT entity, metric, epoch_us(ts) // $bucket_us AS k, {aggregates}
-                FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
-                GROUP BY entity, metric, k), {sources}
-            SELECT a.entity, a.metric, c.source, k, n, avg, min, max, low_share
-            FROM agg a LEFT JOIN sources c ON c.metric = a.metric""",
+            SELECT entity, metric, NULL::VARCHAR AS source, epoch_us(ts) // $bucket_us AS k,
+                   {aggregates}
+            FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
+            GROUP BY entity, metric, k""",
             params,
         )
     if after_scan is not None:
@@ -248,6 +248,13 @@ def build_frames(
                a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
         FROM aw_agg a LEFT JOIN aw_counters c USING (entity, metric, k)
         WHERE a.source IS NOT NULL"""
+    if not series:  # the sources were not joined to aw_agg (above): join them per row here
+        rated = f"""
+            WITH {sources}
+            SELECT s.source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s,
+                   a.n, a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
+            FROM aw_agg a JOIN sources s USING (metric)
+            LEFT JOIN aw_counters c USING (entity, metric, k)"""
     if window.start is None:
         # A whole run: up to millions of rows; each pivot reads one source of it, filtered early.
         con.execute(f"CREATE OR REPLACE TEMP VIEW aw_rated AS {rated}")
