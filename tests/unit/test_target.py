@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from agent.target import ENV_KEYS, allowed_env, target_env
 from tests.helpers import REPO
@@ -60,7 +61,12 @@ def test_target_env_reads_a_real_process():
         env={**os.environ, "RANK": "2", **SECRETS},
     )
     try:
-        env = target_env(psutil.Process(child.pid))
+        # Popen can return while the kernel is still laying out the new image, whose
+        # environment reads empty for that instant: read again until it is there.
+        proc = psutil.Process(child.pid)
+        deadline = time.monotonic() + 5
+        while not (env := target_env(proc)) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert env.get("RANK") == "2"
         assert not set(SECRETS) & set(env)
     finally:
