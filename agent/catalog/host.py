@@ -98,6 +98,7 @@ METRICS = [
         "Bytes received on the interface.",
         otel="system.network.io",
         attrs={"network.io.direction": "receive"},
+        role="interface.rx_bytes",
     ),
     _m(
         "host.net.tx_bytes",
@@ -106,6 +107,7 @@ METRICS = [
         "Bytes sent on the interface.",
         otel="system.network.io",
         attrs={"network.io.direction": "transmit"},
+        role="interface.tx_bytes",
     ),
     _m(
         "host.net.rx_packets",

@@ -125,6 +125,8 @@ ROLES = MappingProxyType(
         "port.ecn": ("1", "packets received with an ECN congestion mark (counter)"),
         "port.drops": ("1", "packets dropped for want of receive buffers (counter)"),
         "port.retransmits": ("1", "transport retransmissions and their causes (counter)"),
+        "interface.rx_bytes": ("By", "bytes received on a network interface (counter)"),
+        "interface.tx_bytes": ("By", "bytes sent on a network interface (counter)"),
         "interface.speed": ("By/s", "a network interface's line rate"),
         "interface.up": ("1", "1 while a network interface is up"),
         "mount.read_bytes": ("By", "bytes read through a filesystem (counter)"),

@@ -71,6 +71,7 @@ class BlockTracker:
 
     def __init__(self, entity: str) -> None:
         self._raw: tuple[int, ...] | None = None
+        self._data = b""
         self._total: list[int] = [0] * len(_FIELDS)
         self._last_ts: float | None = None
         self._first = segment(entity, _TOTALS)
@@ -78,28 +79,28 @@ class BlockTracker:
         self._busy = segment(entity, (*_TOTALS, "fs.busy", "fs.queue_depth", "fs.latency"))
 
     def sample(self, rows: Rows, data: bytes, now: float) -> None:
-        try:
-            cur = _PICK(data.split())
-        except IndexError:
-            return
-        try:
-            cur = tuple(map(int, cur))
-        except ValueError:
-            return
-        prev, self._raw = self._raw, cur
-        last, self._last_ts = self._last_ts, now
-        if prev is None:
-            self._total = list(cur)
-        elif cur == prev:
-            steps = _ZEROS
+        if data == self._data and self._raw is not None:
+            steps: list[int] = _ZEROS  # nothing moved: the totals stand
         else:
-            steps = list(map(_sub, cur, prev))
-            if min(steps) < 0:  # the device was re-created: count on from the new value
-                steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
-            self._total = list(map(_add, self._total, steps))
+            try:
+                cur = tuple(map(int, _PICK(data.split())))
+            except (IndexError, ValueError):
+                return
+            self._data = data
+            prev, self._raw = self._raw, cur
+            if prev is None:
+                self._total = list(cur)
+                steps = _ZEROS
+            else:
+                steps = list(map(_sub, cur, prev))
+                if min(steps) < 0:  # the device was re-created: count on from the new value
+                    steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
+                self._total = list(map(_add, self._total, steps))
+        first = self._last_ts is None
+        last, self._last_ts = self._last_ts, now
         reads, rsec, _, writes, wsec, _, _, _ = self._total
         values: list[float] = [rsec * SECTOR, wsec * SECTOR, reads, writes, reads + writes]
-        if prev is None or last is None or now <= last:
+        if first or last is None or now <= last:
             rows.add(self._first, values)
             return
         span_ms = (now - last) * 1000

@@ -61,39 +61,69 @@ def find_stats(proc_root: str, sys_root: str, fsname: str) -> tuple[str | None, 
 _TOTALS = ("fs.read_ops", "fs.read_bytes", "fs.write_ops", "fs.write_bytes")
 
 
+#: The lines the tracker reads, in its order (``read``/``write`` hold their time in µs).
+_LINES = ("read_bytes", "write_bytes", "read", "write")
+_KEYS = tuple("\n" + n + " " for n in _LINES)
+
+
+def pick_llite(text: str) -> list[tuple[int, int | None] | None]:
+    """Per line of :data:`_LINES`, (samples, sum or None), or None when absent; the four
+    lines are found in place (no split of the whole file)."""
+    out: list[tuple[int, int | None] | None] = []
+    for key in _KEYS:
+        at = 0 if text.startswith(key[1:]) else text.find(key)
+        if at < 0:
+            out.append(None)
+            continue
+        end = text.find("\n", at + 1)
+        f = text[at : end if end >= 0 else len(text)].split()
+        if len(f) < 3 or f[2] != "samples":
+            out.append(None)
+            continue
+        try:
+            out.append((int(f[1]), int(f[6]) if len(f) > 6 else None))
+        except ValueError:
+            out.append(None)
+    return out
+
+
 class LustreTracker:
-    """Running totals and interval latency of one llite instance."""
+    """Running totals and interval latency of one llite instance.
+
+    An unchanged file (nothing read or written since the last tick) costs one compare.
+    """
 
     def __init__(self, entity: str) -> None:
-        self._c: dict[tuple[str, int], Cumulative] = {}
+        # (line, field) → counter: read_bytes, write_bytes, read, write; samples then sum
+        self._c = [(Cumulative(), Cumulative()) for _ in _LINES]
         self._text = ""
+        self._values: list[float] = []
         self._totals = segment(entity, _TOTALS)
         self._timed = segment(entity, (*_TOTALS, "fs.latency"))
 
-    def _t(self, name: str, i: int, raw: int) -> tuple[int, int | None]:
-        c = self._c.get((name, i))
-        if c is None:
-            c = self._c[(name, i)] = Cumulative()
-        step = c.step(raw)
-        return c.total, step
-
     def sample(self, rows: Rows, text: str) -> None:
-        stats = parse_llite_stats(text)
+        if text == self._text and self._values:
+            rows.add(self._totals, self._values)  # no new calls: no interval latency
+            return
+        self._text = text
+        found = pick_llite(text)
         values: list[float] = []
-        for name in ("read_bytes", "write_bytes"):
-            count, total = stats.get(name, (0, 0))
-            values += (self._t(name, 0, count)[0], self._t(name, 1, total or 0)[0])
+        for i in (0, 1):
+            count, total = found[i] or (0, 0)
+            counts, sums = self._c[i]
+            values += (counts.advance(count), sums.advance(total or 0))
+        self._values = values
         d_calls = d_us = 0
         have = False
-        for name in ("read", "write"):
-            if name in stats and stats[name][1] is not None:
-                _, dc = self._t(name, 0, stats[name][0])
-                _, du = self._t(name, 1, stats[name][1] or 0)
+        for i in (2, 3):
+            line = found[i]
+            if line is not None and line[1] is not None:
+                counts, sums = self._c[i]
+                dc, du = counts.step(line[0]), sums.step(line[1])
                 if dc is not None and du is not None:
                     have = True
                     d_calls, d_us = d_calls + dc, d_us + du
         if have and d_calls > 0:
-            values.append(d_us / d_calls / 1e6)
-            rows.add(self._timed, values)
+            rows.add(self._timed, [*values, d_us / d_calls / 1e6])
         else:
             rows.add(self._totals, values)

@@ -169,8 +169,7 @@ def _ints(fields: list[str]) -> tuple[int, ...]:
         return ()
 
 
-_PICK = operator.itemgetter(OPS, TRANS, RTT_MS, EXEC_MS, BYTES_SENT, BYTES_RECV, ERRORS)
-_add, _sub, _ne = operator.add, operator.sub, operator.ne
+_add, _ne = operator.add, operator.ne
 _OP_COUNTS = ("fs.op.count", "fs.op.retransmits", "fs.op.bytes", "fs.op.errors")
 _OP_TIMES = ("fs.op.rtt", "fs.op.latency")
 
@@ -206,7 +205,8 @@ class NfsTracker:
 
     def __init__(self, entity: str, mountpoint: str) -> None:
         self.entity, self.mountpoint = entity, mountpoint
-        self._ops: dict[str, _Op] = {}
+        self._ops: dict[str, _Op] = {}  # by the name as the line writes it (padded)
+        self._named: dict[str, _Op] = {}  # by the name
         self._reported: list[_Op] = []  # reported operations that have happened
         self._bytes_text = ""
         self._read, self._write = Cumulative(), Cumulative()
@@ -222,7 +222,6 @@ class NfsTracker:
                 self._read.advance(values[SERVER_READ])
                 self._write.advance(values[SERVER_WRITE])
         d_ops = d_rtt = d_exec = 0
-        moved = False
         known = self._ops
         lines, last = sec.op_lines, self._lines
         if len(lines) == len(last):  # the kernel lists a mount's operations in one order
@@ -230,59 +229,72 @@ class NfsTracker:
         else:
             changed = set(lines).difference(last)
         self._lines = lines
+        moved_ops = []
         for line in changed:
-            name, sep, text = line.partition(":")
+            key, sep, text = line.partition(":")  # keyed by the name as written: no strip
             if not sep:
                 continue
-            name = name.strip()
-            op = known.get(name)
+            op = known.get(key)
             if op is None:
-                op = known[name] = _Op(name, self.mountpoint)
+                op = known[key] = self._named[key.strip()] = _Op(key.strip(), self.mountpoint)
             elif text == op.text:
                 continue
             op.text = text
-            try:
-                v = list(map(int, text.split()))
-                if len(v) < 9:
-                    v.append(0)  # no errors field (kernels before 4.18)
-                ops_n, trans, rtt, exe, sent, recv, errors = _PICK(v)
+            f = text.split()
+            try:  # the fields used, parsed one by one (no list of all nine)
+                ops_n, trans = int(f[OPS]), int(f[TRANS])
+                rtt, exe = int(f[RTT_MS]), int(f[EXEC_MS])
+                moved_b = int(f[BYTES_SENT]) + int(f[BYTES_RECV])
+                errors = int(f[ERRORS]) if len(f) > ERRORS else 0  # none before 4.18
             except (ValueError, IndexError):
                 continue
-            cur = (ops_n, trans, rtt, exe, sent + recv, errors)
-            prev, op.prev, tot = op.prev, cur, op.tot
+            prev, tot = op.prev, op.tot
+            op.prev = (ops_n, trans, rtt, exe, moved_b, errors)
             if prev is None:  # the op's first reading: totals, no interval
-                tot[:] = cur
+                tot[:] = op.prev
                 op_d = rtt_d = exec_d = 0
+                self._ops_total += ops_n
             else:
-                steps = list(map(_sub, cur, prev))
-                if min(steps) < 0:  # a field went back (remount): count on from its value
-                    steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
-                tot[:] = map(_add, tot, steps)
-                op_d, rtt_d, exec_d = steps[0], steps[2], steps[3]
-            self._ops_total += cur[0] if prev is None else op_d
-            retrans = max(0, tot[1] - tot[0])
+                p_ops, p_trans, p_rtt, p_exe, p_b, p_err = prev
+                if (ops_n >= p_ops and trans >= p_trans and rtt >= p_rtt and exe >= p_exe
+                        and moved_b >= p_b and errors >= p_err):  # fmt: skip
+                    op_d, rtt_d, exec_d = ops_n - p_ops, rtt - p_rtt, exe - p_exe
+                    tot[0] += op_d
+                    tot[1] += trans - p_trans
+                    tot[2] += rtt_d
+                    tot[3] += exec_d
+                    tot[4] += moved_b - p_b
+                    tot[5] += errors - p_err
+                else:  # a field went back (remount): count on from its value
+                    steps = [c - p if c >= p else c for c, p in zip(op.prev, prev)]
+                    tot[:] = map(_add, tot, steps)
+                    op_d, rtt_d, exec_d = steps[0], steps[2], steps[3]
+                self._ops_total += op_d
+            retrans = tot[1] - tot[0]
+            if retrans < 0:
+                retrans = 0
             self._retrans_total += retrans - op.retrans
             op.retrans = retrans
             op.values = [tot[0], retrans, tot[4], tot[5]]
-            if not op.reported and tot[0] and name in REPORTED_OPS:
+            if not op.reported and tot[0] and op.name in REPORTED_OPS:
                 op.reported = True
                 self._reported.append(op)
             if op_d > 0:
                 d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
                 op.moved = (rtt_d / op_d / 1000, exec_d / op_d / 1000)
-                moved = True
+                moved_ops.append(op)
         self._mount(rows, d_ops, d_rtt, d_exec)
         for op in self._reported:  # in a stable order: the columns stay the same lists
             rows.add(op.counts, op.values)
-        if moved:
+        if moved_ops:
             for op in self._reported:
                 if op.moved is not None:
                     rows.add(op.times, op.moved)
-        for op in known.values():
-            op.moved = None
+            for op in moved_ops:
+                op.moved = None
 
     def _mount(self, rows: Rows, d_ops: int, d_rtt: int, d_exec: int) -> None:
-        read, write = self._ops.get("READ"), self._ops.get("WRITE")
+        read, write = self._named.get("READ"), self._named.get("WRITE")
         flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)
         seg = self._mount_segments.get(flags)
         if seg is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.analysis import analyze_run
-from agent.model import Batch
+from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector
 from agent.store import connect
 from collectors.fabric.collector import FabricCollector
@@ -42,12 +42,43 @@ class SimulatedSource(Collector):
         return self.inner.collect(now)
 
 
+class InterfaceCounters(Collector):
+    """The host source's interface byte counters (``net:<if>``), read from the simulated
+    tree's ``class/net/<if>/statistics`` as the kernel reports them (psutil reads the same
+    counters from ``/proc/net/dev``, which the simulated tree cannot replace)."""
+
+    source = "host"
+
+    def __init__(self, fabric: SimulatedSource) -> None:
+        self.base = fabric.root / "sys" / "class" / "net"
+
+    def collect(self, now: float) -> Batch:
+        b = BatchBuilder(self.source, now)
+        for stats in sorted(self.base.glob("*/statistics")):
+            for name in ("rx", "tx"):
+                value = int((stats / f"{name}_bytes").read_text())
+                b.add(f"net:{stats.parent.name}", f"host.net.{name}_bytes", value)
+        return b.build()
+
+
+def simulated_collectors(scenario: str, sources: tuple[str, ...]) -> list:
+    """Factories of the scenario's simulated sources (and, with NICs, their byte counters)."""
+    made: dict[str, SimulatedSource] = {}
+
+    def simulated(source: str) -> SimulatedSource:
+        made[source] = SimulatedSource(scenario, source)
+        return made[source]
+
+    out = [lambda s=s: simulated(s) for s in sources]
+    if "fabric" in sources and part_of(scenario, "fabric").nics:
+        out.append(lambda: InterfaceCounters(made["fabric"]))
+    return out
+
+
 def _findings(tmp_path_factory, scenario: str, sources: tuple[str, ...]):
     path = tmp_path_factory.mktemp("fs-runs") / f"{scenario}.duckdb"
     spec = Recording(
-        scenario=scenario,
-        seconds=60,
-        collectors=[lambda s=s: SimulatedSource(scenario, s) for s in sources],
+        scenario=scenario, seconds=60, collectors=simulated_collectors(scenario, sources)
     )
     db, run_id = record(path, spec)
     con = connect(str(db))
@@ -158,7 +189,24 @@ def test_comm_bound_weighs_infiniband_traffic_against_the_ports_line_rate(runs):
     assert f.evidence["ib_line_rate_bytes_per_s"] == pytest.approx(4 * 25e9)
     assert f.evidence["ib_share_of_line_rate"] == pytest.approx(0.9, rel=0.05)
     assert "of the ports' 100.0 GB/s line rate each way" in f.summary
+    assert f.evidence["nic_share_of_line_rate"] is None  # no NIC traffic recorded: no claim
+    assert "network interfaces" not in f.summary
     assert of_rule(runs(*HEALTHY), "comm-bound") == []
+
+
+def test_comm_bound_weighs_nic_traffic_against_the_interfaces_line_rate(runs):
+    found = of_rule(runs("comm-bound-ethernet", ("fabric",)), "comm-bound")
+    assert len(found) == 8
+    f = found[0]
+    # two plain 100 Gb/s NICs at 85 Gb/s each way, no IB port: 85% of the busiest one's rate
+    assert f.evidence["ib_bytes_per_s"] == 0 and f.evidence["ib_line_rate_bytes_per_s"] is None
+    assert f.evidence["nic_share_of_line_rate"] == pytest.approx(0.85, rel=0.05)
+    assert f.evidence["nic_bytes_per_s"] == pytest.approx(2 * 85e9 / 8, rel=0.05)
+    assert f.evidence["nic_line_rate_bytes_per_s"] == pytest.approx(100e9 / 8)
+    assert f.evidence["nic_interface"] in ("net:eth0", "net:eth1")
+    assert "host.net.rx_bytes" in f.evidence["metrics"]
+    assert "host.net.speed" in f.evidence["metrics"]
+    assert "of eth" in f.summary and "12.5 GB/s line rate" in f.summary
 
 
 def _html_report(db: str):

@@ -27,7 +27,7 @@ from agent.model import BatchBuilder
 from agent.snapshot import SnapshotHub
 from tests.analysis.live_runs import RUN_S, LiveRun, live_run
 from tests.analysis.recording import T0, Recording, step_log
-from tests.analysis.test_fabric_storage_rules import SimulatedSource
+from tests.analysis.test_fabric_storage_rules import simulated_collectors
 
 #: Scenario → (the simulated sources it needs, the rules it must show live).
 SCENARIOS: dict[str, tuple[tuple[str, ...], set[str]]] = {
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     "roce-congestion": (("fabric",), {"fabric-congestion"}),
     "nfs-latency-starving": (("storage",), {"storage-input-bound"}),
     "checkpoint-lustre": (("storage",), {"storage-checkpoint-stall"}),
+    "comm-bound-ethernet": (("fabric",), {"comm-bound"}),
 }
 HEALTHY = "fabric-storage-healthy"
 FABRIC_STORAGE_RULES = {
@@ -50,7 +51,7 @@ def fabric_storage_run(tmp_path, scenario: str, sources: tuple[str, ...]) -> Liv
         scenario,
         RUN_S,
         run_id=scenario,
-        collectors=[lambda s=s: SimulatedSource(scenario, s) for s in sources],
+        collectors=simulated_collectors(scenario, sources),
     )
     return live_run(tmp_path / f"{scenario}.duckdb", spec)
 

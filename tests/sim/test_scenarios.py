@@ -38,6 +38,7 @@ FABRIC_STORAGE_NAMED = {
     "nfs-latency-starving",
     "checkpoint-lustre",
     "fabric-storage-healthy",
+    "comm-bound-ethernet",
 }
 TPU_NAMED = {
     "tpu-v5e-8-healthy",

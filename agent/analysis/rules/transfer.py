@@ -11,6 +11,7 @@ from agent.analysis.finding import Finding
 from agent.analysis.frame_sql import in_list
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
 from agent.analysis.rules.common import rate as rate_text
+from agent.analysis.rules.fabric import bucketed, role_metrics
 from agent.analysis.thresholds import (
     BUSY,
     IB_HIGH_BYTES,
@@ -134,20 +135,26 @@ def detect_comm(ctx: Context) -> list[Finding]:
     sql = f"""
         SELECT g.entity, g.t, g.busy AS util, g.sm, g.tensor, g.power / g.power_limit AS power_share,
                coalesce(g.peer_tx, 0) + coalesce(g.peer_rx, 0) AS nvlink,
-               coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) AS ib,
+               coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) AS ib, n.nic, n.nic_share,
                g.busy >= {BUSY} AND {weak} AND (
                    (coalesce(g.peer_tx, 0) + coalesce(g.peer_rx, 0))
                        >= {NVLINK_HIGH} * {nvlink_peak} AND {nvlink_peak} > 0
-                   OR coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) >= {IB_HIGH_BYTES}) AS flag
-        FROM (SELECT * FROM aw_accel WHERE {JOB_FILTER}) g LEFT JOIN aw_host h USING (t)"""
+                   OR coalesce(h.ib_rx, 0) + coalesce(h.ib_tx, 0) >= {IB_HIGH_BYTES}
+                   OR coalesce(n.nic, 0) >= {IB_HIGH_BYTES}) AS flag
+        FROM (SELECT * FROM aw_accel WHERE {JOB_FILTER}) g LEFT JOIN aw_host h USING (t)
+             LEFT JOIN ({nic_frame(ctx)}) n USING (t)"""
     eps = ctx.episodes(
-        sql, ["util", "sm", "tensor", "power_share", "nvlink", "ib"], params=job_params(ctx)
+        sql,
+        ["util", "sm", "tensor", "power_share", "nvlink", "ib", "nic", "nic_share"],
+        params=job_params(ctx),
     )
     findings = []
     line_rate = fabric_line_rate(ctx) if eps else None
+    busiest = busiest_interface(ctx) if any(e.values.get("nic") for e in eps) else None
     for gpu, g_eps in by_entity(eps).items():
-        util, sm, nvlink, ib, power = (
-            weighted(g_eps, c) for c in ("util", "sm", "nvlink", "ib", "power_share")
+        util, sm, nvlink, ib, power, nic, nic_share = (
+            weighted(g_eps, c)
+            for c in ("util", "sm", "nvlink", "ib", "power_share", "nic", "nic_share")
         )
         total = sum(e.duration_s for e in g_eps)
         activity = f"SMs only {pct(sm)} active" if has_sm else f"power at {pct(power)} of limit"
@@ -157,6 +164,14 @@ def detect_comm(ctx: Context) -> list[Finding]:
         over_ib = f"{rate_text(ib)} over InfiniBand"
         if ib_share is not None:
             over_ib += f" ({pct(ib_share)} of the ports' {rate_text(line_rate)} line rate each way)"
+        # Over Ethernet NICs (no IB port carries it) the busiest interface's share of its own
+        # line rate says the same; a bond and its members both count, so the busiest, not a sum.
+        over_nic = ""
+        if nic and nic_share is not None and busiest is not None:
+            over_nic = (
+                f" and {rate_text(nic)} over the network interfaces ({pct(nic_share)} of "
+                f"{busiest[0].removeprefix('net:')}'s {rate_text(busiest[1])} line rate)"
+            )
         findings.append(
             ctx.finding(
                 COMM,
@@ -164,7 +179,8 @@ def detect_comm(ctx: Context) -> list[Finding]:
                 gpu,
                 g_eps,
                 f"{gpu} is communication-bound: busy {pct(util)} but {activity} while moving "
-                f"{rate_text(nvlink)} over NVLink and {over_ib} for {duration(total)}.",
+                f"{rate_text(nvlink)} over NVLink and {over_ib}{over_nic} for "
+                f"{duration(total)}.",
                 "Overlap communication with compute (DDP bucket_cap_mb, FSDP prefetch), use "
                 "gradient accumulation to all-reduce less often, compress gradients (bf16), and "
                 "check NCCL topology (NCCL_DEBUG=INFO).",
@@ -173,6 +189,7 @@ def detect_comm(ctx: Context) -> list[Finding]:
                         *ctx.info.metrics("peer_tx", "peer_rx", entity=gpu),
                         "host.ib.rx_bytes",
                         *(m.name for m in CATALOG.by_role("port.rate")),
+                        *(n for r in _NIC_ROLES if nic_share is not None for n in role_metrics(r)),
                         *ctx.info.metrics("sm", "busy", entity=gpu),
                     ],
                     "util": util,
@@ -182,6 +199,12 @@ def detect_comm(ctx: Context) -> list[Finding]:
                     "ib_bytes_per_s": ib,
                     "ib_line_rate_bytes_per_s": line_rate,
                     "ib_share_of_line_rate": ib_share,
+                    "nic_bytes_per_s": nic,
+                    "nic_share_of_line_rate": nic_share,
+                    "nic_interface": busiest[0] if busiest and nic_share is not None else None,
+                    "nic_line_rate_bytes_per_s": busiest[1]
+                    if busiest and nic_share is not None
+                    else None,
                     "signal": ctx.info.column_metric(gpu, "sm" if has_sm else "power"),
                     "threshold": {
                         "util_at_least": BUSY,
@@ -194,6 +217,47 @@ def detect_comm(ctx: Context) -> list[Finding]:
             )
         )
     return findings
+
+
+_NIC_COUNTERS = ("interface.rx_bytes", "interface.tx_bytes")
+_NIC_GAUGES = ("interface.speed", "interface.up")
+_NIC_ROLES = (*_NIC_COUNTERS, "interface.speed")
+
+
+def _nic_rows(ctx: Context) -> str:
+    """SQL: per interface with a line rate and up, and bucket, its traffic both ways
+    (``traffic``) and its busier direction's share of the line rate (``share``)."""
+    b = ctx.info.bucket_s
+    return f"""
+        SELECT entity, t, interface_speed_max AS speed,
+               (coalesce(interface_rx_bytes_inc, 0) + coalesce(interface_tx_bytes_inc, 0)) / {b}
+                   AS traffic,
+               greatest(coalesce(interface_rx_bytes_inc, 0), coalesce(interface_tx_bytes_inc, 0))
+                   / {b} / interface_speed_max AS share
+        FROM ({bucketed(ctx, _NIC_COUNTERS, _NIC_GAUGES)})
+        WHERE interface_speed_max > 0 AND coalesce(interface_up_max, 1) >= 1
+          AND (interface_rx_bytes_inc IS NOT NULL OR interface_tx_bytes_inc IS NOT NULL)"""
+
+
+def nic_frame(ctx: Context) -> str:
+    """SQL: per bucket, the busiest network interface's traffic (``nic``) and share of its line
+    rate (``nic_share``); interfaces without a line rate (virtual, loopback) do not count."""
+    return (
+        f"SELECT t, max(traffic) AS nic, max(share) AS nic_share FROM ({_nic_rows(ctx)}) GROUP BY t"
+    )
+
+
+def busiest_interface(ctx: Context) -> tuple[str, float] | None:
+    """The interface the job's traffic mostly went over (highest mean share of its line rate
+    in the window) and that line rate; None when no interface reports both."""
+    try:
+        rows = ctx.rows(
+            f"SELECT entity, max(speed) AS speed FROM ({_nic_rows(ctx)}) "
+            "GROUP BY entity ORDER BY avg(share) DESC, entity LIMIT 1"
+        )
+    except duckdb.Error:  # a window without samples: no evidence
+        return None
+    return (str(rows[0]["entity"]), float(rows[0]["speed"])) if rows else None
 
 
 def fabric_line_rate(ctx: Context) -> float | None:

@@ -9,6 +9,10 @@ link_layer = "InfiniBand" # or "Ethernet" (RoCE: hw_counters are written)
 gbps = 200                # line rate of every port
 rx_gbps = 80              # steady traffic per port and direction, Gb/s
 tx_gbps = 80
+nics = 0                  # eth0 ... plain Ethernet interfaces (no IB/RoCE port), each:
+nic_gbps = 100            # line rate
+nic_rx_gbps = 0           # steady traffic per interface and direction, Gb/s
+nic_tx_gbps = 0
 [[fabric.effects]]        # windows, as the GPU effects: start_s end_s every_s for_s set ramp
 ports = [2]               # or "all" (the default)
 start_s = 20
@@ -88,6 +92,14 @@ class FabricPart:
     counters: str
     base: dict[str, float]
     effects: tuple[Effect, ...]
+    nics: int = 0
+    #: ``gbps``, ``rx_gbps``, ``tx_gbps`` of every plain Ethernet interface.
+    nic: dict[str, float] = field(default_factory=dict)
+
+
+#: Keys of ``[fabric]`` for the plain Ethernet interfaces → the NIC signal they set.
+NIC_KEYS = {"nic_gbps": ("gbps", 100.0), "nic_rx_gbps": ("rx_gbps", 0.0),
+            "nic_tx_gbps": ("tx_gbps", 0.0)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,12 +165,19 @@ def _effects(raw: Any, known: dict[str, float], table: str, key: str) -> tuple[E
 def parse_fabric(raw: Any) -> FabricPart:
     if not isinstance(raw, dict):
         raise ValueError("[fabric] must be a table")
-    extra = sorted(set(raw) - {"ports", "link_layer", "counters", "effects", *PORT_SIGNALS})
+    extra = sorted(set(raw) - {"ports", "link_layer", "counters", "effects", "nics",
+                               *NIC_KEYS, *PORT_SIGNALS})  # fmt: skip
     if extra:
         raise ValueError(f"[fabric]: unknown key(s) {', '.join(extra)}")
-    ports = raw.get("ports", 2)
-    if not isinstance(ports, int) or not 1 <= ports <= 64:
-        raise ValueError("[fabric] ports must be an integer 1..64")
+    nics = raw.get("nics", 0)
+    if not isinstance(nics, int) or not 0 <= nics <= 16:
+        raise ValueError("[fabric] nics must be an integer 0..16")
+    ports = raw.get("ports", 0 if nics else 2)
+    if not isinstance(ports, int) or not (0 if nics else 1) <= ports <= 64:
+        raise ValueError("[fabric] ports must be an integer 1..64 (0 with nics)")
+    nic_raw = _signals({k: v for k, v in raw.items() if k in NIC_KEYS}, dict.fromkeys(NIC_KEYS,
+                       0.0), "[fabric]")  # fmt: skip
+    nic = {name: nic_raw.get(key, default) for key, (name, default) in NIC_KEYS.items()}
     layer = raw.get("link_layer", "InfiniBand")
     if layer not in ("InfiniBand", "Ethernet"):
         raise ValueError('[fabric] link_layer must be "InfiniBand" or "Ethernet"')
@@ -168,7 +187,8 @@ def parse_fabric(raw: Any) -> FabricPart:
     signals = {k: v for k, v in raw.items() if k in PORT_SIGNALS}
     base = {**PORT_SIGNALS, **_signals(signals, PORT_SIGNALS, "[fabric]")}
     return FabricPart(ports, layer, counters, base,
-                      _effects(raw.get("effects", []), PORT_SIGNALS, "fabric", "ports"))  # fmt: skip
+                      _effects(raw.get("effects", []), PORT_SIGNALS, "fabric", "ports"),
+                      nics, nic)  # fmt: skip
 
 
 def parse_storage(raw: Any) -> StoragePart:

@@ -55,6 +55,9 @@ class SimFabric:
             )
             name = f"ens{i + 1}f0" if roce else f"ib{i}"
             self.tree.interface(name, int(part.base["gbps"] * 1000))
+        for i in range(part.nics):
+            self.tree.interface(f"eth{i}", int(part.nic["gbps"] * 1000))
+            self.tree.statistics[f"eth{i}"] = [0, 0]
         self.t: float | None = None
         self.advance(0.0)
 
@@ -85,6 +88,10 @@ class SimFabric:
                 hw["rp_cnp_handled"] = hw.get("rp_cnp_handled", 0) + int(lv["cnp_per_s"] * dt)
                 ecn = "np_ecn_marked_roce_packets"
                 hw[ecn] = hw.get(ecn, 0) + int(lv["ecn_per_s"] * dt)
+        nic = self.part.nic
+        for stats in self.tree.statistics.values():
+            stats[0] += int(min(nic["rx_gbps"], nic["gbps"]) * 1e9 / 8 * dt)
+            stats[1] += int(min(nic["tx_gbps"], nic["gbps"]) * 1e9 / 8 * dt)
         self.tree.write()
 
 

@@ -93,6 +93,8 @@ class FabricTree:
         self.root = Path(sys_root)
         self.ports: list[SimPort] = []
         self.interfaces: dict[str, tuple[int, str, tuple[str, ...]]] = {}
+        #: Interface → [rx_bytes, tx_bytes] for ``statistics/`` (what the host source counts).
+        self.statistics: dict[str, list[int]] = {}
 
     def add_port(self, port: SimPort) -> SimPort:
         self.ports.append(port)
@@ -109,6 +111,10 @@ class FabricTree:
             ndir = self.root / "class" / "net" / name
             write_file(ndir / "speed", f"{speed}\n")
             write_file(ndir / "operstate", f"{state}\n")
+            if name in self.statistics:
+                rx, tx = self.statistics[name]
+                write_file(ndir / "statistics" / "rx_bytes", f"{rx}\n")
+                write_file(ndir / "statistics" / "tx_bytes", f"{tx}\n")
             if name.startswith("bond") and parents:
                 write_file(ndir / "bonding" / "slaves", " ".join(parents) + "\n")
             for parent in parents:
