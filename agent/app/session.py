@@ -27,6 +27,8 @@ from agent.app.job import (
     exit_code,
     launch_job,
 )
+from agent.app.os_process import name_os_threads, pid_running
+from agent.app.session_health import collector_health, recording_health
 from agent.app.sources import (
     ABSENT,
     Simulators,
@@ -307,7 +309,7 @@ class Session:
             self.hub,
             note=sampler.note if sampler else lambda *_a, **_k: None,
             open_cursor=store.cursor,
-            recording_health=lambda: _recording_health(store, self.pump, sampler),
+            recording_health=lambda: recording_health(store, self.pump, sampler),
             sampler_cpu_seconds=(lambda: sampler.stats.cpu_seconds) if sampler else None,
         )
         context.startup_notices = MappingProxyType(self.startup_notices)
@@ -353,7 +355,7 @@ class Session:
         return bool(
             self.process_collector
             and self.process_collector.root_alive
-            and _pid_running(self.run.pid if self.run else None)
+            and pid_running(self.run.pid if self.run else None)
         )
 
     def request_stop(self, reason: str) -> None:
@@ -435,7 +437,7 @@ class Session:
                     "lost_ticks": self.store.lost_ticks,
                     "store_failures": self.store.failures,
                     **(self.pump.health() if self.pump else {}),
-                    **_collector_health(self.sampler),
+                    **collector_health(self.sampler),
                 },
             )
             self.store.finalize(self.run, [end])  # never raises; says so on stderr
@@ -443,33 +445,6 @@ class Session:
         if self.simulator is not None:
             self.simulator.uninstall()
         return self.run
-
-
-def _recording_health(
-    store: Store, pump: OutputPump | None = None, sampler: Sampler | None = None
-) -> dict[str, Any]:
-    health: dict[str, Any] = {"samples": store.rows_written, "dropped_ticks": store.dropped_ticks}
-    if store.state != "ok":  # what the UI header shows: "disk full: 12 ticks buffered, 0 dropped"
-        health["store_error"] = store.state
-        health.update(store.health())  # its counters only while something is wrong
-    if pump is not None:
-        health.update(pump.health())
-    health.update(_collector_health(sampler))
-    gap = sampler.stats.last_gap if sampler is not None else None
-    if gap is not None:  # the hole in the recording (the agent was stopped, or a tick overran)
-        start, seconds, missed = gap
-        at = time.strftime("%H:%M:%S", time.localtime(start))
-        health["sampling.state"] = f"gap of {seconds:g} s at {at} ({missed} ticks missed)"
-    return health
-
-
-def _collector_health(sampler: Sampler | None) -> dict[str, Any]:
-    """The collectors' own counters (the training client's drops...); a failing one says none."""
-    health: dict[str, Any] = {}
-    for collector in sampler.collectors if sampler is not None else ():
-        with contextlib.suppress(Exception):
-            health.update(collector.health())
-    return health
 
 
 class SessionControl:
@@ -493,34 +468,6 @@ class SessionControl:
         if child is None or child.poll() is None:
             return None
         return exit_code(child.returncode)
-
-
-def name_os_threads() -> None:
-    """Give the agent's threads their names in the kernel too (``accelwatch-sampler`` shows as
-    ``aw-sampler`` in ``top -H``, ``ps -L`` and ``/proc/PID/task/*/comm``), so their CPU can
-    be told apart from outside; Python before 3.14 leaves every thread named ``python``.
-    Best effort: a thread that is gone or a kernel that refuses keeps its name."""
-    for thread in threading.enumerate():
-        tid = thread.native_id
-        if tid is None or not thread.name.startswith("accelwatch-"):
-            continue
-        name = "aw-" + thread.name.removeprefix("accelwatch-")
-        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm", "w") as f:
-            f.write(name[:15])
-
-
-def _pid_running(pid: int | None) -> bool:
-    """The attached process exists and is no zombie: one read of its ``stat`` (``wait`` asks
-    four times a second; building a ``psutil.Process`` each time cost more than the read)."""
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X", b"")
 
 
 def _default_name(cmdline: list[str], pid: int) -> str:

@@ -165,7 +165,7 @@ def test_lost_by_cause_gives_overlap_to_the_cause_and_keeps_the_rest_of_the_symp
     from datetime import datetime, timedelta
 
     from agent.analysis.finding import Finding
-    from agent.report import lost_by_cause
+    from agent.report_summary import lost_by_cause
 
     t0 = datetime(2026, 1, 1)
 

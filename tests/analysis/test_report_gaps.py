@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.app.session import _recording_health
+from agent.app.session_health import recording_health
 from agent.model import Event
 from agent.report import build_report, render_text
 from agent.runs import open_read
@@ -62,9 +62,9 @@ def test_the_live_header_names_the_latest_gap(tmp_path):
     sampler = Sampler([], 1.0, clock=lambda: clock[0])
     store = Store(tmp_path / "h.duckdb")
     try:
-        assert "sampling.state" not in _recording_health(store, None, sampler)
+        assert "sampling.state" not in recording_health(store, None, sampler)
         sampler._reschedule(0.0, 1, 21.5, last_tick_wall=T0)  # woke 20 ticks late
-        state = _recording_health(store, None, sampler)["sampling.state"]
+        state = recording_health(store, None, sampler)["sampling.state"]
     finally:
         store.close()
     assert state.startswith("gap of 20 s at ") and state.endswith("(20 ticks missed)")

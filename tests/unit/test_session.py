@@ -146,7 +146,7 @@ def test_the_agents_threads_carry_their_names_in_the_kernel():
     """``top -H`` and the benchmarks tell the sampler from the store writer by name."""
     import threading
 
-    from agent.app.session import name_os_threads
+    from agent.app.os_process import name_os_threads
 
     started, done = threading.Event(), threading.Event()
     worker = threading.Thread(

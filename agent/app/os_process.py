@@ -1,0 +1,35 @@
+"""The agent's view of processes through the kernel: its own threads' names, whether a pid
+still runs, both without psutil (they run often, and psutil objects cost more than the read)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+
+def name_os_threads() -> None:
+    """Give the agent's threads their names in the kernel too (``accelwatch-sampler`` shows as
+    ``aw-sampler`` in ``top -H``, ``ps -L`` and ``/proc/PID/task/*/comm``), so their CPU can
+    be told apart from outside; Python before 3.14 leaves every thread named ``python``.
+    Best effort: a thread that is gone or a kernel that refuses keeps its name."""
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None or not thread.name.startswith("accelwatch-"):
+            continue
+        name = "aw-" + thread.name.removeprefix("accelwatch-")
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm", "w") as f:
+            f.write(name[:15])
+
+
+def pid_running(pid: int | None) -> bool:
+    """The attached process exists and is no zombie: one read of its ``stat`` (``wait`` asks
+    four times a second; building a ``psutil.Process`` each time cost more than the read)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X", b"")
