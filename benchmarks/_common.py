@@ -128,8 +128,13 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-class Child:
-    """A started side; :meth:`stop` ends it (SIGINT first, so the agent finalizes its run)."""
+class Measurable:
+    """What every started side offers: its terminal output, keys' answers, CPU and memory.
+
+    ``pid`` and ``proc`` are set by the subclass once the program runs."""
+
+    pid: int
+    proc: psutil.Process
 
     def __init__(self, side: Side) -> None:
         self.side = side
@@ -138,6 +143,53 @@ class Child:
         self.received = 0
         #: The first 256 KiB the program wrote (its first full screens).
         self.head = bytearray()
+
+    def _take(self, data: bytes) -> None:
+        """What the program just wrote to its terminal."""
+        if len(self.head) < 262144:
+            self.head += data
+        self.output += data
+        self.received += len(data)
+        del self.output[:-65536]
+
+    def wait_for(self, marker: bytes, since: int, timeout: float = 3.0) -> float | None:
+        """When ``marker`` shows on the terminal in output after byte ``since`` (escape codes
+        ignored), polled every 2 ms; None if it does not within ``timeout``."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            new = bytes(self.output[-(self.received - since) :]) if self.received > since else b""
+            if marker in ESCAPES.sub(b"", new):
+                return time.perf_counter()
+            time.sleep(0.002)
+        return None
+
+    def alive(self) -> bool:
+        try:
+            return self.proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def cpu_seconds(self) -> float:
+        times = self.proc.cpu_times()
+        return times.user + times.system
+
+    def slot(self, window: float) -> Slot:
+        """Measure this side alone for ``window`` wall seconds (the whole process, all its
+        threads; each thread's share beside)."""
+        wall, cpu, threads = time.monotonic(), self.cpu_seconds(), thread_cpu(self.pid)
+        time.sleep(window)
+        used, elapsed = self.cpu_seconds() - cpu, time.monotonic() - wall
+        after = thread_cpu(self.pid)
+        mem = self.proc.memory_full_info()
+        shares = {k: (v - threads.get(k, 0.0)) / elapsed for k, v in after.items()}
+        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6, shares)
+
+
+class Child(Measurable):
+    """A started side; :meth:`stop` ends it (SIGINT first, so the agent finalizes its run)."""
+
+    def __init__(self, side: Side) -> None:
+        super().__init__(side)
         self._fd: int | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child; not a pipe: a full pipe would stall it
         if side.terminal is None:
@@ -180,46 +232,11 @@ class Child:
                 return
             if not data:
                 return
-            if len(self.head) < 262144:
-                self.head += data
-            self.output += data
-            self.received += len(data)
-            del self.output[:-65536]
+            self._take(data)
 
     def type_keys(self, keys: bytes) -> None:
         assert self._fd is not None, "only a side in a terminal reads keys"
         os.write(self._fd, keys)
-
-    def wait_for(self, marker: bytes, since: int, timeout: float = 3.0) -> float | None:
-        """When ``marker`` shows on the terminal in output after byte ``since`` (escape codes
-        ignored), polled every 2 ms; None if it does not within ``timeout``."""
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            new = bytes(self.output[-(self.received - since) :]) if self.received > since else b""
-            if marker in ESCAPES.sub(b"", new):
-                return time.perf_counter()
-            time.sleep(0.002)
-        return None
-
-    def alive(self) -> bool:
-        try:
-            return self.proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    def cpu_seconds(self) -> float:
-        times = self.proc.cpu_times()
-        return times.user + times.system
-
-    def slot(self, window: float) -> Slot:
-        """Measure this side alone for ``window`` wall seconds."""
-        wall, cpu, threads = time.monotonic(), self.cpu_seconds(), thread_cpu(self.pid)
-        time.sleep(window)
-        used, elapsed = self.cpu_seconds() - cpu, time.monotonic() - wall
-        after = thread_cpu(self.pid)
-        mem = self.proc.memory_full_info()
-        shares = {k: (v - threads.get(k, 0.0)) / elapsed for k, v in after.items()}
-        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6, shares)
 
     def stop(self) -> str:
         """End the child; what it wrote on stderr (or its terminal), for a failure message."""

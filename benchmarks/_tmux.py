@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks._common import ESCAPES, ROOT, Side
+from benchmarks._common import ROOT, Measurable, Side
 
 #: What tmux tells programs it is (falls back to screen's entry without the terminfo file).
 TERM = "tmux-256color"
@@ -32,15 +32,12 @@ def tmux_available() -> bool:
     return subprocess.run(["tmux", "-V"], capture_output=True).returncode == 0
 
 
-class TmuxChild:
+class TmuxChild(Measurable):
     """The interface of :class:`benchmarks._common.Child`, in a tmux pane of ``side.terminal``."""
 
     def __init__(self, side: Side) -> None:
         assert side.terminal is not None, "a tmux side needs a terminal size"
-        self.side = side
-        self.output = bytearray()
-        self.received = 0
-        self.head = bytearray()
+        super().__init__(side)
         self._dir = tempfile.TemporaryDirectory(prefix="aw-tmux-")
         self._socket = f"aw-bench-{os.getpid()}-{side.name}"
         self._target = side.name
@@ -76,11 +73,7 @@ class TmuxChild:
     def _drain(self, fifo: Path) -> None:
         with contextlib.suppress(OSError), open(fifo, "rb", buffering=0) as pipe:
             while data := pipe.read(65536):
-                if len(self.head) < 262144:
-                    self.head += data
-                self.output += data
-                self.received += len(data)
-                del self.output[:-65536]
+                self._take(data)
 
     def screen(self) -> str:
         """What the terminal shows now."""
@@ -91,34 +84,6 @@ class TmuxChild:
 
     def type_keys(self, keys: bytes) -> None:
         self._tmux("send-keys", "-t", self._target, "-l", keys.decode())
-
-    def wait_for(self, marker: bytes, since: int, timeout: float = 3.0) -> float | None:
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            new = bytes(self.output[-(self.received - since) :]) if self.received > since else b""
-            if marker in ESCAPES.sub(b"", new):
-                return time.perf_counter()
-            time.sleep(0.002)
-        return None
-
-    def alive(self) -> bool:
-        try:
-            return self.proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    def cpu_seconds(self) -> float:
-        times = self.proc.cpu_times()
-        return times.user + times.system
-
-    def slot(self, window: float):  # the same measurement as Child.slot
-        from benchmarks._common import Slot
-
-        wall, cpu = time.monotonic(), self.cpu_seconds()
-        time.sleep(window)
-        used, elapsed = self.cpu_seconds() - cpu, time.monotonic() - wall
-        mem = self.proc.memory_full_info()
-        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6)
 
     def stop(self) -> str:
         """Quit the way a user does (``q``), then SIGINT, then SIGKILL; the last screen."""
