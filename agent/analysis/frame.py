@@ -33,7 +33,7 @@ from agent.analysis.frame_accel import (
     job_accelerators,
     metric_names,
 )
-from agent.analysis.frame_sql import in_list, pick, q
+from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
 from agent.catalog.host import SOURCE as HOST_SOURCE
@@ -186,13 +186,7 @@ def build_frames(
         "run": window.run_id,
         "bucket_us": int(round(window.bucket_s * 1e6)),
     }
-    times = []
-    if window.start is not None:
-        times.append("ts >= $start")
-        params["start"] = window.start
-    if window.end is not None:
-        times.append("ts < $end")
-        params["end"] = window.end
+    times = time_bounds(window.start, window.end, params)
     aggregates = f"""count(*) AS n, avg(value) AS avg, min(value) AS min, max(value) AS max,
                avg(CASE WHEN value < {IDLE_SAMPLE} THEN 1.0 ELSE 0.0 END) AS low_share"""
     # A metric belongs to one source (the catalog says which), so the raw scan skips `source`;

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from agent.analysis.engine import Context
+from agent.analysis.frame_sql import time_bounds
 from agent.analysis.straggler_scores import islands
 from agent.analysis.thresholds import OPS_MIN_STEPS, OPS_SCORE, STRAGGLER_MIN_RANKS
 
@@ -153,12 +154,7 @@ def _window(ctx: Context) -> tuple[str, dict[str, Any]]:
     window = ctx.info.window
     where = ["run_id = $run"]
     params: dict[str, Any] = {"run": window.run_id}
-    if window.start is not None:
-        where.append("ts >= $start")
-        params["start"] = window.start
-    if window.end is not None:
-        where.append("ts < $end")
-        params["end"] = window.end
+    where += time_bounds(window.start, window.end, params)
     return " AND ".join(where), params
 
 

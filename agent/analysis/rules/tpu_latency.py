@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent.analysis.engine import Context
-from agent.analysis.frame_sql import in_list
+from agent.analysis.frame_sql import in_list, time_bounds
 from agent.catalog import CATALOG
 from agent.catalog.roles import LATENCIES, latency_role
 
@@ -50,12 +50,7 @@ def build(ctx: Context) -> bool:
     window = ctx.info.window
     where = ["run_id = $run", f"metric IN ({in_list(names)})"]
     params: dict[str, Any] = {"run": window.run_id, "bucket_us": int(round(window.bucket_s * 1e6))}
-    if window.start is not None:
-        where.append("ts >= $start")
-        params["start"] = window.start
-    if window.end is not None:
-        where.append("ts < $end")
-        params["end"] = window.end
+    where += time_bounds(window.start, window.end, params)
     bucket = f"{float(window.bucket_s)}::DOUBLE"
     picks = []
     for alias, (_role, metrics) in cols.items():
