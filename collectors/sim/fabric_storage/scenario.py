@@ -42,6 +42,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from collectors.sim.windows import since_window_opened
+
 PORT_SIGNALS = {"gbps": 200.0, "rx_gbps": 0.0, "tx_gbps": 0.0, "errors_per_s": 0.0,
                 "cnp_per_s": 0.0, "ecn_per_s": 0.0, "xmit_wait_per_s": 0.0, "down": 0.0}  # fmt: skip
 MOUNT_SIGNALS = {"read_mbps": 0.0, "write_mbps": 0.0, "ops_per_s": -1.0, "latency_ms": 1.0,
@@ -63,12 +65,7 @@ class Effect:
 
     def since(self, t: float) -> float | None:
         """Seconds since the current active window opened, or None when inactive."""
-        if not self.start_s <= t < self.end_s:
-            return None
-        if self.every_s and self.for_s:
-            into = (t - self.start_s) % self.every_s
-            return into if into < self.for_s else None
-        return t - self.start_s
+        return since_window_opened(t, self.start_s, self.end_s, self.every_s, self.for_s)
 
 
 def levels(base: dict[str, float], effects: tuple[Effect, ...], target: Any, t: float):  # type: ignore[no-untyped-def]

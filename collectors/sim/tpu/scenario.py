@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from collectors.sim.windows import since_window_opened
 from collectors.tpu.discovery import CHIP_TYPES, ChipType
 
 SIGNALS: dict[str, float] = {
@@ -66,11 +67,9 @@ class TpuEffect:
     ramp: dict[str, float] = field(default_factory=dict)
 
     def active(self, t: float) -> bool:
-        if not self.start_s <= t < self.end_s:
-            return False
-        if self.every_s and self.for_s:
-            return (t - self.start_s) % self.every_s < self.for_s
-        return True
+        return (
+            since_window_opened(t, self.start_s, self.end_s, self.every_s, self.for_s) is not None
+        )
 
 
 @dataclass(frozen=True)
