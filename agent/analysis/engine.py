@@ -163,6 +163,11 @@ def _rounded(value: Any) -> Any:
 #: hold at this tick. It must never say no when the SQL flag would say yes; a false yes costs
 #: one SQL pass, nothing else.
 Watch = Callable[["Tick"], bool]
+#: When a kind can first be reported, if holding its watch for its minimum duration is not
+#: enough (a leak must also have grown by 5% of capacity): ``ready(first, now)`` from the tick
+#: its watch began holding and the latest one. A hint that adds a pass, never one that delays:
+#: the clock's own schedule still runs.
+Ready = Callable[["Tick", "Tick"], bool]
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,8 @@ class Rule:
     needed, e.g. two checkpoint stalls), ``lookback_s`` (history a live pass gives it),
     ``kind_min_duration_s`` (other minimums of some kinds of finding, by ``evidence["kind"]``),
     ``watch`` (a rule without one is checked only by the periodic full pass) and
-    ``kind_watches`` (a kind whose condition its own watch times, such as a leak's growth).
+    ``kind_watches`` (a kind whose condition its own watch times, such as a leak's growth)
+    and ``kind_ready`` (when such a kind can first be reported, see :data:`Ready`).
     """
 
     id: str
@@ -189,6 +195,7 @@ class Rule:
     kind_min_duration_s: tuple[tuple[str, float], ...] = ()
     watch: Watch | None = None
     kind_watches: tuple[tuple[str, Watch], ...] = ()
+    kind_ready: tuple[tuple[str, Ready], ...] = ()
 
     def min_duration_for(self, finding: Finding) -> float:
         """The minimum duration behind ``finding`` (its kind may need another)."""

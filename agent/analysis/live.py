@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from agent.analysis.budget import AnalysisCost, ClockKey, Schedule
-from agent.analysis.engine import Rule, analyze, finding_kind
+from agent.analysis.engine import Ready, Rule, analyze, finding_kind
 from agent.analysis.finding import SEVERITY_RANK, Finding, sort_findings, store_findings
 from agent.analysis.frame import Window
 from agent.analysis.hold import explainers, held_back
@@ -149,6 +149,11 @@ class LiveAnalysis:
 
         self.rules: tuple[Rule, ...] = tuple(ALL_RULES if rules is None else rules)
         self._by_id = {r.id: r for r in self.rules}
+        self._ready: dict[ClockKey, Ready] = {
+            (r.id, kind): ready for r in self.rules for kind, ready in r.kind_ready
+        }
+        #: Per clock with a readiness check: the tick its current streak began.
+        self._first: dict[ClockKey, Tick] = {}
         self._causes_of = explainers(self.rules)
         self._holding = False  # a symptom is being held back (agent.analysis.hold)
         self.window_s = window_s
@@ -275,9 +280,30 @@ class LiveAnalysis:
                     self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
         self._seen_accels = self._seen_accels | frozenset(tick.devices)
         ended = self.schedule.observe(snap.ts, holding)
+        for key in self._ready:
+            self._check_ready(key, tick)
         if ended:
             self._close(ended)
         return holding
+
+    def _check_ready(self, key: ClockKey, tick: Tick) -> None:
+        """Plan a pass at the tick a kind's readiness (``Rule.kind_ready``) holds."""
+        assert self.schedule is not None
+        clock = self.schedule.clocks.get(key)
+        if clock is None or clock.since is None:
+            self._first.pop(key, None)
+            return
+        first = self._first.get(key)
+        if first is None or first.ts != clock.since:
+            first = self._first[key] = tick
+        if clock.was_ready or clock.confirmed or first is tick:
+            return
+        try:
+            if self._ready[key](first, tick):
+                clock.ready(tick.ts)
+        except Exception as exc:  # the clock's own schedule still runs the rule
+            self.watch_errors += 1
+            self.last_error = f"ready {key[0]}: {type(exc).__name__}: {exc}"
 
     def _close(self, changed: dict[ClockKey, float | None]) -> None:
         """Findings whose watch stopped holding end where it last held; those whose watch

@@ -150,10 +150,11 @@ def live_run(path: Path, spec: Recording, *, poll_every: int = 1, poll_offset: i
     if vm is not None:
         spec = replace(spec, collectors=[lambda: TpuCollector(env=vm.env, deadline=0.5)])
 
+    def on_start(store: Store) -> None:  # as a session does: its consumers see every tick
+        live.attach(fake_session(store, spec.run_id, hub=hub).context)
+
     def on_tick(now: float, store: Store) -> None:
         clock[0] = now + 1
-        if live.context is None:
-            live.attach(fake_session(store, spec.run_id, hub=hub).context)
         if round(now - T0) % poll_every != poll_offset % poll_every:
             return
         live.poll()
@@ -161,7 +162,7 @@ def live_run(path: Path, spec: Recording, *, poll_every: int = 1, poll_offset: i
             first.setdefault(str(f["rule"]), now - T0)
 
     try:
-        record(path, spec, on_tick=on_tick, hub=hub)
+        record(path, spec, on_tick=on_tick, hub=hub, on_start=on_start)
     finally:
         live.stop()
         if vm is not None:

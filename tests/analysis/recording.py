@@ -160,10 +160,12 @@ def record(
     on_tick: Callable[[float, Store], None] | None = None,
     tick_every: int = 1,
     hub: SnapshotHub | None = None,
+    on_start: Callable[[Store], None] | None = None,
 ) -> tuple[Path, str]:
     """Record ``spec`` into ``path``; with ``on_tick`` the ticks are written every
     ``tick_every`` ticks and ``on_tick(now, store)`` runs after that (live analysis tests),
-    else all at the end. The sampler publishes every tick to ``hub`` if given."""
+    else all at the end. The sampler publishes every tick to ``hub`` if given; ``on_start(store)``
+    runs before the first tick (a session starts its consumers before its sampler)."""
     clock = [T0]
     collectors: list[Collector] = []
     sim = None
@@ -213,6 +215,8 @@ def record(
             clock=lambda: clock[0],
             hub=hub,
         )
+        if on_start is not None:
+            on_start(store)
         for tick in range(1, spec.seconds + 1):
             clock[0] += 1.0
             sampler.step(clock[0])

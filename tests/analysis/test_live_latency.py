@@ -18,6 +18,7 @@ from agent.analysis.engine import Rule
 from agent.analysis.finding import Finding
 from agent.analysis.rules import ALL_RULES, RULES_BY_ID
 from agent.analysis.thresholds import (
+    GPU_MEMORY_GROWTH,
     LIVE_FULL_PERIOD_S,
     LIVE_LATENCY_SLACK_S,
     LIVE_REFRESH_S,
@@ -153,6 +154,61 @@ def test_a_condition_that_comes_and_goes_costs_one_pass_per_refresh_period():
     assert all(b - a >= LIVE_REFRESH_S for a, b in zip(passes, passes[1:]))
     # the episodes between passes reopen the finding once they held the minimum, without SQL
     assert reopened[:2] == [60 + 29, 120 + 29]
+
+
+def test_a_kind_that_is_ready_is_due_at_once_once_per_streak_and_not_while_confirmed():
+    clock = RuleClock([60.0])
+    for t in range(0, 30):
+        clock.observe(float(t), True, 1.0, 10.0)
+    assert not clock.is_due(29.0)  # its minimum (less one bucket) is 59 s away
+    clock.ready(29.0)
+    assert clock.is_due(29.0)
+    clock.ran(29.0, False)
+    clock.ready(30.0)  # said once this streak: the retries take over
+    assert clock.due_at == 29.0 + LIVE_RETRY_S
+    clock.ran(clock.due_at, True)
+    clock.ready(40.0)
+    assert clock.due_at == 29.0 + LIVE_RETRY_S + LIVE_REFRESH_S  # confirmed: refreshes only
+    for t in range(100, 120):  # the streak ends, a new one begins: it may say so again
+        clock.observe(float(t), t >= 115, 1.0, 10.0)
+    clock.confirmed_at = None
+    clock.ready(119.0)
+    assert clock.is_due(119.0)
+
+
+def test_a_leak_shows_live_at_the_first_tick_it_has_grown_by_the_rules_share(tmp_path):
+    """Its 60 s are not enough: 5% of an 80 GiB card at 0.06 GiB/s takes 67 s; the pass comes
+    the tick the growth is there (retries alone came 3-6 s later, at the target's edge)."""
+    from agent.store import connect
+
+    path = tmp_path / "memory-leak.duckdb"
+    run = live_run(path, CASES["memory-leak"])
+    con = connect(str(path))
+    try:
+        (first_ready,) = con.execute(
+            """WITH m AS (SELECT entity, epoch(ts) AS t, value FROM samples
+                          WHERE metric = 'gpu.memory.used'),
+                    c AS (SELECT entity, max(value) AS total FROM samples
+                          WHERE metric = 'gpu.memory.total' GROUP BY entity)
+               SELECT min(m.t) - ? FROM m JOIN c USING (entity)
+               WHERE m.value - (SELECT min(value) FROM m m0 WHERE m0.entity = m.entity)
+                     >= ? * c.total""",
+            [T0, GPU_MEMORY_GROWTH],
+        ).fetchone()
+    finally:
+        con.close()
+    (leak,) = [x for x in run.latencies if x.rule == "gpu-memory-pressure"]
+    assert leak.first_live_s == first_ready
+    assert leak.latency_s is not None and leak.latency_s <= leak.target_s - 2
+
+
+def test_dataloader_bound_shows_with_its_minimum_not_held_for_a_tpu_rule(tmp_path):
+    """On GPUs (no program queue) the TPU input-bound rule cannot find, so its watch does not
+    hold and ``dataloader-bound`` is not held back for it until its own target."""
+    run = live_run(tmp_path / "dataloader.duckdb", CASES["dataloader"])
+    latency = {x.rule: x.latency_s for x in run.latencies}
+    assert latency["dataloader-bound"] is not None
+    assert latency["dataloader-bound"] <= RULES_BY_ID["dataloader-bound"].min_duration_s
 
 
 def test_every_rule_runs_in_the_full_pass_even_without_a_watch():

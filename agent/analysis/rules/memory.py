@@ -172,6 +172,24 @@ def watch_growth(tick: Tick) -> bool:
     )
 
 
+def ready_leak(first: Tick, now: Tick) -> bool:
+    """A leak can be reported once some device's memory grew by the rule's share of its
+    capacity over the rule's span, counted from the value before the growth began (the first
+    bucket the SQL's regression sees)."""
+    before = first.snap.previous
+    since = first.snap.previous_ts if first.snap.previous_ts is not None else first.ts
+    if now.ts - since < LEAK_MIN_SPAN_S:
+        return False
+    used, total, start = now.accel("mem_used"), now.accel("mem_total"), first.accel("mem_used")
+    for e, v in used.items():
+        device = now.job[e]
+        origin = before.get((e, device.metric.get("mem_used", "")), start.get(e))
+        capacity = total.get(e)
+        if origin is not None and capacity and v - origin >= GPU_MEMORY_GROWTH * capacity:
+            return True
+    return False
+
+
 def watch_host_memory(tick: Tick) -> bool:
     return (tick.host("host.swap.in") or 0.0) >= SWAP_IN_BYTES or (
         tick.host("host.memory.utilization") or 0.0
@@ -188,6 +206,7 @@ RULES = [
         lookback_s=2 * LEAK_MIN_SPAN_S,
         watch=watch_near_capacity,
         kind_watches=(("leak", watch_growth),),
+        kind_ready=(("leak", ready_leak),),
     ),
     Rule(HOST_MEMORY, "Host memory pressure", detect_host_memory, watch=watch_host_memory),
 ]

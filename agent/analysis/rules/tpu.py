@@ -261,6 +261,10 @@ def _job_duty_and_queue(tick: Tick) -> tuple[float | None, float | None]:
 
 
 def watch_input_bound(tick: Tick) -> bool:
+    """Waiting devices that have a program queue (as the SQL requires): a GPU's starvation is
+    not this rule's, and holding there would keep ``dataloader-bound`` waiting for it."""
+    if not tick.has_column("queue"):
+        return False
     duty, queue = _job_duty_and_queue(tick)
     if duty is None or 1 - duty < INPUT_WAIT_HIGH:
         return False
