@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import takewhile
@@ -22,7 +22,7 @@ import numpy as np
 
 from agent.analysis.finding import Finding, order_findings
 from agent.catalog import CATALOG
-from agent.model import RunInfo
+from agent.model import Batch, RunInfo
 from agent.snapshot import Key, Snapshot
 
 if TYPE_CHECKING:
@@ -157,26 +157,75 @@ def query_history(
     return Series(ts[keep], values[keep])
 
 
+#: Shapes of a source's rows whose plans the recent window keeps.
+_SHAPES_KEPT = 4
+
+
 class _RecentWindow:
-    """Bounded per-key (ts, value) rings for the tracked metrics, filled on the sampler thread."""
+    """Bounded per-key (ts, value) rings for the tracked metrics, filled on the sampler thread.
+
+    A tick touches only the values it keeps: per batch, where the tracked values sit (their
+    positions and rings) is found once per shape of its rows and reused while the source sends
+    rows of that shape (a list compare in C), so the rest of the tick (every process's values)
+    costs no Python. A source may alternate between a few shapes (NVML's per-process rows come
+    and go): the last :data:`_SHAPES_KEPT` are kept."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.metrics: frozenset[str] = frozenset()
+        self._metrics: frozenset[str] = frozenset()
         self._rings: dict[Key, deque[tuple[float, float]]] = {}
+        #: Per (batch position, source): its latest shapes' plans, the last used first.
+        self._plans: dict[tuple[int, str], list[_Plan]] = {}
         self._lock = threading.Lock()
 
-    def add(self, snap: Snapshot) -> None:
-        if not self.metrics:
-            return
-        tracked = self.metrics
+    @property
+    def metrics(self) -> frozenset[str]:
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: frozenset[str]) -> None:
         with self._lock:
-            for (entity, name), value in snap.values.items():
-                if name in tracked:
-                    ring = self._rings.get((entity, name))
-                    if ring is None:
-                        ring = self._rings[(entity, name)] = deque(maxlen=self.capacity)
-                    ring.append((snap.ts, value))
+            self._metrics = frozenset(metrics)
+            self._plans.clear()
+
+    def add(self, snap: Snapshot) -> None:
+        if not self._metrics:
+            return
+        ts = snap.ts
+        with self._lock:
+            for i, batch in enumerate(snap.batches):
+                plan = self._plan_for(self._plans.setdefault((i, batch.source), []), batch)
+                values = batch.values
+                for position, ring in plan.slots:
+                    ring.append((ts, values[position]))
+
+    def _plan_for(self, plans: list[_Plan], batch: Batch) -> _Plan:
+        """The plan of ``batch``'s shape among ``plans`` (moved first), or a new one."""
+        for i, plan in enumerate(plans):
+            if plan.fits(batch):
+                if i:
+                    plans.insert(0, plans.pop(i))
+                return plan
+        plan = self._plan(batch)
+        plans.insert(0, plan)
+        del plans[_SHAPES_KEPT:]
+        return plan
+
+    def _plan(self, batch: Batch) -> _Plan:
+        """Where ``batch``'s tracked values are (the last of a repeated key, as in
+        ``Snapshot.values``), each with its ring."""
+        tracked = self._metrics
+        found: dict[Key, int] = {}
+        for position, (entity, name) in enumerate(zip(batch.entities, batch.metrics)):
+            if name in tracked:
+                found[(entity, name)] = position
+        slots = []
+        for key, position in found.items():
+            ring = self._rings.get(key)
+            if ring is None:
+                ring = self._rings[key] = deque(maxlen=self.capacity)
+            slots.append((position, ring))
+        return _Plan(batch.entities, batch.metrics, slots)
 
     def window(self, now: float, window_s: float) -> dict[Key, np.ndarray]:
         """Values newer than ``now - window_s`` per key, oldest first (reads only those)."""
@@ -187,6 +236,27 @@ class _RecentWindow:
                 recent = [v for _, v in takewhile(lambda p: p[0] > since, reversed(ring))]
                 out[key] = np.array(recent[::-1], dtype=np.float64)
         return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One batch's rows, and the (position, ring) of each tracked value among them."""
+
+    entities: Sequence[str]
+    metrics: Sequence[str]
+    slots: list[tuple[int, deque[tuple[float, float]]]]
+
+    def fits(self, batch: Batch) -> bool:
+        """``batch`` has the same rows (the same lists, or equal ones)."""
+        return _same(self.metrics, batch.metrics) and _same(self.entities, batch.entities)
+
+
+def _same(a: Sequence[str], b: Sequence[str]) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return a == b
+    return False  # another kind of sequence (an array): plan again rather than guess
 
 
 class LiveReader:
