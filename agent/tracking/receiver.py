@@ -4,7 +4,9 @@ The socket is bound in a directory that is the user's own and mode 0700 (created
 when it is not), and is itself 0600: only the user's processes can send. A thread drains it into
 the :class:`~agent.tracking.aggregate.Aggregator`, at most :data:`MAX_MESSAGES_PER_S` messages a
 second: beyond that it pauses, the kernel queue fills, and senders see EAGAIN (they drop and
-count, and the next datagram says so). The sampler never waits on any of it.
+count, and the next datagram says so). The sampler never waits on any of it. Idle, the thread
+sleeps in ``poll`` on the socket and a wake-up pipe (no timeout: it costs nothing while no one
+logs), and :meth:`Receiver.close` writes to the pipe, so stopping is immediate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import select
 import socket
 import stat
 import threading
@@ -78,6 +81,8 @@ class Receiver:
         self._stop = threading.Event()
         self._made_dir: str | None = None
         self._ino: int | None = None
+        #: Read and write ends of the pipe that wakes the drain thread to stop.
+        self._wake: tuple[int, int] | None = None
         #: Seconds the drain paused because senders went over the rate.
         self.paused_s = 0.0
         self.receive_errors = 0
@@ -95,12 +100,13 @@ class Receiver:
             os.chmod(self.path, 0o600)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-            sock.settimeout(0.25)
+            sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise ReceiverError(f"cannot bind {self.path}: {exc.strerror or exc}") from None
         self._ino = os.stat(self.path).st_ino
         self._sock = sock
+        self._wake = os.pipe()
         self._thread = threading.Thread(target=self._drain, name="accelwatch-tracking", daemon=True)
         self._thread.start()
 
@@ -120,15 +126,19 @@ class Receiver:
         raise ReceiverError(f"another agent already receives at {self.path}")
 
     def _drain(self) -> None:
-        sock = self._sock
-        assert sock is not None
+        sock, wake = self._sock, self._wake
+        assert sock is not None and wake is not None
+        idle = select.poll()  # poll, not select: any fd number
+        idle.register(sock, select.POLLIN)
+        idle.register(wake[0], select.POLLIN)
         window = time.monotonic()
         count = 0
         size = 2 * _wire.MAX_DATAGRAM
         while not self._stop.is_set():
             try:
                 data = sock.recv(size)
-            except TimeoutError:
+            except BlockingIOError:  # drained: sleep until a datagram or close()
+                idle.poll()
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -150,9 +160,17 @@ class Receiver:
     def close(self) -> None:
         """Stop draining, remove our socket (not one another agent bound since) and our dir."""
         self._stop.set()
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"x")
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None
+        if self._wake is not None:
+            for fd in self._wake:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -84,6 +84,36 @@ def test_garbage_datagrams_are_counted_and_noted(receiver):
     assert [n[0] for n in tick.notes] == ["train_bad_message"]
 
 
+def thread_wakeups(native_id: int) -> int:
+    """Times a thread of this process went to sleep and was woken (its voluntary switches)."""
+    with open(f"/proc/self/task/{native_id}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
+def test_an_idle_receiver_sleeps_until_a_datagram_and_stops_at_once(receiver):
+    """No timeout to wake on: idle for a second, the drain thread is never woken (it woke 4
+    times a second before); a datagram is still taken at once, and close() is immediate."""
+    thread = receiver._thread
+    assert thread is not None and thread.native_id is not None
+    time.sleep(0.2)
+    before = thread_wakeups(thread.native_id)
+    time.sleep(1.0)
+    assert thread_wakeups(thread.native_id) - before <= 1
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(_wire.encode({"v": 1, "pid": 1}, [("zz", 1.0)]), receiver.path)
+    s.close()
+    deadline = time.monotonic() + 5
+    while receiver.aggregator.counters.messages < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert receiver.aggregator.counters.messages == 1
+    started = time.monotonic()
+    receiver.close()
+    assert time.monotonic() - started < 0.2 and not thread.is_alive()
+
+
 FLOOD = """
 import os, time, accelwatch
 end = time.monotonic() + float(os.environ["FLOOD_S"])
