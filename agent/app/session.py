@@ -29,6 +29,7 @@ from agent.app.job import (
 )
 from agent.app.os_process import name_os_threads, pid_running
 from agent.app.session_health import collector_health, recording_health
+from agent.app.session_wait import EndWatch
 from agent.app.sources import (
     ABSENT,
     Simulators,
@@ -96,6 +97,8 @@ class Session:
         self.sampler: Sampler | None = None
         self.consumers: list[Consumer] = []
         self.stop_requested = threading.Event()
+        #: What ``wait`` sleeps on (the target's pidfd and a bell), made on the first wait.
+        self._end_watch: EndWatch | None = None
         self.stop_reason = ""
         self.simulator: Simulators | None = None
         self.process_collector: ProcessCollector | None = None
@@ -361,6 +364,8 @@ class Session:
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
         self.stop_requested.set()
+        if self._end_watch is not None:
+            self._end_watch.ring()
 
     def note_signal(self, name: str) -> None:
         if self.sampler is not None:
@@ -374,17 +379,32 @@ class Session:
         self.stop_reason = ""
 
     def wait(self, on_tick: Callable[[], None] | None = None) -> None:
-        """Block until the target exits, the duration passes, or a stop is requested."""
+        """Block until the target exits, the duration passes, or a stop is requested; with
+        ``on_tick``, call it after each new tick. Sleeps on the target's pidfd and a bell that a
+        stop request (and each tick, for ``on_tick``) rings (:mod:`agent.app.session_wait`)."""
         deadline = time.monotonic() + self.config.duration if self.config.duration else None
-        while True:
-            if not self.target_alive():
-                self.request_stop("target exited")
-            if deadline is not None and time.monotonic() >= deadline:
-                self.request_stop("duration reached")
-            if self.stop_requested.wait(min(self.config.interval, 0.25)):
-                break
+        if self._end_watch is None:
+            pid = self.child.pid if self.child is not None else self.run.pid if self.run else None
+            self._end_watch = EndWatch(pid)
+        watch = self._end_watch
+        if on_tick is not None:
+            self.hub.subscribe(watch.ring)
+        try:
+            while True:
+                if not self.target_alive():
+                    self.request_stop("target exited")
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.request_stop("duration reached")
+                if self.stop_requested.is_set():
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if not watch.sleep(left) or self.stop_requested.is_set():
+                    break
+                if on_tick is not None:
+                    on_tick()
+        finally:
             if on_tick is not None:
-                on_tick()
+                self.hub.unsubscribe(watch.ring)
 
     def finish(self) -> RunInfo | None:
         """Stop sampling, flush, mark the run ended; safe to call twice.
@@ -395,6 +415,8 @@ class Session:
         if self._finished:
             return self.run
         self._finished = True
+        if self._end_watch is not None:  # a wait still sleeping returns
+            self._end_watch.close()
         if self.child is not None and self.child.poll() is None:
             print(
                 f"accelwatch: waiting for the job (pid {self.child.pid}) to exit; "
