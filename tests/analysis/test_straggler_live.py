@@ -103,7 +103,7 @@ def _tick(times: list[float]):
 
 
 def test_the_step_watch_holds_for_a_lagging_rank_and_not_for_even_ones():
-    from agent.analysis.rules.straggler import steps_lagging
+    from agent.analysis.rules.straggler_watch import steps_lagging
 
     assert steps_lagging(_tick([0.5, 0.51, 0.49, 0.5, 1.0]))
     assert not steps_lagging(_tick([0.5, 0.51, 0.49, 0.5, 0.52]))

@@ -14,13 +14,15 @@ Four views, each its own finding:
   point relative to its past and its peers), e.g. on top of a persistent spread.
 
 Live, ``straggler`` and ``rank-spread`` have watches over the tick's step times (a rank off
-its peers' median); ``rank-speed-change`` needs a rank's own history, longer than a live
-window, so it is post-run only (it reports nothing live).
+its peers' median, :mod:`agent.analysis.rules.straggler_watch`); ``rank-speed-change`` needs a
+rank's own history, longer than a live window, so it is post-run only (it reports nothing live).
+The persistent view is in :mod:`agent.analysis.rules.straggler_spread`, the wording every view
+shares in :mod:`agent.analysis.rules.straggler_text`; the emerging, op-trace, device and
+speed-change views and the rules' declarations are here.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,40 +30,34 @@ import numpy as np
 
 from agent.analysis.engine import Context, Episode, Rule, weighted
 from agent.analysis.finding import Finding
-from agent.analysis.frame import STEP_TIME, naive_utc
+from agent.analysis.frame import naive_utc
 from agent.analysis.rules.common import JOB_FILTER, by_entity, duration, job_params, pct
+from agent.analysis.rules.straggler_spread import RANK_SPREAD, detect_spread
 from agent.analysis.rules.straggler_text import (
+    SCORE_SOURCE,
     cost_text,
-    percent_range,
-    ranks_text,
     slower,
+    span_offsets,
     time_axis,
-    value_text,
 )
+from agent.analysis.rules.straggler_watch import watch_spread, watch_straggler
 from agent.analysis.straggler_changes import speed_changes
 from agent.analysis.straggler_ops import has_ops, slow_compute
-from agent.analysis.straggler_scores import RankWindows, islands, nanmedian, rank_windows
+from agent.analysis.straggler_scores import RankWindows, islands, rank_windows
 from agent.analysis.thresholds import (
     CHANGE_MIN,
     CHANGE_MIN_WINDOWS,
     CHANGE_T,
     LOW_BUSY,
     OPS_SCORE,
-    SPREAD_BAND,
     STRAGGLER_INDIVIDUAL_SCORE,
-    STRAGGLER_MIN_RANKS,
     STRAGGLER_MIN_WINDOWS,
     STRAGGLER_ONSET_SCORE,
     STRAGGLER_SCORE,
 )
-from agent.analysis.watch import Tick
-from agent.catalog.steps import SOURCE as STEPS_SOURCE
-from agent.snapshot import Snapshot
 
 STRAGGLER = "straggler"
-RANK_SPREAD = "rank-spread"
 SPEED_CHANGE = "rank-speed-change"
-SOURCE = "NVIDIA resiliency-ext straggler scores, against the peers' median"
 
 
 def detect_straggler(ctx: Context) -> list[Finding]:
@@ -165,7 +161,7 @@ def _emerging(ctx: Context, rw: RankWindows) -> list[Finding]:
                     "slower_than_peers": rel - 1,
                     "relative_score": 1 / rel,
                     "individual_score": 1 / dev,
-                    **_offsets(axis, eps[0].start, eps[-1].end),
+                    **span_offsets(axis, eps[0].start, eps[-1].end),
                     "work_lost_s": lost / len(rw.ranks),
                     "threshold": {
                         "relative_score_below": STRAGGLER_INDIVIDUAL_SCORE,
@@ -174,121 +170,13 @@ def _emerging(ctx: Context, rw: RankWindows) -> list[Finding]:
                         "critical_relative_score_below": STRAGGLER_SCORE,
                         "min_windows": STRAGGLER_MIN_WINDOWS,
                         "window_s": rw.window_s,
-                        "source": SOURCE,
+                        "source": SCORE_SOURCE,
                     },
                 },
                 lost_fraction=lost / total if total else 0.0,
             )
         )
     return out
-
-
-def _offsets(axis: Any, start: Any, end: Any) -> dict[str, float]:
-    """Start and end in seconds from the run's (trace's) start: the trace's own time axis."""
-    return {"t_start_s": round(axis.offset(start), 1), "t_end_s": round(axis.offset(end), 1)}
-
-
-# -- persistent spread ---------------------------------------------------------------------
-
-
-def spread_levels(rw: RankWindows) -> tuple[np.ndarray, np.ndarray]:
-    """Each rank's typical step time over its peers' (the median of the other ranks' median
-    step times, as an operator reads it off the trace), and the same over the first quarter
-    of the windows (relative to the peers' level), to tell "from the start"."""
-    med = np.array([rw.medians.get(r, np.nan) for r in rw.ranks])
-    if len(med) <= 2000:  # leave-one-out: the median of *its peers*
-        others = np.where(np.eye(len(med), dtype=bool), np.nan, med[None, :])
-        peers = nanmedian(others, 1)
-    else:
-        peers = np.full(len(med), float(nanmedian(med[None, :], 1)[0]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        whole = med / peers
-    _, start = rw.persistent()
-    return whole, np.where(np.isfinite(start), start, whole)
-
-
-def spread_groups(rw: RankWindows) -> dict[str, list[int]]:
-    """Rows per group: slower / typical / faster than the peers, over the run and its start."""
-    whole, start = spread_levels(rw)
-    slow = (whole >= 1 + SPREAD_BAND) & (start >= 1 + SPREAD_BAND)
-    fast = (whole <= 1 - SPREAD_BAND) & (start <= 1 - SPREAD_BAND)
-    typical = np.isfinite(whole) & ~slow & ~fast
-    return {
-        "slower": np.flatnonzero(slow).tolist(),
-        "typical": np.flatnonzero(typical).tolist(),
-        "faster": np.flatnonzero(fast).tolist(),
-    }
-
-
-def detect_spread(ctx: Context) -> list[Finding]:
-    rw = rank_windows(ctx)
-    if rw is None or rw.synchronous:
-        return []
-    groups = spread_groups(rw)
-    if not groups["slower"] and not groups["faster"]:
-        return []
-    axis = time_axis(ctx)
-    whole, _ = spread_levels(rw)
-    names = {g: [rw.ranks[i] for i in rows] for g, rows in groups.items()}
-    c0 = rw.first_analysed
-    span = Episode("job", naive_utc(rw.starts[c0]), naive_utc(rw.ends[-1]), 0, {})
-    parts = []
-    if names["slower"]:
-        one = len(names["slower"]) == 1
-        level = percent_range([whole[i] for i in groups["slower"]], "slower")
-        whose = "its" if one else "their"
-        parts.append(
-            f"{ranks_text(names['slower'])} {'is' if one else 'are'} {level} than the median "
-            f"of {whose} peers"
-        )
-    if names["typical"]:
-        parts.append(f"{ranks_text(names['typical'])} within {pct(SPREAD_BAND)} of it")
-    if names["faster"]:
-        verb = "is" if len(names["faster"]) == 1 else "are"
-        parts.append(
-            f"{ranks_text(names['faster'])} {verb} "
-            f"{percent_range([whole[i] for i in groups['faster']], 'faster')}"
-        )
-    medians = {r: rw.medians[r] for r in rw.ranks if r in rw.medians}
-    lo, hi = min(medians, key=medians.__getitem__), max(medians, key=medians.__getitem__)
-    worst = float(np.nanmax(whole)) if names["slower"] else 1.0
-    lost = span.duration_s * (1 - 1 / worst) if worst > 1 else 0.0
-    cost = f"; {cost_text(lost, ctx.info.duration_s)}" if lost else ""
-    severity = "warning" if names["slower"] else "info"
-    if names["slower"] and 1 / worst < STRAGGLER_SCORE:
-        severity = "critical"
-    summary = (
-        f"Ranks run at persistently different speeds {axis.span(span.start, span.end)}: "
-        f"{'; '.join(parts)}. Per-rank median step times range from {value_text(medians[lo])} "
-        f"({lo}) to {value_text(medians[hi])} ({hi}){cost}."
-    )
-    return [
-        ctx.finding(
-            RANK_SPREAD,
-            severity,  # type: ignore[arg-type]
-            "job",
-            [span],
-            summary,
-            f"Compare the hosts of {ranks_text(names['slower'] or names['faster'])} with the "
-            "others (GPU model and clocks, CPU and NUMA binding, network path, data shard "
-            "sizes); in synchronous training every rank waits for the slowest group.",
-            {
-                "metrics": ["step.time"],
-                "kind": "persistent",
-                "signal": "step.time",
-                "groups": names,
-                "slower_than_peers": {
-                    rw.ranks[i]: round(float(whole[i]) - 1, 4)
-                    for i in range(len(rw.ranks))
-                    if np.isfinite(whole[i])
-                },
-                "rank_median_step_time": medians,
-                **_offsets(axis, span.start, span.end),
-                "threshold": {"band": SPREAD_BAND, "source": SOURCE},
-            },
-            lost_fraction=(1 - 1 / worst) if worst > 1 else 0.0,
-        )
-    ]
 
 
 # -- speed changes -------------------------------------------------------------------------
@@ -332,7 +220,7 @@ def detect_speed_change(ctx: Context) -> list[Finding]:
                     "after_vs_peers": ch.after,
                     "vs_own_past": ch.ratio,
                     "t_statistic": ch.t_stat,
-                    **_offsets(axis, ep.start, ep.end),
+                    **span_offsets(axis, ep.start, ep.end),
                     "threshold": {
                         "change_at_least": CHANGE_MIN,
                         "t_statistic_at_least": CHANGE_T,
@@ -388,8 +276,8 @@ def _from_ops(ctx: Context) -> list[Finding]:
                     "relative_score": s.score,
                     "by_optype": s.by_optype,
                     "job_lost_share": s.lost_s / s.job_s if s.job_s else None,
-                    **_offsets(axis, ep.start, ep.end),
-                    "threshold": {"compute_score_below": OPS_SCORE, "source": SOURCE},
+                    **span_offsets(axis, ep.start, ep.end),
+                    "threshold": {"compute_score_below": OPS_SCORE, "source": SCORE_SOURCE},
                 },
                 lost_fraction=s.lost_s / ep.duration_s if ep.duration_s else 0.0,
             )
@@ -437,7 +325,7 @@ def _from_devices(ctx: Context) -> list[Finding]:
                     "kind": "device",
                     "score": score,
                     "signal": metric_name,
-                    **_offsets(axis, g_eps[0].start, g_eps[-1].end),
+                    **span_offsets(axis, g_eps[0].start, g_eps[-1].end),
                     "threshold": {
                         "score_below": STRAGGLER_SCORE,
                         "peers_busy_at_least": LOW_BUSY,
@@ -448,61 +336,6 @@ def _from_devices(ctx: Context) -> list[Finding]:
             )
         )
     return findings
-
-
-def _rank_means(snap: Snapshot) -> list[float]:
-    """Each reporting rank's mean step time in this tick (its step batches only)."""
-    times: dict[str, list[float]] = {}
-    for batch in snap.batches:
-        if batch.source != STEPS_SOURCE:
-            continue
-        for entity, metric, value in zip(batch.entities, batch.metrics, batch.values):
-            if metric == STEP_TIME and value is not None and value > 0:
-                times.setdefault(entity, []).append(float(value))
-    return [sum(v) / len(v) for v in times.values()]
-
-
-def steps_lagging(snap: Snapshot) -> bool:
-    """The step view's per-tick watch, for a live scheduler that runs a rule's SQL only while
-    its watch holds: in this tick, the slowest reporting rank's mean step time is more than
-    1 / STRAGGLER_INDIVIDUAL_SCORE times the median of the other ranks' (>= 3 ranks), the
-    relative-score half of the emerging flag. No SQL: a pass over the tick's step batches."""
-    means = sorted(_rank_means(snap))
-    if len(means) < STRAGGLER_MIN_RANKS:
-        return False
-    return means[-1] > statistics.median(means[:-1]) / STRAGGLER_INDIVIDUAL_SCORE
-
-
-def watch_spread(tick: Tick) -> bool:
-    """A rank whose step time in this tick is ``SPREAD_BAND`` or more off the median of its
-    peers' (>= 3 ranks), slower or faster: what a persistent spread looks like in one tick.
-    The rule judges the ranks' medians over the window; a spread that persists shows in most
-    ticks, so the watch holds through it (and the full pass catches one that only the
-    medians show)."""
-    means = sorted(_rank_means(tick.snap))
-    if len(means) < STRAGGLER_MIN_RANKS:
-        return False
-    # the slowest rank is the furthest above its peers' median, the fastest the furthest below
-    slow_peers, fast_peers = statistics.median(means[:-1]), statistics.median(means[1:])
-    return means[-1] >= (1 + SPREAD_BAND) * slow_peers or means[0] <= (1 - SPREAD_BAND) * fast_peers
-
-
-def watch_straggler(tick: Tick) -> bool:
-    """A rank lagging in this tick's step times, or (device view) one of three or more busy
-    peers lagging their median busy share or SM clock."""
-    if steps_lagging(tick.snap):
-        return True
-    busy = tick.accel("busy")
-    if len(busy) < 3:
-        return False
-    peer = statistics.median(busy.values())
-    clock, idle = tick.accel("clock"), tick.accel("thr_idle")
-    working = {e: v for e, v in clock.items() if idle.get(e, 0.0) < 0.5}
-    peer_clock = statistics.median(clock.values()) if clock else 0.0
-    return peer >= LOW_BUSY and (
-        any(v < STRAGGLER_SCORE * peer for v in busy.values())
-        or any(v < STRAGGLER_SCORE * peer_clock for v in working.values())
-    )
 
 
 RULES: Sequence[Rule] = [

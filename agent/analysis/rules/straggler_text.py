@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from agent.analysis.engine import Context
 from agent.analysis.rules.common import duration, pct
 from agent.analysis.time_axis import TimeAxis, run_time_axis
 
 PEERS = "the median of its peers"
+#: Where the scores come from (every straggler view's evidence names it).
+SCORE_SOURCE = "NVIDIA resiliency-ext straggler scores, against the peers' median"
 
 
 def slower(ratio: float, whom: str = PEERS) -> str:
@@ -96,3 +99,8 @@ def has_relation(ctx: Context, name: str) -> bool:
 def value_text(value: float) -> str:
     """A step time as the trace wrote it (3 significant digits; units vary by trace)."""
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def span_offsets(axis: TimeAxis, start: Any, end: Any) -> dict[str, float]:
+    """Start and end in seconds from the run's (trace's) start: the trace's own time axis."""
+    return {"t_start_s": round(axis.offset(start), 1), "t_end_s": round(axis.offset(end), 1)}
