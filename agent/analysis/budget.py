@@ -12,6 +12,9 @@ makes the rule due
 * at the tick a kind's own readiness (``Rule.kind_ready``) says it can be reported, when
   holding for the minimum is not enough: a leak must also have grown by 5% of capacity, which
   a slow leak reaches several seconds after its 60 s (retries alone would come 3-6 s late);
+* at the tick one entity's own condition (``Rule.entity_watch``) has held for the minimum and
+  holds again: eight GPUs dipping in turn keep a rule's watch holding long before any one GPU's
+  episode is long enough, and retries alone (3, 6, 12 s after the first miss) came too late;
 * every ``LIVE_REFRESH_S`` while a confirmed finding's watch holds (its end, evidence and
   severity move on), and never more often for that rule afterwards (a condition that comes
   and goes costs no pass per episode); when the watch stops holding, the finding closes
@@ -64,8 +67,6 @@ class RuleClock:
     #: Set when the condition came back and held its minimum while no pass may run yet: the
     #: caller reopens its last finding (the SQL confirmed it at ``confirmed_at``).
     reopened: bool = False
-    #: This streak's kind said it can be reported (``Rule.kind_ready``): its pass was planned.
-    was_ready: bool = False
 
     def _not_before(self, at: float) -> float:
         if self.confirmed_at is None:
@@ -75,7 +76,7 @@ class RuleClock:
     def observe(self, ts: float, holds: bool, bucket_s: float, gap_s: float) -> None:
         if holds:
             if self.since is None:
-                self.since, self.retry_s, self.was_ready = ts, LIVE_RETRY_S, False
+                self.since, self.retry_s = ts, LIVE_RETRY_S
                 self.steps = [max(0.0, m - bucket_s) for m in self.minimums]
                 self.due_at = self._not_before(self.since + self.steps.pop(0))
             self.last_true = ts
@@ -93,11 +94,11 @@ class RuleClock:
             self.since, self.confirmed, self.steps, self.due_at = None, False, [], None
 
     def ready(self, ts: float) -> None:
-        """The kind can be reported now (``Rule.kind_ready``): a pass is due now, once per
-        streak of an unconfirmed watch, and within a confirmed finding's refresh period."""
-        if self.since is None or self.confirmed or self.was_ready:
+        """The rule can report now (``Rule.kind_ready``, ``Rule.entity_watch``; the caller says
+        so once per streak): a pass is due now, while unconfirmed and not within a confirmed
+        finding's refresh period."""
+        if self.since is None or self.confirmed:
             return
-        self.was_ready = True
         at = self._not_before(ts)
         self.due_at = at if self.due_at is None else min(self.due_at, at)
 

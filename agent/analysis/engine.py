@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -168,6 +168,10 @@ Watch = Callable[["Tick"], bool]
 #: its watch began holding and the latest one. A hint that adds a pass, never one that delays:
 #: the clock's own schedule still runs.
 Ready = Callable[["Tick", "Tick"], bool]
+#: The entities whose condition may hold at this tick, for a rule whose SQL judges each
+#: entity's own episode (a GPU's starvation): a pass is due the tick one of them has held for
+#: the rule's minimum duration, with the episodes' gap tolerance, and holds again.
+EntityWatch = Callable[["Tick"], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ class Rule:
     ``kind_min_duration_s`` (other minimums of some kinds of finding, by ``evidence["kind"]``),
     ``watch`` (a rule without one is checked only by the periodic full pass) and
     ``kind_watches`` (a kind whose condition its own watch times, such as a leak's growth)
-    and ``kind_ready`` (when such a kind can first be reported, see :data:`Ready`).
+    and ``kind_ready`` (when such a kind can first be reported, see :data:`Ready`);
+    ``entity_watch`` (which entities may hold, see :data:`EntityWatch`).
     """
 
     id: str
@@ -196,6 +201,7 @@ class Rule:
     watch: Watch | None = None
     kind_watches: tuple[tuple[str, Watch], ...] = ()
     kind_ready: tuple[tuple[str, Ready], ...] = ()
+    entity_watch: EntityWatch | None = None
 
     def min_duration_for(self, finding: Finding) -> float:
         """The minimum duration behind ``finding`` (its kind may need another)."""

@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from agent.analysis.budget import AnalysisCost, ClockKey, Schedule
-from agent.analysis.engine import Ready, Rule, analyze, finding_kind
+from agent.analysis.engine import Rule, analyze, finding_kind
 from agent.analysis.finding import SEVERITY_RANK, Finding, sort_findings, store_findings
 from agent.analysis.frame import Window
 from agent.analysis.hold import explainers, held_back
+from agent.analysis.readiness import Readiness
 from agent.analysis.recent import RecentWindow
 from agent.analysis.thresholds import LIVE_FULL_PERIOD_S, LIVE_REFRESH_S
 from agent.analysis.watch import Tick
@@ -149,11 +150,6 @@ class LiveAnalysis:
 
         self.rules: tuple[Rule, ...] = tuple(ALL_RULES if rules is None else rules)
         self._by_id = {r.id: r for r in self.rules}
-        self._ready: dict[ClockKey, Ready] = {
-            (r.id, kind): ready for r in self.rules for kind, ready in r.kind_ready
-        }
-        #: Per clock with a readiness check: the tick its current streak began.
-        self._first: dict[ClockKey, Tick] = {}
         self._causes_of = explainers(self.rules)
         self._holding = False  # a symptom is being held back (agent.analysis.hold)
         self.window_s = window_s
@@ -162,6 +158,7 @@ class LiveAnalysis:
         self.cursor: duckdb.DuckDBPyConnection | None = None
         self.recent: RecentWindow | None = None
         self.schedule: Schedule | None = None
+        self.readiness: Readiness | None = None
         longest = max((r.lookback_s for r in self.rules), default=60.0)
         self.log = LiveFindingLog(join_gap_s=LIVE_REFRESH_S + longest)
         self.cost = AnalysisCost()
@@ -192,6 +189,7 @@ class LiveAnalysis:
         keep = max((r.lookback_s for r in self.rules), default=60.0) + 2 * bucket
         self.recent = RecentWindow(context.run.run_id, keep_s=min(keep, self.window_s + bucket))
         self.schedule = Schedule(self.rules, bucket, full_period_s=self.full_period_s)
+        self.readiness = Readiness(self.rules, bucket)
         if subscribe:
             context.hub.subscribe(self._queued)
             self._subscribed = True
@@ -279,31 +277,18 @@ class LiveAnalysis:
                     self.watch_errors += 1
                     self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
         self._seen_accels = self._seen_accels | frozenset(tick.devices)
-        ended = self.schedule.observe(snap.ts, holding)
-        for key in self._ready:
-            self._check_ready(key, tick)
+        # The run's first tick has no rates and no between-samples metrics (GPM's SM activity)
+        # yet, so the SQL cannot flag its bucket where they count: its watches start no clock
+        # (else a pass due a bucket early misses, and its retry comes 3 s late).
+        first = snap.previous_ts is None
+        ended = self.schedule.observe(snap.ts, set() if first else holding)
+        if not first and self.readiness is not None:
+            for error in self.readiness.observe(tick, self.schedule.clocks):
+                self.watch_errors += 1
+                self.last_error = error
         if ended:
             self._close(ended)
         return holding
-
-    def _check_ready(self, key: ClockKey, tick: Tick) -> None:
-        """Plan a pass at the tick a kind's readiness (``Rule.kind_ready``) holds."""
-        assert self.schedule is not None
-        clock = self.schedule.clocks.get(key)
-        if clock is None or clock.since is None:
-            self._first.pop(key, None)
-            return
-        first = self._first.get(key)
-        if first is None or first.ts != clock.since:
-            first = self._first[key] = tick
-        if clock.was_ready or clock.confirmed or first is tick:
-            return
-        try:
-            if self._ready[key](first, tick):
-                clock.ready(tick.ts)
-        except Exception as exc:  # the clock's own schedule still runs the rule
-            self.watch_errors += 1
-            self.last_error = f"ready {key[0]}: {type(exc).__name__}: {exc}"
 
     def _close(self, changed: dict[ClockKey, float | None]) -> None:
         """Findings whose watch stopped holding end where it last held; those whose watch

@@ -156,24 +156,19 @@ def test_a_condition_that_comes_and_goes_costs_one_pass_per_refresh_period():
     assert reopened[:2] == [60 + 29, 120 + 29]
 
 
-def test_a_kind_that_is_ready_is_due_at_once_once_per_streak_and_not_while_confirmed():
+def test_a_rule_that_is_ready_is_due_at_once_but_not_while_confirmed():
     clock = RuleClock([60.0])
     for t in range(0, 30):
         clock.observe(float(t), True, 1.0, 10.0)
     assert not clock.is_due(29.0)  # its minimum (less one bucket) is 59 s away
     clock.ready(29.0)
     assert clock.is_due(29.0)
-    clock.ran(29.0, False)
-    clock.ready(30.0)  # said once this streak: the retries take over
-    assert clock.due_at == 29.0 + LIVE_RETRY_S
-    clock.ran(clock.due_at, True)
+    clock.ran(29.0, True)
     clock.ready(40.0)
-    assert clock.due_at == 29.0 + LIVE_RETRY_S + LIVE_REFRESH_S  # confirmed: refreshes only
-    for t in range(100, 120):  # the streak ends, a new one begins: it may say so again
-        clock.observe(float(t), t >= 115, 1.0, 10.0)
-    clock.confirmed_at = None
-    clock.ready(119.0)
-    assert clock.is_due(119.0)
+    assert clock.due_at == 29.0 + LIVE_REFRESH_S  # confirmed: it refreshes, nothing sooner
+    idle = RuleClock([30.0])
+    idle.ready(5.0)  # its watch does not hold: nothing to run
+    assert idle.due_at is None
 
 
 def test_a_leak_shows_live_at_the_first_tick_it_has_grown_by_the_rules_share(tmp_path):
@@ -209,6 +204,26 @@ def test_dataloader_bound_shows_with_its_minimum_not_held_for_a_tpu_rule(tmp_pat
     latency = {x.rule: x.latency_s for x in run.latencies}
     assert latency["dataloader-bound"] is not None
     assert latency["dataloader-bound"] <= RULES_BY_ID["dataloader-bound"].min_duration_s
+
+
+def test_a_condition_there_from_the_first_tick_is_not_due_before_its_sql_can_see_it(tmp_path):
+    """The first tick has no rates and no GPM SM activity, so launch-bound's SQL flags only from
+    the second: a clock started at the first made its pass miss by a bucket and retry 3 s on."""
+    run = live_run(tmp_path / "launch-pinned.duckdb", CASES["launch-pinned"])
+    (launch,) = [x for x in run.latencies if x.rule == "launch-bound"]
+    assert launch.onset_s == 2.0
+    assert launch.latency_s is not None and launch.latency_s <= launch.target_s - 10
+
+
+def test_a_gpus_own_starvation_is_due_when_it_has_lasted_not_when_any_gpu_dipped_first(
+    tmp_path,
+):
+    """In ib-port-degrading (here without its sysfs tree) eight GPUs dip below 70% in turn from
+    20 s, so the rule's watch holds from then, but gpu0's own episode starts at 32 s: timed per
+    GPU, the pass comes when that episode is long enough (retries alone came 39-41 s late)."""
+    run = live_run(tmp_path / "ib.duckdb", CASES["ib-port-degrading"])
+    (starved,) = [x for x in run.latencies if x.rule == "gpu-starvation"]
+    assert starved.latency_s is not None and starved.latency_s <= starved.target_s - 5
 
 
 def test_every_rule_runs_in_the_full_pass_even_without_a_watch():

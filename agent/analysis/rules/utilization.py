@@ -204,6 +204,12 @@ def watch_starvation(tick: Tick) -> bool:
     return any(v < UTIL_P95 for v in tick.accel("busy").values())
 
 
+def starving(tick: Tick) -> list[str]:
+    """The job accelerators below the low-utilization band at this tick (each GPU's own
+    episode is what the SQL judges)."""
+    return [e for e, v in tick.accel("busy").items() if v < UTIL_P95]
+
+
 def watch_dips(tick: Tick) -> bool:
     """A job accelerator dipping to idle (the swinging kind: busy most of the window, idle in
     its dips); the window's quantiles are the SQL's to judge."""
@@ -231,6 +237,7 @@ RULES = [
         "Accelerator starvation / low utilization",
         detect_starvation,
         watch=watch_starvation,
+        entity_watch=starving,
         kind_min_duration_s=(("fluctuating", FLUCTUATING_MIN_S),),
         kind_watches=(("fluctuating", watch_dips),),
     ),
