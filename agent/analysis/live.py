@@ -278,10 +278,14 @@ class LiveAnalysis:
                     self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
         self._seen_accels = self._seen_accels | frozenset(tick.devices)
         # The run's first tick has no rates and no between-samples metrics (GPM's SM activity)
-        # yet, so the SQL cannot flag its bucket where they count: its watches start no clock
-        # (else a pass due a bucket early misses, and its retry comes 3 s late).
+        # yet, so the SQL cannot flag its bucket where they count: it starts no clock of a rule
+        # that needs its condition to last (else a pass due a bucket early misses, and its
+        # retry comes 3 s late); an instant one (an XID at start) still counts.
         first = snap.previous_ts is None
-        ended = self.schedule.observe(snap.ts, set() if first else holding)
+        if first:
+            clocks, bucket = self.schedule.clocks, self.schedule.bucket_s
+            holding = {k for k in holding if k in clocks and clocks[k].minimums[0] <= bucket}
+        ended = self.schedule.observe(snap.ts, holding)
         if not first and self.readiness is not None:
             for error in self.readiness.observe(tick, self.schedule.clocks):
                 self.watch_errors += 1
