@@ -23,7 +23,7 @@ def name_os_threads() -> None:
 
 def pid_running(pid: int | None) -> bool:
     """The attached process exists and is no zombie: one read of its ``stat`` (``wait`` asks
-    four times a second; building a ``psutil.Process`` each time cost more than the read)."""
+    at each wake-up; building a ``psutil.Process`` each time cost more than the read)."""
     if pid is None:
         return False
     try:

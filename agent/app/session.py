@@ -29,7 +29,7 @@ from agent.app.job import (
 )
 from agent.app.os_process import name_os_threads, pid_running
 from agent.app.session_health import collector_health, recording_health
-from agent.app.session_wait import EndWatch
+from agent.app.session_wait import EndWatch, wait_for_end
 from agent.app.sources import (
     ABSENT,
     Simulators,
@@ -97,8 +97,10 @@ class Session:
         self.sampler: Sampler | None = None
         self.consumers: list[Consumer] = []
         self.stop_requested = threading.Event()
-        #: What ``wait`` sleeps on (the target's pidfd and a bell), made on the first wait.
+        #: What ``wait`` sleeps on (the target's pidfd and a bell), made when recording starts.
         self._end_watch: EndWatch | None = None
+        #: Stop requests so far: a wait ends on one even if it is withdrawn before it wakes.
+        self.stop_requests = 0
         self.stop_reason = ""
         self.simulator: Simulators | None = None
         self.process_collector: ProcessCollector | None = None
@@ -289,6 +291,7 @@ class Session:
                 self.sampler.note("consumer_failed", "agent", error=str(exc))
                 print(f"accelwatch: warning: {exc}", file=sys.stderr)
         self.sampler.start()
+        self._watch_end()
         name_os_threads()
         return self.run
 
@@ -364,6 +367,7 @@ class Session:
     def request_stop(self, reason: str) -> None:
         self.stop_reason = self.stop_reason or reason
         self.stop_requested.set()
+        self.stop_requests += 1
         if self._end_watch is not None:
             self._end_watch.ring()
 
@@ -382,29 +386,13 @@ class Session:
         """Block until the target exits, the duration passes, or a stop is requested; with
         ``on_tick``, call it after each new tick. Sleeps on the target's pidfd and a bell that a
         stop request (and each tick, for ``on_tick``) rings (:mod:`agent.app.session_wait`)."""
-        deadline = time.monotonic() + self.config.duration if self.config.duration else None
+        wait_for_end(self, self._watch_end(), on_tick)
+
+    def _watch_end(self) -> EndWatch:
         if self._end_watch is None:
             pid = self.child.pid if self.child is not None else self.run.pid if self.run else None
             self._end_watch = EndWatch(pid)
-        watch = self._end_watch
-        if on_tick is not None:
-            self.hub.subscribe(watch.ring)
-        try:
-            while True:
-                if not self.target_alive():
-                    self.request_stop("target exited")
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.request_stop("duration reached")
-                if self.stop_requested.is_set():
-                    break
-                left = None if deadline is None else deadline - time.monotonic()
-                if not watch.sleep(left) or self.stop_requested.is_set():
-                    break
-                if on_tick is not None:
-                    on_tick()
-        finally:
-            if on_tick is not None:
-                self.hub.unsubscribe(watch.ring)
+        return self._end_watch
 
     def finish(self) -> RunInfo | None:
         """Stop sampling, flush, mark the run ended; safe to call twice.

@@ -45,7 +45,7 @@ def test_wait_sleeps_until_the_job_exits_and_returns_at_once(tmp_path):
     """It checked four times a second; now the job's pidfd wakes it when the job exits."""
     marker = tmp_path / "exited"
     session = _session(tmp_path, interval=0.5)
-    code = f"import time; time.sleep(1.8); open({str(marker)!r}, 'w').write(repr(time.time()))"
+    code = f"import time; time.sleep(3.5); open({str(marker)!r}, 'w').write(repr(time.time()))"
     session.launch([sys.executable, "-c", code])
     thread, returned = _wait_in_thread(session)
     time.sleep(0.3)
@@ -81,7 +81,7 @@ def test_a_stop_request_from_another_thread_ends_the_wait_at_once(tmp_path):
 
 def test_with_a_per_tick_callback_each_tick_wakes_the_wait_and_nothing_else(tmp_path):
     session = _session(tmp_path, interval=0.5)
-    session.launch([sys.executable, "-c", "import time; time.sleep(2.6)"])
+    session.launch([sys.executable, "-c", "import time; time.sleep(4)"])
     calls: list[int] = []
 
     def on_tick() -> None:
@@ -108,3 +108,25 @@ def test_without_a_pidfd_the_wait_still_ends_when_the_job_exits(tmp_path, monkey
     run = session.finish()
     assert session._end_watch is not None and session._end_watch.pidfd is None
     assert waited < 5 * session_wait.FALLBACK_POLL_S + 2 and run.status == "finished"
+
+
+def test_a_stop_withdrawn_at_once_still_ends_every_wait_that_was_sleeping(tmp_path):
+    """A viewer's worker and the main thread may wait at once; a detach asks to stop and
+    withdraws it (``resume_after_viewer``) before the worker wakes: the worker still returns."""
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        session = _session(tmp_path, interval=0.5)
+        session.attach(target.pid)
+        first, first_returned = _wait_in_thread(session)
+        second, second_returned = _wait_in_thread(session)
+        time.sleep(0.3)
+        session.request_stop("viewer closed")
+        session.resume_after_viewer()
+        first.join(5)
+        second.join(5)
+        session.finish()
+    finally:
+        target.kill()
+        target.wait()
+    assert first_returned and second_returned
+    assert not session.stop_requested.is_set()  # withdrawn: recording would go on
