@@ -221,15 +221,15 @@ class RecentWindow:
         try:
             self._fill(start, end)
         except duckdb.Error as exc:
-            if not _gone(exc):
+            if self._stale or not _gone(exc):  # a failed checkpoint waits for the next load
                 raise
             self._replace()
             self._fill(start, end)
 
     def _replace(self) -> None:
         self._discard()
-        self._stale = False
         self.con = self._open()
+        self._stale = False
 
     def _fill(self, start: float, end: float) -> None:
         """One statement per table, then a checkpoint that compresses the window."""
@@ -254,9 +254,10 @@ class RecentWindow:
             con.execute("CHECKPOINT" if self.name is None else f"CHECKPOINT {self.name}")
         except duckdb.Error as exc:
             # A failed checkpoint invalidates the window's database (on a shared instance that
-            # database alone: the recording's goes on); start a new one. It fails for memory:
-            # say so, so the pass degrades its window like any other out-of-memory pass.
-            self._replace()
+            # database alone: the recording's goes on); the next load starts a new one. It
+            # fails for memory: say so, so the pass degrades its window like any other
+            # out-of-memory pass.
+            self._stale = True
             raise duckdb.OutOfMemoryException(f"recent window checkpoint: {exc}") from exc
 
     def _load_events(self, events: Sequence[Event]) -> None:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import duckdb
+import pytest
 
 import agent.analysis.live as live_module
 from agent.analysis.live import LiveAnalysis
@@ -48,6 +49,15 @@ def _window_memory(con: duckdb.DuckDBPyConnection) -> float:
         "WHERE tag IN ('IN_MEMORY_TABLE', 'TEMPORARY_TABLE' )"
     ).fetchall()
     return float(sum(b for _, b in rows))
+
+
+def _held(con: duckdb.DuckDBPyConnection) -> float:
+    """Bytes DuckDB holds besides tables (cached file blocks, transactions...)."""
+    rows = con.execute(
+        "SELECT sum(memory_usage_bytes) FROM duckdb_memory() "
+        "WHERE tag NOT IN ('IN_MEMORY_TABLE', 'TEMPORARY_TABLE')"
+    ).fetchall()
+    return float(rows[0][0] or 0)
 
 
 def test_recent_window_is_a_database_on_the_recordings_instance(tmp_path):
@@ -209,5 +219,38 @@ def test_store_writer_keeps_committing_and_checkpointing_while_an_analysis_pass_
     store.close_writer()
     seen = store.cursor().execute("SELECT count(DISTINCT ts) FROM samples").fetchone()[0]
     assert seen > 30 + 5
+    live.stop()
+    store.close()
+
+
+def test_failed_checkpoint_of_the_window_replaces_the_window_and_not_the_recording(
+    tmp_path, monkeypatch
+):
+    store = Store(tmp_path / "a.duckdb")
+    live = _recorded(store, ticks=90, procs=300)
+    window = live.recent
+    assert window is not None
+    first = window.name
+    real_entities = RecentWindow._load_entities
+
+    def then_squeezed(self, items):
+        real_entities(self, items)
+        # the instance's memory runs out between loading the window and compressing it: a
+        # third of what it holds (the rest goes to its temporary files), too little for the
+        # checkpoint to pin what it reads and writes
+        used = _window_memory(self.con) + _held(self.con)
+        store.con.execute(f"SET memory_limit = '{int(used * 0.35 // 1024)}KiB'")
+
+    monkeypatch.setattr(RecentWindow, "_load_entities", then_squeezed)
+    with pytest.raises(duckdb.OutOfMemoryException, match="recent window checkpoint"):
+        window.load(T0, T0 + 90)
+    monkeypatch.undo()
+    store.con.execute("SET memory_limit = '32MB'")
+    window.load(T0, T0 + 90)  # the next load starts on a new window database, which works
+    assert window.name != first
+    assert window.con.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+    # the recording's database was not invalidated: it writes and reads on
+    assert store.write_ticks([("run-1", _tick(90, procs=300))]) == 900
+    assert store.cursor().execute("SELECT count(DISTINCT ts) FROM samples").fetchone()[0] == 91
     live.stop()
     store.close()
