@@ -187,7 +187,9 @@ class LiveAnalysis:
         self.cursor = context.cursor()
         bucket = max(1.0, float(context.interval))
         keep = max((r.lookback_s for r in self.rules), default=60.0) + 2 * bucket
-        self.recent = RecentWindow(context.run.run_id, keep_s=min(keep, self.window_s + bucket))
+        self.recent = RecentWindow(
+            context.run.run_id, keep_s=min(keep, self.window_s + bucket), open_cursor=context.cursor
+        )
         self.schedule = Schedule(self.rules, bucket, full_period_s=self.full_period_s)
         self.readiness = Readiness(self.rules, bucket)
         if subscribe:
@@ -383,7 +385,10 @@ class LiveAnalysis:
         lookback = min(self.window_s, max(r.lookback_s for r in chosen))
         recent.load(now - lookback, now + bucket / 2)
         window = Window(context.run.run_id, bucket, start=_utc(now - lookback))
-        current = [f.as_live() for f in analyze(recent.con, window, live=True, rules=chosen)]
+        try:
+            current = [f.as_live() for f in analyze(recent.con, window, live=True, rules=chosen)]
+        finally:
+            recent.release()
         found = self.log.update(current, covered=None if rules is None else [r.id for r in chosen])
         if self.cursor is not None:
             store_findings(self.cursor, context.run.run_id, found, live=True)

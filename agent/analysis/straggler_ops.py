@@ -52,7 +52,8 @@ class SlowCompute:
 def has_ops(ctx: Context) -> bool:
     """Whether the store has an op trace for this run (files before schema 3 have none)."""
     exists = ctx.con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'op_trace'"
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'op_trace' "
+        "AND database_name = current_database()"
     ).fetchall()[0][0]
     if not exists:
         return False

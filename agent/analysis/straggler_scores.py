@@ -199,7 +199,8 @@ def _run_end(ctx: Context) -> float | None:
     """When the run ended (epoch s), if the connection knows its runs (a live in-memory
     window does not, and a live run has not ended)."""
     known = ctx.con.execute(
-        "SELECT count(*) FROM duckdb_views() WHERE view_name = 'runs' AND NOT internal"
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = 'runs' AND NOT internal "
+        "AND database_name = current_database()"
     ).fetchall()[0][0]
     if not known:
         return None

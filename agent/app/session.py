@@ -27,7 +27,7 @@ from agent.app.job import (
     exit_code,
     launch_job,
 )
-from agent.app.os_process import name_os_threads, pid_running
+from agent.app.os_process import limit_malloc_arenas, name_os_threads, pid_running
 from agent.app.session_health import collector_health, recording_health
 from agent.app.session_wait import EndWatch, wait_for_end
 from agent.app.sources import (
@@ -86,6 +86,7 @@ class Session:
     """Owns one run. Use :meth:`attach` or :meth:`launch`, then :meth:`wait`, then :meth:`finish`."""
 
     def __init__(self, config: SessionConfig) -> None:
+        limit_malloc_arenas()  # before the store's and the sampler's threads allocate
         self.config = config
         #: A database file this session created: removed again if the start fails before any
         #: run is written (a failed start leaves nothing behind).

@@ -33,7 +33,9 @@ def test_live_analysis_out_of_memory_halves_its_window_and_is_counted(tmp_path):
     live.schedule.full_period_s = 0.0  # every wake-up runs every rule
     assert live.poll() is not None and live.oom_passes == 0  # fits in the window's 32 MB
     assert live.recent is not None
-    live.recent.con.execute("SET memory_limit = '2MB'")  # memory pressure: a pass no longer fits
+    # Memory pressure: the window shares the recording's instance, whose limit now leaves room
+    # for a write but not for a pass.
+    store.con.execute("SET memory_limit = '14MB'")
     for n in (1, 2, 3):
         live.poll_safely()
         assert live.oom_passes == n

@@ -88,7 +88,8 @@ def has_relation(ctx: Context, name: str) -> bool:
     return bool(
         ctx.con.execute(
             "SELECT count(*) FROM duckdb_views() WHERE view_name = ? AND NOT internal "
-            "UNION ALL SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+            "AND database_name = current_database() UNION ALL SELECT count(*) "
+            "FROM duckdb_tables() WHERE table_name = ? AND database_name = current_database()",
             [name, name],
         )
         .fetchnumpy()["count_star()"]
