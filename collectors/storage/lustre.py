@@ -63,10 +63,10 @@ _TOTALS = ("fs.read_ops", "fs.read_bytes", "fs.write_ops", "fs.write_bytes")
 
 #: The lines the tracker reads, in its order (``read``/``write`` hold their time in µs).
 _LINES = ("read_bytes", "write_bytes", "read", "write")
-_KEYS = tuple("\n" + n + " " for n in _LINES)
+_KEYS = tuple(b"\n" + n.encode() + b" " for n in _LINES)
 
 
-def pick_llite(text: str) -> list[tuple[int, int | None] | None]:
+def pick_llite(text: bytes) -> list[tuple[int, int | None] | None]:
     """Per line of :data:`_LINES`, (samples, sum or None), or None when absent; the four
     lines are found in place (no split of the whole file)."""
     out: list[tuple[int, int | None] | None] = []
@@ -75,9 +75,9 @@ def pick_llite(text: str) -> list[tuple[int, int | None] | None]:
         if at < 0:
             out.append(None)
             continue
-        end = text.find("\n", at + 1)
+        end = text.find(b"\n", at + 1)
         f = text[at : end if end >= 0 else len(text)].split()
-        if len(f) < 3 or f[2] != "samples":
+        if len(f) < 3 or f[2] != b"samples":
             out.append(None)
             continue
         try:
@@ -96,12 +96,13 @@ class LustreTracker:
     def __init__(self, entity: str) -> None:
         # (line, field) → counter: read_bytes, write_bytes, read, write; samples then sum
         self._c = [(Cumulative(), Cumulative()) for _ in _LINES]
-        self._text = ""
+        self._text = b""
         self._values: list[float] = []
         self._totals = segment(entity, _TOTALS)
         self._timed = segment(entity, (*_TOTALS, "fs.latency"))
 
-    def sample(self, rows: Rows, text: str) -> None:
+    def sample(self, rows: Rows, text: bytes, now: float = 0.0) -> None:
+        """Take one reading of the stats file (``now`` unused: the interval is the calls')."""
         if text == self._text and self._values:
             rows.add(self._totals, self._values)  # no new calls: no interval latency
             return
