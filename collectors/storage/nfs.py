@@ -140,30 +140,30 @@ def _ints(fields: Iterable[bytes | str]) -> tuple[int, ...]:
         return ()
 
 
-_add, _sub, _ne = operator.add, operator.sub, operator.ne
+_add, _ge, _ne = operator.add, operator.ge, operator.ne
 _OP_COUNTS = ("fs.op.count", "fs.op.retransmits", "fs.op.bytes", "fs.op.errors")
 _OP_TIMES = ("fs.op.rtt", "fs.op.latency")
 
 
 class _Op:
     """One operation's last reading (``raw``: ops, transmissions, bytes sent, bytes received,
-    rtt ms, execute ms, errors) and its running totals of the same fields; a field that went
-    back (remount) counts on from its new value.
+    rtt ms, execute ms, errors). Its running totals are ``raw`` plus ``off`` (None: zero, as
+    long as no field ever went back); a field that went back (remount) counts on from its new
+    value, its last reading joining its offset.
 
     ``slot``: where its four reported values sit in the tracker's flat list (-1: not
     reported, or not yet happened)."""
 
-    __slots__ = ("name", "text", "raw", "tot", "retrans", "slot", "times", "moved")
+    __slots__ = ("name", "text", "raw", "off", "retrans", "slot", "times")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.text = b""
         self.raw: list[int] = []
-        self.tot: list[int] = []
+        self.off: list[int] | None = None
         self.retrans = 0
         self.slot = -1
         self.times: Segment = ((), ())
-        self.moved: tuple[float, float] = (0.0, 0.0)  # this tick's average rtt, execute time
 
 
 #: The fields of a per-op line used, in :class:`_Op`'s order (errors: from kernel 4.18 on).
@@ -215,6 +215,7 @@ class NfsTracker:
         return None if self.head is None else locate(text, self.head)
 
     def sample(self, rows: Rows, section: Section) -> None:
+        """Take one reading of the mount's section (one function: it runs once a tick)."""
         numbers, block = section
         if numbers != self._bytes_text:
             self._bytes_text = numbers
@@ -223,79 +224,93 @@ class NfsTracker:
                 self._read.advance(values[SERVER_READ])
                 self._write.advance(values[SERVER_WRITE])
         d_ops = d_rtt = d_exec = 0
-        moved: list[_Op] = []
+        times: list[tuple[int, Segment, float, float]] = []  # moved reported ops: slot, ...
         if block != self._block:
             self._block = block
-            d_ops, d_rtt, d_exec = self._ops_moved(block.split(b"\n"), moved)
-        self._mount(rows, d_ops, d_rtt, d_exec)
-        rows.segments += self._op_segments  # in a stable order: the columns stay the same
-        rows.values += self._op_values
-        if moved:
-            if len(moved) > 1:
-                moved.sort(key=_slot)
-            for op in moved:
-                rows.add(op.times, op.moved)
-
-    def _ops_moved(self, lines: list[bytes], moved: list[_Op]) -> tuple[int, int, int]:
-        """Step the operations whose lines changed; (Δops, Δrtt ms, Δexecute ms) of them, and
-        the reported ones that moved into ``moved``."""
-        d_ops = d_rtt = d_exec = 0
-        known, last = self._ops, self._lines
-        if len(lines) == len(last):  # the kernel lists a mount's operations in one order
-            changed: Iterable[bytes] = compress(lines, map(_ne, lines, last))  # in C
-        else:
-            before = set(last)
-            changed = [line for line in lines if line not in before]
-        self._lines = lines
-        flat = self._op_values
-        for line in changed:
-            key, sep, text = line.partition(b":")  # keyed by the name as written: no strip
-            if not sep:
-                continue
-            op = known.get(key)
-            if op is None:
-                op = known[key] = self._new_op(key)
-            elif text == op.text:
-                continue
-            op.text = text
-            try:  # the fields used, as one list (C-level map: no Python step per field)
-                cur = list(map(int, _PICK(text.split())))
-            except (IndexError, ValueError):
-                found = _op_fields(text)
-                if found is None:
-                    continue
-                cur = found
-            raw, op.raw = op.raw, cur
-            if not raw:  # the op's first reading: totals, no interval
-                tot = op.tot = cur
-                op_d = 0
-                self._ops_total += cur[0]
+            lines, last = block.split(b"\n"), self._lines
+            self._lines = lines
+            if len(lines) == len(last):  # the kernel lists a mount's operations in one order
+                changed: Iterable[bytes] = compress(lines, map(_ne, lines, last))  # in C
             else:
-                steps = list(map(_sub, cur, raw))
-                if min(steps) < 0:  # a field went back (remount): count on from its value
-                    steps = [c if d < 0 else d for d, c in zip(steps, cur)]
-                tot = op.tot = list(map(_add, op.tot, steps))
-                op_d = steps[0]
+                before = set(last)
+                changed = [line for line in lines if line not in before]
+            known, flat = self._ops, self._op_values
+            for line in changed:
+                key, sep, text = line.partition(b":")  # keyed by the name as written
+                if not sep:
+                    continue
+                op = known.get(key)
+                if op is None:
+                    op = known[key] = self._new_op(key)
+                elif text == op.text:
+                    continue
+                op.text = text
+                try:  # the fields used, as one list (C-level map: no Python step per field)
+                    cur = list(map(int, _PICK(text.split())))
+                except (IndexError, ValueError):
+                    found = _op_fields(text)
+                    if found is None:
+                        continue
+                    cur = found
+                raw, op.raw = op.raw, cur
+                if not raw:  # the op's first reading: totals, no interval
+                    op_d = rtt_d = exec_d = 0
+                    self._ops_total += cur[0]
+                elif all(map(_ge, cur, raw)):
+                    op_d, rtt_d, exec_d = cur[0] - raw[0], cur[4] - raw[4], cur[5] - raw[5]
+                else:  # a field went back (remount): it counts on from its new value
+                    op_d, rtt_d, exec_d = _went_back(op, cur, raw)
+                off = op.off
+                tot = cur if off is None else list(map(_add, cur, off))
                 self._ops_total += op_d
-            retrans = tot[1] - tot[0]
-            if retrans < 0:
-                retrans = 0
-            self._retrans_total += retrans - op.retrans
-            op.retrans = retrans
-            at = op.slot
-            if at >= 0:
-                flat[at : at + 4] = (tot[0], retrans, tot[2] + tot[3], tot[6])
-            elif tot[0] and op.name in REPORTED_OPS:  # reported from its first call on
-                op.slot = len(flat)
-                flat += (tot[0], retrans, tot[2] + tot[3], tot[6])
-                self._op_segments.append(segment(self._op_entity(op), _OP_COUNTS))
-            if op_d > 0:
-                rtt_d, exec_d = steps[4], steps[5]
-                d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
-                if op.slot >= 0:
-                    op.moved = (rtt_d / op_d / 1000, exec_d / op_d / 1000)
-                    moved.append(op)
-        return d_ops, d_rtt, d_exec
+                count = tot[0]
+                retrans = tot[1] - count
+                if retrans < 0:
+                    retrans = 0
+                self._retrans_total += retrans - op.retrans
+                op.retrans = retrans
+                at = op.slot
+                if at >= 0:
+                    flat[at : at + 4] = (count, retrans, tot[2] + tot[3], tot[6])
+                elif count and op.name in REPORTED_OPS:  # reported from its first call on
+                    at = op.slot = len(flat)
+                    flat += (count, retrans, tot[2] + tot[3], tot[6])
+                    self._op_segments.append(segment(self._op_entity(op), _OP_COUNTS))
+                if op_d > 0:
+                    d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
+                    if at >= 0:
+                        times.append((at, op.times, rtt_d / op_d / 1000, exec_d / op_d / 1000))
+        # the mount's row
+        read, write = self._read_op, self._write_op
+        flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)
+        seg = self._mount_segments.get(flags)
+        if seg is None:
+            seg = self._mount_segments[flags] = self._mount_segment(flags)
+        values: list[float] = [self._read.total, self._write.total] if flags[0] else []
+        if read is not None:
+            values.append(_total(read, 0))
+        if write is not None:
+            values.append(_total(write, 0))
+        values += (self._ops_total, self._retrans_total)
+        if d_ops > 0:
+            values += (d_rtt / d_ops / 1000, d_exec / d_ops / 1000)
+        segments = rows.segments
+        segments.append(seg)
+        segments += self._op_segments  # in a stable order: the columns stay the same
+        values += self._op_values
+        if times:
+            times.sort()
+            for _, times_seg, rtt_avg, exec_avg in times:
+                segments.append(times_seg)
+                values += (rtt_avg, exec_avg)
+        rows.values += values
+
+    def _mount_segment(self, flags: tuple[bool, ...]) -> Segment:
+        names = [*(("fs.read_bytes", "fs.write_bytes") if flags[0] else ()),
+                 *(("fs.read_ops",) if flags[1] else ()),
+                 *(("fs.write_ops",) if flags[2] else ()), "fs.ops", "fs.retransmits",
+                 *(("fs.rtt", "fs.latency") if flags[3] else ())]  # fmt: skip
+        return segment(self.entity, names)
 
     def _new_op(self, key: bytes) -> _Op:
         op = _Op(key.strip().decode("utf-8", "replace"))
@@ -309,28 +324,22 @@ class NfsTracker:
     def _op_entity(self, op: _Op) -> str:
         return f"{OP_PREFIX}{op.name}@{self.mountpoint}"
 
-    def _mount(self, rows: Rows, d_ops: int, d_rtt: int, d_exec: int) -> None:
-        read, write = self._read_op, self._write_op
-        flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)
-        seg = self._mount_segments.get(flags)
-        if seg is None:
-            names = [*(("fs.read_bytes", "fs.write_bytes") if flags[0] else ()),
-                     *(("fs.read_ops",) if flags[1] else ()),
-                     *(("fs.write_ops",) if flags[2] else ()), "fs.ops", "fs.retransmits",
-                     *(("fs.rtt", "fs.latency") if flags[3] else ())]  # fmt: skip
-            seg = self._mount_segments[flags] = segment(self.entity, names)
-        values: list[float] = []
-        if flags[0]:
-            values += (self._read.total, self._write.total)
-        if read is not None:
-            values.append(read.tot[0])
-        if write is not None:
-            values.append(write.tot[0])
-        values += (self._ops_total, self._retrans_total)
-        if d_ops > 0:
-            values += (d_rtt / d_ops / 1000, d_exec / d_ops / 1000)
-        rows.add(seg, values)
+
+def _total(op: _Op, i: int) -> int:
+    """Field ``i``'s running total (0 before a reading)."""
+    if not op.raw:
+        return 0
+    return op.raw[i] if op.off is None else op.raw[i] + op.off[i]
 
 
-def _slot(op: _Op) -> int:
-    return op.slot
+def _step(cur: list[int], raw: list[int], i: int) -> int:
+    """Field ``i``'s step (its new value if it went back)."""
+    c = cur[i]
+    return c - raw[i] if c >= raw[i] else c
+
+
+def _went_back(op: _Op, cur: list[int], raw: list[int]) -> tuple[int, int, int]:
+    """A field went back: its last reading joins its offset (the total counts on from the new
+    value). The steps of ops, rtt and execute time."""
+    op.off = [o + (r if c < r else 0) for o, c, r in zip(op.off or [0] * len(cur), cur, raw)]
+    return _step(cur, raw, 0), _step(cur, raw, 4), _step(cur, raw, 5)
