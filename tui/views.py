@@ -20,7 +20,7 @@ from agent.catalog.roles import LATENCIES, latency_role
 from agent.reader import Frame
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
-from tui.fabric_storage import MountLine, PortLine, mount_lines, port_lines
+from tui.fabric_storage import InterfaceLine, MountLine, PortLine, fabric_storage_lines
 
 ACCELERATOR = "accelerator"
 BUSY = "accelerator.busy"
@@ -191,9 +191,11 @@ class HostView:
     net_tx: float | None
     ib_rx: float | None
     ib_tx: float | None
-    #: Fabric ports and the job's mounts, one line each (tui/fabric_storage.py).
+    #: Fabric ports, busy or down interfaces and the job's mounts, one line each
+    #: (tui/fabric_storage.py).
     ports: tuple[PortLine, ...] = ()
     mounts: tuple[MountLine, ...] = ()
+    interfaces: tuple[InterfaceLine, ...] = ()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -423,6 +425,7 @@ def host_view(frame: Frame) -> HostView:
         (e for e in snap.entities("host") if e.startswith("cpu") and e[3:].isdigit()),
         key=lambda e: int(e[3:]),
     )
+    ports, interfaces, mounts = fabric_storage_lines(snap)
     return HostView(
         cores=tuple(snap.value(c, "host.cpu.utilization") or 0.0 for c in core_names),
         cpu=snap.value("host", "host.cpu.utilization"),
@@ -434,6 +437,7 @@ def host_view(frame: Frame) -> HostView:
         net_tx=_sum_rates(snap, "net:", "host.net.tx_bytes", by_metric),
         ib_rx=_sum_rates(snap, "ib:", "host.ib.rx_bytes", by_metric),
         ib_tx=_sum_rates(snap, "ib:", "host.ib.tx_bytes", by_metric),
-        ports=port_lines(snap),
-        mounts=mount_lines(snap),
+        ports=ports,
+        mounts=mounts,
+        interfaces=interfaces,
     )

@@ -76,6 +76,20 @@ for _name in _ALL_NAMES:  # fail at import if a column refers to a metric the ca
     CATALOG[_name]
 #: The host, process and step metrics analysed; accelerator metrics come from the plan.
 BASE_METRICS: tuple[str, ...] = tuple(dict.fromkeys(_ALL_NAMES))
+#: Roles whose metrics (of any source) the frame aggregates too, for the rules that read them
+#: from ``aw_agg`` by role (fabric ports, network interfaces, the job's mounts: see
+#: ``rules/fabric.py``'s ``bucketed``) instead of scanning the samples again.
+AGGREGATED_ROLES = ("port.rx_bytes", "port.tx_bytes", "port.errors", "port.cnp", "port.ecn",
+                    "port.up", "port.rate", "port.rate.max", "interface.rx_bytes",
+                    "interface.tx_bytes", "interface.speed", "interface.up",
+                    "mount.read_bytes", "mount.write_bytes", "mount.latency",
+                    "mount.rtt")  # fmt: skip
+
+
+def role_metrics() -> tuple[str, ...]:
+    """The metrics of :data:`AGGREGATED_ROLES` (read when the frame is built: a source
+    registered later declares its own)."""
+    return tuple(dict.fromkeys(m.name for r in AGGREGATED_ROLES for m in CATALOG.by_role(r)))
 
 
 @dataclass(frozen=True)
@@ -177,11 +191,12 @@ def build_frames(
     ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
     then the rules) runs mostly on one core, so a caller may start other reads beside it."""
     plan = accelerator_plan()
-    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics]))
+    by_role = role_metrics()
+    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics, *by_role]))
     # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
-    # (InfiniBand ports, ib:mlx5_0/1, do count). Metric
+    # (InfiniBand ports, ib:mlx5_0/1, and mounts, mount:/data, do count). Metric
     # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
-    labels = [f"metric IN ({in_list(analysed)})", plan.part_filter(BASE_METRICS)]
+    labels = [f"metric IN ({in_list(analysed)})", plan.part_filter((*BASE_METRICS, *by_role))]
     params: dict[str, object] = {
         "run": window.run_id,
         "bucket_us": int(round(window.bucket_s * 1e6)),

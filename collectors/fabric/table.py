@@ -67,6 +67,10 @@ class CounterTable:
             if state is not None:
                 self.raw[i], self.total[i], self.wraps[i], self.resets[i] = state
         self._all_seen = None not in self.raw
+        #: Every total is its reading (nothing wrapped or reset yet): ``total is raw``.
+        self._plain = self.total == self.raw
+        if self._plain:
+            self.total = self.raw  # type: ignore[assignment]  # no None in raw then
         self._last: tuple[Sequence[bytes | None], list[float | None]] | None = None
 
     def state(self) -> dict[str, tuple[int, int, int, int]]:
@@ -103,8 +107,11 @@ class CounterTable:
         raw = self.raw
         if not self._all_seen or any(map(_lt, cur, raw)):  # type: ignore[arg-type]
             return self._advance_slowly(contents, max_step)
-        self.total = list(map(_add, self.total, map(_sub, cur, raw)))
-        self.raw = cur  # type: ignore[assignment]
+        if self._plain:  # the totals are the readings: no steps to add
+            self.raw = self.total = cur  # type: ignore[assignment]
+        else:
+            self.total = list(map(_add, self.total, map(_sub, cur, raw)))
+            self.raw = cur  # type: ignore[assignment]
         return list(map(_mul, self.total, self.scale)), False
 
     def _advance_slowly(
@@ -112,6 +119,8 @@ class CounterTable:
     ) -> tuple[list[float | None], bool]:
         out: list[float | None] = []
         vanished = False
+        if self.total is self.raw:  # shared while plain: the steps below may part them
+            self.total = list(self.total)  # type: ignore[arg-type]
         for i, data in enumerate(contents):
             if data is None:
                 vanished = True
@@ -132,6 +141,9 @@ class CounterTable:
                 self._went_back(i, before, now, max_step(i))
             out.append(self.total[i] * self.scale[i])
         self._all_seen = None not in self.raw
+        self._plain = self.total == self.raw
+        if self._plain:
+            self.total = self.raw  # type: ignore[assignment]
         return out, vanished
 
     def _went_back(self, i: int, before: int, now: int, bound: float | None) -> None:

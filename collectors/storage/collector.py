@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.catalog.storage import ENTITY_PREFIX, SOURCE
@@ -25,7 +26,7 @@ from collectors.fabric.ports import read_bytes
 from collectors.storage.block import BlockTracker, block_devices
 from collectors.storage.lustre import LustreTracker, find_stats, fsname_of
 from collectors.storage.mounts import Mount, MountTable, cwd_of, open_paths, parse_mountinfo
-from collectors.storage.nfs import NfsTracker, cut_sections, split_mountstats
+from collectors.storage.nfs import NfsTracker, find_heads
 from collectors.storage.rows import Layout, Rows, Segment, segment
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ ENV_SYS_ROOT = "ACCELWATCH_STORAGE_SYS_ROOT"
 #: Mount kinds whose files are in memory or are kernel interfaces: never the job's storage.
 _IGNORED_KINDS = ("pseudo",)
 _MAX_MOUNTS = 64
+Reader = Callable[[str], "bytes | None"]
 
 
 @dataclass
@@ -79,13 +81,15 @@ class StorageCollector(Collector):
         self._io: dict[tuple[int, int], Cumulative] = {}
         self._blocks: dict[str, tuple[str, str]] | None = None
         self._real_proc = True
-        self._nfs: list[UsedMount] = []  # the mounts read from mountstats
-        self._nfs_points: frozenset[str] = frozenset()
-        self._nfs_heads: dict[str, str] = {}  # mount point → its mountstats ``device`` line
-        self._files: list[UsedMount] = []  # the mounts with a stats file of their own
+        self._nfs: list[NfsTracker] = []  # the mounts read from mountstats
+        #: The mounts with a stats file of their own: tracker, file, how it is read.
+        self._files: list[tuple[LustreTracker | BlockTracker, str, Reader]] = []
         self._layout = Layout()
         self._mountinfo: tuple[str, MountTable] | None = None
         self._last_held: object = None  # the mountinfo and open files the last scan mapped
+        self._job: tuple[frozenset[int], list[int]] | None = None  # job_pids() → pids()
+        self._live: list[int] = []  # the pids read (pids() as of the last rescan)
+        self._paths: dict[tuple[int, str], str] = {}  # (pid, name) → <proc>/<pid>/<name>
 
     def start(self, ctx: CollectContext) -> None:
         self.ctx = ctx
@@ -101,12 +105,18 @@ class StorageCollector(Collector):
 
     # -- which processes and mounts
     def pids(self) -> list[int]:
-        pids = sorted(self.ctx.job_pids())
-        if self.ctx.root_pid is not None and self.ctx.root_pid not in pids:
-            pids.insert(0, self.ctx.root_pid)
+        job = self.ctx.job_pids()
+        known = self._job
+        if known is not None and (known[0] is job or known[0] == job):
+            pids = known[1]  # the job's processes did not change: the same list
+        else:
+            pids = sorted(job)
+            if self.ctx.root_pid is not None and self.ctx.root_pid not in pids:
+                pids.insert(0, self.ctx.root_pid)
+            self._job = (job, pids)
         if self._real_proc:  # the live machine: the job's pids as the tree knows them
             return pids
-        live = [p for p in pids if os.path.isdir(os.path.join(self.proc_root, str(p)))]
+        live = [p for p in pids if os.path.isdir(self._path(p, ""))]
         if live:
             return live
         try:  # a captured tree: its processes stand in for the job
@@ -117,8 +127,9 @@ class StorageCollector(Collector):
     def _scan(self, b: BatchBuilder, pids: list[int]) -> None:
         info = None
         for pid in pids:
-            info = read_bytes_all(os.path.join(self.proc_root, str(pid), "mountinfo"))
-            if info is not None:
+            data = read_bytes_all(self._path(pid, "mountinfo"))
+            if data is not None:
+                info = data.decode("utf-8", "replace")
                 break
         if info is None:
             return
@@ -190,17 +201,23 @@ class StorageCollector(Collector):
             if found is not None:
                 used.block_name, used.block_stat = found
                 used.block = BlockTracker(entity)
-        self._nfs = [u for u in self.mounts.values() if u.nfs is not None]
-        self._nfs_points = frozenset(u.mount.mountpoint for u in self._nfs)
-        self._nfs_heads = {}
-        self._files = [u for u in self.mounts.values() if u.lustre or u.block]
+        self._nfs = [u.nfs for u in self.mounts.values() if u.nfs is not None]
+        self._files = []
+        for u in self.mounts.values():
+            if u.lustre is not None and u.lustre_stats is not None:
+                self._files.append((u.lustre, u.lustre_stats, read_bytes_all))
+            elif u.block is not None and u.block_stat is not None:
+                self._files.append((u.block, u.block_stat, read_bytes))
         return used
 
     # -- each tick
     def collect(self, now: float) -> Batch:
-        pids = self.pids()
+        rescan = self._last_scan is None or now - self._last_scan >= self.rescan_s
+        if rescan or self._real_proc:  # a tree's processes are looked for at a rescan
+            self._live = self.pids()
+        pids = self._live
         scanned: Batch | None = None  # events and attributes: at a rescan only
-        if pids and (self._last_scan is None or now - self._last_scan >= self.rescan_s):
+        if pids and rescan:
             self._last_scan = now
             b = BatchBuilder(self.source, now)
             self._scan(b, pids)
@@ -209,31 +226,49 @@ class StorageCollector(Collector):
             return scanned or Batch(self.source, now, [], [], [])
         rows = Rows()
         if pids and self._nfs:
-            text = read_bytes_all(os.path.join(self.proc_root, str(pids[0]), "mountstats"))
-            if text is not None:
-                stats = cut_sections(text, self._nfs_heads) if self._nfs_heads else None
-                if stats is None:
-                    stats = split_mountstats(text, self._nfs_points)
-                    self._nfs_heads = {p: sec.head for p, sec in stats.items()}
-                for used in self._nfs:
-                    found = stats.get(used.mount.mountpoint)
-                    if found is not None:
-                        used.nfs.sample(rows, found)  # type: ignore[union-attr]
-        for used in self._files:
-            if used.lustre is not None:
-                text = read_bytes_all(used.lustre_stats)  # type: ignore[arg-type]
-                if text is not None:
-                    used.lustre.sample(rows, text)
-            elif used.block is not None:
-                data = read_bytes(used.block_stat)  # type: ignore[arg-type]
-                if data is not None:
-                    used.block.sample(rows, data, now)
+            self._sample_nfs(rows, pids, scanned is not None)
+        for tracker, path, read in self._files:
+            data = read(path)
+            if data is not None:
+                tracker.sample(rows, data, now)
         self._job_io(rows, pids)
         entities, metrics = self._layout.columns(rows)
         if scanned is None:
             return Batch(self.source, now, entities, metrics, rows.values)
         return Batch(self.source, now, entities, metrics, rows.values, scanned.events,
                      scanned.entity_attrs)  # fmt: skip
+
+    def _sample_nfs(self, rows: Rows, pids: list[int], rescanned: bool) -> None:
+        """Every NFS mount's section of one read of ``mountstats``, each found in place by its
+        device line; the file is cut whole only for a tracker whose line is not there (a new
+        mount; a remount, at once; an unmounted one, at rescans)."""
+        text = read_bytes_all(self._path(pids[0], "mountstats"))
+        if text is None:
+            return
+        trackers = self._nfs
+        sections = [t.locate(text) for t in trackers]
+        if None in sections:
+            lost = {t.mountpoint for t, sec in zip(trackers, sections)
+                    if sec is None and (t.head is not None or rescanned)}  # fmt: skip
+            if lost:
+                heads = find_heads(text, lost)
+                for t in trackers:
+                    if t.mountpoint in lost:
+                        found = heads.get(t.mountpoint)
+                        t.head = None if found is None else found[0]
+                sections = [t.locate(text) for t in trackers]
+        for tracker, section in zip(trackers, sections):
+            if section is not None:
+                tracker.sample(rows, section)
+
+    def _path(self, pid: int, name: str) -> str:
+        """``<proc>/<pid>/<name>`` (``name`` empty: the process's directory), joined once."""
+        path = self._paths.get((pid, name))
+        if path is None:
+            if len(self._paths) > 65536:  # bounded: the job's processes come and go
+                self._paths.clear()
+            path = self._paths[(pid, name)] = os.path.join(self.proc_root, str(pid), name)
+        return path
 
     def _job_io(self, rows: Rows, pids: list[int]) -> None:
         """Bytes the job's processes read and wrote (``io``: rchar, wchar), on the one mount
@@ -247,7 +282,7 @@ class StorageCollector(Collector):
             used = self.mounts.get(point)
             if used is None:
                 continue
-            data = read_bytes(os.path.join(self.proc_root, str(pid), "io"))
+            data = read_bytes(self._path(pid, "io"))
             if data is None:
                 continue
             used.attributed = True
@@ -272,21 +307,25 @@ class StorageCollector(Collector):
                 rows.add(used.job_segment, (used.job_read, used.job_write))
 
 
-def read_bytes_all(path: str) -> str | None:
-    """A whole (possibly long) procfs text file, or None if it cannot be read.
+def read_bytes_all(path: str) -> bytes | None:
+    """A whole (possibly long) procfs file, or None if it cannot be read.
 
-    Bare ``os`` reads: a text-mode ``open()`` costs more than reading a mountstats file.
+    Bare ``os`` reads until one returns nothing (procfs hands a long file over in pieces).
     """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
-    chunks = []
     try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        data = os.read(fd, 65536)
+        if data:
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            if len(chunks) > 1:
+                data = b"".join(chunks)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", "replace")
+    return data

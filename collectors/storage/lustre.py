@@ -8,9 +8,9 @@ root only. Lines are ``name count samples [unit] min max sum [sumsq]``: ``read_b
 
 from __future__ import annotations
 
+import operator
 import os
 
-from collectors.fabric.counters import Cumulative
 from collectors.storage.rows import Rows, segment
 
 #: Where the llite instance directories may be, relative to the proc and sys roots.
@@ -63,67 +63,77 @@ _TOTALS = ("fs.read_ops", "fs.read_bytes", "fs.write_ops", "fs.write_bytes")
 
 #: The lines the tracker reads, in its order (``read``/``write`` hold their time in µs).
 _LINES = ("read_bytes", "write_bytes", "read", "write")
-_KEYS = tuple("\n" + n + " " for n in _LINES)
+_KEYS = tuple(b"\n" + n.encode() + b" " for n in _LINES)
 
 
-def pick_llite(text: str) -> list[tuple[int, int | None] | None]:
-    """Per line of :data:`_LINES`, (samples, sum or None), or None when absent; the four
-    lines are found in place (no split of the whole file)."""
-    out: list[tuple[int, int | None] | None] = []
+def pick_llite(text: bytes) -> list[int | None]:
+    """Per line of :data:`_LINES`, its samples and sum (None: the line or the field is absent
+    or unreadable), flat; the four lines are found in place (no split of the whole file)."""
+    out: list[int | None] = []
     for key in _KEYS:
         at = 0 if text.startswith(key[1:]) else text.find(key)
         if at < 0:
-            out.append(None)
+            out += (None, None)
             continue
-        end = text.find("\n", at + 1)
+        end = text.find(b"\n", at + 1)
         f = text[at : end if end >= 0 else len(text)].split()
-        if len(f) < 3 or f[2] != "samples":
-            out.append(None)
-            continue
         try:
-            out.append((int(f[1]), int(f[6]) if len(f) > 6 else None))
+            if len(f) < 3 or f[2] != b"samples":
+                raise ValueError
+            out += (int(f[1]), int(f[6]) if len(f) > 6 else None)
         except ValueError:
-            out.append(None)
+            out += (None, None)
     return out
 
 
 class LustreTracker:
     """Running totals and interval latency of one llite instance.
 
-    An unchanged file (nothing read or written since the last tick) costs one compare.
+    An unchanged file (nothing read or written since the last tick) costs one compare. A
+    counter that went back (the client was remounted) counts on from its new value.
     """
 
     def __init__(self, entity: str) -> None:
-        # (line, field) → counter: read_bytes, write_bytes, read, write; samples then sum
-        self._c = [(Cumulative(), Cumulative()) for _ in _LINES]
-        self._text = ""
-        self._values: list[float] = []
+        self._text = b""
+        self._raw: list[int] | None = None  # read_bytes, write_bytes: samples, sum
+        self._values: list[int] = []  # their totals
+        self._timing: list[int | None] = [None] * 4  # read, write: samples, sum (µs)
         self._totals = segment(entity, _TOTALS)
         self._timed = segment(entity, (*_TOTALS, "fs.latency"))
 
-    def sample(self, rows: Rows, text: str) -> None:
+    def sample(self, rows: Rows, text: bytes, now: float = 0.0) -> None:
+        """Take one reading of the stats file (``now`` unused: the interval is the calls')."""
         if text == self._text and self._values:
             rows.add(self._totals, self._values)  # no new calls: no interval latency
             return
         self._text = text
         found = pick_llite(text)
-        values: list[float] = []
-        for i in (0, 1):
-            count, total = found[i] or (0, 0)
-            counts, sums = self._c[i]
-            values += (counts.advance(count), sums.advance(total or 0))
+        cur = [v or 0 for v in found[:4]]  # an absent line: nothing yet (Lustre omits it)
+        raw, self._raw = self._raw, cur
+        if raw is None:
+            values = cur
+        else:
+            steps = [c - p if c >= p else c for c, p in zip(cur, raw)]
+            values = list(map(_add, self._values, steps))
         self._values = values
         d_calls = d_us = 0
         have = False
-        for i in (2, 3):
-            line = found[i]
-            if line is not None and line[1] is not None:
-                counts, sums = self._c[i]
-                dc, du = counts.step(line[0]), sums.step(line[1])
-                if dc is not None and du is not None:
-                    have = True
-                    d_calls, d_us = d_calls + dc, d_us + du
+        timing = self._timing
+        for j in (0, 2):  # read, write: calls and µs, stepped when both are there
+            calls, us = found[4 + j], found[5 + j]
+            if calls is None or us is None:
+                continue
+            p_calls, p_us = timing[j], timing[j + 1]
+            timing[j], timing[j + 1] = calls, us
+            if p_calls is None or p_us is None:
+                continue
+            have = True
+            d_calls += calls - p_calls if calls >= p_calls else calls
+            d_us += us - p_us if us >= p_us else us
         if have and d_calls > 0:
             rows.add(self._timed, [*values, d_us / d_calls / 1e6])
         else:
             rows.add(self._totals, values)
+
+
+_add = operator.add

@@ -5,6 +5,10 @@ read/write, direct read/write, server read/write bytes and pages; and per operat
 transmissions major-timeouts bytes-sent bytes-received queue-ms rtt-ms execute-ms [errors]``.
 Averages are taken over the interval's deltas (``Δrtt / Δops``), retransmissions are
 ``transmissions - ops``; a counter that goes back (remount) restarts the delta from zero.
+
+The file is worked on as the bytes read: each tracker finds its own section in place by the
+section's ``device`` line (:func:`find_heads` cuts the whole file only when that line is not
+there any more), and parses an operation's numbers only when its line changed.
 """
 
 from __future__ import annotations
@@ -27,33 +31,18 @@ REPORTED_OPS = frozenset(
     {"READ", "WRITE", "GETATTR", "LOOKUP", "ACCESS", "OPEN", "CLOSE", "COMMIT", "READDIR",
      "READDIRPLUS", "SETATTR", "CREATE", "REMOVE", "RENAME", "OPEN_NOATTR", "LAYOUTGET"}
 )  # fmt: skip
+#: A section's ``bytes:`` numbers and its per-op lines, as the file has them.
+Section = tuple[bytes, bytes]
 
 
-@dataclass
-class NfsSection:
-    """One NFS mount's section as text: the ``bytes:`` fields and the per-op lines, unparsed.
-
-    The tracker parses an op's numbers only when its line changed since the last tick: on a
-    big client most of the sixty-odd NFSv4 operations never move.
-    """
+@dataclass(frozen=True)
+class DeviceLine:
+    """``device 10.0.0.5:/export mounted on /mnt/data with fstype nfs4 statvers=1.1``."""
 
     mountpoint: str
     fstype: str
     server: str
     statvers: str = ""
-    bytes_text: str = ""
-    op_lines: list[str] = field(default_factory=list)
-    #: The section's ``device`` line, newline included (:func:`cut_sections` finds it by it).
-    head: str = ""
-
-    def op_text(self) -> dict[str, str]:
-        """Operation name → its numbers as text."""
-        out = {}
-        for line in self.op_lines:
-            name, sep, rest = line.partition(":")
-            if sep:
-                out[name.strip()] = rest
-        return out
 
 
 @dataclass
@@ -68,88 +57,70 @@ class NfsMount:
     ops: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-#: ``device`` lines already parsed (the same few each tick).
-_HEADS: dict[str, NfsSection | None] = {}
+#: ``device`` lines already parsed (the same few each time the file is cut).
+_HEADS: dict[bytes, DeviceLine | None] = {}
 
 
-def split_mountstats(
-    text: str, wanted: set[str] | frozenset[str] | None = None
-) -> dict[str, NfsSection]:
-    """Mount point → its NFS section (only those in ``wanted``, when given).
+def find_heads(
+    text: bytes, wanted: set[str] | frozenset[str] | None = None
+) -> dict[str, tuple[bytes, DeviceLine]]:
+    """Mount point → its NFS section's ``device`` line (newline included) and what it says;
+    only those in ``wanted``, when given. A later mount on the same point shadows.
 
-    Sections are cut at ``device`` lines with ``str.split``; only the lines of wanted NFS
-    sections are looked at one by one (a node may list hundreds of mounts).
-    """
-    out: dict[str, NfsSection] = {}
-    for chunk in ("\n" + text).split("\ndevice ")[1:]:
-        head, _, body = chunk.partition("\n")
-        if "fstype nfs" not in head:
+    Sections are cut at ``device`` lines with ``bytes.split`` (a node may list hundreds)."""
+    out: dict[str, tuple[bytes, DeviceLine]] = {}
+    for chunk in (b"\n" + text).split(b"\ndevice ")[1:]:
+        head = chunk.partition(b"\n")[0]
+        if b"fstype nfs" not in head:
             continue
         known = _HEADS.get(head)
         if known is None:
-            known = _HEADS[head] = _device_line("device " + head)
             if len(_HEADS) > 4096:  # bounded: mounts come and go
                 _HEADS.clear()
-        sec = None if known is None else NfsSection(known.mountpoint, known.fstype,
-                                                    known.server, known.statvers)  # fmt: skip
-        if sec is None or (wanted is not None and sec.mountpoint not in wanted):
-            continue
-        out[sec.mountpoint] = sec
-        sec.head = "device " + head + "\n"
-        sec.bytes_text, sec.op_lines = _body_parts(body)
+            known = _HEADS[head] = _device_line(head.decode("utf-8", "replace"))
+        if known is not None and (wanted is None or known.mountpoint in wanted):
+            out[known.mountpoint] = (b"device " + head + b"\n", known)
     return out
 
 
-def _body_parts(body: str) -> tuple[str, list[str]]:
-    """A section's ``bytes:`` numbers (text) and its per-op lines."""
-    bytes_text, op_lines = "", []
-    at = body.find("bytes:")
-    if at >= 0:
-        bytes_text = body[at + 6 : body.find("\n", at)].strip()
-    at = body.find("per-op statistics\n")
-    if at >= 0:
-        op_lines = body[at + 18 :].rstrip("\n").split("\n")
-    return bytes_text, op_lines
-
-
-def cut_sections(text: str, heads: dict[str, str]) -> dict[str, NfsSection] | None:
-    """Mount point → its section, found by the ``device`` line it had (``heads``: mount point
-    → that line, as :func:`split_mountstats` saw it), without cutting the rest of the file;
-    None if one of them is not there any more (remounted: split again)."""
-    out: dict[str, NfsSection] = {}
-    for point, head in heads.items():
-        at = text.rfind(head)  # the last: a later mount on the same point shadows
-        if at < 0 or (at and text[at - 1] != "\n"):
-            return None
-        end = text.find("\ndevice ", at + len(head))
-        sec = _HEADS.get(head[7:-1]) if head.startswith("device ") else None
-        if sec is None:
-            return None
-        found = out[point] = NfsSection(sec.mountpoint, sec.fstype, sec.server, sec.statvers)
-        start, end = at + len(head), end if end >= 0 else len(text)
-        b = text.find("bytes:", start, end)  # found in place: no copy of the section
-        if b >= 0:
-            nl = text.find("\n", b, end)
-            found.bytes_text = text[b + 6 : nl if nl >= 0 else end].strip()
-        p = text.find("per-op statistics\n", start, end)
-        if p >= 0:
-            found.op_lines = text[p + 18 : end].rstrip("\n").split("\n")
-    return out
+def locate(text: bytes, head: bytes) -> Section | None:
+    """The ``bytes:`` numbers and per-op lines of the section that starts with ``head`` (the
+    last one: a later mount on the same point shadows), found in place; None if not there."""
+    at = text.rfind(head)
+    if at < 0 or (at and text[at - 1] != 10):  # 10: a newline
+        return None
+    start = at + len(head)
+    end = text.find(b"\ndevice ", start)
+    if end < 0:
+        end = len(text)
+    numbers = b""
+    b = text.find(b"bytes:", start, end)
+    if b >= 0:
+        nl = text.find(b"\n", b, end)
+        numbers = text[b + 6 : nl if nl >= 0 else end].strip()
+    p = text.find(b"per-op statistics\n", start, end)
+    return numbers, (text[p + 18 : end] if p >= 0 else b"")
 
 
 def parse_mountstats(text: str) -> dict[str, NfsMount]:
     """Mount point → its NFS statistics; non-NFS sections are skipped."""
+    data = text.encode()
     out: dict[str, NfsMount] = {}
-    for point, sec in split_mountstats(text).items():
-        ops = {n: v for n, t in sec.op_text().items() if len(v := _ints(t.split())) >= 8}
+    for point, (head, dev) in find_heads(data).items():
+        numbers, block = locate(data, head) or (b"", b"")
+        ops = {}
+        for line in block.split(b"\n"):
+            name, sep, rest = line.partition(b":")
+            if sep and len(v := _ints(rest.split())) >= 8:
+                ops[name.strip().decode()] = v
         out[point] = NfsMount(
-            point, sec.fstype, sec.server, sec.statvers, _ints(sec.bytes_text.split()), ops
+            point, dev.fstype, dev.server, dev.statvers, _ints(numbers.split()), ops
         )
     return out
 
 
-def _device_line(line: str) -> NfsSection | None:
-    # device 10.0.0.5:/export mounted on /mnt/data with fstype nfs4 statvers=1.1
+def _device_line(line: str) -> DeviceLine | None:
+    # 10.0.0.5:/export mounted on /mnt/data with fstype nfs4 statvers=1.1 (no "device ")
     parts = line.split()
     try:
         on = parts.index("on")
@@ -159,158 +130,216 @@ def _device_line(line: str) -> NfsSection | None:
     if not fstype.startswith("nfs"):
         return None
     statvers = next((p.partition("=")[2] for p in parts if p.startswith("statvers=")), "")
-    return NfsSection(unescape(parts[on + 1]), fstype, parts[1], statvers)
+    return DeviceLine(unescape(parts[on + 1]), fstype, parts[0], statvers)
 
 
-def _ints(fields: list[str]) -> tuple[int, ...]:
+def _ints(fields: Iterable[bytes | str]) -> tuple[int, ...]:
     try:
         return tuple(map(int, fields))
     except ValueError:
         return ()
 
 
-_add, _ne = operator.add, operator.ne
+_add, _ge, _ne = operator.add, operator.ge, operator.ne
 _OP_COUNTS = ("fs.op.count", "fs.op.retransmits", "fs.op.bytes", "fs.op.errors")
 _OP_TIMES = ("fs.op.rtt", "fs.op.latency")
 
 
 class _Op:
-    """One operation's last reading and running totals: ops, transmissions, rtt ms, execute
-    ms, bytes (sent + received), errors. A field that went back counts on from its new value."""
+    """One operation's last reading (``raw``: ops, transmissions, bytes sent, bytes received,
+    rtt ms, execute ms, errors). Its running totals are ``raw`` plus ``off`` (None: zero, as
+    long as no field ever went back); a field that went back (remount) counts on from its new
+    value, its last reading joining its offset.
 
-    __slots__ = ("name", "entity", "text", "prev", "tot", "retrans", "reported", "counts",
-                 "times", "values", "moved")  # fmt: skip
+    ``slot``: where its four reported values sit in the tracker's flat list (-1: not
+    reported, or not yet happened)."""
 
-    def __init__(self, name: str, mountpoint: str) -> None:
+    __slots__ = ("name", "text", "raw", "off", "retrans", "slot", "times")
+
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.entity = f"{OP_PREFIX}{name}@{mountpoint}"
-        self.text = ""
-        self.prev: tuple[int, ...] | None = None
-        self.tot = [0, 0, 0, 0, 0, 0]
+        self.text = b""
+        self.raw: list[int] = []
+        self.off: list[int] | None = None
         self.retrans = 0
-        self.reported = False
-        self.counts = segment(self.entity, _OP_COUNTS)
-        self.times = segment(self.entity, _OP_TIMES)
-        self.values: list[float] = []  # count, retransmits, bytes, errors
-        self.moved: tuple[float, float] | None = None  # this tick's average rtt, execute time
+        self.slot = -1
+        self.times: Segment = ((), ())
+
+
+#: The fields of a per-op line used, in :class:`_Op`'s order (errors: from kernel 4.18 on).
+_PICK = operator.itemgetter(OPS, TRANS, BYTES_SENT, BYTES_RECV, RTT_MS, EXEC_MS, ERRORS)
+_PICK_NO_ERRORS = operator.itemgetter(OPS, TRANS, BYTES_SENT, BYTES_RECV, RTT_MS, EXEC_MS)
+
+
+def _op_fields(text: bytes) -> list[int] | None:
+    """The used fields of a per-op line's numbers (errors 0 where the kernel has none)."""
+    f = text.split()
+    try:
+        return list(map(int, _PICK(f)))
+    except IndexError:
+        try:
+            return [*map(int, _PICK_NO_ERRORS(f)), 0]
+        except (IndexError, ValueError):
+            return None
+    except ValueError:
+        return None
 
 
 class NfsTracker:
     """One mount's running totals and interval averages from successive readings.
 
-    An operation whose text did not change since the last tick costs one string compare; the
-    mount's totals are kept as running sums of the changed operations' steps, and each
-    operation's reported values are kept as a list, handed on as they are.
+    An unchanged per-op block costs one bytes compare, an unchanged operation's line one
+    compare in C; the mount's totals are running sums of the changed operations' steps, and
+    the reported operations' values sit in one flat list, updated in place and handed on
+    whole (with their segments) each tick.
     """
 
     def __init__(self, entity: str, mountpoint: str) -> None:
         self.entity, self.mountpoint = entity, mountpoint
-        self._ops: dict[str, _Op] = {}  # by the name as the line writes it (padded)
-        self._named: dict[str, _Op] = {}  # by the name
-        self._reported: list[_Op] = []  # reported operations that have happened
-        self._bytes_text = ""
+        #: The section's ``device`` line in mountstats (None: to be found by a cut).
+        self.head: bytes | None = None
+        self._ops: dict[bytes, _Op] = {}  # by the name as the line writes it (padded)
+        self._read_op: _Op | None = None
+        self._write_op: _Op | None = None
+        self._op_values: list[float] = []  # count, retransmits, bytes, errors per reported op
+        self._op_segments: list[Segment] = []
+        self._bytes_text = b""
+        self._block = b""
         self._read, self._write = Cumulative(), Cumulative()
         self._ops_total = self._retrans_total = 0
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
         self._mount_segments: dict[tuple[bool, ...], Segment] = {}
 
-    def sample(self, rows: Rows, sec: NfsSection) -> None:
-        if sec.bytes_text != self._bytes_text:
-            self._bytes_text = sec.bytes_text
-            values = _ints(sec.bytes_text.split())
+    def locate(self, text: bytes) -> Section | None:
+        """This mount's section of a whole ``mountstats`` file, found by its device line."""
+        return None if self.head is None else locate(text, self.head)
+
+    def sample(self, rows: Rows, section: Section) -> None:
+        """Take one reading of the mount's section (one function: it runs once a tick)."""
+        numbers, block = section
+        if numbers != self._bytes_text:
+            self._bytes_text = numbers
+            values = _ints(numbers.split())
             if len(values) > SERVER_WRITE:
                 self._read.advance(values[SERVER_READ])
                 self._write.advance(values[SERVER_WRITE])
         d_ops = d_rtt = d_exec = 0
-        known = self._ops
-        lines, last = sec.op_lines, self._lines
-        if len(lines) == len(last):  # the kernel lists a mount's operations in one order
-            changed: Iterable[str] = compress(lines, map(_ne, lines, last))  # in C
-        else:
-            changed = set(lines).difference(last)
-        self._lines = lines
-        moved_ops = []
-        for line in changed:
-            key, sep, text = line.partition(":")  # keyed by the name as written: no strip
-            if not sep:
-                continue
-            op = known.get(key)
-            if op is None:
-                op = known[key] = self._named[key.strip()] = _Op(key.strip(), self.mountpoint)
-            elif text == op.text:
-                continue
-            op.text = text
-            f = text.split()
-            try:  # the fields used, parsed one by one (no list of all nine)
-                ops_n, trans = int(f[OPS]), int(f[TRANS])
-                rtt, exe = int(f[RTT_MS]), int(f[EXEC_MS])
-                moved_b = int(f[BYTES_SENT]) + int(f[BYTES_RECV])
-                errors = int(f[ERRORS]) if len(f) > ERRORS else 0  # none before 4.18
-            except (ValueError, IndexError):
-                continue
-            prev, tot = op.prev, op.tot
-            op.prev = (ops_n, trans, rtt, exe, moved_b, errors)
-            if prev is None:  # the op's first reading: totals, no interval
-                tot[:] = op.prev
-                op_d = rtt_d = exec_d = 0
-                self._ops_total += ops_n
+        times: list[tuple[int, Segment, float, float]] = []  # moved reported ops: slot, ...
+        if block != self._block:
+            self._block = block
+            lines, last = block.split(b"\n"), self._lines
+            self._lines = lines
+            if len(lines) == len(last):  # the kernel lists a mount's operations in one order
+                changed: Iterable[bytes] = compress(lines, map(_ne, lines, last))  # in C
             else:
-                p_ops, p_trans, p_rtt, p_exe, p_b, p_err = prev
-                if (ops_n >= p_ops and trans >= p_trans and rtt >= p_rtt and exe >= p_exe
-                        and moved_b >= p_b and errors >= p_err):  # fmt: skip
-                    op_d, rtt_d, exec_d = ops_n - p_ops, rtt - p_rtt, exe - p_exe
-                    tot[0] += op_d
-                    tot[1] += trans - p_trans
-                    tot[2] += rtt_d
-                    tot[3] += exec_d
-                    tot[4] += moved_b - p_b
-                    tot[5] += errors - p_err
-                else:  # a field went back (remount): count on from its value
-                    steps = [c - p if c >= p else c for c, p in zip(op.prev, prev)]
-                    tot[:] = map(_add, tot, steps)
-                    op_d, rtt_d, exec_d = steps[0], steps[2], steps[3]
+                before = set(last)
+                changed = [line for line in lines if line not in before]
+            known, flat = self._ops, self._op_values
+            for line in changed:
+                key, sep, text = line.partition(b":")  # keyed by the name as written
+                if not sep:
+                    continue
+                op = known.get(key)
+                if op is None:
+                    op = known[key] = self._new_op(key)
+                elif text == op.text:
+                    continue
+                op.text = text
+                try:  # the fields used, as one list (C-level map: no Python step per field)
+                    cur = list(map(int, _PICK(text.split())))
+                except (IndexError, ValueError):
+                    found = _op_fields(text)
+                    if found is None:
+                        continue
+                    cur = found
+                raw, op.raw = op.raw, cur
+                if not raw:  # the op's first reading: totals, no interval
+                    op_d = rtt_d = exec_d = 0
+                    self._ops_total += cur[0]
+                elif all(map(_ge, cur, raw)):
+                    op_d, rtt_d, exec_d = cur[0] - raw[0], cur[4] - raw[4], cur[5] - raw[5]
+                else:  # a field went back (remount): it counts on from its new value
+                    op_d, rtt_d, exec_d = _went_back(op, cur, raw)
+                off = op.off
+                tot = cur if off is None else list(map(_add, cur, off))
                 self._ops_total += op_d
-            retrans = tot[1] - tot[0]
-            if retrans < 0:
-                retrans = 0
-            self._retrans_total += retrans - op.retrans
-            op.retrans = retrans
-            op.values = [tot[0], retrans, tot[4], tot[5]]
-            if not op.reported and tot[0] and op.name in REPORTED_OPS:
-                op.reported = True
-                self._reported.append(op)
-            if op_d > 0:
-                d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
-                op.moved = (rtt_d / op_d / 1000, exec_d / op_d / 1000)
-                moved_ops.append(op)
-        self._mount(rows, d_ops, d_rtt, d_exec)
-        for op in self._reported:  # in a stable order: the columns stay the same lists
-            rows.add(op.counts, op.values)
-        if moved_ops:
-            for op in self._reported:
-                if op.moved is not None:
-                    rows.add(op.times, op.moved)
-            for op in moved_ops:
-                op.moved = None
-
-    def _mount(self, rows: Rows, d_ops: int, d_rtt: int, d_exec: int) -> None:
-        read, write = self._named.get("READ"), self._named.get("WRITE")
+                count = tot[0]
+                retrans = tot[1] - count
+                if retrans < 0:
+                    retrans = 0
+                self._retrans_total += retrans - op.retrans
+                op.retrans = retrans
+                at = op.slot
+                if at >= 0:
+                    flat[at : at + 4] = (count, retrans, tot[2] + tot[3], tot[6])
+                elif count and op.name in REPORTED_OPS:  # reported from its first call on
+                    at = op.slot = len(flat)
+                    flat += (count, retrans, tot[2] + tot[3], tot[6])
+                    self._op_segments.append(segment(self._op_entity(op), _OP_COUNTS))
+                if op_d > 0:
+                    d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
+                    if at >= 0:
+                        times.append((at, op.times, rtt_d / op_d / 1000, exec_d / op_d / 1000))
+        # the mount's row
+        read, write = self._read_op, self._write_op
         flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)
         seg = self._mount_segments.get(flags)
         if seg is None:
-            names = [*(("fs.read_bytes", "fs.write_bytes") if flags[0] else ()),
-                     *(("fs.read_ops",) if flags[1] else ()),
-                     *(("fs.write_ops",) if flags[2] else ()), "fs.ops", "fs.retransmits",
-                     *(("fs.rtt", "fs.latency") if flags[3] else ())]  # fmt: skip
-            seg = self._mount_segments[flags] = segment(self.entity, names)
-        values: list[float] = []
-        if flags[0]:
-            values += (self._read.total, self._write.total)
+            seg = self._mount_segments[flags] = self._mount_segment(flags)
+        values: list[float] = [self._read.total, self._write.total] if flags[0] else []
         if read is not None:
-            values.append(read.tot[0])
+            values.append(_total(read, 0))
         if write is not None:
-            values.append(write.tot[0])
+            values.append(_total(write, 0))
         values += (self._ops_total, self._retrans_total)
         if d_ops > 0:
             values += (d_rtt / d_ops / 1000, d_exec / d_ops / 1000)
-        rows.add(seg, values)
+        segments = rows.segments
+        segments.append(seg)
+        segments += self._op_segments  # in a stable order: the columns stay the same
+        values += self._op_values
+        if times:
+            times.sort()
+            for _, times_seg, rtt_avg, exec_avg in times:
+                segments.append(times_seg)
+                values += (rtt_avg, exec_avg)
+        rows.values += values
+
+    def _mount_segment(self, flags: tuple[bool, ...]) -> Segment:
+        names = [*(("fs.read_bytes", "fs.write_bytes") if flags[0] else ()),
+                 *(("fs.read_ops",) if flags[1] else ()),
+                 *(("fs.write_ops",) if flags[2] else ()), "fs.ops", "fs.retransmits",
+                 *(("fs.rtt", "fs.latency") if flags[3] else ())]  # fmt: skip
+        return segment(self.entity, names)
+
+    def _new_op(self, key: bytes) -> _Op:
+        op = _Op(key.strip().decode("utf-8", "replace"))
+        op.times = segment(self._op_entity(op), _OP_TIMES)
+        if op.name == "READ":
+            self._read_op = op
+        elif op.name == "WRITE":
+            self._write_op = op
+        return op
+
+    def _op_entity(self, op: _Op) -> str:
+        return f"{OP_PREFIX}{op.name}@{self.mountpoint}"
+
+
+def _total(op: _Op, i: int) -> int:
+    """Field ``i``'s running total (0 before a reading)."""
+    if not op.raw:
+        return 0
+    return op.raw[i] if op.off is None else op.raw[i] + op.off[i]
+
+
+def _step(cur: list[int], raw: list[int], i: int) -> int:
+    """Field ``i``'s step (its new value if it went back)."""
+    c = cur[i]
+    return c - raw[i] if c >= raw[i] else c
+
+
+def _went_back(op: _Op, cur: list[int], raw: list[int]) -> tuple[int, int, int]:
+    """A field went back: its last reading joins its offset (the total counts on from the new
+    value). The steps of ops, rtt and execute time."""
+    op.off = [o + (r if c < r else 0) for o, c, r in zip(op.off or [0] * len(cur), cur, raw)]
+    return _step(cur, raw, 0), _step(cur, raw, 4), _step(cur, raw, 5)

@@ -270,17 +270,28 @@ def test_files_opened_on_another_mount_are_mapped_at_the_next_rescan(tmp_path):
     assert collector._sole_mount == {PID: "/scratch"}  # its io counts there now
 
 
-def test_nfs_sections_found_again_by_their_device_line_match_a_full_split():
-    from collectors.storage.nfs import cut_sections, split_mountstats
+def test_nfs_sections_found_in_place_by_their_device_line_match_a_line_by_line_cut():
+    from collectors.storage.nfs import find_heads, locate
 
     for name in ("mountstats.t0", "mountstats.t1"):
-        text = (DATA / name).read_text()
-        full = split_mountstats(text)
-        assert len(full) >= 2
-        heads = {p: sec.head for p, sec in full.items()}
-        cut = cut_sections(text, heads)
-        assert cut is not None
-        assert {p: (s.bytes_text, s.op_lines) for p, s in cut.items()} == {
-            p: (s.bytes_text, s.op_lines) for p, s in full.items()
-        }
-    assert cut_sections(text, {"/gone": "device x:/y mounted on /gone with fstype nfs\n"}) is None
+        text = (DATA / name).read_bytes()
+        heads = find_heads(text)
+        assert set(heads) == {"/mnt/home", "/mnt/data"}
+        for point, (head, dev) in heads.items():
+            lines = text.split(b"\n")
+            first = max(i for i, line in enumerate(lines) if line == head[:-1])
+            section = []
+            for line in lines[first + 1 :]:
+                if line.startswith(b"device "):
+                    break
+                section.append(line)
+            numbers = next(line for line in section if line.strip().startswith(b"bytes:"))
+            ops = [line for line in section[section.index(b"\tper-op statistics") + 1 :]
+                   if line.strip()]  # fmt: skip
+            found = locate(text, head)
+            assert found is not None and dev.mountpoint == point
+            assert found[0] == numbers.strip()[6:].strip()
+            assert [line for line in found[1].split(b"\n") if line.strip()] == ops
+    gone = b"device x:/y mounted on /gone with fstype nfs\n"
+    assert locate(text, gone) is None
+    assert locate(text, head[1:]) is None  # not at the start of a line

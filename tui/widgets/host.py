@@ -62,14 +62,16 @@ class HostPanel(LineWidget, can_focus=True):
         elif view.ib_rx is not None or view.ib_tx is not None:
             out.append("\nib   ", label)
             out.append(f"↓{_rate(view.ib_rx)} ↑{_rate(view.ib_tx)}")
+        _interface_lines(out, view, label)
         _mount_lines(out, view, label)
         return out
 
 
-def _line_count(view: HostView) -> tuple[int, int, bool]:
+def _line_count(view: HostView) -> tuple[int, int, int, bool]:
     per_port = any(p.rate is not None for p in view.ports)
     return (min(len(view.ports), MAX_LINES + 1) if per_port else 0,
-            min(len(view.mounts), MAX_LINES + 1), view.ib_rx is None)  # fmt: skip
+            min(len(view.mounts), MAX_LINES + 1), min(len(view.interfaces), MAX_LINES + 1),
+            view.ib_rx is None)  # fmt: skip
 
 
 def _port_lines(out: Lines, view: HostView, label: str) -> None:
@@ -87,6 +89,21 @@ def _port_lines(out: Lines, view: HostView, label: str) -> None:
         out.append(line + state, "bold red" if state or p.errors else "")
     if len(view.ports) > MAX_LINES:
         out.append(f"\n     … {len(view.ports) - MAX_LINES} more ports")
+
+
+def _interface_lines(out: Lines, view: HostView, label: str) -> None:
+    for n in view.interfaces[:MAX_LINES]:
+        out.append("\nnic  ", label)
+        down = n.up is not None and n.up < 1
+        line = f"{n.name} ↓{_rate(n.rx)} ↑{_rate(n.tx)}"
+        if n.speed:
+            line += f" of {n.speed * 8 / 1e9:g} Gb/s"
+            share = n.utilization
+            if share is not None and not down:
+                line += f" {share:.0%}"
+        out.append(line + (" DOWN" if down else ""), "bold red" if down else "")
+    if len(view.interfaces) > MAX_LINES:
+        out.append(f"\n     … {len(view.interfaces) - MAX_LINES} more interfaces")
 
 
 def _mount_lines(out: Lines, view: HostView, label: str) -> None:

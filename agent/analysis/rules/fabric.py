@@ -1,8 +1,8 @@
 """Fabric health and congestion: InfiniBand / RoCE ports, selected by metric role.
 
-Both rules read the port metrics straight from ``samples`` (the shared frames carry no port
-columns), bucketed as the frames are: per port and bucket the increase of each counter role
-and the extremes of each gauge role.
+Both rules read the port metrics by role from the frame's per-bucket aggregate (``aw_agg``,
+whose one scan of the samples carries them; the pivoted frames have no port columns): per
+port and bucket the increase of each counter role and the extremes of each gauge role.
 
 * ``fabric-health``: a port's error counters rise, it leaves ACTIVE/LinkUp after being up,
   or its rate falls below the highest it (or its device) reached: a downtrained link.
@@ -96,16 +96,11 @@ def role_values(tick: Tick, roles: Sequence[str]) -> dict[str, dict[str, list[fl
 
 def bucketed(ctx: Context, counter_roles: tuple[str, ...], gauge_roles: tuple[str, ...]) -> str:
     """SQL: ``entity, t`` and per role ``<role>_inc`` (counters, per bucket) or
-    ``<role>_min`` / ``<role>_max`` (gauges), over the window's samples."""
+    ``<role>_min`` / ``<role>_max`` (gauges), from the frame's per-bucket aggregate
+    (``aw_agg``: the window's one scan of the samples carries these roles' metrics)."""
     w = ctx.info.window
     roles = {r: role_metrics(r) for r in (*counter_roles, *gauge_roles)}
     names = [n for ns in roles.values() for n in ns]
-    where = [f"run_id = {_lit(w.run_id)}", f"metric IN ({in_list(names)})"]
-    if w.start is not None:
-        where.append(f"ts >= TIMESTAMP '{w.start.isoformat(sep=' ')}'")
-    if w.end is not None:
-        where.append(f"ts < TIMESTAMP '{w.end.isoformat(sep=' ')}'")
-    bucket_us = int(round(w.bucket_s * 1e6))
     cols = []
     for role in counter_roles:
         cols.append(
@@ -123,18 +118,12 @@ def bucketed(ctx: Context, counter_roles: tuple[str, ...], gauge_roles: tuple[st
         FROM (SELECT entity, metric, k, min AS mn, max AS mx,
                      greatest(max - lag(max) OVER (PARTITION BY entity, metric ORDER BY k), 0)
                          AS inc
-              FROM (SELECT entity, metric, epoch_us(ts) // {bucket_us} AS k,
-                           min(value) AS min, max(value) AS max
-                    FROM samples WHERE {" AND ".join(where)} GROUP BY entity, metric, k))
+              FROM aw_agg WHERE metric IN ({in_list(names)}))
         GROUP BY entity, k"""
 
 
 def _alias(role: str) -> str:
     return role.replace(".", "_")
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _gbps(bytes_per_s: float | None) -> str:

@@ -1,8 +1,9 @@
 """Storage stalls that name the mount: input I/O bound on a slow filesystem, and checkpoint
 stalls, with the mount's type, throughput and latency at the time.
 
-Mount metrics are read straight from ``samples`` by role (see :mod:`agent.analysis.rules.fabric`
-for the bucketing); the accelerators' busy share comes from ``aw_accel``. A flagged bucket
+Mount metrics are read by role from the frame's per-bucket aggregate ``aw_agg`` (see
+:mod:`agent.analysis.rules.fabric` for the bucketing); the accelerators' busy share comes from
+``aw_accel``. A flagged bucket
 needs the job's accelerators mostly idle and one mount doing what explains it:
 
 * ``storage-input-bound``: the mount is being read and its latency is high (at least
