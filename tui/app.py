@@ -24,6 +24,7 @@ from tui.widgets.gpu import GpuCard, GpuPanel
 from tui.widgets.header import RunHeader
 from tui.widgets.help import HelpScreen
 from tui.widgets.host import HostPanel
+from tui.widgets.paint import LinePainter
 from tui.widgets.processes import ProcessTable
 from tui.widgets.timeseries import TimeSeriesScreen
 
@@ -81,6 +82,8 @@ class AccelwatchApp(App[int]):
         self.paused = False
         self.frame: Frame | None = None
         self._stale = False
+        #: Writes the panels' changed lines at once (tui/widgets/paint.py).
+        self.painter = LinePainter(self)
         self._found: tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable] | None = (
             None
         )
@@ -148,10 +151,11 @@ class AccelwatchApp(App[int]):
             return
         self.frame = frame
         header, gpus, table, host, findings = self._panels()
-        header.show(frame)
-        gpus.show(accelerator_views(frame), dict(frame.notices))
-        table.show(process_rows(frame, table.sort_key))
-        host.show(host_view(frame))
+        with self.painter.batch():  # every panel's changed lines in one terminal write
+            header.show(frame)
+            gpus.show(accelerator_views(frame), dict(frame.notices))
+            table.show(process_rows(frame, table.sort_key))
+            host.show(host_view(frame))
         findings.show(frame.findings)
 
     def _panels(self) -> tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable]:

@@ -22,6 +22,8 @@ from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widget import Widget
 
+from tui.widgets.paint import LinePainter
+
 #: One line as (text, style) parts; equal lines draw the same cells.
 Line = tuple[tuple[str, Style | None], ...]
 ELLIPSIS = "…"
@@ -136,6 +138,35 @@ class _RowStyles(StylesCache):
             segments.append(Segment(" " * (frame.inner - cells), frame.fill))
         return Strip([*frame.left, *segments, *frame.right], frame.width)
 
+    def paint(self, lines: list[int]) -> list[Strip] | None:
+        """The widget's ``lines`` (content rows, in widget coordinates) built straight from
+        the frame of the last render, its line filters applied, and kept as the cache's lines
+        (what the compositor shows next); None when only Textual's own path knows them.
+
+        The frame's colours are trusted: any restyle of the panel or an ancestor forgets it."""
+        frame, widget = self._frame, self._widget
+        if frame is None:
+            return None
+        size, content_size, padding = frame.key[:3]
+        if (widget.region.size, widget.content_region.size, widget.styles.padding) != (
+            size,
+            content_size,
+            padding,
+        ) or not all(frame.top <= y < frame.bottom for y in lines):
+            return None
+        filters, background = widget.get_line_filters(), frame.key[4]
+        out = []
+        for y in lines:
+            segments, cells = widget.row(y - frame.top, frame.base)
+            if cells < frame.inner:
+                segments.append(Segment(" " * (frame.inner - cells), frame.fill))
+            strip = self._cache[y] = Strip([*frame.left, *segments, *frame.right], frame.width)
+            self._dirty_lines.discard(y)
+            for line_filter in filters:
+                strip = strip.apply_filter(line_filter, background)
+            out.append(strip)
+        return out
+
     def _learn(self, styles: Any, size: Size, content_size: Size, padding: Any,
                base_background: Any, background: Any, key: tuple, rest: tuple) -> _Frame | None:  # fmt: skip
         """The frame of this size and these colours, cut from Textual's own rendering of a
@@ -214,7 +245,12 @@ class LineWidget(Widget):
         changed = [y for y, (a, b) in enumerate(zip(old, new)) if a != b]
         for y in changed:
             self._strips.pop(y, None)
-        if changed:
+        if not changed:
+            return
+        painter = getattr(self.app, "painter", None)
+        if isinstance(painter, LinePainter):
+            painter.rows(self, changed)  # written at once, or through refresh() when it must
+        else:
             self.refresh(*(Region(0, y, width, 1) for y in changed))
 
     def part_style(self, name: str) -> Style:
