@@ -75,11 +75,25 @@ def to_segments(line: Line, width: int, base: Style, ellipsis: bool) -> tuple[li
     cells = sum(cell_len(text) for text, _ in line)
     if cells <= width:
         return segments, cells
-    strip = Strip(segments, cells)
     if ellipsis and width > 0:
         last = line[-1][1] if line else None
-        return [*strip.crop(0, width - 1), Segment(ELLIPSIS, base + last if last else base)], width
-    return list(strip.crop(0, width)), width
+        return [*_cut(segments, width - 1), Segment(ELLIPSIS, base + last if last else base)], width
+    return _cut(segments, width), width
+
+
+def _cut(segments: list[Segment], width: int) -> list[Segment]:
+    """The first ``width`` cells of segments longer than that (``Strip.crop(0, width)``, without
+    building strips: most ticks cut a few lines of every card)."""
+    out: list[Segment] = []
+    pos = 0
+    for segment in segments if width > 0 else ():
+        end = pos + cell_len(segment.text)
+        if end >= width:
+            out.append(segment.split_cells(width - pos)[0])
+            break
+        out.append(segment)
+        pos = end
+    return out
 
 
 def to_strip(line: Line, width: int, base: Style, ellipsis: bool) -> Strip:
@@ -138,33 +152,36 @@ class _RowStyles(StylesCache):
             segments.append(Segment(" " * (frame.inner - cells), frame.fill))
         return Strip([*frame.left, *segments, *frame.right], frame.width)
 
-    def paint(self, lines: list[int]) -> list[Strip] | None:
-        """The widget's ``lines`` (content rows, in widget coordinates) built straight from
-        the frame of the last render, its line filters applied, and kept as the cache's lines
-        (what the compositor shows next); None when only Textual's own path knows them.
+    def paint(self, lines: list[int]) -> list[list[Segment]] | None:
+        """The widget's ``lines`` (widget coordinates) as the segments Textual would draw
+        there, its line filters applied, built straight from the frame of the last render;
+        None when only Textual's own path knows them. The lines are left dirty in the cache,
+        so a later compositor pass draws them again from the drawing (no strip is built).
 
         The frame's colours are trusted: any restyle of the panel or an ancestor forgets it."""
         frame, widget = self._frame, self._widget
-        if frame is None:
+        if frame is None or not all(frame.top <= y < frame.bottom for y in lines):
             return None
         size, content_size, padding = frame.key[:3]
-        if (widget.region.size, widget.content_region.size, widget.styles.padding) != (
-            size,
-            content_size,
-            padding,
-        ) or not all(frame.top <= y < frame.bottom for y in lines):
+        if widget.region.size != size or widget.styles.padding != padding:
+            return None
+        if widget.content_region.size != content_size:
             return None
         filters, background = widget.get_line_filters(), frame.key[4]
         out = []
-        for y in lines:
-            segments, cells = widget.row(y - frame.top, frame.base)
-            if cells < frame.inner:
-                segments.append(Segment(" " * (frame.inner - cells), frame.fill))
-            strip = self._cache[y] = Strip([*frame.left, *segments, *frame.right], frame.width)
-            self._dirty_lines.discard(y)
-            for line_filter in filters:
-                strip = strip.apply_filter(line_filter, background)
-            out.append(strip)
+        widget._fresh = True  # drawn at this size by the redraw that asked for this paint
+        try:
+            for y in lines:
+                segments, cells = widget.row(y - frame.top, frame.base)
+                if cells < frame.inner:
+                    segments.append(Segment(" " * (frame.inner - cells), frame.fill))
+                segments = [*frame.left, *segments, *frame.right]
+                for line_filter in filters:
+                    segments = line_filter.apply(segments, background)
+                out.append(segments)
+        finally:
+            widget._fresh = False
+        self._dirty_lines.update(lines)
         return out
 
     def _learn(self, styles: Any, size: Size, content_size: Size, padding: Any,
@@ -210,6 +227,7 @@ class LineWidget(Widget):
         super().__init__(*args, **kwargs)
         self._drawn: list[Line] | None = None
         self._drawn_size = Size(-1, -1)
+        self._fresh = False
         self._strips: dict[int, Strip] = {}
         self._base: Style | None = None
         self._parts: dict[str, Style] = {}
@@ -220,6 +238,8 @@ class LineWidget(Widget):
         raise NotImplementedError
 
     def _content(self) -> list[Line]:
+        if self._fresh and self._drawn is not None:
+            return self._drawn
         size = self.content_size
         if self._drawn is None or size != self._drawn_size:
             self._drawn = self.draw(max(size.width, 1)).lines()

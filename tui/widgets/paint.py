@@ -22,7 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from textual._compositor import ChopsUpdate
+from rich.color import ColorSystem
+from rich.console import Console
+from rich.control import Control
+from rich.segment import Segment
+from textual._compositor import CompositorUpdate
 from textual.geometry import Region
 from textual.strip import Strip
 
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
     from textual.screen import Screen
 
     from tui.widgets.lines import LineWidget
+
+#: Screen line → x → (the segments written there, the cells they take).
+Chops = dict[int, dict[int, tuple[list[Segment], int]]]
 
 
 class LinePainter:
@@ -68,7 +75,7 @@ class LinePainter:
         screen = self._screen()
         covered: list[Region] = []
         visible = screen._compositor.visible_widgets if screen is not None else {}
-        chops: dict[int, dict[int, Strip]] = {}
+        chops: Chops = {}
         for widget, (region, clip) in visible.items():  # front to back
             rows = queued.pop(widget, None)
             shown = region.intersection(clip)
@@ -99,34 +106,39 @@ class LinePainter:
         region: Region,
         shown: Region,
         covered: list[Region],
-        chops: dict[int, dict[int, Strip]],
+        chops: Chops,
     ) -> bool:
-        """Render ``rows`` into ``chops`` (screen line → x → strip); False if they cannot be."""
+        """Render ``rows`` into ``chops``; False if they cannot be painted here."""
         if widget._repaint_required or widget._layout_required or not widget.display:
             return False
         top = region.y + widget.content_offset.y
         every = sorted(top + row for row in rows)
-        # Lines scrolled off or below the panel's height are only forgotten, as Textual does:
-        # the compositor renders them again from the drawing when they come into view.
-        widget._styles_cache.set_dirty(*(Region(0, y - region.y, region.width, 1) for y in every))
         lines = [y for y in every if shown.y <= y < shown.bottom]
+        if len(lines) < len(every):
+            # Lines scrolled off or below the panel's height are only forgotten, as Textual
+            # does: the compositor draws them again from the drawing when they come into view.
+            widget._styles_cache.set_dirty(
+                *(Region(0, y - region.y, region.width, 1) for y in every if y not in lines)
+            )
         if not lines:
             return True
         band = Region(shown.x, lines[0], shown.width, lines[-1] - lines[0] + 1)
         if any(band.overlaps(other) for other in covered):
             return False
-        fast = (
-            None
-            if shown.width != region.width
-            else widget._rows.paint([y - region.y for y in lines])
-        )
+        fast = None
+        if shown.width == region.width:
+            fast = widget._rows.paint([y - region.y for y in lines])
         if fast is not None:
-            for y, strip in zip(lines, fast):
-                chops.setdefault(y, {})[band.x] = strip
+            for y, segments in zip(lines, fast):
+                chops.setdefault(y, {})[band.x] = (segments, band.width)
         else:
+            widget._styles_cache.set_dirty(
+                *(Region(0, y - region.y, region.width, 1) for y in lines)
+            )
             strips = widget.render_lines(band.translate((-region.x, -region.y)))
             for y in lines:
-                chops.setdefault(y, {})[band.x] = strips[y - band.y]
+                strip = strips[y - band.y]
+                chops.setdefault(y, {})[band.x] = (list(strip), strip.cell_length)
         self.direct += len(lines)
         return True
 
@@ -135,16 +147,30 @@ class LinePainter:
         widget.refresh(*(Region(0, y, width, 1) for y in sorted(rows)))
         self.deferred += len(rows)
 
-    def _write(self, screen: Screen | None, chops: dict[int, dict[int, Strip]]) -> None:
-        """One update of every line, as the compositor would write its spans."""
+    def _write(self, screen: Screen | None, chops: Chops) -> None:
+        """One update of every line: a cursor move and the styled text of each part, as the
+        compositor writes its spans (``ChopsUpdate``), in one synchronized write."""
         if screen is None:
             return
-        lines: dict[int, dict[int, Strip]] = {}
-        ends: dict[int, list[int]] = {}
-        spans: list[tuple[int, int, int]] = []
+        console = self.app.console
+        system = console._color_system or ColorSystem.TRUECOLOR
+        render, move_to = Strip.render_style, Control.move_to
+        out: list[str] = []
         for y in sorted(chops):
-            line = dict(sorted(chops[y].items()))
-            lines[y] = line  # type: ignore[assignment]
-            ends[y] = [x + strip.cell_length for x, strip in line.items()]
-            spans.extend((y, x, end) for x, end in zip(line, ends[y]))
-        self.app._display(screen, ChopsUpdate(lines, spans, ends))  # type: ignore[arg-type]
+            for x, (segments, _) in sorted(chops[y].items()):
+                out.append(move_to(x, y).segment.text)
+                out.extend(
+                    text if style is None else render(style, text, system)
+                    for text, style, _ in segments
+                )
+        self.app._display(screen, _Written("".join(out)))
+
+
+class _Written(CompositorUpdate):
+    """Terminal text already rendered (``App._display`` adds the cursor and the sync)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def render_segments(self, console: Console) -> str:
+        return self.text
