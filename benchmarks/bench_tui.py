@@ -49,6 +49,7 @@ from benchmarks._common import (  # noqa: E402
     interleaved,
     process_tree,
     ratios,
+    report_threads,
     spread,
 )
 from benchmarks._tmux import TmuxChild, tmux_available  # noqa: E402
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     report.info("agent-ui: CPU, % of one core", spread([c * 100 for c in agent.cpu]))
     report.info("nvitop-ui: CPU, % of one core", spread([c * 100 for c in nvitop.cpu]))
     report.info("headless: CPU, % of one core", spread([c * 100 for c in headless.cpu]))
+    report_threads(report, agent)  # main is the UI thread (Textual's event loop)
+    report_threads(report, headless)
     report.info(
         "the UI's own CPU: agent-ui - headless (points)",
         spread([(a - h) * 100 for a, h in zip(agent.cpu, headless.cpu)]),
