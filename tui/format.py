@@ -98,11 +98,11 @@ def spark(values: Sequence[float] | np.ndarray, width: int, *, top: float | None
         levels = np.zeros(len(array), dtype=np.uint8)
     else:
         levels = np.rint(np.minimum(array / ceiling, 1.0) * 8).astype(np.uint8)
-    return (levels + 48).tobytes().decode("ascii").translate(_LEVEL_BLOCKS).rjust(width)
+    return _LEVEL_CODES[levels].tobytes().decode("utf-32-le").rjust(width)
 
 
-#: Level digits ``0``-``8`` → their block.
-_LEVEL_BLOCKS = str.maketrans("012345678", _BLOCKS)
+#: Level ``0``-``8`` → its block's code point (a text in one decode, no per-cell join).
+_LEVEL_CODES = np.frombuffer(_BLOCKS.encode("utf-32-le"), dtype=np.uint32)
 
 
 @functools.lru_cache(maxsize=256)

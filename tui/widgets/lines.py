@@ -152,20 +152,26 @@ class _RowStyles(StylesCache):
             segments.append(Segment(" " * (frame.inner - cells), frame.fill))
         return Strip([*frame.left, *segments, *frame.right], frame.width)
 
+    def frame_at(self, size: Size) -> _Frame | None:
+        """The frame learned at the last render, if the panel still has that outer ``size``
+        and was drawn at that frame's content size (the redraw asking for a paint just drew)."""
+        frame = self._frame
+        if frame is None or frame.key[0] != size or self._widget._drawn_size != frame.key[1]:
+            return None
+        return frame
+
     def paint(self, lines: list[int]) -> list[list[Segment]] | None:
         """The widget's ``lines`` (widget coordinates) as the segments Textual would draw
-        there, its line filters applied, built straight from the frame of the last render;
-        None when only Textual's own path knows them. The lines are left dirty in the cache,
-        so a later compositor pass draws them again from the drawing (no strip is built).
+        there, its line filters applied, built straight from the frame of the last render
+        (call :meth:`frame_at` first); None when only Textual's own path knows them. The lines
+        are left dirty in the cache, so a later compositor pass draws them again from the
+        drawing (no strip is built).
 
         The frame's colours are trusted: any restyle of the panel or an ancestor forgets it."""
         frame, widget = self._frame, self._widget
         if frame is None or not all(frame.top <= y < frame.bottom for y in lines):
             return None
-        size, content_size, padding = frame.key[:3]
-        if widget.region.size != size or widget.styles.padding != padding:
-            return None
-        if widget.content_region.size != content_size:
+        if widget.styles.padding != frame.key[2]:
             return None
         filters, background = widget.get_line_filters(), frame.key[4]
         out = []

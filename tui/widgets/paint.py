@@ -111,7 +111,8 @@ class LinePainter:
         """Render ``rows`` into ``chops``; False if they cannot be painted here."""
         if widget._repaint_required or widget._layout_required or not widget.display:
             return False
-        top = region.y + widget.content_offset.y
+        frame = widget._rows.frame_at(region.size)
+        top = region.y + (frame.top if frame is not None else widget.content_offset.y)
         every = sorted(top + row for row in rows)
         lines = [y for y in every if shown.y <= y < shown.bottom]
         if len(lines) < len(every):
@@ -126,7 +127,7 @@ class LinePainter:
         if any(band.overlaps(other) for other in covered):
             return False
         fast = None
-        if shown.width == region.width:
+        if frame is not None and shown.width == region.width:
             fast = widget._rows.paint([y - region.y for y in lines])
         if fast is not None:
             for y, segments in zip(lines, fast):
