@@ -12,12 +12,14 @@ from pathlib import Path
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.driver import Driver
 from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable, Footer
 
 from agent.catalog import CATALOG
 from agent.reader import Frame, Reader
+from tui.driver import quiet
 from tui.views import accelerator_views, host_view, process_rows, tracked_metrics
 from tui.widgets.findings import EvidenceScreen, FindingsTable
 from tui.widgets.gpu import GpuCard, GpuPanel
@@ -87,6 +89,10 @@ class AccelwatchApp(App[int]):
         self._found: tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable] | None = (
             None
         )
+
+    def get_driver_class(self) -> type[Driver]:
+        """Textual's driver, with an input thread that does not poll (tui/driver.py)."""
+        return quiet(super().get_driver_class())
 
     # -- layout
     def compose(self) -> ComposeResult:
