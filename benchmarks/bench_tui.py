@@ -15,7 +15,9 @@ scenario ``healthy``) at a 1 s interval:
   ratio; it is information, not a target.
 
 Each is measured whole (``psutil`` user + system CPU of all threads over a wall window, RSS) in
-interleaved rounds. Then, with both still running, the agent's key-to-render latency: from
+interleaved rounds; the agent's threads are printed by name beside it (``main`` is the UI's
+event loop with the UI, the live line printer headless; ``other`` holds Textual's input and
+output threads and DuckDB's). Then, with both still running, the agent's key-to-render latency: from
 writing ``s`` (sort) into its terminal until the output carrying the result ("processes · sort
 ...") comes back. Targets (issue 14): agent-ui / nvitop-ui <= 1.0x, agent-ui RSS <= 100 MB,
 median key-to-render <= 50 ms. Exits 1 on a MISS.
