@@ -15,7 +15,9 @@ scenario ``healthy``) at a 1 s interval:
   ratio; it is information, not a target.
 
 Each is measured whole (``psutil`` user + system CPU of all threads over a wall window, RSS) in
-interleaved rounds. Then, with both still running, the agent's key-to-render latency: from
+interleaved rounds; the agent's threads are printed by name beside it (``main`` is the UI's
+event loop with the UI, the live line printer headless; ``other`` holds Textual's input and
+output threads and DuckDB's). Then, with both still running, the agent's key-to-render latency: from
 writing ``s`` (sort) into its terminal until the output carrying the result ("processes · sort
 ...") comes back. Targets (issue 14): agent-ui / nvitop-ui <= 1.0x, agent-ui RSS <= 100 MB,
 median key-to-render <= 50 ms. Exits 1 on a MISS.
@@ -49,6 +51,7 @@ from benchmarks._common import (  # noqa: E402
     interleaved,
     process_tree,
     ratios,
+    report_threads,
     spread,
 )
 from benchmarks._tmux import TmuxChild, tmux_available  # noqa: E402
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     report.info("agent-ui: CPU, % of one core", spread([c * 100 for c in agent.cpu]))
     report.info("nvitop-ui: CPU, % of one core", spread([c * 100 for c in nvitop.cpu]))
     report.info("headless: CPU, % of one core", spread([c * 100 for c in headless.cpu]))
+    report_threads(report, agent)  # main is the UI thread (Textual's event loop)
+    report_threads(report, headless)
     report.info(
         "the UI's own CPU: agent-ui - headless (points)",
         spread([(a - h) * 100 for a, h in zip(agent.cpu, headless.cpu)]),

@@ -12,18 +12,21 @@ from pathlib import Path
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.driver import Driver
 from textual.events import Resize
 from textual.message import Message
 from textual.widgets import DataTable, Footer
 
 from agent.catalog import CATALOG
 from agent.reader import Frame, Reader
+from tui.driver import quiet
 from tui.views import accelerator_views, host_view, process_rows, tracked_metrics
 from tui.widgets.findings import EvidenceScreen, FindingsTable
 from tui.widgets.gpu import GpuCard, GpuPanel
 from tui.widgets.header import RunHeader
 from tui.widgets.help import HelpScreen
 from tui.widgets.host import HostPanel
+from tui.widgets.paint import LinePainter
 from tui.widgets.processes import ProcessTable
 from tui.widgets.timeseries import TimeSeriesScreen
 
@@ -81,9 +84,15 @@ class AccelwatchApp(App[int]):
         self.paused = False
         self.frame: Frame | None = None
         self._stale = False
+        #: Writes the panels' changed lines at once (tui/widgets/paint.py).
+        self.painter = LinePainter(self)
         self._found: tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable] | None = (
             None
         )
+
+    def get_driver_class(self) -> type[Driver]:
+        """Textual's driver, with an input thread that does not poll (tui/driver.py)."""
+        return quiet(super().get_driver_class())
 
     # -- layout
     def compose(self) -> ComposeResult:
@@ -148,10 +157,11 @@ class AccelwatchApp(App[int]):
             return
         self.frame = frame
         header, gpus, table, host, findings = self._panels()
-        header.show(frame)
-        gpus.show(accelerator_views(frame), dict(frame.notices))
-        table.show(process_rows(frame, table.sort_key))
-        host.show(host_view(frame))
+        with self.painter.batch():  # every panel's changed lines in one terminal write
+            header.show(frame)
+            gpus.show(accelerator_views(frame), dict(frame.notices))
+            table.show(process_rows(frame, table.sort_key))
+            host.show(host_view(frame))
         findings.show(frame.findings)
 
     def _panels(self) -> tuple[RunHeader, GpuPanel, ProcessTable, HostPanel, FindingsTable]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -10,7 +11,6 @@ import numpy as np
 from agent.catalog import CATALOG
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
-_BLOCK_LIST = list(_BLOCKS)
 _IEC = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -84,7 +84,7 @@ def bar(fraction: float | None, width: int) -> str:
 def spark(values: Sequence[float] | np.ndarray, width: int, *, top: float | None = None) -> str:
     """A one-line sparkline of the last ``width`` buckets (max per bucket), right-aligned.
 
-    Vectorised: every card draws two or three of these on every tick."""
+    Vectorised down to the text: every card draws two or three of these on every tick."""
     if width <= 0:
         return ""
     if not len(values):
@@ -92,14 +92,23 @@ def spark(values: Sequence[float] | np.ndarray, width: int, *, top: float | None
     array = np.fmax(np.asarray(values, dtype=np.float64), 0.0)  # NaN and negatives draw as 0
     n = len(array)
     if n > width:  # bucket: keep the peak of each bucket so short spikes stay visible
-        edges = [round(i * n / width) for i in range(width)]
-        array = np.maximum.reduceat(array, edges)
+        array = np.maximum.reduceat(array, _bucket_edges(n, width))
     ceiling = top if top is not None else max(float(array.max()), 1e-12)
     if ceiling <= 0:
-        levels = np.zeros(len(array), dtype=np.intp)
+        levels = np.zeros(len(array), dtype=np.uint8)
     else:
-        levels = np.rint(np.minimum(array / ceiling, 1.0) * 8).astype(np.intp)
-    return "".join(_BLOCK_LIST[level] for level in levels.tolist()).rjust(width)
+        levels = np.rint(np.minimum(array / ceiling, 1.0) * 8).astype(np.uint8)
+    return _LEVEL_CODES[levels].tobytes().decode("utf-32-le").rjust(width)
+
+
+#: Level ``0``-``8`` → its block's code point (a text in one decode, no per-cell join).
+_LEVEL_CODES = np.frombuffer(_BLOCKS.encode("utf-32-le"), dtype=np.uint32)
+
+
+@functools.lru_cache(maxsize=256)
+def _bucket_edges(n: int, width: int) -> np.ndarray:
+    """Where each of ``width`` buckets of ``n`` values starts (the same few pairs every tick)."""
+    return np.array([round(i * n / width) for i in range(width)], dtype=np.intp)
 
 
 def duration(seconds: float) -> str:

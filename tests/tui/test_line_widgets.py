@@ -179,3 +179,17 @@ async def test_a_command_line_with_newlines_stays_on_the_header_line():
         first, second = screen_text(app).splitlines()[:2]
         assert "demo" in first and "python -c import os, sys, time for _ in range(3):" in first
         assert second.strip() == "· db /tmp/x.duckdb"
+
+
+@async_test
+async def test_a_run_name_with_newlines_stays_on_the_header_line():
+    """``attach`` of a ``python -c "..."`` process names the run after its command line."""
+    app = HeaderApp(["python", "-c", "import os\nprint(1)"])
+    app.run_info = app.run_info.__class__(
+        **{**app.run_info.__dict__, "name": "python -c import os\nprint(1)"}
+    )
+    async with app.run_test(size=(160, 4)) as pilot:
+        await pilot.pause()
+        first, second = screen_text(app).splitlines()[:2]
+        assert "python -c import os print(1)" in first and "every 1s" in first
+        assert "db /tmp/x.duckdb" in second

@@ -131,6 +131,7 @@ class GpuCard(LineWidget, can_focus=True):
         self.border_title = entity
         self._titles = (entity, "")
         self._runtime_labels: list[str] = []
+        self._runtime_rows: tuple[AcceleratorView | None, list[tuple[str, list[str]]]] = (None, [])
 
     def show(self, view: AcceleratorView) -> None:
         """Draw ``view``; only the lines that differ from the last one are repainted (with
@@ -150,7 +151,8 @@ class GpuCard(LineWidget, can_focus=True):
         self.set_class(bool(view.throttle), "-throttled")
         # Re-layout only when the card's height may change: laying out all cards every tick
         # was most of the refresh cost; otherwise only the lines that changed are repainted.
-        labels = [label for label, _ in runtime_lines(view)]
+        self._runtime_rows = (view, runtime_lines(view))  # draw() reuses them this tick
+        labels = [label for label, _ in self._runtime_rows[1]]
         sm_line_changed = before is not None and _has_sm_line(before) != _has_sm_line(view)
         self.redraw(layout=before is None or sm_line_changed or labels != self._runtime_labels)
         self._runtime_labels = labels
@@ -178,7 +180,8 @@ class GpuCard(LineWidget, can_focus=True):
         self._power(out, view, width, st)
         self._throttle(out, view, st)
         self._links(out, view, st)
-        self._runtime(out, view, width, st)
+        shown, rows = self._runtime_rows
+        self._runtime(out, rows if shown is view else runtime_lines(view), width, st)
         return out
 
     @property
@@ -299,10 +302,11 @@ class GpuCard(LineWidget, can_focus=True):
             )
 
     @staticmethod
-    def _runtime(out: Lines, view: AcceleratorView, width: int, st: dict) -> None:
-        """Each part on the label's line while it fits, else on a line of its own."""
+    def _runtime(out: Lines, lines: list[tuple[str, list[str]]], width: int, st: dict) -> None:
+        """Each part of the runtime ``lines`` on the label's line while it fits, else on a
+        line of its own."""
         rows: list[tuple[str, str]] = []
-        for label, parts in runtime_lines(view):
+        for label, parts in lines:
             row = ""
             for part in parts:
                 if row and _LABEL + len(row) + 2 + len(part) > width:

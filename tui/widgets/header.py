@@ -47,7 +47,8 @@ class RunHeader(LineWidget):
         style = self.part_style
         out = Lines()
         out.append(f" {self.state} ", style("run-header--state"))
-        out.append(f" {run.name}", style("run-header--name"))
+        # A name taken from a command line can hold newlines (``python -c "..."``): one line.
+        out.append(f" {' '.join(run.name.split())}", style("run-header--name"))
         if run.pid is not None:
             out.append(f"  pid {run.pid}")
         rank = rank_label(run.env)

@@ -22,6 +22,8 @@ from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widget import Widget
 
+from tui.widgets.paint import LinePainter
+
 #: One line as (text, style) parts; equal lines draw the same cells.
 Line = tuple[tuple[str, Style | None], ...]
 ELLIPSIS = "…"
@@ -73,11 +75,25 @@ def to_segments(line: Line, width: int, base: Style, ellipsis: bool) -> tuple[li
     cells = sum(cell_len(text) for text, _ in line)
     if cells <= width:
         return segments, cells
-    strip = Strip(segments, cells)
     if ellipsis and width > 0:
         last = line[-1][1] if line else None
-        return [*strip.crop(0, width - 1), Segment(ELLIPSIS, base + last if last else base)], width
-    return list(strip.crop(0, width)), width
+        return [*_cut(segments, width - 1), Segment(ELLIPSIS, base + last if last else base)], width
+    return _cut(segments, width), width
+
+
+def _cut(segments: list[Segment], width: int) -> list[Segment]:
+    """The first ``width`` cells of segments longer than that (``Strip.crop(0, width)``, without
+    building strips: most ticks cut a few lines of every card)."""
+    out: list[Segment] = []
+    pos = 0
+    for segment in segments if width > 0 else ():
+        end = pos + cell_len(segment.text)
+        if end >= width:
+            out.append(segment.split_cells(width - pos)[0])
+            break
+        out.append(segment)
+        pos = end
+    return out
 
 
 def to_strip(line: Line, width: int, base: Style, ellipsis: bool) -> Strip:
@@ -136,6 +152,44 @@ class _RowStyles(StylesCache):
             segments.append(Segment(" " * (frame.inner - cells), frame.fill))
         return Strip([*frame.left, *segments, *frame.right], frame.width)
 
+    def frame_at(self, size: Size) -> _Frame | None:
+        """The frame learned at the last render, if the panel still has that outer ``size``
+        and was drawn at that frame's content size (the redraw asking for a paint just drew)."""
+        frame = self._frame
+        if frame is None or frame.key[0] != size or self._widget._drawn_size != frame.key[1]:
+            return None
+        return frame
+
+    def paint(self, lines: list[int]) -> list[list[Segment]] | None:
+        """The widget's ``lines`` (widget coordinates) as the segments Textual would draw
+        there, its line filters applied, built straight from the frame of the last render
+        (call :meth:`frame_at` first); None when only Textual's own path knows them. The lines
+        are left dirty in the cache, so a later compositor pass draws them again from the
+        drawing (no strip is built).
+
+        The frame's colours are trusted: any restyle of the panel or an ancestor forgets it."""
+        frame, widget = self._frame, self._widget
+        if frame is None or not all(frame.top <= y < frame.bottom for y in lines):
+            return None
+        if widget.styles.padding != frame.key[2]:
+            return None
+        filters, background = widget.get_line_filters(), frame.key[4]
+        out = []
+        widget._fresh = True  # drawn at this size by the redraw that asked for this paint
+        try:
+            for y in lines:
+                segments, cells = widget.row(y - frame.top, frame.base)
+                if cells < frame.inner:
+                    segments.append(Segment(" " * (frame.inner - cells), frame.fill))
+                segments = [*frame.left, *segments, *frame.right]
+                for line_filter in filters:
+                    segments = line_filter.apply(segments, background)
+                out.append(segments)
+        finally:
+            widget._fresh = False
+        self._dirty_lines.update(lines)
+        return out
+
     def _learn(self, styles: Any, size: Size, content_size: Size, padding: Any,
                base_background: Any, background: Any, key: tuple, rest: tuple) -> _Frame | None:  # fmt: skip
         """The frame of this size and these colours, cut from Textual's own rendering of a
@@ -179,6 +233,7 @@ class LineWidget(Widget):
         super().__init__(*args, **kwargs)
         self._drawn: list[Line] | None = None
         self._drawn_size = Size(-1, -1)
+        self._fresh = False
         self._strips: dict[int, Strip] = {}
         self._base: Style | None = None
         self._parts: dict[str, Style] = {}
@@ -189,6 +244,8 @@ class LineWidget(Widget):
         raise NotImplementedError
 
     def _content(self) -> list[Line]:
+        if self._fresh and self._drawn is not None:
+            return self._drawn
         size = self.content_size
         if self._drawn is None or size != self._drawn_size:
             self._drawn = self.draw(max(size.width, 1)).lines()
@@ -214,7 +271,12 @@ class LineWidget(Widget):
         changed = [y for y, (a, b) in enumerate(zip(old, new)) if a != b]
         for y in changed:
             self._strips.pop(y, None)
-        if changed:
+        if not changed:
+            return
+        painter = getattr(self.app, "painter", None)
+        if isinstance(painter, LinePainter):
+            painter.rows(self, changed)  # written at once, or through refresh() when it must
+        else:
             self.refresh(*(Region(0, y, width, 1) for y in changed))
 
     def part_style(self, name: str) -> Style:
