@@ -43,7 +43,7 @@ from agent.store_rows import (
     sample_columns,
     scan_columns,
 )
-from agent.store_spans import Compactor
+from agent.store_spans import Compactor, rewrite_if_worth_it
 from agent.tracking.tables import insert_records
 
 Tick = tuple[str, list[Batch]]
@@ -493,6 +493,11 @@ class Store:
                     self._compact_failed(exc)
             with contextlib.suppress(Exception):
                 self.con.execute("CHECKPOINT")
+                if not self.compact_failures:
+                    try:
+                        rewrite_if_worth_it(self.con, self.path)
+                    except Exception as exc:
+                        self._report(f"could not rewrite {self.path} smaller: {_first_line(exc)}")
             with contextlib.suppress(Exception):
                 self.con.close()
         with contextlib.suppress(OSError):  # DuckDB's spill directory, when nothing spilled

@@ -310,3 +310,75 @@ def test_span_order_of_a_stable_layout_equals_the_general_sort():
     shuffled = rng.permutation(len(sids))
     general = shuffled[span_order(sids[shuffled], ticks[shuffled])]
     assert list(zip(sids[fast], ticks[fast])) == list(zip(sids[general], ticks[general]))
+
+
+def _free_blocks(path) -> tuple[int, int]:
+    ro = connect(path, read_only=True)
+    try:
+        return ro.execute(
+            "SELECT total_blocks, free_blocks FROM pragma_database_size() "
+            "WHERE database_name = current_database()"
+        ).fetchall()[0]
+    finally:
+        ro.close()
+
+
+def _sizeable_run(store: Store, ticks: int = 1000) -> None:
+    """300,000 values: past the writer's WAL threshold, so its rows are on disk when moved."""
+    many = [f"e{i}" for i in range(300)]
+    for t in range(ticks):
+        values = np.sin(np.arange(300) + t) * 1e3 + t
+        store.write_ticks([("r", [Batch("host", T0 + t, many, ["m"] * 300, values)])])
+
+
+def test_a_small_file_is_rewritten_at_close_without_the_moved_rows_free_blocks(
+    tmp_path, monkeypatch
+):
+    import agent.store_writer as writer
+
+    done = []
+    real = writer.rewrite_if_worth_it
+    monkeypatch.setattr(
+        writer, "rewrite_if_worth_it", lambda con, p: done.append(real(con, p)) or done[-1]
+    )
+    path = tmp_path / "a.duckdb"
+    store = Store(path)
+    _sizeable_run(store)
+    live = store.cursor()
+    before = _views(live)
+    live.close()
+    store.close()
+    total, free = _free_blocks(path)
+    assert done == [True] and total > 0 and free == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.duckdb"]
+    ro = connect(path, read_only=True)
+    try:
+        assert _views(ro) == before
+    finally:
+        ro.close()
+
+
+def test_a_failed_rewrite_leaves_the_file_as_it_was_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "a.duckdb"
+    lines: list[str] = []
+    store = Store(path, report=lines.append)
+    _sizeable_run(store)
+    live = store.cursor()
+    before = _views(live)
+    live.close()
+
+    def refuse(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spans.os, "replace", refuse)
+    store.close()
+    assert len(lines) == 1 and "rewrite" in lines[0] and "No space" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.duckdb"]
+    ro = connect(path, read_only=True)
+    try:
+        assert _views(ro) == before
+        assert _counts(ro) == (0, 1000 * 300)
+    finally:
+        ro.close()
+    assert _free_blocks(path)[1] > 0  # the moved rows' blocks are still free
