@@ -362,6 +362,12 @@ class Store:
             self._compact(None)
         return total
 
+    def compact(self, appended_ticks: int = 0) -> None:
+        """Move what is due into spans now, counting ``appended_ticks`` a bulk load appended
+        to ``sample_recent`` itself (a benchmark's generator); never raises."""
+        self._spans.note_ticks(appended_ticks)
+        self._compact(None)
+
     def _compact(self, budget_s: float | None) -> None:
         """Move rows into spans for about ``budget_s`` (None: until nothing is due). A failure
         is one line; the rows stay where they are and the move is tried again later."""
