@@ -382,3 +382,30 @@ def test_a_failed_rewrite_leaves_the_file_as_it_was_and_says_so(tmp_path, monkey
     finally:
         ro.close()
     assert _free_blocks(path)[1] > 0  # the moved rows' blocks are still free
+
+
+def test_the_writers_thread_moves_rows_into_spans_between_its_flushes(tmp_path, small_spans):
+    import time
+
+    store = Store(tmp_path / "a.duckdb", flush_interval=0.05)
+    store.start()
+    for t in range(35):
+        store.submit("r", [_tick(t)])
+        time.sleep(0.005)
+    reader = store.cursor()
+    deadline = time.monotonic() + 60
+    while _counts(reader)[1] < 30 * 12 and time.monotonic() < deadline:
+        reader.begin()  # one snapshot for both reads
+        recent, spanned = _counts(reader)
+        assert len(_stored(reader)) == recent + spanned  # never a row twice
+        reader.commit()
+        time.sleep(0.05)
+    spanned = _counts(reader)[1]
+    reader.close()
+    store.close()
+    assert spanned >= 30 * 12  # moved while recording, not at close
+    ro = connect(tmp_path / "a.duckdb", read_only=True)
+    try:
+        assert _stored(ro) == _expected(range(35))
+    finally:
+        ro.close()
