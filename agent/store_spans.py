@@ -96,9 +96,9 @@ def _zigzag(sorted_ids: np.ndarray) -> np.ndarray:
 
 
 def checkpoint(con: Any) -> None:
-    """Write a finished move: it frees the moved rows' blocks for the next appends, and until
-    then DuckDB keeps the deleted rows' versions in memory. Skipped while another thread's
-    transaction forbids it (the writer's next checkpoint does it)."""
+    """Write a finished move, which frees the dropped ``sample_moving``'s blocks for the next
+    appends. Skipped while another thread's transaction forbids it (the writer's next
+    checkpoint does it)."""
     with contextlib.suppress(duckdb.TransactionException):
         con.execute("CHECKPOINT")
 
