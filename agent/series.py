@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from agent.model import Batch
+from agent.store_spans import has_spans
 
 _Key = tuple[str, str]  # (run_id, source)
 
@@ -94,6 +95,26 @@ def series_filter(con: Any, run_id: str, where: str = "") -> str:
         f"series_id >= {int(first)} AND series_id IN "
         f"(SELECT series_id FROM series WHERE run_id = {run}{more})"
     )
+
+
+def bucketed_values(con: Any, picked: str, times: Sequence[str]) -> str:
+    """SQL of ``(series_id, k, value)`` rows of the series ``picked`` selects (see
+    :func:`series_filter`) within the ``ts`` conditions ``times``, ``k`` being the bucket
+    ``epoch_us(ts) // $bucket_us``. In spans (schema 4) the bucket is worked out once per
+    tick in the small ``sample_ticks`` and joined by tick id, and the filter on ``series_id``
+    lets the scan skip the row groups of other series by their min/max (each span is sorted
+    by series); the writer's tables, not moved yet, are read as they are."""
+    raw = " AND ".join([picked, *times])
+    if not has_spans(con):
+        return f"SELECT series_id, epoch_us(ts) // $bucket_us AS k, value FROM sample_values WHERE {raw}"
+    tick_where = f"WHERE {' AND '.join(times)}" if times else ""
+    return f"""SELECT p.series_id, t.k, p.value FROM sample_spans p
+            JOIN (SELECT tick, epoch_us(ts) // $bucket_us AS k FROM sample_ticks {tick_where}) t
+            USING (tick) WHERE {picked}
+        UNION ALL SELECT series_id, epoch_us(ts) // $bucket_us, value FROM sample_moving
+            WHERE {raw}
+        UNION ALL SELECT series_id, epoch_us(ts) // $bucket_us, value FROM sample_recent
+            WHERE {raw}"""
 
 
 #: Layouts of one source remembered for reuse: a collector may alternate between a few (NVML's

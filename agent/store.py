@@ -25,8 +25,9 @@ import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 from agent.series import apply_v3_layout, has_series
+from agent.store_spans import SCHEMA_V4_LAYOUT, SPAN_TABLES, has_spans
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
@@ -323,7 +324,8 @@ def _verify(con: duckdb.DuckDBPyConnection, path: Path, *, deep: bool) -> None:
         if size < expected:
             raise StoreCorruptError(_corrupt(path, f"truncated: {size} of {expected} bytes"))
     con.execute("SELECT count(*), max(logged) FROM run_log").fetchall()
-    tables = ["sample_values", "event_log", "entity_log", "findings"]
+    tables = ["event_log", "entity_log", "findings"]
+    tables += SPAN_TABLES if has_spans(con) else ["sample_values"]
     if has_series(con):
         tables.append("series")
     for table in tables:
@@ -347,7 +349,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
                 f"{path} was written by a newer accelwatch (schema {version}, this one reads "
                 f"up to {SCHEMA_VERSION}); upgrade accelwatch"
             )
-        if version == SCHEMA_VERSION and (read_only or "series" in tables):
+        if version == SCHEMA_VERSION and (read_only or "sample_spans" in tables):
             return
     elif tables:
         raise StoreError(
@@ -370,6 +372,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         con.execute(_SCHEMA_V3_TRACKING)
         if not has_series(con):
             apply_v3_layout(con)
+        if not has_spans(con):  # version 4: the writer's rows are moved into spans later
+            con.execute(SCHEMA_V4_LAYOUT)
         con.execute(
             "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
             [str(SCHEMA_VERSION)],

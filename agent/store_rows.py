@@ -6,14 +6,17 @@ thread, retry and heartbeat logic so each stays readable.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from agent.model import Batch, Event
+from agent.model import Batch, Event, RunInfo
 from agent.store import _us
 
 
@@ -65,3 +68,45 @@ def insert_events(con: duckdb.DuckDBPyConnection, run_id: str, events: Sequence[
         con, "INSERT INTO event_log SELECT ?, ts, kind, entity, detail FROM columns", columns,
         [run_id],
     )  # fmt: skip
+
+
+def insert_run(
+    con: duckdb.DuckDBPyConnection, run: RunInfo, agent_host: str, agent_pid: int, lost: int
+) -> None:
+    """Append the run's current state (the ``runs`` view shows the latest per run) and its
+    heartbeat row, once."""
+    con.execute(
+        "INSERT INTO run_log (run_id, name, mode, pid, cmdline, cwd, host, started, "
+        "ended, exit_code, status, interval_s, tags, env, simulated, scenario, logged, "
+        "agent_host, agent_pid, lost_ticks) VALUES (?, ?, ?, ?, ?, ?, ?, "
+        "make_timestamp(?), make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, make_timestamp(?), "
+        "?, ?, ?)",
+        [
+            run.run_id, run.name, run.mode, run.pid, run.cmdline, run.cwd, run.host,
+            _us(run.started), None if run.ended is None else _us(run.ended), run.exit_code,
+            run.status, run.interval, json.dumps(run.tags), json.dumps(run.env), run.simulated,
+            run.scenario, _us(time.time()), agent_host, agent_pid, lost,
+        ],
+    )  # fmt: skip
+    con.execute(
+        "INSERT INTO run_heartbeat SELECT ?, make_timestamp(?), NULL WHERE NOT EXISTS "
+        "(SELECT 1 FROM run_heartbeat WHERE run_id = ?)",
+        [run.run_id, _us(time.time()), run.run_id],
+    )
+
+
+# -- the writer's messages
+
+
+def _stderr_line(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"accelwatch: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "no space left" in text or "disk full" in text:
+        return "disk full"
+    if isinstance(exc, duckdb.OutOfMemoryException) or "out of memory" in text:
+        return "out of memory"
+    return "store error"

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -36,7 +34,16 @@ from agent.store import (
     temp_directory,
     this_host,
 )
-from agent.store_rows import entity_columns, insert_events, sample_columns, scan_columns
+from agent.store_rows import (
+    _reason,
+    _stderr_line,
+    entity_columns,
+    insert_events,
+    insert_run,
+    sample_columns,
+    scan_columns,
+)
+from agent.store_spans import Compactor, rewrite_if_worth_it
 from agent.tracking.tables import insert_records
 
 Tick = tuple[str, list[Batch]]
@@ -48,20 +55,11 @@ CLOSE_RETRY_S = 2.0
 #: and at the run's end; readers call a run whose heartbeat is older than
 #: :data:`agent.store.HEARTBEAT_STALE_S` (10 s) lost, so it stays fresh with a 2 s flush.
 HEARTBEAT_EVERY_S = 4.0
-
-
-def _stderr_line(message: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        print(f"accelwatch: {message}", file=sys.stderr, flush=True)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "no space left" in text or "disk full" in text:
-        return "disk full"
-    if isinstance(exc, duckdb.OutOfMemoryException) or "out of memory" in text:
-        return "out of memory"
-    return "store error"
+#: After a flush, the writer's thread moves rows into spans for at most this long (one chunk
+#: at least), so the next flush is never held up by more than one chunk.
+COMPACT_SLICE_S = 0.2
+#: After a failed move into spans, the next try waits this long (the rows stay where they are).
+COMPACT_RETRY_S = 30.0
 
 
 class Store:
@@ -98,6 +96,12 @@ class Store:
         self._write_lock = threading.RLock()
         self._needs_reopen = False
         self._series = SeriesIds()
+        self._spans = Compactor()
+        #: Whether the writer's thread runs (it then moves rows into spans between flushes;
+        #: without it, ``write_ticks`` does so before it returns).
+        self._background = False
+        self._compact_retry_at = 0.0
+        self.compact_failures = 0
         #: Per run: when the heartbeat was last committed (monotonic), and the newest sample
         #: time committed since (what the next beat writes as ``last_sample``).
         self._beat_at: dict[str, float] = {}
@@ -152,40 +156,7 @@ class Store:
     def write_run(self, run: RunInfo) -> None:
         """Append the run's current state; the ``runs`` view shows the latest per run."""
         with self._write_lock:
-            self.con.execute(
-                "INSERT INTO run_log (run_id, name, mode, pid, cmdline, cwd, host, started, "
-                "ended, exit_code, status, interval_s, tags, env, simulated, scenario, logged, "
-                "agent_host, agent_pid, lost_ticks) VALUES (?, ?, ?, ?, ?, ?, ?, "
-                "make_timestamp(?), make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, make_timestamp(?), "
-                "?, ?, ?)",
-                [
-                    run.run_id,
-                    run.name,
-                    run.mode,
-                    run.pid,
-                    run.cmdline,
-                    run.cwd,
-                    run.host,
-                    _us(run.started),
-                    None if run.ended is None else _us(run.ended),
-                    run.exit_code,
-                    run.status,
-                    run.interval,
-                    json.dumps(run.tags),
-                    json.dumps(run.env),
-                    run.simulated,
-                    run.scenario,
-                    _us(time.time()),
-                    self.agent_host,
-                    self.agent_pid,
-                    self.lost_ticks,
-                ],
-            )
-            self.con.execute(
-                "INSERT INTO run_heartbeat SELECT ?, make_timestamp(?), NULL WHERE NOT EXISTS "
-                "(SELECT 1 FROM run_heartbeat WHERE run_id = ?)",
-                [run.run_id, _us(time.time()), run.run_id],
-            )
+            insert_run(self.con, run, self.agent_host, self.agent_pid, self.lost_ticks)
 
     def finalize(self, run: RunInfo, events: list[Event]) -> bool:
         """Write the run's last events and state, reopening once if needed; never raises.
@@ -218,6 +189,7 @@ class Store:
 
     # -- samples
     def start(self) -> None:
+        self._background = True
         self._thread = threading.Thread(
             target=self._writer_loop, name="accelwatch-store", daemon=True
         )
@@ -264,6 +236,8 @@ class Store:
                 else:
                     backoff = min(RETRY_MAX_S, max(self.flush_interval, backoff * 2))
                     retry_at = now + backoff
+            if not stopping and not self._failing:
+                self._compact(COMPACT_SLICE_S)
         end = time.monotonic() + CLOSE_RETRY_S
         while self._pending and time.monotonic() < end:
             time.sleep(min(0.25, self.flush_interval))
@@ -308,11 +282,14 @@ class Store:
                 self.con.close()
             self.con = connect(self.path)
             self._series.reset()
+            self._spans.reset()
             self._needs_reopen = False
             self.reopens += 1
             self.generation += 1
 
     def _maybe_checkpoint(self) -> None:
+        if self._spans.moving:
+            return  # the move checkpoints when it is done
         wal = self.path.with_name(self.path.name + ".wal")
         try:
             if wal.stat().st_size < AGENT_DB_CHECKPOINT_BYTES:
@@ -335,8 +312,10 @@ class Store:
         the training client's records and the heartbeat (every :data:`HEARTBEAT_EVERY_S`, or
         ``beat``) join it in one transaction."""
         by_run: dict[str, list[Batch]] = {}
+        n_ticks = 0
         for run_id, batches in ticks:
             by_run.setdefault(run_id, []).extend(batches)
+            n_ticks += 1
         total = 0
         now = self._clock()
         beats: dict[str, float] = {}
@@ -377,8 +356,39 @@ class Store:
             self._committed_beats(now)
         self.rows_written += total
         self.flushes += 1
+        self._spans.note_ticks(n_ticks)
         self._maybe_checkpoint()
+        if not self._background:
+            self._compact(None)
         return total
+
+    def compact(self, appended_ticks: int = 0) -> None:
+        """Move what is due into spans now, counting ``appended_ticks`` a bulk load appended
+        to ``sample_recent`` itself (a benchmark's generator); never raises."""
+        self._spans.note_ticks(appended_ticks)
+        self._compact(None)
+
+    def _compact(self, budget_s: float | None) -> None:
+        """Move rows into spans for about ``budget_s`` (None: until nothing is due). A failure
+        is one line; the rows stay where they are and the move is tried again later."""
+        if self._needs_reopen or time.monotonic() < self._compact_retry_at:
+            return
+        try:
+            with self._write_lock:
+                self._spans.run(self.con, budget_s)
+        except Exception as exc:
+            self._compact_failed(exc)
+
+    def _compact_failed(self, exc: BaseException) -> None:
+        self.compact_failures += 1
+        self._compact_retry_at = time.monotonic() + COMPACT_RETRY_S
+        if isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc):
+            self._needs_reopen = True
+        if self.compact_failures == 1:
+            self._report(
+                f"cannot move samples into spans in {self.path}: {_reason(exc)} "
+                f"({_first_line(exc)}); they stay readable where they are, retrying"
+            )
 
     def _committed_beats(self, now: float) -> None:
         for run_id in self._beaten:
@@ -433,7 +443,7 @@ class Store:
             tick_samples = sample_columns(ids, orders, samples)
             steps.append(
                 lambda: scan_columns(
-                    con, "INSERT INTO sample_values SELECT series_id, ts, value FROM columns",
+                    con, "INSERT INTO sample_recent SELECT series_id, ts, value FROM columns",
                     tick_samples,
                 )
             )  # fmt: skip
@@ -482,8 +492,18 @@ class Store:
         """Flush everything queued, stop the writer, checkpoint and close; never raises."""
         self.close_writer()
         with self._write_lock:
+            if not self._needs_reopen:
+                try:
+                    self._spans.finish(self.con)
+                except Exception as exc:
+                    self._compact_failed(exc)
             with contextlib.suppress(Exception):
                 self.con.execute("CHECKPOINT")
+                if not self.compact_failures:
+                    try:
+                        rewrite_if_worth_it(self.con, self.path)
+                    except Exception as exc:
+                        self._report(f"could not rewrite {self.path} smaller: {_first_line(exc)}")
             with contextlib.suppress(Exception):
                 self.con.close()
         with contextlib.suppress(OSError):  # DuckDB's spill directory, when nothing spilled

@@ -6,7 +6,8 @@ Prints, in one run:
      interleaved over the rounds: wall time, CPU (user + system of the child, all threads) and
      peak RSS from ``wait4``. Targets (issue 14): report / scan <= 2.5x (wall), report <= 2 s
      and <= 500 MB at 24 h. ``samples`` is a view joining the values with the series
-     dictionary, so a scan of the physical ``sample_values`` is printed beside it.
+     dictionary, so a scan of ``sample_values`` (ids, times, values: the spans joined with
+     their tick times, and the writer's tables) is printed beside it.
   2. live analysis: two agents (the public ``Session``, headless) record the
      ``throttled-thermal`` scenario (8 simulated H100s, GPUs 2 and 3 throttled from 15 s) and a
      real 32-process tree at 1 Hz at once, one with live analysis and one without, measured
@@ -15,8 +16,9 @@ Prints, in one run:
      (judged only when the run lasts that long: not with ``--quick``).
 
 The recording of part 1 is synthetic but shaped like a real one (NumPy -> DuckDB, written in the
-store's own schema-3 layout: the series dictionary, then ids, times and values, checkpointed
-as it goes): every GPU metric the NVML collector records, per-link NVLink counters, per-core host CPU, disks,
+store's own schema-4 layout: the series dictionary, then ids, times and values appended to the
+writer's table, checkpointed as it goes and moved into spans an hour at a time, as the agent's
+writer does): every GPU metric the NVML collector records, per-link NVLink counters, per-core host CPU, disks,
 NICs and a five-process job, with checkpoint stalls every 30 min and one GPU throttled for an
 hour. Generated databases are cached in ``--dir`` (default: a temp dir, removed afterwards).
 Exits 1 on a MISS.
@@ -192,7 +194,7 @@ def generate(path: Path, hours: float, hz: int) -> int:
             status="finished",
         )
     )
-    # The store's own layout (agent/store.py, schema 3): each series once, then ids per value.
+    # The store's own layout (agent/store.py, schema 4): each series once, then ids per value.
     series_ids = np.arange(1, n_series + 1, dtype=np.int32)
     series_rows = {  # noqa: F841 - read by DuckDB's replacement scan
         "series_id": series_ids,
@@ -228,8 +230,10 @@ def generate(path: Path, hours: float, hz: int) -> int:
             ),
             "value": values.reshape(n).astype(np.float64),
         }
-        con.execute("INSERT INTO sample_values SELECT series_id, ts, value FROM chunk")
+        # The writer's table, moved into spans as the agent does once it holds an hour.
+        con.execute("INSERT INTO sample_recent SELECT series_id, ts, value FROM chunk")
         con.execute("CHECKPOINT")  # as the agent does when its WAL grows (4 MB), in big steps
+        store.compact(len(t))
     store.close()
     return total_ticks * n_series
 
@@ -278,8 +282,8 @@ def compile_bytecode() -> None:
 def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
     """The report and the plain scans in turns, after one warm-up of each (file cache)."""
     compile_bytecode()
-    # ``samples`` is a view joining the values with the series dictionary (schema 3); the
-    # values alone, as stored, are what reading the file costs at the least.
+    # ``samples`` is a view joining the values with the series dictionary; ``sample_values``
+    # (ids, times, values; no labels) is what reading the file costs at the least.
     scan_argv = [sys.executable, "-c", scan_program("samples"), str(path)]
     values_argv = [sys.executable, "-c", scan_program("sample_values"), str(path)]
     report_argv = agent_argv("report", "--db", str(path))
@@ -296,8 +300,8 @@ def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
         "SELECT count(*), avg(value) FROM samples (nothing else imported)",
     )  # fmt: skip
     report.side(
-        "values", "a child process: SELECT count(*), avg(value) FROM sample_values (the "
-        "physical table behind the samples view: ids, times, values; no labels joined)",
+        "values", "a child process: SELECT count(*), avg(value) FROM sample_values (behind "
+        "the samples view: ids, times, values - spans joined with their tick times; no labels)",
     )  # fmt: skip
     report.side(
         "report", "a child process: accelwatch report --db FILE (the whole command: finds no "

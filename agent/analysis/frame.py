@@ -39,7 +39,7 @@ from agent.catalog import CATALOG
 from agent.catalog.host import SOURCE as HOST_SOURCE
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.catalog.steps import SOURCE as STEPS_SOURCE
-from agent.series import has_series, series_filter
+from agent.series import bucketed_values, has_series, series_filter
 
 HOST_COLUMNS: Mapping[str, str] = {
     "cpu": "host.cpu.utilization",
@@ -218,9 +218,8 @@ def build_frames(
             f"""
             CREATE OR REPLACE TEMP TABLE aw_agg AS
             WITH agg AS (
-                SELECT series_id, epoch_us(ts) // $bucket_us AS k, {aggregates}
-                FROM sample_values WHERE {" AND ".join([picked, *times])}
-                GROUP BY series_id, k), {sources}
+                SELECT series_id, k, {aggregates}
+                FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k), {sources}
             SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
             FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
             {k: v for k, v in params.items() if k != "run"},
