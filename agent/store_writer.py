@@ -102,6 +102,7 @@ class Store:
         self._background = False
         self._compact_retry_at = 0.0
         self.compact_failures = 0
+        self._closed = False
         #: Per run: when the heartbeat was last committed (monotonic), and the newest sample
         #: time committed since (what the next beat writes as ``last_sample``).
         self._beat_at: dict[str, float] = {}
@@ -237,7 +238,7 @@ class Store:
                     backoff = min(RETRY_MAX_S, max(self.flush_interval, backoff * 2))
                     retry_at = now + backoff
             if not stopping and not self._failing:
-                self._compact(COMPACT_SLICE_S)
+                self.compact(budget_s=COMPACT_SLICE_S)
         end = time.monotonic() + CLOSE_RETRY_S
         while self._pending and time.monotonic() < end:
             time.sleep(min(0.25, self.flush_interval))
@@ -359,23 +360,25 @@ class Store:
         self._spans.note_ticks(n_ticks)
         self._maybe_checkpoint()
         if not self._background:
-            self._compact(None)
+            self.compact()
         return total
 
-    def compact(self, appended_ticks: int = 0) -> None:
-        """Move what is due into spans now, counting ``appended_ticks`` a bulk load appended
-        to ``sample_recent`` itself (a benchmark's generator); never raises."""
+    def compact(
+        self, appended_ticks: int = 0, budget_s: float | None = None, *, finish: bool = False
+    ) -> None:
+        """Move rows into spans for about ``budget_s`` (None: until nothing is due; ``finish``:
+        everything), counting ``appended_ticks`` a bulk load appended to ``sample_recent``
+        itself (a benchmark's generator). Never raises: a failure is one line, the rows stay
+        where they are and the move is tried again later."""
         self._spans.note_ticks(appended_ticks)
-        self._compact(None)
-
-    def _compact(self, budget_s: float | None) -> None:
-        """Move rows into spans for about ``budget_s`` (None: until nothing is due). A failure
-        is one line; the rows stay where they are and the move is tried again later."""
-        if self._needs_reopen or time.monotonic() < self._compact_retry_at:
+        if self._needs_reopen or (time.monotonic() < self._compact_retry_at and not finish):
             return
         try:
             with self._write_lock:
-                self._spans.run(self.con, budget_s)
+                if finish:
+                    self._spans.finish(self.con)
+                else:
+                    self._spans.run(self.con, budget_s)
         except Exception as exc:
             self._compact_failed(exc)
 
@@ -489,14 +492,14 @@ class Store:
         self._catch_up_beats()
 
     def close(self) -> None:
-        """Flush everything queued, stop the writer, checkpoint and close; never raises."""
+        """Flush everything queued, stop the writer, move the rest into spans, checkpoint and
+        close; never raises, and closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.close_writer()
         with self._write_lock:
-            if not self._needs_reopen:
-                try:
-                    self._spans.finish(self.con)
-                except Exception as exc:
-                    self._compact_failed(exc)
+            self.compact(finish=True)
             with contextlib.suppress(Exception):
                 self.con.execute("CHECKPOINT")
                 if not self.compact_failures:

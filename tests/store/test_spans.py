@@ -409,3 +409,12 @@ def test_the_writers_thread_moves_rows_into_spans_between_its_flushes(tmp_path, 
         assert _stored(ro) == _expected(range(35))
     finally:
         ro.close()
+
+
+def test_closing_a_store_twice_says_nothing_the_second_time(tmp_path):
+    lines: list[str] = []
+    store = Store(tmp_path / "a.duckdb", report=lines.append)
+    store.write_ticks([("r", [_tick(0)])])
+    store.close()
+    store.close()
+    assert lines == []
