@@ -295,3 +295,29 @@ def test_nfs_sections_found_in_place_by_their_device_line_match_a_line_by_line_c
     gone = b"device x:/y mounted on /gone with fstype nfs\n"
     assert locate(text, gone) is None
     assert locate(text, head[1:]) is None  # not at the start of a line
+
+
+def test_an_nfs_section_whose_device_line_changed_is_found_again_at_once_and_a_gone_one_at_rescans(
+    tmp_path,
+):
+    tree = StorageTree(tmp_path / "proc", tmp_path / "sys", pid=PID)
+    data = tree.nfs("/mnt/data")
+    data.files = ("/mnt/data/a",)
+    tree.write()
+    collector = StorageCollector(str(tmp_path / "proc"), str(tmp_path / "sys"), rescan_s=5)
+    collector.start(CollectContext(root_pid=PID, job_pids=lambda: frozenset({PID})))
+    collector.collect(0.0)
+    data.ops["READ"][0] += 10
+    data.source = "10.9.9.9:/export"  # remounted from another server: a new device line
+    tree.write()
+    v = _values(collector.collect(1.0))  # not a rescan tick: found again at once
+    assert v[("mount:/mnt/data", "fs.read_ops")] == 10
+    tree.mounts.remove(data)  # unmounted: its section is gone
+    tree.write()
+    assert ("mount:/mnt/data", "fs.read_ops") not in _values(collector.collect(2.0))
+    tree.mounts.append(data)
+    data.ops["READ"][0] += 5
+    tree.write()
+    assert ("mount:/mnt/data", "fs.read_ops") not in _values(collector.collect(3.0))  # until
+    v = _values(collector.collect(5.0))  # the rescan looks for it again
+    assert v[("mount:/mnt/data", "fs.read_ops")] == 15
