@@ -47,9 +47,13 @@ class QuietLinuxDriver(LinuxDriver):
                 if key.fd == wake_read:
                     running = False
                 elif mask & selectors.EVENT_READ:
-                    data = decode(os.read(fileno, 1024 * 4), final=final and last)
-                    if not data:
-                        break
+                    try:
+                        raw = os.read(fileno, 1024 * 4)
+                    except OSError:  # EIO: the terminal is gone (a closed window, a hangup)
+                        raw = b""
+                    if not raw:  # end of input: reading again would spin, never block
+                        return False
+                    data = decode(raw, final=final and last)
                     for event in parser.feed(data):
                         self.process_message(event)
             for event in parser.tick():

@@ -394,7 +394,9 @@ def test_the_writers_thread_moves_rows_into_spans_between_its_flushes(tmp_path, 
         time.sleep(0.005)
     reader = store.cursor()
     deadline = time.monotonic() + 60
-    while _counts(reader)[1] < 30 * 12 and time.monotonic() < deadline:
+    # A move starts once sample_recent holds 10 ticks; flushes carry a varying number of ticks,
+    # so 35 ticks make two or three moves: two are certain before close.
+    while _counts(reader)[1] < 20 * 12 and time.monotonic() < deadline:
         reader.begin()  # one snapshot for both reads
         recent, spanned = _counts(reader)
         assert len(_stored(reader)) == recent + spanned  # never a row twice
@@ -403,7 +405,7 @@ def test_the_writers_thread_moves_rows_into_spans_between_its_flushes(tmp_path, 
     spanned = _counts(reader)[1]
     reader.close()
     store.close()
-    assert spanned >= 30 * 12  # moved while recording, not at close
+    assert spanned >= 20 * 12  # moved while recording, not at close
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     try:
         assert _stored(ro) == _expected(range(35))
