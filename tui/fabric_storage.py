@@ -160,8 +160,8 @@ def port_lines(snap: Snapshot, found: dict[str, set[str]] | None = None) -> tupl
 def interface_lines(
     snap: Snapshot, found: dict[str, set[str]] | None = None
 ) -> tuple[InterfaceLine, ...]:
-    """Interfaces that carry traffic (at least :data:`TRAFFIC_MIN` bytes/s) or are down; not
-    the loopback, nor every idle virtual interface of the node."""
+    """Interfaces that carry traffic (at least :data:`TRAFFIC_MIN` bytes/s), and physical,
+    bond or VLAN ones that are down; not the loopback, nor idle or down virtual interfaces."""
     index = _index()
     found = index.entities(snap) if found is None else found
     n = index.names
@@ -174,7 +174,10 @@ def interface_lines(
             continue
         line = InterfaceLine(name, _first(snap, e, rx, rate=True), _first(snap, e, tx, rate=True),
                              _first(snap, e, speed), _first(snap, e, up))  # fmt: skip
-        down = line.up is not None and line.up < 1
+        # A down virtual interface (an unused ifb or dummy, a stopped container's veth) is the
+        # node's furniture, not the job's fabric: only a physical, bond or VLAN one counts.
+        virtual = snap.entity_attrs.get(e, {}).get("kind") == "virtual"
+        down = line.up is not None and line.up < 1 and not virtual
         if down or (line.rx or 0.0) + (line.tx or 0.0) >= TRAFFIC_MIN:
             out.append(line)
     return tuple(out)

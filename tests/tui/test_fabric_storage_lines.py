@@ -17,7 +17,8 @@ def _batches(values: dict[tuple[str, str], float], ts: float, attrs: dict) -> li
             source = "host"
         by_source.setdefault(source, []).append((entity, metric, value))
     return [Batch(src, ts, [e for e, _, _ in rows], [m for _, m, _ in rows],
-                  [v for _, _, v in rows], entity_attrs=attrs if src == "storage" else {})
+                  [v for _, _, v in rows],
+                  entity_attrs={e: a for e, a in attrs.items() if any(e == r[0] for r in rows)})
             for src, rows in by_source.items()]  # fmt: skip
 
 
@@ -121,6 +122,22 @@ def test_interface_lines_show_rates_against_line_rate_for_busy_or_down_interface
     assert (eth0.rx, eth0.tx, eth0.speed, eth0.up) == (25e9, 1e9, 25e9, 1.0)
     assert eth0.utilization == 1.0
     assert lines["eno2"].up == 0.0
+
+
+def test_a_down_virtual_interface_gives_no_line_a_down_physical_one_does():
+    values = {
+        ("net:ifb0", "host.net.rx_bytes"): 0.0,  # an unused ifb: down, virtual
+        ("net:ifb0", "host.net.speed"): 0.0,
+        ("net:ifb0", "host.net.up"): 0.0,
+        ("net:eno2", "host.net.rx_bytes"): 0.0,
+        ("net:eno2", "host.net.speed"): 1.25e9,
+        ("net:eno2", "host.net.up"): 0.0,
+    }
+    attrs = {"net:ifb0": {"kind": "virtual"}, "net:eno2": {"kind": "physical"}}
+    hub = SnapshotHub()
+    hub.publish(10.0, _batches(values, 10.0, attrs), {})
+    snap = hub.publish(12.0, _batches(values, 12.0, attrs), {})
+    assert [n.name for n in interface_lines(snap)] == ["eno2"]
 
 
 @async_test
