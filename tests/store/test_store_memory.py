@@ -59,7 +59,11 @@ def test_writes_failing_for_memory_are_buffered_and_retried(tmp_path):
     from tests.helpers import wait_until
 
     assert wait_until(lambda: store.state.startswith("out of memory"), timeout=10), store.state
-    store.con.execute("SET memory_limit = '32MB'")
+    # memory_limit is the instance's: set it on a cursor of our own, never on the connection the
+    # writer's thread is using (DuckDB refuses a connection used by two threads at once).
+    other = store.cursor()
+    other.execute("SET memory_limit = '32MB'")
+    other.close()
     assert wait_until(lambda: store.state == "ok", timeout=20), store.state
     store.close()
     from tests.helpers import query
