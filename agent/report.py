@@ -41,7 +41,7 @@ from agent.runs import (
     open_read,
     stored_findings,
 )
-from agent.store import connect
+from agent.store import close_writable, connect
 
 
 def run_axis(run: RunInfo) -> TimeAxis:
@@ -235,7 +235,7 @@ def render_run_text(db_path: str | os.PathLike[str], run_id: str) -> str:
             analyze_run(con, run_id)
             return render_text(build_report(LocalReadConnection(con), run_id, str(db_path)))
     finally:
-        con.close()
+        close_writable(con, db_path)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

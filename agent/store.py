@@ -175,6 +175,14 @@ def temp_directory(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
+def close_writable(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -> None:
+    """Close a read-write connection from :func:`connect` and remove its spill directory when
+    nothing spilled (``rmdir`` leaves a non-empty one): a closed file has nothing beside it."""
+    con.close()
+    with contextlib.suppress(OSError):
+        temp_directory(Path(path)).rmdir()
+
+
 def _private_temp_dir(path: Path) -> str | None:
     tmp = temp_directory(path)
     try:
