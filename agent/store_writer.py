@@ -30,8 +30,8 @@ from agent.store import (
     MAX_FLUSH_INTERVAL,
     _first_line,
     _us,
+    close_writable,
     connect,
-    temp_directory,
     this_host,
 )
 from agent.store_rows import (
@@ -508,6 +508,4 @@ class Store:
                     except Exception as exc:
                         self._report(f"could not rewrite {self.path} smaller: {_first_line(exc)}")
             with contextlib.suppress(Exception):
-                self.con.close()
-        with contextlib.suppress(OSError):  # DuckDB's spill directory, when nothing spilled
-            temp_directory(self.path).rmdir()
+                close_writable(self.con, self.path)
