@@ -34,6 +34,7 @@ from agent.store import (
     connect,
     this_host,
 )
+from agent.store_rewrite import rewrite_if_worth_it
 from agent.store_rows import (
     _reason,
     _stderr_line,
@@ -43,7 +44,7 @@ from agent.store_rows import (
     sample_columns,
     scan_columns,
 )
-from agent.store_spans import Compactor, rewrite_if_worth_it
+from agent.store_spans import Compactor
 from agent.tracking.tables import insert_records
 
 Tick = tuple[str, list[Batch]]

@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
+import agent.store_rewrite as rewrite
 import agent.store_spans as spans
 from agent.model import Batch
 from agent.report import build_report
@@ -371,7 +372,7 @@ def test_a_failed_rewrite_leaves_the_file_as_it_was_and_says_so(tmp_path, monkey
     def refuse(*_a):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(spans.os, "replace", refuse)
+    monkeypatch.setattr(rewrite.os, "replace", refuse)
     store.close()
     assert len(lines) == 1 and "rewrite" in lines[0] and "No space" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.duckdb"]
