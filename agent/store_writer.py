@@ -29,23 +29,19 @@ from agent.store import (
     DEFAULT_FLUSH_INTERVAL,
     MAX_FLUSH_INTERVAL,
     _first_line,
-    _us,
     close_writable,
     connect,
     this_host,
 )
+from agent.store_flush import newest_sample, plan_batches, run_steps, write_heartbeat
 from agent.store_rewrite import rewrite_if_worth_it
 from agent.store_rows import (
     _reason,
     _stderr_line,
-    entity_columns,
     insert_events,
     insert_run,
-    sample_columns,
-    scan_columns,
 )
 from agent.store_spans import Compactor
-from agent.tracking.tables import insert_records
 
 Tick = tuple[str, list[Batch]]
 #: Longest wait between two write attempts while the store fails.
@@ -326,25 +322,14 @@ class Store:
             steps: list[Callable[[], object]] = []
             try:
                 for run_id, batches in by_run.items():
-                    total += self._plan(run_id, batches, steps)
+                    total += plan_batches(con, self._series, run_id, batches, steps)
                     last = max((b.ts for b in batches if len(b)), default=None)
                     if last is not None:
                         beats[run_id] = max(last, self._last_sample.get(run_id, last))
                     beat_at = self._beat_at.get(run_id)
                     if beat or beat_at is None or now - beat_at >= HEARTBEAT_EVERY_S:
                         steps.append(functools.partial(self._beat, run_id, batches))
-                if len(steps) == 1:
-                    steps[0]()  # autocommit: one statement, one commit
-                elif steps:
-                    con.begin()
-                    try:
-                        for step in steps:
-                            step()
-                        con.commit()
-                    except BaseException:
-                        with contextlib.suppress(duckdb.Error):
-                            con.rollback()
-                        raise
+                run_steps(con, steps)
             except BaseException as exc:
                 if "commit succeeded and is durable" in str(exc).lower():
                     self._needs_reopen = True  # written; only the auto-checkpoint failed
@@ -419,55 +404,11 @@ class Store:
             self._committed_beats(self._clock())
 
     def _beat(self, run_id: str, batches: list[Batch]) -> None:
-        """The run's heartbeat and last sample time: how readers tell a dead agent.
-
-        Written every :data:`HEARTBEAT_EVERY_S` (an ``UPDATE`` costs as much as the samples'
-        ``INSERT``), so ``last_sample`` in ``runs`` trails a live run by at most that; a lost
-        run's last sample is read from its samples (:func:`agent.store.list_runs`)."""
-        last = max((b.ts for b in batches if len(b)), default=None)
-        known = self._last_sample.get(run_id)
-        if known is not None:
-            last = known if last is None else max(last, known)
-        self.con.execute(
-            "UPDATE run_heartbeat SET heartbeat = make_timestamp(?), "
-            "last_sample = greatest(last_sample, make_timestamp(?)) WHERE run_id = ?",
-            [_us(time.time()), None if last is None else _us(last), run_id],
-        )
+        """Write the run's heartbeat: every :data:`HEARTBEAT_EVERY_S` (an ``UPDATE`` costs as
+        much as the samples' ``INSERT``), so ``last_sample`` in ``runs`` trails a live run by at
+        most that; a lost run's last sample is read from its samples."""
+        write_heartbeat(self.con, run_id, newest_sample(batches, self._last_sample.get(run_id)))
         self._beaten.add(run_id)
-
-    def _plan(self, run_id: str, batches: list[Batch], steps: list[Callable[[], object]]) -> int:
-        """Append the statements that write ``batches`` to ``steps``; returns the samples."""
-        con = self.con
-        samples = [b for b in batches if len(b)]
-        n = 0
-        if samples:
-            ids, orders, new = self._series.ids(run_id, samples, con)
-            if new is not None:
-                steps.append(lambda: self._series.insert(con, run_id, new))
-            tick_samples = sample_columns(ids, orders, samples)
-            steps.append(
-                lambda: scan_columns(
-                    con, "INSERT INTO sample_recent SELECT series_id, ts, value FROM columns",
-                    tick_samples,
-                )
-            )  # fmt: skip
-            n = len(ids)
-        events = [e for b in batches for e in b.events]
-        if events:
-            steps.append(lambda: self._insert_events(run_id, events))
-        records = [b.records for b in batches if b.records]
-        if records:  # the training client's metrics and config (not counted as samples)
-            steps.append(lambda: insert_records(con, run_id, records))
-        attrs = [(b.ts, b.source, ent, a) for b in batches for ent, a in b.entity_attrs.items()]
-        if attrs:
-            tick_entities = entity_columns(attrs)
-            steps.append(
-                lambda: scan_columns(
-                    con, "INSERT INTO entity_log SELECT ?, ts, source, entity, attrs FROM columns",
-                    tick_entities, [run_id],
-                )
-            )  # fmt: skip
-        return n
 
     def _insert_events(self, run_id: str, events: list[Event]) -> None:
         insert_events(self.con, run_id, events)
