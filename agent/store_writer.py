@@ -34,7 +34,7 @@ from agent.store import (
     this_host,
 )
 from agent.store_flush import newest_sample, plan_batches, run_steps, write_heartbeat
-from agent.store_rewrite import rewrite_if_worth_it
+from agent.store_rewrite import finish_into_fresh, rewrite_if_worth_it
 from agent.store_rows import (
     _reason,
     _stderr_line,
@@ -435,19 +435,37 @@ class Store:
 
     def close(self) -> None:
         """Flush everything queued, stop the writer, move the rest into spans, checkpoint and
-        close; never raises, and closing again does nothing."""
+        close; never raises, and closing again does nothing. A small file is written afresh
+        with the rest sorted straight into its spans (:func:`finish_into_fresh`); otherwise
+        the rest is moved in place, and the file copied when that left it mostly free."""
         if self._closed:
             return
         self._closed = True
         self.close_writer()
         with self._write_lock:
-            self.compact(finish=True)
-            with contextlib.suppress(Exception):
-                self.con.execute("CHECKPOINT")
-                if not self.compact_failures:
-                    try:
-                        rewrite_if_worth_it(self.con, self.path)
-                    except Exception as exc:
-                        self._report(f"could not rewrite {self.path} smaller: {_first_line(exc)}")
+            fresh = self._fresh_at_close()
+            if fresh is not True:
+                self.compact(finish=True)
+                with contextlib.suppress(Exception):
+                    self.con.execute("CHECKPOINT")
+                    if fresh is None and not self.compact_failures:
+                        try:
+                            rewrite_if_worth_it(self.con, self.path)
+                        except Exception as exc:
+                            self._report(
+                                f"could not rewrite {self.path} smaller: {_first_line(exc)}"
+                            )
             with contextlib.suppress(Exception):
                 close_writable(self.con, self.path)
+
+    def _fresh_at_close(self) -> bool | None:
+        """Whether the file was written afresh at close (None: not tried). A failure is one
+        line and False: the caller then moves the rows in place (nothing was changed) and
+        tries no copy of its own."""
+        if self._needs_reopen or self.compact_failures or self._spans.moving:
+            return None
+        try:
+            return finish_into_fresh(self.con, self.path) or None
+        except Exception as exc:
+            self._report(f"could not rewrite {self.path} smaller: {_first_line(exc)}")
+            return False

@@ -110,19 +110,52 @@ def test_rows_move_into_spans_while_recording_once_the_writer_holds_a_span(tmp_p
         ro.close()
 
 
-def test_a_span_is_stored_by_series_each_series_ticks_alternating_direction(tmp_path):
+def test_a_span_is_stored_by_series_each_series_ticks_alternating_direction(tmp_path, small_spans):
     store = Store(tmp_path / "a.duckdb")
-    for t in range(20):
+    for t in range(20):  # two spans of 10 ticks, both moved in place while recording
         store.write_ticks([("r", [_tick(t)])])
     store.close()
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     rows = ro.execute("SELECT series_id, tick FROM sample_spans ORDER BY rowid").fetchall()
     ro.close()
-    sids = [s for s, _ in rows]
-    assert sids == sorted(sids)
-    for sid in set(sids):
-        ticks = [t for s, t in rows if s == sid]
-        assert ticks == sorted(ticks, reverse=sid % 2 == 1)
+    assert len(rows) == 20 * 12
+    for span in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
+        sids = [s for s, _ in span]
+        assert sids == sorted(sids)
+        for sid in set(sids):
+            ticks = [t for s, t in span if s == sid]
+            assert ticks == sorted(ticks, reverse=sid % 2 == 1)
+
+
+@pytest.mark.parametrize("chunk_rows", [2**20, 50])
+def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_alternating(
+    tmp_path, monkeypatch, chunk_rows
+):
+    monkeypatch.setattr(rewrite, "FRESH_CHUNK_ROWS", chunk_rows)  # 50: in five parts
+    store = Store(tmp_path / "a.duckdb")
+    for t in range(20):
+        store.write_ticks([("r", [_tick(t)])])
+    live = store.cursor()
+    before = _views(live)
+    live.close()
+    store.close()
+    ro = connect(tmp_path / "a.duckdb", read_only=True)
+    rows = ro.execute(
+        "SELECT p.series_id, p.tick, s.metric, s.entity FROM sample_spans p "
+        "JOIN series s USING (series_id) ORDER BY p.rowid"
+    ).fetchall()
+    size = ro.execute(
+        "SELECT block_size, free_blocks FROM pragma_database_size() "
+        "WHERE database_name = current_database()"
+    ).fetchone()
+    assert _views(ro) == before and _counts(ro) == (0, 20 * 12)
+    ro.close()
+    assert size == (32 * 1024, 0)
+    runs = [rows[i][2:] for i in range(len(rows)) if i == 0 or rows[i][0] != rows[i - 1][0]]
+    assert runs == sorted(runs) and len(runs) == 12  # each series once, by metric then entity
+    for position, (metric, entity) in enumerate(runs):
+        ticks = [t for _, t, m, e in rows if (m, e) == (metric, entity)]
+        assert ticks == sorted(ticks, reverse=position % 2 == 1)
 
 
 def test_span_order_sorts_by_series_then_tick_zigzag():
@@ -338,9 +371,9 @@ def test_a_small_file_is_rewritten_at_close_without_the_moved_rows_free_blocks(
     import agent.store_writer as writer
 
     done = []
-    real = writer.rewrite_if_worth_it
+    real = writer.finish_into_fresh
     monkeypatch.setattr(
-        writer, "rewrite_if_worth_it", lambda con, p: done.append(real(con, p)) or done[-1]
+        writer, "finish_into_fresh", lambda con, p: done.append(real(con, p)) or done[-1]
     )
     path = tmp_path / "a.duckdb"
     store = Store(path)
