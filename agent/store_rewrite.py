@@ -29,10 +29,13 @@ from agent.store_spans import span_order
 #: file (a 10-minute run: 10.9 B a value, 4 B rewritten) and a few percent of a day's.
 REWRITE_MAX_BYTES = 128 * 2**20
 REWRITE_FREE_SHARE = 0.2
-#: Block size of the fresh file. Every table takes blocks of its own, so a short run's nine
-#: small tables cost nine blocks: at 64 KiB that was 0.5 B a value of a 10-minute recording,
-#: at 32 KiB half; 16 KiB blocks compress the samples far worse (7.7 B a value, measured).
-FRESH_BLOCK_SIZE = 32 * 1024
+#: Block size of a fresh file of fewer than :data:`SMALL_FILE_ROWS` samples. Every table takes
+#: blocks of its own, so a short run's small tables cost a block each: at 64 KiB that was
+#: 0.5 B a value of a 10-minute recording (870 k values), at 32 KiB half. The samples compress
+#: a little worse in smaller blocks (a 2 h recording: 3.07 B a value at 64 KiB, 3.19 at 32 KiB;
+#: 16 KiB blocks 7.7 B at 10 minutes), so a bigger file keeps its own block size.
+SMALL_FILE_BLOCK_SIZE = 32 * 1024
+SMALL_FILE_ROWS = 2_000_000
 #: The writer's own tables: empty in the fresh file (their rows are in its spans).
 _WRITER_TABLES = ("sample_recent", "sample_moving")
 #: Rows of the writer's table sorted at once at close (~40 MB of NumPy arrays at most, for a
@@ -60,7 +63,7 @@ def rewrite_if_worth_it(con: Any, path: Path) -> bool:
         con.execute(f'COPY FROM DATABASE "{name}" TO aw_compact')
         return {t: _count(con, f'"{name}".main."{t}"') for t in _tables(con, name)}
 
-    _in_place_of(con, path, fill)
+    _in_place_of(con, path, fill, int(row[0]))
     return True
 
 
@@ -80,6 +83,11 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     if not recent or recent < REWRITE_FREE_SHARE * (recent + spanned):
         return False
     name = _database(con)
+    (block_size,) = con.execute(
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = ?", [name]
+    ).fetchone()
+    if recent + spanned < SMALL_FILE_ROWS:
+        block_size = SMALL_FILE_BLOCK_SIZE
     con.execute("CHECKPOINT")  # no WAL may outlive the rename (DuckDB refuses a foreign one)
 
     def fill() -> dict[str, int]:
@@ -96,7 +104,7 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
         expected["sample_spans"] += recent
         return expected
 
-    _in_place_of(con, path, fill)
+    _in_place_of(con, path, fill, int(block_size))
     return True
 
 
@@ -156,9 +164,9 @@ def _sort_recent_into(con: Any, name: str) -> int:
     return len(stamps)
 
 
-def _in_place_of(con: Any, path: Path, fill: Any) -> None:
-    """Write a fresh file with ``fill`` (which writes ``aw_compact`` and returns the rows each
-    of its tables must hold), check it table by table and put it in place of ``path``. The
+def _in_place_of(con: Any, path: Path, fill: Any, block_size: int) -> None:
+    """Write a fresh file of ``block_size`` blocks with ``fill`` (which writes ``aw_compact``
+    and returns the rows each of its tables must hold), check it table by table and put it in place of ``path``. The
     copy is private from its first byte (the agent's umask), synced, then renamed over the
     original while ``con`` still holds the original's lock (so no other writer can slip in
     between); on any failure the copy is removed and the original stays as it was."""
@@ -170,7 +178,7 @@ def _in_place_of(con: Any, path: Path, fill: Any) -> None:
     literal = "'" + str(fresh).replace("'", "''") + "'"
     try:
         con.execute("SET preserve_insertion_order = true")  # the spans' order is their size
-        con.execute(f"ATTACH {literal} AS aw_compact (BLOCK_SIZE {FRESH_BLOCK_SIZE})")
+        con.execute(f"ATTACH {literal} AS aw_compact (BLOCK_SIZE {block_size})")
         try:
             con.begin()  # one transaction: each table's rows appended to one set of row groups
             try:

@@ -150,7 +150,7 @@ def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_alternat
     ).fetchone()
     assert _views(ro) == before and _counts(ro) == (0, 20 * 12)
     ro.close()
-    assert size == (32 * 1024, 0)
+    assert size == (rewrite.SMALL_FILE_BLOCK_SIZE, 0)
     runs = [rows[i][2:] for i in range(len(rows)) if i == 0 or rows[i][0] != rows[i - 1][0]]
     assert runs == sorted(runs) and len(runs) == 12  # each series once, by metric then entity
     for position, (metric, entity) in enumerate(runs):
