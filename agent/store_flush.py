@@ -33,13 +33,14 @@ def plan_batches(
 ) -> int:
     """Append the statements that write ``batches`` of one run to ``steps``; returns the
     samples. Series ids are handed out now (pending in ``series`` until the flush commits)."""
-    samples = [b for b in batches if len(b)]
+    sizes = [len(b.values) for b in batches]
+    samples = [b for b, size in zip(batches, sizes) if size]
     n = 0
     if samples:
         ids, orders, new = series.ids(run_id, samples, con)
         if new is not None:
             steps.append(lambda: series.insert(con, run_id, new))
-        tick_samples = sample_columns(ids, orders, samples)
+        tick_samples = sample_columns(ids, orders, samples, [size for size in sizes if size])
         steps.append(
             lambda: scan_columns(
                 con, "INSERT INTO sample_recent SELECT series_id, ts, value FROM columns",
@@ -95,7 +96,7 @@ def write_heartbeat(con: duckdb.DuckDBPyConnection, run_id: str, last: float | N
 
 def newest_sample(batches: list[Batch], known: float | None) -> float | None:
     """The newest sample time of ``batches`` and ``known`` (None when neither has one)."""
-    last = max((b.ts for b in batches if len(b)), default=None)
+    last = max((b.ts for b in batches if len(b.values)), default=None)
     if known is not None:
         last = known if last is None else max(last, known)
     return last

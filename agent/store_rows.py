@@ -32,14 +32,18 @@ def scan_columns(
 
 
 def sample_columns(
-    ids: np.ndarray, orders: Sequence[Any], samples: Sequence[Batch]
+    ids: np.ndarray,
+    orders: Sequence[Any],
+    samples: Sequence[Batch],
+    sizes: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``series_id, ts, value`` of a tick's batches, each batch's values in its stored order."""
+    """``series_id, ts, value`` of a tick's batches (``sizes``: their lengths, when the caller
+    has them), each batch's values in its stored order."""
     return {
         "series_id": ids,
         "ts": np.repeat(
             np.array([_us(b.ts) for b in samples], dtype="datetime64[us]"),
-            [len(b) for b in samples],
+            [len(b.values) for b in samples] if sizes is None else sizes,
         ),
         "value": np.concatenate(
             [np.asarray(b.values, dtype=np.float64)[o] for b, o in zip(samples, orders)]

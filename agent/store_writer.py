@@ -323,7 +323,7 @@ class Store:
             try:
                 for run_id, batches in by_run.items():
                     total += plan_batches(con, self._series, run_id, batches, steps)
-                    last = max((b.ts for b in batches if len(b)), default=None)
+                    last = max((b.ts for b in batches if len(b.values)), default=None)
                     if last is not None:
                         beats[run_id] = max(last, self._last_sample.get(run_id, last))
                     beat_at = self._beat_at.get(run_id)
