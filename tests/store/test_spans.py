@@ -19,7 +19,13 @@ from agent.model import Batch
 from agent.report import build_report
 from agent.runs import LocalReadConnection
 from agent.series import apply_v3_layout
-from agent.store import _SCHEMA_V3_OPS, _SCHEMA_V3_TRACKING, Store, connect
+from agent.store import (
+    _SCHEMA_V3_OPS,
+    _SCHEMA_V3_TRACKING,
+    NEW_FILE_BLOCK_SIZE,
+    Store,
+    connect,
+)
 from agent.store_spans import has_spans, span_order
 from tests.store.test_layout import T0, _v2_file, _views
 
@@ -156,6 +162,24 @@ def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_alternat
     for position, (metric, entity) in enumerate(runs):
         ticks = [t for _, t, m, e in rows if (m, e) == (metric, entity)]
         assert ticks == sorted(ticks, reverse=position % 2 == 1)
+
+
+def test_a_fresh_file_of_many_samples_keeps_the_originals_block_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(rewrite, "SMALL_FILE_ROWS", 100)  # 240 samples count as many
+    store = Store(tmp_path / "a.duckdb")
+    for t in range(20):
+        store.write_ticks([("r", [_tick(t)])])
+    store.close()
+    ro = connect(tmp_path / "a.duckdb", read_only=True)
+    try:
+        size = ro.execute(
+            "SELECT block_size, free_blocks FROM pragma_database_size() "
+            "WHERE database_name = current_database()"
+        ).fetchone()
+        assert _counts(ro) == (0, 20 * 12)
+    finally:
+        ro.close()
+    assert size == (NEW_FILE_BLOCK_SIZE, 0)
 
 
 def test_span_order_sorts_by_series_then_tick_zigzag():
