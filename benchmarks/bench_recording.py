@@ -103,13 +103,10 @@ def bytes_per_value(db: Path, tmp: Path) -> tuple[int, int, float, float]:
     sides are files on disk after they were closed."""
     parquet = tmp / f"{db.stem}.parquet"
     # the 24 h file's sort is 125 M rows: bounded, it spills instead of taking ~15 GB of RAM
-    config = {
-        "memory_limit": BYTES_SORT_MEMORY,
-        "temp_directory": str(tmp / "sort.tmp"),
-        "enable_progress_bar": False,
-    }
+    config = {"memory_limit": BYTES_SORT_MEMORY, "temp_directory": str(tmp / "sort.tmp")}
     con = duckdb.connect(str(db), read_only=True, config=config)
     try:
+        con.execute("SET enable_progress_bar = false")
         values, ticks = con.execute("SELECT count(*), count(DISTINCT ts) FROM samples").fetchone()
         con.execute(
             f"COPY (SELECT * FROM samples ORDER BY ts, source, entity, metric) TO '{parquet}' "
