@@ -33,6 +33,7 @@ from agent.analysis.frame_accel import (
     job_accelerators,
     metric_names,
 )
+from agent.analysis.frame_buckets import stored_bucket_aggregate
 from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
@@ -94,12 +95,35 @@ def role_metrics() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Window:
-    """What to analyse: a run, optionally only ``[start, end)``, in buckets of ``bucket_s``."""
+    """What to analyse: a run, optionally only ``[start, end)``, in buckets of ``bucket_s``.
+    ``stored_buckets``: read the writer's buckets where they serve (False: every raw value,
+    as for a file without them)."""
 
     run_id: str
     bucket_s: float
     start: datetime | None = None
     end: datetime | None = None
+    stored_buckets: bool = True
+
+
+def _analysed(plan: AcceleratorPlan) -> tuple[tuple[str, ...], list[str]]:
+    """The metrics the frame aggregates and the label conditions (SQL over ``series`` or
+    ``samples`` columns) that pick their series."""
+    by_role = role_metrics()
+    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics, *by_role]))
+    # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
+    # (InfiniBand ports, ib:mlx5_0/1, and mounts, mount:/data, do count). Metric
+    # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
+    return analysed, [
+        f"metric IN ({in_list(analysed)})",
+        plan.part_filter((*BASE_METRICS, *by_role)),
+    ]
+
+
+def analysed_series_where() -> str:
+    """SQL over ``series``' columns picking the series the frame aggregates (of any run): the
+    writer keeps buckets of these (:mod:`agent.store_buckets`)."""
+    return " AND ".join(_analysed(accelerator_plan())[1])
 
 
 @dataclass(frozen=True)
@@ -191,12 +215,7 @@ def build_frames(
     ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
     then the rules) runs mostly on one core, so a caller may start other reads beside it."""
     plan = accelerator_plan()
-    by_role = role_metrics()
-    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics, *by_role]))
-    # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
-    # (InfiniBand ports, ib:mlx5_0/1, and mounts, mount:/data, do count). Metric
-    # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
-    labels = [f"metric IN ({in_list(analysed)})", plan.part_filter((*BASE_METRICS, *by_role))]
+    analysed, labels = _analysed(plan)
     params: dict[str, object] = {
         "run": window.run_id,
         "bucket_us": int(round(window.bucket_s * 1e6)),
@@ -213,13 +232,18 @@ def build_frames(
     if series:
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
-        picked = series_filter(con, window.run_id, " AND ".join(labels))
+        where = " AND ".join(labels)
+        agg = window.stored_buckets and stored_bucket_aggregate(
+            con, window.run_id, where, window.bucket_s, times
+        )
+        if not agg:
+            picked = series_filter(con, window.run_id, where)
+            agg = f"""SELECT series_id, k, {aggregates}
+                FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k"""
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE aw_agg AS
-            WITH agg AS (
-                SELECT series_id, k, {aggregates}
-                FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k), {sources}
+            WITH agg AS ({agg}), {sources}
             SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
             FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
             {k: v for k, v in params.items() if k != "run"},
