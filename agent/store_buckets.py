@@ -110,6 +110,9 @@ class BucketChoice:
         self._known: dict[int, bool] = {}
         self._loaded = False
         self.enabled = False
+        #: (width in µs, idle threshold) recorded in the file: every bucket of a file is
+        #: counted alike, whatever this writer's constants are.
+        self.layout = (BUCKET_BASE_US, 0.0)
 
     def reset(self) -> None:
         self._known.clear()
@@ -118,8 +121,10 @@ class BucketChoice:
     def _load(self, con: Any) -> None:
         if self._loaded:
             return
-        self.enabled = has_buckets(con)
-        if self.enabled:
+        layout = bucket_layout(con)
+        self.enabled = layout is not None
+        if layout is not None:
+            self.layout = (round(layout[0] * 1e6), layout[1])
             rows = con.execute("SELECT series_id, bucketed FROM bucket_series").fetchall()
             self._known = {int(s): bool(b) for s, b in rows}
         self._loaded = True
@@ -150,18 +155,23 @@ class BucketChoice:
 
 
 def aggregate_buckets(
-    sids: np.ndarray, us: np.ndarray, values: np.ndarray, bucketed: np.ndarray
+    sids: np.ndarray,
+    us: np.ndarray,
+    values: np.ndarray,
+    bucketed: np.ndarray,
+    layout: tuple[int, float],
 ) -> dict[str, np.ndarray] | None:
     """The ``sample_buckets`` rows of a chunk's rows in span order (each series' rows together,
-    its times ascending or descending), for the series in ``bucketed``; None if none."""
+    its times ascending or descending), for the series in ``bucketed``, ``layout`` being the
+    file's (width µs, idle threshold); None if none."""
     if not len(bucketed):
         return None
-    low_below = idle_threshold()
+    width_us, low_below = layout
     keep = np.isin(sids, bucketed)
     if not keep.any():
         return None
     s, v = sids[keep], values[keep]
-    b = us[keep] // BUCKET_BASE_US
+    b = us[keep] // width_us
     # A (series, bucket) group is one run of rows: a series' rows are contiguous, and its
     # buckets move one way along them.
     starts = np.flatnonzero(np.r_[True, (s[1:] != s[:-1]) | (b[1:] != b[:-1])])

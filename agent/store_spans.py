@@ -323,7 +323,7 @@ class Compactor:
         ids = np.unique(sids)
         buckets = aggregate_buckets(
             span_rows["series_id"], us[order], span_rows["value"],
-            self._buckets.bucketed(move.cursor, ids),
+            self._buckets.bucketed(move.cursor, ids), self._buckets.layout,
         )  # fmt: skip
         insert_buckets(move.cursor, buckets)
         self.moved_rows += len(sids)
