@@ -33,7 +33,7 @@ from agent.analysis.frame_accel import (
     job_accelerators,
     metric_names,
 )
-from agent.analysis.frame_buckets import stored_bucket_aggregate
+from agent.analysis.frame_buckets import stored_bucket_rows
 from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
@@ -233,10 +233,11 @@ def build_frames(
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
         where = " AND ".join(labels)
-        agg = window.stored_buckets and stored_bucket_aggregate(
-            con, window.run_id, where, window.bucket_s, times
-        )
-        if not agg:
+        merged = None
+        if window.stored_buckets:
+            merged = stored_bucket_rows(con, window.run_id, where, window.bucket_s, times)
+        agg = "SELECT * FROM merged"  # DuckDB scans the local NumPy columns
+        if merged is None:
             picked = series_filter(con, window.run_id, where)
             agg = f"""SELECT series_id, k, {aggregates}
                 FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k"""
@@ -246,7 +247,7 @@ def build_frames(
             WITH agg AS ({agg}), {sources}
             SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
             FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
-            {k: v for k, v in params.items() if k != "run"},
+            {k: v for k, v in params.items() if k != "run"} if merged is None else {},
         )
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)

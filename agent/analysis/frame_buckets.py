@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.store_buckets import bucket_layout
 
@@ -24,14 +26,22 @@ def _ids(ids: Sequence[int]) -> str:
     return f"series_id BETWEEN {min(ids)} AND {max(ids)} AND series_id IN ({listed})"
 
 
-def stored_bucket_aggregate(
+#: Above this many (series, bucket) slots the merge sorts instead of scattering into a dense grid.
+DENSE_SLOTS = 8_000_000
+
+
+def stored_bucket_rows(
     con: Any, run_id: str, where: str, bucket_s: float, times: Sequence[str]
-) -> str | None:
-    """SQL of ``(series_id, k, n, avg, min, max, low_share)`` per frame bucket ``k``
-    (``epoch_us(ts) // $bucket_us``) of the run's series matching ``where`` (SQL over
-    ``series``), read from the stored buckets; None when they cannot serve: no buckets in the
-    file, a time-bounded window, a width that is no multiple of theirs, another idle threshold,
-    or no series bucketed."""
+) -> dict[str, np.ndarray] | None:
+    """``aw_agg``'s aggregate, ``(series_id, k, n, avg, min, max, low_share)`` per frame bucket
+    ``k`` (``epoch_us(ts) // bucket_us``) of the run's series matching ``where`` (SQL over
+    ``series``), from the stored buckets and the raw values outside them, as NumPy columns;
+    None when the buckets cannot serve: none in the file, a time-bounded window, a width that
+    is no multiple of theirs, another idle threshold, or no series bucketed.
+
+    The merge is NumPy's: a frame bucket is mostly one stored row, so DuckDB's hash
+    aggregation of ~1 M rows into ~1 M groups (the most of this read) is replaced by a
+    scatter into the dense (series, bucket) grid, the bucket numbers being consecutive."""
     if times:
         return None
     layout = bucket_layout(con)
@@ -53,23 +63,68 @@ def stored_bucket_aggregate(
     unbucketed = [int(s) for s, b in rows if not b]
     picked = _ids([int(s) for s, _ in rows])
     raw = [
-        f"""SELECT series_id, epoch_us(ts) // $bucket_us AS k, value FROM {table}
+        f"""SELECT series_id, epoch_us(ts) // {bucket_us} AS k, value FROM {table}
             WHERE {picked}"""
         for table in ("sample_moving", "sample_recent")
     ]
     if unbucketed:
         raw.append(f"""SELECT p.series_id, t.k, p.value FROM sample_spans p
-            JOIN (SELECT tick, epoch_us(ts) // $bucket_us AS k FROM sample_ticks) t USING (tick)
+            JOIN (SELECT tick, epoch_us(ts) // {bucket_us} AS k FROM sample_ticks) t USING (tick)
             WHERE {_ids(unbucketed).replace("series_id", "p.series_id")}""")
-    raw_rows = " UNION ALL ".join(raw)
-    return f"""
-        SELECT series_id, k, sum(n)::BIGINT AS n, sum(total) / sum(n) AS avg,
-               min(min) AS min, max(max) AS max, sum(low) / sum(n) AS low_share
-        FROM (
-            SELECT series_id, bucket // {bucket_us // base_us} AS k, n, total, low, min, max
-            FROM sample_buckets WHERE {_ids(bucketed)}
-            UNION ALL
-            SELECT series_id, k, count(*), sum(value), count_if(value < {IDLE_SAMPLE!r}),
-                   min(value), max(value)
-            FROM ({raw_rows}) GROUP BY series_id, k)
-        GROUP BY series_id, k"""
+    stored = con.execute(
+        f"""SELECT series_id, bucket // {bucket_us // base_us} AS k, n, total, low, min, max
+            FROM sample_buckets WHERE {_ids(bucketed)}"""
+    ).fetchnumpy()
+    loose = con.execute(
+        f"""SELECT series_id, k, count(*) AS n, sum(value) AS total,
+                   count_if(value < {IDLE_SAMPLE!r}) AS low, min(value) AS min,
+                   max(value) AS max
+            FROM ({" UNION ALL ".join(raw)}) GROUP BY series_id, k"""
+    ).fetchnumpy()
+    parts = {c: np.concatenate([np.asarray(stored[c]), np.asarray(loose[c])]) for c in stored}
+    return merge_buckets(parts)
+
+
+def merge_buckets(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of (series_id, k, n, total, low, min, max) merged by (series_id, k). Most slots
+    hold one row (a bucket inside one span): those are taken as they are; only the rest (cut
+    by a span boundary, or partly unmoved) are merged."""
+    sid = parts["series_id"].astype(np.int64)
+    k = parts["k"].astype(np.int64)
+    n = parts["n"].astype(np.int64)
+    total, low = parts["total"].astype(np.float64), parts["low"].astype(np.float64)
+    lo, hi = parts["min"].astype(np.float64), parts["max"].astype(np.float64)
+    if len(sid):
+        s0, k0 = int(sid.min()), int(k.min())
+        width = int(k.max()) - k0 + 1
+        key = (sid - s0) * width + (k - k0)
+        if (int(sid.max()) - s0 + 1) * width <= DENSE_SLOTS:
+            counts = np.bincount(key)
+        else:
+            _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            key = inverse
+        shared = np.flatnonzero(counts[key] > 1)
+        if len(shared):
+            slots, slot = np.unique(key[shared], return_inverse=True)
+            first = np.zeros(len(slots), dtype=np.int64)
+            first[slot] = shared  # any row of the slot gives its series and bucket
+            m_lo, m_hi = np.full(len(slots), np.nan), np.full(len(slots), -np.inf)
+            np.fmin.at(m_lo, slot, lo[shared])  # as DuckDB's min: NaN skipped
+            np.maximum.at(m_hi, slot, hi[shared])  # max: NaN if any is
+            alone = np.flatnonzero(counts[key] == 1)
+            sid = np.concatenate([sid[alone], sid[first]])
+            k = np.concatenate([k[alone], k[first]])
+            n = np.concatenate([n[alone], np.bincount(slot, weights=n[shared]).astype(np.int64)])
+            total = np.concatenate([total[alone], np.bincount(slot, weights=total[shared])])
+            low = np.concatenate([low[alone], np.bincount(slot, weights=low[shared])])
+            lo = np.concatenate([lo[alone], m_lo])
+            hi = np.concatenate([hi[alone], m_hi])
+    return {
+        "series_id": sid.astype(np.int32),
+        "k": k,
+        "n": n,
+        "avg": total / n,
+        "min": lo,
+        "max": hi,
+        "low_share": low / n,
+    }

@@ -15,7 +15,7 @@ import pytest
 import agent.store_buckets as buckets
 import agent.store_spans as spans
 from agent.analysis.frame import Window, analysed_series_where, build_frames
-from agent.analysis.frame_buckets import stored_bucket_aggregate
+from agent.analysis.frame_buckets import stored_bucket_rows
 from agent.model import Batch
 from agent.store import Store, connect
 from agent.store_buckets import has_buckets
@@ -107,11 +107,11 @@ def test_frames_from_buckets_equal_frames_from_raw_values_with_the_tail_unmoved(
         assert tail > 0  # the unmoved tail is aggregated at read time
         for width in (5.0, 10.0, 30.0):
             assert _frame(con, width, True) == _frame(con, width, False)
-            params = {"bucket_us": int(width * 1e6)}
-            sql = stored_bucket_aggregate(con, "r", "true", width, [])
-            assert sql is not None
-            (n,) = con.execute(f"SELECT sum(n) FROM ({sql})", params).fetchone()
-            assert n == 33 * 13  # every value once: buckets, the move's leftovers, the tail
+            rows = stored_bucket_rows(con, "r", "true", width, [])
+            assert rows is not None
+            # every value once: buckets, the move's leftovers, the tail; each bucket one row
+            assert rows["n"].sum() == 33 * 13
+            assert len(set(zip(rows["series_id"], rows["k"]))) == len(rows["k"])
     finally:
         con.close()
         store.close()
@@ -121,9 +121,9 @@ def test_a_frame_width_the_buckets_cannot_serve_reads_the_raw_values(tmp_path, s
     _record(tmp_path / "a.duckdb", range(12))
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     try:
-        assert stored_bucket_aggregate(ro, "r", "true", 2.0, []) is None  # not a multiple
-        assert stored_bucket_aggregate(ro, "r", "true", 5.0, ["ts >= $start"]) is None
-        assert stored_bucket_aggregate(ro, "r", "true", 5.0, []) is not None
+        assert stored_bucket_rows(ro, "r", "true", 2.0, []) is None  # not a multiple
+        assert stored_bucket_rows(ro, "r", "true", 5.0, ["ts >= $start"]) is None
+        assert stored_bucket_rows(ro, "r", "true", 5.0, []) is not None
         assert _frame(ro, 2.0, True) == _frame(ro, 2.0, False)
     finally:
         ro.close()
@@ -136,7 +136,7 @@ def test_buckets_counted_with_another_idle_threshold_are_not_read(tmp_path, smal
     con.close()
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     try:
-        assert stored_bucket_aggregate(ro, "r", "true", 5.0, []) is None
+        assert stored_bucket_rows(ro, "r", "true", 5.0, []) is None
     finally:
         ro.close()
 
@@ -265,7 +265,7 @@ def test_appending_a_run_to_a_version_4_file_reads_the_old_run_raw_and_buckets_t
         decided = dict(ro.execute("SELECT series_id, bucketed FROM bucket_series").fetchall())
         assert all(decided[s] is False for s in old_ids)  # moved before buckets: read raw
         assert any(decided[s] for s in set(decided) - old_ids)
-        assert stored_bucket_aggregate(ro, "r", "true", 5.0, []) is None
+        assert stored_bucket_rows(ro, "r", "true", 5.0, []) is None
         assert _frame(ro, 5.0, True) == old
         build_frames(ro, Window("second", 5.0))
         (n,) = ro.execute("SELECT sum(n) FROM aw_agg").fetchone()
