@@ -33,7 +33,7 @@ from agent.analysis.frame_accel import (
     job_accelerators,
     metric_names,
 )
-from agent.analysis.frame_buckets import stored_bucket_rows
+from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
@@ -233,22 +233,27 @@ def build_frames(
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
         where = " AND ".join(labels)
-        merged = None
+        batches = None
         if window.stored_buckets:
-            merged = stored_bucket_rows(con, window.run_id, where, window.bucket_s, times)
-        agg = "SELECT * FROM merged"  # DuckDB scans the local NumPy columns
-        if merged is None:
+            batches = stored_bucket_batches(con, window.run_id, where, window.bucket_s, times)
+        named = """SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
+            FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric"""
+        if batches is None:
             picked = series_filter(con, window.run_id, where)
-            agg = f"""SELECT series_id, k, {aggregates}
-                FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k"""
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE aw_agg AS
-            WITH agg AS ({agg}), {sources}
-            SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
-            FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
-            {k: v for k, v in params.items() if k != "run"} if merged is None else {},
-        )
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE aw_agg AS
+                WITH agg AS (
+                    SELECT series_id, k, {aggregates}
+                    FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k),
+                {sources} {named}""",
+                {k: v for k, v in params.items() if k != "run"},
+            )
+        else:
+            into = "CREATE OR REPLACE TEMP TABLE aw_agg AS"
+            for merged in batches:  # noqa: B007 - DuckDB scans the local NumPy columns
+                con.execute(f"{into} WITH agg AS (SELECT * FROM merged), {sources} {named}")
+                into = "INSERT INTO aw_agg"
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
         con.execute(

@@ -11,7 +11,7 @@ a raw scan's only by the order of summation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,18 +30,23 @@ def _ids(ids: Sequence[int]) -> str:
 DENSE_SLOTS = 8_000_000
 
 
-def stored_bucket_rows(
+#: Series merged at a time: ~250 k stored rows at 24 h, so the fetched columns stay ~10 MB.
+BATCH_SERIES = 64
+
+
+def stored_bucket_batches(
     con: Any, run_id: str, where: str, bucket_s: float, times: Sequence[str]
-) -> dict[str, np.ndarray] | None:
+) -> Iterator[dict[str, np.ndarray]] | None:
     """``aw_agg``'s aggregate, ``(series_id, k, n, avg, min, max, low_share)`` per frame bucket
     ``k`` (``epoch_us(ts) // bucket_us``) of the run's series matching ``where`` (SQL over
-    ``series``), from the stored buckets and the raw values outside them, as NumPy columns;
-    None when the buckets cannot serve: none in the file, a time-bounded window, a width that
-    is no multiple of theirs, another idle threshold, or no series bucketed.
+    ``series``), from the stored buckets and the raw values outside them, as NumPy columns,
+    a batch of series at a time; None when the buckets cannot serve: none in the file, a
+    time-bounded window, a width that is no multiple of theirs, another idle threshold, or no
+    series bucketed.
 
     The merge is NumPy's: a frame bucket is mostly one stored row, so DuckDB's hash
-    aggregation of ~1 M rows into ~1 M groups (the most of this read) is replaced by a
-    scatter into the dense (series, bucket) grid, the bucket numbers being consecutive."""
+    aggregation of ~1 M rows into ~1 M groups (the most of this read) is replaced by taking
+    those rows as they are and merging only the few that share a bucket."""
     if times:
         return None
     layout = bucket_layout(con)
@@ -57,11 +62,19 @@ def stored_bucket_rows(
             WHERE s.run_id = ? AND ({where}) ORDER BY 1""",
         [run_id],
     ).fetchall()
-    bucketed = [int(s) for s, b in rows if b]
-    if not bucketed:
+    if not any(b for _, b in rows):
         return None
-    unbucketed = [int(s) for s, b in rows if not b]
-    picked = _ids([int(s) for s, _ in rows])
+    picked = [(int(s), bool(b)) for s, b in rows]
+    batches = [picked[i : i + BATCH_SERIES] for i in range(0, len(picked), BATCH_SERIES)]
+    return (_batch(con, batch, bucket_us, bucket_us // base_us) for batch in batches)
+
+
+def _batch(
+    con: Any, series: list[tuple[int, bool]], bucket_us: int, per_bucket: int
+) -> dict[str, np.ndarray]:
+    bucketed = [s for s, b in series if b]
+    unbucketed = [s for s, b in series if not b]
+    picked = _ids([s for s, _ in series])
     raw = [
         f"""SELECT series_id, epoch_us(ts) // {bucket_us} AS k, value FROM {table}
             WHERE {picked}"""
@@ -71,34 +84,39 @@ def stored_bucket_rows(
         raw.append(f"""SELECT p.series_id, t.k, p.value FROM sample_spans p
             JOIN (SELECT tick, epoch_us(ts) // {bucket_us} AS k FROM sample_ticks) t USING (tick)
             WHERE {_ids(unbucketed).replace("series_id", "p.series_id")}""")
-    stored = con.execute(
-        f"""SELECT series_id, bucket // {bucket_us // base_us} AS k, n, total, low, min, max
-            FROM sample_buckets WHERE {_ids(bucketed)}"""
-    ).fetchnumpy()
     loose = con.execute(
         f"""SELECT series_id, k, count(*) AS n, sum(value) AS total,
                    count_if(value < {IDLE_SAMPLE!r}) AS low, min(value) AS min,
                    max(value) AS max
             FROM ({" UNION ALL ".join(raw)}) GROUP BY series_id, k"""
     ).fetchnumpy()
-    parts = {c: np.concatenate([np.asarray(stored[c]), np.asarray(loose[c])]) for c in stored}
-    return merge_buckets(parts)
+    if not bucketed:
+        return merge_buckets(loose)
+    stored = con.execute(
+        f"""SELECT series_id, bucket // {per_bucket} AS k, n, total, low, min, max
+            FROM sample_buckets WHERE {_ids(bucketed)}"""
+    ).fetchnumpy()
+    if len(loose["n"]):
+        stored = {c: np.concatenate([np.asarray(stored[c]), np.asarray(loose[c])]) for c in stored}
+    return merge_buckets(stored)
 
 
 def merge_buckets(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of (series_id, k, n, total, low, min, max) merged by (series_id, k). Most slots
     hold one row (a bucket inside one span): those are taken as they are; only the rest (cut
     by a span boundary, or partly unmoved) are merged."""
-    sid = parts["series_id"].astype(np.int64)
-    k = parts["k"].astype(np.int64)
-    n = parts["n"].astype(np.int64)
-    total, low = parts["total"].astype(np.float64), parts["low"].astype(np.float64)
-    lo, hi = parts["min"].astype(np.float64), parts["max"].astype(np.float64)
+    sid, k = np.asarray(parts["series_id"]), np.asarray(parts["k"])
+    n, low = np.asarray(parts["n"]), np.asarray(parts["low"])
+    total, lo, hi = (np.asarray(parts[c], np.float64) for c in ("total", "min", "max"))
     if len(sid):
-        s0, k0 = int(sid.min()), int(k.min())
+        # slot = (series' rank, bucket - first bucket): ~1 M slots at 24 h, mostly used
+        present = np.flatnonzero(np.bincount(sid))
+        rank = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        rank[present] = np.arange(len(present))
+        k0 = int(k.min())
         width = int(k.max()) - k0 + 1
-        key = (sid - s0) * width + (k - k0)
-        if (int(sid.max()) - s0 + 1) * width <= DENSE_SLOTS:
+        key = rank[sid] * width + (k.astype(np.int64) - k0)
+        if len(present) * width <= DENSE_SLOTS:
             counts = np.bincount(key)
         else:
             _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
@@ -120,9 +138,9 @@ def merge_buckets(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             lo = np.concatenate([lo[alone], m_lo])
             hi = np.concatenate([hi[alone], m_hi])
     return {
-        "series_id": sid.astype(np.int32),
-        "k": k,
-        "n": n,
+        "series_id": np.asarray(sid, dtype=np.int32),
+        "k": np.asarray(k, dtype=np.int64),
+        "n": np.asarray(n, dtype=np.int64),
         "avg": total / n,
         "min": lo,
         "max": hi,

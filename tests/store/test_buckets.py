@@ -10,12 +10,14 @@ import textwrap
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
+import agent.analysis.frame_buckets as frame_buckets
 import agent.store_buckets as buckets
 import agent.store_spans as spans
 from agent.analysis.frame import Window, analysed_series_where, build_frames
-from agent.analysis.frame_buckets import stored_bucket_rows
+from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.model import Batch
 from agent.store import Store, connect
 from agent.store_buckets import has_buckets
@@ -33,7 +35,9 @@ def _ticks(t: int) -> list[Batch]:
 
 @pytest.fixture
 def small(monkeypatch):
-    """Spans of 7 ticks moved 20 rows a step, buckets of 5 s: span boundaries cut buckets."""
+    """Spans of 7 ticks moved 20 rows a step, buckets of 5 s: span boundaries cut buckets;
+    read back 5 series at a time."""
+    monkeypatch.setattr(frame_buckets, "BATCH_SERIES", 5)
     monkeypatch.setattr(spans, "SPAN_TICKS", 7)
     monkeypatch.setattr(spans, "CHUNK_ROWS", 20)
     monkeypatch.setattr(buckets, "BUCKET_BASE_S", 5)
@@ -107,8 +111,10 @@ def test_frames_from_buckets_equal_frames_from_raw_values_with_the_tail_unmoved(
         assert tail > 0  # the unmoved tail is aggregated at read time
         for width in (5.0, 10.0, 30.0):
             assert _frame(con, width, True) == _frame(con, width, False)
-            rows = stored_bucket_rows(con, "r", "true", width, [])
-            assert rows is not None
+            batches = stored_bucket_batches(con, "r", "true", width, [])
+            assert batches is not None
+            got = list(batches)
+            rows = {c: np.concatenate([b[c] for b in got]) for c in got[0]}
             # every value once: buckets, the move's leftovers, the tail; each bucket one row
             assert rows["n"].sum() == 33 * 13
             assert len(set(zip(rows["series_id"], rows["k"]))) == len(rows["k"])
@@ -121,9 +127,9 @@ def test_a_frame_width_the_buckets_cannot_serve_reads_the_raw_values(tmp_path, s
     _record(tmp_path / "a.duckdb", range(12))
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     try:
-        assert stored_bucket_rows(ro, "r", "true", 2.0, []) is None  # not a multiple
-        assert stored_bucket_rows(ro, "r", "true", 5.0, ["ts >= $start"]) is None
-        assert stored_bucket_rows(ro, "r", "true", 5.0, []) is not None
+        assert stored_bucket_batches(ro, "r", "true", 2.0, []) is None  # not a multiple
+        assert stored_bucket_batches(ro, "r", "true", 5.0, ["ts >= $start"]) is None
+        assert stored_bucket_batches(ro, "r", "true", 5.0, []) is not None
         assert _frame(ro, 2.0, True) == _frame(ro, 2.0, False)
     finally:
         ro.close()
@@ -136,7 +142,7 @@ def test_buckets_counted_with_another_idle_threshold_are_not_read(tmp_path, smal
     con.close()
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     try:
-        assert stored_bucket_rows(ro, "r", "true", 5.0, []) is None
+        assert stored_bucket_batches(ro, "r", "true", 5.0, []) is None
     finally:
         ro.close()
 
@@ -265,7 +271,7 @@ def test_appending_a_run_to_a_version_4_file_reads_the_old_run_raw_and_buckets_t
         decided = dict(ro.execute("SELECT series_id, bucketed FROM bucket_series").fetchall())
         assert all(decided[s] is False for s in old_ids)  # moved before buckets: read raw
         assert any(decided[s] for s in set(decided) - old_ids)
-        assert stored_bucket_rows(ro, "r", "true", 5.0, []) is None
+        assert stored_bucket_batches(ro, "r", "true", 5.0, []) is None
         assert _frame(ro, 5.0, True) == old
         build_frames(ro, Window("second", 5.0))
         (n,) = ro.execute("SELECT sum(n) FROM aw_agg").fetchone()
