@@ -1,7 +1,8 @@
 """``aw_agg``'s aggregation from the writer's stored buckets (schema 5), where they serve.
 
 A whole run whose frame bucket is a multiple of the stored base width reads, per analysed
-series, the base buckets (``sample_buckets``: 30 values a row at 1 Hz) merged up to the frame's
+series, the base buckets (``sample_buckets`` and ``sample_buckets_flat``: 30 values a row at
+1 Hz) merged up to the frame's
 width, plus the raw values not in buckets: the writer's tables not moved yet, and the spans of
 series moved without buckets (an older file's, appended to). Both sides are reduced to the
 same mergeable parts (count, sum, idle count, min, max) and merged by (series, bucket), so a
@@ -92,9 +93,14 @@ def _batch(
     ).fetchnumpy()
     if not bucketed:
         return merge_buckets(loose)
+    ids = _ids(bucketed)
     stored = con.execute(
         f"""SELECT series_id, bucket // {per_bucket} AS k, n, total, low, min, max
-            FROM sample_buckets WHERE {_ids(bucketed)}"""
+            FROM sample_buckets WHERE {ids}
+            UNION ALL
+            SELECT series_id, bucket // {per_bucket}, n, n * value,
+                   CASE WHEN value < {IDLE_SAMPLE!r} THEN n ELSE 0 END, value, value
+            FROM sample_buckets_flat WHERE {ids}"""
     ).fetchnumpy()
     if len(loose["n"]):
         stored = {c: np.concatenate([np.asarray(stored[c]), np.asarray(loose[c])]) for c in stored}

@@ -41,7 +41,9 @@ def two_files(tmp_path, monkeypatch):
     plain = tmp_path / "plain.duckdb"
     shutil.copy(db, plain)
     con = duckdb.connect(str(plain))
-    con.execute("DROP TABLE sample_buckets; DROP TABLE bucket_series")
+    con.execute(
+        "DROP TABLE sample_buckets; DROP TABLE sample_buckets_flat; DROP TABLE bucket_series"
+    )
     con.execute("DELETE FROM accelwatch_meta WHERE key LIKE 'bucket_%'")
     con.execute("UPDATE accelwatch_meta SET value = '4' WHERE key = 'schema_version'")
     con.close()

@@ -30,7 +30,8 @@ PART = "gpu0/nvlink0"
 
 def _ticks(t: int) -> list[Batch]:
     part = Batch("nvml", T0 + t, [PART], ["gpu.nvlink.tx_bytes"], [1e6 * t])
-    return [_tick(t), part]
+    limit = Batch("nvml", T0 + t, ["gpu0"], ["gpu.power.limit"], [700.0])  # flat buckets
+    return [_tick(t), part, limit]
 
 
 @pytest.fixture
@@ -53,11 +54,18 @@ def _record(path: Path, ticks: range, *, close: bool = True) -> Store:
     return store
 
 
+#: Every stored bucket, a flat one (all its values equal) with its columns worked out.
+STORED = """(SELECT series_id, bucket, n, total, low, min, max FROM sample_buckets
+            UNION ALL SELECT series_id, bucket, n, n * value,
+                             CASE WHEN value < 0.05 THEN n ELSE 0 END, value, value
+            FROM sample_buckets_flat)"""
+
+
 def _merged_buckets(con) -> list[tuple]:
     """Stored buckets merged by (series, bucket): (series, bucket, n, sum, low, min, max)."""
     return con.execute(
-        """SELECT series_id, bucket, sum(n), round(sum(total), 6), sum(low), min(min), max(max)
-           FROM sample_buckets GROUP BY ALL ORDER BY ALL"""
+        f"""SELECT series_id, bucket, sum(n), round(sum(total), 6), sum(low), min(min), max(max)
+           FROM {STORED} GROUP BY ALL ORDER BY ALL"""
     ).fetchall()
 
 
@@ -93,12 +101,14 @@ def test_the_move_writes_buckets_of_the_series_the_analysis_reads_and_only_those
             ).fetchall()
         }
         (part,) = ro.execute("SELECT series_id FROM series WHERE entity = ?", [PART]).fetchone()
-        assert len(decided) == 13 and {s for s, b in decided.items() if b} == analysed
-        assert decided[part] is False and len(analysed) == 12
+        assert len(decided) == 14 and {s for s, b in decided.items() if b} == analysed
+        assert decided[part] is False and len(analysed) == 13
+        (flat,) = ro.execute("SELECT count(*) FROM sample_buckets_flat").fetchone()
+        assert flat >= 5  # the power limit's buckets, stored as one value each
         # every moved value of a bucketed series is in exactly one bucket
         assert _merged_buckets(ro) == _raw_buckets(ro, 5_000_000)
-        (n,) = ro.execute("SELECT sum(n) FROM sample_buckets").fetchone()
-        assert n == 25 * 12
+        (n,) = ro.execute(f"SELECT sum(n) FROM {STORED}").fetchone()
+        assert n == 25 * 13
     finally:
         ro.close()
 
@@ -116,7 +126,7 @@ def test_frames_from_buckets_equal_frames_from_raw_values_with_the_tail_unmoved(
             got = list(batches)
             rows = {c: np.concatenate([b[c] for b in got]) for c in got[0]}
             # every value once: buckets, the move's leftovers, the tail; each bucket one row
-            assert rows["n"].sum() == 33 * 13
+            assert rows["n"].sum() == 33 * 14
             assert len(set(zip(rows["series_id"], rows["k"]))) == len(rows["k"])
     finally:
         con.close()
@@ -167,10 +177,10 @@ def test_a_move_that_fails_halfway_leaves_no_bucket_behind(tmp_path, small, monk
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     try:
         assert _merged_buckets(ro) == _raw_buckets(ro, 5_000_000)
-        (n,) = ro.execute("SELECT sum(n) FROM sample_buckets").fetchone()
-        assert n == 15 * 12
+        (n,) = ro.execute(f"SELECT sum(n) FROM {STORED}").fetchone()
+        assert n == 15 * 13
         (decisions,) = ro.execute("SELECT count(*) FROM bucket_series").fetchone()
-        assert decisions == 13  # the rolled-back move's decisions are gone with it
+        assert decisions == 14  # the rolled-back move's decisions are gone with it
     finally:
         ro.close()
 
@@ -205,7 +215,7 @@ def test_an_agent_killed_during_a_move_leaves_each_value_in_one_bucket(tmp_path)
     assert done.returncode == 9, done.stderr
     ro = connect(path, read_only=True)
     try:
-        assert ro.execute("SELECT count(*) FROM sample_buckets").fetchone() == (0,)
+        assert ro.execute(f"SELECT count(*) FROM {STORED}").fetchone() == (0,)
         assert ro.execute("SELECT count(*) FROM bucket_series").fetchone() == (0,)
     finally:
         ro.close()
@@ -213,7 +223,7 @@ def test_an_agent_killed_during_a_move_leaves_each_value_in_one_bucket(tmp_path)
     ro = connect(path, read_only=True)
     try:
         assert _merged_buckets(ro) == _raw_buckets(ro, 5_000_000)
-        assert ro.execute("SELECT sum(n) FROM sample_buckets").fetchone() == (12 * 12,)
+        assert ro.execute(f"SELECT sum(n) FROM {STORED}").fetchone() == (12 * 13,)
     finally:
         ro.close()
 
@@ -221,7 +231,9 @@ def test_an_agent_killed_during_a_move_leaves_each_value_in_one_bucket(tmp_path)
 def _as_version_4(path: Path) -> None:
     """The file as the version-4 writer left it: spans, no bucket tables or meta rows."""
     con = duckdb.connect(str(path))
-    con.execute("DROP TABLE sample_buckets; DROP TABLE bucket_series")
+    con.execute(
+        "DROP TABLE sample_buckets; DROP TABLE sample_buckets_flat; DROP TABLE bucket_series"
+    )
     con.execute("DELETE FROM accelwatch_meta WHERE key LIKE 'bucket_%'")
     con.execute("UPDATE accelwatch_meta SET value = '4' WHERE key = 'schema_version'")
     con.close()
@@ -240,8 +252,9 @@ def test_a_version_4_file_is_read_as_it_is_and_left_byte_identical(tmp_path, sma
         assert not has_buckets(ro)
         assert _frame(ro, 5.0, True) == expected
         assert _stored(ro) == sorted(
-            [*_expected(range(20)), *((PART, "gpu.nvlink.tx_bytes", (T0 + t) * 10**6,
-                                       1e6 * t) for t in range(20))]
+            [*_expected(range(20)),
+             *((PART, "gpu.nvlink.tx_bytes", (T0 + t) * 10**6, 1e6 * t) for t in range(20)),
+             *(("gpu0", "gpu.power.limit", (T0 + t) * 10**6, 700.0) for t in range(20))]
         )  # fmt: skip
     finally:
         ro.close()
@@ -275,6 +288,6 @@ def test_appending_a_run_to_a_version_4_file_reads_the_old_run_raw_and_buckets_t
         assert _frame(ro, 5.0, True) == old
         build_frames(ro, Window("second", 5.0))
         (n,) = ro.execute("SELECT sum(n) FROM aw_agg").fetchone()
-        assert n == 12 * 12
+        assert n == 12 * 13
     finally:
         ro.close()
