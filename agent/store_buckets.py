@@ -4,7 +4,8 @@ The post-run report's one grouped scan (``aw_agg``) reduces every value of the ~
 series of a run to a count, sum, extremes and idle share per (series, bucket): at 24 h, 29 M
 values into 980 k groups, most of the report's time. The writer already holds each span's
 values in NumPy, sorted by series, when it moves them (:class:`agent.store_spans.Compactor`), so
-it aggregates them there, in the move's transaction, into ``sample_buckets``: readers see each
+it aggregates them there, in the move's transaction, into ``sample_buckets`` (a bucket of equal
+values into ``sample_buckets_flat``, as that value): readers see each
 value once, either in a bucket or (not moved yet) raw, and ``kill -9`` mid-move loses nothing.
 
 Buckets are :data:`BUCKET_BASE_S` wide, aligned on the epoch as the frame's are
