@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import sys
 import time
@@ -196,9 +197,11 @@ def fabric_storage_tick(root_pid: int, tree: list[int], rescan_s: float = 5.0) -
 
 
 def nvml_tick() -> Tick:
-    """Plain nvidia-ml-py calls for every metric the NVML collector records per tick."""
+    """Plain nvidia-ml-py calls for every metric the NVML collector records per tick: the same
+    driver calls (checked per symbol at the simulated driver, tests/collectors/test_nvml_bare_calls.py)."""
     import pynvml as nv
 
+    from collectors.nvml_field_scalars import SCALAR_GROUPS
     from collectors.nvml_gpm import GPM_METRICS
 
     nv.nvmlInit()
@@ -216,8 +219,13 @@ def nvml_tick() -> Tick:
         int(nv.nvmlDeviceGetFieldValues(h, [nv.NVML_FI_DEV_NVLINK_LINK_COUNT])[0].value.uiVal)
         for h in handles
     ]
+    # The agent's one field request per device: the readings NVML offers as fields (power,
+    # energy, PCIe replays, ECC, remapped rows; collectors/nvml_field_scalars.py), the PCIe
+    # byte counters, instant power and each link's counters and state.
+    scalars = [(s.field_id, 0) for _, group in SCALAR_GROUPS for s in group]
     fields = [
-        [
+        scalars
+        + [
             (nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
             (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
             (nv.NVML_FI_DEV_POWER_INSTANT, 0),
@@ -242,6 +250,23 @@ def nvml_tick() -> Tick:
     for j, (metric_id, _) in enumerate(GPM_METRICS.values()):
         request.metrics[j].metricId = metric_id
     last_seen = [0] * len(handles)
+    # The list queries as the agent makes them (collectors/nvml_processes.py): one call into a
+    # buffer kept per device, grown and asked again only when the driver says it is too small.
+    running = nv._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses_v3")
+    sampled = nv._nvmlGetFunctionPointer("nvmlDeviceGetProcessUtilization")
+    processes = [(nv.c_nvmlProcessInfo_v3_t * 16)() for _ in handles]
+    utilization = [(nv.c_nvmlProcessUtilizationSample_t * 16)() for _ in handles]
+
+    def listed(buffers: list, i: int, ask: Callable) -> list:
+        count = ctypes.c_uint(0)
+        while True:
+            count.value = len(buffers[i])
+            ret = ask(count, buffers[i])
+            if ret != nv.NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            buffers[i] = (buffers[i]._type_ * (count.value * 2 + 5))()
+        nv._nvmlCheckReturn(ret)
+        return buffers[i][: count.value]
 
     def tick() -> int:
         out: list = []
@@ -255,9 +280,7 @@ def nvml_tick() -> Tick:
                 m.total,
                 m.free,
                 nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
-                nv.nvmlDeviceGetPowerUsage(h),
                 nv.nvmlDeviceGetEnforcedPowerLimit(h),
-                nv.nvmlDeviceGetTotalEnergyConsumption(h),
                 nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
                 nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
                 *maxima[i],
@@ -265,12 +288,7 @@ def nvml_tick() -> Tick:
                 nv.nvmlDeviceGetCurrentClocksEventReasons(h),
                 nv.nvmlDeviceGetCurrPcieLinkGeneration(h),
                 nv.nvmlDeviceGetCurrPcieLinkWidth(h),
-                nv.nvmlDeviceGetPcieReplayCounter(h),
             ]
-            out += [
-                nv.nvmlDeviceGetTotalEccErrors(h, err, kind) for err in (0, 1) for kind in (0, 1)
-            ]
-            out += nv.nvmlDeviceGetRemappedRows(h)
             out += [
                 (v.value.ullVal, v.timestamp) for v in nv.nvmlDeviceGetFieldValues(h, fields[i])
             ]
@@ -283,9 +301,13 @@ def nvml_tick() -> Tick:
             except nv.NVMLError:
                 pass
             samples[i] = [current, previous]
-            out += [(p.pid, p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses_v3(h)]
+            procs = listed(processes, i, lambda c, buf, h=h: running(h, ctypes.byref(c), buf))
+            out += [(p.pid, p.usedGpuMemory) for p in procs]
+            since = ctypes.c_ulonglong(last_seen[i])
             try:
-                util = nv.nvmlDeviceGetProcessUtilization(h, last_seen[i])
+                util = listed(
+                    utilization, i, lambda c, buf, h=h, t=since: sampled(h, buf, ctypes.byref(c), t)
+                )
             except nv.NVMLError_NotFound:
                 util = []
             for s in util:
