@@ -1,6 +1,7 @@
 """The baselines the benchmarks measure the agent against, each run as its own process.
 
     python -m benchmarks._baselines bare --pid PID [--scenario NAME] [--interval 1]
+    python -m benchmarks._baselines calls --pid PID --scenario NAME [--rounds 5]
     python -m benchmarks._baselines nvitop-monitor --pid PID --scenario NAME [--interval 1]
     python -m benchmarks._baselines nvitop-tui --scenario NAME [--interval 1]
     python -m benchmarks._baselines scan --db FILE
@@ -318,6 +319,68 @@ def nvml_tick() -> Tick:
     return tick
 
 
+def run_calls(args: argparse.Namespace) -> None:
+    """NVML work per tick of each side, in this one process on one simulated driver: CPU
+    (interleaved, min of ``--rounds`` blocks of 10 ticks) and the calls each makes at the
+    driver, per C symbol. Prints JSON: ``{"ms": {side: [...]}, "calls": {side: {symbol: n}}}``.
+
+    agent: ``NvmlCollector.collect`` (no event thread); bare: :func:`nvml_tick`; nvitop:
+    ``ResourceMetricCollector.take_snapshots`` on the root (what its daemon runs each
+    interval, which also reads the host's CPU, memory and the root's tree)."""
+    import json
+    import logging
+
+    from agent.source import CollectContext
+    from collectors.nvml import NvmlCollector
+    from collectors.sim import install, load_scenario
+    from collectors.sim.calls import count_calls
+
+    logging.disable(logging.CRITICAL)  # nvitop logs each function the simulator lacks
+    clock = [time.time()]
+    owners = [args.pid]
+    sim = install(load_scenario(args.scenario), clock=lambda: clock[0], job_pids=lambda: owners)
+    from nvitop import Device, HostProcess, ResourceMetricCollector
+
+    collector = NvmlCollector(clock=lambda: clock[0], watch_events=False)
+    collector.start(CollectContext(root_pid=args.pid, job_pids=lambda: frozenset(owners)))
+    root = HostProcess(args.pid)  # held: nvitop keeps its roots weakly (see run_nvitop_monitor)
+    nvitop = ResourceMetricCollector(Device.all(), root_pids={args.pid}, interval=args.interval)
+
+    def sides() -> dict[str, Callable[[], object]]:
+        return {
+            "agent": lambda: collector.collect(clock[0]),
+            "bare": nvml_tick(),
+            "nvitop": nvitop.take_snapshots,
+        }
+
+    def ticks(fn: Callable[[], object], n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            clock[0] += args.interval  # a new driver sample every tick, as at 1 Hz
+            fn()
+        return (time.process_time() - started) / n * 1000
+
+    timed = sides()
+    ms: dict[str, list[float]] = {name: [] for name in timed}
+    for fn in timed.values():
+        ticks(fn, 3)  # warm up: the first GPM pair, nvitop's caches
+    for _ in range(args.rounds):
+        for name, fn in timed.items():
+            ms[name].append(ticks(fn, 10))
+    calls = count_calls(sim)
+    counted = sides()  # bound after the counting wrappers are in place
+    per_tick: dict[str, dict[str, float]] = {}
+    for name, fn in counted.items():
+        ticks(fn, 2)
+        before = dict(calls)
+        ticks(fn, 10)
+        per_tick[name] = {
+            k: (v - before.get(k, 0)) / 10 for k, v in calls.items() if v > before.get(k, 0)
+        }
+    del root
+    print(json.dumps({"ms": ms, "calls": per_tick}))
+
+
 def run_bare(args: argparse.Namespace) -> None:
     tree: list[int] = []
     parts: list[Tick] = [tree_tick(args.pid, tree), host_tick, fabric_storage_tick(args.pid, tree)]
@@ -404,7 +467,7 @@ def run_session(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    modes = ("bare", "nvitop-monitor", "nvitop-tui", "scan", "session")
+    modes = ("bare", "calls", "nvitop-monitor", "nvitop-tui", "scan", "session")
     parser.add_argument("mode", choices=modes)
     parser.add_argument("--live", choices=("on", "off"), default="on", help="session: analysis")
     parser.add_argument("--out", default=None, help="session: JSON of first findings")
@@ -413,9 +476,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default=None, help="simulated NVML scenario")
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--db", default=None)
+    parser.add_argument("--rounds", type=int, default=5, help="calls: timed blocks per side")
     args = parser.parse_args(argv)
     run = {
         "bare": run_bare,
+        "calls": run_calls,
         "nvitop-monitor": run_nvitop_monitor,
         "nvitop-tui": run_nvitop_tui,
         "scan": run_scan,
