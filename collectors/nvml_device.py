@@ -84,6 +84,13 @@ class Device:
         for child in self.children:
             child.describe_if_changed(b)
 
+    def reread_static(self) -> None:
+        """After an XID (a reset, a recovered fault) the limits read once may differ: ask the
+        driver again at the next tick, once."""
+        for bound_query in self.queries:
+            if isinstance(bound_query.fetch, _Once):
+                bound_query.fetch.done = False
+
     def close(self) -> None:
         if self.gpm is not None:
             self.gpm.close()
@@ -278,7 +285,8 @@ def usage_queries(h: Any, e: str) -> list[Query]:
 
 
 def static_queries(h: Any, e: str) -> list[Query]:
-    """Limits that never change: read once at probe time, re-emitted every tick for free."""
+    """Limits that do not change while the GPU runs: read once at probe time (and again after
+    an XID: :meth:`Device.reread_static`), re-emitted every tick for free."""
     nv = pynvml
     specs = [
         (
