@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from agent.store_buckets import has_buckets
 from agent.store_spans import span_order
 
 #: At close, a file at most this big whose free blocks are at least :data:`REWRITE_FREE_SHARE`
@@ -47,7 +48,8 @@ FRESH_CHUNK_ROWS = 2**20
 
 def rewrite_if_worth_it(con: Any, path: Path) -> bool:
     """Copy the (checkpointed) database ``con`` has open at ``path`` into a fresh file and put
-    it in place, when it is small and mostly free blocks (see :func:`_in_place_of`). Returns
+    it in place, when it is small and mostly free blocks (see :func:`_in_place_of`; fewer
+    than :data:`SMALL_FILE_ROWS` samples: :data:`SMALL_FILE_BLOCK_SIZE` blocks). Returns
     whether it did; on any failure the original stays as it was (the caller says so)."""
     row = con.execute(
         "SELECT block_size, total_blocks, free_blocks FROM pragma_database_size() "
@@ -58,12 +60,15 @@ def rewrite_if_worth_it(con: Any, path: Path) -> bool:
     if path.stat().st_size > REWRITE_MAX_BYTES:
         return False
     name = _database(con)
+    block_size = int(row[0])
+    if _count(con, "sample_spans") < SMALL_FILE_ROWS:
+        block_size = SMALL_FILE_BLOCK_SIZE
 
     def fill() -> dict[str, int]:
         con.execute(f'COPY FROM DATABASE "{name}" TO aw_compact')
         return {t: _count(con, f'"{name}".main."{t}"') for t in _tables(con, name)}
 
-    _in_place_of(con, path, fill, int(row[0]))
+    _in_place_of(con, path, fill, block_size)
     return True
 
 
@@ -76,6 +81,11 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     empty). Returns whether it did; False without a change otherwise. On a failure the
     original stays as it was, its rows still in ``sample_recent``, and this raises."""
     if path.stat().st_size > REWRITE_MAX_BYTES:
+        return False
+    if has_buckets(con):
+        # Schema 5 buckets the analysed series when they are moved (agent.store_buckets): a
+        # series has every moved value in buckets or none, so these rows must be moved by the
+        # Compactor, which writes their buckets; sorting them here would leave them unbucketed.
         return False
     if _count(con, "sample_moving"):
         return False
