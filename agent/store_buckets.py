@@ -190,13 +190,17 @@ def aggregate_buckets(
     }
 
 
-def insert_buckets(cursor: Any, rows: dict[str, np.ndarray] | None) -> None:
+def insert_buckets(
+    cursor: Any, rows: dict[str, np.ndarray] | None, into: str = ""
+) -> tuple[int, int]:
     """Append a chunk's buckets (in the move's transaction). A bucket whose values are all
     equal (most of them: limits, flags, idle counters, a steady clock) goes to
     ``sample_buckets_flat`` as that value: its sum is ``n * value`` and its idle count ``n`` or
-    0, and three doubles and a count less are about a quarter of the buckets' bytes."""
+    0, and three doubles and a count less are about a quarter of the buckets' bytes.
+    ``into`` qualifies the tables (``aw_compact.main.``: a fresh file at close). Returns the
+    rows added to each table (``sample_buckets``, ``sample_buckets_flat``)."""
     if rows is None:
-        return
+        return 0, 0
     flat = rows["min"] == rows["max"]  # NaN is never equal: such a bucket keeps its columns
     flat_rows = {  # noqa: F841 - read by DuckDB's replacement scan
         "series_id": rows["series_id"][flat],
@@ -206,9 +210,11 @@ def insert_buckets(cursor: Any, rows: dict[str, np.ndarray] | None) -> None:
     }
     bucket_rows = {c: v[~flat] for c, v in rows.items()}  # noqa: F841 - the same
     cursor.execute(
-        "INSERT INTO sample_buckets SELECT series_id, bucket, n, total, low, min, max "
+        f"INSERT INTO {into}sample_buckets SELECT series_id, bucket, n, total, low, min, max "
         "FROM bucket_rows"
     )
     cursor.execute(
-        "INSERT INTO sample_buckets_flat SELECT series_id, bucket, n, value FROM flat_rows"
+        f"INSERT INTO {into}sample_buckets_flat SELECT series_id, bucket, n, value FROM flat_rows"
     )
+    flat_n = int(np.count_nonzero(flat))
+    return len(flat) - flat_n, flat_n

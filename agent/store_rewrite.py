@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from agent.store_buckets import has_buckets
+from agent.store_buckets import BucketChoice, aggregate_buckets, has_buckets, insert_buckets
 from agent.store_spans import span_order
 
 #: At close, a file at most this big whose free blocks are at least :data:`REWRITE_FREE_SHARE`
@@ -82,11 +83,6 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     original stays as it was, its rows still in ``sample_recent``, and this raises."""
     if path.stat().st_size > REWRITE_MAX_BYTES:
         return False
-    if has_buckets(con):
-        # Schema 5 buckets the analysed series when they are moved (agent.store_buckets): a
-        # series has every moved value in buckets or none, so these rows must be moved by the
-        # Compactor, which writes their buckets; sorting them here would leave them unbucketed.
-        return False
     if _count(con, "sample_moving"):
         return False
     recent, spanned = _count(con, "sample_recent"), _count(con, "sample_spans")
@@ -98,6 +94,15 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     ).fetchone()
     if recent + spanned < SMALL_FILE_ROWS:
         block_size = SMALL_FILE_BLOCK_SIZE
+    # Schema 5 keeps every moved value of an analysed series in its buckets
+    # (agent.store_buckets): the rows sorted here get theirs as the Compactor's move would give
+    # them, the choice of series recorded first, so the copy below carries it.
+    buckets: Buckets | None = None
+    if has_buckets(con):
+        choice = BucketChoice()
+        (got,) = con.execute("SELECT list(DISTINCT series_id) FROM sample_recent").fetchone()
+        ids = np.unique(np.asarray(got, dtype=np.int32))
+        buckets = Buckets(choice.bucketed(con, ids), choice.layout)
     con.execute("CHECKPOINT")  # no WAL may outlive the rename (DuckDB refuses a foreign one)
 
     def fill() -> dict[str, int]:
@@ -110,7 +115,7 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
                 continue
             con.execute(f'INSERT INTO aw_compact.main."{table}" SELECT * FROM {source}')
             expected[table] = _count(con, source)
-        expected["sample_ticks"] += _sort_recent_into(con, name)
+        expected["sample_ticks"] += _sort_recent_into(con, name, buckets, expected)
         expected["sample_spans"] += recent
         return expected
 
@@ -118,11 +123,22 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     return True
 
 
-def _sort_recent_into(con: Any, name: str) -> int:
+@dataclass(frozen=True)
+class Buckets:
+    """The series of ``sample_recent`` whose values get buckets, and the file's layout."""
+
+    bucketed: np.ndarray
+    layout: tuple[int, float]
+
+
+def _sort_recent_into(
+    con: Any, name: str, buckets: Buckets | None, expected: dict[str, int]
+) -> int:
     """Append ``sample_recent``'s rows to the fresh file's spans, series after series in the
     order of their metric (then entity and source), each series' ticks ascending or, every
     other series, descending, in chunks of at most :data:`FRESH_CHUNK_ROWS` rows (memory
-    stays bounded). Returns the ticks added to ``sample_ticks``."""
+    stays bounded), and their buckets (counted into ``expected``). Returns the ticks added
+    to ``sample_ticks``."""
     got = con.execute(
         f'SELECT epoch_us(ts) AS us FROM (SELECT DISTINCT ts FROM "{name}".main.sample_recent) '
         "ORDER BY 1"
@@ -170,6 +186,14 @@ def _sort_recent_into(con: Any, name: str) -> int:
         con.execute(
             "INSERT INTO aw_compact.main.sample_spans SELECT series_id, tick, value FROM span_rows"
         )
+        if buckets is not None:
+            stored = aggregate_buckets(
+                span_rows["series_id"], np.asarray(rows["us"], dtype=np.int64)[order],
+                span_rows["value"], buckets.bucketed, buckets.layout,
+            )  # fmt: skip
+            full, flat = insert_buckets(con, stored, into="aw_compact.main.")
+            expected["sample_buckets"] += full
+            expected["sample_buckets_flat"] += flat
         start = stop
     return len(stamps)
 

@@ -113,6 +113,30 @@ def test_the_move_writes_buckets_of_the_series_the_analysis_reads_and_only_those
         ro.close()
 
 
+def test_a_short_run_sorted_into_a_fresh_file_at_close_has_the_buckets_a_move_gives(
+    tmp_path, small, monkeypatch
+):
+    import agent.store_writer as writer
+
+    fresh: list[bool] = []
+    finish = writer.finish_into_fresh
+    monkeypatch.setattr(writer, "finish_into_fresh", lambda con, p: fresh.append(finish(con, p)))
+    _record(tmp_path / "a.duckdb", range(6))  # fewer ticks than a span: nothing moved before
+    assert fresh == [True]
+    ro = connect(tmp_path / "a.duckdb", read_only=True)
+    try:
+        assert ro.execute("SELECT count(*) FROM sample_recent").fetchone() == (0,)
+        decided = dict(ro.execute("SELECT series_id, bucketed FROM bucket_series").fetchall())
+        assert len(decided) == 14 and sum(decided.values()) == 13
+        assert _merged_buckets(ro) == _raw_buckets(ro, 5_000_000)
+        (n,) = ro.execute(f"SELECT sum(n) FROM {STORED}").fetchone()
+        assert n == 6 * 13
+        for width in (5.0, 10.0):
+            assert _frame(ro, width, True) == _frame(ro, width, False)
+    finally:
+        ro.close()
+
+
 def test_frames_from_buckets_equal_frames_from_raw_values_with_the_tail_unmoved(tmp_path, small):
     store = _record(tmp_path / "a.duckdb", range(33), close=False)
     con = store.cursor()
