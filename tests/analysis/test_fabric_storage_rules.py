@@ -273,3 +273,24 @@ def test_a_run_without_ports_or_mounts_has_no_fabric_and_storage_html_section(tm
         summary = _Summary()
 
     assert render_fabric_storage_html(None, _Report(), 1.0) == ""  # type: ignore[arg-type]
+
+
+def test_comm_bound_line_rate_is_read_from_the_frames_aggregate_not_the_samples():
+    """The ports' line rate comes from ``aw_agg`` (each port's highest bucket, summed): a frame
+    without a ``samples`` view still gives it, and other metrics there do not count."""
+    import duckdb
+
+    from agent.analysis.engine import Context
+    from agent.analysis.rules.transfer import fabric_line_rate
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE aw_agg (entity VARCHAR, metric VARCHAR, k BIGINT, max DOUBLE)")
+    con.execute(
+        "INSERT INTO aw_agg VALUES ('ib:mlx5_0/1', 'host.ib.rate', 0, 25e9),"
+        " ('ib:mlx5_0/1', 'host.ib.rate', 1, 12.5e9), ('ib:mlx5_1/1', 'host.ib.rate', 0, 50e9),"
+        " ('ib:mlx5_1/1', 'host.ib.rx_bytes', 0, 9e12)"
+    )
+    ctx = Context(con, None)  # type: ignore[arg-type]  # the rule reads no frame info
+    assert fabric_line_rate(ctx) == pytest.approx(75e9)
+    con.execute("DELETE FROM aw_agg WHERE metric = 'host.ib.rate'")
+    assert fabric_line_rate(ctx) is None
