@@ -209,6 +209,33 @@ def test_comm_bound_weighs_nic_traffic_against_the_interfaces_line_rate(runs):
     assert "of eth" in f.summary and "12.5 GB/s line rate" in f.summary
 
 
+def test_the_reports_port_and_mount_figures_come_from_one_statement_over_samples(runs):
+    """Every port and mount figure (rates, line rate, down, latency quantiles) is one grouped
+    scan of the run's samples, not one statement per figure."""
+    from agent.report_fabric_storage import summarize_fabric_storage
+    from agent.runs import open_read
+
+    class Counting:
+        def __init__(self, con):
+            self.con, self.over_samples = con, 0
+
+        def execute(self, sql, params=()):
+            self.over_samples += "FROM samples" in sql
+            return self.con.execute(sql, params)
+
+    db = runs(*HEALTHY, db=True)
+    con = open_read(db)
+    try:
+        run_id = con.duckdb.execute("SELECT run_id FROM runs").fetchone()[0]
+        counting = Counting(con.duckdb)
+        section = summarize_fabric_storage(counting, run_id)
+    finally:
+        con.close()
+    assert counting.over_samples == 1
+    assert len(section["ports"]) == 4 and len(section["mounts"]) == 2
+    assert section["ports"][0]["rate_max"] == 25e9
+
+
 def _html_report(db: str):
     from agent.report import build_report
     from agent.report_html import render_html
