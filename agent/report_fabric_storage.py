@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.analysis.frame_sql import in_list
+from agent.analysis.frame_sql import in_list, q
 from agent.analysis.rules.common import rate
 from agent.catalog import CATALOG
 
@@ -19,35 +19,52 @@ def _names(*roles: str) -> str:
     return in_list(m.name for r in roles for m in CATALOG.by_role(r))
 
 
-def _rise(con: Any, run_id: str, roles: tuple[str, ...]) -> dict[str, float]:
-    """Entity → mean per-second rise of the roles' counters (summed over their metrics)."""
-    rows = con.execute(
-        f"""SELECT entity, sum(rise / nullif(span, 0))
-            FROM (SELECT entity, metric, max(value) - min(value) AS rise,
-                         epoch(max(ts)) - epoch(min(ts)) AS span
-                  FROM samples WHERE run_id = ? AND metric IN ({_names(*roles)})
-                  GROUP BY entity, metric)
-            GROUP BY entity""",
-        [run_id],
-    ).fetchall()
-    return {e: v for e, v in rows if v is not None}
+#: Counter roles summarised as a mean rate, gauge roles as extremes and quantiles.
+_RISES = ("port.rx_bytes", "port.tx_bytes", "port.errors", "mount.read_bytes", "mount.write_bytes")
+_GAUGES = ("port.rate", "port.up", "mount.latency")
 
 
-def _gauge(con: Any, run_id: str, role: str) -> dict[str, tuple[Any, ...]]:
+def _figures(con: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    """Role → entity → its figure, from one grouped scan of the run's samples: for a counter
+    role the mean per-second rise (summed over the role's metrics), for a gauge role
+    ``(min, max, [p50, p90])``."""
+    roles = {m.name: r for r in (*_RISES, *_GAUGES) for m in CATALOG.by_role(r)}
+    if not roles:
+        return {}
+    role_of = " ".join(f"WHEN metric = {q(m)} THEN {q(r)}" for m, r in roles.items())
     rows = con.execute(
-        f"""SELECT entity, min(value), max(value), quantile_cont(value, [0.5, 0.9])
-            FROM samples WHERE run_id = ? AND metric IN ({_names(role)}) GROUP BY entity""",
+        f"""WITH s AS (SELECT entity, metric, ts, value, CASE {role_of} END AS role
+                       FROM samples WHERE run_id = ? AND metric IN ({_names(*_RISES, *_GAUGES)})),
+            g AS MATERIALIZED (
+                SELECT entity, role, metric, max(value) - min(value) AS rise,
+                       epoch(max(ts)) - epoch(min(ts)) AS span, min(value) AS lo,
+                       max(value) AS hi,
+                       quantile_cont(value, [0.5, 0.9]) FILTER (WHERE role IN ({in_list(_GAUGES)}))
+                           AS q
+                FROM s GROUP BY GROUPING SETS ((entity, role, metric), (entity, role)))
+            SELECT entity, role, sum(rise / nullif(span, 0)), NULL, NULL, NULL FROM g
+            WHERE metric IS NOT NULL AND role IN ({in_list(_RISES)}) GROUP BY entity, role
+            UNION ALL
+            SELECT entity, role, NULL, lo, hi, q FROM g
+            WHERE metric IS NULL AND role IN ({in_list(_GAUGES)})""",
         [run_id],
     ).fetchall()
-    return {e: (lo, hi, q or (None, None)) for e, lo, hi, q in rows}
+    out: dict[str, dict[str, Any]] = {r: {} for r in (*_RISES, *_GAUGES)}
+    for entity, role, rise, lo, hi, quantiles in rows:
+        if role in _GAUGES:
+            out[role][entity] = (lo, hi, quantiles or (None, None))
+        elif rise is not None:
+            out[role][entity] = rise
+    return out
 
 
 def summarize_fabric_storage(con: Any, run_id: str) -> dict[str, list[dict[str, Any]]]:
     """``{"ports": [...], "mounts": [...]}``; both empty for a run without them."""
-    rx, tx = _rise(con, run_id, ("port.rx_bytes",)), _rise(con, run_id, ("port.tx_bytes",))
-    errors = _rise(con, run_id, ("port.errors",))
-    line = _gauge(con, run_id, "port.rate")
-    up = _gauge(con, run_id, "port.up")
+    fig = _figures(con, run_id)
+    rx, tx = fig.get("port.rx_bytes", {}), fig.get("port.tx_bytes", {})
+    errors = fig.get("port.errors", {})
+    line = fig.get("port.rate", {})
+    up = fig.get("port.up", {})
     ports = [
         {
             "entity": e,
@@ -60,11 +77,8 @@ def summarize_fabric_storage(con: Any, run_id: str) -> dict[str, list[dict[str, 
         }
         for e in sorted(set(rx) | set(tx))
     ]
-    read, write = (
-        _rise(con, run_id, ("mount.read_bytes",)),
-        _rise(con, run_id, ("mount.write_bytes",)),
-    )
-    latency = _gauge(con, run_id, "mount.latency")
+    read, write = fig.get("mount.read_bytes", {}), fig.get("mount.write_bytes", {})
+    latency = fig.get("mount.latency", {})
     attrs = {
         e: json.loads(a) if a else {}
         for e, a in con.execute(

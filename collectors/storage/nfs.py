@@ -154,11 +154,10 @@ class _Op:
     ``slot``: where its four reported values sit in the tracker's flat list (-1: not
     reported, or not yet happened)."""
 
-    __slots__ = ("name", "text", "raw", "off", "retrans", "slot", "times")
+    __slots__ = ("name", "raw", "off", "retrans", "slot", "times")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.text = b""
         self.raw: list[int] = []
         self.off: list[int] | None = None
         self.retrans = 0
@@ -235,16 +234,14 @@ class NfsTracker:
                 before = set(last)
                 changed = [line for line in lines if line not in before]
             known, flat = self._ops, self._op_values
-            for line in changed:
+            ops_total, retrans_total = self._ops_total, self._retrans_total
+            for line in changed:  # a changed line is a changed reading: no compare per op
                 key, sep, text = line.partition(b":")  # keyed by the name as written
-                if not sep:
-                    continue
                 op = known.get(key)
                 if op is None:
+                    if not sep:
+                        continue
                     op = known[key] = self._new_op(key)
-                elif text == op.text:
-                    continue
-                op.text = text
                 try:  # the fields used, as one list (C-level map: no Python step per field)
                     cur = list(map(int, _PICK(text.split())))
                 except (IndexError, ValueError):
@@ -252,34 +249,38 @@ class NfsTracker:
                     if found is None:
                         continue
                     cur = found
-                raw, op.raw = op.raw, cur
+                raw = op.raw
+                op.raw = cur
                 if not raw:  # the op's first reading: totals, no interval
                     op_d = rtt_d = exec_d = 0
-                    self._ops_total += cur[0]
+                    ops_total += cur[0]
                 elif all(map(_ge, cur, raw)):
                     op_d, rtt_d, exec_d = cur[0] - raw[0], cur[4] - raw[4], cur[5] - raw[5]
                 else:  # a field went back (remount): it counts on from its new value
                     op_d, rtt_d, exec_d = _went_back(op, cur, raw)
-                off = op.off
-                tot = cur if off is None else list(map(_add, cur, off))
-                self._ops_total += op_d
-                count = tot[0]
-                retrans = tot[1] - count
+                if op.off is not None:
+                    cur = list(map(_add, cur, op.off))  # the totals
+                ops_total += op_d
+                count = cur[0]
+                retrans = cur[1] - count
                 if retrans < 0:
                     retrans = 0
-                self._retrans_total += retrans - op.retrans
+                retrans_total += retrans - op.retrans
                 op.retrans = retrans
                 at = op.slot
                 if at >= 0:
-                    flat[at : at + 4] = (count, retrans, tot[2] + tot[3], tot[6])
+                    flat[at : at + 4] = (count, retrans, cur[2] + cur[3], cur[6])
                 elif count and op.name in REPORTED_OPS:  # reported from its first call on
                     at = op.slot = len(flat)
-                    flat += (count, retrans, tot[2] + tot[3], tot[6])
+                    flat += (count, retrans, cur[2] + cur[3], cur[6])
                     self._op_segments.append(segment(self._op_entity(op), _OP_COUNTS))
                 if op_d > 0:
-                    d_ops, d_rtt, d_exec = d_ops + op_d, d_rtt + rtt_d, d_exec + exec_d
+                    d_ops += op_d
+                    d_rtt += rtt_d
+                    d_exec += exec_d
                     if at >= 0:
                         times.append((at, op.times, rtt_d / op_d / 1000, exec_d / op_d / 1000))
+            self._ops_total, self._retrans_total = ops_total, retrans_total
         # the mount's row
         read, write = self._read_op, self._write_op
         flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)

@@ -209,6 +209,33 @@ def test_comm_bound_weighs_nic_traffic_against_the_interfaces_line_rate(runs):
     assert "of eth" in f.summary and "12.5 GB/s line rate" in f.summary
 
 
+def test_the_reports_port_and_mount_figures_come_from_one_statement_over_samples(runs):
+    """Every port and mount figure (rates, line rate, down, latency quantiles) is one grouped
+    scan of the run's samples, not one statement per figure."""
+    from agent.report_fabric_storage import summarize_fabric_storage
+    from agent.runs import open_read
+
+    class Counting:
+        def __init__(self, con):
+            self.con, self.over_samples = con, 0
+
+        def execute(self, sql, params=()):
+            self.over_samples += "FROM samples" in sql
+            return self.con.execute(sql, params)
+
+    db = runs(*HEALTHY, db=True)
+    con = open_read(db)
+    try:
+        run_id = con.duckdb.execute("SELECT run_id FROM runs").fetchone()[0]
+        counting = Counting(con.duckdb)
+        section = summarize_fabric_storage(counting, run_id)
+    finally:
+        con.close()
+    assert counting.over_samples == 1
+    assert len(section["ports"]) == 4 and len(section["mounts"]) == 2
+    assert section["ports"][0]["rate_max"] == 25e9
+
+
 def _html_report(db: str):
     from agent.report import build_report
     from agent.report_html import render_html
@@ -273,3 +300,24 @@ def test_a_run_without_ports_or_mounts_has_no_fabric_and_storage_html_section(tm
         summary = _Summary()
 
     assert render_fabric_storage_html(None, _Report(), 1.0) == ""  # type: ignore[arg-type]
+
+
+def test_comm_bound_line_rate_is_read_from_the_frames_aggregate_not_the_samples():
+    """The ports' line rate comes from ``aw_agg`` (each port's highest bucket, summed): a frame
+    without a ``samples`` view still gives it, and other metrics there do not count."""
+    import duckdb
+
+    from agent.analysis.engine import Context
+    from agent.analysis.rules.transfer import fabric_line_rate
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE aw_agg (entity VARCHAR, metric VARCHAR, k BIGINT, max DOUBLE)")
+    con.execute(
+        "INSERT INTO aw_agg VALUES ('ib:mlx5_0/1', 'host.ib.rate', 0, 25e9),"
+        " ('ib:mlx5_0/1', 'host.ib.rate', 1, 12.5e9), ('ib:mlx5_1/1', 'host.ib.rate', 0, 50e9),"
+        " ('ib:mlx5_1/1', 'host.ib.rx_bytes', 0, 9e12)"
+    )
+    ctx = Context(con, None)  # type: ignore[arg-type]  # the rule reads no frame info
+    assert fabric_line_rate(ctx) == pytest.approx(75e9)
+    con.execute("DELETE FROM aw_agg WHERE metric = 'host.ib.rate'")
+    assert fabric_line_rate(ctx) is None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import duckdb
 
 from agent.analysis.engine import Context, Rule, weighted
@@ -262,26 +260,19 @@ def busiest_interface(ctx: Context) -> tuple[str, float] | None:
 
 def fabric_line_rate(ctx: Context) -> float | None:
     """The job's fabric capacity one way: each port's highest line rate (role ``port.rate``)
-    in the window, summed over ports; None when no port reports one."""
-    names = [m.name for m in CATALOG.by_role("port.rate")]
+    in the window, summed over ports; None when no port reports one.
+
+    Read from the frame's per-bucket aggregate (``aw_agg`` carries the port roles), so the
+    finding's evidence costs no scan of the samples."""
+    names = role_metrics("port.rate")
     if not names:
         return None
-    w = ctx.info.window
-    where = ["run_id = ?", f"metric IN ({in_list(names)})"]
-    params: list[Any] = [w.run_id]
-    if w.start is not None:
-        where.append("ts >= ?")
-        params.append(w.start)
-    if w.end is not None:
-        where.append("ts < ?")
-        params.append(w.end)
     try:
         rows = ctx.rows(
-            f"SELECT sum(rate) AS total FROM (SELECT entity, max(value) AS rate FROM samples "
-            f"WHERE {' AND '.join(where)} GROUP BY entity)",
-            params,
+            "SELECT sum(rate) AS total FROM (SELECT entity, max(max) AS rate FROM aw_agg "
+            f"WHERE metric IN ({in_list(names)}) GROUP BY entity)"
         )
-    except duckdb.Error:  # a window without samples (an in-memory live frame): no evidence
+    except duckdb.Error:  # a frame without the aggregate: no evidence
         return None
     total = rows[0]["total"] if rows else None
     return float(total) if total else None
