@@ -17,8 +17,11 @@ breakpoint): those are skipped. Where ``/proc/self/smaps`` or ``madvise`` is mis
 Linux), nothing happens and a debug line says so.
 
 ``MADV_COLD`` would leave the pages mapped (RSS unchanged) and ``MADV_PAGEOUT`` would evict
-them from the page cache too (a disk read to get them back, and refused on files the process
-cannot write): neither fits.
+them from the page cache too (a disk read to get them back; it skips the pages of a file the
+process may not write): neither fits. A re-fault maps the touched page's neighbourhood too
+(fault-around), so what stays released is the start-up-only share: ~12 of ~35 MB on a
+recording whose live analysis has not run its rules, little once it has
+(``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
