@@ -196,3 +196,43 @@ def test_a_run_after_the_release_records_moves_analyses_and_closes(tmp_path):
     assert spanned > 0
     rules = {rule for (rule,) in query(db, "SELECT rule FROM findings")}
     assert "hardware-fault" in rules
+
+
+def test_the_release_is_called_off_when_the_run_ends_before_it(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(resident, "release_library_text", lambda *a, **k: calls.append("x"))
+    from agent.app.session import Session, SessionConfig
+
+    config = SessionConfig(db_path=str(tmp_path / "s.duckdb"), interval=0.1, live_analysis=False)
+    session = Session(config)
+    session.launch([sys.executable, "-c", "pass"])
+    session.wait()
+    session.finish()
+    timer = session._release
+    assert timer is not None and timer.finished.is_set()  # cancelled (or done): never pending
+    timer.join(timeout=5)
+    assert calls == []  # 15 s had not passed: the finished run never released anything
+
+
+def test_the_release_runs_once_on_its_own_thread_after_its_delay(monkeypatch):
+    import threading
+
+    ran: list[str] = []
+    monkeypatch.setattr(
+        resident, "release_library_text", lambda: ran.append(threading.current_thread().name)
+    )
+    timer = resident.release_later(0.05)
+    timer.join(timeout=5)
+    assert ran == ["accelwatch-resident"]
+
+
+def test_the_release_keeps_the_pages_when_the_environment_asks(monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG, logger="agent.app.resident")
+    ran: list[int] = []
+    monkeypatch.setattr(resident, "release_library_text", lambda: ran.append(1))
+    monkeypatch.setenv(resident.KEEP_ENV, "1")
+    resident.release_later(0.0).join(timeout=5)
+    assert ran == [] and "code pages kept" in caplog.text
+    monkeypatch.delenv(resident.KEEP_ENV)
+    resident.release_later(0.0).join(timeout=5)
+    assert ran == [1]
