@@ -17,7 +17,6 @@ from agent.analysis.engine import finding_windows
 from agent.analysis.finding import Finding
 from agent.analysis.frame_accel import AcceleratorPlan, accelerator_plan
 from agent.analysis.frame_sql import in_list
-from agent.analysis.frame_sql import q as sql_text
 from agent.analysis.rules.utilization import IDLE_RESERVED, STARVATION
 from agent.model import RunInfo
 from agent.report_fabric_storage import summarize_fabric_storage
@@ -27,6 +26,7 @@ from agent.runs import (
     json_object,
 )
 from agent.series import has_series
+from agent.store_spans import has_spans
 
 JOULES_PER_KWH = 3.6e6
 
@@ -154,7 +154,8 @@ def busy_and_energy(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> 
     Percentiles of raw samples cannot come from the analysis' buckets, so this reads the raw
     values of those few series. In a schema-3 file their ids are picked in the small ``series``
     table first and the scan filters on the integer ids alone (no label is joined to a value
-    before the few rows are aggregated); an older file is read through its ``samples`` view."""
+    before the few rows are aggregated), in spans (schema 4) one series at a time, reading
+    only its row groups; an older file is read through its ``samples`` view."""
     busy = f"metric IN ({in_list(plan.role_metrics('busy'))}) AND ({plan.predicate})"
     energy = f"metric IN ({in_list(plan.role_metrics('energy'))}) AND ({plan.predicate})"
     if has_series(con):
@@ -165,21 +166,35 @@ def busy_and_energy(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> 
         ).fetchall()
         if not picked:
             return [], []
+        # Rows carry small integers (an entity's code, the series id as its metric), never
+        # label strings: the window and the grouping work on those, names are put back last.
+        entities = sorted({e for _, e, _, _ in picked})
+        code = {e: i for i, e in enumerate(entities)}
         labels = ", ".join(
-            f"({int(i)}, {sql_text(e)}, {sql_text(m)}, {str(bool(b)).lower()})"
-            for i, e, m, b in picked
+            f"({int(i)}, {code[e]}, {str(bool(b)).lower()})" for i, e, _, b in picked
         )
-        ids = ", ".join(str(int(r[0])) for r in picked)
-        rows = f"""SELECT l.entity, l.metric, v.ts, v.value, l.is_busy
-            FROM (SELECT series_id, ts, value FROM sample_values
-                  WHERE series_id >= {min(int(r[0]) for r in picked)}
-                    AND series_id IN (SELECT unnest([{ids}]))) v
-            JOIN (VALUES {labels}) l(series_id, entity, metric, is_busy) USING (series_id)"""
+        ids = sorted(int(r[0]) for r in picked)
+        if has_spans(con):
+            # Spans are sorted by series: an equality on the id skips every row group and
+            # segment of the others by min/max (an IN list is tested row by row: 16 series
+            # of a 24 h file cost as much as scanning all 1,200).
+            values = " UNION ALL ".join(
+                f"SELECT series_id, ts, value FROM sample_values WHERE series_id = {i}" for i in ids
+            )
+        else:
+            values = f"""SELECT series_id, ts, value FROM sample_values
+                  WHERE series_id >= {ids[0]}
+                    AND series_id IN (SELECT unnest([{", ".join(map(str, ids))}]))"""
+        rows = f"""SELECT l.entity, v.series_id AS metric, v.ts, v.value, l.is_busy
+            FROM ({values}) v
+            JOIN (VALUES {labels}) l(series_id, entity, is_busy) USING (series_id)"""
         params: list[Any] = []
+        names: list[str] | None = entities
     else:
         rows = f"""SELECT entity, metric, ts, value, ({busy}) AS is_busy FROM samples
             WHERE run_id = ? AND (({busy}) OR ({energy}))"""
         params = [run_id]
+        names = None
     # A drop of a counter is a reset, after which it counted up from zero (so the new value is
     # the increase).
     got = con.execute(
@@ -196,6 +211,8 @@ def busy_and_energy(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> 
         UNION ALL SELECT 'energy', entity, joules, NULL FROM joules""",
         params,
     ).fetchall()
+    if names is not None:
+        got = [(part, None if e is None else names[e], *rest) for part, e, *rest in got]
     return (
         [(e, mean, quantiles) for part, e, mean, quantiles in got if part == "busy"],
         [(e, joules) for part, e, joules, _ in got if part == "energy"],

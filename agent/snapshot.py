@@ -58,6 +58,7 @@ class SnapshotHub:
     def __init__(self) -> None:
         self._latest: Snapshot | None = None
         self._attrs: dict[str, Mapping[str, Any]] = {}
+        self._attrs_shown: Mapping[str, Any] = {}  # the copy snapshots share until attrs change
         self._subscribers: list[Callable[[Snapshot], None]] = []
         self._lock = threading.Lock()
         self._seq = 0
@@ -78,12 +79,16 @@ class SnapshotHub:
     def publish(self, ts: float, batches: list[Batch], stats: Mapping[str, Any]) -> Snapshot:
         values: dict[Key, float] = {}
         events: list[Event] = []
+        changed = False
         for batch in batches:
             values.update(zip(zip(batch.entities, batch.metrics), batch.values))
             events.extend(batch.events)
             if batch.entity_attrs:
                 self._attrs.update(batch.entity_attrs)
+                changed = True
         before = self._latest
+        if changed:  # most ticks carry no attributes: no copy of every entity's each tick
+            self._attrs_shown = dict(self._attrs)
         self._seq += 1
         snap = Snapshot(
             ts=ts,
@@ -92,7 +97,7 @@ class SnapshotHub:
             values=values,
             previous=before.values if before else {},
             previous_ts=before.ts if before else None,
-            entity_attrs=dict(self._attrs),
+            entity_attrs=self._attrs_shown,
             events=tuple(events),
             stats=dict(stats),
         )

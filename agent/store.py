@@ -25,9 +25,10 @@ import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 from agent.series import apply_v3_layout, has_series
+from agent.store_buckets import apply_v5_buckets, has_buckets
 from agent.store_spans import SCHEMA_V4_LAYOUT, SPAN_TABLES, has_spans
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
@@ -357,7 +358,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
                 f"{path} was written by a newer accelwatch (schema {version}, this one reads "
                 f"up to {SCHEMA_VERSION}); upgrade accelwatch"
             )
-        if version == SCHEMA_VERSION and (read_only or "sample_spans" in tables):
+        if version == SCHEMA_VERSION and (read_only or "sample_buckets" in tables):
             return
     elif tables:
         raise StoreError(
@@ -380,8 +381,11 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
         con.execute(_SCHEMA_V3_TRACKING)
         if not has_series(con):
             apply_v3_layout(con)
-        if not has_spans(con):  # version 4: the writer's rows are moved into spans later
+        had_spans = has_spans(con)
+        if not had_spans:  # version 4: the writer's rows are moved into spans later
             con.execute(SCHEMA_V4_LAYOUT)
+        if not has_buckets(con):  # version 5: buckets of the analysed series, from moves on
+            apply_v5_buckets(con, had_spans=had_spans)
         con.execute(
             "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
             [str(SCHEMA_VERSION)],

@@ -12,7 +12,8 @@ The writer keeps appending each flush in tick order to ``sample_recent(series_id
 ``sample_ticks(tick, ts)``, in chunks of at most :data:`CHUNK_ROWS` rows, one transaction each
 (memory stays within the store's limit, nothing spills, and the writer flushes between them);
 at close it moves the rest. ``sample_values(series_id, ts, value)`` is a view over both
-tables, and ``samples`` reads it as before.
+tables, and ``samples`` reads it as before. Schema 5 adds, in the same move, per-bucket
+aggregates of the series the analysis reads (:mod:`agent.store_buckets`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import duckdb
 import numpy as np
+
+from agent.store_buckets import BucketChoice, aggregate_buckets, insert_buckets
 
 #: Ticks the writer's table holds before they are moved into one span (an hour at 1 Hz).
 #: Spans+ticks per value on a 2 h recording at 1 Hz (8 GPUs, measured): 600 ticks 3.43 B,
@@ -156,6 +159,9 @@ class Compactor:
         self.pending = False
         #: Rows moved, for tests and the benchmark.
         self.moved_rows = 0
+        #: Bucket rows written, for tests and the benchmark.
+        self.bucket_rows = 0
+        self._buckets = BucketChoice()
 
     def reset(self) -> None:
         """Forget the move in progress (rolled back) and re-read the counters from the file."""
@@ -166,6 +172,7 @@ class Compactor:
                 self._move.cursor.close()
         self._loaded = False
         self._move = None
+        self._buckets.reset()
 
     def note_ticks(self, n: int) -> None:
         """The writer appended ``n`` ticks to ``sample_recent``."""
@@ -303,8 +310,9 @@ class Compactor:
             "BETWEEN ? AND ? AND ts BETWEEN make_timestamp(?) AND make_timestamp(?)",
             [lo, hi, lo_us, hi_us],
         ).fetchnumpy()
+        us = np.asarray(got["us"], dtype=np.int64)
         sids = np.asarray(got["series_id"], dtype=np.int32)
-        ticks = (move.first_tick + np.searchsorted(move.stamps, got["us"])).astype(np.int32)
+        ticks = (move.first_tick + np.searchsorted(move.stamps, us)).astype(np.int32)
         order = span_order(sids, ticks)
         span_rows = {  # noqa: F841 - read by DuckDB's replacement scan
             "series_id": sids[order],
@@ -312,7 +320,14 @@ class Compactor:
             "value": np.asarray(got["value"], dtype=np.float64)[order],
         }
         move.cursor.execute("INSERT INTO sample_spans SELECT series_id, tick, value FROM span_rows")
+        ids = np.unique(sids)
+        buckets = aggregate_buckets(
+            span_rows["series_id"], us[order], span_rows["value"],
+            self._buckets.bucketed(move.cursor, ids), self._buckets.layout,
+        )  # fmt: skip
+        insert_buckets(move.cursor, buckets)
         self.moved_rows += len(sids)
+        self.bucket_rows += 0 if buckets is None else len(buckets["n"])
 
 
 #: At close, a file at most this big whose free blocks are at least :data:`REWRITE_FREE_SHARE`

@@ -1,6 +1,7 @@
 """The baselines the benchmarks measure the agent against, each run as its own process.
 
     python -m benchmarks._baselines bare --pid PID [--scenario NAME] [--interval 1]
+    python -m benchmarks._baselines calls --pid PID --scenario NAME [--rounds 5]
     python -m benchmarks._baselines nvitop-monitor --pid PID --scenario NAME [--interval 1]
     python -m benchmarks._baselines nvitop-tui --scenario NAME [--interval 1]
     python -m benchmarks._baselines scan --db FILE
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import sys
 import time
@@ -196,9 +198,11 @@ def fabric_storage_tick(root_pid: int, tree: list[int], rescan_s: float = 5.0) -
 
 
 def nvml_tick() -> Tick:
-    """Plain nvidia-ml-py calls for every metric the NVML collector records per tick."""
+    """Plain nvidia-ml-py calls for every metric the NVML collector records per tick: the same
+    driver calls (checked per symbol at the simulated driver, tests/collectors/test_nvml_bare_calls.py)."""
     import pynvml as nv
 
+    from collectors.nvml_field_scalars import SCALAR_GROUPS
     from collectors.nvml_gpm import GPM_METRICS
 
     nv.nvmlInit()
@@ -216,8 +220,13 @@ def nvml_tick() -> Tick:
         int(nv.nvmlDeviceGetFieldValues(h, [nv.NVML_FI_DEV_NVLINK_LINK_COUNT])[0].value.uiVal)
         for h in handles
     ]
+    # The agent's one field request per device: the readings NVML offers as fields (power,
+    # energy, PCIe replays, ECC, remapped rows; collectors/nvml_field_scalars.py), the PCIe
+    # byte counters, instant power and each link's counters and state.
+    scalars = [(s.field_id, 0) for _, group in SCALAR_GROUPS for s in group]
     fields = [
-        [
+        scalars
+        + [
             (nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES, 0),
             (nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES, 0),
             (nv.NVML_FI_DEV_POWER_INSTANT, 0),
@@ -242,6 +251,23 @@ def nvml_tick() -> Tick:
     for j, (metric_id, _) in enumerate(GPM_METRICS.values()):
         request.metrics[j].metricId = metric_id
     last_seen = [0] * len(handles)
+    # The list queries as the agent makes them (collectors/nvml_processes.py): one call into a
+    # buffer kept per device, grown and asked again only when the driver says it is too small.
+    running = nv._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses_v3")
+    sampled = nv._nvmlGetFunctionPointer("nvmlDeviceGetProcessUtilization")
+    processes = [(nv.c_nvmlProcessInfo_v3_t * 16)() for _ in handles]
+    utilization = [(nv.c_nvmlProcessUtilizationSample_t * 16)() for _ in handles]
+
+    def listed(buffers: list, i: int, ask: Callable) -> list:
+        count = ctypes.c_uint(0)
+        while True:
+            count.value = len(buffers[i])
+            ret = ask(count, buffers[i])
+            if ret != nv.NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            buffers[i] = (buffers[i]._type_ * (count.value * 2 + 5))()
+        nv._nvmlCheckReturn(ret)
+        return buffers[i][: count.value]
 
     def tick() -> int:
         out: list = []
@@ -255,9 +281,7 @@ def nvml_tick() -> Tick:
                 m.total,
                 m.free,
                 nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
-                nv.nvmlDeviceGetPowerUsage(h),
                 nv.nvmlDeviceGetEnforcedPowerLimit(h),
-                nv.nvmlDeviceGetTotalEnergyConsumption(h),
                 nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
                 nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
                 *maxima[i],
@@ -265,12 +289,7 @@ def nvml_tick() -> Tick:
                 nv.nvmlDeviceGetCurrentClocksEventReasons(h),
                 nv.nvmlDeviceGetCurrPcieLinkGeneration(h),
                 nv.nvmlDeviceGetCurrPcieLinkWidth(h),
-                nv.nvmlDeviceGetPcieReplayCounter(h),
             ]
-            out += [
-                nv.nvmlDeviceGetTotalEccErrors(h, err, kind) for err in (0, 1) for kind in (0, 1)
-            ]
-            out += nv.nvmlDeviceGetRemappedRows(h)
             out += [
                 (v.value.ullVal, v.timestamp) for v in nv.nvmlDeviceGetFieldValues(h, fields[i])
             ]
@@ -283,9 +302,13 @@ def nvml_tick() -> Tick:
             except nv.NVMLError:
                 pass
             samples[i] = [current, previous]
-            out += [(p.pid, p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses_v3(h)]
+            procs = listed(processes, i, lambda c, buf, h=h: running(h, ctypes.byref(c), buf))
+            out += [(p.pid, p.usedGpuMemory) for p in procs]
+            since = ctypes.c_ulonglong(last_seen[i])
             try:
-                util = nv.nvmlDeviceGetProcessUtilization(h, last_seen[i])
+                util = listed(
+                    utilization, i, lambda c, buf, h=h, t=since: sampled(h, buf, ctypes.byref(c), t)
+                )
             except nv.NVMLError_NotFound:
                 util = []
             for s in util:
@@ -294,6 +317,68 @@ def nvml_tick() -> Tick:
         return len(out)
 
     return tick
+
+
+def run_calls(args: argparse.Namespace) -> None:
+    """NVML work per tick of each side, in this one process on one simulated driver: CPU
+    (interleaved, min of ``--rounds`` blocks of 10 ticks) and the calls each makes at the
+    driver, per C symbol. Prints JSON: ``{"ms": {side: [...]}, "calls": {side: {symbol: n}}}``.
+
+    agent: ``NvmlCollector.collect`` (no event thread); bare: :func:`nvml_tick`; nvitop:
+    ``ResourceMetricCollector.take_snapshots`` on the root (what its daemon runs each
+    interval, which also reads the host's CPU, memory and the root's tree)."""
+    import json
+    import logging
+
+    from agent.source import CollectContext
+    from collectors.nvml import NvmlCollector
+    from collectors.sim import install, load_scenario
+    from collectors.sim.calls import count_calls
+
+    logging.disable(logging.CRITICAL)  # nvitop logs each function the simulator lacks
+    clock = [time.time()]
+    owners = [args.pid]
+    sim = install(load_scenario(args.scenario), clock=lambda: clock[0], job_pids=lambda: owners)
+    from nvitop import Device, HostProcess, ResourceMetricCollector
+
+    collector = NvmlCollector(clock=lambda: clock[0], watch_events=False)
+    collector.start(CollectContext(root_pid=args.pid, job_pids=lambda: frozenset(owners)))
+    root = HostProcess(args.pid)  # held: nvitop keeps its roots weakly (see run_nvitop_monitor)
+    nvitop = ResourceMetricCollector(Device.all(), root_pids={args.pid}, interval=args.interval)
+
+    def sides() -> dict[str, Callable[[], object]]:
+        return {
+            "agent": lambda: collector.collect(clock[0]),
+            "bare": nvml_tick(),
+            "nvitop": nvitop.take_snapshots,
+        }
+
+    def ticks(fn: Callable[[], object], n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            clock[0] += args.interval  # a new driver sample every tick, as at 1 Hz
+            fn()
+        return (time.process_time() - started) / n * 1000
+
+    timed = sides()
+    ms: dict[str, list[float]] = {name: [] for name in timed}
+    for fn in timed.values():
+        ticks(fn, 3)  # warm up: the first GPM pair, nvitop's caches
+    for _ in range(args.rounds):
+        for name, fn in timed.items():
+            ms[name].append(ticks(fn, 10))
+    calls = count_calls(sim)
+    counted = sides()  # bound after the counting wrappers are in place
+    per_tick: dict[str, dict[str, float]] = {}
+    for name, fn in counted.items():
+        ticks(fn, 2)
+        before = dict(calls)
+        ticks(fn, 10)
+        per_tick[name] = {
+            k: (v - before.get(k, 0)) / 10 for k, v in calls.items() if v > before.get(k, 0)
+        }
+    del root
+    print(json.dumps({"ms": ms, "calls": per_tick}))
 
 
 def run_bare(args: argparse.Namespace) -> None:
@@ -382,7 +467,7 @@ def run_session(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    modes = ("bare", "nvitop-monitor", "nvitop-tui", "scan", "session")
+    modes = ("bare", "calls", "nvitop-monitor", "nvitop-tui", "scan", "session")
     parser.add_argument("mode", choices=modes)
     parser.add_argument("--live", choices=("on", "off"), default="on", help="session: analysis")
     parser.add_argument("--out", default=None, help="session: JSON of first findings")
@@ -391,9 +476,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default=None, help="simulated NVML scenario")
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--db", default=None)
+    parser.add_argument("--rounds", type=int, default=5, help="calls: timed blocks per side")
     args = parser.parse_args(argv)
     run = {
         "bare": run_bare,
+        "calls": run_calls,
         "nvitop-monitor": run_nvitop_monitor,
         "nvitop-tui": run_nvitop_tui,
         "scan": run_scan,

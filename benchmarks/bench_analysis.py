@@ -16,14 +16,14 @@ Prints, in one run:
      (judged only when the run lasts that long: not with ``--quick``).
 
 The recording of part 1 is synthetic but shaped like a real one (NumPy -> DuckDB, written in the
-store's own schema-4 layout: the series dictionary, then ids, times and values appended to the
-writer's table, checkpointed as it goes and moved into spans an hour at a time, as the agent's
-writer does): every GPU metric the NVML collector records, per-link NVLink counters, per-core host CPU, disks,
+store's own schema-5 layout: the series dictionary, then ids, times and values appended to the
+writer's table, checkpointed as it goes and moved into spans an hour at a time, with the
+analysed series' 30 s buckets, as the agent's writer does): every GPU metric the NVML collector records, per-link NVLink counters, per-core host CPU, disks,
 NICs and a five-process job, with checkpoint stalls every 30 min and one GPU throttled for an
 hour. Generated databases are cached in ``--dir`` (default: a temp dir, removed afterwards).
 Exits 1 on a MISS.
 
-    python benchmarks/bench_analysis.py [--hours 24] [--rounds 3] [--dir DIR] [--quick]
+    python benchmarks/bench_analysis.py [--hours 24] [--rounds 3] [--dir DIR] [--quick] [--bytes]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,6 +48,7 @@ from agent.analysis.thresholds import LIVE_CPU_TARGET  # noqa: E402
 from agent.catalog import CATALOG  # noqa: E402
 from agent.model import RunInfo  # noqa: E402
 from agent.store import Store  # noqa: E402
+from agent.store_buckets import BUCKET_TABLES  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     ROOT,
     Report,
@@ -194,7 +196,7 @@ def generate(path: Path, hours: float, hz: int) -> int:
             status="finished",
         )
     )
-    # The store's own layout (agent/store.py, schema 4): each series once, then ids per value.
+    # The store's own layout (agent/store.py, schema 5): each series once, then ids per value.
     series_ids = np.arange(1, n_series + 1, dtype=np.int32)
     series_rows = {  # noqa: F841 - read by DuckDB's replacement scan
         "series_id": series_ids,
@@ -347,6 +349,64 @@ def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
     )  # fmt: skip
 
 
+def table_bytes(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Bytes of the blocks holding a table's segments (a block shared with another table is
+    counted for both: an upper bound)."""
+    (block,) = con.execute(
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
+    ).fetchone()
+    (blocks,) = con.execute(
+        f"SELECT count(DISTINCT block_id) FROM pragma_storage_info('{table}') WHERE block_id >= 0"
+    ).fetchone()
+    return int(blocks) * int(block)
+
+
+def parquet_bytes(path: Path) -> tuple[int, int]:
+    """(values, bytes of Parquet zstd of the file's ``samples``, ordered as bench_recording
+    orders them); computed once per generated file and kept beside it."""
+    cached = path.with_name(path.name + ".parquet.json")
+    if cached.exists():
+        got = json.loads(cached.read_text())
+        if got.get("file_bytes") == path.stat().st_size:
+            return int(got["values"]), int(got["parquet_bytes"])
+    out = path.with_name(path.stem + ".parquet")
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        (values,) = con.execute("SELECT count(*) FROM samples").fetchone()
+        con.execute(
+            f"COPY (SELECT * FROM samples ORDER BY ts, source, entity, metric) TO '{out}' "
+            "(FORMAT parquet, COMPRESSION zstd)"
+        )
+    finally:
+        con.close()
+    size = out.stat().st_size
+    out.unlink()
+    cached.write_text(json.dumps({"file_bytes": path.stat().st_size, "values": values,
+                                  "parquet_bytes": size}))  # fmt: skip
+    return int(values), size
+
+
+def bench_bytes(report: Report, path: Path) -> None:
+    """Bytes per value of the whole file, of its buckets (schema 5), and of Parquet zstd."""
+    values, parquet = parquet_bytes(path)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        buckets = sum(table_bytes(con, t) for t in BUCKET_TABLES)
+    finally:
+        con.close()
+    whole = path.stat().st_size
+    report.side(
+        "bytes", "the closed 24 h file (every table) / Parquet zstd of its samples view ordered "
+        "by ts, source, entity, metric (bench_recording's baseline); buckets: the blocks of "
+        "sample_buckets + bucket_series. Synthetic full-precision values: the bytes target is "
+        "judged on bench_recording's writer-made file",
+    )  # fmt: skip
+    report.info("bytes per value: file / Parquet zstd",
+                f"{whole / values:.2f} / {parquet / values:.2f} = {whole / parquet:.2f}x")  # fmt: skip
+    report.info("bytes per value: of which buckets",
+                f"{buckets / values:.3f} (without: {(whole - buckets) / parquet:.2f}x)")  # fmt: skip
+
+
 def bench_live(report: Report, tmp: Path, args: argparse.Namespace) -> None:
     with process_tree(32) as root:
         out = tmp / "first-findings.json"
@@ -387,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=24.0, help="length of the post-run run")
     parser.add_argument("--dir", help="keep generated databases here and reuse them")
     parser.add_argument("--no-live", action="store_true", help="skip the live part")
+    parser.add_argument(
+        "--bytes", action="store_true",
+        help="also bytes per value of the file vs Parquet zstd (the export: once per file)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     apply_quick(args, window=3.0, warmup=4.0)
     if args.quick:
@@ -405,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         bench_report(report, path, args.hours, args.rounds)
+        if args.bytes:
+            bench_bytes(report, path)
         if not args.no_live:
             bench_live(report, workdir, args)
     except Exception as exc:  # one line and exit 1, never a traceback mid-table

@@ -15,7 +15,12 @@ interleaved rounds:
   on the same root (its daemon calls ``take_snapshots()`` each interval).
 
 Every side installs the same simulated driver (``collectors.sim.install``), so its cost is on
-both sides of each ratio. Targets (issue 14): agent / bare <= 1.25x, agent / nvitop <= 0.6x,
+both sides of each ratio. Before the rounds, ``benchmarks._baselines calls`` runs the three
+sides' NVML work in one process on one driver and prints, per side, the driver calls a tick
+(counted per C symbol at the simulated driver) and the CPU of a tick: the agent's
+``NvmlCollector.collect``, the bare loop's NVML part, nvitop's ``take_snapshots`` (its whole
+interval, host and tree reads included). The bare loop must make exactly the agent's calls,
+symbol by symbol (a target: otherwise agent / bare compares different work). Targets (issue 14): agent / bare <= 1.25x, agent / nvitop <= 0.6x,
 agent RSS <= 80 MB. Also printed: the agent's CPU per thread (the kernel names it gives its
 threads, ``aw-sampler``, ``aw-store`` ...; ``other`` is DuckDB's own). Exits 1 on a MISS.
 
@@ -25,7 +30,9 @@ threads, ``aw-sampler``, ``aw-store`` ...; ``other`` is DuckDB's own). Exits 1 o
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -90,6 +97,36 @@ def sides(root: int, db: Path, interval: float) -> list[Side]:
     ]
 
 
+def nvml_work(root: int, interval: float) -> dict:
+    """The sides' NVML work in one process (``_baselines calls``): ms and calls per tick."""
+    argv = baseline_argv("calls", "--pid", str(root), "--scenario", SCENARIO)
+    argv += ["--interval", f"{interval:g}", "--rounds", "5"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"_baselines calls exited {done.returncode}: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report_nvml_work(report: Report, work: dict) -> None:
+    calls, ms = work["calls"], work["ms"]
+    report.info(
+        "NVML driver calls a tick: agent / bare / nvitop",
+        " / ".join(f"{sum(calls[s].values()):.1f}" for s in ("agent", "bare", "nvitop")),
+    )
+    for side in ("agent", "bare", "nvitop"):
+        report.info(f"{side}: NVML tick in-process, ms CPU", spread(ms[side], "{:.2f}"))
+    report.info("agent / nvitop, NVML tick in-process", spread(ratios(ms["agent"], ms["nvitop"])))
+    differ = sorted(k for k in {*calls["agent"], *calls["bare"]} if
+                    calls["agent"].get(k) != calls["bare"].get(k))  # fmt: skip
+    report.target(
+        "bare makes the agent's driver calls (per symbol)",
+        "same" if not differ else f"differ: {', '.join(differ[:3])}",
+        "same",
+        not differ,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_round_args(parser, rounds=5, window=10.0, warmup=8.0)
@@ -99,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, process_tree(TREE_SIZE) as root:
         all_sides = sides(root, Path(tmp) / "agent.duckdb", args.interval)
         try:
+            work = nvml_work(root, args.interval)
             got = interleaved(all_sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
         except Exception as exc:  # one line and exit 1, never a traceback mid-table
             return fail(exc)
@@ -112,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in (agent, bare, nvitop):
         report.info(f"{m.side.name}: CPU, % of one core", spread([c * 100 for c in m.cpu]))
     report_threads(report, agent)
+    report_nvml_work(report, work)
     to_bare, to_nvitop = ratios(agent.cpu, bare.cpu), ratios(agent.cpu, nvitop.cpu)
     report.target(
         "agent / bare loop (per round)",

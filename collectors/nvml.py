@@ -233,6 +233,8 @@ class NvmlCollector(Collector):
                 }
             b.event(ev.kind, ev.entity, ts=ev.ts, **detail)
         for device in self.devices:
+            if device.entity in bumped:
+                device.reread_static()
             if not device.lost or device.entity in bumped:
                 b.add(device.entity, "gpu.xid", counts[device.entity])
 

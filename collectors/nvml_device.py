@@ -16,12 +16,12 @@ import pynvml
 from agent.catalog.gpu import CLOCK_EVENT_FLAGS
 from agent.model import BatchBuilder
 from collectors.nvml_counters import CounterTrack
+from collectors.nvml_field_scalars import MAX_ENERGY_RATE_W
 from collectors.nvml_fields import FieldReader
 from collectors.nvml_gpm import GpmReader
 from collectors.nvml_probe import BoundQuery, Notice, Query, Variant, probe, query
 from collectors.nvml_processes import JobView, ProcessReader
 
-MAX_ENERGY_RATE_W = 1e5  # a step above this many joules per second is a counter reset
 _CLOCK_EVENT_METRICS = tuple(
     (f"gpu.clock_event.{flag}", bit) for flag, bit in CLOCK_EVENT_FLAGS.items()
 )
@@ -84,6 +84,13 @@ class Device:
         for child in self.children:
             child.describe_if_changed(b)
 
+    def reread_static(self) -> None:
+        """After an XID (a reset, a recovered fault) the limits read once may differ: ask the
+        driver again at the next tick, once."""
+        for bound_query in self.queries:
+            if isinstance(bound_query.fetch, _Once):
+                bound_query.fetch.done = False
+
     def close(self) -> None:
         if self.gpm is not None:
             self.gpm.close()
@@ -144,7 +151,8 @@ def _scalar(name: str, function: str, fetch: Any, e: str, metric: str, scale: fl
 
 
 def gpu_queries(h: Any, e: str) -> list[Query]:
-    """Every per-tick reading of a full GPU except fields, GPM and processes."""
+    """Every per-tick reading of a full GPU except fields, GPM and processes; those the
+    device's field request answers (``FieldReader.covered``) are dropped by the probe."""
     nv = pynvml
     energy = CounterTrack(scale=0.001, max_rate=MAX_ENERGY_RATE_W)
     return [
@@ -277,7 +285,8 @@ def usage_queries(h: Any, e: str) -> list[Query]:
 
 
 def static_queries(h: Any, e: str) -> list[Query]:
-    """Limits that never change: read once at probe time, re-emitted every tick for free."""
+    """Limits that do not change while the GPU runs: read once at probe time (and again after
+    an XID: :meth:`Device.reread_static`), re-emitted every tick for free."""
     nv = pynvml
     specs = [
         (
@@ -362,7 +371,7 @@ def probe_gpu(h: Any, index: int, job: JobView) -> tuple[Device, list[Notice]]:
     gpm_queries, gpm_notices = device.gpm.probe()
     device.processes = ProcessReader(h, e, job)
     candidates = [
-        *gpu_queries(h, e),
+        *(q for q in gpu_queries(h, e) if q.name not in fields.covered),
         *static_queries(h, e),
         *field_queries,
         *gpm_queries,

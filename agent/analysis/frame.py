@@ -33,6 +33,7 @@ from agent.analysis.frame_accel import (
     job_accelerators,
     metric_names,
 )
+from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.catalog import CATALOG
@@ -94,12 +95,35 @@ def role_metrics() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Window:
-    """What to analyse: a run, optionally only ``[start, end)``, in buckets of ``bucket_s``."""
+    """What to analyse: a run, optionally only ``[start, end)``, in buckets of ``bucket_s``.
+    ``stored_buckets``: read the writer's buckets where they serve (False: every raw value,
+    as for a file without them)."""
 
     run_id: str
     bucket_s: float
     start: datetime | None = None
     end: datetime | None = None
+    stored_buckets: bool = True
+
+
+def _analysed(plan: AcceleratorPlan) -> tuple[tuple[str, ...], list[str]]:
+    """The metrics the frame aggregates and the label conditions (SQL over ``series`` or
+    ``samples`` columns) that pick their series."""
+    by_role = role_metrics()
+    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics, *by_role]))
+    # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
+    # (InfiniBand ports, ib:mlx5_0/1, and mounts, mount:/data, do count). Metric
+    # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
+    return analysed, [
+        f"metric IN ({in_list(analysed)})",
+        plan.part_filter((*BASE_METRICS, *by_role)),
+    ]
+
+
+def analysed_series_where() -> str:
+    """SQL over ``series``' columns picking the series the frame aggregates (of any run): the
+    writer keeps buckets of these (:mod:`agent.store_buckets`)."""
+    return " AND ".join(_analysed(accelerator_plan())[1])
 
 
 @dataclass(frozen=True)
@@ -191,12 +215,7 @@ def build_frames(
     ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
     then the rules) runs mostly on one core, so a caller may start other reads beside it."""
     plan = accelerator_plan()
-    by_role = role_metrics()
-    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics, *by_role]))
-    # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
-    # (InfiniBand ports, ib:mlx5_0/1, and mounts, mount:/data, do count). Metric
-    # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
-    labels = [f"metric IN ({in_list(analysed)})", plan.part_filter((*BASE_METRICS, *by_role))]
+    analysed, labels = _analysed(plan)
     params: dict[str, object] = {
         "run": window.run_id,
         "bucket_us": int(round(window.bucket_s * 1e6)),
@@ -213,17 +232,28 @@ def build_frames(
     if series:
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
-        picked = series_filter(con, window.run_id, " AND ".join(labels))
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE aw_agg AS
-            WITH agg AS (
-                SELECT series_id, k, {aggregates}
-                FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k), {sources}
-            SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share
-            FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric""",
-            {k: v for k, v in params.items() if k != "run"},
-        )
+        where = " AND ".join(labels)
+        batches = None
+        if window.stored_buckets:
+            batches = stored_bucket_batches(con, window.run_id, where, window.bucket_s, times)
+        named = """SELECT s.entity, s.metric, c.source, k, n, avg, min, max, low_share, series_id
+            FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric"""
+        if batches is None:
+            picked = series_filter(con, window.run_id, where)
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE aw_agg AS
+                WITH agg AS (
+                    SELECT series_id, k, {aggregates}
+                    FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k),
+                {sources} {named}""",
+                {k: v for k, v in params.items() if k != "run"},
+            )
+        else:
+            into = "CREATE OR REPLACE TEMP TABLE aw_agg AS"
+            for merged in batches:  # noqa: B007 - DuckDB scans the local NumPy columns
+                con.execute(f"{into} WITH agg AS (SELECT * FROM merged), {sources} {named}")
+                into = "INSERT INTO aw_agg"
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
         con.execute(
@@ -242,19 +272,22 @@ def build_frames(
     # rise before the reset plus the bucket's min, off by at most one bucket's increase.
     counters = in_list(m.name for m in declared if m is not None and m.is_counter)
     bucket = f"{float(window.bucket_s)}::DOUBLE"
+    # A series' rows are keyed by its integer id where aw_agg has it (windows and joins over
+    # ~1 M rows on an integer cost half of those on two strings).
+    key = "series_id" if series else "entity, metric"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE aw_counters AS
-        SELECT entity, metric, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
+        SELECT {key}, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
         FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
                              WHEN min >= prev_max THEN max - prev_max
                              ELSE greatest(max - prev_max, 0) + min END AS inc
               FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
                     FROM aw_agg WHERE metric IN ({counters})
-                    WINDOW w AS (PARTITION BY entity, metric ORDER BY k)))""")
+                    WINDOW w AS (PARTITION BY {key} ORDER BY k)))""")
     rated = f"""
         SELECT a.source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s, a.n,
                a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
-        FROM aw_agg a LEFT JOIN aw_counters c USING (entity, metric, k)
+        FROM aw_agg a LEFT JOIN aw_counters c USING ({key}, k)
         WHERE a.source IS NOT NULL"""
     if not series:  # the sources were not joined to aw_agg (above): join them per row here
         rated = f"""

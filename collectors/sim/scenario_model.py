@@ -146,6 +146,8 @@ class Scenario:
     workload: dict[str, float]
     overrides: dict[int, dict[str, float]]
     effects: tuple[Effect, ...]
+    #: Field ids the driver answers with NOT_SUPPORTED (``[driver] missing_fields``).
+    missing_fields: frozenset[int] = frozenset()
     #: The ``[tpu]`` table (collectors/sim/tpu/scenario.py); a TPU-only scenario has no GPUs.
     tpu: TpuScenario | None = None
     #: The sources whose simulators this scenario installs, in order (each reads its own part).

@@ -14,6 +14,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the tomli backport has the same API
     import tomli as tomllib  # type: ignore[no-redef]
 
+import pynvml
+
 from collectors.sim.devices import MODELS
 from collectors.sim.scenario_model import (
     DEFAULT_CUDA_VERSION,
@@ -116,7 +118,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
             )
 
     drv = _table(doc, "driver")
-    _check_keys(drv, "[driver]", {"version", "cuda_version", "missing_symbols"})
+    _check_keys(drv, "[driver]", {"version", "cuda_version", "missing_symbols", "missing_fields"})
     driver_version = _get(drv, "version", str, "[driver]", default=DEFAULT_DRIVER_VERSION)
     try:
         int(driver_version.split(".")[0])
@@ -155,6 +157,7 @@ def _build(doc: dict[str, Any], path: str, default_name: str) -> Scenario:
         driver_version=driver_version,
         cuda_version=_get(drv, "cuda_version", int, "[driver]", default=DEFAULT_CUDA_VERSION),
         missing_symbols=frozenset(_get(drv, "missing_symbols", list, "[driver]", default=[])),
+        missing_fields=_field_ids(_get(drv, "missing_fields", list, "[driver]", default=[])),
         processes_per_gpu=_get(job, "processes_per_gpu", int, "[job]", default=1),
         counter_offset=_get(counters, "offset", int, "[counters]", default=0),
         workload=workload,
@@ -330,3 +333,15 @@ def _check_keys(table: dict[str, Any], where: str, allowed: set[str]) -> None:
         raise ScenarioError(
             f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
         )
+
+
+def _field_ids(names: list[object]) -> frozenset[int]:
+    """``[driver] missing_fields``: NVML field names (``NVML_FI_DEV_POWER_AVERAGE``) this
+    driver answers with NOT_SUPPORTED, as a driver older than those field ids does."""
+    ids = set()
+    for name in names:
+        value = getattr(pynvml, name, None) if isinstance(name, str) else None
+        if not (isinstance(name, str) and name.startswith("NVML_FI_") and isinstance(value, int)):
+            raise ScenarioError(f"[driver] missing_fields: {name!r} is not an NVML field id name")
+        ids.add(value)
+    return frozenset(ids)

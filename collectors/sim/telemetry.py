@@ -295,7 +295,7 @@ class TelemetryMixin(GpmEventsMixin):
     def _field(self, f: GpuFrame, fid: int, scope: int) -> tuple[int, int, int]:
         """(nvmlReturn, valueType, value) of one field; a uiVal is the low half of the union."""
         handler = _FIELDS.get(fid)
-        if handler is None:
+        if handler is None or fid in self.scenario.missing_fields:
             return _NOT_SUPPORTED, 0, 0
         try:
             kind, value = handler(self, f, scope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pynvml
 import pytest
 
 from agent.catalog import CATALOG
@@ -209,16 +210,83 @@ def test_a_missing_symbol_drops_only_its_query_with_one_notice(rig):
             "h100-sxm-80gb",
             extra="""
 [driver]
-missing_symbols = ["nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPcieReplayCounter"]
+missing_symbols = ["nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPerformanceState"]
+missing_fields = ["NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]
 """,
         )
     )
     r.run(3)
     v = values(r.batches[-1])
-    assert ("gpu0", "gpu.energy") not in v and ("gpu0", "gpu.pcie.replays") not in v
+    assert ("gpu0", "gpu.energy") not in v and ("gpu0", "gpu.pstate") not in v
     assert ("gpu0", "gpu.power") in v
     dropped = {e.detail["query"]: e.detail["reason"] for e in r.events("notice")}
-    assert dropped["energy"] == dropped["pcie replays"] == "function not found (driver too old)"
+    assert dropped["energy"] == dropped["pstate"] == "function not found (driver too old)"
+
+
+def test_readings_offered_as_fields_take_no_call_of_their_own(rig):
+    calls = {}
+
+    def count(sim):
+        for symbol in (
+            "nvmlDeviceGetPowerUsage",
+            "nvmlDeviceGetTotalEnergyConsumption",
+            "nvmlDeviceGetPcieReplayCounter",
+            "nvmlDeviceGetTotalEccErrors",
+            "nvmlDeviceGetRemappedRows",
+            "nvmlDeviceGetFieldValues",
+        ):
+            calls[symbol] = count_calls(sim, symbol)
+
+    r = rig(scenario_toml("h100-sxm-80gb", 2), before_start=count)
+    probe = {symbol: n[0] for symbol, n in calls.items()}
+    r.run(5)
+    per_tick = {symbol: (n[0] - probe[symbol]) / 5 for symbol, n in calls.items()}
+    assert per_tick.pop("nvmlDeviceGetFieldValues") == 2  # one request per GPU and tick
+    assert set(per_tick.values()) == {0}
+    covered = {"power", "energy", "pcie replays", "ecc", "remapped rows"}
+    assert covered.isdisjoint(bound(r.collector, "gpu0"))
+    v = values(r.batches[-1])
+    assert_same_as_direct_calls(v)
+
+
+def test_a_driver_without_the_newer_fields_falls_back_to_the_direct_calls(rig):
+    fields = [
+        "NVML_FI_DEV_POWER_AVERAGE",
+        "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "NVML_FI_DEV_PCIE_REPLAY_COUNTER",
+        "NVML_FI_DEV_ECC_SBE_VOL_TOTAL",
+        "NVML_FI_DEV_REMAPPED_PENDING",
+    ]
+    r = rig(scenario_toml("h100-sxm-80gb", extra=f"[driver]\nmissing_fields = {fields!r}\n"))
+    r.run(3)
+    functions = bound(r.collector, "gpu0")
+    assert functions["power"] == "nvmlDeviceGetPowerUsage"
+    assert functions["energy"] == "nvmlDeviceGetTotalEnergyConsumption"
+    assert functions["pcie replays"] == "nvmlDeviceGetPcieReplayCounter"
+    assert functions["ecc"] == "nvmlDeviceGetTotalEccErrors"
+    assert functions["remapped rows"] == "nvmlDeviceGetRemappedRows"
+    assert not [e for e in r.events("notice") if e.detail["query"] in ("power", "ecc")]
+    assert_same_as_direct_calls(values(r.batches[-1]))
+
+
+def assert_same_as_direct_calls(v: dict) -> None:
+    """The readings of gpu0 equal what the direct NVML calls answer at the same instant."""
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert v["gpu0", "gpu.power"] == pynvml.nvmlDeviceGetPowerUsage(h) * 0.001
+    assert v["gpu0", "gpu.energy"] == pynvml.nvmlDeviceGetTotalEnergyConsumption(h) * 0.001
+    assert v["gpu0", "gpu.pcie.replays"] == pynvml.nvmlDeviceGetPcieReplayCounter(h)
+    for metric, error, counter in (
+        ("gpu.ecc.volatile.corrected", 0, pynvml.NVML_VOLATILE_ECC),
+        ("gpu.ecc.volatile.uncorrected", 1, pynvml.NVML_VOLATILE_ECC),
+        ("gpu.ecc.aggregate.corrected", 0, pynvml.NVML_AGGREGATE_ECC),
+        ("gpu.ecc.aggregate.uncorrected", 1, pynvml.NVML_AGGREGATE_ECC),
+    ):
+        assert v["gpu0", metric] == pynvml.nvmlDeviceGetTotalEccErrors(h, error, counter)
+    cor, unc, pending, failure = pynvml.nvmlDeviceGetRemappedRows(h)
+    assert v["gpu0", "gpu.remapped_rows.correctable"] == cor
+    assert v["gpu0", "gpu.remapped_rows.uncorrectable"] == unc
+    assert v["gpu0", "gpu.remapped_rows.pending"] == (1 if pending else 0)
+    assert v["gpu0", "gpu.remapped_rows.failure"] == (1 if failure else 0)
 
 
 def test_job_processes_are_matched_per_gpu(rig):

@@ -10,7 +10,7 @@ import pytest
 from agent.errors import CollectorUnavailable
 from agent.source import CollectContext
 from collectors.nvml import NvmlCollector
-from tests.collectors.nvml_harness import RigFactory, scenario_toml, series, values
+from tests.collectors.nvml_harness import RigFactory, count_calls, scenario_toml, series, values
 
 U64 = 1 << 64
 
@@ -104,6 +104,24 @@ xid = 31
     assert r.clock.now - 1.0 <= xid.ts <= r.clock.now  # stamped with the agent clock
     last = values(r.tick())
     assert last["gpu1", "gpu.xid"] == 1 and last["gpu0", "gpu.xid"] == 0
+
+
+def test_static_limits_are_read_once_and_again_after_an_xid(rig):
+    calls = {}
+
+    def count(sim):
+        calls["max clocks"] = count_calls(sim, "nvmlDeviceGetMaxClockInfo")
+
+    extra = '[[effects]]\nlabel = "MMU fault"\ngpus = [1]\nat_s = 3.5\nxid = 31\n'
+    r = rig(scenario_toml("h100-sxm-80gb", 2, extra=extra), events=True, before_start=count)
+    probed = calls["max clocks"][0]
+    r.run(3)
+    assert calls["max clocks"][0] == probed  # not asked again while nothing happened
+    r.tick()
+    r.wait_for_event("xid")
+    r.run(2)
+    assert calls["max clocks"][0] == probed + 2  # gpu1's SM and memory maxima, once
+    assert values(r.batches[-1])["gpu1", "gpu.clock.sm.max"] > 0
 
 
 def test_ecc_counters_and_row_remaps_follow_an_uncorrectable_error(rig):

@@ -293,6 +293,16 @@ def test_parse_scenario_accepts_text():
     assert scenario.name == "inline" and scenario.gpu_count == 1
 
 
+def test_missing_fields_name_nvml_field_ids_and_refuse_anything_else():
+    scenario = parse_scenario(
+        '[hardware]\nmodel = "t4"\n[driver]\nmissing_fields = ["NVML_FI_DEV_POWER_AVERAGE"]\n'
+    )
+    assert scenario.missing_fields == {pynvml.NVML_FI_DEV_POWER_AVERAGE}
+    for bad in ('"NVML_FI_DEV_POWR"', '"NVML_SUCCESS"', "185"):
+        with pytest.raises(ScenarioError, match="is not an NVML field id name"):
+            parse_scenario(f'[hardware]\nmodel = "t4"\n[driver]\nmissing_fields = [{bad}]\n')
+
+
 def test_unknown_missing_symbol_is_a_scenario_error(clock):
     scenario = parse_scenario(
         '[hardware]\nmodel = "t4"\n[driver]\nmissing_symbols = ["nvmlDeviceGetPowr"]\n'

@@ -286,7 +286,7 @@ def test_appending_a_run_to_a_version_3_file_upgrades_it_with_identical_old_runs
     try:
         assert has_spans(ro)
         version = ro.execute("SELECT value FROM accelwatch_meta WHERE key = 'schema_version'")
-        assert version.fetchall()[0][0] == "4"
+        assert version.fetchall()[0][0] == "5"
         after = _views(ro)
         for view, (cols, rows) in before.items():
             assert after[view][0] == cols
