@@ -98,6 +98,9 @@ class Slot:
     uss_mb: float
     #: The same share per thread name (``thread_cpu``); threads that ended are in no entry.
     threads: dict[str, float] = field(default_factory=dict)
+    #: Proportional set size: shared pages (libraries' code, the page cache's copies of the
+    #: DuckDB library) split between the processes that map them.
+    pss_mb: float = 0.0
 
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -182,7 +185,7 @@ class Measurable:
         after = thread_cpu(self.pid)
         mem = self.proc.memory_full_info()
         shares = {k: (v - threads.get(k, 0.0)) / elapsed for k, v in after.items()}
-        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6, shares)
+        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6, shares, mem.pss / 1e6)
 
 
 class Child(Measurable):

@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         max(rss) <= TARGET_RSS_MB,
     )
     report.info("agent USS (MB)", spread([s.uss_mb for s in agent.slots], "{:.0f}"))
+    report.info("agent PSS (MB)", spread([s.pss_mb for s in agent.slots], "{:.0f}"))
     for m in (bare, nvitop):
         report.info(f"{m.side.name} RSS (MB)", spread([s.rss_mb for s in m.slots], "{:.0f}"))
     return report.print()

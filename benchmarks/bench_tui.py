@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "agent-ui RSS (MB)", spread(rss, "{:.0f}"), f"<= {TARGET_RSS_MB:.0f}",
         max(rss) <= TARGET_RSS_MB,
     )  # fmt: skip
+    report.info("agent-ui USS (MB)", spread([s.uss_mb for s in agent.slots], "{:.0f}"))
+    report.info("agent-ui PSS (MB)", spread([s.pss_mb for s in agent.slots], "{:.0f}"))
     report.info("nvitop-ui RSS (MB)", spread([s.rss_mb for s in nvitop.slots], "{:.0f}"))
     report.info("headless RSS (MB)", spread([s.rss_mb for s in headless.slots], "{:.0f}"))
     report.info(

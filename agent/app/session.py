@@ -28,6 +28,7 @@ from agent.app.job import (
     launch_job,
 )
 from agent.app.os_process import limit_malloc_arenas, name_os_threads, pid_running
+from agent.app.resident import release_later
 from agent.app.session_health import collector_health, recording_health
 from agent.app.session_wait import EndWatch, wait_for_end
 from agent.app.sources import (
@@ -118,6 +119,8 @@ class Session:
         self.target_ended_at: float | None = None
         #: The terminal hung up (SIGHUP): nothing is printed any more, nobody would read it.
         self.terminal_lost = False
+        #: Releases DuckDB's start-up code from the resident set once (:mod:`agent.app.resident`).
+        self._release: threading.Timer | None = None
 
     # -- starting
     def launch(self, command: list[str]) -> RunInfo:
@@ -294,6 +297,7 @@ class Session:
         self.sampler.start()
         self._watch_end()
         name_os_threads()
+        self._release = release_later()
         return self.run
 
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:
@@ -404,6 +408,8 @@ class Session:
         if self._finished:
             return self.run
         self._finished = True
+        if self._release is not None:
+            self._release.cancel()
         if self._end_watch is not None:  # a wait still sleeping returns
             self._end_watch.close()
         if self.child is not None and self.child.poll() is None:
