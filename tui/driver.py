@@ -6,12 +6,19 @@ tenth of the whole UI's cost. Here the thread blocks in ``select`` until the ter
 or the driver stops (a byte on a pipe of its own), and polls at Textual's 0.1 s only while the
 parser waits for the rest of a sequence, so keys, the Esc timeout and everything the parser
 produces are exactly Textual's.
+
+Output never blocks the app for ever either. Textual's output thread dies on the first write
+to a closed terminal (EIO after a hangup) and leaves its bounded queue to fill; the app's next
+write then waited on it for good, and a SIGCONT (which the kernel sends with the hangup) had
+already given the driver a new output thread nobody would wait for. Here a write to an output
+thread that is gone is dropped, and stopping it does not wait for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import selectors
 from codecs import getincrementaldecoder
 
@@ -23,6 +30,8 @@ from textual.drivers.linux_driver import LinuxDriver
 
 #: How often the thread polls while the parser waits for the rest of a sequence (Textual's).
 PENDING_POLL_S = 0.1
+#: How often a write waiting on a full output queue checks that its output thread still lives.
+OUTPUT_POLL_S = 0.2
 
 
 class QuietLinuxDriver(LinuxDriver):
@@ -76,6 +85,24 @@ class QuietLinuxDriver(LinuxDriver):
             with contextlib.suppress(EOFError, ParseError):
                 for _ in parser.feed(""):
                     pass
+
+    def write(self, data: str) -> None:
+        """Textual's write, except that output for a terminal that is gone (its output thread
+        died, EIO) is dropped instead of waiting on the thread's full queue for ever."""
+        while (writer := self._writer_thread) is not None and writer.is_alive():
+            pending = getattr(writer, "_queue", None)
+            if pending is None:  # another Textual: its own write
+                writer.write(data)
+                return
+            with contextlib.suppress(queue.Full):
+                pending.put(data, timeout=OUTPUT_POLL_S)
+                return
+
+    def close(self) -> None:
+        """Stop the output thread, unless it is already gone (stopping it would wait)."""
+        writer = self._writer_thread
+        if writer is not None and writer.is_alive():
+            super().close()
 
     def disable_input(self) -> None:
         """Wake the input thread so it sees the stop at once (it no longer polls)."""
