@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.model import Batch
 from agent.store_spans import has_spans
+from agent.tables import has_table
 
 _Key = tuple[str, str]  # (run_id, source)
 
@@ -72,11 +73,7 @@ def apply_v3_layout(con: Any) -> None:
 def has_series(con: Any) -> bool:
     """Whether a database (a DuckDB or read connection) stores samples by series id (schema 3);
     an older file read as it is has only the ``samples`` view over labelled rows."""
-    rows = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'series' "
-        "AND database_name = current_database()"
-    ).fetchall()
-    return bool(rows and rows[0][0])
+    return has_table(con, "series")
 
 
 def series_filter(con: Any, run_id: str, where: str = "") -> str:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.tables import has_table
+
 #: Width of a stored bucket. The post-run report picks its bucket among 1, 2, 5, 10, 15, 30,
 #: 60 ... 600 s (:data:`agent.analysis.engine.NICE_BUCKETS_S`) to keep a run under 3,000:
 #: 30 s from 12.5 h to 25 h, wider (multiples of 30) above; shorter runs are read raw (at most
@@ -49,11 +51,7 @@ BUCKET_TABLES = ("sample_buckets", "sample_buckets_flat", "bucket_series")
 
 def has_buckets(con: Any) -> bool:
     """Whether a database has per-bucket aggregates (schema 5)."""
-    rows = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'sample_buckets_flat' "
-        "AND database_name = current_database()"
-    ).fetchall()
-    return bool(rows and rows[0][0])
+    return has_table(con, "sample_buckets_flat")
 
 
 def apply_v5_buckets(con: Any, *, had_spans: bool) -> None:

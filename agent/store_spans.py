@@ -27,6 +27,7 @@ import duckdb
 import numpy as np
 
 from agent.store_buckets import BucketChoice, aggregate_buckets, insert_buckets
+from agent.tables import has_table
 
 #: Ticks the writer's table holds before they are moved into one span (an hour at 1 Hz).
 #: Spans+ticks per value on a 2 h recording at 1 Hz (8 GPUs, measured): 600 ticks 3.43 B,
@@ -60,11 +61,7 @@ SPAN_TABLES = ("sample_recent", "sample_moving", "sample_spans", "sample_ticks")
 
 def has_spans(con: Any) -> bool:
     """Whether a database stores samples in spans (schema 4)."""
-    rows = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'sample_spans' "
-        "AND database_name = current_database()"
-    ).fetchall()
-    return bool(rows and rows[0][0])
+    return has_table(con, "sample_spans")
 
 
 def span_order(series_id: np.ndarray, tick: np.ndarray) -> np.ndarray:

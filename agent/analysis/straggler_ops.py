@@ -20,6 +20,7 @@ from agent.analysis.engine import Context
 from agent.analysis.frame_sql import time_bounds
 from agent.analysis.straggler_scores import islands
 from agent.analysis.thresholds import OPS_MIN_STEPS, OPS_SCORE, STRAGGLER_MIN_RANKS
+from agent.tables import has_table
 
 #: Optypes that are a rank's own compute: forward / backward passes, not communication.
 COMPUTE_OPTYPE = r"(forward|backward|fwd|bwd)"
@@ -51,11 +52,7 @@ class SlowCompute:
 
 def has_ops(ctx: Context) -> bool:
     """Whether the store has an op trace for this run (files before schema 3 have none)."""
-    exists = ctx.con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'op_trace' "
-        "AND database_name = current_database()"
-    ).fetchall()[0][0]
-    if not exists:
+    if not has_table(ctx.con, "op_trace"):
         return False
     row = ctx.con.execute(
         "SELECT count(*) FROM (SELECT 1 FROM op_trace WHERE run_id = ? LIMIT 1)",
