@@ -4,9 +4,6 @@ without them (version 4) are read as they are and upgraded without mixing the tw
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import duckdb
@@ -22,7 +19,7 @@ from agent.model import Batch
 from agent.store import Store, connect
 from agent.store_buckets import has_buckets
 from tests.store.test_layout import T0
-from tests.store.test_spans import _expected, _stored, _tick
+from tests.store.test_spans import _expected, _stored, _tick, kill_during_a_move
 
 #: A part no rule reads (an NVLink of gpu0): moved into spans, never bucketed.
 PART = "gpu0/nvlink0"
@@ -211,32 +208,12 @@ def test_a_move_that_fails_halfway_leaves_no_bucket_behind(tmp_path, small, monk
 
 def test_an_agent_killed_during_a_move_leaves_each_value_in_one_bucket(tmp_path):
     path = tmp_path / "a.duckdb"
-    child = textwrap.dedent(
-        f"""
-        import os
-        import agent.store_spans as spans, agent.store_buckets as buckets
-        spans.SPAN_TICKS, spans.CHUNK_ROWS = 10, 20
-        buckets.BUCKET_BASE_S, buckets.BUCKET_BASE_US = 5, 5_000_000
-        from agent.store import Store
-        from tests.store.test_buckets import _ticks
-        store = Store({str(path)!r})
-        store._background = True
-        for t in range(12):
-            store.write_ticks([("r", _ticks(t))])
-        with store._write_lock:
-            store._spans.step(store.con)
-            store._spans.step(store.con)
-        os._exit(9)
-        """
+    setup = (
+        "import agent.store_buckets as buckets; "
+        "buckets.BUCKET_BASE_S, buckets.BUCKET_BASE_US = 5, 5_000_000; "
+        "from tests.store.test_buckets import _ticks"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", child],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 9, done.stderr
+    kill_during_a_move(path, setup, "_ticks(t)")
     ro = connect(path, read_only=True)
     try:
         assert ro.execute(f"SELECT count(*) FROM {STORED}").fetchone() == (0,)

@@ -261,19 +261,21 @@ def test_each_step_of_a_move_holds_at_most_a_chunk_of_rows(tmp_path, small_spans
     assert max(moved) <= spans.CHUNK_ROWS and sum(moved) == 10 * 12
 
 
-def test_an_agent_killed_during_a_move_loses_no_sample(tmp_path):
-    path = tmp_path / "a.duckdb"
+def kill_during_a_move(path: Path, setup: str, ticks: str) -> None:
+    """A writer in a child process, spans of 10 ticks moved 20 rows a step, killed (``kill -9``
+    as far as the file can tell) after two steps of its first move, inside its transaction.
+    ``setup`` runs first (module constants), ``ticks`` gives tick ``t``'s batches."""
     child = textwrap.dedent(
         f"""
         import os
         import agent.store_spans as spans
         spans.SPAN_TICKS, spans.CHUNK_ROWS = 10, 20
+        {setup}
         from agent.store import Store
-        from tests.store.test_spans import _tick
         store = Store({str(path)!r})
         store._background = True
         for t in range(12):
-            store.write_ticks([("r", [_tick(t)])])
+            store.write_ticks([("r", {ticks})])
         with store._write_lock:
             store._spans.step(store.con)
             store._spans.step(store.con)
@@ -288,6 +290,11 @@ def test_an_agent_killed_during_a_move_loses_no_sample(tmp_path):
         timeout=60,
     )
     assert done.returncode == 9, done.stderr
+
+
+def test_an_agent_killed_during_a_move_loses_no_sample(tmp_path):
+    path = tmp_path / "a.duckdb"
+    kill_during_a_move(path, "from tests.store.test_spans import _tick", "[_tick(t)]")
     ro = connect(path, read_only=True)
     try:
         # the move was one open transaction: its rows are where they were before it
