@@ -114,9 +114,17 @@ def report_nvml_work(report: Report, work: dict) -> None:
         "NVML driver calls a tick: agent / bare / nvitop",
         " / ".join(f"{sum(calls[s].values()):.1f}" for s in ("agent", "bare", "nvitop")),
     )
-    for side in ("agent", "bare", "nvitop"):
-        report.info(f"{side}: NVML tick in-process, ms CPU", spread(ms[side], "{:.2f}"))
-    report.info("agent / nvitop, NVML tick in-process", spread(ratios(ms["agent"], ms["nvitop"])))
+    what = {
+        "agent": "agent: NvmlCollector.collect in-process, ms CPU",
+        "bare": "bare: its NVML calls in-process, ms CPU",
+        "nvitop": "nvitop: take_snapshots in-process (its host + tree reads too), ms CPU",
+    }
+    for side, label in what.items():
+        report.info(label, spread(ms[side], "{:.2f}"))
+    report.info(
+        "agent collect / nvitop take_snapshots in-process (not like for like: info)",
+        spread(ratios(ms["agent"], ms["nvitop"])),
+    )
     differ = sorted(k for k in {*calls["agent"], *calls["bare"]} if
                     calls["agent"].get(k) != calls["bare"].get(k))  # fmt: skip
     report.target(
