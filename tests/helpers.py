@@ -42,6 +42,31 @@ WORKER_JOB = textwrap.dedent(
 )
 
 
+def xid_scenario(at_s: int) -> str:
+    """A simulator scenario: two healthy H100s, XID 94 (a contained ECC error) on GPU 1 at
+    ``at_s``: a fault the live analysis flags at once."""
+    return f"""
+summary = "two healthy H100s; XID 94 on GPU 1 at {at_s} s"
+seed = 3
+duration_s = 60
+
+[hardware]
+model = "h100-sxm-80gb"
+count = 2
+
+[workload]
+busy = 0.97
+memory_used_gib = 62.0
+temperature_c = 67.0
+
+[[effects]]
+label = "contained ECC error"
+gpus = [1]
+at_s = {at_s}
+xid = 94
+"""
+
+
 def accelwatch(*args: str) -> list[str]:
     """The CLI as a subprocess command line, from this interpreter."""
     return [sys.executable, "-m", "agent", *args]

@@ -19,7 +19,7 @@ import pytest
 
 from agent.app.session import Session, SessionConfig
 from agent.sampler import SamplerStats
-from tests.helpers import query, wait_until
+from tests.helpers import query, wait_until, xid_scenario
 
 TREE_SIZE = int(os.environ.get("AW_TREE", "1000"))
 SECONDS = 12
@@ -34,29 +34,6 @@ TREE = textwrap.dedent(
             os._exit(0)
     print("ready", flush=True)
     time.sleep(600)
-    """
-)
-
-SCENARIO = textwrap.dedent(
-    """
-    summary = "two healthy H100s; XID 94 on GPU 1 at 1 s"
-    seed = 3
-    duration_s = 60
-
-    [hardware]
-    model = "h100-sxm-80gb"
-    count = 2
-
-    [workload]
-    busy = 0.97
-    memory_used_gib = 62.0
-    temperature_c = 67.0
-
-    [[effects]]
-    label = "contained ECC error"
-    gpus = [1]
-    at_s = 1
-    xid = 94
     """
 )
 
@@ -78,7 +55,7 @@ def recording(tmp_path_factory) -> Recording:
     then up to FINDING_WAIT_S more for the live finding of the XID."""
     tmp = tmp_path_factory.mktemp("big-tree")
     scenario = tmp / "xid.toml"
-    scenario.write_text(SCENARIO)
+    scenario.write_text(xid_scenario(1))
     root = subprocess.Popen(
         [sys.executable, "-S", "-c", TREE, str(TREE_SIZE)],
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ import pytest
 
 from agent.app import resident
 from agent.app.resident import Mapping, parse_smaps, releasable
-from tests.helpers import query
+from tests.helpers import query, xid_scenario
 
 LIB = "/site-packages/_duckdb.cpython-311-x86_64-linux-gnu.so"
 
@@ -149,33 +149,12 @@ _RECORD = """
     sys.exit(main(sys.argv[1:]))
 """
 
-XID_AT_2S = """
-summary = "two H100s; XID 94 on GPU 1 at 2 s"
-seed = 3
-duration_s = 60
-
-[hardware]
-model = "h100-sxm-80gb"
-count = 2
-
-[workload]
-busy = 0.97
-memory_used_gib = 62.0
-temperature_c = 67.0
-
-[[effects]]
-label = "contained ECC error"
-gpus = [1]
-at_s = 2
-xid = 94
-"""
-
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the release is Linux's madvise")
 def test_a_run_after_the_release_records_moves_analyses_and_closes(tmp_path):
     db = tmp_path / "run.duckdb"
     scenario = tmp_path / "xid.toml"
-    scenario.write_text(XID_AT_2S)
+    scenario.write_text(xid_scenario(2))
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_RECORD)]
         + ["run", "--headless", "--simulate", str(scenario), "--db", str(db)]
