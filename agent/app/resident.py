@@ -1,26 +1,29 @@
-"""Give back the start-up code of DuckDB's library once a recording has settled.
+"""Give back the start-up pages of DuckDB's library once a recording has settled.
 
-DuckDB's library is ~50 MB of machine code. Opening the store (``connect`` registers every
-function, type and setting DuckDB has) and the first writes fault in ~35 MB of it, almost none
-of which a recording runs again. Those pages are clean and file-backed: the kernel may drop them
-under memory pressure at any time and read them back from the file on the next touch. Until
-then they count in the agent's RSS (and USS: nothing else maps them).
+DuckDB's library is ~50 MB of machine code and ~14 MB of read-only data. Opening the store
+(``connect`` registers every function, type and setting DuckDB has) and the first writes fault
+in ~30 MB of the code and ~7 MB of the data, most of which a recording never reads again. Those
+pages are clean and file-backed: the kernel may drop them under memory pressure at any time and
+read them back from the file on the next touch. Until then they count in the agent's RSS (and
+USS: nothing else maps them).
 
 :func:`release_library_text` asks the kernel (``madvise(MADV_DONTNEED)``) to unmap them now,
-from the library's executable mappings only (``r-xp``: code, never written by the process).
-The pages stay in the page cache; the code a recording keeps running faults back in from there
-(no disk read unless the kernel evicted them meanwhile). It frees no memory the system could not
-reclaim anyway: it makes the agent's resident set show what it uses. Never on a writable or
-read-only data mapping (``r--p`` may hold relocated, copy-on-write pages; dropping those would
-lose them), and never on a mapping that has any dirty or anonymous page (a debugger's
-breakpoint): those are skipped. Where ``/proc/self/smaps`` or ``madvise`` is missing (not
-Linux), nothing happens and a debug line says so.
+from the library's mappings that the process can never have written: code (``r-xp``) and
+read-only data (``r--p``: symbol tables, ``.rodata``, the unwind tables exceptions read). Only a
+mapping whose ``/proc/self/smaps`` entry shows nothing but clean file pages is touched: no dirty,
+anonymous (copy-on-write) or swapped page. That keeps out RELRO (``r--p`` too, but relocated by
+the loader: its pages are anonymous copies, and dropping them would lose the relocations), a
+debugger's breakpoint in the code, writable mappings and other libraries. The pages stay in the
+page cache; what a recording keeps reading faults back in from there (no disk read unless the
+kernel evicted them meanwhile). It frees no memory the system could not reclaim anyway: it makes
+the agent's resident set show what it uses. Where ``/proc/self/smaps`` or ``madvise`` is missing
+(not Linux), nothing happens and a debug line says so.
 
 ``MADV_COLD`` would leave the pages mapped (RSS unchanged) and ``MADV_PAGEOUT`` would evict
 them from the page cache too (a disk read to get them back; it skips the pages of a file the
 process may not write): neither fits. A re-fault maps the touched page's neighbourhood too
-(fault-around), so what stays released is the start-up-only share: ~12 of ~35 MB on a
-recording whose live analysis has not run its rules, little once it has
+(fault-around), so what stays released is the start-up-only share: ~10 of ~30 MB of code and
+~5 of ~7 MB of data on a recording whose live analysis has not run its rules, less once it has
 (``docs/benchmarks.md``).
 """
 
@@ -41,6 +44,9 @@ MADV_DONTNEED = 4
 #: After this long the recording has connected, flushed and sampled a few times: what DuckDB
 #: keeps running (inserts, commits, the live window's loads) is the little it faults back in.
 RELEASE_AFTER_S = 15.0
+#: The library's mappings a process never writes: code and read-only data. Each is released only
+#: when smaps shows it holds clean file pages alone (RELRO is ``r--p`` but anonymous: kept).
+RELEASED_PERMS = ("r-xp", "r--p")
 #: The modules whose shared library is DuckDB (its Python package's extension module).
 DUCKDB_MODULES = ("_duckdb", "duckdb.duckdb")
 #: Set (to anything) to keep the pages: the other side of a benchmark's A/B, or a check that
@@ -110,12 +116,13 @@ def parse_smaps(text: str) -> list[Mapping]:
 
 
 def releasable(mappings: list[Mapping], library: str) -> tuple[list[Mapping], list[str]]:
-    """The library's code mappings that hold only clean file pages, and why others are not."""
+    """The library's code and read-only data mappings that hold only clean file pages, and
+    why others are not."""
     chosen: list[Mapping] = []
     skipped: list[str] = []
     for m in mappings:
-        if m.path != library or m.perms != "r-xp":
-            continue  # data, RELRO, writable, another file, or a deleted one: never touched
+        if m.path != library or m.perms not in RELEASED_PERMS:
+            continue  # writable, another file, or a deleted one: never touched
         if m.changed_kb:
             skipped.append(f"{m.start:x}-{m.end:x}: {m.changed_kb} kB not clean file pages")
         elif m.rss_kb:
@@ -143,8 +150,8 @@ def _madvise() -> Any:
 def release_library_text(
     library: str | None = None, smaps_path: str = "/proc/self/smaps"
 ) -> Released | None:
-    """Drop the resident pages of ``library``'s (default: DuckDB's) code mappings from this
-    process; None, with a debug line, where that cannot be done here."""
+    """Drop the resident pages of ``library``'s (default: DuckDB's) code and read-only data
+    mappings from this process; None, with a debug line, where that cannot be done here."""
     library = library or duckdb_library()
     if library is None:
         log.debug("resident: DuckDB's library is not loaded; nothing to release")
@@ -169,9 +176,14 @@ def release_library_text(
             skipped.append(f"{m.start:x}-{m.end:x}: madvise: {os.strerror(ctypes.get_errno())}")
     for reason in skipped:
         log.debug("resident: kept %s", reason)
-    resident = sum(m.rss_kb for m in mappings if m.path == library and m.perms == "r-xp")
+    resident = sum(m.rss_kb for m in mappings if m.path == library and m.perms in RELEASED_PERMS)
     result = Released(resident, tuple(done), tuple(skipped))
-    log.debug("resident: released %d of %d kB of %s's code", result.released_kb, resident, library)
+    log.debug(
+        "resident: released %d of %d kB of %s's code and read-only data",
+        result.released_kb,
+        resident,
+        library,
+    )
     return result
 
 

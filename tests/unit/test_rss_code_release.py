@@ -1,5 +1,5 @@
-"""DuckDB's start-up code released from the agent's resident set (``agent.app.resident``): only
-its clean executable mappings, never data; a recording after the release records, moves,
+"""DuckDB's start-up pages released from the agent's resident set (``agent.app.resident``): only
+its code and read-only data mappings that hold clean file pages alone, never RELRO or writable data; a recording after the release records, moves,
 analyses and closes as before; skipped, with a debug line, where it cannot be done."""
 
 from __future__ import annotations
@@ -67,10 +67,20 @@ def test_smaps_are_parsed_into_mappings_with_their_resident_and_changed_pages():
     assert maps[5].path == LIB + " (deleted)" and maps[6].path == ""
 
 
-def test_only_the_librarys_clean_code_mapping_is_released_never_data_or_relro():
+def test_only_the_librarys_clean_code_and_read_only_data_are_released_never_relro_or_writable():
     chosen, skipped = releasable(parse_smaps(SMAPS), LIB)
-    assert [(m.perms, m.start) for m in chosen] == [("r-xp", 0x7F0000100000)]
-    assert skipped == []
+    assert [(m.perms, m.start) for m in chosen] == [
+        ("r--p", 0x7F0000000000),
+        ("r-xp", 0x7F0000100000),
+    ]
+    # RELRO is read-only too, but its pages are the loader's relocated copies: kept
+    assert skipped == ["7f0000400000-7f0000500000: 1200 kB not clean file pages"]
+
+
+def test_read_only_data_with_a_copy_on_write_page_is_kept():
+    relocated = Mapping(0x1000, 0x5000, "r--p", LIB, rss_kb=16, changed_kb=16)
+    chosen, skipped = releasable([relocated], LIB)
+    assert chosen == [] and "not clean" in skipped[0]
 
 
 def test_code_with_a_copy_on_write_page_is_kept():
@@ -117,7 +127,7 @@ _RELEASE = """
 """
 
 
-def test_release_drops_duckdbs_code_pages_and_leaves_its_data_mappings(tmp_path):
+def test_release_drops_duckdbs_code_and_read_only_pages_and_leaves_relro_and_data(tmp_path):
     code = textwrap.dedent(_RELEASE).format(db=str(tmp_path / "r.duckdb"))
     out = subprocess.run(
         [sys.executable, "-c", "import json\n" + code],
@@ -128,11 +138,21 @@ def test_release_drops_duckdbs_code_pages_and_leaves_its_data_mappings(tmp_path)
     ).stdout
     got = json.loads(out)
     before, after = got["before"], got["after"]
+
+    def clean(m: list) -> bool:
+        return m[0] in ("r-xp", "r--p") and m[2] == 0
+
     code_before = sum(rss for perms, rss, _ in before if perms == "r-xp")
     code_after = sum(rss for perms, rss, _ in after if perms == "r-xp")
-    assert code_before > 10_000 and got["released"] >= code_before * 0.9
+    rodata_before = sum(m[1] for m in before if m[0] == "r--p" and clean(m))
+    rodata_after = sum(m[1] for m in after if m[0] == "r--p" and clean(m))
+    assert code_before > 10_000 and rodata_before > 1_000
+    assert got["released"] >= (code_before + rodata_before) * 0.9
     assert code_after <= 256  # nothing ran between the release and this read but the parse
-    assert [m for m in before if m[0] != "r-xp"] == [m for m in after if m[0] != "r-xp"]
+    assert rodata_after <= rodata_before / 2
+    relro = [m for m in before if m[0] == "r--p" and not clean(m)]
+    assert relro and all(m in after for m in relro)  # the relocated copies stay as they were
+    assert [m for m in before if not clean(m)] == [m for m in after if not clean(m)]
     assert got["total"] == [100_000, 100_000 * 99_999 // 2]  # DuckDB runs on after it
 
 
