@@ -147,13 +147,34 @@ def _madvise() -> Any:
     return madvise
 
 
+def numpy_libraries(mappings: list[Mapping]) -> list[str]:
+    """The mapped shared libraries of numpy's package (its extension modules and the OpenBLAS
+    in ``numpy.libs``): like DuckDB's, their import runs code a recording never runs again."""
+    numpy = sys.modules.get("numpy")
+    path = getattr(numpy, "__file__", None)
+    if not path:
+        return []
+    package = os.path.dirname(os.path.realpath(path))
+    roots = (package + os.sep, package + ".libs" + os.sep)
+    return sorted(
+        {
+            m.path
+            for m in mappings
+            if m.path.startswith(roots)
+            and ".so" in os.path.basename(m.path)
+            and not m.path.endswith(" (deleted)")
+        }
+    )
+
+
 def release_library_text(
     library: str | None = None, smaps_path: str = "/proc/self/smaps"
 ) -> Released | None:
-    """Drop the resident pages of ``library``'s (default: DuckDB's) code and read-only data
-    mappings from this process; None, with a debug line, where that cannot be done here."""
-    library = library or duckdb_library()
-    if library is None:
+    """Drop the resident pages of ``library``'s code and read-only data mappings from this
+    process (default: DuckDB's library and numpy's); None, with a debug line, where that cannot
+    be done here."""
+    duckdb = library or duckdb_library()
+    if duckdb is None:
         log.debug("resident: DuckDB's library is not loaded; nothing to release")
         return None
     try:
@@ -167,7 +188,13 @@ def release_library_text(
     except (OSError, AttributeError) as exc:
         log.debug("resident: no madvise here (%s); code pages kept", exc)
         return None
-    chosen, skipped = releasable(mappings, library)
+    libraries = [library] if library else [duckdb, *numpy_libraries(mappings)]
+    chosen: list[Mapping] = []
+    skipped: list[str] = []
+    for lib in libraries:
+        lib_chosen, lib_skipped = releasable(mappings, lib)
+        chosen += lib_chosen
+        skipped += lib_skipped
     done: list[Mapping] = []
     for m in chosen:
         if madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
@@ -176,13 +203,14 @@ def release_library_text(
             skipped.append(f"{m.start:x}-{m.end:x}: madvise: {os.strerror(ctypes.get_errno())}")
     for reason in skipped:
         log.debug("resident: kept %s", reason)
-    resident = sum(m.rss_kb for m in mappings if m.path == library and m.perms in RELEASED_PERMS)
+    resident = sum(m.rss_kb for m in mappings if m.path in libraries and m.perms in RELEASED_PERMS)
     result = Released(resident, tuple(done), tuple(skipped))
     log.debug(
-        "resident: released %d of %d kB of %s's code and read-only data",
+        "resident: released %d of %d kB of code and read-only data of %d libraries (%s, numpy)",
         result.released_kb,
         resident,
-        library,
+        len(libraries),
+        duckdb,
     )
     return result
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -89,6 +90,26 @@ def test_code_with_a_copy_on_write_page_is_kept():
     assert chosen == [] and "not clean" in skipped[0]
 
 
+def test_numpys_extension_modules_and_openblas_are_released_with_duckdb_never_a_deleted_one(
+    monkeypatch,
+):
+    import numpy
+
+    package = os.path.dirname(os.path.realpath(numpy.__file__))
+    core = f"{package}/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so"
+    blas = f"{package}.libs/libscipy_openblas64_-32a4b2a6.so"
+    maps = [
+        Mapping(0x1000, 0x2000, "r-xp", core, rss_kb=4),
+        Mapping(0x2000, 0x3000, "r--p", blas, rss_kb=4),
+        Mapping(0x3000, 0x4000, "r-xp", f"{package}/random/_gone.so (deleted)", rss_kb=4),
+        Mapping(0x4000, 0x5000, "r--p", f"{package}/_core/_add_newdocs.py", rss_kb=4),
+        Mapping(0x5000, 0x6000, "r-xp", "/usr/lib/libnumpy_lookalike.so", rss_kb=4),
+    ]
+    assert resident.numpy_libraries(maps) == sorted([core, blas])
+    monkeypatch.delitem(sys.modules, "numpy")
+    assert resident.numpy_libraries(maps) == []  # not imported: nothing of it to release
+
+
 def test_release_is_skipped_with_a_debug_line_without_smaps(tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="agent.app.resident")
     missing = str(tmp_path / "no-smaps")
@@ -113,21 +134,25 @@ _RELEASE = """
     from agent.app.resident import duckdb_library, parse_smaps, release_library_text
     from agent.store import connect
     con = connect({db!r})
+    import numpy
     con.execute("CREATE TABLE t AS SELECT range AS a, random() AS b FROM range(100000)")
     con.execute("CHECKPOINT")
     lib = duckdb_library()
-    def mine():
+    def mine(numpy_too=False):
         return [(m.perms, m.rss_kb, m.changed_kb)
-                for m in parse_smaps(open('/proc/self/smaps').read()) if m.path == lib]
-    before = mine()
+                for m in parse_smaps(open('/proc/self/smaps').read())
+                if ("/numpy" in m.path if numpy_too else m.path == lib)]
+    before, numpy_before = mine(), mine(True)
     done = release_library_text()
-    after = mine()
+    after, numpy_after = mine(), mine(True)
     total = con.execute("SELECT count(*), sum(a) FROM t").fetchall()[0]
-    print(json.dumps(dict(before=before, after=after, released=done.released_kb, total=total)))
+    squares = int(numpy.square(numpy.arange(10)).sum())
+    print(json.dumps(dict(before=before, after=after, released=done.released_kb, total=total,
+                          numpy_before=numpy_before, numpy_after=numpy_after, squares=squares)))
 """
 
 
-def test_release_drops_duckdbs_code_and_read_only_pages_and_leaves_relro_and_data(tmp_path):
+def test_release_drops_duckdbs_and_numpys_code_and_read_only_pages_not_relro_or_data(tmp_path):
     code = textwrap.dedent(_RELEASE).format(db=str(tmp_path / "r.duckdb"))
     out = subprocess.run(
         [sys.executable, "-c", "import json\n" + code],
@@ -154,6 +179,12 @@ def test_release_drops_duckdbs_code_and_read_only_pages_and_leaves_relro_and_dat
     assert relro and all(m in after for m in relro)  # the relocated copies stay as they were
     assert [m for m in before if not clean(m)] == [m for m in after if not clean(m)]
     assert got["total"] == [100_000, 100_000 * 99_999 // 2]  # DuckDB runs on after it
+    numpy_before = sum(m[1] for m in got["numpy_before"] if clean(m))
+    numpy_after = sum(m[1] for m in got["numpy_after"] if clean(m))
+    assert numpy_before > 1_000 and numpy_after <= numpy_before / 2  # released with DuckDB's
+    kept = [m for m in got["numpy_before"] if not clean(m)]
+    assert kept and kept == [m for m in got["numpy_after"] if not clean(m)]
+    assert got["squares"] == 285  # numpy runs on after it
 
 
 _RECORD = """
