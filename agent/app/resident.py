@@ -1,30 +1,35 @@
-"""Give back the start-up pages of DuckDB's library once a recording has settled.
+"""Give back the start-up pages of the agent's libraries once a recording has settled.
 
 DuckDB's library is ~50 MB of machine code and ~14 MB of read-only data. Opening the store
 (``connect`` registers every function, type and setting DuckDB has) and the first writes fault
-in ~30 MB of the code and ~7 MB of the data, most of which a recording never reads again. Those
-pages are clean and file-backed: the kernel may drop them under memory pressure at any time and
-read them back from the file on the next touch. Until then they count in the agent's RSS (and
-USS: nothing else maps them).
+in ~30 MB of the code and ~7 MB of the data, most of which a recording never reads again; so
+do numpy's import (~7 MB of its extension modules and OpenBLAS) and, less, libpython's compiler
+and importer, libstdc++ and libc. Those pages are clean and file-backed: the kernel may drop
+them under memory pressure at any time and read them back from the file on the next touch.
+Until then they count in the agent's RSS (and, for DuckDB's and numpy's, which nothing else
+maps, in its USS).
 
 :func:`release_library_text` asks the kernel (``madvise(MADV_DONTNEED)``) to unmap them now,
-from the library's mappings that the process can never have written: code (``r-xp``) and
-read-only data (``r--p``: symbol tables, ``.rodata``, the unwind tables exceptions read). Only a
-mapping whose ``/proc/self/smaps`` entry shows nothing but clean file pages is touched: no dirty,
-anonymous (copy-on-write) or swapped page. That keeps out RELRO (``r--p`` too, but relocated by
-the loader: its pages are anonymous copies, and dropping them would lose the relocations), a
-debugger's breakpoint in the code, writable mappings and other libraries. The pages stay in the
-page cache; what a recording keeps reading faults back in from there (no disk read unless the
-kernel evicted them meanwhile). It frees no memory the system could not reclaim anyway: it makes
-the agent's resident set show what it uses. Where ``/proc/self/smaps`` or ``madvise`` is missing
-(not Linux), nothing happens and a debug line says so.
+once DuckDB's library is loaded, from every shared library's mappings that the process can
+never have written: code (``r-xp``) and read-only data (``r--p``: symbol tables, ``.rodata``,
+the unwind tables exceptions read). Only a mapping whose ``/proc/self/smaps`` entry shows
+nothing but clean file pages is touched: no dirty, anonymous (copy-on-write) or swapped page.
+That keeps out RELRO (``r--p`` too, but relocated by the loader: its pages are anonymous
+copies, and dropping them would lose the relocations), a debugger's breakpoint in the code,
+writable mappings, libraries replaced on disk and every other file. The pages stay in the page
+cache; what a recording keeps running faults back in from there (no disk read unless the
+kernel evicted them meanwhile). It frees no memory the system could not reclaim anyway: it
+makes the agent's resident set show what it uses. For a library other processes map too
+(libc, libpython) only RSS changes: USS never counted those pages and PSS hardly moves. Where
+``/proc/self/smaps`` or ``madvise`` is missing (not Linux), nothing happens and a debug line
+says so.
 
 ``MADV_COLD`` would leave the pages mapped (RSS unchanged) and ``MADV_PAGEOUT`` would evict
 them from the page cache too (a disk read to get them back; it skips the pages of a file the
 process may not write): neither fits. A re-fault maps the touched page's neighbourhood too
-(fault-around), so what stays released is the start-up-only share: ~10 of ~30 MB of code and
-~5 of ~7 MB of data on a recording whose live analysis has not run its rules, less once it has
-(``docs/benchmarks.md``).
+(fault-around), so what stays released is the start-up-only share: of DuckDB's, ~10 of ~30 MB
+of code and ~5 of ~7 MB of data on a recording whose live analysis has not run its rules, less
+once it has (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -147,20 +152,15 @@ def _madvise() -> Any:
     return madvise
 
 
-def numpy_libraries(mappings: list[Mapping]) -> list[str]:
-    """The mapped shared libraries of numpy's package (its extension modules and the OpenBLAS
-    in ``numpy.libs``): like DuckDB's, their import runs code a recording never runs again."""
-    numpy = sys.modules.get("numpy")
-    path = getattr(numpy, "__file__", None)
-    if not path:
-        return []
-    package = os.path.dirname(os.path.realpath(path))
-    roots = (package + os.sep, package + ".libs" + os.sep)
+def shared_libraries(mappings: list[Mapping]) -> list[str]:
+    """Every shared library mapped here (``*.so*``), never one replaced on disk: each one's
+    loading and the imports that use it run code and read data a recording never touches again
+    (numpy's ~100 modules, libpython's compiler and importer, libstdc++'s locale set-up)."""
     return sorted(
         {
             m.path
             for m in mappings
-            if m.path.startswith(roots)
+            if m.path.startswith("/")
             and ".so" in os.path.basename(m.path)
             and not m.path.endswith(" (deleted)")
         }
@@ -171,8 +171,8 @@ def release_library_text(
     library: str | None = None, smaps_path: str = "/proc/self/smaps"
 ) -> Released | None:
     """Drop the resident pages of ``library``'s code and read-only data mappings from this
-    process (default: DuckDB's library and numpy's); None, with a debug line, where that cannot
-    be done here."""
+    process (default: every shared library's, once DuckDB's is loaded); None, with a debug
+    line, where that cannot be done here."""
     duckdb = library or duckdb_library()
     if duckdb is None:
         log.debug("resident: DuckDB's library is not loaded; nothing to release")
@@ -188,7 +188,7 @@ def release_library_text(
     except (OSError, AttributeError) as exc:
         log.debug("resident: no madvise here (%s); code pages kept", exc)
         return None
-    libraries = [library] if library else [duckdb, *numpy_libraries(mappings)]
+    libraries = [library] if library else shared_libraries(mappings)
     chosen: list[Mapping] = []
     skipped: list[str] = []
     for lib in libraries:
@@ -206,7 +206,7 @@ def release_library_text(
     resident = sum(m.rss_kb for m in mappings if m.path in libraries and m.perms in RELEASED_PERMS)
     result = Released(resident, tuple(done), tuple(skipped))
     log.debug(
-        "resident: released %d of %d kB of code and read-only data of %d libraries (%s, numpy)",
+        "resident: released %d of %d kB of code and read-only data of %d libraries (%s, ...)",
         result.released_kb,
         resident,
         len(libraries),
@@ -216,7 +216,7 @@ def release_library_text(
 
 
 def release_later(delay_s: float | None = None) -> threading.Timer:
-    """Release DuckDB's start-up code once, ``delay_s`` (default :data:`RELEASE_AFTER_S`) from
+    """Release the libraries' start-up pages once, ``delay_s`` (default :data:`RELEASE_AFTER_S`) from
     now, on a short-lived daemon thread (never the sampler's); ``cancel()`` it when the
     recording ends first."""
     timer = threading.Timer(RELEASE_AFTER_S if delay_s is None else delay_s, _release_quietly)
