@@ -216,9 +216,9 @@ def release_library_text(
 
 
 def release_later(delay_s: float | None = None) -> threading.Timer:
-    """Release the libraries' start-up pages once, ``delay_s`` (default :data:`RELEASE_AFTER_S`) from
-    now, on a short-lived daemon thread (never the sampler's); ``cancel()`` it when the
-    recording ends first."""
+    """Release the libraries' start-up pages once, ``delay_s`` (default
+    :data:`RELEASE_AFTER_S`) from now, on a short-lived daemon thread (never the sampler's);
+    ``cancel()`` it when the recording ends first."""
     timer = threading.Timer(RELEASE_AFTER_S if delay_s is None else delay_s, _release_quietly)
     timer.name = "accelwatch-resident"
     timer.daemon = True
