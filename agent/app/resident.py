@@ -49,6 +49,11 @@ MADV_DONTNEED = 4
 #: After this long the recording has connected, flushed and sampled a few times: what DuckDB
 #: keeps running (inserts, commits, the live window's loads) is the little it faults back in.
 RELEASE_AFTER_S = 15.0
+#: And again this often: what a rare statement faulted back in (a checkpoint, the hourly move
+#: into spans, a live-analysis pass with DuckDB's optimizer and aggregates) leaves again, while
+#: what every flush runs is back within its next flush. Each release costs ~1 ms of CPU and the
+#: re-faults a few ms more: nothing at this interval.
+RELEASE_EVERY_S = 300.0
 #: The library's mappings a process never writes: code and read-only data. Each is released only
 #: when smaps shows it holds clean file pages alone (RELRO is ``r--p`` but anonymous: kept).
 RELEASED_PERMS = ("r-xp", "r--p")
@@ -215,11 +220,29 @@ def release_library_text(
     return result
 
 
-def release_later(delay_s: float | None = None) -> threading.Timer:
-    """Release the libraries' start-up pages once, ``delay_s`` (default
-    :data:`RELEASE_AFTER_S`) from now, on a short-lived daemon thread (never the sampler's);
-    ``cancel()`` it when the recording ends first."""
-    timer = threading.Timer(RELEASE_AFTER_S if delay_s is None else delay_s, _release_quietly)
+class _Releases(threading.Timer):
+    """A timer that runs its function after ``interval`` and then every ``every`` seconds
+    (never, when ``every`` is None) until ``cancel()``."""
+
+    def __init__(self, interval: float, every: float | None) -> None:
+        super().__init__(interval, _release_quietly)
+        self.every = every
+
+    def run(self) -> None:
+        wait = self.interval
+        while not self.finished.wait(wait):
+            self.function()
+            if self.every is None:
+                break
+            wait = self.every
+        self.finished.set()
+
+
+def release_later(delay_s: float | None = None, every_s: float | None = None) -> threading.Timer:
+    """Release the libraries' start-up pages ``delay_s`` (default :data:`RELEASE_AFTER_S`) from
+    now and then every ``every_s`` seconds (default: once), on a daemon thread of its own (never
+    the sampler's); ``cancel()`` it when the recording ends."""
+    timer = _Releases(RELEASE_AFTER_S if delay_s is None else delay_s, every_s)
     timer.name = "accelwatch-resident"
     timer.daemon = True
     timer.start()

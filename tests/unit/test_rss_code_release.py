@@ -263,3 +263,19 @@ def test_the_release_keeps_the_pages_when_the_environment_asks(monkeypatch, capl
     monkeypatch.delenv(resident.KEEP_ENV)
     resident.release_later(0.0).join(timeout=5)
     assert ran == [1]
+
+
+def test_the_release_repeats_every_interval_until_cancelled(monkeypatch):
+    import threading
+
+    ran = threading.Semaphore(0)
+    monkeypatch.setattr(resident, "release_library_text", ran.release)
+    timer = resident.release_later(0.01, every_s=0.01)
+    for _ in range(3):  # the first release and two repeats
+        assert ran.acquire(timeout=5)
+    timer.cancel()
+    timer.join(timeout=5)
+    assert not timer.is_alive() and timer.finished.is_set()
+    while ran.acquire(blocking=False):  # one may have run while cancel() was called
+        pass
+    assert not ran.acquire(timeout=0.1)  # none after
