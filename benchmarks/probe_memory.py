@@ -7,10 +7,14 @@ The agent is ``accelwatch attach ROOT --headless --simulate SCENARIO --db TMP`` 
 branches runs the same setup in turn, ``--rounds`` times. For each sample time it prints RSS,
 USS and PSS of the process, and RSS split into file-backed (by library) and anonymous memory
 (the heap and anonymous mappings, thread stacks apart). Information, not a target: the targets
-are bench_nvml's and bench_tui's.
+are bench_nvml's and bench_tui's. Each checkout's ``agent`` package is imported from its
+directory (the child's working directory) with this interpreter's installed dependencies.
 
     python benchmarks/probe_memory.py [--at 40 360] [--rounds 2] [--checkout DIR ...]
-                                      [--scenario healthy] [--ui]
+                                      [--scenario healthy]
+
+A side that cannot be measured (the agent exits early) prints one ``benchmark failed: ...``
+line and exits 1.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import process_tree  # noqa: E402
+from benchmarks._common import fail, process_tree  # noqa: E402
 
 #: Libraries shown on their own line; every other file mapping is summed as "other files".
 NAMED = ("_duckdb", "libpython", "numpy", "openblas", "libstdc++", "libc.so", "libm.so")
@@ -73,12 +77,10 @@ def _group(path: str, size_kb: int) -> str:
     return "file: other"
 
 
-def run_agent(checkout: Path, root: int, scenario: str, ui: bool, at: list[float]) -> list[dict]:
+def run_agent(checkout: Path, root: int, scenario: str, at: list[float]) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="aw-probe-") as tmp:
         argv = [sys.executable, "-m", "agent", "attach", str(root), "--simulate", scenario]
-        argv += ["--db", str(Path(tmp) / "probe.duckdb")]
-        if not ui:
-            argv.append("--headless")
+        argv += ["--db", str(Path(tmp) / "probe.duckdb"), "--headless"]
         child = subprocess.Popen(
             argv,
             cwd=checkout,
@@ -110,17 +112,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--checkout", type=Path, action="append")
     parser.add_argument("--scenario", default="healthy")
-    parser.add_argument("--ui", action="store_true", help="the agent with its UI (no terminal)")
     args = parser.parse_args()
     checkouts = args.checkout or [Path(__file__).resolve().parents[1]]
     results: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    try:
+        measure(args, checkouts, results)
+    except (RuntimeError, OSError) as exc:
+        return fail(exc)
+    print_results(args, results)
+    return 0
+
+
+def measure(args: argparse.Namespace, checkouts: list[Path], results: dict) -> None:
     with process_tree(32) as root:
         for _ in range(args.rounds):
             for checkout in checkouts:
-                for t, sample in zip(
-                    args.at, run_agent(checkout, root, args.scenario, args.ui, args.at)
-                ):
+                for t, sample in zip(args.at, run_agent(checkout, root, args.scenario, args.at)):
                     results[(str(checkout), t)].append(sample)
+
+
+def print_results(args: argparse.Namespace, results: dict) -> None:
     print(f"load average {os.getloadavg()[0]:.1f}; MB, median of {args.rounds} rounds")
     for (checkout, t), samples in results.items():
         print(f"\n{checkout} at {t:g} s")
