@@ -40,6 +40,7 @@ SMALL_FILE_BLOCK_SIZE = 32 * 1024
 SMALL_FILE_ROWS = 2_000_000
 #: The writer's own tables: empty in the fresh file (their rows are in its spans).
 _WRITER_TABLES = ("sample_recent", "sample_moving")
+#: Counted in one statement to decide whether a file is written afresh at close.
 _COUNTED = (*_WRITER_TABLES, "sample_spans")
 #: Rows of the writer's table sorted at once at close (~40 MB of NumPy arrays at most, for a
 #: moment): one scan of the table, in its tick order, while picking a part of the series per
