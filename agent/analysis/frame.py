@@ -31,12 +31,20 @@ from agent.analysis.frame_accel import (
     accelerator_plan,
     build_accel_frame,
     job_accelerators,
+    load_accel_frame,
     metric_names,
+)
+from agent.analysis.frame_arrays import (
+    MergedRows,
+    accel_rows,
+    accelerators,
+    concatenated,
+    counter_rows,
 )
 from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
-from agent.catalog import CATALOG
+from agent.catalog import CATALOG, Metric
 from agent.catalog.host import SOURCE as HOST_SOURCE
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.catalog.steps import SOURCE as STEPS_SOURCE
@@ -229,6 +237,7 @@ def build_frames(
     metric_sources = ", ".join(f"({q(m.name)}, {q(m.source)})" for m in declared if m is not None)
     sources = f"sources(metric, source) AS (VALUES {metric_sources or '(NULL, NULL)'})"
     series = has_series(con)
+    arrays: MergedRows | None = None
     if series:
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
@@ -250,10 +259,16 @@ def build_frames(
                 {k: v for k, v in params.items() if k != "run"},
             )
         else:
-            into = "CREATE OR REPLACE TEMP TABLE aw_agg AS"
-            for merged in batches:  # noqa: B007 - DuckDB scans the local NumPy columns
-                con.execute(f"{into} WITH agg AS (SELECT * FROM merged), {sources} {named}")
-                into = "INSERT INTO aw_agg"
+            merged = concatenated(batches)  # noqa: F841 - DuckDB scans the local NumPy columns
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE aw_agg AS WITH agg AS (SELECT * FROM merged), "
+                f"{sources} {named}"
+            )
+            found = con.execute(
+                f"SELECT series_id, entity, metric FROM series WHERE run_id = ? AND {where}",
+                [window.run_id],
+            ).fetchall()
+            arrays = MergedRows(merged, {int(s): (e, m) for s, e, m in found})
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
         con.execute(
@@ -267,23 +282,17 @@ def build_frames(
         )
     if after_scan is not None:
         after_scan()
-    # Counters only grow, so a bucket's max is its last value: the increase is the step from the
-    # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
-    # rise before the reset plus the bucket's min, off by at most one bucket's increase.
-    counters = in_list(m.name for m in declared if m is not None and m.is_counter)
-    bucket = f"{float(window.bucket_s)}::DOUBLE"
     # A series' rows are keyed by its integer id where aw_agg has it (windows and joins over
     # ~1 M rows on an integer cost half of those on two strings).
     key = "series_id" if series else "entity, metric"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE aw_counters AS
-        SELECT {key}, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
-        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
-                             WHEN min >= prev_max THEN max - prev_max
-                             ELSE greatest(max - prev_max, 0) + min END AS inc
-              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
-                    FROM aw_agg WHERE metric IN ({counters})
-                    WINDOW w AS (PARTITION BY {key} ORDER BY k)))""")
+    counted = None
+    if arrays is not None:  # the same increases, from the arrays (agent/analysis/frame_arrays)
+        counted = counter_rows(arrays, _counter_names(declared), window.bucket_s)
+        rated_counters = counted[0]  # noqa: F841 - DuckDB scans the local NumPy columns
+        con.execute("CREATE OR REPLACE TEMP TABLE aw_counters AS SELECT * FROM rated_counters")
+    else:
+        sql_counters(con, key, in_list(_counter_names(declared)), window.bucket_s)
+    bucket = f"{float(window.bucket_s)}::DOUBLE"
     rated = f"""
         SELECT a.source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s, a.n,
                a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
@@ -303,11 +312,40 @@ def build_frames(
         # A live window: a few thousand rows, read by every pivot; materialized once.
         con.execute(f"CREATE OR REPLACE TEMP TABLE aw_rated_rows AS {rated}")
         con.execute("CREATE OR REPLACE TEMP VIEW aw_rated AS SELECT * FROM aw_rated_rows")
-    accels = build_accel_frame(con, plan)
+    if arrays is not None and counted is not None:
+        accels = accelerators(con, arrays, plan)
+        load_accel_frame(
+            con, list(accels), accel_rows(arrays, plan, accels, counted, window.bucket_s)
+        )
+    else:
+        accels = build_accel_frame(con, plan)
     _host_frame(con)
     _process_frame(con, window.run_id)
     _steps_frame(con)
     return _describe(con, window, plan, accels)
+
+
+def _counter_names(declared: Iterable[Metric | None]) -> list[str]:
+    return [m.name for m in declared if m is not None and m.is_counter]
+
+
+def sql_counters(con: duckdb.DuckDBPyConnection, key: str, counters: str, bucket_s: float) -> None:
+    """``aw_counters(key, k, inc, val)`` from ``aw_agg``'s rows of the ``counters`` (an
+    ``IN`` list), ``key`` naming a series' columns.
+
+    Counters only grow, so a bucket's max is its last value: the increase is the step from the
+    previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
+    rise before the reset plus the bucket's min, off by at most one bucket's increase."""
+    bucket = f"{float(bucket_s)}::DOUBLE"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE aw_counters AS
+        SELECT {key}, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
+        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
+                             WHEN min >= prev_max THEN max - prev_max
+                             ELSE greatest(max - prev_max, 0) + min END AS inc
+              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
+                    FROM aw_agg WHERE metric IN ({counters})
+                    WINDOW w AS (PARTITION BY {key} ORDER BY k)))""")
 
 
 #: The machine's sources (host, and the disks and fabric ports that left it), from the catalog.

@@ -224,7 +224,6 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
     """Pivot the accelerators' long rows of ``aw_rated`` into ``aw_accel`` with NumPy (a scatter
     into a dense entity x bucket x column array), loaded into a temp table; returns the
     accelerators (entity → source) in name order."""
-    aliases = list(ACCEL_COLUMNS)
     pairs = plan.metric_sources()
     sources_rows = ", ".join(f"({q(m)}, {q(s)})" for m, s in pairs) or "(NULL, NULL)"
     found = con.execute(f"""
@@ -234,25 +233,43 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
         ORDER BY length(entity), entity, source""").fetchall()
     accels = dict(found)  # two sources naming a device alike share one row
     names = list(accels)
-    code_of = {a: i for i, a in enumerate(aliases)}
-    codes = ", ".join(f"({q(m)}, {code_of[c]})" for s in plan.sources for c, m in s.columns.items())
+    codes = ", ".join(f"({q(m)}, {i})" for m, i in column_codes(plan).items())
     named = ", ".join(f"({q(n)}, {i})" for i, n in enumerate(names)) or "(NULL, NULL)"
     cols = con.execute(f"""
         WITH codes(metric, code) AS (VALUES {codes or "(NULL, NULL)"}),
         names(entity, ecode) AS (VALUES {named})
         SELECT ecode, code, t, val, low_share, max, min
         FROM aw_rated JOIN names USING (entity) JOIN codes USING (metric)""").fetchnumpy()
-    t = cols["t"].astype(np.float64)
+    load_accel_frame(con, names, cols)
+    return accels
+
+
+def column_codes(plan: AcceleratorPlan) -> dict[str, int]:
+    """Every accelerator metric of the plan → the index of the ``aw_accel`` column it fills."""
+    code_of = {a: i for i, a in enumerate(ACCEL_COLUMNS)}
+    return {m: code_of[c] for s in plan.sources for c, m in s.columns.items()}
+
+
+def load_accel_frame(
+    con: duckdb.DuckDBPyConnection, names: Sequence[str], cols: Mapping[str, np.ndarray]
+) -> None:
+    """Create ``aw_accel`` (and ``aw_gpu``) from the accelerators' long rows ``cols``: ``ecode``
+    (index into ``names``), ``code`` (see :func:`column_codes`), ``t``, ``val``, ``low_share``,
+    ``max``, ``min``; whether they come from ``aw_rated`` or straight from the frame's arrays."""
+    aliases = list(ACCEL_COLUMNS)
+    busy_code = aliases.index("busy")
+    t = np.asarray(cols["t"]).astype(np.float64)
     times = np.unique(t)
     shape = (len(names), len(times))
-    slot = (cols["ecode"].astype(np.int64), np.searchsorted(times, t))
+    code = np.asarray(cols["code"]).astype(np.int64)
+    slot = (np.asarray(cols["ecode"]).astype(np.int64), np.searchsorted(times, t))
     grid = np.full((*shape, len(aliases)), np.nan)
-    grid[slot[0], slot[1], cols["code"].astype(np.int64)] = cols["val"]
-    busy = cols["code"] == code_of["busy"]
+    grid[slot[0], slot[1], code] = cols["val"]
+    busy = code == busy_code
     extra = {}
     for name, source in zip(BUSY_EXTRA, ("low_share", "max", "min")):
         plane = np.full(shape, np.nan)
-        plane[slot[0][busy], slot[1][busy]] = cols[source][busy]
+        plane[slot[0][busy], slot[1][busy]] = np.asarray(cols[source])[busy]
         extra[name] = plane
     present = np.zeros(shape, dtype=bool)
     present[slot] = True
@@ -276,7 +293,6 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW aw_gpu AS SELECT entity, t, {kept}, {legacy} FROM aw_accel"
     )
-    return accels
 
 
 def job_accelerators(

@@ -101,3 +101,39 @@ def test_every_frame_read_through_buckets_equals_the_frame_of_the_raw_values(two
     bucketed, raw = _frames(with_buckets, run_id), _frames(without, run_id)
     assert len(bucketed["aw_accel"]) == 8 * RUN_S and bucketed["aw_host"]
     assert bucketed == raw
+
+
+def test_counters_and_accelerator_frame_from_the_bucket_arrays_equal_the_sql_pivots(two_files):
+    """The bucket path computes ``aw_counters`` and pivots ``aw_accel`` from the merged NumPy
+    arrays (agent/analysis/frame_arrays.py); the SQL path (a window over ``aw_agg``, the pivot
+    of ``aw_rated``) run again on the same ``aw_agg`` gives the same rows, bit for bit."""
+    from agent.analysis.engine import choose_bucket_s, run_bounds
+    from agent.analysis.frame_accel import accelerator_plan, build_accel_frame
+    from agent.analysis.frame_sql import in_list
+    from agent.catalog import CATALOG
+    from agent.store import connect
+
+    with_buckets, _, run_id = two_files
+    con = connect(with_buckets, read_only=True)
+    try:
+        window = frame.Window(run_id, choose_bucket_s(*run_bounds(con, run_id)))
+        info = frame.build_frames(con, window)
+
+        def snapshot() -> dict[str, list]:
+            return {
+                t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                for t in ("aw_counters", "aw_accel", "aw_host", "aw_proc")
+            }
+
+        from_arrays = snapshot()
+        analysed = frame._analysed(accelerator_plan())[0]
+        counters = [m for m in analysed if (c := CATALOG.get(m)) is not None and c.is_counter]
+        frame.sql_counters(con, "series_id", in_list(counters), window.bucket_s)
+        accels = build_accel_frame(con, accelerator_plan())
+        frame._host_frame(con)
+        frame._process_frame(con, run_id)
+        from_sql = snapshot()
+    finally:
+        con.close()
+    assert dict(accels) == dict(info.sources) and len(from_arrays["aw_counters"]) > 100
+    assert from_arrays == from_sql
