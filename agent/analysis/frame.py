@@ -23,8 +23,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 import duckdb
+import numpy as np
 
 from agent.analysis.frame_accel import (
     AcceleratorPlan,
@@ -249,9 +251,11 @@ def build_frames(
             FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric"""
         if batches is None:
             picked = series_filter(con, window.run_id, where)
-            con.execute(
+            _create_frame(
+                con,
+                "TABLE",
+                "aw_agg",
                 f"""
-                CREATE OR REPLACE TEMP TABLE aw_agg AS
                 WITH agg AS (
                     SELECT series_id, k, {aggregates}
                     FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k),
@@ -259,21 +263,14 @@ def build_frames(
                 {k: v for k, v in params.items() if k != "run"},
             )
         else:
-            merged = concatenated(batches)  # noqa: F841 - DuckDB scans the local NumPy columns
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE aw_agg AS WITH agg AS (SELECT * FROM merged), "
-                f"{sources} {named}"
-            )
-            found = con.execute(
-                f"SELECT series_id, entity, metric FROM series WHERE run_id = ? AND {where}",
-                [window.run_id],
-            ).fetchall()
-            arrays = MergedRows(merged, {int(s): (e, m) for s, e, m in found})
+            arrays = _agg_from_arrays(con, window.run_id, where, concatenated(batches), sources)
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
-        con.execute(
+        _create_frame(
+            con,
+            "TABLE",
+            "aw_agg",
             f"""
-            CREATE OR REPLACE TEMP TABLE aw_agg AS
             SELECT entity, metric, NULL::VARCHAR AS source, epoch_us(ts) // $bucket_us AS k,
                    {aggregates}
             FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
@@ -323,6 +320,55 @@ def build_frames(
     _process_frame(con, window.run_id)
     _steps_frame(con)
     return _describe(con, window, plan, accels)
+
+
+def _create_frame(
+    con: duckdb.DuckDBPyConnection, kind: str, name: str, sql: str, *args: Any
+) -> None:
+    """``CREATE OR REPLACE TEMP {kind} {name} AS {sql}``; a frame built the other way on this
+    connection before (``aw_agg`` is a table over raw values and a view over stored buckets,
+    and ``CREATE OR REPLACE`` replaces neither with the other) is dropped first. Costs nothing
+    in the usual case: only a refused replace looks at the catalog."""
+    statement = f"CREATE OR REPLACE TEMP {kind} {name} AS {sql}"
+    try:
+        con.execute(statement, *args)
+    except duckdb.CatalogException:
+        other = "VIEW" if kind == "TABLE" else "TABLE"
+        con.execute(f"DROP {other} IF EXISTS temp.main.{name}")
+        con.execute(statement, *args)
+
+
+def _agg_from_arrays(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    where: str,
+    merged: dict[str, np.ndarray],
+    sources: str,
+) -> MergedRows:
+    """``aw_agg`` over the merged bucket arrays: their numbers in ``aw_agg_rows``, the labels
+    of their ~340 series in ``aw_series``, and ``aw_agg`` the view joining them (the same
+    columns as the table the raw path creates). Not repeating three label strings on each of
+    ~1 M rows halves the frame's memory and the time to load it; the few rules that read
+    ``aw_agg`` filter it by metric, which DuckDB applies to the small side of the join."""
+    rows = merged  # noqa: F841 - DuckDB scans the local NumPy columns
+    con.execute("CREATE OR REPLACE TEMP TABLE aw_agg_rows AS SELECT * FROM rows")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE aw_series AS WITH {sources}
+            SELECT s.series_id, s.entity, s.metric, c.source
+            FROM (SELECT * FROM series WHERE run_id = ? AND {where}) s
+            LEFT JOIN sources c ON c.metric = s.metric""",
+        [run_id],
+    )
+    _create_frame(
+        con,
+        "VIEW",
+        "aw_agg",
+        """SELECT s.entity, s.metric, s.source, a.k, a.n, a.avg, a.min, a.max, a.low_share,
+               a.series_id
+        FROM aw_agg_rows a JOIN aw_series s USING (series_id)""",
+    )
+    found = con.execute("SELECT series_id, entity, metric FROM aw_series").fetchall()
+    return MergedRows(merged, {int(s): (e, m) for s, e, m in found})
 
 
 def _counter_names(declared: Iterable[Metric | None]) -> list[str]:

@@ -33,8 +33,8 @@ def concatenated(batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.nd
     """The batches of :func:`agent.analysis.frame_buckets.stored_bucket_batches` as one set
     of columns (in batch order, as inserting them batch by batch would give)."""
     parts = list(batches)
-    if not parts:
-        return {}
+    if len(parts) <= 1:
+        return dict(parts[0]) if parts else {}
     return {c: np.concatenate([np.asarray(p[c]) for p in parts]) for c in parts[0]}
 
 

@@ -32,7 +32,7 @@ DENSE_SLOTS = 8_000_000
 
 
 #: Series merged at a time: ~250 k stored rows at 24 h, so the fetched columns stay ~10 MB.
-BATCH_SERIES = 64
+BATCH_SERIES = 512
 
 
 def stored_bucket_batches(

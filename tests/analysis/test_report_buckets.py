@@ -137,3 +137,27 @@ def test_counters_and_accelerator_frame_from_the_bucket_arrays_equal_the_sql_piv
         con.close()
     assert dict(accels) == dict(info.sources) and len(from_arrays["aw_counters"]) > 100
     assert from_arrays == from_sql
+
+
+def test_one_connection_builds_frames_from_buckets_and_from_raw_values_in_turn(two_files):
+    """``aw_agg`` is a view over the bucket arrays and a table over raw values: a connection
+    that analyses both ways in turn replaces the one with the other, with the same rows."""
+    from agent.analysis.engine import choose_bucket_s, run_bounds
+    from agent.store import connect
+
+    with_buckets, _, run_id = two_files
+    con = connect(with_buckets, read_only=True)
+    try:
+        bucket_s = choose_bucket_s(*run_bounds(con, run_id))
+        seen = []
+        for stored in (True, False, True):
+            frame.build_frames(con, frame.Window(run_id, bucket_s, stored_buckets=stored))
+            kind = con.execute(
+                "SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name = 'aw_agg'"
+            ).fetchone()
+            rows = con.execute("SELECT entity, metric, k, n FROM aw_agg ORDER BY ALL").fetchall()
+            seen.append((kind, rows))
+    finally:
+        con.close()
+    assert [k for k, _ in seen] == [(1,), (0,), (1,)]
+    assert seen[0][1] == seen[1][1] == seen[2][1] and seen[0][1]
