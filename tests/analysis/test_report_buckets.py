@@ -107,6 +107,7 @@ def test_counters_and_accelerator_frame_from_the_bucket_arrays_equal_the_sql_piv
     """The bucket path computes ``aw_counters`` and pivots ``aw_accel`` from the merged NumPy
     arrays (agent/analysis/frame_arrays.py); the SQL path (a window over ``aw_agg``, the pivot
     of ``aw_rated``) run again on the same ``aw_agg`` gives the same rows, bit for bit."""
+    from agent.analysed import analysed_series
     from agent.analysis.engine import choose_bucket_s, run_bounds
     from agent.analysis.frame_accel import accelerator_plan, build_accel_frame
     from agent.analysis.frame_sql import in_list
@@ -126,7 +127,7 @@ def test_counters_and_accelerator_frame_from_the_bucket_arrays_equal_the_sql_piv
             }
 
         from_arrays = snapshot()
-        analysed = frame._analysed(accelerator_plan())[0]
+        analysed = analysed_series(accelerator_plan())[0]
         counters = [m for m in analysed if (c := CATALOG.get(m)) is not None and c.is_counter]
         frame.sql_counters(con, "series_id", in_list(counters), window.bucket_s)
         accels = build_accel_frame(con, accelerator_plan())
