@@ -286,7 +286,7 @@ def build_frames(
     _host_frame(con)
     _process_frame(con, window.run_id)
     _steps_frame(con)
-    return _describe(con, window, plan, accels)
+    return _describe(con, window, plan, accels, arrays)
 
 
 def _create_frame(
@@ -418,12 +418,19 @@ def _describe(
     window: Window,
     plan: AcceleratorPlan,
     accels: Mapping[str, str],
+    arrays: MergedRows | None = None,
 ) -> FrameInfo:
-    first, last = (
-        None if k is None else naive_utc(k * window.bucket_s)
-        for k in con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
-    )
-    present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
+    if arrays is not None and len(arrays.columns.get("k", ())):  # the same, from the arrays
+        ks = np.asarray(arrays.columns["k"])
+        bounds: tuple[Any, Any] = (int(ks.min()), int(ks.max()))
+        ids = np.unique(np.asarray(arrays.columns["series_id"])).tolist()
+        present = frozenset(arrays.labels[int(i)][1] for i in ids)
+    else:
+        bounds = con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
+        present = frozenset(
+            r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall()
+        )
+    first, last = (None if k is None else naive_utc(k * window.bucket_s) for k in bounds)
     sampled = {r[0] for r in con.execute("SELECT DISTINCT entity FROM aw_accel").fetchall()}
     sources = MappingProxyType({e: s for e, s in accels.items() if e in sampled})
     job, attributed = job_accelerators(con, window.run_id, plan, sources, present)

@@ -120,17 +120,20 @@ def accel_rows(
         if entity in names and metric in codes:
             ecode_of[series_id], code_of[series_id] = names[entity], codes[metric]
     sid = np.asarray(cols["series_id"]).astype(np.int64)
-    val = np.asarray(cols["avg"], dtype=np.float64).copy()
-    rated, where = counters
-    rate = np.asarray(rated["val"])
-    val[where] = np.where(np.isnan(rate), val[where], rate)  # coalesce(c.val, a.avg)
     keep = np.flatnonzero(code_of[sid] >= 0) if len(sid) else np.empty(0, dtype=np.int64)
+    val = np.asarray(cols["avg"], dtype=np.float64)[keep]
+    rated, where = counters  # counter rows: where they sit in cols, and their rates
+    at = np.searchsorted(keep, where)  # keep is ascending: where those rows sit in val
+    hit = at < len(keep)
+    hit[hit] = keep[at[hit]] == where[hit]
+    rate = np.asarray(rated["val"])[hit]
+    val[at[hit]] = np.where(np.isnan(rate), val[at[hit]], rate)  # coalesce(c.val, a.avg)
     k = np.asarray(cols["k"]).astype(np.int64)[keep]
     return {
         "ecode": ecode_of[sid[keep]],
         "code": code_of[sid[keep]],
         "t": k * float(bucket_s),
-        "val": val[keep],
+        "val": val,
         "low_share": np.asarray(cols["low_share"], dtype=np.float64)[keep],
         "max": np.asarray(cols["max"], dtype=np.float64)[keep],
         "min": np.asarray(cols["min"], dtype=np.float64)[keep],
