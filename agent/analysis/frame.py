@@ -423,8 +423,7 @@ def _describe(
     if arrays is not None and len(arrays.columns.get("k", ())):  # the same, from the arrays
         ks = np.asarray(arrays.columns["k"])
         bounds: tuple[Any, Any] = (int(ks.min()), int(ks.max()))
-        ids = np.unique(np.asarray(arrays.columns["series_id"])).tolist()
-        present = frozenset(arrays.labels[int(i)][1] for i in ids)
+        present = frozenset(arrays.labels[i][1] for i in arrays.present())
     else:
         bounds = con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
         present = frozenset(

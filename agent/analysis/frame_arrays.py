@@ -28,6 +28,11 @@ class MergedRows:
     columns: Mapping[str, np.ndarray]
     labels: Mapping[int, tuple[str, str]]
 
+    def present(self) -> list[int]:
+        """The ids of the series with rows, ascending (a count per id: no sort of ~1 M)."""
+        sid = np.asarray(self.columns.get("series_id", np.empty(0, np.int32)))
+        return np.flatnonzero(np.bincount(sid)).tolist() if len(sid) else []
+
 
 def concatenated(batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The batches of :func:`agent.analysis.frame_buckets.stored_bucket_batches` as one set
@@ -147,8 +152,7 @@ def accelerators(
     :func:`agent.analysis.frame_accel.build_accel_frame` finds them in ``aw_agg``: entities
     with a row of an accelerator metric whose (source, entity) the plan's predicate accepts."""
     source_of = dict(plan.metric_sources())
-    present = np.unique(np.asarray(rows.columns.get("series_id", []))).tolist()
-    labelled = [rows.labels[int(sid)] for sid in present]
+    labelled = [rows.labels[sid] for sid in rows.present()]
     pairs = sorted({(source_of[m], e) for e, m in labelled if m in source_of})
     if not pairs:
         return {}
