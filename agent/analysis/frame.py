@@ -25,6 +25,7 @@ their series' labels, and the counters and the accelerator pivot are computed fr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -181,6 +182,12 @@ def naive_utc(epoch_s: float) -> datetime:
     return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
 
 
+#: Build the counters, the accelerator pivot and ``aw_agg`` from the stored buckets' merged
+#: arrays (:mod:`agent.analysis.frame_arrays`); False runs the SQL path on the same rows (an
+#: A/B for tests and benchmarks: the frames and the report are the same either way).
+FRAME_FROM_ARRAYS = True
+
+
 def build_frames(
     con: duckdb.DuckDBPyConnection,
     window: Window,
@@ -229,8 +236,16 @@ def build_frames(
                 {sources} {named}""",
                 {k: v for k, v in params.items() if k != "run"},
             )
-        else:
+        elif FRAME_FROM_ARRAYS:
             arrays = _agg_from_arrays(con, window.run_id, where, concatenated(batches), sources)
+        else:  # the SQL path over the merged rows (the A/B the tests compare against)
+            merged = concatenated(batches)  # noqa: F841 - DuckDB scans the local NumPy columns
+            with contextlib.suppress(duckdb.CatalogException):  # it is a table: replaced below
+                con.execute("DROP VIEW IF EXISTS temp.main.aw_agg")
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE aw_agg AS "
+                f"WITH agg AS (SELECT * FROM merged), {sources} {named}"
+            )
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
         _create_frame(

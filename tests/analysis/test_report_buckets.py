@@ -162,3 +162,36 @@ def test_one_connection_builds_frames_from_buckets_and_from_raw_values_in_turn(t
         con.close()
     assert [k for k, _ in seen] == [(1,), (0,), (1,)]
     assert seen[0][1] == seen[1][1] == seen[2][1] and seen[0][1]
+
+
+def _outputs(path, run_id) -> dict[str, str]:
+    import json
+
+    from agent.report import render_text
+    from agent.report_html import render_html
+
+    reader = open_read(path)
+    try:
+        report = build_report(reader, run_id, str(path))
+        return {
+            "text": render_text(report),
+            "md": render_text(report, markdown=True),
+            "json": json.dumps(report.to_json(), indent=2, default=str),
+            "html": render_html(reader, report),
+        }
+    finally:
+        reader.close()
+
+
+def test_the_report_from_the_bucket_arrays_is_the_report_of_the_sql_frames_byte_for_byte(
+    two_files, monkeypatch
+):
+    """Before/after on a scenario run: the same file reported with the frame built from the
+    bucket arrays and with the SQL path over the same merged rows gives the same text,
+    Markdown, JSON and HTML, byte for byte."""
+    with_buckets, _, run_id = two_files
+    after = _outputs(with_buckets, run_id)
+    monkeypatch.setattr(frame, "FRAME_FROM_ARRAYS", False)
+    before = _outputs(with_buckets, run_id)
+    assert '"rule": "throttling"' in after["json"]
+    assert after == before
