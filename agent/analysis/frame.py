@@ -197,7 +197,8 @@ def build_frames(
     """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``.
 
     ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
-    then the rules) runs mostly on one core, so a caller may start other reads beside it."""
+    then the rules) runs mostly on one core, so a caller may start other reads beside it. (From
+    stored buckets there is no scan: it is called once the merged arrays are freed.)"""
     plan = accelerator_plan()
     analysed, labels = analysed_series(plan)
     params: dict[str, object] = {
@@ -259,7 +260,7 @@ def build_frames(
             GROUP BY entity, metric, k""",
             params,
         )
-    if after_scan is not None:
+    if after_scan is not None and arrays is None:
         after_scan()
     # A series' rows are keyed by its integer id where aw_agg has it (windows and joins over
     # ~1 M rows on an integer cost half of those on two strings).
@@ -291,17 +292,23 @@ def build_frames(
         # A live window: a few thousand rows, read by every pivot; materialized once.
         con.execute(f"CREATE OR REPLACE TEMP TABLE aw_rated_rows AS {rated}")
         con.execute("CREATE OR REPLACE TEMP VIEW aw_rated AS SELECT * FROM aw_rated_rows")
+    known = None
     if arrays is not None and counted is not None:
         accels = accelerators(con, arrays, plan)
         load_accel_frame(
             con, list(accels), accel_rows(arrays, plan, accels, counted, window.bucket_s)
         )
+        known = _bounds_and_metrics(arrays)
+        # The arrays (~100 MB at 24 h) are done with: free them before the reads beside start
+        arrays = counted = None
+        if after_scan is not None:
+            after_scan()
     else:
         accels = build_accel_frame(con, plan)
     _host_frame(con)
     _process_frame(con, window.run_id)
     _steps_frame(con)
-    return _describe(con, window, plan, accels, arrays)
+    return _describe(con, window, plan, accels, known)
 
 
 def _create_frame(
@@ -428,17 +435,23 @@ def _steps_frame(con: duckdb.DuckDBPyConnection) -> None:
         FROM aw_rated WHERE source = {q(STEPS_SOURCE)} GROUP BY entity, t""")
 
 
+def _bounds_and_metrics(arrays: MergedRows) -> tuple[tuple[Any, Any], frozenset[str]] | None:
+    """``aw_agg``'s first and last bucket and the metrics it holds, from the arrays."""
+    ks = np.asarray(arrays.columns.get("k", ()))
+    if not len(ks):
+        return None
+    return (int(ks.min()), int(ks.max())), frozenset(arrays.labels[i][1] for i in arrays.present())
+
+
 def _describe(
     con: duckdb.DuckDBPyConnection,
     window: Window,
     plan: AcceleratorPlan,
     accels: Mapping[str, str],
-    arrays: MergedRows | None = None,
+    known: tuple[tuple[Any, Any], frozenset[str]] | None = None,
 ) -> FrameInfo:
-    if arrays is not None and len(arrays.columns.get("k", ())):  # the same, from the arrays
-        ks = np.asarray(arrays.columns["k"])
-        bounds: tuple[Any, Any] = (int(ks.min()), int(ks.max()))
-        present = frozenset(arrays.labels[i][1] for i in arrays.present())
+    if known is not None:
+        bounds, present = known
     else:
         bounds = con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
         present = frozenset(
