@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.analysed import analysed_series_where
 from agent.tables import has_table
 
 #: Width of a stored bucket. The post-run report picks its bucket among 1, 2, 5, 10, 15, 30,
@@ -96,10 +97,8 @@ def idle_threshold() -> float:
 
 
 def _analysed_where() -> str:
-    """SQL over ``series`` columns selecting what the analysis frame aggregates (imported
-    late: the frame reads the store)."""
-    from agent.analysis.frame import analysed_series_where
-
+    """SQL over ``series`` columns selecting what the analysis frame aggregates
+    (:mod:`agent.analysed`, shared with the frame)."""
     return analysed_series_where()
 
 
