@@ -26,6 +26,7 @@ from agent.model import Batch, Event, RunInfo
 from agent.series import SeriesIds
 from agent.store import (
     AGENT_DB_CHECKPOINT_BYTES,
+    AGENT_DB_MEMORY,
     DEFAULT_FLUSH_INTERVAL,
     MAX_FLUSH_INTERVAL,
     _first_line,
@@ -40,6 +41,7 @@ from agent.store_flush import (
     run_steps,
     write_heartbeat,
 )
+from agent.store_memory import memory_limit_text, release_file_cache
 from agent.store_rewrite import finish_into_fresh, rewrite_if_worth_it
 from agent.store_rows import (
     _reason,
@@ -89,6 +91,7 @@ class Store:
         self.path = Path(path)
         self.con = connect(self.path)
         self._flush_con = flush_connection(self.con)
+        self._memory_shown = memory_limit_text(self.con)
         self.flush_interval = flush_interval
         self.max_pending_ticks = max_pending_ticks
         self.agent_host = this_host()
@@ -122,6 +125,7 @@ class Store:
         self.abandoned_ticks = 0
         self.failures = 0
         self.reopens = 0
+        self.cache_release_failures = 0
         #: Bumped on every reopen: cursors from an older generation are dead.
         self.generation = 0
         self.last_error: str | None = None
@@ -153,6 +157,8 @@ class Store:
             "store.failures": self.failures,
             "store.reopens": self.reopens,
         }
+        if self.cache_release_failures:
+            health["store.cache_release_failures"] = self.cache_release_failures
         if self.last_error:
             health["store.last_error"] = self.last_error
         return health
@@ -311,6 +317,18 @@ class Store:
             return  # another thread's write transaction is open: checkpoint after the next flush
         except Exception as exc:  # committed rows are in the WAL; reopening replays them
             self._note_failure(exc)
+            return
+        self._release_cache()
+
+    def _release_cache(self) -> None:
+        """After a checkpoint, give back DuckDB's cache of file blocks (store_memory.py)."""
+        try:
+            with self._write_lock:
+                release_file_cache(self.con, AGENT_DB_MEMORY, self._memory_shown)
+        except Exception as exc:  # the cache stays; recording goes on
+            self.cache_release_failures += 1
+            if self.cache_release_failures == 1:
+                self._report(f"cannot release DuckDB's block cache: {_first_line(exc)}")
 
     def write_ticks(self, ticks: Iterable[Tick], *, beat: bool = False) -> int:
         """Write ticks now (also used directly by tests and importers). Returns rows written.
