@@ -245,21 +245,17 @@ class StorageCollector(Collector):
         text = read_bytes_all(self._path(pids[0], "mountstats"))
         if text is None:
             return
-        trackers = self._nfs
-        sections = [t.locate(text) for t in trackers]
-        if None in sections:
-            lost = {t.mountpoint for t, sec in zip(trackers, sections)
-                    if sec is None and (t.head is not None or rescanned)}  # fmt: skip
-            if lost:
-                heads = find_heads(text, lost)
-                for t in trackers:
-                    if t.mountpoint in lost:
-                        found = heads.get(t.mountpoint)
-                        t.head = None if found is None else found[0]
-                sections = [t.locate(text) for t in trackers]
-        for tracker, section in zip(trackers, sections):
-            if section is not None:
-                tracker.sample(rows, section)
+        missing = [t for t in self._nfs if not t.take(rows, text)]
+        if not missing:
+            return
+        lost = {t.mountpoint for t in missing if t.head is not None or rescanned}
+        if lost:
+            heads = find_heads(text, lost)
+            for t in missing:
+                if t.mountpoint in lost:
+                    found = heads.get(t.mountpoint)
+                    t.head = None if found is None else found[0]
+                    t.take(rows, text)
 
     def _path(self, pid: int, name: str) -> str:
         """``<proc>/<pid>/<name>`` (``name`` empty: the process's directory), joined once."""
