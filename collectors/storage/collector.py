@@ -314,12 +314,11 @@ def read_bytes_all(path: str) -> bytes | None:
         return None
     try:
         data = os.read(fd, 65536)
-        if data:
-            chunks = [data]
+        if data and (chunk := os.read(fd, 65536)):  # the rest, in pieces
+            chunks = [data, chunk]
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)
-            if len(chunks) > 1:
-                data = b"".join(chunks)
+            data = b"".join(chunks)
     except OSError:
         return None
     finally:
