@@ -23,6 +23,7 @@ from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector
 from collectors.fabric.counters import Cumulative
 from collectors.fabric.ports import read_bytes
+from collectors.fabric.table import read_all
 from collectors.storage.block import BlockTracker, block_devices
 from collectors.storage.lustre import LustreTracker, find_stats, fsname_of
 from collectors.storage.mounts import Mount, MountTable, cwd_of, open_paths, parse_mountinfo
@@ -82,8 +83,11 @@ class StorageCollector(Collector):
         self._blocks: dict[str, tuple[str, str]] | None = None
         self._real_proc = True
         self._nfs: list[NfsTracker] = []  # the mounts read from mountstats
-        #: The mounts with a stats file of their own: tracker, file, how it is read.
-        self._files: list[tuple[LustreTracker | BlockTracker, str, Reader]] = []
+        #: The mounts with a stats file of their own: Lustre's (procfs, read whole), and the
+        #: block devices' (sysfs, read in one loop, the one the fabric source reads with).
+        self._lustre: list[tuple[LustreTracker, str]] = []
+        self._blocks_read: list[BlockTracker] = []
+        self._block_paths: list[str] = []
         self._layout = Layout()
         self._mountinfo: tuple[str, MountTable] | None = None
         self._last_held: object = None  # the mountinfo and open files the last scan mapped
@@ -202,12 +206,12 @@ class StorageCollector(Collector):
                 used.block_name, used.block_stat = found
                 used.block = BlockTracker(entity)
         self._nfs = [u.nfs for u in self.mounts.values() if u.nfs is not None]
-        self._files = []
-        for u in self.mounts.values():
-            if u.lustre is not None and u.lustre_stats is not None:
-                self._files.append((u.lustre, u.lustre_stats, read_bytes_all))
-            elif u.block is not None and u.block_stat is not None:
-                self._files.append((u.block, u.block_stat, read_bytes))
+        used_all = list(self.mounts.values())
+        self._lustre = [(u.lustre, u.lustre_stats) for u in used_all
+                        if u.lustre is not None and u.lustre_stats is not None]  # fmt: skip
+        blocks = [u for u in used_all if u.block is not None and u.block_stat is not None]
+        self._blocks_read = [u.block for u in blocks if u.block is not None]
+        self._block_paths = [u.block_stat for u in blocks if u.block_stat is not None]
         return used
 
     # -- each tick
@@ -227,10 +231,14 @@ class StorageCollector(Collector):
         rows = Rows()
         if pids and self._nfs:
             self._sample_nfs(rows, pids, scanned is not None)
-        for tracker, path, read in self._files:
-            data = read(path)
+        for lustre, path in self._lustre:
+            data = read_bytes_all(path)
             if data is not None:
-                tracker.sample(rows, data, now)
+                lustre.sample(rows, data, now)
+        if self._block_paths:
+            for block, data in zip(self._blocks_read, read_all(self._block_paths)):
+                if data is not None:
+                    block.sample(rows, data, now)
         self._job_io(rows, pids)
         entities, metrics = self._layout.columns(rows)
         if scanned is None:

@@ -151,8 +151,8 @@ class _Op:
     value, its last reading joining its offset.
 
     ``count`` and ``retrans``: its totals' ops and retransmissions as of its last reading,
-    which the mount's totals are the sums of. ``slot``: where its four reported values sit in the tracker's flat list (-1: not
-    reported, or not yet happened)."""
+    which the mount's totals are the sums of. ``slot``: where its four reported values sit in
+    the tracker's flat list (-1: not reported, or not yet happened)."""
 
     __slots__ = ("name", "raw", "off", "plain", "count", "retrans", "slot", "times")
 

@@ -62,8 +62,9 @@ def _nfs_text(rng: random.Random, state: dict, point: str) -> bytes:
     bytes_line = [] if rng.random() < 0.03 else [f"\tbytes:\t{numbers}"]
     section = [f"device 10.0.0.1:/x mounted on {point} with fstype nfs4 statvers=1.1",
                "\tage:\t1", *bytes_line, "\tper-op statistics", *lines]  # fmt: skip
-    return "\n".join(["device proc mounted on /proc with fstype proc", *section,
-                      "device /dev/sda1 mounted on /local with fstype ext4", ""]).encode()  # fmt: skip
+    others = ("device proc mounted on /proc with fstype proc",
+              "device /dev/sda1 mounted on /local with fstype ext4")  # fmt: skip
+    return "\n".join([others[0], *section, others[1], ""]).encode()
 
 
 @pytest.mark.parametrize("seed", range(6))
