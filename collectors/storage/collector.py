@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.catalog.storage import ENTITY_PREFIX, SOURCE
@@ -39,7 +38,6 @@ ENV_SYS_ROOT = "ACCELWATCH_STORAGE_SYS_ROOT"
 #: Mount kinds whose files are in memory or are kernel interfaces: never the job's storage.
 _IGNORED_KINDS = ("pseudo",)
 _MAX_MOUNTS = 64
-Reader = Callable[[str], "bytes | None"]
 
 
 @dataclass
