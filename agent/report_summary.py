@@ -131,7 +131,10 @@ def summarize(
         duration_s,
         run.scenario,
         devices,
-        sum(energy.values()) / JOULES_PER_KWH if energy else None,
+        # added in the devices' order: the rows come in DuckDB's order, which may vary
+        sum(energy[e] for e in sorted(energy, key=lambda e: (len(e), e))) / JOULES_PER_KWH
+        if energy
+        else None,
         overall[0],
         overall[1],
         {rule: s / duration_s for rule, s in lost.items() if duration_s > 0},

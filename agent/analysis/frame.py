@@ -14,83 +14,81 @@ whatever its source, a column per metric role (:mod:`agent.analysis.frame_accel`
 
 ``t`` is the bucket start in epoch seconds; ``val`` is the mean for gauges and the per-second
 rate for counters (``inc`` their increase). Host, process and step columns map to catalog
-names, checked at import; accelerator columns map to roles, resolved per registered source.
+names (:mod:`agent.analysed`, checked at import); accelerator columns map to roles, resolved
+per registered source (:mod:`agent.accelerators`).
+
+A whole run read through the writer's stored buckets (schema 5) has ``aw_agg``'s rows as NumPy
+columns already (:mod:`agent.analysis.frame_buckets`): ``aw_agg`` is then a view over them and
+their series' labels, and the counters and the accelerator pivot are computed from the arrays
+(:mod:`agent.analysis.frame_arrays`), equal to the SQL path's.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 import duckdb
+import numpy as np
 
+from agent.analysed import (
+    BASE_METRICS,
+    HOST_COLUMNS,
+    HOST_SPREAD_COLUMNS,
+    PROCESS_CPU,
+    PROCESS_READ,
+    PROCESS_WRITE,
+    STEP_COUNT,
+    STEP_TIME,
+    analysed_series,
+    analysed_series_where,
+)
 from agent.analysis.frame_accel import (
     AcceleratorPlan,
     accelerator_plan,
     build_accel_frame,
     job_accelerators,
+    load_accel_frame,
     metric_names,
+)
+from agent.analysis.frame_arrays import (
+    MergedRows,
+    accel_rows,
+    accelerators,
+    concatenated,
+    counter_rows,
 )
 from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.analysis.frame_sql import in_list, pick, q, time_bounds
 from agent.analysis.thresholds import IDLE_SAMPLE
-from agent.catalog import CATALOG
+from agent.catalog import CATALOG, Metric
 from agent.catalog.host import SOURCE as HOST_SOURCE
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.catalog.steps import SOURCE as STEPS_SOURCE
 from agent.series import bucketed_values, has_series, series_filter
 
-HOST_COLUMNS: Mapping[str, str] = {
-    "cpu": "host.cpu.utilization",
-    "iowait": "host.cpu.iowait",
-    "cpu_count": "host.cpu.count",
-    "mem_util": "host.memory.utilization",
-    "swap_in": "host.swap.in",
-}
-#: (alias, aggregate, entity prefix, metric) for columns summed or maxed over host entities.
-HOST_SPREAD_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
-    ("core_max", "max", "cpu", "host.cpu.utilization"),
-    ("disk_read", "sum", "disk:", "host.disk.read_bytes"),
-    ("disk_write", "sum", "disk:", "host.disk.write_bytes"),
-    ("disk_busy", "max", "disk:", "host.disk.busy_time"),
-    ("ib_rx", "sum", "ib:", "host.ib.rx_bytes"),
-    ("ib_tx", "sum", "ib:", "host.ib.tx_bytes"),
-)
-PROCESS_CPU = "process.cpu.utilization"
-PROCESS_READ = "process.io.read_bytes"
-PROCESS_WRITE = "process.io.write_bytes"
-STEP_TIME = "step.time"
-STEP_COUNT = "step.count"
-
-_ALL_NAMES = (
-    *HOST_COLUMNS.values(),
-    *(c[3] for c in HOST_SPREAD_COLUMNS),
-    PROCESS_CPU,
-    PROCESS_READ,
-    PROCESS_WRITE,
-    STEP_TIME,
-    STEP_COUNT,
-)
-for _name in _ALL_NAMES:  # fail at import if a column refers to a metric the catalog lacks
-    CATALOG[_name]
-#: The host, process and step metrics analysed; accelerator metrics come from the plan.
-BASE_METRICS: tuple[str, ...] = tuple(dict.fromkeys(_ALL_NAMES))
-#: Roles whose metrics (of any source) the frame aggregates too, for the rules that read them
-#: from ``aw_agg`` by role (fabric ports, network interfaces, the job's mounts: see
-#: ``rules/fabric.py``'s ``bucketed``) instead of scanning the samples again.
-AGGREGATED_ROLES = ("port.rx_bytes", "port.tx_bytes", "port.errors", "port.cnp", "port.ecn",
-                    "port.up", "port.rate", "port.rate.max", "interface.rx_bytes",
-                    "interface.tx_bytes", "interface.speed", "interface.up",
-                    "mount.read_bytes", "mount.write_bytes", "mount.latency",
-                    "mount.rtt")  # fmt: skip
-
-
-def role_metrics() -> tuple[str, ...]:
-    """The metrics of :data:`AGGREGATED_ROLES` (read when the frame is built: a source
-    registered later declares its own)."""
-    return tuple(dict.fromkeys(m.name for r in AGGREGATED_ROLES for m in CATALOG.by_role(r)))
+#: The analysed series' constants live in :mod:`agent.analysed` (the writer reads them too);
+#: re-exported here for the rules and readers that import them from the frame.
+__all__ = [
+    "BASE_METRICS",
+    "HOST_COLUMNS",
+    "HOST_SPREAD_COLUMNS",
+    "PROCESS_CPU",
+    "PROCESS_READ",
+    "PROCESS_WRITE",
+    "STEP_COUNT",
+    "STEP_TIME",
+    "FrameInfo",
+    "Window",
+    "analysed_series_where",
+    "build_frames",
+    "naive_utc",
+    "sql_counters",
+]
 
 
 @dataclass(frozen=True)
@@ -104,26 +102,6 @@ class Window:
     start: datetime | None = None
     end: datetime | None = None
     stored_buckets: bool = True
-
-
-def _analysed(plan: AcceleratorPlan) -> tuple[tuple[str, ...], list[str]]:
-    """The metrics the frame aggregates and the label conditions (SQL over ``series`` or
-    ``samples`` columns) that pick their series."""
-    by_role = role_metrics()
-    analysed = tuple(dict.fromkeys([*BASE_METRICS, *plan.metrics, *by_role]))
-    # An accelerator's parts (gpu0/nvlink3, gpu0/pid42, gpu0/mig1) carry detail no rule reads
-    # (InfiniBand ports, ib:mlx5_0/1, and mounts, mount:/data, do count). Metric
-    # names are catalog constants, inlined so DuckDB filters the scan instead of joining.
-    return analysed, [
-        f"metric IN ({in_list(analysed)})",
-        plan.part_filter((*BASE_METRICS, *by_role)),
-    ]
-
-
-def analysed_series_where() -> str:
-    """SQL over ``series``' columns picking the series the frame aggregates (of any run): the
-    writer keeps buckets of these (:mod:`agent.store_buckets`)."""
-    return " AND ".join(_analysed(accelerator_plan())[1])
 
 
 @dataclass(frozen=True)
@@ -204,6 +182,12 @@ def naive_utc(epoch_s: float) -> datetime:
     return datetime(1970, 1, 1) + timedelta(seconds=float(epoch_s))
 
 
+#: Build the counters, the accelerator pivot and ``aw_agg`` from the stored buckets' merged
+#: arrays (:mod:`agent.analysis.frame_arrays`); False runs the SQL path on the same rows (an
+#: A/B for tests and benchmarks: the frames and the report are the same either way).
+FRAME_FROM_ARRAYS = True
+
+
 def build_frames(
     con: duckdb.DuckDBPyConnection,
     window: Window,
@@ -213,9 +197,10 @@ def build_frames(
     """Aggregate the window's samples once and create the ``aw_*`` frames on ``con``.
 
     ``after_scan`` is called once that scan is done: the rest (pivots of the small aggregate,
-    then the rules) runs mostly on one core, so a caller may start other reads beside it."""
+    then the rules) runs mostly on one core, so a caller may start other reads beside it. (From
+    stored buckets there is no scan: it is called once the merged arrays are freed.)"""
     plan = accelerator_plan()
-    analysed, labels = _analysed(plan)
+    analysed, labels = analysed_series(plan)
     params: dict[str, object] = {
         "run": window.run_id,
         "bucket_us": int(round(window.bucket_s * 1e6)),
@@ -229,6 +214,7 @@ def build_frames(
     metric_sources = ", ".join(f"({q(m.name)}, {q(m.source)})" for m in declared if m is not None)
     sources = f"sources(metric, source) AS (VALUES {metric_sources or '(NULL, NULL)'})"
     series = has_series(con)
+    arrays: MergedRows | None = None
     if series:
         # Schema 3: pick the run's analysed series in the small dictionary, aggregate by the
         # integer id (the scan reads series_id, ts and value only), join the names last.
@@ -240,50 +226,53 @@ def build_frames(
             FROM agg JOIN series s USING (series_id) LEFT JOIN sources c ON c.metric = s.metric"""
         if batches is None:
             picked = series_filter(con, window.run_id, where)
-            con.execute(
+            _create_frame(
+                con,
+                "TABLE",
+                "aw_agg",
                 f"""
-                CREATE OR REPLACE TEMP TABLE aw_agg AS
                 WITH agg AS (
                     SELECT series_id, k, {aggregates}
                     FROM ({bucketed_values(con, picked, times)}) GROUP BY series_id, k),
                 {sources} {named}""",
                 {k: v for k, v in params.items() if k != "run"},
             )
-        else:
-            into = "CREATE OR REPLACE TEMP TABLE aw_agg AS"
-            for merged in batches:  # noqa: B007 - DuckDB scans the local NumPy columns
-                con.execute(f"{into} WITH agg AS (SELECT * FROM merged), {sources} {named}")
-                into = "INSERT INTO aw_agg"
+        elif FRAME_FROM_ARRAYS:
+            arrays = _agg_from_arrays(con, window.run_id, where, concatenated(batches), sources)
+        else:  # the SQL path over the merged rows (the A/B the tests compare against)
+            merged = concatenated(batches)  # noqa: F841 - DuckDB scans the local NumPy columns
+            with contextlib.suppress(duckdb.CatalogException):  # it is a table: replaced below
+                con.execute("DROP VIEW IF EXISTS temp.main.aw_agg")
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE aw_agg AS "
+                f"WITH agg AS (SELECT * FROM merged), {sources} {named}"
+            )
     else:  # an older file or the live window, read as it is: labels on every row
         # (the live window's 32 MB leaves no room for joining the sources here: aw_rated does)
-        con.execute(
+        _create_frame(
+            con,
+            "TABLE",
+            "aw_agg",
             f"""
-            CREATE OR REPLACE TEMP TABLE aw_agg AS
             SELECT entity, metric, NULL::VARCHAR AS source, epoch_us(ts) // $bucket_us AS k,
                    {aggregates}
             FROM samples WHERE {" AND ".join(["run_id = $run", *labels, *times])}
             GROUP BY entity, metric, k""",
             params,
         )
-    if after_scan is not None:
+    if after_scan is not None and arrays is None:
         after_scan()
-    # Counters only grow, so a bucket's max is its last value: the increase is the step from the
-    # previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
-    # rise before the reset plus the bucket's min, off by at most one bucket's increase.
-    counters = in_list(m.name for m in declared if m is not None and m.is_counter)
-    bucket = f"{float(window.bucket_s)}::DOUBLE"
     # A series' rows are keyed by its integer id where aw_agg has it (windows and joins over
     # ~1 M rows on an integer cost half of those on two strings).
     key = "series_id" if series else "entity, metric"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE aw_counters AS
-        SELECT {key}, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
-        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
-                             WHEN min >= prev_max THEN max - prev_max
-                             ELSE greatest(max - prev_max, 0) + min END AS inc
-              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
-                    FROM aw_agg WHERE metric IN ({counters})
-                    WINDOW w AS (PARTITION BY {key} ORDER BY k)))""")
+    counted = None
+    if arrays is not None:  # the same increases, from the arrays (agent/analysis/frame_arrays)
+        counted = counter_rows(arrays, _counter_names(declared), window.bucket_s)
+        rated_counters = counted[0]  # noqa: F841 - DuckDB scans the local NumPy columns
+        con.execute("CREATE OR REPLACE TEMP TABLE aw_counters AS SELECT * FROM rated_counters")
+    else:
+        sql_counters(con, key, in_list(_counter_names(declared)), window.bucket_s)
+    bucket = f"{float(window.bucket_s)}::DOUBLE"
     rated = f"""
         SELECT a.source, a.entity, a.metric, a.k * {bucket} AS t, {bucket} AS bucket_s, a.n,
                a.avg, a.min, a.max, a.low_share, c.inc, coalesce(c.val, a.avg) AS val
@@ -303,11 +292,95 @@ def build_frames(
         # A live window: a few thousand rows, read by every pivot; materialized once.
         con.execute(f"CREATE OR REPLACE TEMP TABLE aw_rated_rows AS {rated}")
         con.execute("CREATE OR REPLACE TEMP VIEW aw_rated AS SELECT * FROM aw_rated_rows")
-    accels = build_accel_frame(con, plan)
+    known = None
+    if arrays is not None and counted is not None:
+        accels = accelerators(con, arrays, plan)
+        load_accel_frame(
+            con, list(accels), accel_rows(arrays, plan, accels, counted, window.bucket_s)
+        )
+        known = _bounds_and_metrics(arrays)
+        # The arrays (~100 MB at 24 h) are done with: free them before the reads beside start
+        arrays = counted = None
+        if after_scan is not None:
+            after_scan()
+    else:
+        accels = build_accel_frame(con, plan)
     _host_frame(con)
     _process_frame(con, window.run_id)
     _steps_frame(con)
-    return _describe(con, window, plan, accels)
+    return _describe(con, window, plan, accels, known)
+
+
+def _create_frame(
+    con: duckdb.DuckDBPyConnection, kind: str, name: str, sql: str, *args: Any
+) -> None:
+    """``CREATE OR REPLACE TEMP {kind} {name} AS {sql}``; a frame built the other way on this
+    connection before (``aw_agg`` is a table over raw values and a view over stored buckets,
+    and ``CREATE OR REPLACE`` replaces neither with the other) is dropped first. Costs nothing
+    in the usual case: only a refused replace looks at the catalog."""
+    statement = f"CREATE OR REPLACE TEMP {kind} {name} AS {sql}"
+    try:
+        con.execute(statement, *args)
+    except duckdb.CatalogException:
+        other = "VIEW" if kind == "TABLE" else "TABLE"
+        con.execute(f"DROP {other} IF EXISTS temp.main.{name}")
+        con.execute(statement, *args)
+
+
+def _agg_from_arrays(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    where: str,
+    merged: dict[str, np.ndarray],
+    sources: str,
+) -> MergedRows:
+    """``aw_agg`` over the merged bucket arrays: their numbers in ``aw_agg_rows``, the labels
+    of their ~340 series in ``aw_series``, and ``aw_agg`` the view joining them (the same
+    columns as the table the raw path creates). Not repeating three label strings on each of
+    ~1 M rows halves the frame's memory and the time to load it; the few rules that read
+    ``aw_agg`` filter it by metric, which DuckDB applies to the small side of the join."""
+    rows = merged  # noqa: F841 - DuckDB scans the local NumPy columns
+    con.execute("CREATE OR REPLACE TEMP TABLE aw_agg_rows AS SELECT * FROM rows")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE aw_series AS WITH {sources}
+            SELECT s.series_id, s.entity, s.metric, c.source
+            FROM (SELECT * FROM series WHERE run_id = ? AND {where}) s
+            LEFT JOIN sources c ON c.metric = s.metric""",
+        [run_id],
+    )
+    _create_frame(
+        con,
+        "VIEW",
+        "aw_agg",
+        """SELECT s.entity, s.metric, s.source, a.k, a.n, a.avg, a.min, a.max, a.low_share,
+               a.series_id
+        FROM aw_agg_rows a JOIN aw_series s USING (series_id)""",
+    )
+    found = con.execute("SELECT series_id, entity, metric FROM aw_series").fetchall()
+    return MergedRows(merged, {int(s): (e, m) for s, e, m in found})
+
+
+def _counter_names(declared: Iterable[Metric | None]) -> list[str]:
+    return [m.name for m in declared if m is not None and m.is_counter]
+
+
+def sql_counters(con: duckdb.DuckDBPyConnection, key: str, counters: str, bucket_s: float) -> None:
+    """``aw_counters(key, k, inc, val)`` from ``aw_agg``'s rows of the ``counters`` (an
+    ``IN`` list), ``key`` naming a series' columns.
+
+    Counters only grow, so a bucket's max is its last value: the increase is the step from the
+    previous bucket's max. After a reset (the bucket's min fell below that max) it counts the
+    rise before the reset plus the bucket's min, off by at most one bucket's increase."""
+    bucket = f"{float(bucket_s)}::DOUBLE"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE aw_counters AS
+        SELECT {key}, k, inc, inc / ({bucket} * coalesce(k - prev_k, 1)) AS val
+        FROM (SELECT *, CASE WHEN prev_max IS NULL THEN max - min
+                             WHEN min >= prev_max THEN max - prev_max
+                             ELSE greatest(max - prev_max, 0) + min END AS inc
+              FROM (SELECT *, lag(max) OVER w AS prev_max, lag(k) OVER w AS prev_k
+                    FROM aw_agg WHERE metric IN ({counters})
+                    WINDOW w AS (PARTITION BY {key} ORDER BY k)))""")
 
 
 #: The machine's sources (host, and the disks and fabric ports that left it), from the catalog.
@@ -362,17 +435,29 @@ def _steps_frame(con: duckdb.DuckDBPyConnection) -> None:
         FROM aw_rated WHERE source = {q(STEPS_SOURCE)} GROUP BY entity, t""")
 
 
+def _bounds_and_metrics(arrays: MergedRows) -> tuple[tuple[Any, Any], frozenset[str]] | None:
+    """``aw_agg``'s first and last bucket and the metrics it holds, from the arrays."""
+    ks = np.asarray(arrays.columns.get("k", ()))
+    if not len(ks):
+        return None
+    return (int(ks.min()), int(ks.max())), frozenset(arrays.labels[i][1] for i in arrays.present())
+
+
 def _describe(
     con: duckdb.DuckDBPyConnection,
     window: Window,
     plan: AcceleratorPlan,
     accels: Mapping[str, str],
+    known: tuple[tuple[Any, Any], frozenset[str]] | None = None,
 ) -> FrameInfo:
-    first, last = (
-        None if k is None else naive_utc(k * window.bucket_s)
-        for k in con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
-    )
-    present = frozenset(r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall())
+    if known is not None:
+        bounds, present = known
+    else:
+        bounds = con.execute("SELECT min(k), max(k) FROM aw_agg").fetchone() or (None, None)
+        present = frozenset(
+            r[0] for r in con.execute("SELECT DISTINCT metric FROM aw_agg").fetchall()
+        )
+    first, last = (None if k is None else naive_utc(k * window.bucket_s) for k in bounds)
     sampled = {r[0] for r in con.execute("SELECT DISTINCT entity FROM aw_accel").fetchall()}
     sources = MappingProxyType({e: s for e, s in accels.items() if e in sampled})
     job, attributed = job_accelerators(con, window.run_id, plan, sources, present)

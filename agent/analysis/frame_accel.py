@@ -3,7 +3,8 @@
 Which entities are accelerators comes from the source registry (their ``EntityKind``), and which
 metric fills a column from the metric's **role** (``agent/catalog/roles.py``): ``busy`` is
 whatever metric of the entity's source plays ``accelerator.busy`` (``gpu.utilization`` for NVML,
-a duty cycle for a TPU). A rule written over ``aw_accel`` therefore applies to every accelerator
+a duty cycle for a TPU); the plan that says so is :mod:`agent.accelerators`. A rule written
+over ``aw_accel`` therefore applies to every accelerator
 whose source declares the roles it reads; a column the source does not declare stays NULL.
 
 ``aw_gpu`` remains as a view of ``aw_accel`` under the frame's former column names, for queries
@@ -12,69 +13,44 @@ written against it (``agent/report_html.py``, users' own SQL).
 
 from __future__ import annotations
 
-import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import duckdb
 import numpy as np
 
-from agent.analysis.frame_sql import in_list, q
-from agent.catalog.roles import ROLES
-from agent.registry import SourceRegistry, default_registry
-from agent.source import SourceSpec
-
-ACCELERATOR = "accelerator"
-
-#: ``aw_accel`` column → the role whose metric fills it.
-ACCEL_COLUMNS: Mapping[str, str] = MappingProxyType(
-    {
-        "busy": "accelerator.busy",
-        "mem_util": "accelerator.memory.busy",
-        "sm": "accelerator.compute.activity",
-        "tensor": "accelerator.tensor.activity",
-        "mem_bw": "accelerator.memory.bandwidth",
-        "fp16": "accelerator.fp16.activity",
-        "fp32": "accelerator.fp32.activity",
-        "queue": "accelerator.queue.size",
-        "mem_used": "accelerator.memory.used",
-        "mem_total": "accelerator.memory.total",
-        "temp": "accelerator.temperature",
-        "power": "accelerator.power",
-        "power_limit": "accelerator.power.limit",
-        "clock": "accelerator.clock",
-        "clock_max": "accelerator.clock.max",
-        "host_tx": "accelerator.host_link.tx",
-        "host_rx": "accelerator.host_link.rx",
-        "host_gen": "accelerator.host_link.gen",
-        "host_gen_max": "accelerator.host_link.gen.max",
-        "host_width": "accelerator.host_link.width",
-        "host_width_max": "accelerator.host_link.width.max",
-        "host_replays": "accelerator.host_link.replays",
-        "peer_tx": "accelerator.peer_link.tx",
-        "peer_rx": "accelerator.peer_link.rx",
-        "peer_links": "accelerator.peer_link.active",
-        "energy": "accelerator.energy",
-        "fault": "accelerator.fault",
-        "ecc_uncorrected": "accelerator.ecc.uncorrected",
-        "remap_uncorrectable": "accelerator.memory.remap.uncorrectable",
-        "remap_pending": "accelerator.memory.remap.pending",
-        "remap_failure": "accelerator.memory.remap.failure",
-        "job_memory": "accelerator.job.memory",
-        "job_procs": "accelerator.job.processes",
-        "thr_idle": "accelerator.throttle.idle",
-        "thr_power": "accelerator.throttle.power",
-        "thr_power_brake": "accelerator.throttle.power_brake",
-        "thr_slowdown": "accelerator.throttle.slowdown",
-        "thr_thermal": "accelerator.throttle.thermal",
-        "thr_thermal_hw": "accelerator.throttle.thermal_hw",
-    }
+from agent.accelerators import (
+    ACCEL_COLUMNS,
+    ACCELERATOR,
+    COLUMN_OF_ROLE,
+    AcceleratorPlan,
+    AcceleratorSource,
+    SourceColumns,
+    accelerator_plan,
+    accelerator_source,
 )
-if not set(ACCEL_COLUMNS.values()) <= set(ROLES):
-    raise ValueError("ACCEL_COLUMNS names a role agent/catalog/roles.py does not declare")
-COLUMN_OF_ROLE: Mapping[str, str] = MappingProxyType({r: c for c, r in ACCEL_COLUMNS.items()})
+from agent.analysis.frame_sql import q
+
+#: The plan lives in :mod:`agent.accelerators` (the writer reads it too); re-exported here.
+__all__ = [
+    "ACCELERATOR",
+    "ACCEL_COLUMNS",
+    "BUSY_EXTRA",
+    "COLUMN_OF_ROLE",
+    "GPU_VIEW_COLUMNS",
+    "AcceleratorPlan",
+    "AcceleratorSource",
+    "SourceColumns",
+    "accelerator_plan",
+    "accelerator_source",
+    "build_accel_frame",
+    "column_codes",
+    "job_accelerators",
+    "load_accel_frame",
+    "metric_names",
+    "select_job_accelerators",
+]
+
 #: Columns derived from ``busy``'s samples within a bucket (near-zero share, extremes).
 BUSY_EXTRA = ("busy_low", "busy_max", "busy_min")
 #: ``aw_gpu``'s former column names → ``aw_accel``'s.
@@ -107,124 +83,11 @@ GPU_VIEW_COLUMNS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-#: A pattern made only of these pieces cannot match a name containing ``/`` (the separator of
-#: an accelerator's parts: ``gpu0/mig1``, ``gpu0/nvlink3``), so the raw scan may skip those.
-_SLASH_FREE = re.compile(
-    r"(?:[A-Za-z0-9_:-]|\\d|\\w|\[(?:[A-Za-z0-9_]-[A-Za-z0-9_]|[A-Za-z0-9_])*\]"
-    r"|\(\?P<[A-Za-z_][A-Za-z0-9_]*>|\(\?:|[()|+*?]|\{[0-9]+(?:,[0-9]*)?\})*"
-)
-
-
-#: OpenTelemetry ``hw.type`` values findings name as such (any other: "accelerator").
-_NOUNS = {"gpu": "GPU", "tpu": "TPU", "npu": "NPU"}
-
-
-@dataclass(frozen=True)
-class AcceleratorSource:
-    """One source's accelerators: their name patterns and which of its metrics fills each column."""
-
-    name: str
-    patterns: tuple[str, ...]
-    columns: Mapping[str, str]
-    #: What a finding calls the device: from the kind's OpenTelemetry ``hw.type``.
-    noun: str = "accelerator"
-    #: Next-step advice by topic, from the source's declaration (``SourceSpec.advice``).
-    advice: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def attributes_job(self) -> bool:
-        """Whether the source can tell which of its devices the job uses."""
-        return "job_memory" in self.columns or "job_procs" in self.columns
-
-    @property
-    def slash_free(self) -> bool:
-        return all(_SLASH_FREE.fullmatch(p) for p in self.patterns)
-
-
-def accelerator_source(spec: SourceSpec) -> AcceleratorSource | None:
-    """What ``spec`` contributes to ``aw_accel`` (None if it declares no accelerator)."""
-    kinds = [k for k in spec.entity_kinds if k.kind == ACCELERATOR]
-    if not kinds:
-        return None
-    hw_types = {k.otel_attributes.get("hw.type") or "" for k in kinds}
-    noun = _NOUNS.get(hw_types.pop(), "accelerator") if len(hw_types) == 1 else "accelerator"
-    columns: dict[str, str] = {}
-    for m in spec.metrics:
-        column = COLUMN_OF_ROLE.get(m.role or "")
-        if column is not None:
-            columns.setdefault(column, m.name)
-    patterns = tuple(k.pattern for k in kinds)
-    advice = MappingProxyType(dict(spec.advice))
-    return AcceleratorSource(spec.name, patterns, MappingProxyType(columns), noun, advice)
-
-
-@dataclass(frozen=True)
-class AcceleratorPlan:
-    """The accelerator sources registered now, and the SQL that selects their entities."""
-
-    sources: tuple[AcceleratorSource, ...]
-    #: SQL boolean over ``source``/``entity``: the row is an accelerator.
-    predicate: str
-
-    def source(self, name: str) -> AcceleratorSource | None:
-        return next((s for s in self.sources if s.name == name), None)
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return tuple(m for s in self.sources for m in s.columns.values())
-
-    def role_metrics(self, column: str) -> tuple[str, ...]:
-        """The metric filling ``column``, of every accelerator source that declares one."""
-        return tuple(s.columns[column] for s in self.sources if column in s.columns)
-
-    def metric_sources(self) -> list[tuple[str, str]]:
-        return [(m, s.name) for s in self.sources for m in s.columns.values()]
-
-    def part_filter(self, other_metrics: Iterable[str]) -> str:
-        """SQL over raw samples of ``other_metrics`` and the accelerator metrics that skips an
-        accelerator's parts (its ``gpu0/nvlink3`` rows), which no accelerator column reads.
-
-        Written as "no ``/``, or a metric that is no slash-free source's" because the list of
-        other metrics is the shorter one to test (the scan's hottest filter)."""
-        kept = [
-            *other_metrics,
-            *(m for s in self.sources if not s.slash_free for m in s.columns.values()),
-        ]
-        return f"(NOT contains(entity, '/') OR metric IN ({in_list(kept)}))"
-
-
-def accelerator_plan(registry: SourceRegistry | None = None) -> AcceleratorPlan:
-    """The plan for the sources registered now (cheap: built from their declarations)."""
-    registry = registry or default_registry()
-    sources = tuple(a for spec in registry.specs() if (a := accelerator_source(spec)))
-    return AcceleratorPlan(sources, registry.kind_predicate(ACCELERATOR, "source", "entity"))
-
-
-class SourceColumns:
-    """Per source, its accelerator columns, cached for per-tick readers (the hang watch);
-    rebuilt when the registry holds another declaration under that name."""
-
-    def __init__(self, registry: SourceRegistry | None = None) -> None:
-        self._registry = registry
-        self._cache: dict[str, tuple[SourceSpec | None, AcceleratorSource | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, source: str) -> AcceleratorSource | None:
-        spec = (self._registry or default_registry()).get(source)
-        cached = self._cache.get(source)
-        if cached is not None and cached[0] is spec:
-            return cached[1]
-        found = accelerator_source(spec) if spec is not None else None
-        with self._lock:
-            self._cache[source] = (spec, found)
-        return found
-
 
 def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> dict[str, str]:
     """Pivot the accelerators' long rows of ``aw_rated`` into ``aw_accel`` with NumPy (a scatter
     into a dense entity x bucket x column array), loaded into a temp table; returns the
     accelerators (entity → source) in name order."""
-    aliases = list(ACCEL_COLUMNS)
     pairs = plan.metric_sources()
     sources_rows = ", ".join(f"({q(m)}, {q(s)})" for m, s in pairs) or "(NULL, NULL)"
     found = con.execute(f"""
@@ -234,25 +97,43 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
         ORDER BY length(entity), entity, source""").fetchall()
     accels = dict(found)  # two sources naming a device alike share one row
     names = list(accels)
-    code_of = {a: i for i, a in enumerate(aliases)}
-    codes = ", ".join(f"({q(m)}, {code_of[c]})" for s in plan.sources for c, m in s.columns.items())
+    codes = ", ".join(f"({q(m)}, {i})" for m, i in column_codes(plan).items())
     named = ", ".join(f"({q(n)}, {i})" for i, n in enumerate(names)) or "(NULL, NULL)"
     cols = con.execute(f"""
         WITH codes(metric, code) AS (VALUES {codes or "(NULL, NULL)"}),
         names(entity, ecode) AS (VALUES {named})
         SELECT ecode, code, t, val, low_share, max, min
         FROM aw_rated JOIN names USING (entity) JOIN codes USING (metric)""").fetchnumpy()
-    t = cols["t"].astype(np.float64)
+    load_accel_frame(con, names, cols)
+    return accels
+
+
+def column_codes(plan: AcceleratorPlan) -> dict[str, int]:
+    """Every accelerator metric of the plan → the index of the ``aw_accel`` column it fills."""
+    code_of = {a: i for i, a in enumerate(ACCEL_COLUMNS)}
+    return {m: code_of[c] for s in plan.sources for c, m in s.columns.items()}
+
+
+def load_accel_frame(
+    con: duckdb.DuckDBPyConnection, names: Sequence[str], cols: Mapping[str, np.ndarray]
+) -> None:
+    """Create ``aw_accel`` (and ``aw_gpu``) from the accelerators' long rows ``cols``: ``ecode``
+    (index into ``names``), ``code`` (see :func:`column_codes`), ``t``, ``val``, ``low_share``,
+    ``max``, ``min``; whether they come from ``aw_rated`` or straight from the frame's arrays."""
+    aliases = list(ACCEL_COLUMNS)
+    busy_code = aliases.index("busy")
+    t = np.asarray(cols["t"]).astype(np.float64)
     times = np.unique(t)
     shape = (len(names), len(times))
-    slot = (cols["ecode"].astype(np.int64), np.searchsorted(times, t))
+    code = np.asarray(cols["code"]).astype(np.int64)
+    slot = (np.asarray(cols["ecode"]).astype(np.int64), np.searchsorted(times, t))
     grid = np.full((*shape, len(aliases)), np.nan)
-    grid[slot[0], slot[1], cols["code"].astype(np.int64)] = cols["val"]
-    busy = cols["code"] == code_of["busy"]
+    grid[slot[0], slot[1], code] = cols["val"]
+    busy = code == busy_code
     extra = {}
     for name, source in zip(BUSY_EXTRA, ("low_share", "max", "min")):
         plane = np.full(shape, np.nan)
-        plane[slot[0][busy], slot[1][busy]] = cols[source][busy]
+        plane[slot[0][busy], slot[1][busy]] = np.asarray(cols[source])[busy]
         extra[name] = plane
     present = np.zeros(shape, dtype=bool)
     present[slot] = True
@@ -276,7 +157,6 @@ def build_accel_frame(con: duckdb.DuckDBPyConnection, plan: AcceleratorPlan) -> 
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW aw_gpu AS SELECT entity, t, {kept}, {legacy} FROM aw_accel"
     )
-    return accels
 
 
 def job_accelerators(

@@ -3,18 +3,12 @@ an analysis window's time bounds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
+from agent.sql_text import in_list, q
 
-def q(text: str) -> str:
-    """``text`` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def in_list(names: Iterable[str]) -> str:
-    """Quoted, comma-separated: the inside of ``IN (...)``; ``NULL`` when empty (matches none)."""
-    return ", ".join(q(n) for n in names) or "NULL"
+__all__ = ["in_list", "pick", "q", "time_bounds"]
 
 
 def pick(
