@@ -9,8 +9,9 @@ measures with ``time.process_time()``:
 
 * sources: ``FabricCollector.collect`` + ``StorageCollector.collect`` (discovery checks,
   every read, parsing, wrap-aware counters, NFS per-op averages, columnar batches);
-* bare: the same syscalls the sources made in one steady tick (recorded once: each file
-  opened, read whole and closed, each directory listed, each path stat'ed), nothing parsed.
+* bare: the same syscalls the sources made over one rescan period (recorded once: each file
+  opened, read as many times with the same sizes and closed, each directory listed, each
+  link read, each path stat'ed), replayed tick by tick; nothing parsed.
 
 Both sides run in turns (sources, bare, sources, bare ...) so the rest of the machine's load
 spreads over both; the ratio is taken per round and reported as min / median / max. Exits 1
@@ -110,41 +111,44 @@ class Workload:
         self.storage.write()
 
 
-def record_syscalls(tick: Callable[[], object]) -> list[tuple[str, str, int]]:
-    """The (op, path, reads) the sources make in one tick: open (and how many ``os.read``
-    calls on it, 0 if read through ``open()``), listdir, readlink, stat."""
-    seen: list[tuple[str, str, int]] = []
+Syscall = tuple[str, str, tuple[int, ...]]
+
+
+def record_syscalls(tick: Callable[[], object]) -> list[Syscall]:
+    """The (op, path, read sizes) the sources make in one tick: open (and the size asked of
+    each ``os.read`` call on it, none if read through ``open()``), listdir, readlink, stat."""
+    seen: list[Syscall] = []
     reads: dict[int, int] = {}  # fd → its entry in seen
     real_open, real_bopen, real_listdir, real_stat = os.open, builtins.open, os.listdir, os.stat
     real_readlink, real_read = os.readlink, os.read
 
     def rl(path, *a, **k):  # type: ignore[no-untyped-def]
-        seen.append(("readlink", os.fspath(path), 0))
+        seen.append(("readlink", os.fspath(path), ()))
         return real_readlink(path, *a, **k)
 
     def o(path, *a, **k):  # type: ignore[no-untyped-def]
         fd = real_open(path, *a, **k)
         reads[fd] = len(seen)
-        seen.append(("read", os.fspath(path), 0))
+        seen.append(("read", os.fspath(path), ()))
         return fd
 
     def r(fd, n):  # type: ignore[no-untyped-def]
         at = reads.get(fd)
         if at is not None:
-            op, path, count = seen[at]
-            seen[at] = (op, path, count + 1)
+            op, path, sizes = seen[at]
+            seen[at] = (op, path, (*sizes, n))
         return real_read(fd, n)
 
     def bo(path, *a, **k):  # type: ignore[no-untyped-def]
-        seen.append(("read", os.fspath(path), 0))
+        seen.append(("read", os.fspath(path), ()))
         return real_bopen(path, *a, **k)
 
     def ls(path="."):  # type: ignore[no-untyped-def]
-        seen.append(("listdir", os.fspath(path), 0))
+        seen.append(("listdir", os.fspath(path), ()))
         return real_listdir(path)
 
     def st(path, *a, **k):  # type: ignore[no-untyped-def]
-        seen.append(("stat", os.fspath(path), 0))
+        seen.append(("stat", os.fspath(path), ()))
         return real_stat(path, *a, **k)
 
     os.open, builtins.open, os.listdir, os.stat = o, bo, ls, st  # type: ignore[assignment]
@@ -157,18 +161,19 @@ def record_syscalls(tick: Callable[[], object]) -> list[tuple[str, str, int]]:
     return seen
 
 
-def bare_tick(ops: list[tuple[str, str, int]]) -> int:
+def bare_tick(ops: list[Syscall]) -> int:
     n = 0
-    for op, path, reads in ops:
+    for op, path, sizes in ops:
         try:
-            if op == "read":  # as many reads as the sources made (through open(): until short)
+            if op == "read":  # the sources' reads, sizes and all (through open(): until short)
                 fd = os.open(path, os.O_RDONLY)
                 try:
-                    chunk = os.read(fd, 65536)
-                    n += len(chunk)
-                    while reads > 1 or (not reads and len(chunk) == 65536):
-                        reads -= 1
-                        chunk = os.read(fd, 65536)
+                    if sizes:
+                        for size in sizes:
+                            n += len(os.read(fd, size))
+                    else:
+                        while len(chunk := os.read(fd, 65536)) == 65536:
+                            n += len(chunk)
                         n += len(chunk)
                 finally:
                     os.close(fd)
@@ -252,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     per_round = ratios(source_s, bare_s)
     ops = [op for tick in period for op in tick]
     reads = sum(1 for op, _, _ in ops if op == "read") / RESCAN_TICKS
-    calls = sum(max(n, 1) for op, _, n in ops if op == "read") / RESCAN_TICKS
+    calls = sum(max(len(n), 1) for op, _, n in ops if op == "read") / RESCAN_TICKS
     others = len(ops) / RESCAN_TICKS - reads
     report = Report(
         f"8 IB/RoCE ports + 4 NICs, 6 mounts (2 NFS, Lustre, 3 NVMe): {samples} samples/tick,"
@@ -268,7 +273,7 @@ def _run(args: argparse.Namespace) -> int:
     report.side(
         "bare",
         "the same syscalls, recorded over one 5-tick rescan period and replayed in turn: "
-        "open, as many reads, close; listdir, readlink, stat; nothing parsed",
+        "open, as many reads of the same sizes, close; listdir, readlink, stat; nothing parsed",
     )
     report.info("sources, ms per tick", spread([x * 1e3 for x in source_s], "{:.3f}"))
     report.info("bare reads, ms per tick", spread([x * 1e3 for x in bare_s], "{:.3f}"))

@@ -79,39 +79,41 @@ class BlockTracker:
         self._busy = segment(entity, (*_TOTALS, "fs.busy", "fs.queue_depth", "fs.latency"))
 
     def sample(self, rows: Rows, data: bytes, now: float) -> None:
-        if data == self._data and self._raw is not None:
-            steps: list[int] = _ZEROS  # nothing moved: the totals stand
-        else:
+        if data != self._data or self._raw is None:
             try:
-                cur = tuple(map(int, _PICK(data.split())))
+                cur = list(map(int, _PICK(data.split())))
             except (IndexError, ValueError):
                 return
             self._data = data
             prev, self._raw = self._raw, cur
             if prev is None:
-                self._total = list(cur)
+                self._total = cur
                 steps = _ZEROS
             else:
                 steps = list(map(_sub, cur, prev))
                 if min(steps) < 0:  # the device was re-created: count on from the new value
                     steps = [c - p if c >= p else c for c, p in zip(cur, prev)]
                 self._total = list(map(_add, self._total, steps))
-        first = self._last_ts is None
+        else:
+            steps = _ZEROS  # nothing moved: the totals stand
         last, self._last_ts = self._last_ts, now
         reads, rsec, _, writes, wsec, _, _, _ = self._total
         values: list[float] = [rsec * SECTOR, wsec * SECTOR, reads, writes, reads + writes]
-        if first or last is None or now <= last:
-            rows.add(self._first, values)
+        if last is None or now <= last:
+            rows.segments.append(self._first)
+            rows.values += values
             return
         span_ms = (now - last) * 1000
         d_reads, _, d_rms, d_writes, _, d_wms, d_io, d_queue = steps
-        values += (min(1.0, d_io / span_ms), d_queue / span_ms)
+        busy = d_io / span_ms
         ops = d_reads + d_writes
         if ops > 0:
-            values.append((d_rms + d_wms) / ops / 1000)
-            rows.add(self._busy, values)
+            values += (busy if busy < 1.0 else 1.0, d_queue / span_ms, (d_rms + d_wms) / ops / 1000)
+            rows.segments.append(self._busy)
         else:
-            rows.add(self._idle, values)
+            values += (busy if busy < 1.0 else 1.0, d_queue / span_ms)
+            rows.segments.append(self._idle)
+        rows.values += values
 
 
 _PICK = operator.itemgetter(*_FIELDS)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.catalog.storage import ENTITY_PREFIX, SOURCE
@@ -23,6 +22,7 @@ from agent.model import Batch, BatchBuilder
 from agent.source import CollectContext, Collector
 from collectors.fabric.counters import Cumulative
 from collectors.fabric.ports import read_bytes
+from collectors.fabric.table import read_all
 from collectors.storage.block import BlockTracker, block_devices
 from collectors.storage.lustre import LustreTracker, find_stats, fsname_of
 from collectors.storage.mounts import Mount, MountTable, cwd_of, open_paths, parse_mountinfo
@@ -38,7 +38,6 @@ ENV_SYS_ROOT = "ACCELWATCH_STORAGE_SYS_ROOT"
 #: Mount kinds whose files are in memory or are kernel interfaces: never the job's storage.
 _IGNORED_KINDS = ("pseudo",)
 _MAX_MOUNTS = 64
-Reader = Callable[[str], "bytes | None"]
 
 
 @dataclass
@@ -82,8 +81,11 @@ class StorageCollector(Collector):
         self._blocks: dict[str, tuple[str, str]] | None = None
         self._real_proc = True
         self._nfs: list[NfsTracker] = []  # the mounts read from mountstats
-        #: The mounts with a stats file of their own: tracker, file, how it is read.
-        self._files: list[tuple[LustreTracker | BlockTracker, str, Reader]] = []
+        #: The mounts with a stats file of their own: Lustre's (procfs, read whole), and the
+        #: block devices' (sysfs, read in one loop, the one the fabric source reads with).
+        self._lustre: list[tuple[LustreTracker, str]] = []
+        self._blocks_read: list[BlockTracker] = []
+        self._block_paths: list[str] = []
         self._layout = Layout()
         self._mountinfo: tuple[str, MountTable] | None = None
         self._last_held: object = None  # the mountinfo and open files the last scan mapped
@@ -202,12 +204,12 @@ class StorageCollector(Collector):
                 used.block_name, used.block_stat = found
                 used.block = BlockTracker(entity)
         self._nfs = [u.nfs for u in self.mounts.values() if u.nfs is not None]
-        self._files = []
-        for u in self.mounts.values():
-            if u.lustre is not None and u.lustre_stats is not None:
-                self._files.append((u.lustre, u.lustre_stats, read_bytes_all))
-            elif u.block is not None and u.block_stat is not None:
-                self._files.append((u.block, u.block_stat, read_bytes))
+        used_all = list(self.mounts.values())
+        self._lustre = [(u.lustre, u.lustre_stats) for u in used_all
+                        if u.lustre is not None and u.lustre_stats is not None]  # fmt: skip
+        blocks = [u for u in used_all if u.block is not None and u.block_stat is not None]
+        self._blocks_read = [u.block for u in blocks if u.block is not None]
+        self._block_paths = [u.block_stat for u in blocks if u.block_stat is not None]
         return used
 
     # -- each tick
@@ -227,10 +229,14 @@ class StorageCollector(Collector):
         rows = Rows()
         if pids and self._nfs:
             self._sample_nfs(rows, pids, scanned is not None)
-        for tracker, path, read in self._files:
-            data = read(path)
+        for lustre, path in self._lustre:
+            data = read_bytes_all(path)
             if data is not None:
-                tracker.sample(rows, data, now)
+                lustre.sample(rows, data, now)
+        if self._block_paths:
+            for block, data in zip(self._blocks_read, read_all(self._block_paths)):
+                if data is not None:
+                    block.sample(rows, data, now)
         self._job_io(rows, pids)
         entities, metrics = self._layout.columns(rows)
         if scanned is None:
@@ -245,21 +251,17 @@ class StorageCollector(Collector):
         text = read_bytes_all(self._path(pids[0], "mountstats"))
         if text is None:
             return
-        trackers = self._nfs
-        sections = [t.locate(text) for t in trackers]
-        if None in sections:
-            lost = {t.mountpoint for t, sec in zip(trackers, sections)
-                    if sec is None and (t.head is not None or rescanned)}  # fmt: skip
-            if lost:
-                heads = find_heads(text, lost)
-                for t in trackers:
-                    if t.mountpoint in lost:
-                        found = heads.get(t.mountpoint)
-                        t.head = None if found is None else found[0]
-                sections = [t.locate(text) for t in trackers]
-        for tracker, section in zip(trackers, sections):
-            if section is not None:
-                tracker.sample(rows, section)
+        missing = [t for t in self._nfs if not t.take(rows, text)]
+        if not missing:
+            return
+        lost = {t.mountpoint for t in missing if t.head is not None or rescanned}
+        if lost:
+            heads = find_heads(text, lost)
+            for t in missing:
+                if t.mountpoint in lost:
+                    found = heads.get(t.mountpoint)
+                    t.head = None if found is None else found[0]
+                    t.take(rows, text)
 
     def _path(self, pid: int, name: str) -> str:
         """``<proc>/<pid>/<name>`` (``name`` empty: the process's directory), joined once."""
@@ -318,12 +320,11 @@ def read_bytes_all(path: str) -> bytes | None:
         return None
     try:
         data = os.read(fd, 65536)
-        if data:
-            chunks = [data]
+        if data and (chunk := os.read(fd, 65536)):  # the rest, in pieces
+            chunks = [data, chunk]
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)
-            if len(chunks) > 1:
-                data = b"".join(chunks)
+            data = b"".join(chunks)
     except OSError:
         return None
     finally:

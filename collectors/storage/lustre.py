@@ -69,20 +69,19 @@ _KEYS = tuple(b"\n" + n.encode() + b" " for n in _LINES)
 def pick_llite(text: bytes) -> list[int | None]:
     """Per line of :data:`_LINES`, its samples and sum (None: the line or the field is absent
     or unreadable), flat; the four lines are found in place (no split of the whole file)."""
+    text = b"\n" + text + b"\n"  # every line between newlines: one find per line
+    find = text.find
     out: list[int | None] = []
     for key in _KEYS:
-        at = 0 if text.startswith(key[1:]) else text.find(key)
+        at = find(key)
         if at < 0:
-            out += (None, None)
+            out += _ABSENT
             continue
-        end = text.find(b"\n", at + 1)
-        f = text[at : end if end >= 0 else len(text)].split()
+        f = text[at : find(b"\n", at + 1)].split()
         try:
-            if len(f) < 3 or f[2] != b"samples":
-                raise ValueError
-            out += (int(f[1]), int(f[6]) if len(f) > 6 else None)
-        except ValueError:
-            out += (None, None)
+            out += (int(f[1]), int(f[6]) if len(f) > 6 else None) if f[2] == b"samples" else _ABSENT
+        except (IndexError, ValueError):
+            out += _ABSENT
     return out
 
 
@@ -107,33 +106,39 @@ class LustreTracker:
             rows.add(self._totals, self._values)  # no new calls: no interval latency
             return
         self._text = text
-        found = pick_llite(text)
-        cur = [v or 0 for v in found[:4]]  # an absent line: nothing yet (Lustre omits it)
+        rb_n, rb_sum, wb_n, wb_sum, r_n, r_us, w_n, w_us = pick_llite(text)
+        # an absent line: nothing yet (Lustre omits it)
+        cur = [rb_n or 0, rb_sum or 0, wb_n or 0, wb_sum or 0]
         raw, self._raw = self._raw, cur
         if raw is None:
             values = cur
         else:
-            steps = [c - p if c >= p else c for c, p in zip(cur, raw)]
+            steps = list(map(_sub, cur, raw))
+            if min(steps) < 0:
+                steps = [c - p if c >= p else c for c, p in zip(cur, raw)]
             values = list(map(_add, self._values, steps))
         self._values = values
+        # read, write: calls and µs, stepped when both are there (and were last time)
+        p_rn, p_rus, p_wn, p_wus = timing = self._timing
         d_calls = d_us = 0
         have = False
-        timing = self._timing
-        for j in (0, 2):  # read, write: calls and µs, stepped when both are there
-            calls, us = found[4 + j], found[5 + j]
-            if calls is None or us is None:
-                continue
-            p_calls, p_us = timing[j], timing[j + 1]
-            timing[j], timing[j + 1] = calls, us
-            if p_calls is None or p_us is None:
-                continue
-            have = True
-            d_calls += calls - p_calls if calls >= p_calls else calls
-            d_us += us - p_us if us >= p_us else us
+        if r_n is not None and r_us is not None:
+            timing[0], timing[1] = r_n, r_us
+            if p_rn is not None and p_rus is not None:
+                have = True
+                d_calls += r_n - p_rn if r_n >= p_rn else r_n
+                d_us += r_us - p_rus if r_us >= p_rus else r_us
+        if w_n is not None and w_us is not None:
+            timing[2], timing[3] = w_n, w_us
+            if p_wn is not None and p_wus is not None:
+                have = True
+                d_calls += w_n - p_wn if w_n >= p_wn else w_n
+                d_us += w_us - p_wus if w_us >= p_wus else w_us
         if have and d_calls > 0:
             rows.add(self._timed, [*values, d_us / d_calls / 1e6])
         else:
             rows.add(self._totals, values)
 
 
-_add = operator.add
+_ABSENT = (None, None)
+_add, _sub = operator.add, operator.sub

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from itertools import compress
 
 from agent.catalog.storage import OP_PREFIX
-from collectors.fabric.counters import Cumulative
 from collectors.storage.mounts import unescape
 from collectors.storage.rows import Rows, Segment, segment
 
@@ -151,16 +150,19 @@ class _Op:
     long as no field ever went back); a field that went back (remount) counts on from its new
     value, its last reading joining its offset.
 
-    ``slot``: where its four reported values sit in the tracker's flat list (-1: not
-    reported, or not yet happened)."""
+    ``count`` and ``retrans``: its totals' ops and retransmissions as of its last reading,
+    which the mount's totals are the sums of. ``slot``: where its four reported values sit in
+    the tracker's flat list (-1: not reported, or not yet happened)."""
 
-    __slots__ = ("name", "raw", "off", "retrans", "slot", "times")
+    __slots__ = ("name", "raw", "off", "plain", "count", "retrans", "slot", "times")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.raw: list[int] = []
         self.off: list[int] | None = None
-        self.retrans = 0
+        #: Read at least once and no field ever went back: the totals are ``raw``.
+        self.plain = False
+        self.count = self.retrans = 0  # its totals' ops and retransmissions
         self.slot = -1
         self.times: Segment = ((), ())
 
@@ -184,13 +186,17 @@ def _op_fields(text: bytes) -> list[int] | None:
         return None
 
 
+#: What an operation not seen before looks up as (never plain: its line takes the long way).
+_UNKNOWN = _Op("")
+
+
 class NfsTracker:
     """One mount's running totals and interval averages from successive readings.
 
     An unchanged per-op block costs one bytes compare, an unchanged operation's line one
-    compare in C; the mount's totals are running sums of the changed operations' steps, and
-    the reported operations' values sit in one flat list, updated in place and handed on
-    whole (with their segments) each tick.
+    compare in C. Each operation keeps its totals' ops count and retransmissions, so the
+    mount's totals step by a changed operation's change alone; the reported operations'
+    values sit in one flat list, updated in place and handed on whole each tick.
     """
 
     def __init__(self, entity: str, mountpoint: str) -> None:
@@ -204,7 +210,7 @@ class NfsTracker:
         self._op_segments: list[Segment] = []
         self._bytes_text = b""
         self._block = b""
-        self._read, self._write = Cumulative(), Cumulative()
+        self._server = [0, 0, 0, 0]  # server read, write: last reading, total
         self._ops_total = self._retrans_total = 0
         self._lines: list[bytes] = []
         self._mount_segments: dict[tuple[bool, ...], Segment] = {}
@@ -213,17 +219,43 @@ class NfsTracker:
         """This mount's section of a whole ``mountstats`` file, found by its device line."""
         return None if self.head is None else locate(text, self.head)
 
+    def take(self, rows: Rows, text: bytes) -> bool:
+        """Take one reading from a whole ``mountstats`` file; False if this mount's section
+        is not there (its device line changed or it is gone: the caller cuts the file)."""
+        head = self.head
+        if head is None:
+            return False
+        at = text.rfind(head)
+        if at < 0 or (at and text[at - 1] != 10):  # 10: a newline
+            return False
+        start = at + len(head)
+        end = text.find(b"\ndevice ", start)
+        chunk = text[start:end] if end >= 0 else text[start:]
+        numbers = b""
+        b = chunk.find(b"bytes:")
+        if b >= 0:
+            nl = chunk.find(b"\n", b)
+            numbers = (chunk[b + 6 : nl] if nl >= 0 else chunk[b + 6 :]).strip()
+        p = chunk.find(b"per-op statistics\n")
+        block = chunk[p + 18 :] if p >= 0 else b""
+        self.sample(rows, (numbers, block))
+        return True
+
     def sample(self, rows: Rows, section: Section) -> None:
         """Take one reading of the mount's section (one function: it runs once a tick)."""
         numbers, block = section
         if numbers != self._bytes_text:
             self._bytes_text = numbers
             values = _ints(numbers.split())
-            if len(values) > SERVER_WRITE:
-                self._read.advance(values[SERVER_READ])
-                self._write.advance(values[SERVER_WRITE])
+            if len(values) > SERVER_WRITE:  # a counter that went back counts on from its value
+                server = self._server  # last read, read total, last write, write total
+                read, write = values[SERVER_READ], values[SERVER_WRITE]
+                server[1] += read - server[0] if read >= server[0] else read
+                server[3] += write - server[2] if write >= server[2] else write
+                server[0], server[2] = read, write
         d_ops = d_rtt = d_exec = 0
-        times: list[tuple[int, Segment, float, float]] = []  # moved reported ops: slot, ...
+        timed: list[Segment] = []  # the moved reported operations' segments and averages
+        timing: list[float] = []
         if block != self._block:
             self._block = block
             lines, last = block.split(b"\n"), self._lines
@@ -233,65 +265,58 @@ class NfsTracker:
             else:
                 before = set(last)
                 changed = [line for line in lines if line not in before]
-            known, flat = self._ops, self._op_values
+            known, flat, ge = self._ops, self._op_values, _ge
             ops_total, retrans_total = self._ops_total, self._retrans_total
             for line in changed:  # a changed line is a changed reading: no compare per op
                 key, sep, text = line.partition(b":")  # keyed by the name as written
-                op = known.get(key)
-                if op is None:
-                    if not sep:
-                        continue
-                    op = known[key] = self._new_op(key)
+                op = known.get(key, _UNKNOWN)
                 try:  # the fields used, as one list (C-level map: no Python step per field)
                     cur = list(map(int, _PICK(text.split())))
                 except (IndexError, ValueError):
-                    found = _op_fields(text)
+                    cur = None
+                if op.plain and cur is not None and all(map(ge, cur, base := op.raw)):
+                    op.raw = tot = cur  # the common case: totals are the readings, moved on
+                else:
+                    found = self._reading(key, sep, text, op, cur)
                     if found is None:
                         continue
-                    cur = found
-                raw = op.raw
-                op.raw = cur
-                if not raw:  # the op's first reading: totals, no interval
-                    op_d = rtt_d = exec_d = 0
-                    ops_total += cur[0]
-                elif all(map(_ge, cur, raw)):
-                    op_d, rtt_d, exec_d = cur[0] - raw[0], cur[4] - raw[4], cur[5] - raw[5]
-                else:  # a field went back (remount): it counts on from its new value
-                    op_d, rtt_d, exec_d = _went_back(op, cur, raw)
-                if op.off is not None:
-                    cur = list(map(_add, cur, op.off))  # the totals
-                ops_total += op_d
-                count = cur[0]
-                retrans = cur[1] - count
+                    op, tot, cur, base = found
+                n = tot[0]
+                retrans = tot[1] - n
                 if retrans < 0:
                     retrans = 0
+                ops_total += n - op.count
                 retrans_total += retrans - op.retrans
-                op.retrans = retrans
+                op.count, op.retrans = n, retrans
                 at = op.slot
                 if at >= 0:
-                    flat[at : at + 4] = (count, retrans, cur[2] + cur[3], cur[6])
-                elif count and op.name in REPORTED_OPS:  # reported from its first call on
+                    flat[at : at + 4] = (n, retrans, tot[2] + tot[3], tot[6])
+                elif n and op.name in REPORTED_OPS:  # reported from its first call on
                     at = op.slot = len(flat)
-                    flat += (count, retrans, cur[2] + cur[3], cur[6])
+                    flat += (n, retrans, tot[2] + tot[3], tot[6])
                     self._op_segments.append(segment(self._op_entity(op), _OP_COUNTS))
-                if op_d > 0:
-                    d_ops += op_d
-                    d_rtt += rtt_d
-                    d_exec += exec_d
+                d = cur[0] - base[0]
+                if d > 0:
+                    rtt, exe = cur[4] - base[4], cur[5] - base[5]
+                    d_ops += d
+                    d_rtt += rtt
+                    d_exec += exe
                     if at >= 0:
-                        times.append((at, op.times, rtt_d / op_d / 1000, exec_d / op_d / 1000))
+                        timed.append(op.times)
+                        timing += (rtt / d / 1000, exe / d / 1000)
             self._ops_total, self._retrans_total = ops_total, retrans_total
         # the mount's row
         read, write = self._read_op, self._write_op
-        flags = (bool(self._bytes_text), read is not None, write is not None, d_ops > 0)
+        has_bytes = bool(self._bytes_text)
+        flags = (has_bytes, read is not None, write is not None, d_ops > 0)
         seg = self._mount_segments.get(flags)
         if seg is None:
             seg = self._mount_segments[flags] = self._mount_segment(flags)
-        values: list[float] = [self._read.total, self._write.total] if flags[0] else []
+        values: list[float] = [self._server[1], self._server[3]] if has_bytes else []
         if read is not None:
-            values.append(_total(read, 0))
+            values.append(read.count)
         if write is not None:
-            values.append(_total(write, 0))
+            values.append(write.count)
         values += (self._ops_total, self._retrans_total)
         if d_ops > 0:
             values += (d_rtt / d_ops / 1000, d_exec / d_ops / 1000)
@@ -299,12 +324,39 @@ class NfsTracker:
         segments.append(seg)
         segments += self._op_segments  # in a stable order: the columns stay the same
         values += self._op_values
-        if times:
-            times.sort()
-            for _, times_seg, rtt_avg, exec_avg in times:
-                segments.append(times_seg)
-                values += (rtt_avg, exec_avg)
+        if timed:
+            segments += timed
+            values += timing
         rows.values += values
+
+    def _reading(
+        self, key: bytes, sep: bytes, text: bytes, op: _Op, cur: list[int] | None
+    ) -> tuple[_Op, list[int], list[int], list[int]] | None:
+        """A changed line off the common path: a new operation, its first reading, a line of
+        eight fields, a field that went back. (op, totals, reading, base): the interval's
+        steps are ``reading - base``; None: not a reading."""
+        if op is _UNKNOWN:
+            if not sep:
+                return None
+            op = self._ops[key] = self._new_op(key)
+        if cur is None:
+            cur = _op_fields(text)
+            if cur is None:
+                return None
+        raw = op.raw
+        op.raw = cur
+        if not raw:  # the op's first reading: totals, no interval
+            base = cur
+        elif all(map(_ge, cur, raw)):
+            base = raw
+        else:  # a field went back (remount): it counts on from its new value
+            op.off = [
+                o + (r if c < r else 0) for o, c, r in zip(op.off or [0] * len(cur), cur, raw)
+            ]
+            base = [r if c >= r else 0 for c, r in zip(cur, raw)]
+        op.plain = op.off is None
+        tot = cur if op.plain else list(map(_add, cur, op.off))
+        return op, tot, cur, base
 
     def _mount_segment(self, flags: tuple[bool, ...]) -> Segment:
         names = [*(("fs.read_bytes", "fs.write_bytes") if flags[0] else ()),
@@ -324,23 +376,3 @@ class NfsTracker:
 
     def _op_entity(self, op: _Op) -> str:
         return f"{OP_PREFIX}{op.name}@{self.mountpoint}"
-
-
-def _total(op: _Op, i: int) -> int:
-    """Field ``i``'s running total (0 before a reading)."""
-    if not op.raw:
-        return 0
-    return op.raw[i] if op.off is None else op.raw[i] + op.off[i]
-
-
-def _step(cur: list[int], raw: list[int], i: int) -> int:
-    """Field ``i``'s step (its new value if it went back)."""
-    c = cur[i]
-    return c - raw[i] if c >= raw[i] else c
-
-
-def _went_back(op: _Op, cur: list[int], raw: list[int]) -> tuple[int, int, int]:
-    """A field went back: its last reading joins its offset (the total counts on from the new
-    value). The steps of ops, rtt and execute time."""
-    op.off = [o + (r if c < r else 0) for o, c, r in zip(op.off or [0] * len(cur), cur, raw)]
-    return _step(cur, raw, 0), _step(cur, raw, 4), _step(cur, raw, 5)
