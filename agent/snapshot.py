@@ -94,12 +94,20 @@ class Snapshot:
         for batch in self.batches:
             yield from zip([batch.source] * len(batch), batch.entities, batch.metrics, batch.values)
 
-    def entities(self, source: str) -> list[str]:
-        seen: dict[str, None] = {}
-        for batch in self.batches:
-            if batch.source == source:
-                seen.update(dict.fromkeys(batch.entities))
-        return list(seen)
+    #: Per source, its entities, shared by the snapshots of one shape (the hub's index).
+    shape_cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def entities(self, source: str) -> tuple[str, ...]:
+        """The source's entities in first-seen order; worked out once while the sources'
+        columns stay the same (the headless line and the UI ask each tick)."""
+        found = self.shape_cache.get(source)
+        if found is None:
+            seen: dict[str, None] = {}
+            for batch in self.batches:
+                if batch.source == source:
+                    seen.update(dict.fromkeys(batch.entities))
+            found = self.shape_cache[source] = tuple(seen)
+        return found
 
 
 class SnapshotHub:
@@ -115,6 +123,7 @@ class SnapshotHub:
         #: The previous tick's (source, entities, metrics) per batch and their index.
         self._shape: list[tuple[str, Sequence[str], Sequence[str]]] = []
         self._index: dict[Key, int] = {}
+        self._shape_cache: dict[str, tuple[str, ...]] = {}
 
     @property
     def latest(self) -> Snapshot | None:
@@ -141,6 +150,7 @@ class SnapshotHub:
         if not same:
             self._index = _index_of(batches)
             self._shape = [(b.source, b.entities, b.metrics) for b in batches]
+            self._shape_cache = {}
         return self._index
 
     def publish(self, ts: float, batches: list[Batch], stats: Mapping[str, Any]) -> Snapshot:
@@ -168,6 +178,7 @@ class SnapshotHub:
             entity_attrs=self._attrs_shown,
             events=tuple(events),
             stats=dict(stats),
+            shape_cache=self._shape_cache,
         )
         self._latest = snap
         with self._lock:

@@ -83,3 +83,15 @@ def test_a_tick_with_the_same_columns_reuses_the_index_without_a_key_per_value(m
     assert len(built) == 1
     hub.publish(6.0, [_tick(6.0, ["gpu0"], ["gpu.power"], [1.0])], {})
     assert len(built) == 2
+
+
+def test_a_sources_entities_are_worked_out_once_per_shape_in_first_seen_order():
+    hub = SnapshotHub()
+    one = hub.publish(1.0, [_tick(1.0, ["gpu1", "gpu0", "gpu1"], ["a", "a", "b"], [1, 2, 3])], {})
+    two = hub.publish(2.0, [_tick(2.0, ["gpu1", "gpu0", "gpu1"], ["a", "a", "b"], [4, 5, 6])], {})
+    assert one.entities("nvml") == ("gpu1", "gpu0")
+    assert two.entities("nvml") is one.entities("nvml")  # the same shape: not walked again
+    assert two.entities("host") == ()
+    three = hub.publish(3.0, [_tick(3.0, ["gpu2"], ["a"], [7])], {})
+    assert three.entities("nvml") == ("gpu2",)
+    assert one.entities("nvml") == ("gpu1", "gpu0")
