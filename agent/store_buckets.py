@@ -132,27 +132,24 @@ class BucketChoice:
 
     def bucketed(self, cursor: Any, ids: np.ndarray) -> np.ndarray:
         """The ids among ``ids`` (unique, ascending) whose values get buckets; series seen
-        for the first time are decided and recorded on ``cursor`` (the move's transaction)."""
+        for the first time are decided and recorded on ``cursor`` (the move's transaction),
+        in one statement: the new ids go to DuckDB as a column, matched against ``series``
+        by a hash semi-join (an ``IN`` list of constants is planned and tested per value:
+        ~20 ms for a run's 1,500 series) and the decisions come back by ``RETURNING``."""
         self._load(cursor)
         if not self.enabled or not len(ids):
             return np.empty(0, dtype=np.int32)
-        new = [int(s) for s in ids if int(s) not in self._known]
+        known = self._known
+        new = [s for s in ids.tolist() if s not in known]
         if new:
-            listed = ", ".join(map(str, new))
-            chosen = {
-                int(r[0])
-                for r in cursor.execute(
-                    f"SELECT series_id FROM series WHERE series_id IN ({listed}) "
-                    f"AND {_analysed_where()}"
-                ).fetchall()
-            }
-            decided = {  # noqa: F841 - read by DuckDB's replacement scan
-                "series_id": np.array(new, dtype=np.int32),
-                "bucketed": np.array([s in chosen for s in new], dtype=bool),
-            }
-            cursor.execute("INSERT INTO bucket_series SELECT series_id, bucketed FROM decided")
-            self._known.update((s, s in chosen) for s in new)
-        return np.array([s for s in ids if self._known[int(s)]], dtype=np.int32)
+            decide = {"series_id": np.array(new, dtype=np.int32)}  # noqa: F841 - DuckDB reads it
+            rows = cursor.execute(
+                "INSERT INTO bucket_series SELECT d.series_id, d.series_id IN (SELECT series_id "
+                f"FROM series WHERE {_analysed_where()}) FROM decide d "
+                "RETURNING series_id, bucketed"
+            ).fetchall()
+            known.update((int(s), bool(b)) for s, b in rows)
+        return np.array([s for s in ids.tolist() if known[s]], dtype=np.int32)
 
 
 def aggregate_buckets(

@@ -24,6 +24,17 @@ from agent.tracking.tables import insert_records
 Step = Callable[[], object]
 
 
+def flush_connection(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """The connection the flushes run on: a cursor of the writer's (same database, its own
+    transactions) with DuckDB's optimizer off. A flush's statements append rows read from
+    NumPy columns or update one row of a small table, which no optimizer pass improves, and
+    skipping them saves ~0.3 ms of a ~2 ms flush (0.1 us a value). The writer's own
+    connection keeps it for everything else (moves, close, the post-run analysis)."""
+    flush = con.cursor()
+    flush.execute("PRAGMA disable_optimizer")
+    return flush
+
+
 def plan_batches(
     con: duckdb.DuckDBPyConnection,
     series: SeriesIds,

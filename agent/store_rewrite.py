@@ -40,6 +40,8 @@ SMALL_FILE_BLOCK_SIZE = 32 * 1024
 SMALL_FILE_ROWS = 2_000_000
 #: The writer's own tables: empty in the fresh file (their rows are in its spans).
 _WRITER_TABLES = ("sample_recent", "sample_moving")
+#: Counted in one statement to decide whether a file is written afresh at close.
+_COUNTED = (*_WRITER_TABLES, "sample_spans")
 #: Rows of the writer's table sorted at once at close (~40 MB of NumPy arrays at most, for a
 #: moment): one scan of the table, in its tick order, while picking a part of the series per
 #: step costs a scan each (a 10-minute recording's 870 k rows in one go: 0.05 µs a value
@@ -67,7 +69,8 @@ def rewrite_if_worth_it(con: Any, path: Path) -> bool:
 
     def fill() -> dict[str, int]:
         con.execute(f'COPY FROM DATABASE "{name}" TO aw_compact')
-        return {t: _count(con, f'"{name}".main."{t}"') for t in _tables(con, name)}
+        tables = _tables(con, name)
+        return _counts(con, [f'"{name}".main."{t}"' for t in tables], tables)
 
     _in_place_of(con, path, fill, block_size)
     return True
@@ -83,9 +86,10 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     original stays as it was, its rows still in ``sample_recent``, and this raises."""
     if path.stat().st_size > REWRITE_MAX_BYTES:
         return False
-    if _count(con, "sample_moving"):
+    got = _counts(con, list(_COUNTED), list(_COUNTED))
+    if got["sample_moving"]:
         return False
-    recent, spanned = _count(con, "sample_recent"), _count(con, "sample_spans")
+    recent, spanned = got["sample_recent"], got["sample_spans"]
     if not recent or recent < REWRITE_FREE_SHARE * (recent + spanned):
         return False
     name = _database(con)
@@ -97,25 +101,26 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
     # Schema 5 keeps every moved value of an analysed series in its buckets
     # (agent.store_buckets): the rows sorted here get theirs as the Compactor's move would give
     # them, the choice of series recorded first, so the copy below carries it.
+    ranked = _ranked_series(con, name)
     buckets: Buckets | None = None
     if has_buckets(con):
         choice = BucketChoice()
-        (got,) = con.execute("SELECT list(DISTINCT series_id) FROM sample_recent").fetchone()
-        ids = np.unique(np.asarray(got, dtype=np.int32))
+        ids = np.sort(ranked[0]).astype(np.int32)
         buckets = Buckets(choice.bucketed(con, ids), choice.layout)
     con.execute("CHECKPOINT")  # no WAL may outlive the rename (DuckDB refuses a foreign one)
 
     def fill() -> dict[str, int]:
         con.execute(f'COPY FROM DATABASE "{name}" TO aw_compact (SCHEMA)')
-        expected: dict[str, int] = {}
-        for table in _tables(con, name):
-            source = f'"{name}".main."{table}"'
+        tables = _tables(con, name)
+        expected = _counts(con, [f'"{name}".main."{t}"' for t in tables], tables)
+        for table in tables:
             if table in _WRITER_TABLES:
                 expected[table] = 0
                 continue
-            con.execute(f'INSERT INTO aw_compact.main."{table}" SELECT * FROM {source}')
-            expected[table] = _count(con, source)
-        expected["sample_ticks"] += _sort_recent_into(con, name, buckets, expected)
+            con.execute(
+                f'INSERT INTO aw_compact.main."{table}" SELECT * FROM "{name}".main."{table}"'
+            )
+        expected["sample_ticks"] += _sort_recent_into(con, name, ranked, buckets, expected)
         expected["sample_spans"] += recent
         return expected
 
@@ -131,8 +136,26 @@ class Buckets:
     layout: tuple[int, float]
 
 
+def _ranked_series(con: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, rows) of the series in ``sample_recent``, in the order the sort at close puts
+    them: by metric, then entity and source (series of one scale side by side)."""
+    ranked = con.execute(
+        f'SELECT r.series_id, r.n FROM (SELECT series_id, count(*) AS n FROM "{name}".main.'
+        f'sample_recent GROUP BY 1) r LEFT JOIN "{name}".main.series s USING (series_id) '
+        "ORDER BY s.metric, s.entity, s.source, r.series_id"
+    ).fetchnumpy()
+    return (
+        np.asarray(ranked["series_id"], dtype=np.int64),
+        np.asarray(ranked["n"], dtype=np.int64),
+    )
+
+
 def _sort_recent_into(
-    con: Any, name: str, buckets: Buckets | None, expected: dict[str, int]
+    con: Any,
+    name: str,
+    ranked: tuple[np.ndarray, np.ndarray],
+    buckets: Buckets | None,
+    expected: dict[str, int],
 ) -> int:
     """Append ``sample_recent``'s rows to the fresh file's spans, series after series in the
     order of their metric (then entity and source), each series' ticks ascending or, every
@@ -153,13 +176,7 @@ def _sort_recent_into(
         "ts": stamps.astype("datetime64[us]"),
     }
     con.execute("INSERT INTO aw_compact.main.sample_ticks SELECT tick, ts FROM new_ticks")
-    ranked = con.execute(
-        f'SELECT r.series_id, r.n FROM (SELECT series_id, count(*) AS n FROM "{name}".main.'
-        f'sample_recent GROUP BY 1) r LEFT JOIN "{name}".main.series s USING (series_id) '
-        "ORDER BY s.metric, s.entity, s.source, r.series_id"
-    ).fetchnumpy()
-    ids = np.asarray(ranked["series_id"], dtype=np.int64)
-    counts = np.asarray(ranked["n"], dtype=np.int64)
+    ids, counts = ranked
     lo = int(ids.min())
     rank_of = np.zeros(int(ids.max()) - lo + 1, dtype=np.int32)
     rank_of[ids - lo] = np.arange(len(ids), dtype=np.int32)
@@ -222,10 +239,13 @@ def _in_place_of(con: Any, path: Path, fill: Any, block_size: int) -> None:
                 with contextlib.suppress(duckdb.Error):
                     con.rollback()
                 raise
+            names = list(expected)
+            counted = _counts(con, [f'aw_compact.main."{t}"' for t in names], names)
             for table, rows in expected.items():
-                got = _count(con, f'aw_compact.main."{table}"')
-                if got != rows:
-                    raise duckdb.InternalException(f"rewrite: {table} has {got} of {rows} rows")
+                if counted[table] != rows:
+                    raise duckdb.InternalException(
+                        f"rewrite: {table} has {counted[table]} of {rows} rows"
+                    )
         finally:
             con.execute("DETACH aw_compact")
         os.chmod(fresh, 0o600)
@@ -268,3 +288,14 @@ def _tables(con: Any, name: str) -> list[str]:
 def _count(con: Any, table: str) -> int:
     (n,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(n)
+
+
+def _counts(con: Any, sources: list[str], names: list[str]) -> dict[str, int]:
+    """Rows of each table of ``sources`` (SQL names), keyed by ``names``, in one statement:
+    a statement costs DuckDB ~0.6 ms whatever it counts, and a file has ~30 tables."""
+    if not sources:
+        return {}
+    row = con.execute(
+        "SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in sources)
+    ).fetchone()
+    return {n: int(c) for n, c in zip(names, row, strict=True)}

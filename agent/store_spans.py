@@ -83,14 +83,16 @@ def span_order(series_id: np.ndarray, tick: np.ndarray) -> np.ndarray:
 
 
 def _zigzag(sorted_ids: np.ndarray) -> np.ndarray:
-    """Positions that reverse every odd series' rows in rows sorted by series."""
+    """Positions that reverse every odd series' rows in rows sorted by series: ``pos`` in an
+    even series, ``first + last - pos`` in an odd one (two repeats over the rows, one per
+    series' offset and one of its sign, instead of one per bound)."""
     n = len(sorted_ids)
     starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
     lengths = np.diff(np.r_[starts, n])
-    first = np.repeat(starts, lengths)
-    last = first + np.repeat(lengths, lengths) - 1
-    pos = np.arange(n)
-    return np.where(sorted_ids % 2 == 1, first + last - pos, pos)
+    odd = sorted_ids[starts] % 2 == 1
+    offset = np.where(odd, 2 * starts + lengths - 1, 0)
+    sign = np.where(odd, -1, 1).astype(np.int64)
+    return np.repeat(offset, lengths) + np.repeat(sign, lengths) * np.arange(n)
 
 
 def checkpoint(con: Any) -> None:

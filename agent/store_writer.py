@@ -33,7 +33,13 @@ from agent.store import (
     connect,
     this_host,
 )
-from agent.store_flush import newest_sample, plan_batches, run_steps, write_heartbeat
+from agent.store_flush import (
+    flush_connection,
+    newest_sample,
+    plan_batches,
+    run_steps,
+    write_heartbeat,
+)
 from agent.store_rewrite import finish_into_fresh, rewrite_if_worth_it
 from agent.store_rows import (
     _reason,
@@ -82,6 +88,7 @@ class Store:
             raise ValueError(f"flush_interval must be in (0, {MAX_FLUSH_INTERVAL}]")
         self.path = Path(path)
         self.con = connect(self.path)
+        self._flush_con = flush_connection(self.con)
         self.flush_interval = flush_interval
         self.max_pending_ticks = max_pending_ticks
         self.agent_host = this_host()
@@ -277,8 +284,11 @@ class Store:
         """Replace an invalidated instance: reopening replays the WAL (what was committed)."""
         with self._write_lock:
             with contextlib.suppress(Exception):
+                self._flush_con.close()
+            with contextlib.suppress(Exception):
                 self.con.close()
             self.con = connect(self.path)
+            self._flush_con = flush_connection(self.con)
             self._series.reset()
             self._spans.reset()
             self._needs_reopen = False
@@ -318,7 +328,7 @@ class Store:
         now = self._clock()
         beats: dict[str, float] = {}
         with self._write_lock:
-            con = self.con
+            con = self._flush_con
             steps: list[Callable[[], object]] = []
             try:
                 for run_id, batches in by_run.items():
@@ -328,7 +338,7 @@ class Store:
                         beats[run_id] = max(last, self._last_sample.get(run_id, last))
                     beat_at = self._beat_at.get(run_id)
                     if beat or beat_at is None or now - beat_at >= HEARTBEAT_EVERY_S:
-                        steps.append(functools.partial(self._beat, run_id, batches))
+                        steps.append(functools.partial(self._beat, run_id, batches, con))
                 run_steps(con, steps)
             except BaseException as exc:
                 if "commit succeeded and is durable" in str(exc).lower():
@@ -403,11 +413,15 @@ class Store:
                 return
             self._committed_beats(self._clock())
 
-    def _beat(self, run_id: str, batches: list[Batch]) -> None:
-        """Write the run's heartbeat: every :data:`HEARTBEAT_EVERY_S` (an ``UPDATE`` costs as
-        much as the samples' ``INSERT``), so ``last_sample`` in ``runs`` trails a live run by at
-        most that; a lost run's last sample is read from its samples."""
-        write_heartbeat(self.con, run_id, newest_sample(batches, self._last_sample.get(run_id)))
+    def _beat(
+        self, run_id: str, batches: list[Batch], con: duckdb.DuckDBPyConnection | None = None
+    ) -> None:
+        """Write the run's heartbeat on ``con`` (the caller's transaction; default the store's
+        connection): every :data:`HEARTBEAT_EVERY_S` (an ``UPDATE`` costs as much as the
+        samples' ``INSERT``), so ``last_sample`` in ``runs`` trails a live run by at most that;
+        a lost run's last sample is read from its samples."""
+        last = newest_sample(batches, self._last_sample.get(run_id))
+        write_heartbeat(self.con if con is None else con, run_id, last)
         self._beaten.add(run_id)
 
     def _insert_events(self, run_id: str, events: list[Event]) -> None:
@@ -455,6 +469,8 @@ class Store:
                             self._report(
                                 f"could not rewrite {self.path} smaller: {_first_line(exc)}"
                             )
+            with contextlib.suppress(Exception):
+                self._flush_con.close()  # a cursor left open would keep the file open
             with contextlib.suppress(Exception):
                 close_writable(self.con, self.path)
 

@@ -25,6 +25,7 @@ Exits 1 on a MISS.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -363,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     report.info("writer CPU per value: close(), sorting into spans (us)", spread(fed.close_us))
     report.info("close() wall (s)", spread(fed.close_s))
     report.info("writer CPU per flush beyond one write (ms)", spread(fed.per_flush_ms))
+    # the Parquet side sorts the long run's samples in this process (bounded by
+    # BYTES_SORT_MEMORY, spilling beyond it): its peak must stay far from the machine's RAM
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.info("this benchmark's peak RSS, the Parquet sorts included (MB)", f"{peak_mb:,.0f}")
     return report.print()
 
 

@@ -1,27 +1,35 @@
-"""Give back the start-up code of DuckDB's library once a recording has settled.
+"""Give back the start-up pages of the agent's libraries once a recording has settled.
 
-DuckDB's library is ~50 MB of machine code. Opening the store (``connect`` registers every
-function, type and setting DuckDB has) and the first writes fault in ~35 MB of it, almost none
-of which a recording runs again. Those pages are clean and file-backed: the kernel may drop them
-under memory pressure at any time and read them back from the file on the next touch. Until
-then they count in the agent's RSS (and USS: nothing else maps them).
+DuckDB's library is ~50 MB of machine code and ~14 MB of read-only data. Opening the store
+(``connect`` registers every function, type and setting DuckDB has) and the first writes fault
+in ~30 MB of the code and ~7 MB of the data, most of which a recording never reads again; so
+do numpy's import (~7 MB of its extension modules and OpenBLAS) and, less, libpython's compiler
+and importer, libstdc++ and libc. Those pages are clean and file-backed: the kernel may drop
+them under memory pressure at any time and read them back from the file on the next touch.
+Until then they count in the agent's RSS (and, for DuckDB's and numpy's, which nothing else
+maps, in its USS).
 
 :func:`release_library_text` asks the kernel (``madvise(MADV_DONTNEED)``) to unmap them now,
-from the library's executable mappings only (``r-xp``: code, never written by the process).
-The pages stay in the page cache; the code a recording keeps running faults back in from there
-(no disk read unless the kernel evicted them meanwhile). It frees no memory the system could not
-reclaim anyway: it makes the agent's resident set show what it uses. Never on a writable or
-read-only data mapping (``r--p`` may hold relocated, copy-on-write pages; dropping those would
-lose them), and never on a mapping that has any dirty or anonymous page (a debugger's
-breakpoint): those are skipped. Where ``/proc/self/smaps`` or ``madvise`` is missing (not
-Linux), nothing happens and a debug line says so.
+once DuckDB's library is loaded, from every shared library's mappings that the process can
+never have written: code (``r-xp``) and read-only data (``r--p``: symbol tables, ``.rodata``,
+the unwind tables exceptions read). Only a mapping whose ``/proc/self/smaps`` entry shows
+nothing but clean file pages is touched: no dirty, anonymous (copy-on-write) or swapped page.
+That keeps out RELRO (``r--p`` too, but relocated by the loader: its pages are anonymous
+copies, and dropping them would lose the relocations), a debugger's breakpoint in the code,
+writable mappings, libraries replaced on disk and every other file. The pages stay in the page
+cache; what a recording keeps running faults back in from there (no disk read unless the
+kernel evicted them meanwhile). It frees no memory the system could not reclaim anyway: it
+makes the agent's resident set show what it uses. For a library other processes map too
+(libc, libpython) only RSS changes: USS never counted those pages and PSS hardly moves. Where
+``/proc/self/smaps`` or ``madvise`` is missing (not Linux), nothing happens and a debug line
+says so.
 
 ``MADV_COLD`` would leave the pages mapped (RSS unchanged) and ``MADV_PAGEOUT`` would evict
 them from the page cache too (a disk read to get them back; it skips the pages of a file the
 process may not write): neither fits. A re-fault maps the touched page's neighbourhood too
-(fault-around), so what stays released is the start-up-only share: ~12 of ~35 MB on a
-recording whose live analysis has not run its rules, little once it has
-(``docs/benchmarks.md``).
+(fault-around), so what stays released is the start-up-only share: of DuckDB's, ~10 of ~30 MB
+of code and ~5 of ~7 MB of data on a recording whose live analysis has not run its rules, less
+once it has (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -43,6 +51,14 @@ MADV_DONTNEED = 4
 #: After this long the recording has connected, flushed and sampled a few times: what DuckDB
 #: keeps running (inserts, commits, the live window's loads) is the little it faults back in.
 RELEASE_AFTER_S = 15.0
+#: And again this often: what a rare statement faulted back in (a checkpoint, the hourly move
+#: into spans, a live-analysis pass with DuckDB's optimizer and aggregates) leaves again, while
+#: what every flush runs is back within its next flush. Each release costs ~1 ms of CPU and the
+#: re-faults a few ms more: nothing at this interval.
+RELEASE_EVERY_S = 300.0
+#: The library's mappings a process never writes: code and read-only data. Each is released only
+#: when smaps shows it holds clean file pages alone (RELRO is ``r--p`` but anonymous: kept).
+RELEASED_PERMS = ("r-xp", "r--p")
 #: The modules whose shared library is DuckDB (its Python package's extension module).
 DUCKDB_MODULES = ("_duckdb", "duckdb.duckdb")
 #: Set (to anything) to keep the pages: the other side of a benchmark's A/B, or a check that
@@ -112,12 +128,13 @@ def parse_smaps(text: str) -> list[Mapping]:
 
 
 def releasable(mappings: list[Mapping], library: str) -> tuple[list[Mapping], list[str]]:
-    """The library's code mappings that hold only clean file pages, and why others are not."""
+    """The library's code and read-only data mappings that hold only clean file pages, and
+    why others are not."""
     chosen: list[Mapping] = []
     skipped: list[str] = []
     for m in mappings:
-        if m.path != library or m.perms != "r-xp":
-            continue  # data, RELRO, writable, another file, or a deleted one: never touched
+        if m.path != library or m.perms not in RELEASED_PERMS:
+            continue  # writable, another file, or a deleted one: never touched
         if m.changed_kb:
             skipped.append(f"{m.start:x}-{m.end:x}: {m.changed_kb} kB not clean file pages")
         elif m.rss_kb:
@@ -142,13 +159,29 @@ def _madvise() -> Any:
     return madvise
 
 
+def shared_libraries(mappings: list[Mapping]) -> list[str]:
+    """Every shared library mapped here (``*.so*``), never one replaced on disk: each one's
+    loading and the imports that use it run code and read data a recording never touches again
+    (numpy's ~100 modules, libpython's compiler and importer, libstdc++'s locale set-up)."""
+    return sorted(
+        {
+            m.path
+            for m in mappings
+            if m.path.startswith("/")
+            and ".so" in os.path.basename(m.path)
+            and not m.path.endswith(" (deleted)")
+        }
+    )
+
+
 def release_library_text(
     library: str | None = None, smaps_path: str = "/proc/self/smaps"
 ) -> Released | None:
-    """Drop the resident pages of ``library``'s (default: DuckDB's) code mappings from this
-    process; None, with a debug line, where that cannot be done here."""
-    library = library or duckdb_library()
-    if library is None:
+    """Drop the resident pages of ``library``'s code and read-only data mappings from this
+    process (default: every shared library's, once DuckDB's is loaded); None, with a debug
+    line, where that cannot be done here."""
+    duckdb = library or duckdb_library()
+    if duckdb is None:
         log.debug("resident: DuckDB's library is not loaded; nothing to release")
         return None
     try:
@@ -162,7 +195,13 @@ def release_library_text(
     except (OSError, AttributeError) as exc:
         log.debug("resident: no madvise here (%s); code pages kept", exc)
         return None
-    chosen, skipped = releasable(mappings, library)
+    libraries = [library] if library else shared_libraries(mappings)
+    chosen: list[Mapping] = []
+    skipped: list[str] = []
+    for lib in libraries:
+        lib_chosen, lib_skipped = releasable(mappings, lib)
+        chosen += lib_chosen
+        skipped += lib_skipped
     done: list[Mapping] = []
     for m in chosen:
         if madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
@@ -171,17 +210,41 @@ def release_library_text(
             skipped.append(f"{m.start:x}-{m.end:x}: madvise: {os.strerror(ctypes.get_errno())}")
     for reason in skipped:
         log.debug("resident: kept %s", reason)
-    resident = sum(m.rss_kb for m in mappings if m.path == library and m.perms == "r-xp")
+    resident = sum(m.rss_kb for m in mappings if m.path in libraries and m.perms in RELEASED_PERMS)
     result = Released(resident, tuple(done), tuple(skipped))
-    log.debug("resident: released %d of %d kB of %s's code", result.released_kb, resident, library)
+    log.debug(
+        "resident: released %d of %d kB of code and read-only data of %d libraries (%s, ...)",
+        result.released_kb,
+        resident,
+        len(libraries),
+        duckdb,
+    )
     return result
 
 
-def release_later(delay_s: float | None = None) -> threading.Timer:
-    """Release DuckDB's start-up code once, ``delay_s`` (default :data:`RELEASE_AFTER_S`) from
-    now, on a short-lived daemon thread (never the sampler's); ``cancel()`` it when the
-    recording ends first."""
-    timer = threading.Timer(RELEASE_AFTER_S if delay_s is None else delay_s, _release_quietly)
+class _Releases(threading.Timer):
+    """A timer that runs its function after ``interval`` and then every ``every`` seconds
+    (never, when ``every`` is None) until ``cancel()``."""
+
+    def __init__(self, interval: float, every: float | None) -> None:
+        super().__init__(interval, _release_quietly)
+        self.every = every
+
+    def run(self) -> None:
+        wait = self.interval
+        while not self.finished.wait(wait):
+            self.function()
+            if self.every is None:
+                break
+            wait = self.every
+        self.finished.set()
+
+
+def release_later(delay_s: float | None = None, every_s: float | None = None) -> threading.Timer:
+    """Release the libraries' start-up pages ``delay_s`` (default :data:`RELEASE_AFTER_S`) from
+    now and then every ``every_s`` seconds (default: once), on a daemon thread of its own (never
+    the sampler's); ``cancel()`` it when the recording ends."""
+    timer = _Releases(RELEASE_AFTER_S if delay_s is None else delay_s, every_s)
     timer.name = "accelwatch-resident"
     timer.daemon = True
     timer.start()

@@ -28,7 +28,7 @@ from agent.app.job import (
     launch_job,
 )
 from agent.app.os_process import limit_malloc_arenas, name_os_threads, pid_running
-from agent.app.resident import release_later
+from agent.app.resident import RELEASE_EVERY_S, release_later
 from agent.app.session_health import collector_health, recording_health
 from agent.app.session_wait import EndWatch, wait_for_end
 from agent.app.sources import (
@@ -297,7 +297,7 @@ class Session:
         self.sampler.start()
         self._watch_end()
         name_os_threads()
-        self._release = release_later()
+        self._release = release_later(every_s=RELEASE_EVERY_S)
         return self.run
 
     def _start_collectors(self, ctx: CollectContext) -> list[Collector]:

@@ -200,7 +200,7 @@ def test_a_failed_flush_leaves_no_series_id_the_file_lacks(tmp_path, monkeypatch
     tick = [_batch(T0, "host", {("host", "host.cpu.utilization"): 0.5})]
     real_beat = store._beat
 
-    def failing_beat(run_id, batches):
+    def failing_beat(run_id, batches, con=None):
         raise duckdb.IOException("IO Error: No space left on device")
 
     monkeypatch.setattr(store, "_beat", failing_beat)

@@ -67,18 +67,37 @@ def test_a_flush_of_known_series_needs_no_transaction(tmp_path, monkeypatch):
     store, clock = _recording(tmp_path)
     store.write_ticks([("r", [_batch(T0)])])  # new series + the first beat: one transaction
     begins: list[int] = []
-    real = store.con
-    monkeypatch.setattr(store, "con", _CountingBegin(real, begins))
+    real = store._flush_con
+    monkeypatch.setattr(store, "_flush_con", _CountingBegin(real, begins))
     clock.now += 0.5
     store.write_ticks([("r", [_batch(T0 + 1)])])
     assert begins == []
     clock.now += HEARTBEAT_EVERY_S
     store.write_ticks([("r", [_batch(T0 + 2)])])  # samples + the beat: one transaction
     assert begins == [1]
-    monkeypatch.setattr(store, "con", real)
+    monkeypatch.setattr(store, "_flush_con", real)
     rows = store.cursor().execute("SELECT count(*) FROM samples").fetchone()[0]
     store.close()
     assert rows == 3 * len(GPU)
+
+
+def test_flushes_run_without_the_optimizer_and_the_writers_connection_keeps_it(tmp_path):
+    store, clock = _recording(tmp_path)
+    store.write_ticks([("r", [_batch(T0)])])
+    setting = "SELECT current_setting('enable_optimizer')"
+    assert store._flush_con.execute(setting).fetchone() == (False,)
+    # the moves, the close and the post-run analysis run on the writer's own connection
+    assert store.con.execute(setting).fetchone() == (True,)
+    assert store.cursor().execute(setting).fetchone() == (True,)
+    clock.now += HEARTBEAT_EVERY_S
+    store.write_ticks([("r", [_batch(T0 + 1)])])  # samples + the beat, on the flush cursor
+    assert _beat_row(store) == T0 + 1
+    store.close()
+    con = connect(store.path, read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM samples").fetchone() == (2 * len(GPU),)
+    finally:
+        con.close()
 
 
 class _CountingBegin:

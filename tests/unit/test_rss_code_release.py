@@ -1,5 +1,5 @@
-"""DuckDB's start-up code released from the agent's resident set (``agent.app.resident``): only
-its clean executable mappings, never data; a recording after the release records, moves,
+"""DuckDB's start-up pages released from the agent's resident set (``agent.app.resident``): only
+its code and read-only data mappings that hold clean file pages alone, never RELRO or writable data; a recording after the release records, moves,
 analyses and closes as before; skipped, with a debug line, where it cannot be done."""
 
 from __future__ import annotations
@@ -67,16 +67,44 @@ def test_smaps_are_parsed_into_mappings_with_their_resident_and_changed_pages():
     assert maps[5].path == LIB + " (deleted)" and maps[6].path == ""
 
 
-def test_only_the_librarys_clean_code_mapping_is_released_never_data_or_relro():
+def test_only_the_librarys_clean_code_and_read_only_data_are_released_never_relro_or_writable():
     chosen, skipped = releasable(parse_smaps(SMAPS), LIB)
-    assert [(m.perms, m.start) for m in chosen] == [("r-xp", 0x7F0000100000)]
-    assert skipped == []
+    assert [(m.perms, m.start) for m in chosen] == [
+        ("r--p", 0x7F0000000000),
+        ("r-xp", 0x7F0000100000),
+    ]
+    # RELRO is read-only too, but its pages are the loader's relocated copies: kept
+    assert skipped == ["7f0000400000-7f0000500000: 1200 kB not clean file pages"]
+
+
+def test_read_only_data_with_a_copy_on_write_page_is_kept():
+    relocated = Mapping(0x1000, 0x5000, "r--p", LIB, rss_kb=16, changed_kb=16)
+    chosen, skipped = releasable([relocated], LIB)
+    assert chosen == [] and "not clean" in skipped[0]
 
 
 def test_code_with_a_copy_on_write_page_is_kept():
     patched = Mapping(0x1000, 0x5000, "r-xp", LIB, rss_kb=16, changed_kb=4)  # a breakpoint
     chosen, skipped = releasable([patched], LIB)
     assert chosen == [] and "not clean" in skipped[0]
+
+
+def test_every_shared_library_is_released_with_duckdb_never_a_deleted_one_or_another_file():
+    core = "/venv/numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so"
+    blas = "/venv/numpy.libs/libscipy_openblas64_-32a4b2a6.so"
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    maps = [
+        *parse_smaps(SMAPS),
+        Mapping(0x1000, 0x2000, "r-xp", core, rss_kb=4),
+        Mapping(0x2000, 0x3000, "r--p", blas, rss_kb=4),
+        Mapping(0x3000, 0x4000, "r-xp", libc, rss_kb=4),
+        Mapping(0x4000, 0x5000, "r--p", "/usr/lib/locale/C.utf8/LC_CTYPE", rss_kb=4),
+        Mapping(0x5000, 0x6000, "r--p", "/venv/numpy/_core/_add_newdocs.py", rss_kb=4),
+        Mapping(0x6000, 0x7000, "r-xp", "[vdso]", rss_kb=4),
+    ]
+    assert resident.shared_libraries(maps) == sorted(
+        [LIB, "/usr/lib/libpython3.11.so.1.0", core, blas, libc]
+    )  # not "LIB (deleted)", the locale file, a source file or the vdso
 
 
 def test_release_is_skipped_with_a_debug_line_without_smaps(tmp_path, caplog):
@@ -103,21 +131,25 @@ _RELEASE = """
     from agent.app.resident import duckdb_library, parse_smaps, release_library_text
     from agent.store import connect
     con = connect({db!r})
+    import numpy
     con.execute("CREATE TABLE t AS SELECT range AS a, random() AS b FROM range(100000)")
     con.execute("CHECKPOINT")
     lib = duckdb_library()
-    def mine():
+    def mine(numpy_too=False):
         return [(m.perms, m.rss_kb, m.changed_kb)
-                for m in parse_smaps(open('/proc/self/smaps').read()) if m.path == lib]
-    before = mine()
+                for m in parse_smaps(open('/proc/self/smaps').read())
+                if ("/numpy" in m.path if numpy_too else m.path == lib)]
+    before, numpy_before = mine(), mine(True)
     done = release_library_text()
-    after = mine()
+    after, numpy_after = mine(), mine(True)
     total = con.execute("SELECT count(*), sum(a) FROM t").fetchall()[0]
-    print(json.dumps(dict(before=before, after=after, released=done.released_kb, total=total)))
+    squares = int(numpy.square(numpy.arange(10)).sum())
+    print(json.dumps(dict(before=before, after=after, released=done.released_kb, total=total,
+                          numpy_before=numpy_before, numpy_after=numpy_after, squares=squares)))
 """
 
 
-def test_release_drops_duckdbs_code_pages_and_leaves_its_data_mappings(tmp_path):
+def test_release_drops_duckdbs_and_numpys_code_and_read_only_pages_not_relro_or_data(tmp_path):
     code = textwrap.dedent(_RELEASE).format(db=str(tmp_path / "r.duckdb"))
     out = subprocess.run(
         [sys.executable, "-c", "import json\n" + code],
@@ -128,12 +160,28 @@ def test_release_drops_duckdbs_code_pages_and_leaves_its_data_mappings(tmp_path)
     ).stdout
     got = json.loads(out)
     before, after = got["before"], got["after"]
+
+    def clean(m: list) -> bool:
+        return m[0] in ("r-xp", "r--p") and m[2] == 0
+
     code_before = sum(rss for perms, rss, _ in before if perms == "r-xp")
     code_after = sum(rss for perms, rss, _ in after if perms == "r-xp")
-    assert code_before > 10_000 and got["released"] >= code_before * 0.9
+    rodata_before = sum(m[1] for m in before if m[0] == "r--p" and clean(m))
+    rodata_after = sum(m[1] for m in after if m[0] == "r--p" and clean(m))
+    assert code_before > 10_000 and rodata_before > 1_000
+    assert got["released"] >= (code_before + rodata_before) * 0.9
     assert code_after <= 256  # nothing ran between the release and this read but the parse
-    assert [m for m in before if m[0] != "r-xp"] == [m for m in after if m[0] != "r-xp"]
+    assert rodata_after <= rodata_before / 2
+    relro = [m for m in before if m[0] == "r--p" and not clean(m)]
+    assert relro and all(m in after for m in relro)  # the relocated copies stay as they were
+    assert [m for m in before if not clean(m)] == [m for m in after if not clean(m)]
     assert got["total"] == [100_000, 100_000 * 99_999 // 2]  # DuckDB runs on after it
+    numpy_before = sum(m[1] for m in got["numpy_before"] if clean(m))
+    numpy_after = sum(m[1] for m in got["numpy_after"] if clean(m))
+    assert numpy_before > 1_000 and numpy_after <= numpy_before / 2  # released with DuckDB's
+    kept = [m for m in got["numpy_before"] if not clean(m)]
+    assert kept and kept == [m for m in got["numpy_after"] if not clean(m)]
+    assert got["squares"] == 285  # numpy runs on after it
 
 
 _RECORD = """
@@ -215,3 +263,19 @@ def test_the_release_keeps_the_pages_when_the_environment_asks(monkeypatch, capl
     monkeypatch.delenv(resident.KEEP_ENV)
     resident.release_later(0.0).join(timeout=5)
     assert ran == [1]
+
+
+def test_the_release_repeats_every_interval_until_cancelled(monkeypatch):
+    import threading
+
+    ran = threading.Semaphore(0)
+    monkeypatch.setattr(resident, "release_library_text", ran.release)
+    timer = resident.release_later(0.01, every_s=0.01)
+    for _ in range(3):  # the first release and two repeats
+        assert ran.acquire(timeout=5)
+    timer.cancel()
+    timer.join(timeout=5)
+    assert not timer.is_alive() and timer.finished.is_set()
+    while ran.acquire(blocking=False):  # one may have run while cancel() was called
+        pass
+    assert not ran.acquire(timeout=0.1)  # none after
