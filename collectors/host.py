@@ -17,15 +17,52 @@ from agent.source import CollectContext, Collector, EntityKind, SourceSpec
 _SKIPPED_NICS = ("lo",)
 
 
-def _busy(times) -> tuple[float, float]:
-    """(busy, total) seconds of a psutil cpu_times tuple; guest time is already in user."""
-    d = times._asdict()
-    total = sum(v for k, v in d.items() if k not in ("guest", "guest_nice"))
-    idle = d.get("idle", 0.0) + d.get("iowait", 0.0)
+#: ``/proc/stat``'s columns of a ``cpu`` line, as psutil names them (kernels since 2.6.33 have
+#: all ten); guest time is already counted in user (and guest_nice in nice).
+_CPU_FIELDS = (
+    "user",
+    "nice",
+    "system",
+    "idle",
+    "iowait",
+    "irq",
+    "softirq",
+    "steal",
+    "guest",
+    "guest_nice",
+)
+_COUNTED = 8  # the columns before guest
+_IDLE, _IOWAIT = 3, 4
+_MODE_AT = [(mode, _CPU_FIELDS.index(mode)) for mode in CPU_MODES]
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy(times: tuple[float, ...]) -> tuple[float, float]:
+    """(busy, total) seconds of one ``cpu`` line, summed in psutil's order (the same floats)."""
+    total = sum(times[:_COUNTED])
+    idle = times[_IDLE] + (times[_IOWAIT] if len(times) > _IOWAIT else 0.0)
     return total - idle, total
 
 
-_MEMINFO_KEYS = (b"MemTotal:", b"MemAvailable:", b"SwapTotal:", b"SwapFree:")
+def cpu_times(proc: str = "/proc") -> list[tuple[float, ...]]:
+    """Every ``cpu`` line of one ``/proc/stat`` read in seconds: the machine's, then each
+    core's, the values psutil's ``cpu_times()`` and ``cpu_times(percpu=True)`` give from two
+    reads of the file (and a named tuple per core). psutil answers where the file is not the
+    kernel's usual one."""
+    try:
+        lines = [
+            line.split() for line in _read(f"{proc}/stat").split(b"\n") if line.startswith(b"cpu")
+        ]
+        if not lines or lines[0][0] != b"cpu" or min(map(len, lines)) <= _IOWAIT + 1:
+            raise ValueError("not a /proc/stat this parser knows")
+        ticks = _CLOCK_TICKS
+        return [tuple([float(x) / ticks for x in line[1 : len(_CPU_FIELDS) + 1]]) for line in lines]
+    except (OSError, ValueError):
+        times = [psutil.cpu_times(), *psutil.cpu_times(percpu=True)]
+        return [tuple(getattr(t, name) for name in _CPU_FIELDS if name in t._fields) for t in times]
+
+
+_MEMINFO_KEYS = (b"\nMemTotal:", b"\nMemAvailable:", b"\nSwapTotal:", b"\nSwapFree:")
 _PAGE_IN, _PAGE_OUT = b"pswpin ", b"pswpout "
 
 
@@ -37,34 +74,40 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
+def _kib(info: bytes, key: bytes) -> int:
+    """Bytes of one ``meminfo`` line (``key`` starts with a newline: a line's start), found
+    where it is, not by splitting every line; ValueError when it is missing."""
+    at = info.find(key)
+    if at < 0:
+        raise ValueError(f"no {key.decode().strip()} in meminfo")
+    end = info.find(b"\n", at + 1)
+    return int(info[at + len(key) : end if end >= 0 else len(info)].split()[0]) * 1024
+
+
 def memory(proc: str = "/proc") -> tuple[int, int, int, int, int, int]:
     """(total, available, swap total, swap used, swapped in, swapped out) in bytes, as psutil's
     ``virtual_memory()`` and ``swap_memory()`` give them, from one read of ``meminfo`` and one
     of ``vmstat`` (psutil reads ``meminfo`` twice and parses every line of both into dicts;
     that was most of this collector's tick). psutil answers where a field is missing."""
     try:
-        info = _read(f"{proc}/meminfo")
-        found: dict[bytes, int] = {}
-        for line in info.split(b"\n"):
-            key = line[: line.find(b":") + 1]
-            if key in _MEMINFO_KEYS:
-                found[key] = int(line.split()[1]) * 1024
+        info = b"\n" + _read(f"{proc}/meminfo")
+        found = {key: _kib(info, key) for key in _MEMINFO_KEYS}
         vmstat = _read(f"{proc}/vmstat")
         pages_in = vmstat.find(_PAGE_IN)
         pages_out = vmstat.find(_PAGE_OUT)
-        if len(found) < len(_MEMINFO_KEYS) or pages_in < 0 or pages_out < 0:
+        if pages_in < 0 or pages_out < 0:
             raise ValueError("a field is missing")
         swap_in = int(vmstat[pages_in + len(_PAGE_IN) : vmstat.find(b"\n", pages_in)])
         swap_out = int(vmstat[pages_out + len(_PAGE_OUT) : vmstat.find(b"\n", pages_out)])
     except (OSError, ValueError):
         vm, sw = psutil.virtual_memory(), psutil.swap_memory()
         return vm.total, vm.available, sw.total, sw.used, sw.sin, sw.sout
-    swap_total = found[b"SwapTotal:"]
+    swap_total = found[b"\nSwapTotal:"]
     return (
-        found[b"MemTotal:"],
-        found[b"MemAvailable:"],
+        found[b"\nMemTotal:"],
+        found[b"\nMemAvailable:"],
         swap_total,
-        swap_total - found[b"SwapFree:"],
+        swap_total - found[b"\nSwapFree:"],
         swap_in * 4096,  # pages of 4 KiB, as psutil counts them
         swap_out * 4096,
     )
@@ -75,65 +118,92 @@ class HostCollector(Collector):
 
     source = SOURCE
 
-    def __init__(self) -> None:
-        self._prev_total = None
-        self._prev_cores = None
+    def __init__(self, proc: str = "/proc") -> None:
+        #: Where ``stat``, ``meminfo`` and ``vmstat`` are read (the machine's own; tests point
+        #: it at written files). Networks are psutil's.
+        self.proc = proc
+        self._prev: list[tuple[float, ...]] = []
 
     def start(self, ctx: CollectContext) -> None:
-        self._prev_total = psutil.cpu_times()
-        self._prev_cores = psutil.cpu_times(percpu=True)
+        self._prev = cpu_times(self.proc)
 
     def collect(self, now: float) -> Batch:
         b = BatchBuilder(self.source, now)
         self._cpu(b)
-        total, available, swap_total, swap_used, swap_in, swap_out = memory()
-        b.add("host", "host.memory.total", total)
-        b.add("host", "host.memory.available", available)
-        b.add("host", "host.memory.used", total - available)
-        b.add("host", "host.memory.utilization", (total - available) / total)
-        b.add("host", "host.swap.total", swap_total)
-        b.add("host", "host.swap.used", swap_used)
-        b.add("host", "host.swap.in", swap_in)
-        b.add("host", "host.swap.out", swap_out)
-        load1, load5, load15 = os.getloadavg()
-        b.add("host", "host.load.1m", load1)
-        b.add("host", "host.load.5m", load5)
-        b.add("host", "host.load.15m", load15)
+        total, available, swap_total, swap_used, swap_in, swap_out = memory(self.proc)
+        b.add_row(
+            "host",
+            _MEMORY_ROW,
+            [
+                float(total),
+                float(available),
+                float(total - available),
+                (total - available) / total,
+                float(swap_total),
+                float(swap_used),
+                float(swap_in),
+                float(swap_out),
+                *os.getloadavg(),
+            ],
+        )
         for name, io in (psutil.net_io_counters(pernic=True) or {}).items():
             if name in _SKIPPED_NICS:
                 continue
-            entity = f"net:{name}"
-            b.add(entity, "host.net.rx_bytes", io.bytes_recv)
-            b.add(entity, "host.net.tx_bytes", io.bytes_sent)
-            b.add(entity, "host.net.rx_packets", io.packets_recv)
-            b.add(entity, "host.net.tx_packets", io.packets_sent)
-            b.add(entity, "host.net.errors", io.errin + io.errout)
+            b.add_row(
+                f"net:{name}",
+                _NET_ROW,
+                [
+                    float(io.bytes_recv),
+                    float(io.bytes_sent),
+                    float(io.packets_recv),
+                    float(io.packets_sent),
+                    float(io.errin + io.errout),
+                ],
+            )
         return b.build()
 
     def _cpu(self, b: BatchBuilder) -> None:
-        total = psutil.cpu_times()
-        cores = psutil.cpu_times(percpu=True)
-        b.add("host", "host.cpu.count", len(cores))
-        prev_total, prev_cores = self._prev_total, self._prev_cores
-        self._prev_total, self._prev_cores = total, cores
-        if prev_total is None:
+        lines = cpu_times(self.proc)
+        prev, self._prev = self._prev, lines
+        b.add("host", "host.cpu.count", len(lines) - 1)
+        if not prev:
             return
+        total, before = lines[0], prev[0]
         busy1, all1 = _busy(total)
-        busy0, all0 = _busy(prev_total)
+        busy0, all0 = _busy(before)
         span = all1 - all0
         if span > 0:
             b.add("host", "host.cpu.utilization", max(0.0, (busy1 - busy0) / span))
-            now_d, before_d = total._asdict(), prev_total._asdict()
-            for mode in CPU_MODES:
-                if mode in now_d:
-                    b.add(
-                        "host", f"host.cpu.{mode}", max(0.0, (now_d[mode] - before_d[mode]) / span)
-                    )
-        for i, (now_c, before_c) in enumerate(zip(cores, prev_cores or ())):
+            for mode, at in _MODE_AT:
+                if at < len(total):
+                    b.add("host", f"host.cpu.{mode}", max(0.0, (total[at] - before[at]) / span))
+        for i, (now_c, before_c) in enumerate(zip(lines[1:], prev[1:])):
             busy1, all1 = _busy(now_c)
             busy0, all0 = _busy(before_c)
             if all1 - all0 > 0:
                 b.add(f"cpu{i}", "host.cpu.utilization", max(0.0, (busy1 - busy0) / (all1 - all0)))
+
+
+_MEMORY_ROW = (
+    "host.memory.total",
+    "host.memory.available",
+    "host.memory.used",
+    "host.memory.utilization",
+    "host.swap.total",
+    "host.swap.used",
+    "host.swap.in",
+    "host.swap.out",
+    "host.load.1m",
+    "host.load.5m",
+    "host.load.15m",
+)
+_NET_ROW = (
+    "host.net.rx_bytes",
+    "host.net.tx_bytes",
+    "host.net.rx_packets",
+    "host.net.tx_packets",
+    "host.net.errors",
+)
 
 
 SPEC = SourceSpec(

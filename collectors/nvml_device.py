@@ -25,6 +25,8 @@ from collectors.nvml_processes import JobView, ProcessReader
 _CLOCK_EVENT_METRICS = tuple(
     (f"gpu.clock_event.{flag}", bit) for flag, bit in CLOCK_EVENT_FLAGS.items()
 )
+_CLOCK_EVENT_ROW = ("gpu.clock_events", *(metric for metric, _ in _CLOCK_EVENT_METRICS))
+_BITS = tuple(bit for _, bit in _CLOCK_EVENT_METRICS)
 _ECC_COUNTERS = (
     (
         "gpu.ecc.volatile.corrected",
@@ -99,15 +101,17 @@ class Device:
 
 
 # -- emitters: NVML result -> catalog metrics --------------------------------------------------
+# Emitters whose values are always there add one row (a few list extends, not a call per value).
+_UTILIZATION_ROW = ("gpu.utilization", "gpu.memory.utilization")
+_MEMORY_ROW = ("gpu.memory.used", "gpu.memory.total", "gpu.memory.free")
+
+
 def _emit_utilization(e: str, b: BatchBuilder, u: Any) -> None:
-    b.add(e, "gpu.utilization", u.gpu / 100.0)
-    b.add(e, "gpu.memory.utilization", u.memory / 100.0)
+    b.add_row(e, _UTILIZATION_ROW, [u.gpu / 100.0, u.memory / 100.0])
 
 
 def _emit_memory(e: str, b: BatchBuilder, m: Any) -> None:
-    b.add(e, "gpu.memory.used", m.used)
-    b.add(e, "gpu.memory.total", m.total)
-    b.add(e, "gpu.memory.free", m.free)
+    b.add_row(e, _MEMORY_ROW, [float(m.used), float(m.total), float(m.free)])
 
 
 def _emit_scaled(e: str, metric: str, scale: float, b: BatchBuilder, value: float) -> None:
@@ -115,9 +119,7 @@ def _emit_scaled(e: str, metric: str, scale: float, b: BatchBuilder, value: floa
 
 
 def _emit_clock_events(e: str, b: BatchBuilder, mask: int) -> None:
-    b.add(e, "gpu.clock_events", mask)
-    for metric, bit in _CLOCK_EVENT_METRICS:
-        b.add(e, metric, 1 if mask & bit else 0)
+    b.add_row(e, _CLOCK_EVENT_ROW, [float(mask), *[1.0 if mask & bit else 0.0 for bit in _BITS]])
 
 
 def _ecc_counts(h: Any) -> tuple[int, ...]:

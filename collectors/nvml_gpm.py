@@ -121,10 +121,14 @@ class GpmReader:
         request.sample1, request.sample2 = previous, sample
         pynvml.nvmlGpmMetricsGet(request)
         ok = pynvml.NVML_SUCCESS
-        e = self.entity
-        for (_, ret, value), (name, scale) in zip(_METRIC.iter_unpack(self.results), self.outputs):
-            if ret == ok:
-                b.add(e, name, value * scale)
+        metrics = [
+            (name, value * scale)
+            for (_, ret, value), (name, scale) in zip(
+                _METRIC.iter_unpack(self.results), self.outputs
+            )
+            if ret == ok
+        ]
+        b.add_row(self.entity, [m for m, _ in metrics], [float(v) for _, v in metrics])
 
     def close(self) -> None:
         for sample in self.samples:

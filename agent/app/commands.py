@@ -176,15 +176,12 @@ def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) ->
     host_cpu = snap.value("host", "host.cpu.utilization")
     if host_cpu is not None:
         parts.append(f"host={host_cpu * 100:.0f}%")
-    registry = default_registry()
     shown = 0
-    for batch in snap.batches:
-        accelerators, metric = _accelerator_source(batch.source)
+    for source in dict.fromkeys(b.source for b in snap.batches):
+        accelerators, metric = _accelerator_source(source)
         if not accelerators:  # a source with no accelerator kind: its entities are not read
             continue
-        for entity in dict.fromkeys(batch.entities):
-            if shown >= 8 or registry.kind_of(batch.source, entity) != "accelerator":
-                continue
+        for entity in _accelerators_of(snap, source)[: 8 - shown]:
             shown += 1
             util = snap.value(entity, metric) if metric else None
             parts.append(f"{entity}={'-' if util is None else f'{util * 100:.0f}%'}")
@@ -197,6 +194,19 @@ def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) ->
 
 
 _ACCELERATOR_SOURCES: dict[str, tuple[object, bool, str | None]] = {}
+#: Per source: the entities the snapshot gave (kept while the sources' columns stay the same)
+#: and which of them are accelerators, so the line asks the registry once per shape.
+_ACCELERATORS_SEEN: dict[str, tuple[tuple[str, ...], list[str]]] = {}
+
+
+def _accelerators_of(snap: Snapshot, source: str) -> list[str]:
+    entities = snap.entities(source)
+    seen = _ACCELERATORS_SEEN.get(source)
+    if seen is None or seen[0] is not entities:
+        registry = default_registry()
+        found = [e for e in entities if registry.kind_of(source, e) == "accelerator"]
+        seen = _ACCELERATORS_SEEN[source] = (entities, found)
+    return seen[1]
 
 
 def _accelerator_source(source: str) -> tuple[bool, str | None]:

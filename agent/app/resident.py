@@ -42,6 +42,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from agent.app.os_process import name_os_threads
+
 log = logging.getLogger(__name__)
 
 #: ``madvise`` advice that drops the range's page-table entries (Linux ``MADV_DONTNEED``).
@@ -246,6 +248,7 @@ def release_later(delay_s: float | None = None, every_s: float | None = None) ->
     timer.name = "accelwatch-resident"
     timer.daemon = True
     timer.start()
+    name_os_threads()  # started after the session named its threads: ``aw-resident`` too
     return timer
 
 
