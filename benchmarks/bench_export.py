@@ -124,11 +124,18 @@ def sides(root: int, tmp: Path, up: int, scrape: int, down: int, window: float) 
     ]
 
 
+#: Seconds from the agents' start to the first measured slot.
+STEADY_AFTER_S = 20.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_round_args(parser, rounds=5, window=10.0, warmup=8.0)
+    # The memory target is growth over the rounds: every slot must come after the agents
+    # released their start-up pages (agent/app/resident.py, 15 s after start), or the first
+    # round of one side is measured before it and the other after.
+    add_round_args(parser, rounds=5, window=10.0, warmup=STEADY_AFTER_S)
     args = parser.parse_args(argv)
-    apply_quick(args, window=3.0, warmup=6.0)
+    apply_quick(args, window=3.0, warmup=STEADY_AFTER_S)
     stop = threading.Event()
     try:
         with tempfile.TemporaryDirectory() as name, process_tree(32) as root, otlp_receiver() as up:
