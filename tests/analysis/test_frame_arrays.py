@@ -71,7 +71,7 @@ def test_accel_pivot_places_rows_by_integer_bucket_as_sorting_their_times_would(
     from agent.analysis.frame_accel import _time_slots
 
     rng = np.random.default_rng(3)
-    k = rng.choice(np.arange(5_000, 5_400), 3_000) * 1  # gaps and repeats, any order
+    k = rng.choice(np.arange(5_000, 5_400), 3_000)  # gaps and repeats, any order
     t = k * 30.0
     sorted_times, sorted_slots = _time_slots(t, None)
     times, slots = _time_slots(t, k)
