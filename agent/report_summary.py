@@ -7,11 +7,15 @@ is also read on a second cursor beside the analysis (:class:`_Beside`).
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+import duckdb
+import numpy as np
 
 from agent.analysis.engine import finding_windows
 from agent.analysis.finding import Finding
@@ -177,6 +181,17 @@ def busy_and_energy(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> 
             f"({int(i)}, {code[e]}, {str(bool(b)).lower()})" for i, e, _, b in picked
         )
         ids = sorted(int(r[0]) for r in picked)
+        if has_spans(con) and con.duckdb is not None:
+            busy_ids = [(int(i), e) for i, e, _, b in picked if b]
+            energy_ids = sorted(int(i) for i, _, _, b in picked if not b)
+            util = busy_stats(con.duckdb, busy_ids)
+            if _spans_only(con, energy_ids):
+                return util, _energy_from_spans(
+                    con, [(int(i), e) for i, e, _, b in picked if not b]
+                )
+            ids, util_rows = energy_ids, util
+        else:
+            util_rows = None
         if has_spans(con):
             # Spans are sorted by series: an equality on the id skips every row group and
             # segment of the others by min/max (an IN list is tested row by row: 16 series
@@ -216,10 +231,106 @@ def busy_and_energy(con: ReadConnection, run_id: str, plan: AcceleratorPlan) -> 
     ).fetchall()
     if names is not None:
         got = [(part, None if e is None else names[e], *rest) for part, e, *rest in got]
+        if util_rows is not None:  # the utilization came from busy_stats: energy rows alone
+            return util_rows, [(e, joules) for part, e, joules, _ in got if part == "energy"]
     return (
         [(e, mean, quantiles) for part, e, mean, quantiles in got if part == "busy"],
         [(e, joules) for part, e, joules, _ in got if part == "energy"],
     )
+
+
+def _energy_from_spans(con: ReadConnection, energy: list[tuple[int, str]]) -> list[tuple[Any, ...]]:
+    """``(entity, joules)``: the reset-safe increase of the energy counters, read in tick order
+    (the move numbers ticks in time order, agent/store_spans.py) without joining each value to
+    its tick's time. An entity's series' sums are added exactly, in series order."""
+    if not energy:
+        return []
+    parts = " UNION ALL ".join(
+        f"SELECT series_id, tick, value FROM sample_spans WHERE series_id = {i}"
+        for i, _ in sorted(energy)
+    )
+    # A drop of a counter is a reset, after which it counted up from zero (so the new value is
+    # the increase).
+    sums = dict(
+        con.execute(
+            f"""SELECT series_id, sum(CASE WHEN d >= 0 THEN d ELSE value END)
+            FROM (SELECT series_id, value,
+                         value - lag(value) OVER (PARTITION BY series_id ORDER BY tick) AS d
+                  FROM ({parts}))
+            WHERE d IS NOT NULL GROUP BY series_id"""
+        ).fetchall()
+    )
+    per_entity: dict[str, list[float]] = {}
+    for i, e in sorted(energy):
+        if sums.get(i) is not None:
+            per_entity.setdefault(e, []).append(float(sums[i]))
+    return [(e, math.fsum(got)) for e, got in per_entity.items()]
+
+
+def _spans_only(con: ReadConnection, ids: list[int]) -> bool:
+    """Whether every row of these series is in the spans (none in the writer's tables)."""
+    if not ids:
+        return True
+    listed = ", ".join(map(str, ids))
+    return not con.execute(
+        f"SELECT EXISTS (SELECT 1 FROM sample_moving WHERE series_id IN ({listed})) "
+        f"OR EXISTS (SELECT 1 FROM sample_recent WHERE series_id IN ({listed}))"
+    ).scalar()
+
+
+#: The percentiles the summary shows, as ``quantile_cont`` fractions.
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def busy_stats(
+    con: duckdb.DuckDBPyConnection, busy: list[tuple[int, str]]
+) -> list[tuple[Any, ...]]:
+    """``(entity, mean, [p50, p90, p99])`` per accelerator and over all (entity None) of the
+    values of the ``(series_id, entity)`` utilization series (spans, schema 4-5).
+
+    The values need no time, so the spans are read without their ticks' times, into NumPy.
+    Nothing depends on the order the rows come in: a mean is the exactly rounded sum
+    (:func:`math.fsum`) over the count; the percentiles are DuckDB's ``quantile_cont`` over
+    the same values (order statistics, so the same to the bit as before). A mean may differ
+    from DuckDB's ``avg`` (which adds in the order its threads deliver) in its last digits."""
+    ids = sorted({i for i, _ in busy})
+    if not ids:
+        return [(None, None, None)]
+    listed = ", ".join(map(str, ids))
+    parts = [f"SELECT series_id, value FROM sample_spans WHERE series_id = {i}" for i in ids]
+    # the writer's tables hold only a run's unmoved tail (empty in a closed file)
+    parts += [
+        f"SELECT series_id, value FROM {t} WHERE series_id IN ({listed})"
+        for t in ("sample_moving", "sample_recent")
+    ]
+    got = con.execute(
+        f"SELECT series_id, value FROM ({' UNION ALL '.join(parts)}) WHERE value IS NOT NULL"
+    ).fetchnumpy()
+    entities = sorted({e for _, e in busy})
+    lookup = np.full(ids[-1] + 1, -1, dtype=np.int32)
+    for i, e in busy:
+        lookup[i] = entities.index(e)
+    code = lookup[np.asarray(got["series_id"])]
+    values = np.asarray(got["value"], dtype=np.float64)
+    if not len(values):
+        return [(None, None, None)]
+    picked = {"e": code, "v": values}  # noqa: F841 - DuckDB scans the local NumPy columns
+    quantiles = dict(
+        con.execute(
+            f"SELECT e, quantile_cont(v, [{', '.join(map(str, QUANTILES))}]) FROM picked "
+            "GROUP BY GROUPING SETS ((e), ())"
+        ).fetchall()
+    )
+    rows: list[tuple[Any, ...]] = []
+    sums: list[float] = []
+    for c, entity in enumerate(entities):
+        mine = values[code == c]
+        if len(mine):
+            sums.append(math.fsum(mine.tolist()))
+            rows.append((entity, sums[-1] / len(mine), quantiles[c]))
+    # over all of them: the entities' exact sums, added in the entities' order
+    rows.append((None, math.fsum(sums) / len(values), quantiles[None]))
+    return rows
 
 
 def _iso(epoch_s: float) -> str:

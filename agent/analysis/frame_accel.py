@@ -123,12 +123,13 @@ def load_accel_frame(
     aliases = list(ACCEL_COLUMNS)
     busy_code = aliases.index("busy")
     t = np.asarray(cols["t"]).astype(np.float64)
-    times = np.unique(t)
+    times, t_slot = _time_slots(t, cols.get("k"))
     shape = (len(names), len(times))
     code = np.asarray(cols["code"]).astype(np.int64)
-    slot = (np.asarray(cols["ecode"]).astype(np.int64), np.searchsorted(times, t))
-    grid = np.full((*shape, len(aliases)), np.nan)
-    grid[slot[0], slot[1], code] = cols["val"]
+    slot = (np.asarray(cols["ecode"]).astype(np.int64), t_slot)
+    # column-major: each column's cells are taken from one contiguous plane (below)
+    grid = np.full((len(aliases), *shape), np.nan)
+    grid[code, slot[0], slot[1]] = cols["val"]
     busy = code == busy_code
     extra = {}
     for name, source in zip(BUSY_EXTRA, ("low_share", "max", "min")):
@@ -138,10 +139,11 @@ def load_accel_frame(
     present = np.zeros(shape, dtype=bool)
     present[slot] = True
     e_idx, t_idx = np.nonzero(present)
+    cells = grid[:, e_idx, t_idx]
     accel_columns = {  # noqa: F841 - scanned by DuckDB as a dict of NumPy arrays
         "entity": np.array(names, dtype=object)[e_idx] if names else np.array([], dtype=object),
         "t": times[t_idx],
-        **{a: grid[e_idx, t_idx, i] for i, a in enumerate(aliases)},
+        **{a: cells[i] for i, a in enumerate(aliases)},
         **{a: plane[e_idx, t_idx] for a, plane in extra.items()},
     }
     # NumPy rather than Arrow keeps pyarrow out of the agent process (live analysis runs there);
@@ -157,6 +159,24 @@ def load_accel_frame(
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW aw_gpu AS SELECT entity, t, {kept}, {legacy} FROM aw_accel"
     )
+
+
+def _time_slots(t: np.ndarray, k: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct times ascending and each row's index among them. With the rows' integer
+    buckets ``k`` (``t`` = ``k`` x the bucket, so both orders agree) in one pass over the
+    buckets' range instead of sorting ~1 M times."""
+    if k is None or not len(t):
+        times = np.unique(t)
+        return times, np.searchsorted(times, t)
+    k = np.asarray(k, dtype=np.int64)
+    k0 = int(k.min())
+    used = np.zeros(int(k.max()) - k0 + 1, dtype=bool)
+    used[k - k0] = True
+    index = np.cumsum(used) - 1
+    slot = index[k - k0]
+    times = np.empty(int(index[-1]) + 1, dtype=np.float64)
+    times[slot] = t
+    return times, slot
 
 
 def job_accelerators(

@@ -138,6 +138,7 @@ def accel_rows(
         "ecode": ecode_of[sid[keep]],
         "code": code_of[sid[keep]],
         "t": k * float(bucket_s),
+        "k": k,
         "val": val,
         "low_share": np.asarray(cols["low_share"], dtype=np.float64)[keep],
         "max": np.asarray(cols["max"], dtype=np.float64)[keep],

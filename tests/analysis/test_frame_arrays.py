@@ -63,3 +63,17 @@ def test_counter_increases_from_the_arrays_equal_the_sql_window_over_aw_agg():
     assert arrays == expected
     assert None in {r[2] for r in arrays}  # the NaN bucket's increase, NULL in both
     assert (np.asarray(rows.columns["series_id"])[where] == got["series_id"]).all()
+
+
+def test_accel_pivot_places_rows_by_integer_bucket_as_sorting_their_times_would() -> None:
+    import numpy as np
+
+    from agent.analysis.frame_accel import _time_slots
+
+    rng = np.random.default_rng(3)
+    k = rng.choice(np.arange(5_000, 5_400), 3_000)  # gaps and repeats, any order
+    t = k * 30.0
+    sorted_times, sorted_slots = _time_slots(t, None)
+    times, slots = _time_slots(t, k)
+    assert np.array_equal(times, sorted_times) and np.array_equal(slots, sorted_slots)
+    assert np.array_equal(times[slots], t)
