@@ -303,7 +303,7 @@ def interleaved(
     start: Callable[[Side], Child] = Child,
 ) -> dict[str, Measured]:
     """Start every side (with ``start``: a pty or pipes by default), let them warm up, then
-    measure them in turns for ``rounds`` rounds; ``then`` runs on the live children after the
+    measure them in turns, each round starting one side later, for ``rounds`` rounds; ``then`` runs on the live children after the
     last round, before they stop."""
     children: list[Child] = []
     results = {side.name: Measured(side) for side in sides}
@@ -311,8 +311,11 @@ def interleaved(
         for side in sides:
             children.append(start(side))
         time.sleep(warmup)
-        for _ in range(rounds):
-            for child in children:
+        for n in range(rounds):
+            # Each round starts one side later (A B C, B C A, C A B, ...): with a fixed order
+            # any trend over the run (a side still warming up, the machine's load changing)
+            # would fall on the same side every round.
+            for child in children[n % len(children) :] + children[: n % len(children)]:
                 if not child.alive():
                     raise BenchmarkError(f"{child.side.name} exited early:\n{child.stop()[-3000:]}")
                 try:
