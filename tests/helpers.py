@@ -103,3 +103,15 @@ def query(db, sql: str, *params):
         return con.execute(sql, list(params)).fetchall()
     finally:
         con.close()
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` (dedented) in a fresh interpreter of this venv: what a process loads or keeps
+    resident is only seen in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )

@@ -4,19 +4,11 @@ run without the change, so the test can fail."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+from tests.helpers import run_python
 
 
 def _child(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_python(code)
     return done.stdout + done.stderr
 
 

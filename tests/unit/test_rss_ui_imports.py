@@ -4,22 +4,13 @@ fail; TLS stays available to whatever imports ``ssl`` afterwards."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+from tests.helpers import run_python
 
 _OPENSSL_MAPPED = "any('libssl' in l or 'libcrypto' in l for l in open('/proc/self/maps'))"
 
 
 def _child(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip()
+    return run_python(code).stdout.strip()
 
 
 def test_the_ui_maps_no_openssl_where_textual_alone_does():
