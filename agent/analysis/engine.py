@@ -187,7 +187,10 @@ class Rule:
     ``watch`` (a rule without one is checked only by the periodic full pass) and
     ``kind_watches`` (a kind whose condition its own watch times, such as a leak's growth)
     and ``kind_ready`` (when such a kind can first be reported, see :data:`Ready`);
-    ``entity_watch`` (which entities may hold, see :data:`EntityWatch`).
+    ``entity_watch`` (which entities may hold, see :data:`EntityWatch`); ``may_find`` (a
+    cheap necessary condition of any finding, looser than a watch that is not one, such as
+    "three ranks report step times": the full pass runs a rule only while its watch or this
+    held within its lookback; a rule with neither runs in every full pass).
     """
 
     id: str
@@ -202,6 +205,7 @@ class Rule:
     kind_watches: tuple[tuple[str, Watch], ...] = ()
     kind_ready: tuple[tuple[str, Ready], ...] = ()
     entity_watch: EntityWatch | None = None
+    may_find: Watch | None = None
 
     def min_duration_for(self, finding: Finding) -> float:
         """The minimum duration behind ``finding`` (its kind may need another)."""

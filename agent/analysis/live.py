@@ -7,8 +7,9 @@ rule's watch on each of them (:mod:`agent.analysis.watch`, no SQL) and runs the 
 the :class:`~agent.analysis.budget.Schedule` says are due, over each rule's lookback, on the
 in-memory window. So a finding appears about one bucket after its rule's minimum duration has
 passed since the condition's onset, and the analysis costs little more than the watches: a pass
-runs when a watch has held long enough, while a finding lasts (every ``LIVE_REFRESH_S``), and for
-every rule every ``LIVE_FULL_PERIOD_S``. Time is the snapshots' time (the sampler's clock), so
+runs when a watch has held long enough, while a finding lasts (every ``LIVE_REFRESH_S``), and
+every ``LIVE_FULL_PERIOD_S`` for the rules without a watch and those whose watch held within
+their lookback (:mod:`agent.analysis.budget`). Time is the snapshots' time (the sampler's clock), so
 tests drive it with simulated ticks.
 
 A pass publishes the current findings to ``context.findings`` (published whole) and keeps the
@@ -267,7 +268,16 @@ class LiveAnalysis:
         self.recent.add(snap)
         tick = Tick(snap, self._seen_accels)
         holding: set[ClockKey] = set()
+        may_find: list[str] = []
         for rule in self.rules:
+            if rule.may_find is not None:
+                try:
+                    if rule.may_find(tick):
+                        may_find.append(rule.id)
+                except Exception as exc:  # only its SQL can tell: the full pass runs it
+                    may_find.append(rule.id)
+                    self.watch_errors += 1
+                    self.last_error = f"may_find {rule.id}: {type(exc).__name__}: {exc}"
             watches = [(None, rule.watch), *rule.kind_watches]
             for kind, watch in watches:
                 if watch is None:
@@ -276,6 +286,7 @@ class LiveAnalysis:
                     if watch(tick):
                         holding.add((rule.id, kind))
                 except Exception as exc:  # a broken watch leaves its rule to the full pass
+                    may_find.append(rule.id)
                     self.watch_errors += 1
                     self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
         self._seen_accels = self._seen_accels | frozenset(tick.devices)
@@ -287,7 +298,7 @@ class LiveAnalysis:
         if first:
             clocks, bucket = self.schedule.clocks, self.schedule.bucket_s
             holding = {k for k in holding if k in clocks and clocks[k].minimums[0] <= bucket}
-        ended = self.schedule.observe(snap.ts, holding)
+        ended = self.schedule.observe(snap.ts, holding, may_find)
         if not first and self.readiness is not None:
             for error in self.readiness.observe(tick, self.schedule.clocks):
                 self.watch_errors += 1

@@ -17,7 +17,7 @@ from agent.analysis.engine import Rule, finding_windows
 from agent.analysis.finding import Finding
 from agent.analysis.live import LiveAnalysis
 from agent.analysis.rules import RULES_BY_ID
-from agent.analysis.thresholds import LIVE_LATENCY_SLACK_S
+from agent.analysis.thresholds import LIVE_FULL_PERIOD_S, LIVE_LATENCY_SLACK_S
 from agent.snapshot import SnapshotHub
 from agent.store import Store, connect
 from collectors.sim import list_scenarios, load_scenario
@@ -134,7 +134,14 @@ def onset_s(rule: Rule, f: Finding) -> float:
     return _seconds(windows[min(rule.min_episodes, len(windows)) - 1][0])
 
 
-def live_run(path: Path, spec: Recording, *, poll_every: int = 1, poll_offset: int = 0) -> LiveRun:
+def live_run(
+    path: Path,
+    spec: Recording,
+    *,
+    poll_every: int = 1,
+    poll_offset: int = 0,
+    full_period_s: float = LIVE_FULL_PERIOD_S,
+) -> LiveRun:
     """Record ``spec`` with the live analysis polled after every ``poll_every``-th tick (from
     tick ``poll_offset``: its thread's wake-ups against the sampler's), then analyse the file.
 
@@ -143,7 +150,7 @@ def live_run(path: Path, spec: Recording, *, poll_every: int = 1, poll_offset: i
     from tests.analysis.test_live import fake_session
 
     hub = SnapshotHub()
-    live = LiveAnalysis()
+    live = LiveAnalysis(full_period_s=full_period_s)
     first: dict[str, float] = {}
     clock = [T0 + 1]
     vm = _tpu_vm(spec.run_id, path.with_suffix(".vm"), clock)

@@ -97,6 +97,15 @@ def test_a_healthy_run_runs_no_pass_before_the_full_period(tmp_path):
     assert run.live.watch_errors == 0
 
 
+def test_a_healthy_runs_full_passes_run_no_statement(tmp_path):
+    """Every 20 s a full pass is due, but on a healthy run no watch holds and no rule without
+    one can find live: no statement runs, so the analysis costs the watches alone."""
+    run = live_run(tmp_path / "healthy.duckdb", CASES["healthy"], full_period_s=20.0)
+    assert run.live.cost.passes == 0 and run.live.cycles == 0
+    assert run.live.schedule is not None and run.live.schedule.last_full is not None
+    assert run.live.schedule.last_full >= T0 + 60
+
+
 def _rule(**kw) -> Rule:
     return Rule("r", "test rule", lambda ctx: [], watch=lambda tick: True, **kw)
 
@@ -226,11 +235,45 @@ def test_a_gpus_own_starvation_is_due_when_it_has_lasted_not_when_any_gpu_dipped
     assert starved.latency_s is not None and starved.latency_s <= starved.target_s - 5
 
 
-def test_every_rule_runs_in_the_full_pass_even_without_a_watch():
+def test_the_full_pass_runs_the_rules_without_a_watch():
     unwatched = Rule("u", "no watch", lambda ctx: [])
     schedule = Schedule([unwatched, _rule()], bucket_s=1.0)
     schedule.observe(T0, set())
     assert schedule.due(T0 + LIVE_FULL_PERIOD_S - 1) == []
+    assert [r.id for r in schedule.due(T0 + LIVE_FULL_PERIOD_S)] == ["u"]
+
+
+def test_the_full_pass_runs_a_rule_whose_watch_held_within_its_lookback():
+    """A watch is a necessary condition of its rule's flag: a rule whose watch held at no tick
+    of its lookback cannot find, so the full pass skips it; one that held (or whose watch
+    failed: only its SQL can tell) within its lookback runs."""
+    held = Rule("held", "h", lambda ctx: [], watch=lambda t: True, lookback_s=60.0)
+    failed = Rule("failed", "f", lambda ctx: [], watch=lambda t: True, lookback_s=60.0)
+    old = Rule("old", "o", lambda ctx: [], watch=lambda t: True, lookback_s=60.0)
+    never = Rule("never", "n", lambda ctx: [], watch=lambda t: True, lookback_s=60.0)
+    schedule = Schedule([held, failed, old, never], bucket_s=1.0)
+    schedule.observe(T0, set())
+    schedule.observe(T0 + 100, {("old", None)})
+    schedule.observe(T0 + LIVE_FULL_PERIOD_S - 30, {("held", None)}, may_find=["failed"])
+    due = schedule.due(T0 + LIVE_FULL_PERIOD_S)
+    assert [r.id for r in due] == ["held", "failed"]
+    schedule.ran(T0 + LIVE_FULL_PERIOD_S, due, set())
+    assert schedule.last_full == T0 + LIVE_FULL_PERIOD_S
+
+
+def test_a_full_pass_with_nothing_that_could_find_runs_no_statement():
+    schedule = Schedule([_rule()], bucket_s=1.0)
+    schedule.observe(T0, set())
+    assert schedule.due(T0 + LIVE_FULL_PERIOD_S) == []
+    assert schedule.last_full == T0 + LIVE_FULL_PERIOD_S  # the next one is a period later
+    assert schedule.due(T0 + 2 * LIVE_FULL_PERIOD_S - 1) == []
+
+
+def test_the_full_pass_can_still_run_every_rule():
+    unwatched = Rule("u", "no watch", lambda ctx: [])
+    schedule = Schedule([unwatched, _rule()], bucket_s=1.0)
+    schedule.full_pass_every_rule = True
+    schedule.observe(T0, set())
     assert [r.id for r in schedule.due(T0 + LIVE_FULL_PERIOD_S)] == ["u", "r"]
 
 

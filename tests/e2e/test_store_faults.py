@@ -511,6 +511,7 @@ def test_500_process_tree_with_live_analysis_loses_no_tick(tmp_path):
     (live,) = [c for c in session.consumers if isinstance(c, LiveAnalysis)]
     assert live.schedule is not None
     live.schedule.full_period_s = 1.0  # a full pass every second, whatever it costs
+    live.schedule.full_pass_every_rule = True
     assert wait_until(lambda: len(session.process_collector.pids) > 500, timeout=20)
     session.wait()
     run = session.finish()

@@ -31,6 +31,7 @@ def test_live_analysis_out_of_memory_halves_its_window_and_is_counted(tmp_path):
         session.hub.publish(T0 + i, batches, {})
     assert live.schedule is not None
     live.schedule.full_period_s = 0.0  # every wake-up runs every rule
+    live.schedule.full_pass_every_rule = True
     assert live.poll() is not None and live.oom_passes == 0  # fits in the window's 32 MB
     assert live.recent is not None
     # Memory pressure: the window shares the recording's instance, whose limit now leaves room

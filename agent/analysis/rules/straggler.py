@@ -40,7 +40,12 @@ from agent.analysis.rules.straggler_text import (
     span_offsets,
     time_axis,
 )
-from agent.analysis.rules.straggler_watch import watch_spread, watch_straggler
+from agent.analysis.rules.straggler_watch import (
+    never_live,
+    steps_reported,
+    watch_spread,
+    watch_straggler,
+)
 from agent.analysis.straggler_changes import speed_changes
 from agent.analysis.straggler_ops import has_ops, slow_compute
 from agent.analysis.straggler_scores import RankWindows, islands, rank_windows
@@ -340,6 +345,12 @@ def _from_devices(ctx: Context) -> list[Finding]:
 
 RULES: Sequence[Rule] = [
     Rule(STRAGGLER, "Straggler rank or accelerator", detect_straggler, watch=watch_straggler),
-    Rule(RANK_SPREAD, "Persistent spread between ranks", detect_spread, watch=watch_spread),
-    Rule(SPEED_CHANGE, "Rank changed speed", detect_speed_change),
+    Rule(
+        RANK_SPREAD,
+        "Persistent spread between ranks",
+        detect_spread,
+        watch=watch_spread,
+        may_find=steps_reported,
+    ),
+    Rule(SPEED_CHANGE, "Rank changed speed", detect_speed_change, may_find=never_live),
 ]

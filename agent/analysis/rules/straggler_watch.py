@@ -74,3 +74,16 @@ def watch_straggler(tick: Tick) -> bool:
         any(v < STRAGGLER_SCORE * peer for v in busy.values())
         or any(v < STRAGGLER_SCORE * peer_clock for v in working.values())
     )
+
+
+def steps_reported(tick: Tick) -> bool:
+    """A rank reports step times or counts in this tick: the rank views read nothing else, so
+    without one in a window the ``rank-spread`` SQL has no rank to judge (its watch is looser
+    than a necessary condition: a spread only the window's medians show)."""
+    return any(b.source == STEPS_SOURCE and len(b) for b in tick.snap.batches)
+
+
+def never_live(tick: Tick) -> bool:
+    """``rank-speed-change`` reports nothing on a live window (a rank's own history is too
+    short there), so the live full pass never needs to run it."""
+    return False
