@@ -40,6 +40,16 @@ class TickValues(Mapping[Key, float]):
     def __getitem__(self, key: Key) -> float:
         return self._values()[self._index[key]]
 
+    @property
+    def index(self) -> Mapping[Key, int]:
+        """(entity, metric) → position in :meth:`flat`; the same object tick after tick while
+        the sources' columns stay the same (consumers key their own plans on its identity)."""
+        return self._index
+
+    def flat(self) -> list[float]:
+        """Every value of the tick in index order (built once, on first use)."""
+        return self._values()
+
     def get(self, key: Key, default: Any = None) -> Any:
         # The consumers' hot path (live analysis: ~350 look-ups a tick): one call, no more.
         at = self._index.get(key)

@@ -39,6 +39,7 @@ from agent.analysis.readiness import Readiness
 from agent.analysis.recent import RecentWindow
 from agent.analysis.thresholds import LIVE_FULL_PERIOD_S, LIVE_REFRESH_S
 from agent.analysis.watch import Tick
+from agent.analysis.watch_arrays import TickArrays
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
 
@@ -176,6 +177,7 @@ class LiveAnalysis:
         self._subscribed = False
         self._seen_seq = -1
         self._seen_accels: frozenset[str] = frozenset()
+        self._last_arrays: TickArrays | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Find the sources now: discovery is a one-time cost no pass should be charged for.
@@ -265,8 +267,9 @@ class LiveAnalysis:
     def observe(self, snap: Snapshot) -> set[ClockKey]:
         """Take one tick into the window and the rules' clocks; the rules whose watch holds."""
         assert self.recent is not None and self.schedule is not None
-        self.recent.add(snap)
-        tick = Tick(snap, self._seen_accels)
+        tick = Tick(snap, self._seen_accels, self._last_arrays)
+        arrays = tick.arrays
+        self.recent.add(snap, None if arrays is None else arrays.now)
         holding: set[ClockKey] = set()
         may_find: list[str] = []
         for rule in self.rules:
@@ -290,6 +293,7 @@ class LiveAnalysis:
                     self.watch_errors += 1
                     self.last_error = f"watch {rule.id}: {type(exc).__name__}: {exc}"
         self._seen_accels = self._seen_accels | frozenset(tick.devices)
+        self._last_arrays = arrays
         # The run's first tick has no rates and no between-samples metrics (GPM's SM activity)
         # yet, so the SQL cannot flag its bucket where they count: it starts no clock of a rule
         # that needs its condition to last (else a pass due a bucket early misses, and its

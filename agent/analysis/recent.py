@@ -33,7 +33,7 @@ from agent.analysis.frame_accel import accelerator_plan
 from agent.catalog import CATALOG
 from agent.catalog.roles import ROLES
 from agent.model import Batch, Event
-from agent.snapshot import Snapshot
+from agent.snapshot import Snapshot, TickValues
 
 #: The store's public views over the same raw columns (agent/store.py), so ``build_frames``
 #: and the rules read the recent window exactly as they read a file.
@@ -71,11 +71,30 @@ class _Shape:
 
 
 @dataclass(frozen=True)
-class _Rows:
-    ts: float
-    source: str
-    shape: _Shape
-    values: np.ndarray
+class _Layout:
+    """The kept rows of one tick shape (every batch's): where they sit in the tick's values
+    and their source, entity and metric columns; shared by every tick of that shape."""
+
+    take: np.ndarray
+    #: Which of the tick's batches keep any rows, and how many each (their batches' times
+    #: are each tick's own).
+    batches: list[int]
+    #: Kept rows per batch that keeps any (their batches' times are each tick's own).
+    sizes: np.ndarray
+    sources: np.ndarray
+    entities: np.ndarray
+    metrics: np.ndarray
+
+
+class _Tick:
+    """One tick's kept values, and the times of its batches that kept any."""
+
+    __slots__ = ("ts", "batch_ts", "layout", "values")
+
+    def __init__(
+        self, ts: float, batch_ts: np.ndarray, layout: _Layout, values: np.ndarray
+    ) -> None:
+        self.ts, self.batch_ts, self.layout, self.values = ts, batch_ts, layout, values
 
 
 def _us(ts: float) -> int:
@@ -104,7 +123,10 @@ class RecentWindow:
         #: A release failed: the next load starts on a new window database.
         self._stale = False
         self.con = self._open()
-        self._rows: deque[_Rows] = deque()
+        self._rows: deque[_Tick] = deque()
+        #: The last tick shape's layout: (the hub's index it holds for, the batches' sources
+        #: and sizes, the layout).
+        self._layout: tuple[object, tuple[tuple[str, int], ...], _Layout] | None = None
         self._events: deque[Event] = deque()
         #: entity → (first seen ts, source, attributes as JSON): the ``entities`` view's input.
         self._attrs: dict[str, tuple[float, str, str]] = {}
@@ -133,6 +155,7 @@ class RecentWindow:
         self._accel_sources = frozenset(s.name for s in plan.sources)
         self._sources = frozenset(sources) | self._sources
         self._shapes.clear()
+        self._layout = None
 
     def _shape(self, batch: Batch) -> _Shape:
         known = self._shapes.get(batch.source)
@@ -162,8 +185,10 @@ class RecentWindow:
         self._shapes[batch.source] = shape
         return shape
 
-    def add(self, snap: Snapshot) -> None:
-        """Take in one tick (called on the analysis thread, in tick order)."""
+    def add(self, snap: Snapshot, flat: np.ndarray | None = None) -> None:
+        """Take in one tick (called on the analysis thread, in tick order). ``flat``: every
+        value of the tick in batch order, if the caller has it as an array already (the
+        watches' :class:`~agent.analysis.watch_arrays.TickArrays`)."""
         if snap.batches and not {b.source for b in snap.batches} <= self._sources:
             self._plan(b.source for b in snap.batches)
         if not self._attrs and snap.entity_attrs:  # attributes sent before the analysis began
@@ -179,25 +204,57 @@ class RecentWindow:
                     b.source,
                     json.dumps(dict(attrs), default=str),
                 )
-            self._events.extend(b.events)
-            if not len(b):
-                continue
-            shape = self._shape(b)
-            if shape.keep.any():
-                values = np.asarray(b.values, dtype=np.float64)[shape.keep]
-                self._rows.append(_Rows(b.ts, b.source, shape, values))
+            if b.events:
+                self._events.extend(b.events)
+        layout = self._layout_of(snap)
+        if len(layout.take):
+            if flat is None or len(flat) != sum(len(b) for b in snap.batches):
+                flat = _flat(snap.batches)
+            batches = snap.batches
+            kept = [batches[i].ts for i in layout.batches]
+            self._rows.append(
+                _Tick(snap.ts, np.array(kept, dtype=np.float64), layout, flat[layout.take])
+            )
         self.latest = snap.ts
         self._trim(snap.ts - self.keep_s)
 
+    def _layout_of(self, snap: Snapshot) -> _Layout:
+        """The layout of ``snap``'s shape: the last one while the hub keeps its index (the
+        sources' columns are the same) or the batches' columns compare equal."""
+        values = snap.values
+        index = values.index if isinstance(values, TickValues) else None
+        sizes = tuple((b.source, len(b)) for b in snap.batches)
+        last = self._layout
+        if last is not None and index is not None and last[0] is index and last[1] == sizes:
+            return last[2]
+        offsets = np.cumsum([0, *(len(b) for b in snap.batches)])
+        parts = [
+            (i, b, self._shape(b), int(offsets[i]))
+            for i, b in enumerate(snap.batches)
+            if len(b) and self._shape(b).keep.any()
+        ]
+        counts = [int(shape.keep.sum()) for _, _, shape, _ in parts]
+        layout = _Layout(
+            take=_concat_int([at + np.flatnonzero(shape.keep) for _, _, shape, at in parts]),
+            batches=[i for i, _, _, _ in parts],
+            sizes=np.array(counts, dtype=np.int64),
+            sources=np.repeat(np.array([b.source for _, b, _, _ in parts], dtype=object), counts),
+            entities=_concat([shape.kept_entities for _, _, shape, _ in parts]),
+            metrics=_concat([shape.kept_metrics for _, _, shape, _ in parts]),
+        )
+        if index is not None:
+            self._layout = (index, sizes, layout)
+        return layout
+
     def _trim(self, before: float) -> None:
-        while self._rows and self._rows[0].ts < before:
+        while self._rows and self._rows[0].batch_ts.max() < before:
             self._rows.popleft()
         while self._events and self._events[0].ts < before:
             self._events.popleft()
 
     @property
     def ticks(self) -> int:
-        return len({r.ts for r in self._rows})
+        return len({t for r in self._rows for t in r.batch_ts.tolist()})
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         """A connection whose default database is a new, empty window database."""
@@ -233,14 +290,15 @@ class RecentWindow:
 
     def _fill(self, start: float, end: float) -> None:
         """One statement per table, then a checkpoint that compresses the window."""
-        chosen = [r for r in self._rows if start <= r.ts < end]
-        sizes = [len(r.values) for r in chosen]
+        chosen = [r for r in self._rows if r.batch_ts.max() >= start and r.batch_ts.min() < end]
+        row_ts = _concat_float([np.repeat(r.batch_ts, r.layout.sizes) for r in chosen])
+        inside = (row_ts >= start) & (row_ts < end)  # a tick's batches may straddle a bound
         window_samples = {  # noqa: F841 - read by DuckDB's replacement scan
-            "ts": np.repeat(np.array([_us(r.ts) for r in chosen], dtype="datetime64[us]"), sizes),
-            "source": np.repeat(np.array([r.source for r in chosen], dtype=object), sizes),
-            "entity": _concat([r.shape.kept_entities for r in chosen]),
-            "metric": _concat([r.shape.kept_metrics for r in chosen]),
-            "value": np.concatenate([r.values for r in chosen]) if chosen else np.array([]),
+            "ts": (row_ts[inside] * 1_000_000).astype(np.int64).astype("datetime64[us]"),
+            "source": _concat([r.layout.sources for r in chosen])[inside],
+            "entity": _concat([r.layout.entities for r in chosen])[inside],
+            "metric": _concat([r.layout.metrics for r in chosen])[inside],
+            "value": _concat_float([r.values for r in chosen])[inside],
         }
         con = self.con
         con.execute(
@@ -334,3 +392,16 @@ def _quoted(name: str) -> str:
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+def _concat_int(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.intp) if parts else np.array([], dtype=np.intp)
+
+
+def _concat_float(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.array([], dtype=np.float64)
+
+
+def _flat(batches: Sequence[Batch]) -> np.ndarray:
+    """Every value of the batches in order, as one array."""
+    return _concat_float([np.asarray(b.values, dtype=np.float64) for b in batches])

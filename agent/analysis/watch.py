@@ -35,6 +35,7 @@ from agent.analysis.thresholds import (
     SM_ACTIVITY_LOW,
     WRITE_BURST_BYTES,
 )
+from agent.analysis.watch_arrays import ColumnTable, TickArrays
 from agent.catalog import CATALOG
 from agent.catalog.process import SOURCE as PROCESS_SOURCE
 from agent.registry import default_registry
@@ -107,9 +108,10 @@ def _device_of(source: str) -> _Device | None:
 _DISK_SOURCE = CATALOG[_DISK_WRITE].source
 
 
-def job_devices(snap: Snapshot) -> dict[str, _Device]:
-    """The tick's accelerators the job uses (the frames' rule, applied to one snapshot)."""
-    accels = accelerators(snap)
+def job_devices(snap: Snapshot, accels: dict[str, _Device] | None = None) -> dict[str, _Device]:
+    """The tick's accelerators the job uses (the frames' rule, applied to one snapshot);
+    ``accels``: the tick's accelerators, if already found."""
+    accels = accelerators(snap) if accels is None else accels
     if not accels:
         return {}
     values, attrs = snap.values, snap.entity_attrs
@@ -210,6 +212,9 @@ class Tick:
 
     snap: Snapshot
     seen: frozenset[str] = field(default_factory=frozenset)
+    #: The arrays of the tick observed before (:mod:`agent.analysis.watch_arrays`), reused
+    #: while the sources' columns stay the same.
+    previous: TickArrays | None = None
 
     @property
     def ts(self) -> float:
@@ -217,6 +222,7 @@ class Tick:
 
     def __post_init__(self) -> None:
         self._accel: dict[tuple[str, bool], dict[str, float]] = {}
+        self._table: tuple[ColumnTable, list[list[float]], list[list[bool]], bool] | None = None
         self._played: dict[str, list[float]] = {}
 
     def _value(self, entity: str, metric: str) -> float | None:
@@ -225,14 +231,29 @@ class Tick:
         return self.snap.values.get((entity, metric))
 
     @cached_property
+    def arrays(self) -> TickArrays | None:
+        """The tick's values as arrays (None: not the hub's indexed values)."""
+        return TickArrays.of(self.snap, self.previous)
+
+    @cached_property
     def devices(self) -> dict[str, _Device]:
-        """Every accelerator of the tick that reports its ``busy`` metric."""
-        return accelerators(self.snap)
+        """Every accelerator of the tick that reports its ``busy`` metric: the same while the
+        hub keeps its index (every value it indexes is reported), found again every
+        ``_REFRESH_TICKS`` ticks as the entity kinds are."""
+        arrays = self.arrays
+        if arrays is None:
+            return accelerators(self.snap)
+        positions = arrays.positions
+        known = positions.devices
+        if known is None or positions.ticks % _REFRESH_TICKS == 0:
+            known = positions.devices = accelerators(self.snap)
+        positions.ticks += 1
+        return dict(known)
 
     @cached_property
     def job(self) -> dict[str, _Device]:
         """The job's accelerators (the frames' ``job_accelerators``)."""
-        return job_devices(self.snap)
+        return job_devices(self.snap, self.devices)
 
     def accel(self, column: str, among: Iterable[str] | None = None) -> dict[str, float]:
         """``aw_accel.column`` of the job's accelerators (or of every accelerator, when
@@ -241,10 +262,17 @@ class Tick:
         cached = self._accel.get((column, every))
         if cached is not None:
             return cached
-        out: dict[str, float] = {}
         devices = self.devices
+        chosen = devices if every else self.job
+        found = self._accel_table(column)
+        if found is not None:
+            if not every:
+                found = {e: found[e] for e in chosen if e in found}
+            self._accel[(column, every)] = found
+            return found
+        out: dict[str, float] = {}
         values, rate = self.snap.values, self.snap.rate
-        for e in devices if every else self.job:
+        for e in chosen:
             d = devices.get(e)
             metric = None if d is None else d.metric.get(column)
             if metric is None:
@@ -254,6 +282,32 @@ class Tick:
                 out[e] = v
         self._accel[(column, every)] = out
         return out
+
+    def _accel_table(self, column: str) -> dict[str, float] | None:
+        """``column`` of every accelerator, read through the table of all their columns
+        (one fancy index a tick; None: not this way, e.g. a counter column without a previous
+        tick of this index)."""
+        arrays = self.arrays
+        if arrays is None:
+            return None
+        read = self._table
+        if read is None:
+            devices = self.devices
+            chosen = tuple(devices)
+            tables = arrays.positions.tables
+            table = tables.get(chosen)
+            if table is None:
+                table = tables[chosen] = ColumnTable(
+                    arrays.positions.index, chosen, lambda e: devices[e].metric, _is_counter
+                )
+            read = self._table = (table, *table.read(arrays))
+        table, values, known, rated = read
+        i = table.row_of.get(column)
+        if i is None:
+            return {}
+        if not rated and table.counts(column):
+            return None
+        return {e: v for e, v, k in zip(table.entities, values[i], known[i]) if k}
 
     def has_column(self, column: str) -> bool:
         """Whether the job's accelerators' sources declare ``column``."""
@@ -275,6 +329,10 @@ class Tick:
     @cached_property
     def processes(self) -> dict[str, dict[str, float]]:
         """The job's processes: pid entity → {role, cpu, write} (role from entity attributes)."""
+        arrays = self.arrays
+        found = None if arrays is None else _processes_of(arrays, self.snap)
+        if found is not None:
+            return found
         out: dict[str, dict[str, float]] = {}
         for b in self.snap.batches:
             if b.source != PROCESS_SOURCE:
@@ -292,11 +350,17 @@ class Tick:
 
     def process_cpu(self, role: str | None = None) -> list[float]:
         """CPU (cores) of the job's processes, of one role (``main``, ``worker``) or all."""
-        return [
-            p.get("cpu", 0.0)
-            for e, p in self.processes.items()
-            if role is None or self.role(e) == role
-        ]
+        if role is None:
+            return [p.get("cpu", 0.0) for p in self.processes.values()]
+        return list(self._cpu_by_role.get(role, ()))
+
+    @cached_property
+    def _cpu_by_role(self) -> dict[str | None, list[float]]:
+        """The processes' CPU grouped by role, once a tick (several watches ask)."""
+        out: dict[str | None, list[float]] = {}
+        for e, p in self.processes.items():
+            out.setdefault(self.role(e), []).append(p.get("cpu", 0.0))
+        return out
 
     def played(self, role: str) -> list[float]:
         """Values of every metric that plays ``role``, on any entity (a runtime's latencies
@@ -322,6 +386,30 @@ class Tick:
     def missing(self) -> frozenset[str]:
         """Accelerators seen at an earlier tick that report nothing now."""
         return self.seen - set(self.devices)
+
+
+def _process_entities(snap: Snapshot) -> list[str]:
+    return [e for b in snap.batches if b.source == PROCESS_SOURCE for e in b.entities]
+
+
+def _processes_of(arrays: TickArrays, snap: Snapshot) -> dict[str, dict[str, float]] | None:
+    """``Tick.processes`` read through the arrays (None: write counters without a previous
+    tick of this index). One index means one shape of the process batches, so their
+    positions are worked out once."""
+    positions = arrays.positions
+    cpu_of, cpu_at = positions.rows("process", PROCESS_CPU, lambda: _process_entities(snap))
+    write_of, write_at = positions.rows("process", PROCESS_WRITE, lambda: _process_entities(snap))
+    out: dict[str, dict[str, float]] = {
+        e: {"cpu": v} for e, v in zip(cpu_of, arrays.now[cpu_at].tolist())
+    }
+    if write_of:
+        rated = arrays.rates(write_at)
+        if rated is None:
+            return None
+        rates, known = rated
+        for e, v, k in zip(write_of, rates.tolist(), known.tolist()):
+            out.setdefault(e, {})["write"] = (v or 0.0) if k else 0.0
+    return out
 
 
 def mean(values: Iterable[float]) -> float | None:
