@@ -182,7 +182,7 @@ class TelemetryExporter:
             schema_url=resource.schema_url,
         )
         self.ticker = MetricsTicker(
-            lambda: builder.build() if context.hub.latest is not None else (None, 0),
+            lambda: builder.build_encoded() if context.hub.latest is not None else (None, 0),
             counting_metrics,
             health,
             settings.interval_ms / 1000.0,

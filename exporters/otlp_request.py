@@ -264,6 +264,12 @@ class RequestBuilder:
         """The request for what is observed now, and how many points it holds."""
         return self.parse(*self.encode())
 
+    def build_encoded(self) -> tuple[EncodedRequest | None, int]:
+        """The same request still serialized (None when nothing is observed): the gRPC
+        exporter sends these bytes as they are, without parsing them into objects first."""
+        payload, points = self.encode()
+        return (EncodedRequest(payload, points) if points else None), points
+
     @staticmethod
     def parse(payload: bytes, points: int) -> tuple[ExportMetricsServiceRequest, int]:
         return ExportMetricsServiceRequest.FromString(payload), points
@@ -290,6 +296,19 @@ class RequestBuilder:
             scope_metrics = _framed(_SCOPE_METRICS, self._scope_head + b"".join(metrics))
             resource_metrics = self._resource_head + scope_metrics + self._resource_tail
             return _framed(_RESOURCE_METRICS, resource_metrics), points
+
+
+class EncodedRequest:
+    """A serialized ``ExportMetricsServiceRequest`` and its number of data points."""
+
+    __slots__ = ("payload", "points")
+
+    def __init__(self, payload: bytes, points: int) -> None:
+        self.payload = payload
+        self.points = points
+
+    def parsed(self) -> ExportMetricsServiceRequest:
+        return ExportMetricsServiceRequest.FromString(self.payload)
 
 
 def request_points(request: ExportMetricsServiceRequest) -> int:
