@@ -136,13 +136,19 @@ class _Series:
     only those set; the time and value fields follow), the start of its cumulative sum, its last
     value (for deltas) and the last export that had it."""
 
-    __slots__ = ("head", "start_ns", "last_value", "seen")
+    __slots__ = ("head", "start_ns", "last_value", "seen", "head_start")
 
     def __init__(self, head: bytes, start_ns: int) -> None:
         self.head = head
         self.start_ns = start_ns
         self.last_value: float | int = 0
         self.seen = 0
+        #: ``head`` and the start time field of a cumulative sum (built at its first export).
+        self.head_start = b""
+
+    def cache_start(self) -> bytes:
+        self.head_start = self.head + _START + _NANOS.pack(self.start_ns)
+        return self.head_start
 
 
 #: A series absent from this many exports is forgotten (a process that ended).
@@ -190,23 +196,36 @@ class _Instrument:
     ) -> tuple[bytes, int]:
         """The instrument's ``Metric`` message and its number of points (b"", 0 if none)."""
         points: dict[int, bytes] = {}  # one point per series: the last observation wins
-        for observation in observations:
-            series = self._series(observation.attributes or {}, now_ns)
+        by_id = self._by_id
+        counter, delta = self.counter, self.delta
+        as_double, as_int = time_field + _AS_DOUBLE, time_field + _AS_INT  # what follows the head
+        pack_double, pack_int = _DOUBLE.pack, _INT.pack
+        for observation in observations:  # the hot loop of an export: ~1,500 points
+            attributes = observation.attributes or {}
+            found = by_id.get(id(attributes))
+            if found is not None and found[0] is attributes:
+                series = found[1]
+            else:
+                series = self._series(attributes, now_ns)
             series.seen = export
             value = observation.value
-            if self.counter:
-                start = series.start_ns
-                if self.delta:
+            if counter:
+                if delta:
+                    start = series.start_ns
                     value, series.last_value = value - series.last_value, value
                     series.start_ns = now_ns
-                point = series.head + _START + _NANOS.pack(start) + time_field
+                    head = series.head + _START + _NANOS.pack(start)
+                else:  # cumulative: the start never changes, nor its bytes
+                    head = series.head_start or series.cache_start()
             else:
-                point = series.head + time_field
-            if isinstance(value, int) and not isinstance(value, bool):
-                point += _AS_INT + _INT.pack(value)
+                head = series.head
+            kind = type(value)
+            if kind is float:
+                points[id(series)] = head + as_double + pack_double(value)
+            elif kind is int or (isinstance(value, int) and kind is not bool):
+                points[id(series)] = head + as_int + pack_int(value)
             else:
-                point += _AS_DOUBLE + _DOUBLE.pack(value)
-            points[id(series)] = point
+                points[id(series)] = head + as_double + pack_double(value)
         if export % FORGET_AFTER_EXPORTS == 0:
             self._forget(export - FORGET_AFTER_EXPORTS)
         if not points:
