@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
 from opentelemetry.sdk.resources import Resource
 
@@ -37,6 +37,7 @@ from exporters.otlp import (
     otlp_settings,
 )
 from exporters.otlp_health import CountingLogExporter, CountingMetricExporter, ExportHealth
+from exporters.otlp_logs import LazyBatchLogRecordProcessor
 from exporters.otlp_metrics import MetricsTicker, counter_temporality, metric_exporter
 from exporters.otlp_request import RequestBuilder
 from exporters.prometheus import Exposition, PrometheusEndpoint
@@ -189,7 +190,7 @@ class TelemetryExporter:
         )
         self.ticker.start()
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(counting_logs))
+        self.logger_provider.add_log_record_processor(LazyBatchLogRecordProcessor(counting_logs))
         logger = self.logger_provider.get_logger(SCOPE, __version__)
         self.log_emitter = FindingLogEmitter(logger, lambda: context.findings)
         context.hub.subscribe(self.log_emitter)

@@ -1,9 +1,11 @@
-"""Between exports the agent holds no gRPC channel, so gRPC's threads sleep (issue 14: an idle
-channel kept them waking for ~0.35 ms of CPU per second, one to a down collector ~0.7 ms)."""
+"""Between exports the agent holds no gRPC channel, so gRPC's threads end (issue 14: an idle
+channel kept them waking for ~0.35 ms of CPU per second, one to a down collector ~0.7 ms), and
+no log batching thread wakes every second before there is a finding to send."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
@@ -11,6 +13,7 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics.export import MetricExportResult
 
 from exporters.otlp import log_exporter
+from exporters.otlp_logs import LazyBatchLogRecordProcessor
 from exporters.otlp_metrics import metric_exporter
 from tests.exporters.test_otlp_backoff import builder
 from tests.helpers import run_python
@@ -91,8 +94,9 @@ GRPC_THREADS = """
     during = []
     real_export = metrics._export
     def export(data):
-        during.extend(grpc_threads())
-        return real_export(data)
+        result = real_export(data)
+        during.extend(grpc_threads())  # the channel is still open here
+        return result
     metrics._export = export
     ok = metrics.export_request(request).name
     deadline = time.monotonic() + 10
@@ -108,3 +112,31 @@ def test_grpc_threads_end_between_exports(grpc_receiver):
     assert out["ok"] == "SUCCESS" and len(grpc_receiver.recorded.metrics) == 1
     assert out["during"] > 0  # gRPC's threads do run while an export is on its channel ...
     assert out["after"] == []  # ... and are gone once it is over
+
+
+def batch_threads() -> int:
+    return sum(t.name.startswith("OtelBatch") for t in threading.enumerate())
+
+
+def test_no_log_batching_thread_runs_until_the_first_finding_is_logged(grpc_receiver):
+    before = batch_threads()
+    processor = LazyBatchLogRecordProcessor(log_exporter(grpc_receiver.endpoint, timeout_s=5))
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(processor)
+    logger = provider.get_logger("t")
+    assert not processor.started and batch_threads() == before  # nothing wakes every second
+    logger.emit(body="gpu3 throttled", severity_number=SeverityNumber.WARN)
+    assert processor.started and batch_threads() == before + 1
+    assert processor.force_flush(5_000)
+    (request,) = grpc_receiver.recorded.logs
+    assert request.resource_logs[0].scope_logs[0].log_records[0].body.string_value == (
+        "gpu3 throttled"
+    )
+    provider.shutdown()
+    assert batch_threads() == before
+
+
+def test_a_log_processor_that_never_started_shuts_its_exporter_down(grpc_receiver):
+    exporter = log_exporter(grpc_receiver.endpoint, timeout_s=5)
+    LazyBatchLogRecordProcessor(exporter).shutdown()
+    assert exporter._shutdown
