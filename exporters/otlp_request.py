@@ -169,15 +169,13 @@ class _Instrument:
         sum_fields = pb.Sum(is_monotonic=True)
         sum_fields.aggregation_temporality = temporality  # type: ignore[assignment]
         self.tail = sum_fields.SerializeToString() if self.counter else b""
-        #: id of an attribute dict the series index hands out (held, so the id stays its) →
-        #: (that dict, its series); several dicts may share one series.
+        #: id of an attribute dict the series index handed out in the last export (held, so
+        #: the id stays its) → (that dict, its series); several dicts may share one series.
         self._by_id: dict[int, tuple[Mapping[str, Any], _Series]] = {}
         self._by_key: dict[frozenset, _Series] = {}
 
     def _series(self, attributes: Mapping[str, Any], now_ns: int) -> _Series:
-        found = self._by_id.get(id(attributes))
-        if found is not None and found[0] is attributes:
-            return found[1]
+        """The series of an attribute dict not seen in the last export."""
         kept = attributes if self.keep is None else {
             k: v for k, v in attributes.items() if k in self.keep
         }  # fmt: skip
@@ -188,7 +186,6 @@ class _Instrument:
             tail = SUM_POINT_TAIL if self.counter else GAUGE_POINT_TAIL
             head = _POINT + _varint(len(attrs) + tail) + attrs
             series = self._by_key[key] = _Series(head, now_ns)
-        self._by_id[id(attributes)] = (attributes, series)
         return series
 
     def encode(
@@ -197,16 +194,19 @@ class _Instrument:
         """The instrument's ``Metric`` message and its number of points (b"", 0 if none)."""
         points: dict[int, bytes] = {}  # one point per series: the last observation wins
         by_id = self._by_id
+        #: the attribute dicts of this export only: a dict the index replaced (an entity
+        #: described anew) is not held on to
+        fresh: dict[int, tuple[Mapping[str, Any], _Series]] = {}
         counter, delta = self.counter, self.delta
         as_double, as_int = time_field + _AS_DOUBLE, time_field + _AS_INT  # what follows the head
         pack_double, pack_int = _DOUBLE.pack, _INT.pack
         for observation in observations:  # the hot loop of an export: ~1,500 points
             attributes = observation.attributes or {}
             found = by_id.get(id(attributes))
-            if found is not None and found[0] is attributes:
-                series = found[1]
-            else:
-                series = self._series(attributes, now_ns)
+            if found is None or found[0] is not attributes:
+                found = (attributes, self._series(attributes, now_ns))
+            fresh[id(attributes)] = found
+            series = found[1]
             series.seen = export
             value = observation.value
             if counter:
@@ -226,6 +226,7 @@ class _Instrument:
                 points[id(series)] = head + as_int + pack_int(value)
             else:
                 points[id(series)] = head + as_double + pack_double(value)
+        self._by_id = fresh
         if export % FORGET_AFTER_EXPORTS == 0:
             self._forget(export - FORGET_AFTER_EXPORTS)
         if not points:
@@ -236,7 +237,6 @@ class _Instrument:
     def _forget(self, before: int) -> None:
         """Drop series last exported before export number ``before``."""
         self._by_key = {k: s for k, s in self._by_key.items() if s.seen >= before}
-        self._by_id = {k: v for k, v in self._by_id.items() if v[1].seen >= before}
 
 
 class RequestBuilder:
