@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import Observation
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
 from opentelemetry.sdk.resources import Resource
 
@@ -37,6 +37,7 @@ from exporters.otlp import (
     otlp_settings,
 )
 from exporters.otlp_health import CountingLogExporter, CountingMetricExporter, ExportHealth
+from exporters.otlp_logs import LazyBatchLogRecordProcessor
 from exporters.otlp_metrics import MetricsTicker, counter_temporality, metric_exporter
 from exporters.otlp_request import RequestBuilder
 from exporters.prometheus import Exposition, PrometheusEndpoint
@@ -182,14 +183,14 @@ class TelemetryExporter:
             schema_url=resource.schema_url,
         )
         self.ticker = MetricsTicker(
-            lambda: builder.build() if context.hub.latest is not None else (None, 0),
+            lambda: builder.build_encoded() if context.hub.latest is not None else (None, 0),
             counting_metrics,
             health,
             settings.interval_ms / 1000.0,
         )
         self.ticker.start()
         self.logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(counting_logs))
+        self.logger_provider.add_log_record_processor(LazyBatchLogRecordProcessor(counting_logs))
         logger = self.logger_provider.get_logger(SCOPE, __version__)
         self.log_emitter = FindingLogEmitter(logger, lambda: context.findings)
         context.hub.subscribe(self.log_emitter)

@@ -14,11 +14,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from opentelemetry.sdk._logs.export import LogRecordExporter
 
 from agent.errors import UsageError
+from exporters.otlp_channel import ChannelPerExport
 
 GRPC = "grpc"
 HTTP = "http/protobuf"
@@ -193,7 +195,16 @@ def log_exporter(
     """The SDK's OTLP log exporter, chosen like :func:`metric_exporter`."""
     protocol = choose_protocol(endpoint, "LOGS", environ)
     if protocol == GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
+            OTLPLogExporter as GrpcLogExporter,
+        )
+
+        class OTLPLogExporter(ChannelPerExport, GrpcLogExporter):
+            """The SDK's gRPC log exporter, with a channel only while it exports."""
+
+            def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+                return self._on_a_channel(super().export, batch, *args, **kwargs)
+
     else:
         from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[assignment]
             OTLPLogExporter,

@@ -32,6 +32,7 @@ from exporters.otlp import (
     MAX_BACKOFF_INTERVALS,
     MAX_BACKOFF_S,
 )
+from exporters.otlp_request import EncodedRequest
 
 Note = Callable[..., None]
 
@@ -217,7 +218,9 @@ class ExportHealth:
 class RequestExporter(Protocol):
     """Sends one encoded metrics request (the SDK exporters' transport, exporters.otlp_metrics)."""
 
-    def export_request(self, request: ExportMetricsServiceRequest) -> MetricExportResult: ...
+    def export_request(
+        self, request: ExportMetricsServiceRequest | EncodedRequest
+    ) -> MetricExportResult: ...
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None: ...
 
@@ -232,7 +235,7 @@ class CountingMetricExporter:
         #: Points in the last export attempted: what a skipped collection would have held.
         self.last_points = 0
 
-    def export(self, request: ExportMetricsServiceRequest, points: int) -> bool:
+    def export(self, request: ExportMetricsServiceRequest | EncodedRequest, points: int) -> bool:
         """Send ``request`` (``points`` data points) unless backing off; True if it went out."""
         if not self._health.due():
             self._health.skipped(points)

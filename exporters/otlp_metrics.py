@@ -23,8 +23,12 @@ from opentelemetry.sdk.metrics import ObservableCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExportResult
 
 from exporters.otlp import GRPC, choose_protocol, signal_endpoint
+from exporters.otlp_channel import ChannelPerExport, RawMetricsStub
 from exporters.otlp_health import CountingMetricExporter, ExportHealth
-from exporters.otlp_request import CUMULATIVE, DELTA, request_points
+from exporters.otlp_request import CUMULATIVE, DELTA, EncodedRequest, request_points
+
+#: What the exporters send: the encoded bytes (the ticker's) or a request object (tests').
+Request = EncodedRequest | ExportMetricsServiceRequest
 
 
 def metric_exporter(
@@ -45,25 +49,31 @@ def metric_exporter(
 def _grpc_exporter() -> type:
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    class GrpcRequestExporter(OTLPMetricExporter):
-        """The SDK's gRPC exporter (channel, metadata, retries) sending our requests."""
+    class GrpcRequestExporter(ChannelPerExport, OTLPMetricExporter):
+        """The SDK's gRPC exporter (channel options, metadata, retries) sending our requests
+        as the bytes they were encoded to, on a channel open only while it exports."""
 
-        def _translate_data(self, data: Any) -> ExportMetricsServiceRequest:
-            return (
-                data
-                if isinstance(data, ExportMetricsServiceRequest)
-                else super()._translate_data(data)
-            )
+        def _initialize_channel_and_stub(self) -> None:
+            super()._initialize_channel_and_stub()
+            self._client = RawMetricsStub(self._channel)
+
+        def _translate_data(self, data: Any) -> bytes:  # type: ignore[override]
+            if isinstance(data, EncodedRequest):
+                return data.payload
+            if isinstance(data, ExportMetricsServiceRequest):
+                return data.SerializeToString()
+            return super()._translate_data(data).SerializeToString()
 
         def _count_data(self, data: Any) -> int:
-            return (
-                request_points(data)
-                if isinstance(data, ExportMetricsServiceRequest)
-                else super()._count_data(data)
-            )
+            if isinstance(data, EncodedRequest):
+                return data.points
+            if isinstance(data, ExportMetricsServiceRequest):
+                return request_points(data)
+            return super()._count_data(data)
 
-        def export_request(self, request: ExportMetricsServiceRequest) -> MetricExportResult:
-            return self._export(data=request)
+        def export_request(self, request: Request) -> MetricExportResult:
+            result: MetricExportResult = self._on_a_channel(self._export, data=request)
+            return result
 
     return GrpcRequestExporter
 
@@ -74,9 +84,11 @@ def _http_exporter() -> type:
     class HttpRequestExporter(OTLPMetricExporter):
         """The SDK's HTTP/protobuf exporter (session, headers, compression) sending our requests."""
 
-        def export_request(self, request: ExportMetricsServiceRequest) -> MetricExportResult:
+        def export_request(self, request: Request) -> MetricExportResult:
             if self._shutdown:
                 return MetricExportResult.FAILURE
+            if isinstance(request, EncodedRequest):
+                request = request.parsed()  # the SDK's HTTP path counts points in the objects
             return self._export_batch(request)
 
     return HttpRequestExporter
@@ -99,7 +111,7 @@ class MetricsTicker:
 
     def __init__(
         self,
-        build: Callable[[], tuple[ExportMetricsServiceRequest | None, int]],
+        build: Callable[[], tuple[Request | None, int]],
         exporter: CountingMetricExporter,
         health: ExportHealth,
         interval_s: float,

@@ -136,13 +136,19 @@ class _Series:
     only those set; the time and value fields follow), the start of its cumulative sum, its last
     value (for deltas) and the last export that had it."""
 
-    __slots__ = ("head", "start_ns", "last_value", "seen")
+    __slots__ = ("head", "start_ns", "last_value", "seen", "head_start")
 
     def __init__(self, head: bytes, start_ns: int) -> None:
         self.head = head
         self.start_ns = start_ns
         self.last_value: float | int = 0
         self.seen = 0
+        #: ``head`` and the start time field of a cumulative sum (built at its first export).
+        self.head_start = b""
+
+    def cache_start(self) -> bytes:
+        self.head_start = self.head + _START + _NANOS.pack(self.start_ns)
+        return self.head_start
 
 
 #: A series absent from this many exports is forgotten (a process that ended).
@@ -163,15 +169,13 @@ class _Instrument:
         sum_fields = pb.Sum(is_monotonic=True)
         sum_fields.aggregation_temporality = temporality  # type: ignore[assignment]
         self.tail = sum_fields.SerializeToString() if self.counter else b""
-        #: id of an attribute dict the series index hands out (held, so the id stays its) →
-        #: (that dict, its series); several dicts may share one series.
+        #: id of an attribute dict the series index handed out in the last export (held, so
+        #: the id stays its) → (that dict, its series); several dicts may share one series.
         self._by_id: dict[int, tuple[Mapping[str, Any], _Series]] = {}
         self._by_key: dict[frozenset, _Series] = {}
 
     def _series(self, attributes: Mapping[str, Any], now_ns: int) -> _Series:
-        found = self._by_id.get(id(attributes))
-        if found is not None and found[0] is attributes:
-            return found[1]
+        """The series of an attribute dict not seen in the last export."""
         kept = attributes if self.keep is None else {
             k: v for k, v in attributes.items() if k in self.keep
         }  # fmt: skip
@@ -182,7 +186,6 @@ class _Instrument:
             tail = SUM_POINT_TAIL if self.counter else GAUGE_POINT_TAIL
             head = _POINT + _varint(len(attrs) + tail) + attrs
             series = self._by_key[key] = _Series(head, now_ns)
-        self._by_id[id(attributes)] = (attributes, series)
         return series
 
     def encode(
@@ -190,23 +193,40 @@ class _Instrument:
     ) -> tuple[bytes, int]:
         """The instrument's ``Metric`` message and its number of points (b"", 0 if none)."""
         points: dict[int, bytes] = {}  # one point per series: the last observation wins
-        for observation in observations:
-            series = self._series(observation.attributes or {}, now_ns)
+        by_id = self._by_id
+        #: the attribute dicts of this export only: a dict the index replaced (an entity
+        #: described anew) is not held on to
+        fresh: dict[int, tuple[Mapping[str, Any], _Series]] = {}
+        counter, delta = self.counter, self.delta
+        as_double, as_int = time_field + _AS_DOUBLE, time_field + _AS_INT  # what follows the head
+        pack_double, pack_int = _DOUBLE.pack, _INT.pack
+        for observation in observations:  # the hot loop of an export: ~1,500 points
+            attributes = observation.attributes or {}
+            found = by_id.get(id(attributes))
+            if found is None or found[0] is not attributes:
+                found = (attributes, self._series(attributes, now_ns))
+            fresh[id(attributes)] = found
+            series = found[1]
             series.seen = export
             value = observation.value
-            if self.counter:
-                start = series.start_ns
-                if self.delta:
+            if counter:
+                if delta:
+                    start = series.start_ns
                     value, series.last_value = value - series.last_value, value
                     series.start_ns = now_ns
-                point = series.head + _START + _NANOS.pack(start) + time_field
+                    head = series.head + _START + _NANOS.pack(start)
+                else:  # cumulative: the start never changes, nor its bytes
+                    head = series.head_start or series.cache_start()
             else:
-                point = series.head + time_field
-            if isinstance(value, int) and not isinstance(value, bool):
-                point += _AS_INT + _INT.pack(value)
+                head = series.head
+            kind = type(value)
+            if kind is float:
+                points[id(series)] = head + as_double + pack_double(value)
+            elif kind is int or (isinstance(value, int) and kind is not bool):
+                points[id(series)] = head + as_int + pack_int(value)
             else:
-                point += _AS_DOUBLE + _DOUBLE.pack(value)
-            points[id(series)] = point
+                points[id(series)] = head + as_double + pack_double(value)
+        self._by_id = fresh
         if export % FORGET_AFTER_EXPORTS == 0:
             self._forget(export - FORGET_AFTER_EXPORTS)
         if not points:
@@ -217,7 +237,6 @@ class _Instrument:
     def _forget(self, before: int) -> None:
         """Drop series last exported before export number ``before``."""
         self._by_key = {k: s for k, s in self._by_key.items() if s.seen >= before}
-        self._by_id = {k: v for k, v in self._by_id.items() if v[1].seen >= before}
 
 
 class RequestBuilder:
@@ -264,6 +283,12 @@ class RequestBuilder:
         """The request for what is observed now, and how many points it holds."""
         return self.parse(*self.encode())
 
+    def build_encoded(self) -> tuple[EncodedRequest | None, int]:
+        """The same request still serialized (None when nothing is observed): the gRPC
+        exporter sends these bytes as they are, without parsing them into objects first."""
+        payload, points = self.encode()
+        return (EncodedRequest(payload, points) if points else None), points
+
     @staticmethod
     def parse(payload: bytes, points: int) -> tuple[ExportMetricsServiceRequest, int]:
         return ExportMetricsServiceRequest.FromString(payload), points
@@ -290,6 +315,19 @@ class RequestBuilder:
             scope_metrics = _framed(_SCOPE_METRICS, self._scope_head + b"".join(metrics))
             resource_metrics = self._resource_head + scope_metrics + self._resource_tail
             return _framed(_RESOURCE_METRICS, resource_metrics), points
+
+
+class EncodedRequest:
+    """A serialized ``ExportMetricsServiceRequest`` and its number of data points."""
+
+    __slots__ = ("payload", "points")
+
+    def __init__(self, payload: bytes, points: int) -> None:
+        self.payload = payload
+        self.points = points
+
+    def parsed(self) -> ExportMetricsServiceRequest:
+        return ExportMetricsServiceRequest.FromString(self.payload)
 
 
 def request_points(request: ExportMetricsServiceRequest) -> int:
