@@ -48,10 +48,11 @@ def every(interval: float, tick: Tick) -> None:
 
 
 # -- the bare loop: the agent's reads with nothing around them ---------------------------------
-def tree_pids(root_pid: int) -> list[int]:
+def tree_pids(root_pid: int, kept: dict[int, int] | None = None) -> list[int]:
     """The tree as the agent finds it: every thread's ``task/TID/children`` file, from the root
     (so neither side reads the host's other processes); psutil's walk where the kernel lacks
-    those files."""
+    those files. ``kept``: pid -> its one thread's ``children`` file, opened once and read
+    again at offset 0 (to EOF) while the process has one thread, as the agent does."""
     if not os.path.exists(f"/proc/{root_pid}/task/{root_pid}/children"):
         try:
             root = psutil.Process(root_pid)
@@ -60,20 +61,36 @@ def tree_pids(root_pid: int) -> list[int]:
             return []
     tree, seen = [root_pid], {root_pid}
     for pid in tree:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
+        fd = kept.get(pid) if kept is not None else None
+        if fd is not None:
+            data, at = b"", 0
+            with contextlib.suppress(OSError):
+                while chunk := os.pread(fd, 8192, at):
+                    data += chunk
+                    at += len(chunk)
+            listed = [data]
+        else:
             try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(k) for k in f.read().split()]
+                tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue
-            for kid in kids:
-                if kid not in seen:
-                    seen.add(kid)
-                    tree.append(kid)
+            listed = []
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                        listed.append(f.read())
+                except OSError:
+                    continue
+            if kept is not None and len(tids) == 1:
+                with contextlib.suppress(OSError):
+                    kept[pid] = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+        for kid in (int(k) for data in listed for k in data.split()):
+            if kid not in seen:
+                seen.add(kid)
+                tree.append(kid)
+    if kept is not None:
+        for gone in kept.keys() - seen:
+            os.close(kept.pop(gone))
     return tree
 
 
@@ -82,11 +99,12 @@ def tree_tick(root_pid: int, found: list[int] | None = None) -> Tick:
     psutil's own reads of the fields it records, per process and tick (``oneshot``). ``found``
     is given the tick's pids (the agent's other sources reuse the tree the collector found)."""
     procs: dict[int, psutil.Process] = {}
+    kept: dict[int, int] = {}
 
     def tick() -> int:
         out: list = []
         current: dict[int, psutil.Process] = {}
-        for pid in tree_pids(root_pid):
+        for pid in tree_pids(root_pid, kept):
             proc = procs.get(pid)
             try:
                 proc = proc if proc is not None else psutil.Process(pid)
@@ -111,18 +129,26 @@ def tree_tick(root_pid: int, found: list[int] | None = None) -> Tick:
     return tick
 
 
-def host_tick() -> int:
-    """The host and disk collectors' reads."""
-    out = [
-        psutil.cpu_times(),
-        psutil.cpu_times(percpu=True),
-        psutil.virtual_memory(),
-        psutil.swap_memory(),
-        os.getloadavg(),
-        psutil.disk_io_counters(perdisk=True),
-        psutil.net_io_counters(pernic=True),
-    ]
-    return len(out)
+def host_tick() -> Tick:
+    """The host and disk collectors' syscalls, nothing parsed: ``stat``, ``meminfo``,
+    ``vmstat``, ``net/dev`` and ``diskstats`` opened once and read again at offset 0 (the two
+    device lists read to EOF, as the kernel may stop a read of them at a page), and the load
+    average."""
+    chunk = 1 << 16
+    single = [os.open(f"/proc/{name}", os.O_RDONLY) for name in ("stat", "meminfo", "vmstat")]
+    listed = [os.open(f"/proc/{name}", os.O_RDONLY) for name in ("net/dev", "diskstats")]
+
+    def tick() -> int:
+        out: list = [os.pread(fd, chunk, 0) for fd in single]
+        for fd in listed:
+            at = 0
+            while data := os.pread(fd, chunk, at):
+                out.append(data)
+                at += len(data)
+        out.append(os.getloadavg())
+        return len(out)
+
+    return tick
 
 
 def _read(path: str) -> bytes | None:
@@ -383,7 +409,11 @@ def run_calls(args: argparse.Namespace) -> None:
 
 def run_bare(args: argparse.Namespace) -> None:
     tree: list[int] = []
-    parts: list[Tick] = [tree_tick(args.pid, tree), host_tick, fabric_storage_tick(args.pid, tree)]
+    parts: list[Tick] = [
+        tree_tick(args.pid, tree),
+        host_tick(),
+        fabric_storage_tick(args.pid, tree),
+    ]
     if args.scenario:
         install_simulator(args.scenario, args.pid)
         parts.append(nvml_tick())

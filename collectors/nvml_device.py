@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -15,6 +16,8 @@ import pynvml
 
 from agent.catalog.gpu import CLOCK_EVENT_FLAGS
 from agent.model import BatchBuilder
+from collectors import nvml_calls
+from collectors.nvml_calls import Getter
 from collectors.nvml_counters import CounterTrack
 from collectors.nvml_field_scalars import MAX_ENERGY_RATE_W
 from collectors.nvml_fields import FieldReader
@@ -106,12 +109,14 @@ _UTILIZATION_ROW = ("gpu.utilization", "gpu.memory.utilization")
 _MEMORY_ROW = ("gpu.memory.used", "gpu.memory.total", "gpu.memory.free")
 
 
-def _emit_utilization(e: str, b: BatchBuilder, u: Any) -> None:
-    b.add_row(e, _UTILIZATION_ROW, [u.gpu / 100.0, u.memory / 100.0])
+def _emit_utilization(e: str, b: BatchBuilder, u: tuple[int, int]) -> None:
+    gpu, memory = u
+    b.add_row(e, _UTILIZATION_ROW, [gpu / 100.0, memory / 100.0])
 
 
-def _emit_memory(e: str, b: BatchBuilder, m: Any) -> None:
-    b.add_row(e, _MEMORY_ROW, [float(m.used), float(m.total), float(m.free)])
+def _emit_memory(e: str, b: BatchBuilder, m: tuple[int, int, int]) -> None:
+    total, free, used = m
+    b.add_row(e, _MEMORY_ROW, [float(used), float(total), float(free)])
 
 
 def _emit_scaled(e: str, metric: str, scale: float, b: BatchBuilder, value: float) -> None:
@@ -162,14 +167,14 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
         _scalar(
             "temperature",
             "nvmlDeviceGetTemperature",
-            partial(nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU),
+            Getter("nvmlDeviceGetTemperature", h, ctypes.c_uint(nv.NVML_TEMPERATURE_GPU)),
             e,
             "gpu.temperature",
         ),
         _scalar(
             "power",
             "nvmlDeviceGetPowerUsage",
-            partial(nv.nvmlDeviceGetPowerUsage, h),
+            Getter("nvmlDeviceGetPowerUsage", h),
             e,
             "gpu.power",
             0.001,
@@ -177,7 +182,7 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
         _scalar(
             "power limit",
             "nvmlDeviceGetEnforcedPowerLimit",
-            partial(nv.nvmlDeviceGetEnforcedPowerLimit, h),
+            Getter("nvmlDeviceGetEnforcedPowerLimit", h),
             e,
             "gpu.power.limit",
             0.001,
@@ -185,13 +190,13 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
         query(
             "energy",
             "nvmlDeviceGetTotalEnergyConsumption",
-            partial(nv.nvmlDeviceGetTotalEnergyConsumption, h),
+            Getter("nvmlDeviceGetTotalEnergyConsumption", h, out=ctypes.c_uint64()),
             partial(_emit_energy, e, energy),
         ),
         _scalar(
             "fan speed",
             "nvmlDeviceGetFanSpeed",
-            partial(nv.nvmlDeviceGetFanSpeed, h),
+            Getter("nvmlDeviceGetFanSpeed", h),
             e,
             "gpu.fan.speed",
             0.01,
@@ -199,28 +204,30 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
         _scalar(
             "sm clock",
             "nvmlDeviceGetClockInfo",
-            partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM),
+            Getter("nvmlDeviceGetClockInfo", h, ctypes.c_uint(nv.NVML_CLOCK_SM)),
             e,
             "gpu.clock.sm",
         ),
         _scalar(
             "memory clock",
             "nvmlDeviceGetClockInfo",
-            partial(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_MEM),
+            Getter("nvmlDeviceGetClockInfo", h, ctypes.c_uint(nv.NVML_CLOCK_MEM)),
             e,
             "gpu.clock.memory",
         ),
         _scalar(
             "pstate",
             "nvmlDeviceGetPerformanceState",
-            partial(nv.nvmlDeviceGetPerformanceState, h),
+            Getter("nvmlDeviceGetPerformanceState", h),
             e,
             "gpu.pstate",
         ),
         Query(
             "clock events",
             tuple(
-                Variant(name, partial(getattr(nv, name), h), partial(_emit_clock_events, e))
+                Variant(
+                    name, Getter(name, h, out=ctypes.c_ulonglong()), partial(_emit_clock_events, e)
+                )
                 for name in (
                     "nvmlDeviceGetCurrentClocksEventReasons",
                     "nvmlDeviceGetCurrentClocksThrottleReasons",
@@ -230,21 +237,21 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
         _scalar(
             "pcie link generation",
             "nvmlDeviceGetCurrPcieLinkGeneration",
-            partial(nv.nvmlDeviceGetCurrPcieLinkGeneration, h),
+            Getter("nvmlDeviceGetCurrPcieLinkGeneration", h),
             e,
             "gpu.pcie.link.gen",
         ),
         _scalar(
             "pcie link width",
             "nvmlDeviceGetCurrPcieLinkWidth",
-            partial(nv.nvmlDeviceGetCurrPcieLinkWidth, h),
+            Getter("nvmlDeviceGetCurrPcieLinkWidth", h),
             e,
             "gpu.pcie.link.width",
         ),
         _scalar(
             "pcie replays",
             "nvmlDeviceGetPcieReplayCounter",
-            partial(nv.nvmlDeviceGetPcieReplayCounter, h),
+            Getter("nvmlDeviceGetPcieReplayCounter", h),
             e,
             "gpu.pcie.replays",
         ),
@@ -260,12 +267,11 @@ def gpu_queries(h: Any, e: str) -> list[Query]:
 
 def usage_queries(h: Any, e: str) -> list[Query]:
     """Utilization and memory: what both full GPUs and MIG devices may answer."""
-    nv = pynvml
     return [
         query(
             "utilization",
             "nvmlDeviceGetUtilizationRates",
-            partial(nv.nvmlDeviceGetUtilizationRates, h),
+            nvml_calls.utilization(h),
             partial(_emit_utilization, e),
         ),
         Query(
@@ -273,12 +279,12 @@ def usage_queries(h: Any, e: str) -> list[Query]:
             (
                 Variant(
                     "nvmlDeviceGetMemoryInfo_v2",
-                    partial(nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2),
+                    nvml_calls.memory(h, v2=True),
                     partial(_emit_memory, e),
                 ),
                 Variant(
                     "nvmlDeviceGetMemoryInfo",
-                    partial(nv.nvmlDeviceGetMemoryInfo, h),
+                    nvml_calls.memory(h, v2=False),
                     partial(_emit_memory, e),
                 ),
             ),

@@ -17,10 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pynvml
 
 from agent.model import BatchBuilder
 from collectors.nvml_counters import U32, U64, CounterTrack
+from collectors.nvml_field_rows import KIND_DTYPE, ROW_DTYPE, CounterBlock
 from collectors.nvml_field_scalars import ENERGY_FIELD, MAX_ENERGY_RATE_W, SCALAR_GROUPS
 from collectors.nvml_probe import Notice, Query, query
 
@@ -85,11 +87,22 @@ class FieldRequest:
             slot.fieldId, slot.scopeId = field_id, scope_id
         self.args = (handle, ctypes.c_int32(len(ids)), ctypes.byref(self.values))
         self.view = memoryview(self.values).cast("B")
+        #: The same memory as NumPy rows (:data:`ROW_DTYPE`): each call's results, no copy.
+        self.array = np.frombuffer(self.values, dtype=ROW_DTYPE)
 
     def __call__(self) -> list[FieldRow]:
+        self.fetch()
+        return self.rows()
+
+    def fetch(self) -> np.ndarray:
+        """Ask the driver; the results are in :attr:`array` (valid until the next call)."""
         # nvidia-ml-py's own (cached) symbol lookup and error mapping, as its wrapper uses.
         fn = pynvml._nvmlGetFunctionPointer("nvmlDeviceGetFieldValues")
         pynvml._nvmlCheckReturn(fn(*self.args))
+        return self.array
+
+    def rows(self) -> list[FieldRow]:
+        """The last call's results as tuples (see :data:`FieldRow`)."""
         return list(_ROW.iter_unpack(self.view))
 
 
@@ -270,9 +283,9 @@ class FieldReader:
         active = pynvml.NVML_NVLINK_STATE_ACTIVE
         ull = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
 
-        def emit(b: BatchBuilder, rows: list[FieldRow]) -> None:
-            # The hot loop of the collector (38 counters per H100): columns appended in one
-            # go, each counter stepped without the per-value calls of ``BatchBuilder.add``.
+        def slow_emit(b: BatchBuilder, rows: list[FieldRow]) -> None:
+            # Any tick but the common one (see emit): each row and counter on its own, columns
+            # appended in one go, without the per-value calls of ``BatchBuilder.add``.
             entities: list[str] = []
             metrics: list[str] = []
             values: list[float] = []
@@ -347,9 +360,89 @@ class FieldReader:
                 if None not in rates:
                     b.add(e, f"gpu.nvlink.{direction}_throughput", sum(rates))
 
-        return query(
-            "field values", "nvmlDeviceGetFieldValues", FieldRequest(self.handle, ids), emit
+        request = FieldRequest(self.handle, ids)
+        block = CounterBlock([c[0] for c in counters], [c[4] for c in counters])
+        # The common tick's columns, built once: every scalar, energy, each counter's total
+        # and rate, instant power, the active links and the GPU's link totals and rates.
+        columns = (
+            [(e, metric) for _, metric, _, _ in scalar_slots]
+            + [(e, "gpu.energy")] * len(energy_slots)
+            + [(c[1], m) for c in counters for m in (c[2], c[3])]
+            + [(e, "gpu.power.instant")] * len(power_slots)
+            + ([(e, "gpu.nvlink.active_links")] if state_slots else [])
+            + [
+                (e, f"gpu.nvlink.{d}_{kind}")
+                for d, _ in link_totals
+                for kind in ("bytes", "throughput")
+            ]
         )
+        fast_entities = [entity for entity, _ in columns]
+        fast_metrics = [metric for _, metric in columns]
+        track_at = {id(c[4]): i for i, c in enumerate(counters)}
+        link_at = [[track_at[id(t)] for t in tracks] for _, tracks in link_totals]
+        raw_column = request.array["value"]
+        ts_column = request.array["timestamp"]
+        kind_column = np.frombuffer(request.values, dtype=KIND_DTYPE)["kind"]
+        counter_slots = {c[0] for c in counters}
+        pair_count = 2 * len(counters)
+        #: The kinds (value type, return) of the rows the fast path was set up for, and the
+        #: value types it decodes by; None until a tick where every field answered and every
+        #: counter came as a 64-bit value.
+        learned: list = [None, (), (), ()]
+
+        def learn(rows: list[FieldRow], kinds: bytes) -> None:
+            if any(row[5] != ok for row in rows) or any(
+                rows[slot][4] != ull for slot in counter_slots
+            ):
+                learned[0] = None
+                return
+            learned[:] = [
+                kinds,
+                [(slot, rows[slot][4], scale, flag) for slot, _, scale, flag in scalar_slots],
+                [(slot, rows[slot][4]) for slot in energy_slots + power_slots],
+                [(slot, rows[slot][4]) for slot in state_slots],
+            ]
+
+        def emit(b: BatchBuilder, array: np.ndarray) -> None:
+            # The common tick: the same kinds of answer as the learned tick (so every field
+            # answered), every counter stepped at once (collectors.nvml_field_rows); the
+            # columns are the ones built above, and only the values are computed.
+            kinds = kind_column.tobytes()
+            stepped = block.step(raw_column, ts_column) if kinds == learned[0] else None
+            if stepped is None:
+                block.store()
+                rows = request.rows()
+                slow_emit(b, rows)
+                block.load()
+                learn(rows, kinds)
+                return
+            raw = raw_column.tolist()
+            _, scalar_types, single_types, state_types = learned
+            values: list[float] = []
+            for slot, value_type, scale, flag in scalar_types:
+                value = raw[slot] if value_type == ull else decode(value_type, raw[slot])
+                values.append((1.0 if value else 0.0) if flag else float(value * scale))
+            energy_types = single_types[: len(energy_slots)]
+            for slot, value_type in energy_types:
+                energy.update(int(decode(value_type, raw[slot])), int(b.ts * 1e6))
+                values.append(energy.total)
+            totals, rates = stepped
+            pairs: list[float] = [0.0] * pair_count
+            pairs[0::2] = totals
+            pairs[1::2] = rates
+            values += pairs
+            for slot, value_type in single_types[len(energy_slots) :]:
+                values.append(float(decode(value_type, raw[slot]) / 1000.0))
+            if state_slots:
+                values.append(
+                    float(sum(1 for slot, vt in state_types if decode(vt, raw[slot]) == active))
+                )
+            for at in link_at:
+                values.append(float(sum([totals[i] for i in at])))
+                values.append(float(sum([rates[i] for i in at])))
+            b.add_columns(fast_entities, fast_metrics, values)
+
+        return query("field values", "nvmlDeviceGetFieldValues", request.fetch, emit)
 
 
 _PCIE_FIELDS = {

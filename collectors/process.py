@@ -5,7 +5,7 @@ Discovery walks only the job's own tree: each process's ``task/TID/children`` fi
 the host's other processes. Without those files it falls back to reading every process's
 parent from ``/proc/*/stat`` (what ``psutil.Process.children`` does). Each process costs three
 small reads per tick (``stat``, ``status``, ``io``: one fewer than psutil's ``oneshot`` of the
-same fields), from files kept open on the real procfs for the first
+same fields) and its ``children``, from files kept open on the real procfs for the first
 :data:`MAX_KEPT_PROCESSES` processes (a ``pread`` each instead of open, read and close); its
 command line, name and start time are read once, when it appears.
 """
@@ -65,14 +65,15 @@ def process_role(proc_cmdline: list[str], is_root: bool, parent_is_root: bool) -
     return "child"
 
 
-#: At most this many processes keep their three files open between ticks (3 descriptors
+#: At most this many processes keep their four files open between ticks (4 descriptors
 #: each); the rest of a bigger tree opens them each tick, as every process used to.
 MAX_KEPT_PROCESSES = 128
 
 
 class _Tracked:
     """What is kept of one process between ticks: identity, the last CPU reading and, on the
-    real procfs, its ``stat``, ``status`` and ``io`` files open (see :func:`_open_files`)."""
+    real procfs, its ``stat``, ``status``, ``io`` and main thread's ``children`` files open
+    (see :func:`_open_files`)."""
 
     __slots__ = ("entity", "start", "used", "at", "files")
 
@@ -81,7 +82,7 @@ class _Tracked:
         self.start = start  # starttime in clock ticks: a recycled pid has another one
         self.used = -1.0
         self.at = 0.0
-        self.files: tuple[int, int, int | None] | None = None
+        self.files: tuple[int, int, int | None, int | None] | None = None
 
     def close(self) -> None:
         files, self.files = self.files, None
@@ -91,13 +92,15 @@ class _Tracked:
                     os.close(fd)
 
 
-def _open_files(base: str) -> tuple[int, int, int | None] | None:
-    """``stat``, ``status`` and ``io`` of one process, opened once: a procfs file read again at
-    offset 0 (``pread``) is generated afresh, so each tick costs a read per file instead of an
-    open, a read and a close (about a third of the tree's syscall time). An open file stays
-    bound to its process: once it exits a read fails (ESRCH) even if its pid is reused, and
-    the collector reads the pid's files by path again. ``io`` is None where it cannot be
-    opened (another user's process)."""
+def _open_files(base: str, pid: int) -> tuple[int, int, int | None, int | None] | None:
+    """``stat``, ``status``, ``io`` and the main thread's ``task/PID/children`` of one process,
+    opened once: a procfs file read again at offset 0 (``pread``) is generated afresh, so each
+    tick costs a read per file instead of an open, a read and a close (about a third of the
+    tree's syscall time; a childless process's ``children`` is one empty read instead of four
+    calls). An open file stays bound to its process: once it exits a read of ``stat`` fails
+    (ESRCH) even if its pid is reused, and the collector reads the pid's files by path again
+    (``children`` is read only after ``stat`` answered in the same tick). ``io`` is None where
+    it cannot be opened (another user's process), ``children`` where the kernel lacks it."""
     try:
         stat = os.open(f"{base}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -111,12 +114,28 @@ def _open_files(base: str) -> tuple[int, int, int | None] | None:
         io: int | None = os.open(f"{base}/io", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         io = None
-    return stat, status, io
+    try:
+        children: int | None = os.open(f"{base}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        children = None
+    return stat, status, io, children
 
 
 def _pread(fd: int) -> bytes:
     data = os.pread(fd, _CHUNK, 0)
     if len(data) < _CHUNK:
+        return data
+    parts, at = [data], len(data)
+    while chunk := os.pread(fd, _CHUNK, at):
+        parts.append(chunk)
+        at += len(chunk)
+    return b"".join(parts)
+
+
+def _pread_all(fd: int) -> bytes:
+    """A many-record file read to EOF from offset 0 (the kernel may stop a read at a page)."""
+    data = os.pread(fd, _CHUNK, 0)
+    if not data:
         return data
     parts, at = [data], len(data)
     while chunk := os.pread(fd, _CHUNK, at):
@@ -214,7 +233,19 @@ class ProcessCollector(Collector):
             threads = self._sample(b, pid, now, seen)
             if threads == 0:
                 continue
-            tids = [pid] if threads == 1 else _tids(f"{proc}/{pid}/task")
+            if threads == 1:
+                files = seen[pid].files
+                if files is not None and files[3] is not None:  # its one thread's, kept open
+                    try:
+                        data = _pread_all(files[3])
+                    except OSError:
+                        continue
+                    if data:
+                        queue.extend(c for c in parse_children(data) if c not in seen)
+                    continue
+                tids = [pid]
+            else:
+                tids = _tids(f"{proc}/{pid}/task")
             for tid in tids:
                 try:
                     data = read_all(f"{proc}/{pid}/task/{tid}/children")
@@ -282,7 +313,7 @@ class ProcessCollector(Collector):
             known = _Tracked(str(pid), start)
             self._describe(b, pid, known, ppid, raw)
         if known.files is None and self.keep_files and self._kept < MAX_KEPT_PROCESSES:
-            known.files = _open_files(base)
+            known.files = _open_files(base, pid)
             self._kept += known.files is not None
         seen[pid] = known
         tick = self._tick

@@ -7,6 +7,8 @@ the cost of ``open().read()``, which matters at a thousand processes per tick.
 
 from __future__ import annotations
 
+import contextlib
+import operator
 import os
 
 #: ``/proc/PID/stat`` state letters (proc(5)) → the names :data:`STATE_CODES` of the catalog uses.
@@ -148,3 +150,108 @@ def process_name(comm: str, cmdline: list[str]) -> str:
         if exe.startswith(comm):
             return exe
     return comm
+
+
+class KeptFile:
+    """A procfs file opened once and read again at offset 0 (``pread``): the kernel generates
+    its contents afresh on each read from 0, so a tick costs one read instead of an open, a
+    read and a close. ``records``: a file of many records (``net/dev``, ``diskstats``) whose
+    reads the kernel may stop at a page, read until EOF; a one-record file (``stat``,
+    ``meminfo``) is whole in one short read. ``keep=False`` (an injected root, whose files a
+    test or a capture may replace) reads by path each time. A failed read of the kept file
+    (it was closed or went stale) opens it by path again, once."""
+
+    __slots__ = ("path", "keep", "records", "fd")
+
+    def __init__(self, path: str, *, keep: bool, records: bool = False) -> None:
+        self.path = path
+        self.keep = keep
+        self.records = records
+        self.fd: int | None = None
+
+    def read(self) -> bytes:
+        """The file's contents; OSError when it cannot be read."""
+        if not self.keep:
+            return read_all(self.path) if self.records else _read_whole(self.path)
+        fd = self.fd
+        if fd is not None:
+            try:
+                return self._pread(fd)
+            except OSError:
+                self.close()
+        fd = self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._pread(fd)
+
+    def _pread(self, fd: int) -> bytes:
+        data = os.pread(fd, _KEPT_CHUNK, 0)
+        if len(data) < _KEPT_CHUNK and not self.records:
+            return data
+        parts, at = [data], len(data)
+        while chunk := os.pread(fd, _KEPT_CHUNK, at):
+            parts.append(chunk)
+            at += len(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_KEPT_CHUNK = 1 << 16
+
+
+def _read_whole(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _KEPT_CHUNK)
+        return data if len(data) < _KEPT_CHUNK else data + _rest(fd)
+    finally:
+        os.close(fd)
+
+
+class Unwrapped:
+    """psutil's ``nowrap`` rule (``psutil._common._WrapNumbers``) for counters read straight
+    from procfs, so they are psutil's values: a counter that went down (it wrapped, or its
+    device was reset) adds the value it had to every later reading of it; a key seen for the
+    first time, or again after it vanished, starts from its raw values; an empty reading
+    changes nothing. ``run`` takes and gives {key: tuple of counters}; ``lines``: how many
+    devices the file listed, those left out (loopback, loop devices) included, since psutil
+    keeps them and a reading of only those is not an empty one to it."""
+
+    __slots__ = ("_last", "_offsets")
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, ...]] | None = None
+        self._offsets: dict[str, list[int]] = {}
+
+    def run(
+        self, raw: dict[str, tuple[int, ...]], lines: int | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        if not (len(raw) if lines is None else lines):
+            return raw
+        last, self._last = self._last, raw
+        if last is None:
+            return raw
+        offsets_of = self._offsets
+        if offsets_of:
+            for gone in offsets_of.keys() - raw.keys():
+                del offsets_of[gone]
+        out: dict[str, tuple[int, ...]] = {}
+        for key, values in raw.items():
+            before = last.get(key)
+            if before is None:
+                out[key] = values
+                continue
+            offsets = offsets_of.get(key)
+            if offsets is None:
+                if not any(map(operator.lt, values, before)):
+                    out[key] = values
+                    continue
+                offsets = offsets_of[key] = [0] * len(values)
+            for i, (now, then) in enumerate(zip(values, before)):
+                if now < then:
+                    offsets[i] += then
+            out[key] = tuple(map(operator.add, values, offsets))
+        return out

@@ -1,5 +1,5 @@
-"""On the real procfs the process collector keeps each process's stat/status/io open and
-reads them again at offset 0: the values of a path read, exits and reused pids still seen."""
+"""On the real procfs the process collector keeps each process's stat/status/io/children open
+and reads them again at offset 0: the values of a path read, exits and reused pids still seen."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_a_kept_process_that_exits_gets_its_exit_event_and_its_files_closed(tree
     before = _open_fds()
     collector = _collector(tree.pid)
     collector.collect(time.time())
-    assert _open_fds() == before + 4 * 3
+    assert _open_fds() == before + 4 * 4
     child = next(p for p in collector.pids if p != tree.pid)
     os.kill(child, signal.SIGKILL)
     deadline = time.time() + 10
@@ -91,7 +91,7 @@ def test_a_kept_process_that_exits_gets_its_exit_event_and_its_files_closed(tree
         time.sleep(0.05)
     assert child not in collector.pids
     assert ("process_exit", str(child)) in [(e.kind, e.entity) for e in batch.events]
-    assert _open_fds() == before + 3 * 3
+    assert _open_fds() == before + 3 * 4
     collector.close()
     assert _open_fds() == before
 
@@ -136,3 +136,51 @@ def test_an_injected_proc_root_is_read_by_path_each_tick(tmp_path):
     collector = ProcessCollector(pid, proc_root=str(tmp_path))
     collector.start(CollectContext(root_pid=pid, proc_root=str(tmp_path)))
     assert not collector.keep_files
+
+
+GROWING = """
+import os, signal, sys, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+def sleeper():
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+sleeper()
+print("ready", flush=True)
+sys.stdin.readline()
+sleeper()
+if os.fork() == 0:  # a grandchild, found through its parent's kept children file
+    sleeper()
+    time.sleep(60)
+    os._exit(0)
+print("grown", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_kept_children_file_finds_the_children_forked_since_it_was_opened():
+    job = subprocess.Popen(
+        [sys.executable, "-c", GROWING], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert job.stdout is not None and job.stdout.readline().strip() == "ready"
+        collector = _collector(job.pid)
+        collector.collect(time.time())
+        assert len(collector.pids) == 2
+        assert collector._tracked[job.pid].files[3] is not None
+        assert job.stdin is not None
+        job.stdin.write("\n")
+        job.stdin.flush()
+        assert job.stdout.readline().strip() == "grown"
+        time.sleep(0.2)  # the grandchild's own fork
+        collector.collect(time.time())
+        by_path = _collector(job.pid)
+        by_path.keep_files = False
+        by_path.collect(time.time())
+        assert len(collector.pids) == 5
+        assert collector.pids == by_path.pids
+        collector.close()
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
