@@ -43,6 +43,7 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
     Returns the wall seconds from after the schema copy to the closed file."""
     from agent.analysed import analysed_series_where
     from agent.store_buckets import BUCKET_BASE_US, idle_threshold
+    from agent.store_rewrite import BUCKETS_FROM_S, DENSE_TICK_S
 
     con = duckdb.connect()
     try:
@@ -70,28 +71,35 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
             "JOIN ticks k USING (ts) JOIN ranks r USING (series_id) "
             "ORDER BY r.rank, CASE WHEN r.rank % 2 = 1 THEN -k.tick ELSE k.tick END"
         )
+        # buckets only where a post-run frame could read them, as the close decides
+        span_s, gaps = con.execute(
+            "SELECT (epoch_us(max(ts)) - epoch_us(min(ts))) / 1e6, count(*) - 1 FROM ticks"
+        ).fetchone()
+        serve = span_s >= BUCKETS_FROM_S or span_s > DENSE_TICK_S * max(gaps, 1)
+        test = f"series_id IN (SELECT series_id FROM b.series WHERE {analysed_series_where()})"
         con.execute(
-            "INSERT INTO b.bucket_series SELECT series_id, series_id IN (SELECT series_id FROM "
-            f"b.series WHERE {analysed_series_where()}) FROM b.series ORDER BY series_id"
+            f"INSERT INTO b.bucket_series SELECT series_id, {test if serve else 'false'} "
+            "FROM b.series ORDER BY series_id"
         )
-        con.execute(
-            f"CREATE TEMP TABLE agg AS SELECT v.series_id, (epoch_us(v.ts) // {BUCKET_BASE_US})"
-            "::INTEGER AS bucket, count(*)::INTEGER AS n, sum(v.value) AS total, "
-            f"count_if(v.value < {idle_threshold()!r})::INTEGER AS low, min(v.value) AS min, "
-            "max(v.value) AS max, any_value(r.rank) AS rank FROM arrow_values v "
-            "JOIN ranks r USING (series_id) WHERE v.series_id IN "
-            "(SELECT series_id FROM b.bucket_series WHERE bucketed) GROUP BY ALL"
-        )
-        order = "ORDER BY rank, CASE WHEN rank % 2 = 1 THEN -bucket ELSE bucket END"
-        flat = "min = max AND NOT isnan(max)"
-        con.execute(
-            "INSERT INTO b.sample_buckets SELECT series_id, bucket, n, total, low, min, max "
-            f"FROM agg WHERE NOT ({flat}) {order}"
-        )
-        con.execute(
-            "INSERT INTO b.sample_buckets_flat SELECT series_id, bucket, n, min FROM agg "
-            f"WHERE {flat} {order}"
-        )
+        if serve:
+            con.execute(
+                f"CREATE TEMP TABLE agg AS SELECT v.series_id, (epoch_us(v.ts) // {BUCKET_BASE_US})"
+                "::INTEGER AS bucket, count(*)::INTEGER AS n, sum(v.value) AS total, "
+                f"count_if(v.value < {idle_threshold()!r})::INTEGER AS low, min(v.value) AS min, "
+                "max(v.value) AS max, any_value(r.rank) AS rank FROM arrow_values v "
+                "JOIN ranks r USING (series_id) WHERE v.series_id IN "
+                "(SELECT series_id FROM b.bucket_series WHERE bucketed) GROUP BY ALL"
+            )
+            order = "ORDER BY rank, CASE WHEN rank % 2 = 1 THEN -bucket ELSE bucket END"
+            flat = "min = max AND NOT isnan(max)"
+            con.execute(
+                "INSERT INTO b.sample_buckets SELECT series_id, bucket, n, total, low, min, max "
+                f"FROM agg WHERE NOT ({flat}) {order}"
+            )
+            con.execute(
+                "INSERT INTO b.sample_buckets_flat SELECT series_id, bucket, n, min FROM agg "
+                f"WHERE {flat} {order}"
+            )
         con.execute("COMMIT")
         con.execute("DETACH b")  # checkpoints
     finally:
@@ -109,6 +117,9 @@ def layout_digest(path: Path) -> dict[str, object]:
         }
         got["sample_spans order"] = con.execute(
             "SELECT sum(hash(rowid, series_id, tick, value)::HUGEINT) FROM sample_spans"
+        ).fetchone()[0]
+        got["bucket_series bucketed"] = con.execute(
+            "SELECT count_if(bucketed) FROM bucket_series"
         ).fetchone()[0]
         got["sample_ticks order"] = con.execute(
             "SELECT sum(hash(rowid, tick, ts)::HUGEINT) FROM sample_ticks"
