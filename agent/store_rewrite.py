@@ -130,6 +130,8 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
             if table in _WRITER_TABLES:
                 expected[table] = 0
                 continue
+            if not expected[table]:
+                continue  # an empty table: ~0.5 ms a statement, ~20 of them in a file
             con.execute(
                 f'INSERT INTO aw_compact.main."{table}" SELECT * FROM "{name}".main."{table}"'
             )
