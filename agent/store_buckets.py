@@ -129,12 +129,14 @@ class BucketChoice:
             self._known = {int(s): bool(b) for s, b in rows}
         self._loaded = True
 
-    def bucketed(self, cursor: Any, ids: np.ndarray) -> np.ndarray:
+    def bucketed(self, cursor: Any, ids: np.ndarray, *, new_ones: bool = True) -> np.ndarray:
         """The ids among ``ids`` (unique, ascending) whose values get buckets; series seen
         for the first time are decided and recorded on ``cursor`` (the move's transaction),
         in one statement: the new ids go to DuckDB as a column, matched against ``series``
         by a hash semi-join (an ``IN`` list of constants is planned and tested per value:
-        ~20 ms for a run's 1,500 series) and the decisions come back by ``RETURNING``."""
+        ~20 ms for a run's 1,500 series) and the decisions come back by ``RETURNING``.
+        ``new_ones=False`` records every new series unbucketed (a file too short for any
+        frame to read buckets: :func:`agent.store_rewrite.buckets_could_serve`)."""
         self._load(cursor)
         if not self.enabled or not len(ids):
             return np.empty(0, dtype=np.int32)
@@ -142,9 +144,13 @@ class BucketChoice:
         new = [s for s in ids.tolist() if s not in known]
         if new:
             decide = {"series_id": np.array(new, dtype=np.int32)}  # noqa: F841 - DuckDB reads it
+            test = (
+                f"d.series_id IN (SELECT series_id FROM series WHERE {_analysed_where()})"
+                if new_ones
+                else "false"
+            )
             rows = cursor.execute(
-                "INSERT INTO bucket_series SELECT d.series_id, d.series_id IN (SELECT series_id "
-                f"FROM series WHERE {_analysed_where()}) FROM decide d "
+                f"INSERT INTO bucket_series SELECT d.series_id, {test} FROM decide d "
                 "RETURNING series_id, bucketed"
             ).fetchall()
             known.update((int(s), bool(b)) for s, b in rows)

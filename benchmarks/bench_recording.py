@@ -11,10 +11,11 @@ Prints, in one run:
      and for a 24 h run at 1 Hz written by the agent's writer from those ticks (``--hours``;
      2 h with ``--quick``). Target <= 1.5x, both.
   3. ingest of those samples at the agent's flush (the ticks of one default flush interval at
-     1 Hz per ``write_ticks``; timer stopped after ``close()``, which checkpoints) against a
-     bulk ``CREATE TABLE AS`` from Arrow into the same layout (series dictionary + ids, times,
-     values), both timed to a checkpointed file. Targets: >= 0.5x bulk, writer <= 1 us per
-     value (CPU of the process, user + system).
+     1 Hz per ``write_ticks``; timer stopped after ``close()``, which sorts them into spans
+     with their buckets and checkpoints) against a bulk load from Arrow into the same
+     physical result (same tables, same row order, same buckets; checked), both timed to a
+     checkpointed file; the old unsorted bulk load is printed beside it as information.
+     Targets: >= 0.5x bulk, writer <= 1 us per value (CPU of the process, user + system).
 
 Exits 1 on a MISS.
 
@@ -40,7 +41,7 @@ import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent.catalog import CATALOG  # noqa: E402
-from agent.model import Batch, BatchBuilder, RunInfo  # noqa: E402
+from agent.model import Batch, BatchBuilder  # noqa: E402
 from agent.store import DEFAULT_FLUSH_INTERVAL, Store  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     ROOT,
@@ -56,6 +57,12 @@ from benchmarks._common import (  # noqa: E402
     process_tree,
     ratios,
     spread,
+)
+from benchmarks._store_bulk import (  # noqa: E402
+    bench_run,
+    bulk_same_layout,
+    bulk_template,
+    layout_digest,
 )
 
 TARGET_RATIO = 1.25
@@ -163,7 +170,7 @@ def long_recording(path: Path, ticks: list[list[Batch]], hours: float) -> None:
         for b in ticks[0]
     ]
     store = Store(path)
-    store.write_run(_bench_run(store))
+    store.write_run(bench_run(store))
     t0 = 1_700_000_000.0
     pending: list[tuple[str, list[Batch]]] = []
     for i in range(n_ticks):
@@ -193,21 +200,27 @@ class Ingest:
 
     flush: list[float] = field(default_factory=list)
     bulk: list[float] = field(default_factory=list)
+    bulk_unsorted: list[float] = field(default_factory=list)
     one_write: list[float] = field(default_factory=list)
     writer_us: list[float] = field(default_factory=list)
     flushes_us: list[float] = field(default_factory=list)
     close_us: list[float] = field(default_factory=list)
     close_s: list[float] = field(default_factory=list)
+    flushes_s: list[float] = field(default_factory=list)
+    bulk_s: list[float] = field(default_factory=list)
     per_flush_ms: list[float] = field(default_factory=list)
 
 
 def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> Ingest:
-    """The same samples loaded three ways, interleaved over ``rounds``: the agent's flush
+    """The same samples loaded four ways, interleaved over ``rounds``: the agent's flush
     (``per_flush`` ticks per ``write_ticks``: the ticks of one flush interval at 1 Hz, then
-    ``close()``, which checkpoints), the same writer given every tick in one ``write_ticks``
-    (what the per-flush cost is measured against), and a bulk load of the same rows into the
-    same layout (the series dictionary and ``(series_id, ts, value)``, ``CREATE TABLE AS``
-    from Arrow + ``CHECKPOINT``: DuckDB's fastest load)."""
+    ``close()``, which sorts them into spans with their buckets and checkpoints), the same
+    writer given every tick in one ``write_ticks`` (what the per-flush cost is measured
+    against), a bulk load of the same rows into the same physical result
+    (:func:`bulk_same_layout`, checked against the agent's file in round 0), and, as before
+    December 2026's second pass, a bulk load into an unsorted layout (the series dictionary
+    and ``(series_id, ts, value)``, ``CREATE TABLE AS`` from Arrow + ``CHECKPOINT``), kept as
+    information: it does less than the agent's close."""
     import pyarrow as pa
 
     from agent.series import SeriesIds
@@ -235,10 +248,11 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
     )
     arrow_series = pa.table(new)  # noqa: F841
     flushes = [ticks[i : i + per_flush] for i in range(0, len(ticks), per_flush)]
+    template = bulk_template(tmp)
     got = Ingest()
     for r in range(rounds):
         store = Store(tmp / f"flush-{r}.duckdb")
-        store.write_run(_bench_run(store))  # as the agent does before its first tick
+        store.write_run(bench_run(store))  # as the agent does before its first tick
         wall, cpu = time.perf_counter(), time.process_time()
         for flush in flushes:
             store.write_ticks([("bench", tick) for tick in flush])
@@ -247,10 +261,11 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
         flush_wall, flush_cpu = time.perf_counter() - wall, time.process_time() - cpu
         got.close_us.append((time.process_time() - closing_cpu) / n * 1e6)
         got.close_s.append(time.perf_counter() - closing_wall)
+        got.flushes_s.append(closing_wall - wall)
         got.flushes_us.append((closing_cpu - cpu) / n * 1e6)
 
         store = Store(tmp / f"one-{r}.duckdb")
-        store.write_run(_bench_run(store))
+        store.write_run(bench_run(store))
         wall, cpu = time.perf_counter(), time.process_time()
         store.write_ticks([("bench", tick) for tick in ticks])
         store.close()
@@ -263,20 +278,25 @@ def ingest(ticks: list[list[Batch]], tmp: Path, rounds: int, per_flush: int) -> 
         bulk.execute("CREATE TABLE sample_values AS SELECT * FROM arrow_values")
         bulk.execute("CHECKPOINT")
         bulk.close()
-        bulk_wall = time.perf_counter() - wall
-        for name in (f"flush-{r}", f"one-{r}", f"bulk-{r}"):
+        unsorted_wall = time.perf_counter() - wall
+
+        same_wall = bulk_same_layout(tmp / f"same-{r}.duckdb", template, arrow_values,
+                                     arrow_series)  # fmt: skip
+        if r == 0:  # the bulk side must leave what the agent's close leaves, row for row
+            ours, theirs = (layout_digest(tmp / f"{x}-0.duckdb") for x in ("flush", "same"))
+            if ours != theirs:
+                differ = {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
+                raise BenchmarkError(f"the bulk side's file differs from the agent's: {differ}")
+        for name in (f"flush-{r}", f"one-{r}", f"bulk-{r}", f"same-{r}"):
             (tmp / f"{name}.duckdb").unlink()
         got.flush.append(n / flush_wall)
         got.one_write.append(n / one_wall)
-        got.bulk.append(n / bulk_wall)
+        got.bulk.append(n / same_wall)
+        got.bulk_s.append(same_wall)
+        got.bulk_unsorted.append(n / unsorted_wall)
         got.writer_us.append(flush_cpu / n * 1e6)
         got.per_flush_ms.append((flush_cpu - one_cpu) / max(1, len(flushes) - 1) * 1e3)
     return got
-
-
-def _bench_run(store: Store) -> RunInfo:
-    return RunInfo("bench", "bench", 1, ["train.py"], "/", "bench", time.time(), 1.0,
-                   str(store.path))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,10 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     report.side(
         "ingest",
         f"Store.write_ticks with {per_flush} tick(s) per call (the agent's flush interval of "
-        f"{DEFAULT_FLUSH_INTERVAL:g} s at 1 Hz) + close() (checkpoint) / the same rows bulk-"
-        "loaded into the same layout (series + series_id, ts, value: CREATE TABLE AS from "
-        "Arrow + CHECKPOINT), same process, interleaved rounds; beside them the same writer "
-        "given every tick in one write_ticks",
+        f"{DEFAULT_FLUSH_INTERVAL:g} s at 1 Hz) + close() (sorts them into spans with "
+        "their 30 s buckets in a fresh 32 KiB-block file, checkpoint) / the same rows from "
+        "Arrow in one transaction into the same physical result (the agent file's schema "
+        "copied first, outside the timer; series, ticks, spans in the close's order, "
+        "bucket_series, buckets; DuckDB's sort on all its threads; checkpoint), checked row "
+        "for row and in storage order against the agent's file in round 0; same process, "
+        "interleaved rounds. Info only: the same writer given every tick in one write_ticks, "
+        "and the bulk load used until 2 Dec 2026 (series + series_id, ts, value unsorted, "
+        "CREATE TABLE AS, no buckets: less work than the agent's close)",
     )
     agent, bare = got["agent"], got["bare"]
     report.info("agent: CPU, % of one core", spread([c * 100 for c in agent.cpu]))
@@ -350,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     report.info("ingest at the agent's flush (values/s)", spread(fed.flush, "{:,.0f}"))
     report.info("the same writer, every tick in one write (values/s)",
                 spread(fed.one_write, "{:,.0f}"))  # fmt: skip
-    report.info("bulk load, same layout (values/s)", spread(fed.bulk, "{:,.0f}"))
+    report.info("bulk load, same physical result (values/s)", spread(fed.bulk, "{:,.0f}"))
+    report.info("bulk load, unsorted, no buckets (values/s; until 2 Dec)",
+                spread(fed.bulk_unsorted, "{:,.0f}"))  # fmt: skip
+    report.info("ingest: agent flush / unsorted bulk (per round; until 2 Dec)",
+                spread(ratios(fed.flush, fed.bulk_unsorted)))  # fmt: skip
     per_round = ratios(fed.flush, fed.bulk)
     report.target(
         "ingest: agent flush / bulk (per round)", spread(per_round), f">= {TARGET_INGEST}x",
@@ -362,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     report.info("writer CPU per value: the flushes (us)", spread(fed.flushes_us))
     report.info("writer CPU per value: close(), sorting into spans (us)", spread(fed.close_us))
-    report.info("close() wall (s)", spread(fed.close_s))
+    report.info("where the agent side's wall goes: the flushes (s)", spread(fed.flushes_s))
+    report.info("where the agent side's wall goes: close() (s)", spread(fed.close_s))
+    report.info("the bulk side's wall, same physical result (s)", spread(fed.bulk_s))
     report.info("writer CPU per flush beyond one write (ms)", spread(fed.per_flush_ms))
     # the Parquet side sorts the long run's samples in this process (bounded by
     # BYTES_SORT_MEMORY, spilling beyond it): its peak must stay far from the machine's RAM

@@ -12,6 +12,7 @@ import pytest
 
 import agent.analysis.frame_buckets as frame_buckets
 import agent.store_buckets as buckets
+import agent.store_rewrite as rewrite
 import agent.store_spans as spans
 from agent.analysis.frame import Window, analysed_series_where, build_frames
 from agent.analysis.frame_buckets import stored_bucket_batches
@@ -40,6 +41,7 @@ def small(monkeypatch):
     monkeypatch.setattr(spans, "CHUNK_ROWS", 20)
     monkeypatch.setattr(buckets, "BUCKET_BASE_S", 5)
     monkeypatch.setattr(buckets, "BUCKET_BASE_US", 5_000_000)
+    monkeypatch.setattr(rewrite, "BUCKETS_FROM_S", 0.0)  # seconds-long files keep buckets
 
 
 def _record(path: Path, ticks: range, *, close: bool = True) -> Store:
@@ -292,3 +294,58 @@ def test_appending_a_run_to_a_version_4_file_reads_the_old_run_raw_and_buckets_t
         assert n == 12 * 13
     finally:
         ro.close()
+
+
+def _fresh_closes(monkeypatch) -> list[bool]:
+    import agent.store_writer as writer
+
+    fresh: list[bool] = []
+    finish = writer.finish_into_fresh
+    monkeypatch.setattr(writer, "finish_into_fresh", lambda con, p: fresh.append(finish(con, p)))
+    return fresh
+
+
+def test_a_file_too_short_for_any_stored_bucket_is_closed_without_buckets_and_reads_raw(
+    tmp_path, small, monkeypatch
+):
+    monkeypatch.setattr(rewrite, "BUCKETS_FROM_S", 12.5 * 3600)
+    fresh = _fresh_closes(monkeypatch)
+    _record(tmp_path / "a.duckdb", range(6))
+    assert fresh == [True]
+    ro = connect(tmp_path / "a.duckdb", read_only=True)
+    try:
+        decided = dict(ro.execute("SELECT series_id, bucketed FROM bucket_series").fetchall())
+        assert len(decided) == 14 and not any(decided.values())  # recorded: never bucketed
+        assert ro.execute(f"SELECT count(*) FROM {STORED}").fetchone() == (0,)
+        assert ro.execute("SELECT count(*) FROM sample_spans").fetchone() == (6 * 14,)
+        assert stored_bucket_batches(ro, "r", analysed_series_where(), 5.0, ()) is None
+        assert _frame(ro, 5.0, True) == _frame(ro, 5.0, False) != []
+    finally:
+        ro.close()
+
+
+def test_series_bucketed_by_an_earlier_move_keep_their_buckets_in_a_short_file_at_close(
+    tmp_path, small, monkeypatch
+):
+    monkeypatch.setattr(rewrite, "BUCKETS_FROM_S", 12.5 * 3600)
+    fresh = _fresh_closes(monkeypatch)
+    _record(tmp_path / "a.duckdb", range(12))  # 7 ticks moved with buckets, 5 left at close
+    assert fresh == [True]
+    ro = connect(tmp_path / "a.duckdb", read_only=True)
+    try:
+        decided = dict(ro.execute("SELECT series_id, bucketed FROM bucket_series").fetchall())
+        assert len(decided) == 14 and sum(decided.values()) == 13
+        assert _merged_buckets(ro) == _raw_buckets(ro, 5_000_000)
+        (n,) = ro.execute(f"SELECT sum(n) FROM {STORED}").fetchone()
+        assert n == 12 * 13  # the last 5 ticks too: no bucketed series has raw moved values
+        assert _frame(ro, 5.0, True) == _frame(ro, 5.0, False)
+    finally:
+        ro.close()
+
+
+def test_the_span_without_buckets_is_one_no_post_run_frame_reads_stored_buckets_for():
+    from agent.analysis.engine import choose_bucket_s
+
+    base = buckets.BUCKET_BASE_S
+    assert choose_bucket_s(rewrite.BUCKETS_FROM_S, rewrite.DENSE_TICK_S) < base
+    assert choose_bucket_s(rewrite.BUCKETS_FROM_S * 1.01, 1.0) >= base
