@@ -3,8 +3,11 @@
 A fake tree (``collectors/sim/fabric_storage/tree.py``) holds 8 InfiniBand / RoCE ports (64-bit
 ``counters_ext``, four with ``hw_counters``), 4 network interfaces and a job with 6 mounts (NFS
 v3, NFS v4.2, Lustre, three local filesystems on NVMe). Between ticks (untimed) the job's
-traffic advances every port's data, packet, wait and congestion counters, four NFS operations
-per NFS mount, the Lustre writes and the block devices. In interleaved rounds, this process
+traffic advances every port's data, packet, wait and congestion counters; on each NFS mount what
+a busy client's ``mountstats`` moves in a second (``age``, ``events``, ``xprt``, the ``bytes``
+data counters, and READ, WRITE, GETATTR, ACCESS and LOOKUP of its 22 (v3) or 63 (v4.2)
+operations, COMMIT every 10th tick: the other lines stay as they were, as on a real client);
+the Lustre writes and the block devices. In interleaved rounds, this process
 measures with ``time.process_time()``:
 
 * sources: ``FabricCollector.collect`` + ``StorageCollector.collect`` (discovery checks,
@@ -43,6 +46,17 @@ from collectors.storage.collector import StorageCollector  # noqa: E402
 TARGET = 1.3
 PID = 4242
 RESCAN_TICKS = 5
+#: NFS operations moved each tick (op, calls, bytes sent, bytes received); COMMIT every 10th.
+NFS_MOVES = (("READ", 100, 14000, 100 * 1048576), ("WRITE", 2, 2 * 1048576, 300),
+             ("GETATTR", 40, 5600, 9600), ("ACCESS", 50, 7000, 6000), ("LOOKUP", 30, 4800, 7800),
+             ("COMMIT", 1, 140, 180))  # fmt: skip
+#: What the job moves between ticks, printed with the results.
+CHANGES = (
+    "per tick: every port's data, packet, xmit_wait and (RoCE) CNP counters; per NFS mount "
+    "the age, events, xprt and bytes lines and 5 of its 22 / 63 operations (READ, WRITE, "
+    "GETATTR, ACCESS, LOOKUP; COMMIT every 10th tick); Lustre write_bytes and write; every "
+    "NVMe stat line; the job's io"
+)
 
 
 class Workload:
@@ -60,6 +74,7 @@ class Workload:
             )  # fmt: skip
         for name in ("eth0", "ens1f0", "ens1f1", "bond0"):
             self.fabric.interface(name, 100000)
+        self.ticks = 0
         self.storage = StorageTree(root / "proc", root / "sys", pid=PID)
         self.mounts = []
         for m, files in (
@@ -85,16 +100,31 @@ class Workload:
             if p.hw is not None:
                 p.hw["np_cnp_sent"] = p.hw.get("np_cnp_sent", 0) + 10
                 p.hw["rp_cnp_handled"] = p.hw.get("rp_cnp_handled", 0) + 10
+        self.ticks += 1
         for m in self.mounts:
-            for op in ("READ", "GETATTR", "ACCESS", "WRITE"):
-                if op in m.ops:
-                    v = m.ops[op]
-                    v[0] += 100
-                    v[1] += 100
-                    v[4] += 100 * 1048576
-                    v[6] += 150
-                    v[7] += 200
-            m.nfs_bytes[4] += 100 * 1048576
+            if m.ops:  # NFS: what a busy client's mountstats moves in a second (see CHANGES)
+                for op, n, sent, recv in NFS_MOVES:
+                    v = m.ops.get(op)
+                    if v is not None and (op != "COMMIT" or self.ticks % 10 == 0):
+                        v[0] += n
+                        v[1] += n
+                        v[3] += sent
+                        v[4] += recv
+                        v[5] += n // 10
+                        v[6] += n * 3 // 2
+                        v[7] += n * 2
+                b = m.nfs_bytes  # normal, server and page counts: read every tick, write too
+                b[0] += 100 * 1048576
+                b[1] += 2 * 1048576
+                b[4] += 100 * 1048576
+                b[5] += 2 * 1048576
+                b[6] += 25600
+                b[7] += 512
+                m.nfs_age += 1
+                for i, step in ((0, 40), (1, 300), (4, 5), (5, 30), (6, 50), (9, 25600)):
+                    m.nfs_events[i] += step
+                for i, step in ((5, 505), (6, 505), (8, 2000), (9, 40)):
+                    m.nfs_xprt[i] += step
             if m.llite:
                 m.llite["write_bytes"][0] += 10
                 m.llite["write_bytes"][1] += 10 * 4194304
@@ -263,7 +293,7 @@ def _run(args: argparse.Namespace) -> int:
         f"8 IB/RoCE ports + 4 NICs, 6 mounts (2 NFS, Lustre, 3 NVMe): {samples} samples/tick,"
         f" {reads:.0f} files opened ({calls:.0f} reads) + {others:.0f} listdir/readlink/stat"
         " per tick on average;"
-        f" CPU per tick over {args.rounds} rounds of {args.ticks} ticks"
+        f" CPU per tick over {args.rounds} rounds of {args.ticks} ticks; {CHANGES}"
     )
     report.side(
         "sources",

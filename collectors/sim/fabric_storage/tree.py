@@ -173,6 +173,12 @@ class SimMount:
     ops: dict[str, list[int]] = field(default_factory=dict)
     #: nfs ``bytes:``: normal read/write, direct read/write, server read/write, pages read/write
     nfs_bytes: list[int] = field(default_factory=lambda: [0] * 8)
+    #: nfs ``age:`` (seconds mounted), ``events:`` (27 VFS/NFS event counts) and the ``xprt:``
+    #: transport line's numbers after ``tcp`` (a busy client moves all three every second)
+    nfs_age: int = 3600
+    nfs_events: list[int] = field(default_factory=lambda: [0] * 27)
+    nfs_xprt: list[int] = field(default_factory=lambda: [0, 0, 1, 0, 9, 40511, 40511, 0, 41112,
+                                                         0, 2, 0, 10])  # fmt: skip
     #: lustre llite stats name → [samples, sum]
     llite: dict[str, list[int]] = field(default_factory=dict)
     #: block device name and its 17 stat fields
@@ -264,13 +270,13 @@ class StorageTree:
             f"device {m.source} mounted on {point} with fstype {m.fstype} statvers=1.1",
             f"\topts:\trw,vers={vers},rsize=1048576,wsize=1048576,namlen=255,hard,proto=tcp,"
             "timeo=600,retrans=2,sec=sys,local_lock=none",
-            "\tage:\t3600",
+            f"\tage:\t{m.nfs_age}",
             "\tcaps:\tcaps=0x3ffbffff,wtmult=512,dtsize=1048576,bsize=0,namlen=255",
             "\tsec:\tflavor=1,pseudoflavor=1",
-            "\tevents:\t" + " ".join(["0"] * 27),
+            "\tevents:\t" + " ".join(map(str, m.nfs_events)),
             "\tbytes:\t" + " ".join(str(v) for v in m.nfs_bytes),
             f"\tRPC iostats version: 1.1  p/v: 100003/{prog} (nfs)",
-            "\txprt:\ttcp 0 0 1 0 9 40511 40511 0 41112 0 2 0 10",
+            "\txprt:\ttcp " + " ".join(map(str, m.nfs_xprt)),
             "\tper-op statistics",
         ]
         for name, v in m.ops.items():
