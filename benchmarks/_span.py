@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,6 +115,17 @@ def cpu_row(report: Report, m: Measured) -> None:
     report.info(
         f"{m.side.name}: CPU, % of one core (windows; span)",
         f"{spread([c * 100 for c in m.cpu])}; {m.span_cpu * 100:.2f}",
+    )
+
+
+def burst_row(report: Report, m: Measured) -> None:
+    """How much more CPU the side's busiest window used than its median window: in the steady
+    span, where the live analysis' full pass shows (about a second every full-pass period)."""
+    extra = [s.cpu_s - statistics.median(x.cpu_s for x in m.slots) for s in m.slots]
+    busiest = max(range(len(extra)), key=extra.__getitem__)
+    report.info(
+        f"{m.side.name}: busiest window's CPU above the median window's (s; window)",
+        f"{extra[busiest]:+.2f}; {busiest + 1} of {len(extra)}",
     )
 
 

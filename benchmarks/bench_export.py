@@ -47,6 +47,7 @@ from benchmarks._common import (  # noqa: E402
 from benchmarks._span import (  # noqa: E402
     add_span_args,
     apply_span,
+    burst_row,
     cpu_row,
     judge_extra,
     judge_resolution,
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     off = got["off"]
     for m in got.values():
         cpu_row(report, m)
+    burst_row(report, off)
     judge_resolution(report, got)
     for name in ("on", "down"):
         m = got[name]

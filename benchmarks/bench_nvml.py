@@ -55,6 +55,7 @@ from benchmarks._common import (  # noqa: E402
 from benchmarks._span import (  # noqa: E402
     add_span_args,
     apply_span,
+    burst_row,
     cpu_row,
     judge_ratio,
     judge_resolution,
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     report_sides(report, all_sides, got)
     for m in (agent, bare, nvitop):
         cpu_row(report, m)
+    burst_row(report, agent)
     report_threads(report, agent)
     report_nvml_work(report, work)
     judge_resolution(report, got)

@@ -55,6 +55,7 @@ from benchmarks._common import (  # noqa: E402
 from benchmarks._span import (  # noqa: E402
     add_span_args,
     apply_span,
+    burst_row,
     cpu_row,
     judge_ratio,
     judge_resolution,
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     agent, nvitop, headless = got["agent-ui"], got["nvitop-ui"], got["headless"]
     for m in (agent, nvitop, headless):
         cpu_row(report, m)
+    burst_row(report, agent)
+    burst_row(report, headless)
     report_threads(report, agent)  # main is the UI thread (Textual's event loop)
     report_threads(report, headless)
     report.info(

@@ -13,13 +13,14 @@ import pytest
 
 from agent.analysis.live import DEFAULT_WINDOW_S
 from agent.analysis.thresholds import LIVE_FULL_PERIOD_S
-from benchmarks._common import Report, Side, interleaved
+from benchmarks._common import Measured, Report, Side, Slot, interleaved
 from benchmarks._cpu import TICK_S, cpu_clock, process_cpu_ns, thread_cpu_ns
 from benchmarks._span import (
     AGREE_TICKS,
     Span,
     add_span_args,
     apply_span,
+    burst_row,
     judge_ratio,
     note_span,
 )
@@ -148,3 +149,10 @@ def test_quick_span_says_it_covers_the_first_minutes_only() -> None:
     report = Report("t")
     note_span(report, span)
     assert report.notes and report.notes[0].startswith("FIRST MINUTES ONLY")
+
+
+def test_the_busiest_window_is_named_with_its_cpu_above_the_median() -> None:
+    windows = [Slot(0.01, 0, 0, cpu_s=c, wall_s=60.0) for c in (0.6, 0.6, 1.4, 0.6)]
+    report = Report("t")
+    burst_row(report, Measured(Side("agent", [], ""), windows))
+    assert report.rows[0][1] == "+0.80; 3 of 4"
