@@ -18,10 +18,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from accelwatch._wire import ENV_SOCKET
+from agent.catalog.steps import SOURCE as STEPS_SOURCE
 from agent.store import user_umask
+from agent.tracking.collector import SOCKET_OPTION
+from agent.tracking.receiver import ReceiverError, bind_early, run_socket_path
 
 if TYPE_CHECKING:
     from agent.app.session import Session
@@ -305,3 +309,20 @@ def install_signal_handlers(session: Session) -> None:
     signal.signal(signal.SIGTERM, handler)
     if sys.platform != "win32":
         signal.signal(signal.SIGHUP, handler)
+
+
+def client_socket(
+    options: Mapping[str, Mapping[str, str]],
+) -> tuple[dict[str, dict[str, str]], str | None, dict[str, str]]:
+    """The training client's socket for a job about to be launched: the source options naming
+    it to the ``steps`` collector, the path if it could be bound now (before the job starts, so
+    a rank that logs and exits at once is not lost; otherwise the collector binds it and says
+    why it cannot), and the job's environment entry."""
+    path = run_socket_path()
+    named = {k: dict(v) for k, v in options.items()}
+    named.setdefault(STEPS_SOURCE, {})[SOCKET_OPTION] = path
+    try:
+        bind_early(path)
+    except ReceiverError:
+        return named, None, {ENV_SOCKET: path}
+    return named, path, {ENV_SOCKET: path}

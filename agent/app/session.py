@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from accelwatch._wire import ENV_SOCKET
 from agent.app.job import (
     DEFAULT_STOP_TIMEOUT_S,
     JobSignals,
     OutputPump,
+    client_socket,
     exit_code,
     launch_job,
 )
@@ -39,7 +39,6 @@ from agent.app.sources import (
     quiet_absent_accelerators,
     start_collectors,
 )
-from agent.catalog.steps import SOURCE as STEPS_SOURCE
 from agent.context import Consumer, LiveContext
 from agent.errors import AccelwatchError, TargetError
 from agent.model import Event, RunInfo
@@ -48,7 +47,7 @@ from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
 from agent.store import DEFAULT_FLUSH_INTERVAL, Store
 from agent.target import allowed_env, resolve_target, target_cmdline, target_cwd, target_env
-from agent.tracking.collector import SOCKET_OPTION
+from agent.tracking.receiver import release_early
 from collectors.process import ProcessCollector
 
 
@@ -121,6 +120,8 @@ class Session:
         self.terminal_lost = False
         #: Releases DuckDB's start-up code from the resident set once (:mod:`agent.app.resident`).
         self._release: threading.Timer | None = None
+        #: The training client's socket, bound before the launched job starts (until taken over).
+        self._early_socket: str | None = None
 
     # -- starting
     def launch(self, command: list[str]) -> RunInfo:
@@ -161,15 +162,18 @@ class Session:
         return self._begin(self.child.pid, mode="run", pending=pending, launched=launched)
 
     def _job_env(self) -> dict[str, str]:
-        """What the launched job gets on top of our environment: the training client's socket
-        (bound by the ``steps`` collector, which is told the same path)."""
-        from agent.tracking.receiver import run_socket_path
+        """What the launched job gets on top of our environment: the training client's socket,
+        bound now (the ``steps`` collector, told the same path, takes it over)."""
+        self.config.source_options, self._early_socket, env = client_socket(
+            self.config.source_options
+        )
+        return env
 
-        path = run_socket_path()
-        options = {k: dict(v) for k, v in self.config.source_options.items()}
-        options.setdefault(STEPS_SOURCE, {})[SOCKET_OPTION] = path
-        self.config.source_options = options
-        return {ENV_SOCKET: path}
+    def _release_early_socket(self) -> None:
+        """The early-bound socket no ``steps`` collector took over (source off, failed start)."""
+        if self._early_socket is not None:
+            release_early(self._early_socket)
+            self._early_socket = None
 
     def attach(self, pid: int) -> RunInfo:
         try:
@@ -191,6 +195,7 @@ class Session:
 
     def _abort_start(self) -> None:
         """Undo a start that failed before a run was written: close, remove what we created."""
+        self._release_early_socket()
         self.store.close()
         if self.simulator is not None:
             self.simulator.uninstall()
@@ -270,6 +275,7 @@ class Session:
             options=self.config.source_options,
         )
         collectors = self._start_collectors(ctx)
+        self._release_early_socket()
         self.store.write_run(self.run)
         self._run_written = True
         self.store.start()

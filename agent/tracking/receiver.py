@@ -67,6 +67,73 @@ def run_socket_path(environ: dict[str, str] | None = None) -> str:
     return os.path.join(_wire.runtime_dirs(env)[0], f"run-{secrets.token_hex(6)}.sock")
 
 
+#: Sockets bound before the job that sends to them started (``accelwatch run``), by path, until
+#: the ``steps`` collector's receiver takes them over: (socket, inode, directory we created).
+_EARLY: dict[str, tuple[socket.socket, int, str | None]] = {}
+
+
+def _bind(path: str) -> tuple[socket.socket, int, str | None]:
+    """A non-blocking datagram socket bound at ``path``, mode 0600 from its first byte (its
+    inode's mode is set before ``bind`` creates the file), in a private directory."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ReceiverError(f"socket path too long for a Unix socket: {path}")
+    directory = os.path.dirname(path) or "."
+    made = directory if private_dir(directory) else None
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.setblocking(False)
+        ino = os.stat(path).st_ino
+    except OSError as exc:
+        sock.close()
+        raise ReceiverError(f"cannot bind {path}: {exc.strerror or exc}") from None
+    return sock, ino, made
+
+
+def _clear_stale(path: str) -> None:
+    """A socket left by a dead agent is removed; one that answers belongs to a live agent."""
+    if not os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise ReceiverError(f"another agent already receives at {path}")
+
+
+def bind_early(path: str) -> None:
+    """Bind ``path`` before the job that sends to it starts: what a job sends before the
+    ``steps`` collector runs waits in the kernel's queue, where it used to fail with ENOENT and
+    be lost (a short rank could exit before the agent's sources had started)."""
+    _EARLY[path] = _bind(path)
+
+
+def release_early(path: str) -> None:
+    """Close and remove a socket :func:`bind_early` bound that no receiver took over (the
+    ``steps`` source is off, or the start failed)."""
+    early = _EARLY.pop(path, None)
+    if early is None:
+        return
+    sock, ino, made = early
+    sock.close()
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == ino:
+            os.unlink(path)
+    if made is not None:
+        with contextlib.suppress(OSError):
+            os.rmdir(made)
+
+
 class Receiver:
     """Binds ``path`` on :meth:`start`, drains it until :meth:`close`, then removes it."""
 
@@ -88,42 +155,12 @@ class Receiver:
         self.receive_errors = 0
 
     def start(self) -> None:
-        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
-            raise ReceiverError(f"socket path too long for a Unix socket: {self.path}")
-        directory = os.path.dirname(self.path) or "."
-        if private_dir(directory):
-            self._made_dir = directory
-        self._clear_stale()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            sock.bind(self.path)
-            os.chmod(self.path, 0o600)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ReceiverError(f"cannot bind {self.path}: {exc.strerror or exc}") from None
-        self._ino = os.stat(self.path).st_ino
-        self._sock = sock
+        """Drain the socket: the one :func:`bind_early` bound for this path, or bound now."""
+        early = _EARLY.pop(self.path, None)
+        self._sock, self._ino, self._made_dir = early if early is not None else _bind(self.path)
         self._wake = os.pipe()
         self._thread = threading.Thread(target=self._drain, name="accelwatch-tracking", daemon=True)
         self._thread.start()
-
-    def _clear_stale(self) -> None:
-        """A socket left by a dead agent is removed; one that answers belongs to a live agent."""
-        if not os.path.lexists(self.path):
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            probe.connect(self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            return
-        finally:
-            probe.close()
-        raise ReceiverError(f"another agent already receives at {self.path}")
 
     def _drain(self) -> None:
         sock, wake = self._sock, self._wake

@@ -90,7 +90,9 @@ def test_ranks_started_by_a_launcher_are_ranks_of_one_run(tmp_path, runtime_dir)
         )
     )
     assert sorted(means) == ["rank0", "rank1", "rank2", "rank3"]
-    assert means["rank3"] > 2 * means["rank0"]  # per-rank step times, as each rank saw them
+    # per-rank step times, as each rank saw them: rank 3 sleeps 60 ms more a step than rank 0;
+    # a loaded machine adds to both, so the gap is asserted, not the ratio
+    assert means["rank3"] - means["rank0"] > 0.03, means
     attrs = {
         e: json.loads(a)
         for e, a in _query(db, "SELECT entity, attrs FROM entities WHERE source = 'steps'")
@@ -99,6 +101,23 @@ def test_ranks_started_by_a_launcher_are_ranks_of_one_run(tmp_path, runtime_dir)
     assert attrs["rank2"]["slurm_job_id"] == "77" and attrs["rank2"]["local_rank"] == 2
     ranks = _query(db, "SELECT DISTINCT rank FROM train_metrics ORDER BY 1")
     assert ranks == [(0,), (1,), (2,), (3,)]
+
+
+def test_a_job_that_logs_and_exits_at_once_is_recorded_whole(tmp_path, runtime_dir):
+    """The client's socket is bound before the job starts: a job that logs, steps and exits in
+    a few milliseconds (before the agent's sources have started) loses nothing; it used to get
+    ENOENT on every send and lose it all."""
+    db = tmp_path / "short.duckdb"
+    job = "import accelwatch; accelwatch.log(x=1.0); accelwatch.step(); accelwatch.step()"
+    out = run_cli(
+        "run", "--db", str(db), "--interval", "0.5", "--", PYTHON, "-c", job,
+        env=child_env(ACCELWATCH_RUNTIME_DIR=runtime_dir), timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert _query(db, "SELECT name, value FROM train_metrics") == [("x", 1.0)]
+    steps = _query(db, "SELECT metric, count(*) FROM samples WHERE source = 'steps' GROUP BY 1")
+    assert sorted(steps) == [("step.count", 1), ("step.time", 1)]
+    assert not os.path.exists(runtime_dir) or not os.listdir(runtime_dir)  # socket removed
 
 
 TIMED = """
