@@ -26,7 +26,7 @@ hour. Generated databases are cached in ``--dir`` (default: a temp dir, removed 
 Exits 1 on a MISS.
 
     python benchmarks/bench_analysis.py [--hours 24] [--rounds 3] [--dir DIR] [--quick] [--bytes]
-                                        [--live-rounds 10] [--live-window 60] [--live-warmup 630]
+                                        [--live-rounds 11] [--live-window 60] [--live-warmup 630]
 """
 
 from __future__ import annotations

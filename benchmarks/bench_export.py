@@ -18,7 +18,7 @@ storing and analysis) over the whole span; memory is bounded: from the first win
 of the span, an exporting agent's RSS grows <= 5 MB more than the non-exporting one's (the
 agent's own growth is printed beside it). Exits 1 on a MISS.
 
-    python benchmarks/bench_export.py [--rounds 10] [--window 60] [--warmup 630] [--quick]
+    python benchmarks/bench_export.py [--rounds 11] [--window 60] [--warmup 630] [--quick]
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Prints, in one run:
 Exits 1 on a MISS.
 
     python benchmarks/bench_live.py [--rounds 3] [--quick] [--no-cpu] [--no-latency]
-                                    [--cpu-rounds 10] [--cpu-window 60] [--cpu-warmup 630]
+                                    [--cpu-rounds 11] [--cpu-window 60] [--cpu-warmup 630]
 
 ``--quick``: one scenario per rule for the latency part, the first minutes only for the CPU part.
 """

@@ -26,7 +26,7 @@ symbol by symbol (a target: otherwise agent / bare compares different work). Tar
 (the largest of the windows). Also printed: the agent's CPU per thread (the kernel names it gives its
 threads, ``aw-sampler``, ``aw-store`` ...; ``other`` is DuckDB's own). Exits 1 on a MISS.
 
-    python benchmarks/bench_nvml.py [--rounds 10] [--window 60] [--warmup 630] [--quick]
+    python benchmarks/bench_nvml.py [--rounds 11] [--window 60] [--warmup 630] [--quick]
 """
 
 from __future__ import annotations

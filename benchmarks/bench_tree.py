@@ -19,7 +19,7 @@ against psutil's own reads. Targets (issue 14): agent / bare <= 1.3x (CPU over t
 span); no tick missed (``gap``
 events in the agent's store). Exits 1 on a MISS.
 
-    python benchmarks/bench_tree.py [--rounds 10] [--window 60] [--warmup 630] [--quick] [--size 1000]
+    python benchmarks/bench_tree.py [--rounds 11] [--window 60] [--warmup 630] [--quick] [--size 1000]
 """
 
 from __future__ import annotations

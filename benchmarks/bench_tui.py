@@ -23,7 +23,7 @@ writing ``s`` (sort) into its terminal until the output carrying the result ("pr
 ...") comes back. Targets (issue 14): agent-ui / nvitop-ui <= 1.0x (CPU over the whole span),
 agent-ui RSS <= 100 MB (the largest window), median key-to-render <= 50 ms. Exits 1 on a MISS.
 
-    python benchmarks/bench_tui.py [--rounds 10] [--window 60] [--warmup 630] [--keys 10]
+    python benchmarks/bench_tui.py [--rounds 11] [--window 60] [--warmup 630] [--keys 10]
                                    [--size 160x48] [--pty] [--quick]
 """
 
