@@ -1,11 +1,17 @@
-"""Shared harness of the benchmarks: child processes measured whole, interleaved, with verdicts.
+"""Shared harness of the benchmarks: child processes measured whole, over the same windows.
 
-Every side of a comparison (the agent, a bare loop, nvitop) is its own child process. Its CPU
-is ``psutil.Process(pid).cpu_times()`` (user + system of all its threads) over a fixed wall
-window, its memory ``memory_full_info()`` (RSS and USS) at the end of the window. All sides run
-at once for the whole benchmark (each uses a few per cent of a core) and are measured in turns,
-A, B, C, A, B, C ..., so the load of the rest of the machine spreads over every side; a ratio
-is computed per round and reported as min / median / max over the rounds.
+Every side of a comparison (the agent, a bare loop, nvitop) is its own child process. All
+sides run at once for the whole benchmark (each uses a few per cent of a core). At every
+window edge the harness reads every side's counters back to back: the whole process's CPU in
+nanoseconds (its CPU-time clock, ``benchmarks._cpu``: every thread, exited ones included),
+each thread's (``schedstat``), then memory (``memory_full_info``: RSS, USS, PSS). So each
+window gives one value per side and one ratio per pair, with no drift between the sides; the
+rounds are the windows, reported as min / median / max, beside the ratio over the whole
+measured span (total CPU / total CPU), which holds any burst.
+
+By default the span is the steady state (:func:`add_span_args`): it starts after the live
+analysis' window has filled and lasts one whole full-pass period, so it holds one pass of
+every rule. ``--quick`` measures the first minutes only and says so.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
+
+from benchmarks._cpu import cpu_clock, process_cpu_ns, thread_cpu_ns  # noqa: E402
 
 ESCAPES = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>])")
 TREE_SCRIPT = """
@@ -93,6 +102,8 @@ class Side:
 
 @dataclass
 class Slot:
+    """One side over one window."""
+
     cpu_share: float  # CPU seconds per wall second (1.0 = one core)
     rss_mb: float
     uss_mb: float
@@ -101,34 +112,11 @@ class Slot:
     #: Proportional set size: shared pages (libraries' code, the page cache's copies of the
     #: DuckDB library) split between the processes that map them.
     pss_mb: float = 0.0
-
-
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of each live thread of ``pid``, summed by kernel thread name:
-    the agent names its threads (``aw-sampler``, ``aw-store`` ...); its main thread is
-    ``main``; unnamed ones (DuckDB's, OpenBLAS's, a baseline's) are ``other``."""
-    out: dict[str, float] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(tid) == pid:
-            name = "main"
-        elif not name.startswith("aw-"):
-            name = "other"
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) * _TICK_S
-    return out
+    #: CPU seconds (ns resolution) and wall seconds of the window.
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    #: psutil's user + system over the same window (clock ticks): the cross-check.
+    ticks_cpu_s: float = 0.0
 
 
 class Measurable:
@@ -141,6 +129,8 @@ class Measurable:
 
     def __init__(self, side: Side) -> None:
         self.side = side
+        #: When it was started (``time.monotonic_ns``): the measured span in minutes after it.
+        self.started_ns = time.monotonic_ns()
         self.output = bytearray()
         #: Bytes read from the terminal so far (``output`` keeps only the last 64 KiB).
         self.received = 0
@@ -172,20 +162,36 @@ class Measurable:
         except psutil.NoSuchProcess:
             return False
 
-    def cpu_seconds(self) -> float:
+    def edge(self) -> Edge:
+        """This side's counters now (CPU first: they are what the windows compare)."""
+        if not hasattr(self, "_clock"):
+            self._clock = cpu_clock(self.pid)
+        wall, cpu = time.monotonic_ns(), process_cpu_ns(self._clock)
+        threads = thread_cpu_ns(self.pid)
         times = self.proc.cpu_times()
-        return times.user + times.system
+        return Edge(wall, cpu, threads, times.user + times.system)
 
-    def slot(self, window: float) -> Slot:
-        """Measure this side alone for ``window`` wall seconds (the whole process, all its
-        threads; each thread's share beside)."""
-        wall, cpu, threads = time.monotonic(), self.cpu_seconds(), thread_cpu(self.pid)
-        time.sleep(window)
-        used, elapsed = self.cpu_seconds() - cpu, time.monotonic() - wall
-        after = thread_cpu(self.pid)
-        mem = self.proc.memory_full_info()
-        shares = {k: (v - threads.get(k, 0.0)) / elapsed for k, v in after.items()}
-        return Slot(used / elapsed, mem.rss / 1e6, mem.uss / 1e6, shares, mem.pss / 1e6)
+
+@dataclass
+class Edge:
+    """A side's counters at one window edge."""
+
+    wall_ns: int
+    cpu_ns: int
+    threads: dict[str, int]
+    ticks_cpu_s: float
+
+
+def window_slot(before: Edge, after: Edge, mem: Any) -> Slot:
+    """One side's window between two of its edges (threads that started or ended inside it
+    are counted from or to then; the whole-process figure counts them all)."""
+    wall = (after.wall_ns - before.wall_ns) / 1e9
+    cpu = (after.cpu_ns - before.cpu_ns) / 1e9
+    threads = {k: (v - before.threads.get(k, 0)) / 1e9 / wall for k, v in after.threads.items()}
+    return Slot(
+        cpu / wall, mem.rss / 1e6, mem.uss / 1e6, threads, mem.pss / 1e6,
+        cpu_s=cpu, wall_s=wall, ticks_cpu_s=after.ticks_cpu_s - before.ticks_cpu_s,
+    )  # fmt: skip
 
 
 class Child(Measurable):
@@ -285,12 +291,24 @@ class Child(Measurable):
 
 @dataclass
 class Measured:
+    """One side over every window of the span."""
+
     side: Side
     slots: list[Slot] = field(default_factory=list)
+    #: The span, in minutes after this side's start.
+    start_min: float = 0.0
+    end_min: float = 0.0
 
     @property
     def cpu(self) -> list[float]:
+        """Its CPU share in each window."""
         return [s.cpu_share for s in self.slots]
+
+    @property
+    def span_cpu(self) -> float:
+        """Its CPU share over the whole span (total CPU / total wall: bursts included)."""
+        wall = sum(s.wall_s for s in self.slots)
+        return sum(s.cpu_s for s in self.slots) / wall if wall > 0 else 0.0
 
 
 def interleaved(
@@ -303,33 +321,58 @@ def interleaved(
     start: Callable[[Side], Child] = Child,
 ) -> dict[str, Measured]:
     """Start every side (with ``start``: a pty or pipes by default), let them warm up, then
-    measure them in turns, each round starting one side later, for ``rounds`` rounds; ``then`` runs on the live children after the
-    last round, before they stop."""
+    measure all of them over the same ``rounds`` consecutive windows of ``window`` seconds:
+    at each edge every side's counters are read back to back, CPU of all sides first (the
+    order rotates each edge, so no side is always read first), memory after. ``then`` runs
+    on the live children after the last window, before they stop.
+
+    (The name is the harness's older one: the sides were once measured one after another.)"""
     children: list[Child] = []
     results = {side.name: Measured(side) for side in sides}
     try:
         for side in sides:
             children.append(start(side))
         time.sleep(warmup)
-        for n in range(rounds):
-            # Each round starts one side later (A B C, B C A, C A B, ...): with a fixed order
-            # any trend over the run (a side still warming up, the machine's load changing)
-            # would fall on the same side every round.
-            for child in children[n % len(children) :] + children[: n % len(children)]:
-                if not child.alive():
-                    raise BenchmarkError(f"{child.side.name} exited early:\n{child.stop()[-3000:]}")
+        edges = _edges(children, 0)
+        began = time.monotonic()
+        for n in range(1, rounds + 1):
+            time.sleep(max(0.0, began + n * window - time.monotonic()))  # no drift over the span
+            after = _edges(children, n)
+            for child in children:
                 try:
-                    results[child.side.name].slots.append(child.slot(window))
+                    mem = child.proc.memory_full_info()
                 except psutil.Error as exc:
                     raise BenchmarkError(
                         f"{child.side.name} vanished ({exc}):\n{child.stop()[-3000:]}"
                     ) from None
+                name = child.side.name
+                results[name].slots.append(window_slot(edges[name], after[name], mem))
+            edges = after
+        for child in children:
+            m = results[child.side.name]
+            m.end_min = (edges[child.side.name].wall_ns - child.started_ns) / 60e9
+            m.start_min = m.end_min - sum(s.wall_s for s in m.slots) / 60
         if then is not None:
             then({child.side.name: child for child in children})
     finally:
         for child in children:
             child.stop()
     return results
+
+
+def _edges(children: Sequence[Child], n: int) -> dict[str, Edge]:
+    """Every side's counters, back to back, starting with side ``n`` (mod the number)."""
+    out = {}
+    for child in children[n % len(children) :] + children[: n % len(children)]:
+        if not child.alive():
+            raise BenchmarkError(f"{child.side.name} exited early:\n{child.stop()[-3000:]}")
+        try:
+            out[child.side.name] = child.edge()
+        except (psutil.Error, OSError) as exc:
+            raise BenchmarkError(
+                f"{child.side.name} vanished ({exc}):\n{child.stop()[-3000:]}"
+            ) from None
+    return out
 
 
 class BenchmarkError(RuntimeError):
@@ -355,20 +398,6 @@ def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
     return [x / y if y > 0 else float("inf") for x, y in zip(a, b)]
 
 
-def judge_live_cpu(
-    report: Report, on: Sequence[float], off: Sequence[float], target: float
-) -> None:
-    """The live analysis' cost: the whole agent with it on minus the same agent with it off,
-    per interleaved round, in points of one core; the median must stay within ``target``."""
-    report.info("live: CPU, % of one core", spread([c * 100 for c in on]))
-    report.info("no-live: CPU, % of one core", spread([c * 100 for c in off]))
-    extra = [(a - b) * 100 for a, b in zip(on, off)]
-    report.target(
-        "live analysis: live - no-live, % of one core (per round)", spread(extra, "{:+.2f}"),
-        f"<= {target:.1%}", statistics.median(extra) <= target * 100,
-    )  # fmt: skip
-
-
 class Report:
     """Rows of one benchmark; a target row prints PASS or MISS, and a MISS makes the exit code 1."""
 
@@ -377,6 +406,11 @@ class Report:
         self.includes: list[tuple[str, str]] = []
         self.rows: list[tuple[str, str, str, str]] = []
         self.missed: list[str] = []
+        #: Lines printed under the title (what the measured span covers).
+        self.notes: list[str] = []
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
 
     def side(self, name: str, includes: str) -> None:
         self.includes.append((name, includes))
@@ -391,6 +425,8 @@ class Report:
 
     def print(self) -> int:
         print(f"\n{self.title}")
+        for line in self.notes:
+            print(line)
         if self.includes:
             print("what each side includes:")
             for name, text in self.includes:

@@ -11,9 +11,11 @@ Prints, in one run:
   2. live analysis: two agents (the public ``Session``, headless) record the
      ``throttled-thermal`` scenario (8 simulated H100s, GPUs 2 and 3 throttled from 15 s) and a
      real 32-process tree at 1 Hz at once, one with live analysis and one without, measured
-     whole (``psutil``) in interleaved rounds. Targets: live analysis <= 0.3% of one core (the
-     difference, per round); the first ``throttled-thermal`` finding <= 40 s after its onset
-     (judged only when the run lasts that long: not with ``--quick``).
+     whole over the same windows (the process's CPU-time clock in ns, all threads), by default
+     in the steady state (``--live-warmup``/``--live-rounds``/``--live-window``: after the live
+     window has filled, over one whole full-pass period). Targets: live analysis <= 0.3% of one
+     core (the difference over the whole span); the first ``throttled-thermal`` finding <= 40 s
+     after its onset (judged only when the run lasts that long: not with ``--quick``).
 
 The recording of part 1 is synthetic but shaped like a real one (NumPy -> DuckDB, written in the
 store's own schema-5 layout: the series dictionary, then ids, times and values appended to the
@@ -24,6 +26,7 @@ hour. Generated databases are cached in ``--dir`` (default: a temp dir, removed 
 Exits 1 on a MISS.
 
     python benchmarks/bench_analysis.py [--hours 24] [--rounds 3] [--dir DIR] [--quick] [--bytes]
+                                        [--live-rounds 11] [--live-window 60] [--live-warmup 630]
 """
 
 from __future__ import annotations
@@ -53,16 +56,22 @@ from benchmarks._common import (  # noqa: E402
     ROOT,
     Report,
     Side,
-    add_round_args,
     agent_argv,
-    apply_quick,
     baseline_argv,
     fail,
     interleaved,
-    judge_live_cpu,
     process_tree,
     ratios,
     spread,
+)
+from benchmarks._span import (  # noqa: E402
+    Span,
+    add_span_args,
+    apply_span,
+    judge_live_cpu,
+    judge_resolution,
+    note_span,
+    report_sides,
 )
 
 GPUS, LINKS, CORES, PROCESSES = 8, 18, 16, 5
@@ -407,7 +416,7 @@ def bench_bytes(report: Report, path: Path) -> None:
                 f"{buckets / values:.3f} (without: {(whole - buckets) / parquet:.2f}x)")  # fmt: skip
 
 
-def bench_live(report: Report, tmp: Path, args: argparse.Namespace) -> None:
+def bench_live(report: Report, tmp: Path, span: Span) -> None:
     with process_tree(32) as root:
         out = tmp / "first-findings.json"
 
@@ -422,11 +431,12 @@ def bench_live(report: Report, tmp: Path, args: argparse.Namespace) -> None:
             Side("no-live", session("off"), "the same agent with live_analysis=False"),
         ]
         started = time.time()
-        got = interleaved(sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
+        got = interleaved(sides, rounds=span.rounds, window=span.window, warmup=span.warmup)
         lasted = time.time() - started
-    for side in sides:
-        report.side(side.name, side.includes)
-    judge_live_cpu(report, got["live"].cpu, got["no-live"].cpu, TARGET_LIVE_SHARE)
+    note_span(report, span)
+    report_sides(report, sides, got)
+    judge_resolution(report, got)
+    judge_live_cpu(report, got["live"], got["no-live"], TARGET_LIVE_SHARE)
     first = json.loads(out.read_text()) if out.exists() else {}
     report.info("first live finding of each rule (s after start)",
                 ", ".join(f"{k} {v:.0f}" for k, v in sorted(first.items())) or "none")  # fmt: skip
@@ -443,7 +453,9 @@ def bench_live(report: Report, tmp: Path, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_round_args(parser, rounds=3, window=10.0, warmup=6.0)
+    parser.add_argument("--rounds", type=int, default=3, help="post-run report: rounds (3)")
+    parser.add_argument("--quick", action="store_true", help="0.5 h file, short live span")
+    add_span_args(parser, prefix="live-")
     parser.add_argument("--hours", type=float, default=24.0, help="length of the post-run run")
     parser.add_argument("--dir", help="keep generated databases here and reuse them")
     parser.add_argument("--no-live", action="store_true", help="skip the live part")
@@ -452,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         help="also bytes per value of the file vs Parquet zstd (the export: once per file)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    apply_quick(args, window=3.0, warmup=4.0)
+    span = apply_span(args, prefix="live-")
+    if args.rounds < 3:
+        raise SystemExit("benchmarks need at least 3 rounds (min / median / max)")
     if args.quick:
         args.hours = 0.5
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="aw-bench-"))
@@ -472,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.bytes:
             bench_bytes(report, path)
         if not args.no_live:
-            bench_live(report, workdir, args)
+            bench_live(report, workdir, span)
     except Exception as exc:  # one line and exit 1, never a traceback mid-table
         return fail(exc)
     finally:

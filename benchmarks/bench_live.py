@@ -11,15 +11,18 @@ Prints, in one run:
   2. live analysis CPU, % of one core: two whole agents (the public ``Session``, headless)
      record the ``throttled-thermal`` scenario (8 simulated H100s, two throttled) and a real
      32-process tree at 1 Hz at once, one with live analysis and one without, measured whole
-     (``psutil`` on each process, all threads) in interleaved rounds; target: live - no-live
-     <= 0.3% of one core (median of the rounds). Also printed: the analysis thread's own CPU
-     over the whole run (its ``analysis.cpu_s`` health counter / seconds recorded).
+     over the same windows (the process's CPU-time clock in ns, all threads), by default in the
+     steady state (``--cpu-warmup``/``--cpu-rounds``/``--cpu-window``: after the live window has
+     filled, over one whole full-pass period); target: live - no-live <= 0.3% of one core over
+     the whole span. Also printed: the analysis thread's own CPU over the whole run (its
+     ``analysis.cpu_s`` health counter / seconds recorded).
 
 Exits 1 on a MISS.
 
-    python benchmarks/bench_live.py [--rounds 3] [--window 20] [--quick] [--no-cpu] [--no-latency]
+    python benchmarks/bench_live.py [--rounds 3] [--quick] [--no-cpu] [--no-latency]
+                                    [--cpu-rounds 11] [--cpu-window 60] [--cpu-warmup 630]
 
-``--quick``: one scenario per rule for the latency part, 8 s windows for the CPU part.
+``--quick``: one scenario per rule for the latency part, the first minutes only for the CPU part.
 """
 
 from __future__ import annotations
@@ -38,14 +41,20 @@ from agent.analysis.thresholds import LIVE_CPU_TARGET  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     Report,
     Side,
-    add_round_args,
-    apply_quick,
     baseline_argv,
     fail,
     interleaved,
-    judge_live_cpu,
     process_tree,
     spread,
+)
+from benchmarks._span import (  # noqa: E402
+    Span,
+    add_span_args,
+    apply_span,
+    judge_live_cpu,
+    judge_resolution,
+    note_span,
+    report_sides,
 )
 
 CPU_SCENARIO = "throttled-thermal"
@@ -91,7 +100,7 @@ def bench_latency(report: Report, tmp: Path, rounds: int, only: list[str] | None
     report.info("latency part: wall seconds", f"{time.perf_counter() - started:.0f}")
 
 
-def bench_cpu(report: Report, tmp: Path, args: argparse.Namespace) -> None:
+def bench_cpu(report: Report, tmp: Path, span: Span) -> None:
     health = tmp / "health.json"
     with process_tree(32) as root:
 
@@ -106,10 +115,11 @@ def bench_cpu(report: Report, tmp: Path, args: argparse.Namespace) -> None:
             Side("live", session("on"), "the whole agent (Session, headless), live analysis on"),
             Side("no-live", session("off"), "the same agent with live_analysis=False"),
         ]
-        got = interleaved(sides, rounds=args.rounds, window=args.window, warmup=args.warmup)
-    for side in sides:
-        report.side(side.name, side.includes)
-    judge_live_cpu(report, got["live"].cpu, got["no-live"].cpu, LIVE_CPU_TARGET)
+        got = interleaved(sides, rounds=span.rounds, window=span.window, warmup=span.warmup)
+    note_span(report, span)
+    report_sides(report, sides, got)
+    judge_resolution(report, got)
+    judge_live_cpu(report, got["live"], got["no-live"], LIVE_CPU_TARGET)
     seen = json.loads(health.read_text()) if health.exists() else {}
     if seen.get("seconds"):
         own = 100 * float(seen.get("analysis.cpu_s", 0.0)) / float(seen["seconds"])
@@ -122,12 +132,16 @@ def bench_cpu(report: Report, tmp: Path, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_round_args(parser, rounds=3, window=20.0, warmup=8.0)
+    parser.add_argument("--rounds", type=int, default=3, help="latency: rounds (3)")
+    parser.add_argument("--quick", action="store_true", help="one case per rule; short CPU span")
+    add_span_args(parser, prefix="cpu-")
     parser.add_argument("--no-cpu", action="store_true", help="skip the whole-agent CPU part")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency part")
     parser.add_argument("--case", action="append", help="latency: only this scenario (repeat)")
     args = parser.parse_args(argv)
-    apply_quick(args, window=8.0, warmup=5.0)
+    span = apply_span(args, prefix="cpu-")
+    if args.rounds < 3:
+        raise SystemExit("benchmarks need at least 3 rounds (min / median / max)")
     if args.quick and not args.case:
         args.case = list(QUICK_CASES)
     report = Report("live analysis: first finding per rule, and its CPU")
@@ -136,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_latency:
                 bench_latency(report, Path(tmp), args.rounds, args.case)
             if not args.no_cpu:
-                bench_cpu(report, Path(tmp), args)
+                bench_cpu(report, Path(tmp), span)
     except Exception as exc:  # one line and exit 1, never a traceback mid-table
         return fail(exc)
     return report.print()
