@@ -4,6 +4,7 @@ steady-state span by default. Real child processes, a few seconds in all (no 10-
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -60,6 +61,10 @@ def _spun(seconds: float) -> subprocess.Popen[str]:
 def test_process_cpu_ns_counts_a_thread_that_has_exited() -> None:
     child = _spun(0.3)
     try:
+        # join() returns before the kernel has let the thread go: wait until it has
+        deadline = time.monotonic() + 5
+        while len(os.listdir(f"/proc/{child.pid}/task")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         total = process_cpu_ns(cpu_clock(child.pid)) / 1e9
         live = sum(thread_cpu_ns(child.pid).values()) / 1e9
         assert total >= 0.3  # the spinner's 0.3 s, though the thread is gone
@@ -75,17 +80,20 @@ def test_process_cpu_ns_agrees_with_psutil_within_ticks() -> None:
         time.sleep(0.3)
         clock, proc = cpu_clock(child.pid), psutil.Process(child.pid)
 
-        def both() -> tuple[float, float]:
-            ns = process_cpu_ns(clock) / 1e9
+        def both() -> tuple[float, float, float]:
+            """psutil's figure between two ns readings (the child runs on in between, longer
+            on a loaded machine): the ticks must fall within the bracket, give or take."""
+            first = process_cpu_ns(clock) / 1e9
             t = proc.cpu_times()
-            return ns, t.user + t.system
+            return first, t.user + t.system, process_cpu_ns(clock) / 1e9
 
         before = both()
         time.sleep(1.0)
         after = both()
-        used_ns, used_ticks = after[0] - before[0], after[1] - before[1]
-        assert used_ns > 0.1
-        assert abs(used_ns - used_ticks) <= AGREE_TICKS * TICK_S
+        used_ticks = after[1] - before[1]
+        assert after[0] - before[2] > 0.02  # it ran (a loaded machine gives it less than 30 %)
+        slack = AGREE_TICKS * TICK_S
+        assert after[0] - before[2] - slack <= used_ticks <= after[2] - before[0] + slack
     finally:
         child.kill()
         child.wait()
@@ -102,18 +110,18 @@ def test_process_cpu_ns_fails_once_the_process_is_gone() -> None:
 def test_every_side_is_measured_over_the_same_windows() -> None:
     sides = [
         Side(name, [sys.executable, "-c", DUTY, share], name)
-        for name, share in (("busy", "0.2"), ("light", "0.05"))
+        for name, share in (("busy", "0.2"), ("light", "0"))
     ]
     got = interleaved(sides, rounds=3, window=0.5, warmup=0.2)
     busy, light = got["busy"], got["light"]
     assert len(busy.slots) == len(light.slots) == 3
     for a, b in zip(busy.slots, light.slots):
-        assert a.wall_s == pytest.approx(b.wall_s, abs=0.01)  # the same edges, back to back
+        assert a.wall_s == pytest.approx(b.wall_s, abs=0.05)  # the same edges, back to back
         assert abs(a.cpu_s - a.ticks_cpu_s) <= AGREE_TICKS * TICK_S
     assert busy.span_cpu == pytest.approx(
         sum(s.cpu_s for s in busy.slots) / sum(s.wall_s for s in busy.slots)
     )
-    assert busy.span_cpu > 2 * light.span_cpu
+    assert busy.span_cpu > 0.01 > light.span_cpu  # each side's own figures (light sleeps)
     assert 0.1 < busy.start_min * 60 < 1.0  # after the warm-up, in minutes after its start
     assert busy.end_min - busy.start_min == pytest.approx(1.5 / 60, abs=0.01)
 
