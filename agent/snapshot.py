@@ -120,6 +120,10 @@ class Snapshot:
         return found
 
 
+#: Entities' attributes the hub keeps however many have gone (see ``_forget_gone``).
+ATTRS_KEPT_MIN = 256
+
+
 class SnapshotHub:
     """Holds the latest snapshot; subscribers are called from the sampler thread and must not block."""
 
@@ -127,6 +131,8 @@ class SnapshotHub:
         self._latest: Snapshot | None = None
         self._attrs: dict[str, Mapping[str, Any]] = {}
         self._attrs_shown: Mapping[str, Any] = {}  # the copy snapshots share until attrs change
+        #: Each source's latest batch: whose entities are live (``_forget_gone``).
+        self._seen: dict[str, Batch] = {}
         self._subscribers: list[Callable[[Snapshot], None]] = []
         self._lock = threading.Lock()
         self._seq = 0
@@ -163,12 +169,23 @@ class SnapshotHub:
             self._shape_cache = {}
         return self._index
 
+    def _forget_gone(self) -> None:
+        """Drop the attributes of entities the latest batch of every source lacks (processes
+        that ended; a source missing this tick counts with its last batch), once there are
+        twice as many as live ones: a job that keeps spawning processes must not grow the hub
+        for a week."""
+        live = {e for b in self._seen.values() for e in (*b.entities, *b.entity_attrs)}
+        if len(self._attrs) > 2 * len(live) + ATTRS_KEPT_MIN:
+            self._attrs = {e: a for e, a in self._attrs.items() if e in live}
+
     def publish(self, ts: float, batches: list[Batch], stats: Mapping[str, Any]) -> Snapshot:
         frozen = tuple(batches)
         values = TickValues(self._index_for(frozen), frozen)
         events: list[Event] = []
         changed = False
+        seen = self._seen
         for batch in batches:
+            seen[batch.source] = batch
             if batch.events:
                 events.extend(batch.events)
             if batch.entity_attrs:
@@ -176,6 +193,8 @@ class SnapshotHub:
                 changed = True
         before = self._latest
         if changed:  # most ticks carry no attributes: no copy of every entity's each tick
+            if len(self._attrs) > ATTRS_KEPT_MIN:
+                self._forget_gone()
             self._attrs_shown = dict(self._attrs)
         self._seq += 1
         snap = Snapshot(

@@ -95,3 +95,34 @@ def test_a_sources_entities_are_worked_out_once_per_shape_in_first_seen_order():
     three = hub.publish(3.0, [_tick(3.0, ["gpu2"], ["a"], [7])], {})
     assert three.entities("nvml") == ("gpu2",)
     assert one.entities("nvml") == ("gpu1", "gpu0")
+
+
+def test_attributes_of_processes_that_ended_do_not_pile_up_in_the_hub():
+    """A job that keeps spawning short processes: the hub keeps the live ones' attributes and
+    forgets the gone ones' once they outnumber them, so a week of churn does not grow it."""
+    from agent.model import BatchBuilder
+    from agent.snapshot import ATTRS_KEPT_MIN, SnapshotHub
+
+    hub = SnapshotHub()
+    for tick in range(2000):
+        b = BatchBuilder("process", float(tick))
+        b.add("gpu0", "util", 1.0)
+        if tick == 0:
+            b.describe("gpu0", name="H100")  # described once, sampled every tick
+        for pid in (tick, tick + 1):  # each process lives two ticks
+            b.add(f"pid{pid}", "cpu", 0.5)
+        b.describe(f"pid{tick + 1}", cmd="worker")
+        batches = [b.build()]
+        if tick % 7 == 0:  # another source, described once, whose tick is sometimes missing
+            d = BatchBuilder("disk", float(tick))
+            d.add("nvme0", "read", 1.0)
+            if tick == 0:
+                d.describe("nvme0", model="x")
+            batches.append(d.build())
+        snap = hub.publish(float(tick), batches, {})
+    attrs = snap.entity_attrs
+    assert len(attrs) <= 2 * 4 + ATTRS_KEPT_MIN + 1
+    assert attrs["nvme0"] == {"model": "x"}
+    assert attrs["gpu0"] == {"name": "H100"}  # live entities keep what they were described with
+    assert attrs["pid2000"] == {"cmd": "worker"} and "pid1999" in attrs
+    assert "pid1" not in attrs
