@@ -28,6 +28,7 @@ from collectors.procfs import (
     parse_io,
     parse_memory,
     parse_stat,
+    pread_from_start,
     process_name,
     read,
     read_all,
@@ -132,18 +133,6 @@ def _pread(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def _pread_all(fd: int) -> bytes:
-    """A many-record file read to EOF from offset 0 (the kernel may stop a read at a page)."""
-    data = os.pread(fd, _CHUNK, 0)
-    if not data:
-        return data
-    parts, at = [data], len(data)
-    while chunk := os.pread(fd, _CHUNK, at):
-        parts.append(chunk)
-        at += len(chunk)
-    return b"".join(parts)
-
-
 _CHUNK = 8192
 
 
@@ -237,7 +226,7 @@ class ProcessCollector(Collector):
                 files = seen[pid].files
                 if files is not None and files[3] is not None:  # its one thread's, kept open
                     try:
-                        data = _pread_all(files[3])
+                        data = pread_from_start(files[3], _CHUNK, records=True)
                     except OSError:
                         continue
                     if data:

@@ -152,6 +152,20 @@ def process_name(comm: str, cmdline: list[str]) -> str:
     return comm
 
 
+def pread_from_start(fd: int, chunk: int, *, records: bool) -> bytes:
+    """A kept-open file read again from offset 0: one read when it is short, else on to EOF.
+    ``records``: a many-record file, read on until EOF even after a short read (the kernel may
+    stop a read at a page boundary)."""
+    data = os.pread(fd, chunk, 0)
+    if (len(data) < chunk and not records) or not data:
+        return data
+    parts, at = [data], len(data)
+    while more := os.pread(fd, chunk, at):
+        parts.append(more)
+        at += len(more)
+    return b"".join(parts)
+
+
 class KeptFile:
     """A procfs file opened once and read again at offset 0 (``pread``): the kernel generates
     its contents afresh on each read from 0, so a tick costs one read instead of an open, a
@@ -183,14 +197,7 @@ class KeptFile:
         return self._pread(fd)
 
     def _pread(self, fd: int) -> bytes:
-        data = os.pread(fd, _KEPT_CHUNK, 0)
-        if len(data) < _KEPT_CHUNK and not self.records:
-            return data
-        parts, at = [data], len(data)
-        while chunk := os.pread(fd, _KEPT_CHUNK, at):
-            parts.append(chunk)
-            at += len(chunk)
-        return b"".join(parts)
+        return pread_from_start(fd, _KEPT_CHUNK, records=self.records)
 
     def close(self) -> None:
         fd, self.fd = self.fd, None
