@@ -50,6 +50,27 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _wait_stopped(root: int) -> None:
+    """SIGSTOP takes effect a little later on a loaded machine: until each process of the
+    group is stopped ('T'), its state and context switches still move between two reads."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        group = []
+        for pid in pids:
+            try:
+                stat = read(f"/proc/{pid}/stat")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if int(fields[2]) == root:  # its process group
+                group.append(fields[0])
+        if len(group) == 4 and all(state == b"T" for state in group):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the tree did not stop: {group}")
+
+
 def _values(batch) -> dict:
     return dict(zip(zip(batch.entities, batch.metrics), batch.values))
 
@@ -58,6 +79,7 @@ def test_kept_files_read_what_a_path_read_reads(tree):
     """A stopped tree does not change between the reads: every value is the same."""
     os.killpg(tree.pid, signal.SIGSTOP)
     try:
+        _wait_stopped(tree.pid)
         kept = _collector(tree.pid)
         kept.collect(time.time())
         assert kept.keep_files and kept._kept == 4
