@@ -122,17 +122,6 @@ def _open_files(base: str, pid: int) -> tuple[int, int, int | None, int | None] 
     return stat, status, io, children
 
 
-def _pread(fd: int) -> bytes:
-    data = os.pread(fd, _CHUNK, 0)
-    if len(data) < _CHUNK:
-        return data
-    parts, at = [data], len(data)
-    while chunk := os.pread(fd, _CHUNK, at):
-        parts.append(chunk)
-        at += len(chunk)
-    return b"".join(parts)
-
-
 _CHUNK = 8192
 
 
@@ -271,8 +260,8 @@ class ProcessCollector(Collector):
         try:
             if files is not None:
                 try:
-                    raw = _pread(files[0])
-                    status = _pread(files[1])
+                    raw = pread_from_start(files[0], _CHUNK, records=False)
+                    status = pread_from_start(files[1], _CHUNK, records=False)
                 except OSError:  # that process exited: whatever has its pid now, by path
                     assert known is not None
                     known.close()
@@ -290,7 +279,7 @@ class ProcessCollector(Collector):
             if files is None or files[2] is None:
                 io = parse_io(read(f"{base}/io"))
             else:
-                io = parse_io(_pread(files[2]))
+                io = parse_io(pread_from_start(files[2], _CHUNK, records=False))
         except OSError:  # another user's process, or a kernel without task I/O accounting
             io = None
         if known is None or known.start != start:
