@@ -279,11 +279,13 @@ def test_view_following_a_run_takes_the_file_over_when_the_recording_ends(tmp_pa
     from agent.recorded import RecordedReader
 
     db = str(tmp_path / "ends.duckdb")
+    done = tmp_path / "done"
+    job = f"import os, time\nwhile not os.path.exists({str(done)!r}):\n    time.sleep(0.05)\n"
     env = {k: v for k, v in os.environ.items() if k != "ACCELWATCH_DB"}
     agent = subprocess.Popen(
         [
             *accelwatch("run", "--headless", "--db", db, "--interval", "0.2", "--"),
-            *(sys.executable, "-c", "import time; time.sleep(6)"),
+            *(sys.executable, "-c", job),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -297,6 +299,7 @@ def test_view_following_a_run_takes_the_file_over_when_the_recording_ends(tmp_pa
         try:
             assert reader.following
             reader.subscribe(lambda: None)
+            done.touch()  # the job ends while the view follows the run
             assert wait_until(lambda: reader.run.ended is not None, timeout=60)
             assert not reader.following and reader.run.status == "finished"
             assert reader.cursor == len(reader.ticks) - 1
@@ -304,6 +307,7 @@ def test_view_following_a_run_takes_the_file_over_when_the_recording_ends(tmp_pa
         finally:
             reader.close()
     finally:
+        done.touch()
         agent.wait(timeout=60)
 
 

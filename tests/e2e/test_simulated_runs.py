@@ -30,7 +30,7 @@ def test_run_on_simulated_gpus_records_them_and_matches_the_job(tmp_path):
         "--",
         sys.executable,
         "-c",
-        "import time; time.sleep(1.5)",
+        "import time; time.sleep(3)",
     )
     assert result.returncode == 0, result.stderr
     [(run_id, pid, simulated, scenario)] = query(

@@ -41,7 +41,12 @@ def test_sim_serve_serves_a_tpu_vm_until_terminated(tmp_path):
         assert (root.stat().st_mode & 0o777) == 0o700
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     assert proc.returncode == 0, err
     assert root.is_dir()  # a directory the user named is left for them
 
