@@ -1,7 +1,7 @@
 """XID and ECC events from an NVML event set, waited on by a small background thread.
 
 ``nvmlEventSetWait`` blocks, so it must never run on the sampler thread. The watcher waits
-with a short timeout (so ``close`` returns promptly), stamps each event with the agent's
+with a timeout (so ``close`` returns within it), stamps each event with the agent's
 clock and queues it; the collector drains the queue into the next batch.
 """
 

@@ -388,7 +388,7 @@ class FieldReader:
         #: The kinds (value type, return) of the rows the fast path was set up for, and the
         #: value types it decodes by; None until a tick where every field answered and every
         #: counter came as a 64-bit value.
-        learned: list = [None, (), (), ()]
+        learned: list = [None, (), (), (), None]
 
         def learn(rows: list[FieldRow], kinds: bytes) -> None:
             if any(row[5] != ok for row in rows) or any(
@@ -396,11 +396,13 @@ class FieldReader:
             ):
                 learned[0] = None
                 return
+            state_types = [(slot, rows[slot][4]) for slot in state_slots]
             learned[:] = [
                 kinds,
                 [(slot, rows[slot][4], scale, flag) for slot, _, scale, flag in scalar_slots],
                 [(slot, rows[slot][4]) for slot in energy_slots + power_slots],
-                [(slot, rows[slot][4]) for slot in state_slots],
+                state_types,
+                _state_masks(state_types),
             ]
 
         def emit(b: BatchBuilder, array: np.ndarray) -> None:
@@ -417,7 +419,7 @@ class FieldReader:
                 learn(rows, kinds)
                 return
             raw = raw_column.tolist()
-            _, scalar_types, single_types, state_types = learned
+            _, scalar_types, single_types, state_types, state_masks = learned
             values: list[float] = []
             for slot, value_type, scale, flag in scalar_types:
                 value = raw[slot] if value_type == ull else decode(value_type, raw[slot])
@@ -433,7 +435,10 @@ class FieldReader:
             values += pairs
             for slot, value_type in single_types[len(energy_slots) :]:
                 values.append(float(decode(value_type, raw[slot]) / 1000.0))
-            if state_slots:
+            if state_masks is not None:  # every link's state as 32 or 64 bits: at once
+                at, mask = state_masks
+                values.append(float(np.count_nonzero((raw_column[at] & mask) == active)))
+            elif state_slots:
                 values.append(
                     float(sum(1 for slot, vt in state_types if decode(vt, raw[slot]) == active))
                 )
@@ -443,6 +448,22 @@ class FieldReader:
             b.add_columns(fast_entities, fast_metrics, values)
 
         return query("field values", "nvmlDeviceGetFieldValues", request.fetch, emit)
+
+
+def _state_masks(state_types: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The link-state slots and the masks that decode them (``raw & mask`` is ``decode`` of a
+    32- or 64-bit unsigned answer), or None where a state comes as another type (then each is
+    decoded on its own)."""
+    widths = {
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: _U32,
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: U64 - 1,
+    }
+    if not state_types or any(vt not in widths for _, vt in state_types):
+        return None
+    return (
+        np.asarray([slot for slot, _ in state_types], dtype=np.intp),
+        np.asarray([widths[vt] for _, vt in state_types], dtype=np.uint64),
+    )
 
 
 _PCIE_FIELDS = {

@@ -106,10 +106,12 @@ class RigFactory:
         gpu_pids: Iterable[int] | None = None,
         events: bool = False,
         before_start: Callable[[SimulatedNvml], None] | None = None,
+        event_timeout_ms: int | None = 50,
     ) -> Rig:
         """``scenario``: a named scenario or TOML text; ``gpu_pids``: what the driver reports
         on the GPUs (default: the job's PIDs); ``job``: what the collector treats as the job;
-        ``before_start``: called with the installed driver before the collector probes it."""
+        ``before_start``: called with the installed driver before the collector probes it;
+        ``event_timeout_ms``: the XID thread's wait (None: the collector's default)."""
         clock = FakeClock()
         loaded = (
             parse_scenario(scenario, "test")
@@ -120,7 +122,8 @@ class RigFactory:
         sim = install(loaded, clock=clock, job_pids=lambda: reported)
         if before_start is not None:
             before_start(sim)
-        collector = NvmlCollector(clock=clock, watch_events=events, event_timeout_ms=50)
+        waits = {} if event_timeout_ms is None else {"event_timeout_ms": event_timeout_ms}
+        collector = NvmlCollector(clock=clock, watch_events=events, **waits)
         rig = Rig(sim, clock, collector)
         self.rigs.append(rig)
         job_set = frozenset(job)

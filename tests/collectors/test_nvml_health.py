@@ -9,7 +9,7 @@ import pytest
 
 from agent.errors import CollectorUnavailable
 from agent.source import CollectContext
-from collectors.nvml import NvmlCollector
+from collectors.nvml import EVENT_WAIT_MS, NvmlCollector
 from tests.collectors.nvml_harness import RigFactory, count_calls, scenario_toml, series, values
 
 U64 = 1 << 64
@@ -211,6 +211,40 @@ def test_without_nvml_start_raises_collector_unavailable_with_a_hint(monkeypatch
     monkeypatch.setattr(pynvml, "CDLL", no_library)
     with pytest.raises(CollectorUnavailable, match="--simulate"):
         NvmlCollector().start(CollectContext())
+
+
+def test_with_the_default_event_wait_an_xid_arrives_and_close_ends_the_thread(rig):
+    """The XID thread's idle wait is 1 s (it wakes half as often as at 500 ms): an event still
+    ends a wait at once, and ``close`` outlasts the wait, so the thread has ended and the
+    event set is freed when it returns (never a thread left waiting on a freed set)."""
+    freed: list[list[int]] = []
+    r = rig(
+        scenario_toml(
+            "h100-sxm-80gb",
+            2,
+            extra="""
+[[effects]]
+label = "MMU fault"
+gpus = [0]
+at_s = 1.5
+xid = 31
+""",
+        ),
+        events=True,
+        event_timeout_ms=None,
+        before_start=lambda sim: freed.append(count_calls(sim, "nvmlEventSetFree")),
+    )
+    watcher = r.collector.events
+    assert watcher is not None and watcher.timeout_ms == EVENT_WAIT_MS == 1000
+    thread = watcher._thread
+    assert thread is not None and thread.is_alive()
+    r.tick()
+    r.tick()
+    [xid] = r.wait_for_event("xid")
+    assert (xid.entity, xid.detail["xid"]) == ("gpu0", 31)
+    r.collector.close()
+    assert not thread.is_alive()
+    assert freed[0] == [1]
 
 
 def test_close_shuts_nvml_down_once(rig):
