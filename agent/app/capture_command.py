@@ -17,10 +17,11 @@ import time
 
 from agent.errors import TargetError, UsageError
 
-#: Mount options whose value could be a secret (CIFS, FUSE object stores, Ceph).
+#: Mount options whose value could be a secret (CIFS, FUSE object stores, Ceph): any option
+#: whose name holds one of these words, ``aws_secret_access_key=``, ``access_key_id=``,
+#: ``password=``, ``secretfile=`` alike (a mount option starts a field or follows a comma).
 _SECRET_OPTION = re.compile(
-    r"\b(password|passwd|pass|secret|credentials|token|key|secretkey|access_key|"
-    r"secret_key|passwd_file)=[^,\s]*",
+    r"(?<![^\s,])([\w.-]*(?:pass|secret|token|key|cred|auth)[\w.-]*)=[^,\s]*",
     re.IGNORECASE,
 )
 #: procfs files whose text may carry mount options.
@@ -100,6 +101,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UsageError(f"--out {args.out}: exists and is not an empty directory")
     pids = _tree_pids(args.pid) if args.pid is not None else []
+    if not pids:  # a replay of it has no job: its storage source finds no mounts
+        print(
+            "accelwatch: capture: no --pid given: only the fabric files are captured, no "
+            "process's mounts, open files or I/O",
+            file=sys.stderr,
+        )
     old = os.umask(0o077)
     try:
         _mkdir(out)

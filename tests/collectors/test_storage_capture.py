@@ -101,3 +101,38 @@ def test_a_run_replaying_a_captured_tree_records_its_mounts(tmp_path):
     assert result.returncode == 0, result.stderr
     mounts = query(db, "SELECT entity FROM entities WHERE source = 'storage'")
     assert mounts, result.stderr
+
+
+def test_capture_masks_every_mount_option_that_names_a_credential(tmp_path):
+    """Masking is by the option's name, whatever its separators: an underscore after the
+    word (``aws_secret_access_key``) hides it as well as a plain ``password``."""
+    from agent.app.capture_command import capture
+
+    proc = tmp_path / "proc" / "4242"
+    proc.mkdir(parents=True)
+    options = (
+        "rw,relatime,aws_secret_access_key=SEKRIT1,access_key_id=AKIASEKRIT2,"
+        "password=SEKRIT3,passwd_file=/etc/SEKRIT4,token=SEKRIT5,credentials=/root/SEKRIT6,"
+        "SecretKey=SEKRIT7,auth_token=SEKRIT8,uid=1000,vers=4.2"
+    )
+    (proc / "mountinfo").write_text(f"36 25 0:33 / /mnt/s3 rw,nosuid - fuse.s3fs s3fs {options}\n")
+    (proc / "mountstats").write_text(
+        f"device s3fs mounted on /mnt/s3 with fstype fuse.s3fs\n\topts:\t{options}\n"
+    )
+    out = tmp_path / "cap"
+    capture(str(out), str(tmp_path / "sys"), str(tmp_path / "proc"), [4242])
+    for name in ("mountinfo", "mountstats"):
+        text = (out / "proc" / "4242" / name).read_text()
+        assert "SEKRIT" not in text, text
+        # what is not a credential stays, so the replay sees the same mounts and options
+        assert "uid=1000" in text and "vers=4.2" in text and "/mnt/s3" in text
+        assert "aws_secret_access_key=***" in text and "password=***" in text
+
+
+def test_capture_without_a_process_says_that_no_mounts_are_captured(tmp_path):
+    result = run_cli("capture", "--out", str(tmp_path / "cap"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "no --pid given" in result.stderr
+    assert not (tmp_path / "cap" / "proc").exists() or not any(
+        (tmp_path / "cap" / "proc").iterdir()
+    )
