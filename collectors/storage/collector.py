@@ -150,7 +150,11 @@ class StorageCollector(Collector):
             used.pids.clear()
         for pid, paths, cwd in held_by:
             held: set[str] = set()
+            streams = False  # a pipe or socket beyond stdio: its bytes are in rchar/wchar too
             for fd, path in paths:
+                if not path:
+                    streams = streams or fd > 2
+                    continue
                 m = table.find(path)
                 if m is not None and m.kind not in _IGNORED_KINDS:
                     if fd > 2:  # stdio (a log file, a terminal) says nothing of its data I/O
@@ -159,7 +163,7 @@ class StorageCollector(Collector):
             m = None if cwd is None else table.find(cwd)
             if m is not None and m.kind not in _IGNORED_KINDS:
                 self._use(b, m).pids.add(pid)
-            if len(held) == 1:
+            if len(held) == 1 and not streams:
                 self._sole_mount[pid] = held.pop()
         for used in self.mounts.values():
             m = used.mount

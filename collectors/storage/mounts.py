@@ -105,8 +105,9 @@ class MountTable:
 
 
 def open_paths(proc_root: str, pid: int) -> Iterator[tuple[int, str]]:
-    """(fd, absolute path) of ``pid``'s open files: no pipes, sockets, anonymous inodes or
-    device nodes (``/dev``, except ``/dev/shm``)."""
+    """(fd, absolute path) of ``pid``'s open files, and (fd, ``""``) for each pipe and socket
+    (their traffic is in the process's ``rchar``/``wchar`` too); no anonymous inodes or device
+    nodes (``/dev``, except ``/dev/shm``)."""
     fd_dir = os.path.join(proc_root, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
@@ -118,10 +119,13 @@ def open_paths(proc_root: str, pid: int) -> Iterator[tuple[int, str]]:
             target = os.readlink(fd_dir + name)
         except OSError:
             continue
+        fd = int(name) if name.isdigit() else -1
         if target.startswith("/") and (
             not target.startswith("/dev/") or target.startswith("/dev/shm/")
         ):
-            yield int(name) if name.isdigit() else -1, target.removesuffix(" (deleted)")
+            yield fd, target.removesuffix(" (deleted)")
+        elif target.startswith(("pipe:", "socket:")):
+            yield fd, ""
 
 
 def cwd_of(proc_root: str, pid: int) -> str | None:

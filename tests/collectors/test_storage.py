@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -245,6 +246,27 @@ def test_job_io_is_tied_to_the_one_mount_holding_its_open_files(tmp_path):
     v = _values(collector.collect(1.0))
     assert v[("mount:/mnt/data", "fs.job.read_bytes")] == 5_000_000
     assert v[("mount:/mnt/data", "fs.job.write_bytes")] == 1_000
+
+
+def test_a_process_holding_a_pipe_or_socket_has_its_io_tied_to_no_mount(tmp_path):
+    """``rchar``/``wchar`` count a pipe's and a socket's bytes too (a DataLoader's worker
+    queues, a rank's sockets): with one open beyond stdio, the process's I/O is not a mount's."""
+    for stream in ("pipe:[4242]", "socket:[4243]"):
+        root = tmp_path / stream[:4]
+        tree = StorageTree(root / "proc", root / "sys", pid=PID)
+        data = tree.nfs("/mnt/data")
+        data.files = ("/mnt/data/a",)
+        tree.write()
+        os.symlink(stream, root / "proc" / str(PID) / "fd" / "30")
+        os.symlink("pipe:[1]", root / "proc" / str(PID) / "fd" / "1")  # stdout: says nothing
+        collector = _collector(root)
+        collector.collect(0.0)
+        tree.rchar, tree.wchar = 5_000_000, 1_000
+        tree.write()
+        v = _values(collector.collect(1.0))
+        assert "/mnt/data" in collector.mounts  # the mount is the job's all the same
+        assert ("mount:/mnt/data", "fs.job.read_bytes") not in v, stream
+        assert collector._sole_mount == {}
 
 
 def test_files_opened_on_another_mount_are_mapped_at_the_next_rescan(tmp_path):
