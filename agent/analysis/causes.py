@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.analysis.finding import SEVERITY_RANK, Finding, sort_findings
+from agent.catalog.storage import ENTITY_PREFIX as MOUNT_PREFIX
 
 STARVATION = "gpu-starvation"
 #: Cause rule → the rules whose findings it explains (on its entities, in its windows).
@@ -38,6 +39,20 @@ EXPLAINS: Mapping[str, frozenset[str]] = {
 }
 #: Entities that stand for the whole machine or job: a cause there covers every entity.
 WIDE_ENTITIES = frozenset({"host", "job"})
+
+
+def covers_job(entity: str) -> bool:
+    """Whether a cause on ``entity`` explains symptoms on any of the job's entities: the
+    machine or the job itself, or a filesystem the job reads from or checkpoints to (every
+    accelerator waits on the same mount), not just symptoms on its own entity."""
+    return entity in WIDE_ENTITIES or on_mount(entity)
+
+
+def on_mount(entity: str) -> bool:
+    """A filesystem's entity (``mount:/data``)."""
+    return entity.startswith(MOUNT_PREFIX)
+
+
 #: A symptom joins a cause when at least this share of its time lies in the cause's windows.
 MIN_OVERLAP = 0.5
 
@@ -175,7 +190,7 @@ def _cause_of(f: Finding, causes: Sequence[Finding]) -> Finding | None:
     for c in causes:
         if c is f or f.rule not in EXPLAINS[c.rule]:
             continue
-        if (c.entity in WIDE_ENTITIES or c.entity == f.entity) and _inside(f, [c]):
+        if (covers_job(c.entity) or c.entity == f.entity) and _inside(f, [c]):
             return c
     return None
 

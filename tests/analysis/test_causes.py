@@ -90,3 +90,25 @@ def test_the_report_shows_the_cause_once_with_each_symptom_beneath(recorded):
     assert "[gpu-starvation]" not in text
     as_json = Report.to_json(report)
     assert len(as_json["findings"]) == 9 and len(as_json["groups"]) == 1
+
+
+def test_a_stall_on_the_jobs_mount_explains_every_gpus_starvation():
+    """A storage cause sits on the mount (``mount:/lustre/scratch``), its symptoms on the GPUs
+    that wait on it: they join it as one finding, and the post-run engine hides them as the
+    storage rules declare (``supersedes``), instead of nine rows with the cause alone."""
+    from agent.analysis.engine import _apply_supersedes
+    from agent.analysis.rules import ALL_RULES as RULES
+
+    for rule, mount in (
+        ("storage-checkpoint-stall", "mount:/lustre/scratch"),
+        ("storage-input-bound", "mount:/mnt/data"),
+    ):
+        cause = _finding(rule, mount, 0, 120, severity="critical")
+        starved = [_finding("gpu-starvation", g, 10, 110) for g in EIGHT]
+        (group,) = group_findings([*starved, cause])
+        assert group.rule == rule and set(group.entities) == {mount, *EIGHT}, rule
+        assert [s.rule for s in group.symptoms] == ["gpu-starvation"] * 8, rule
+        assert _apply_supersedes([*starved, cause], RULES) == [cause], rule
+        # a starvation outside the stall's time stays a finding of its own
+        later = _finding("gpu-starvation", "gpu0", 300, 400)
+        assert _apply_supersedes([later, cause], RULES) == [later, cause], rule
