@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.source import CollectContext
 from collectors.fabric.collector import FabricCollector
 from collectors.storage.collector import StorageCollector
@@ -84,7 +86,10 @@ def test_capture_refuses_a_directory_that_is_not_empty_and_a_missing_process(tmp
     assert missing.returncode == 3 and missing.stderr.count("\n") == 1
 
 
-def test_a_run_replaying_a_captured_tree_records_its_mounts(tmp_path):
+@pytest.mark.parametrize("given_by", ["options", "environment"])
+def test_a_run_replaying_a_captured_tree_records_its_mounts(tmp_path, given_by):
+    """The tree is named by ``--sys-root/--proc-root`` or by ``ACCELWATCH_SYS_ROOT`` /
+    ``ACCELWATCH_PROC_ROOT``, the same replay either way."""
     child = _holder(tmp_path)
     out = tmp_path / "cap"
     try:
@@ -93,14 +98,18 @@ def test_a_run_replaying_a_captured_tree_records_its_mounts(tmp_path):
         child.kill()
         child.wait()
     db = tmp_path / "replay.duckdb"
+    roots = ("--sys-root", str(out / "sys"), "--proc-root", str(out / "proc"))
+    env = {"ACCELWATCH_SYS_ROOT": str(out / "sys"), "ACCELWATCH_PROC_ROOT": str(out / "proc")}
+    by_options = given_by == "options"
     result = run_cli(
-        "run", "--db", str(db), "--headless", "--interval", "0.2",
-        "--sys-root", str(out / "sys"), "--proc-root", str(out / "proc"),
-        "--", sys.executable, "-c", "import time; time.sleep(1)",
+        "run", "--db", str(db), "--headless", "--interval", "0.2", *(roots if by_options else ()),
+        "--", sys.executable, "-c", "import time; time.sleep(1)", env={} if by_options else env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    mounts = query(db, "SELECT entity FROM entities WHERE source = 'storage'")
+    mounts = query(db, "SELECT entity, attrs FROM entities WHERE source = 'storage'")
     assert mounts, result.stderr
+    # read from the captured tree, not the live one: the captured (now gone) process holds them
+    assert any(child.pid in json.loads(attrs)["pids"] for _, attrs in mounts), mounts
 
 
 def test_capture_masks_every_mount_option_that_names_a_credential(tmp_path):
