@@ -97,6 +97,17 @@ def bench_latency(report: Report, tmp: Path, rounds: int, only: list[str] | None
             f"first live {key}, s after onset", spread(got, "{:.0f}"), f"<= {target:.0f}",
             max(got) <= target,
         )  # fmt: skip
+    if not only:  # every case ran: a rule that can show live and was measured nowhere misses
+        from agent.analysis.rules import ALL_RULES
+        from agent.analysis.rules.straggler_watch import never_live
+
+        measured = {key.split(" (", 1)[0] for key in by_rule}
+        unmeasured = sorted(r.id for r in ALL_RULES if r.may_find is not never_live
+                            and r.id not in measured)  # fmt: skip
+        report.target(
+            "live rules with no case here (the post-run analysis never found them)",
+            ", ".join(unmeasured) or "none", "none", not unmeasured,
+        )  # fmt: skip
     report.info("latency part: wall seconds", f"{time.perf_counter() - started:.0f}")
 
 
