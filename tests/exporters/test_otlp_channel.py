@@ -82,8 +82,11 @@ GRPC_THREADS = """
     def grpc_threads():
         names = []
         for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                name = f.read().strip()
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:  # the thread ended since the listing: it runs no more
+                continue
             if name.startswith(("event_engine", "grpc_global", "lifeguard")):
                 names.append(name)
         return names
