@@ -53,6 +53,10 @@ class Collector(ABC):
     def collect(self, now: float) -> Batch:
         """Sample once at wall-clock time ``now`` (seconds since the epoch)."""
 
+    def settle(self) -> None:  # noqa: B027 - optional hook
+        """Before the run's last sample: take in what the target sent before it ended (a
+        source fed by the job itself must not lose its last messages)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles."""
 

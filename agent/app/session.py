@@ -431,6 +431,9 @@ class Session:
         if self.sampler is not None:
             self.sampler.stop()
             if self.run is not None:
+                for collector in self.sampler.collectors:  # what the job sent before it ended
+                    with contextlib.suppress(Exception):
+                        collector.settle()
                 self.sampler.step()  # one last sample so the end of the run is recorded
             for collector in self.sampler.collectors:  # sockets removed, handles released
                 with contextlib.suppress(Exception):

@@ -79,6 +79,10 @@ class TrackingCollector(Collector):
             health["tracking.paused_s"] = round(self.receiver.paused_s, 3)
         return health
 
+    def settle(self) -> None:
+        if self.receiver is not None:
+            self.receiver.drain_rest()
+
     def close(self) -> None:
         if self.receiver is not None:
             self.receiver.close()

@@ -194,8 +194,21 @@ class Receiver:
             elif now - window >= 1.0:
                 window, count = now, 0
 
-    def close(self) -> None:
-        """Stop draining, remove our socket (not one another agent bound since) and our dir."""
+    def drain_rest(self) -> None:
+        """Stop the drain thread and take in every datagram still queued on the socket (the
+        job's last steps, sent just before it exited, that the thread had not read yet)."""
+        self._stop_thread()
+        if self._sock is None:
+            return
+        size = 2 * _wire.MAX_DATAGRAM
+        while True:
+            try:
+                data = self._sock.recv(size)
+            except OSError:  # BlockingIOError: nothing left
+                return
+            self.aggregator.feed_bytes(data, time.time())
+
+    def _stop_thread(self) -> None:
         self._stop.set()
         if self._wake is not None:
             with contextlib.suppress(OSError):
@@ -203,6 +216,10 @@ class Receiver:
         if self._thread is not None:
             self._thread.join(2.0)
             self._thread = None
+
+    def close(self) -> None:
+        """Stop draining, remove our socket (not one another agent bound since) and our dir."""
+        self._stop_thread()
         if self._wake is not None:
             for fd in self._wake:
                 with contextlib.suppress(OSError):

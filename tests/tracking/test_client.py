@@ -272,3 +272,30 @@ def test_oversized_config_is_split_into_datagrams_that_fit(receiver):
     tick = _drain(receiver, client, lambda t: len(t.settings) >= 200)
     assert len(tick.settings) == 200
     assert client.stats()["dropped"] == 0
+
+
+def test_the_last_messages_queued_on_the_socket_are_taken_in_before_the_last_sample(
+    runtime_dir,
+):
+    """A job's last steps can still sit in the socket's queue when it exits: ``settle`` (the
+    session calls it before the run's last sample) reads them whatever the drain thread did."""
+    from agent.tracking.aggregate import Aggregator
+    from agent.tracking.receiver import Receiver
+
+    path = os.path.join(runtime_dir, "last.sock")
+    aggregator = Aggregator()
+    rx = Receiver(path, aggregator)
+    rx.start()
+    rx._stop_thread()  # the drain thread is behind: nothing reads the socket but settle
+    try:
+        client = Client(environ={_wire.ENV_SOCKET: path})
+        for loss in (3.0, 2.0, 1.0):
+            client.log(loss=loss)
+            client.step()
+        client.flush()
+        assert aggregator.take().metrics == []  # queued, not yet taken in
+        rx.drain_rest()
+        tick = aggregator.take()
+        assert sorted(m[4] for m in tick.metrics) == [1.0, 2.0, 3.0]
+    finally:
+        rx.close()
