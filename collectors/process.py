@@ -260,14 +260,8 @@ class ProcessCollector(Collector):
         try:
             if files is not None:
                 try:
-                    # One pread each (the files are far shorter than a chunk); the loop only
-                    # for a file that filled it: no call of its own for the common case.
-                    raw = os.pread(files[0], _CHUNK, 0)
-                    if len(raw) == _CHUNK:
-                        raw = pread_from_start(files[0], _CHUNK, records=False)
-                    status = os.pread(files[1], _CHUNK, 0)
-                    if len(status) == _CHUNK:
-                        status = pread_from_start(files[1], _CHUNK, records=False)
+                    raw = pread_from_start(files[0], _CHUNK, records=False)
+                    status = pread_from_start(files[1], _CHUNK, records=False)
                 except OSError:  # that process exited: whatever has its pid now, by path
                     assert known is not None
                     known.close()
@@ -285,10 +279,7 @@ class ProcessCollector(Collector):
             if files is None or files[2] is None:
                 io = parse_io(read(f"{base}/io"))
             else:
-                data = os.pread(files[2], _CHUNK, 0)
-                if len(data) == _CHUNK:
-                    data = pread_from_start(files[2], _CHUNK, records=False)
-                io = parse_io(data)
+                io = parse_io(pread_from_start(files[2], _CHUNK, records=False))
         except OSError:  # another user's process, or a kernel without task I/O accounting
             io = None
         if known is None or known.start != start:
