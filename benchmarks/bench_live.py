@@ -2,9 +2,11 @@
 
 Prints, in one run:
   1. first live finding per rule, seconds after the condition's onset, against the rule's
-     minimum duration + 10 s (issue 14). Every scenario (GPU and TPU) and host variant of the
-     latency tests, recorded in simulated time through the real Sampler, simulated NVML / TPU
-     collectors, a real DuckDB file and the real LiveAnalysis polled after every tick; the onset
+     minimum duration + 10 s (issue 14). Every scenario (GPU, TPU, fabric and storage), host
+     variant and the multi-rank job of the latency tests, recorded in simulated time through
+     the real Sampler, simulated NVML / TPU collectors (fabric / storage: the real collectors
+     over the scenario's simulated sysfs/procfs trees), a real DuckDB file and the real
+     LiveAnalysis polled after every tick; the onset
      is where the post-run analysis of the same file starts the finding's episode. Each round
      starts the analysis one tick later (the phase of its clocks against the onset), so the
      rounds differ: min / median / max over the rounds per rule.
@@ -63,7 +65,8 @@ QUICK_CASES = (
     "hang", "xid-error", "gpu-lost", "input-bound", "idle-reserved", "dataloader", "io-wait",
     "launch-pinned", "pcie-bound", "comm-bound", "fp32-training", "memory-bound",
     "throttled-thermal", "memory-pressure", "memory-leak", "swap", "straggler",
-    "checkpoint-writes", "checkpoint-stall", "tpu-v5e-8-input-bound",
+    "checkpoint-writes", "checkpoint-stall", "tpu-v5e-8-input-bound", "ib-port-degrading",
+    "roce-congestion", "nfs-latency-starving", "checkpoint-lustre", "rank-spread",
 )  # fmt: skip
 
 
@@ -83,8 +86,9 @@ def bench_latency(report: Report, tmp: Path, rounds: int, only: list[str] | None
                 targets[f"{x.rule} ({name})"] = x.target_s
     report.side(
         "latency",
-        "simulated time: real Sampler, simulated NVML/TPU collectors, DuckDB file, LiveAnalysis "
-        "polled every tick; onset = the post-run finding's episode start",
+        "simulated time: real Sampler, simulated NVML/TPU collectors, real fabric/storage "
+        "collectors over simulated trees, DuckDB file, LiveAnalysis polled every tick; "
+        "onset = the post-run finding's episode start",
     )
     for key in sorted(by_rule):
         values = by_rule[key]

@@ -23,7 +23,7 @@ from agent.store import Store, connect
 from collectors.sim import list_scenarios, load_scenario
 from collectors.sim.tpu.vm import SimulatedTpu
 from collectors.tpu.collector import TpuCollector
-from tests.analysis.recording import JOB_PID, T0, Recording, profile, record
+from tests.analysis.recording import JOB_PID, T0, Recording, profile, record, step_log
 
 #: Long enough for the slowest target (a leak: 60 s + 10 s after its onset at 1 s).
 RUN_S = 75
@@ -74,15 +74,35 @@ TEST_SCENARIOS = (
 )
 
 
+def _spread_steps(rank: int, t: float) -> float:
+    """Four ranks at 0.5 s a step with 2% noise; rank 3 runs 15% slower from the start."""
+    noise = 0.01 * ((rank * 7 + int(t) * 3) % 5 - 2)
+    return 0.5 * (1.15 if rank == 3 else 1.0) * (1 + noise)
+
+
 def cases() -> dict[str, Recording]:
-    """Every simulated scenario (GPU and TPU), the rule tests' scenarios, and the host
-    variants. A TPU scenario's recording has no NVML scenario: ``live_run`` serves it."""
+    """Every simulated scenario (GPU and TPU; a fabric or storage scenario with its simulated
+    sysfs/procfs trees read by the real collectors), the rule tests' scenarios, the host
+    variants and a multi-rank job with one slow rank. A TPU scenario's recording has no NVML
+    scenario: ``live_run`` serves it."""
+    from tests.analysis.test_fabric_storage_rules import simulated_collectors
+
     out = {}
     for info in list_scenarios():
-        tpu = load_scenario(info.name).tpu is not None
-        out[info.name] = Recording(None if tpu else info.name, RUN_S, run_id=info.name)
+        loaded = load_scenario(info.name)
+        tpu = loaded.tpu is not None
+        trees = tuple(s for s in loaded.sources if s in ("fabric", "storage"))
+        out[info.name] = Recording(
+            None if tpu else info.name,
+            RUN_S,
+            run_id=info.name,
+            collectors=simulated_collectors(info.name, trees) if trees else (),
+        )
     out.update({name: Recording(name, RUN_S) for name in TEST_SCENARIOS})
     out.update(HOST_VARIANTS)
+    out["rank-spread"] = Recording(
+        "healthy", RUN_S, run_id="rank-spread", extra=[step_log(_spread_steps, 4)]
+    )
     return out
 
 
