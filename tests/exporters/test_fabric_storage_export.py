@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 
 from agent.analysis import analyze_run
 from agent.analysis.live import LiveAnalysis
@@ -26,7 +28,7 @@ from agent.context import LiveContext
 from agent.model import RunInfo
 from agent.snapshot import SnapshotHub
 from agent.store import connect
-from exporters.findings import FINDINGS_GAUGE, RULE, SEVERITY
+from exporters.findings import FINDINGS_GAUGE, RULE, SEVERITY, FindingLogEmitter
 from exporters.naming import build_plan
 from exporters.otel import TelemetryExporter
 from exporters.prometheus import metric_name
@@ -368,4 +370,34 @@ def test_a_degrading_port_is_exported_as_a_finding_naming_the_port(
     # first the downtrained link with its errors, a warning
     assert active[0]["severity"] == "WARNING" and "downtrained" in active[0]["body"]
     assert '"went_down": false' in active[0]["accelwatch.finding.evidence"]
+    # then, once it went down, the same finding again as critical: an alert on severity fires
+    (went_down,) = active[1:]
+    assert went_down["severity"] == "CRITICAL"
+    assert '"went_down": true' in went_down["accelwatch.finding.evidence"]
+    assert went_down["accelwatch.finding.start_ts"] == active[0]["accelwatch.finding.start_ts"]
     assert [(p.attributes[SEVERITY], p.value) for p in gauge if p.value] == [("critical", 1)]
+
+
+def test_a_finding_is_logged_again_only_when_its_severity_changes():
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    base = {"rule": "fabric-health", "entity": "ib:mlx5_2/1", "start_ts": T0 + 20}
+    current: list[dict] = []
+    emitter = FindingLogEmitter(provider.get_logger("t"), lambda: current)
+    hub = SnapshotHub()
+    for t, severity, summary in [
+        (21, "warning", "downtrained for 1 s"),
+        (30, "warning", "downtrained for 10 s"),  # only the summary moved: no record
+        (41, "critical", "down for 1 s"),
+        (45, "critical", "down for 5 s"),
+    ]:
+        current = [{**base, "severity": severity, "summary": summary, "end_ts": T0 + t}]
+        emitter(hub.publish(T0 + t, [], {}))
+    current = []
+    emitter(hub.publish(T0 + 50, [], {}))
+    logged = [
+        (log.log_record.severity_text, log.log_record.attributes["accelwatch.finding.state"])
+        for log in exporter.get_finished_logs()
+    ]
+    assert logged == [("WARNING", "active"), ("CRITICAL", "active"), ("INFO", "resolved")]
