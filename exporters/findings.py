@@ -72,8 +72,10 @@ def finding_key(finding: Finding) -> tuple[str, str, str]:
 
 
 class FindingLogEmitter:
-    """Emits a log record when a cause appears and one when it clears (a hub subscriber); the
-    record's evidence holds each entity's, its entities attribute lists them."""
+    """Emits a log record when a cause appears, again when its severity changes (a degraded
+    port that then goes down: alerting on log severity must see it), and one when it clears
+    (a hub subscriber); the record's evidence holds each entity's, its entities attribute
+    lists them."""
 
     def __init__(self, logger: Logger, findings: Callable[[], list[Finding]]) -> None:
         self._logger = logger
@@ -89,7 +91,8 @@ class FindingLogEmitter:
         self._last_list = current
         now = {finding_key(g): g for g in (x.to_dict() for x in group_mappings(current))}
         for key, finding in now.items():
-            if key not in self._active:
+            before = self._active.get(key)
+            if before is None or before.get("severity") != finding.get("severity"):
                 self._emit(finding, snapshot.ts, resolved=False)
         for key in self._active.keys() - now.keys():
             self._emit(self._active[key], snapshot.ts, resolved=True)

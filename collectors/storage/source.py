@@ -32,7 +32,12 @@ SPEC = SourceSpec(
     label="Storage (the job's mounts)",
     metrics=METRICS,
     entity_kinds=(
-        EntityKind("mount", "mount:(?P<mount>.+)", {"system.filesystem.mountpoint": "{mount}"}),
+        EntityKind(
+            "mount",
+            "mount:(?P<mount>.+)",
+            # the type comes from the mount's described attributes (nfs4, lustre, xfs ...)
+            {"system.filesystem.mountpoint": "{mount}", "system.filesystem.type": "{fstype}"},
+        ),
         EntityKind(
             "mount.op",
             "nfsop:(?P<op>[A-Z0-9_]+)@(?P<mount>.+)",
