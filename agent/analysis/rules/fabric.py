@@ -5,7 +5,10 @@ whose one scan of the samples carries them; the pivoted frames have no port colu
 port and bucket the increase of each counter role and the extremes of each gauge role.
 
 * ``fabric-health``: a port's error counters rise, it leaves ACTIVE/LinkUp after being up,
-  or its rate falls below the highest it (or its device) reached: a downtrained link.
+  or its rate falls below the highest it reached: a downtrained link. Only the port's own
+  history counts (``port.rate.max``): a sibling port of its HCA may be cabled slower on
+  purpose. A port already downtrained when first seen is not flagged: sysfs shows only the
+  trained rate, no supported one, so nothing honest says it could run faster.
 * ``fabric-congestion``: congestion notifications (CNP) or ECN marks arrive at a high rate
   while the port moves less than it did at its best.
 
