@@ -153,14 +153,15 @@ def detect_fabric_health(ctx: Context) -> list[Finding]:
         errors, rate, best, down = (weighted(p_eps, c) for c in ("errors_per_s", "rate",
                                                                   "rate_max", "down"))  # fmt: skip
         problems = []
-        if errors:
-            problems.append(f"{errors:.0f} errors/s")
+        went_down = any(e.values.get("down") for e in p_eps)
+        total = sum(e.duration_s for e in p_eps)
+        # going down counts one in ``link_downed``: that alone is the down, not errors besides
+        if errors and not (went_down and errors * total <= 1.0 + 1e-9):
+            problems.append(f"{errors:.0f} errors/s" if errors >= 1 else f"{errors:.2g} errors/s")
         if rate is not None and best and rate < DOWNTRAINED * best:
             problems.append(f"running at {_gbps(rate)} of its {_gbps(best)} (downtrained)")
-        went_down = any(e.values.get("down") for e in p_eps)
         if went_down:
             problems.append("left ACTIVE/LinkUp")
-        total = sum(e.duration_s for e in p_eps)
         name = port.removeprefix("ib:")
         findings.append(
             ctx.finding(
