@@ -178,6 +178,23 @@ def test_a_port_downtraining_without_errors_is_a_warning_naming_its_rate(runs):
     assert 19 <= seconds(f.start) <= 21
 
 
+def test_a_dual_port_hca_flags_the_port_that_dropped_not_the_one_cabled_slower(runs):
+    """mlx5_0/2 runs 100 Gb/s all run beside its 200 Gb/s sibling: never seen faster, it is
+    not downtrained. mlx5_1/2 ran 200 Gb/s and dropped to 100 at 20 s: it is."""
+    f = _only_port(runs, "ib-dual-port-split", "ib:mlx5_1/2")
+    assert f.severity == "warning" and f.evidence["rate_bytes_per_s"] == 12.5e9
+    assert f.evidence["rate_max_bytes_per_s"] == 25e9 and "(downtrained)" in f.summary
+    assert 19 <= seconds(f.start) <= 21
+
+
+def test_a_port_already_downtrained_when_the_run_starts_is_not_flagged(runs):
+    """The documented limit: sysfs has no supported rate, so a single-port device first seen
+    at half rate has nothing honest to be compared with."""
+    found = runs("ib-port-downtrained-from-start", ("fabric",))
+    assert of_rule(found, "fabric-health") == []
+    assert of_rule(found, "fabric-congestion") == []
+
+
 def test_congestion_marks_at_full_throughput_give_no_fabric_finding(runs):
     """DCQCN marking while every port still moves its best 80 Gb/s costs the job nothing."""
     found = runs("roce-marks-at-full-rate", ("fabric",))

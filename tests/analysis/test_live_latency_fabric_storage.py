@@ -36,6 +36,8 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     "ib-port-errors-only": (("fabric",), {"fabric-health"}),
     "ib-port-down-only": (("fabric",), {"fabric-health"}),
     "ib-port-downtrained-only": (("fabric",), {"fabric-health"}),
+    # a dual-port HCA: the port that dropped, not the one cabled slower from the start
+    "ib-dual-port-split": (("fabric",), {"fabric-health"}),
     "lustre-read-starving": (("storage",), {"storage-input-bound"}),
     "roce-congestion": (("fabric",), {"fabric-congestion"}),
     "nfs-latency-starving": (("storage",), {"storage-input-bound"}),
