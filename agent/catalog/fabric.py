@@ -142,8 +142,8 @@ METRICS = [
         "host.ib.rate.max",
         "By/s",
         "gauge",
-        "Highest line rate seen on the port or its device's other ports during the run: a "
-        "rate below it is a downtrained link.",
+        "Highest line rate the port reached while ACTIVE during the run: a rate below it is a "
+        "downtrained link.",
         otel="accelwatch.ib.rate.max",
     ),
     _m(

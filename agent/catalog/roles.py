@@ -113,7 +113,7 @@ ROLES = MappingProxyType(
         "port.rx_bytes": ("By", "bytes received on a fabric port (counter)"),
         "port.tx_bytes": ("By", "bytes sent on a fabric port (counter)"),
         "port.rate": ("By/s", "a fabric port's line rate"),
-        "port.rate.max": ("By/s", "the highest line rate the port (or its device) reached"),
+        "port.rate.max": ("By/s", "the highest line rate the port reached"),
         "port.rx_packets": ("1", "packets received on a fabric port (counter)"),
         "port.tx_packets": ("1", "packets sent on a fabric port (counter)"),
         "port.state": ("1", "logical port state (4 = ACTIVE)"),

@@ -60,7 +60,8 @@ class FabricCollector(Collector):
         self._devices: list[str] | None = None
         self._nics: dict[str, Interface] = {}
         self._nic_names: list[str] | None = None
-        self._device_max: dict[str, float] = {}
+        #: Per port entity, its best rate while ACTIVE (outlives a rediscovery of the port).
+        self._best_rate: dict[str, float] = {}
         self._said_absent = False
         self._rediscover = True
         self._last_ts: float | None = None
@@ -144,7 +145,7 @@ class FabricCollector(Collector):
     def _heads(self, plan: _Plan, heads: list[bytes | None]) -> tuple[list[float | None], bool]:
         """Per port: state, phys state, up, rate; then per port its best rate (rate.max)."""
         head_vals: list[float | None] = []
-        device_max = self._device_max
+        best = self._best_rate
         vanished = False
         for j, port in enumerate(plan.ports):
             state, phys = _numbered(heads[3 * j]), _numbered(heads[3 * j + 1])
@@ -156,11 +157,10 @@ class FabricCollector(Collector):
                 up = 1 if state == STATE_ACTIVE and phys == PHYS_LINK_UP else 0
             if rate is not None and state == STATE_ACTIVE:
                 port.max_rate = max(port.max_rate, rate)
-                dkey = port.device_key
-                device_max[dkey] = max(device_max.get(dkey, 0.0), rate)
+                best[port.entity] = max(best.get(port.entity, 0.0), rate)
             head_vals += (state, phys, up, rate)
         for port in plan.ports:
-            head_vals.append(rate_max(port, device_max))
+            head_vals.append(rate_max(port, best))
         return head_vals, vanished
 
     # -- discovery

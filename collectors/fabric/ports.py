@@ -70,8 +70,6 @@ class Port:
     attrs: dict[str, str]
     counters: list[CounterFile] = field(default_factory=list)
     max_rate: float = 0.0
-    #: ``device:link_layer``: ports sharing it share a best rate (``rate_max``).
-    device_key: str = ""
 
 
 def _counter_file(path: str, metric: str, scale: int, wraps: bool, unit: int | None) -> CounterFile:
@@ -109,7 +107,6 @@ def discover_port(device_dir: str, device: str, port: str) -> tuple[Port, list[s
         else:
             absent.append(f"counters/{name32}")
     attrs["data_counters"] = width
-    out.device_key = f"{device}:{attrs.get('link_layer', '')}"
     for name in (*ERROR_COUNTERS, "port_xmit_wait"):
         path = os.path.join(counters, name)
         if _readable(path):
@@ -153,9 +150,17 @@ def _port_key(name: str) -> tuple[int, str]:
     return (int(name), "") if name.isdigit() else (1 << 30, name)
 
 
-def rate_max(port: Port, device_max: dict[str, float]) -> float | None:
-    """The highest rate seen on the port or on its device's ports of the same link layer."""
-    return max(port.max_rate, device_max.get(port.device_key, 0)) or None
+def rate_max(port: Port, best: dict[str, float]) -> float | None:
+    """The highest rate the port itself reached while ACTIVE (``best``: per entity, kept when
+    the port is rediscovered), or None before it was ever ACTIVE with a rate.
+
+    Only the port's own history counts: a sibling port of the same HCA may be cabled at a lower
+    rate on purpose (a split cable, a slower switch), so its faster sibling proves nothing. And
+    sysfs has no honest "supported rate" (``rate`` shows the trained width and speed only;
+    HDR100 runs 2X by design), so a port already downtrained when first seen is not called
+    downtrained: ``rate.max`` starts at its first rate.
+    """
+    return best.get(port.entity) or None
 
 
 def log_absent(base: str, absent: dict[str, list[str]]) -> None:

@@ -17,7 +17,7 @@ from collectors.fabric.collector import FabricCollector
 from collectors.sim.fabric_storage.sim import SimFabric, SimStorage, part_of
 from collectors.storage.collector import StorageCollector
 from tests.analysis.expect import of_rule, seconds
-from tests.analysis.recording import T0, Recording, record
+from tests.analysis.recording import T0, Recording, record, scenario_ref
 
 
 class SimulatedSource(Collector):
@@ -25,7 +25,7 @@ class SimulatedSource(Collector):
 
     def __init__(self, scenario: str, source: str) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=f"aw-{source}-"))
-        part = part_of(scenario, source)
+        part = part_of(scenario_ref(scenario), source)
         if source == "fabric":
             self.sim = SimFabric(part, self.root / "sys")
             self.inner: Collector = FabricCollector(sys_root=self.root / "sys")
@@ -70,7 +70,7 @@ def simulated_collectors(scenario: str, sources: tuple[str, ...]) -> list:
         return made[source]
 
     out = [lambda s=s: simulated(s) for s in sources]
-    if "fabric" in sources and part_of(scenario, "fabric").nics:
+    if "fabric" in sources and part_of(scenario_ref(scenario), "fabric").nics:
         out.append(lambda: InterfaceCounters(made["fabric"]))
     return out
 
@@ -130,6 +130,119 @@ def test_roce_congestion_gives_a_congestion_finding_on_every_port(runs):
 def test_a_degrading_port_without_congestion_marks_gives_no_congestion_finding(runs):
     assert of_rule(runs("ib-port-degrading", ("fabric",)), "fabric-congestion") == []
     assert of_rule(runs(*HEALTHY), "fabric-congestion") == []
+
+
+# -- fabric-health one condition at a time (test scenarios in tests/analysis/scenarios/) ------
+
+
+def _only_port(runs, scenario: str, port: str):
+    """The scenario's one fabric-health finding, on ``port``; no congestion finding."""
+    found = runs(scenario, ("fabric",))
+    assert of_rule(found, "fabric-congestion") == []
+    health = of_rule(found, "fabric-health")
+    assert [f.entity for f in health] == [port]
+    return health[0]
+
+
+def test_errors_on_a_port_at_full_rate_are_a_warning_naming_the_errors_only(runs):
+    f = _only_port(runs, "ib-port-errors-only", "ib:mlx5_1/1")
+    assert f.severity == "warning" and not f.evidence["went_down"]
+    assert f.evidence["kind"] == "degraded"
+    assert f.evidence["errors_per_s"] == pytest.approx(40, rel=0.05)
+    assert f.evidence["rate_bytes_per_s"] == f.evidence["rate_max_bytes_per_s"] == 25e9
+    assert "40 errors/s" in f.summary
+    assert "downtrained" not in f.summary and "left ACTIVE" not in f.summary
+    assert 19 <= seconds(f.start) <= 21
+
+
+def test_a_port_going_down_without_errors_is_critical_and_names_only_the_down(runs):
+    f = _only_port(runs, "ib-port-down-only", "ib:mlx5_3/1")
+    assert f.severity == "critical" and f.evidence["went_down"]
+    assert f.evidence["kind"] == "down"
+    # link_downed counts the going down once: no other error over the 30 s down
+    assert f.evidence["errors_per_s"] * f.evidence["duration_s"] == pytest.approx(1, abs=0.01)
+    assert f.evidence["rate_bytes_per_s"] == f.evidence["rate_max_bytes_per_s"]
+    assert "left ACTIVE/LinkUp" in f.summary
+    assert "errors/s" not in f.summary and "downtrained" not in f.summary
+    assert 29 <= seconds(f.start) <= 31
+
+
+def test_a_port_downtraining_without_errors_is_a_warning_naming_its_rate(runs):
+    f = _only_port(runs, "ib-port-downtrained-only", "ib:mlx5_0/1")
+    assert f.severity == "warning" and not f.evidence["went_down"]
+    assert f.evidence["errors_per_s"] == 0
+    assert f.evidence["rate_bytes_per_s"] == 12.5e9
+    assert f.evidence["rate_max_bytes_per_s"] == 25e9
+    assert "running at 100 Gb/s of its 200 Gb/s (downtrained)" in f.summary
+    assert "errors/s" not in f.summary and "left ACTIVE" not in f.summary
+    assert 19 <= seconds(f.start) <= 21
+
+
+def test_a_dual_port_hca_flags_the_port_that_dropped_not_the_one_cabled_slower(runs):
+    """mlx5_0/2 runs 100 Gb/s all run beside its 200 Gb/s sibling: never seen faster, it is
+    not downtrained. mlx5_1/2 ran 200 Gb/s and dropped to 100 at 20 s: it is."""
+    f = _only_port(runs, "ib-dual-port-split", "ib:mlx5_1/2")
+    assert f.severity == "warning" and f.evidence["rate_bytes_per_s"] == 12.5e9
+    assert f.evidence["rate_max_bytes_per_s"] == 25e9 and "(downtrained)" in f.summary
+    assert 19 <= seconds(f.start) <= 21
+
+
+def test_a_port_already_downtrained_when_the_run_starts_is_not_flagged(runs):
+    """The documented limit: sysfs has no supported rate, so a single-port device first seen
+    at half rate has nothing honest to be compared with."""
+    found = runs("ib-port-downtrained-from-start", ("fabric",))
+    assert of_rule(found, "fabric-health") == []
+    assert of_rule(found, "fabric-congestion") == []
+
+
+def test_congestion_marks_at_full_throughput_give_no_fabric_finding(runs):
+    """DCQCN marking while every port still moves its best 80 Gb/s costs the job nothing."""
+    found = runs("roce-marks-at-full-rate", ("fabric",))
+    assert of_rule(found, "fabric-congestion") == []
+    assert of_rule(found, "fabric-health") == []
+    # the marks were there, at the congestion run's rate: only the throughput differs
+    from agent.runs import open_read
+
+    db = runs("roce-marks-at-full-rate", ("fabric",), db=True)
+    con = open_read(db)
+    try:
+        (marks,) = con.duckdb.execute(
+            "SELECT (max(value) - min(value)) / 30 FROM samples WHERE entity = 'ib:mlx5_0/1'"
+            " AND metric = 'host.ib.ecn_marked'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert marks == pytest.approx(20000, rel=0.1)
+
+
+def test_slow_lustre_reads_while_the_gpus_idle_name_the_lustre_mount(runs):
+    found = of_rule(runs("lustre-read-starving", ("storage",)), "storage-input-bound")
+    assert [f.entity for f in found] == ["mount:/lustre/datasets"]
+    f = found[0]
+    assert "/lustre/datasets (lustre)" in f.summary and "150.0 MB/s" in f.summary
+    assert "RTT" not in f.summary  # Lustre's llite stats have no round trip
+    assert f.evidence["fstype"] == "lustre" and f.evidence["kind"] == "lustre"
+    assert f.evidence["read_bytes_per_s"] == pytest.approx(150e6, rel=0.05)
+    assert f.evidence["latency_s"] > 0.01
+    assert 9 <= seconds(f.start) <= 21
+
+
+def test_lustre_reads_at_full_speed_with_busy_gpus_give_no_storage_finding(runs):
+    from agent.analysis.rules.fabric import role_metrics
+    from agent.runs import open_read
+
+    found = runs("lustre-reads-at-full-speed", ("storage",))
+    assert of_rule(found, "storage-input-bound") == []
+    assert of_rule(found, "storage-checkpoint-stall") == []
+    con = open_read(runs("lustre-reads-at-full-speed", ("storage",), db=True))
+    try:
+        (read,) = con.duckdb.execute(
+            "SELECT (max(value) - min(value)) / (epoch(max(ts)) - epoch(min(ts))) FROM samples"
+            f" WHERE entity = 'mount:/lustre/datasets' AND metric = '{role_metrics('mount.read_bytes')[0]}'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert read == pytest.approx(2000e6, rel=0.05)  # the mount was read, at full speed
 
 
 def test_climbing_nfs_latency_names_the_mount_its_type_rate_and_latency(runs):

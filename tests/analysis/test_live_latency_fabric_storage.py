@@ -32,6 +32,13 @@ from tests.analysis.test_fabric_storage_rules import simulated_collectors
 #: Scenario → (the simulated sources it needs, the rules it must show live).
 SCENARIOS: dict[str, tuple[tuple[str, ...], set[str]]] = {
     "ib-port-degrading": (("fabric",), {"fabric-health"}),
+    # one condition at a time (tests/analysis/scenarios/): errors, down, downtrained
+    "ib-port-errors-only": (("fabric",), {"fabric-health"}),
+    "ib-port-down-only": (("fabric",), {"fabric-health"}),
+    "ib-port-downtrained-only": (("fabric",), {"fabric-health"}),
+    # a dual-port HCA: the port that dropped, not the one cabled slower from the start
+    "ib-dual-port-split": (("fabric",), {"fabric-health"}),
+    "lustre-read-starving": (("storage",), {"storage-input-bound"}),
     "roce-congestion": (("fabric",), {"fabric-congestion"}),
     "nfs-latency-starving": (("storage",), {"storage-input-bound"}),
     "checkpoint-lustre": (("storage",), {"storage-checkpoint-stall"}),
@@ -140,6 +147,19 @@ def test_healthy_fabric_and_storage_give_no_fabric_or_storage_finding_live(tmp_p
     assert run.live.last_error is None, run.live.last_error
     assert run.latencies == [] and run.first_live_s == {}  # nothing post-run, nothing live
     assert run.live.cost.passes == 0  # no watch held long enough to cost a pass
+
+
+@pytest.mark.parametrize(
+    ("scenario", "sources"),
+    [("roce-marks-at-full-rate", ("fabric",)), ("lustre-reads-at-full-speed", ("storage",))],
+)
+def test_marks_at_full_throughput_and_fast_lustre_reads_give_nothing_live(
+    tmp_path, scenario, sources
+):
+    run = fabric_storage_run(tmp_path, scenario, sources)
+    assert run.live.last_error is None, run.live.last_error
+    shown = set(run.first_live_s) | {x.rule for x in run.latencies}
+    assert not shown & FABRIC_STORAGE_RULES, shown
 
 
 def test_every_fabric_and_storage_rule_declares_a_watch():

@@ -156,6 +156,74 @@ def test_a_downtrained_port_reports_its_rate_below_its_maximum(tmp_path):
     assert v[("ib:mlx5_0/1", "host.ib.rate.max")] == 25e9
 
 
+def _dual_port(tmp_path: Path, second_gbps: float) -> tuple[FabricTree, SimPort, FabricCollector]:
+    """mlx5_0 with port 1 at 200 Gb/s and port 2 cabled at ``second_gbps`` from the start."""
+    tree = FabricTree(tmp_path)
+    tree.add_port(SimPort("mlx5_0", 1, gbps=200))
+    second = tree.add_port(SimPort("mlx5_0", 2, gbps=second_gbps, lanes=2))
+    tree.write()
+    collector = FabricCollector()
+    collector.start(CollectContext(sys_root=str(tmp_path)))
+    return tree, second, collector
+
+
+def test_a_port_cabled_slower_than_its_sibling_from_the_start_is_at_its_own_best(tmp_path):
+    """A dual-port HCA whose second port runs 100 Gb/s on purpose (a split cable): its
+    faster sibling does not make it a downtrained link, however long the run."""
+    tree, _, collector = _dual_port(tmp_path, 100)
+    for t in range(5):
+        tree.write()
+        v = _values(collector.collect(float(t)))
+        assert v[("ib:mlx5_0/2", "host.ib.rate")] == 12.5e9
+        assert v[("ib:mlx5_0/2", "host.ib.rate.max")] == 12.5e9
+        assert v[("ib:mlx5_0/1", "host.ib.rate.max")] == 25e9
+
+
+def test_a_port_that_was_faster_and_dropped_is_below_its_own_best(tmp_path):
+    tree, second, collector = _dual_port(tmp_path, 200)
+    collector.collect(0.0)
+    second.gbps = 100  # retrained at half the lanes
+    tree.write()
+    v = _values(collector.collect(1.0))
+    assert v[("ib:mlx5_0/2", "host.ib.rate")] == 12.5e9
+    assert v[("ib:mlx5_0/2", "host.ib.rate.max")] == 25e9
+
+
+def test_a_port_already_downtrained_when_first_seen_starts_at_its_first_rate(tmp_path):
+    """sysfs shows only the trained rate (no supported width or speed), so a single-port
+    device first seen at half rate has nothing to be compared with: a documented limit."""
+    tree = FabricTree(tmp_path)
+    port = tree.add_port(SimPort("mlx5_0", 1, gbps=100, lanes=2))
+    tree.write()
+    collector = FabricCollector(sys_root=tmp_path)
+    v = _values(collector.collect(0.0))
+    assert v[("ib:mlx5_0/1", "host.ib.rate.max")] == v[("ib:mlx5_0/1", "host.ib.rate")] == 12.5e9
+    port.gbps, port.lanes = 200, 4  # it trains at full rate later: that is its best from then
+    tree.write()
+    collector.collect(1.0)
+    port.gbps, port.lanes = 100, 2
+    tree.write()
+    assert _values(collector.collect(2.0))[("ib:mlx5_0/1", "host.ib.rate.max")] == 25e9
+
+
+def test_a_ports_best_rate_outlives_its_rediscovery(tmp_path):
+    """A port whose files vanish and come back (a driver restart) is rediscovered; its best
+    rate is the entity's, so it is still judged against what it reached before."""
+    tree, port, collector = _tree(tmp_path, gbps=200)
+    collector.collect(0.0)
+    shutil.rmtree(tmp_path / "class" / "infiniband" / "mlx5_0" / "ports" / "1")
+    from collectors.sim.fabric_storage import tree as tree_module
+
+    tree_module._WRITTEN.clear()  # the tree writes every file again
+    collector.collect(1.0)
+    port.gbps, port.lanes = 100, 2
+    tree.write()
+    collector.collect(2.0)
+    v = _values(collector.collect(3.0))
+    assert v[("ib:mlx5_0/1", "host.ib.rate")] == 12.5e9
+    assert v[("ib:mlx5_0/1", "host.ib.rate.max")] == 25e9
+
+
 def test_a_cleared_error_counter_counts_on_from_its_new_value(tmp_path):
     tree, port, collector = _tree(tmp_path)
     port.errors["port_rcv_errors"] = 40

@@ -64,6 +64,19 @@ def test_an_ib_port_degrades_then_goes_down_mid_run(tmp_path):
     assert ticks[45][("ib:mlx5_0/1", "host.ib.up")] == 1
 
 
+def test_dual_port_hcas_write_each_ports_own_link_layer_and_netdev(tmp_path):
+    """``ports_per_device = 2``: mlx5_0/1, mlx5_0/2, ...; the second port of a device has its
+    own ``link_layer`` and RoCE netdev, as in sysfs."""
+    part = parse_fabric({"ports": 4, "ports_per_device": 2, "link_layer": "Ethernet"})
+    SimFabric(part, tmp_path / "sys")
+    base = tmp_path / "sys" / "class" / "infiniband"
+    ports = sorted(str(p.relative_to(base)) for p in base.glob("*/ports/*"))
+    assert ports == ["mlx5_0/ports/1", "mlx5_0/ports/2", "mlx5_1/ports/1", "mlx5_1/ports/2"]
+    second = base / "mlx5_0" / "ports" / "2"
+    assert (second / "link_layer").read_text() == "Ethernet\n"
+    assert (second / "gid_attrs" / "ndevs" / "0").read_text() == "ens1f1\n"
+
+
 def test_roce_congestion_raises_cnp_and_ecn_while_throughput_falls(tmp_path):
     ticks = _fabric_run(tmp_path, "roce-congestion")
     port = "ib:mlx5_1/1"
@@ -118,6 +131,7 @@ def test_installing_points_the_collectors_at_the_simulated_tree_and_uninstall_re
         ({"speed": 1}, "unknown key"),
         ({"effects": [{"set": {"bogus": 1}}]}, "unknown signal"),
         ({"effects": [{"start_s": 1}]}, "needs set or ramp"),
+        ({"ports_per_device": 3}, "ports_per_device must be 1 or 2"),
     ],
 )
 def test_a_bad_fabric_table_is_one_line(raw, message):

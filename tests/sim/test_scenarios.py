@@ -36,6 +36,7 @@ FABRIC_STORAGE_NAMED = {
     "ib-port-degrading",
     "roce-congestion",
     "nfs-latency-starving",
+    "lustre-read-starving",
     "checkpoint-lustre",
     "fabric-storage-healthy",
     "comm-bound-ethernet",

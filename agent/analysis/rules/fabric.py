@@ -5,7 +5,10 @@ whose one scan of the samples carries them; the pivoted frames have no port colu
 port and bucket the increase of each counter role and the extremes of each gauge role.
 
 * ``fabric-health``: a port's error counters rise, it leaves ACTIVE/LinkUp after being up,
-  or its rate falls below the highest it (or its device) reached: a downtrained link.
+  or its rate falls below the highest it reached: a downtrained link. Only the port's own
+  history counts (``port.rate.max``): a sibling port of its HCA may be cabled slower on
+  purpose. A port already downtrained when first seen is not flagged: sysfs shows only the
+  trained rate, no supported one, so nothing honest says it could run faster.
 * ``fabric-congestion``: congestion notifications (CNP) or ECN marks arrive at a high rate
   while the port moves less than it did at its best.
 
@@ -150,14 +153,15 @@ def detect_fabric_health(ctx: Context) -> list[Finding]:
         errors, rate, best, down = (weighted(p_eps, c) for c in ("errors_per_s", "rate",
                                                                   "rate_max", "down"))  # fmt: skip
         problems = []
-        if errors:
-            problems.append(f"{errors:.0f} errors/s")
+        went_down = any(e.values.get("down") for e in p_eps)
+        total = sum(e.duration_s for e in p_eps)
+        # going down counts one in ``link_downed``: that alone is the down, not errors besides
+        if errors and not (went_down and errors * total <= 1.0 + 1e-9):
+            problems.append(f"{errors:.0f} errors/s" if errors >= 1 else f"{errors:.2g} errors/s")
         if rate is not None and best and rate < DOWNTRAINED * best:
             problems.append(f"running at {_gbps(rate)} of its {_gbps(best)} (downtrained)")
-        went_down = any(e.values.get("down") for e in p_eps)
         if went_down:
             problems.append("left ACTIVE/LinkUp")
-        total = sum(e.duration_s for e in p_eps)
         name = port.removeprefix("ib:")
         findings.append(
             ctx.finding(

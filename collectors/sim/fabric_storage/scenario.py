@@ -5,6 +5,7 @@ sources = ["nvml", "fabric", "storage"]
 
 [fabric]
 ports = 4                 # mlx5_0/1 ... mlx5_3/1
+ports_per_device = 1      # 2: dual-port HCAs, mlx5_0/1 mlx5_0/2 mlx5_1/1 ... (port index order)
 link_layer = "InfiniBand" # or "Ethernet" (RoCE: hw_counters are written)
 gbps = 200                # line rate of every port
 rx_gbps = 80              # steady traffic per port and direction, Gb/s
@@ -92,6 +93,8 @@ class FabricPart:
     nics: int = 0
     #: ``gbps``, ``rx_gbps``, ``tx_gbps`` of every plain Ethernet interface.
     nic: dict[str, float] = field(default_factory=dict)
+    #: 2: dual-port HCAs (port index i is ``mlx5_<i // 2>/<i % 2 + 1>``).
+    ports_per_device: int = 1
 
 
 #: Keys of ``[fabric]`` for the plain Ethernet interfaces → the NIC signal they set.
@@ -162,8 +165,8 @@ def _effects(raw: Any, known: dict[str, float], table: str, key: str) -> tuple[E
 def parse_fabric(raw: Any) -> FabricPart:
     if not isinstance(raw, dict):
         raise ValueError("[fabric] must be a table")
-    extra = sorted(set(raw) - {"ports", "link_layer", "counters", "effects", "nics",
-                               *NIC_KEYS, *PORT_SIGNALS})  # fmt: skip
+    extra = sorted(set(raw) - {"ports", "ports_per_device", "link_layer", "counters",
+                               "effects", "nics", *NIC_KEYS, *PORT_SIGNALS})  # fmt: skip
     if extra:
         raise ValueError(f"[fabric]: unknown key(s) {', '.join(extra)}")
     nics = raw.get("nics", 0)
@@ -172,6 +175,9 @@ def parse_fabric(raw: Any) -> FabricPart:
     ports = raw.get("ports", 0 if nics else 2)
     if not isinstance(ports, int) or not (0 if nics else 1) <= ports <= 64:
         raise ValueError("[fabric] ports must be an integer 1..64 (0 with nics)")
+    per_device = raw.get("ports_per_device", 1)
+    if per_device not in (1, 2) or isinstance(per_device, bool):
+        raise ValueError("[fabric] ports_per_device must be 1 or 2")
     nic_raw = _signals({k: v for k, v in raw.items() if k in NIC_KEYS}, dict.fromkeys(NIC_KEYS,
                        0.0), "[fabric]")  # fmt: skip
     nic = {name: nic_raw.get(key, default) for key, (name, default) in NIC_KEYS.items()}
@@ -185,7 +191,7 @@ def parse_fabric(raw: Any) -> FabricPart:
     base = {**PORT_SIGNALS, **_signals(signals, PORT_SIGNALS, "[fabric]")}
     return FabricPart(ports, layer, counters, base,
                       _effects(raw.get("effects", []), PORT_SIGNALS, "fabric", "ports"),
-                      nics, nic)  # fmt: skip
+                      nics, nic, per_device)  # fmt: skip
 
 
 def parse_storage(raw: Any) -> StoragePart:

@@ -35,25 +35,28 @@ PID = 4242
 
 
 class SimFabric:
-    """Ports ``mlx5_<i>/1`` following the ``[fabric]`` table."""
+    """Ports ``mlx5_<i>/1`` (or, dual-port, ``mlx5_<i // 2>/<i % 2 + 1>``) following the
+    ``[fabric]`` table."""
 
     def __init__(self, part: FabricPart, sys_root: str | Path) -> None:
         self.part = part
         self.tree = FabricTree(sys_root)
         roce = part.link_layer == "Ethernet"
         for i in range(part.ports):
+            device, port = divmod(i, part.ports_per_device)
+            netdev = f"ens{device + 1}f{port}"
             self.tree.add_port(
                 SimPort(
-                    f"mlx5_{i}",
-                    1,
+                    f"mlx5_{device}",
+                    port + 1,
                     link_layer=part.link_layer,
                     counters=part.counters,
                     gbps=part.base["gbps"],
                     hw={} if roce else None,
-                    netdev=f"ens{i + 1}f0" if roce else None,
+                    netdev=netdev if roce else None,
                 )  # fmt: skip
             )
-            name = f"ens{i + 1}f0" if roce else f"ib{i}"
+            name = netdev if roce else f"ib{i}"
             self.tree.interface(name, int(part.base["gbps"] * 1000))
         for i in range(part.nics):
             self.tree.interface(f"eth{i}", int(part.nic["gbps"] * 1000))

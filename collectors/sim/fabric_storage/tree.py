@@ -128,6 +128,7 @@ class FabricTree:
         if not (ddir / "fw_ver").exists():
             write_file(ddir / "fw_ver", "28.39.1002\n")
             write_file(ddir / "hca_type", "MT4129\n")
+        if not (pdir / "link_layer").exists():  # every port's own (a dual-port HCA's second too)
             write_file(pdir / "link_layer", f"{p.link_layer}\n")
             if p.netdev:
                 write_file(pdir / "gid_attrs" / "ndevs" / "0", f"{p.netdev}\n")
