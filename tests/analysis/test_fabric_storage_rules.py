@@ -225,6 +225,9 @@ def test_slow_lustre_reads_while_the_gpus_idle_name_the_lustre_mount(runs):
     assert f.evidence["read_bytes_per_s"] == pytest.approx(150e6, rel=0.05)
     assert f.evidence["latency_s"] > 0.01
     assert 9 <= seconds(f.start) <= 21
+    # "usually" is the latency while the GPUs were busy (0.5 ms), not the run's median
+    assert f.evidence["latency_while_busy_s"] == pytest.approx(0.0005, rel=0.2)
+    assert "(0.5 ms when the GPUs were busy)" in f.summary, f.summary
 
 
 def test_lustre_reads_at_full_speed_with_busy_gpus_give_no_storage_finding(runs):
@@ -253,6 +256,9 @@ def test_climbing_nfs_latency_names_the_mount_its_type_rate_and_latency(runs):
     assert f.evidence["fstype"] == "nfs4"
     assert f.evidence["read_bytes_per_s"] == pytest.approx(120e6, rel=0.05)
     assert f.evidence["latency_s"] > 0.01
+    # the baseline quoted is the latency before the server slowed, not the climb's median
+    assert f.evidence["latency_while_busy_s"] == pytest.approx(0.001, rel=0.2)
+    assert "(1.0 ms when the GPUs were busy)" in f.summary, f.summary
 
 
 def test_healthy_mounts_give_no_storage_findings(runs):

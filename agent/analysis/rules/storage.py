@@ -49,6 +49,8 @@ def _mount_frame(ctx: Context) -> str:
                coalesce(mount_write_bytes_inc, 0) / {b} AS write,
                mount_latency_max AS latency, mount_rtt_max AS rtt,
                median(mount_latency_max) OVER (PARTITION BY m.entity) AS latency_median,
+               median(mount_latency_max) FILTER (WHERE g.busy >= {LOW_BUSY})
+                   OVER (PARTITION BY m.entity) AS latency_busy,
                median(coalesce(mount_write_bytes_inc, 0) / {b}) OVER (PARTITION BY m.entity)
                    AS write_median
         FROM m JOIN g USING (t)"""
@@ -66,7 +68,10 @@ def _describe(ctx: Context, entity: str) -> dict:
 
 
 def _ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
+    if seconds is None:
+        return "n/a"
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
 def detect_input_bound(ctx: Context) -> list[Finding]:
@@ -77,18 +82,24 @@ def detect_input_bound(ctx: Context) -> list[Finding]:
                   AND (latency >= {SLOW_MS / 1000}
                        OR latency >= {SLOW_FACTOR} * latency_median) AS flag
         FROM ({_mount_frame(ctx)})"""
-    eps = ctx.episodes(sql, ["busy", "read", "latency", "rtt", "latency_median"],
-                       params=job_params(ctx))  # fmt: skip
+    columns = ["busy", "read", "latency", "rtt", "latency_median", "latency_busy"]
+    eps = ctx.episodes(sql, columns, params=job_params(ctx))
     findings = []
     for mount, m_eps in by_entity(eps).items():
-        busy, read, latency, rtt, usual = (weighted(m_eps, c) for c in ("busy", "read", "latency",
-                                                                          "rtt", "latency_median"))  # fmt: skip
+        busy, read, latency, rtt, median, usual = (weighted(m_eps, c) for c in columns)
         attrs = _describe(ctx, mount)
         point = attrs.get("mountpoint", mount.removeprefix("mount:"))
         fstype = attrs.get("fstype", "?")
         total = sum(e.duration_s for e in m_eps)
         devices = ctx.info.noun(ctx.info.job_accelerators, plural=True)
         rtt_text = f"; RTT {_ms(rtt)}" if rtt is not None else ""
+        # the mount's latency while the job kept its accelerators busy: the run's median
+        # would mostly be the slow spell itself when the latency climbs for most of the run
+        usual_text = (
+            f"{_ms(usual)} when the {devices} were busy"
+            if usual is not None
+            else f"median {_ms(median)} over the run"
+        )
         findings.append(
             ctx.finding(
                 INPUT_BOUND,
@@ -96,7 +107,7 @@ def detect_input_bound(ctx: Context) -> list[Finding]:
                 mount,
                 m_eps,
                 f"Input I/O bound on {point} ({fstype}): reads at {rate_text(read)} with "
-                f"{_ms(latency)} per operation (usually {_ms(usual)}){rtt_text} while the "
+                f"{_ms(latency)} per operation ({usual_text}){rtt_text} while the "
                 f"{devices} were {pct(1 - (busy or 0))} idle, for {duration(total)}.",
                 f"Stage the dataset to local NVMe (or a page-cache-friendly format), read with "
                 f"more parallel workers and larger requests, and ask the {fstype} server's "
@@ -114,7 +125,8 @@ def detect_input_bound(ctx: Context) -> list[Finding]:
                     "read_bytes_per_s": read,
                     "latency_s": latency,
                     "rtt_s": rtt,
-                    "latency_median_s": usual,
+                    "latency_median_s": median,
+                    "latency_while_busy_s": usual,
                     "accelerator_busy": busy,
                     "threshold": {
                         "busy_below": LOW_BUSY,
