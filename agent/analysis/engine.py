@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from agent.analysis.causes import on_mount
+from agent.analysis.causes import covers_job
 from agent.analysis.finding import Finding, Severity, sort_findings, store_findings
 from agent.analysis.frame import FrameInfo, Window, build_frames, naive_utc
 from agent.analysis.thresholds import EPISODE_GAP_S, LIVE_LOOKBACK_S, MIN_EPISODE_S
@@ -270,7 +270,7 @@ def _apply_supersedes(findings: list[Finding], rules: Sequence[Rule]) -> list[Fi
         total = sum((e - s).total_seconds() for s, e in mine) or 1e-9
         return any(
             f.rule in hidden[s.rule]
-            and (s.entity in (f.entity, "job") or on_mount(s.entity))
+            and (s.entity == f.entity or covers_job(s.entity))
             and _overlap_s(mine, finding_windows(s)) >= 0.5 * total
             for s in strong
         )

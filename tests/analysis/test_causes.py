@@ -112,3 +112,25 @@ def test_a_stall_on_the_jobs_mount_explains_every_gpus_starvation():
         # a starvation outside the stall's time stays a finding of its own
         later = _finding("gpu-starvation", "gpu0", 300, 400)
         assert _apply_supersedes([later, cause], RULES) == [later, cause], rule
+
+
+def test_grouping_and_the_post_run_hiding_agree_on_which_entities_a_cause_covers():
+    """A cause on ``host``, ``job`` or a mount covers every entity, one on a GPU only that GPU:
+    the UI's grouping and the post-run ``supersedes`` answer alike for every entity."""
+    from agent.analysis.engine import _apply_supersedes
+    from agent.analysis.rules import ALL_RULES as RULES
+
+    rule = "checkpoint-stall"  # explains and supersedes gpu-starvation
+    for entity, covered in (
+        ("host", EIGHT),
+        ("job", EIGHT),
+        ("mount:/scratch", EIGHT),
+        ("gpu3", ("gpu3",)),
+    ):
+        cause = _finding(rule, entity, 0, 120)
+        starved = [_finding("gpu-starvation", g, 10, 110) for g in EIGHT]
+        (group, *alone) = group_findings([cause, *starved])
+        assert sorted(s.entity for s in group.symptoms) == sorted(covered), entity
+        kept = _apply_supersedes([cause, *starved], RULES)
+        hidden = {f.entity for f in starved} - {f.entity for f in kept if f is not cause}
+        assert hidden == set(covered), entity
