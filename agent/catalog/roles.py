@@ -144,6 +144,14 @@ ROLES = MappingProxyType(
             "By",
             "bytes the job's processes wrote with files there (counter)",
         ),
+        "mount.job.device_read_bytes": (
+            "By",
+            "bytes the job's processes had read from the mount's block device (counter)",
+        ),
+        "mount.job.device_write_bytes": (
+            "By",
+            "bytes the job's processes had written to the mount's block device (counter)",
+        ),
         "disk.read_bytes": ("By", "bytes read from a block device (counter)"),
         "disk.write_bytes": ("By", "bytes written to a block device (counter)"),
         "disk.busy_time": ("s", "time a block device was busy (counter)"),

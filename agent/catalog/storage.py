@@ -4,8 +4,9 @@ A mount's figures come from whatever the kernel keeps for its type: NFS from ``m
 (bytes served by the server, operations, RTT and execution time per operation, retransmissions),
 Lustre from ``llite.*.stats``, local filesystems from the block device behind them (throughput,
 IOPS, queue depth, busy share). The job's own processes' I/O is tied to the mount that holds
-their open files (``mount.job.*``). Per-operation NFS figures are entities of kind ``mount.op``,
-``nfsop:<OP>@<path>`` (``nfsop:READ@/mnt/data``). No OpenTelemetry convention covers
+their open files (``mount.job.*``: all their reads and writes; on a local filesystem also what
+reached its block device, ``mount.job.device_*``). Per-operation NFS figures are entities of
+kind ``mount.op``, ``nfsop:<OP>@<path>`` (``nfsop:READ@/mnt/data``). No OpenTelemetry convention covers
 per-mount figures, so they export as ``accelwatch.fs.*``.
 """
 
@@ -122,6 +123,26 @@ METRICS = (
         "Bytes the job's processes wrote (wchar) while their open files were all on this mount.",
         "mount.job.write_bytes",
         otel="accelwatch.fs.job.io",
+        attrs={"disk.io.direction": "write"},
+    ),
+    _m(
+        "fs.job.device_read_bytes",
+        "By",
+        "counter",
+        "Bytes the job's processes caused to be read from the block device (read_bytes) while "
+        "their open files were all on this local mount; pipes and sockets do not count.",
+        "mount.job.device_read_bytes",
+        otel="accelwatch.fs.job.device.io",
+        attrs={"disk.io.direction": "read"},
+    ),
+    _m(
+        "fs.job.device_write_bytes",
+        "By",
+        "counter",
+        "Bytes the job's processes dirtied for writing to the block device (write_bytes) while "
+        "their open files were all on this local mount; pipes and sockets do not count.",
+        "mount.job.device_write_bytes",
+        otel="accelwatch.fs.job.device.io",
         attrs={"disk.io.direction": "write"},
     ),
     _m("fs.op.count", "{operation}", "counter", "NFS operations of this type.", None),

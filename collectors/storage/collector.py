@@ -4,8 +4,12 @@ Every ``rescan_s`` (and at the first tick) the job's open files and working dire
 mapped onto the mounts of its ``mountinfo``; a mount once used stays reported for the run.
 Each tick then reads each needed file once: ``mountstats`` (one read for every NFS mount),
 each Lustre ``stats`` file, each backing device's ``stat``, and ``io`` of the processes whose
-open files (beyond stdin, stdout and stderr) all sit on one mount: their bytes are the mount's
-``fs.job.*``. A process with files on several mounts is not split between them.
+open files (beyond stdin, stdout and stderr) all sit on one mount: their ``rchar`` / ``wchar``
+are the mount's ``fs.job.read_bytes`` / ``write_bytes`` when they hold no pipe or socket beyond
+stdio (those bytes are in ``rchar`` / ``wchar`` too), and their ``read_bytes`` / ``write_bytes``
+(block I/O only) the mount's ``fs.job.device_*`` when it is a local filesystem on a block device
+the collector knows, pipes and sockets or not (files in memory, tmpfs, do no block I/O and do not
+count as a second mount there). A process with files on several mounts is not split between them.
 
 Replaying a captured tree (``--proc-root`` not ``/proc``): when none of the job's pids exist
 under the root, the processes captured there stand in for the job.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from agent.catalog.storage import ENTITY_PREFIX, SOURCE
 from agent.model import Batch, BatchBuilder
@@ -38,6 +43,20 @@ ENV_SYS_ROOT = "ACCELWATCH_STORAGE_SYS_ROOT"
 #: Mount kinds whose files are in memory or are kernel interfaces: never the job's storage.
 _IGNORED_KINDS = ("pseudo",)
 _MAX_MOUNTS = 64
+#: Lines of ``<proc>/<pid>/io``: rchar, wchar (any read/write, pipes and sockets included) and
+#: read_bytes, write_bytes (what the process caused to be read from / written to storage).
+_CHARS = (0, 1)
+_DEVICE = (4, 5)
+
+
+class Tie(NamedTuple):
+    """The one mount a process's open files sit on, and which of its ``io`` figures are that
+    mount's: ``chars`` (rchar/wchar: no pipe or socket beyond stdio), ``device`` (read_bytes/
+    write_bytes: a local filesystem on a known block device; pipes and sockets allowed)."""
+
+    mountpoint: str
+    chars: bool
+    device: bool
 
 
 @dataclass
@@ -54,8 +73,20 @@ class UsedMount:
     job_read: int = 0
     job_write: int = 0
     attributed: bool = False
+    device_read: int = 0
+    device_write: int = 0
+    device_attributed: bool = False
     described: dict | None = None
     job_segment: Segment = ((), ())
+    device_segment: Segment = ((), ())
+
+    @property
+    def block_backed(self) -> bool:
+        """Whether the job's block I/O (``read_bytes``/``write_bytes``) on its files is this
+        mount's: a local filesystem on a block device found in ``<sys>/block``. Network and
+        FUSE filesystems account these bytes their own way (NFS counts pages it asks the server
+        for, FUSE none of a daemon's), tmpfs does no block I/O: none is tied there."""
+        return self.block is not None and self.mount.kind == "local"
 
 
 class StorageCollector(Collector):
@@ -76,7 +107,7 @@ class StorageCollector(Collector):
         self.ctx = CollectContext()
         self.mounts: dict[str, UsedMount] = {}
         self._last_scan: float | None = None
-        self._sole_mount: dict[int, str] = {}  # pid → the one mount holding its open files
+        self._sole_mount: dict[int, Tie] = {}  # pid → the one mount holding its open files
         self._io: dict[tuple[int, int], Cumulative] = {}
         self._blocks: dict[str, tuple[str, str]] | None = None
         self._real_proc = True
@@ -145,11 +176,13 @@ class StorageCollector(Collector):
         if seen == self._last_held:
             return
         self._last_held = seen
-        self._sole_mount.clear()
+        before = self._sole_mount
+        self._sole_mount = {}
         for used in self.mounts.values():
             used.pids.clear()
         for pid, paths, cwd in held_by:
             held: set[str] = set()
+            in_memory: set[str] = set()  # tmpfs: no block I/O, not a second mount for it
             streams = False  # a pipe or socket beyond stdio: its bytes are in rchar/wchar too
             for fd, path in paths:
                 if not path:
@@ -159,12 +192,16 @@ class StorageCollector(Collector):
                 if m is not None and m.kind not in _IGNORED_KINDS:
                     if fd > 2:  # stdio (a log file, a terminal) says nothing of its data I/O
                         held.add(m.mountpoint)
+                        if m.kind == "memory":
+                            in_memory.add(m.mountpoint)
                     self._use(b, m).pids.add(pid)
             m = None if cwd is None else table.find(cwd)
             if m is not None and m.kind not in _IGNORED_KINDS:
                 self._use(b, m).pids.add(pid)
-            if len(held) == 1 and not streams:
-                self._sole_mount[pid] = held.pop()
+            tie = self._tie(held, in_memory, streams)
+            if tie is not None:
+                self._sole_mount[pid] = tie
+        self._forget_untied(before)
         for used in self.mounts.values():
             m = used.mount
             attrs = {
@@ -179,6 +216,32 @@ class StorageCollector(Collector):
                 used.described = attrs
                 b.describe(used.entity, **attrs)
 
+    def _tie(self, held: set[str], in_memory: set[str], streams: bool) -> Tie | None:
+        """Which of a process's figures one mount may claim, from the mounts of its open files
+        (``held``, fd > 2), those of them in memory, and whether it holds a pipe or socket."""
+        chars = len(held) == 1 and not streams
+        on_disk = held - in_memory if in_memory else held
+        point = next(iter(held)) if chars else next(iter(on_disk), "")
+        used = self.mounts.get(point) if len(on_disk) == 1 else None
+        device = used is not None and used.block_backed
+        return Tie(point, chars, device) if chars or device else None
+
+    def _forget_untied(self, before: dict[int, Tie]) -> None:
+        """Drop the counters of figures no longer tied to the same mount: when tied again their
+        next reading starts afresh, so bytes moved meanwhile (through a pipe, on another mount)
+        are not added to a mount."""
+        for pid, old in before.items():
+            new = self._sole_mount.get(pid)
+            if new is None or new.mountpoint != old.mountpoint:
+                new = Tie(old.mountpoint, False, False)
+            for lines, was, now in (
+                (_CHARS, old.chars, new.chars),
+                (_DEVICE, old.device, new.device),
+            ):
+                if was and not now:
+                    for which in lines:
+                        self._io.pop((pid, which), None)
+
     def _use(self, b: BatchBuilder, m: Mount) -> UsedMount:
         used = self.mounts.get(m.mountpoint)
         if used is not None or len(self.mounts) >= _MAX_MOUNTS:
@@ -186,6 +249,9 @@ class StorageCollector(Collector):
         entity = f"{ENTITY_PREFIX}{m.mountpoint}"
         used = self.mounts[m.mountpoint] = UsedMount(m, entity)
         used.job_segment = segment(entity, ("fs.job.read_bytes", "fs.job.write_bytes"))
+        used.device_segment = segment(
+            entity, ("fs.job.device_read_bytes", "fs.job.device_write_bytes")
+        )
         kind = m.kind
         if kind == "nfs":
             used.nfs = NfsTracker(entity, m.mountpoint)
@@ -277,12 +343,13 @@ class StorageCollector(Collector):
         return path
 
     def _job_io(self, rows: Rows, pids: list[int]) -> None:
-        """Bytes the job's processes read and wrote (``io``: rchar, wchar), on the one mount
-        that holds their open files."""
+        """Bytes the job's processes moved (``io``, read once per process) on the one mount
+        that holds their open files: ``rchar``/``wchar`` and ``read_bytes``/``write_bytes``,
+        each where the process's tie says they are the mount's."""
         if not self._sole_mount:
             return
         live = set(pids)
-        for pid, point in self._sole_mount.items():
+        for pid, (point, chars, device) in self._sole_mount.items():
             if pid not in live:
                 continue
             used = self.mounts.get(point)
@@ -291,26 +358,32 @@ class StorageCollector(Collector):
             data = read_bytes(self._path(pid, "io"))
             if data is None:
                 continue
-            used.attributed = True
-            rchar, _, rest = data.partition(b"\n")
-            wchar = rest.partition(b"\n")[0]
-            for which, line in ((0, rchar), (1, wchar)):
-                key, _, value = line.partition(b":")
-                try:
-                    raw = int(value)
-                except ValueError:
-                    continue
-                c = self._io.get((pid, which))
-                if c is None:
-                    c = self._io[(pid, which)] = Cumulative()
-                step = c.step(raw) or 0
-                if which == 0:
-                    used.job_read += step
-                else:
-                    used.job_write += step
+            lines = data.split(b"\n", 6)
+            if chars:
+                used.attributed = True
+                used.job_read += self._step(pid, 0, lines)
+                used.job_write += self._step(pid, 1, lines)
+            if device and len(lines) > 5:
+                used.device_attributed = True
+                used.device_read += self._step(pid, 4, lines)
+                used.device_write += self._step(pid, 5, lines)
         for used in self.mounts.values():
             if used.attributed:
                 rows.add(used.job_segment, (used.job_read, used.job_write))
+            if used.device_attributed:
+                rows.add(used.device_segment, (used.device_read, used.device_write))
+
+    def _step(self, pid: int, which: int, lines: list[bytes]) -> int:
+        """How much line ``which`` of ``pid``'s ``io`` grew since its last reading (0 at the
+        first, or if unreadable); a counter that went back (a reused pid) counts from zero."""
+        try:
+            raw = int(lines[which].partition(b":")[2])
+        except (IndexError, ValueError):
+            return 0
+        c = self._io.get((pid, which))
+        if c is None:
+            c = self._io[(pid, which)] = Cumulative()
+        return c.step(raw) or 0
 
 
 def read_bytes_all(path: str) -> bytes | None:

@@ -11,7 +11,7 @@ import pytest
 from agent.catalog import CATALOG
 from agent.registry import default_registry
 from agent.source import CollectContext
-from collectors.sim.fabric_storage.tree import StorageTree
+from collectors.sim.fabric_storage.tree import SimMount, StorageTree
 from collectors.storage.collector import StorageCollector
 from collectors.storage.lustre import fsname_of, parse_llite_stats
 from collectors.storage.mounts import MountTable, classify, parse_mountinfo
@@ -269,6 +269,103 @@ def test_a_process_holding_a_pipe_or_socket_has_its_io_tied_to_no_mount(tmp_path
         assert collector._sole_mount == {}
 
 
+DEVICE = ("fs.job.device_read_bytes", "fs.job.device_write_bytes")
+CHARS = ("fs.job.read_bytes", "fs.job.write_bytes")
+
+
+def _one_mount_tree(root: Path, kind: str, *, stream: str | None = None) -> StorageTree:
+    """A process with two files on one mount (``local``: xfs on nvme0n1, or ``nfs``), and a
+    pipe or socket beyond stdio if ``stream``."""
+    tree = StorageTree(root / "proc", root / "sys", pid=PID)
+    m = tree.local("/data", block="nvme0n1") if kind == "local" else tree.nfs("/data")
+    m.files = ("/data/a", "/data/b")
+    tree.write()
+    if stream is not None:
+        os.symlink(stream, root / "proc" / str(PID) / "fd" / "30")
+    return tree
+
+
+def _moved(tree: StorageTree, collector: StorageCollector, t: float, r: int, w: int) -> dict:
+    """One tick after the process read ``r`` and wrote ``w`` bytes, all of it on the device."""
+    tree.rchar, tree.wchar = tree.rchar + r, tree.wchar + w
+    tree.read_bytes, tree.write_bytes = tree.read_bytes + r, tree.write_bytes + w
+    tree.write()
+    v = _values(collector.collect(t))
+    return {metric: v.get(("mount:/data", metric)) for metric in (*CHARS, *DEVICE)}
+
+
+def test_a_process_holding_a_pipe_on_a_local_mount_gets_device_bytes_but_no_char_bytes(tmp_path):
+    """``read_bytes``/``write_bytes`` count block I/O only: a DataLoader's pipes and a rank's
+    sockets are not in them, so they are the mount's while ``rchar``/``wchar`` are not."""
+    for stream in ("pipe:[77]", "socket:[78]"):
+        root = tmp_path / stream[:4]
+        tree = _one_mount_tree(root, "local", stream=stream)
+        collector = _collector(root)
+        assert _moved(tree, collector, 0.0, 0, 0) == dict.fromkeys(CHARS) | dict.fromkeys(DEVICE, 0)
+        got = _moved(tree, collector, 1.0, 3_000_000, 2_000)
+        assert got == {**dict.fromkeys(CHARS), DEVICE[0]: 3_000_000, DEVICE[1]: 2_000}, stream
+        assert collector._sole_mount == {PID: ("/data", False, True)}
+
+
+def test_a_process_without_streams_on_a_local_mount_gets_both_figures(tmp_path):
+    tree = _one_mount_tree(tmp_path, "local")
+    collector = _collector(tmp_path)
+    _moved(tree, collector, 0.0, 0, 0)
+    tree.rchar += 500  # a page-cache hit: read, but not from the device
+    got = _moved(tree, collector, 1.0, 4_000_000, 8_192)
+    assert got == dict(zip((*CHARS, *DEVICE), (4_000_500, 8_192, 4_000_000, 8_192)))
+
+
+def test_a_process_on_an_nfs_mount_gets_no_device_bytes(tmp_path):
+    """NFS counts ``read_bytes`` for pages it asks the server for, not at a block device: only
+    a local filesystem on a known block device gets ``fs.job.device_*``."""
+    for stream in (None, "pipe:[77]"):
+        root = tmp_path / str(stream is None)
+        tree = _one_mount_tree(root, "nfs", stream=stream)
+        collector = _collector(root)
+        _moved(tree, collector, 0.0, 0, 0)
+        got = _moved(tree, collector, 1.0, 3_000_000, 2_000)
+        assert got[DEVICE[0]] is None and got[DEVICE[1]] is None
+        assert (got[CHARS[0]] is None) == (stream is not None)
+
+
+def test_files_in_memory_do_not_keep_device_bytes_from_the_one_local_mount(tmp_path):
+    """A tmpfs file (``/dev/shm``, as DataLoader workers share tensors) does no block I/O: the
+    process's device bytes are still the local mount's, its char bytes no mount's."""
+    tree = _one_mount_tree(tmp_path, "local")
+    shm = tree.add(SimMount("/dev/shm", "tmpfs", "tmpfs", "0:70"))
+    shm.files = ("/dev/shm/torch_1",)
+    tree.write()
+    collector = _collector(tmp_path)
+    _moved(tree, collector, 0.0, 0, 0)
+    got = _moved(tree, collector, 1.0, 1_000, 1_000)
+    assert got == {**dict.fromkeys(CHARS), DEVICE[0]: 1_000, DEVICE[1]: 1_000}
+
+
+def test_device_bytes_survive_a_counter_reset_and_count_nothing_moved_while_untied(tmp_path):
+    """A counter that goes back (the pid reused by a new process) counts on from its new value;
+    bytes moved while the process held files on a second mount are no mount's."""
+    tree = _one_mount_tree(tmp_path, "local")
+    collector = _collector(tmp_path)
+    _moved(tree, collector, 0.0, 0, 0)
+    _moved(tree, collector, 1.0, 10_000, 10_000)
+    tree.read_bytes, tree.write_bytes = 0, 0  # a new process under the same pid
+    assert _moved(tree, collector, 2.0, 300, 200)[DEVICE[0]] == 10_300
+    other = tree.local("/other", block="nvme1n1")
+    other.files = ("/other/c",)  # a file on a second mount: tied to neither
+    tree.write()
+    collector.collect(3.0)
+    assert collector._sole_mount == {}
+    _moved(tree, collector, 4.0, 50_000, 50_000)
+    other.files = ()
+    tree.write()
+    os.unlink(tmp_path / "proc" / str(PID) / "fd" / "12")
+    collector.collect(5.0)  # tied again: the next reading starts afresh
+    got = _moved(tree, collector, 6.0, 1, 2)
+    assert (got[DEVICE[0]], got[DEVICE[1]]) == (10_301, 10_202)
+    assert (got[CHARS[0]], got[CHARS[1]]) == (10_301, 10_202)
+
+
 def test_files_opened_on_another_mount_are_mapped_at_the_next_rescan(tmp_path):
     """The fd → mount mapping is redone only when the job's open files changed: a change
     (the same fd number, a file on another mount) must still be seen."""
@@ -289,7 +386,7 @@ def test_files_opened_on_another_mount_are_mapped_at_the_next_rescan(tmp_path):
     batch = collector.collect(10.0)
     assert "/scratch" in collector.mounts
     assert batch.entity_attrs["mount:/scratch"]["pids"] == [PID]
-    assert collector._sole_mount == {PID: "/scratch"}  # its io counts there now
+    assert collector._sole_mount == {PID: ("/scratch", True, True)}  # its io counts there now
 
 
 def test_nfs_sections_found_in_place_by_their_device_line_match_a_line_by_line_cut():

@@ -160,7 +160,9 @@ class SimStorage:
                     m.llite[f"{name}_bytes"][1] += int(moved_bytes)
                     m.llite[name][0] += int(n)
                     m.llite[name][1] += int(latency * 1000 * n)
-            elif m.block is not None:  # local
+            elif m.block is not None:  # local: the job's reads and writes reach the device
+                self.tree.read_bytes += int(read)
+                self.tree.write_bytes += int(write)
                 span_ms = dt * 1000
                 m.stat[0] += int(r_ops)
                 m.stat[2] += int(read / 512)

@@ -205,6 +205,8 @@ class StorageTree:
         self.cwd = "/"
         self.rchar = 0
         self.wchar = 0
+        self.read_bytes = 0  # what reached a block device (io's read_bytes / write_bytes)
+        self.write_bytes = 0
 
     def add(self, mount: SimMount) -> SimMount:
         self.mounts.append(mount)
@@ -246,7 +248,8 @@ class StorageTree:
         write_file(pdir / "mountinfo", "\n".join(lines) + "\n")
         write_file(pdir / "mountstats", "\n".join(stats) + "\n")
         write_file(pdir / "io", f"rchar: {self.rchar}\nwchar: {self.wchar}\nsyscr: 0\n"
-                                f"syscw: 0\nread_bytes: 0\nwrite_bytes: 0\n"
+                                f"syscw: 0\nread_bytes: {self.read_bytes}\n"
+                                f"write_bytes: {self.write_bytes}\n"
                                 "cancelled_write_bytes: 0\n")  # fmt: skip
         fd_dir = pdir / "fd"
         fd_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
