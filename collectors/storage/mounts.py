@@ -104,10 +104,14 @@ class MountTable:
         return None
 
 
+_NOT_ON_A_MOUNT = ("/dev/", "/memfd:", "/dmabuf:")
+
+
 def open_paths(proc_root: str, pid: int) -> Iterator[tuple[int, str]]:
     """(fd, absolute path) of ``pid``'s open files, and (fd, ``""``) for each pipe and socket
     (their traffic is in the process's ``rchar``/``wchar`` too); no anonymous inodes or device
-    nodes (``/dev``, except ``/dev/shm``)."""
+    nodes (``/dev``, except ``/dev/shm``), no memory-backed files (``/memfd:``, ``/dmabuf:``:
+    not on any mount, though the link reads like a path on ``/``)."""
     fd_dir = os.path.join(proc_root, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
@@ -121,7 +125,7 @@ def open_paths(proc_root: str, pid: int) -> Iterator[tuple[int, str]]:
             continue
         fd = int(name) if name.isdigit() else -1
         if target.startswith("/") and (
-            not target.startswith("/dev/") or target.startswith("/dev/shm/")
+            not target.startswith(_NOT_ON_A_MOUNT) or target.startswith("/dev/shm/")
         ):
             yield fd, target.removesuffix(" (deleted)")
         elif target.startswith(("pipe:", "socket:")):

@@ -316,6 +316,21 @@ def test_a_process_without_streams_on_a_local_mount_gets_both_figures(tmp_path):
     assert got == dict(zip((*CHARS, *DEVICE), (4_000_500, 8_192, 4_000_000, 8_192)))
 
 
+def test_a_memfd_is_no_second_mount(tmp_path):
+    """A memfd (``/memfd:name (deleted)``: CUDA's IPC, shared tensors) reads like a path on
+    ``/``; it is on no mount, so the process's figures stay the one local mount's."""
+    tree = _one_mount_tree(tmp_path, "local")
+    tree.local("/", block="vda")  # the link would be a file on it
+    tree.write()
+    os.symlink("/memfd:torch-shm (deleted)", tmp_path / "proc" / str(PID) / "fd" / "31")
+    os.symlink("/dmabuf:", tmp_path / "proc" / str(PID) / "fd" / "32")
+    collector = _collector(tmp_path)
+    _moved(tree, collector, 0.0, 0, 0)
+    got = _moved(tree, collector, 1.0, 1_000_000, 4_096)
+    assert got == dict(zip((*CHARS, *DEVICE), (1_000_000, 4_096, 1_000_000, 4_096)))
+    assert collector._sole_mount == {PID: ("/data", True, True)}
+
+
 def test_a_process_on_an_nfs_mount_gets_no_device_bytes(tmp_path):
     """NFS counts ``read_bytes`` for pages it asks the server for, not at a block device: only
     a local filesystem on a known block device gets ``fs.job.device_*``."""
