@@ -33,7 +33,15 @@ SPEC = SourceSpec(
     label="Fabric (InfiniBand, RoCE, NICs)",
     metrics=tuple(METRICS),
     entity_kinds=(
-        EntityKind("port", "ib:(?P<port>.+)", {"system.device": "{port}"}),
+        EntityKind(
+            "port",
+            "ib:(?P<port>(?P<hca>[^/]+)/(?P<number>[0-9]+))",
+            {
+                "system.device": "{port}",
+                "accelwatch.ib.device": "{hca}",
+                "accelwatch.ib.port": "{number}",
+            },
+        ),
         EntityKind("interface", "net:(?P<interface>.+)", {"network.interface.name": "{interface}"}),
     ),
     collector=_collector,

@@ -171,7 +171,12 @@ def expected_attributes(entity: str, metric: Metric) -> dict[str, Any]:
     """What a backend must see on the series of ``metric`` of ``entity``."""
     kind, _, name = entity.partition(":")
     if kind == "ib":
-        own: dict[str, Any] = {"system.device": name}
+        hca, _, number = name.partition("/")
+        own: dict[str, Any] = {
+            "system.device": name,
+            "accelwatch.ib.device": hca,
+            "accelwatch.ib.port": int(number),
+        }
     elif kind == "net":
         own = {"network.interface.name": name}
     elif kind == "mount":

@@ -89,7 +89,15 @@ def test_dcgm_values_use_dcgm_exporter_units(name, scale, as_rate):
         ("host", "cpu3", {"cpu.logical_number": 3}),
         ("disk", "disk:nvme0n1", {"system.device": "nvme0n1"}),
         ("host", "net:eth0", {"network.interface.name": "eth0"}),
-        ("fabric", "ib:mlx5_0/1", {"system.device": "mlx5_0/1"}),
+        (
+            "fabric",
+            "ib:mlx5_0/1",
+            {
+                "system.device": "mlx5_0/1",
+                "accelwatch.ib.device": "mlx5_0",
+                "accelwatch.ib.port": 1,
+            },
+        ),
         (
             "process",
             "4242",
