@@ -3,6 +3,8 @@
 The ``host`` source counts each interface's bytes (psutil); this source adds ``speed`` and
 ``operstate`` so utilization against line rate is known, and describes bonding and VLAN
 parents (the ``lower_*`` links, ``bonding/slaves``, the ``master`` link) where sysfs shows them.
+An IPoIB interface (``type`` 32, ARPHRD_INFINIBAND) is described as ``ipoib``: its traffic is
+also in its InfiniBand port's counters, against the same line rate.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collectors.fabric.ports import read_bytes
 
 #: Interfaces that carry no fabric traffic.
 SKIPPED = ("lo",)
+#: ``type`` of an IP-over-InfiniBand interface (ARPHRD_INFINIBAND, include/uapi/linux/if_arp.h).
+ARPHRD_INFINIBAND = b"32"
 
 
 @dataclass
@@ -34,9 +38,12 @@ def describe_interface(base: str, name: str) -> Interface:
         entries = []
     lowers = sorted(e[len("lower_") :] for e in entries if e.startswith("lower_"))
     slaves = read_bytes(os.path.join(ndir, "bonding", "slaves"))
+    arphrd = read_bytes(os.path.join(ndir, "type"))
     if slaves is not None:
         attrs["kind"] = "bond"
         lowers = sorted(set(lowers) | set(slaves.decode().split()))
+    elif arphrd is not None and arphrd.strip() == ARPHRD_INFINIBAND:
+        attrs["kind"] = "ipoib"
     elif lowers and "." in name:
         attrs["kind"] = "vlan"
     elif "device" in entries:

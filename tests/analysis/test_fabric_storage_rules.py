@@ -328,6 +328,29 @@ def test_comm_bound_weighs_nic_traffic_against_the_interfaces_line_rate(runs):
     assert "of eth" in f.summary and "12.5 GB/s line rate" in f.summary
 
 
+def test_ipoib_interfaces_are_not_weighed_again_beside_their_ports(runs, tmp_path):
+    """An IPoIB interface's bytes are its InfiniBand port's too: described ``ipoib`` by the
+    fabric source, it is left out of the NIC evidence. Here the Ethernet run's two busy
+    interfaces are described so: with no port carrying traffic, nothing is communication-bound
+    any more (their port would have shown it)."""
+    import shutil
+
+    db = tmp_path / "ipoib.duckdb"
+    shutil.copy(runs("comm-bound-ethernet", ("fabric",), db=True), db)
+    con = connect(str(db))
+    try:
+        con.execute(
+            "UPDATE entity_log SET attrs = json_object('interface', "
+            "replace(entity, 'net:', ''), 'kind', 'ipoib') WHERE entity LIKE 'net:%'"
+        )
+        (run_id,) = con.execute("SELECT run_id FROM runs").fetchone()
+        found = of_rule(analyze_run(con, run_id, store=False), "comm-bound")
+    finally:
+        con.close()
+    assert of_rule(runs("comm-bound-ethernet", ("fabric",)), "comm-bound")  # as recorded
+    assert found == []
+
+
 def test_the_reports_port_and_mount_figures_come_from_one_statement_over_samples(runs):
     """Every port and mount figure (rates, line rate, down, latency quantiles) is one grouped
     scan of the run's samples, not one statement per figure."""

@@ -295,3 +295,15 @@ def test_a_vlan_interface_is_described_with_its_parent(tmp_path):
     attrs = FabricCollector(sys_root=tmp_path).collect(1.0).entity_attrs
     assert attrs["net:ens1f0.100"]["kind"] == "vlan"
     assert attrs["net:ens1f0.100"]["parents"] == "ens1f0"
+
+
+def test_an_ipoib_interface_is_described_as_such(tmp_path):
+    """``type`` 32 (ARPHRD_INFINIBAND): IP over InfiniBand, whose bytes its port counts too."""
+    from collectors.fabric.interfaces import describe_interface
+
+    for name, arphrd, kind in (("ib0", "32", "ipoib"), ("eth0", "1", "physical")):
+        ndir = tmp_path / name
+        ndir.mkdir()
+        (ndir / "type").write_text(f"{arphrd}\n")
+        (ndir / "device").mkdir()
+        assert describe_interface(str(tmp_path), name).attrs["kind"] == kind, name

@@ -222,10 +222,27 @@ _NIC_GAUGES = ("interface.speed", "interface.up")
 _NIC_ROLES = (*_NIC_COUNTERS, "interface.speed")
 
 
+def _ipoib(ctx: Context) -> list[str]:
+    """Interfaces the fabric source described as IPoIB: their bytes are their InfiniBand
+    port's too, which the rule already weighs against the same line rate."""
+    try:
+        rows = ctx.rows(
+            "SELECT entity FROM entities WHERE run_id = $run AND entity LIKE 'net:%' "
+            "AND json_extract_string(attrs, '$.kind') = 'ipoib'",
+            {"run": ctx.info.window.run_id},
+        )
+    except duckdb.Error:  # no entities table (an old or partial file): none excluded
+        return []
+    return [str(r["entity"]) for r in rows]
+
+
 def _nic_rows(ctx: Context) -> str:
     """SQL: per interface with a line rate and up, and bucket, its traffic both ways
-    (``traffic``) and its busier direction's share of the line rate (``share``)."""
+    (``traffic``) and its busier direction's share of the line rate (``share``); IPoIB
+    interfaces are left to their ports."""
     b = ctx.info.bucket_s
+    ipoib = _ipoib(ctx)
+    not_ipoib = f" AND entity NOT IN ({in_list(ipoib)})" if ipoib else ""
     return f"""
         SELECT entity, t, interface_speed_max AS speed,
                (coalesce(interface_rx_bytes_inc, 0) + coalesce(interface_tx_bytes_inc, 0)) / {b}
@@ -234,7 +251,8 @@ def _nic_rows(ctx: Context) -> str:
                    / {b} / interface_speed_max AS share
         FROM ({bucketed(ctx, _NIC_COUNTERS, _NIC_GAUGES)})
         WHERE interface_speed_max > 0 AND coalesce(interface_up_max, 1) >= 1
-          AND (interface_rx_bytes_inc IS NOT NULL OR interface_tx_bytes_inc IS NOT NULL)"""
+          AND (interface_rx_bytes_inc IS NOT NULL OR interface_tx_bytes_inc IS NOT NULL)
+          {not_ipoib}"""
 
 
 def nic_frame(ctx: Context) -> str:

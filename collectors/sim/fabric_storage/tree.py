@@ -111,6 +111,7 @@ class FabricTree:
             ndir = self.root / "class" / "net" / name
             write_file(ndir / "speed", f"{speed}\n")
             write_file(ndir / "operstate", f"{state}\n")
+            write_file(ndir / "type", "32\n" if name.startswith("ib") else "1\n")  # IPoIB: 32
             if name in self.statistics:
                 rx, tx = self.statistics[name]
                 write_file(ndir / "statistics" / "rx_bytes", f"{rx}\n")
