@@ -104,6 +104,7 @@ class TelemetryExporter:
         self._context: LiveContext | None = None
         self._first_export: Callable[[Snapshot], None] | None = None
         self._export_health: ExportHealth | None = None
+        self._stopped = False
         self.disabled = sdk_disabled()
         if self.disabled:
             return
@@ -250,7 +251,11 @@ class TelemetryExporter:
 
         The SDK's shutdowns run on helper threads; whatever has not finished by the deadline
         is aborted (connections closed, retries dropped) and counted as a failed export.
+        A second call does nothing (the SDK would warn about exporters already shut down).
         """
+        if self._stopped:
+            return
+        self._stopped = True
         context = self._context
         if context is not None and self._first_export is not None:
             context.hub.unsubscribe(self._first_export)

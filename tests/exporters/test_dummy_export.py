@@ -72,3 +72,15 @@ def test_dummy_devices_are_scraped_by_prometheus_and_exported_over_otlp(
         assert all(p.attributes["hw.type"] == "dummy" for p in exported)
     finally:
         exporter.stop()
+
+
+def test_a_second_stop_does_nothing_and_says_nothing(grpc_receiver, caplog):
+    import logging
+
+    (exporter,) = build_exporters(_Options(otlp=grpc_receiver.endpoint))
+    exporter.start(_context(SnapshotHub()))
+    exporter.stop()
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        exporter.stop()  # e.g. an error path and then the session's end
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
