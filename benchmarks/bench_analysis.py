@@ -257,10 +257,12 @@ LIVE_SCENARIO, LIVE_RULE, LIVE_ONSET_S = "throttled-thermal", "throttling", 15.0
 TARGET_LATENCY_S = 40.0
 
 
-def measured_run(argv: list[str]) -> tuple[float, float, float]:
+def measured_run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of a child process, from ``wait4``."""
     started = time.perf_counter()
-    child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -280,31 +282,46 @@ def scan_program(table: str) -> str:
     )
 
 
-def compile_bytecode() -> None:
-    """Byte-compile this checkout's packages as an installed wheel has them: the report's
-    ~100 modules would otherwise be compiled from source in every round when
-    ``PYTHONDONTWRITEBYTECODE`` is set, a cost the scan's (installed) duckdb never pays."""
+def compile_bytecode(prefix: Path) -> dict[str, str]:
+    """Byte-compile this checkout's packages as an installed wheel has them, into ``prefix``
+    (never into the checkout), and return the environment a child reads them back with: the
+    report's ~100 modules would otherwise be compiled from source in every round when
+    ``PYTHONDONTWRITEBYTECODE`` is set, a cost the scan's (installed) duckdb never pays. What
+    else the child imports is compiled into ``prefix`` by the warm-up round."""
     import compileall
 
-    for package in ("agent", "collectors"):
-        compileall.compile_dir(str(ROOT / package), quiet=2)
+    saved, sys.pycache_prefix = sys.pycache_prefix, str(prefix)
+    try:
+        for package in ("agent", "collectors"):
+            compileall.compile_dir(str(ROOT / package), quiet=2)
+    finally:
+        sys.pycache_prefix = saved
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": str(prefix)}
 
 
 def bench_report(report: Report, path: Path, hours: float, rounds: int) -> None:
     """The report and the plain scans in turns, after one warm-up of each (file cache)."""
-    compile_bytecode()
+    pycache = Path(tempfile.mkdtemp(prefix="accelwatch-pycache-"))  # 0700
+    try:
+        _bench_report(report, path, hours, rounds, compile_bytecode(pycache))
+    finally:
+        shutil.rmtree(pycache, ignore_errors=True)
+
+
+def _bench_report(report: Report, path: Path, hours: float, rounds: int, env: dict) -> None:
     # ``samples`` is a view joining the values with the series dictionary; ``sample_values``
     # (ids, times, values; no labels) is what reading the file costs at the least.
     scan_argv = [sys.executable, "-c", scan_program("samples"), str(path)]
     values_argv = [sys.executable, "-c", scan_program("sample_values"), str(path)]
     report_argv = agent_argv("report", "--db", str(path))
-    measured_run(scan_argv), measured_run(values_argv), measured_run(report_argv)
+    measured_run(scan_argv), measured_run(values_argv), measured_run(report_argv, env)
     load_before = os.getloadavg()[0]
     scans, values, reports = [], [], []
     for _ in range(rounds):
         scans.append(measured_run(scan_argv))
         values.append(measured_run(values_argv))
-        reports.append(measured_run(report_argv))
+        reports.append(measured_run(report_argv, env))
     load_after = os.getloadavg()[0]
     report.side(
         "scan", "a child process: python -c 'import duckdb', open the file read-only, "
