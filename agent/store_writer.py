@@ -98,6 +98,7 @@ class Store:
         self.agent_pid = os.getpid()
         self._report = report
         self._queue: queue.Queue[Tick | None] = queue.Queue(max_pending_ticks)
+        self._wake = threading.Event()  # set by close_writer: flush now and stop
         self._pending: deque[Tick] = deque()
         self._thread: threading.Thread | None = None
         self._write_lock = threading.RLock()
@@ -120,6 +121,7 @@ class Store:
         self._clock: Callable[[], float] = time.monotonic  # tests drive it
         self.rows_written = 0
         self.flushes = 0
+        self.wakeups = 0  # of the writer's thread: about one a flush
         self.dropped_ticks = 0
         #: Ticks still unwritten when the writer stopped (the disk never came back).
         self.abandoned_ticks = 0
@@ -182,7 +184,7 @@ class Store:
                 with self._write_lock:
                     self.con.begin()
                     try:
-                        self._insert_events(run.run_id, events)
+                        insert_events(self.con, run.run_id, events)
                         self.write_run(run)
                         self._beat(run.run_id, [])
                         self.con.commit()
@@ -220,23 +222,27 @@ class Store:
                     pass
 
     def _writer_loop(self) -> None:
+        """Sleep until the flush is due, then take every queued tick: a tick queued in between
+        wakes nobody (one wake-up a flush, not one a tick); ``close_writer`` wakes it early."""
         deadline = time.monotonic() + self.flush_interval
         retry_at = 0.0
         backoff = 0.0
         stopping = False
         while not stopping:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pass  # no new tick: flush what is pending once the deadline passes
-            else:
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self.wakeups += 1
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
                 if item is None:
                     stopping = True
-                else:
-                    self._pending.append(item)
-                    while len(self._pending) > self.max_pending_ticks:
-                        self._pending.popleft()
-                        self.dropped_ticks += 1
+                    break
+                self._pending.append(item)
+                while len(self._pending) > self.max_pending_ticks:
+                    self._pending.popleft()
+                    self.dropped_ticks += 1
             now = time.monotonic()
             if not stopping and now < deadline:
                 continue
@@ -442,13 +448,10 @@ class Store:
         write_heartbeat(self.con if con is None else con, run_id, last)
         self._beaten.add(run_id)
 
-    def _insert_events(self, run_id: str, events: list[Event]) -> None:
-        insert_events(self.con, run_id, events)
-
     def write_events(self, run_id: str, events: list[Event]) -> None:
         """Write events now, outside the tick queue (run start/end, agent warnings)."""
         with self._write_lock:
-            self._insert_events(run_id, events)
+            insert_events(self.con, run_id, events)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for another thread (TUI history, live analysis) on the same database.
@@ -461,6 +464,7 @@ class Store:
         """Flush everything queued and stop the writer thread; the connection stays open."""
         if self._thread is not None:
             self._queue.put(None)
+            self._wake.set()
             self._thread.join()
             self._thread = None
         self._catch_up_beats()

@@ -136,6 +136,35 @@ def test_full_queue_drops_oldest_tick_instead_of_blocking(tmp_path):
     assert [r[0] for r in kept] == [7.0, 8.0, 9.0]
 
 
+def test_the_writer_wakes_once_a_flush_not_once_a_tick(tmp_path):
+    """A queued tick wakes nobody: the writer takes every tick at its flush (a thread's
+    wake-up costs the agent more than the hand-over itself)."""
+    import time
+
+    store = Store(tmp_path / "a.duckdb", flush_interval=1.0)
+    store.start()
+    for i in range(20):  # 1 s of ticks at 20 Hz
+        store.submit("r", [_batch(float(i))])
+        time.sleep(0.05)
+    time.sleep(1.2)
+    assert store.wakeups <= 3  # one a tick before (20)
+    assert store.rows_written == 20 * 3
+    store.close()
+
+
+def test_closing_flushes_at_once_without_waiting_for_the_flush(tmp_path):
+    import time
+
+    store = Store(tmp_path / "a.duckdb", flush_interval=2.0)
+    store.start()
+    store.submit("r", [_batch(1.0)])
+    started = time.monotonic()
+    store.close_writer()
+    assert time.monotonic() - started < 1.0
+    assert store.rows_written == 3
+    store.close()
+
+
 def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path):
     path = tmp_path / "a.duckdb"
     writer = subprocess.Popen(
