@@ -92,7 +92,7 @@ def detect_input_bound(ctx: Context) -> list[Finding]:
         fstype = attrs.get("fstype", "?")
         total = sum(e.duration_s for e in m_eps)
         devices = ctx.info.noun(ctx.info.job_accelerators, plural=True)
-        rtt_text = f"; RTT {_ms(rtt)}" if rtt is not None else ""
+        rtt_text = f", RTT {_ms(rtt)}" if rtt is not None else ""
         # the mount's latency while the job kept its accelerators busy: the run's median
         # would mostly be the slow spell itself when the latency climbs for most of the run
         usual_text = (
@@ -107,7 +107,7 @@ def detect_input_bound(ctx: Context) -> list[Finding]:
                 mount,
                 m_eps,
                 f"Input I/O bound on {point} ({fstype}): reads at {rate_text(read)} with "
-                f"{_ms(latency)} per operation ({usual_text}){rtt_text} while the "
+                f"{_ms(latency)} per operation ({usual_text}){rtt_text}, while the "
                 f"{devices} were {pct(1 - (busy or 0))} idle, for {duration(total)}.",
                 f"Stage the dataset to local NVMe (or a page-cache-friendly format), read with "
                 f"more parallel workers and larger requests, and ask the {fstype} server's "
