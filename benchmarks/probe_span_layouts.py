@@ -2,10 +2,10 @@
 
 Issue 14 wants a 10-minute file at <= 1.5x Parquet zstd. Before changing the schema, this
 rewrites an agent-made file's ``sample_spans(series_id, tick, value)`` into candidate layouts,
-each in a fresh 32 KiB-block file with the same other tables (empty ones skipped, no views),
-and prints each file's bytes per value, that its ``(series_id, ts, value)`` rows are exactly
-the original's (a sum of ``hash`` over all rows), and the median time of one scan of its
-``sample_values`` equivalent:
+each in a fresh file of the same block size (a short run's fresh file at close has 32 KiB)
+with the same other tables (empty ones skipped, no views), and prints each file's bytes per
+value, that its ``(series_id, ts, value)`` rows are exactly the original's (a sum of ``hash``
+over all rows), and the median time of one scan of its ``sample_values`` equivalent:
 
 - ``copy``: the spans as they are (what the others are measured against: the same tables);
 - ``lists``: a row per run of consecutive ticks of at least ``--min-run`` ticks,
@@ -87,12 +87,14 @@ def write_spans(con: duckdb.DuckDBPyConnection, layout: str, min_run: int) -> No
 
 
 def rewrite(src: Path, dst: Path, layout: str, min_run: int, fewer: bool) -> None:
-    """A fresh 32 KiB-block copy of ``src`` with its spans in ``layout`` (``fewer``: without
+    """A fresh copy of ``src``, in its block size, with its spans in ``layout`` (``fewer``: without
     the :data:`SMALL` tables)."""
     con = duckdb.connect(config={"threads": 1})  # in parallel, row groups end anywhere: +-1 block
     try:
         con.execute(f"ATTACH '{src}' AS s (READ_ONLY)")
-        con.execute(f"ATTACH '{dst}' AS d (BLOCK_SIZE 32768)")
+        (block,) = con.execute("SELECT block_size FROM pragma_database_size() WHERE "
+                               "database_name = 's'").fetchone() or (32768,)  # fmt: skip
+        con.execute(f"ATTACH '{dst}' AS d (BLOCK_SIZE {block})")
         tables = con.execute(
             "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = 's'"
         ).fetchall()
