@@ -25,6 +25,10 @@ Exits 1 on a MISS.
 
     python benchmarks/bench_recording.py [--cpu-rounds 11] [--cpu-window 60] [--cpu-warmup 630]
                                          [--rounds 5] [--ticks 600] [--hours 24] [--quick]
+                                         [--parts cpu,bytes,ingest]
+
+``--parts`` runs some of the three only (``--parts bytes``: the bytes, deterministic, in about
+two minutes with ``--quick``); a verdict is printed for the parts run.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from agent.store import DEFAULT_FLUSH_INTERVAL, Store  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     ROOT,
     BenchmarkError,
+    Measured,
     Report,
     Side,
     agent_argv,
@@ -83,6 +88,7 @@ TARGET_RSS_MB = 80.0
 TARGET_BYTES = 1.5
 TARGET_INGEST = 0.5
 TARGET_WRITER_US = 1.0
+PARTS = ("cpu", "bytes", "ingest")
 FAST_INTERVAL = 0.1
 #: Memory of the connection that writes the Parquet side (its sort spills beyond it).
 BYTES_SORT_MEMORY = "2GB"
@@ -118,7 +124,11 @@ def record(root: int, db: Path, ticks: int) -> None:
         raise BenchmarkError(f"the recording failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
-def bytes_per_value(db: Path, tmp: Path) -> tuple[int, int, float, float]:
+#: (values, ticks, bytes per value of the agent's file, of Parquet zstd of the same samples).
+Bytes = tuple[int, int, float, float]
+
+
+def bytes_per_value(db: Path, tmp: Path) -> Bytes:
     """(values, ticks, bytes per value of the agent's whole file, of Parquet zstd of the same
     samples). Parquet gets the ``samples`` view (labels as columns) in time order, the way the
     issue measured it, and within a tick by labels: the order the view returns ties in depends
@@ -324,7 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--ticks", type=int, default=600, help="ticks of the shaped recording")
     parser.add_argument("--hours", type=float, default=24.0, help="hours of the long run (24)")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - set(PARTS):
+        raise SystemExit(f"--parts takes some of {', '.join(PARTS)}")
     span = apply_span(args, prefix="cpu-")
     if args.quick:
         args.rounds, args.hours = 3, min(args.hours, 2.0)
@@ -333,24 +350,44 @@ def main(argv: list[str] | None = None) -> int:
     per_flush = max(1, round(DEFAULT_FLUSH_INTERVAL / 1.0))  # the agent's flush at 1 Hz
     report = Report(
         f"recording core: 32-process tree; CPU over {span.rounds} windows of {span.window:g} s, "
-        f"every side in each; {args.rounds} interleaved ingest rounds"
+        f"every side in each; {args.rounds} interleaved ingest rounds; parts: "
+        + ", ".join(p for p in PARTS if p in parts)
     )
     try:
         with tempfile.TemporaryDirectory() as name, process_tree(32) as root:
             tmp = Path(name)
-            sides = cpu_sides(root, tmp / "cpu.duckdb")
-            got = interleaved(sides, rounds=span.rounds, window=span.window, warmup=span.warmup)
-            record(root, tmp / "shaped.duckdb", args.ticks)
-            short = bytes_per_value(tmp / "shaped.duckdb", tmp)
-            ticks = recorded_ticks(tmp / "shaped.duckdb")
-            long_recording(tmp / "long.duckdb", ticks, args.hours)
-            long = bytes_per_value(tmp / "long.duckdb", tmp)
-            (tmp / "long.duckdb").unlink()
-            fed = ingest(ticks, tmp, args.rounds, per_flush)
+            if "cpu" in parts:
+                sides = cpu_sides(root, tmp / "cpu.duckdb")
+                got = interleaved(sides, rounds=span.rounds, window=span.window, warmup=span.warmup)
+            if parts & {"bytes", "ingest"}:
+                record(root, tmp / "shaped.duckdb", args.ticks)
+                ticks = recorded_ticks(tmp / "shaped.duckdb")
+            if "bytes" in parts:
+                short = bytes_per_value(tmp / "shaped.duckdb", tmp)
+                long_recording(tmp / "long.duckdb", ticks, args.hours)
+                long = bytes_per_value(tmp / "long.duckdb", tmp)
+                (tmp / "long.duckdb").unlink()
+            if "ingest" in parts:
+                fed = ingest(ticks, tmp, args.rounds, per_flush)
     except Exception as exc:  # one line and exit 1, never a traceback mid-table
         return fail(exc)
-    note_span(report, span)
-    report_sides(report, sides, got)
+    if "cpu" in parts:
+        note_span(report, span)
+        report_sides(report, sides, got)
+        report_cpu(report, got)
+    if "bytes" in parts:
+        report_bytes(report, args, short, long)
+    if "ingest" in parts:
+        report_ingest(report, fed, per_flush)
+    # the Parquet side sorts the long run's samples in this process (bounded by
+    # BYTES_SORT_MEMORY, spilling beyond it): its peak must stay far from the machine's RAM
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.info("this benchmark's peak RSS, the Parquet sorts included (MB)", f"{peak_mb:,.0f}")
+    return report.print()
+
+
+def report_bytes(report: Report, args: argparse.Namespace, short: Bytes, long: Bytes) -> None:
+    """Part 2's rows: the short and the long run against Parquet zstd."""
     report.side(
         "bytes",
         "the agent's whole DuckDB file after it closed / Parquet zstd of its samples view in "
@@ -359,6 +396,17 @@ def main(argv: list[str] | None = None) -> int:
         f"at 1 Hz ({long[1]:,} ticks, {long[0]:,} values) written by the agent's writer from "
         "those ticks, cycled",
     )
+    for label, (_, _, ours, parquet) in (("short run", short), (f"{args.hours:g} h", long)):
+        report.info(f"bytes per value, {label}: agent file", f"{ours:.2f}")
+        report.info(f"bytes per value, {label}: Parquet zstd", f"{parquet:.2f}")
+        report.target(
+            f"bytes per value, {label}: agent / Parquet zstd", f"{ours / parquet:.2f}x",
+            f"<= {TARGET_BYTES}x", ours / parquet <= TARGET_BYTES,
+        )  # fmt: skip
+
+
+def report_ingest(report: Report, fed: Ingest, per_flush: int) -> None:
+    """Part 3's rows: what each ingest side includes, then its figures."""
     report.side(
         "ingest",
         f"Store.write_ticks with {per_flush} tick(s) per call (the agent's flush interval of "
@@ -372,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         "and the bulk load used until 2 Dec 2026 (series + series_id, ts, value unsorted, "
         "CREATE TABLE AS, no buckets: less work than the agent's close)",
     )
+    report_ingest_rows(report, fed)
+
+
+def report_cpu(report: Report, got: dict[str, Measured]) -> None:
+    """Part 1's rows: both sides' CPU and the agent's memory."""
     agent, bare = got["agent"], got["bare"]
     for m in (agent, bare):
         cpu_row(report, m)
@@ -385,13 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         max(rss) <= TARGET_RSS_MB,
     )  # fmt: skip
     report.info("agent USS (MB)", spread([s.uss_mb for s in agent.slots], "{:.0f}"))
-    for label, (_, _, ours, parquet) in (("short run", short), (f"{args.hours:g} h", long)):
-        report.info(f"bytes per value, {label}: agent file", f"{ours:.2f}")
-        report.info(f"bytes per value, {label}: Parquet zstd", f"{parquet:.2f}")
-        report.target(
-            f"bytes per value, {label}: agent / Parquet zstd", f"{ours / parquet:.2f}x",
-            f"<= {TARGET_BYTES}x", ours / parquet <= TARGET_BYTES,
-        )  # fmt: skip
+
+
+def report_ingest_rows(report: Report, fed: Ingest) -> None:
+    """Part 3's figures: values per second, the verdicts, where the time goes."""
     report.info("ingest at the agent's flush (values/s)", spread(fed.flush, "{:,.0f}"))
     report.info("the same writer, every tick in one write (values/s)",
                 spread(fed.one_write, "{:,.0f}"))  # fmt: skip
@@ -415,11 +465,6 @@ def main(argv: list[str] | None = None) -> int:
     report.info("where the agent side's wall goes: close() (s)", spread(fed.close_s))
     report.info("the bulk side's wall, same physical result (s)", spread(fed.bulk_s))
     report.info("writer CPU per flush beyond one write (ms)", spread(fed.per_flush_ms))
-    # the Parquet side sorts the long run's samples in this process (bounded by
-    # BYTES_SORT_MEMORY, spilling beyond it): its peak must stay far from the machine's RAM
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report.info("this benchmark's peak RSS, the Parquet sorts included (MB)", f"{peak_mb:,.0f}")
-    return report.print()
 
 
 if __name__ == "__main__":

@@ -35,3 +35,10 @@ def test_benchmark_imports_and_help_parses(name: str, capsys: pytest.CaptureFixt
 def test_benchmark_documents_its_sides_and_targets(name: str) -> None:
     doc = importlib.import_module(name).__doc__ or ""
     assert "Exits 1 on a MISS" in doc
+
+
+def test_bench_recording_refuses_an_unknown_part() -> None:
+    from benchmarks import bench_recording
+
+    with pytest.raises(SystemExit, match="--parts takes some of cpu, bytes, ingest"):
+        bench_recording.main(["--parts", "bytes,disk"])
