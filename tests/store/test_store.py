@@ -142,12 +142,14 @@ def test_the_writer_wakes_once_a_flush_not_once_a_tick(tmp_path):
     import time
 
     store = Store(tmp_path / "a.duckdb", flush_interval=1.0)
+    started = time.monotonic()
     store.start()
     for i in range(20):  # 1 s of ticks at 20 Hz
         store.submit("r", [_batch(float(i))])
         time.sleep(0.05)
     time.sleep(1.2)
-    assert store.wakeups <= 3  # one a tick before (20)
+    flushes_due = int(time.monotonic() - started) + 1  # however slow the machine is
+    assert store.wakeups <= flushes_due < 20  # one a tick before
     assert store.rows_written == 20 * 3
     store.close()
 
