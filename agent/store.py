@@ -27,6 +27,7 @@ from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 from agent.series import apply_v3_layout, has_series
 from agent.store_buckets import apply_v5_buckets, has_buckets
 from agent.store_spans import SCHEMA_V4_LAYOUT, SPAN_TABLES, has_spans
+from agent.store_views import _V1_RUNS_VIEW, RUNS_V2_COLUMNS, RUNS_VIEW  # noqa: F401
 
 SCHEMA_VERSION = 5
 DUCKDB_MAGIC = b"DUCK"
@@ -88,19 +89,16 @@ CREATE OR REPLACE VIEW entities AS
 #: Version 2: who records each run (host, pid) and its heartbeat, so a reader can tell a run
 #: whose agent died (``kill -9``) from one still recording; ``lost_ticks`` counts what a store
 #: failure (disk full) cost. New ``runs`` columns come after the documented ones.
-_SCHEMA_V2 = """
+_SCHEMA_V2 = (
+    """
 ALTER TABLE run_log ADD COLUMN IF NOT EXISTS agent_host VARCHAR;
 ALTER TABLE run_log ADD COLUMN IF NOT EXISTS agent_pid INTEGER;
 ALTER TABLE run_log ADD COLUMN IF NOT EXISTS lost_ticks BIGINT;
 CREATE TABLE IF NOT EXISTS run_heartbeat (
     run_id VARCHAR, heartbeat TIMESTAMP, last_sample TIMESTAMP);
-CREATE OR REPLACE VIEW runs AS
-    SELECT r.run_id, r.name, r.mode, r.pid, r.cmdline, r.cwd, r.host, r.started, r.ended,
-           r.exit_code, r.status, r.interval_s, r.tags, r.env, r.simulated, r.scenario,
-           h.last_sample, r.agent_host, r.agent_pid, h.heartbeat, r.lost_ticks
-    FROM run_log r LEFT JOIN run_heartbeat h ON h.run_id = r.run_id
-    QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.logged DESC) = 1;
 """
+    + RUNS_VIEW
+)
 
 #: Version 3 (per-operation traces): one row per operation of an imported pipeline /
 #: data-parallel trace (``accelwatch import``), so the straggler rules can compare a rank's
@@ -137,15 +135,6 @@ CREATE OR REPLACE VIEW run_tags AS
     SELECT run_id, key, arg_max(value, ts) AS value FROM run_setting_log
     WHERE kind = 'tag' GROUP BY run_id, key;
 """
-
-_V1_RUNS_VIEW = """
-CREATE OR REPLACE VIEW runs AS
-    SELECT * EXCLUDE (logged) FROM run_log QUALIFY row_number() OVER (
-        PARTITION BY run_id ORDER BY logged DESC) = 1;
-"""
-
-#: Columns the ``runs`` view gained in schema 2 (absent when reading a version-1 file).
-RUNS_V2_COLUMNS = ("last_sample", "agent_host", "agent_pid", "heartbeat", "lost_ticks")
 
 # -- private files -------------------------------------------------------------------------
 
@@ -359,6 +348,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
                 f"up to {SCHEMA_VERSION}); upgrade accelwatch"
             )
         if version == SCHEMA_VERSION and (read_only or "sample_buckets" in tables):
+            if not read_only:
+                con.execute(RUNS_VIEW)
             return
     elif tables:
         raise StoreError(
@@ -375,6 +366,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
             con.execute(_V1_RUNS_VIEW)
         if version < 2:
             con.execute(_SCHEMA_V2)
+        con.execute(RUNS_VIEW)  # a file of before Dec 2026: its view read one updated row
         # Version 3's blocks each apply only what a file lacks (a file written while version 3
         # was being assembled may hold some of them).
         con.execute(_SCHEMA_V3_OPS)

@@ -26,7 +26,7 @@ class _Clock:
 
 
 def _beat_row(store: Store):
-    return store.cursor().execute("SELECT epoch(last_sample) FROM run_heartbeat").fetchone()[0]
+    return store.cursor().execute("SELECT epoch(last_sample) FROM runs").fetchone()[0]
 
 
 def _recording(tmp_path) -> tuple[Store, _Clock]:
