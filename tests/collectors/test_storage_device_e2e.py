@@ -19,6 +19,7 @@ import pytest
 from agent.source import CollectContext
 from collectors.storage.collector import StorageCollector
 from collectors.storage.mounts import MountTable, parse_mountinfo
+from tests.collectors.test_storage_e2e import _ask, _values
 
 MIB = 1 << 20
 SIZE = 16 * MIB
@@ -46,17 +47,6 @@ for line in sys.stdin:
             got += len(data)
     print("done", flush=True)
 """
-
-
-def _ask(child: subprocess.Popen, op: str, n: int) -> None:
-    assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(f"{op} {n}\n")
-    child.stdin.flush()
-    assert child.stdout.readline().strip() == "done"
-
-
-def _values(batch) -> dict[tuple[str, str], float]:
-    return {(e, m): v for e, m, v in zip(batch.entities, batch.metrics, batch.values)}
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs a Linux /proc")
