@@ -64,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         f"a real 32-process tree, no GPUs, 1 s interval; {args.rounds} crowded windows of "
         f"{args.window:g} s between {args.rounds + 1} quiet ones"
     )
-    side = Side(
-        "agent",
-        [],
+    includes = (
         "the whole headless agent process (all threads): process, host, disk, fabric, "
-        "storage, steps sources, store writer, live analysis, headless line",
+        "storage, steps sources, store writer, live analysis, headless line"
     )
     if args.quick:
         report.note("FIRST MINUTES ONLY: short windows soon after start (the ratio still judges)")
-    report.side("agent", side.includes)
+    report.side("agent", includes)
     report.side(
         "crowd", f"{args.others} sleeping processes outside the watched tree, present only "
         "in the crowded windows"
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp, process_tree(32) as root:
             argv = agent_argv("attach", str(root), "--headless", "--db", f"{tmp}/a.duckdb")
-            agent = Child(Side("agent", argv, side.includes))
+            agent = Child(Side("agent", argv, includes))
             try:
                 time.sleep(args.warmup)
                 clock = cpu_clock(agent.pid)

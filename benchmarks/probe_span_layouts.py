@@ -126,8 +126,9 @@ def scan(path: Path, layout: str, rounds: int = 5) -> tuple[tuple[int, int], flo
     return (int(got[0]), int(got[1])), sorted(times)[rounds // 2]
 
 
-def probe(src: Path, out: Path, min_run: int) -> None:
-    """One line per layout: bytes, bytes per value, the round trip, the scan."""
+def probe(src: Path, out: Path, min_run: int) -> bool:
+    """One line per layout: bytes, bytes per value, the round trip, the scan; False when a
+    layout did not give back the original rows."""
     con = duckdb.connect(str(src), read_only=True)
     (values,) = con.execute("SELECT count(*) FROM sample_spans").fetchone() or (0,)
     con.close()
@@ -135,6 +136,7 @@ def probe(src: Path, out: Path, min_run: int) -> None:
     print(f"{src.name}: {values:,} values in spans; the agent's file {size:,} B = "
           f"{size / values:.3f} B a value")  # fmt: skip
     want = None
+    differ = []
     for layout in READ:
         for fewer in (False, True):
             name = layout + ("-fewer" if fewer else "")
@@ -143,9 +145,15 @@ def probe(src: Path, out: Path, min_run: int) -> None:
             rewrite(src, dst, layout, min_run, fewer)
             rows, seconds = scan(dst, layout)
             want = want or rows
+            if rows != want:
+                differ.append(name)
             b = dst.stat().st_size
             print(f"  {name:12s} {b:>10,} B  {b / values:.3f} B a value  rows "
                   f"{'equal' if rows == want else 'DIFFER'}  scan {seconds * 1e3:.1f} ms")  # fmt: skip
+    if differ:
+        print(f"probe failed: {', '.join(differ)} did not give back the original rows",
+              file=sys.stderr)  # fmt: skip
+    return not differ
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             src.unlink(missing_ok=True)
             with process_tree(32) as root:
                 record(root, src, args.ticks)
-        probe(src, out, args.min_run)
-    return 0
+        return 0 if probe(src, out, args.min_run) else 1
 
 
 if __name__ == "__main__":
