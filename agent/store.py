@@ -26,10 +26,11 @@ import duckdb
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 from agent.series import apply_v3_layout, has_series
 from agent.store_buckets import apply_v5_buckets, has_buckets
+from agent.store_span_rows import SPAN_ROWS_TABLE, apply_v6_rows, has_span_rows
 from agent.store_spans import SCHEMA_V4_LAYOUT, SPAN_TABLES, has_spans
 from agent.store_views import _V1_RUNS_VIEW, RUNS_V2_COLUMNS, RUNS_VIEW  # noqa: F401
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DUCKDB_MAGIC = b"DUCK"
 #: A DuckDB file is at least its header blocks (3 x 4 KiB); anything shorter is truncated.
 DUCKDB_MIN_SIZE = 3 * 4096
@@ -347,7 +348,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
                 f"{path} was written by a newer accelwatch (schema {version}, this one reads "
                 f"up to {SCHEMA_VERSION}); upgrade accelwatch"
             )
-        if version == SCHEMA_VERSION and (read_only or "sample_buckets" in tables):
+        if version == SCHEMA_VERSION and (read_only or SPAN_ROWS_TABLE in tables):
             if not read_only:
                 con.execute(RUNS_VIEW)
             return
@@ -378,6 +379,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
             con.execute(SCHEMA_V4_LAYOUT)
         if not has_buckets(con):  # version 5: buckets of the analysed series, from moves on
             apply_v5_buckets(con, had_spans=had_spans)
+        if not has_span_rows(con):  # version 6: the spans' rows stored compactly
+            apply_v6_rows(con)
         con.execute(
             "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
             [str(SCHEMA_VERSION)],

@@ -23,6 +23,7 @@ import duckdb
 import numpy as np
 
 from agent.store_buckets import BucketChoice, aggregate_buckets, has_buckets, insert_buckets
+from agent.store_span_rows import SPAN_ROWS_TABLE, insert_span_rows, span_columns
 from agent.store_spans import span_order
 
 #: At close, a file at most this big whose free blocks are at least :data:`REWRITE_FREE_SHARE`
@@ -136,7 +137,7 @@ def finish_into_fresh(con: Any, path: Path) -> bool:
                 f'INSERT INTO aw_compact.main."{table}" SELECT * FROM "{name}".main."{table}"'
             )
         expected["sample_ticks"] += _sort_recent_into(con, name, ranked, stamps, buckets, expected)
-        expected["sample_spans"] += recent
+        expected[SPAN_ROWS_TABLE] += recent
         return expected
 
     _in_place_of(con, path, fill, int(block_size))
@@ -190,9 +191,8 @@ def _sort_recent_into(
     expected: dict[str, int],
 ) -> int:
     """Append ``sample_recent``'s rows to the fresh file's spans, series after series in the
-    order of their metric (then entity and source), each series' ticks ascending or, every
-    other series, descending, in chunks of at most :data:`FRESH_CHUNK_ROWS` rows (memory
-    stays bounded), and their buckets (counted into ``expected``). Returns the ticks added
+    order of their metric (then entity and source), each series' ticks ascending, in chunks
+    of at most :data:`FRESH_CHUNK_ROWS` rows (memory stays bounded), and their buckets (counted into ``expected``). Returns the ticks added
     to ``sample_ticks`` (``stamps``: the distinct times of ``sample_recent``, µs, ascending)."""
     (top,) = con.execute(
         f'SELECT coalesce(max(tick), 0) FROM "{name}".main.sample_ticks'
@@ -222,18 +222,14 @@ def _sort_recent_into(
         sids = np.asarray(rows["series_id"], dtype=np.int32)
         ticks = (first + np.searchsorted(stamps, rows["us"])).astype(np.int32)
         order = span_order(rank_of[sids - lo], ticks)
-        span_rows = {  # noqa: F841 - read by DuckDB's replacement scan
-            "series_id": sids[order],
-            "tick": ticks[order],
-            "value": np.asarray(rows["value"], dtype=np.float64)[order],
-        }
-        con.execute(
-            "INSERT INTO aw_compact.main.sample_spans SELECT series_id, tick, value FROM span_rows"
+        values = np.asarray(rows["value"], dtype=np.float64)[order]
+        insert_span_rows(
+            con, span_columns(sids[order], ticks[order], values), into="aw_compact.main."
         )
         if buckets is not None:
             stored = aggregate_buckets(
-                span_rows["series_id"], np.asarray(rows["us"], dtype=np.int64)[order],
-                span_rows["value"], buckets.bucketed, buckets.layout,
+                sids[order], np.asarray(rows["us"], dtype=np.int64)[order],
+                values, buckets.bucketed, buckets.layout,
             )  # fmt: skip
             full, flat = insert_buckets(con, stored, into="aw_compact.main.")
             expected["sample_buckets"] += full

@@ -13,7 +13,8 @@ The writer keeps appending each flush in tick order to ``sample_recent(series_id
 (memory stays within the store's limit, nothing spills, and the writer flushes between them);
 at close it moves the rest. ``sample_values(series_id, ts, value)`` is a view over both
 tables, and ``samples`` reads it as before. Schema 5 adds, in the same move, per-bucket
-aggregates of the series the analysis reads (:mod:`agent.store_buckets`).
+aggregates of the series the analysis reads (:mod:`agent.store_buckets`); schema 6 stores the
+spans' rows more compactly behind the same ``sample_spans`` (:mod:`agent.store_span_rows`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import duckdb
 import numpy as np
 
 from agent.store_buckets import BucketChoice, aggregate_buckets, insert_buckets
+from agent.store_span_rows import insert_span_rows, span_columns
 from agent.tables import has_table
 
 #: Ticks the writer's table holds before they are moved into one span (an hour at 1 Hz).
@@ -61,38 +63,22 @@ SPAN_TABLES = ("sample_recent", "sample_moving", "sample_spans", "sample_ticks")
 
 def has_spans(con: Any) -> bool:
     """Whether a database stores samples in spans (schema 4)."""
-    return has_table(con, "sample_spans")
+    return has_table(con, "sample_ticks")
 
 
 def span_order(series_id: np.ndarray, tick: np.ndarray) -> np.ndarray:
-    """The order rows are stored in a span: by series, each series' ticks ascending or, every
-    other series, descending. The tick column then steps by +1 or -1 and by 0 where one series
-    meets the next, which bit-packs in 2 bits; restarting every series at its first tick costs
-    a span of 600 ticks ~1.4 B a value (measured), as a bit-packing group spans series."""
+    """The order rows are stored in a span: by series, each series' ticks ascending (schema
+    6 stores each row's position beside ``base = pos - tick``, constant along a series, so
+    the order costs nothing in the tick; :mod:`agent.store_span_rows`)."""
     n = len(series_id)
     if n and (np.diff(tick) >= 0).all():
         # In tick order (the writer's table) a stable sort by series is all it takes, and a
         # chunk's few series as 16-bit keys make NumPy's stable sort a radix sort.
         lo, width = int(series_id.min()), int(series_id.max()) - int(series_id.min())
         key = (series_id - lo).astype(np.uint16 if width < 2**16 else np.int64)
-        by_series = np.argsort(key, kind="stable")
-        return by_series[_zigzag(series_id[by_series])]
-    zig = np.where(series_id % 2 == 1, np.int64(2**31 - 1) - tick, tick).astype(np.int64)
+        return np.argsort(key, kind="stable")
     # rows out of tick order (a late timestamp): sort by series, then tick
-    return np.argsort((series_id.astype(np.int64) << 32) | zig, kind="stable")
-
-
-def _zigzag(sorted_ids: np.ndarray) -> np.ndarray:
-    """Positions that reverse every odd series' rows in rows sorted by series: ``pos`` in an
-    even series, ``first + last - pos`` in an odd one (two repeats over the rows, one per
-    series' offset and one of its sign, instead of one per bound)."""
-    n = len(sorted_ids)
-    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-    lengths = np.diff(np.r_[starts, n])
-    odd = sorted_ids[starts] % 2 == 1
-    offset = np.where(odd, 2 * starts + lengths - 1, 0)
-    sign = np.where(odd, -1, 1).astype(np.int64)
-    return np.repeat(offset, lengths) + np.repeat(sign, lengths) * np.arange(n)
+    return np.lexsort((tick, series_id))
 
 
 def checkpoint(con: Any) -> None:
@@ -311,15 +297,11 @@ class Compactor:
         sids = np.asarray(got["series_id"], dtype=np.int32)
         ticks = (move.first_tick + np.searchsorted(move.stamps, us)).astype(np.int32)
         order = span_order(sids, ticks)
-        span_rows = {  # noqa: F841 - read by DuckDB's replacement scan
-            "series_id": sids[order],
-            "tick": ticks[order],
-            "value": np.asarray(got["value"], dtype=np.float64)[order],
-        }
-        move.cursor.execute("INSERT INTO sample_spans SELECT series_id, tick, value FROM span_rows")
+        values = np.asarray(got["value"], dtype=np.float64)[order]
+        insert_span_rows(move.cursor, span_columns(sids[order], ticks[order], values))
         ids = np.unique(sids)
         buckets = aggregate_buckets(
-            span_rows["series_id"], us[order], span_rows["value"],
+            sids[order], us[order], values,
             self._buckets.bucketed(move.cursor, ids), self._buckets.layout,
         )  # fmt: skip
         insert_buckets(move.cursor, buckets)

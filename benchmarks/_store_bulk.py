@@ -18,7 +18,7 @@ from agent.store import Store
 
 #: The physical tables the agent's close leaves with the samples in them: the bulk side fills
 #: the same, and round 0 checks they hold the same rows (spans and ticks in the same order).
-LAYOUT_TABLES = ("series", "sample_recent", "sample_moving", "sample_ticks", "sample_spans",
+LAYOUT_TABLES = ("series", "sample_recent", "sample_moving", "sample_ticks", "sample_span_rows",
                  "sample_buckets", "sample_buckets_flat", "bucket_series")  # fmt: skip
 
 
@@ -37,13 +37,16 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
     """The bulk side of ingest: the same rows, from Arrow, in one transaction, into the same
     physical result the agent's ``close()`` leaves (``agent/store_rewrite.py``): a fresh file
     of 32 KiB blocks with the template's schema and run, the series dictionary, the ticks
-    numbered in time order, the spans sorted by series (metric, entity, source) with every
-    other series' ticks descending, which series are bucketed, and their 30 s buckets (flat
-    ones apart), then checkpointed. DuckDB's own sort and aggregation, all its threads.
+    numbered in time order, the spans sorted by series (metric, entity, source), ticks
+    ascending, as schema 6's rows (the close writes up to 2**20 rows an insert, each with
+    its own ``pos`` from 0: the benchmark's ~870 k are one), which series are bucketed, and
+    their 30 s buckets (flat ones apart), then checkpointed. DuckDB's own sort and
+    aggregation, all its threads.
     Returns the wall seconds from after the schema copy to the closed file."""
     from agent.analysed import analysed_series_where
     from agent.store_buckets import BUCKET_BASE_US, idle_threshold
     from agent.store_rewrite import BUCKETS_FROM_S, DENSE_TICK_S
+    from agent.store_span_rows import WHOLE_SHARE
 
     con = duckdb.connect()
     try:
@@ -66,10 +69,35 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
             " ts FROM (SELECT DISTINCT ts FROM arrow_values)"
         )
         con.execute("INSERT INTO b.sample_ticks SELECT tick, ts FROM ticks ORDER BY tick")
+        # schema 6's rows (agent.store_span_rows): pos along the insert, base = pos - tick,
+        # each series divided by the largest power of two that leaves 90 % of it whole
+        # (zeros count as any), capped by its nonzero values' own, unless that loses a value
+        whole = "(isfinite(value) AND abs(value) < 2.0 ^ 53 AND value = trunc(value))"
+        lowest = "(abs(value)::BIGINT & -(abs(value)::BIGINT))"
         con.execute(
-            "INSERT INTO b.sample_spans SELECT v.series_id, k.tick, v.value FROM arrow_values v "
-            "JOIN ticks k USING (ts) JOIN ranks r USING (series_id) "
-            "ORDER BY r.rank, CASE WHEN r.rank % 2 = 1 THEN -k.tick ELSE k.tick END"
+            f"CREATE TEMP TABLE hist AS SELECT series_id, b, count(*) AS c FROM (SELECT "
+            f"series_id, CASE WHEN NOT {whole} THEN 0 WHEN value = 0 THEN 53 "
+            f"ELSE round(log2({lowest}))::INTEGER END AS b FROM arrow_values) GROUP BY ALL"
+        )
+        con.execute(
+            "CREATE TEMP TABLE scales AS SELECT series_id, pow(2.0, greatest(0, least("
+            "coalesce(max(least(b, 52)) FILTER (WHERE at_least >= ceil(? * n)), 0), "
+            "coalesce(max(b) FILTER (WHERE b <= 52), -1)))) AS scale FROM (SELECT *, "
+            "sum(c) OVER (PARTITION BY series_id ORDER BY b DESC) AS at_least, "
+            "sum(c) OVER (PARTITION BY series_id) AS n FROM hist) GROUP BY 1",
+            [WHOLE_SHARE],
+        )
+        con.execute(
+            "UPDATE scales SET scale = 1.0 WHERE series_id IN (SELECT v.series_id FROM "
+            "arrow_values v JOIN scales s USING (series_id) WHERE (v.value / s.scale) * s.scale "
+            "IS DISTINCT FROM v.value)"
+        )
+        con.execute(
+            "INSERT INTO b.sample_span_rows SELECT series_id, pos, (pos - tick)::INTEGER, "
+            "value / scale, scale FROM (SELECT v.series_id, k.tick, v.value, s.scale, "
+            "(row_number() OVER (ORDER BY r.rank, k.tick) - 1)::INTEGER AS pos "
+            "FROM arrow_values v JOIN ticks k USING (ts) JOIN ranks r USING (series_id) "
+            "JOIN scales s USING (series_id)) ORDER BY pos"
         )
         # buckets only where a post-run frame could read them, as the close decides
         span_s, gaps = con.execute(
@@ -90,7 +118,7 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
                 "JOIN ranks r USING (series_id) WHERE v.series_id IN "
                 "(SELECT series_id FROM b.bucket_series WHERE bucketed) GROUP BY ALL"
             )
-            order = "ORDER BY rank, CASE WHEN rank % 2 = 1 THEN -bucket ELSE bucket END"
+            order = "ORDER BY rank, bucket"
             flat = "min = max AND NOT isnan(max)"
             con.execute(
                 "INSERT INTO b.sample_buckets SELECT series_id, bucket, n, total, low, min, max "
@@ -115,8 +143,9 @@ def layout_digest(path: Path) -> dict[str, object]:
         got: dict[str, object] = {
             t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LAYOUT_TABLES
         }
-        got["sample_spans order"] = con.execute(
-            "SELECT sum(hash(rowid, series_id, tick, value)::HUGEINT) FROM sample_spans"
+        got["sample_span_rows order"] = con.execute(
+            "SELECT sum(hash(rowid, series_id, pos, base, value, scale)::HUGEINT) "
+            "FROM sample_span_rows"
         ).fetchone()[0]
         got["bucket_series bucketed"] = con.execute(
             "SELECT count_if(bucketed) FROM bucket_series"

@@ -48,14 +48,15 @@ READ = {
 
 
 def write_spans(con: duckdb.DuckDBPyConnection, layout: str, min_run: int) -> None:
-    """``d``'s samples from ``s.sample_spans`` in ``layout``, series in their stored order."""
+    """``d``'s samples from ``src_spans`` (:func:`source_spans`) in ``layout``, series in
+    their stored order."""
     if layout == "copy":
-        con.execute("CREATE TABLE d.sample_spans AS SELECT * FROM s.sample_spans ORDER BY rowid")
+        con.execute("CREATE TABLE d.sample_spans AS SELECT * FROM src_spans ORDER BY rowid")
     elif layout == "lists":
         con.execute(
             "CREATE TEMP TABLE runs AS SELECT *, count(*) OVER (PARTITION BY series_id, grp) AS n "
             "FROM (SELECT rowid AS rid, series_id, tick, value, tick - row_number() OVER "
-            "(PARTITION BY series_id ORDER BY tick) AS grp FROM s.sample_spans)"
+            "(PARTITION BY series_id ORDER BY tick) AS grp FROM src_spans)"
         )
         con.execute(
             "CREATE TABLE d.sample_lists AS SELECT series_id, min(tick)::INTEGER AS first_tick, "
@@ -72,7 +73,7 @@ def write_spans(con: duckdb.DuckDBPyConnection, layout: str, min_run: int) -> No
             "CREATE TEMP TABLE base AS SELECT series_id, rid, coalesce(sum(hi - lo + 1) OVER "
             "(ORDER BY rid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) - lo AS base "
             "FROM (SELECT series_id, min(tick) lo, max(tick) hi, min(rowid) rid "
-            "FROM s.sample_spans GROUP BY 1)"
+            "FROM src_spans GROUP BY 1)"
         )
         con.execute(
             "CREATE TABLE d.sample_base AS SELECT series_id, base::INTEGER AS base FROM base "
@@ -80,10 +81,28 @@ def write_spans(con: duckdb.DuckDBPyConnection, layout: str, min_run: int) -> No
         )
         con.execute(
             "CREATE TABLE d.sample_spans AS SELECT p.series_id, (p.tick + b.base)::INTEGER AS "
-            "pos, p.value FROM s.sample_spans p JOIN base b USING (series_id) "
+            "pos, p.value FROM src_spans p JOIN base b USING (series_id) "
             "ORDER BY b.rid, p.tick"
         )
         con.execute("DROP TABLE base")
+
+
+def source_spans(con: duckdb.DuckDBPyConnection) -> None:
+    """``src_spans(series_id, tick, value)``: the source's spans in their stored order, from
+    schema 5's table or schema 6's rows (agent.store_span_rows; ``copy`` is then schema 5's
+    layout of those rows, not the source's own)."""
+    rows = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 's' "
+        "AND table_name = 'sample_span_rows'"
+    ).fetchone()
+    spans = "s.sample_spans"
+    if rows and rows[0]:
+        spans = "(SELECT series_id, pos - base AS tick, value * scale AS value, rowid AS rid " \
+                "FROM s.sample_span_rows)"  # fmt: skip
+        con.execute(f"CREATE TEMP TABLE src_spans AS SELECT series_id, tick, value FROM {spans} "
+                    "ORDER BY rid")  # fmt: skip
+        return
+    con.execute(f"CREATE TEMP TABLE src_spans AS SELECT * FROM {spans} ORDER BY rowid")
 
 
 def rewrite(src: Path, dst: Path, layout: str, min_run: int, fewer: bool) -> None:
@@ -99,10 +118,11 @@ def rewrite(src: Path, dst: Path, layout: str, min_run: int, fewer: bool) -> Non
             "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = 's'"
         ).fetchall()
         for table, _ in tables:
-            if table == "sample_spans" or (fewer and table in SMALL):
+            if table in ("sample_spans", "sample_span_rows") or (fewer and table in SMALL):
                 continue
             if con.execute(f"SELECT count(*) FROM s.{table}").fetchone() != (0,):
                 con.execute(f"CREATE TABLE d.{table} AS SELECT * FROM s.{table}")
+        source_spans(con)
         write_spans(con, layout, min_run)
         con.execute("CHECKPOINT d")
     finally:

@@ -436,7 +436,7 @@ def test_recording_refuses_a_file_with_a_damaged_sample_block(recorded_db, tmp_p
     db = tmp_path / "damaged.duckdb"
     shutil.copy(recorded_db, db)
     con = connect(db, read_only=True)
-    blocks = con.execute("SELECT block_id FROM pragma_storage_info('sample_spans')").fetchall()
+    blocks = con.execute("SELECT block_id FROM pragma_storage_info('sample_span_rows')").fetchall()
     ((block_size,),) = con.execute(
         "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
     ).fetchall()

@@ -17,9 +17,10 @@ import agent.store_spans as spans
 from agent.analysis.frame import Window, analysed_series_where, build_frames
 from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.model import Batch
-from agent.store import Store, connect
+from agent.store import SCHEMA_VERSION, Store, connect
 from agent.store_buckets import has_buckets
 from tests.store.test_layout import T0
+from tests.store.test_span_rows import to_v5_spans
 from tests.store.test_spans import _expected, _stored, _tick, kill_during_a_move
 
 #: A part no rule reads (an NVLink of gpu0): moved into spans, never bucketed.
@@ -234,6 +235,7 @@ def test_an_agent_killed_during_a_move_leaves_each_value_in_one_bucket(tmp_path)
 def _as_version_4(path: Path) -> None:
     """The file as the version-4 writer left it: spans, no bucket tables or meta rows."""
     con = duckdb.connect(str(path))
+    to_v5_spans(con)
     con.execute(
         "DROP TABLE sample_buckets; DROP TABLE sample_buckets_flat; DROP TABLE bucket_series"
     )
@@ -280,7 +282,7 @@ def test_appending_a_run_to_a_version_4_file_reads_the_old_run_raw_and_buckets_t
     ro = connect(path, read_only=True)
     try:
         version = ro.execute("SELECT value FROM accelwatch_meta WHERE key = 'schema_version'")
-        assert version.fetchone() == ("5",)
+        assert version.fetchone() == (str(SCHEMA_VERSION),)
         old_ids = {
             r[0] for r in ro.execute("SELECT series_id FROM series WHERE run_id = 'r'").fetchall()
         }

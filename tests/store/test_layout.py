@@ -105,7 +105,7 @@ def test_version_2_file_is_migrated_on_open_for_writing_with_identical_views(tmp
     rw = connect(path)
     after = _views(rw)
     version = rw.execute("SELECT value FROM accelwatch_meta WHERE key = 'schema_version'")
-    assert int(version.fetchall()[0][0]) == SCHEMA_VERSION == 5
+    assert int(version.fetchall()[0][0]) == SCHEMA_VERSION == 6
     assert has_series(rw)
     physical = [d[0] for d in rw.execute("SELECT * FROM sample_values LIMIT 0").description]
     per_run = rw.execute(
