@@ -1,21 +1,17 @@
-"""Schema 6: how a span's rows are stored, behind the ``sample_spans(series_id, tick, value)``
-view that every reader keeps using.
+"""Schema 6: each series' values stored divided by a power of two, behind the
+``sample_spans(series_id, tick, value)`` view that every reader keeps using.
 
-Two columns of schema 5's spans cost more than the information in them (a 10-minute
-recording of 8 simulated H100s, 870 k values, 32 KiB blocks, measured):
+Whole-number series whose values are multiples of a power of two (NVLink and PCIe byte
+counters and rates, which the driver counts in KiB: multiples of 1,024; page-sized memory
+figures) carry those zero bits through DuckDB's ALP, which strips decimal factors, not
+binary ones. Stored divided by that power (``scale``, per series and insert, run-length
+encoded: a few bytes a series), ``value * scale`` gives back the original bit for bit: a
+power of two only moves the exponent. A 10-minute recording of 8 simulated H100s (870 k
+values, 32 KiB blocks): the file 92 -> 77 blocks (docs/benchmarks.md, "Schema 6").
 
-- ``tick`` steps by one along a series but restarts at every series: bit-packed, ~0.3 B a
-  value. Stored instead as ``pos`` (the row's position in the insert that wrote it, which
-  steps by one along the whole table: bit-packed at a constant delta, next to nothing) and
-  ``base = pos - tick``, constant along a series' consecutive ticks (run-length encoded, a
-  few bytes a series): ``tick = pos - base``.
-- ``value`` of whole-number series whose values are all multiples of a power of two (NVLink
-  and PCIe byte counters and rates, counted by the driver in KiB: multiples of 1,024) carries
-  those zero bits through DuckDB's ALP, which strips decimal factors, not binary ones. Stored
-  divided by that power (``scale``, per series and insert, run-length encoded):
-  ``value * scale`` gives back the original exactly (a power of two only moves the exponent).
-
-Together 12 of the 83 blocks of that recording's spans (docs/benchmarks.md, "Schema 6").
+Storing ``pos``/``base`` instead of ``tick`` (``tick = pos - base``) saved 3 blocks more and
+was not kept: a scan of ``sample_values`` then joins the ticks on a computed key, without
+the tick column's zone maps, ~40 % slower at 24 h.
 """
 
 from __future__ import annotations
@@ -28,15 +24,15 @@ from agent.tables import has_table
 
 #: The physical table of schema 6's spans.
 SPAN_ROWS_TABLE = "sample_span_rows"
-SPAN_ROWS_COLUMNS = "series_id, pos, base, value, scale"
+SPAN_ROWS_COLUMNS = "series_id, tick, value, scale"
 SCHEMA_V6_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {SPAN_ROWS_TABLE} (
-    series_id INTEGER, pos INTEGER, base INTEGER, value DOUBLE, scale DOUBLE);
+    series_id INTEGER, tick INTEGER, value DOUBLE, scale DOUBLE);
 """
 #: Schema 5's table of spans, renamed when a file that holds rows in it is upgraded: its rows
 #: are read as they are (no rewrite of a long file at open), through the same view.
 V5_SPANS_TABLE = "sample_spans_v5"
-_READ_ROWS = f"SELECT series_id, pos - base AS tick, value * scale AS value FROM {SPAN_ROWS_TABLE}"
+_READ_ROWS = f"SELECT series_id, tick, value * scale AS value FROM {SPAN_ROWS_TABLE}"
 #: Whole numbers below this are exact in a double (and in an int64 on the way).
 _EXACT = 2.0**53
 #: ``k`` of a zero value: no constraint on its series' power of two.
@@ -75,14 +71,12 @@ def apply_v6_rows(con: Any) -> None:
 
 
 def span_columns(series_id: np.ndarray, tick: np.ndarray, value: np.ndarray) -> dict[str, Any]:
-    """The stored columns of rows already in span order (by series, ticks ascending):
-    ``pos`` 0, 1, 2, … along them, ``base = pos - tick``, and each series' values divided by
-    ``scale``: the largest power of two that leaves at least :data:`WHOLE_SHARE` of them
+    """The stored columns of rows already in span order (each series' rows together): the
+    ids and ticks as they are, and each series' values divided by ``scale``: the largest power of two that leaves at least :data:`WHOLE_SHARE` of them
     whole (1.0 for most series). The rest (a rate over a jittered interval) are divided too,
     exactly, and cost ALP one exception each; a series where any division would not give
     its value back bit for bit (a subnormal result) keeps 1.0."""
     n = len(series_id)
-    pos = np.arange(n, dtype=np.int64)
     values = np.asarray(value, dtype=np.float64)
     scale = np.ones(n, dtype=np.float64)
     if n:
@@ -100,8 +94,7 @@ def span_columns(series_id: np.ndarray, tick: np.ndarray, value: np.ndarray) -> 
             values = stored
     return {
         "series_id": np.asarray(series_id, dtype=np.int32),
-        "pos": pos.astype(np.int32),
-        "base": (pos - tick).astype(np.int32),
+        "tick": np.asarray(tick, dtype=np.int32),
         "value": values,
         "scale": scale,
     }

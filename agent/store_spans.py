@@ -13,8 +13,9 @@ The writer keeps appending each flush in tick order to ``sample_recent(series_id
 (memory stays within the store's limit, nothing spills, and the writer flushes between them);
 at close it moves the rest. ``sample_values(series_id, ts, value)`` is a view over both
 tables, and ``samples`` reads it as before. Schema 5 adds, in the same move, per-bucket
-aggregates of the series the analysis reads (:mod:`agent.store_buckets`); schema 6 stores the
-spans' rows more compactly behind the same ``sample_spans`` (:mod:`agent.store_span_rows`).
+aggregates of the series the analysis reads (:mod:`agent.store_buckets`); schema 6 stores
+each series' values divided by a power of two behind the same ``sample_spans``
+(:mod:`agent.store_span_rows`).
 """
 
 from __future__ import annotations
@@ -67,18 +68,34 @@ def has_spans(con: Any) -> bool:
 
 
 def span_order(series_id: np.ndarray, tick: np.ndarray) -> np.ndarray:
-    """The order rows are stored in a span: by series, each series' ticks ascending (schema
-    6 stores each row's position beside ``base = pos - tick``, constant along a series, so
-    the order costs nothing in the tick; :mod:`agent.store_span_rows`)."""
+    """The order rows are stored in a span: by series, each series' ticks ascending or, every
+    other series, descending. The tick column then steps by +1 or -1 and by 0 where one series
+    meets the next, which bit-packs in 2 bits; restarting every series at its first tick costs
+    a span of 600 ticks ~1.4 B a value (measured), as a bit-packing group spans series."""
     n = len(series_id)
     if n and (np.diff(tick) >= 0).all():
         # In tick order (the writer's table) a stable sort by series is all it takes, and a
         # chunk's few series as 16-bit keys make NumPy's stable sort a radix sort.
         lo, width = int(series_id.min()), int(series_id.max()) - int(series_id.min())
         key = (series_id - lo).astype(np.uint16 if width < 2**16 else np.int64)
-        return np.argsort(key, kind="stable")
+        by_series = np.argsort(key, kind="stable")
+        return by_series[_zigzag(series_id[by_series])]
+    zig = np.where(series_id % 2 == 1, np.int64(2**31 - 1) - tick, tick).astype(np.int64)
     # rows out of tick order (a late timestamp): sort by series, then tick
-    return np.lexsort((tick, series_id))
+    return np.argsort((series_id.astype(np.int64) << 32) | zig, kind="stable")
+
+
+def _zigzag(sorted_ids: np.ndarray) -> np.ndarray:
+    """Positions that reverse every odd series' rows in rows sorted by series: ``pos`` in an
+    even series, ``first + last - pos`` in an odd one (two repeats over the rows, one per
+    series' offset and one of its sign, instead of one per bound)."""
+    n = len(sorted_ids)
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    odd = sorted_ids[starts] % 2 == 1
+    offset = np.where(odd, 2 * starts + lengths - 1, 0)
+    sign = np.where(odd, -1, 1).astype(np.int64)
+    return np.repeat(offset, lengths) + np.repeat(sign, lengths) * np.arange(n)
 
 
 def checkpoint(con: Any) -> None:

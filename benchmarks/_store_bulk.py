@@ -37,11 +37,10 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
     """The bulk side of ingest: the same rows, from Arrow, in one transaction, into the same
     physical result the agent's ``close()`` leaves (``agent/store_rewrite.py``): a fresh file
     of 32 KiB blocks with the template's schema and run, the series dictionary, the ticks
-    numbered in time order, the spans sorted by series (metric, entity, source), ticks
-    ascending, as schema 6's rows (the close writes up to 2**20 rows an insert, each with
-    its own ``pos`` from 0: the benchmark's ~870 k are one), which series are bucketed, and
-    their 30 s buckets (flat ones apart), then checkpointed. DuckDB's own sort and
-    aggregation, all its threads.
+    numbered in time order, the spans sorted by series (metric, entity, source) with every
+    other series' ticks descending, each series' values divided by its power of two (schema
+    6), which series are bucketed, and their 30 s buckets (flat ones apart), then
+    checkpointed. DuckDB's own sort and aggregation, all its threads.
     Returns the wall seconds from after the schema copy to the closed file."""
     from agent.analysed import analysed_series_where
     from agent.store_buckets import BUCKET_BASE_US, idle_threshold
@@ -69,8 +68,7 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
             " ts FROM (SELECT DISTINCT ts FROM arrow_values)"
         )
         con.execute("INSERT INTO b.sample_ticks SELECT tick, ts FROM ticks ORDER BY tick")
-        # schema 6's rows (agent.store_span_rows): pos along the insert, base = pos - tick,
-        # each series divided by the largest power of two that leaves 90 % of it whole
+        # schema 6's rows (agent.store_span_rows): each series divided by the largest power of two that leaves 90 % of it whole
         # (zeros count as any), capped by its nonzero values' own, unless that loses a value
         whole = "(isfinite(value) AND abs(value) < 2.0 ^ 53 AND value = trunc(value))"
         lowest = "(abs(value)::BIGINT & -(abs(value)::BIGINT))"
@@ -93,11 +91,10 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
             "IS DISTINCT FROM v.value)"
         )
         con.execute(
-            "INSERT INTO b.sample_span_rows SELECT series_id, pos, (pos - tick)::INTEGER, "
-            "value / scale, scale FROM (SELECT v.series_id, k.tick, v.value, s.scale, "
-            "(row_number() OVER (ORDER BY r.rank, k.tick) - 1)::INTEGER AS pos "
-            "FROM arrow_values v JOIN ticks k USING (ts) JOIN ranks r USING (series_id) "
-            "JOIN scales s USING (series_id)) ORDER BY pos"
+            "INSERT INTO b.sample_span_rows SELECT v.series_id, k.tick, v.value / s.scale, "
+            "s.scale FROM arrow_values v JOIN ticks k USING (ts) JOIN ranks r USING (series_id) "
+            "JOIN scales s USING (series_id) "
+            "ORDER BY r.rank, CASE WHEN r.rank % 2 = 1 THEN -k.tick ELSE k.tick END"
         )
         # buckets only where a post-run frame could read them, as the close decides
         span_s, gaps = con.execute(
@@ -118,7 +115,7 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
                 "JOIN ranks r USING (series_id) WHERE v.series_id IN "
                 "(SELECT series_id FROM b.bucket_series WHERE bucketed) GROUP BY ALL"
             )
-            order = "ORDER BY rank, bucket"
+            order = "ORDER BY rank, CASE WHEN rank % 2 = 1 THEN -bucket ELSE bucket END"
             flat = "min = max AND NOT isnan(max)"
             con.execute(
                 "INSERT INTO b.sample_buckets SELECT series_id, bucket, n, total, low, min, max "
@@ -144,8 +141,7 @@ def layout_digest(path: Path) -> dict[str, object]:
             t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LAYOUT_TABLES
         }
         got["sample_span_rows order"] = con.execute(
-            "SELECT sum(hash(rowid, series_id, pos, base, value, scale)::HUGEINT) "
-            "FROM sample_span_rows"
+            "SELECT sum(hash(rowid, series_id, tick, value, scale)::HUGEINT) FROM sample_span_rows"
         ).fetchone()[0]
         got["bucket_series bucketed"] = con.execute(
             "SELECT count_if(bucketed) FROM bucket_series"

@@ -97,7 +97,7 @@ def source_spans(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchone()
     spans = "s.sample_spans"
     if rows and rows[0]:
-        spans = "(SELECT series_id, pos - base AS tick, value * scale AS value, rowid AS rid " \
+        spans = "(SELECT series_id, tick, value * scale AS value, rowid AS rid " \
                 "FROM s.sample_span_rows)"  # fmt: skip
         con.execute(f"CREATE TEMP TABLE src_spans AS SELECT series_id, tick, value FROM {spans} "
                     "ORDER BY rid")  # fmt: skip

@@ -1,5 +1,5 @@
-"""Schema 6: the spans' rows as ``pos``/``base`` and a power-of-two ``scale``, read back
-exactly through ``sample_spans``; a schema-5 file read as it is, and upgraded in place."""
+"""Schema 6: the spans' values divided by a power-of-two ``scale``, read back exactly
+through ``sample_spans``; a schema-5 file read as it is, and upgraded in place."""
 
 from __future__ import annotations
 
@@ -50,15 +50,14 @@ def test_span_columns_give_back_every_value_bit_for_bit():
     values = np.concatenate(list(series.values()))
     rows = span_columns(sids, ticks, values)
     assert _bits(rows["value"] * rows["scale"]) == _bits(values)
-    assert (rows["pos"] - rows["base"]).tolist() == ticks.tolist()
-    assert rows["pos"].tolist() == list(range(len(sids)))
+    assert rows["tick"].tolist() == ticks.tolist()
     scale = dict(zip(sids.tolist(), rows["scale"].tolist(), strict=True))
     assert scale[2] == scale[5] == scale[6] == scale[10] == scale[11] == scale[12] == 1
     # a few values that are not whole multiples (a NaN, infinities, one beyond 2**53) are
     # divided too, exactly
     assert scale[1] >= 1024 and scale[8] == scale[3] == scale[4] == scale[7] == scale[1]
     assert scale[9] >= 8 * 1024
-    assert np.all(np.diff(rows["base"][sids == 1]) == 0)  # constant along a series
+    assert np.all(np.diff(rows["scale"][sids == 1]) == 0)  # one a series
 
 
 def _tick(t: int) -> list[Batch]:

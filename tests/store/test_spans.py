@@ -117,15 +117,13 @@ def test_rows_move_into_spans_while_recording_once_the_writer_holds_a_span(tmp_p
         ro.close()
 
 
-def test_a_span_is_stored_by_series_each_series_ticks_ascending(tmp_path, small_spans):
+def test_a_span_is_stored_by_series_each_series_ticks_alternating_direction(tmp_path, small_spans):
     store = Store(tmp_path / "a.duckdb")
     for t in range(20):  # two spans of 10 ticks, both moved in place while recording
         store.write_ticks([("r", [_tick(t)])])
     store.close()
     ro = connect(tmp_path / "a.duckdb", read_only=True)
-    rows = ro.execute(
-        "SELECT series_id, pos - base FROM sample_span_rows ORDER BY rowid"
-    ).fetchall()
+    rows = ro.execute("SELECT series_id, tick FROM sample_span_rows ORDER BY rowid").fetchall()
     ro.close()
     assert len(rows) == 20 * 12
     for span in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
@@ -133,11 +131,11 @@ def test_a_span_is_stored_by_series_each_series_ticks_ascending(tmp_path, small_
         assert sids == sorted(sids)
         for sid in set(sids):
             ticks = [t for s, t in span if s == sid]
-            assert ticks == sorted(ticks)
+            assert ticks == sorted(ticks, reverse=sid % 2 == 1)
 
 
 @pytest.mark.parametrize("chunk_rows", [2**20, 50])
-def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_ascending(
+def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_alternating(
     tmp_path, monkeypatch, chunk_rows
 ):
     monkeypatch.setattr(rewrite, "FRESH_CHUNK_ROWS", chunk_rows)  # 50: in five parts
@@ -150,7 +148,7 @@ def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_ascendin
     store.close()
     ro = connect(tmp_path / "a.duckdb", read_only=True)
     rows = ro.execute(
-        "SELECT p.series_id, p.pos - p.base, s.metric, s.entity FROM sample_span_rows p "
+        "SELECT p.series_id, p.tick, s.metric, s.entity FROM sample_span_rows p "
         "JOIN series s USING (series_id) ORDER BY p.rowid"
     ).fetchall()
     size = ro.execute(
@@ -162,9 +160,9 @@ def test_a_short_run_is_sorted_into_a_fresh_file_series_by_metric_ticks_ascendin
     assert size == (rewrite.SMALL_FILE_BLOCK_SIZE, 0)
     runs = [rows[i][2:] for i in range(len(rows)) if i == 0 or rows[i][0] != rows[i - 1][0]]
     assert runs == sorted(runs) and len(runs) == 12  # each series once, by metric then entity
-    for metric, entity in runs:
+    for position, (metric, entity) in enumerate(runs):
         ticks = [t for _, t, m, e in rows if (m, e) == (metric, entity)]
-        assert ticks == sorted(ticks)
+        assert ticks == sorted(ticks, reverse=position % 2 == 1)
 
 
 def test_a_fresh_file_of_many_samples_keeps_the_originals_block_size(tmp_path, monkeypatch):
@@ -185,14 +183,11 @@ def test_a_fresh_file_of_many_samples_keeps_the_originals_block_size(tmp_path, m
     assert size == (NEW_FILE_BLOCK_SIZE, 0)
 
 
-def test_span_order_sorts_by_series_then_tick():
+def test_span_order_sorts_by_series_then_tick_zigzag():
     sids = np.array([2, 1, 2, 1, 1], dtype=np.int32)
     ticks = np.array([5, 5, 6, 6, 7], dtype=np.int32)
     order = span_order(sids, ticks)
-    assert list(zip(sids[order], ticks[order])) == [(1, 5), (1, 6), (1, 7), (2, 5), (2, 6)]
-    late = np.array([7, 6, 6, 5, 4], dtype=np.int32)  # out of tick order: the general sort
-    order = span_order(sids, late)
-    assert list(zip(sids[order], late[order])) == [(1, 4), (1, 5), (1, 6), (2, 6), (2, 7)]
+    assert list(zip(sids[order], ticks[order])) == [(1, 7), (1, 6), (1, 5), (2, 5), (2, 6)]
 
 
 def test_a_move_that_fails_halfway_leaves_every_sample_readable_once(
