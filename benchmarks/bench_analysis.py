@@ -18,7 +18,7 @@ Prints, in one run:
      after its onset (judged only when the run lasts that long: not with ``--quick``).
 
 The recording of part 1 is synthetic but shaped like a real one (NumPy -> DuckDB, written in the
-store's own schema-5 layout: the series dictionary, then ids, times and values appended to the
+store's own layout (schema 6): the series dictionary, then ids, times and values appended to the
 writer's table, checkpointed as it goes and moved into spans an hour at a time, with the
 analysed series' 30 s buckets, as the agent's writer does): every GPU metric the NVML collector records, per-link NVLink counters, per-core host CPU, disks,
 NICs and a five-process job, with checkpoint stalls every 30 min and one GPU throttled for an
