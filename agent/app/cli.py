@@ -14,6 +14,10 @@ from typing import NoReturn
 from agent import __version__
 from agent.errors import AccelwatchError, StoreError, UsageError
 
+#: Headless with stderr not a terminal (a batch job's log), the live line's default period:
+#: a line a second is 600 k lines in a week's log.
+LIVE_EVERY_IN_LOGS_S = 60.0
+
 DEFAULT_DB = "accelwatch.duckdb"
 EXIT_CODES = """exit codes:
   0 ok (for `run`: the command's own exit code)   1 error   2 bad usage
@@ -175,7 +179,17 @@ def _add_recording(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--headless",
         action="store_true",
-        help="no terminal UI: print a live line per interval and a report at the end",
+        help="no terminal UI: print a live line on stderr (see --live-every) and a report at "
+        "the end",
+    )
+    p.add_argument(
+        "--live-every",
+        type=positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="headless: print the live line at most every SECONDS (default: every interval "
+        f"when stderr is a terminal, else {LIVE_EVERY_IN_LOGS_S:g}: a batch job's log); a fault, "
+        "and any change in what is wrong, prints at once",
     )
     p.add_argument(
         "--simulate",

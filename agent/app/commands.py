@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.app.cli import LIVE_EVERY_IN_LOGS_S
 from agent.app.job import DEFAULT_STOP_TIMEOUT_S, install_signal_handlers
 from agent.app.session import Session, SessionConfig, SessionControl
 from agent.catalog import CATALOG
@@ -35,6 +37,7 @@ def _config(args: argparse.Namespace) -> SessionConfig:
         name=args.name,
         tags=dict(args.tag),
         headless=args.headless or not sys.stdout.isatty(),
+        live_every=getattr(args, "live_every", None),
         duration=getattr(args, "duration", None),
         simulate=args.simulate,
         otlp=args.otlp,
@@ -141,13 +144,25 @@ def _watch(session: Session) -> None:
         print_summary(session, run)
 
 
-class LiveLinePrinter:
-    """One short line per interval on stderr while recording headless."""
+_DIGITS = re.compile(r"\d+")
 
-    def __init__(self, session: Session) -> None:
+
+class LiveLinePrinter:
+    """The live line on stderr while recording headless: every tick on a terminal, else every
+    :data:`LIVE_EVERY_IN_LOGS_S` (``--live-every``); a new fault's line, and a live line whose
+    account of what is wrong changed (a fault came or went, not a count in it), at once."""
+
+    def __init__(self, session: Session, *, terminal: bool | None = None) -> None:
         self.session = session
         self.last_seq = 0
         self.problems = ProblemWatch()
+        every = session.config.live_every
+        if every is None:
+            on_terminal = sys.stderr.isatty() if terminal is None else terminal
+            every = 0.0 if on_terminal else LIVE_EVERY_IN_LOGS_S
+        self.every = every
+        self._printed_at: float | None = None
+        self._wrong: tuple[str, ...] = ()
 
     def maybe_print(self) -> None:
         snap = self.session.hub.latest
@@ -157,6 +172,12 @@ class LiveLinePrinter:
         health = self.session.context.health if self.session.context else {}
         for problem in self.problems.new_problems(health):  # once per fault, at once
             print(f"accelwatch: {problem} (recording continues)", file=sys.stderr, flush=True)
+        # what is wrong, its counts aside (a disk-full line counts its buffered ticks)
+        wrong = tuple(_DIGITS.sub("#", p.text) for p in health_phrases(health)) if health else ()
+        due = self._printed_at is None or snap.ts - self._printed_at >= self.every - 1e-6
+        if not due and wrong == self._wrong:
+            return
+        self._printed_at, self._wrong = snap.ts, wrong
         print(format_live_line(snap, health), file=sys.stderr, flush=True)
 
 

@@ -66,6 +66,9 @@ class SessionConfig:
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     live_analysis: bool = True
     quiet: bool = False
+    #: Headless: the live line's period in seconds (None: every tick on a terminal, else
+    #: :data:`agent.app.cli.LIVE_EVERY_IN_LOGS_S`).
+    live_every: float | None = None
     #: Where a launched command's stdout/stderr go (None: the agent's own terminal). The TUI
     #: owns the terminal, so under it the job's output goes through a pipe into this file.
     job_log: str | None = None

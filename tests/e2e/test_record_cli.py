@@ -232,11 +232,14 @@ def test_kill_9_of_agent_keeps_flushed_samples(tmp_path, worker_job):
     job = worker_job(seconds=30.0)
     db = tmp_path / "k.duckdb"
     agent = subprocess.Popen(
-        accelwatch("attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2"),
+        accelwatch(
+            "attach", str(job.pid), "--db", str(db), "--headless", "--interval", "0.2",
+            "--live-every", "0.2",
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     for lines, _ in enumerate(agent.stderr, start=1):  # one live line per tick
         if lines >= 25:
             break

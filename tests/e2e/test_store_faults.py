@@ -72,7 +72,7 @@ def test_database_wal_and_temp_dir_are_private_while_recording_and_after(shared_
     secret = "--token=hunter2-secret"
     agent = subprocess.Popen(
         accelwatch(
-            "run", "--db", str(db), "--headless", "--interval", "0.1", "--",
+            "run", "--db", str(db), "--headless", "--interval", "0.1", "--live-every", "0.1", "--",
             sys.executable, "-c", "import sys, time; time.sleep(4)", secret,
         ),
         stdout=subprocess.DEVNULL,
@@ -263,7 +263,7 @@ def test_full_disk_beyond_the_buffer_drops_oldest_ticks_and_counts_them(small_fs
 def _record(db: Path, seconds: float, exit_code: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         accelwatch(
-            "run", "--db", str(db), "--headless", "--interval", "0.1", "--",
+            "run", "--db", str(db), "--headless", "--interval", "0.1", "--live-every", "0.1", "--",
             sys.executable, "-c", f"import sys, time; time.sleep({seconds}); sys.exit({exit_code})",
         ),
         stdout=subprocess.PIPE,
