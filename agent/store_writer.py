@@ -440,8 +440,8 @@ class Store:
     def _beat(
         self, run_id: str, batches: list[Batch], con: duckdb.DuckDBPyConnection | None = None
     ) -> None:
-        """Write the run's heartbeat on ``con`` (the caller's transaction; default the store's
-        connection): every :data:`HEARTBEAT_EVERY_S` (an ``UPDATE`` costs as much as the
+        """Append the run's heartbeat on ``con`` (the caller's transaction; default the store's
+        connection): every :data:`HEARTBEAT_EVERY_S` (a statement costs as much as the
         samples' ``INSERT``), so ``last_sample`` in ``runs`` trails a live run by at most that;
         a lost run's last sample is read from its samples."""
         last = newest_sample(batches, self._last_sample.get(run_id))
