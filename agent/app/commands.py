@@ -174,7 +174,9 @@ class LiveLinePrinter:
             print(f"accelwatch: {problem} (recording continues)", file=sys.stderr, flush=True)
         # what is wrong, its counts aside (a disk-full line counts its buffered ticks)
         wrong = tuple(_DIGITS.sub("#", p.text) for p in health_phrases(health)) if health else ()
-        due = self._printed_at is None or snap.ts - self._printed_at >= self.every - 1e-6
+        # the wall clock may step back (NTP, a restored VM): a tick before the last line is due
+        since = None if self._printed_at is None else snap.ts - self._printed_at
+        due = since is None or since < 0 or since >= self.every - 1e-6
         if not due and wrong == self._wrong:
             return
         self._printed_at, self._wrong = snap.ts, wrong
