@@ -91,16 +91,17 @@ def source_spans(con: duckdb.DuckDBPyConnection) -> None:
     """``src_spans(series_id, tick, value)``: the source's spans in their stored order, from
     schema 5's table or schema 6's rows (agent.store_span_rows; ``copy`` is then schema 5's
     layout of those rows, not the source's own)."""
-    rows = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 's' "
-        "AND table_name = 'sample_span_rows'"
-    ).fetchone()
+    tables = {t for (t,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 's'").fetchall()}  # fmt: skip
     spans = "s.sample_spans"
-    if rows and rows[0]:
-        spans = "(SELECT series_id, tick, value * scale AS value, rowid AS rid " \
-                "FROM s.sample_span_rows)"  # fmt: skip
+    if "sample_span_rows" in tables:
+        rows = "SELECT series_id, tick, value * scale AS value, 1 AS part, rowid AS rid " \
+               "FROM s.sample_span_rows"  # fmt: skip
+        if "sample_spans_v5" in tables:  # a file upgraded from schema 5: its old rows first
+            rows += " UNION ALL SELECT series_id, tick, value, 0, rowid FROM s.sample_spans_v5"
+        spans = f"({rows})"
         con.execute(f"CREATE TEMP TABLE src_spans AS SELECT series_id, tick, value FROM {spans} "
-                    "ORDER BY rid")  # fmt: skip
+                    "ORDER BY part, rid")  # fmt: skip
         return
     con.execute(f"CREATE TEMP TABLE src_spans AS SELECT * FROM {spans} ORDER BY rowid")
 
@@ -118,7 +119,9 @@ def rewrite(src: Path, dst: Path, layout: str, min_run: int, fewer: bool) -> Non
             "SELECT table_name, estimated_size FROM duckdb_tables() WHERE database_name = 's'"
         ).fetchall()
         for table, _ in tables:
-            if table in ("sample_spans", "sample_span_rows") or (fewer and table in SMALL):
+            if table in ("sample_spans", "sample_span_rows", "sample_spans_v5") or (
+                fewer and table in SMALL
+            ):
                 continue
             if con.execute(f"SELECT count(*) FROM s.{table}").fetchone() != (0,):
                 con.execute(f"CREATE TABLE d.{table} AS SELECT * FROM s.{table}")
