@@ -191,9 +191,11 @@ def _sort_recent_into(
     expected: dict[str, int],
 ) -> int:
     """Append ``sample_recent``'s rows to the fresh file's spans, series after series in the
-    order of their metric (then entity and source), each series' ticks ascending, in chunks
-    of at most :data:`FRESH_CHUNK_ROWS` rows (memory stays bounded), and their buckets (counted into ``expected``). Returns the ticks added
-    to ``sample_ticks`` (``stamps``: the distinct times of ``sample_recent``, µs, ascending)."""
+    order of their metric (then entity and source), each series' ticks ascending or, every
+    other series, descending (:func:`agent.store_spans.span_order`), in chunks of at most
+    :data:`FRESH_CHUNK_ROWS` rows (memory stays bounded), and their buckets (counted into
+    ``expected``). Returns the ticks added to ``sample_ticks`` (``stamps``: the distinct times
+    of ``sample_recent``, µs, ascending)."""
     (top,) = con.execute(
         f'SELECT coalesce(max(tick), 0) FROM "{name}".main.sample_ticks'
     ).fetchone()
