@@ -25,7 +25,7 @@ import duckdb
 
 from agent.errors import StoreCorruptError, StoreError, StoreInUseError
 from agent.series import apply_v3_layout, has_series
-from agent.store_buckets import apply_v5_buckets, has_buckets
+from agent.store_buckets import SCHEMA_V6_BUCKET_NULLS, apply_v5_buckets, has_buckets
 from agent.store_span_rows import SPAN_ROWS_TABLE, apply_v6_rows, has_span_rows
 from agent.store_spans import SCHEMA_V4_LAYOUT, SPAN_TABLES, has_spans
 from agent.store_views import _V1_RUNS_VIEW, RUNS_V2_COLUMNS, RUNS_VIEW  # noqa: F401
@@ -379,8 +379,9 @@ def _migrate(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path) -> 
             con.execute(SCHEMA_V4_LAYOUT)
         if not has_buckets(con):  # version 5: buckets of the analysed series, from moves on
             apply_v5_buckets(con, had_spans=had_spans)
-        if not has_span_rows(con):  # version 6: the spans' rows stored compactly
+        if not has_span_rows(con):  # version 6: the spans' values scaled, NULLs counted
             apply_v6_rows(con)
+            con.execute(SCHEMA_V6_BUCKET_NULLS)
         con.execute(
             "INSERT OR REPLACE INTO accelwatch_meta VALUES ('schema_version', ?)",
             [str(SCHEMA_VERSION)],

@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS bucket_series (series_id INTEGER, bucketed BOOLEAN);
 
 #: The tables schema 5 adds.
 BUCKET_TABLES = ("sample_buckets", "sample_buckets_flat", "bucket_series")
+#: Schema 6: how many of a bucket's samples are NULL (counted in ``n``, as ``count(*)``
+#: counts them, and skipped by its sum, min and max, as SQL skips them; ``avg`` is
+#: ``total / (n - nulls)``). 0 in an upgraded file's older buckets.
+SCHEMA_V6_BUCKET_NULLS = (
+    "ALTER TABLE sample_buckets ADD COLUMN IF NOT EXISTS nulls INTEGER DEFAULT 0;"
+)
 
 
 def has_buckets(con: Any) -> bool:
@@ -70,6 +76,15 @@ def apply_v5_buckets(con: Any, *, had_spans: bool) -> None:
             "INSERT INTO bucket_series SELECT DISTINCT series_id, false FROM sample_spans "
             "WHERE series_id NOT IN (SELECT series_id FROM bucket_series)"
         )
+
+
+def has_bucket_nulls(con: Any) -> bool:
+    """Whether the file's buckets count their NULL samples (schema 6)."""
+    rows = con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'sample_buckets' "
+        "AND column_name = 'nulls' AND database_name = current_database()"
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 def bucket_layout(con: Any) -> tuple[float, float] | None:
@@ -178,15 +193,21 @@ def aggregate_buckets(
     # A (series, bucket) group is one run of rows: a series' rows are contiguous, and its
     # buckets move one way along them.
     starts = np.flatnonzero(np.r_[True, (s[1:] != s[:-1]) | (b[1:] != b[:-1])])
+    # A NaN is a NULL sample (DuckDB stores NumPy's NaN as NULL): counted in ``n`` and
+    # ``nulls``, skipped by the sum, min and max as SQL skips it.
+    missing = np.isnan(v)
+    nulls = np.add.reduceat(missing.astype(np.int32), starts)
+    total = np.add.reduceat(np.where(missing, 0.0, v), starts)
+    total[nulls == np.diff(np.r_[starts, len(s)])] = np.nan  # all NULL: sum() is NULL
     return {
         "series_id": s[starts].astype(np.int32),
         "bucket": b[starts].astype(np.int32),
         "n": np.diff(np.r_[starts, len(s)]).astype(np.int32),
-        "total": np.add.reduceat(v, starts),
+        "total": total,
         "low": np.add.reduceat((v < low_below).astype(np.int32), starts),
-        # as DuckDB's min/max: min skips NaN (unless all are), max is NaN if any is
         "min": np.fmin.reduceat(v, starts),
-        "max": np.maximum.reduceat(v, starts),
+        "max": np.fmax.reduceat(v, starts),
+        "nulls": nulls,
     }
 
 
@@ -201,7 +222,8 @@ def insert_buckets(
     rows added to each table (``sample_buckets``, ``sample_buckets_flat``)."""
     if rows is None:
         return 0, 0
-    flat = rows["min"] == rows["max"]  # NaN is never equal: such a bucket keeps its columns
+    # NaN is never equal, and a bucket with a NULL sample keeps its columns
+    flat = (rows["min"] == rows["max"]) & (rows["nulls"] == 0)
     flat_rows = {  # noqa: F841 - read by DuckDB's replacement scan
         "series_id": rows["series_id"][flat],
         "bucket": rows["bucket"][flat],
@@ -210,8 +232,8 @@ def insert_buckets(
     }
     bucket_rows = {c: v[~flat] for c, v in rows.items()}  # noqa: F841 - the same
     cursor.execute(
-        f"INSERT INTO {into}sample_buckets SELECT series_id, bucket, n, total, low, min, max "
-        "FROM bucket_rows"
+        f"INSERT INTO {into}sample_buckets SELECT series_id, bucket, n, total, low, min, max, "
+        "nulls FROM bucket_rows"
     )
     cursor.execute(
         f"INSERT INTO {into}sample_buckets_flat SELECT series_id, bucket, n, value FROM flat_rows"

@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 
 from agent.store_buckets import BucketChoice, aggregate_buckets, has_buckets, insert_buckets
-from agent.store_span_rows import SPAN_ROWS_TABLE, insert_span_rows, span_columns
+from agent.store_span_rows import SPAN_ROWS_TABLE, insert_span_rows, span_columns, stored_values
 from agent.store_spans import span_order
 
 #: At close, a file at most this big whose free blocks are at least :data:`REWRITE_FREE_SHARE`
@@ -224,7 +224,7 @@ def _sort_recent_into(
         sids = np.asarray(rows["series_id"], dtype=np.int32)
         ticks = (first + np.searchsorted(stamps, rows["us"])).astype(np.int32)
         order = span_order(rank_of[sids - lo], ticks)
-        values = np.asarray(rows["value"], dtype=np.float64)[order]
+        values = stored_values(rows["value"])[order]
         insert_span_rows(
             con, span_columns(sids[order], ticks[order], values), into="aw_compact.main."
         )

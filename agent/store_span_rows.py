@@ -70,6 +70,13 @@ def apply_v6_rows(con: Any) -> None:
     con.execute(spans_view(with_v5=bool(kept)))
 
 
+def stored_values(fetched: Any) -> np.ndarray:
+    """The value column as DuckDB's ``fetchnumpy`` returns it, as doubles: a NULL (DuckDB
+    stores a NaN from NumPy as NULL) is NaN again, never the 0.0 under its mask; written
+    back from NumPy, it is NULL again."""
+    return np.ma.filled(np.ma.asarray(fetched, dtype=np.float64), np.nan)
+
+
 def span_columns(series_id: np.ndarray, tick: np.ndarray, value: np.ndarray) -> dict[str, Any]:
     """The stored columns of rows already in span order (each series' rows together): the
     ids and ticks as they are, and each series' values divided by ``scale``: the largest power of two that leaves at least :data:`WHOLE_SHARE` of them

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 
 from agent.store_buckets import BucketChoice, aggregate_buckets, insert_buckets
-from agent.store_span_rows import insert_span_rows, span_columns
+from agent.store_span_rows import insert_span_rows, span_columns, stored_values
 from agent.tables import has_table
 
 #: Ticks the writer's table holds before they are moved into one span (an hour at 1 Hz).
@@ -314,7 +314,7 @@ class Compactor:
         sids = np.asarray(got["series_id"], dtype=np.int32)
         ticks = (move.first_tick + np.searchsorted(move.stamps, us)).astype(np.int32)
         order = span_order(sids, ticks)
-        values = np.asarray(got["value"], dtype=np.float64)[order]
+        values = stored_values(got["value"])[order]
         insert_span_rows(move.cursor, span_columns(sids[order], ticks[order], values))
         ids = np.unique(sids)
         buckets = aggregate_buckets(

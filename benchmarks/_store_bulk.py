@@ -111,15 +111,16 @@ def bulk_same_layout(path: Path, template: Path, values: object, series: object)
                 f"CREATE TEMP TABLE agg AS SELECT v.series_id, (epoch_us(v.ts) // {BUCKET_BASE_US})"
                 "::INTEGER AS bucket, count(*)::INTEGER AS n, sum(v.value) AS total, "
                 f"count_if(v.value < {idle_threshold()!r})::INTEGER AS low, min(v.value) AS min, "
-                "max(v.value) AS max, any_value(r.rank) AS rank FROM arrow_values v "
+                "max(v.value) AS max, count_if(v.value IS NULL)::INTEGER AS nulls, "
+                "any_value(r.rank) AS rank FROM arrow_values v "
                 "JOIN ranks r USING (series_id) WHERE v.series_id IN "
                 "(SELECT series_id FROM b.bucket_series WHERE bucketed) GROUP BY ALL"
             )
             order = "ORDER BY rank, CASE WHEN rank % 2 = 1 THEN -bucket ELSE bucket END"
-            flat = "min = max AND NOT isnan(max)"
+            flat = "min = max AND NOT isnan(max) AND nulls = 0"
             con.execute(
-                "INSERT INTO b.sample_buckets SELECT series_id, bucket, n, total, low, min, max "
-                f"FROM agg WHERE NOT ({flat}) {order}"
+                "INSERT INTO b.sample_buckets SELECT series_id, bucket, n, total, low, min, max, "
+                f"nulls FROM agg WHERE NOT ({flat}) {order}"
             )
             con.execute(
                 "INSERT INTO b.sample_buckets_flat SELECT series_id, bucket, n, min FROM agg "

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from agent.analysis.thresholds import IDLE_SAMPLE
-from agent.store_buckets import bucket_layout
+from agent.store_buckets import bucket_layout, has_bucket_nulls
 
 
 def _ids(ids: Sequence[int]) -> str:
@@ -90,32 +90,33 @@ def _batch(
     loose = con.execute(
         f"""SELECT series_id, k, count(*) AS n, sum(value) AS total,
                    count_if(value < {IDLE_SAMPLE!r}) AS low, min(value) AS min,
-                   max(value) AS max
+                   max(value) AS max, count(*) - count(value) AS nulls
             FROM ({" UNION ALL ".join(raw)}) GROUP BY series_id, k"""
     ).fetchnumpy()
     if not bucketed:
         return merge_buckets(loose)
     ids = _ids(bucketed)
     stored = con.execute(
-        f"""SELECT series_id, bucket // {per_bucket} AS k, n, total, low, min, max
+        f"""SELECT series_id, bucket // {per_bucket} AS k, n, total, low, min, max,
+                   {"nulls" if has_bucket_nulls(con) else "0"} AS nulls
             FROM sample_buckets WHERE {ids}
             UNION ALL
             SELECT series_id, bucket // {per_bucket}, n, n * value,
-                   CASE WHEN value < {IDLE_SAMPLE!r} THEN n ELSE 0 END, value, value
+                   CASE WHEN value < {IDLE_SAMPLE!r} THEN n ELSE 0 END, value, value, 0
             FROM sample_buckets_flat WHERE {ids}"""
     ).fetchnumpy()
     if len(loose["n"]):
-        stored = {c: np.concatenate([np.asarray(stored[c]), np.asarray(loose[c])]) for c in stored}
+        stored = {c: np.concatenate([_filled(stored[c]), _filled(loose[c])]) for c in stored}
     return merge_buckets(stored)
 
 
 def merge_buckets(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows of (series_id, k, n, total, low, min, max) merged by (series_id, k). Most slots
+    """Rows of (series_id, k, n, total, low, min, max, nulls) merged by (series_id, k). Most slots
     hold one row (a bucket inside one span): those are taken as they are; only the rest (cut
     by a span boundary, or partly unmoved) are merged."""
     sid, k = np.asarray(parts["series_id"]), np.asarray(parts["k"])
-    n, low = np.asarray(parts["n"]), np.asarray(parts["low"])
-    total, lo, hi = (np.asarray(parts[c], np.float64) for c in ("total", "min", "max"))
+    n, low, nulls = (np.asarray(parts[c]) for c in ("n", "low", "nulls"))
+    total, lo, hi = (_filled(parts[c]).astype(np.float64) for c in ("total", "min", "max"))
     if len(sid):
         # slot = (series' rank, bucket - first bucket): ~1 M slots at 24 h, mostly used
         present = np.flatnonzero(np.bincount(sid))
@@ -134,23 +135,41 @@ def merge_buckets(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             slots, slot = np.unique(key[shared], return_inverse=True)
             first = np.zeros(len(slots), dtype=np.int64)
             first[slot] = shared  # any row of the slot gives its series and bucket
-            m_lo, m_hi = np.full(len(slots), np.nan), np.full(len(slots), -np.inf)
-            np.fmin.at(m_lo, slot, lo[shared])  # as DuckDB's min: NaN skipped
-            np.maximum.at(m_hi, slot, hi[shared])  # max: NaN if any is
+            # NaN is a NULL (an all-NULL bucket's sum, min and max): skipped, as SQL skips it
+            m_lo, m_hi = np.full(len(slots), np.nan), np.full(len(slots), np.nan)
+            np.fmin.at(m_lo, slot, lo[shared])
+            np.fmax.at(m_hi, slot, hi[shared])
             alone = np.flatnonzero(counts[key] == 1)
             sid = np.concatenate([sid[alone], sid[first]])
             k = np.concatenate([k[alone], k[first]])
             n = np.concatenate([n[alone], np.bincount(slot, weights=n[shared]).astype(np.int64)])
-            total = np.concatenate([total[alone], np.bincount(slot, weights=total[shared])])
+            part = total[shared]
+            summed = np.bincount(slot, weights=np.where(np.isnan(part), 0.0, part))
+            total = np.concatenate([total[alone], summed])
             low = np.concatenate([low[alone], np.bincount(slot, weights=low[shared])])
+            nulls = np.concatenate([nulls[alone], np.bincount(slot, weights=nulls[shared])])
             lo = np.concatenate([lo[alone], m_lo])
             hi = np.concatenate([hi[alone], m_hi])
     return {
         "series_id": np.asarray(sid, dtype=np.int32),
         "k": np.asarray(k, dtype=np.int64),
         "n": np.asarray(n, dtype=np.int64),
-        "avg": total / n,
+        "avg": _avg(total, n - nulls),
         "min": lo,
         "max": hi,
         "low_share": low / n,
     }
+
+
+def _avg(total: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """``avg(value)``: the sum over the non-NULL samples, NaN (NULL) where there is none."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
+
+
+def _filled(column: object) -> np.ndarray:
+    """A column from ``fetchnumpy`` with its NULLs as NaN (a masked array's mask would
+    otherwise be dropped, leaving the value under it)."""
+    if np.ma.isMaskedArray(column):
+        return np.ma.filled(column.astype(np.float64), np.nan)
+    return np.asarray(column)

@@ -351,3 +351,34 @@ def test_the_span_without_buckets_is_one_no_post_run_frame_reads_stored_buckets_
     base = buckets.BUCKET_BASE_S
     assert choose_bucket_s(rewrite.BUCKETS_FROM_S, rewrite.DENSE_TICK_S) < base
     assert choose_bucket_s(rewrite.BUCKETS_FROM_S * 1.01, 1.0) >= base
+
+
+def _ticks_with_nulls(t: int) -> list[Batch]:
+    """``_ticks`` with NaN (stored as NULL) samples: gpu0's utilization every other tick, and
+    gpu1's for a whole 5 s bucket (ticks 10-14)."""
+    tick = _tick(t)
+    values = list(tick.values)
+    for i, (entity, metric) in enumerate(zip(tick.entities, tick.metrics, strict=True)):
+        if metric == "gpu.utilization" and (
+            (entity == "gpu0" and t % 2) or (entity == "gpu1" and 10 <= t <= 14)
+        ):
+            values[i] = float("nan")
+    return [Batch(tick.source, tick.ts, tick.entities, tick.metrics, values)]
+
+
+def test_null_samples_are_skipped_alike_by_the_buckets_and_the_raw_values(tmp_path, small):
+    path = tmp_path / "a.duckdb"
+    store = Store(path)
+    for t in range(25):
+        store.write_ticks([("r", _ticks_with_nulls(t))])
+    store.close()
+    ro = connect(path, read_only=True)
+    try:
+        (nulls,) = ro.execute("SELECT count(*) FROM samples WHERE value IS NULL").fetchone()
+        assert nulls == 12 + 5  # still NULL once moved into spans, never 0.0
+        (stored,) = ro.execute(f"SELECT count(*) FROM {STORED}").fetchone()
+        assert stored > 0
+        for width in (5.0, 10.0):
+            assert _frame(ro, width, True) == _frame(ro, width, False)
+    finally:
+        ro.close()
