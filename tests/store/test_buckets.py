@@ -18,7 +18,7 @@ from agent.analysis.frame import Window, analysed_series_where, build_frames
 from agent.analysis.frame_buckets import stored_bucket_batches
 from agent.model import Batch
 from agent.store import SCHEMA_VERSION, Store, connect
-from agent.store_buckets import has_buckets
+from agent.store_buckets import has_bucket_nulls, has_buckets
 from tests.store.test_layout import T0
 from tests.store.test_span_rows import to_v5_spans
 from tests.store.test_spans import _expected, _stored, _tick, kill_during_a_move
@@ -380,5 +380,32 @@ def test_null_samples_are_skipped_alike_by_the_buckets_and_the_raw_values(tmp_pa
         assert stored > 0
         for width in (5.0, 10.0):
             assert _frame(ro, width, True) == _frame(ro, width, False)
+    finally:
+        ro.close()
+
+
+def test_a_version_5_files_buckets_are_read_without_null_counts_and_get_them_on_upgrade(
+    tmp_path, small
+):
+    path = tmp_path / "v5.duckdb"
+    _record(path, range(20))
+    con = duckdb.connect(str(path))
+    to_v5_spans(con)
+    con.close()
+    ro = connect(path, read_only=True)
+    try:
+        assert not has_bucket_nulls(ro)
+        old = _frame(ro, 5.0, True)
+        assert old == _frame(ro, 5.0, False) != []
+    finally:
+        ro.close()
+    store = Store(path)
+    for t in range(40, 52):
+        store.write_ticks([("second", _ticks_with_nulls(t))])
+    store.close()
+    ro = connect(path, read_only=True)
+    try:
+        assert has_bucket_nulls(ro)
+        assert _frame(ro, 5.0, True) == old  # run "r"'s frame, unchanged by the upgrade
     finally:
         ro.close()

@@ -21,6 +21,11 @@ def to_v5_spans(con: duckdb.DuckDBPyConnection) -> None:
         f"DROP VIEW sample_spans; DROP TABLE {SPAN_ROWS_TABLE}; "
         "ALTER TABLE aw_v5 RENAME TO sample_spans"
     )
+    if con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'sample_buckets' "
+        "AND column_name = 'nulls'"
+    ).fetchone() == (1,):
+        con.execute("ALTER TABLE sample_buckets DROP COLUMN nulls")
     con.execute("UPDATE accelwatch_meta SET value = '5' WHERE key = 'schema_version'")
 
 
