@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import duckdb
+import pytest
+
+import agent.store_memory as store_memory
 from agent.model import Batch
 from agent.store import AGENT_DB_MEMORY, Store, connect
 from agent.store_memory import memory_limit_text, release_file_cache
@@ -82,3 +86,42 @@ def test_the_writer_releases_after_its_checkpoint_and_a_failed_release_is_counte
     count = store.cursor().execute("SELECT count(*) FROM samples").fetchone()[0]
     assert count == 96
     store.close()
+
+
+class _RestoreRunsOutOfMemory:
+    """The writer's connection, except that the first ``failures`` statements putting the limit
+    back raise DuckDB's out-of-memory error (as when a pass beside the release holds what the
+    margin left)."""
+
+    def __init__(self, con, memory_limit: str, failures: int) -> None:
+        self.con, self.restore, self.failures, self.restores = con, memory_limit, failures, 0
+
+    def execute(self, sql, *args):
+        if sql == f"SET memory_limit = '{self.restore}'":
+            self.restores += 1
+            if self.restores <= self.failures:
+                raise duckdb.OutOfMemoryException("could not allocate block of size 256.0 KiB")
+        return self.con.execute(sql, *args)
+
+
+def test_a_limit_that_cannot_be_put_back_at_once_is_put_back_when_it_can(tmp_path, monkeypatch):
+    monkeypatch.setattr("agent.store_memory.RESTORE_PAUSE_S", 0.0)
+    con = _recording_with_cached_blocks(tmp_path)
+    shown = memory_limit_text(con)
+    flaky = _RestoreRunsOutOfMemory(con, AGENT_DB_MEMORY, failures=2)
+    assert release_file_cache(flaky, AGENT_DB_MEMORY, shown) > 4 * 2**20
+    assert flaky.restores == 3 and memory_limit_text(con) == shown
+    # A later release still works: it did not find "someone else's" limit at the floor.
+    con.execute("SELECT sum(v) FROM t").fetchall()
+    assert release_file_cache(con, AGENT_DB_MEMORY, shown) > 0
+    con.close()
+
+
+def test_a_limit_that_never_goes_back_raises_for_the_writer_to_count(tmp_path, monkeypatch):
+    monkeypatch.setattr("agent.store_memory.RESTORE_PAUSE_S", 0.0)
+    con = _recording_with_cached_blocks(tmp_path)
+    flaky = _RestoreRunsOutOfMemory(con, AGENT_DB_MEMORY, failures=10**6)
+    with pytest.raises(duckdb.OutOfMemoryException):
+        release_file_cache(flaky, AGENT_DB_MEMORY, memory_limit_text(con))
+    assert flaky.restores == store_memory.RESTORE_TRIES
+    con.close()
