@@ -20,7 +20,7 @@ from agent.model import Batch
 from agent.store import SCHEMA_VERSION, Store, connect
 from agent.store_buckets import has_bucket_nulls, has_buckets
 from tests.store.test_layout import T0
-from tests.store.test_span_rows import to_v5_spans
+from tests.store.test_span_rows import as_version_5, record, to_v5_spans
 from tests.store.test_spans import _expected, _stored, _tick, kill_during_a_move
 
 #: A part no rule reads (an NVLink of gpu0): moved into spans, never bucketed.
@@ -368,10 +368,7 @@ def _ticks_with_nulls(t: int) -> list[Batch]:
 
 def test_null_samples_are_skipped_alike_by_the_buckets_and_the_raw_values(tmp_path, small):
     path = tmp_path / "a.duckdb"
-    store = Store(path)
-    for t in range(25):
-        store.write_ticks([("r", _ticks_with_nulls(t))])
-    store.close()
+    record(path, "r", range(25), _ticks_with_nulls)
     ro = connect(path, read_only=True)
     try:
         (nulls,) = ro.execute("SELECT count(*) FROM samples WHERE value IS NULL").fetchone()
@@ -389,9 +386,7 @@ def test_a_version_5_files_buckets_are_read_without_null_counts_and_get_them_on_
 ):
     path = tmp_path / "v5.duckdb"
     _record(path, range(20))
-    con = duckdb.connect(str(path))
-    to_v5_spans(con)
-    con.close()
+    as_version_5(path)
     ro = connect(path, read_only=True)
     try:
         assert not has_bucket_nulls(ro)
@@ -399,10 +394,7 @@ def test_a_version_5_files_buckets_are_read_without_null_counts_and_get_them_on_
         assert old == _frame(ro, 5.0, False) != []
     finally:
         ro.close()
-    store = Store(path)
-    for t in range(40, 52):
-        store.write_ticks([("second", _ticks_with_nulls(t))])
-    store.close()
+    record(path, "second", range(40, 52), _ticks_with_nulls)
     ro = connect(path, read_only=True)
     try:
         assert has_bucket_nulls(ro)

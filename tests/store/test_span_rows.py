@@ -1,13 +1,18 @@
 """Schema 6: the spans' values divided by a power-of-two ``scale``, read back exactly
-through ``sample_spans``; a schema-5 file read as it is, and upgraded in place."""
+through ``sample_spans``; a NULL sample kept NULL when moved; a schema-5 file read as it is,
+and upgraded in place (also when the upgrade fails halfway, or is followed by a move in
+place and a copy of the file)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pytest
 
+from agent import store_rewrite, store_span_rows
 from agent.model import Batch
 from agent.store import SCHEMA_VERSION, Store, connect
 from agent.store_span_rows import SPAN_ROWS_TABLE, V5_SPANS_TABLE, has_span_rows, span_columns
@@ -27,6 +32,15 @@ def to_v5_spans(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchone() == (1,):
         con.execute("ALTER TABLE sample_buckets DROP COLUMN nulls")
     con.execute("UPDATE accelwatch_meta SET value = '5' WHERE key = 'schema_version'")
+
+
+def as_version_5(path: Path) -> None:
+    """The closed file ``path`` as a version-5 writer would have left it."""
+    con = duckdb.connect(str(path))
+    try:
+        to_v5_spans(con)
+    finally:
+        con.close()
 
 
 def _bits(values: np.ndarray) -> list[int]:
@@ -80,12 +94,42 @@ def _samples(con) -> list[tuple]:
     ).fetchall()
 
 
+def record(
+    path: Path, run: str, ticks: range, tick: Callable[[int], list[Batch]] | None = None
+) -> None:
+    """Record ``ticks`` of run ``run`` (``tick``: the batches of one, :func:`_tick` by
+    default) into ``path`` and close it."""
+    store = Store(path)
+    for t in ticks:
+        store.write_ticks([(run, (tick or _tick)(t))])
+    store.close()
+
+
+def v5_file(path: Path) -> list[tuple]:
+    """A schema-5 file of run ``old`` (ten ticks); its samples."""
+    record(path, "old", range(10))
+    as_version_5(path)
+    return read_samples(path)
+
+
+def read_samples(path: Path) -> list[tuple]:
+    ro = connect(path, read_only=True)
+    try:
+        return _samples(ro)
+    finally:
+        ro.close()
+
+
+def _with_new_run(path: Path, before: list[tuple]) -> None:
+    """Run ``new`` (ten ticks) appended to an upgraded file leaves ``old`` as it was."""
+    after = read_samples(path)
+    assert [r for r in after if r[0] == "old"] == before
+    assert len([r for r in after if r[0] == "new"]) == 30
+
+
 def test_a_recording_stores_scaled_rows_and_reads_back_the_same_samples(tmp_path):
     path = tmp_path / "a.duckdb"
-    store = Store(path)
-    for t in range(30):
-        store.write_ticks([("r", _tick(t))])
-    store.close()
+    record(path, "r", range(30))
     ro = connect(path, read_only=True)
     try:
         assert has_span_rows(ro)
@@ -110,33 +154,91 @@ def test_a_recording_stores_scaled_rows_and_reads_back_the_same_samples(tmp_path
 
 def test_a_version_5_file_is_read_as_it_is_then_upgraded_keeping_its_rows(tmp_path):
     path = tmp_path / "v5.duckdb"
-    store = Store(path)
-    for t in range(10):
-        store.write_ticks([("old", _tick(t))])
-    store.close()
-    con = duckdb.connect(str(path))
-    to_v5_spans(con)
-    con.close()
+    before = v5_file(path)
     ro = connect(path, read_only=True)
-    before = _samples(ro)
     assert not has_span_rows(ro) and len(before) == 30
     ro.close()
-    store = Store(path)  # upgraded on open for writing
-    for t in range(10, 20):
-        store.write_ticks([("new", _tick(t))])
-    store.close()
+    record(path, "new", range(10, 20))  # upgraded on open for writing
     ro = connect(path, read_only=True)
     try:
         version = ro.execute("SELECT value FROM accelwatch_meta WHERE key = 'schema_version'")
         assert version.fetchone() == (str(SCHEMA_VERSION),)
-        after = _samples(ro)
         (kept,) = ro.execute(f"SELECT count(*) FROM {V5_SPANS_TABLE}").fetchone()
         (new,) = ro.execute(f"SELECT count(*) FROM {SPAN_ROWS_TABLE}").fetchone()
     finally:
         ro.close()
-    assert [r for r in after if r[0] == "old"] == before
-    assert len([r for r in after if r[0] == "new"]) == 30
+    _with_new_run(path, before)
     assert (kept, new) == (30, 30)
+
+
+def test_an_upgrade_that_fails_halfway_leaves_the_schema_5_file_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "v5.duckdb"
+    before = v5_file(path)
+
+    def fail(*, with_v5: bool) -> str:  # after the rename of sample_spans
+        raise RuntimeError("fails halfway")
+
+    monkeypatch.setattr(store_span_rows, "spans_view", fail)
+    with pytest.raises(RuntimeError, match="halfway"):
+        Store(path)
+    monkeypatch.undo()
+    ro = connect(path, read_only=True)
+    try:
+        assert not has_span_rows(ro) and _samples(ro) == before
+    finally:
+        ro.close()
+    record(path, "new", range(10, 20))  # upgraded now
+    _with_new_run(path, before)
+
+
+def test_an_upgraded_file_moved_in_place_and_copied_keeps_both_tables(tmp_path, monkeypatch):
+    path = tmp_path / "v5.duckdb"
+    before = v5_file(path)
+    store = Store(path)
+    for t in range(10, 20):
+        store.write_ticks([("new", _tick(t))])
+    store.compact(finish=True)  # the Compactor's move, not the sort at close
+    monkeypatch.setattr(store_rewrite, "REWRITE_FREE_SHARE", 0.0)
+    assert store_rewrite.rewrite_if_worth_it(store.con, path)
+    store.close()
+    ro = connect(path, read_only=True)
+    try:
+        kept = ro.execute(f"SELECT count(*) FROM {V5_SPANS_TABLE}").fetchone()
+    finally:
+        ro.close()
+    assert kept == (30,)
+    _with_new_run(path, before)
+
+
+def _nulls(t: int) -> list[Batch]:
+    return [Batch("nvml", T0 + t, ["gpu0"], ["gpu.utilization"], [float("nan") if t % 2 else 0.5])]
+
+
+def _values(con) -> list:
+    return [v for (v,) in con.execute("SELECT value FROM samples ORDER BY ts").fetchall()]
+
+
+@pytest.mark.parametrize("how", ["move", "close"])
+def test_a_nan_sample_reads_the_same_before_and_after_it_is_moved_into_spans(tmp_path, how):
+    """The writer's table keeps a NaN sample as NULL (DuckDB's scan of a NumPy array); the
+    move (``_move_chunk``) and the sort at close (``_sort_recent_into``) read it back from
+    ``fetchnumpy``'s masked array: it must stay NULL, not become the 0.0 under the mask."""
+    path = tmp_path / "a.duckdb"
+    store = Store(path)
+    for t in range(6):
+        store.write_ticks([("r", _nulls(t))])
+    before = _values(store.con)
+    assert before == [0.5, None] * 3
+    if how == "move":
+        store.compact(finish=True)
+        after = _values(store.con)
+        store.close()
+    else:
+        store.close()
+        ro = connect(path, read_only=True)
+        after = _values(ro)
+        ro.close()
+    assert after == before
 
 
 def test_a_new_file_has_no_schema_5_table(tmp_path: Path):

@@ -60,6 +60,17 @@ def test_in_a_log_one_line_a_minute_and_faults_at_once(capsys):
     assert len(lines) == 1 and "disk full" not in lines[0]  # the fault went: at once
 
 
+def test_in_a_log_a_clock_stepped_back_does_not_silence_the_live_line(capsys):
+    """The period is measured on the samples' wall clock, which may step back (NTP, a VM
+    restored)."""
+    session = _Session(_Config())
+    printer = LiveLinePrinter(session, terminal=False)
+    assert len(_ticks(printer, session, range(10_000, 10_030), capsys)) == 1  # at 10,000 s
+    # the wall clock steps back an hour: ten minutes of ticks, still once a minute
+    lines = _ticks(printer, session, range(6_400, 7_000), capsys)
+    assert len(lines) >= 9, lines
+
+
 def test_live_every_sets_the_period_anywhere(capsys):
     session = _Session(_Config(live_every=5.0))
     lines = _ticks(LiveLinePrinter(session, terminal=True), session, range(20), capsys)

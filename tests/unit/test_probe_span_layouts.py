@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import probe_span_layouts
 from benchmarks.probe_span_layouts import READ, rewrite, scan
+from tests.store.test_span_rows import record, v5_file
 
 
 def _spans_file(path: Path) -> None:
@@ -44,6 +45,19 @@ def test_every_layout_holds_the_same_rows_exactly(tmp_path: Path, layout: str, f
     tables = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     con.close()
     assert ("bucket_series" in tables) is not fewer
+
+
+def test_the_probe_keeps_the_rows_of_a_file_upgraded_from_schema_5(tmp_path: Path) -> None:
+    """An upgraded file keeps its old rows in ``sample_spans_v5`` behind the view: every
+    layout must hold them too (the probe reads that table first, and does not copy it)."""
+    src = tmp_path / "up.duckdb"
+    v5_file(src)
+    record(src, "new", range(10, 20))  # upgraded: the old rows in sample_spans_v5
+    want, _ = scan(src, "copy", rounds=1)  # the view: old and new rows
+    assert want[0] == 60
+    dst = tmp_path / "copy.duckdb"
+    rewrite(src, dst, "copy", min_run=64, fewer=False)
+    assert scan(dst, "copy", rounds=1)[0] == want
 
 
 def test_the_probe_parses_help(capsys: pytest.CaptureFixture[str]) -> None:
