@@ -196,13 +196,14 @@ def aggregate_buckets(
     # A NaN is a NULL sample (DuckDB stores NumPy's NaN as NULL): counted in ``n`` and
     # ``nulls``, skipped by the sum, min and max as SQL skips it.
     missing = np.isnan(v)
+    n = np.diff(np.r_[starts, len(s)])
     nulls = np.add.reduceat(missing.astype(np.int32), starts)
     total = np.add.reduceat(np.where(missing, 0.0, v), starts)
-    total[nulls == np.diff(np.r_[starts, len(s)])] = np.nan  # all NULL: sum() is NULL
+    total[nulls == n] = np.nan  # all NULL: sum() is NULL
     return {
         "series_id": s[starts].astype(np.int32),
         "bucket": b[starts].astype(np.int32),
-        "n": np.diff(np.r_[starts, len(s)]).astype(np.int32),
+        "n": n.astype(np.int32),
         "total": total,
         "low": np.add.reduceat((v < low_below).astype(np.int32), starts),
         "min": np.fmin.reduceat(v, starts),

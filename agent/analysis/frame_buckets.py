@@ -69,11 +69,12 @@ def stored_bucket_batches(
         return None
     picked = [(int(s), bool(b)) for s, b in rows]
     batches = [picked[i : i + BATCH_SERIES] for i in range(0, len(picked), BATCH_SERIES)]
-    return (_batch(con, batch, bucket_us, bucket_us // base_us) for batch in batches)
+    nulls = "nulls" if has_bucket_nulls(con) else "0"  # a schema-5 file's buckets: none
+    return (_batch(con, batch, bucket_us, bucket_us // base_us, nulls) for batch in batches)
 
 
 def _batch(
-    con: Any, series: list[tuple[int, bool]], bucket_us: int, per_bucket: int
+    con: Any, series: list[tuple[int, bool]], bucket_us: int, per_bucket: int, nulls: str
 ) -> dict[str, np.ndarray]:
     bucketed = [s for s, b in series if b]
     unbucketed = [s for s, b in series if not b]
@@ -98,7 +99,7 @@ def _batch(
     ids = _ids(bucketed)
     stored = con.execute(
         f"""SELECT series_id, bucket // {per_bucket} AS k, n, total, low, min, max,
-                   {"nulls" if has_bucket_nulls(con) else "0"} AS nulls
+                   {nulls} AS nulls
             FROM sample_buckets WHERE {ids}
             UNION ALL
             SELECT series_id, bucket // {per_bucket}, n, n * value,

@@ -15,7 +15,7 @@ from agent.app.job import DEFAULT_STOP_TIMEOUT_S, install_signal_handlers
 from agent.app.session import Session, SessionConfig, SessionControl
 from agent.catalog import CATALOG
 from agent.errors import UsageError
-from agent.health_text import ProblemWatch, health_phrases
+from agent.health_text import HealthPhrase, ProblemWatch, health_phrases
 from agent.model import RunInfo
 from agent.registry import default_registry
 from agent.snapshot import Snapshot
@@ -172,21 +172,28 @@ class LiveLinePrinter:
         health = self.session.context.health if self.session.context else {}
         for problem in self.problems.new_problems(health):  # once per fault, at once
             print(f"accelwatch: {problem} (recording continues)", file=sys.stderr, flush=True)
+        phrases = health_phrases(health) if health else []
         # what is wrong, its counts aside (a disk-full line counts its buffered ticks)
-        wrong = tuple(_DIGITS.sub("#", p.text) for p in health_phrases(health)) if health else ()
+        wrong = tuple(_DIGITS.sub("#", p.text) for p in phrases)
         # the wall clock may step back (NTP, a restored VM): a tick before the last line is due
         since = None if self._printed_at is None else snap.ts - self._printed_at
         due = since is None or since < 0 or since >= self.every - 1e-6
         if not due and wrong == self._wrong:
             return
         self._printed_at, self._wrong = snap.ts, wrong
-        print(format_live_line(snap, health), file=sys.stderr, flush=True)
+        print(format_live_line(snap, phrases=phrases), file=sys.stderr, flush=True)
 
 
-def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) -> str:
+def format_live_line(
+    snap: Snapshot,
+    health: Mapping[str, Any] | None = None,
+    *,
+    phrases: list[HealthPhrase] | None = None,
+) -> str:
     """``12:00:01 procs=3 cpu=95% rss=812MiB host=40% gpu0=91% dev0=–``: the job, the host, each
     accelerator's busy share (entities of kind accelerator, whatever their source), then what
-    is wrong in words (``OTLP export: collector down: 127.0.0.1:4317, 2 failed exports``)."""
+    is wrong in words (``OTLP export: collector down: 127.0.0.1:4317, 2 failed exports``):
+    ``health``'s phrases, or ``phrases`` when the caller has them already."""
     procs = snap.entities("process")
     cpu = sum(snap.value(p, "process.cpu.utilization") or 0.0 for p in procs)
     rss = sum(snap.value(p, "process.memory.rss") or 0.0 for p in procs)
@@ -211,7 +218,7 @@ def format_live_line(snap: Snapshot, health: Mapping[str, Any] | None = None) ->
     disabled = snap.stats.get("disabled") or {}
     if disabled:
         parts.append(f"disabled={','.join(disabled)}")
-    for phrase in health_phrases(health or {}):
+    for phrase in health_phrases(health or {}) if phrases is None else phrases:
         parts.append(f"· {phrase.text}")
     return " ".join(parts)
 
