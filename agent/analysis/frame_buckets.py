@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.analysis.thresholds import IDLE_SAMPLE
 from agent.store_buckets import bucket_layout, has_bucket_nulls
+from agent.store_span_rows import stored_values
 
 
 def _ids(ids: Sequence[int]) -> str:
@@ -171,6 +172,4 @@ def _avg(total: np.ndarray, counted: np.ndarray) -> np.ndarray:
 def _filled(column: object) -> np.ndarray:
     """A column from ``fetchnumpy`` with its NULLs as NaN (a masked array's mask would
     otherwise be dropped, leaving the value under it)."""
-    if np.ma.isMaskedArray(column):
-        return np.ma.filled(column.astype(np.float64), np.nan)
-    return np.asarray(column)
+    return stored_values(column) if np.ma.isMaskedArray(column) else np.asarray(column)
