@@ -34,7 +34,8 @@ class TpuOnRecordingClock(Collector):
         tpu = load_scenario(scenario).tpu
         assert tpu is not None, scenario
         self.sim = SimulatedTpu(tpu, root=root, owner_pids=lambda: [JOB_PID], clock=self._clock)
-        self.inner = TpuCollector(env=self.sim.env)
+        # the rules are checked, not deadlines: a loaded machine must not drop a tick's answer
+        self.inner = TpuCollector(env=self.sim.env, deadline=5.0)
 
     def _clock(self) -> float:
         return self.now
