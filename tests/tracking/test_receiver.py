@@ -111,7 +111,8 @@ def test_an_idle_receiver_sleeps_until_a_datagram_and_stops_at_once(receiver):
     assert receiver.aggregator.counters.messages == 1
     started = time.monotonic()
     receiver.close()
-    assert time.monotonic() - started < 0.2 and not thread.is_alive()
+    # woken, not timed out: close() would otherwise wait out its 2 s join
+    assert time.monotonic() - started < 1.0 and not thread.is_alive()
 
 
 FLOOD = """
