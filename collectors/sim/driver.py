@@ -407,6 +407,11 @@ class SimulatedNvml:
         """Simulated seconds since install, on the driver's 20 ms tick."""
         return self.driver.now_s()
 
+    def events_settled(self) -> bool:
+        """Every XID event due by now was taken by a waiter that came back for more (a test
+        driving a clock that jumps waits for this before each tick)."""
+        return self.driver.events_settled()
+
     def truth(self, gpu: int) -> GpuFrame:
         """What GPU `gpu` reports right now (ground truth for tests)."""
         return self.driver.frames()[gpu]

@@ -49,6 +49,7 @@ class _EventSet:
     registered: dict[int, tuple[int, int]] = field(default_factory=dict)  # gpu -> (types, tick)
     seen_tick: int = 0
     queue: deque[tuple[int, int, int]] = field(default_factory=deque)
+    handed_out: bool = False  # an event returned; its waiter has not come back for more yet
 
 
 def _fraction(col: str) -> Callable[[np.ndarray, float, np.ndarray], float]:
@@ -320,11 +321,13 @@ class GpmEventsMixin:
         if es is None or not out:
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
         deadline = time.monotonic() + timeout_ms / 1000.0
+        es.handed_out = False
         while True:
             with self._lock:
                 self._collect_events(es)
             if es.queue:
                 _, gpu, xid = es.queue.popleft()
+                es.handed_out = True
                 data = abi.EventData.from_address(out)
                 data.device = self.devices[gpu].handle  # type: ignore[attr-defined]
                 data.eventType = pynvml.nvmlEventTypeXidCriticalError
@@ -360,8 +363,28 @@ class GpmEventsMixin:
         tick = self.tick()  # type: ignore[attr-defined]
         if tick <= es.seen_tick:
             return
+        es.queue.extend(self._due_events(es, tick))
+        es.seen_tick = tick
+
+    def _due_events(self, es: _EventSet, tick: int) -> list[tuple[int, int, int]]:
+        """Events (tick, gpu, xid) of ticks (seen, ``tick``] that ``es`` registered for."""
+        due = []
         for when, gpu, xid in self.engine.events(es.seen_tick, tick):
             types, since = es.registered.get(gpu, (0, tick))
             if types & pynvml.nvmlEventTypeXidCriticalError and when > since:
-                es.queue.append((when, gpu, xid))
-        es.seen_tick = tick
+                due.append((when, gpu, xid))
+        return due
+
+    def events_settled(self) -> bool:
+        """Whether every event due by now has been handed to a waiter that came back for more.
+
+        On the wall clock a waiting thread takes an event within milliseconds of its tick; a
+        caller-supplied clock can jump ticks faster than that thread is scheduled, so a test
+        driving one waits for this before the next tick (the event is then stamped in its tick).
+        """
+        with self._lock:
+            tick = self.tick()  # type: ignore[attr-defined]
+            return not any(
+                es.handed_out or es.queue or (tick > es.seen_tick and self._due_events(es, tick))
+                for es in self._event_sets.values()
+            )

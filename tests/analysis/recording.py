@@ -15,6 +15,7 @@ from agent.sampler import Sampler
 from agent.snapshot import SnapshotHub
 from agent.source import CollectContext, Collector
 from agent.store import Store
+from tests.helpers import wait_until
 
 T0 = 1_700_000_000.0
 JOB_PID = 4242
@@ -217,8 +218,13 @@ def record(
         )
         if on_start is not None:
             on_start(store)
+        settle = sim is not None
         for tick in range(1, spec.seconds + 1):
             clock[0] += 1.0
+            # the XID thread takes this tick's events before it is sampled (once it fails to,
+            # the recording goes on without waiting: its findings' times then tell)
+            if settle and not wait_until(sim.events_settled, timeout=10.0, step=0.001):
+                settle = False
             sampler.step(clock[0])
             if on_tick is not None and tick % tick_every == 0:
                 store.write_ticks(ticks)

@@ -97,7 +97,9 @@ def test_gpu_lost_and_xid_are_hardware_faults_at_their_time(analysed):
     assert {f.entity for f in lost} == {"gpu3"}
     assert all(f.severity == "critical" for f in lost)
     assert any(f.evidence.get("event") == "gpu_lost" for f in lost)
-    assert all(abs(windows_s(f)[0][0] - 25) <= 2 for f in lost)
+    assert all(abs(windows_s(f)[0][0] - 25) <= 2 for f in lost), [
+        (f.evidence.get("event"), windows_s(f)) for f in lost
+    ]
 
     xid = of_rule(analysed("xid-error", Recording("xid-error", RUN_S)), "hardware-fault")
     by_gpu = {(f.entity, f.evidence.get("xid")): f for f in xid}

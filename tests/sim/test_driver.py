@@ -387,6 +387,26 @@ def test_xid_events_are_delivered_after_registration(simulate, clock):
     pynvml.nvmlEventSetFree(event_set)
 
 
+def test_events_are_settled_only_once_a_waiter_took_them_and_came_back(simulate, clock):
+    """What a test on a jumping clock waits for before its next tick (tests/analysis)."""
+    sim = simulate("gpu-lost")  # GPU 3 falls off the bus at 25 s: XID 79
+    assert sim.events_settled()  # no event set, nothing to take
+    event_set = pynvml.nvmlEventSetCreate()
+    for i in range(8):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        pynvml.nvmlDeviceRegisterEvents(h, pynvml.nvmlEventTypeXidCriticalError, event_set)
+    clock.advance(10)
+    assert sim.events_settled()  # registered, but nothing due yet
+    clock.advance(20)
+    assert not sim.events_settled()  # due, not yet waited for
+    assert pynvml.nvmlEventSetWait_v2(event_set, 0).eventData == 79
+    assert not sim.events_settled()  # handed out; the waiter has not come back
+    with pytest.raises(pynvml.NVMLError_Timeout):
+        pynvml.nvmlEventSetWait_v2(event_set, 0)
+    assert sim.events_settled()
+    pynvml.nvmlEventSetFree(event_set)
+
+
 def test_event_set_registration_rejects_unsupported_types(simulate):
     simulate("consumer-card")
     h = pynvml.nvmlDeviceGetHandleByIndex(0)
