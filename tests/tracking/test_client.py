@@ -32,7 +32,8 @@ def _agent_client(receiver) -> Client:
 
 
 def _drain(receiver, client: Client, until=lambda tick: True, timeout: float = 5.0):
-    """Ticks taken until ``until`` holds for the merged result."""
+    """Ticks taken until ``until`` holds for the merged result (a loaded machine may split one
+    job's messages over several ticks: every part of a tick is merged)."""
     client.flush()
     merged = None
     deadline = time.monotonic() + timeout
@@ -43,11 +44,16 @@ def _drain(receiver, client: Client, until=lambda tick: True, timeout: float = 5
         else:
             merged.metrics += tick.metrics
             merged.settings += tick.settings
+            merged.joined.update(tick.joined)
+            merged.finished += tick.finished
+            merged.notes += tick.notes
             for rank, part in tick.ranks.items():
                 mine = merged.ranks.setdefault(rank, part)
                 if mine is not part:
                     mine.step_times += part.step_times
                     mine.steps = part.steps if part.steps is not None else mine.steps
+                    mine.values += part.values
+                    mine.dropped += part.dropped
         if until(merged):
             return merged
         time.sleep(0.05)
