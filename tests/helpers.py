@@ -85,6 +85,12 @@ def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProces
     )
 
 
+#: The TPU runtime scrape's deadline in tests that check values, not deadlines: generous, so
+#: a loaded machine cannot turn a slow answer into a missing one (no scenario slows the
+#: simulated runtime; the deadline tests pass their own).
+VALUES_DEADLINE_S = 5.0
+
+
 def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -24,6 +24,7 @@ from collectors.sim import list_scenarios, load_scenario
 from collectors.sim.tpu.vm import SimulatedTpu
 from collectors.tpu.collector import TpuCollector
 from tests.analysis.recording import JOB_PID, T0, Recording, profile, record, step_log
+from tests.helpers import VALUES_DEADLINE_S
 
 #: Long enough for the slowest target (a leak: 60 s + 10 s after its onset at 1 s).
 RUN_S = 75
@@ -175,9 +176,9 @@ def live_run(
     clock = [T0 + 1]
     vm = _tpu_vm(spec.run_id, path.with_suffix(".vm"), clock)
     if vm is not None:
-        # latencies of findings are checked, not the scrape's deadline: a loaded machine must
-        # not drop a tick's answers (no scenario slows the runtime; only tests do)
-        spec = replace(spec, collectors=[lambda: TpuCollector(env=vm.env, deadline=5.0)])
+        spec = replace(
+            spec, collectors=[lambda: TpuCollector(env=vm.env, deadline=VALUES_DEADLINE_S)]
+        )
 
     def on_start(store: Store) -> None:  # as a session does: its consumers see every tick
         live.attach(fake_session(store, spec.run_id, hub=hub).context)

@@ -18,6 +18,7 @@ from collectors.sim.tpu.vm import SimulatedTpu
 from collectors.tpu.collector import TpuCollector
 from tests.analysis.expect import assert_window, entities, of_rule
 from tests.analysis.recording import JOB_PID, T0, Recording, profile
+from tests.helpers import VALUES_DEADLINE_S
 
 RUN_S = 60
 CHIPS8 = {f"tpu{i}" for i in range(8)}
@@ -34,8 +35,7 @@ class TpuOnRecordingClock(Collector):
         tpu = load_scenario(scenario).tpu
         assert tpu is not None, scenario
         self.sim = SimulatedTpu(tpu, root=root, owner_pids=lambda: [JOB_PID], clock=self._clock)
-        # the rules are checked, not deadlines: a loaded machine must not drop a tick's answer
-        self.inner = TpuCollector(env=self.sim.env, deadline=5.0)
+        self.inner = TpuCollector(env=self.sim.env, deadline=VALUES_DEADLINE_S)
 
     def _clock(self) -> float:
         return self.now

@@ -16,6 +16,7 @@ from agent.source import CollectContext
 from collectors.sim.scenario import load_scenario
 from collectors.sim.tpu.vm import SimulatedTpu
 from collectors.tpu.collector import TpuCollector
+from tests.helpers import VALUES_DEADLINE_S
 from tests.tui.screen import async_test, screen_text
 from tests.tui.synthetic import SyntheticJob, end_session, synthetic_session
 from tui.live import LiveApp
@@ -45,8 +46,7 @@ def tpu(tmp_path):
             owner_pids=lambda: [os.getpid()],
             clock=clock,
         )
-        # values, not deadlines, are checked: a loaded machine must not drop a tick's answer
-        collector = TpuCollector(env=sim.env, deadline=5.0)
+        collector = TpuCollector(env=sim.env, deadline=VALUES_DEADLINE_S)
         pid = os.getpid()
         collector.start(CollectContext(pid, lambda: frozenset([pid])))
         made.append((sim, collector))

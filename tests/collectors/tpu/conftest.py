@@ -10,6 +10,7 @@ from agent.source import CollectContext
 from collectors.sim.scenario import load_scenario
 from collectors.sim.tpu.vm import SimulatedTpu
 from collectors.tpu.collector import TpuCollector
+from tests.helpers import VALUES_DEADLINE_S
 
 
 class Clock:
@@ -34,9 +35,7 @@ def tpu_vm(tmp_path, clock):
     """``tpu_vm(name)`` → (sim, collector), started; both stopped at teardown."""
     made = []
 
-    def make(name: str, *, deadline: float = 5.0, start: bool = True):
-        # Generous by default: these tests check values, and a loaded machine must not turn a
-        # slow answer into a missing one; the deadline tests pass their own.
+    def make(name: str, *, deadline: float = VALUES_DEADLINE_S, start: bool = True):
         scenario = load_scenario(name).tpu
         assert scenario is not None, name
         sim = SimulatedTpu(

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from collectors.tpu.runtime import TargetSpecError, parse_targets
+from tests.helpers import VALUES_DEADLINE_S
 
 
 def _events(batch, kind: str) -> list[dict]:
@@ -137,7 +138,7 @@ def _start(sim):
     from agent.source import CollectContext
     from collectors.tpu.collector import TpuCollector
 
-    collector = TpuCollector(env=sim.env, deadline=5.0)  # correctness here, not deadlines
+    collector = TpuCollector(env=sim.env, deadline=VALUES_DEADLINE_S)
     pid = os.getpid()
     collector.start(CollectContext(pid, lambda: frozenset([pid])))
     return collector

@@ -18,7 +18,7 @@ from collectors.sim.tpu.metadata import node_attributes
 from collectors.sim.tpu.vm import SimulatedTpu
 from collectors.tpu import metadata
 from collectors.tpu.collector import TpuCollector
-from tests.helpers import query, run_cli
+from tests.helpers import VALUES_DEADLINE_S, query, run_cli
 
 
 def _scenario(extra: str = "") -> object:
@@ -41,7 +41,7 @@ def vm(tmp_path):
 
 
 def _collector(sim: SimulatedTpu) -> TpuCollector:
-    c = TpuCollector(env=sim.env, deadline=5.0)  # values, not deadlines, are checked
+    c = TpuCollector(env=sim.env, deadline=VALUES_DEADLINE_S)
     pid = os.getpid()
     c.start(CollectContext(pid, lambda: frozenset([pid])))
     return c
